@@ -1,0 +1,313 @@
+//! The admin API (SPEC.md section 4): `/ready`, `/metrics`, `/config`, `/clusters`.
+//!
+//! It runs on its own thread with its own runtime, away from the workers. It binds 127.0.0.1 by
+//! default: it exposes the config and can be asked for reloads, so it should not be reachable
+//! from outside the host. Metrics and endpoint state are gathered by asking every worker for a
+//! report over its command channel; nothing is shared with the request path.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+use ringmesh_core::http1::{Framing, Method, RequestHead};
+use ringmesh_core::metrics::{self, WorkerReport};
+use ringmesh_core::worker::Command;
+use serde_json::json;
+
+use crate::runtime::{ControlMsg, State};
+
+struct Admin {
+    workers: Vec<flume::Sender<Command>>,
+    control: flume::Sender<ControlMsg>,
+    state: Arc<State>,
+}
+
+/// Binds `addr` and serves the admin API on a new thread; returns the bound address.
+pub(crate) fn start(
+    addr: SocketAddr,
+    workers: Vec<flume::Sender<Command>>,
+    control: flume::Sender<ControlMsg>,
+    state: Arc<State>,
+) -> std::io::Result<SocketAddr> {
+    // Bound here, not on the admin thread, so that a conflict is reported at start.
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let bound = std_listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("ringmesh-admin".into())
+        .spawn(move || {
+            let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .build();
+            let Ok(mut rt) = rt else {
+                tracing::error!("admin: cannot start runtime");
+                return;
+            };
+            rt.block_on(async move {
+                let listener = match TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin: cannot listen");
+                        return;
+                    }
+                };
+                let admin = Rc::new(Admin {
+                    workers,
+                    control,
+                    state,
+                });
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, _)) => {
+                            let _ = stream.set_nodelay(true);
+                            monoio::spawn(serve(admin.clone(), stream));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "admin: accept failed");
+                            monoio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            });
+        })?;
+    Ok(bound)
+}
+
+async fn serve(admin: Rc<Admin>, mut stream: TcpStream) {
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut req = RequestHead::default();
+    loop {
+        let head_len = loop {
+            if !buf.is_empty() {
+                match req.parse(&buf, 64 * 1024) {
+                    Ok(Some(n)) => break n,
+                    Ok(None) => {}
+                    Err(_) => {
+                        let _ = respond(
+                            &mut stream,
+                            400,
+                            "text/plain",
+                            b"bad request\n".to_vec(),
+                            true,
+                        )
+                        .await;
+                        return;
+                    }
+                }
+            }
+            if buf.len() == buf.capacity() {
+                buf.reserve(buf.capacity());
+            }
+            let len = buf.len();
+            let read = stream.read(buf.slice_mut(len..));
+            let (res, b) = monoio::select! {
+                r = read => r,
+                _ = monoio::time::sleep(Duration::from_secs(60)) => return,
+            };
+            buf = b.into_inner();
+            match res {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+        };
+        let path = req.route_path.get(&buf).to_vec();
+        let query = req.path.get(&buf)[path.len()..].to_vec();
+        let has_body = !matches!(req.framing, Framing::None);
+        let close = !req.keep_alive || has_body;
+        let head_only = req.method == Method::Head;
+        buf.drain(..head_len);
+        let (status, ctype, mut body) = if matches!(req.method, Method::Get | Method::Head) {
+            admin.answer(&path, &query).await
+        } else {
+            (405, "text/plain", b"method not allowed\n".to_vec())
+        };
+        if head_only {
+            body.clear();
+        }
+        if !respond(&mut stream, status, ctype, body, close).await || close {
+            return;
+        }
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    ctype: &str,
+    body: Vec<u8>,
+    close: bool,
+) -> bool {
+    let reason = ringmesh_core::http1::encode::reason(status);
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\ncache-control: no-store\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    stream.write_all(out).await.0.is_ok()
+}
+
+impl Admin {
+    async fn answer(&self, path: &[u8], _query: &[u8]) -> (u16, &'static str, Vec<u8>) {
+        match path {
+            b"/ready" => {
+                if self.state.ready.load(Ordering::Relaxed) {
+                    (200, "text/plain", b"ready\n".to_vec())
+                } else {
+                    (503, "text/plain", b"not ready\n".to_vec())
+                }
+            }
+            b"/metrics" => {
+                let reports = self.reports().await;
+                let mut out = String::with_capacity(16 * 1024);
+                metrics::render(&mut out, &metrics::merge(&reports));
+                self.render_control(&mut out);
+                (
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    out.into_bytes(),
+                )
+            }
+            b"/config" => match self.current().await {
+                Some(c) => {
+                    let body = format!("{{\"version\":{},\"config\":{}}}\n", c.version, c.json);
+                    (200, "application/json", body.into_bytes())
+                }
+                None => (503, "text/plain", b"control thread unavailable\n".to_vec()),
+            },
+            b"/clusters" => {
+                let merged = metrics::merge(&self.reports().await);
+                (200, "application/json", clusters_json(&merged).into_bytes())
+            }
+            b"/" => (
+                200,
+                "text/plain",
+                b"ringmesh admin: /ready /metrics /config /clusters\n".to_vec(),
+            ),
+            _ => (404, "text/plain", b"not found\n".to_vec()),
+        }
+    }
+
+    /// Every worker's report; a worker that does not answer within a second is left out.
+    async fn reports(&self) -> Vec<WorkerReport> {
+        let (tx, rx) = flume::unbounded();
+        let mut asked = 0;
+        for w in &self.workers {
+            if w.send(Command::Report { reply: tx.clone() }).is_ok() {
+                asked += 1;
+            }
+        }
+        drop(tx);
+        let mut reports = Vec::with_capacity(asked);
+        let deadline = monoio::time::sleep(Duration::from_secs(1));
+        let mut deadline = std::pin::pin!(deadline);
+        while reports.len() < asked {
+            monoio::select! {
+                r = rx.recv_async() => match r {
+                    Ok(r) => reports.push(r),
+                    Err(_) => break,
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        reports
+    }
+
+    async fn current(&self) -> Option<crate::runtime::Current> {
+        let (tx, rx) = flume::bounded(1);
+        self.control.send(ControlMsg::Current(tx)).ok()?;
+        rx.recv_async().await.ok()
+    }
+
+    fn render_control(&self, out: &mut String) {
+        let s = &self.state;
+        let _ = writeln!(
+            out,
+            "# HELP ringmesh_config_version Version of the config in force."
+        );
+        let _ = writeln!(out, "# TYPE ringmesh_config_version gauge");
+        let _ = writeln!(
+            out,
+            "ringmesh_config_version {}",
+            s.version.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ringmesh_config_reloads_total Config loads by result."
+        );
+        let _ = writeln!(out, "# TYPE ringmesh_config_reloads_total counter");
+        let _ = writeln!(
+            out,
+            "ringmesh_config_reloads_total{{result=\"ok\"}} {}",
+            s.reloads_ok.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "ringmesh_config_reloads_total{{result=\"error\"}} {}",
+            s.reloads_error.load(Ordering::Relaxed)
+        );
+        let applied = s.applied_at_unix_ms.load(Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let _ = writeln!(
+            out,
+            "# HELP ringmesh_config_age_seconds Time since the config in force was applied."
+        );
+        let _ = writeln!(out, "# TYPE ringmesh_config_age_seconds gauge");
+        let _ = writeln!(
+            out,
+            "ringmesh_config_age_seconds {}",
+            now.saturating_sub(applied) as f64 / 1000.0
+        );
+        let _ = writeln!(out, "# HELP ringmesh_workers Worker threads.");
+        let _ = writeln!(out, "# TYPE ringmesh_workers gauge");
+        let _ = writeln!(
+            out,
+            "ringmesh_workers {}",
+            s.workers.load(Ordering::Relaxed)
+        );
+    }
+}
+
+fn clusters_json(m: &metrics::Merged) -> String {
+    let mut clusters: Vec<(String, Vec<serde_json::Value>)> = Vec::new();
+    for e in &m.endpoints {
+        let ep = json!({
+            "address": e.addr.to_string(),
+            "zone": e.zone.as_deref(),
+            "priority": e.priority,
+            "weight": e.weight,
+            "health": "healthy",
+            "ejected": false,
+            "ewma_seconds": e.ewma_seconds,
+            "in_flight": e.in_flight,
+            "pooled_connections": e.pooled,
+            "requests": metrics::Outcome::ALL
+                .iter()
+                .map(|o| (o.name().to_string(), json!(e.outcomes[*o as usize])))
+                .collect::<serde_json::Map<_, _>>(),
+        });
+        match clusters.iter_mut().find(|(n, _)| **n == *e.cluster) {
+            Some((_, eps)) => eps.push(ep),
+            None => clusters.push((e.cluster.to_string(), vec![ep])),
+        }
+    }
+    let list: Vec<_> = clusters
+        .into_iter()
+        .map(|(name, eps)| json!({ "name": name, "endpoints": eps }))
+        .collect();
+    let mut s = json!({ "clusters": list }).to_string();
+    s.push('\n');
+    s
+}

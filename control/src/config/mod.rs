@@ -1,0 +1,956 @@
+//! The proxy's config file (SPEC.md section 3): the model, its decoding from YAML, and checks
+//! across fields (names unique, clusters referred to exist).
+//!
+//! [`Config::parse`] returns every problem it finds, each naming its field path, so that
+//! `ringmesh check` can print them all at once and a reload can log why it was refused.
+
+pub mod decode;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use decode::{ConfigError, Decoder, Fields, Node};
+
+/// The config used when none is given: one HTTP listener on 127.0.0.1:8080 sending everything
+/// to 127.0.0.1:8081, admin on 127.0.0.1:9901.
+pub const EMBEDDED_DEFAULT: &str = "\
+admin: 127.0.0.1:9901
+listeners:
+  - name: default
+    bind: 127.0.0.1:8080
+    protocol: http
+    routes:
+      - match: { path_prefix: / }
+        cluster: default
+clusters:
+  - name: default
+    endpoints:
+      - { addr: 127.0.0.1:8081 }
+";
+
+/// Default admin address.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+/// A whole proxy config.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// Admin API address.
+    pub admin: SocketAddr,
+    /// Worker threads; `None`: one per core.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// Listeners.
+    pub listeners: Vec<ListenerConfig>,
+    /// Upstream clusters.
+    pub clusters: Vec<ClusterConfig>,
+}
+
+/// Listener protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// HTTP/1.1.
+    Http,
+    /// Raw TCP.
+    Tcp,
+}
+
+/// One listener.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListenerConfig {
+    /// Unique name.
+    pub name: String,
+    /// Address to bind; port 0 picks a free port once.
+    pub bind: SocketAddr,
+    /// Protocol.
+    pub protocol: ListenerProtocol,
+    /// HTTP routes, first match wins.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
+    /// TCP: the cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Largest request head.
+    pub max_request_head_bytes: u64,
+    /// Largest request body, if limited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<u64>,
+    /// Time for a client to send a request head.
+    #[serde(serialize_with = "ser_duration")]
+    pub request_head_timeout: Duration,
+    /// Idle keep-alive (HTTP) or no-traffic (TCP) timeout.
+    #[serde(serialize_with = "ser_duration")]
+    pub idle_timeout: Duration,
+}
+
+/// One route.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteConfig {
+    /// Name, for metrics; defaults to the route's position.
+    pub name: String,
+    /// Conditions.
+    #[serde(rename = "match")]
+    pub matcher: MatchConfig,
+    /// Destination: one cluster...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// ...or a weighted split.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<SplitTarget>,
+    /// Time allowed until the response head, counted from the end of the request.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_opt_duration"
+    )]
+    pub timeout: Option<Duration>,
+}
+
+/// Route conditions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MatchConfig {
+    /// `name` or `*.suffix`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Exact path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Path prefix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Method.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Headers with exact values.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// One target of a weighted split.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SplitTarget {
+    /// Cluster name.
+    pub cluster: String,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+/// Balancing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LbPolicy {
+    /// P2C over peak-EWMA.
+    P2cEwma,
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// Weighted random.
+    Random,
+}
+
+/// One upstream cluster.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterConfig {
+    /// Unique name.
+    pub name: String,
+    /// Balancing policy.
+    pub lb: LbPolicy,
+    /// Connect timeout.
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    /// Idle pooled connections are closed after this long.
+    #[serde(serialize_with = "ser_duration")]
+    pub pool_idle_timeout: Duration,
+    /// Endpoints.
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// One endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EndpointConfig {
+    /// Address.
+    pub addr: SocketAddr,
+    /// Zone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Failover priority, 0 preferred.
+    pub priority: u32,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Formats a duration the way the config writes it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 3_600_000 == 0 && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Parts of SPEC.md section 3 that this version refuses rather than ignores, with why.
+const NOT_YET: &[(&str, &str)] = &[
+    (
+        "tls",
+        "TLS is not available in this version; refusing rather than serving plaintext",
+    ),
+    ("retry", "retries are not available in this version"),
+    (
+        "rate_limit",
+        "rate limits are not available in this version",
+    ),
+    (
+        "limits",
+        "circuit breakers are not available in this version",
+    ),
+    (
+        "outlier",
+        "outlier ejection is not available in this version",
+    ),
+    (
+        "health_check",
+        "health checks are not available in this version",
+    ),
+    (
+        "policies",
+        "access policies are not available in this version",
+    ),
+];
+
+fn not_yet(d: &mut Decoder, f: &Fields<'_, '_>, name: &str) {
+    if let Some((node, path)) = f.get(name) {
+        let why = NOT_YET
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("not supported", |(_, w)| w);
+        d.error(&path, Some(node), why);
+    }
+}
+
+impl Config {
+    /// Parses and checks a config; every problem is reported.
+    pub fn parse(source: &str) -> Result<Config, Vec<ConfigError>> {
+        let docs = decode::parse(source).map_err(|e| vec![e])?;
+        if docs.len() > 1 {
+            return Err(vec![ConfigError {
+                path: String::new(),
+                line: None,
+                message: "expected one YAML document".into(),
+            }]);
+        }
+        let Some(root) = decode::root(&docs) else {
+            return Err(vec![ConfigError {
+                path: String::new(),
+                line: None,
+                message: "the config is empty".into(),
+            }]);
+        };
+        let mut d = Decoder::default();
+        let config = decode_config(&mut d, root);
+        if let Some(c) = &config {
+            check(&mut d, c);
+        }
+        match config {
+            Some(c) if d.errors.is_empty() => Ok(c),
+            _ => Err(d.errors),
+        }
+    }
+
+    /// The config as JSON, for the admin API.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+fn decode_config(d: &mut Decoder, root: Node<'_, '_>) -> Option<Config> {
+    let f = d.mapping(
+        root,
+        "",
+        &[
+            "admin",
+            "workers",
+            "listeners",
+            "clusters",
+            "default_policy",
+            "policies",
+        ],
+    )?;
+    let admin = match f.get("admin") {
+        Some((n, p)) => d.socket_addr(n, &p),
+        None => DEFAULT_ADMIN.parse().ok(),
+    };
+    let workers = f.get("workers").and_then(|(n, p)| {
+        let w = d.integer(n, &p, 1024)?;
+        if w == 0 {
+            d.error(&p, Some(n), "must be at least 1");
+            return None;
+        }
+        Some(w as usize)
+    });
+    if let Some((n, p)) = f.get("default_policy") {
+        if d.choice(n, &p, &["allow", "deny"]) == Some("deny") {
+            d.error(
+                &p,
+                Some(n),
+                "access policies are not available in this version",
+            );
+        }
+    }
+    if let Some((n, p)) = f.get("policies") {
+        if !d.list(n, &p).is_empty() {
+            not_yet(d, &f, "policies");
+        }
+    }
+    let listeners = match f.get("listeners") {
+        Some((n, p)) => d
+            .list(n, &p)
+            .into_iter()
+            .filter_map(|(n, p)| decode_listener(d, n, &p))
+            .collect(),
+        None => {
+            d.error("listeners", None, "required: at least one listener");
+            Vec::new()
+        }
+    };
+    let clusters = match f.get("clusters") {
+        Some((n, p)) => d
+            .list(n, &p)
+            .into_iter()
+            .filter_map(|(n, p)| decode_cluster(d, n, &p))
+            .collect(),
+        None => Vec::new(),
+    };
+    Some(Config {
+        admin: admin?,
+        workers,
+        listeners,
+        clusters,
+    })
+}
+
+fn required<'a, 'y>(
+    d: &mut Decoder,
+    f: &Fields<'a, 'y>,
+    name: &str,
+) -> Option<(Node<'a, 'y>, String)> {
+    let r = f.get(name);
+    if r.is_none() {
+        d.error(&f.path_of(name), None, "required");
+    }
+    r
+}
+
+fn decode_listener(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<ListenerConfig> {
+    let f = d.mapping(
+        node,
+        path,
+        &[
+            "name",
+            "bind",
+            "protocol",
+            "tls",
+            "routes",
+            "cluster",
+            "max_request_head_bytes",
+            "max_request_body_bytes",
+            "request_head_timeout",
+            "idle_timeout",
+        ],
+    )?;
+    let name = required(d, &f, "name").and_then(|(n, p)| d.string(n, &p));
+    let bind = required(d, &f, "bind").and_then(|(n, p)| d.socket_addr(n, &p));
+    // An unreadable protocol is reported; the rest is still checked as http.
+    let protocol = match f
+        .get("protocol")
+        .map(|(n, p)| d.choice(n, &p, &["http", "tcp"]))
+    {
+        Some(Some("tcp")) => ListenerProtocol::Tcp,
+        _ => ListenerProtocol::Http,
+    };
+    not_yet(d, &f, "tls");
+    let routes = match (protocol, f.get("routes")) {
+        (ListenerProtocol::Http, Some((n, p))) => d
+            .list(n, &p)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, (n, p))| decode_route(d, n, &p, i))
+            .collect(),
+        (ListenerProtocol::Http, None) => {
+            d.error(&f.path_of("routes"), None, "required for an http listener");
+            Vec::new()
+        }
+        (ListenerProtocol::Tcp, Some((n, p))) => {
+            d.error(&p, Some(n), "a tcp listener has no routes; use `cluster`");
+            Vec::new()
+        }
+        (ListenerProtocol::Tcp, None) => Vec::new(),
+    };
+    let cluster = match (protocol, f.get("cluster")) {
+        (ListenerProtocol::Tcp, Some((n, p))) => d.string(n, &p),
+        (ListenerProtocol::Tcp, None) => {
+            d.error(&f.path_of("cluster"), None, "required for a tcp listener");
+            None
+        }
+        (ListenerProtocol::Http, Some((n, p))) => {
+            d.error(
+                &p,
+                Some(n),
+                "an http listener sends to clusters through `routes`",
+            );
+            None
+        }
+        (ListenerProtocol::Http, None) => None,
+    };
+    let max_head = match f.get("max_request_head_bytes") {
+        Some((n, p)) => d.size(n, &p).filter(|v| {
+            let ok = (1024..=16 << 20).contains(v);
+            if !ok {
+                d.error(&p, Some(n), "must be between 1KiB and 16MiB");
+            }
+            ok
+        }),
+        None => Some(64 * 1024),
+    };
+    let max_body = f
+        .get("max_request_body_bytes")
+        .and_then(|(n, p)| d.size(n, &p));
+    let head_timeout = match f.get("request_head_timeout") {
+        Some((n, p)) => d.positive_duration(n, &p),
+        None => Some(Duration::from_secs(10)),
+    };
+    let default_idle = match protocol {
+        ListenerProtocol::Http => Duration::from_secs(60),
+        ListenerProtocol::Tcp => Duration::from_secs(3600),
+    };
+    let idle = match f.get("idle_timeout") {
+        Some((n, p)) => d.positive_duration(n, &p),
+        None => Some(default_idle),
+    };
+    Some(ListenerConfig {
+        name: name?,
+        bind: bind?,
+        protocol,
+        routes,
+        cluster,
+        max_request_head_bytes: max_head?,
+        max_request_body_bytes: max_body,
+        request_head_timeout: head_timeout?,
+        idle_timeout: idle?,
+    })
+}
+
+fn decode_route(
+    d: &mut Decoder,
+    node: Node<'_, '_>,
+    path: &str,
+    index: usize,
+) -> Option<RouteConfig> {
+    let f = d.mapping(
+        node,
+        path,
+        &[
+            "name",
+            "match",
+            "cluster",
+            "split",
+            "timeout",
+            "retry",
+            "rate_limit",
+        ],
+    )?;
+    not_yet(d, &f, "retry");
+    not_yet(d, &f, "rate_limit");
+    let name = match f.get("name") {
+        Some((n, p)) => d.string(n, &p),
+        None => Some(index.to_string()),
+    };
+    let matcher = match f.get("match") {
+        Some((n, p)) => decode_match(d, n, &p),
+        None => {
+            d.error(
+                &f.path_of("match"),
+                None,
+                "required (use `match: { path_prefix: / }` to match everything)",
+            );
+            None
+        }
+    };
+    let cluster = f.get("cluster").and_then(|(n, p)| d.string(n, &p));
+    let split: Vec<SplitTarget> = match f.get("split") {
+        Some((n, p)) => d
+            .list(n, &p)
+            .into_iter()
+            .filter_map(|(n, p)| {
+                let t = d.mapping(n, &p, &["cluster", "weight"])?;
+                let cluster = required(d, &t, "cluster").and_then(|(n, p)| d.string(n, &p));
+                let weight =
+                    required(d, &t, "weight").and_then(|(n, p)| d.integer(n, &p, 1_000_000));
+                Some(SplitTarget {
+                    cluster: cluster?,
+                    weight: weight? as u32,
+                })
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    match (&cluster, f.get("split")) {
+        (Some(_), Some((n, p))) => d.error(
+            &p,
+            Some(n),
+            "a route has either `cluster` or `split`, not both",
+        ),
+        (None, None) => d.error(
+            &f.path_of("cluster"),
+            None,
+            "required: a route needs `cluster` or `split`",
+        ),
+        (None, Some((n, p))) if split.iter().map(|t| u64::from(t.weight)).sum::<u64>() == 0 => d
+            .error(
+                &p,
+                Some(n),
+                "needs at least one target with a positive weight",
+            ),
+        _ => {}
+    }
+    let timeout = f
+        .get("timeout")
+        .and_then(|(n, p)| d.positive_duration(n, &p));
+    Some(RouteConfig {
+        name: name?,
+        matcher: matcher?,
+        cluster,
+        split,
+        timeout,
+    })
+}
+
+fn decode_match(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<MatchConfig> {
+    let f = d.mapping(
+        node,
+        path,
+        &["host", "path", "path_prefix", "method", "headers"],
+    )?;
+    let mut m = MatchConfig::default();
+    if let Some((n, p)) = f.get("host") {
+        m.host = d.string(n, &p);
+        if let Some(h) = &m.host {
+            let name = h.strip_prefix("*.").unwrap_or(h);
+            let ok = !name.is_empty()
+                && !name.contains('*')
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            if !ok {
+                d.error(
+                    &p,
+                    Some(n),
+                    format!("`{h}` is not a host name or `*.suffix` (no port)"),
+                );
+            }
+        }
+    }
+    for (field, slot) in [("path", &mut m.path), ("path_prefix", &mut m.path_prefix)] {
+        if let Some((n, p)) = f.get(field) {
+            *slot = d.string(n, &p);
+            if slot.as_deref().is_some_and(|s| !s.starts_with('/')) {
+                d.error(&p, Some(n), "must start with /");
+            }
+        }
+    }
+    if let (Some(_), Some((n, p))) = (&m.path, f.get("path_prefix")) {
+        d.error(&p, Some(n), "use either `path` or `path_prefix`, not both");
+    }
+    if let Some((n, p)) = f.get("method") {
+        m.method = d.string(n, &p);
+        if m.method
+            .as_deref()
+            .is_some_and(|s| s.is_empty() || !s.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            d.error(&p, Some(n), "must be an upper-case method such as GET");
+        }
+    }
+    if let Some((n, p)) = f.get("headers") {
+        m.headers = decode_headers(d, n, &p);
+    }
+    Some(m)
+}
+
+fn decode_headers(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (name, value, p) in decode::free_mapping(d, node, path) {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
+            d.error(&p, None, format!("`{name}` is not a header name"));
+            continue;
+        }
+        if let Some(v) = d.text(value, &p) {
+            out.insert(name.to_ascii_lowercase(), v);
+        }
+    }
+    out
+}
+
+fn decode_cluster(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<ClusterConfig> {
+    let f = d.mapping(
+        node,
+        path,
+        &[
+            "name",
+            "lb",
+            "connect_timeout",
+            "pool_idle_timeout",
+            "tls",
+            "protocol",
+            "limits",
+            "outlier",
+            "health_check",
+            "endpoints",
+        ],
+    )?;
+    for name in ["tls", "limits", "outlier", "health_check"] {
+        not_yet(d, &f, name);
+    }
+    if let Some((n, p)) = f.get("protocol") {
+        if d.choice(n, &p, &["http1", "http2", "auto"])
+            .is_some_and(|v| v != "http1")
+        {
+            d.error(
+                &p,
+                Some(n),
+                "only http1 upstreams are available in this version",
+            );
+        }
+    }
+    let name = required(d, &f, "name").and_then(|(n, p)| d.string(n, &p));
+    let lb = match f.get("lb") {
+        Some((n, p)) => d
+            .choice(n, &p, &["p2c-ewma", "round-robin", "random"])
+            .map(|v| match v {
+                "round-robin" => LbPolicy::RoundRobin,
+                "random" => LbPolicy::Random,
+                _ => LbPolicy::P2cEwma,
+            }),
+        None => Some(LbPolicy::P2cEwma),
+    };
+    let connect_timeout = match f.get("connect_timeout") {
+        Some((n, p)) => d.positive_duration(n, &p),
+        None => Some(ringmesh_core::snapshot::defaults::CONNECT_TIMEOUT),
+    };
+    let pool_idle_timeout = match f.get("pool_idle_timeout") {
+        Some((n, p)) => d.positive_duration(n, &p),
+        None => Some(ringmesh_core::snapshot::defaults::POOL_IDLE_TIMEOUT),
+    };
+    let endpoints = match f.get("endpoints") {
+        Some((n, p)) => d
+            .list(n, &p)
+            .into_iter()
+            .filter_map(|(n, p)| decode_endpoint(d, n, &p))
+            .collect(),
+        None => Vec::new(),
+    };
+    Some(ClusterConfig {
+        name: name?,
+        lb: lb?,
+        connect_timeout: connect_timeout?,
+        pool_idle_timeout: pool_idle_timeout?,
+        endpoints,
+    })
+}
+
+fn decode_endpoint(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<EndpointConfig> {
+    let f = d.mapping(node, path, &["addr", "zone", "priority", "weight"])?;
+    let addr = required(d, &f, "addr").and_then(|(n, p)| d.socket_addr(n, &p));
+    let zone = f.get("zone").and_then(|(n, p)| d.string(n, &p));
+    let priority = match f.get("priority") {
+        Some((n, p)) => d.integer(n, &p, 1000).map(|v| v as u32),
+        None => Some(0),
+    };
+    let weight = match f.get("weight") {
+        Some((n, p)) => d.integer(n, &p, 10_000).filter(|&w| {
+            if w == 0 {
+                d.error(&p, Some(n), "must be at least 1");
+            }
+            w > 0
+        }),
+        None => Some(1),
+    };
+    Some(EndpointConfig {
+        addr: addr?,
+        zone,
+        priority: priority?,
+        weight: weight? as u32,
+    })
+}
+
+/// Checks that need the whole config.
+fn check(d: &mut Decoder, c: &Config) {
+    let mut names = BTreeMap::new();
+    for (i, cl) in c.clusters.iter().enumerate() {
+        if names.insert(cl.name.as_str(), i).is_some() {
+            d.error(
+                &format!("clusters[{i}].name"),
+                None,
+                format!("duplicate cluster name `{}`", cl.name),
+            );
+        }
+        let mut seen = BTreeMap::new();
+        for (j, e) in cl.endpoints.iter().enumerate() {
+            if seen.insert(e.addr, j).is_some() {
+                d.error(
+                    &format!("clusters[{i}].endpoints[{j}].addr"),
+                    None,
+                    format!("duplicate endpoint {}", e.addr),
+                );
+            }
+        }
+    }
+    let mut listener_names = BTreeMap::new();
+    let mut binds = BTreeMap::new();
+    for (i, l) in c.listeners.iter().enumerate() {
+        if listener_names.insert(l.name.as_str(), i).is_some() {
+            d.error(
+                &format!("listeners[{i}].name"),
+                None,
+                format!("duplicate listener name `{}`", l.name),
+            );
+        }
+        if l.bind.port() != 0 && binds.insert(l.bind, i).is_some() {
+            d.error(
+                &format!("listeners[{i}].bind"),
+                None,
+                format!("{} is used by another listener", l.bind),
+            );
+        }
+        if let Some(cl) = &l.cluster {
+            if !names.contains_key(cl.as_str()) {
+                d.error(
+                    &format!("listeners[{i}].cluster"),
+                    None,
+                    format!("no cluster named `{cl}`"),
+                );
+            }
+        }
+        let mut route_names = BTreeMap::new();
+        for (j, r) in l.routes.iter().enumerate() {
+            if route_names.insert(r.name.as_str(), j).is_some() {
+                d.error(
+                    &format!("listeners[{i}].routes[{j}].name"),
+                    None,
+                    format!("duplicate route name `{}`", r.name),
+                );
+            }
+            if let Some(cl) = &r.cluster {
+                if !names.contains_key(cl.as_str()) {
+                    d.error(
+                        &format!("listeners[{i}].routes[{j}].cluster"),
+                        None,
+                        format!("no cluster named `{cl}`"),
+                    );
+                }
+            }
+            for (k, t) in r.split.iter().enumerate() {
+                if !names.contains_key(t.cluster.as_str()) {
+                    d.error(
+                        &format!("listeners[{i}].routes[{j}].split[{k}].cluster"),
+                        None,
+                        format!("no cluster named `{}`", t.cluster),
+                    );
+                }
+            }
+        }
+    }
+    if c.listeners.iter().any(|l| l.bind == c.admin) {
+        d.error(
+            "admin",
+            None,
+            format!("{} is also a listener's address", c.admin),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(src: &str) -> Vec<String> {
+        Config::parse(src)
+            .expect_err("must be invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::parse(EMBEDDED_DEFAULT).unwrap();
+        assert_eq!(c.admin.to_string(), "127.0.0.1:9901");
+        assert_eq!(c.listeners[0].bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            c.clusters[0].endpoints[0].addr.to_string(),
+            "127.0.0.1:8081"
+        );
+        assert_eq!(c.listeners[0].routes[0].name, "0");
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = Config::parse(
+            r#"
+admin: 127.0.0.1:9901
+workers: 2
+listeners:
+  - name: edge
+    bind: 127.0.0.1:8080
+    protocol: http
+    max_request_body_bytes: 10MiB
+    routes:
+      - match: { host: api.example, path_prefix: /v1/, method: GET, headers: { x-canary: "1" } }
+        split:
+          - { cluster: api-v2, weight: 10 }
+          - { cluster: api-v1, weight: 90 }
+        timeout: 5s
+      - match: { path_prefix: / }
+        cluster: api-v1
+  - name: db
+    bind: 127.0.0.1:15432
+    protocol: tcp
+    cluster: api-v1
+clusters:
+  - name: api-v1
+    lb: round-robin
+    connect_timeout: 250ms
+    endpoints:
+      - { addr: 127.0.0.1:8081, zone: dc1 }
+      - { addr: 127.0.0.1:9081, zone: dc2, priority: 1, weight: 3 }
+  - name: api-v2
+    endpoints: []
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.workers, Some(2));
+        let r = &c.listeners[0].routes[0];
+        assert_eq!(r.split.len(), 2);
+        assert_eq!(r.timeout, Some(Duration::from_secs(5)));
+        assert_eq!(
+            r.matcher.headers.get("x-canary").map(String::as_str),
+            Some("1")
+        );
+        assert_eq!(c.listeners[0].max_request_body_bytes, Some(10 << 20));
+        assert_eq!(c.listeners[1].protocol, ListenerProtocol::Tcp);
+        assert_eq!(c.clusters[0].lb, LbPolicy::RoundRobin);
+        let json = c.to_json();
+        assert_eq!(json["listeners"][0]["routes"][0]["timeout"], "5s");
+        assert_eq!(json["clusters"][0]["connect_timeout"], "250ms");
+    }
+
+    #[test]
+    fn every_error_names_its_field() {
+        let e = errors(
+            r#"
+admin: nowhere
+listners: []
+listeners:
+  - name: a
+    bind: 127.0.0.1:80
+    routes:
+      - match: { path_prefix: v1, hots: x }
+        cluster: missing
+        timeout: 5
+      - match: { path: /x }
+        split: [ { cluster: web, weight: 0 } ]
+  - name: a
+    bind: 127.0.0.1:80
+    routes: []
+clusters:
+  - name: web
+    lb: fastest
+    endpoints:
+      - { addr: "1.2.3.4" }
+      - { addr: 127.0.0.1:1, weight: 0 }
+"#,
+        );
+        let joined = e.join("\n");
+        for want in [
+            "admin: `nowhere` is not an address",
+            "listners: unknown field `listners` (did you mean `listeners`?)",
+            "listeners[0].routes[0].match.path_prefix: must start with /",
+            "listeners[0].routes[0].match.hots: unknown field",
+            "listeners[0].routes[0].timeout: expected a string, got an integer",
+            "listeners[0].routes[1].split: needs at least one target with a positive weight",
+            "clusters[0].lb: `fastest` is not one of",
+            "clusters[0].endpoints[0].addr: `1.2.3.4` is not an address",
+            "clusters[0].endpoints[1].weight: must be at least 1",
+        ] {
+            assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
+        }
+        assert!(e.iter().all(|l| l.contains("(line ")), "{joined}");
+    }
+
+    #[test]
+    fn cross_field_errors() {
+        let e = errors(
+            r#"
+listeners:
+  - { name: a, bind: 127.0.0.1:80, routes: [ { match: { path: /x }, cluster: missing } ] }
+  - { name: a, bind: 127.0.0.1:80, protocol: tcp, cluster: nope }
+clusters:
+  - { name: web }
+  - { name: web }
+"#,
+        )
+        .join("\n");
+        for want in [
+            "listeners[0].routes[0].cluster: no cluster named `missing`",
+            "listeners[1].name: duplicate listener name `a`",
+            "listeners[1].bind: 127.0.0.1:80 is used by another listener",
+            "listeners[1].cluster: no cluster named `nope`",
+            "clusters[1].name: duplicate cluster name `web`",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn unavailable_features_are_refused_not_ignored() {
+        let e = errors(
+            "listeners:\n  - { name: a, bind: 127.0.0.1:1, tls: { certs: [] }, routes: [ { match: { path: / }, cluster: c, retry: { attempts: 2 } } ] }\nclusters: [ { name: c } ]\n",
+        )
+        .join("\n");
+        assert!(e.contains("listeners[0].tls: TLS is not available"), "{e}");
+        assert!(
+            e.contains("listeners[0].routes[0].retry: retries are not available"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_a_line() {
+        let e = errors("listeners:\n  - name: [\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].contains("invalid YAML"), "{e:?}");
+        assert!(e[0].contains("line"), "{e:?}");
+        assert!(errors("").iter().any(|l| l.contains("empty")));
+        let dup = errors("admin: 127.0.0.1:1\nadmin: 127.0.0.1:2\nlisteners: []\n");
+        assert!(dup[0].contains("invalid YAML"), "{dup:?}");
+    }
+}

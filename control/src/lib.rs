@@ -1,0 +1,10 @@
+//! ringmesh control side: the config model and its compiler, the runtime that feeds workers new
+//! snapshots, and the admin API. The `ringmesh` binary (src/main.rs) is a thin layer over
+//! [`runtime::Proxy`].
+
+pub mod admin;
+pub mod compile;
+pub mod config;
+pub mod runtime;
+
+pub use runtime::{ConfigSource, Proxy, ProxyOptions};

@@ -1,0 +1,213 @@
+//! The `ringmesh` binary (SPEC.md section 1).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ringmesh_control::config::Config;
+use ringmesh_control::config::decode::parse_duration;
+use ringmesh_control::{ConfigSource, Proxy, ProxyOptions};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+const USAGE: &str = "\
+ringmesh: service-mesh proxy
+
+USAGE:
+    ringmesh                              run the proxy on the embedded default config
+    ringmesh proxy --config FILE          run the proxy from a YAML file (reloaded on change and SIGHUP)
+    ringmesh proxy --control URL[,URL...] --node NAME
+                                          run the proxy fed by a control plane
+    ringmesh control --config MESH.yaml   run the control plane
+    ringmesh check FILE                   validate a config; print every error
+
+OPTIONS:
+    --workers N            worker threads (default: one per core)
+    --admin ADDR           admin API address (default: the config's, 127.0.0.1:9901)
+    --log-format text|json log format (default: text)
+    --log-level LEVEL      error, warn, info, debug or trace (default: info)
+    --drain-timeout DUR    on SIGTERM/SIGINT, time to let requests finish (default: 10s)
+    -h, --help             this help
+    -V, --version          the version
+";
+
+#[derive(Debug, Default)]
+struct Args {
+    command: Option<String>,
+    config: Option<PathBuf>,
+    control: Option<String>,
+    node: Option<String>,
+    bind: Option<String>,
+    file: Option<PathBuf>,
+    workers: Option<usize>,
+    admin: Option<String>,
+    log_format: Option<String>,
+    log_level: Option<String>,
+    drain_timeout: Option<Duration>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    use lexopt::prelude::*;
+    let mut a = Args::default();
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            Short('V') | Long("version") => {
+                println!("ringmesh {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            Long("config") => a.config = Some(p.value()?.into()),
+            Long("control") => a.control = Some(p.value()?.string()?),
+            Long("node") => a.node = Some(p.value()?.string()?),
+            Long("bind") => a.bind = Some(p.value()?.string()?),
+            Long("workers") => {
+                let n: usize = p.value()?.parse()?;
+                if n == 0 {
+                    bail!("--workers must be at least 1");
+                }
+                a.workers = Some(n);
+            }
+            Long("admin") => a.admin = Some(p.value()?.string()?),
+            Long("log-format") => a.log_format = Some(p.value()?.string()?),
+            Long("log-level") => a.log_level = Some(p.value()?.string()?),
+            Long("drain-timeout") => {
+                let v = p.value()?.string()?;
+                a.drain_timeout = Some(parse_duration(&v).with_context(|| {
+                    format!("--drain-timeout: `{v}` is not a duration such as 10s")
+                })?);
+            }
+            Value(v) if a.command.is_none() => a.command = Some(v.string()?),
+            Value(v) if a.command.as_deref() == Some("check") && a.file.is_none() => {
+                a.file = Some(v.into())
+            }
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    Ok(a)
+}
+
+fn init_logging(format: Option<&str>, level: Option<&str>) -> anyhow::Result<()> {
+    use tracing_subscriber::filter::LevelFilter;
+    let level: LevelFilter = match level.unwrap_or("info") {
+        "error" => LevelFilter::ERROR,
+        "warn" => LevelFilter::WARN,
+        "info" => LevelFilter::INFO,
+        "debug" => LevelFilter::DEBUG,
+        "trace" => LevelFilter::TRACE,
+        "off" => LevelFilter::OFF,
+        other => bail!("--log-level: `{other}` is not one of error, warn, info, debug, trace, off"),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr);
+    match format.unwrap_or("text") {
+        "text" => builder.with_ansi(false).init(),
+        "json" => builder.json().init(),
+        other => bail!("--log-format: `{other}` is not text or json"),
+    }
+    Ok(())
+}
+
+fn check(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let Some(file) = file else {
+        bail!("usage: ringmesh check FILE")
+    };
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("{}: cannot read", file.display()))?;
+    match Config::parse(&text) {
+        Ok(_) => {
+            println!("{}: valid", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for e in &errors {
+                println!("{}: {e}", file.display());
+            }
+            println!("{}: {} error(s)", file.display(), errors.len());
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn proxy(a: Args) -> anyhow::Result<ExitCode> {
+    if a.control.is_some() || a.node.is_some() {
+        bail!(
+            "--control/--node: the control plane is not available in this version; use --config FILE"
+        );
+    }
+    let source = match a.config {
+        Some(path) => ConfigSource::File(path),
+        None => ConfigSource::Embedded,
+    };
+    let admin =
+        match &a.admin {
+            Some(s) => Some(s.parse().with_context(|| {
+                format!("--admin: `{s}` is not an address such as 127.0.0.1:9901")
+            })?),
+            None => None,
+        };
+    let opts = ProxyOptions {
+        source,
+        workers: a.workers,
+        admin,
+        drain_timeout: a.drain_timeout.unwrap_or(Duration::from_secs(10)),
+        ..ProxyOptions::default()
+    };
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
+    let proxy = match Proxy::start(opts) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ringmesh: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let remote = proxy.remote();
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => {
+                tracing::info!("SIGHUP: reloading");
+                remote.reload();
+            }
+            _ => {
+                tracing::info!("draining");
+                let finished = proxy.drain();
+                tracing::info!(finished, "stopped");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ringmesh: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_logging(args.log_format.as_deref(), args.log_level.as_deref()) {
+        eprintln!("ringmesh: {e}");
+        return ExitCode::from(2);
+    }
+    let result = match args.command.as_deref() {
+        None | Some("proxy") => proxy(args),
+        Some("check") => check(args.file),
+        Some("control") => Err(anyhow::anyhow!(
+            "the control plane is not available in this version"
+        )),
+        Some(other) => Err(anyhow::anyhow!("unknown command `{other}`\n\n{USAGE}")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ringmesh: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! Request heads: parse, validate, classify (RFC 9112 sections 3, 6 and 7).
+//!
+//! [`RequestHead::parse`] either returns a head whose framing is unambiguous or the error kind the
+//! proxy answers with. It never allocates once the header list has grown to its working size.
+
+use std::mem::MaybeUninit;
+
+use super::{
+    Framing, Header, Known, MAX_HEADERS, Span, Version, classify, connection_may_drop,
+    for_each_token, line_endings_are_crlf, parse_content_length, valid_authority,
+};
+use crate::error::ErrorKind;
+
+/// Request method; the ones the proxy reasons about, and the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// GET
+    Get,
+    /// HEAD
+    Head,
+    /// POST
+    Post,
+    /// PUT
+    Put,
+    /// DELETE
+    Delete,
+    /// OPTIONS
+    Options,
+    /// TRACE
+    Trace,
+    /// CONNECT
+    Connect,
+    /// PATCH
+    Patch,
+    /// Any other token.
+    Other,
+}
+
+impl Method {
+    fn from_bytes(m: &[u8]) -> Method {
+        match m {
+            b"GET" => Method::Get,
+            b"HEAD" => Method::Head,
+            b"POST" => Method::Post,
+            b"PUT" => Method::Put,
+            b"DELETE" => Method::Delete,
+            b"OPTIONS" => Method::Options,
+            b"TRACE" => Method::Trace,
+            b"CONNECT" => Method::Connect,
+            b"PATCH" => Method::Patch,
+            _ => Method::Other,
+        }
+    }
+
+    /// Idempotent methods (RFC 9110 section 9.2.2).
+    pub fn is_idempotent(self) -> bool {
+        matches!(
+            self,
+            Method::Get
+                | Method::Head
+                | Method::Put
+                | Method::Delete
+                | Method::Options
+                | Method::Trace
+        )
+    }
+}
+
+/// A parsed request head: offsets into the buffer it was parsed from.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    /// The method.
+    pub method: Method,
+    /// The method token.
+    pub method_span: Span,
+    /// The path and query to send upstream (origin-form); empty for an absolute-form target
+    /// with no path, which is sent as `/`.
+    pub path: Span,
+    /// The path without its query, for routing.
+    pub route_path: Span,
+    /// The protocol version.
+    pub version: Version,
+    /// The authority: from an absolute-form target, else from Host.
+    pub authority: Option<Span>,
+    /// The target was in absolute form: Host is replaced by its authority.
+    pub absolute_form: bool,
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// The client allows the connection to stay open after this exchange.
+    pub keep_alive: bool,
+    /// The client sent `Expect: 100-continue`.
+    pub expect_continue: bool,
+    /// The client asked for a protocol upgrade (not performed: the header is dropped).
+    pub upgrade: bool,
+    /// Length of the head, including its final empty line.
+    pub head_len: usize,
+    /// The header fields, in order, with hop-by-hop ones marked `drop`.
+    pub headers: Vec<Header>,
+    /// The client sent X-Forwarded-For: its fields are merged, with the client appended.
+    pub has_xff: bool,
+}
+
+impl Default for RequestHead {
+    fn default() -> Self {
+        RequestHead {
+            method: Method::Get,
+            method_span: Span::default(),
+            path: Span::default(),
+            route_path: Span::default(),
+            version: Version::Http11,
+            authority: None,
+            absolute_form: false,
+            framing: Framing::None,
+            keep_alive: true,
+            expect_continue: false,
+            upgrade: false,
+            head_len: 0,
+            headers: Vec::with_capacity(16),
+            has_xff: false,
+        }
+    }
+}
+
+impl RequestHead {
+    /// Parses the head at the start of `buf`, looking at no more than `max_len` bytes.
+    ///
+    /// Returns `Ok(None)` when the head is incomplete and may still fit; the caller reads more.
+    /// On success `self` describes the head and `head_len` says where the body starts.
+    pub fn parse(&mut self, buf: &[u8], max_len: usize) -> Result<Option<usize>, ErrorKind> {
+        let window = &buf[..buf.len().min(max_len)];
+        let mut raw: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+            [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let head_len = match req.parse_with_uninit_headers(window, &mut raw) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                return if buf.len() >= max_len {
+                    Err(ErrorKind::HeadTooLarge)
+                } else {
+                    Ok(None)
+                };
+            }
+            Err(httparse::Error::TooManyHeaders) => return Err(ErrorKind::HeadTooLarge),
+            Err(_) => return Err(ErrorKind::BadRequest),
+        };
+        let head = &window[..head_len];
+        if !line_endings_are_crlf(head) {
+            return Err(ErrorKind::BadRequest);
+        }
+        let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+            return Err(ErrorKind::BadRequest);
+        };
+        self.head_len = head_len;
+        self.method = Method::from_bytes(method.as_bytes());
+        self.method_span = Span::within(buf, method.as_bytes());
+        self.version = if minor == 1 {
+            Version::Http11
+        } else {
+            Version::Http10
+        };
+        self.absolute_form = false;
+        self.authority = None;
+        self.expect_continue = false;
+        self.upgrade = false;
+        self.has_xff = false;
+        self.headers.clear();
+
+        if self.method == Method::Connect {
+            return Err(ErrorKind::Unsupported);
+        }
+        self.parse_target(buf, target.as_bytes())?;
+
+        let mut host: Option<Span> = None;
+        let mut length: Option<u64> = None;
+        let mut chunked = false;
+        let mut has_te = false;
+        let mut close = false;
+        let mut keep_alive = false;
+        let mut named_by_connection = false;
+        for h in req.headers.iter() {
+            let name = h.name.as_bytes();
+            let value = h.value;
+            let mut header = Header {
+                name: Span::within(buf, name),
+                value: Span::within(buf, value),
+                drop: false,
+            };
+            match classify(name) {
+                Known::Host => {
+                    if host.is_some() || !valid_authority(value) {
+                        return Err(ErrorKind::BadRequest);
+                    }
+                    host = Some(header.value);
+                    header.drop = self.absolute_form;
+                }
+                Known::ContentLength => {
+                    let n = parse_content_length(value).ok_or(ErrorKind::BadRequest)?;
+                    if length.is_some_and(|prev| prev != n) {
+                        return Err(ErrorKind::BadRequest);
+                    }
+                    length = Some(n);
+                    header.drop = true;
+                }
+                Known::TransferEncoding => {
+                    has_te = true;
+                    transfer_coding(value, &mut chunked)?;
+                    header.drop = true;
+                }
+                Known::Connection => {
+                    for_each_token(value, |t| {
+                        if t.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                            keep_alive = true;
+                        } else {
+                            named_by_connection = true;
+                        }
+                    });
+                    header.drop = true;
+                }
+                Known::KeepAlive | Known::ProxyConnection | Known::Te | Known::XForwardedProto => {
+                    header.drop = true;
+                }
+                Known::Upgrade => {
+                    self.upgrade = true;
+                    header.drop = true;
+                }
+                Known::Expect => {
+                    if value.eq_ignore_ascii_case(b"100-continue") {
+                        self.expect_continue = true;
+                        header.drop = true;
+                    }
+                }
+                Known::XForwardedFor => {
+                    self.has_xff = true;
+                }
+                Known::Other => {}
+            }
+            self.headers.push(header);
+        }
+        if named_by_connection {
+            self.drop_connection_options(buf);
+        }
+
+        match (has_te, length) {
+            (true, Some(_)) => return Err(ErrorKind::BadRequest),
+            (true, None) => {
+                // RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding is faulty.
+                if self.version == Version::Http10 || !chunked {
+                    return Err(ErrorKind::BadRequest);
+                }
+                self.framing = Framing::Chunked;
+            }
+            (false, Some(0) | None) => self.framing = Framing::None,
+            (false, Some(n)) => self.framing = Framing::Length(n),
+        }
+        if !self.absolute_form {
+            match (host, self.version) {
+                (None, Version::Http11) => return Err(ErrorKind::BadRequest),
+                (h, _) => self.authority = h,
+            }
+        }
+        self.keep_alive = match self.version {
+            Version::Http11 => !close,
+            Version::Http10 => keep_alive && !close,
+        };
+        Ok(Some(head_len))
+    }
+
+    fn parse_target(&mut self, buf: &[u8], target: &[u8]) -> Result<(), ErrorKind> {
+        let (path, authority) = match target {
+            [b'/', ..] => (target, None),
+            b"*" if self.method == Method::Options => (target, None),
+            _ => {
+                let rest = strip_scheme(target).ok_or(ErrorKind::BadRequest)?;
+                let end = rest
+                    .iter()
+                    .position(|&b| b == b'/' || b == b'?')
+                    .unwrap_or(rest.len());
+                let (authority, path) = rest.split_at(end);
+                if authority.is_empty() || !valid_authority(authority) {
+                    return Err(ErrorKind::BadRequest);
+                }
+                if path.first() == Some(&b'?') {
+                    // "http://host?q" has an empty path; origin-form needs "/?q". Rare enough to
+                    // refuse rather than rewrite.
+                    return Err(ErrorKind::BadRequest);
+                }
+                (path, Some(authority))
+            }
+        };
+        if let Some(a) = authority {
+            self.absolute_form = true;
+            self.authority = Some(Span::within(buf, a));
+        }
+        self.path = Span::within(buf, path);
+        let route_end = memchr::memchr(b'?', path).unwrap_or(path.len());
+        self.route_path = Span::within(buf, &path[..route_end]);
+        Ok(())
+    }
+
+    /// Marks the headers named by `Connection` options as hop-by-hop.
+    fn drop_connection_options(&mut self, buf: &[u8]) {
+        let headers = &mut self.headers;
+        for i in 0..headers.len() {
+            if classify(headers[i].name.get(buf)) != Known::Connection {
+                continue;
+            }
+            let value = headers[i].value.get(buf);
+            for_each_token(value, |t| {
+                if !connection_may_drop(t) {
+                    return;
+                }
+                for h in headers.iter_mut() {
+                    if h.name.get(buf).eq_ignore_ascii_case(t) {
+                        h.drop = true;
+                    }
+                }
+            });
+        }
+    }
+
+    /// The value of the first header named `name` (case-insensitive), if any.
+    pub fn header<'a>(&self, buf: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
+            .map(|h| h.value.get(buf))
+    }
+
+    /// Whether the body length is known to be zero.
+    pub fn has_body(&self) -> bool {
+        !matches!(self.framing, Framing::None)
+    }
+}
+
+/// Accumulates one Transfer-Encoding field: chunked must be the last coding, once; a coding the
+/// proxy does not implement is 501.
+fn transfer_coding(value: &[u8], chunked: &mut bool) -> Result<(), ErrorKind> {
+    let mut any = false;
+    let mut result = Ok(());
+    for_each_token(value, |t| {
+        any = true;
+        if result.is_err() {
+            return;
+        }
+        if *chunked {
+            // Anything after chunked (even a second chunked) makes the length undeterminable.
+            result = Err(ErrorKind::BadRequest);
+        } else if t.eq_ignore_ascii_case(b"chunked") {
+            *chunked = true;
+        } else if t.iter().all(|&b| super::is_tchar(b)) {
+            result = Err(ErrorKind::Unsupported);
+        } else {
+            result = Err(ErrorKind::BadRequest);
+        }
+    });
+    if !any {
+        return Err(ErrorKind::BadRequest);
+    }
+    result
+}
+
+fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
+    let colon = memchr::memchr(b':', target)?;
+    let scheme = &target[..colon];
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+        return None;
+    }
+    target[colon + 1..].strip_prefix(b"//")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8]) -> Result<RequestHead, ErrorKind> {
+        let mut h = RequestHead::default();
+        match h.parse(raw, 64 * 1024)? {
+            Some(_) => Ok(h),
+            None => panic!("incomplete: {:?}", String::from_utf8_lossy(raw)),
+        }
+    }
+
+    fn kind(raw: &[u8]) -> ErrorKind {
+        parse(raw).expect_err("must be refused")
+    }
+
+    #[test]
+    fn simple_get() {
+        let raw = b"GET /a/b?x=1 HTTP/1.1\r\nHost: example.com:80\r\nAccept: */*\r\n\r\n";
+        let h = parse(raw).unwrap();
+        assert_eq!(h.method, Method::Get);
+        assert_eq!(h.path.get(raw), b"/a/b?x=1");
+        assert_eq!(h.route_path.get(raw), b"/a/b");
+        assert_eq!(h.authority.unwrap().get(raw), b"example.com:80");
+        assert_eq!(h.framing, Framing::None);
+        assert!(h.keep_alive);
+        assert_eq!(h.head_len, raw.len());
+        assert_eq!(h.headers.len(), 2);
+    }
+
+    #[test]
+    fn incomplete_and_too_large() {
+        let mut h = RequestHead::default();
+        assert_eq!(h.parse(b"GET / HTTP/1.1\r\nHost: a\r\n", 1024), Ok(None));
+        let big = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 100]].concat();
+        assert_eq!(h.parse(&big, 64), Err(ErrorKind::HeadTooLarge));
+        let mut many = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        for i in 0..200 {
+            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(h.parse(&many, 1 << 20), Err(ErrorKind::HeadTooLarge));
+    }
+
+    #[test]
+    fn framing_and_smuggling() {
+        let te =
+            parse(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        assert_eq!(te.framing, Framing::Chunked);
+        let cl = parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").unwrap();
+        assert_eq!(cl.framing, Framing::Length(5));
+        let cl2 =
+            parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(cl2.unwrap().framing, Framing::Length(5));
+        for bad in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \"chunked\"\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: \x00\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX\x01: b\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",
+            b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+            b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET a HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET http:/// HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(kind(bad), ErrorKind::BadRequest, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(
+            kind(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            ErrorKind::Unsupported
+        );
+        assert_eq!(
+            kind(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            ErrorKind::Unsupported
+        );
+        assert_eq!(
+            kind(b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n"),
+            ErrorKind::Unsupported
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret, Host\r\n\
+            X-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nUpgrade: h2c\r\n\
+            Proxy-Connection: x\r\nX-Other: 2\r\nX-Forwarded-Proto: evil\r\n\r\n";
+        let h = parse(raw).unwrap();
+        let kept: Vec<&[u8]> = h
+            .headers
+            .iter()
+            .filter(|h| !h.drop)
+            .map(|h| h.name.get(raw))
+            .collect();
+        assert_eq!(kept, vec![&b"Host"[..], b"X-Other"]);
+        assert!(h.upgrade);
+    }
+
+    #[test]
+    fn versions_and_keep_alive() {
+        assert!(
+            !parse(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
+        let h10 = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert!(!h10.keep_alive);
+        assert_eq!(h10.version, Version::Http10);
+        assert!(h10.authority.is_none());
+        assert!(
+            parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
+    }
+
+    #[test]
+    fn absolute_form_replaces_host() {
+        let raw = b"GET http://Example.com:8080/p?q HTTP/1.1\r\nHost: other\r\n\r\n";
+        let h = parse(raw).unwrap();
+        assert!(h.absolute_form);
+        assert_eq!(h.authority.unwrap().get(raw), b"Example.com:8080");
+        assert_eq!(h.path.get(raw), b"/p?q");
+        assert!(h.headers[0].drop, "the received Host is replaced");
+        let raw = b"GET http://a HTTP/1.1\r\nHost: a\r\n\r\n";
+        let h = parse(raw).unwrap();
+        assert!(h.path.is_empty());
+        assert_eq!(h.route_path.get(raw), b"");
+    }
+
+    #[test]
+    fn expect_continue() {
+        let h = parse(
+            b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n",
+        )
+        .unwrap();
+        assert!(h.expect_continue);
+        assert!(h.headers[1].drop);
+    }
+
+    #[test]
+    fn options_star() {
+        let raw = b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(parse(raw).unwrap().path.get(raw), b"*");
+    }
+}

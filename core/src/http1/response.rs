@@ -1,0 +1,270 @@
+//! Response heads from upstreams: parse, validate, classify (RFC 9112 section 4 and 6.3).
+//!
+//! The proxy holds upstreams to the same strictness as clients: a response whose framing is
+//! ambiguous is a 502 and its connection is never reused.
+
+use std::mem::MaybeUninit;
+
+use super::{
+    Framing, Header, Known, MAX_HEADERS, Span, Version, classify, connection_may_drop,
+    for_each_token, line_endings_are_crlf, parse_content_length,
+};
+
+/// A parsed response head: offsets into the buffer it was parsed from.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    /// Status code, 100 to 999.
+    pub status: u16,
+    /// Reason phrase (may be empty).
+    pub reason: Span,
+    /// Protocol version of the upstream.
+    pub version: Version,
+    /// Body framing as the head declares it (before the request method and status apply).
+    pub framing: Framing,
+    /// The declared Content-Length, if any (kept for HEAD and 304 answers).
+    pub content_length: Option<u64>,
+    /// The upstream allows the connection to be reused.
+    pub keep_alive: bool,
+    /// Length of the head including its final empty line.
+    pub head_len: usize,
+    /// Header fields, in order, hop-by-hop ones marked `drop`.
+    pub headers: Vec<Header>,
+}
+
+impl Default for ResponseHead {
+    fn default() -> Self {
+        ResponseHead {
+            status: 0,
+            reason: Span::default(),
+            version: Version::Http11,
+            framing: Framing::Close,
+            content_length: None,
+            keep_alive: false,
+            head_len: 0,
+            headers: Vec::with_capacity(16),
+        }
+    }
+}
+
+/// Why a response head was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseError {
+    /// Malformed or ambiguous.
+    Invalid,
+    /// Larger than allowed.
+    TooLarge,
+}
+
+impl ResponseHead {
+    /// Parses the response head at the start of `buf`, within `max_len` bytes. `Ok(None)`: not
+    /// complete yet.
+    pub fn parse(&mut self, buf: &[u8], max_len: usize) -> Result<Option<usize>, ResponseError> {
+        let window = &buf[..buf.len().min(max_len)];
+        let mut raw: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+            [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let head_len = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, window, &mut raw)
+        {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                return if buf.len() >= max_len {
+                    Err(ResponseError::TooLarge)
+                } else {
+                    Ok(None)
+                };
+            }
+            Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::TooLarge),
+            Err(_) => return Err(ResponseError::Invalid),
+        };
+        if !line_endings_are_crlf(&window[..head_len]) {
+            return Err(ResponseError::Invalid);
+        }
+        let (Some(minor), Some(code), Some(reason)) = (resp.version, resp.code, resp.reason) else {
+            return Err(ResponseError::Invalid);
+        };
+        if !(100..=999).contains(&code) {
+            return Err(ResponseError::Invalid);
+        }
+        self.status = code;
+        self.reason = Span::within(buf, reason.as_bytes());
+        self.version = if minor == 1 {
+            Version::Http11
+        } else {
+            Version::Http10
+        };
+        self.head_len = head_len;
+        self.headers.clear();
+
+        let mut length: Option<u64> = None;
+        let mut te = false;
+        let mut close = false;
+        let mut keep_alive = false;
+        let mut named = false;
+        for h in resp.headers.iter() {
+            let name = h.name.as_bytes();
+            let value = h.value;
+            let mut header = Header {
+                name: Span::within(buf, name),
+                value: Span::within(buf, value),
+                drop: false,
+            };
+            match classify(name) {
+                Known::ContentLength => {
+                    let n = parse_content_length(value).ok_or(ResponseError::Invalid)?;
+                    if length.is_some_and(|p| p != n) {
+                        return Err(ResponseError::Invalid);
+                    }
+                    length = Some(n);
+                    header.drop = true;
+                }
+                Known::TransferEncoding => {
+                    // Strict: exactly one "chunked" coding. Other codings would need the body
+                    // delimited by close, which no sane upstream relies on.
+                    if te || !value.eq_ignore_ascii_case(b"chunked") {
+                        return Err(ResponseError::Invalid);
+                    }
+                    te = true;
+                    header.drop = true;
+                }
+                Known::Connection => {
+                    for_each_token(value, |t| {
+                        if t.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                            keep_alive = true;
+                        } else {
+                            named = true;
+                        }
+                    });
+                    header.drop = true;
+                }
+                Known::KeepAlive | Known::ProxyConnection | Known::Te | Known::Upgrade => {
+                    header.drop = true;
+                }
+                _ => {}
+            }
+            self.headers.push(header);
+        }
+        if named {
+            self.drop_connection_options(buf);
+        }
+        if te && length.is_some() {
+            return Err(ResponseError::Invalid);
+        }
+        self.content_length = length;
+        self.framing = match (te, length) {
+            (true, _) => Framing::Chunked,
+            (false, Some(n)) => Framing::Length(n),
+            (false, None) => Framing::Close,
+        };
+        self.keep_alive = match self.version {
+            Version::Http11 => !close,
+            Version::Http10 => keep_alive && !close,
+        } && self.framing != Framing::Close;
+        Ok(Some(head_len))
+    }
+
+    /// The framing of the body that actually follows, given the request method and the status
+    /// (RFC 9112 section 6.3): HEAD answers, 1xx, 204 and 304 have none.
+    pub fn body_framing(&self, request_was_head: bool) -> Framing {
+        if request_was_head || self.is_interim() || self.status == 204 || self.status == 304 {
+            Framing::None
+        } else {
+            match self.framing {
+                Framing::Length(0) => Framing::None,
+                f => f,
+            }
+        }
+    }
+
+    /// A 1xx interim response; a final one follows on the same connection.
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status)
+    }
+
+    fn drop_connection_options(&mut self, buf: &[u8]) {
+        let headers = &mut self.headers;
+        for i in 0..headers.len() {
+            if classify(headers[i].name.get(buf)) != Known::Connection {
+                continue;
+            }
+            let value = headers[i].value.get(buf);
+            for_each_token(value, |t| {
+                if !connection_may_drop(t) {
+                    return;
+                }
+                for h in headers.iter_mut() {
+                    if h.name.get(buf).eq_ignore_ascii_case(t) {
+                        h.drop = true;
+                    }
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8]) -> Result<ResponseHead, ResponseError> {
+        let mut h = ResponseHead::default();
+        h.parse(raw, 64 * 1024).map(|n| {
+            assert!(n.is_some(), "incomplete");
+            h
+        })
+    }
+
+    #[test]
+    fn framings() {
+        let r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+        assert_eq!(
+            (r.status, r.framing, r.keep_alive),
+            (200, Framing::Length(2), true)
+        );
+        assert_eq!(r.head_len, 38);
+        let r = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        assert_eq!(r.framing, Framing::Chunked);
+        let r = parse(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        assert_eq!((r.framing, r.keep_alive), (Framing::Close, false));
+        let r = parse(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").unwrap();
+        assert!(!r.keep_alive);
+        let r = parse(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n")
+            .unwrap();
+        assert!(r.keep_alive);
+        let r = parse(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n").unwrap();
+        assert_eq!(r.body_framing(false), Framing::None);
+        let r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n").unwrap();
+        assert_eq!(r.body_framing(true), Framing::None);
+        assert_eq!(r.content_length, Some(5));
+        let r = parse(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n").unwrap();
+        assert!(r.is_interim());
+        let r = parse(b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert!(r.reason.is_empty());
+    }
+
+    #[test]
+    fn refuses_ambiguous() {
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
+            b"HTTP/1.1 200 OK\nX: a\n\n",
+            b"HTTP/1.1 099 Low\r\n\r\n",
+            b"HTTP/1.1 20 OK\r\n\r\n",
+            b"HTTP/2 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX : a\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse(bad).unwrap_err(),
+                ResponseError::Invalid,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

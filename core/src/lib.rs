@@ -1,0 +1,25 @@
+//! ringmesh data plane.
+//!
+//! A shared-nothing, thread-per-core proxy: one pinned [`worker`] per core, each with its own
+//! io_uring runtime, listeners, connection pools, balancer state and metrics. Configuration
+//! arrives as an immutable [`snapshot::Snapshot`] that each worker swaps in without locking.
+//! See ARCHITECTURE.md for the threads and one request's path through these modules.
+
+pub mod balance;
+pub mod buf;
+pub mod endpoint;
+pub mod error;
+pub mod event;
+pub mod http1;
+mod listener;
+pub mod metrics;
+mod proxy;
+pub mod rng;
+pub mod route;
+pub mod snapshot;
+pub mod sys;
+mod tcp;
+pub mod worker;
+
+pub use error::{Error, ErrorKind};
+pub use snapshot::Snapshot;

@@ -1,0 +1,87 @@
+//! Listeners: each worker binds its own SO_REUSEPORT socket per configured listener, so the
+//! kernel spreads connections across workers and a connection lives on one worker for life.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::io::Canceller;
+use monoio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::worker::Worker;
+
+/// Accept queue length asked of the kernel (capped by `net.core.somaxconn`).
+const BACKLOG: i32 = 4096;
+
+/// Binds a listening socket with SO_REUSEPORT and TCP_NODELAY (inherited by accepted sockets,
+/// which saves a system call per connection).
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// A running accept loop.
+pub(crate) struct ListenerTask {
+    /// The address it is bound to.
+    pub bind: SocketAddr,
+    canceller: Option<Canceller>,
+}
+
+impl ListenerTask {
+    /// Stops accepting; the socket closes when the loop ends.
+    pub fn stop(&mut self) {
+        if let Some(c) = self.canceller.take() {
+            let _ = c.cancel();
+        }
+    }
+}
+
+impl Drop for ListenerTask {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts accepting on `sock` for the listener called `name`.
+pub(crate) fn start(
+    worker: Rc<Worker>,
+    name: Arc<str>,
+    bind: SocketAddr,
+    sock: TcpListener,
+) -> ListenerTask {
+    let canceller = Canceller::new();
+    let handle = canceller.handle();
+    monoio::spawn(async move {
+        loop {
+            // A cancelable accept: a plain one dropped mid-flight leaks the fd it returns
+            // (monoio 0.2.4).
+            match sock.cancelable_accept(handle.clone()).await {
+                Ok((stream, peer)) => {
+                    let w = worker.clone();
+                    let name = name.clone();
+                    monoio::spawn(crate::proxy::serve(w, name, stream, peer));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => break,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    monoio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        tracing::debug!(listener = %name, worker = worker.id, "listener stopped");
+    });
+    ListenerTask {
+        bind,
+        canceller: Some(canceller),
+    }
+}

@@ -1,0 +1,608 @@
+//! Metrics: recorded per worker without locks, merged only when scraped.
+//!
+//! A worker owns its counters and histograms (plain `Cell`s and hdrhistograms). A scrape asks
+//! every worker for a [`WorkerReport`] over its command channel; the reports are merged and
+//! rendered in the Prometheus text format (SPEC.md section 6). Series are keyed by name, so they
+//! survive reloads for as long as their route, listener or endpoint does.
+
+use std::cell::{Cell, RefCell};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use rustc_hash::FxHashMap;
+
+use crate::error::ErrorKind;
+
+/// Upper bounds (seconds) of the request-duration histogram buckets.
+pub const DURATION_BUCKETS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Highest duration tracked exactly (one hour, in microseconds); longer ones saturate.
+const HIST_MAX_US: u64 = 3_600_000_000;
+
+fn new_histogram() -> Histogram<u64> {
+    // Two significant digits keep each histogram near 20 KiB; it is created on first use.
+    // The bounds are constants that hdrhistogram accepts.
+    Histogram::new_with_bounds(1, HIST_MAX_US, 2).expect("constant histogram bounds are valid")
+}
+
+/// Counters of one (listener, route, cluster).
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    codes: RefCell<Vec<(u16, u64)>>,
+    hist: RefCell<Option<Box<Histogram<u64>>>>,
+    sum_us: Cell<u64>,
+}
+
+impl RouteStats {
+    /// Records one finished request.
+    #[inline]
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        {
+            let mut codes = self.codes.borrow_mut();
+            match codes.iter_mut().find(|(c, _)| *c == status) {
+                Some((_, n)) => *n += 1,
+                None => codes.push((status, 1)),
+            }
+        }
+        let us = elapsed.as_micros().min(u128::from(HIST_MAX_US)) as u64;
+        self.sum_us.set(self.sum_us.get() + us);
+        let mut h = self.hist.borrow_mut();
+        h.get_or_insert_with(|| Box::new(new_histogram()))
+            .saturating_record(us.max(1));
+    }
+
+    fn report(&self) -> (Vec<(u16, u64)>, Option<Histogram<u64>>, u64) {
+        (
+            self.codes.borrow().clone(),
+            self.hist.borrow().as_deref().cloned(),
+            self.sum_us.get(),
+        )
+    }
+}
+
+/// Counters of one listener on one worker.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Open connections.
+    pub active: Cell<u64>,
+    /// Connections accepted.
+    pub accepted: Cell<u64>,
+    local: [Cell<u64>; ErrorKind::ALL.len()],
+}
+
+impl ListenerStats {
+    /// Counts an answer the proxy made itself (or a request it dropped).
+    #[inline]
+    pub fn local_reply(&self, kind: ErrorKind) {
+        let c = &self.local[kind.index()];
+        c.set(c.get() + 1);
+    }
+}
+
+/// How one upstream request ended, per endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response below 500.
+    Success,
+    /// A 5xx response.
+    Status5xx,
+    /// Could not connect.
+    ConnectFailed,
+    /// Closed or reset before the response was complete.
+    Reset,
+    /// Malformed response.
+    ProtocolError,
+    /// No response in time.
+    Timeout,
+}
+
+impl Outcome {
+    /// Number of outcomes.
+    pub const COUNT: usize = 6;
+    /// Every outcome, by index.
+    pub const ALL: [Outcome; Outcome::COUNT] = [
+        Outcome::Success,
+        Outcome::Status5xx,
+        Outcome::ConnectFailed,
+        Outcome::Reset,
+        Outcome::ProtocolError,
+        Outcome::Timeout,
+    ];
+
+    /// Label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Status5xx => "5xx",
+            Outcome::ConnectFailed => "connect-failed",
+            Outcome::Reset => "reset",
+            Outcome::ProtocolError => "protocol-error",
+            Outcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// Key of a route series.
+pub type RouteKey = (Arc<str>, Arc<str>, Arc<str>);
+
+/// Every metric a worker records, by name.
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    routes: RefCell<FxHashMap<RouteKey, Rc<RouteStats>>>,
+    listeners: RefCell<FxHashMap<Arc<str>, Rc<ListenerStats>>>,
+}
+
+impl WorkerMetrics {
+    /// The series of (listener, route, cluster), created on first use.
+    pub fn route(
+        &self,
+        listener: &Arc<str>,
+        route: &Arc<str>,
+        cluster: &Arc<str>,
+    ) -> Rc<RouteStats> {
+        let key = (listener.clone(), route.clone(), cluster.clone());
+        self.routes.borrow_mut().entry(key).or_default().clone()
+    }
+
+    /// The series of a listener, created on first use.
+    pub fn listener(&self, name: &Arc<str>) -> Rc<ListenerStats> {
+        self.listeners
+            .borrow_mut()
+            .entry(name.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets route series no configuration refers to any more (after a reload), so that
+    /// route churn does not grow memory without bound.
+    pub fn forget_unused(&self) {
+        self.routes
+            .borrow_mut()
+            .retain(|_, s| Rc::strong_count(s) > 1);
+    }
+
+    /// A copy of everything, to send to the scraper.
+    pub fn report(&self, worker: usize, endpoints: Vec<EndpointReport>) -> WorkerReport {
+        let routes = self
+            .routes
+            .borrow()
+            .iter()
+            .map(|((l, r, c), s)| {
+                let (codes, hist, sum_us) = s.report();
+                RouteReport {
+                    listener: l.clone(),
+                    route: r.clone(),
+                    cluster: c.clone(),
+                    codes,
+                    hist,
+                    sum_us,
+                }
+            })
+            .collect();
+        let listeners = self
+            .listeners
+            .borrow()
+            .iter()
+            .map(|(name, s)| ListenerReport {
+                name: name.clone(),
+                active: s.active.get(),
+                accepted: s.accepted.get(),
+                local: ErrorKind::ALL.map(|k| s.local[k.index()].get()),
+            })
+            .collect();
+        WorkerReport {
+            worker,
+            routes,
+            listeners,
+            endpoints,
+        }
+    }
+}
+
+/// One worker's metrics at scrape time.
+#[derive(Debug, Clone)]
+pub struct WorkerReport {
+    /// Worker index.
+    pub worker: usize,
+    /// Route series.
+    pub routes: Vec<RouteReport>,
+    /// Listener series.
+    pub listeners: Vec<ListenerReport>,
+    /// Endpoint state.
+    pub endpoints: Vec<EndpointReport>,
+}
+
+/// A route series at scrape time.
+#[derive(Debug, Clone)]
+pub struct RouteReport {
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// Route name (empty for requests no route matched).
+    pub route: Arc<str>,
+    /// Cluster name (empty when none was chosen).
+    pub cluster: Arc<str>,
+    /// Count per status code.
+    pub codes: Vec<(u16, u64)>,
+    /// Durations in microseconds.
+    pub hist: Option<Histogram<u64>>,
+    /// Sum of durations in microseconds.
+    pub sum_us: u64,
+}
+
+/// A listener series at scrape time.
+#[derive(Debug, Clone)]
+pub struct ListenerReport {
+    /// Listener name.
+    pub name: Arc<str>,
+    /// Open connections.
+    pub active: u64,
+    /// Accepted connections.
+    pub accepted: u64,
+    /// Answers made by the proxy, per error kind.
+    pub local: [u64; ErrorKind::ALL.len()],
+}
+
+/// An endpoint's state in one worker at scrape time.
+#[derive(Debug, Clone)]
+pub struct EndpointReport {
+    /// Cluster name.
+    pub cluster: Arc<str>,
+    /// Address.
+    pub addr: SocketAddr,
+    /// Zone.
+    pub zone: Option<Arc<str>>,
+    /// Priority.
+    pub priority: u32,
+    /// Weight.
+    pub weight: u32,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Peak-EWMA latency estimate, seconds.
+    pub ewma_seconds: f64,
+    /// Idle pooled connections.
+    pub pooled: usize,
+    /// Requests per outcome.
+    pub outcomes: [u64; Outcome::COUNT],
+}
+
+/// Sums of every worker's reports, keyed for rendering.
+#[derive(Debug, Default)]
+pub struct Merged {
+    /// Route series, sorted by key.
+    pub routes: Vec<RouteReport>,
+    /// Listener series, sorted by name.
+    pub listeners: Vec<ListenerReport>,
+    /// Endpoints, sorted by cluster and address; `in_flight`, `pooled` and `outcomes` summed,
+    /// `ewma_seconds` averaged over workers.
+    pub endpoints: Vec<EndpointReport>,
+}
+
+/// Merges worker reports.
+pub fn merge(reports: &[WorkerReport]) -> Merged {
+    let mut routes: FxHashMap<RouteKey, RouteReport> = FxHashMap::default();
+    let mut listeners: FxHashMap<Arc<str>, ListenerReport> = FxHashMap::default();
+    let mut endpoints: FxHashMap<(Arc<str>, SocketAddr), (EndpointReport, u32)> =
+        FxHashMap::default();
+    for rep in reports {
+        for r in &rep.routes {
+            let key = (r.listener.clone(), r.route.clone(), r.cluster.clone());
+            match routes.get_mut(&key) {
+                None => {
+                    routes.insert(key, r.clone());
+                }
+                Some(m) => {
+                    for &(code, n) in &r.codes {
+                        match m.codes.iter_mut().find(|(c, _)| *c == code) {
+                            Some((_, t)) => *t += n,
+                            None => m.codes.push((code, n)),
+                        }
+                    }
+                    m.sum_us += r.sum_us;
+                    match (&mut m.hist, &r.hist) {
+                        (Some(a), Some(b)) => {
+                            let _ = a.add(b);
+                        }
+                        (a @ None, Some(b)) => *a = Some(b.clone()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for l in &rep.listeners {
+            match listeners.get_mut(&l.name) {
+                None => {
+                    listeners.insert(l.name.clone(), l.clone());
+                }
+                Some(m) => {
+                    m.active += l.active;
+                    m.accepted += l.accepted;
+                    for (a, b) in m.local.iter_mut().zip(l.local) {
+                        *a += b;
+                    }
+                }
+            }
+        }
+        for e in &rep.endpoints {
+            let key = (e.cluster.clone(), e.addr);
+            match endpoints.get_mut(&key) {
+                None => {
+                    endpoints.insert(key, (e.clone(), 1));
+                }
+                Some((m, n)) => {
+                    m.in_flight += e.in_flight;
+                    m.pooled += e.pooled;
+                    m.ewma_seconds += e.ewma_seconds;
+                    *n += 1;
+                    for (a, b) in m.outcomes.iter_mut().zip(e.outcomes) {
+                        *a += b;
+                    }
+                }
+            }
+        }
+    }
+    let mut routes: Vec<_> = routes.into_values().collect();
+    routes.sort_by(|a, b| {
+        (&a.listener, &a.route, &a.cluster).cmp(&(&b.listener, &b.route, &b.cluster))
+    });
+    for r in &mut routes {
+        r.codes.sort_unstable();
+    }
+    let mut listeners: Vec<_> = listeners.into_values().collect();
+    listeners.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut endpoints: Vec<_> = endpoints
+        .into_values()
+        .map(|(mut e, n)| {
+            e.ewma_seconds /= f64::from(n);
+            e
+        })
+        .collect();
+    endpoints.sort_by(|a, b| (&a.cluster, a.addr).cmp(&(&b.cluster, b.addr)));
+    Merged {
+        routes,
+        listeners,
+        endpoints,
+    }
+}
+
+/// Escapes a label value for the Prometheus text format.
+pub fn escape_label(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Renders the data-plane metrics in the Prometheus text format.
+pub fn render(out: &mut String, m: &Merged) {
+    header(
+        out,
+        "ringmesh_requests_total",
+        "counter",
+        "Requests by listener, route, cluster and status code.",
+    );
+    for r in &m.routes {
+        for (code, n) in &r.codes {
+            out.push_str("ringmesh_requests_total{");
+            route_labels(out, r);
+            let _ = writeln!(out, ",code=\"{code}\"}} {n}");
+        }
+    }
+    header(
+        out,
+        "ringmesh_request_duration_seconds",
+        "histogram",
+        "Time from the request head to the end of the response.",
+    );
+    for r in &m.routes {
+        let Some(h) = &r.hist else { continue };
+        let mut counts = [0u64; DURATION_BUCKETS.len()];
+        for v in h.iter_recorded() {
+            let us = v.value_iterated_to() as f64 / 1e6;
+            if let Some(i) = DURATION_BUCKETS.iter().position(|&le| us <= le) {
+                counts[i] += v.count_at_value();
+            }
+        }
+        let mut cumulative = 0;
+        for (le, n) in DURATION_BUCKETS.iter().zip(counts) {
+            cumulative += n;
+            out.push_str("ringmesh_request_duration_seconds_bucket{");
+            route_labels(out, r);
+            let _ = writeln!(out, ",le=\"{le}\"}} {cumulative}");
+        }
+        out.push_str("ringmesh_request_duration_seconds_bucket{");
+        route_labels(out, r);
+        let _ = writeln!(out, ",le=\"+Inf\"}} {}", h.len());
+        out.push_str("ringmesh_request_duration_seconds_sum{");
+        route_labels(out, r);
+        let _ = writeln!(out, "}} {}", r.sum_us as f64 / 1e6);
+        out.push_str("ringmesh_request_duration_seconds_count{");
+        route_labels(out, r);
+        let _ = writeln!(out, "}} {}", h.len());
+    }
+    header(
+        out,
+        "ringmesh_connections_active",
+        "gauge",
+        "Open client connections.",
+    );
+    for l in &m.listeners {
+        out.push_str("ringmesh_connections_active{listener=\"");
+        escape_label(out, &l.name);
+        let _ = writeln!(out, "\"}} {}", l.active);
+    }
+    header(
+        out,
+        "ringmesh_connections_total",
+        "counter",
+        "Accepted client connections.",
+    );
+    for l in &m.listeners {
+        out.push_str("ringmesh_connections_total{listener=\"");
+        escape_label(out, &l.name);
+        let _ = writeln!(out, "\"}} {}", l.accepted);
+    }
+    header(
+        out,
+        "ringmesh_local_replies_total",
+        "counter",
+        "Answers the proxy made itself, by the ringmesh-error kind.",
+    );
+    for l in &m.listeners {
+        for k in ErrorKind::ALL {
+            let n = l.local[k.index()];
+            if n == 0 {
+                continue;
+            }
+            out.push_str("ringmesh_local_replies_total{listener=\"");
+            escape_label(out, &l.name);
+            let _ = writeln!(out, "\",kind=\"{}\"}} {n}", k.name());
+        }
+    }
+    header(
+        out,
+        "ringmesh_upstream_rq_total",
+        "counter",
+        "Upstream requests by endpoint and outcome.",
+    );
+    for e in &m.endpoints {
+        for o in Outcome::ALL {
+            out.push_str("ringmesh_upstream_rq_total{");
+            endpoint_labels(out, e);
+            let _ = writeln!(
+                out,
+                ",outcome=\"{}\"}} {}",
+                o.name(),
+                e.outcomes[o as usize]
+            );
+        }
+    }
+    header(
+        out,
+        "ringmesh_endpoint_ewma_seconds",
+        "gauge",
+        "Peak-EWMA latency estimate, averaged over workers.",
+    );
+    for e in &m.endpoints {
+        out.push_str("ringmesh_endpoint_ewma_seconds{");
+        endpoint_labels(out, e);
+        let _ = writeln!(out, "}} {}", e.ewma_seconds);
+    }
+    header(
+        out,
+        "ringmesh_endpoint_ejected",
+        "gauge",
+        "1 while the endpoint is ejected by outlier detection.",
+    );
+    for e in &m.endpoints {
+        out.push_str("ringmesh_endpoint_ejected{");
+        endpoint_labels(out, e);
+        out.push_str("} 0\n");
+    }
+    header(
+        out,
+        "ringmesh_endpoint_in_flight",
+        "gauge",
+        "Requests in flight to the endpoint.",
+    );
+    for e in &m.endpoints {
+        out.push_str("ringmesh_endpoint_in_flight{");
+        endpoint_labels(out, e);
+        let _ = writeln!(out, "}} {}", e.in_flight);
+    }
+    header(
+        out,
+        "ringmesh_upstream_pool_idle",
+        "gauge",
+        "Idle pooled connections to the endpoint.",
+    );
+    for e in &m.endpoints {
+        out.push_str("ringmesh_upstream_pool_idle{");
+        endpoint_labels(out, e);
+        let _ = writeln!(out, "}} {}", e.pooled);
+    }
+}
+
+fn route_labels(out: &mut String, r: &RouteReport) {
+    out.push_str("listener=\"");
+    escape_label(out, &r.listener);
+    out.push_str("\",route=\"");
+    escape_label(out, &r.route);
+    out.push_str("\",cluster=\"");
+    escape_label(out, &r.cluster);
+    out.push('"');
+}
+
+fn endpoint_labels(out: &mut String, e: &EndpointReport) {
+    out.push_str("cluster=\"");
+    escape_label(out, &e.cluster);
+    let _ = write!(out, "\",endpoint=\"{}\"", e.addr);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_merges_and_renders() {
+        let l: Arc<str> = "edge".into();
+        let r: Arc<str> = "r0".into();
+        let c: Arc<str> = "web".into();
+        let a = WorkerMetrics::default();
+        let b = WorkerMetrics::default();
+        let sa = a.route(&l, &r, &c);
+        sa.record(200, Duration::from_micros(300));
+        sa.record(200, Duration::from_millis(2));
+        sa.record(503, Duration::from_millis(20));
+        b.route(&l, &r, &c).record(200, Duration::from_micros(50));
+        a.listener(&l).local_reply(ErrorKind::NoRoute);
+        let m = merge(&[a.report(0, vec![]), b.report(1, vec![])]);
+        assert_eq!(m.routes.len(), 1);
+        assert_eq!(m.routes[0].codes, vec![(200, 3), (503, 1)]);
+        let mut out = String::new();
+        render(&mut out, &m);
+        assert!(out.contains(
+            "ringmesh_requests_total{listener=\"edge\",route=\"r0\",cluster=\"web\",code=\"200\"} 3\n"
+        ));
+        assert!(out.contains("ringmesh_request_duration_seconds_bucket{listener=\"edge\",route=\"r0\",cluster=\"web\",le=\"0.0001\"} 1\n"), "{out}");
+        assert!(out.contains("le=\"0.0005\"} 2\n"), "{out}");
+        assert!(out.contains("le=\"0.0025\"} 3\n"), "{out}");
+        assert!(out.contains("le=\"+Inf\"} 4\n"), "{out}");
+        assert!(out.contains("ringmesh_request_duration_seconds_count{listener=\"edge\",route=\"r0\",cluster=\"web\"} 4\n"));
+        assert!(
+            out.contains("ringmesh_local_replies_total{listener=\"edge\",kind=\"no-route\"} 1\n")
+        );
+    }
+
+    #[test]
+    fn unused_series_are_forgotten() {
+        let m = WorkerMetrics::default();
+        let n: Arc<str> = "x".into();
+        let kept = m.route(&n, &n, &n);
+        drop(m.route(&n, &"y".into(), &n));
+        m.forget_unused();
+        assert_eq!(m.report(0, vec![]).routes.len(), 1);
+        drop(kept);
+    }
+
+    #[test]
+    fn labels_are_escaped() {
+        let mut s = String::new();
+        escape_label(&mut s, "a\"b\\c\nd");
+        assert_eq!(s, "a\\\"b\\\\c\\nd");
+    }
+}

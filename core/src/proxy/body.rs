@@ -1,0 +1,500 @@
+//! Moving bodies: the response from upstream to client ([`relay`]), the request body from client
+//! to upstream ([`pump`]), and both at once ([`duplex`]) so that an upstream may answer before
+//! it has read the whole request, or stream its answer while the request still streams in.
+//!
+//! Bodies stream through pooled buffers in bounded memory whatever their size. Chunked bodies are
+//! validated by [`ChunkedDecoder`] and forwarded as received when both sides speak chunked; an
+//! HTTP/1.0 client gets the data alone, the end marked by the close of the connection.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+use crate::error::ErrorKind;
+use crate::http1::chunked::write_chunk_size;
+use crate::http1::{ChunkedDecoder, Framing, ResponseHead, Version, encode};
+use crate::worker::Worker;
+
+/// Largest response head accepted from an upstream.
+pub(super) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// What the relay needs to know of the client.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ClientSide {
+    pub version: Version,
+    pub keep_alive: bool,
+    pub head_request: bool,
+    /// Time allowed between two reads of a response body.
+    pub body_idle: Duration,
+}
+
+/// A response relayed in full.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Relayed {
+    pub status: u16,
+    pub client_keep_alive: bool,
+    pub upstream_reusable: bool,
+    /// When the response head arrived.
+    pub head_at: Instant,
+}
+
+/// Why a relay failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RelayError {
+    /// Nothing was sent to the client. `retryable`: the upstream closed or reset the connection
+    /// before any byte of an answer, which on a reused connection means it was stale.
+    Before { kind: ErrorKind, retryable: bool },
+    /// The head was sent; the answer is cut short.
+    After { kind: ErrorKind },
+}
+
+/// Reads into `buf` after its current length, optionally until `until`. `None`: timed out.
+async fn read_until<R: AsyncReadRent>(
+    r: &mut R,
+    buf: Vec<u8>,
+    until: Option<Instant>,
+) -> Option<(io::Result<usize>, Vec<u8>)> {
+    let len = buf.len();
+    debug_assert!(
+        len < buf.capacity(),
+        "a read into a full buffer looks like EOF"
+    );
+    let read = r.read(buf.slice_mut(len..));
+    match until {
+        None => {
+            let (res, s) = read.await;
+            Some((res, s.into_inner()))
+        }
+        Some(d) => {
+            monoio::select! {
+                (res, s) = read => Some((res, s.into_inner())),
+                _ = monoio::time::sleep(d.saturating_duration_since(Instant::now())) => None,
+            }
+        }
+    }
+}
+
+/// Reads the response head (forwarding interim answers), then the body, writing both to the
+/// client. `started` turns true once the final head is handed to the client.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
+    w: &Worker,
+    up: &mut R,
+    client: &mut W,
+    resp: &mut ResponseHead,
+    side: ClientSide,
+    deadline: Option<Instant>,
+    started: &Cell<bool>,
+) -> Result<Relayed, RelayError> {
+    let before = |kind| RelayError::Before {
+        kind,
+        retryable: false,
+    };
+    let mut ubuf = w.bufs.get();
+    let mut received = false;
+    let head_len = loop {
+        if !ubuf.is_empty() {
+            match resp.parse(&ubuf, MAX_RESPONSE_HEAD) {
+                Ok(Some(n)) if resp.is_interim() => {
+                    // 101 answers an upgrade the proxy never asked for; 100 answers an
+                    // Expect the proxy handled itself. Other 1xx go to HTTP/1.1 clients.
+                    if resp.status == 101 {
+                        w.bufs.put(ubuf);
+                        return Err(before(ErrorKind::UpstreamProtocol));
+                    }
+                    if resp.status != 100 && super::takes_interim(side.version) {
+                        let mut out = w.bufs.get();
+                        encode::interim_head(&mut out, &ubuf, resp);
+                        let (r, out) = client.write_all(out).await;
+                        w.bufs.put(out);
+                        if r.is_err() {
+                            w.bufs.put(ubuf);
+                            return Err(before(ErrorKind::ClientClosed));
+                        }
+                    }
+                    ubuf.drain(..n);
+                    continue;
+                }
+                Ok(Some(n)) => break n,
+                Ok(None) => {}
+                Err(_) => {
+                    w.bufs.put(ubuf);
+                    return Err(before(ErrorKind::UpstreamProtocol));
+                }
+            }
+        }
+        if ubuf.len() == ubuf.capacity() {
+            ubuf.reserve(ubuf.capacity());
+        }
+        let Some((res, buf)) = read_until(up, ubuf, deadline).await else {
+            return Err(before(ErrorKind::Timeout));
+        };
+        ubuf = buf;
+        match res {
+            Ok(n) if n > 0 => received = true,
+            _ => {
+                w.bufs.put(ubuf);
+                let kind = ErrorKind::UpstreamReset;
+                return Err(RelayError::Before {
+                    kind,
+                    retryable: !received,
+                });
+            }
+        }
+    };
+    let head_at = Instant::now();
+    let body = resp.body_framing(side.head_request);
+    let cf = encode::client_framing(body, resp, side.version, side.keep_alive);
+    let mut out = w.bufs.get();
+    encode::response_head(&mut out, &ubuf, resp, cf);
+    started.set(true);
+
+    let mut state = BodyState::new(body, cf.framing);
+    let mut from = head_len;
+    let mut reusable = resp.keep_alive;
+    loop {
+        // Bytes of this message in ubuf[from..] go to the client; bytes past it mean the
+        // upstream sent more than it declared, so its connection is not reused.
+        let data = &ubuf[from..];
+        let step = match state.step(data, &mut out) {
+            Ok(s) => s,
+            Err(kind) => {
+                w.bufs.put(ubuf);
+                w.bufs.put(out);
+                return Err(RelayError::After { kind });
+            }
+        };
+        if step.done && step.consumed < data.len() {
+            reusable = false;
+        }
+        let write = if step.direct > 0 {
+            // Forwarded as received: write straight from the read buffer, no copy.
+            debug_assert!(out.is_empty());
+            let (r, b) = client.write_all(ubuf.slice(from..from + step.direct)).await;
+            ubuf = b.into_inner();
+            r
+        } else if !out.is_empty() {
+            let (r, o) = client.write_all(out).await;
+            out = o;
+            out.clear();
+            r
+        } else {
+            Ok(0)
+        };
+        if write.is_err() {
+            w.bufs.put(ubuf);
+            w.bufs.put(out);
+            return Err(RelayError::After {
+                kind: ErrorKind::ClientClosed,
+            });
+        }
+        if step.done {
+            break;
+        }
+        ubuf.clear();
+        from = 0;
+        let until = Some(Instant::now() + side.body_idle);
+        let Some((res, buf)) = read_until(up, ubuf, until).await else {
+            return Err(RelayError::After {
+                kind: ErrorKind::Timeout,
+            });
+        };
+        ubuf = buf;
+        match res {
+            Ok(n) if n > 0 => {}
+            _ if state.ends_at_close() => {
+                state.finish(&mut out);
+                reusable = false;
+                if !out.is_empty() {
+                    let (r, o) = client.write_all(out).await;
+                    out = o;
+                    if r.is_err() {
+                        w.bufs.put(ubuf);
+                        w.bufs.put(out);
+                        return Err(RelayError::After {
+                            kind: ErrorKind::ClientClosed,
+                        });
+                    }
+                }
+                break;
+            }
+            _ => {
+                w.bufs.put(ubuf);
+                w.bufs.put(out);
+                return Err(RelayError::After {
+                    kind: ErrorKind::UpstreamReset,
+                });
+            }
+        }
+    }
+    w.bufs.put(ubuf);
+    w.bufs.put(out);
+    Ok(Relayed {
+        status: resp.status,
+        client_keep_alive: !cf.close,
+        upstream_reusable: reusable,
+        head_at,
+    })
+}
+
+/// How a response body moves from upstream framing to client framing.
+enum BodyState {
+    Empty,
+    /// Same bytes both sides: this many left.
+    Length(u64),
+    /// Chunked both sides: validated, forwarded as received.
+    ChunkedPass(ChunkedDecoder),
+    /// Chunked upstream, HTTP/1.0 client: data only.
+    Dechunk(ChunkedDecoder),
+    /// Close-delimited upstream, chunked to the client.
+    CloseToChunked,
+    /// Close-delimited both sides.
+    CloseRaw,
+}
+
+/// What one step did.
+struct Step {
+    /// Bytes of the input that were part of the message.
+    consumed: usize,
+    /// Of those, how many the caller writes straight from the input (nothing was copied).
+    direct: usize,
+    /// The message is complete.
+    done: bool,
+}
+
+impl BodyState {
+    fn new(body: Framing, to_client: Framing) -> BodyState {
+        match (body, to_client) {
+            (Framing::None, _) => BodyState::Empty,
+            (Framing::Length(n), _) => BodyState::Length(n),
+            (Framing::Chunked, Framing::Chunked) => BodyState::ChunkedPass(ChunkedDecoder::new()),
+            (Framing::Chunked, _) => BodyState::Dechunk(ChunkedDecoder::new()),
+            (Framing::Close, Framing::Chunked) => BodyState::CloseToChunked,
+            (Framing::Close, _) => BodyState::CloseRaw,
+        }
+    }
+
+    fn ends_at_close(&self) -> bool {
+        matches!(self, BodyState::CloseToChunked | BodyState::CloseRaw)
+    }
+
+    /// Writes the end of a close-delimited body.
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if let BodyState::CloseToChunked = self {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+
+    /// Takes the message bytes at the start of `data`. When `out` already holds bytes (the
+    /// head), everything is copied after them; otherwise pass-through bytes are left for the
+    /// caller to write directly.
+    fn step(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<Step, ErrorKind> {
+        let copy = !out.is_empty();
+        let pass = |n: usize, done: bool, out: &mut Vec<u8>| {
+            if copy {
+                out.extend_from_slice(&data[..n]);
+                Step {
+                    consumed: n,
+                    direct: 0,
+                    done,
+                }
+            } else {
+                Step {
+                    consumed: n,
+                    direct: n,
+                    done,
+                }
+            }
+        };
+        Ok(match self {
+            BodyState::Empty => Step {
+                consumed: 0,
+                direct: 0,
+                done: true,
+            },
+            BodyState::Length(left) => {
+                let n = (data.len() as u64).min(*left) as usize;
+                *left -= n as u64;
+                pass(n, *left == 0, out)
+            }
+            BodyState::ChunkedPass(d) => {
+                let p = d
+                    .feed(data, |_| {})
+                    .map_err(|_| ErrorKind::UpstreamProtocol)?;
+                pass(p.consumed, p.done, out)
+            }
+            BodyState::Dechunk(d) => {
+                let p = d
+                    .feed(data, |r| out.extend_from_slice(&data[r]))
+                    .map_err(|_| ErrorKind::UpstreamProtocol)?;
+                Step {
+                    consumed: p.consumed,
+                    direct: 0,
+                    done: p.done,
+                }
+            }
+            BodyState::CloseToChunked => {
+                if !data.is_empty() {
+                    write_chunk_size(out, data.len());
+                    out.extend_from_slice(data);
+                    out.extend_from_slice(b"\r\n");
+                }
+                Step {
+                    consumed: data.len(),
+                    direct: 0,
+                    done: false,
+                }
+            }
+            BodyState::CloseRaw => {
+                let mut s = pass(data.len(), false, out);
+                s.done = false;
+                s
+            }
+        })
+    }
+}
+
+/// Why the request body stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PumpError {
+    /// The client closed or reset before the body ended.
+    ClientClosed,
+    /// Malformed chunked body.
+    BadChunk,
+    /// Over the listener's body limit.
+    TooLarge,
+    /// The client sent nothing for too long.
+    Stalled,
+    /// The upstream stopped taking the body (it may still answer).
+    UpstreamGone,
+}
+
+/// Streams the request body from the client (starting with the bytes in `cbuf[*cstart..]`) to
+/// the upstream. On success `cbuf[*cstart..]` holds whatever followed the body (a pipelined
+/// request).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
+    w: &Worker,
+    client: &mut R,
+    cbuf: &mut Option<Vec<u8>>,
+    cstart: &mut usize,
+    up: &mut W,
+    framing: Framing,
+    max_body: Option<u64>,
+    idle: Duration,
+) -> Result<(), PumpError> {
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let mut decoder = ChunkedDecoder::new();
+    let chunked = framing == Framing::Chunked;
+    if framing == Framing::None || framing == Framing::Close {
+        return Ok(());
+    }
+    let mut buf = cbuf.take().unwrap_or_else(|| w.bufs.get());
+    loop {
+        let avail = &buf[*cstart..];
+        let (take, done) = if chunked {
+            let p = match decoder.feed(avail, |_| {}) {
+                Ok(p) => p,
+                Err(_) => {
+                    *cbuf = Some(buf);
+                    return Err(PumpError::BadChunk);
+                }
+            };
+            if max_body.is_some_and(|m| decoder.data_len() > m) {
+                *cbuf = Some(buf);
+                return Err(PumpError::TooLarge);
+            }
+            (p.consumed, p.done)
+        } else {
+            let n = (avail.len() as u64).min(left) as usize;
+            left -= n as u64;
+            (n, left == 0)
+        };
+        if take > 0 {
+            let (r, b) = up.write_all(buf.slice(*cstart..*cstart + take)).await;
+            buf = b.into_inner();
+            if r.is_err() {
+                *cbuf = Some(buf);
+                return Err(PumpError::UpstreamGone);
+            }
+            *cstart += take;
+        }
+        if done {
+            *cbuf = Some(buf);
+            return Ok(());
+        }
+        buf.clear();
+        *cstart = 0;
+        let until = Some(Instant::now() + idle);
+        let Some((res, b)) = read_until(client, buf, until).await else {
+            return Err(PumpError::Stalled);
+        };
+        buf = b;
+        match res {
+            Ok(n) if n > 0 => {}
+            _ => {
+                *cbuf = Some(buf);
+                return Err(PumpError::ClientClosed);
+            }
+        }
+    }
+}
+
+/// How a full-duplex exchange ended.
+pub(super) enum DuplexEnd<T> {
+    /// The relay ended; `pumped` tells whether the whole request body went up.
+    Relayed { relay: T, pumped: bool },
+    /// The request body failed on the client's side; the relay was abandoned.
+    PumpFailed(PumpError),
+    /// No response head within `timeout` after the request body ended.
+    TimedOut,
+}
+
+/// Runs the body pump and the response relay together. A client-side pump failure abandons the
+/// relay; an upstream-side one lets the relay finish (the upstream may have answered early). The
+/// route timeout runs from the end of the request body until the response head.
+pub(super) async fn duplex<T>(
+    pump: impl Future<Output = Result<(), PumpError>>,
+    relay: impl Future<Output = T>,
+    started: &Cell<bool>,
+    timeout: Duration,
+) -> DuplexEnd<T> {
+    let mut pump = pin!(pump);
+    let mut relay = pin!(relay);
+    let mut pumped: Option<bool> = None;
+    let mut timer: Option<std::pin::Pin<Box<monoio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if pumped.is_none() {
+            if let Poll::Ready(r) = pump.as_mut().poll(cx) {
+                match r {
+                    Ok(()) => pumped = Some(true),
+                    Err(PumpError::UpstreamGone) => pumped = Some(false),
+                    Err(e) => return Poll::Ready(DuplexEnd::PumpFailed(e)),
+                }
+                timer = Some(Box::pin(monoio::time::sleep(timeout)));
+            }
+        }
+        if let Poll::Ready(relay) = relay.as_mut().poll(cx) {
+            return Poll::Ready(DuplexEnd::Relayed {
+                relay,
+                pumped: pumped == Some(true),
+            });
+        }
+        if let Some(t) = timer.as_mut() {
+            if !started.get() && t.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(DuplexEnd::TimedOut);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}

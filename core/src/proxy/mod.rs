@@ -1,0 +1,386 @@
+//! One HTTP/1.1 client connection, request by request: read a head, route it, pick an endpoint,
+//! forward, relay the answer, and go again while the connection may stay open.
+//!
+//! ```text
+//! serve ─ read_head ─ exchange ─ route::resolve ─ balance::pick ─ forward::send ─ body::relay
+//!                        └─ local_reply (errors: error::ErrorKind → status, ringmesh-error)
+//! ```
+//!
+//! Requests on a connection are handled in order, so pipelined requests are answered in order.
+//! While a connection is idle it holds no buffer: it waits for readiness, then takes one from the
+//! worker's pool. Every answer the proxy makes itself goes through [`local_reply`].
+
+mod body;
+mod forward;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::balance;
+use crate::error::ErrorKind;
+use crate::http1::{Framing, RequestHead, ResponseHead, Version, encode, host_of};
+use crate::route::{Action, RequestView};
+use crate::snapshot::{HttpLimits, Protocol, defaults};
+use crate::worker::{View, Worker};
+
+/// A client connection and its read buffer.
+pub(crate) struct Client {
+    /// `None` only while split for a streaming body, or after a failure that ends it.
+    stream: Option<TcpStream>,
+    /// Bytes read and not yet consumed are `buf[start..]`; `None` while idle.
+    buf: Option<Vec<u8>>,
+    start: usize,
+    /// The client's IP address as text, for X-Forwarded-For.
+    ip: [u8; 48],
+    ip_len: usize,
+}
+
+impl Client {
+    fn new(stream: TcpStream, peer: SocketAddr) -> Client {
+        let mut ip = [0u8; 48];
+        let mut cursor = &mut ip[..];
+        let _ = write!(cursor, "{}", peer.ip());
+        let ip_len = 48 - cursor.len();
+        Client {
+            stream: Some(stream),
+            buf: None,
+            start: 0,
+            ip,
+            ip_len,
+        }
+    }
+
+    /// Unconsumed bytes.
+    #[inline]
+    fn data(&self) -> &[u8] {
+        self.buf.as_deref().map_or(&[], |b| &b[self.start..])
+    }
+
+    #[inline]
+    fn ip(&self) -> &[u8] {
+        &self.ip[..self.ip_len]
+    }
+
+    /// Writes `out` to the client; the buffer comes back either way.
+    async fn write(&mut self, out: Vec<u8>) -> (bool, Vec<u8>) {
+        match self.stream.as_mut() {
+            Some(s) => {
+                let (r, out) = s.write_all(out).await;
+                (r.is_ok(), out)
+            }
+            None => (false, out),
+        }
+    }
+
+    fn release(&mut self, w: &Worker) {
+        if let Some(b) = self.buf.take() {
+            w.bufs.put(b);
+        }
+        self.start = 0;
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve(w: Rc<Worker>, listener: Arc<str>, stream: TcpStream, peer: SocketAddr) {
+    let view = w.view();
+    let Some(li) = view.listener_index(&listener) else {
+        return;
+    };
+    if let Protocol::Tcp { .. } = view.snapshot.listeners[li].protocol {
+        return crate::tcp::serve(w, view, li, stream).await;
+    }
+    let _guard = w.connection(view.listeners[li].stats.clone());
+    drop(view);
+    let mut c = Client::new(stream, peer);
+    let mut req = RequestHead::default();
+    let mut resp = ResponseHead::default();
+    loop {
+        let limits = match listener_of(&w.view(), &listener) {
+            Some((_, limits)) => limits,
+            None => break,
+        };
+        match read_head(&w, &mut c, &mut req, &limits).await {
+            Head::Ready => {}
+            Head::Closed => break,
+            Head::Error(kind) => {
+                let view = w.view();
+                if let Some(li) = view.listener_index(&listener) {
+                    let lv = &view.listeners[li];
+                    lv.stats.local_reply(kind);
+                    lv.unrouted.record(kind.status(), Duration::ZERO);
+                }
+                if kind != ErrorKind::ClientClosed {
+                    local_reply(&w, &mut c, kind, false, true).await;
+                }
+                break;
+            }
+        }
+        let view = w.view();
+        let Some(li) = view.listener_index(&listener) else {
+            break;
+        };
+        let keep_alive = exchange(&w, &view, li, &mut c, &req, &mut resp).await;
+        if !keep_alive || w.draining() {
+            break;
+        }
+    }
+    c.release(&w);
+}
+
+fn listener_of(view: &View, name: &Arc<str>) -> Option<(usize, HttpLimits)> {
+    let li = view.listener_index(name)?;
+    match &view.snapshot.listeners[li].protocol {
+        Protocol::Http(h) => Some((li, h.limits)),
+        Protocol::Tcp { .. } => None,
+    }
+}
+
+enum Head {
+    Ready,
+    Closed,
+    Error(ErrorKind),
+}
+
+/// Reads until `req` holds a complete head at `c.data()`.
+async fn read_head(w: &Worker, c: &mut Client, req: &mut RequestHead, limits: &HttpLimits) -> Head {
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if !c.data().is_empty() {
+            match req.parse(c.data(), limits.max_request_head) {
+                Ok(Some(_)) => return Head::Ready,
+                Ok(None) => {}
+                Err(kind) => return Head::Error(kind),
+            }
+            deadline.get_or_insert_with(|| Instant::now() + limits.request_head_timeout);
+        } else {
+            // Idle: give the buffer back and wait for the next request without one.
+            c.release(w);
+            let Some(stream) = c.stream.as_ref() else {
+                return Head::Closed;
+            };
+            monoio::select! {
+                r = stream.readable(false) => if r.is_err() { return Head::Closed },
+                _ = monoio::time::sleep(limits.idle_timeout) => return Head::Closed,
+                _ = w.drain.wait() => return Head::Closed,
+            }
+        }
+        let mut buf = c.buf.take().unwrap_or_else(|| w.bufs.get());
+        if c.start > 0 {
+            buf.drain(..c.start);
+            c.start = 0;
+        }
+        if buf.len() == buf.capacity() {
+            // A large head: grow (this buffer then leaves the pool's size class).
+            buf.reserve(buf.capacity().min(limits.max_request_head));
+        }
+        let Some(stream) = c.stream.as_mut() else {
+            return Head::Closed;
+        };
+        let len = buf.len();
+        let read = stream.read(buf.slice_mut(len..));
+        let (res, slice) = match deadline {
+            None => read.await,
+            Some(d) => {
+                monoio::select! {
+                    r = read => r,
+                    _ = monoio::time::sleep(d.saturating_duration_since(Instant::now())) => {
+                        return Head::Error(ErrorKind::HeadTimeout);
+                    }
+                }
+            }
+        };
+        c.buf = Some(slice.into_inner());
+        match res {
+            Ok(0) | Err(_) => {
+                // A client that leaves mid-head gets no answer; one that leaves between requests
+                // is the normal end of a keep-alive connection.
+                return if c.data().is_empty() {
+                    Head::Closed
+                } else {
+                    Head::Error(ErrorKind::ClientClosed)
+                };
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The parts of a request that routing looks at.
+struct RouteInput<'a> {
+    buf: &'a [u8],
+    req: &'a RequestHead,
+    host: &'a [u8],
+}
+
+impl RequestView for RouteInput<'_> {
+    fn host(&self) -> &[u8] {
+        self.host
+    }
+    fn path(&self) -> &[u8] {
+        self.req.route_path.get(self.buf)
+    }
+    fn method(&self) -> &[u8] {
+        self.req.method_span.get(self.buf)
+    }
+    fn has_header(&self, name: &[u8], value: &[u8]) -> bool {
+        self.req.headers.iter().any(|h| {
+            h.name.get(self.buf).eq_ignore_ascii_case(name) && h.value.get(self.buf) == value
+        })
+    }
+}
+
+/// Handles one request whose head is at `c.data()`. Returns whether the connection stays open.
+async fn exchange(
+    w: &Rc<Worker>,
+    view: &Rc<View>,
+    li: usize,
+    c: &mut Client,
+    req: &RequestHead,
+    resp: &mut ResponseHead,
+) -> bool {
+    let started = Instant::now();
+    let lspec = &view.snapshot.listeners[li];
+    let lview = &view.listeners[li];
+    let Protocol::Http(http) = &lspec.protocol else {
+        return false;
+    };
+    let head_request = req.method == crate::http1::Method::Head;
+
+    if let (Some(max), Framing::Length(n)) = (http.limits.max_request_body, req.framing) {
+        if n > max {
+            return refuse(w, c, req, lview, ErrorKind::BodyTooLarge, started).await;
+        }
+    }
+    let route_index = {
+        let buf = c.data();
+        let host = req.authority.map_or(&b""[..], |a| host_of(a.get(buf)));
+        http.routes.resolve(&RouteInput { buf, req, host })
+    };
+    let Some(ri) = route_index else {
+        return refuse(w, c, req, lview, ErrorKind::NoRoute, started).await;
+    };
+    let route = &http.routes.routes()[ri];
+    let (target, ci) = match &route.action {
+        Action::Cluster(ci) => (0, *ci),
+        Action::Split(s) => {
+            let t = s.pick(w.random_below(s.total()));
+            (t, s.cluster(t))
+        }
+    };
+    let stats = &lview.routes[ri][target];
+    let cluster = &view.snapshot.clusters[ci];
+    let cv = &view.clusters[ci];
+    let picked = w.with_rng(|rng| {
+        balance::pick(
+            cluster.lb,
+            &cv.members,
+            &mut cv.balance.borrow_mut(),
+            rng,
+            started,
+            None,
+        )
+    });
+    let Some(ei) = picked else {
+        stats.record(ErrorKind::NoEndpoint.status(), started.elapsed());
+        return refuse_counted(w, c, req, lview, ErrorKind::NoEndpoint).await;
+    };
+    let ep = cv.members[ei].ep.clone();
+    let timeout = route.timeout.unwrap_or(defaults::ROUTE_TIMEOUT);
+    let exchange = forward::Exchange {
+        worker: w,
+        req,
+        ep: &ep,
+        cluster,
+        limits: &http.limits,
+        timeout,
+        started,
+    };
+    match exchange.run(c, resp).await {
+        Ok(done) => {
+            stats.record(done.status, started.elapsed());
+            done.client_keep_alive
+        }
+        Err(fail) => {
+            if let Some(status) = fail.status_sent {
+                // The answer had begun: the connection is cut so the client sees it incomplete.
+                stats.record(status, started.elapsed());
+                return false;
+            }
+            stats.record(fail.kind.status(), started.elapsed());
+            lview.stats.local_reply(fail.kind);
+            if fail.kind == ErrorKind::ClientClosed {
+                return false;
+            }
+            let close = !fail.body_consumed || fail.kind.closes_connection() || !req.keep_alive;
+            local_reply(w, c, fail.kind, head_request, close).await && !close
+        }
+    }
+}
+
+/// Answers a request with an error before any upstream is involved, counting it as unrouted.
+async fn refuse(
+    w: &Worker,
+    c: &mut Client,
+    req: &RequestHead,
+    lview: &crate::worker::ListenerView,
+    kind: ErrorKind,
+    started: Instant,
+) -> bool {
+    lview.unrouted.record(kind.status(), started.elapsed());
+    refuse_counted(w, c, req, lview, kind).await
+}
+
+async fn refuse_counted(
+    w: &Worker,
+    c: &mut Client,
+    req: &RequestHead,
+    lview: &crate::worker::ListenerView,
+    kind: ErrorKind,
+) -> bool {
+    lview.stats.local_reply(kind);
+    // A body that is already here is skipped so the connection can go on; one that is not
+    // would have to be read and thrown away, so the connection closes instead.
+    let body_here = match req.framing {
+        Framing::None => Some(0),
+        Framing::Length(n) if (c.data().len() - req.head_len) as u64 >= n => Some(n as usize),
+        _ => None,
+    };
+    let close = body_here.is_none() || kind.closes_connection() || !req.keep_alive;
+    if let Some(n) = body_here {
+        c.start += req.head_len + n;
+    }
+    let head_request = req.method == crate::http1::Method::Head;
+    local_reply(w, c, kind, head_request, close).await && !close
+}
+
+/// Writes an answer the proxy makes itself. Returns whether it was written.
+pub(crate) async fn local_reply(
+    w: &Worker,
+    c: &mut Client,
+    kind: ErrorKind,
+    head_request: bool,
+    close: bool,
+) -> bool {
+    let mut out = w.bufs.get();
+    encode::local_reply(&mut out, kind, head_request, close || w.draining());
+    let (ok, out) = c.write(out).await;
+    w.bufs.put(out);
+    ok
+}
+
+/// Whether the client connection can stay open after this exchange, as the client sees it.
+fn client_keeps_alive(w: &Worker, req: &RequestHead) -> bool {
+    req.keep_alive && !w.draining()
+}
+
+/// Whether a client of this version can take interim (1xx) answers.
+fn takes_interim(v: Version) -> bool {
+    v == Version::Http11
+}

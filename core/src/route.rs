@@ -1,0 +1,372 @@
+//! Routing: from a request's host, path, method and headers to a route, then (for a weighted
+//! split) to one of its clusters.
+//!
+//! A [`RouteTable`] is compiled once per config. Routes are indexed by host (exact names in a
+//! hash map, `*.suffix` names in another, host-less routes in a list); resolving looks only at
+//! the candidates for the request's host and keeps the first match in configuration order. It
+//! allocates nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+
+/// How a route matches the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Exactly this name (lowercase, no port).
+    Exact(Box<[u8]>),
+    /// Any name ending in this suffix, which starts with a dot (`*.example.com` is stored as
+    /// `.example.com`).
+    Suffix(Box<[u8]>),
+}
+
+/// How a route matches the path (the query is not part of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Exactly this path.
+    Exact(Box<[u8]>),
+    /// Any path starting with these bytes.
+    Prefix(Box<[u8]>),
+}
+
+/// A header that must be present with exactly this value: (lowercase name, value).
+pub type HeaderMatch = (Box<[u8]>, Box<[u8]>);
+
+/// The conditions of a route; all present ones must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Match {
+    /// Host condition.
+    pub host: Option<HostMatch>,
+    /// Path condition.
+    pub path: Option<PathMatch>,
+    /// Method, exactly (methods are case-sensitive).
+    pub method: Option<Box<[u8]>>,
+    /// Headers that must be present with exactly these values (names lowercase).
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// Where a route sends its requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// One cluster, by index into the snapshot's clusters.
+    Cluster(usize),
+    /// A weighted split over clusters.
+    Split(Split),
+}
+
+/// A weighted split: `targets` hold cluster indexes with cumulative weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    targets: Vec<(usize, u32)>,
+    total: u32,
+}
+
+impl Split {
+    /// A split from `(cluster, weight)` pairs; zero weights take no traffic. `None` when no
+    /// weight is positive.
+    pub fn new(weights: &[(usize, u32)]) -> Option<Split> {
+        let mut total = 0u32;
+        let mut targets = Vec::with_capacity(weights.len());
+        for &(cluster, w) in weights {
+            total = total.checked_add(w)?;
+            targets.push((cluster, total));
+        }
+        (total > 0).then_some(Split { targets, total })
+    }
+
+    /// Sum of the weights.
+    pub fn total(&self) -> u32 {
+        self.total
+    }
+
+    /// The position of the target that `r` (uniform in `0..total`) falls on.
+    #[inline]
+    pub fn pick(&self, r: u32) -> usize {
+        debug_assert!(r < self.total);
+        self.targets.partition_point(|&(_, cum)| cum <= r)
+    }
+
+    /// The cluster of the target at `position`.
+    #[inline]
+    pub fn cluster(&self, position: usize) -> usize {
+        self.targets[position].0
+    }
+
+    /// Number of targets.
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Whether the split has no target.
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+}
+
+/// One route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Name, for metrics and logs.
+    pub name: Arc<str>,
+    /// Conditions.
+    pub matcher: Match,
+    /// Destination.
+    pub action: Action,
+    /// Time allowed from the start of the request to the upstream's response head, all tries.
+    pub timeout: Option<Duration>,
+}
+
+impl Route {
+    /// The clusters this route may send to, in target order.
+    pub fn clusters(&self) -> impl Iterator<Item = usize> + '_ {
+        let (single, split) = match &self.action {
+            Action::Cluster(c) => (Some(*c), None),
+            Action::Split(s) => (None, Some(s)),
+        };
+        single.into_iter().chain(
+            split
+                .into_iter()
+                .flat_map(|s| s.targets.iter().map(|t| t.0)),
+        )
+    }
+}
+
+/// What routing looks at in a request.
+pub trait RequestView {
+    /// The host, without port (any case).
+    fn host(&self) -> &[u8];
+    /// The path, without query.
+    fn path(&self) -> &[u8];
+    /// The method token.
+    fn method(&self) -> &[u8];
+    /// Whether a header `name` (lowercase) has exactly `value`.
+    fn has_header(&self, name: &[u8], value: &[u8]) -> bool;
+}
+
+/// Longest host name looked up in the indexes (DNS names are at most 253 bytes).
+const MAX_HOST: usize = 256;
+
+/// The compiled routes of one listener.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    exact: FxHashMap<Box<[u8]>, Vec<u32>>,
+    suffix: FxHashMap<Box<[u8]>, Vec<u32>>,
+    any_host: Vec<u32>,
+    longest_suffix: usize,
+}
+
+impl RouteTable {
+    /// Compiles routes; their order is their priority.
+    pub fn new(routes: Vec<Route>) -> RouteTable {
+        let mut table = RouteTable {
+            routes,
+            ..RouteTable::default()
+        };
+        for (i, r) in table.routes.iter().enumerate() {
+            let i = i as u32;
+            match &r.matcher.host {
+                Some(HostMatch::Exact(h)) => table.exact.entry(h.clone()).or_default().push(i),
+                Some(HostMatch::Suffix(s)) => {
+                    table.longest_suffix = table.longest_suffix.max(s.len());
+                    table.suffix.entry(s.clone()).or_default().push(i)
+                }
+                None => table.any_host.push(i),
+            }
+        }
+        table
+    }
+
+    /// The routes, in order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The index of the first route that matches, if any.
+    pub fn resolve(&self, req: &impl RequestView) -> Option<usize> {
+        let mut lower = [0u8; MAX_HOST];
+        let host = req.host();
+        let host = if host.len() <= MAX_HOST {
+            let l = &mut lower[..host.len()];
+            l.copy_from_slice(host);
+            l.make_ascii_lowercase();
+            Some(&*l)
+        } else {
+            None
+        };
+        let mut best = u32::MAX;
+        if let Some(host) = host {
+            if !self.exact.is_empty() {
+                if let Some(list) = self.exact.get(host) {
+                    self.scan(list, req, &mut best);
+                }
+            }
+            if !self.suffix.is_empty() {
+                // Every suffix of the host that starts at a dot, shortest last.
+                for (i, _) in host.iter().enumerate().filter(|(_, b)| **b == b'.') {
+                    let tail = &host[i..];
+                    if tail.len() > self.longest_suffix || i == 0 {
+                        continue;
+                    }
+                    if let Some(list) = self.suffix.get(tail) {
+                        self.scan(list, req, &mut best);
+                    }
+                }
+            }
+        }
+        self.scan(&self.any_host, req, &mut best);
+        (best != u32::MAX).then_some(best as usize)
+    }
+
+    /// Lowers `best` to the first route in `list` (ascending) that matches the rest.
+    #[inline]
+    fn scan(&self, list: &[u32], req: &impl RequestView, best: &mut u32) {
+        for &i in list {
+            if i >= *best {
+                return;
+            }
+            if self.matches_rest(&self.routes[i as usize].matcher, req) {
+                *best = i;
+                return;
+            }
+        }
+    }
+
+    /// Everything but the host, which the index already checked.
+    #[inline]
+    fn matches_rest(&self, m: &Match, req: &impl RequestView) -> bool {
+        match &m.path {
+            Some(PathMatch::Prefix(p)) if !req.path().starts_with(p) => return false,
+            Some(PathMatch::Exact(p)) if req.path() != &**p => return false,
+            _ => {}
+        }
+        if let Some(method) = &m.method {
+            if req.method() != &**method {
+                return false;
+            }
+        }
+        m.headers.iter().all(|(n, v)| req.has_header(n, v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Req<'a> {
+        host: &'a str,
+        path: &'a str,
+        method: &'a str,
+        headers: &'a [(&'a str, &'a str)],
+    }
+
+    impl RequestView for Req<'_> {
+        fn host(&self) -> &[u8] {
+            self.host.as_bytes()
+        }
+        fn path(&self) -> &[u8] {
+            self.path.as_bytes()
+        }
+        fn method(&self) -> &[u8] {
+            self.method.as_bytes()
+        }
+        fn has_header(&self, name: &[u8], value: &[u8]) -> bool {
+            self.headers
+                .iter()
+                .any(|(n, v)| n.as_bytes().eq_ignore_ascii_case(name) && v.as_bytes() == value)
+        }
+    }
+
+    fn route(name: &str, host: Option<&str>, path: Option<PathMatch>) -> Route {
+        Route {
+            name: name.into(),
+            matcher: Match {
+                host: host.map(|h| match h.strip_prefix('*') {
+                    Some(s) => HostMatch::Suffix(s.as_bytes().into()),
+                    None => HostMatch::Exact(h.as_bytes().into()),
+                }),
+                path,
+                ..Match::default()
+            },
+            action: Action::Cluster(0),
+            timeout: None,
+        }
+    }
+
+    fn prefix(p: &str) -> Option<PathMatch> {
+        Some(PathMatch::Prefix(p.as_bytes().into()))
+    }
+
+    fn get<'a>(host: &'a str, path: &'a str) -> Req<'a> {
+        Req {
+            host,
+            path,
+            method: "GET",
+            headers: &[],
+        }
+    }
+
+    #[test]
+    fn first_match_wins_across_indexes() {
+        let t = RouteTable::new(vec![
+            route("api-exact", Some("api.example.com"), prefix("/v1/")),
+            route("any-admin", None, prefix("/admin")),
+            route("wild", Some("*.example.com"), prefix("/")),
+            route("api-all", Some("api.example.com"), prefix("/")),
+            route("fallback", None, prefix("/")),
+        ]);
+        let name = |r: Req<'_>| t.resolve(&r).map(|i| &*t.routes()[i].name);
+        assert_eq!(name(get("api.example.com", "/v1/x")), Some("api-exact"));
+        assert_eq!(name(get("API.Example.COM", "/v1/x")), Some("api-exact"));
+        assert_eq!(name(get("api.example.com", "/admin")), Some("any-admin"));
+        assert_eq!(name(get("api.example.com", "/v2")), Some("wild"));
+        assert_eq!(name(get("x.y.example.com", "/")), Some("wild"));
+        assert_eq!(name(get("example.com", "/")), Some("fallback"));
+        assert_eq!(name(get("other", "/v1/")), Some("fallback"));
+    }
+
+    #[test]
+    fn method_header_and_exact_path() {
+        let mut r = route("m", None, Some(PathMatch::Exact(b"/x".as_slice().into())));
+        r.matcher.method = Some(b"POST".as_slice().into());
+        r.matcher.headers = vec![(b"x-canary".as_slice().into(), b"1".as_slice().into())];
+        let t = RouteTable::new(vec![r]);
+        let mut req = Req {
+            host: "a",
+            path: "/x",
+            method: "POST",
+            headers: &[("X-Canary", "1")],
+        };
+        assert_eq!(t.resolve(&req), Some(0));
+        req.path = "/x/";
+        assert_eq!(t.resolve(&req), None);
+        req.path = "/x";
+        req.method = "GET";
+        assert_eq!(t.resolve(&req), None);
+        req.method = "POST";
+        req.headers = &[("x-canary", "2")];
+        assert_eq!(t.resolve(&req), None);
+    }
+
+    #[test]
+    fn no_match_is_none() {
+        let t = RouteTable::new(vec![route("a", Some("a"), prefix("/"))]);
+        assert_eq!(t.resolve(&get("b", "/")), None);
+        let long = "a".repeat(300);
+        assert_eq!(t.resolve(&get(&long, "/")), None);
+    }
+
+    #[test]
+    fn split_follows_weights() {
+        let s = Split::new(&[(7, 10), (8, 0), (9, 90)]).unwrap();
+        assert_eq!(s.total(), 100);
+        let mut hits = [0u32; 3];
+        for r in 0..100 {
+            hits[s.pick(r)] += 1;
+        }
+        assert_eq!(hits, [10, 0, 90]);
+        assert_eq!(s.cluster(s.pick(99)), 9);
+        assert!(Split::new(&[(1, 0)]).is_none());
+    }
+}

@@ -1,0 +1,134 @@
+//! The compiled, immutable configuration a worker serves from.
+//!
+//! The control side builds one [`Snapshot`] per config version and sends an `Arc` of it to every
+//! worker; a worker pairs it with its own per-endpoint state in a `View` and swaps that in
+//! between requests. A request keeps the view it started with until it ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::balance::Lb;
+use crate::route::RouteTable;
+
+/// One config version, compiled.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Version, increasing with every applied config.
+    pub version: u64,
+    /// Listeners, by position.
+    pub listeners: Vec<Listener>,
+    /// Clusters, by position; routes refer to them by index.
+    pub clusters: Vec<Cluster>,
+}
+
+impl Snapshot {
+    /// The position of the cluster called `name`.
+    pub fn cluster_index(&self, name: &str) -> Option<usize> {
+        self.clusters.iter().position(|c| &*c.name == name)
+    }
+}
+
+/// A listener: where to accept, and what to do with connections.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Unique name, for metrics; a listener keeps its sockets across reloads by name.
+    pub name: Arc<str>,
+    /// Address to bind (a concrete port: the control side resolves port 0 once).
+    pub bind: SocketAddr,
+    /// Protocol and routing.
+    pub protocol: Protocol,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone)]
+pub enum Protocol {
+    /// HTTP/1.1 with routes.
+    Http(HttpListener),
+    /// Raw TCP to one cluster.
+    Tcp {
+        /// The cluster, by index.
+        cluster: usize,
+        /// Close a connection with no traffic either way for this long.
+        idle_timeout: Duration,
+    },
+}
+
+/// An HTTP listener's routes and limits.
+#[derive(Debug, Clone)]
+pub struct HttpListener {
+    /// Routes, first match wins.
+    pub routes: RouteTable,
+    /// Limits on what clients send.
+    pub limits: HttpLimits,
+}
+
+/// Limits applied to clients of an HTTP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Largest request head (431 past it).
+    pub max_request_head: usize,
+    /// Largest request body, if limited (413 past it).
+    pub max_request_body: Option<u64>,
+    /// Time allowed from the first byte of a request to the end of its head (408 past it).
+    pub request_head_timeout: Duration,
+    /// Time an idle keep-alive connection is kept open.
+    pub idle_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_request_head: 64 * 1024,
+            max_request_body: None,
+            request_head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An upstream cluster.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Unique name.
+    pub name: Arc<str>,
+    /// Balancing policy.
+    pub lb: Lb,
+    /// Time allowed to connect to an endpoint.
+    pub connect_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// Most idle pooled connections kept per endpoint, per worker.
+    pub pool_max_idle: usize,
+    /// Endpoints.
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+/// One endpoint of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// Address.
+    pub addr: SocketAddr,
+    /// Zone (datacenter), if known.
+    pub zone: Option<Arc<str>>,
+    /// Failover priority; 0 is preferred.
+    pub priority: u32,
+    /// Relative weight, at least 1.
+    pub weight: u32,
+}
+
+/// Defaults for cluster settings the config leaves out.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Connect timeout.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Idle time after which a pooled upstream connection is closed.
+    pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Idle pooled connections kept per endpoint per worker.
+    pub const POOL_MAX_IDLE: usize = 256;
+    /// Route timeout (to the response head).
+    pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+    /// TCP listener idle timeout.
+    pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+}

@@ -1,0 +1,90 @@
+//! The few system calls the proxy makes outside monoio, each wrapped safely here.
+
+use std::os::fd::RawFd;
+
+/// Whether a pooled, idle connection can no longer carry a request: the peer closed it, reset
+/// it, or sent bytes nobody asked for. One non-blocking `recv(MSG_PEEK)`; used only before
+/// streaming a request body that could not be replayed.
+#[allow(unsafe_code)]
+pub fn idle_connection_is_dead(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `fd` is a socket owned by the caller for the duration of the call; the buffer is
+    // one valid, writable byte; MSG_PEEK leaves the socket's data untouched.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let err = std::io::Error::last_os_error();
+        return !matches!(err.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR));
+    }
+    true
+}
+
+/// The CPUs this process may run on, from `/proc/self/status`; empty if unknown.
+pub fn allowed_cpus() -> Vec<usize> {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return Vec::new();
+    };
+    let Some(list) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+    else {
+        return Vec::new();
+    };
+    parse_cpu_list(list.trim())
+}
+
+/// Parses a kernel CPU list such as `0-3,8,10-11`.
+pub fn parse_cpu_list(list: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                    cpus.extend(a..=b);
+                }
+            }
+            None => {
+                if let Ok(c) = part.parse() {
+                    cpus.push(c);
+                }
+            }
+        }
+    }
+    cpus
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-3,8,10-11"), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(parse_cpu_list("1"), vec![1]);
+        assert!(!allowed_cpus().is_empty());
+    }
+
+    #[test]
+    fn peek_tells_alive_from_closed() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        assert!(!idle_connection_is_dead(c.as_raw_fd()));
+        s.write_all(b"x").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(idle_connection_is_dead(c.as_raw_fd()), "unsolicited bytes");
+        let c2 = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s2, _) = l.accept().unwrap();
+        drop(s2);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(idle_connection_is_dead(c2.as_raw_fd()), "closed by peer");
+    }
+}

@@ -1,0 +1,198 @@
+//! TCP listeners: each connection is balanced to an endpoint of the listener's cluster and bytes
+//! are copied both ways until both sides have closed (half-close is passed on), or until no byte
+//! has moved either way for the idle timeout.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::{
+    AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, Splitable,
+};
+use monoio::net::TcpStream;
+
+use crate::balance;
+use crate::buf::BUF_SIZE;
+use crate::error::ErrorKind;
+use crate::metrics::Outcome;
+use crate::snapshot::Protocol;
+use crate::worker::{View, Worker};
+
+/// Buffer a direction reads into while traffic is light; idle connections hold only these.
+const SMALL: usize = 2048;
+
+/// Serves one connection on a TCP listener.
+pub(crate) async fn serve(w: Rc<Worker>, view: Rc<View>, li: usize, client: TcpStream) {
+    let Protocol::Tcp {
+        cluster: ci,
+        idle_timeout,
+    } = view.snapshot.listeners[li].protocol
+    else {
+        return;
+    };
+    let lview = &view.listeners[li];
+    let _guard = w.connection(lview.stats.clone());
+    let started = Instant::now();
+    let cluster = &view.snapshot.clusters[ci];
+    let cv = &view.clusters[ci];
+    let picked = w.with_rng(|rng| {
+        balance::pick(
+            cluster.lb,
+            &cv.members,
+            &mut cv.balance.borrow_mut(),
+            rng,
+            started,
+            None,
+        )
+    });
+    let Some(ei) = picked else {
+        lview.stats.local_reply(ErrorKind::NoEndpoint);
+        return;
+    };
+    let ep = cv.members[ei].ep.clone();
+    let _in_flight = ep.begin();
+    let up = match monoio::time::timeout(cluster.connect_timeout, TcpStream::connect_addr(ep.addr))
+        .await
+    {
+        Ok(Ok(s)) => s,
+        _ => {
+            ep.record(Outcome::ConnectFailed);
+            lview.stats.local_reply(ErrorKind::ConnectFailed);
+            return;
+        }
+    };
+    let _ = up.set_nodelay(true);
+    ep.observe(Instant::now(), started.elapsed());
+    drop(view);
+
+    let last = Cell::new(Instant::now());
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = up.into_split();
+    let a = copy(&w, &mut cr, &mut uw, &last, idle_timeout);
+    let b = copy(&w, &mut ur, &mut cw, &last, idle_timeout);
+    let (ra, rb) = both_or_first_failure(a, b).await;
+    ep.record(if ra.is_ok() && rb.is_ok() {
+        Outcome::Success
+    } else {
+        Outcome::Reset
+    });
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyEnd {
+    /// The reader closed its side (its end was passed on as a half-close).
+    Eof,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyError {
+    Io,
+    Idle,
+}
+
+/// Copies from `r` to `wr` until EOF (then shuts `wr` down for writing).
+async fn copy<R: CancelableAsyncReadRent, W: AsyncWriteRent>(
+    w: &Worker,
+    r: &mut R,
+    wr: &mut W,
+    last: &Cell<Instant>,
+    idle: Duration,
+) -> Result<CopyEnd, CopyError> {
+    let mut buf = Vec::with_capacity(SMALL);
+    loop {
+        let (res, b) = read_idle(r, buf, last, idle).await?;
+        buf = b;
+        let n = match res {
+            Ok(0) => {
+                let _ = wr.shutdown().await;
+                w.bufs.put(buf);
+                return Ok(CopyEnd::Eof);
+            }
+            Ok(n) => n,
+            Err(_) => return Err(CopyError::Io),
+        };
+        last.set(Instant::now());
+        let full = n == buf.capacity();
+        let (res, b) = wr.write_all(buf).await;
+        buf = b;
+        if res.is_err() {
+            return Err(CopyError::Io);
+        }
+        last.set(Instant::now());
+        // Grow to a pooled buffer while reads fill the buffer; shrink back when traffic is
+        // light so that an idle connection holds little.
+        if full && buf.capacity() < BUF_SIZE {
+            buf = w.bufs.get();
+        } else if !full && buf.capacity() >= BUF_SIZE && n < SMALL {
+            w.bufs
+                .put(std::mem::replace(&mut buf, Vec::with_capacity(SMALL)));
+        }
+        buf.clear();
+    }
+}
+
+/// A read that gives up once nothing has moved either way for `idle`. Uses a cancelable read
+/// so that bytes arriving as the timer fires are never lost.
+async fn read_idle<R: CancelableAsyncReadRent>(
+    r: &mut R,
+    buf: Vec<u8>,
+    last: &Cell<Instant>,
+    idle: Duration,
+) -> Result<(std::io::Result<usize>, Vec<u8>), CopyError> {
+    let mut buf = buf;
+    loop {
+        let canceller = Canceller::new();
+        let mut read = std::pin::pin!(r.cancelable_read(buf, canceller.handle()));
+        let wait = (last.get() + idle).saturating_duration_since(Instant::now());
+        let (res, b) = monoio::select! {
+            r = &mut read => r,
+            _ = monoio::time::sleep(wait) => {
+                let _ = canceller.cancel();
+                read.await
+            }
+        };
+        match res {
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+                buf = b;
+                if last.get().elapsed() >= idle {
+                    return Err(CopyError::Idle);
+                }
+            }
+            res => return Ok((res, b)),
+        }
+    }
+}
+
+/// Runs both directions; returns when both ended, or as soon as one fails.
+async fn both_or_first_failure<A, B>(
+    a: A,
+    b: B,
+) -> (Result<CopyEnd, CopyError>, Result<CopyEnd, CopyError>)
+where
+    A: std::future::Future<Output = Result<CopyEnd, CopyError>>,
+    B: std::future::Future<Output = Result<CopyEnd, CopyError>>,
+{
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    let mut ra = None;
+    let mut rb = None;
+    std::future::poll_fn(|cx| {
+        if ra.is_none() {
+            if let std::task::Poll::Ready(r) = a.as_mut().poll(cx) {
+                ra = Some(r);
+            }
+        }
+        if rb.is_none() {
+            if let std::task::Poll::Ready(r) = b.as_mut().poll(cx) {
+                rb = Some(r);
+            }
+        }
+        match (ra, rb) {
+            (Some(x), Some(y)) => std::task::Poll::Ready((x, y)),
+            (Some(Err(e)), None) => std::task::Poll::Ready((Err(e), Err(e))),
+            (None, Some(Err(e))) => std::task::Poll::Ready((Err(e), Err(e))),
+            _ => std::task::Poll::Pending,
+        }
+    })
+    .await
+}

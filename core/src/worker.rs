@@ -1,0 +1,479 @@
+//! Workers: one pinned thread per core, each running its own monoio runtime.
+//!
+//! A worker owns everything its connections touch: listeners (its own SO_REUSEPORT sockets),
+//! endpoint state and pools, balancer state, metrics and buffers. The control side talks to it
+//! only through its command channel ([`Command`]): config changes in two phases (every worker
+//! prepares, then all commit or all abort), metric scrapes and drain. Nothing on the request path
+//! takes a lock or writes memory another thread reads.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+
+use crate::balance::BalanceState;
+use crate::buf::BufPool;
+use crate::endpoint::{Endpoint, Member};
+use crate::event::Event;
+use crate::listener::{self, ListenerTask};
+use crate::metrics::{ListenerStats, RouteStats, WorkerMetrics, WorkerReport};
+use crate::rng::Rng;
+use crate::snapshot::{Protocol, Snapshot};
+
+/// A request from the control side to a worker.
+#[derive(Debug)]
+pub enum Command {
+    /// Build a view of this snapshot and bind its new listeners, without serving from it yet.
+    Prepare {
+        /// The snapshot.
+        snapshot: Arc<Snapshot>,
+        /// Ok, or why this worker cannot serve it.
+        reply: flume::Sender<Result<(), String>>,
+    },
+    /// Serve from the prepared view.
+    Commit {
+        /// Sent once the new view is in force.
+        reply: flume::Sender<()>,
+    },
+    /// Forget the prepared view.
+    Abort,
+    /// Send a copy of the metrics and endpoint state.
+    Report {
+        /// Where to send it.
+        reply: flume::Sender<WorkerReport>,
+    },
+    /// Stop accepting, let connections finish their current request, then answer.
+    Drain {
+        /// Sent when no connection is left.
+        reply: flume::Sender<()>,
+    },
+    /// End the thread (after a drain); open connections are closed.
+    Stop,
+}
+
+/// The control side's handle on a worker thread.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    /// Worker index.
+    pub id: usize,
+    tx: flume::Sender<Command>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Sends a command; false if the worker is gone.
+    pub fn send(&self, cmd: Command) -> bool {
+        self.tx.send(cmd).is_ok()
+    }
+
+    /// A sender of commands to this worker, for other threads (admin scrapes).
+    pub fn sender(&self) -> flume::Sender<Command> {
+        self.tx.clone()
+    }
+
+    /// Stops the worker and waits for its thread to end.
+    pub fn join(mut self) {
+        let _ = self.tx.send(Command::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Settings of a worker thread.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerOptions {
+    /// CPU to pin the thread to, if any.
+    pub cpu: Option<usize>,
+    /// io_uring submission queue size.
+    pub ring_entries: u32,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            cpu: None,
+            ring_entries: 4096,
+        }
+    }
+}
+
+static LOGGED_FALLBACK: AtomicBool = AtomicBool::new(false);
+
+/// Starts a worker thread.
+pub fn spawn(id: usize, opts: WorkerOptions) -> io::Result<WorkerHandle> {
+    let (tx, rx) = flume::unbounded();
+    let thread = std::thread::Builder::new()
+        .name(format!("ringmesh-w{id}"))
+        .spawn(move || {
+            if let Some(cpu) = opts.cpu {
+                if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
+                    tracing::warn!(worker = id, cpu, error = %e, "could not pin worker");
+                }
+            }
+            let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .with_entries(opts.ring_entries)
+                .enable_timer()
+                .build();
+            let mut rt = match rt {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(worker = id, error = %e, "cannot start runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let legacy = !monoio::utils::detect_uring();
+                if legacy && !LOGGED_FALLBACK.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("io_uring unavailable: workers use the epoll driver");
+                }
+                tracing::debug!(worker = id, cpu = ?opts.cpu, io_uring = !legacy, "worker started");
+                let w = Rc::new(Worker::new(id));
+                monoio::spawn(sweep(w.clone()));
+                run(w, rx).await;
+            });
+        })?;
+    Ok(WorkerHandle {
+        id,
+        tx,
+        thread: Some(thread),
+    })
+}
+
+/// Endpoint state is kept across reloads by (cluster, address).
+type EndpointKey = (Arc<str>, SocketAddr);
+
+/// A worker's whole state; one per thread, shared by its tasks through `Rc`.
+pub struct Worker {
+    /// Worker index.
+    pub id: usize,
+    view: RefCell<Rc<View>>,
+    pending: RefCell<Option<Pending>>,
+    endpoints: RefCell<FxHashMap<EndpointKey, Rc<Endpoint>>>,
+    listeners: RefCell<FxHashMap<Arc<str>, ListenerTask>>,
+    pub(crate) metrics: WorkerMetrics,
+    pub(crate) bufs: BufPool,
+    rng: RefCell<Rng>,
+    pub(crate) drain: Event,
+    connections: Cell<usize>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A snapshot paired with this worker's state for it.
+pub(crate) struct View {
+    pub snapshot: Arc<Snapshot>,
+    /// Aligned with `snapshot.clusters`.
+    pub clusters: Vec<ClusterView>,
+    /// Aligned with `snapshot.listeners`.
+    pub listeners: Vec<ListenerView>,
+}
+
+pub(crate) struct ClusterView {
+    pub members: Vec<Member>,
+    pub balance: RefCell<BalanceState>,
+}
+
+pub(crate) struct ListenerView {
+    pub stats: Rc<ListenerStats>,
+    /// Per route, per target (in `Route::clusters` order).
+    pub routes: Vec<Vec<Rc<RouteStats>>>,
+    /// Requests answered before a route was chosen.
+    pub unrouted: Rc<RouteStats>,
+}
+
+struct Pending {
+    view: Rc<View>,
+    sockets: Vec<(Arc<str>, SocketAddr, monoio::net::TcpListener)>,
+}
+
+impl View {
+    fn empty() -> View {
+        View {
+            snapshot: Arc::new(Snapshot {
+                version: 0,
+                listeners: vec![],
+                clusters: vec![],
+            }),
+            clusters: vec![],
+            listeners: vec![],
+        }
+    }
+
+    /// The position of the listener called `name`.
+    #[inline]
+    pub fn listener_index(&self, name: &Arc<str>) -> Option<usize> {
+        self.snapshot
+            .listeners
+            .iter()
+            .position(|l| Arc::ptr_eq(&l.name, name) || l.name == *name)
+    }
+}
+
+impl Worker {
+    fn new(id: usize) -> Worker {
+        Worker {
+            id,
+            view: RefCell::new(Rc::new(View::empty())),
+            pending: RefCell::new(None),
+            endpoints: RefCell::new(FxHashMap::default()),
+            listeners: RefCell::new(FxHashMap::default()),
+            metrics: WorkerMetrics::default(),
+            bufs: BufPool::new(1024),
+            rng: RefCell::new(Rng::from_entropy()),
+            drain: Event::new(),
+            connections: Cell::new(0),
+        }
+    }
+
+    /// The view in force; a request holds it until it ends.
+    #[inline]
+    pub(crate) fn view(&self) -> Rc<View> {
+        self.view.borrow().clone()
+    }
+
+    /// A random number below `n`.
+    #[inline]
+    pub(crate) fn random_below(&self, n: u32) -> u32 {
+        self.rng.borrow_mut().below(n)
+    }
+
+    /// The worker's RNG, for a synchronous call.
+    #[inline]
+    pub(crate) fn with_rng<T>(&self, f: impl FnOnce(&mut Rng) -> T) -> T {
+        f(&mut self.rng.borrow_mut())
+    }
+
+    /// Whether the worker is draining: connections close after their current request.
+    #[inline]
+    pub(crate) fn draining(&self) -> bool {
+        self.drain.is_fired()
+    }
+
+    /// Counts an open connection until the guard drops.
+    pub(crate) fn connection(self: &Rc<Self>, stats: Rc<ListenerStats>) -> ConnGuard {
+        self.connections.set(self.connections.get() + 1);
+        stats.active.set(stats.active.get() + 1);
+        stats.accepted.set(stats.accepted.get() + 1);
+        ConnGuard {
+            worker: self.clone(),
+            stats,
+        }
+    }
+
+    fn build_view(&self, snapshot: Arc<Snapshot>) -> View {
+        let now = Instant::now();
+        let endpoints = self.endpoints.borrow();
+        let clusters = snapshot
+            .clusters
+            .iter()
+            .map(|c| ClusterView {
+                members: c
+                    .endpoints
+                    .iter()
+                    .map(|spec| {
+                        let key = (c.name.clone(), spec.addr);
+                        let ep = endpoints.get(&key).cloned().unwrap_or_else(|| {
+                            Rc::new(Endpoint::new(c.name.clone(), spec.addr, now))
+                        });
+                        Member {
+                            ep,
+                            weight: spec.weight.max(1),
+                        }
+                    })
+                    .collect(),
+                balance: RefCell::new(BalanceState::default()),
+            })
+            .collect();
+        let unrouted: Arc<str> = Arc::from("");
+        let listeners = snapshot
+            .listeners
+            .iter()
+            .map(|l| {
+                let routes = match &l.protocol {
+                    Protocol::Http(h) => h
+                        .routes
+                        .routes()
+                        .iter()
+                        .map(|r| {
+                            r.clusters()
+                                .map(|ci| {
+                                    self.metrics.route(
+                                        &l.name,
+                                        &r.name,
+                                        &snapshot.clusters[ci].name,
+                                    )
+                                })
+                                .collect()
+                        })
+                        .collect(),
+                    Protocol::Tcp { cluster, .. } => {
+                        vec![vec![self.metrics.route(
+                            &l.name,
+                            &unrouted,
+                            &snapshot.clusters[*cluster].name,
+                        )]]
+                    }
+                };
+                ListenerView {
+                    stats: self.metrics.listener(&l.name),
+                    routes,
+                    unrouted: self.metrics.route(&l.name, &unrouted, &unrouted),
+                }
+            })
+            .collect();
+        View {
+            snapshot,
+            clusters,
+            listeners,
+        }
+    }
+
+    fn prepare(&self, snapshot: Arc<Snapshot>) -> Result<(), String> {
+        if self.draining() {
+            return Err("worker is draining".into());
+        }
+        let view = Rc::new(self.build_view(snapshot.clone()));
+        let mut sockets = Vec::new();
+        {
+            let running = self.listeners.borrow();
+            for l in &snapshot.listeners {
+                if running.get(&l.name).is_some_and(|t| t.bind == l.bind) {
+                    continue;
+                }
+                let sock = listener::bind(l.bind)
+                    .map_err(|e| format!("listener {}: cannot bind {}: {e}", l.name, l.bind))?;
+                sockets.push((l.name.clone(), l.bind, sock));
+            }
+        }
+        *self.pending.borrow_mut() = Some(Pending { view, sockets });
+        Ok(())
+    }
+
+    fn commit(self: &Rc<Self>) {
+        let Some(p) = self.pending.borrow_mut().take() else {
+            return;
+        };
+        let snapshot = p.view.snapshot.clone();
+        // Endpoint state lives on for endpoints that remain; the rest is dropped once the last
+        // request holding it ends (closing its pooled connections).
+        let mut eps = FxHashMap::default();
+        for cv in &p.view.clusters {
+            for m in &cv.members {
+                eps.insert((m.ep.cluster.clone(), m.ep.addr), m.ep.clone());
+            }
+        }
+        *self.endpoints.borrow_mut() = eps;
+        *self.view.borrow_mut() = p.view;
+        let mut listeners = self.listeners.borrow_mut();
+        listeners.retain(|name, task| {
+            let keep = snapshot
+                .listeners
+                .iter()
+                .any(|l| &l.name == name && l.bind == task.bind);
+            if !keep {
+                task.stop();
+            }
+            keep
+        });
+        for (name, bind, sock) in p.sockets {
+            let task = listener::start(self.clone(), name.clone(), bind, sock);
+            listeners.insert(name, task);
+        }
+        drop(listeners);
+        self.metrics.forget_unused();
+    }
+
+    fn report(&self) -> WorkerReport {
+        let view = self.view();
+        let now = Instant::now();
+        let mut endpoints = Vec::new();
+        for (c, cv) in view.snapshot.clusters.iter().zip(&view.clusters) {
+            for (spec, m) in c.endpoints.iter().zip(&cv.members) {
+                endpoints.push(m.ep.report(spec, now));
+            }
+        }
+        self.metrics.report(self.id, endpoints)
+    }
+
+    async fn drain_all(&self) {
+        self.drain.fire();
+        // Dropping a listener task stops its accept loop.
+        self.listeners.borrow_mut().clear();
+        while self.connections.get() > 0 {
+            monoio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Counts one open connection.
+pub(crate) struct ConnGuard {
+    worker: Rc<Worker>,
+    stats: Rc<ListenerStats>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let c = &self.worker.connections;
+        c.set(c.get().saturating_sub(1));
+        self.stats
+            .active
+            .set(self.stats.active.get().saturating_sub(1));
+    }
+}
+
+async fn run(w: Rc<Worker>, rx: flume::Receiver<Command>) {
+    while let Ok(cmd) = rx.recv_async().await {
+        match cmd {
+            Command::Prepare { snapshot, reply } => {
+                let _ = reply.send(w.prepare(snapshot));
+            }
+            Command::Commit { reply } => {
+                w.commit();
+                let _ = reply.send(());
+            }
+            Command::Abort => {
+                w.pending.borrow_mut().take();
+            }
+            Command::Report { reply } => {
+                let _ = reply.send(w.report());
+            }
+            Command::Drain { reply } => {
+                let w = w.clone();
+                monoio::spawn(async move {
+                    w.drain_all().await;
+                    let _ = reply.send(());
+                });
+            }
+            Command::Stop => break,
+        }
+    }
+    // Stopped, or the control side is gone: stop serving.
+    w.drain.fire();
+    w.listeners.borrow_mut().clear();
+}
+
+/// Closes pooled connections that have been idle too long, once a second.
+async fn sweep(w: Rc<Worker>) {
+    loop {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        let view = w.view();
+        let now = Instant::now();
+        for (c, cv) in view.snapshot.clusters.iter().zip(&view.clusters) {
+            for m in &cv.members {
+                m.ep.sweep(now, c.pool_idle_timeout);
+            }
+        }
+    }
+}
