@@ -180,7 +180,17 @@ impl Admin {
             }
             b"/config" => match self.current().await {
                 Some(c) => {
-                    let body = format!("{{\"version\":{},\"config\":{}}}\n", c.version, c.json);
+                    let bound: serde_json::Map<String, serde_json::Value> = c
+                        .listeners
+                        .iter()
+                        .map(|(name, addr)| (name.clone(), json!(addr.to_string())))
+                        .collect();
+                    let body = format!(
+                        "{{\"version\":{},\"bound\":{},\"config\":{}}}\n",
+                        c.version,
+                        serde_json::Value::Object(bound),
+                        c.json
+                    );
                     (200, "application/json", body.into_bytes())
                 }
                 None => (503, "text/plain", b"control thread unavailable\n".to_vec()),

@@ -157,6 +157,14 @@ fn proxy(a: Args) -> anyhow::Result<ExitCode> {
         drain_timeout: a.drain_timeout.unwrap_or(Duration::from_secs(10)),
         ..ProxyOptions::default()
     };
+    match ringmesh_core::sys::raise_fd_limit() {
+        Ok(n) if n < 4096 => tracing::warn!(
+            limit = n,
+            "low open-file limit: each proxied connection uses two"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
     let proxy = match Proxy::start(opts) {
         Ok(p) => p,

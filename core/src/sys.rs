@@ -25,6 +25,28 @@ pub fn idle_connection_is_dead(fd: RawFd) -> bool {
     true
 }
 
+/// Raises the soft limit on open files to the hard limit (a proxy holds two descriptors per
+/// proxied connection). Returns the new soft limit.
+#[allow(unsafe_code)]
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the hard one is allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// The CPUs this process may run on, from `/proc/self/status`; empty if unknown.
 pub fn allowed_cpus() -> Vec<usize> {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
@@ -64,6 +86,13 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn fd_limit_is_raised_to_the_hard_limit() {
+        let n = raise_fd_limit().unwrap();
+        assert!(n >= 1024);
+        assert_eq!(raise_fd_limit().unwrap(), n);
+    }
 
     #[test]
     fn cpu_lists() {

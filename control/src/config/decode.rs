@@ -67,6 +67,8 @@ impl Node<'_, '_> {
 pub struct Decoder {
     /// Every error so far.
     pub errors: Vec<ConfigError>,
+    /// Line of each field decoded, for errors found later by checks across fields.
+    lines: std::collections::HashMap<String, usize>,
 }
 
 /// The fields of a mapping, by name.
@@ -120,13 +122,22 @@ pub fn root<'a, 'y>(docs: &'a [MarkedYaml<'y>]) -> Option<Node<'a, 'y>> {
 }
 
 impl Decoder {
-    /// Records an error at `path` about `node`.
+    /// Records an error at `path` about `node` (or, without a node, the field decoded there).
     pub fn error(&mut self, path: &str, node: Option<Node<'_, '_>>, message: impl Into<String>) {
+        let line = node
+            .and_then(|n| n.line())
+            .or_else(|| self.lines.get(path).copied());
         self.errors.push(ConfigError {
             path: path.to_string(),
-            line: node.and_then(|n| n.line()),
+            line,
             message: message.into(),
         });
+    }
+
+    fn mark(&mut self, path: &str, node: Node<'_, '_>) {
+        if let Some(l) = node.line() {
+            self.lines.insert(path.to_string(), l);
+        }
     }
 
     fn expected(&mut self, path: &str, node: Node<'_, '_>, what: &str) {
@@ -141,6 +152,7 @@ impl Decoder {
         path: &str,
         known: &[&str],
     ) -> Option<Fields<'a, 'y>> {
+        self.mark(path, node);
         let YamlData::Mapping(map) = &node.yaml.data else {
             self.expected(path, node, "a mapping");
             return None;
@@ -178,6 +190,7 @@ impl Decoder {
 
     /// The items of a list, each with its path.
     pub fn list<'a, 'y>(&mut self, node: Node<'a, 'y>, path: &str) -> Vec<(Node<'a, 'y>, String)> {
+        self.mark(path, node);
         match &node.yaml.data {
             YamlData::Sequence(items) => items
                 .iter()
@@ -193,6 +206,7 @@ impl Decoder {
 
     /// A string (numbers and booleans are refused: quote them).
     pub fn string(&mut self, node: Node<'_, '_>, path: &str) -> Option<String> {
+        self.mark(path, node);
         match &node.yaml.data {
             YamlData::Value(Scalar::String(s)) => Some(s.to_string()),
             _ => {
@@ -204,6 +218,7 @@ impl Decoder {
 
     /// A string or a number written as text (for header values such as `"1"` or `1`).
     pub fn text(&mut self, node: Node<'_, '_>, path: &str) -> Option<String> {
+        self.mark(path, node);
         match &node.yaml.data {
             YamlData::Value(Scalar::String(s)) => Some(s.to_string()),
             YamlData::Value(Scalar::Integer(i)) => Some(i.to_string()),
@@ -217,6 +232,7 @@ impl Decoder {
 
     /// A non-negative integer no larger than `max`.
     pub fn integer(&mut self, node: Node<'_, '_>, path: &str, max: u64) -> Option<u64> {
+        self.mark(path, node);
         match &node.yaml.data {
             YamlData::Value(Scalar::Integer(i)) if *i >= 0 && (*i as u64) <= max => Some(*i as u64),
             YamlData::Value(Scalar::Integer(i)) => {
@@ -319,6 +335,7 @@ impl Decoder {
 
     /// A percentage such as `20%` or `20`.
     pub fn percent(&mut self, node: Node<'_, '_>, path: &str) -> Option<u32> {
+        self.mark(path, node);
         let v = match &node.yaml.data {
             YamlData::Value(Scalar::Integer(i)) => Some(*i),
             YamlData::Value(Scalar::String(s)) => {

@@ -31,6 +31,12 @@ clusters:
       - { addr: 127.0.0.1:8081 }
 ";
 
+/// Stands in for an address that failed to decode (never served: the config is refused).
+const PLACEHOLDER_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+));
+
 /// Default admin address.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
@@ -338,7 +344,7 @@ fn decode_config(d: &mut Decoder, root: Node<'_, '_>) -> Option<Config> {
         None => Vec::new(),
     };
     Some(Config {
-        admin: admin?,
+        admin: admin.unwrap_or(PLACEHOLDER_ADDR),
         workers,
         listeners,
         clusters,
@@ -443,16 +449,18 @@ fn decode_listener(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Li
         Some((n, p)) => d.positive_duration(n, &p),
         None => Some(default_idle),
     };
+    // Fields in error keep placeholders so that checks across fields still run; the config
+    // as a whole is refused anyway.
     Some(ListenerConfig {
-        name: name?,
-        bind: bind?,
+        name: name.unwrap_or_default(),
+        bind: bind.unwrap_or(PLACEHOLDER_ADDR),
         protocol,
         routes,
         cluster,
-        max_request_head_bytes: max_head?,
+        max_request_head_bytes: max_head.unwrap_or(64 * 1024),
         max_request_body_bytes: max_body,
-        request_head_timeout: head_timeout?,
-        idle_timeout: idle?,
+        request_head_timeout: head_timeout.unwrap_or_default(),
+        idle_timeout: idle.unwrap_or_default(),
     })
 }
 
@@ -533,8 +541,8 @@ fn decode_route(
         .get("timeout")
         .and_then(|(n, p)| d.positive_duration(n, &p));
     Some(RouteConfig {
-        name: name?,
-        matcher: matcher?,
+        name: name.unwrap_or_else(|| index.to_string()),
+        matcher: matcher.unwrap_or_default(),
         cluster,
         split,
         timeout,
@@ -669,10 +677,10 @@ fn decode_cluster(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Clu
         None => Vec::new(),
     };
     Some(ClusterConfig {
-        name: name?,
-        lb: lb?,
-        connect_timeout: connect_timeout?,
-        pool_idle_timeout: pool_idle_timeout?,
+        name: name.unwrap_or_default(),
+        lb: lb.unwrap_or(LbPolicy::P2cEwma),
+        connect_timeout: connect_timeout.unwrap_or_default(),
+        pool_idle_timeout: pool_idle_timeout.unwrap_or_default(),
         endpoints,
     })
 }
@@ -695,10 +703,10 @@ fn decode_endpoint(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<En
         None => Some(1),
     };
     Some(EndpointConfig {
-        addr: addr?,
+        addr: addr.unwrap_or(PLACEHOLDER_ADDR),
         zone,
-        priority: priority?,
-        weight: weight? as u32,
+        priority: priority.unwrap_or_default(),
+        weight: weight.unwrap_or(1) as u32,
     })
 }
 
@@ -706,7 +714,7 @@ fn decode_endpoint(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<En
 fn check(d: &mut Decoder, c: &Config) {
     let mut names = BTreeMap::new();
     for (i, cl) in c.clusters.iter().enumerate() {
-        if names.insert(cl.name.as_str(), i).is_some() {
+        if !cl.name.is_empty() && names.insert(cl.name.as_str(), i).is_some() {
             d.error(
                 &format!("clusters[{i}].name"),
                 None,
@@ -727,7 +735,7 @@ fn check(d: &mut Decoder, c: &Config) {
     let mut listener_names = BTreeMap::new();
     let mut binds = BTreeMap::new();
     for (i, l) in c.listeners.iter().enumerate() {
-        if listener_names.insert(l.name.as_str(), i).is_some() {
+        if !l.name.is_empty() && listener_names.insert(l.name.as_str(), i).is_some() {
             d.error(
                 &format!("listeners[{i}].name"),
                 None,
@@ -779,7 +787,7 @@ fn check(d: &mut Decoder, c: &Config) {
             }
         }
     }
-    if c.listeners.iter().any(|l| l.bind == c.admin) {
+    if c.admin.port() != 0 && c.listeners.iter().any(|l| l.bind == c.admin) {
         d.error(
             "admin",
             None,

@@ -172,8 +172,7 @@ impl RequestHead {
 
         let mut host: Option<Span> = None;
         let mut length: Option<u64> = None;
-        let mut chunked = false;
-        let mut has_te = false;
+        let mut codings = Codings::default();
         let mut close = false;
         let mut keep_alive = false;
         let mut named_by_connection = false;
@@ -202,8 +201,7 @@ impl RequestHead {
                     header.drop = true;
                 }
                 Known::TransferEncoding => {
-                    has_te = true;
-                    transfer_coding(value, &mut chunked)?;
+                    codings.add(value);
                     header.drop = true;
                 }
                 Known::Connection => {
@@ -242,13 +240,14 @@ impl RequestHead {
             self.drop_connection_options(buf);
         }
 
-        match (has_te, length) {
+        match (codings.any || codings.invalid, length) {
             (true, Some(_)) => return Err(ErrorKind::BadRequest),
             (true, None) => {
                 // RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding is faulty.
-                if self.version == Version::Http10 || !chunked {
+                if self.version == Version::Http10 {
                     return Err(ErrorKind::BadRequest);
                 }
+                codings.check()?;
                 self.framing = Framing::Chunked;
             }
             (false, Some(0) | None) => self.framing = Framing::None,
@@ -334,31 +333,45 @@ impl RequestHead {
     }
 }
 
-/// Accumulates one Transfer-Encoding field: chunked must be the last coding, once; a coding the
-/// proxy does not implement is 501.
-fn transfer_coding(value: &[u8], chunked: &mut bool) -> Result<(), ErrorKind> {
-    let mut any = false;
-    let mut result = Ok(());
-    for_each_token(value, |t| {
-        any = true;
-        if result.is_err() {
-            return;
-        }
-        if *chunked {
-            // Anything after chunked (even a second chunked) makes the length undeterminable.
-            result = Err(ErrorKind::BadRequest);
-        } else if t.eq_ignore_ascii_case(b"chunked") {
-            *chunked = true;
-        } else if t.iter().all(|&b| super::is_tchar(b)) {
-            result = Err(ErrorKind::Unsupported);
-        } else {
-            result = Err(ErrorKind::BadRequest);
-        }
-    });
-    if !any {
-        return Err(ErrorKind::BadRequest);
+/// The transfer codings of a request, over all its Transfer-Encoding fields in order.
+#[derive(Default)]
+struct Codings {
+    any: bool,
+    last_is_chunked: bool,
+    chunked: u32,
+    unknown: bool,
+    invalid: bool,
+}
+
+impl Codings {
+    fn add(&mut self, value: &[u8]) {
+        let mut empty = true;
+        for_each_token(value, |t| {
+            empty = false;
+            self.any = true;
+            self.last_is_chunked = t.eq_ignore_ascii_case(b"chunked");
+            if self.last_is_chunked {
+                self.chunked += 1;
+            } else if t.iter().all(|&b| super::is_tchar(b)) {
+                self.unknown = true;
+            } else {
+                self.invalid = true;
+            }
+        });
+        self.invalid |= empty;
     }
-    result
+
+    /// RFC 9112 section 6.3: chunked must be the final coding, once (else the length cannot be
+    /// known: 400); any other coding is one the proxy does not implement (501).
+    fn check(&self) -> Result<(), ErrorKind> {
+        if self.invalid || !self.last_is_chunked || self.chunked > 1 {
+            Err(ErrorKind::BadRequest)
+        } else if self.unknown {
+            Err(ErrorKind::Unsupported)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
@@ -461,6 +474,11 @@ mod tests {
         );
         assert_eq!(
             kind(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            ErrorKind::BadRequest,
+            "the last coding is not chunked: the length is unknowable"
+        );
+        assert_eq!(
+            kind(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"),
             ErrorKind::Unsupported
         );
         assert_eq!(

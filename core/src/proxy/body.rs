@@ -150,7 +150,9 @@ pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
     };
     let head_at = Instant::now();
     let body = resp.body_framing(side.head_request);
-    let cf = encode::client_framing(body, resp, side.version, side.keep_alive);
+    // Drain may have begun while the upstream was answering: say the connection ends.
+    let keep_alive = side.keep_alive && !w.draining();
+    let cf = encode::client_framing(body, resp, side.version, keep_alive);
     let mut out = w.bufs.get();
     encode::response_head(&mut out, &ubuf, resp, cf);
     started.set(true);
