@@ -56,11 +56,7 @@ fn matches_in_order() {
     assert_eq!(hit(&mut c, &get("api.example.com", "/v2")).1, "wild");
     assert_eq!(hit(&mut c, &get("a.b.example.com", "/")).1, "wild");
     assert_eq!(
-        hit(
-            &mut c,
-            &format!("DELETE /x HTTP/1.1\r\nHost: example.com\r\n\r\n")
-        )
-        .1,
+        hit(&mut c, "DELETE /x HTTP/1.1\r\nHost: example.com\r\n\r\n").1,
         "method"
     );
     assert_eq!(
