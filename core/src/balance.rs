@@ -33,10 +33,14 @@ pub const RTT_FLOOR: Duration = Duration::from_millis(1);
 
 /// Peak-EWMA latency estimate: jumps up to any slower sample at once, decays towards faster
 /// ones (and towards zero while idle) with a time constant of [`DECAY`].
+///
+/// The default RTT is only a prior: the first sample replaces it, so that endpoints are told
+/// apart from the first answer instead of after a decay period.
 #[derive(Debug, Clone, Copy)]
 pub struct PeakEwma {
     estimate_ns: f64,
     stamp: Instant,
+    sampled: bool,
 }
 
 impl PeakEwma {
@@ -45,6 +49,7 @@ impl PeakEwma {
         PeakEwma {
             estimate_ns: DEFAULT_RTT.max(RTT_FLOOR).as_nanos() as f64,
             stamp: now,
+            sampled: false,
         }
     }
 
@@ -52,13 +57,21 @@ impl PeakEwma {
     pub fn observe(&mut self, now: Instant, rtt: Duration) {
         let sample = rtt.as_nanos() as f64;
         let current = self.decayed(now);
-        self.estimate_ns = if sample > current {
+        self.estimate_ns = if !self.sampled {
+            self.sampled = true;
+            sample
+        } else if sample > current {
             sample
         } else {
             let w = self.weight(now);
             current * w + sample * (1.0 - w)
         };
         self.stamp = now;
+    }
+
+    /// Whether any round trip was recorded.
+    pub fn is_sampled(&self) -> bool {
+        self.sampled
     }
 
     /// The estimate at `now`, in nanoseconds.
@@ -330,6 +343,11 @@ mod tests {
         let t0 = Instant::now();
         let mut e = PeakEwma::new(t0);
         assert!((e.estimate_ns(t0) - 30e6).abs() < 1.0);
+        e.observe(t0, Duration::from_millis(5));
+        assert!(
+            (e.estimate_ns(t0) - 5e6).abs() < 1.0,
+            "the first sample replaces the prior"
+        );
         e.observe(t0, Duration::from_millis(100));
         assert!((e.estimate_ns(t0) - 100e6).abs() < 1.0, "peaks at once");
         let t1 = t0 + Duration::from_secs(10);

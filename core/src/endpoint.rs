@@ -121,6 +121,17 @@ impl Endpoint {
         self.ewma.get().estimate_ns(now)
     }
 
+    /// Cost input for balancing: an endpoint never measured and with nothing in flight costs
+    /// nothing, so that it is measured at its first chance instead of waiting for the others'
+    /// estimates to decay below the default; once one request is out, the default applies.
+    pub fn balance_latency_ns(&self, now: Instant) -> f64 {
+        let e = self.ewma.get();
+        if !e.is_sampled() && self.in_flight.get() == 0 {
+            return 0.0;
+        }
+        e.estimate_ns(now)
+    }
+
     /// State for the scraper.
     pub fn report(&self, spec: &EndpointSpec, now: Instant) -> EndpointReport {
         EndpointReport {
@@ -165,9 +176,34 @@ impl Load for Member {
         self.ep.in_flight()
     }
     fn latency_ns(&self, now: Instant) -> f64 {
-        self.ep.latency_ns(now)
+        self.ep.balance_latency_ns(now)
     }
     fn available(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unmeasured_idle_endpoint_is_tried_first_then_costs_the_default() {
+        let now = Instant::now();
+        let ep = Rc::new(Endpoint::new(
+            "c".into(),
+            "127.0.0.1:1".parse().unwrap(),
+            now,
+        ));
+        assert_eq!(ep.balance_latency_ns(now), 0.0);
+        let guard = ep.begin();
+        assert!(
+            (ep.balance_latency_ns(now) - 30e6).abs() < 1.0,
+            "no flood while the probe is out"
+        );
+        drop(guard);
+        ep.observe(now, Duration::from_millis(2));
+        assert!((ep.balance_latency_ns(now) - 2e6).abs() < 1.0);
+        assert_eq!(ep.in_flight(), 0);
     }
 }

@@ -11,6 +11,7 @@ pub mod endpoint;
 pub mod error;
 pub mod event;
 pub mod http1;
+pub mod idle;
 mod listener;
 pub mod metrics;
 mod proxy;

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Socket, Type};
 
+use crate::snapshot::Protocol;
 use crate::worker::Worker;
 
 /// Accept queue length asked of the kernel (capped by `net.core.somaxconn`).
@@ -19,7 +20,11 @@ const BACKLOG: i32 = 4096;
 /// Binds a listening socket with SO_REUSEPORT and TCP_NODELAY (inherited by accepted sockets,
 /// which saves a system call per connection).
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nodelay(true)?;
@@ -66,9 +71,24 @@ pub(crate) fn start(
             // (monoio 0.2.4).
             match sock.cancelable_accept(handle.clone()).await {
                 Ok((stream, peer)) => {
-                    let w = worker.clone();
-                    let name = name.clone();
-                    monoio::spawn(crate::proxy::serve(w, name, stream, peer));
+                    let view = worker.view();
+                    let Some(li) = view.listener_index(&name) else {
+                        continue;
+                    };
+                    match view.snapshot.listeners[li].protocol {
+                        Protocol::Http(_) => {
+                            drop(view);
+                            monoio::spawn(crate::proxy::serve(
+                                worker.clone(),
+                                name.clone(),
+                                stream,
+                                peer,
+                            ));
+                        }
+                        Protocol::Tcp { .. } => {
+                            monoio::spawn(crate::tcp::serve(worker.clone(), view, li, stream));
+                        }
+                    }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => break,
                 Err(e) => {

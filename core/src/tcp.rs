@@ -12,14 +12,11 @@ use monoio::io::{
 use monoio::net::TcpStream;
 
 use crate::balance;
-use crate::buf::BUF_SIZE;
+use crate::buf::{BUF_SIZE, SMALL_BUF_SIZE};
 use crate::error::ErrorKind;
 use crate::metrics::Outcome;
 use crate::snapshot::Protocol;
 use crate::worker::{View, Worker};
-
-/// Buffer a direction reads into while traffic is light; idle connections hold only these.
-const SMALL: usize = 2048;
 
 /// Serves one connection on a TCP listener.
 pub(crate) async fn serve(w: Rc<Worker>, view: Rc<View>, li: usize, client: TcpStream) {
@@ -98,14 +95,15 @@ async fn copy<R: CancelableAsyncReadRent, W: AsyncWriteRent>(
     last: &Cell<Instant>,
     idle: Duration,
 ) -> Result<CopyEnd, CopyError> {
-    let mut buf = Vec::with_capacity(SMALL);
+    // Reads wait with a small buffer while traffic is light, so idle connections hold little.
+    let mut buf = w.small.get();
     loop {
         let (res, b) = read_idle(r, buf, last, idle).await?;
         buf = b;
         let n = match res {
             Ok(0) => {
                 let _ = wr.shutdown().await;
-                w.bufs.put(buf);
+                w.put_buf(buf);
                 return Ok(CopyEnd::Eof);
             }
             Ok(n) => n,
@@ -122,10 +120,9 @@ async fn copy<R: CancelableAsyncReadRent, W: AsyncWriteRent>(
         // Grow to a pooled buffer while reads fill the buffer; shrink back when traffic is
         // light so that an idle connection holds little.
         if full && buf.capacity() < BUF_SIZE {
-            buf = w.bufs.get();
-        } else if !full && buf.capacity() >= BUF_SIZE && n < SMALL {
-            w.bufs
-                .put(std::mem::replace(&mut buf, Vec::with_capacity(SMALL)));
+            w.put_buf(std::mem::replace(&mut buf, w.bufs.get()));
+        } else if !full && buf.capacity() >= BUF_SIZE && n < SMALL_BUF_SIZE {
+            w.put_buf(std::mem::replace(&mut buf, w.small.get()));
         }
         buf.clear();
     }

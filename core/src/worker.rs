@@ -17,9 +17,11 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 
 use crate::balance::BalanceState;
-use crate::buf::BufPool;
+use crate::buf::{BUF_SIZE, BufPool, SMALL_BUF_SIZE};
 use crate::endpoint::{Endpoint, Member};
 use crate::event::Event;
+use crate::http1::{RequestHead, ResponseHead};
+use crate::idle::{self, IdleSet};
 use crate::listener::{self, ListenerTask};
 use crate::metrics::{ListenerStats, RouteStats, WorkerMetrics, WorkerReport};
 use crate::rng::Rng;
@@ -116,10 +118,24 @@ pub fn spawn(id: usize, opts: WorkerOptions) -> io::Result<WorkerHandle> {
                     tracing::warn!(worker = id, cpu, error = %e, "could not pin worker");
                 }
             }
+            // Completions run when the worker enters the kernel itself (one issuer per ring), not
+            // by interrupting it. Kernels before 6.1 refuse these flags: the ring is then built
+            // without them.
+            let mut ring = io_uring::IoUring::builder();
+            ring.setup_coop_taskrun()
+                .setup_single_issuer()
+                .setup_defer_taskrun();
             let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
                 .with_entries(opts.ring_entries)
+                .uring_builder(ring)
                 .enable_timer()
-                .build();
+                .build()
+                .or_else(|_| {
+                    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                        .with_entries(opts.ring_entries)
+                        .enable_timer()
+                        .build()
+                });
             let mut rt = match rt {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -158,8 +174,14 @@ pub struct Worker {
     listeners: RefCell<FxHashMap<Arc<str>, ListenerTask>>,
     pub(crate) metrics: WorkerMetrics,
     pub(crate) bufs: BufPool,
+    /// Small buffers, for connections waiting for their next request.
+    pub(crate) small: BufPool,
+    /// Parsed-head storage, lent to connections while they handle requests.
+    heads: RefCell<Vec<(RequestHead, ResponseHead)>>,
     rng: RefCell<Rng>,
     pub(crate) drain: Event,
+    /// Connections waiting for their next request.
+    pub(crate) idle: IdleSet,
     connections: Cell<usize>,
 }
 
@@ -230,10 +252,38 @@ impl Worker {
             endpoints: RefCell::new(FxHashMap::default()),
             listeners: RefCell::new(FxHashMap::default()),
             metrics: WorkerMetrics::default(),
-            bufs: BufPool::new(1024),
+            bufs: BufPool::new(BUF_SIZE, 1024),
+            small: BufPool::new(SMALL_BUF_SIZE, 4096),
+            heads: RefCell::new(Vec::new()),
             rng: RefCell::new(Rng::from_entropy()),
             drain: Event::new(),
+            idle: IdleSet::default(),
             connections: Cell::new(0),
+        }
+    }
+
+    /// Returns a buffer of either size to its pool.
+    #[inline]
+    pub(crate) fn put_buf(&self, buf: Vec<u8>) {
+        if buf.capacity() == SMALL_BUF_SIZE {
+            self.small.put(buf);
+        } else {
+            self.bufs.put(buf);
+        }
+    }
+
+    /// Head storage for a connection handling requests.
+    #[inline]
+    pub(crate) fn take_heads(&self) -> (RequestHead, ResponseHead) {
+        self.heads.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Gives head storage back.
+    #[inline]
+    pub(crate) fn put_heads(&self, heads: (RequestHead, ResponseHead)) {
+        let mut h = self.heads.borrow_mut();
+        if h.len() < 1024 {
+            h.push(heads);
         }
     }
 
@@ -409,6 +459,7 @@ impl Worker {
 
     async fn drain_all(&self) {
         self.drain.fire();
+        self.idle.expire_all();
         // Dropping a listener task stops its accept loop.
         self.listeners.borrow_mut().clear();
         while self.connections.get() > 0 {
@@ -461,15 +512,23 @@ async fn run(w: Rc<Worker>, rx: flume::Receiver<Command>) {
     }
     // Stopped, or the control side is gone: stop serving.
     w.drain.fire();
+    w.idle.expire_all();
     w.listeners.borrow_mut().clear();
 }
 
-/// Closes pooled connections that have been idle too long, once a second.
+/// The worker's clock: fires idle-connection deadlines every tick, and closes pooled upstream
+/// connections that have been idle too long about once a second.
 async fn sweep(w: Rc<Worker>) {
+    let mut ticks = 0u32;
     loop {
-        monoio::time::sleep(Duration::from_secs(1)).await;
-        let view = w.view();
+        monoio::time::sleep(idle::TICK).await;
         let now = Instant::now();
+        w.idle.sweep(now);
+        ticks = ticks.wrapping_add(1);
+        if ticks % 5 != 0 {
+            continue;
+        }
+        let view = w.view();
         for (c, cv) in view.snapshot.clusters.iter().zip(&view.clusters) {
             for m in &cv.members {
                 m.ep.sweep(now, c.pool_idle_timeout);

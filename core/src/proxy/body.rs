@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
+use crate::buf::BUF_SIZE;
 use crate::error::ErrorKind;
 use crate::http1::chunked::write_chunk_size;
 use crate::http1::{ChunkedDecoder, Framing, ResponseHead, Version, encode};
@@ -436,6 +437,10 @@ pub(super) async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
         }
         buf.clear();
         *cstart = 0;
+        if buf.capacity() < BUF_SIZE {
+            // The body streams: move from the small head buffer to a large one.
+            w.put_buf(std::mem::replace(&mut buf, w.bufs.get()));
+        }
         let until = Some(Instant::now() + idle);
         let Some((res, b)) = read_until(client, buf, until).await else {
             return Err(PumpError::Stalled);

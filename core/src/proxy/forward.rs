@@ -17,6 +17,7 @@ use monoio::net::TcpStream;
 
 use super::body::{self, ClientSide, DuplexEnd, PumpError, RelayError, Relayed};
 use super::{Client, client_keeps_alive};
+use crate::buf::BUF_SIZE;
 use crate::endpoint::Endpoint;
 use crate::error::ErrorKind;
 use crate::http1::encode::{self, Forwarded};
@@ -106,12 +107,12 @@ impl Exchange<'_> {
                 if (c.data().len() as u64) >= need {
                     return Ok(Some(n as usize));
                 }
-                // A small body still on its way fits the buffer: wait for it so the request
-                // can be replayed. A client waiting for 100-continue sends nothing yet.
-                let room = c.buf.as_ref().map_or(0, |b| b.capacity() - c.start);
-                if self.req.expect_continue || need > room as u64 {
+                // A small body still on its way: wait for it so the request can be replayed.
+                // A client waiting for 100-continue sends nothing yet.
+                if self.req.expect_continue || need > BUF_SIZE as u64 {
                     return Ok(None);
                 }
+                c.make_room(self.worker, need as usize);
                 self.fill(c, need as usize).await?;
                 Ok(Some(n as usize))
             }

@@ -20,12 +20,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
 use crate::balance;
+use crate::buf::{BUF_SIZE, SMALL_BUF_SIZE};
 use crate::error::ErrorKind;
 use crate::http1::{Framing, RequestHead, ResponseHead, Version, encode, host_of};
+use crate::idle::Fired;
 use crate::route::{Action, RequestView};
 use crate::snapshot::{HttpLimits, Protocol, defaults};
 use crate::worker::{View, Worker};
@@ -40,6 +42,8 @@ pub(crate) struct Client {
     /// The client's IP address as text, for X-Forwarded-For.
     ip: [u8; 48],
     ip_len: usize,
+    /// Cancels the pending read when the idle set fires.
+    canceller: Option<Canceller>,
 }
 
 impl Client {
@@ -54,6 +58,7 @@ impl Client {
             start: 0,
             ip,
             ip_len,
+            canceller: None,
         }
     }
 
@@ -81,57 +86,176 @@ impl Client {
 
     fn release(&mut self, w: &Worker) {
         if let Some(b) = self.buf.take() {
-            w.bufs.put(b);
+            w.put_buf(b);
         }
         self.start = 0;
     }
+
+    /// Makes room for `total` unconsumed bytes, moving them to the front of a large enough
+    /// buffer (a pooled one up to [`BUF_SIZE`], grown past it).
+    fn make_room(&mut self, w: &Worker, total: usize) {
+        let mut buf = self.buf.take().unwrap_or_else(|| w.small.get());
+        if self.start > 0 {
+            buf.drain(..self.start);
+            self.start = 0;
+        }
+        if total > buf.capacity() {
+            if total <= BUF_SIZE && buf.capacity() < BUF_SIZE {
+                let mut large = w.bufs.get();
+                large.extend_from_slice(&buf);
+                w.put_buf(std::mem::replace(&mut buf, large));
+            } else {
+                buf.reserve(total - buf.len());
+            }
+        }
+        self.buf = Some(buf);
+    }
 }
 
+/// How long a connection waits for its next request with a small read pending, before it gives
+/// the buffer back and waits for readiness holding nothing.
+const SHED_AFTER: Duration = Duration::from_secs(1);
+
 /// Serves one accepted connection until it closes.
+///
+/// Between requests the connection is a small future: the socket, a read into a 1 KiB buffer
+/// (one io_uring operation per request), and an entry in the worker's idle set. After
+/// [`SHED_AFTER`] of quiet it gives the buffer back and waits for readiness instead. The state a
+/// request needs (routing, forwarding, relaying) lives in a box only while requests are handled,
+/// so an idle connection stays small.
 pub(crate) async fn serve(w: Rc<Worker>, listener: Arc<str>, stream: TcpStream, peer: SocketAddr) {
-    let view = w.view();
-    let Some(li) = view.listener_index(&listener) else {
-        return;
-    };
-    if let Protocol::Tcp { .. } = view.snapshot.listeners[li].protocol {
-        return crate::tcp::serve(w, view, li, stream).await;
-    }
-    let _guard = w.connection(view.listeners[li].stats.clone());
-    drop(view);
-    let mut c = Client::new(stream, peer);
-    let mut req = RequestHead::default();
-    let mut resp = ResponseHead::default();
-    loop {
-        let limits = match listener_of(&w.view(), &listener) {
-            Some((_, limits)) => limits,
-            None => break,
+    let _guard = {
+        let view = w.view();
+        let Some(li) = view.listener_index(&listener) else {
+            return;
         };
-        match read_head(&w, &mut c, &mut req, &limits).await {
+        w.connection(view.listeners[li].stats.clone())
+    };
+    let mut c = Client::new(stream, peer);
+    let mut hot = true;
+    loop {
+        let Some((_, limits)) = listener_of(&w.view(), &listener) else {
+            break;
+        };
+        if !next_request(&w, &mut c, &limits, &mut hot).await {
+            break;
+        }
+        if !Box::pin(handle(&w, &listener, &mut c)).await {
+            break;
+        }
+    }
+    c.release(&w);
+}
+
+/// Waits until the client sends bytes (or closes, times out, or the worker drains: false).
+async fn next_request(w: &Worker, c: &mut Client, limits: &HttpLimits, hot: &mut bool) -> bool {
+    if *hot {
+        match read_small(w, c, limits.idle_timeout).await {
+            Wait::Data => return true,
+            Wait::Closed => return false,
+            Wait::Shed => *hot = false,
+        }
+    }
+    let Some(stream) = c.stream.as_ref() else {
+        return false;
+    };
+    let readable = monoio::select! {
+        r = stream.readable(false) => r.is_ok(),
+        _ = w.idle.wait(Instant::now(), None, limits.idle_timeout) => false,
+    };
+    *hot = readable;
+    readable
+}
+
+enum Wait {
+    Data,
+    Shed,
+    Closed,
+}
+
+/// A cancelable read into a small buffer, ended by data or by the idle set.
+async fn read_small(w: &Worker, c: &mut Client, idle_timeout: Duration) -> Wait {
+    let mut buf = match c.buf.take() {
+        Some(b) if b.capacity() == SMALL_BUF_SIZE => b,
+        Some(b) => {
+            w.put_buf(b);
+            w.small.get()
+        }
+        None => w.small.get(),
+    };
+    buf.clear();
+    c.start = 0;
+    let Some(stream) = c.stream.as_mut() else {
+        return Wait::Closed;
+    };
+    let cancel = c.canceller.get_or_insert_with(Canceller::new);
+    let mut read = std::pin::pin!(stream.cancelable_read(buf, cancel.handle()));
+    let mut fired = None;
+    let (res, buf) = monoio::select! {
+        r = &mut read => r,
+        f = w.idle.wait(Instant::now(), Some(SHED_AFTER), idle_timeout) => {
+            fired = Some(f);
+            // Cancel, then wait for the read to end: its buffer comes back, and bytes that
+            // won the race are kept.
+            if let Some(old) = c.canceller.take() {
+                c.canceller = Some(old.cancel());
+            }
+            read.await
+        }
+    };
+    match res {
+        Ok(n) if n > 0 => {
+            c.buf = Some(buf);
+            Wait::Data
+        }
+        Err(_) if fired == Some(Fired::Shed) => {
+            w.small.put(buf);
+            Wait::Shed
+        }
+        _ => {
+            w.small.put(buf);
+            Wait::Closed
+        }
+    }
+}
+
+/// Handles the requests that have arrived; true when the connection waits for more.
+async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client) -> bool {
+    let mut heads = w.take_heads();
+    let keep = loop {
+        let Some((_, limits)) = listener_of(&w.view(), listener) else {
+            break false;
+        };
+        let (req, resp) = &mut heads;
+        match read_head(w, c, req, &limits).await {
             Head::Ready => {}
-            Head::Closed => break,
+            Head::Closed => break false,
             Head::Error(kind) => {
                 let view = w.view();
-                if let Some(li) = view.listener_index(&listener) {
+                if let Some(li) = view.listener_index(listener) {
                     let lv = &view.listeners[li];
                     lv.stats.local_reply(kind);
                     lv.unrouted.record(kind.status(), Duration::ZERO);
                 }
                 if kind != ErrorKind::ClientClosed {
-                    local_reply(&w, &mut c, kind, false, true).await;
+                    local_reply(w, c, kind, false, true).await;
                 }
-                break;
+                break false;
             }
         }
         let view = w.view();
-        let Some(li) = view.listener_index(&listener) else {
-            break;
+        let Some(li) = view.listener_index(listener) else {
+            break false;
         };
-        let keep_alive = exchange(&w, &view, li, &mut c, &req, &mut resp).await;
-        if !keep_alive || w.draining() {
-            break;
+        if !exchange(w, &view, li, c, req, resp).await || w.draining() {
+            break false;
         }
-    }
-    c.release(&w);
+        if c.data().is_empty() {
+            break true;
+        }
+    };
+    w.put_heads(heads);
+    keep
 }
 
 fn listener_of(view: &View, name: &Arc<str>) -> Option<(usize, HttpLimits)> {
@@ -148,9 +272,9 @@ enum Head {
     Error(ErrorKind),
 }
 
-/// Reads until `req` holds a complete head at `c.data()`.
+/// Reads until `req` holds a complete head at `c.data()`; the first bytes are already there.
 async fn read_head(w: &Worker, c: &mut Client, req: &mut RequestHead, limits: &HttpLimits) -> Head {
-    let mut deadline: Option<Instant> = None;
+    let deadline = Instant::now() + limits.request_head_timeout;
     loop {
         if !c.data().is_empty() {
             match req.parse(c.data(), limits.max_request_head) {
@@ -158,42 +282,18 @@ async fn read_head(w: &Worker, c: &mut Client, req: &mut RequestHead, limits: &H
                 Ok(None) => {}
                 Err(kind) => return Head::Error(kind),
             }
-            deadline.get_or_insert_with(|| Instant::now() + limits.request_head_timeout);
-        } else {
-            // Idle: give the buffer back and wait for the next request without one.
-            c.release(w);
-            let Some(stream) = c.stream.as_ref() else {
-                return Head::Closed;
-            };
-            monoio::select! {
-                r = stream.readable(false) => if r.is_err() { return Head::Closed },
-                _ = monoio::time::sleep(limits.idle_timeout) => return Head::Closed,
-                _ = w.drain.wait() => return Head::Closed,
-            }
         }
-        let mut buf = c.buf.take().unwrap_or_else(|| w.bufs.get());
-        if c.start > 0 {
-            buf.drain(..c.start);
-            c.start = 0;
-        }
-        if buf.len() == buf.capacity() {
-            // A large head: grow (this buffer then leaves the pool's size class).
-            buf.reserve(buf.capacity().min(limits.max_request_head));
-        }
-        let Some(stream) = c.stream.as_mut() else {
+        let want = (c.data().len() + 1).max(SMALL_BUF_SIZE);
+        c.make_room(w, want.min(limits.max_request_head + 1));
+        let (Some(stream), Some(buf)) = (c.stream.as_mut(), c.buf.take()) else {
             return Head::Closed;
         };
         let len = buf.len();
         let read = stream.read(buf.slice_mut(len..));
-        let (res, slice) = match deadline {
-            None => read.await,
-            Some(d) => {
-                monoio::select! {
-                    r = read => r,
-                    _ = monoio::time::sleep(d.saturating_duration_since(Instant::now())) => {
-                        return Head::Error(ErrorKind::HeadTimeout);
-                    }
-                }
+        let (res, slice) = monoio::select! {
+            r = read => r,
+            _ = monoio::time::sleep(deadline.saturating_duration_since(Instant::now())) => {
+                return Head::Error(ErrorKind::HeadTimeout);
             }
         };
         c.buf = Some(slice.into_inner());
@@ -371,7 +471,7 @@ pub(crate) async fn local_reply(
     let mut out = w.bufs.get();
     encode::local_reply(&mut out, kind, head_request, close || w.draining());
     let (ok, out) = c.write(out).await;
-    w.bufs.put(out);
+    w.put_buf(out);
     ok
 }
 
