@@ -10,11 +10,6 @@ use ringmesh_control::config::decode::parse_duration;
 use ringmesh_control::{ConfigSource, Proxy, ProxyOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-/// Per-thread heaps with size-class free lists: request state is allocated and freed on the same
-/// worker thread, which mimalloc serves without locks or heap consolidation.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const USAGE: &str = "\
 ringmesh: service-mesh proxy
 

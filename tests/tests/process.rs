@@ -184,15 +184,18 @@ fn idle_keep_alive_connections_hold_no_buffer() {
         }
     };
     open(200, &mut conns);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1500));
     let before = p.rss_kib();
     open(2000, &mut conns);
-    std::thread::sleep(Duration::from_millis(300));
+    // Quiet connections give back their wait buffer after a second.
+    std::thread::sleep(Duration::from_millis(1500));
     let after = p.rss_kib();
     let per_conn = (after.saturating_sub(before)) * 1024 / 2000;
-    // A 16 KiB read buffer held while idle would show as more than 16,000 bytes per connection.
+    eprintln!("{per_conn} bytes of RSS per idle connection");
+    // A 16 KiB read buffer held while idle would show as more than 16,000 bytes per connection;
+    // the rest is the connection's future (larger in debug builds) and the kernel's share.
     assert!(
-        per_conn < 4096,
+        per_conn < 3072,
         "{per_conn} bytes of RSS per idle connection"
     );
     assert_eq!(p.admin("/ready").status, 200);

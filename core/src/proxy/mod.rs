@@ -44,6 +44,8 @@ pub(crate) struct Client {
     ip_len: usize,
     /// Cancels the pending read when the idle set fires.
     canceller: Option<Canceller>,
+    /// Requests answered on this connection.
+    served: u32,
 }
 
 impl Client {
@@ -59,6 +61,7 @@ impl Client {
             ip,
             ip_len,
             canceller: None,
+            served: 0,
         }
     }
 
@@ -112,17 +115,17 @@ impl Client {
     }
 }
 
-/// How long a connection waits for its next request with a small read pending, before it gives
-/// the buffer back and waits for readiness holding nothing.
-const SHED_AFTER: Duration = Duration::from_secs(1);
+/// How long a hot connection waits for its next request with a small read pending, before it
+/// gives the buffer back and waits for readiness holding nothing.
+const SHED_AFTER: Duration = Duration::from_millis(250);
 
 /// Serves one accepted connection until it closes.
 ///
-/// Between requests the connection is a small future: the socket, a read into a 1 KiB buffer
-/// (one io_uring operation per request), and an entry in the worker's idle set. After
-/// [`SHED_AFTER`] of quiet it gives the buffer back and waits for readiness instead. The state a
-/// request needs (routing, forwarding, relaying) lives in a box only while requests are handled,
-/// so an idle connection stays small.
+/// Between requests a connection is a small future holding the socket and an entry in the
+/// worker's idle set, waiting for readiness with no buffer. A *hot* connection, whose requests
+/// follow each other closely, instead waits with a read into a 1 KiB buffer already issued (one
+/// io_uring operation per request instead of two), for at most [`SHED_AFTER`]. The state a
+/// request needs (routing, forwarding, relaying) lives in a box only while requests are handled.
 pub(crate) async fn serve(w: Rc<Worker>, listener: Arc<str>, stream: TcpStream, peer: SocketAddr) {
     let _guard = {
         let view = w.view();
@@ -132,39 +135,47 @@ pub(crate) async fn serve(w: Rc<Worker>, listener: Arc<str>, stream: TcpStream, 
         w.connection(view.listeners[li].stats.clone())
     };
     let mut c = Client::new(stream, peer);
-    let mut hot = true;
+    // Hot: the last gap between two requests was short, so the next one is expected soon and
+    // worth a read issued in advance. A new connection starts cold.
+    let mut hot = false;
     loop {
         let Some((_, limits)) = listener_of(&w.view(), &listener) else {
             break;
         };
-        if !next_request(&w, &mut c, &limits, &mut hot).await {
+        let waited = Instant::now();
+        if !next_request(&w, &mut c, &limits, hot).await {
             break;
         }
+        let gap = waited.elapsed();
         if !Box::pin(handle(&w, &listener, &mut c)).await {
             break;
         }
+        hot = gap < HOT_GAP && c.served > 1;
     }
     c.release(&w);
 }
 
+/// A keep-alive connection whose requests come closer than this waits for the next one with a
+/// read already issued.
+const HOT_GAP: Duration = Duration::from_millis(50);
+
 /// Waits until the client sends bytes (or closes, times out, or the worker drains: false).
-async fn next_request(w: &Worker, c: &mut Client, limits: &HttpLimits, hot: &mut bool) -> bool {
-    if *hot {
+async fn next_request(w: &Worker, c: &mut Client, limits: &HttpLimits, hot: bool) -> bool {
+    if hot {
         match read_small(w, c, limits.idle_timeout).await {
             Wait::Data => return true,
             Wait::Closed => return false,
-            Wait::Shed => *hot = false,
+            Wait::Shed => {}
         }
     }
+    c.release(w);
     let Some(stream) = c.stream.as_ref() else {
         return false;
     };
-    let readable = monoio::select! {
+    monoio::select! {
         r = stream.readable(false) => r.is_ok(),
         _ = w.idle.wait(Instant::now(), None, limits.idle_timeout) => false,
-    };
-    *hot = readable;
-    readable
+    }
 }
 
 enum Wait {
@@ -247,6 +258,7 @@ async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client) -> bool {
         let Some(li) = view.listener_index(listener) else {
             break false;
         };
+        c.served = c.served.saturating_add(1);
         if !exchange(w, &view, li, c, req, resp).await || w.draining() {
             break false;
         }
