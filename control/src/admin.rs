@@ -280,6 +280,16 @@ impl Admin {
             "ringmesh_config_age_seconds {}",
             now.saturating_sub(applied) as f64 / 1000.0
         );
+        let _ = writeln!(
+            out,
+            "# HELP ringmesh_io_uring 1 when workers run on io_uring, 0 on the epoll fallback."
+        );
+        let _ = writeln!(out, "# TYPE ringmesh_io_uring gauge");
+        let _ = writeln!(
+            out,
+            "ringmesh_io_uring {}",
+            u8::from(ringmesh_core::worker::io_uring_available())
+        );
         let _ = writeln!(out, "# HELP ringmesh_workers Worker threads.");
         let _ = writeln!(out, "# TYPE ringmesh_workers gauge");
         let _ = writeln!(

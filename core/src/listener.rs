@@ -78,15 +78,17 @@ pub(crate) fn start(
                     match view.snapshot.listeners[li].protocol {
                         Protocol::Http(_) => {
                             drop(view);
-                            monoio::spawn(crate::proxy::serve(
-                                worker.clone(),
-                                name.clone(),
-                                stream,
-                                peer,
-                            ));
+                            let conn =
+                                crate::proxy::serve(worker.clone(), name.clone(), stream, peer);
+                            monoio::spawn(contained(conn));
                         }
                         Protocol::Tcp { .. } => {
-                            monoio::spawn(crate::tcp::serve(worker.clone(), view, li, stream));
+                            monoio::spawn(contained(crate::tcp::serve(
+                                worker.clone(),
+                                view,
+                                li,
+                                stream,
+                            )));
                         }
                     }
                 }
@@ -104,4 +106,20 @@ pub(crate) fn start(
         bind,
         canceller: Some(canceller),
     }
+}
+
+/// Runs one connection; a panic in it (a bug) ends that connection, not the worker and every
+/// other connection on it.
+async fn contained(conn: impl Future<Output = ()>) {
+    let mut conn = std::pin::pin!(conn);
+    std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.as_mut().poll(cx))) {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::error!("a connection task panicked; it is closed, the worker goes on");
+                std::task::Poll::Ready(())
+            }
+        }
+    })
+    .await
 }

@@ -107,6 +107,12 @@ impl Default for WorkerOptions {
 
 static LOGGED_FALLBACK: AtomicBool = AtomicBool::new(false);
 
+/// Whether workers run on io_uring (false: monoio's epoll driver, where io_uring is missing,
+/// forbidden by seccomp, or `MONOIO_FORCE_LEGACY_DRIVER` is set).
+pub fn io_uring_available() -> bool {
+    monoio::utils::detect_uring()
+}
+
 /// Starts a worker thread.
 pub fn spawn(id: usize, opts: WorkerOptions) -> io::Result<WorkerHandle> {
     let (tx, rx) = flume::unbounded();

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+pub mod fuzz;
+
 pub use ringmesh_control::{ConfigSource, Proxy, ProxyOptions};
 
 /// A request as an upstream received it.

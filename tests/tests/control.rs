@@ -146,6 +146,8 @@ fn metrics_count_requests_and_answers() {
     assert_eq!(v("ringmesh_config_version"), Some(1.0));
     assert_eq!(v("ringmesh_config_reloads_total{result=\"ok\"}"), Some(1.0));
     assert_eq!(v("ringmesh_workers"), Some(2.0));
+    let uring = ringmesh_core::worker::io_uring_available();
+    assert_eq!(v("ringmesh_io_uring"), Some(f64::from(u8::from(uring))));
     for name in [
         "ringmesh_endpoint_ejected",
         "ringmesh_endpoint_ewma_seconds",

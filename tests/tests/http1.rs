@@ -615,3 +615,31 @@ fn client_closing_mid_body_leaves_the_proxy_healthy() {
         "a cut upload never completes upstream"
     );
 }
+
+#[test]
+fn hot_connections_that_go_quiet_keep_working() {
+    let up = Upstream::echo();
+    let p = TestProxy::simple(up.addr, 1, "");
+    let mut c = Client::connect(p.edge());
+    for round in 0..3 {
+        // Back-to-back requests make the connection hot (a read waits in advance)...
+        for i in 0..5 {
+            assert_eq!(
+                c.get(&format!("/{round}/{i}")).header("x-path"),
+                Some(format!("/{round}/{i}").as_str())
+            );
+        }
+        // ...then quiet long enough to shed its buffer, then busy again.
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    // A request split across writes around the shed point is read whole.
+    c.send(b"GET /split HTTP/1.1\r\n");
+    std::thread::sleep(Duration::from_millis(400));
+    c.send(b"Host: a\r\n\r\n");
+    assert_eq!(c.response(false).header("x-path"), Some("/split"));
+    // A head larger than the 1 KiB wait buffer.
+    let big = "x".repeat(5000);
+    c.send(format!("GET /big HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n").as_bytes());
+    let r = c.response(false);
+    assert_eq!(r.header("x-echo-x-big").map(str::len), Some(5000));
+}

@@ -217,7 +217,12 @@ pub fn client_framing(
             // HEAD and 304 answers keep the length the upstream declared.
             let declared = match resp.content_length {
                 Some(n) if !resp.is_interim() && resp.status != 204 => Framing::Length(n),
-                _ if resp.framing == Framing::Chunked && resp.status != 204 => Framing::Chunked,
+                _ if resp.framing == Framing::Chunked
+                    && resp.status != 204
+                    && client == Version::Http11 =>
+                {
+                    Framing::Chunked
+                }
                 _ => Framing::None,
             };
             (declared, !client_keep_alive)

@@ -244,6 +244,10 @@ pub(crate) fn valid_authority(a: &[u8]) -> bool {
             return false;
         }
     }
+    if host.is_empty() {
+        // ":80": a port without a host.
+        return false;
+    }
     host[0] == b'['
         || host.iter().all(|&b| {
             b.is_ascii_alphanumeric()
@@ -325,6 +329,8 @@ mod tests {
         assert!(!valid_authority(b"example.com:80a"));
         assert!(!valid_authority(b"[::1"));
         assert!(!valid_authority(b"a/b"));
+        assert!(!valid_authority(b":"));
+        assert!(!valid_authority(b":80"));
         assert_eq!(host_of(b"example.com:8080"), b"example.com");
         assert_eq!(host_of(b"[::1]:80"), b"[::1]");
         assert_eq!(host_of(b"example.com"), b"example.com");

@@ -1,0 +1,148 @@
+//! The bodies of the fuzz targets in `fuzz/`, shared with the test that replays their corpora
+//! (`tests/fuzz_corpus.rs`). Each takes arbitrary bytes, runs a parser on them, and checks the
+//! invariants the proxy relies on; any panic is a finding.
+
+use ringmesh_core::http1::chunked::ChunkedDecoder;
+use ringmesh_core::http1::encode::{self, Forwarded};
+use ringmesh_core::http1::{Framing, MAX_HEADERS, RequestHead, ResponseHead, Version, host_of};
+
+/// Request heads: parse, then write the upstream head; spans stay in bounds and a head that
+/// parses once parses again the same way from the proxy's own output.
+pub fn request_head(data: &[u8]) {
+    let mut req = RequestHead::default();
+    let max = 4096;
+    let Ok(Some(n)) = req.parse(data, max) else {
+        return;
+    };
+    assert!(n <= data.len().min(max));
+    assert_eq!(n, req.head_len);
+    for h in &req.headers {
+        assert!(h.name.end as usize <= n && h.value.end as usize <= n);
+    }
+    if let Some(a) = req.authority {
+        let _ = host_of(a.get(data));
+    }
+    let mut out = Vec::new();
+    let fwd = Forwarded {
+        client_ip: b"10.0.0.1",
+        proto: b"http",
+        fallback_host: b"up:80",
+    };
+    encode::request_head(&mut out, data, &req, &fwd);
+    // What the proxy sends must itself be a valid, unambiguous head with the same framing (the
+    // proxy adds up to four fields, which may pass the parser's field count).
+    if req.headers.len() + 4 > MAX_HEADERS {
+        return;
+    }
+    let mut again = RequestHead::default();
+    match again.parse(&out, usize::MAX) {
+        Ok(Some(m)) => {
+            assert_eq!(m, out.len());
+            assert_eq!(again.framing, req.framing);
+            assert_eq!(again.method, req.method);
+        }
+        other => panic!(
+            "the proxy wrote a head it refuses: {other:?}: {:?}",
+            String::from_utf8_lossy(&out)
+        ),
+    }
+}
+
+/// Response heads: parse, decide framings for both kinds of client, write the client head.
+pub fn response_head(data: &[u8]) {
+    let mut resp = ResponseHead::default();
+    let Ok(Some(n)) = resp.parse(data, 4096) else {
+        return;
+    };
+    assert!(n <= data.len());
+    for head_request in [false, true] {
+        let body = resp.body_framing(head_request);
+        if head_request {
+            assert_eq!(body, Framing::None);
+        }
+        for (version, keep_alive) in [(Version::Http11, true), (Version::Http10, false)] {
+            let cf = encode::client_framing(body, &resp, version, keep_alive);
+            if version == Version::Http10 {
+                assert_ne!(
+                    cf.framing,
+                    Framing::Chunked,
+                    "HTTP/1.0 clients never get chunked"
+                );
+            }
+            let mut out = Vec::new();
+            encode::response_head(&mut out, data, &resp, cf);
+            if resp.headers.len() + 2 > MAX_HEADERS {
+                continue;
+            }
+            let mut again = ResponseHead::default();
+            assert!(
+                matches!(again.parse(&out, usize::MAX), Ok(Some(_))),
+                "the proxy wrote a head it refuses: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+    }
+}
+
+/// Chunked bodies: the result does not depend on how the bytes are split across reads.
+pub fn chunked(data: &[u8]) {
+    let Some((&split, data)) = data.split_first() else {
+        return;
+    };
+    let whole = decode(data, data.len().max(1));
+    let step = usize::from(split % 17) + 1;
+    let pieces = decode(data, step);
+    assert_eq!(whole, pieces, "split every {step} bytes");
+}
+
+type Decoded = (Result<(usize, bool), ()>, Vec<u8>);
+
+fn decode(data: &[u8], step: usize) -> Decoded {
+    let mut d = ChunkedDecoder::new();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < data.len() {
+        let end = (pos + step).min(data.len());
+        let piece = &data[pos..end];
+        match d.feed(piece, |r| {
+            assert!(r.end <= piece.len());
+            out.extend_from_slice(&piece[r]);
+        }) {
+            Ok(p) => {
+                assert!(p.consumed <= piece.len());
+                pos += p.consumed;
+                if p.done {
+                    assert_eq!(d.data_len(), out.len() as u64);
+                    return (Ok((pos, true)), out);
+                }
+                assert_eq!(
+                    p.consumed,
+                    piece.len(),
+                    "an unfinished body consumes all it is fed"
+                );
+            }
+            Err(_) => return (Err(()), out_prefix(out)),
+        }
+    }
+    (Ok((pos, false)), out)
+}
+
+/// Data handed out before an error depends on where reads split; only the error counts.
+fn out_prefix(_: Vec<u8>) -> Vec<u8> {
+    Vec::new()
+}
+
+/// Config files: decoding never panics; a config that parses also compiles.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match ringmesh_control::config::Config::parse(text) {
+        Ok(c) => {
+            let binds: Vec<_> = c.listeners.iter().map(|l| l.bind).collect();
+            ringmesh_control::compile::compile(&c, 1, &binds).expect("a checked config compiles");
+            let _ = c.to_json();
+        }
+        Err(errors) => assert!(!errors.is_empty()),
+    }
+}
