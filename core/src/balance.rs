@@ -108,6 +108,10 @@ pub trait Load {
 pub struct BalanceState {
     /// Smooth weighted round robin: current weight of each endpoint.
     current: Vec<i64>,
+    /// Plain round robin: the next position.
+    cursor: usize,
+    /// Whether every endpoint has the same weight (then picks are O(1)), once known.
+    uniform: Option<bool>,
 }
 
 /// Picks an endpoint among `eps` that is available and not `avoid`. `None` when none is.
@@ -125,10 +129,15 @@ pub fn pick<L: Load>(
         1 => return ok(0).then_some(0),
         _ => {}
     }
-    match lb {
-        Lb::P2cEwma => p2c(eps, rng, now, &ok),
-        Lb::RoundRobin => smooth_rr(eps, state, &ok),
-        Lb::Random => weighted_random(eps, rng, &ok),
+    let uniform = *state
+        .uniform
+        .get_or_insert_with(|| eps.iter().all(|e| e.weight() == eps[0].weight()));
+    match (lb, uniform) {
+        (Lb::P2cEwma, _) => p2c(eps, rng, now, &ok),
+        (Lb::RoundRobin, true) => round_robin(eps.len(), state, &ok),
+        (Lb::RoundRobin, false) => smooth_rr(eps, state, &ok),
+        (Lb::Random, true) => uniform_random(eps.len(), rng, &ok),
+        (Lb::Random, false) => weighted_random(eps, rng, &ok),
     }
 }
 
@@ -178,6 +187,29 @@ fn p2c<L: Load>(
 fn scan_random(n: usize, rng: &mut Rng, ok: &impl Fn(usize) -> bool) -> Option<usize> {
     let start = rng.below(n as u32) as usize;
     (0..n).map(|k| (start + k) % n).find(|&i| ok(i))
+}
+
+/// Equal weights: the next usable position after the last pick.
+fn round_robin(n: usize, state: &mut BalanceState, ok: &impl Fn(usize) -> bool) -> Option<usize> {
+    for _ in 0..n {
+        let i = state.cursor % n;
+        state.cursor = i + 1;
+        if ok(i) {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Equal weights: a few random draws, then a scan when most endpoints are unusable.
+fn uniform_random(n: usize, rng: &mut Rng, ok: &impl Fn(usize) -> bool) -> Option<usize> {
+    for _ in 0..8 {
+        let i = rng.below(n as u32) as usize;
+        if ok(i) {
+            return Some(i);
+        }
+    }
+    scan_random(n, rng, ok)
 }
 
 /// nginx's smooth weighted round robin: spreads heavy endpoints' turns evenly.

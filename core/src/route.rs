@@ -147,13 +147,63 @@ pub trait RequestView {
 /// Longest host name looked up in the indexes (DNS names are at most 253 bytes).
 const MAX_HOST: usize = 256;
 
+/// Buckets of more routes than this get a path index; smaller ones are scanned.
+const INDEX_FROM: usize = 16;
+
+/// The routes that share a host condition, in order, with an index by path when there are
+/// many of them.
+#[derive(Debug, Clone, Default)]
+struct Bucket {
+    all: Vec<u32>,
+    index: Option<PathIndex>,
+}
+
+/// Routes of one bucket by path: exact paths and prefixes (one map per prefix length) lead
+/// straight to their routes; routes without a path condition are always candidates.
+#[derive(Debug, Clone, Default)]
+struct PathIndex {
+    exact: FxHashMap<Box<[u8]>, Vec<u32>>,
+    prefixes: Vec<(usize, FxHashMap<Box<[u8]>, Vec<u32>>)>,
+    any_path: Vec<u32>,
+}
+
+impl Bucket {
+    fn push(&mut self, i: u32) {
+        self.all.push(i);
+    }
+
+    fn build_index(&mut self, routes: &[Route]) {
+        if self.all.len() < INDEX_FROM {
+            return;
+        }
+        let mut idx = PathIndex::default();
+        for &i in &self.all {
+            match &routes[i as usize].matcher.path {
+                Some(PathMatch::Exact(p)) => idx.exact.entry(p.clone()).or_default().push(i),
+                Some(PathMatch::Prefix(p)) => {
+                    let slot = match idx.prefixes.iter().position(|(len, _)| *len == p.len()) {
+                        Some(s) => s,
+                        None => {
+                            idx.prefixes.push((p.len(), FxHashMap::default()));
+                            idx.prefixes.len() - 1
+                        }
+                    };
+                    idx.prefixes[slot].1.entry(p.clone()).or_default().push(i);
+                }
+                None => idx.any_path.push(i),
+            }
+        }
+        self.index = Some(idx);
+    }
+}
+
 /// The compiled routes of one listener.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    exact: FxHashMap<Box<[u8]>, Vec<u32>>,
-    suffix: FxHashMap<Box<[u8]>, Vec<u32>>,
-    any_host: Vec<u32>,
+    exact: FxHashMap<Box<[u8]>, Bucket>,
+    suffix: FxHashMap<Box<[u8]>, Bucket>,
+    any_host: Bucket,
     longest_suffix: usize,
 }
 
@@ -175,6 +225,11 @@ impl RouteTable {
                 None => table.any_host.push(i),
             }
         }
+        let routes = &table.routes;
+        for b in table.exact.values_mut().chain(table.suffix.values_mut()) {
+            b.build_index(routes);
+        }
+        table.any_host.build_index(routes);
         table
     }
 
@@ -198,25 +253,46 @@ impl RouteTable {
         let mut best = u32::MAX;
         if let Some(host) = host {
             if !self.exact.is_empty() {
-                if let Some(list) = self.exact.get(host) {
-                    self.scan(list, req, &mut best);
+                if let Some(b) = self.exact.get(host) {
+                    self.search(b, req, &mut best);
                 }
             }
             if !self.suffix.is_empty() {
-                // Every suffix of the host that starts at a dot, shortest last.
+                // Every suffix of the host that starts at a dot.
                 for (i, _) in host.iter().enumerate().filter(|(_, b)| **b == b'.') {
                     let tail = &host[i..];
                     if tail.len() > self.longest_suffix || i == 0 {
                         continue;
                     }
-                    if let Some(list) = self.suffix.get(tail) {
-                        self.scan(list, req, &mut best);
+                    if let Some(b) = self.suffix.get(tail) {
+                        self.search(b, req, &mut best);
                     }
                 }
             }
         }
-        self.scan(&self.any_host, req, &mut best);
+        self.search(&self.any_host, req, &mut best);
         (best != u32::MAX).then_some(best as usize)
+    }
+
+    /// Lowers `best` to the first route of the bucket that matches.
+    #[inline]
+    fn search(&self, b: &Bucket, req: &impl RequestView, best: &mut u32) {
+        let Some(idx) = &b.index else {
+            self.scan(&b.all, req, best);
+            return;
+        };
+        let path = req.path();
+        if let Some(list) = idx.exact.get(path) {
+            self.scan(list, req, best);
+        }
+        for (len, map) in &idx.prefixes {
+            if path.len() >= *len {
+                if let Some(list) = map.get(&path[..*len]) {
+                    self.scan(list, req, best);
+                }
+            }
+        }
+        self.scan(&idx.any_path, req, best);
     }
 
     /// Lowers `best` to the first route in `list` (ascending) that matches the rest.
@@ -347,6 +423,61 @@ mod tests {
         req.method = "POST";
         req.headers = &[("x-canary", "2")];
         assert_eq!(t.resolve(&req), None);
+    }
+
+    #[test]
+    fn indexed_buckets_keep_first_match_order() {
+        // Many routes on one host: the path index must agree with a scan in config order.
+        let mut routes = Vec::new();
+        for i in 0..40 {
+            routes.push(route(
+                &format!("p{i}"),
+                Some("h"),
+                prefix(&format!("/v{i}/")),
+            ));
+        }
+        routes.insert(5, route("broad", Some("h"), prefix("/v3")));
+        routes.insert(
+            0,
+            route(
+                "exact",
+                Some("h"),
+                Some(PathMatch::Exact(b"/v7/x".as_slice().into())),
+            ),
+        );
+        let mut m = route("post-only", Some("h"), prefix("/v9/"));
+        m.matcher.method = Some(b"POST".as_slice().into());
+        routes.insert(1, m);
+        routes.push(route("rest", Some("h"), None));
+        let t = RouteTable::new(routes.clone());
+        assert!(t.exact.get(b"h".as_slice()).unwrap().index.is_some());
+        let linear = |r: &Req<'_>| {
+            routes.iter().position(|rt| {
+                let single = RouteTable::new(vec![rt.clone()]);
+                single.resolve(r).is_some()
+            })
+        };
+        for path in [
+            "/v7/x", "/v7/y", "/v30/a", "/v3", "/v33/", "/v3/", "/v9/z", "/zzz", "/v39/", "/v",
+        ] {
+            for method in ["GET", "POST"] {
+                let r = Req {
+                    host: "h",
+                    path,
+                    method,
+                    headers: &[],
+                };
+                assert_eq!(t.resolve(&r), linear(&r), "{method} {path}");
+            }
+        }
+        let name = |path| t.resolve(&get("h", path)).map(|i| &*t.routes()[i].name);
+        assert_eq!(
+            name("/v33/"),
+            Some("broad"),
+            "an earlier shorter prefix wins"
+        );
+        assert_eq!(name("/v7/x"), Some("exact"));
+        assert_eq!(name("/nothing"), Some("rest"));
     }
 
     #[test]

@@ -451,6 +451,23 @@ impl Worker {
         self.metrics.forget_unused();
     }
 
+    /// A worker for use inside an existing runtime (benchmarks, tests): no thread, no commands.
+    pub fn standalone(id: usize) -> Rc<Worker> {
+        Rc::new(Worker::new(id))
+    }
+
+    /// Prepares and commits `snapshot`, as a reload does on every worker.
+    pub fn apply(self: &Rc<Self>, snapshot: Arc<Snapshot>) -> Result<(), String> {
+        self.prepare(snapshot)?;
+        self.commit();
+        Ok(())
+    }
+
+    /// Endpoints this worker keeps state for.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.borrow().len()
+    }
+
     fn report(&self) -> WorkerReport {
         let view = self.view();
         let now = Instant::now();
