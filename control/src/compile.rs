@@ -61,7 +61,7 @@ pub fn compile(config: &Config, version: u64, binds: &[SocketAddr]) -> Result<Sn
                     .iter()
                     .map(|r| route(r, &index))
                     .collect::<Result<Vec<_>, _>>()?;
-                Protocol::Http(HttpListener {
+                Protocol::Http(Box::new(HttpListener {
                     routes: RouteTable::new(routes),
                     limits: HttpLimits {
                         max_request_head: l.max_request_head_bytes as usize,
@@ -69,7 +69,7 @@ pub fn compile(config: &Config, version: u64, binds: &[SocketAddr]) -> Result<Sn
                         request_head_timeout: l.request_head_timeout,
                         idle_timeout: l.idle_timeout,
                     },
-                })
+                }))
             }
         };
         listeners.push(Listener {

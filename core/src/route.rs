@@ -158,12 +158,15 @@ struct Bucket {
     index: Option<PathIndex>,
 }
 
+/// Route positions by path bytes.
+type PathMap = FxHashMap<Box<[u8]>, Vec<u32>>;
+
 /// Routes of one bucket by path: exact paths and prefixes (one map per prefix length) lead
 /// straight to their routes; routes without a path condition are always candidates.
 #[derive(Debug, Clone, Default)]
 struct PathIndex {
-    exact: FxHashMap<Box<[u8]>, Vec<u32>>,
-    prefixes: Vec<(usize, FxHashMap<Box<[u8]>, Vec<u32>>)>,
+    exact: PathMap,
+    prefixes: Vec<(usize, PathMap)>,
     any_path: Vec<u32>,
 }
 

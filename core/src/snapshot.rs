@@ -44,7 +44,7 @@ pub struct Listener {
 #[derive(Debug, Clone)]
 pub enum Protocol {
     /// HTTP/1.1 with routes.
-    Http(HttpListener),
+    Http(Box<HttpListener>),
     /// Raw TCP to one cluster.
     Tcp {
         /// The cluster, by index.
