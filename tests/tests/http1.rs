@@ -643,3 +643,57 @@ fn hot_connections_that_go_quiet_keep_working() {
     let r = c.response(false);
     assert_eq!(r.header("x-echo-x-big").map(str::len), Some(5000));
 }
+
+#[test]
+fn an_early_keep_alive_answer_lets_the_upload_finish_and_the_connection_live() {
+    // Like nginx's `return 200`: answers as soon as the head is in, then reads and drops the body.
+    let up = Upstream::raw(|mut s| {
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        loop {
+            let mut len = 0usize;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if std::io::BufRead::read_line(&mut r, &mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly");
+            let mut left = len;
+            let mut buf = vec![0u8; 65536];
+            while left > 0 {
+                let n = r.read(&mut buf[..left.min(65536)]).unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                left -= n;
+            }
+        }
+    });
+    let p = TestProxy::simple(up.addr, 1, "");
+    let mut c = Client::connect(p.edge());
+    for _ in 0..3 {
+        c.send(b"PUT /u HTTP/1.1\r\nHost: a\r\nContent-Length: 300000\r\n\r\n");
+        let body = vec![b'b'; 300_000];
+        let mut s = c.stream().try_clone().unwrap();
+        let writer = std::thread::spawn(move || s.write_all(&body).unwrap());
+        assert_eq!(c.response(false).text(), "early");
+        writer.join().unwrap();
+    }
+    assert_eq!(
+        c.get("/after").text(),
+        "early",
+        "the connection stays in sync"
+    );
+    assert_eq!(
+        up.accepted(),
+        1,
+        "and so does the pooled upstream connection"
+    );
+}

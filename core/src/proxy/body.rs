@@ -423,7 +423,12 @@ pub(super) async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
             (n, left == 0)
         };
         if take > 0 {
-            let (r, b) = up.write_all(buf.slice(*cstart..*cstart + take)).await;
+            // An upstream that stops reading without closing must not hold the client forever.
+            let write = up.write_all(buf.slice(*cstart..*cstart + take));
+            let (r, b) = monoio::select! {
+                r = write => r,
+                _ = monoio::time::sleep(idle) => return Err(PumpError::UpstreamGone),
+            };
             buf = b.into_inner();
             if r.is_err() {
                 *cbuf = Some(buf);
@@ -466,35 +471,52 @@ pub(super) enum DuplexEnd<T> {
     TimedOut,
 }
 
-/// Runs the body pump and the response relay together. A client-side pump failure abandons the
-/// relay; an upstream-side one lets the relay finish (the upstream may have answered early). The
-/// route timeout runs from the end of the request body until the response head.
-pub(super) async fn duplex<T>(
+/// Runs the body pump and the response relay together. A client-side pump failure before the
+/// answer abandons the relay; an upstream-side one lets the relay finish (the upstream may have
+/// answered early). An answer that completes before the request body goes on pumping the body,
+/// as the upstream may still read it: then both connections stay usable. The route timeout runs
+/// from the end of the request body until the response head.
+pub(super) async fn duplex(
     pump: impl Future<Output = Result<(), PumpError>>,
-    relay: impl Future<Output = T>,
+    relay: impl Future<Output = Result<Relayed, RelayError>>,
     started: &Cell<bool>,
     timeout: Duration,
-) -> DuplexEnd<T> {
+) -> DuplexEnd<Result<Relayed, RelayError>> {
     let mut pump = pin!(pump);
     let mut relay = pin!(relay);
     let mut pumped: Option<bool> = None;
+    let mut relayed: Option<Result<Relayed, RelayError>> = None;
     let mut timer: Option<std::pin::Pin<Box<monoio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
+        if relayed.is_none() {
+            if let Poll::Ready(r) = relay.as_mut().poll(cx) {
+                // An answer that failed, or that ends the upstream connection: the upstream will
+                // not read the rest of the body, so stop here (the client connection closes).
+                if r.as_ref().map_or(true, |r| !r.upstream_reusable) {
+                    return Poll::Ready(DuplexEnd::Relayed {
+                        relay: r,
+                        pumped: pumped == Some(true),
+                    });
+                }
+                relayed = Some(r);
+            }
+        }
         if pumped.is_none() {
             if let Poll::Ready(r) = pump.as_mut().poll(cx) {
                 match r {
                     Ok(()) => pumped = Some(true),
                     Err(PumpError::UpstreamGone) => pumped = Some(false),
+                    // The client got its whole answer already: just end the connection.
+                    Err(_) if relayed.is_some() => pumped = Some(false),
                     Err(e) => return Poll::Ready(DuplexEnd::PumpFailed(e)),
                 }
                 timer = Some(Box::pin(monoio::time::sleep(timeout)));
             }
         }
-        if let Poll::Ready(relay) = relay.as_mut().poll(cx) {
-            return Poll::Ready(DuplexEnd::Relayed {
-                relay,
-                pumped: pumped == Some(true),
-            });
+        if let (Some(p), true) = (pumped, relayed.is_some()) {
+            if let Some(relay) = relayed.take() {
+                return Poll::Ready(DuplexEnd::Relayed { relay, pumped: p });
+            }
         }
         if let Some(t) = timer.as_mut() {
             if !started.get() && t.as_mut().poll(cx).is_ready() {

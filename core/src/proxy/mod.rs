@@ -135,22 +135,16 @@ pub(crate) async fn serve(w: Rc<Worker>, listener: Arc<str>, stream: TcpStream, 
         w.connection(view.listeners[li].stats.clone())
     };
     let mut c = Client::new(stream, peer);
-    // Hot: the last gap between two requests was short, so the next one is expected soon and
-    // worth a read issued in advance. A new connection starts cold.
-    let mut hot = false;
     loop {
-        let Some((_, limits)) = listener_of(&w.view(), &listener) else {
-            break;
-        };
         let waited = Instant::now();
-        if !next_request(&w, &mut c, &limits, hot).await {
+        if !wait_cold(&w, &mut c, &listener).await {
             break;
         }
-        let gap = waited.elapsed();
-        if !Box::pin(handle(&w, &listener, &mut c)).await {
+        // Everything a request needs lives in this box, kept for as long as requests follow
+        // each other closely.
+        if !Box::pin(active(&w, &listener, &mut c, waited.elapsed())).await {
             break;
         }
-        hot = gap < HOT_GAP && c.served > 1;
     }
     c.release(&w);
 }
@@ -159,22 +153,41 @@ pub(crate) async fn serve(w: Rc<Worker>, listener: Arc<str>, stream: TcpStream, 
 /// read already issued.
 const HOT_GAP: Duration = Duration::from_millis(50);
 
-/// Waits until the client sends bytes (or closes, times out, or the worker drains: false).
-async fn next_request(w: &Worker, c: &mut Client, limits: &HttpLimits, hot: bool) -> bool {
-    if hot {
-        match read_small(w, c, limits.idle_timeout).await {
-            Wait::Data => return true,
-            Wait::Closed => return false,
-            Wait::Shed => {}
-        }
-    }
+/// Waits for the client's next bytes holding no buffer. False: closed, idle timeout, drain.
+async fn wait_cold(w: &Worker, c: &mut Client, listener: &Arc<str>) -> bool {
     c.release(w);
+    let Some((_, limits)) = listener_of(&w.view(), listener) else {
+        return false;
+    };
     let Some(stream) = c.stream.as_ref() else {
         return false;
     };
     monoio::select! {
         r = stream.readable(false) => r.is_ok(),
         _ = w.idle.wait(Instant::now(), None, limits.idle_timeout) => false,
+    }
+}
+
+/// Handles requests while they come back to back; true when the connection turns cold.
+async fn active(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client, mut gap: Duration) -> bool {
+    loop {
+        if !handle(w, listener, c).await {
+            return false;
+        }
+        // Hot only once two requests came close together: a client that sends one request
+        // and goes quiet never holds a buffer while it waits.
+        if gap >= HOT_GAP || c.served < 2 {
+            return true;
+        }
+        let Some((_, limits)) = listener_of(&w.view(), listener) else {
+            return false;
+        };
+        let waited = Instant::now();
+        match read_small(w, c, limits.idle_timeout).await {
+            Wait::Data => gap = waited.elapsed(),
+            Wait::Shed => return true,
+            Wait::Closed => return false,
+        }
     }
 }
 

@@ -1,0 +1,587 @@
+//! The comparison driver: one backend, the same load against it directly and through each proxy,
+//! pinned to the same cores, rounds interleaved; CPU per request, memory under load and per idle
+//! connection; a markdown table with ratios to ringmesh, written to perf/RESULTS.md.
+//!
+//! Cores: the load generator runs on the first CPU; the backend and the proxy under test share
+//! the second (`taskset`), so that every proxy pays the same context switches.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::load::{self, LoadConfig, Report};
+use crate::procfs;
+
+/// What to compare, and how long.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Rounds per scenario (targets rotate between rounds).
+    pub rounds: usize,
+    /// Recorded time per run.
+    pub duration: Duration,
+    /// Warm-up per run.
+    pub warmup: Duration,
+    /// Scenarios to run, by name.
+    pub scenarios: Vec<String>,
+    /// Extra peers: (name, shell command with `{port}` and `{backend}`).
+    pub peers: Vec<(String, String)>,
+    /// Leave out nginx and HAProxy as proxies.
+    pub skip_peers: bool,
+    /// Where to write the report.
+    pub out: Option<PathBuf>,
+    /// CPU for the load generator.
+    pub load_cpu: usize,
+    /// CPU for the backend and the proxy under test.
+    pub proxy_cpu: usize,
+    /// Idle connections to open in the idle scenario.
+    pub idle_connections: usize,
+}
+
+/// Every scenario, in report order.
+pub const SCENARIOS: [&str; 6] = ["small", "one", "idle", "1mib", "upload", "newconn"];
+
+/// A process to measure: the backend, or a proxy.
+struct Target {
+    name: String,
+    port: u16,
+    child: Child,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        // nginx and HAProxy leave workers behind if only the master is killed.
+        for pid in procfs::tree(self.child.id()).into_iter().rev() {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_or(0, |a| a.port())
+}
+
+fn wait_port(port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs nginx and HAProxy from Debian's packages when missing.
+fn install_peers() -> Result<(), String> {
+    if have("nginx") && have("haproxy") {
+        return Ok(());
+    }
+    eprintln!("installing nginx and haproxy (apt-get)");
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg("export DEBIAN_FRONTEND=noninteractive; (apt-get install -y -q nginx haproxy || (apt-get update -q && apt-get install -y -q nginx haproxy)) >/dev/null")
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok && have("nginx") && have("haproxy") {
+        Ok(())
+    } else {
+        Err("cannot install nginx and haproxy".into())
+    }
+}
+
+fn spawn_pinned(cpu: usize, cmd: &str, log: &Path) -> Result<Child, String> {
+    let log = std::fs::File::create(log).map_err(|e| e.to_string())?;
+    let err = log.try_clone().map_err(|e| e.to_string())?;
+    Command::new("taskset")
+        .arg("-c")
+        .arg(cpu.to_string())
+        .arg("sh")
+        .arg("-c")
+        .arg(format!("exec {cmd}"))
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("{cmd}: {e}"))
+}
+
+fn start(name: &str, cpu: usize, cmd: &str, port: u16, dir: &Path) -> Result<Target, String> {
+    let child = spawn_pinned(cpu, cmd, &dir.join(format!("{name}.log")))?;
+    let t = Target {
+        name: name.into(),
+        port,
+        child,
+    };
+    if !wait_port(port) {
+        return Err(format!(
+            "{name} did not start: see {}",
+            dir.join(format!("{name}.log")).display()
+        ));
+    }
+    Ok(t)
+}
+
+fn backend_config(dir: &Path, port: u16) -> String {
+    format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/backend.pid;\nerror_log {d}/backend.err warn;\nworker_rlimit_nofile 65536;\n\
+events {{ worker_connections 32768; }}\n\
+http {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 300s;\n  sendfile on;\n  client_max_body_size 16m;\n  client_body_buffer_size 256k;\n\
+  server {{\n    listen 127.0.0.1:{port} reuseport backlog=4096;\n    root {d}/www;\n\
+    location = / {{ return 200 \"ok\"; }}\n    location = /1m {{ }}\n    location = /upload {{ return 200 \"ok\"; }}\n  }}\n}}\n",
+        d = dir.display()
+    )
+}
+
+fn nginx_proxy_config(dir: &Path, port: u16, backend: u16) -> String {
+    format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err warn;\nworker_rlimit_nofile 65536;\n\
+events {{ worker_connections 32768; }}\n\
+http {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 300s;\n  client_max_body_size 16m;\n\
+  upstream be {{ server 127.0.0.1:{backend}; keepalive 512; keepalive_requests 1000000; }}\n\
+  server {{\n    listen 127.0.0.1:{port} reuseport backlog=4096;\n\
+    location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_request_buffering off; }}\n  }}\n}}\n",
+        d = dir.display()
+    )
+}
+
+fn haproxy_config(port: u16, backend: u16) -> String {
+    // HAProxy refuses to start when it cannot raise its descriptor limit to what `maxconn`
+    // asks; stay within the hard limit (20,000 on the machines we measure on).
+    let fds = hard_fd_limit().min(1 << 20);
+    let maxconn = (fds - 100) / 2;
+    format!(
+        "global\n  nbthread 1\n  maxconn {maxconn}\n  ulimit-n {fds}\n\
+defaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n  http-reuse always\n\
+frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n\
+backend b\n  server s1 127.0.0.1:{backend}\n"
+    )
+}
+
+fn hard_fd_limit() -> u64 {
+    Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Hn")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(20_000)
+}
+
+fn ringmesh_config(port: u16, backend: u16) -> String {
+    format!(
+        "admin: 127.0.0.1:0\nlisteners:\n  - name: edge\n    bind: 127.0.0.1:{port}\n    idle_timeout: 300s\n    routes: [ {{ match: {{ path_prefix: / }}, cluster: be }} ]\nclusters:\n  - {{ name: be, endpoints: [ {{ addr: 127.0.0.1:{backend} }} ] }}\n"
+    )
+}
+
+/// Finds the workspace root (the driver is built inside it).
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn build_ringmesh() -> Result<PathBuf, String> {
+    let root = workspace();
+    let ok = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "ringmesh-control",
+            "--bin",
+            "ringmesh",
+        ])
+        .current_dir(&root)
+        .status()
+        .is_ok_and(|s| s.success());
+    let bin = root.join("target/release/ringmesh");
+    if ok && bin.exists() {
+        Ok(bin)
+    } else {
+        Err("cannot build target/release/ringmesh".into())
+    }
+}
+
+/// One measured run.
+#[derive(Debug, Clone)]
+struct Run {
+    report: Report,
+    cpu_us_per_req: f64,
+    rss_kib: u64,
+}
+
+fn measure(target: &Target, cfg: &LoadConfig) -> Run {
+    let pid = target.child.id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(procfs::tree_rss_kib(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    // CPU is counted over the whole run, warm-up included; requests too, by scaling.
+    let cpu0 = procfs::tree_cpu_seconds(pid);
+    let t0 = Instant::now();
+    let report = load::run(cfg);
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = procfs::tree_cpu_seconds(pid) - cpu0;
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    // Requests over the whole run, estimated from the recorded rate.
+    let requests = (report.rps * wall).max(1.0);
+    Run {
+        cpu_us_per_req: cpu * 1e6 / requests,
+        rss_kib: peak.load(Ordering::Relaxed),
+        report,
+    }
+}
+
+/// RSS growth per idle keep-alive connection, in bytes.
+fn idle_cost(target: &Target, n: usize) -> Result<f64, String> {
+    let pid = target.child.id();
+    let addr: SocketAddr = ([127, 0, 0, 1], target.port).into();
+    let mut conns = Vec::with_capacity(n);
+    let open = |conns: &mut Vec<TcpStream>, k: usize| -> Result<(), String> {
+        for _ in 0..k {
+            let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| e.to_string())?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: perf\r\n\r\n")
+                .map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 1024];
+            let mut got = Vec::new();
+            while !got.ends_with(b"ok") {
+                let r = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+                if r == 0 {
+                    return Err("closed".into());
+                }
+                got.extend_from_slice(&buf[..r]);
+            }
+            conns.push(s);
+        }
+        Ok(())
+    };
+    // A first batch warms allocators and pools; the second is measured once settled.
+    open(&mut conns, 500)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let before = procfs::tree_rss_kib(pid);
+    open(&mut conns, n)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let after = procfs::tree_rss_kib(pid);
+    drop(conns);
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(after.saturating_sub(before) as f64 * 1024.0 / n as f64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+/// Per target, the median of its rounds.
+#[derive(Debug, Clone, Default)]
+struct Summary {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    cpu_us: f64,
+    rss_mib: f64,
+    mbps: f64,
+    errors: u64,
+}
+
+fn summarize(runs: &[Run]) -> Summary {
+    let m = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
+    Summary {
+        rps: m(&|r| r.report.rps),
+        p50: m(&|r| r.report.p50_us),
+        p99: m(&|r| r.report.p99_us),
+        p999: m(&|r| r.report.p999_us),
+        max: m(&|r| r.report.max_us),
+        cpu_us: m(&|r| r.cpu_us_per_req),
+        rss_mib: m(&|r| r.rss_kib as f64 / 1024.0),
+        mbps: m(&|r| r.report.bytes_per_sec / 1e6),
+        errors: runs.iter().map(|r| r.report.errors).sum(),
+    }
+}
+
+fn scenario_load(name: &str, port: u16, o: &Options) -> LoadConfig {
+    let base = LoadConfig {
+        addr: ([127, 0, 0, 1], port).into(),
+        warmup: o.warmup,
+        duration: o.duration,
+        cpus: vec![o.load_cpu],
+        ..LoadConfig::default()
+    };
+    match name {
+        "one" => LoadConfig {
+            connections: 1,
+            ..base
+        },
+        "1mib" => LoadConfig {
+            connections: 10,
+            path: "/1m".into(),
+            ..base
+        },
+        "upload" => LoadConfig {
+            connections: 10,
+            path: "/upload".into(),
+            body: 100 * 1024,
+            ..base
+        },
+        "newconn" => LoadConfig {
+            connections: 10,
+            new_connection: true,
+            ..base
+        },
+        _ => LoadConfig {
+            connections: 50,
+            ..base
+        },
+    }
+}
+
+fn describe(name: &str) -> &'static str {
+    match name {
+        "small" => "small GET (2-byte answer), 50 keep-alive connections, closed loop",
+        "one" => "small GET on one connection: latency added over the direct path",
+        "idle" => "memory per idle keep-alive connection (one request each, then idle)",
+        "1mib" => "1 MiB answers, 10 connections: throughput",
+        "upload" => "100 KiB uploads (PUT), 10 connections",
+        "newconn" => "a new connection per request, 10 at a time",
+        _ => "",
+    }
+}
+
+/// Runs the comparison and returns the markdown report.
+pub fn run(o: &Options) -> Result<String, String> {
+    let _ = ringmesh_core::sys::raise_fd_limit();
+    if !o.skip_peers {
+        install_peers()?;
+    }
+    if !have("taskset") {
+        return Err("taskset (util-linux) is needed to pin processes".into());
+    }
+    let ringmesh = build_ringmesh()?;
+    let dir = std::env::temp_dir().join(format!("ringmesh-perf-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("www")).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("www/1m"), vec![b'm'; 1 << 20]).map_err(|e| e.to_string())?;
+
+    let be_port = free_port();
+    std::fs::write(dir.join("backend.conf"), backend_config(&dir, be_port))
+        .map_err(|e| e.to_string())?;
+    let backend = start(
+        "backend",
+        o.proxy_cpu,
+        &format!("nginx -c {}/backend.conf", dir.display()),
+        be_port,
+        &dir,
+    )?;
+
+    let mut targets: Vec<Target> = Vec::new();
+    let rm_port = free_port();
+    std::fs::write(dir.join("ringmesh.yaml"), ringmesh_config(rm_port, be_port))
+        .map_err(|e| e.to_string())?;
+    targets.push(start(
+        "ringmesh",
+        o.proxy_cpu,
+        &format!(
+            "{} proxy --config {}/ringmesh.yaml --workers 1 --log-level warn",
+            ringmesh.display(),
+            dir.display()
+        ),
+        rm_port,
+        &dir,
+    )?);
+    if !o.skip_peers {
+        let p = free_port();
+        std::fs::write(dir.join("nginx.conf"), nginx_proxy_config(&dir, p, be_port))
+            .map_err(|e| e.to_string())?;
+        targets.push(start(
+            "nginx",
+            o.proxy_cpu,
+            &format!("nginx -c {}/nginx.conf", dir.display()),
+            p,
+            &dir,
+        )?);
+        let p = free_port();
+        std::fs::write(dir.join("haproxy.cfg"), haproxy_config(p, be_port))
+            .map_err(|e| e.to_string())?;
+        targets.push(start(
+            "haproxy",
+            o.proxy_cpu,
+            &format!("haproxy -f {}/haproxy.cfg", dir.display()),
+            p,
+            &dir,
+        )?);
+    }
+    for (name, cmd) in &o.peers {
+        let p = free_port();
+        let cmd = cmd
+            .replace("{port}", &p.to_string())
+            .replace("{backend}", &be_port.to_string());
+        targets.push(start(name, o.proxy_cpu, &cmd, p, &dir)?);
+    }
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# ringmesh performance comparison\n");
+    let _ = writeln!(md, "- date: {}", chrono_like_now());
+    let _ = writeln!(md, "- machine: {}", procfs::machine());
+    let _ = writeln!(
+        md,
+        "- layout: load generator on CPU {}; backend (nginx, 1 worker) and the proxy under test share CPU {}; every proxy runs one worker",
+        o.load_cpu, o.proxy_cpu
+    );
+    let _ = writeln!(
+        md,
+        "- runs: {} round(s) per scenario, {:?} recorded after {:?} of warm-up, targets rotated between rounds; medians shown",
+        o.rounds, o.duration, o.warmup
+    );
+    let _ = writeln!(
+        md,
+        "- command: `{}`",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    let _ = writeln!(
+        md,
+        "- CPU/req: user+system time of the target's processes during the run, divided by its requests; for `direct` it is the backend's own"
+    );
+    let _ = writeln!(md);
+
+    for scenario in &o.scenarios {
+        let _ = writeln!(md, "## {scenario}: {}\n", describe(scenario));
+        eprintln!("scenario {scenario}");
+        if scenario == "idle" {
+            // HAProxy reserves two descriptors per connection it may hold: every target gets the
+            // same count, within what the descriptor limit allows it.
+            let n = o
+                .idle_connections
+                .min((hard_fd_limit() as usize / 2).saturating_sub(700));
+            let _ = writeln!(md, "{n} idle connections, after 500 to warm up.\n");
+            let _ = writeln!(
+                md,
+                "| target | bytes per idle connection | ratio to ringmesh |\n|---|---|---|"
+            );
+            let mut rows = Vec::new();
+            for t in std::iter::once(&backend).chain(targets.iter()) {
+                let name = if t.name == "backend" {
+                    "direct (backend)".to_string()
+                } else {
+                    t.name.clone()
+                };
+                match idle_cost(t, n) {
+                    Ok(b) => rows.push((name, b)),
+                    Err(e) => rows.push((format!("{name} (failed: {e})"), f64::NAN)),
+                }
+            }
+            let ours = rows
+                .iter()
+                .find(|(n, _)| n == "ringmesh")
+                .map_or(f64::NAN, |r| r.1);
+            for (n, b) in rows {
+                let _ = writeln!(md, "| {n} | {b:.0} | {:.2} |", b / ours);
+            }
+            let _ = writeln!(md);
+            continue;
+        }
+        let all: Vec<&Target> = std::iter::once(&backend).chain(targets.iter()).collect();
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); all.len()];
+        for round in 0..o.rounds {
+            for k in 0..all.len() {
+                let i = (k + round) % all.len();
+                let t = all[i];
+                let cfg = scenario_load(scenario, t.port, o);
+                let r = measure(t, &cfg);
+                eprintln!(
+                    "  round {round} {:10} {:>10.0} req/s p99 {:>8.0} us cpu {:>6.2} us/req errors {}",
+                    t.name, r.report.rps, r.report.p99_us, r.cpu_us_per_req, r.report.errors
+                );
+                runs[i].push(r);
+            }
+        }
+        let sums: Vec<Summary> = runs.iter().map(|r| summarize(r)).collect();
+        let ours = sums[1].clone();
+        let direct = sums[0].clone();
+        let throughput = scenario == "1mib";
+        let _ = writeln!(
+            md,
+            "| target | {} | ratio to ringmesh | p50 µs | p99 µs | p99.9 µs | max µs | CPU µs/req | RSS MiB | errors |",
+            if throughput { "MB/s" } else { "requests/s" }
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+        for (t, s) in all.iter().zip(&sums) {
+            let name = if t.name == "backend" {
+                "direct (backend)"
+            } else {
+                &t.name
+            };
+            let (v, ov) = if throughput {
+                (s.mbps, ours.mbps)
+            } else {
+                (s.rps, ours.rps)
+            };
+            let _ = writeln!(
+                md,
+                "| {name} | {v:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {} |",
+                v / ov,
+                s.p50,
+                s.p99,
+                s.p999,
+                s.max,
+                s.cpu_us,
+                s.rss_mib,
+                s.errors
+            );
+        }
+        if scenario == "one" {
+            let _ = writeln!(md, "\nLatency added over the direct path (p50): ");
+            for (t, s) in all.iter().zip(&sums).skip(1) {
+                let _ = write!(md, "{} {:.0} µs; ", t.name, s.p50 - direct.p50);
+            }
+            let _ = writeln!(md);
+        }
+        let _ = writeln!(md);
+    }
+    drop(targets);
+    drop(backend);
+    if let Some(out) = &o.out {
+        std::fs::write(out, &md).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(md)
+}
+
+/// UTC date and time, without a date crate.
+fn chrono_like_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}

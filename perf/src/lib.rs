@@ -1,0 +1,26 @@
+//! ringmesh's performance tools: a load generator ([`load`]), a test upstream ([`upstream`]),
+//! and the driver that compares ringmesh with peer proxies side by side ([`compare`]). See
+//! perf/README.md for the commands.
+
+pub mod compare;
+pub mod load;
+pub mod procfs;
+pub mod upstream;
+
+/// Parses `250ms`, `5s`, `1m`.
+pub fn duration(s: &str) -> Option<std::time::Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.')?);
+    let v: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs_f64(secs))
+}
+
+/// Parses `0,2-3` into CPU numbers.
+pub fn cpus(s: &str) -> Vec<usize> {
+    ringmesh_core::sys::parse_cpu_list(s)
+}
