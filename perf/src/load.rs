@@ -241,6 +241,11 @@ impl Conn {
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         let mut head = ResponseHead::default();
         let mut prev_done = self.first;
+        // Every connection of every thread starts at the same instant.
+        let now = Instant::now();
+        if self.first > now {
+            monoio::time::sleep(self.first - now).await;
+        }
         loop {
             let now = Instant::now();
             if now >= self.until {

@@ -7,6 +7,8 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
@@ -25,8 +27,18 @@ pub struct UpstreamConfig {
     pub cpus: Vec<usize>,
 }
 
-/// Starts the upstream on its threads; returns the bound address.
-pub fn start(cfg: UpstreamConfig) -> std::io::Result<SocketAddr> {
+/// A running upstream.
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Requests answered so far.
+    pub served: Arc<AtomicU64>,
+}
+
+/// Starts the upstream on its threads.
+pub fn start(cfg: UpstreamConfig) -> std::io::Result<Running> {
+    let served = Arc::new(AtomicU64::new(0));
     let std_l = std::net::TcpListener::bind(cfg.addr)?;
     let addr = std_l.local_addr()?;
     drop(std_l);
@@ -35,6 +47,7 @@ pub fn start(cfg: UpstreamConfig) -> std::io::Result<SocketAddr> {
     for t in 0..threads {
         let cfg = cfg.clone();
         let tx = tx.clone();
+        let served = served.clone();
         std::thread::spawn(move || {
             if let Some(&cpu) = cfg.cpus.get(t) {
                 let _ = monoio::utils::bind_to_cpu_set([cpu]);
@@ -59,7 +72,7 @@ pub fn start(cfg: UpstreamConfig) -> std::io::Result<SocketAddr> {
                 loop {
                     if let Ok((s, _)) = l.accept().await {
                         let _ = s.set_nodelay(true);
-                        monoio::spawn(serve(s, body.clone(), stall.clone()));
+                        monoio::spawn(serve(s, body.clone(), stall.clone(), served.clone()));
                     }
                 }
             });
@@ -69,7 +82,7 @@ pub fn start(cfg: UpstreamConfig) -> std::io::Result<SocketAddr> {
         rx.recv()
             .map_err(|_| std::io::Error::other("upstream thread died"))??;
     }
-    Ok(addr)
+    Ok(Running { addr, served })
 }
 
 fn query(path: &[u8], key: &str) -> Option<u64> {
@@ -78,7 +91,7 @@ fn query(path: &[u8], key: &str) -> Option<u64> {
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
-async fn serve(mut s: TcpStream, body: Rc<Vec<u8>>, stall: Rc<Cell<Instant>>) {
+async fn serve(mut s: TcpStream, body: Rc<Vec<u8>>, stall: Rc<Cell<Instant>>, served: Arc<AtomicU64>) {
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut req = RequestHead::default();
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -215,6 +228,7 @@ async fn serve(mut s: TcpStream, body: Rc<Vec<u8>>, stall: Rc<Cell<Instant>>) {
                 left -= n;
             }
         }
+        served.fetch_add(1, Ordering::Relaxed);
         if !req.keep_alive {
             return;
         }

@@ -21,8 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => return Err(arg.unexpected().into()),
         }
     }
-    let addr = upstream::start(cfg)?;
-    println!("listening on {addr}");
+    let up = upstream::start(cfg)?;
+    println!("listening on {}", up.addr);
     loop {
         std::thread::park();
     }
