@@ -10,6 +10,9 @@ use std::cell::RefCell;
 /// Size of the buffers that move bodies and answers.
 pub const BUF_SIZE: usize = 16 * 1024;
 
+/// Size of the buffers that move large bodies once past their first buffer.
+pub const BULK_BUF_SIZE: usize = 64 * 1024;
+
 /// Size of the buffer a keep-alive connection waits for its next request with: most request
 /// heads fit; a larger one moves to a [`BUF_SIZE`] buffer.
 pub const SMALL_BUF_SIZE: usize = 1024;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 
 use crate::balance::BalanceState;
-use crate::buf::{BUF_SIZE, BufPool, SMALL_BUF_SIZE};
+use crate::buf::{BUF_SIZE, BULK_BUF_SIZE, BufPool, SMALL_BUF_SIZE};
 use crate::endpoint::{Endpoint, Member};
 use crate::event::Event;
 use crate::http1::{RequestHead, ResponseHead};
@@ -180,6 +180,8 @@ pub struct Worker {
     listeners: RefCell<FxHashMap<Arc<str>, ListenerTask>>,
     pub(crate) metrics: WorkerMetrics,
     pub(crate) bufs: BufPool,
+    /// Bulk buffers, for large bodies.
+    pub(crate) bulk: BufPool,
     /// Small buffers, for connections waiting for their next request.
     pub(crate) small: BufPool,
     /// Parsed-head storage, lent to connections while they handle requests.
@@ -260,6 +262,7 @@ impl Worker {
             metrics: WorkerMetrics::default(),
             bufs: BufPool::new(BUF_SIZE, 256),
             small: BufPool::new(SMALL_BUF_SIZE, 1024),
+            bulk: BufPool::new(BULK_BUF_SIZE, 64),
             heads: RefCell::new(Vec::new()),
             rng: RefCell::new(Rng::from_entropy()),
             drain: Event::new(),
@@ -271,10 +274,10 @@ impl Worker {
     /// Returns a buffer of either size to its pool.
     #[inline]
     pub(crate) fn put_buf(&self, buf: Vec<u8>) {
-        if buf.capacity() == SMALL_BUF_SIZE {
-            self.small.put(buf);
-        } else {
-            self.bufs.put(buf);
+        match buf.capacity() {
+            SMALL_BUF_SIZE => self.small.put(buf),
+            BULK_BUF_SIZE => self.bulk.put(buf),
+            _ => self.bufs.put(buf),
         }
     }
 

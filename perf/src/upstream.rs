@@ -91,7 +91,12 @@ fn query(path: &[u8], key: &str) -> Option<u64> {
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
-async fn serve(mut s: TcpStream, body: Rc<Vec<u8>>, stall: Rc<Cell<Instant>>, served: Arc<AtomicU64>) {
+async fn serve(
+    mut s: TcpStream,
+    body: Rc<Vec<u8>>,
+    stall: Rc<Cell<Instant>>,
+    served: Arc<AtomicU64>,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut req = RequestHead::default();
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);

@@ -8,7 +8,12 @@ use ringmesh_perf::load::{self, LoadConfig};
 use ringmesh_perf::upstream::{self, UpstreamConfig};
 
 fn upstream() -> upstream::Running {
-    upstream::start(UpstreamConfig { addr: "127.0.0.1:0".parse().unwrap(), size: 2, cpus: vec![] }).unwrap()
+    upstream::start(UpstreamConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        size: 2,
+        cpus: vec![],
+    })
+    .unwrap()
 }
 
 fn cfg(up: &upstream::Running) -> LoadConfig {
@@ -30,14 +35,21 @@ fn counts_match_what_the_upstream_served() {
     assert_eq!(r.errors, 0);
     assert!(r.requests > 100, "{r:?}");
     // Answers still in flight when the window closed are served but not counted.
-    assert!(served >= r.requests && served - r.requests <= 4, "served {served}, counted {}", r.requests);
+    assert!(
+        served >= r.requests && served - r.requests <= 4,
+        "served {served}, counted {}",
+        r.requests
+    );
     assert!((r.rps - r.requests as f64).abs() < 1.0, "one-second window");
 }
 
 #[test]
 fn latency_shows_an_injected_delay() {
     let up = upstream();
-    let r = load::run(&LoadConfig { path: "/?delay=20".into(), ..cfg(&up) });
+    let r = load::run(&LoadConfig {
+        path: "/?delay=20".into(),
+        ..cfg(&up)
+    });
     assert!(r.p50_us >= 20_000.0, "{r:?}");
     assert!(r.requests > 20);
 }
@@ -45,12 +57,25 @@ fn latency_shows_an_injected_delay() {
 #[test]
 fn new_connections_uploads_and_large_answers_are_counted() {
     let up = upstream();
-    let fresh = load::run(&LoadConfig { new_connection: true, ..cfg(&up) });
+    let fresh = load::run(&LoadConfig {
+        new_connection: true,
+        ..cfg(&up)
+    });
     assert!(fresh.requests > 50 && fresh.errors == 0, "{fresh:?}");
-    let put = load::run(&LoadConfig { path: "/echo".into(), body: 100 * 1024, ..cfg(&up) });
+    let put = load::run(&LoadConfig {
+        path: "/echo".into(),
+        body: 100 * 1024,
+        ..cfg(&up)
+    });
     assert!(put.requests > 10 && put.errors == 0, "{put:?}");
-    assert!(put.bytes_per_sec >= put.rps * 100.0 * 1024.0, "the echoed bodies are read");
-    let big = load::run(&LoadConfig { path: "/?size=1048576".into(), ..cfg(&up) });
+    assert!(
+        put.bytes_per_sec >= put.rps * 100.0 * 1024.0,
+        "the echoed bodies are read"
+    );
+    let big = load::run(&LoadConfig {
+        path: "/?size=1048576".into(),
+        ..cfg(&up)
+    });
     assert!(big.requests > 5 && big.errors == 0, "{big:?}");
     assert!(big.bytes_per_sec >= big.rps * 1048576.0);
 }
@@ -64,14 +89,22 @@ fn open_loop_holds_its_rate_and_sees_a_stall_the_closed_loop_hides() {
             std::thread::sleep(Duration::from_millis(1000));
             use std::io::{Read, Write};
             let mut s = std::net::TcpStream::connect(addr).unwrap();
-            s.write_all(b"GET /stall?ms=400 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+            s.write_all(b"GET /stall?ms=400 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .unwrap();
             let mut v = Vec::new();
             let _ = s.read_to_end(&mut v);
         })
     };
-    let base = LoadConfig { duration: Duration::from_secs(2), connections: 10, ..cfg(&up) };
+    let base = LoadConfig {
+        duration: Duration::from_secs(2),
+        connections: 10,
+        ..cfg(&up)
+    };
     let t = stall(&up);
-    let open = load::run(&LoadConfig { rate: Some(2000.0), ..base.clone() });
+    let open = load::run(&LoadConfig {
+        rate: Some(2000.0),
+        ..base.clone()
+    });
     t.join().unwrap();
     assert!((open.rps - 2000.0).abs() < 400.0, "{open:?}");
     // About 0.4 s × 2000/s of requests were due during the stall.
@@ -80,6 +113,9 @@ fn open_loop_holds_its_rate_and_sees_a_stall_the_closed_loop_hides() {
     let t = stall(&up);
     let closed = load::run(&base);
     t.join().unwrap();
-    assert!(closed.over_100ms <= 10, "closed loop: one slow answer per connection: {closed:?}");
+    assert!(
+        closed.over_100ms <= 10,
+        "closed loop: one slow answer per connection: {closed:?}"
+    );
     assert!(closed.max_us >= 300_000.0, "{closed:?}");
 }

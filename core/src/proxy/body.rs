@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-use crate::buf::BUF_SIZE;
+use crate::buf::BULK_BUF_SIZE;
 use crate::error::ErrorKind;
 use crate::http1::chunked::write_chunk_size;
 use crate::http1::{ChunkedDecoder, Framing, ResponseHead, Version, encode};
@@ -106,16 +106,16 @@ pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
                     // 101 answers an upgrade the proxy never asked for; 100 answers an
                     // Expect the proxy handled itself. Other 1xx go to HTTP/1.1 clients.
                     if resp.status == 101 {
-                        w.bufs.put(ubuf);
+                        w.put_buf(ubuf);
                         return Err(before(ErrorKind::UpstreamProtocol));
                     }
                     if resp.status != 100 && super::takes_interim(side.version) {
                         let mut out = w.bufs.get();
                         encode::interim_head(&mut out, &ubuf, resp);
                         let (r, out) = client.write_all(out).await;
-                        w.bufs.put(out);
+                        w.put_buf(out);
                         if r.is_err() {
-                            w.bufs.put(ubuf);
+                            w.put_buf(ubuf);
                             return Err(before(ErrorKind::ClientClosed));
                         }
                     }
@@ -125,7 +125,7 @@ pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
                 Ok(Some(n)) => break n,
                 Ok(None) => {}
                 Err(_) => {
-                    w.bufs.put(ubuf);
+                    w.put_buf(ubuf);
                     return Err(before(ErrorKind::UpstreamProtocol));
                 }
             }
@@ -140,7 +140,7 @@ pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
         match res {
             Ok(n) if n > 0 => received = true,
             _ => {
-                w.bufs.put(ubuf);
+                w.put_buf(ubuf);
                 let kind = ErrorKind::UpstreamReset;
                 return Err(RelayError::Before {
                     kind,
@@ -168,8 +168,8 @@ pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
         let step = match state.step(data, &mut out) {
             Ok(s) => s,
             Err(kind) => {
-                w.bufs.put(ubuf);
-                w.bufs.put(out);
+                w.put_buf(ubuf);
+                w.put_buf(out);
                 return Err(RelayError::After { kind });
             }
         };
@@ -191,8 +191,8 @@ pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
             Ok(0)
         };
         if write.is_err() {
-            w.bufs.put(ubuf);
-            w.bufs.put(out);
+            w.put_buf(ubuf);
+            w.put_buf(out);
             return Err(RelayError::After {
                 kind: ErrorKind::ClientClosed,
             });
@@ -202,6 +202,10 @@ pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
         }
         ubuf.clear();
         from = 0;
+        if ubuf.capacity() < BULK_BUF_SIZE {
+            // More than a buffer's worth: move the rest in bulk buffers, fewer operations.
+            w.put_buf(std::mem::replace(&mut ubuf, w.bulk.get()));
+        }
         let until = Some(Instant::now() + side.body_idle);
         let Some((res, buf)) = read_until(up, ubuf, until).await else {
             return Err(RelayError::After {
@@ -218,8 +222,8 @@ pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
                     let (r, o) = client.write_all(out).await;
                     out = o;
                     if r.is_err() {
-                        w.bufs.put(ubuf);
-                        w.bufs.put(out);
+                        w.put_buf(ubuf);
+                        w.put_buf(out);
                         return Err(RelayError::After {
                             kind: ErrorKind::ClientClosed,
                         });
@@ -228,16 +232,16 @@ pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
                 break;
             }
             _ => {
-                w.bufs.put(ubuf);
-                w.bufs.put(out);
+                w.put_buf(ubuf);
+                w.put_buf(out);
                 return Err(RelayError::After {
                     kind: ErrorKind::UpstreamReset,
                 });
             }
         }
     }
-    w.bufs.put(ubuf);
-    w.bufs.put(out);
+    w.put_buf(ubuf);
+    w.put_buf(out);
     Ok(Relayed {
         status: resp.status,
         client_keep_alive: !cf.close,
@@ -442,9 +446,9 @@ pub(super) async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
         }
         buf.clear();
         *cstart = 0;
-        if buf.capacity() < BUF_SIZE {
-            // The body streams: move from the small head buffer to a large one.
-            w.put_buf(std::mem::replace(&mut buf, w.bufs.get()));
+        if buf.capacity() < BULK_BUF_SIZE {
+            // The body streams: move it in bulk buffers, fewer operations.
+            w.put_buf(std::mem::replace(&mut buf, w.bulk.get()));
         }
         let until = Some(Instant::now() + idle);
         let Some((res, b)) = read_until(client, buf, until).await else {

@@ -213,7 +213,7 @@ impl Exchange<'_> {
             let (mut up, reused) = match self.connection(fresh, deadline).await {
                 Ok(x) => x,
                 Err(kind) => {
-                    w.bufs.put(out);
+                    w.put_buf(out);
                     return Err(Fail::before(kind, true));
                 }
             };
@@ -224,12 +224,12 @@ impl Exchange<'_> {
                     fresh = true;
                     continue;
                 }
-                w.bufs.put(out);
+                w.put_buf(out);
                 return Err(Fail::before(ErrorKind::UpstreamReset, true));
             }
             let sent_at = Instant::now();
             let Some(client) = c.stream.as_mut() else {
-                w.bufs.put(out);
+                w.put_buf(out);
                 return Err(Fail::before(ErrorKind::ClientClosed, true));
             };
             let started = Cell::new(false);
@@ -242,7 +242,7 @@ impl Exchange<'_> {
                     continue;
                 }
                 r => {
-                    w.bufs.put(out);
+                    w.put_buf(out);
                     return self.finish(r, Some(up), true, sent_at, resp);
                 }
             }
@@ -261,7 +261,7 @@ impl Exchange<'_> {
             let (mut up, reused) = match self.connection(fresh, far).await {
                 Ok(x) => x,
                 Err(kind) => {
-                    w.bufs.put(out);
+                    w.put_buf(out);
                     return Err(Fail::before(kind, false));
                 }
             };
@@ -276,17 +276,17 @@ impl Exchange<'_> {
                 Ok(_) => break up,
                 Err(_) if reused => fresh = true,
                 Err(_) => {
-                    w.bufs.put(out);
+                    w.put_buf(out);
                     return Err(Fail::before(ErrorKind::UpstreamReset, false));
                 }
             }
         };
-        w.bufs.put(out);
+        w.put_buf(out);
         if self.req.expect_continue && self.req.version == Version::Http11 {
             let mut out = w.bufs.get();
             out.extend_from_slice(encode::CONTINUE);
             let (ok, out) = c.write(out).await;
-            w.bufs.put(out);
+            w.put_buf(out);
             if !ok {
                 return Err(Fail::before(ErrorKind::ClientClosed, false));
             }
