@@ -23,4 +23,9 @@ mod tcp;
 pub mod worker;
 
 pub use error::{Error, ErrorKind};
+
+/// Sleeps until `deadline` (std time): monoio's own timer, without reading the clock here.
+pub(crate) fn sleep_until(deadline: std::time::Instant) -> monoio::time::Sleep {
+    monoio::time::sleep_until(monoio::time::Instant::from_std(deadline))
+}
 pub use snapshot::Snapshot;

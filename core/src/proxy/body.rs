@@ -75,7 +75,7 @@ async fn read_until<R: AsyncReadRent>(
         Some(d) => {
             monoio::select! {
                 (res, s) = read => Some((res, s.into_inner())),
-                _ = monoio::time::sleep(d.saturating_duration_since(Instant::now())) => None,
+                _ = crate::sleep_until(d) => None,
             }
         }
     }

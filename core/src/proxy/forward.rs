@@ -70,7 +70,9 @@ impl Exchange<'_> {
         let _in_flight = self.ep.begin();
         let result = match self.buffered_body(c).await {
             Ok(Some(len)) => self.send_whole(c, resp, len).await,
-            Ok(None) => self.send_streaming(c, resp).await,
+            // Boxed: the streaming path's state is large and rare; the common path stays small,
+            // and so does the future moved into place for every request.
+            Ok(None) => Box::pin(self.send_streaming(c, resp)).await,
             Err(f) => Err(f),
         };
         if let Some(outcome) = outcome_of(&result) {
@@ -113,7 +115,7 @@ impl Exchange<'_> {
                     return Ok(None);
                 }
                 c.make_room(self.worker, need as usize);
-                self.fill(c, need as usize).await?;
+                Box::pin(self.fill(c, need as usize)).await?;
                 Ok(Some(n as usize))
             }
         }
@@ -133,7 +135,7 @@ impl Exchange<'_> {
             );
             let (res, slice) = monoio::select! {
                 r = read => r,
-                _ = monoio::time::sleep(deadline.saturating_duration_since(Instant::now())) => {
+                _ = crate::sleep_until(deadline) => {
                     return Err(Fail::before(ErrorKind::HeadTimeout, false));
                 }
             };
@@ -169,12 +171,20 @@ impl Exchange<'_> {
         fresh: bool,
         deadline: Instant,
     ) -> Result<(TcpStream, bool), ErrorKind> {
-        let now = Instant::now();
         if !fresh {
-            if let Some(s) = self.ep.checkout(now, self.cluster.pool_idle_timeout) {
+            if let Some(s) = self
+                .ep
+                .checkout(self.started, self.cluster.pool_idle_timeout)
+            {
                 return Ok((s, true));
             }
         }
+        Box::pin(self.connect(deadline)).await.map(|s| (s, false))
+    }
+
+    /// A new connection within the connect timeout (and the request's deadline).
+    async fn connect(&self, deadline: Instant) -> Result<TcpStream, ErrorKind> {
+        let now = Instant::now();
         let budget = self
             .cluster
             .connect_timeout
@@ -182,7 +192,7 @@ impl Exchange<'_> {
         match monoio::time::timeout(budget, TcpStream::connect_addr(self.ep.addr)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
-                Ok((s, false))
+                Ok(s)
             }
             Ok(Err(_)) => Err(ErrorKind::ConnectFailed),
             Err(_) if deadline <= Instant::now() => Err(ErrorKind::Timeout),

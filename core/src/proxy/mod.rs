@@ -29,6 +29,7 @@ use crate::error::ErrorKind;
 use crate::http1::{Framing, RequestHead, ResponseHead, Version, encode, host_of};
 use crate::idle::Fired;
 use crate::route::{Action, RequestView};
+use crate::sleep_until;
 use crate::snapshot::{HttpLimits, Protocol, defaults};
 use crate::worker::{View, Worker};
 
@@ -183,7 +184,7 @@ async fn active(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client, mut gap: Du
             return false;
         };
         let waited = Instant::now();
-        match read_small(w, c, limits.idle_timeout).await {
+        match read_small(w, c, limits.idle_timeout, waited).await {
             Wait::Data => gap = waited.elapsed(),
             Wait::Shed => return true,
             Wait::Closed => return false,
@@ -198,7 +199,7 @@ enum Wait {
 }
 
 /// A cancelable read into a small buffer, ended by data or by the idle set.
-async fn read_small(w: &Worker, c: &mut Client, idle_timeout: Duration) -> Wait {
+async fn read_small(w: &Worker, c: &mut Client, idle_timeout: Duration, now: Instant) -> Wait {
     let mut buf = match c.buf.take() {
         Some(b) if b.capacity() == SMALL_BUF_SIZE => b,
         Some(b) => {
@@ -217,7 +218,7 @@ async fn read_small(w: &Worker, c: &mut Client, idle_timeout: Duration) -> Wait 
     let mut fired = None;
     let (res, buf) = monoio::select! {
         r = &mut read => r,
-        f = w.idle.wait(Instant::now(), Some(SHED_AFTER), idle_timeout) => {
+        f = w.idle.wait(now, Some(SHED_AFTER), idle_timeout) => {
             fired = Some(f);
             // Cancel, then wait for the read to end: its buffer comes back, and bytes that
             // won the race are kept.
@@ -299,7 +300,7 @@ enum Head {
 
 /// Reads until `req` holds a complete head at `c.data()`; the first bytes are already there.
 async fn read_head(w: &Worker, c: &mut Client, req: &mut RequestHead, limits: &HttpLimits) -> Head {
-    let deadline = Instant::now() + limits.request_head_timeout;
+    let mut deadline: Option<Instant> = None;
     loop {
         if !c.data().is_empty() {
             match req.parse(c.data(), limits.max_request_head) {
@@ -317,7 +318,7 @@ async fn read_head(w: &Worker, c: &mut Client, req: &mut RequestHead, limits: &H
         let read = stream.read(buf.slice_mut(len..));
         let (res, slice) = monoio::select! {
             r = read => r,
-            _ = monoio::time::sleep(deadline.saturating_duration_since(Instant::now())) => {
+            _ = sleep_until(*deadline.get_or_insert_with(|| Instant::now() + limits.request_head_timeout)) => {
                 return Head::Error(ErrorKind::HeadTimeout);
             }
         };
