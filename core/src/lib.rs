@@ -9,7 +9,6 @@ pub mod balance;
 pub mod buf;
 pub mod endpoint;
 pub mod error;
-pub mod event;
 pub mod http1;
 pub mod idle;
 mod listener;

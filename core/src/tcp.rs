@@ -11,7 +11,6 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 
-use crate::balance;
 use crate::buf::{BUF_SIZE, SMALL_BUF_SIZE};
 use crate::error::ErrorKind;
 use crate::metrics::Outcome;
@@ -32,21 +31,10 @@ pub(crate) async fn serve(w: Rc<Worker>, view: Rc<View>, li: usize, client: TcpS
     let started = Instant::now();
     let cluster = &view.snapshot.clusters[ci];
     let cv = &view.clusters[ci];
-    let picked = w.with_rng(|rng| {
-        balance::pick(
-            cluster.lb,
-            &cv.members,
-            &mut cv.balance.borrow_mut(),
-            rng,
-            started,
-            None,
-        )
-    });
-    let Some(ei) = picked else {
+    let Some(ep) = cv.pick(&w, cluster, started) else {
         lview.stats.local_reply(ErrorKind::NoEndpoint);
         return;
     };
-    let ep = cv.members[ei].ep.clone();
     let _in_flight = ep.begin();
     let up = match monoio::time::timeout(cluster.connect_timeout, TcpStream::connect_addr(ep.addr))
         .await

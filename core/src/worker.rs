@@ -16,16 +16,15 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
-use crate::balance::BalanceState;
+use crate::balance::{self, BalanceState};
 use crate::buf::{BUF_SIZE, BULK_BUF_SIZE, BufPool, SMALL_BUF_SIZE};
 use crate::endpoint::{Endpoint, Member};
-use crate::event::Event;
 use crate::http1::{RequestHead, ResponseHead};
 use crate::idle::{self, IdleSet};
 use crate::listener::{self, ListenerTask};
 use crate::metrics::{ListenerStats, RouteStats, WorkerMetrics, WorkerReport};
 use crate::rng::Rng;
-use crate::snapshot::{Protocol, Snapshot};
+use crate::snapshot::{Cluster, Protocol, Snapshot};
 
 /// A request from the control side to a worker.
 #[derive(Debug)]
@@ -187,7 +186,8 @@ pub struct Worker {
     /// Parsed-head storage, lent to connections while they handle requests.
     heads: RefCell<Vec<(RequestHead, ResponseHead)>>,
     rng: RefCell<Rng>,
-    pub(crate) drain: Event,
+    /// Set by drain: connections close after their current request.
+    draining: Cell<bool>,
     /// Connections waiting for their next request.
     pub(crate) idle: IdleSet,
     connections: Cell<usize>,
@@ -213,6 +213,23 @@ pub(crate) struct View {
 pub(crate) struct ClusterView {
     pub members: Vec<Member>,
     pub balance: RefCell<BalanceState>,
+}
+
+impl ClusterView {
+    /// Picks an endpoint with the cluster's policy; `None` when none can take the request.
+    pub fn pick(&self, w: &Worker, cluster: &Cluster, now: Instant) -> Option<Rc<Endpoint>> {
+        let i = w.with_rng(|rng| {
+            balance::pick(
+                cluster.lb,
+                &self.members,
+                &mut self.balance.borrow_mut(),
+                rng,
+                now,
+                None,
+            )
+        })?;
+        Some(self.members[i].ep.clone())
+    }
 }
 
 pub(crate) struct ListenerView {
@@ -265,7 +282,7 @@ impl Worker {
             bulk: BufPool::new(BULK_BUF_SIZE, 64),
             heads: RefCell::new(Vec::new()),
             rng: RefCell::new(Rng::from_entropy()),
-            drain: Event::new(),
+            draining: Cell::new(false),
             idle: IdleSet::default(),
             connections: Cell::new(0),
         }
@@ -317,7 +334,7 @@ impl Worker {
     /// Whether the worker is draining: connections close after their current request.
     #[inline]
     pub(crate) fn draining(&self) -> bool {
-        self.drain.is_fired()
+        self.draining.get()
     }
 
     /// Counts an open connection until the guard drops.
@@ -484,7 +501,7 @@ impl Worker {
     }
 
     async fn drain_all(&self) {
-        self.drain.fire();
+        self.draining.set(true);
         self.idle.expire_all();
         // Dropping a listener task stops its accept loop.
         self.listeners.borrow_mut().clear();
@@ -537,7 +554,7 @@ async fn run(w: Rc<Worker>, rx: flume::Receiver<Command>) {
         }
     }
     // Stopped, or the control side is gone: stop serving.
-    w.drain.fire();
+    w.draining.set(true);
     w.idle.expire_all();
     w.listeners.borrow_mut().clear();
 }

@@ -7,6 +7,20 @@ pub mod load;
 pub mod procfs;
 pub mod upstream;
 
+/// Runs `fut` on a new monoio runtime (io_uring, or epoll where it is missing) on this thread,
+/// pinned to `cpu` when given.
+pub fn block_on<F: std::future::Future>(cpu: Option<usize>, fut: F) -> F::Output {
+    if let Some(cpu) = cpu {
+        let _ = monoio::utils::bind_to_cpu_set([cpu]);
+    }
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .with_entries(4096)
+        .enable_timer()
+        .build()
+        .expect("a monoio runtime");
+    rt.block_on(fut)
+}
+
 /// Parses `250ms`, `5s`, `1m`.
 pub fn duration(s: &str) -> Option<std::time::Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.')?);

@@ -121,15 +121,8 @@ pub fn run(cfg: &LoadConfig) -> Report {
         .map(|t| {
             let cfg = cfg.clone();
             std::thread::spawn(move || {
-                if let Some(&cpu) = cfg.cpus.get(t) {
-                    let _ = monoio::utils::bind_to_cpu_set([cpu]);
-                }
-                let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                    .with_entries(4096)
-                    .enable_timer()
-                    .build()
-                    .expect("load runtime");
-                rt.block_on(thread_main(cfg, t, threads, start, record_from, until))
+                let cpu = cfg.cpus.get(t).copied();
+                crate::block_on(cpu, thread_main(cfg, t, threads, start, record_from, until))
             })
         })
         .collect();

@@ -49,15 +49,7 @@ pub fn start(cfg: UpstreamConfig) -> std::io::Result<Running> {
         let tx = tx.clone();
         let served = served.clone();
         std::thread::spawn(move || {
-            if let Some(&cpu) = cfg.cpus.get(t) {
-                let _ = monoio::utils::bind_to_cpu_set([cpu]);
-            }
-            let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                .with_entries(4096)
-                .enable_timer()
-                .build()
-                .expect("upstream runtime");
-            rt.block_on(async move {
+            crate::block_on(cfg.cpus.get(t).copied(), async move {
                 let opts = ListenerOpts::new().reuse_port(true).backlog(4096);
                 let l = match TcpListener::bind_with_config(addr, &opts) {
                     Ok(l) => l,

@@ -133,6 +133,26 @@ pub(crate) fn classify(name: &[u8]) -> Known {
     }
 }
 
+/// Marks the headers named by `Connection` options as hop-by-hop (RFC 9110 section 7.6.1).
+pub(crate) fn drop_connection_options(headers: &mut [Header], buf: &[u8]) {
+    for i in 0..headers.len() {
+        if classify(headers[i].name.get(buf)) != Known::Connection {
+            continue;
+        }
+        let value = headers[i].value.get(buf);
+        for_each_token(value, |t| {
+            if !connection_may_drop(t) {
+                return;
+            }
+            for h in headers.iter_mut() {
+                if h.name.get(buf).eq_ignore_ascii_case(t) {
+                    h.drop = true;
+                }
+            }
+        });
+    }
+}
+
 /// Whether a `Connection` option may name this header for removal. Framing and routing headers
 /// are never removed that way: a client must not be able to strip them from what the next hop
 /// sees (hop-by-hop header abuse).

@@ -6,7 +6,7 @@
 use std::mem::MaybeUninit;
 
 use super::{
-    Framing, Header, Known, MAX_HEADERS, Span, Version, classify, connection_may_drop,
+    Framing, Header, Known, MAX_HEADERS, Span, Version, classify, drop_connection_options,
     for_each_token, line_endings_are_crlf, parse_content_length, valid_authority,
 };
 use crate::error::ErrorKind;
@@ -237,7 +237,7 @@ impl RequestHead {
             self.headers.push(header);
         }
         if named_by_connection {
-            self.drop_connection_options(buf);
+            drop_connection_options(&mut self.headers, buf);
         }
 
         match (codings.any || codings.invalid, length) {
@@ -296,27 +296,6 @@ impl RequestHead {
         let route_end = memchr::memchr(b'?', path).unwrap_or(path.len());
         self.route_path = Span::within(buf, &path[..route_end]);
         Ok(())
-    }
-
-    /// Marks the headers named by `Connection` options as hop-by-hop.
-    fn drop_connection_options(&mut self, buf: &[u8]) {
-        let headers = &mut self.headers;
-        for i in 0..headers.len() {
-            if classify(headers[i].name.get(buf)) != Known::Connection {
-                continue;
-            }
-            let value = headers[i].value.get(buf);
-            for_each_token(value, |t| {
-                if !connection_may_drop(t) {
-                    return;
-                }
-                for h in headers.iter_mut() {
-                    if h.name.get(buf).eq_ignore_ascii_case(t) {
-                        h.drop = true;
-                    }
-                }
-            });
-        }
     }
 
     /// The value of the first header named `name` (case-insensitive), if any.

@@ -6,7 +6,7 @@
 use std::mem::MaybeUninit;
 
 use super::{
-    Framing, Header, Known, MAX_HEADERS, Span, Version, classify, connection_may_drop,
+    Framing, Header, Known, MAX_HEADERS, Span, Version, classify, drop_connection_options,
     for_each_token, line_endings_are_crlf, parse_content_length,
 };
 
@@ -147,7 +147,7 @@ impl ResponseHead {
             self.headers.push(header);
         }
         if named {
-            self.drop_connection_options(buf);
+            drop_connection_options(&mut self.headers, buf);
         }
         if te && length.is_some() {
             return Err(ResponseError::Invalid);
@@ -181,26 +181,6 @@ impl ResponseHead {
     /// A 1xx interim response; a final one follows on the same connection.
     pub fn is_interim(&self) -> bool {
         (100..200).contains(&self.status)
-    }
-
-    fn drop_connection_options(&mut self, buf: &[u8]) {
-        let headers = &mut self.headers;
-        for i in 0..headers.len() {
-            if classify(headers[i].name.get(buf)) != Known::Connection {
-                continue;
-            }
-            let value = headers[i].value.get(buf);
-            for_each_token(value, |t| {
-                if !connection_may_drop(t) {
-                    return;
-                }
-                for h in headers.iter_mut() {
-                    if h.name.get(buf).eq_ignore_ascii_case(t) {
-                        h.drop = true;
-                    }
-                }
-            });
-        }
     }
 }
 

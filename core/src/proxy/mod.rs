@@ -23,7 +23,6 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
-use crate::balance;
 use crate::buf::{BUF_SIZE, SMALL_BUF_SIZE};
 use crate::error::ErrorKind;
 use crate::http1::{Framing, RequestHead, ResponseHead, Version, encode, host_of};
@@ -403,21 +402,10 @@ async fn exchange(
     let stats = &lview.routes[ri][target];
     let cluster = &view.snapshot.clusters[ci];
     let cv = &view.clusters[ci];
-    let picked = w.with_rng(|rng| {
-        balance::pick(
-            cluster.lb,
-            &cv.members,
-            &mut cv.balance.borrow_mut(),
-            rng,
-            started,
-            None,
-        )
-    });
-    let Some(ei) = picked else {
+    let Some(ep) = cv.pick(w, cluster, started) else {
         stats.record(ErrorKind::NoEndpoint.status(), started.elapsed());
         return refuse_counted(w, c, req, lview, ErrorKind::NoEndpoint).await;
     };
-    let ep = cv.members[ei].ep.clone();
     let timeout = route.timeout.unwrap_or(defaults::ROUTE_TIMEOUT);
     let exchange = forward::Exchange {
         worker: w,
