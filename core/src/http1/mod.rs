@@ -133,6 +133,38 @@ pub(crate) fn classify(name: &[u8]) -> Known {
     }
 }
 
+/// The options of a message's `Connection` fields.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ConnectionOptions {
+    close: bool,
+    keep_alive: bool,
+    /// Some option names a header field (to drop as hop-by-hop).
+    pub names_fields: bool,
+}
+
+impl ConnectionOptions {
+    /// Adds the options of one `Connection` field.
+    pub fn add(&mut self, value: &[u8]) {
+        for_each_token(value, |t| {
+            if t.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else {
+                self.names_fields = true;
+            }
+        });
+    }
+
+    /// Whether the connection persists after this message (RFC 9112 section 9.3).
+    pub fn persistent(&self, version: Version) -> bool {
+        match version {
+            Version::Http11 => !self.close,
+            Version::Http10 => self.keep_alive && !self.close,
+        }
+    }
+}
+
 /// Marks the headers named by `Connection` options as hop-by-hop (RFC 9110 section 7.6.1).
 pub(crate) fn drop_connection_options(headers: &mut [Header], buf: &[u8]) {
     for i in 0..headers.len() {

@@ -6,8 +6,9 @@
 use std::mem::MaybeUninit;
 
 use super::{
-    Framing, Header, Known, MAX_HEADERS, Span, Version, classify, drop_connection_options,
-    for_each_token, line_endings_are_crlf, parse_content_length, valid_authority,
+    ConnectionOptions, Framing, Header, Known, MAX_HEADERS, Span, Version, classify,
+    drop_connection_options, for_each_token, line_endings_are_crlf, parse_content_length,
+    valid_authority,
 };
 use crate::error::ErrorKind;
 
@@ -173,9 +174,7 @@ impl RequestHead {
         let mut host: Option<Span> = None;
         let mut length: Option<u64> = None;
         let mut codings = Codings::default();
-        let mut close = false;
-        let mut keep_alive = false;
-        let mut named_by_connection = false;
+        let mut connection = ConnectionOptions::default();
         for h in req.headers.iter() {
             let name = h.name.as_bytes();
             let value = h.value;
@@ -205,15 +204,7 @@ impl RequestHead {
                     header.drop = true;
                 }
                 Known::Connection => {
-                    for_each_token(value, |t| {
-                        if t.eq_ignore_ascii_case(b"close") {
-                            close = true;
-                        } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                            keep_alive = true;
-                        } else {
-                            named_by_connection = true;
-                        }
-                    });
+                    connection.add(value);
                     header.drop = true;
                 }
                 Known::KeepAlive | Known::ProxyConnection | Known::Te | Known::XForwardedProto => {
@@ -236,7 +227,7 @@ impl RequestHead {
             }
             self.headers.push(header);
         }
-        if named_by_connection {
+        if connection.names_fields {
             drop_connection_options(&mut self.headers, buf);
         }
 
@@ -259,10 +250,7 @@ impl RequestHead {
                 (h, _) => self.authority = h,
             }
         }
-        self.keep_alive = match self.version {
-            Version::Http11 => !close,
-            Version::Http10 => keep_alive && !close,
-        };
+        self.keep_alive = connection.persistent(self.version);
         Ok(Some(head_len))
     }
 

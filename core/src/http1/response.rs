@@ -6,8 +6,8 @@
 use std::mem::MaybeUninit;
 
 use super::{
-    Framing, Header, Known, MAX_HEADERS, Span, Version, classify, drop_connection_options,
-    for_each_token, line_endings_are_crlf, parse_content_length,
+    ConnectionOptions, Framing, Header, Known, MAX_HEADERS, Span, Version, classify,
+    drop_connection_options, line_endings_are_crlf, parse_content_length,
 };
 
 /// A parsed response head: offsets into the buffer it was parsed from.
@@ -98,9 +98,7 @@ impl ResponseHead {
 
         let mut length: Option<u64> = None;
         let mut te = false;
-        let mut close = false;
-        let mut keep_alive = false;
-        let mut named = false;
+        let mut connection = ConnectionOptions::default();
         for h in resp.headers.iter() {
             let name = h.name.as_bytes();
             let value = h.value;
@@ -128,15 +126,7 @@ impl ResponseHead {
                     header.drop = true;
                 }
                 Known::Connection => {
-                    for_each_token(value, |t| {
-                        if t.eq_ignore_ascii_case(b"close") {
-                            close = true;
-                        } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                            keep_alive = true;
-                        } else {
-                            named = true;
-                        }
-                    });
+                    connection.add(value);
                     header.drop = true;
                 }
                 Known::KeepAlive | Known::ProxyConnection | Known::Te | Known::Upgrade => {
@@ -146,7 +136,7 @@ impl ResponseHead {
             }
             self.headers.push(header);
         }
-        if named {
+        if connection.names_fields {
             drop_connection_options(&mut self.headers, buf);
         }
         if te && length.is_some() {
@@ -158,10 +148,7 @@ impl ResponseHead {
             (false, Some(n)) => Framing::Length(n),
             (false, None) => Framing::Close,
         };
-        self.keep_alive = match self.version {
-            Version::Http11 => !close,
-            Version::Http10 => keep_alive && !close,
-        } && self.framing != Framing::Close;
+        self.keep_alive = connection.persistent(self.version) && self.framing != Framing::Close;
         Ok(Some(head_len))
     }
 
