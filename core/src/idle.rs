@@ -50,9 +50,15 @@ struct Slots {
 impl IdleSet {
     /// A wait that fires `Shed` after `shed` (if given) and `Expired` after `expire`.
     pub fn wait(&self, now: Instant, shed: Option<Duration>, expire: Duration) -> IdleWait<'_> {
+        self.wait_until(shed.map(|d| now + d), now + expire)
+    }
+
+    /// A wait that fires `Shed` at `shed_at` (if given) and `Expired` at `expire_at`, to the
+    /// sweeper's tick.
+    pub fn wait_until(&self, shed_at: Option<Instant>, expire_at: Instant) -> IdleWait<'_> {
         let slot = Slot {
-            shed_at: shed.map(|d| now + d),
-            expire_at: now + expire,
+            shed_at,
+            expire_at,
             waker: None,
             fired: None,
         };

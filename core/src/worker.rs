@@ -190,6 +190,9 @@ pub struct Worker {
     draining: Cell<bool>,
     /// Connections waiting for their next request.
     pub(crate) idle: IdleSet,
+    /// Long request deadlines (route and body timeouts of seconds), kept to the sweeper's tick
+    /// instead of a timer each; drain does not fire them.
+    pub(crate) deadlines: IdleSet,
     connections: Cell<usize>,
 }
 
@@ -284,6 +287,7 @@ impl Worker {
             rng: RefCell::new(Rng::from_entropy()),
             draining: Cell::new(false),
             idle: IdleSet::default(),
+            deadlines: IdleSet::default(),
             connections: Cell::new(0),
         }
     }
@@ -567,6 +571,7 @@ async fn sweep(w: Rc<Worker>) {
         monoio::time::sleep(idle::TICK).await;
         let now = Instant::now();
         w.idle.sweep(now);
+        w.deadlines.sweep(now);
         ticks = ticks.wrapping_add(1);
         if ticks % 5 != 0 {
             continue;

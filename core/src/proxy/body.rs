@@ -55,11 +55,38 @@ pub(super) enum RelayError {
     After { kind: ErrorKind },
 }
 
-/// Reads into `buf` after its current length, optionally until `until`. `None`: timed out.
+/// When a wait gives up.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Until {
+    /// Never (another timer bounds it).
+    Never,
+    /// At this instant, to the millisecond.
+    Precise(Instant),
+    /// At this instant, to the worker's sweeper tick: for timeouts of seconds, where a timer
+    /// per read would cost more than the precision is worth.
+    Coarse(Instant),
+}
+
+impl Until {
+    /// A deadline `d` from `now`: coarse when it is far enough for the tick not to matter.
+    pub fn after(now: Instant, d: Duration) -> Until {
+        if d >= COARSE_FROM {
+            Until::Coarse(now + d)
+        } else {
+            Until::Precise(now + d)
+        }
+    }
+}
+
+/// Timeouts at least this long are kept to the sweeper's tick.
+const COARSE_FROM: Duration = Duration::from_secs(2);
+
+/// Reads into `buf` after its current length, until `until`. `None`: timed out.
 async fn read_until<R: AsyncReadRent>(
+    w: &Worker,
     r: &mut R,
     buf: Vec<u8>,
-    until: Option<Instant>,
+    until: Until,
 ) -> Option<(io::Result<usize>, Vec<u8>)> {
     let len = buf.len();
     debug_assert!(
@@ -68,14 +95,20 @@ async fn read_until<R: AsyncReadRent>(
     );
     let read = r.read(buf.slice_mut(len..));
     match until {
-        None => {
+        Until::Never => {
             let (res, s) = read.await;
             Some((res, s.into_inner()))
         }
-        Some(d) => {
+        Until::Precise(d) => {
             monoio::select! {
                 (res, s) = read => Some((res, s.into_inner())),
                 _ = crate::sleep_until(d) => None,
+            }
+        }
+        Until::Coarse(d) => {
+            monoio::select! {
+                (res, s) = read => Some((res, s.into_inner())),
+                _ = w.deadlines.wait_until(None, d) => None,
             }
         }
     }
@@ -90,7 +123,7 @@ pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
     client: &mut W,
     resp: &mut ResponseHead,
     side: ClientSide,
-    deadline: Option<Instant>,
+    deadline: Until,
     started: &Cell<bool>,
 ) -> Result<Relayed, RelayError> {
     let before = |kind| RelayError::Before {
@@ -133,7 +166,7 @@ pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
         if ubuf.len() == ubuf.capacity() {
             ubuf.reserve(ubuf.capacity());
         }
-        let Some((res, buf)) = read_until(up, ubuf, deadline).await else {
+        let Some((res, buf)) = read_until(w, up, ubuf, deadline).await else {
             return Err(before(ErrorKind::Timeout));
         };
         ubuf = buf;
@@ -206,8 +239,8 @@ pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
             // More than a buffer's worth: move the rest in bulk buffers, fewer operations.
             w.put_buf(std::mem::replace(&mut ubuf, w.bulk.get()));
         }
-        let until = Some(Instant::now() + side.body_idle);
-        let Some((res, buf)) = read_until(up, ubuf, until).await else {
+        let until = Until::after(Instant::now(), side.body_idle);
+        let Some((res, buf)) = read_until(w, up, ubuf, until).await else {
             return Err(RelayError::After {
                 kind: ErrorKind::Timeout,
             });
@@ -450,8 +483,8 @@ pub(super) async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
             // The body streams: move it in bulk buffers, fewer operations.
             w.put_buf(std::mem::replace(&mut buf, w.bulk.get()));
         }
-        let until = Some(Instant::now() + idle);
-        let Some((res, b)) = read_until(client, buf, until).await else {
+        let until = Until::after(Instant::now(), idle);
+        let Some((res, b)) = read_until(w, client, buf, until).await else {
             return Err(PumpError::Stalled);
         };
         buf = b;

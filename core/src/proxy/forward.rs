@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
-use super::body::{self, ClientSide, DuplexEnd, PumpError, RelayError, Relayed};
+use super::body::{self, ClientSide, DuplexEnd, PumpError, RelayError, Relayed, Until};
 use super::{Client, client_keeps_alive};
 use crate::buf::BUF_SIZE;
 use crate::endpoint::Endpoint;
@@ -243,7 +243,8 @@ impl Exchange<'_> {
                 return Err(Fail::before(ErrorKind::ClientClosed, true));
             };
             let started = Cell::new(false);
-            let r = body::relay(w, &mut up, client, resp, side, Some(deadline), &started).await;
+            let until = Until::after(self.started, self.timeout);
+            let r = body::relay(w, &mut up, client, resp, side, until, &started).await;
             match r {
                 Err(RelayError::Before {
                     retryable: true, ..
@@ -325,7 +326,7 @@ impl Exchange<'_> {
                 &mut cw,
                 resp,
                 self.client_side(),
-                None,
+                Until::Never,
                 &started,
             );
             body::duplex(pump, relay, &started, self.timeout).await

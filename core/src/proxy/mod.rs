@@ -182,9 +182,9 @@ async fn active(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client, mut gap: Du
         let Some((_, limits)) = listener_of(&w.view(), listener) else {
             return false;
         };
-        let waited = Instant::now();
-        match read_small(w, c, limits.idle_timeout, waited).await {
-            Wait::Data => gap = waited.elapsed(),
+        // Data before the shed deadline: still hot.
+        match read_small(w, c, limits.idle_timeout, Instant::now()).await {
+            Wait::Data => gap = Duration::ZERO,
             Wait::Shed => return true,
             Wait::Closed => return false,
         }

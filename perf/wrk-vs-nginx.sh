@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# ringmesh against an nginx reverse proxy, measured with wrk: wrk on CPU 0; the proxy under test
+# and an nginx backend (one worker, 2-byte answer) on CPU 1; one worker each; 50 keep-alive
+# connections. Rounds alternate the two proxies. Prints requests/s and the proxy's CPU time per
+# request (user + system, from /proc) for each run.
+#
+#   bash perf/wrk-vs-nginx.sh [ROUNDS] [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS="${1:-3}"
+SECS="${2:-10}"
+
+for cmd in nginx wrk taskset; do
+  command -v "$cmd" >/dev/null || {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q nginx wrk util-linux >/dev/null || { apt-get update -q && apt-get install -y -q nginx wrk util-linux >/dev/null; }
+  }
+done
+cargo build --release -q -p ringmesh-control --bin ringmesh
+
+dir=$(mktemp -d)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BE=$(free_port); NG=$(free_port); RM=$(free_port)
+cat > "$dir/backend.conf" <<EOF
+worker_processes 1; daemon off; pid $dir/backend.pid; error_log $dir/backend.err warn;
+events { worker_connections 20000; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$BE reuseport backlog=4096; location / { return 200 "ok"; } } }
+EOF
+cat > "$dir/proxy.conf" <<EOF
+worker_processes 1; daemon off; pid $dir/proxy.pid; error_log $dir/proxy.err warn;
+events { worker_connections 20000; }
+http { access_log off; keepalive_requests 1000000;
+  upstream be { server 127.0.0.1:$BE; keepalive 256; }
+  server { listen 127.0.0.1:$NG reuseport backlog=4096;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+EOF
+cat > "$dir/ringmesh.yaml" <<EOF
+admin: 127.0.0.1:0
+listeners:
+  - { name: edge, bind: 127.0.0.1:$RM, routes: [ { match: { path_prefix: / }, cluster: be } ] }
+clusters:
+  - { name: be, endpoints: [ { addr: 127.0.0.1:$BE } ] }
+EOF
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do pkill -9 -P "$p" 2>/dev/null || true; kill -9 "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
+trap cleanup EXIT
+taskset -c 1 nginx -c "$dir/backend.conf" & pids+=($!)
+taskset -c 1 nginx -c "$dir/proxy.conf" & pids+=($!)
+taskset -c 1 target/release/ringmesh proxy --config "$dir/ringmesh.yaml" --workers 1 --log-level warn & pids+=($!)
+sleep 1
+NGINX_PID=${pids[1]}
+RM_PID=${pids[2]}
+
+# CPU seconds (user + system) of a process and its children threads/processes.
+cpu() {
+  local total=0
+  for p in "$1" $(pgrep -P "$1" || true); do
+    read -r ut st < <(awk '{print $14, $15}' "/proc/$p/stat")
+    total=$((total + ut + st))
+  done
+  echo "$total"
+}
+
+run() {
+  local name=$1 port=$2 pid=$3
+  local c0 c1 out rps
+  c0=$(cpu "$pid")
+  out=$(taskset -c 0 wrk -t1 -c50 -d"${SECS}s" "http://127.0.0.1:$port/")
+  c1=$(cpu "$pid")
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  local reqs
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  local p99
+  p99=$(echo "$out" | awk '/Latency/ {print $2}')
+  awk -v n="$name" -v r="$rps" -v c="$((c1 - c0))" -v q="$reqs" -v l="$p99" \
+    'BEGIN { printf "%-9s %10.0f req/s   %5.2f us CPU/request   mean latency %s\n", n, r, c * 10000 / q, l }'
+}
+
+echo "wrk -t1 -c50 -d${SECS}s on CPU 0; proxy and nginx backend on CPU 1"
+for r in $(seq 1 "$ROUNDS"); do
+  if [ $((r % 2)) -eq 1 ]; then
+    run nginx "$NG" "$NGINX_PID"; run ringmesh "$RM" "$RM_PID"
+  else
+    run ringmesh "$RM" "$RM_PID"; run nginx "$NG" "$NGINX_PID"
+  fi
+done
