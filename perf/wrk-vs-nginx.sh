@@ -2,7 +2,8 @@
 # ringmesh against an nginx reverse proxy, measured with wrk: wrk on CPU 0; the proxy under test
 # and an nginx backend (one worker, 2-byte answer) on CPU 1; one worker each; 50 keep-alive
 # connections. Rounds alternate the two proxies. Prints requests/s and the proxy's CPU time per
-# request (user + system, from /proc) for each run.
+# request (user + system, from /proc) for each run; first, the backend on its own (wrk straight
+# to it), the floor for a hop that reads and writes.
 #
 #   bash perf/wrk-vs-nginx.sh [ROUNDS] [SECONDS]
 set -euo pipefail
@@ -50,6 +51,7 @@ taskset -c 1 nginx -c "$dir/backend.conf" & pids+=($!)
 taskset -c 1 nginx -c "$dir/proxy.conf" & pids+=($!)
 taskset -c 1 target/release/ringmesh proxy --config "$dir/ringmesh.yaml" --workers 1 --log-level warn & pids+=($!)
 sleep 1
+BE_PID=${pids[0]}
 NGINX_PID=${pids[1]}
 RM_PID=${pids[2]}
 
@@ -79,6 +81,7 @@ run() {
 }
 
 echo "wrk -t1 -c50 -d${SECS}s on CPU 0; proxy and nginx backend on CPU 1"
+run backend "$BE" "$BE_PID"
 for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) -eq 1 ]; then
     run nginx "$NG" "$NGINX_PID"; run ringmesh "$RM" "$RM_PID"

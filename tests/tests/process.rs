@@ -273,6 +273,7 @@ fn gigabyte_bodies_stream_in_bounded_memory() {
     }
     peak = peak.max(p.rss_kib());
     let growth_mib = (peak - base) / 1024;
+    eprintln!("1 GiB down and 1 GiB up: RSS {base} KiB at start, peak {peak} KiB");
     assert!(growth_mib < 64, "RSS grew by {growth_mib} MiB");
 }
 
