@@ -29,6 +29,7 @@ fn parse(c: &mut Criterion) {
         client_ip: b"10.9.8.7",
         proto: b"http",
         fallback_host: b"10.0.0.1:80",
+        deadline: None,
     };
     c.bench_function("write upstream request head", |b| {
         b.iter(|| {
@@ -101,7 +102,7 @@ fn balancing(c: &mut Criterion) {
                 let now = Instant::now();
                 let name = format!("{lb:?}{}", if weighted { " weighted" } else { "" });
                 g.bench_with_input(BenchmarkId::new(name, n), &eps, |b, eps| {
-                    b.iter(|| pick(lb, black_box(eps), &mut st, &mut rng, now, None))
+                    b.iter(|| pick(lb, black_box(eps), &mut st, &mut rng, now, None, false))
                 });
             }
         }

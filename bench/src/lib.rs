@@ -38,6 +38,7 @@ pub fn route_table(hosts: usize, paths: usize) -> RouteTable {
                 },
                 action: Action::Cluster(h),
                 timeout: None,
+                retry: None,
             });
         }
     }
@@ -46,6 +47,7 @@ pub fn route_table(hosts: usize, paths: usize) -> RouteTable {
         matcher: Match::default(),
         action: Action::Cluster(0),
         timeout: None,
+        retry: None,
     });
     RouteTable::new(routes)
 }
@@ -98,7 +100,7 @@ impl ringmesh_core::balance::Load for Load {
     fn latency_ns(&self, _: Instant) -> f64 {
         self.latency
     }
-    fn available(&self) -> bool {
+    fn available(&self, _: Instant) -> bool {
         true
     }
 }

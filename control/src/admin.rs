@@ -308,8 +308,11 @@ fn clusters_json(m: &metrics::Merged) -> String {
             "zone": e.zone.as_deref(),
             "priority": e.priority,
             "weight": e.weight,
-            "health": "healthy",
-            "ejected": false,
+            "health": if e.healthy { "healthy" } else { "unhealthy" },
+            "health_checks": e.checks.map(|(passed, failed)| json!({ "passed": passed, "failed": failed })),
+            "ejected": e.ejected > 0,
+            "ejected_in_workers": e.ejected,
+            "ejections": e.ejections,
             "ewma_seconds": e.ewma_seconds,
             "in_flight": e.in_flight,
             "pooled_connections": e.pooled,
@@ -325,7 +328,20 @@ fn clusters_json(m: &metrics::Merged) -> String {
     }
     let list: Vec<_> = clusters
         .into_iter()
-        .map(|(name, eps)| json!({ "name": name, "endpoints": eps }))
+        .map(|(name, eps)| {
+            let mut c = json!({ "name": name, "endpoints": eps });
+            if let Some(r) = m.clusters.iter().find(|r| *r.name == *name) {
+                c["requests_active"] = json!(r.active);
+                c["connections"] = json!(r.connections);
+                c["overflow"] = metrics::Limit::ALL
+                    .iter()
+                    .map(|l| (l.name().to_string(), json!(r.overflow[*l as usize])))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+                c["retry_budget_exhausted"] = json!(r.budget_refused);
+            }
+            c
+        })
         .collect();
     let mut s = json!({ "clusters": list }).to_string();
     s.push('\n');

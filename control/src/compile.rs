@@ -1,26 +1,84 @@
 //! From a checked [`Config`] to the immutable [`Snapshot`] workers serve from: names become
-//! indexes, matches become a [`RouteTable`], defaults are filled in.
+//! indexes, matches become a [`RouteTable`], defaults are filled in, limits are divided among
+//! the workers, and health-checked endpoints get their shared health cell.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ringmesh_core::balance::Lb;
+use ringmesh_core::health::{HealthCell, HealthConfig, Target};
+use ringmesh_core::outlier::OutlierConfig;
+use ringmesh_core::retry::{RetryOn, RetryPolicy};
 use ringmesh_core::route::{Action, HostMatch, Match, PathMatch, Route, RouteTable, Split};
 use ringmesh_core::snapshot::{
-    Cluster, EndpointSpec, HttpLimits, HttpListener, Listener, Protocol, Snapshot, defaults,
+    Cluster, ClusterLimits, EndpointSpec, HttpLimits, HttpListener, Listener, Protocol, Snapshot,
+    defaults,
 };
 
-use crate::config::{Config, LbPolicy, ListenerProtocol, RouteConfig};
+use crate::config::{ClusterConfig, Config, LbPolicy, ListenerProtocol, RetryConfig, RouteConfig};
 
-/// Compiles `config` as version `version`. `binds[i]` is where listener `i` is bound (port 0
-/// already resolved). The config must have passed [`Config::parse`]; a dangling cluster name
-/// is reported rather than trusted.
+/// Compiles `config` as version `version` for one worker, with fresh health state. See
+/// [`Compiler::compile`].
 pub fn compile(config: &Config, version: u64, binds: &[SocketAddr]) -> Result<Snapshot, String> {
-    let clusters: Vec<Cluster> = config
-        .clusters
-        .iter()
-        .map(|c| Cluster {
-            name: Arc::from(c.name.as_str()),
+    Compiler::new(1).compile(config, version, binds)
+}
+
+/// What compiling needs beyond the config: the worker count (limits are per worker), and the
+/// health cells of checked endpoints, kept across versions so a reload does not forget which
+/// endpoints are down.
+#[derive(Debug)]
+pub struct Compiler {
+    workers: u32,
+    cells: HashMap<(Arc<str>, SocketAddr), Arc<HealthCell>>,
+}
+
+impl Compiler {
+    /// A compiler for `workers` workers.
+    pub fn new(workers: usize) -> Compiler {
+        Compiler {
+            workers: workers.clamp(1, u32::MAX as usize) as u32,
+            cells: HashMap::new(),
+        }
+    }
+
+    /// Compiles `config` as version `version`. `binds[i]` is where listener `i` is bound (port
+    /// 0 already resolved). The config must have passed [`Config::parse`]; a dangling cluster
+    /// name is reported rather than trusted.
+    pub fn compile(
+        &mut self,
+        config: &Config,
+        version: u64,
+        binds: &[SocketAddr],
+    ) -> Result<Snapshot, String> {
+        let clusters = config.clusters.iter().map(|c| self.cluster(c)).collect();
+        build(config, version, binds, clusters)
+    }
+
+    /// Forgets the health of endpoints that `applied` (the snapshot now in force) no longer
+    /// checks, and returns the ones it does.
+    pub fn applied(&mut self, applied: &Snapshot) -> Vec<Target> {
+        let targets = health_targets(applied);
+        self.cells = targets
+            .iter()
+            .map(|t| ((t.cluster.clone(), t.addr), t.cell.clone()))
+            .collect();
+        targets
+    }
+
+    fn cluster(&mut self, c: &ClusterConfig) -> Cluster {
+        let name: Arc<str> = Arc::from(c.name.as_str());
+        // A limit is enforced by each worker on its own share, rounded up.
+        let share = |v: Option<u32>| v.map_or(u32::MAX, |v| v.div_ceil(self.workers));
+        let health_check = c.health_check.as_ref().map(|h| HealthConfig {
+            path: h.path.clone(),
+            interval: h.interval,
+            timeout: h.timeout,
+            healthy_threshold: h.healthy_threshold,
+            unhealthy_threshold: h.unhealthy_threshold,
+        });
+        Cluster {
+            name: name.clone(),
             lb: match c.lb {
                 LbPolicy::P2cEwma => Lb::P2cEwma,
                 LbPolicy::RoundRobin => Lb::RoundRobin,
@@ -29,6 +87,17 @@ pub fn compile(config: &Config, version: u64, binds: &[SocketAddr]) -> Result<Sn
             connect_timeout: c.connect_timeout,
             pool_idle_timeout: c.pool_idle_timeout,
             pool_max_idle: defaults::POOL_MAX_IDLE,
+            limits: ClusterLimits {
+                max_connections: share(c.limits.max_connections),
+                max_pending: share(c.limits.max_pending),
+                max_requests: share(c.limits.max_requests),
+            },
+            outlier: c.outlier.as_ref().map(|o| OutlierConfig {
+                consecutive_failures: o.consecutive_failures,
+                base_ejection: o.base_ejection,
+                max_ejection: o.max_ejection,
+                max_ejected_percent: o.max_ejected_percent,
+            }),
             endpoints: c
                 .endpoints
                 .iter()
@@ -37,10 +106,43 @@ pub fn compile(config: &Config, version: u64, binds: &[SocketAddr]) -> Result<Sn
                     zone: e.zone.as_deref().map(Arc::from),
                     priority: e.priority,
                     weight: e.weight.max(1),
+                    health: health_check.as_ref().map(|_| {
+                        self.cells
+                            .entry((name.clone(), e.addr))
+                            .or_default()
+                            .clone()
+                    }),
                 })
                 .collect(),
+            health_check,
+        }
+    }
+}
+
+/// The endpoints a snapshot has health-checked.
+pub fn health_targets(s: &Snapshot) -> Vec<Target> {
+    s.clusters
+        .iter()
+        .filter_map(|c| Some((c, c.health_check.as_ref()?)))
+        .flat_map(|(c, h)| {
+            c.endpoints.iter().filter_map(move |e| {
+                Some(Target {
+                    cluster: c.name.clone(),
+                    addr: e.addr,
+                    cell: e.health.clone()?,
+                    config: h.clone(),
+                })
+            })
         })
-        .collect();
+        .collect()
+}
+
+fn build(
+    config: &Config,
+    version: u64,
+    binds: &[SocketAddr],
+    clusters: Vec<Cluster>,
+) -> Result<Snapshot, String> {
     let index = |name: &str| {
         clusters
             .iter()
@@ -121,7 +223,27 @@ fn route(r: &RouteConfig, index: &impl Fn(&str) -> Result<usize, String>) -> Res
         matcher,
         action,
         timeout: r.timeout,
+        retry: r.retry.as_ref().map(retry_policy),
     })
+}
+
+fn retry_policy(r: &RetryConfig) -> RetryPolicy {
+    let mut on = RetryOn::default();
+    for c in &r.on {
+        match c.as_str() {
+            "connect-failure" => on.connect_failure = true,
+            "reset" => on.reset = true,
+            "5xx" => on.status_5xx = true,
+            code => on.statuses.extend(code.parse::<u16>().ok()),
+        }
+    }
+    RetryPolicy {
+        attempts: r.attempts,
+        per_try_timeout: r.per_try_timeout,
+        on,
+        budget_ratio: f64::from(r.budget_percent) / 100.0,
+        min_per_second: r.min_retries_per_second,
+    }
 }
 
 #[cfg(test)]

@@ -16,11 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ringmesh_core::health::Checker;
+use ringmesh_core::snapshot::Snapshot;
 use ringmesh_core::worker::{self, Command, WorkerHandle, WorkerOptions};
 use socket2::{Domain, Socket, Type};
 
 use crate::admin;
-use crate::compile::compile;
+use crate::compile::Compiler;
 use crate::config::{Config, EMBEDDED_DEFAULT};
 
 /// Where the config comes from.
@@ -160,6 +162,8 @@ impl Proxy {
             json: Arc::from("{}"),
             stamp: None,
             drain_timeout: opts.drain_timeout,
+            compiler: Compiler::new(n),
+            checker: None,
         };
         controller.stamp = controller.file_stamp();
         if let Err(errs) = controller.apply(config) {
@@ -307,6 +311,9 @@ struct Controller {
     json: Arc<str>,
     stamp: Option<Stamp>,
     drain_timeout: Duration,
+    compiler: Compiler,
+    /// Health checks, started with the first config that has any.
+    checker: Option<Checker>,
 }
 
 impl Controller {
@@ -394,7 +401,11 @@ impl Controller {
     fn apply(&mut self, config: Config) -> Result<u64, Vec<String>> {
         let (binds, placeholders) = self.resolve_binds(&config)?;
         let version = self.version + 1;
-        let snapshot = Arc::new(compile(&config, version, &binds).map_err(|e| vec![e])?);
+        let snapshot = Arc::new(
+            self.compiler
+                .compile(&config, version, &binds)
+                .map_err(|e| vec![e])?,
+        );
         let (tx, rx) = flume::unbounded();
         for w in &self.workers {
             w.send(Command::Prepare {
@@ -425,6 +436,7 @@ impl Controller {
             let _ = rx.recv_timeout(Duration::from_secs(10));
         }
         drop(placeholders);
+        self.update_health_checks(&snapshot);
         self.binds = config
             .listeners
             .iter()
@@ -456,6 +468,20 @@ impl Controller {
         }
         tracing::info!(version, "config applied");
         Ok(version)
+    }
+
+    /// Points the health checker at the endpoints `snapshot` checks.
+    fn update_health_checks(&mut self, snapshot: &Snapshot) {
+        let targets = self.compiler.applied(snapshot);
+        if self.checker.is_none() && !targets.is_empty() {
+            match Checker::spawn() {
+                Ok(c) => self.checker = Some(c),
+                Err(e) => tracing::error!(error = %e, "cannot start health checks"),
+            }
+        }
+        if let Some(c) = &self.checker {
+            c.update(targets);
+        }
     }
 
     /// Where each listener will be bound. Port 0 is resolved once per listener and kept across

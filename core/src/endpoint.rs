@@ -1,8 +1,9 @@
 //! Per-worker state of one upstream endpoint: its pool of idle keep-alive connections, requests
-//! in flight, latency estimate and outcome counters.
+//! in flight, latency estimate, outlier state and outcome counters.
 //!
 //! An [`Endpoint`] is keyed by (cluster, address) and survives reloads for as long as the
-//! endpoint stays in the config, so its pool and estimate are not lost to a config change.
+//! endpoint stays in the config, so its pool, estimate and ejection are not lost to a config
+//! change.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -12,13 +13,56 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::balance::{Load, PeakEwma};
+use crate::balance::{FAILURE_PENALTY, Load, PeakEwma};
+use crate::cluster::ClusterState;
+use crate::health::HealthCell;
 use crate::metrics::{EndpointReport, Outcome};
-use crate::snapshot::EndpointSpec;
+use crate::outlier::{Change, Outlier, OutlierConfig};
+
+/// An upstream connection, counted against its cluster's connection limit while it lives.
+pub struct UpConn {
+    /// The connection.
+    pub stream: TcpStream,
+    _count: ConnCount,
+}
+
+impl UpConn {
+    /// Counts `stream` as one of `cluster`'s connections until dropped.
+    pub(crate) fn new(stream: TcpStream, cluster: Rc<ClusterState>) -> UpConn {
+        cluster.connections.set(cluster.connections.get() + 1);
+        UpConn {
+            stream,
+            _count: ConnCount(cluster),
+        }
+    }
+
+    /// The stream and its place in the count, apart (to split the stream for full duplex).
+    pub(crate) fn into_parts(self) -> (TcpStream, ConnCount) {
+        (self.stream, self._count)
+    }
+
+    /// Puts back what [`UpConn::into_parts`] took apart.
+    pub(crate) fn from_parts(stream: TcpStream, count: ConnCount) -> UpConn {
+        UpConn {
+            stream,
+            _count: count,
+        }
+    }
+}
+
+/// One connection counted against its cluster's limit.
+pub(crate) struct ConnCount(Rc<ClusterState>);
+
+impl Drop for ConnCount {
+    fn drop(&mut self) {
+        let c = &self.0.connections;
+        c.set(c.get().saturating_sub(1));
+    }
+}
 
 /// A pooled connection and when it went idle.
 struct Idle {
-    stream: TcpStream,
+    conn: UpConn,
     since: Instant,
 }
 
@@ -33,7 +77,9 @@ pub struct Endpoint {
     pool: RefCell<Vec<Idle>>,
     in_flight: Cell<u32>,
     ewma: Cell<PeakEwma>,
+    outlier: Cell<Outlier>,
     outcomes: [Cell<u64>; Outcome::COUNT],
+    ejections: Cell<u64>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -56,16 +102,18 @@ impl Endpoint {
             pool: RefCell::new(Vec::new()),
             in_flight: Cell::new(0),
             ewma: Cell::new(PeakEwma::new(now)),
+            outlier: Cell::new(Outlier::default()),
             outcomes: Default::default(),
+            ejections: Cell::new(0),
         }
     }
 
     /// The most recently pooled connection that has not been idle too long, if any.
-    pub fn checkout(&self, now: Instant, idle_timeout: Duration) -> Option<TcpStream> {
+    pub fn checkout(&self, now: Instant, idle_timeout: Duration) -> Option<UpConn> {
         let mut pool = self.pool.borrow_mut();
         let idle = pool.pop()?;
         if now.saturating_duration_since(idle.since) < idle_timeout {
-            return Some(idle.stream);
+            return Some(idle.conn);
         }
         // The newest is stale, so all are.
         pool.clear();
@@ -73,10 +121,10 @@ impl Endpoint {
     }
 
     /// Pools a connection that can carry another request.
-    pub fn checkin(&self, stream: TcpStream, now: Instant, max_idle: usize) {
+    pub fn checkin(&self, conn: UpConn, now: Instant, max_idle: usize) {
         let mut pool = self.pool.borrow_mut();
         if pool.len() < max_idle {
-            pool.push(Idle { stream, since: now });
+            pool.push(Idle { conn, since: now });
         }
     }
 
@@ -92,10 +140,16 @@ impl Endpoint {
         self.pool.borrow().len()
     }
 
-    /// Counts a request in flight until the guard drops.
-    pub fn begin(self: &Rc<Self>) -> InFlight {
+    /// Counts a request in flight until the guard drops; in outlier probing, it is the probe.
+    pub fn begin(self: &Rc<Self>, now: Instant) -> InFlight {
         self.in_flight.set(self.in_flight.get() + 1);
-        InFlight(self.clone())
+        let mut o = self.outlier.get();
+        let probe = o.sent(now);
+        self.outlier.set(o);
+        InFlight {
+            ep: self.clone(),
+            probe,
+        }
     }
 
     /// Records a round trip (request sent to response head).
@@ -105,10 +159,55 @@ impl Endpoint {
         self.ewma.set(e);
     }
 
-    /// Counts how a request ended.
-    pub fn record(&self, outcome: Outcome) {
+    /// Records how a request ended: outcome counters, latency, outlier state. A failure is
+    /// recorded as a slow round trip, so that an endpoint failing fast does not attract
+    /// traffic. `may_eject` tells whether the cluster's ejection cap leaves room.
+    pub fn record(
+        &self,
+        outcome: Outcome,
+        now: Instant,
+        rtt: Duration,
+        outlier: Option<(&OutlierConfig, bool, f64)>,
+    ) -> Change {
         let c = &self.outcomes[outcome as usize];
         c.set(c.get() + 1);
+        let failed = !matches!(outcome, Outcome::Success);
+        self.observe(
+            now,
+            if failed {
+                rtt.max(FAILURE_PENALTY)
+            } else {
+                rtt
+            },
+        );
+        let Some((cfg, may_eject, jitter)) = outlier else {
+            return Change::None;
+        };
+        let mut o = self.outlier.get();
+        let change = if failed {
+            o.failure(now, cfg, may_eject, jitter)
+        } else {
+            o.success(now, cfg)
+        };
+        self.outlier.set(o);
+        if change == Change::Ejected {
+            self.ejections.set(self.ejections.get() + 1);
+            tracing::warn!(cluster = %self.cluster, endpoint = %self.addr, "ejected after consecutive failures");
+        }
+        change
+    }
+
+    /// Whether outlier detection lets a request through now.
+    pub fn outlier_available(&self, now: Instant) -> bool {
+        let mut o = self.outlier.get();
+        let ok = o.available(now);
+        self.outlier.set(o);
+        ok
+    }
+
+    /// Whether the endpoint is ejected (or probing).
+    pub fn is_ejected(&self) -> bool {
+        self.outlier.get().is_ejected()
     }
 
     /// Requests in flight from this worker.
@@ -121,51 +220,80 @@ impl Endpoint {
         self.ewma.get().estimate_ns(now)
     }
 
-    /// Cost input for balancing: an endpoint never measured and with nothing in flight costs
-    /// nothing, so that it is measured at its first chance instead of waiting for the others'
-    /// estimates to decay below the default; once one request is out, the default applies.
+    /// Cost input for balancing. An endpoint never measured, or not measured for a while, with
+    /// nothing in flight costs nothing: it gets one request, whose sample tells the truth,
+    /// instead of waiting for the others' estimates to decay below its old one. With that
+    /// request out, its estimate applies.
     pub fn balance_latency_ns(&self, now: Instant) -> f64 {
         let e = self.ewma.get();
-        if !e.is_sampled() && self.in_flight.get() == 0 {
+        if self.in_flight.get() == 0 && (!e.is_sampled() || e.is_stale(now)) {
             return 0.0;
         }
         e.estimate_ns(now)
     }
 
-    /// State for the scraper.
-    pub fn report(&self, spec: &EndpointSpec, now: Instant) -> EndpointReport {
+    /// State for the scraper, as `m` (this endpoint in the current view) stands.
+    pub fn report(&self, m: &Member, now: Instant) -> EndpointReport {
         EndpointReport {
             cluster: self.cluster.clone(),
             addr: self.addr,
-            zone: spec.zone.clone(),
-            priority: spec.priority,
-            weight: spec.weight,
+            zone: m.zone.clone(),
+            priority: m.priority,
+            weight: m.weight,
             in_flight: self.in_flight.get(),
             ewma_seconds: self.latency_ns(now) / 1e9,
             pooled: self.pooled(),
             outcomes: self.outcomes.each_ref().map(Cell::get),
+            ejected: u32::from(self.is_ejected()),
+            ejections: self.ejections.get(),
+            healthy: m.healthy(),
+            checks: m.health.as_ref().map(|h| h.counts()),
         }
     }
 }
 
 /// Guard of one request in flight to an endpoint.
 #[derive(Debug)]
-pub struct InFlight(Rc<Endpoint>);
+pub struct InFlight {
+    ep: Rc<Endpoint>,
+    /// The request is the outlier probe: if it ends with no outcome booked, another may probe.
+    probe: bool,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let n = &self.0.in_flight;
+        let n = &self.ep.in_flight;
         n.set(n.get().saturating_sub(1));
+        if self.probe {
+            let mut o = self.ep.outlier.get();
+            o.probe_abandoned();
+            self.ep.outlier.set(o);
+        }
     }
 }
 
-/// An endpoint as one cluster of one view sees it: shared state plus this config's weight.
+/// An endpoint as one cluster of one view sees it: shared state plus this config's weight and
+/// health cell.
 #[derive(Debug, Clone)]
 pub struct Member {
     /// Shared per-worker state.
     pub ep: Rc<Endpoint>,
     /// Weight in this config.
     pub weight: u32,
+    /// Priority level.
+    pub priority: u32,
+    /// Active health, when the cluster checks it.
+    pub health: Option<Arc<HealthCell>>,
+    /// Zone (datacenter), if known.
+    pub zone: Option<Arc<str>>,
+}
+
+impl Member {
+    /// Passes its health checks (or has none).
+    #[inline]
+    pub fn healthy(&self) -> bool {
+        self.health.as_ref().is_none_or(|h| h.is_healthy())
+    }
 }
 
 impl Load for Member {
@@ -178,8 +306,8 @@ impl Load for Member {
     fn latency_ns(&self, now: Instant) -> f64 {
         self.ep.balance_latency_ns(now)
     }
-    fn available(&self) -> bool {
-        true
+    fn available(&self, now: Instant) -> bool {
+        self.healthy() && self.ep.outlier_available(now)
     }
 }
 
@@ -187,16 +315,20 @@ impl Load for Member {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_unmeasured_idle_endpoint_is_tried_first_then_costs_the_default() {
-        let now = Instant::now();
-        let ep = Rc::new(Endpoint::new(
+    fn ep(now: Instant) -> Rc<Endpoint> {
+        Rc::new(Endpoint::new(
             "c".into(),
             "127.0.0.1:1".parse().unwrap(),
             now,
-        ));
+        ))
+    }
+
+    #[test]
+    fn an_unmeasured_or_stale_idle_endpoint_gets_a_probe() {
+        let now = Instant::now();
+        let ep = ep(now);
         assert_eq!(ep.balance_latency_ns(now), 0.0);
-        let guard = ep.begin();
+        let guard = ep.begin(now);
         assert!(
             (ep.balance_latency_ns(now) - 30e6).abs() < 1.0,
             "no flood while the probe is out"
@@ -204,6 +336,47 @@ mod tests {
         drop(guard);
         ep.observe(now, Duration::from_millis(2));
         assert!((ep.balance_latency_ns(now) - 2e6).abs() < 1.0);
-        assert_eq!(ep.in_flight(), 0);
+        assert_eq!(
+            ep.balance_latency_ns(now + Duration::from_secs(2)),
+            0.0,
+            "stale: probe again"
+        );
+    }
+
+    #[test]
+    fn fast_failures_look_slow_and_eject() {
+        let now = Instant::now();
+        let ep = ep(now);
+        let cfg = OutlierConfig {
+            consecutive_failures: 2,
+            ..OutlierConfig::default()
+        };
+        ep.record(
+            Outcome::Success,
+            now,
+            Duration::from_millis(1),
+            Some((&cfg, true, 0.5)),
+        );
+        assert!(ep.latency_ns(now) < 2e6);
+        let c = ep.record(
+            Outcome::Status5xx,
+            now,
+            Duration::from_micros(100),
+            Some((&cfg, true, 0.5)),
+        );
+        assert_eq!(c, Change::None);
+        assert!(
+            ep.latency_ns(now) >= 1e9,
+            "a fast 503 is recorded as a slow answer"
+        );
+        let c = ep.record(
+            Outcome::Reset,
+            now,
+            Duration::from_micros(100),
+            Some((&cfg, true, 0.5)),
+        );
+        assert_eq!(c, Change::Ejected);
+        assert!(!ep.outlier_available(now));
+        assert!(ep.is_ejected());
     }
 }

@@ -7,13 +7,18 @@
 
 pub mod balance;
 pub mod buf;
+pub mod cluster;
 pub mod endpoint;
 pub mod error;
+pub mod failover;
+pub mod health;
 pub mod http1;
 pub mod idle;
 mod listener;
 pub mod metrics;
+pub mod outlier;
 mod proxy;
+pub mod retry;
 pub mod rng;
 pub mod route;
 pub mod snapshot;

@@ -38,6 +38,7 @@ pub struct RouteStats {
     codes: RefCell<Vec<(u16, u64)>>,
     hist: RefCell<Option<Box<Histogram<u64>>>>,
     sum_us: Cell<u64>,
+    retries: Cell<u64>,
 }
 
 impl RouteStats {
@@ -58,12 +59,22 @@ impl RouteStats {
             .saturating_record(us.max(1));
     }
 
-    fn report(&self) -> (Vec<(u16, u64)>, Option<Histogram<u64>>, u64) {
-        (
-            self.codes.borrow().clone(),
-            self.hist.borrow().as_deref().cloned(),
-            self.sum_us.get(),
-        )
+    /// Counts a retry.
+    #[inline]
+    pub fn retried(&self) {
+        self.retries.set(self.retries.get() + 1);
+    }
+
+    fn report(&self, listener: &Arc<str>, route: &Arc<str>, cluster: &Arc<str>) -> RouteReport {
+        RouteReport {
+            listener: listener.clone(),
+            route: route.clone(),
+            cluster: cluster.clone(),
+            codes: self.codes.borrow().clone(),
+            hist: self.hist.borrow().as_deref().cloned(),
+            sum_us: self.sum_us.get(),
+            retries: self.retries.get(),
+        }
     }
 }
 
@@ -169,22 +180,17 @@ impl WorkerMetrics {
     }
 
     /// A copy of everything, to send to the scraper.
-    pub fn report(&self, worker: usize, endpoints: Vec<EndpointReport>) -> WorkerReport {
+    pub fn report(
+        &self,
+        worker: usize,
+        endpoints: Vec<EndpointReport>,
+        clusters: Vec<ClusterReport>,
+    ) -> WorkerReport {
         let routes = self
             .routes
             .borrow()
             .iter()
-            .map(|((l, r, c), s)| {
-                let (codes, hist, sum_us) = s.report();
-                RouteReport {
-                    listener: l.clone(),
-                    route: r.clone(),
-                    cluster: c.clone(),
-                    codes,
-                    hist,
-                    sum_us,
-                }
-            })
+            .map(|((l, r, c), s)| s.report(l, r, c))
             .collect();
         let listeners = self
             .listeners
@@ -202,6 +208,7 @@ impl WorkerMetrics {
             routes,
             listeners,
             endpoints,
+            clusters,
         }
     }
 }
@@ -217,6 +224,48 @@ pub struct WorkerReport {
     pub listeners: Vec<ListenerReport>,
     /// Endpoint state.
     pub endpoints: Vec<EndpointReport>,
+    /// Cluster counters.
+    pub clusters: Vec<ClusterReport>,
+}
+
+/// A circuit-breaker limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `max_connections`.
+    Connections,
+    /// `max_pending`.
+    Pending,
+    /// `max_requests`.
+    Requests,
+}
+
+impl Limit {
+    /// Every limit, by index.
+    pub const ALL: [Limit; 3] = [Limit::Connections, Limit::Pending, Limit::Requests];
+
+    /// Label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Limit::Connections => "connections",
+            Limit::Pending => "pending",
+            Limit::Requests => "requests",
+        }
+    }
+}
+
+/// A cluster's counters in one worker at scrape time.
+#[derive(Debug, Clone)]
+pub struct ClusterReport {
+    /// Cluster name.
+    pub name: Arc<str>,
+    /// Requests in flight.
+    pub active: u32,
+    /// Open upstream connections.
+    pub connections: u32,
+    /// Requests refused per limit.
+    pub overflow: [u64; 3],
+    /// Retries refused by the budget.
+    pub budget_refused: u64,
 }
 
 /// A route series at scrape time.
@@ -234,6 +283,8 @@ pub struct RouteReport {
     pub hist: Option<Histogram<u64>>,
     /// Sum of durations in microseconds.
     pub sum_us: u64,
+    /// Retries.
+    pub retries: u64,
 }
 
 /// A listener series at scrape time.
@@ -270,6 +321,14 @@ pub struct EndpointReport {
     pub pooled: usize,
     /// Requests per outcome.
     pub outcomes: [u64; Outcome::COUNT],
+    /// Workers that have the endpoint ejected by outlier detection (each decides alone).
+    pub ejected: u32,
+    /// Ejections so far.
+    pub ejections: u64,
+    /// Passes its health checks (or has none).
+    pub healthy: bool,
+    /// Health checks passed and failed, when checked (shared by all workers).
+    pub checks: Option<(u64, u64)>,
 }
 
 /// Sums of every worker's reports, keyed for rendering.
@@ -282,11 +341,31 @@ pub struct Merged {
     /// Endpoints, sorted by cluster and address; `in_flight`, `pooled` and `outcomes` summed,
     /// `ewma_seconds` averaged over workers.
     pub endpoints: Vec<EndpointReport>,
+    /// Clusters, sorted by name, summed over workers.
+    pub clusters: Vec<ClusterReport>,
 }
 
 /// Merges worker reports.
 pub fn merge(reports: &[WorkerReport]) -> Merged {
     let mut routes: FxHashMap<RouteKey, RouteReport> = FxHashMap::default();
+    let mut clusters: FxHashMap<Arc<str>, ClusterReport> = FxHashMap::default();
+    for c in reports.iter().flat_map(|r| &r.clusters) {
+        match clusters.get_mut(&c.name) {
+            None => {
+                clusters.insert(c.name.clone(), c.clone());
+            }
+            Some(m) => {
+                m.active += c.active;
+                m.connections += c.connections;
+                m.budget_refused += c.budget_refused;
+                for (a, b) in m.overflow.iter_mut().zip(c.overflow) {
+                    *a += b;
+                }
+            }
+        }
+    }
+    let mut clusters: Vec<_> = clusters.into_values().collect();
+    clusters.sort_by(|a, b| a.name.cmp(&b.name));
     let mut listeners: FxHashMap<Arc<str>, ListenerReport> = FxHashMap::default();
     let mut endpoints: FxHashMap<(Arc<str>, SocketAddr), (EndpointReport, u32)> =
         FxHashMap::default();
@@ -305,6 +384,7 @@ pub fn merge(reports: &[WorkerReport]) -> Merged {
                         }
                     }
                     m.sum_us += r.sum_us;
+                    m.retries += r.retries;
                     match (&mut m.hist, &r.hist) {
                         (Some(a), Some(b)) => {
                             let _ = a.add(b);
@@ -339,6 +419,8 @@ pub fn merge(reports: &[WorkerReport]) -> Merged {
                     m.in_flight += e.in_flight;
                     m.pooled += e.pooled;
                     m.ewma_seconds += e.ewma_seconds;
+                    m.ejected += e.ejected;
+                    m.ejections += e.ejections;
                     *n += 1;
                     for (a, b) in m.outcomes.iter_mut().zip(e.outcomes) {
                         *a += b;
@@ -368,6 +450,7 @@ pub fn merge(reports: &[WorkerReport]) -> Merged {
         routes,
         listeners,
         endpoints,
+        clusters,
     }
 }
 
@@ -506,12 +589,124 @@ pub fn render(out: &mut String, m: &Merged) {
         out,
         "ringmesh_endpoint_ejected",
         "gauge",
-        "1 while the endpoint is ejected by outlier detection.",
+        "1 while the endpoint is ejected by outlier detection (in any worker: each decides alone).",
     );
     for e in &m.endpoints {
         out.push_str("ringmesh_endpoint_ejected{");
         endpoint_labels(out, e);
-        out.push_str("} 0\n");
+        let _ = writeln!(out, "}} {}", u8::from(e.ejected > 0));
+    }
+    header(
+        out,
+        "ringmesh_outlier_ejections_total",
+        "counter",
+        "Ejections by outlier detection, summed over workers.",
+    );
+    for e in &m.endpoints {
+        out.push_str("ringmesh_outlier_ejections_total{");
+        endpoint_labels(out, e);
+        let _ = writeln!(out, "}} {}", e.ejections);
+    }
+    header(
+        out,
+        "ringmesh_endpoint_healthy",
+        "gauge",
+        "1 while the endpoint passes its active health checks (or has none).",
+    );
+    for e in &m.endpoints {
+        out.push_str("ringmesh_endpoint_healthy{");
+        endpoint_labels(out, e);
+        let _ = writeln!(out, "}} {}", u8::from(e.healthy));
+    }
+    header(
+        out,
+        "ringmesh_health_checks_total",
+        "counter",
+        "Active health checks by result.",
+    );
+    for e in &m.endpoints {
+        let Some((passed, failed)) = e.checks else {
+            continue;
+        };
+        for (result, n) in [("passed", passed), ("failed", failed)] {
+            out.push_str("ringmesh_health_checks_total{");
+            endpoint_labels(out, e);
+            let _ = writeln!(out, ",result=\"{result}\"}} {n}");
+        }
+    }
+    header(
+        out,
+        "ringmesh_retries_total",
+        "counter",
+        "Retries, by route and cluster.",
+    );
+    let mut retries: Vec<(&Arc<str>, &Arc<str>, u64)> = Vec::new();
+    for r in &m.routes {
+        match retries
+            .iter_mut()
+            .find(|(rt, c, _)| *rt == &r.route && *c == &r.cluster)
+        {
+            Some(e) => e.2 += r.retries,
+            None => retries.push((&r.route, &r.cluster, r.retries)),
+        }
+    }
+    for (route, cluster, n) in retries.into_iter().filter(|(r, _, _)| !r.is_empty()) {
+        out.push_str("ringmesh_retries_total{route=\"");
+        escape_label(out, route);
+        out.push_str("\",cluster=\"");
+        escape_label(out, cluster);
+        let _ = writeln!(out, "\"}} {n}");
+    }
+    header(
+        out,
+        "ringmesh_retry_budget_exhausted_total",
+        "counter",
+        "Retries the budget refused, by cluster.",
+    );
+    for c in &m.clusters {
+        out.push_str("ringmesh_retry_budget_exhausted_total{cluster=\"");
+        escape_label(out, &c.name);
+        let _ = writeln!(out, "\"}} {}", c.budget_refused);
+    }
+    header(
+        out,
+        "ringmesh_overflow_total",
+        "counter",
+        "Requests refused by a circuit breaker, by cluster and limit.",
+    );
+    for c in &m.clusters {
+        for l in Limit::ALL {
+            out.push_str("ringmesh_overflow_total{cluster=\"");
+            escape_label(out, &c.name);
+            let _ = writeln!(
+                out,
+                "\",limit=\"{}\"}} {}",
+                l.name(),
+                c.overflow[l as usize]
+            );
+        }
+    }
+    header(
+        out,
+        "ringmesh_cluster_requests_active",
+        "gauge",
+        "Requests in flight to the cluster.",
+    );
+    for c in &m.clusters {
+        out.push_str("ringmesh_cluster_requests_active{cluster=\"");
+        escape_label(out, &c.name);
+        let _ = writeln!(out, "\"}} {}", c.active);
+    }
+    header(
+        out,
+        "ringmesh_cluster_connections",
+        "gauge",
+        "Open upstream connections of the cluster.",
+    );
+    for c in &m.clusters {
+        out.push_str("ringmesh_cluster_connections{cluster=\"");
+        escape_label(out, &c.name);
+        let _ = writeln!(out, "\"}} {}", c.connections);
     }
     header(
         out,
@@ -570,7 +765,7 @@ mod tests {
         sa.record(503, Duration::from_millis(20));
         b.route(&l, &r, &c).record(200, Duration::from_micros(50));
         a.listener(&l).local_reply(ErrorKind::NoRoute);
-        let m = merge(&[a.report(0, vec![]), b.report(1, vec![])]);
+        let m = merge(&[a.report(0, vec![], vec![]), b.report(1, vec![], vec![])]);
         assert_eq!(m.routes.len(), 1);
         assert_eq!(m.routes[0].codes, vec![(200, 3), (503, 1)]);
         let mut out = String::new();
@@ -595,7 +790,7 @@ mod tests {
         let kept = m.route(&n, &n, &n);
         drop(m.route(&n, &"y".into(), &n));
         m.forget_unused();
-        assert_eq!(m.report(0, vec![]).routes.len(), 1);
+        assert_eq!(m.report(0, vec![], vec![]).routes.len(), 1);
         drop(kept);
     }
 

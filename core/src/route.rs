@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use rustc_hash::FxHashMap;
 
+use crate::retry::RetryPolicy;
+
 /// How a route matches the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostMatch {
@@ -115,6 +117,8 @@ pub struct Route {
     pub action: Action,
     /// Time allowed from the start of the request to the upstream's response head, all tries.
     pub timeout: Option<Duration>,
+    /// Retries, if any.
+    pub retry: Option<RetryPolicy>,
 }
 
 impl Route {
@@ -370,6 +374,7 @@ mod tests {
             },
             action: Action::Cluster(0),
             timeout: None,
+            retry: None,
         }
     }
 

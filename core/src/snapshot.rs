@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balance::Lb;
+use crate::health::{HealthCell, HealthConfig};
+use crate::outlier::OutlierConfig;
 use crate::route::RouteTable;
 
 /// One config version, compiled.
@@ -100,12 +102,40 @@ pub struct Cluster {
     pub pool_idle_timeout: Duration,
     /// Most idle pooled connections kept per endpoint, per worker.
     pub pool_max_idle: usize,
+    /// Circuit breakers, per worker.
+    pub limits: ClusterLimits,
+    /// Outlier ejection; `None`: off.
+    pub outlier: Option<OutlierConfig>,
+    /// Active health checks; `None`: off.
+    pub health_check: Option<HealthConfig>,
     /// Endpoints.
     pub endpoints: Vec<EndpointSpec>,
 }
 
+/// Circuit-breaker limits of a cluster, as each worker enforces them (the configured limit
+/// divided among the workers, rounded up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterLimits {
+    /// Open upstream connections.
+    pub max_connections: u32,
+    /// Requests waiting for a new connection.
+    pub max_pending: u32,
+    /// Requests in flight.
+    pub max_requests: u32,
+}
+
+impl Default for ClusterLimits {
+    fn default() -> Self {
+        ClusterLimits {
+            max_connections: u32::MAX,
+            max_pending: u32::MAX,
+            max_requests: u32::MAX,
+        }
+    }
+}
+
 /// One endpoint of a cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct EndpointSpec {
     /// Address.
     pub addr: SocketAddr,
@@ -115,6 +145,8 @@ pub struct EndpointSpec {
     pub priority: u32,
     /// Relative weight, at least 1.
     pub weight: u32,
+    /// Where its health checks publish, when the cluster has them.
+    pub health: Option<Arc<HealthCell>>,
 }
 
 /// Defaults for cluster settings the config leaves out.

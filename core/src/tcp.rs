@@ -31,23 +31,39 @@ pub(crate) async fn serve(w: Rc<Worker>, view: Rc<View>, li: usize, client: TcpS
     let started = Instant::now();
     let cluster = &view.snapshot.clusters[ci];
     let cv = &view.clusters[ci];
-    let Some(ep) = cv.pick(&w, cluster, started) else {
-        lview.stats.local_reply(ErrorKind::NoEndpoint);
-        return;
-    };
-    let _in_flight = ep.begin();
-    let up = match monoio::time::timeout(cluster.connect_timeout, TcpStream::connect_addr(ep.addr))
-        .await
-    {
-        Ok(Ok(s)) => s,
-        _ => {
-            ep.record(Outcome::ConnectFailed);
-            lview.stats.local_reply(ErrorKind::ConnectFailed);
+    // A connection that cannot be made is tried on another endpoint, once: nothing was sent.
+    let mut avoid = None;
+    let (ep, up) = loop {
+        let now = Instant::now();
+        let Some(ep) = cv.pick(&w, cluster, now, avoid.as_ref()) else {
+            lview.stats.local_reply(ErrorKind::NoEndpoint);
             return;
+        };
+        let in_flight = ep.begin(now);
+        let connect = TcpStream::connect_addr(ep.addr);
+        match monoio::time::timeout(cluster.connect_timeout, connect).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                break ((ep, in_flight), s);
+            }
+            _ => {
+                let now = Instant::now();
+                cv.book(&w, cluster, &ep, Outcome::ConnectFailed, now, now - started);
+                drop(in_flight);
+                if avoid.is_some() || cv.members.len() < 2 {
+                    lview.stats.local_reply(ErrorKind::ConnectFailed);
+                    return;
+                }
+                avoid = Some(ep);
+            }
         }
     };
-    let _ = up.set_nodelay(true);
-    ep.observe(Instant::now(), started.elapsed());
+    let (ep, _in_flight) = ep;
+    let connected = Instant::now();
+    let rtt = connected.saturating_duration_since(started);
+    // A long-lived stream does not hold its config version: the outcome is booked against the
+    // cluster as the view then in force has it.
+    let name = cluster.name.clone();
     drop(view);
 
     let last = Cell::new(Instant::now());
@@ -56,11 +72,23 @@ pub(crate) async fn serve(w: Rc<Worker>, view: Rc<View>, li: usize, client: TcpS
     let a = copy(&w, &mut cr, &mut uw, &last, idle_timeout);
     let b = copy(&w, &mut ur, &mut cw, &last, idle_timeout);
     let (ra, rb) = both_or_first_failure(a, b).await;
-    ep.record(if ra.is_ok() && rb.is_ok() {
+    // The connect time is the latency sample: a TCP stream has no request/answer to time.
+    let outcome = if ra.is_ok() && rb.is_ok() {
         Outcome::Success
     } else {
         Outcome::Reset
-    });
+    };
+    let view = w.view();
+    if let Some(ci) = view.snapshot.cluster_index(&name) {
+        view.clusters[ci].book(
+            &w,
+            &view.snapshot.clusters[ci],
+            &ep,
+            outcome,
+            connected,
+            rtt,
+        );
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,15 +16,15 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
-use crate::balance::{self, BalanceState};
 use crate::buf::{BUF_SIZE, BULK_BUF_SIZE, BufPool, SMALL_BUF_SIZE};
-use crate::endpoint::{Endpoint, Member};
+use crate::cluster::{ClusterState, ClusterView};
+use crate::endpoint::Endpoint;
 use crate::http1::{RequestHead, ResponseHead};
 use crate::idle::{self, IdleSet};
 use crate::listener::{self, ListenerTask};
 use crate::metrics::{ListenerStats, RouteStats, WorkerMetrics, WorkerReport};
 use crate::rng::Rng;
-use crate::snapshot::{Cluster, Protocol, Snapshot};
+use crate::snapshot::{Protocol, Snapshot};
 
 /// A request from the control side to a worker.
 #[derive(Debug)]
@@ -176,6 +176,10 @@ pub struct Worker {
     view: RefCell<Rc<View>>,
     pending: RefCell<Option<Pending>>,
     endpoints: RefCell<FxHashMap<EndpointKey, Rc<Endpoint>>>,
+    clusters: RefCell<FxHashMap<Arc<str>, Rc<ClusterState>>>,
+    /// Bumped when endpoint availability may have changed; cluster views recompute their
+    /// failover split when it moves.
+    availability: Cell<u64>,
     listeners: RefCell<FxHashMap<Arc<str>, ListenerTask>>,
     pub(crate) metrics: WorkerMetrics,
     pub(crate) bufs: BufPool,
@@ -211,28 +215,6 @@ pub(crate) struct View {
     pub clusters: Vec<ClusterView>,
     /// Aligned with `snapshot.listeners`.
     pub listeners: Vec<ListenerView>,
-}
-
-pub(crate) struct ClusterView {
-    pub members: Vec<Member>,
-    pub balance: RefCell<BalanceState>,
-}
-
-impl ClusterView {
-    /// Picks an endpoint with the cluster's policy; `None` when none can take the request.
-    pub fn pick(&self, w: &Worker, cluster: &Cluster, now: Instant) -> Option<Rc<Endpoint>> {
-        let i = w.with_rng(|rng| {
-            balance::pick(
-                cluster.lb,
-                &self.members,
-                &mut self.balance.borrow_mut(),
-                rng,
-                now,
-                None,
-            )
-        })?;
-        Some(self.members[i].ep.clone())
-    }
 }
 
 pub(crate) struct ListenerView {
@@ -278,6 +260,8 @@ impl Worker {
             view: RefCell::new(Rc::new(View::empty())),
             pending: RefCell::new(None),
             endpoints: RefCell::new(FxHashMap::default()),
+            clusters: RefCell::new(FxHashMap::default()),
+            availability: Cell::new(0),
             listeners: RefCell::new(FxHashMap::default()),
             metrics: WorkerMetrics::default(),
             bufs: BufPool::new(BUF_SIZE, 256),
@@ -335,6 +319,18 @@ impl Worker {
         f(&mut self.rng.borrow_mut())
     }
 
+    /// The availability generation (see [`Worker::availability_changed`]).
+    #[inline]
+    pub(crate) fn availability(&self) -> u64 {
+        self.availability.get()
+    }
+
+    /// Notes that an endpoint's availability changed (ejection, return, health).
+    pub(crate) fn availability_changed(&self) {
+        self.availability
+            .set(self.availability.get().wrapping_add(1));
+    }
+
     /// Whether the worker is draining: connections close after their current request.
     #[inline]
     pub(crate) fn draining(&self) -> bool {
@@ -355,25 +351,21 @@ impl Worker {
     fn build_view(&self, snapshot: Arc<Snapshot>) -> View {
         let now = Instant::now();
         let endpoints = self.endpoints.borrow();
+        let states = self.clusters.borrow();
         let clusters = snapshot
             .clusters
             .iter()
-            .map(|c| ClusterView {
-                members: c
-                    .endpoints
-                    .iter()
-                    .map(|spec| {
-                        let key = (c.name.clone(), spec.addr);
-                        let ep = endpoints.get(&key).cloned().unwrap_or_else(|| {
-                            Rc::new(Endpoint::new(c.name.clone(), spec.addr, now))
-                        });
-                        Member {
-                            ep,
-                            weight: spec.weight.max(1),
-                        }
-                    })
-                    .collect(),
-                balance: RefCell::new(BalanceState::default()),
+            .map(|c| {
+                let state = states
+                    .get(&c.name)
+                    .cloned()
+                    .unwrap_or_else(|| Rc::new(ClusterState::new(now)));
+                ClusterView::new(c, state, |addr| {
+                    endpoints
+                        .get(&(c.name.clone(), addr))
+                        .cloned()
+                        .unwrap_or_else(|| Rc::new(Endpoint::new(c.name.clone(), addr, now)))
+                })
             })
             .collect();
         let unrouted: Arc<str> = Arc::from("");
@@ -455,6 +447,13 @@ impl Worker {
             }
         }
         *self.endpoints.borrow_mut() = eps;
+        *self.clusters.borrow_mut() = snapshot
+            .clusters
+            .iter()
+            .zip(&p.view.clusters)
+            .map(|(c, cv)| (c.name.clone(), cv.state.clone()))
+            .collect();
+        self.availability_changed();
         *self.view.borrow_mut() = p.view;
         let mut listeners = self.listeners.borrow_mut();
         listeners.retain(|name, task| {
@@ -496,12 +495,14 @@ impl Worker {
         let view = self.view();
         let now = Instant::now();
         let mut endpoints = Vec::new();
+        let mut clusters = Vec::new();
         for (c, cv) in view.snapshot.clusters.iter().zip(&view.clusters) {
-            for (spec, m) in c.endpoints.iter().zip(&cv.members) {
-                endpoints.push(m.ep.report(spec, now));
+            for m in &cv.members {
+                endpoints.push(m.ep.report(m, now));
             }
+            clusters.push(cv.state.report(&c.name));
         }
-        self.metrics.report(self.id, endpoints)
+        self.metrics.report(self.id, endpoints, clusters)
     }
 
     async fn drain_all(&self) {
@@ -572,6 +573,8 @@ async fn sweep(w: Rc<Worker>) {
         let now = Instant::now();
         w.idle.sweep(now);
         w.deadlines.sweep(now);
+        // Health-check results and ended ejections change availability without an event here.
+        w.availability_changed();
         ticks = ticks.wrapping_add(1);
         if ticks % 5 != 0 {
             continue;

@@ -27,6 +27,7 @@ pub fn request_head(data: &[u8]) {
         client_ip: b"10.0.0.1",
         proto: b"http",
         fallback_host: b"up:80",
+        deadline: None,
     };
     encode::request_head(&mut out, data, &req, &fwd);
     // What the proxy sends must itself be a valid, unambiguous head with the same framing (the

@@ -44,6 +44,15 @@ impl Node<'_, '_> {
         (l > 0).then_some(l)
     }
 
+    /// Whether the node is `false` or the word `off`: a feature switched off.
+    pub fn is_off(&self) -> bool {
+        match &self.yaml.data {
+            YamlData::Value(Scalar::Boolean(false)) => true,
+            YamlData::Value(Scalar::String(s)) => s == "off",
+            _ => false,
+        }
+    }
+
     fn is_null(&self) -> bool {
         matches!(self.yaml.data, YamlData::Value(Scalar::Null))
     }

@@ -112,6 +112,86 @@ pub struct RouteConfig {
         serialize_with = "ser_opt_duration"
     )]
     pub timeout: Option<Duration>,
+    /// Retry policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryConfig>,
+}
+
+/// A route's retry policy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryConfig {
+    /// Retries after the first try.
+    pub attempts: u32,
+    /// Time for each try, to the response head.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_opt_duration"
+    )]
+    pub per_try_timeout: Option<Duration>,
+    /// Conditions: `connect-failure`, `reset`, `5xx`, or status codes.
+    pub on: Vec<String>,
+    /// Retries allowed as a percentage of requests.
+    pub budget_percent: u32,
+    /// Retries per second always allowed (per worker).
+    pub min_retries_per_second: u32,
+}
+
+/// Circuit-breaker limits of a cluster; `None`: unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LimitsConfig {
+    /// Open connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Requests waiting for a connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<u32>,
+    /// Requests in flight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+}
+
+/// Outlier ejection settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutlierSettings {
+    /// Consecutive failures that eject.
+    pub consecutive_failures: u32,
+    /// First ejection, doubled with each further one.
+    #[serde(serialize_with = "ser_duration")]
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    #[serde(serialize_with = "ser_duration")]
+    pub max_ejection: Duration,
+    /// Most of the cluster ejected at once, in percent.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierSettings {
+    fn default() -> Self {
+        let d = ringmesh_core::outlier::OutlierConfig::default();
+        OutlierSettings {
+            consecutive_failures: d.consecutive_failures,
+            base_ejection: d.base_ejection,
+            max_ejection: d.max_ejection,
+            max_ejected_percent: d.max_ejected_percent,
+        }
+    }
+}
+
+/// Active health check settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthCheckConfig {
+    /// Path to GET.
+    pub path: String,
+    /// Time between checks.
+    #[serde(serialize_with = "ser_duration")]
+    pub interval: Duration,
+    /// Time for an answer.
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+    /// Consecutive passes that make an endpoint healthy again.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make it unhealthy.
+    pub unhealthy_threshold: u32,
 }
 
 /// Route conditions.
@@ -168,6 +248,13 @@ pub struct ClusterConfig {
     /// Idle pooled connections are closed after this long.
     #[serde(serialize_with = "ser_duration")]
     pub pool_idle_timeout: Duration,
+    /// Circuit breakers.
+    pub limits: LimitsConfig,
+    /// Outlier ejection; `None`: off.
+    pub outlier: Option<OutlierSettings>,
+    /// Active health checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
     /// Endpoints.
     pub endpoints: Vec<EndpointConfig>,
 }
@@ -217,22 +304,9 @@ const NOT_YET: &[(&str, &str)] = &[
         "tls",
         "TLS is not available in this version; refusing rather than serving plaintext",
     ),
-    ("retry", "retries are not available in this version"),
     (
         "rate_limit",
         "rate limits are not available in this version",
-    ),
-    (
-        "limits",
-        "circuit breakers are not available in this version",
-    ),
-    (
-        "outlier",
-        "outlier ejection is not available in this version",
-    ),
-    (
-        "health_check",
-        "health checks are not available in this version",
     ),
     (
         "policies",
@@ -483,7 +557,6 @@ fn decode_route(
             "rate_limit",
         ],
     )?;
-    not_yet(d, &f, "retry");
     not_yet(d, &f, "rate_limit");
     let name = match f.get("name") {
         Some((n, p)) => d.string(n, &p),
@@ -540,12 +613,195 @@ fn decode_route(
     let timeout = f
         .get("timeout")
         .and_then(|(n, p)| d.positive_duration(n, &p));
+    let retry = f.get("retry").and_then(|(n, p)| decode_retry(d, n, &p));
     Some(RouteConfig {
         name: name.unwrap_or_else(|| index.to_string()),
         matcher: matcher.unwrap_or_default(),
         cluster,
         split,
         timeout,
+        retry,
+    })
+}
+
+/// Retry conditions when `on` is not given.
+pub const DEFAULT_RETRY_ON: &[&str] = &["connect-failure", "reset", "503"];
+
+fn decode_retry(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<RetryConfig> {
+    let f = d.mapping(
+        node,
+        path,
+        &[
+            "attempts",
+            "per_try_timeout",
+            "on",
+            "budget",
+            "min_retries_per_second",
+        ],
+    )?;
+    let attempts = match f.get("attempts") {
+        Some((n, p)) => d.integer(n, &p, 10).map(|v| v as u32),
+        None => Some(1),
+    };
+    let per_try_timeout = f
+        .get("per_try_timeout")
+        .and_then(|(n, p)| d.positive_duration(n, &p));
+    let on = match f.get("on") {
+        Some((n, p)) => d
+            .list(n, &p)
+            .into_iter()
+            .filter_map(|(n, p)| {
+                let v = d.text(n, &p)?;
+                let ok = matches!(v.as_str(), "connect-failure" | "reset" | "5xx")
+                    || v.parse::<u16>().is_ok_and(|s| (100..=599).contains(&s));
+                if !ok {
+                    d.error(
+                        &p,
+                        Some(n),
+                        format!("`{v}` is not connect-failure, reset, 5xx or a status code"),
+                    );
+                }
+                ok.then_some(v)
+            })
+            .collect(),
+        None => DEFAULT_RETRY_ON.iter().map(|s| s.to_string()).collect(),
+    };
+    let budget = match f.get("budget") {
+        Some((n, p)) => d.percent(n, &p),
+        None => Some(20),
+    };
+    let floor = match f.get("min_retries_per_second") {
+        Some((n, p)) => d.integer(n, &p, 1_000_000).map(|v| v as u32),
+        None => Some(10),
+    };
+    Some(RetryConfig {
+        attempts: attempts?,
+        per_try_timeout,
+        on,
+        budget_percent: budget?,
+        min_retries_per_second: floor?,
+    })
+}
+
+fn decode_limits(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> LimitsConfig {
+    let Some(f) = d.mapping(
+        node,
+        path,
+        &["max_connections", "max_pending", "max_requests"],
+    ) else {
+        return LimitsConfig::default();
+    };
+    let mut limit = |name: &str| {
+        let (n, p) = f.get(name)?;
+        let v = d.integer(n, &p, u64::from(u32::MAX))?;
+        if v == 0 {
+            d.error(&p, Some(n), "must be at least 1");
+            return None;
+        }
+        Some(v as u32)
+    };
+    LimitsConfig {
+        max_connections: limit("max_connections"),
+        max_pending: limit("max_pending"),
+        max_requests: limit("max_requests"),
+    }
+}
+
+fn decode_outlier(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<OutlierSettings> {
+    if node.is_off() {
+        return None;
+    }
+    let mut o = OutlierSettings::default();
+    let f = d.mapping(
+        node,
+        path,
+        &[
+            "consecutive_failures",
+            "base_ejection",
+            "max_ejection",
+            "max_ejected",
+        ],
+    )?;
+    if let Some((n, p)) = f.get("consecutive_failures") {
+        match d.integer(n, &p, 1000) {
+            Some(0) => d.error(&p, Some(n), "must be at least 1 (use `outlier: off`)"),
+            Some(v) => o.consecutive_failures = v as u32,
+            None => {}
+        }
+    }
+    if let Some(v) = f
+        .get("base_ejection")
+        .and_then(|(n, p)| d.positive_duration(n, &p))
+    {
+        o.base_ejection = v;
+    }
+    if let Some(v) = f
+        .get("max_ejection")
+        .and_then(|(n, p)| d.positive_duration(n, &p))
+    {
+        o.max_ejection = v;
+    }
+    if let Some(v) = f.get("max_ejected").and_then(|(n, p)| d.percent(n, &p)) {
+        o.max_ejected_percent = v;
+    }
+    if o.max_ejection < o.base_ejection {
+        d.error(
+            &f.path_of("max_ejection"),
+            None,
+            "must not be shorter than base_ejection",
+        );
+    }
+    Some(o)
+}
+
+fn decode_health_check(
+    d: &mut Decoder,
+    node: Node<'_, '_>,
+    path: &str,
+) -> Option<HealthCheckConfig> {
+    let f = d.mapping(
+        node,
+        path,
+        &[
+            "path",
+            "interval",
+            "timeout",
+            "healthy_threshold",
+            "unhealthy_threshold",
+        ],
+    )?;
+    let check_path = required(d, &f, "path").and_then(|(n, p)| {
+        let s = d.string(n, &p)?;
+        let ok = s.starts_with('/') && s.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            d.error(&p, Some(n), "must start with / and contain no spaces");
+        }
+        ok.then_some(s)
+    });
+    let duration = |d: &mut Decoder, name: &str, default: Duration| match f.get(name) {
+        Some((n, p)) => d.positive_duration(n, &p),
+        None => Some(default),
+    };
+    let interval = duration(d, "interval", Duration::from_secs(5));
+    let timeout = duration(d, "timeout", Duration::from_secs(1));
+    let threshold = |d: &mut Decoder, name: &str, default: u32| match f.get(name) {
+        Some((n, p)) => match d.integer(n, &p, 100) {
+            Some(0) => {
+                d.error(&p, Some(n), "must be at least 1");
+                None
+            }
+            v => v.map(|v| v as u32),
+        },
+        None => Some(default),
+    };
+    let healthy = threshold(d, "healthy_threshold", 2);
+    let unhealthy = threshold(d, "unhealthy_threshold", 3);
+    Some(HealthCheckConfig {
+        path: check_path?,
+        interval: interval?,
+        timeout: timeout?,
+        healthy_threshold: healthy?,
+        unhealthy_threshold: unhealthy?,
     })
 }
 
@@ -635,9 +891,7 @@ fn decode_cluster(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Clu
             "endpoints",
         ],
     )?;
-    for name in ["tls", "limits", "outlier", "health_check"] {
-        not_yet(d, &f, name);
-    }
+    not_yet(d, &f, "tls");
     if let Some((n, p)) = f.get("protocol") {
         if d.choice(n, &p, &["http1", "http2", "auto"])
             .is_some_and(|v| v != "http1")
@@ -676,11 +930,24 @@ fn decode_cluster(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Clu
             .collect(),
         None => Vec::new(),
     };
+    let limits = f
+        .get("limits")
+        .map_or_else(LimitsConfig::default, |(n, p)| decode_limits(d, n, &p));
+    let outlier = match f.get("outlier") {
+        Some((n, p)) => decode_outlier(d, n, &p),
+        None => Some(OutlierSettings::default()),
+    };
+    let health_check = f
+        .get("health_check")
+        .and_then(|(n, p)| decode_health_check(d, n, &p));
     Some(ClusterConfig {
         name: name.unwrap_or_default(),
         lb: lb.unwrap_or(LbPolicy::P2cEwma),
         connect_timeout: connect_timeout.unwrap_or_default(),
         pool_idle_timeout: pool_idle_timeout.unwrap_or_default(),
+        limits,
+        outlier,
+        health_check,
         endpoints,
     })
 }
@@ -941,14 +1208,95 @@ clusters:
     #[test]
     fn unavailable_features_are_refused_not_ignored() {
         let e = errors(
-            "listeners:\n  - { name: a, bind: 127.0.0.1:1, tls: { certs: [] }, routes: [ { match: { path: / }, cluster: c, retry: { attempts: 2 } } ] }\nclusters: [ { name: c } ]\n",
+            "listeners:\n  - { name: a, bind: 127.0.0.1:1, tls: { certs: [] }, routes: [ { match: { path: / }, cluster: c, rate_limit: { rps: 2 } } ] }\nclusters: [ { name: c } ]\n",
         )
         .join("\n");
         assert!(e.contains("listeners[0].tls: TLS is not available"), "{e}");
         assert!(
-            e.contains("listeners[0].routes[0].retry: retries are not available"),
+            e.contains("listeners[0].routes[0].rate_limit: rate limits are not available"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn resilience_settings_parse_with_defaults() {
+        let c = Config::parse(
+            r#"
+listeners:
+  - name: a
+    bind: 127.0.0.1:1
+    routes:
+      - match: { path_prefix: / }
+        cluster: web
+        retry: { attempts: 2, per_try_timeout: 1s, on: [connect-failure, reset, 503], budget: 20% }
+      - match: { path_prefix: /b }
+        cluster: web
+        retry: {}
+clusters:
+  - name: web
+    limits: { max_connections: 1024, max_pending: 10, max_requests: 4096 }
+    outlier: { consecutive_failures: 3, base_ejection: 5s, max_ejected: 30% }
+    health_check: { path: /healthz, interval: 2s, timeout: 1s }
+  - name: plain
+    outlier: off
+"#,
+        )
+        .unwrap();
+        let r = c.listeners[0].routes[0].retry.as_ref().unwrap();
+        assert_eq!(r.attempts, 2);
+        assert_eq!(r.per_try_timeout, Some(Duration::from_secs(1)));
+        assert_eq!(r.on, ["connect-failure", "reset", "503"]);
+        assert_eq!((r.budget_percent, r.min_retries_per_second), (20, 10));
+        let d = c.listeners[0].routes[1].retry.as_ref().unwrap();
+        assert_eq!((d.attempts, d.on.len()), (1, DEFAULT_RETRY_ON.len()));
+        let web = &c.clusters[0];
+        assert_eq!(web.limits.max_pending, Some(10));
+        let o = web.outlier.as_ref().unwrap();
+        assert_eq!((o.consecutive_failures, o.max_ejected_percent), (3, 30));
+        assert_eq!(o.max_ejection, Duration::from_secs(300));
+        let h = web.health_check.as_ref().unwrap();
+        assert_eq!((h.healthy_threshold, h.unhealthy_threshold), (2, 3));
+        assert_eq!(c.clusters[1].outlier, None);
+        assert_eq!(c.clusters[1].limits, LimitsConfig::default());
+        // Outlier ejection is on unless switched off.
+        let json = c.to_json();
+        assert_eq!(json["clusters"][0]["outlier"]["base_ejection"], "5s");
+    }
+
+    #[test]
+    fn resilience_errors_name_their_field() {
+        let e = errors(
+            r#"
+listeners:
+  - name: a
+    bind: 127.0.0.1:1
+    routes:
+      - match: { path_prefix: / }
+        cluster: web
+        retry: { attempts: 20, on: [sometimes, 5xx, 700], budget: 120%, per_try_timeout: 0s }
+clusters:
+  - name: web
+    limits: { max_connections: 0, max_inflight: 3 }
+    outlier: { consecutive_failures: 0, base_ejection: 10s, max_ejection: 1s }
+    health_check: { interval: 1s, healthy_threshold: 0 }
+"#,
+        )
+        .join("\n");
+        for want in [
+            "listeners[0].routes[0].retry.attempts: 20 is out of range",
+            "listeners[0].routes[0].retry.on[0]: `sometimes` is not connect-failure",
+            "listeners[0].routes[0].retry.on[2]: `700` is not",
+            "listeners[0].routes[0].retry.budget: expected a percentage",
+            "listeners[0].routes[0].retry.per_try_timeout: must be greater than zero",
+            "clusters[0].limits.max_connections: must be at least 1",
+            "clusters[0].limits.max_inflight: unknown field",
+            "clusters[0].outlier.consecutive_failures: must be at least 1",
+            "clusters[0].outlier.max_ejection: must not be shorter than base_ejection",
+            "clusters[0].health_check.path: required",
+            "clusters[0].health_check.healthy_threshold: must be at least 1",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
     }
 
     #[test]

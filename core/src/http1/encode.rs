@@ -29,6 +29,8 @@ pub struct Forwarded<'a> {
     pub proto: &'a [u8],
     /// Host to send when the client sent none (HTTP/1.0).
     pub fallback_host: &'a [u8],
+    /// Time left for the answer, passed on to the next hop.
+    pub deadline: Option<std::time::Duration>,
 }
 
 /// Writes the head of the request sent upstream: always HTTP/1.1, hop-by-hop fields removed,
@@ -81,6 +83,16 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &RequestHead, fwd: &Forw
     out.extend_from_slice(b"x-forwarded-proto: ");
     out.extend_from_slice(fwd.proto);
     out.extend_from_slice(b"\r\n");
+    if let Some(left) = fwd.deadline {
+        out.extend_from_slice(b"ringmesh-deadline-ms: ");
+        push_u64(out, left.as_millis() as u64);
+        out.extend_from_slice(b"\r\n");
+        if req.grpc {
+            out.extend_from_slice(b"grpc-timeout: ");
+            crate::retry::write_grpc_timeout(out, left);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
     framing_header(out, req.framing);
     out.extend_from_slice(b"\r\n");
 }
@@ -253,6 +265,7 @@ mod tests {
             client_ip: b"10.0.0.9",
             proto: b"http",
             fallback_host: b"up:80",
+            deadline: None,
         };
         request_head(&mut out, raw, &req, &fwd);
         String::from_utf8(out).unwrap()

@@ -110,6 +110,9 @@ pub(crate) enum Known {
     Expect,
     XForwardedFor,
     XForwardedProto,
+    ContentType,
+    GrpcTimeout,
+    Deadline,
     Other,
 }
 
@@ -124,6 +127,9 @@ pub(crate) fn classify(name: &[u8]) -> Known {
         7 if is("upgrade") => Known::Upgrade,
         10 if is("connection") => Known::Connection,
         10 if is("keep-alive") => Known::KeepAlive,
+        12 if is("content-type") => Known::ContentType,
+        12 if is("grpc-timeout") => Known::GrpcTimeout,
+        20 if is("ringmesh-deadline-ms") => Known::Deadline,
         14 if is("content-length") => Known::ContentLength,
         15 if is("x-forwarded-for") => Known::XForwardedFor,
         16 if is("proxy-connection") => Known::ProxyConnection,

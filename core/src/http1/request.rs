@@ -99,6 +99,11 @@ pub struct RequestHead {
     pub headers: Vec<Header>,
     /// The client sent X-Forwarded-For: its fields are merged, with the client appended.
     pub has_xff: bool,
+    /// The time the caller gives this request (`ringmesh-deadline-ms`, or `grpc-timeout` for
+    /// gRPC), if any.
+    pub deadline: Option<std::time::Duration>,
+    /// A gRPC request (`content-type: application/grpc...`).
+    pub grpc: bool,
 }
 
 impl Default for RequestHead {
@@ -118,6 +123,8 @@ impl Default for RequestHead {
             head_len: 0,
             headers: Vec::with_capacity(16),
             has_xff: false,
+            deadline: None,
+            grpc: false,
         }
     }
 }
@@ -164,7 +171,10 @@ impl RequestHead {
         self.expect_continue = false;
         self.upgrade = false;
         self.has_xff = false;
+        self.deadline = None;
+        self.grpc = false;
         self.headers.clear();
+        let mut grpc_timeout = None;
 
         if self.method == Method::Connect {
             return Err(ErrorKind::Unsupported);
@@ -223,9 +233,38 @@ impl RequestHead {
                 Known::XForwardedFor => {
                     self.has_xff = true;
                 }
+                Known::Deadline => {
+                    // The proxy writes its own, from what is left of this one.
+                    let ms = std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok());
+                    if let Some(ms) = ms {
+                        let d = std::time::Duration::from_millis(ms);
+                        self.deadline = Some(self.deadline.map_or(d, |p| p.min(d)));
+                    }
+                    header.drop = true;
+                }
+                Known::GrpcTimeout => {
+                    grpc_timeout = crate::retry::parse_grpc_timeout(value);
+                }
+                Known::ContentType => {
+                    self.grpc |=
+                        value.len() >= 16 && value[..16].eq_ignore_ascii_case(b"application/grpc");
+                }
                 Known::Other => {}
             }
             self.headers.push(header);
+        }
+        if self.grpc {
+            if let Some(g) = grpc_timeout {
+                self.deadline = Some(self.deadline.map_or(g, |d| d.min(g)));
+            }
+            // Rewritten from what is left of the deadline.
+            for h in self.headers.iter_mut() {
+                if classify(h.name.get(buf)) == Known::GrpcTimeout {
+                    h.drop = true;
+                }
+            }
         }
         if connection.names_fields {
             drop_connection_options(&mut self.headers, buf);

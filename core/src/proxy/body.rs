@@ -126,6 +126,29 @@ pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
     deadline: Until,
     started: &Cell<bool>,
 ) -> Result<Relayed, RelayError> {
+    let head = read_head(w, up, client, resp, side, deadline).await?;
+    relay_body(w, up, client, resp, side, head, started).await
+}
+
+/// A final response head read from the upstream, not yet sent on.
+pub(super) struct HeadIn {
+    /// The bytes read: the head, then perhaps some of the body.
+    pub ubuf: Vec<u8>,
+    /// Length of the head in `ubuf`.
+    pub head_len: usize,
+    /// When the head arrived.
+    pub at: Instant,
+}
+
+/// Reads the final response head, forwarding interim (1xx) answers to the client.
+pub(super) async fn read_head<R: AsyncReadRent, W: AsyncWriteRent>(
+    w: &Worker,
+    up: &mut R,
+    client: &mut W,
+    resp: &mut ResponseHead,
+    side: ClientSide,
+    deadline: Until,
+) -> Result<HeadIn, RelayError> {
     let before = |kind| RelayError::Before {
         kind,
         retryable: false,
@@ -182,7 +205,29 @@ pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
             }
         }
     };
-    let head_at = Instant::now();
+    Ok(HeadIn {
+        ubuf,
+        head_len,
+        at: Instant::now(),
+    })
+}
+
+/// Sends a response head read by [`read_head`] to the client, then its body. `started` turns
+/// true once the head is handed to the client.
+pub(super) async fn relay_body<R: AsyncReadRent, W: AsyncWriteRent>(
+    w: &Worker,
+    up: &mut R,
+    client: &mut W,
+    resp: &mut ResponseHead,
+    side: ClientSide,
+    head: HeadIn,
+    started: &Cell<bool>,
+) -> Result<Relayed, RelayError> {
+    let HeadIn {
+        mut ubuf,
+        head_len,
+        at: head_at,
+    } = head;
     let body = resp.body_framing(side.head_request);
     // Drain may have begun while the upstream was answering: say the connection ends.
     let keep_alive = side.keep_alive && !w.draining();

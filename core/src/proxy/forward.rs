@@ -1,11 +1,16 @@
-//! One request to one endpoint: take a pooled connection or connect, send the request, relay the
-//! answer, pool the connection again when it can carry another request.
+//! One request to a cluster: pick an endpoint, take a pooled connection or connect, send the
+//! request, read the answer's head, and either relay it or (when the route's retry policy, the
+//! budget and the deadline allow) try again on another endpoint.
 //!
-//! A request whose body is already buffered (no body, or a small one) is sent in one write and
-//! can be sent again: if a pooled connection turns out to have been closed by the upstream
-//! before any byte of the answer came back, the request goes again on a fresh connection,
-//! whatever its method (the upstream never saw it). A request with a streaming body is sent
-//! full duplex ([`body::duplex`]) and only on a connection that is known to be alive.
+//! A request whose body is in the buffer (no body, a small one, or up to 64 KiB when the route
+//! retries) is sent in one write and can be sent again. A pooled connection that the upstream
+//! had already closed, with no byte of an answer back, is retried at once on a fresh connection
+//! whatever the method (the upstream never saw the request); that is not counted as a retry. A
+//! request with a streaming body is sent full duplex ([`body::duplex`]) on a connection known to
+//! be alive, and is only retried when the connection could not be made.
+//!
+//! Every try is booked on its endpoint: outcome counters, latency (a failure counts as a slow
+//! answer), outlier ejection. Circuit breakers refuse at once with 503 `overflow`.
 
 use std::cell::Cell;
 use std::os::fd::AsRawFd;
@@ -18,20 +23,24 @@ use monoio::net::TcpStream;
 use super::body::{self, ClientSide, DuplexEnd, PumpError, RelayError, Relayed, Until};
 use super::{Client, client_keeps_alive};
 use crate::buf::BUF_SIZE;
-use crate::endpoint::Endpoint;
+use crate::cluster::{Active, ClusterView};
+use crate::endpoint::{Endpoint, UpConn};
 use crate::error::ErrorKind;
 use crate::http1::encode::{self, Forwarded};
 use crate::http1::{ChunkedDecoder, Framing, Method, RequestHead, ResponseHead, Version};
-use crate::metrics::Outcome;
+use crate::metrics::{Limit, Outcome, RouteStats};
+use crate::retry::{self, Failure, MAX_REPLAY_BODY, RetryPolicy};
 use crate::snapshot::{Cluster, HttpLimits};
 use crate::worker::Worker;
 
-/// A request on its way to an endpoint.
+/// A request on its way to a cluster.
 pub(super) struct Exchange<'a> {
     pub worker: &'a Rc<Worker>,
     pub req: &'a RequestHead,
-    pub ep: &'a Rc<Endpoint>,
     pub cluster: &'a Cluster,
+    pub cv: &'a ClusterView,
+    pub retry: Option<&'a RetryPolicy>,
+    pub stats: &'a RouteStats,
     pub limits: &'a HttpLimits,
     /// Route timeout: until the response head, counted from the end of the request.
     pub timeout: Duration,
@@ -64,44 +73,86 @@ impl Fail {
     }
 }
 
+/// How one try ended before its answer was relayed.
+enum TryEnd {
+    /// A final response head, ready to relay (or to drop for a retry).
+    Head {
+        up: UpConn,
+        head: body::HeadIn,
+        sent_at: Instant,
+    },
+    /// Failed; `stale`: a reused connection closed with no byte back (safe to send again).
+    Failed {
+        kind: ErrorKind,
+        failure: Option<Failure>,
+        stale: bool,
+        sent_at: Instant,
+    },
+    /// A circuit breaker refused a new connection.
+    Overflow(Limit),
+    /// The client went away.
+    ClientGone,
+}
+
 impl Exchange<'_> {
-    /// Sends the request and relays the answer.
+    /// Sends the request (and its retries) and relays the answer.
     pub async fn run(&self, c: &mut Client, resp: &mut ResponseHead) -> Result<Done, Fail> {
-        let _in_flight = self.ep.begin();
-        let result = match self.buffered_body(c).await {
+        let state = &self.cv.state;
+        if state.active.get() >= self.cluster.limits.max_requests {
+            state.overflowed(Limit::Requests);
+            return Err(Fail::before(ErrorKind::Overflow, false));
+        }
+        let _active = Active::new(state);
+        state.budget.borrow_mut().deposit(self.started);
+        match self.buffered_body(c).await {
             Ok(Some(len)) => self.send_whole(c, resp, len).await,
             // Boxed: the streaming path's state is large and rare; the common path stays small,
             // and so does the future moved into place for every request.
             Ok(None) => Box::pin(self.send_streaming(c, resp)).await,
             Err(f) => Err(f),
-        };
-        if let Some(outcome) = outcome_of(&result) {
-            self.ep.record(outcome);
         }
-        result
     }
 
-    /// The length of the body when all of it is in the client buffer, reading a little more
-    /// when a small body has not fully arrived yet. `None`: the body streams.
+    /// When the answer is due: the route timeout, or the caller's deadline if shorter.
+    fn deadline(&self) -> Instant {
+        let t = self
+            .req
+            .deadline
+            .map_or(self.timeout, |d| d.min(self.timeout));
+        self.started + t
+    }
+
+    /// The length of the body when all of it is in the client buffer, reading more when it
+    /// fits (up to 64 KiB when the route retries, so it can be sent again). `None`: it streams.
     async fn buffered_body(&self, c: &mut Client) -> Result<Option<usize>, Fail> {
         let head_len = self.req.head_len;
+        let replay = self.retry.is_some();
         match self.req.framing {
             Framing::None | Framing::Close => Ok(Some(0)),
             Framing::Chunked => {
-                let mut d = ChunkedDecoder::new();
-                match d.feed(&c.data()[head_len..], |_| {}) {
-                    Ok(p) if p.done => {
-                        if self
-                            .limits
-                            .max_request_body
-                            .is_some_and(|m| d.data_len() > m)
-                        {
-                            return Err(Fail::before(ErrorKind::BodyTooLarge, false));
+                let max = if replay { MAX_REPLAY_BODY } else { 0 };
+                loop {
+                    let mut d = ChunkedDecoder::new();
+                    match d.feed(&c.data()[head_len..], |_| {}) {
+                        Ok(p) if p.done => {
+                            if self
+                                .limits
+                                .max_request_body
+                                .is_some_and(|m| d.data_len() > m)
+                            {
+                                return Err(Fail::before(ErrorKind::BodyTooLarge, false));
+                            }
+                            return Ok(Some(p.consumed));
                         }
-                        Ok(Some(p.consumed))
+                        Ok(_) if c.data().len() - head_len < max => {
+                            self.continue_if_expected(c).await?;
+                            let have = c.data().len();
+                            c.make_room(self.worker, (have + 4096).min(head_len + max + 1));
+                            Box::pin(self.fill(c, have + 1)).await?;
+                        }
+                        Ok(_) => return Ok(None),
+                        Err(_) => return Err(Fail::before(ErrorKind::BadRequest, false)),
                     }
-                    Ok(_) => Ok(None),
-                    Err(_) => Err(Fail::before(ErrorKind::BadRequest, false)),
                 }
             }
             Framing::Length(n) => {
@@ -110,14 +161,36 @@ impl Exchange<'_> {
                     return Ok(Some(n as usize));
                 }
                 // A small body still on its way: wait for it so the request can be replayed.
-                // A client waiting for 100-continue sends nothing yet.
-                if self.req.expect_continue || need > BUF_SIZE as u64 {
+                let max = if replay {
+                    (head_len + MAX_REPLAY_BODY) as u64
+                } else {
+                    BUF_SIZE as u64
+                };
+                if need > max || (self.req.expect_continue && !replay) {
                     return Ok(None);
                 }
+                self.continue_if_expected(c).await?;
                 c.make_room(self.worker, need as usize);
                 Box::pin(self.fill(c, need as usize)).await?;
                 Ok(Some(n as usize))
             }
+        }
+    }
+
+    /// A client waiting for `100 Continue` before its body gets one now.
+    async fn continue_if_expected(&self, c: &mut Client) -> Result<(), Fail> {
+        if !self.req.expect_continue || self.req.version != Version::Http11 || c.continued {
+            return Ok(());
+        }
+        c.continued = true;
+        let mut out = self.worker.bufs.get();
+        out.extend_from_slice(encode::CONTINUE);
+        let (ok, out) = c.write(out).await;
+        self.worker.put_buf(out);
+        if ok {
+            Ok(())
+        } else {
+            Err(Fail::before(ErrorKind::ClientClosed, false))
         }
     }
 
@@ -148,11 +221,18 @@ impl Exchange<'_> {
         Ok(())
     }
 
-    fn forwarded<'b>(&'b self, c: &'b Client) -> Forwarded<'b> {
+    /// What the proxy adds to the request; `deadline` is passed on as the time left.
+    fn forwarded<'b>(
+        &'b self,
+        c: &'b Client,
+        ep: &'b Endpoint,
+        deadline: Option<Instant>,
+    ) -> Forwarded<'b> {
         Forwarded {
             client_ip: c.ip(),
             proto: b"http",
-            fallback_host: &self.ep.host,
+            fallback_host: &ep.host,
+            deadline: deadline.map(|d| d.saturating_duration_since(Instant::now())),
         }
     }
 
@@ -165,42 +245,133 @@ impl Exchange<'_> {
         }
     }
 
-    /// A pooled connection (unless `fresh`), else a new one.
+    fn idempotent(&self) -> bool {
+        self.req.method.is_idempotent()
+    }
+
+    /// A pooled connection (unless `fresh`), else a new one within the circuit breakers.
     async fn connection(
         &self,
+        ep: &Endpoint,
         fresh: bool,
         deadline: Instant,
-    ) -> Result<(TcpStream, bool), ErrorKind> {
+    ) -> Result<(UpConn, bool), TryEnd> {
         if !fresh {
-            if let Some(s) = self
-                .ep
-                .checkout(self.started, self.cluster.pool_idle_timeout)
-            {
+            if let Some(s) = ep.checkout(self.started, self.cluster.pool_idle_timeout) {
                 return Ok((s, true));
             }
         }
-        Box::pin(self.connect(deadline)).await.map(|s| (s, false))
+        let state = &self.cv.state;
+        let limits = &self.cluster.limits;
+        if state.connections.get() >= limits.max_connections {
+            return Err(TryEnd::Overflow(Limit::Connections));
+        }
+        if state.pending.get() >= limits.max_pending {
+            return Err(TryEnd::Overflow(Limit::Pending));
+        }
+        state.pending.set(state.pending.get() + 1);
+        let r = Box::pin(self.connect(ep, deadline)).await;
+        state.pending.set(state.pending.get().saturating_sub(1));
+        r.map(|s| (UpConn::new(s, state.clone()), false))
     }
 
     /// A new connection within the connect timeout (and the request's deadline).
-    async fn connect(&self, deadline: Instant) -> Result<TcpStream, ErrorKind> {
+    async fn connect(&self, ep: &Endpoint, deadline: Instant) -> Result<TcpStream, TryEnd> {
         let now = Instant::now();
         let budget = self
             .cluster
             .connect_timeout
             .min(deadline.saturating_duration_since(now));
-        match monoio::time::timeout(budget, TcpStream::connect_addr(self.ep.addr)).await {
+        let failed = |kind| TryEnd::Failed {
+            kind,
+            failure: Some(Failure::Connect),
+            stale: false,
+            sent_at: now,
+        };
+        match monoio::time::timeout(budget, TcpStream::connect_addr(ep.addr)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 Ok(s)
             }
-            Ok(Err(_)) => Err(ErrorKind::ConnectFailed),
-            Err(_) if deadline <= Instant::now() => Err(ErrorKind::Timeout),
-            Err(_) => Err(ErrorKind::ConnectFailed),
+            Ok(Err(_)) => Err(failed(ErrorKind::ConnectFailed)),
+            Err(_) if deadline <= Instant::now() => Err(failed(ErrorKind::Timeout)),
+            Err(_) => Err(failed(ErrorKind::ConnectFailed)),
         }
     }
 
-    /// The whole request is in the client buffer: one write, replayable.
+    /// One try of a buffered request: connect (or reuse), write it all, read the answer's head.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_whole(
+        &self,
+        c: &mut Client,
+        resp: &mut ResponseHead,
+        ep: &Endpoint,
+        out: Vec<u8>,
+        fresh: bool,
+        until: Until,
+        deadline: Instant,
+    ) -> (TryEnd, Vec<u8>) {
+        let (mut up, reused) = match self.connection(ep, fresh, deadline).await {
+            Ok(x) => x,
+            Err(end) => return (end, out),
+        };
+        let (sent, out) = up.stream.write_all(out).await;
+        let sent_at = Instant::now();
+        if sent.is_err() {
+            let failure = if reused { None } else { Some(Failure::Reset) };
+            return (
+                TryEnd::Failed {
+                    kind: ErrorKind::UpstreamReset,
+                    failure,
+                    stale: reused,
+                    sent_at,
+                },
+                out,
+            );
+        }
+        let Some(client) = c.stream.as_mut() else {
+            return (TryEnd::ClientGone, out);
+        };
+        let r = body::read_head(
+            self.worker,
+            &mut up.stream,
+            client,
+            resp,
+            self.client_side(),
+            until,
+        )
+        .await;
+        let end = match r {
+            Ok(head) => TryEnd::Head { up, head, sent_at },
+            Err(RelayError::Before {
+                kind: ErrorKind::ClientClosed,
+                ..
+            }) => TryEnd::ClientGone,
+            Err(RelayError::Before { kind, retryable }) => {
+                let stale = retryable && reused;
+                let failure = match kind {
+                    ErrorKind::UpstreamReset | ErrorKind::Timeout => Some(Failure::Reset),
+                    _ => None,
+                };
+                TryEnd::Failed {
+                    kind,
+                    failure,
+                    stale,
+                    sent_at,
+                }
+            }
+            Err(RelayError::After { kind }) => TryEnd::Failed {
+                kind,
+                failure: None,
+                stale: false,
+                sent_at,
+            },
+        };
+        (end, out)
+    }
+
+    /// The whole request is in the client buffer: tries until an answer, or until the retry
+    /// policy, the budget or the deadline says stop.
     async fn send_whole(
         &self,
         c: &mut Client,
@@ -208,106 +379,253 @@ impl Exchange<'_> {
         body_len: usize,
     ) -> Result<Done, Fail> {
         let w = self.worker;
-        let mut out = w.bufs.get();
-        {
-            let data = c.data();
-            encode::request_head(&mut out, data, self.req, &self.forwarded(c));
-            let body = self.req.head_len..self.req.head_len + body_len;
-            out.extend_from_slice(&data[body]);
-        }
-        c.start += self.req.head_len + body_len;
-        let deadline = self.started + self.timeout;
-        let side = self.client_side();
+        let body = self.req.head_len..self.req.head_len + body_len;
+        let deadline = self.deadline();
+        let mut retries = 0u32;
         let mut fresh = false;
-        loop {
-            let (mut up, reused) = match self.connection(fresh, deadline).await {
-                Ok(x) => x,
-                Err(kind) => {
-                    w.put_buf(out);
-                    return Err(Fail::before(kind, true));
-                }
+        let mut avoid: Option<Rc<Endpoint>> = None;
+        let mut retry_guard = RetryGuard(None);
+        let result = loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break Err(Fail::before(ErrorKind::Timeout, true));
+            }
+            let Some(ep) = self.cv.pick(w, self.cluster, now, avoid.as_ref()) else {
+                break Err(Fail::before(ErrorKind::NoEndpoint, true));
             };
-            let (sent, o) = up.write_all(out).await;
-            out = o;
-            if sent.is_err() {
-                if reused {
+            if retries > 0 && !self.can_finish(&ep, now, deadline) {
+                break Err(Fail::before(ErrorKind::Timeout, true));
+            }
+            let _in_flight = ep.begin(now);
+            let mut out = w.bufs.get();
+            {
+                let data = c.data();
+                encode::request_head(
+                    &mut out,
+                    data,
+                    self.req,
+                    &self.forwarded(c, &ep, Some(deadline)),
+                );
+                out.extend_from_slice(&data[body.clone()]);
+            }
+            let until = self.try_until(now, deadline);
+            let (end, out) = self
+                .try_whole(c, resp, &ep, out, fresh, until, deadline)
+                .await;
+            w.put_buf(out);
+            fresh = false;
+            let failure = match end {
+                TryEnd::Head {
+                    mut up,
+                    head,
+                    sent_at,
+                } => {
+                    let status = resp.status;
+                    let rtt = head.at.saturating_duration_since(sent_at);
+                    if status >= 500
+                        && self.should_retry(Failure::Status(status), retries, &mut retry_guard)
+                    {
+                        self.book(&ep, Outcome::Status5xx, head.at, rtt);
+                        w.put_buf(head.ubuf);
+                        // Its body is not read: the connection goes.
+                        drop(up);
+                        retries += 1;
+                        self.backoff_and_count(retries).await;
+                        avoid = Some(ep.clone());
+                        continue;
+                    }
+                    let started = Cell::new(false);
+                    let Some(client) = c.stream.as_mut() else {
+                        break Err(Fail::before(ErrorKind::ClientClosed, true));
+                    };
+                    let r = body::relay_body(
+                        w,
+                        &mut up.stream,
+                        client,
+                        resp,
+                        self.client_side(),
+                        head,
+                        &started,
+                    )
+                    .await;
+                    break self.finish(&ep, r, Some(up), true, sent_at, resp);
+                }
+                TryEnd::Failed { stale: true, .. } => {
+                    // The pooled connection was dead: the same request, a fresh connection.
                     fresh = true;
+                    avoid = None;
                     continue;
                 }
-                w.put_buf(out);
-                return Err(Fail::before(ErrorKind::UpstreamReset, true));
-            }
-            let sent_at = Instant::now();
-            let Some(client) = c.stream.as_mut() else {
-                w.put_buf(out);
-                return Err(Fail::before(ErrorKind::ClientClosed, true));
+                TryEnd::Failed {
+                    kind,
+                    failure,
+                    sent_at,
+                    ..
+                } => {
+                    let now = Instant::now();
+                    self.book(
+                        &ep,
+                        outcome_of_kind(kind),
+                        now,
+                        now.saturating_duration_since(sent_at),
+                    );
+                    match failure {
+                        Some(f) if self.should_retry(f, retries, &mut retry_guard) => {
+                            retries += 1;
+                            self.backoff_and_count(retries).await;
+                            avoid = Some(ep.clone());
+                            continue;
+                        }
+                        _ => kind,
+                    }
+                }
+                TryEnd::Overflow(limit) => {
+                    self.cv.state.overflowed(limit);
+                    ErrorKind::Overflow
+                }
+                TryEnd::ClientGone => ErrorKind::ClientClosed,
             };
-            let started = Cell::new(false);
-            let until = Until::after(self.started, self.timeout);
-            let r = body::relay(w, &mut up, client, resp, side, until, &started).await;
-            match r {
-                Err(RelayError::Before {
-                    retryable: true, ..
-                }) if reused => {
-                    fresh = true;
-                    continue;
-                }
-                r => {
-                    w.put_buf(out);
-                    return self.finish(r, Some(up), true, sent_at, resp);
-                }
-            }
+            break Err(Fail::before(failure, true));
+        };
+        drop(retry_guard);
+        c.start += self.req.head_len + body_len;
+        result
+    }
+
+    /// Whether `ep` can still answer before the deadline: a retry is not started when the time
+    /// left is under the endpoint's usual latency.
+    fn can_finish(&self, ep: &Endpoint, now: Instant, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(now);
+        let usual = Duration::from_nanos(ep.latency_ns(now) as u64).min(Duration::from_secs(1));
+        left > usual.max(Duration::from_millis(1))
+    }
+
+    /// How long this try may wait for its answer's head.
+    fn try_until(&self, now: Instant, deadline: Instant) -> Until {
+        let left = deadline.saturating_duration_since(now);
+        let t = match self.retry.and_then(|p| p.per_try_timeout) {
+            Some(per_try) => per_try.min(left),
+            None => left,
+        };
+        Until::after(now, t)
+    }
+
+    /// Whether a failure goes again: the policy covers it, attempts are left, the budget allows.
+    fn should_retry<'s>(&'s self, f: Failure, retries: u32, guard: &mut RetryGuard<'s>) -> bool {
+        let Some(policy) = self.retry else {
+            return false;
+        };
+        if retries >= policy.attempts || !policy.covers(f, self.idempotent()) {
+            return false;
+        }
+        let state = &self.cv.state;
+        // The previous retry (if any) has ended: it no longer counts as in flight.
+        guard.release();
+        let allowed = state.budget.borrow_mut().withdraw(
+            Instant::now(),
+            state.active.get(),
+            policy.budget_ratio,
+            policy.min_per_second,
+        );
+        if !allowed {
+            state.budget_refused.set(state.budget_refused.get() + 1);
+            return false;
+        }
+        guard.0 = Some(self.cv);
+        true
+    }
+
+    async fn backoff_and_count(&self, retries: u32) {
+        self.stats.retried();
+        let unit = self.worker.with_rng(|r| r.unit());
+        let pause = retry::backoff(retries - 1, unit);
+        if !pause.is_zero() {
+            monoio::time::sleep(pause).await;
         }
     }
 
-    /// The body streams: full duplex on a connection known to be alive.
+    /// Books one try on its endpoint.
+    fn book(&self, ep: &Endpoint, outcome: Outcome, now: Instant, rtt: Duration) {
+        self.cv
+            .book(self.worker, self.cluster, ep, outcome, now, rtt);
+    }
+
+    /// The body streams: full duplex on a connection known to be alive. Only a failed connect
+    /// is retried (nothing of the body was read yet).
     async fn send_streaming(&self, c: &mut Client, resp: &mut ResponseHead) -> Result<Done, Fail> {
         let w = self.worker;
-        let mut out = w.bufs.get();
-        encode::request_head(&mut out, c.data(), self.req, &self.forwarded(c));
-        c.start += self.req.head_len;
-        let far = Instant::now() + Duration::from_secs(3600);
+        let deadline = Instant::now() + Duration::from_secs(3600);
         let mut fresh = false;
-        let mut up = loop {
-            let (mut up, reused) = match self.connection(fresh, far).await {
+        let mut avoid: Option<Rc<Endpoint>> = None;
+        let mut retries = 0;
+        let mut guard = RetryGuard(None);
+        let (ep, up) = loop {
+            let now = Instant::now();
+            let Some(ep) = self.cv.pick(w, self.cluster, now, avoid.as_ref()) else {
+                return Err(Fail::before(ErrorKind::NoEndpoint, false));
+            };
+            let (mut up, reused) = match self.connection(&ep, fresh, deadline).await {
                 Ok(x) => x,
-                Err(kind) => {
-                    w.put_buf(out);
+                Err(TryEnd::Overflow(limit)) => {
+                    self.cv.state.overflowed(limit);
+                    return Err(Fail::before(ErrorKind::Overflow, false));
+                }
+                Err(TryEnd::Failed {
+                    kind,
+                    failure: Some(f),
+                    sent_at,
+                    ..
+                }) => {
+                    self.book(
+                        &ep,
+                        outcome_of_kind(kind),
+                        Instant::now(),
+                        sent_at.elapsed(),
+                    );
+                    if self.should_retry(f, retries, &mut guard) {
+                        retries += 1;
+                        self.backoff_and_count(retries).await;
+                        avoid = Some(ep);
+                        continue;
+                    }
                     return Err(Fail::before(kind, false));
                 }
+                Err(_) => return Err(Fail::before(ErrorKind::ConnectFailed, false)),
             };
             // The body cannot be replayed once read from the client, so a pooled connection
             // must be alive before anything is sent on it.
-            if reused && crate::sys::idle_connection_is_dead(up.as_raw_fd()) {
+            if reused && crate::sys::idle_connection_is_dead(up.stream.as_raw_fd()) {
                 continue;
             }
-            let (sent, o) = up.write_all(out).await;
-            out = o;
+            let mut out = w.bufs.get();
+            // The answer's timeout runs from the end of a streamed body: only a deadline the
+            // caller set is passed on.
+            let caller = self.req.deadline.map(|d| self.started + d);
+            encode::request_head(
+                &mut out,
+                c.data(),
+                self.req,
+                &self.forwarded(c, &ep, caller),
+            );
+            let (sent, out) = up.stream.write_all(out).await;
+            w.put_buf(out);
             match sent {
-                Ok(_) => break up,
+                Ok(_) => break (ep, up),
                 Err(_) if reused => fresh = true,
-                Err(_) => {
-                    w.put_buf(out);
-                    return Err(Fail::before(ErrorKind::UpstreamReset, false));
-                }
+                Err(_) => return Err(Fail::before(ErrorKind::UpstreamReset, false)),
             }
         };
-        w.put_buf(out);
-        if self.req.expect_continue && self.req.version == Version::Http11 {
-            let mut out = w.bufs.get();
-            out.extend_from_slice(encode::CONTINUE);
-            let (ok, out) = c.write(out).await;
-            w.put_buf(out);
-            if !ok {
-                return Err(Fail::before(ErrorKind::ClientClosed, false));
-            }
-        }
+        drop(guard);
+        c.start += self.req.head_len;
+        let _in_flight = ep.begin(Instant::now());
+        self.continue_if_expected(c).await?;
         let sent_at = Instant::now();
         let Some(stream) = c.stream.take() else {
             return Err(Fail::before(ErrorKind::ClientClosed, false));
         };
         let (mut cr, mut cw) = stream.into_split();
-        let (mut ur, mut uw) = up.into_split();
+        let (ustream, count) = up.into_parts();
+        let (mut ur, mut uw) = ustream.into_split();
         let started = Cell::new(false);
         let end = {
             let pump = body::pump(
@@ -332,14 +650,11 @@ impl Exchange<'_> {
             body::duplex(pump, relay, &started, self.timeout).await
         };
         c.stream = cr.reunite(cw).ok();
-        up = match ur.reunite(uw) {
-            Ok(up) => up,
-            Err(_) => return Err(Fail::before(ErrorKind::UpstreamReset, false)),
-        };
+        let up = ur.reunite(uw).ok().map(|s| UpConn::from_parts(s, count));
         let status_sent = started.get().then_some(resp.status);
         match end {
             DuplexEnd::Relayed { relay, pumped } => {
-                let mut r = self.finish(relay, Some(up).filter(|_| pumped), pumped, sent_at, resp);
+                let mut r = self.finish(&ep, relay, up.filter(|_| pumped), pumped, sent_at, resp);
                 if let Ok(done) = &mut r {
                     // The client's body was not read to its end: the connection cannot go on.
                     done.client_keep_alive &= pumped;
@@ -354,36 +669,52 @@ impl Exchange<'_> {
                     PumpError::Stalled => ErrorKind::HeadTimeout,
                     PumpError::UpstreamGone => ErrorKind::UpstreamReset,
                 };
+                if matches!(e, PumpError::UpstreamGone) {
+                    self.book(&ep, Outcome::Reset, Instant::now(), sent_at.elapsed());
+                }
                 Err(Fail {
                     kind,
                     status_sent,
                     body_consumed: false,
                 })
             }
-            DuplexEnd::TimedOut => Err(Fail {
-                kind: ErrorKind::Timeout,
-                status_sent,
-                body_consumed: true,
-            }),
+            DuplexEnd::TimedOut => {
+                self.book(&ep, Outcome::Timeout, Instant::now(), sent_at.elapsed());
+                Err(Fail {
+                    kind: ErrorKind::Timeout,
+                    status_sent,
+                    body_consumed: true,
+                })
+            }
         }
     }
 
-    /// Books the end of an exchange: latency sample, pooling, the result for the caller.
+    /// Books the end of a relayed answer: outcome, latency, pooling, the result for the caller.
     fn finish(
         &self,
+        ep: &Endpoint,
         r: Result<Relayed, RelayError>,
-        up: Option<TcpStream>,
+        up: Option<UpConn>,
         body_consumed: bool,
         sent_at: Instant,
         resp: &ResponseHead,
     ) -> Result<Done, Fail> {
         match r {
             Ok(relayed) => {
-                self.ep.observe(relayed.head_at, relayed.head_at - sent_at);
+                let outcome = if relayed.status >= 500 {
+                    Outcome::Status5xx
+                } else {
+                    Outcome::Success
+                };
+                self.book(
+                    ep,
+                    outcome,
+                    relayed.head_at,
+                    relayed.head_at.saturating_duration_since(sent_at),
+                );
                 if relayed.upstream_reusable {
                     if let Some(up) = up {
-                        self.ep
-                            .checkin(up, Instant::now(), self.cluster.pool_max_idle);
+                        ep.checkin(up, Instant::now(), self.cluster.pool_max_idle);
                     }
                 }
                 Ok(Done {
@@ -391,29 +722,52 @@ impl Exchange<'_> {
                     client_keep_alive: relayed.client_keep_alive,
                 })
             }
-            Err(RelayError::Before { kind, .. }) => Err(Fail::before(kind, body_consumed)),
-            Err(RelayError::After { kind }) => Err(Fail {
-                kind,
-                status_sent: Some(resp.status),
-                body_consumed,
-            }),
+            Err(RelayError::Before { kind, .. }) => {
+                if kind != ErrorKind::ClientClosed {
+                    self.book(ep, outcome_of_kind(kind), Instant::now(), sent_at.elapsed());
+                }
+                Err(Fail::before(kind, body_consumed))
+            }
+            Err(RelayError::After { kind }) => {
+                let outcome = match kind {
+                    ErrorKind::ClientClosed if resp.status >= 500 => Outcome::Status5xx,
+                    ErrorKind::ClientClosed => Outcome::Success,
+                    k => outcome_of_kind(k),
+                };
+                self.book(ep, outcome, Instant::now(), sent_at.elapsed());
+                Err(Fail {
+                    kind,
+                    status_sent: Some(resp.status),
+                    body_consumed,
+                })
+            }
         }
     }
 }
 
-/// The endpoint outcome of an exchange; `None` when the client, not the upstream, ended it.
-fn outcome_of(r: &Result<Done, Fail>) -> Option<Outcome> {
-    match r {
-        Ok(d) if d.status >= 500 => Some(Outcome::Status5xx),
-        Ok(_) => Some(Outcome::Success),
-        Err(f) => match f.kind {
-            ErrorKind::ConnectFailed => Some(Outcome::ConnectFailed),
-            ErrorKind::UpstreamReset => Some(Outcome::Reset),
-            ErrorKind::UpstreamProtocol => Some(Outcome::ProtocolError),
-            ErrorKind::Timeout => Some(Outcome::Timeout),
-            _ if f.status_sent.is_some_and(|s| s >= 500) => Some(Outcome::Status5xx),
-            _ if f.status_sent.is_some() => Some(Outcome::Success),
-            _ => None,
-        },
+/// Ends the budget's count of a retry in flight when dropped.
+struct RetryGuard<'a>(Option<&'a ClusterView>);
+
+impl RetryGuard<'_> {
+    fn release(&mut self) {
+        if let Some(cv) = self.0.take() {
+            cv.state.budget.borrow_mut().retry_done();
+        }
+    }
+}
+
+impl Drop for RetryGuard<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The endpoint outcome of a failure kind.
+fn outcome_of_kind(kind: ErrorKind) -> Outcome {
+    match kind {
+        ErrorKind::ConnectFailed => Outcome::ConnectFailed,
+        ErrorKind::UpstreamProtocol => Outcome::ProtocolError,
+        ErrorKind::Timeout => Outcome::Timeout,
+        _ => Outcome::Reset,
     }
 }

@@ -46,6 +46,8 @@ pub(crate) struct Client {
     canceller: Option<Canceller>,
     /// Requests answered on this connection.
     served: u32,
+    /// The current request's client was already sent `100 Continue`.
+    continued: bool,
 }
 
 impl Client {
@@ -62,6 +64,7 @@ impl Client {
             ip_len,
             canceller: None,
             served: 0,
+            continued: false,
         }
     }
 
@@ -272,6 +275,7 @@ async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client) -> bool {
             break false;
         };
         c.served = c.served.saturating_add(1);
+        c.continued = false;
         if !exchange(w, &view, li, c, req, resp).await || w.draining() {
             break false;
         }
@@ -400,20 +404,15 @@ async fn exchange(
         }
     };
     let stats = &lview.routes[ri][target];
-    let cluster = &view.snapshot.clusters[ci];
-    let cv = &view.clusters[ci];
-    let Some(ep) = cv.pick(w, cluster, started) else {
-        stats.record(ErrorKind::NoEndpoint.status(), started.elapsed());
-        return refuse_counted(w, c, req, lview, ErrorKind::NoEndpoint).await;
-    };
-    let timeout = route.timeout.unwrap_or(defaults::ROUTE_TIMEOUT);
     let exchange = forward::Exchange {
         worker: w,
         req,
-        ep: &ep,
-        cluster,
+        cluster: &view.snapshot.clusters[ci],
+        cv: &view.clusters[ci],
+        retry: route.retry.as_ref(),
+        stats,
         limits: &http.limits,
-        timeout,
+        timeout: route.timeout.unwrap_or(defaults::ROUTE_TIMEOUT),
         started,
     };
     match exchange.run(c, resp).await {

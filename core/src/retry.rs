@@ -1,0 +1,319 @@
+//! Retries: which failures may go again, how long to wait, and the budget that keeps retries
+//! from multiplying load when an upstream is already struggling.
+//!
+//! The budget has both forms from REFERENCE.md: a rate (retries within a 10 s window at most
+//! `ratio` of first tries plus a floor per second, as Linkerd and Finagle do) and a concurrency
+//! cap (retries in flight at most max(3, `ratio` of requests in flight), as Envoy does). Each
+//! worker keeps its own budget per cluster, so the floor applies per worker. Pure code: time
+//! and randomness are passed in.
+
+use std::time::{Duration, Instant};
+
+/// Base of the exponential backoff between tries.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(25);
+/// Cap of the backoff.
+pub const BACKOFF_CAP: Duration = Duration::from_millis(250);
+/// Largest request body kept to be sent again.
+pub const MAX_REPLAY_BODY: usize = 64 * 1024;
+
+/// What makes a try worth repeating.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// The upstream could not be connected to (the request never left).
+    pub connect_failure: bool,
+    /// The connection was reset or closed, or the try timed out, before an answer.
+    pub reset: bool,
+    /// Any 5xx answer.
+    pub status_5xx: bool,
+    /// These statuses.
+    pub statuses: Vec<u16>,
+}
+
+/// A route's retry policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first try.
+    pub attempts: u32,
+    /// Time allowed for each try, to the response head.
+    pub per_try_timeout: Option<Duration>,
+    /// Conditions.
+    pub on: RetryOn,
+    /// Budget: retries as a share of first tries (0.2 = 20%).
+    pub budget_ratio: f64,
+    /// Budget: retries per second always allowed.
+    pub min_per_second: u32,
+}
+
+/// How a try failed, for the retry decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Could not connect: nothing was sent.
+    Connect,
+    /// Reset, closed, or timed out before an answer; the request may have been processed.
+    Reset,
+    /// The upstream answered with this status.
+    Status(u16),
+}
+
+impl RetryPolicy {
+    /// Whether `failure` is one this policy retries, for a request with this idempotency.
+    pub fn covers(&self, failure: Failure, idempotent: bool) -> bool {
+        match failure {
+            Failure::Connect => self.on.connect_failure,
+            // The upstream may have acted on it: only idempotent requests go again.
+            Failure::Reset => idempotent && self.on.reset,
+            Failure::Status(s) => {
+                idempotent && ((self.on.status_5xx && s >= 500) || self.on.statuses.contains(&s))
+            }
+        }
+    }
+}
+
+/// Full jitter: uniform in `[0, min(cap, base * 2^retry))`; `unit` is uniform in `[0, 1)`.
+pub fn backoff(retry: u32, unit: f64) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << retry.min(16))
+        .min(BACKOFF_CAP);
+    ceiling.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// Seconds in the rate window.
+const WINDOW: usize = 10;
+
+/// A retry budget: see the module docs.
+#[derive(Debug, Clone)]
+pub struct RetryBudget {
+    /// Per second of the window: (first tries, retries).
+    slots: [(u32, u32); WINDOW],
+    /// The second `slots[second % WINDOW]` stands for.
+    second: u64,
+    origin: Instant,
+    /// Retries in flight.
+    active: u32,
+}
+
+impl RetryBudget {
+    /// An empty budget.
+    pub fn new(now: Instant) -> Self {
+        RetryBudget {
+            slots: [(0, 0); WINDOW],
+            second: 0,
+            origin: now,
+            active: 0,
+        }
+    }
+
+    fn advance(&mut self, now: Instant) -> usize {
+        let s = now.saturating_duration_since(self.origin).as_secs();
+        if s > self.second {
+            let gap = (s - self.second).min(WINDOW as u64);
+            for k in 1..=gap {
+                self.slots[((self.second + k) % WINDOW as u64) as usize] = (0, 0);
+            }
+            self.second = s;
+        }
+        (self.second % WINDOW as u64) as usize
+    }
+
+    /// Counts a first try.
+    pub fn deposit(&mut self, now: Instant) {
+        let i = self.advance(now);
+        self.slots[i].0 = self.slots[i].0.saturating_add(1);
+    }
+
+    /// Whether a retry may go now, given the requests in flight; counts it if so (call
+    /// [`RetryBudget::retry_done`] when it ends).
+    pub fn withdraw(
+        &mut self,
+        now: Instant,
+        in_flight: u32,
+        ratio: f64,
+        min_per_second: u32,
+    ) -> bool {
+        let i = self.advance(now);
+        let (tries, retries) = self.slots.iter().fold((0u64, 0u64), |(a, b), &(t, r)| {
+            (a + u64::from(t), b + u64::from(r))
+        });
+        let rate_ok =
+            (retries as f64) < ratio * tries as f64 + f64::from(min_per_second) * WINDOW as f64;
+        let concurrency_ok = self.active < 3u32.max((ratio * f64::from(in_flight)) as u32);
+        if rate_ok && concurrency_ok {
+            self.slots[i].1 = self.slots[i].1.saturating_add(1);
+            self.active += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A retry that was allowed has ended.
+    pub fn retry_done(&mut self) {
+        self.active = self.active.saturating_sub(1);
+    }
+
+    /// Retries in flight.
+    pub fn active(&self) -> u32 {
+        self.active
+    }
+}
+
+/// Parses a `grpc-timeout` value (RFC-less gRPC wire format: up to 8 digits and a unit).
+pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let (unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Writes a `grpc-timeout` value for `d` (milliseconds, or seconds past 8 digits of them).
+pub fn write_grpc_timeout(out: &mut Vec<u8>, d: Duration) {
+    let ms = d.as_millis().max(1) as u64;
+    if ms < 100_000_000 {
+        crate::http1::encode::push_u64(out, ms);
+        out.push(b'm');
+    } else {
+        crate::http1::encode::push_u64(out, (d.as_secs()).min(99_999_999));
+        out.push(b'S');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 2,
+            per_try_timeout: None,
+            on: RetryOn {
+                connect_failure: true,
+                reset: true,
+                status_5xx: false,
+                statuses: vec![503],
+            },
+            budget_ratio: 0.2,
+            min_per_second: 10,
+        }
+    }
+
+    #[test]
+    fn conditions_and_idempotency() {
+        let p = policy();
+        assert!(
+            p.covers(Failure::Connect, false),
+            "nothing was sent: any method"
+        );
+        assert!(
+            !p.covers(Failure::Reset, false),
+            "a POST that may have been acted on"
+        );
+        assert!(p.covers(Failure::Reset, true));
+        assert!(p.covers(Failure::Status(503), true));
+        assert!(!p.covers(Failure::Status(500), true));
+        assert!(!p.covers(Failure::Status(503), false));
+        let mut all = p.clone();
+        all.on.status_5xx = true;
+        assert!(all.covers(Failure::Status(500), true));
+        assert!(!all.covers(Failure::Status(404), true));
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_under_the_cap() {
+        assert_eq!(backoff(0, 0.0), Duration::ZERO);
+        assert_eq!(backoff(0, 0.5), Duration::from_micros(12_500));
+        assert_eq!(backoff(1, 0.5), Duration::from_millis(25));
+        assert_eq!(backoff(2, 0.999).as_millis(), 99);
+        assert_eq!(backoff(3, 0.999).as_millis(), 199);
+        assert_eq!(backoff(4, 0.999).as_millis(), 249, "capped at 250 ms");
+        assert_eq!(backoff(30, 0.999).as_millis(), 249);
+    }
+
+    #[test]
+    fn budget_holds_the_rate_with_a_floor() {
+        let t0 = Instant::now();
+        let mut b = RetryBudget::new(t0);
+        // No traffic: the floor (10/s over a 10 s window) allows 100 retries.
+        let allowed = (0..200)
+            .filter(|_| {
+                let ok = b.withdraw(t0, 1000, 0.2, 10);
+                b.retry_done();
+                ok
+            })
+            .count();
+        assert_eq!(allowed, 100);
+        // 10,000 first tries a second for ten seconds: about 20% more.
+        let mut b = RetryBudget::new(t0);
+        let mut retries = 0;
+        for s in 0..10u64 {
+            let now = t0 + Duration::from_secs(s);
+            for _ in 0..10_000 {
+                b.deposit(now);
+                if b.withdraw(now, 1000, 0.2, 10) {
+                    retries += 1;
+                }
+                b.retry_done();
+            }
+        }
+        assert!((20_000..=20_100).contains(&retries), "{retries}");
+        // The window slides: old first tries stop counting.
+        let later = t0 + Duration::from_secs(30);
+        let allowed = (0..500).filter(|_| b.withdraw(later, 1000, 0.2, 0)).count();
+        assert_eq!(
+            allowed, 0,
+            "no first tries in the last 10 s, no floor: nothing"
+        );
+    }
+
+    #[test]
+    fn budget_caps_concurrency() {
+        let t = Instant::now();
+        let mut b = RetryBudget::new(t);
+        for _ in 0..1000 {
+            b.deposit(t);
+        }
+        // 10 in flight: max(3, 2) = 3 retries at once.
+        assert!(b.withdraw(t, 10, 0.2, 10));
+        assert!(b.withdraw(t, 10, 0.2, 10));
+        assert!(b.withdraw(t, 10, 0.2, 10));
+        assert!(!b.withdraw(t, 10, 0.2, 10));
+        b.retry_done();
+        assert!(b.withdraw(t, 10, 0.2, 10));
+        // 100 in flight: 20 at once.
+        let mut b = RetryBudget::new(t);
+        for _ in 0..1000 {
+            b.deposit(t);
+        }
+        assert_eq!((0..50).filter(|_| b.withdraw(t, 100, 0.2, 10)).count(), 20);
+        assert_eq!(b.active(), 20);
+    }
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(
+            parse_grpc_timeout(b"100m"),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(parse_grpc_timeout(b"5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_grpc_timeout(b"250000u"),
+            Some(Duration::from_millis(250))
+        );
+        for bad in [&b""[..], b"m", b"5", b"5x", b"123456789m", b"-5m"] {
+            assert_eq!(parse_grpc_timeout(bad), None);
+        }
+        let mut out = Vec::new();
+        write_grpc_timeout(&mut out, Duration::from_millis(1234));
+        assert_eq!(out, b"1234m");
+    }
+}
