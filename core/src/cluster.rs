@@ -249,3 +249,182 @@ impl ClusterView {
         outlier::may_eject(ejected, self.members.len(), max_percent)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::endpoint::InFlight;
+    use crate::health::HealthCell;
+    use crate::outlier::OutlierConfig;
+    use crate::rng::Rng;
+    use crate::snapshot::{ClusterLimits, EndpointSpec};
+
+    const S: u64 = 1000;
+
+    /// How endpoint `i` behaves at simulated millisecond `t`: (latency ms, failure probability).
+    fn behaviour(i: usize, t: u64) -> (u64, f64) {
+        let outage = (25 * S..30 * S).contains(&t);
+        match i {
+            _ if i < 8 && outage => (2, 1.0),
+            0 => (5, 0.0),
+            // Slow for ten seconds.
+            1 if (10 * S..20 * S).contains(&t) => (100, 0.0),
+            1 => (4, 0.0),
+            // Down for ten seconds, then back.
+            2 if (5 * S..15 * S).contains(&t) => (1, 1.0),
+            2 => (3, 0.0),
+            // Flapping: two seconds down in every four.
+            3 if (t / (2 * S)) % 2 == 1 => (1, 1.0),
+            3 => (3, 0.0),
+            // A fifth of its answers fail.
+            4 => (3, 0.2),
+            5..8 => (2 + i as u64, 0.0),
+            // The second datacenter: further away.
+            _ => (10, 0.0),
+        }
+    }
+
+    /// A seeded simulation of 16 clients against a cluster of eight local endpoints and two in
+    /// a second datacenter, whose endpoints slow down, fail, flap, recover, and (all local
+    /// ones at once) go down. At every pick: no ejected endpoint is chosen, and no endpoint
+    /// that failed its health checks; success stays high; the slow endpoint is avoided; once
+    /// the outage is detected, no request fails.
+    #[test]
+    fn simulated_cluster_under_failures() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let cells: Vec<Arc<HealthCell>> = (0..10).map(|_| Arc::default()).collect();
+        let cluster = Cluster {
+            name: Arc::from("sim"),
+            lb: balance::Lb::P2cEwma,
+            connect_timeout: Duration::from_secs(1),
+            pool_idle_timeout: Duration::from_secs(30),
+            pool_max_idle: 8,
+            limits: ClusterLimits::default(),
+            outlier: Some(OutlierConfig {
+                base_ejection: Duration::from_secs(2),
+                max_ejection: Duration::from_secs(8),
+                ..OutlierConfig::default()
+            }),
+            health_check: None,
+            endpoints: (0..10)
+                .map(|i| EndpointSpec {
+                    addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)),
+                    zone: None,
+                    priority: u32::from(i >= 8),
+                    weight: 1,
+                    health: Some(cells[i].clone()),
+                })
+                .collect(),
+        };
+        let w = Worker::standalone(0);
+        w.seed(7);
+        let view = ClusterView::new(&cluster, Rc::new(ClusterState::new(t0)), |addr| {
+            Rc::new(Endpoint::new(cluster.name.clone(), addr, t0))
+        });
+        let index = |ep: &Rc<Endpoint>| {
+            view.members
+                .iter()
+                .position(|m| Rc::ptr_eq(&m.ep, ep))
+                .unwrap()
+        };
+        let mut rng = Rng::new(11);
+        let mut events: BinaryHeap<Reverse<(u64, usize)>> =
+            (0..16).map(|c| Reverse((0, c))).collect();
+        let mut inflight: Vec<Option<(usize, bool, InFlight)>> = (0..16).map(|_| None).collect();
+        let (mut ok, mut failed) = (0u64, 0u64);
+        let (mut failed_in_onset, mut failed_after_detection) = (0u64, 0u64);
+        let mut slow_hits = [0u64; 2];
+        let mut tick = 0;
+        while let Some(Reverse((t, c))) = events.pop() {
+            if t >= 40 * S {
+                break;
+            }
+            // The sweeper's tick, and health checks that see the outage half a second in.
+            while tick <= t {
+                let down = (25 * S + 500..30 * S + 500).contains(&tick);
+                for cell in &cells[..8] {
+                    cell.set(!down);
+                }
+                w.availability_changed();
+                tick += 200;
+            }
+            let now = at(t);
+            if let Some((i, fail, guard)) = inflight[c].take() {
+                let (latency, _) = behaviour(i, t);
+                let outcome = if fail {
+                    Outcome::Status5xx
+                } else {
+                    Outcome::Success
+                };
+                view.book(
+                    &w,
+                    &cluster,
+                    &view.members[i].ep,
+                    outcome,
+                    now,
+                    Duration::from_millis(latency),
+                );
+                drop(guard);
+                if fail {
+                    failed += 1;
+                    if (25 * S..26 * S).contains(&t) {
+                        failed_in_onset += 1;
+                    }
+                    if (26 * S..30 * S).contains(&t) {
+                        failed_after_detection += 1;
+                    }
+                } else {
+                    ok += 1;
+                }
+            }
+            let ep = view.pick(&w, &cluster, now, None).expect("an endpoint");
+            let i = index(&ep);
+            assert!(
+                ep.outlier_available(now),
+                "t={t}ms: picked ejected endpoint {i}"
+            );
+            assert!(
+                view.members[i].healthy(),
+                "t={t}ms: picked unhealthy endpoint {i}"
+            );
+            if (12 * S..20 * S).contains(&t) && i < 2 {
+                slow_hits[i] += 1;
+            }
+            let (latency, p) = behaviour(i, t);
+            let fail = rng.unit() < p;
+            let guard = ep.begin(now);
+            inflight[c] = Some((i, fail, guard));
+            events.push(Reverse((t + latency, c)));
+        }
+        let total = ok + failed;
+        assert!(total > 50_000, "{total} requests");
+        // Until health checks see the outage, requests to the local datacenter fail; outside
+        // that second, failures are the few that detection costs.
+        let success = 1.0 - (failed - failed_in_onset) as f64 / total as f64;
+        assert!(
+            success > 0.997,
+            "success rate {success:.4} ({failed} of {total} failed)"
+        );
+        assert!(
+            failed_in_onset < 2_000,
+            "{failed_in_onset} failed before detection"
+        );
+        assert_eq!(
+            failed_after_detection, 0,
+            "failed once the outage was detected"
+        );
+        // While slow, endpoint 1 takes a fraction of what the healthy endpoint 0 takes (P2C
+        // still prefers it to the failing endpoints it is paired with, which cost more).
+        let [fast, slow] = slow_hits;
+        assert!(
+            slow * 4 < fast,
+            "slow endpoint: {slow} requests, healthy one: {fast}"
+        );
+    }
+}

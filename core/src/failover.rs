@@ -4,9 +4,9 @@
 //! overprovisioning factor 1.4, capped at 100: a level keeps all its traffic until fewer than
 //! 1/1.4 (about 71%) of its endpoints are healthy, then spills the rest to the next levels in
 //! order. When the levels' health adds up to less than 100, the loads are scaled up to 100 in
-//! proportion. A level under the panic threshold (50% healthy) sends its share to all its
-//! endpoints, healthy or not; when the total falls under it, every level is in panic and load
-//! follows endpoint counts. Pure code: the caller counts healthy endpoints.
+//! proportion. When they add up to less than 100, a level under the panic threshold (50%
+//! healthy) sends its share to all its endpoints, healthy or not; when the total falls under
+//! the threshold, every level is in panic and load follows endpoint counts. Pure code: the caller counts healthy endpoints.
 
 /// Overprovisioning factor, in percent.
 pub const OVERPROVISIONING: u64 = 140;
@@ -89,8 +89,13 @@ pub fn distribute(levels: &[Level]) -> Loads {
     if let Some(first) = health.iter().position(|&h| h > 0) {
         loads.percent[first] += remaining;
     }
-    for (i, l) in levels.iter().enumerate() {
-        loads.panic[i] = l.total > 0 && (l.healthy as u64 * 100) < PANIC_PERCENT * l.total as u64;
+    // While the levels together have enough health, their healthy endpoints carry it all;
+    // short of that, a level under the threshold uses all its endpoints.
+    if normalized < 100 {
+        for (i, l) in levels.iter().enumerate() {
+            loads.panic[i] =
+                l.total > 0 && (l.healthy as u64 * 100) < PANIC_PERCENT * l.total as u64;
+        }
     }
     loads
 }
@@ -138,8 +143,17 @@ mod tests {
         );
         assert_eq!(
             two(4).panic,
-            vec![true, false],
-            "under 50% the level spreads over all its endpoints"
+            vec![false, false],
+            "the remote level has room: healthy endpoints carry it all"
+        );
+        let alone = distribute(&[Level {
+            healthy: 4,
+            total: 10,
+        }]);
+        assert_eq!(
+            (alone.percent, alone.panic),
+            (vec![100], vec![true]),
+            "with nowhere to spill, under 50% the level spreads over all its endpoints"
         );
     }
 

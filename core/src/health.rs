@@ -70,7 +70,8 @@ impl HealthCell {
         )
     }
 
-    fn set(&self, healthy: bool) {
+    /// Publishes a new state (the checker's write).
+    pub fn set(&self, healthy: bool) {
         // Write only on change: the line stays shared in every worker's cache.
         if self.healthy.load(Ordering::Relaxed) != healthy {
             self.healthy.store(healthy, Ordering::Relaxed);

@@ -57,24 +57,34 @@ pub enum Action {
     Split(Split),
 }
 
-/// A weighted split: `targets` hold cluster indexes with cumulative weights.
+/// A weighted split over clusters, picked by smooth weighted round robin (as nginx balances
+/// weighted upstreams): each worker's sequence interleaves the targets evenly and, over any
+/// run of `total` requests, sends each target exactly its weight. A split therefore holds its
+/// weights to within one request per worker, where a random pick would drift by a few percent
+/// over a thousand requests. The running state lives in the worker ([`SplitState`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Split {
+    /// (cluster, weight).
     targets: Vec<(usize, u32)>,
     total: u32,
 }
+
+/// One worker's running state of a [`Split`].
+#[derive(Debug, Clone, Default)]
+pub struct SplitState(Box<[i64]>);
 
 impl Split {
     /// A split from `(cluster, weight)` pairs; zero weights take no traffic. `None` when no
     /// weight is positive.
     pub fn new(weights: &[(usize, u32)]) -> Option<Split> {
         let mut total = 0u32;
-        let mut targets = Vec::with_capacity(weights.len());
-        for &(cluster, w) in weights {
+        for &(_, w) in weights {
             total = total.checked_add(w)?;
-            targets.push((cluster, total));
         }
-        (total > 0).then_some(Split { targets, total })
+        (total > 0).then(|| Split {
+            targets: weights.to_vec(),
+            total,
+        })
     }
 
     /// Sum of the weights.
@@ -82,11 +92,28 @@ impl Split {
         self.total
     }
 
-    /// The position of the target that `r` (uniform in `0..total`) falls on.
+    /// Fresh running state.
+    pub fn state(&self) -> SplitState {
+        SplitState(vec![0; self.targets.len()].into())
+    }
+
+    /// The position of the next target: every target gains its weight, the one furthest ahead
+    /// is picked and falls back by the total.
     #[inline]
-    pub fn pick(&self, r: u32) -> usize {
-        debug_assert!(r < self.total);
-        self.targets.partition_point(|&(_, cum)| cum <= r)
+    pub fn pick(&self, state: &mut SplitState) -> usize {
+        if state.0.len() != self.targets.len() {
+            *state = self.state();
+        }
+        let current = &mut state.0;
+        let mut best = 0;
+        for (i, &(_, w)) in self.targets.iter().enumerate() {
+            current[i] += i64::from(w);
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= i64::from(self.total);
+        best
     }
 
     /// The cluster of the target at `position`.
@@ -497,15 +524,35 @@ mod tests {
     }
 
     #[test]
-    fn split_follows_weights() {
+    fn split_follows_weights_exactly_and_interleaves() {
         let s = Split::new(&[(7, 10), (8, 0), (9, 90)]).unwrap();
         assert_eq!(s.total(), 100);
+        let mut st = s.state();
         let mut hits = [0u32; 3];
-        for r in 0..100 {
-            hits[s.pick(r)] += 1;
+        let mut run = 0;
+        let mut longest = 0;
+        for _ in 0..10_000 {
+            let t = s.pick(&mut st);
+            hits[t] += 1;
+            run = if t == 2 { run + 1 } else { 0 };
+            longest = longest.max(run);
         }
-        assert_eq!(hits, [10, 0, 90]);
-        assert_eq!(s.cluster(s.pick(99)), 9);
+        assert_eq!(hits, [1_000, 0, 9_000]);
+        assert!(
+            longest <= 10,
+            "the small target is spread out: run of {longest}"
+        );
+        assert_eq!(s.cluster(2), 9);
         assert!(Split::new(&[(1, 0)]).is_none());
+        // Any prefix stays within one request of its share per target.
+        let s = Split::new(&[(0, 1), (1, 2), (2, 7)]).unwrap();
+        let mut st = SplitState::default();
+        let mut hits = [0i64; 3];
+        for n in 1..=1_000i64 {
+            hits[s.pick(&mut st)] += 1;
+            for (t, w) in [(0, 1), (1, 2), (2, 7)] {
+                assert!((hits[t] * 10 - n * w).abs() <= 10, "{n}: {hits:?}");
+            }
+        }
     }
 }

@@ -24,6 +24,7 @@ use crate::idle::{self, IdleSet};
 use crate::listener::{self, ListenerTask};
 use crate::metrics::{ListenerStats, RouteStats, WorkerMetrics, WorkerReport};
 use crate::rng::Rng;
+use crate::route::{Action, SplitState};
 use crate::snapshot::{Protocol, Snapshot};
 
 /// A request from the control side to a worker.
@@ -223,6 +224,8 @@ pub(crate) struct ListenerView {
     pub routes: Vec<Vec<Rc<RouteStats>>>,
     /// Requests answered before a route was chosen.
     pub unrouted: Rc<RouteStats>,
+    /// Per route: the running state of its split (empty for a single cluster).
+    pub splits: Vec<RefCell<SplitState>>,
 }
 
 struct Pending {
@@ -315,6 +318,12 @@ impl Worker {
 
     /// The worker's RNG, for a synchronous call.
     #[inline]
+    /// Seeds the worker's generator, for reproducible simulations.
+    #[cfg(test)]
+    pub(crate) fn seed(&self, seed: u64) {
+        *self.rng.borrow_mut() = Rng::new(seed);
+    }
+
     pub(crate) fn with_rng<T>(&self, f: impl FnOnce(&mut Rng) -> T) -> T {
         f(&mut self.rng.borrow_mut())
     }
@@ -398,9 +407,24 @@ impl Worker {
                         )]]
                     }
                 };
+                let splits = match &l.protocol {
+                    Protocol::Http(h) => h
+                        .routes
+                        .routes()
+                        .iter()
+                        .map(|r| {
+                            RefCell::new(match &r.action {
+                                Action::Split(s) => s.state(),
+                                Action::Cluster(_) => SplitState::default(),
+                            })
+                        })
+                        .collect(),
+                    Protocol::Tcp { .. } => Vec::new(),
+                };
                 ListenerView {
                     stats: self.metrics.listener(&l.name),
                     routes,
+                    splits,
                     unrouted: self.metrics.route(&l.name, &unrouted, &unrouted),
                 }
             })

@@ -399,7 +399,7 @@ async fn exchange(
     let (target, ci) = match &route.action {
         Action::Cluster(ci) => (0, *ci),
         Action::Split(s) => {
-            let t = s.pick(w.random_below(s.total()));
+            let t = s.pick(&mut lview.splits[ri].borrow_mut());
             (t, s.cluster(t))
         }
     };
