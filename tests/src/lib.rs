@@ -6,11 +6,12 @@
 //! binds 127.0.0.1:0.
 #![allow(clippy::disallowed_types)]
 
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -620,4 +621,269 @@ pub fn raw_requests() -> (Upstream, mpsc::Receiver<TcpStream>) {
         let _ = tx.lock().expect("lock").send(s);
     });
     (up, rx)
+}
+
+/// Writes `text` to a new config file for test `name` and returns its path.
+pub fn temp_config(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringmesh-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let p = dir.join("config.yaml");
+    write_atomically(&p, text);
+    p
+}
+
+/// Replaces a file's contents in one step (as config management tools do).
+pub fn write_atomically(p: &std::path::Path, text: &str) {
+    let tmp = p.with_extension("tmp");
+    std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .expect("write temp file");
+    std::fs::rename(&tmp, p).expect("rename");
+}
+
+/// A proxy in-process on a config file (watched every 50 ms), with `workers` workers.
+pub fn file_proxy(path: &std::path::Path, workers: usize) -> Proxy {
+    Proxy::start(ProxyOptions {
+        source: ConfigSource::File(path.to_path_buf()),
+        workers: Some(workers),
+        admin: Some("127.0.0.1:0".parse().expect("addr")),
+        watch_interval: Duration::from_millis(50),
+        ..ProxyOptions::default()
+    })
+    .expect("proxy starts")
+}
+
+/// What a [`Backend`] does with what it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// Answers 200 (health checks too).
+    Up = 0,
+    /// Answers 503 (health checks too).
+    Fail = 1,
+    /// Closes the connection without answering.
+    Reset = 2,
+    /// Not listening: connections are refused, open ones are closed.
+    Down = 3,
+}
+
+struct BackendState {
+    tag: String,
+    mode: AtomicU8,
+    delay_ms: AtomicU64,
+    hits: AtomicUsize,
+    checks: AtomicUsize,
+    stop: AtomicBool,
+    conns: Mutex<Vec<TcpStream>>,
+    requests: Mutex<Vec<Req>>,
+}
+
+/// An HTTP/1.1 upstream whose behaviour the test switches while it runs: up, failing,
+/// resetting, down (refusing connections) or slow. It answers `GET /healthz` as its mode says,
+/// and everything else with its tag as the body (and in `x-backend`).
+pub struct Backend {
+    /// Where it listens (the same address across downs and ups).
+    pub addr: SocketAddr,
+    state: Arc<BackendState>,
+}
+
+impl Backend {
+    /// A backend that is up, answering with `tag`.
+    pub fn start(tag: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(BackendState {
+            tag: tag.to_string(),
+            mode: AtomicU8::new(Mode::Up as u8),
+            delay_ms: AtomicU64::new(0),
+            hits: AtomicUsize::new(0),
+            checks: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            conns: Mutex::default(),
+            requests: Mutex::default(),
+        });
+        let st = state.clone();
+        std::thread::spawn(move || accept_loop(addr, Some(listener), &st));
+        Backend { addr, state }
+    }
+
+    /// Switches the behaviour; `Down` also closes open connections.
+    pub fn set(&self, mode: Mode) {
+        self.state.mode.store(mode as u8, Ordering::SeqCst);
+        if mode == Mode::Down {
+            for c in self.state.conns.lock().expect("lock").drain(..) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    /// Delays every answer (not health checks) by `d`.
+    pub fn delay(&self, d: Duration) {
+        self.state
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Requests received, health checks excepted.
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Health checks received.
+    pub fn checks(&self) -> usize {
+        self.state.checks.load(Ordering::SeqCst)
+    }
+
+    /// Requests received, health checks excepted.
+    pub fn requests(&self) -> Vec<Req> {
+        self.state.requests.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        self.set(Mode::Down);
+    }
+}
+
+fn mode_of(state: &BackendState) -> Mode {
+    match state.mode.load(Ordering::SeqCst) {
+        0 => Mode::Up,
+        1 => Mode::Fail,
+        2 => Mode::Reset,
+        _ => Mode::Down,
+    }
+}
+
+fn accept_loop(addr: SocketAddr, mut listener: Option<TcpListener>, state: &Arc<BackendState>) {
+    while !state.stop.load(Ordering::SeqCst) {
+        if mode_of(state) == Mode::Down {
+            // Closing the socket makes connects fail with "connection refused".
+            listener = None;
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        let Some(l) = &listener else {
+            listener = TcpListener::bind(addr).ok();
+            if let Some(l) = &listener {
+                let _ = l.set_nonblocking(true);
+            } else {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            continue;
+        };
+        let _ = l.set_nonblocking(true);
+        match l.accept() {
+            Ok((conn, _)) => {
+                let _ = conn.set_nonblocking(false);
+                if let Ok(c) = conn.try_clone() {
+                    state.conns.lock().expect("lock").push(c);
+                }
+                let st = state.clone();
+                std::thread::spawn(move || serve_backend(conn, &st));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+fn serve_backend(conn: TcpStream, state: &BackendState) {
+    let Ok(read_half) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut conn = conn;
+    while let Ok(Some(req)) = read_request(&mut reader) {
+        let check = req.path == "/healthz";
+        if check {
+            state.checks.fetch_add(1, Ordering::SeqCst);
+        } else {
+            state.hits.fetch_add(1, Ordering::SeqCst);
+            state.requests.lock().expect("lock").push(req.clone());
+            let delay = state.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                std::thread::sleep(Duration::from_millis(delay));
+            }
+        }
+        let status = match mode_of(state) {
+            Mode::Up => 200,
+            Mode::Fail => 503,
+            Mode::Reset | Mode::Down => break,
+        };
+        let resp = Resp::new(status, state.tag.clone()).header("x-backend", &state.tag);
+        if conn.write_all(&resp.to_bytes()).is_err() {
+            break;
+        }
+    }
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+}
+
+/// Clients sending `GET path` in a loop, each on its own keep-alive connection, counting
+/// answers by status and by body, until stopped.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    counts: Arc<Mutex<HashMap<(u16, String), u64>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `clients` clients against `addr`.
+    pub fn start(addr: SocketAddr, clients: usize, path: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts: Arc<Mutex<HashMap<(u16, String), u64>>> = Arc::default();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: load\r\n\r\n");
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, counts, request) = (stop.clone(), counts.clone(), request.clone());
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    while !stop.load(Ordering::Relaxed) {
+                        c.send(request.as_bytes());
+                        let key = match c.try_response(false) {
+                            Ok(r) => (r.status, r.text()),
+                            Err(_) => {
+                                c = Client::connect(addr);
+                                (0, String::new())
+                            }
+                        };
+                        *counts.lock().expect("lock").entry(key).or_default() += 1;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            counts,
+            threads,
+        }
+    }
+
+    /// Answers so far, by (status, body); status 0 counts broken connections. Resets them.
+    pub fn take(&self) -> HashMap<(u16, String), u64> {
+        std::mem::take(&mut *self.counts.lock().expect("lock"))
+    }
+
+    /// Stops the clients and returns the answers not yet taken.
+    pub fn stop(mut self) -> HashMap<(u16, String), u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.take()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// How many answers in `counts` had this status and body.
+pub fn count_of(counts: &HashMap<(u16, String), u64>, status: u16, body: &str) -> u64 {
+    counts
+        .get(&(status, body.to_string()))
+        .copied()
+        .unwrap_or(0)
 }

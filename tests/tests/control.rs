@@ -1,7 +1,6 @@
 //! The control side over real sockets: admin API, metrics, hot reload (file change, explicit,
 //! under load), refusal of bad configs, endpoint state surviving reloads, and drain.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,34 +18,6 @@ fn route_config(body_cluster: &str, ups: &[(&str, SocketAddr)]) -> String {
         ));
     }
     y
-}
-
-fn file_proxy(path: &std::path::Path) -> Proxy {
-    Proxy::start(ProxyOptions {
-        source: ConfigSource::File(path.to_path_buf()),
-        workers: Some(2),
-        admin: Some("127.0.0.1:0".parse().unwrap()),
-        watch_interval: Duration::from_millis(50),
-        ..ProxyOptions::default()
-    })
-    .expect("start")
-}
-
-fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringmesh-test-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("config.yaml");
-    write_atomically(&p, text);
-    p
-}
-
-fn write_atomically(p: &std::path::Path, text: &str) {
-    let tmp = p.with_extension("tmp");
-    std::fs::File::create(&tmp)
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    std::fs::rename(&tmp, p).unwrap();
 }
 
 fn admin_get(addr: SocketAddr, path: &str) -> Response {
@@ -171,8 +142,8 @@ fn file_changes_reload_and_bad_files_are_refused() {
     let a = Upstream::fixed("a");
     let b = Upstream::fixed("b");
     let ups = [("a", a.addr), ("b", b.addr)];
-    let path = temp_file("reload", &route_config("a", &ups));
-    let p = file_proxy(&path);
+    let path = temp_config("reload", &route_config("a", &ups));
+    let p = file_proxy(&path, 2);
     let edge = p.listener_addr("edge").unwrap();
     let mut c = Client::connect(edge);
     assert_eq!(c.get("/").text(), "a");
@@ -218,8 +189,8 @@ fn reload_adds_and_removes_listeners() {
         up.addr
     );
     let two = one.replace("listeners:\n", "listeners:\n  - { name: l2, bind: 127.0.0.1:0, routes: [ { match: { path_prefix: / }, cluster: c } ] }\n");
-    let path = temp_file("listeners", &one);
-    let p = file_proxy(&path);
+    let path = temp_config("listeners", &one);
+    let p = file_proxy(&path, 2);
     let l1 = p.listener_addr("l1").unwrap();
     write_atomically(&path, &two);
     p.reload().unwrap();
@@ -244,8 +215,8 @@ fn a_listener_that_cannot_bind_refuses_the_whole_config() {
         "listeners:\n  - {{ name: l1, bind: 127.0.0.1:0, routes: [ {{ match: {{ path_prefix: / }}, cluster: c }} ] }}\nclusters: [ {{ name: c, endpoints: [ {{ addr: {} }} ] }} ]\n",
         up.addr
     );
-    let path = temp_file("bindfail", &good);
-    let p = file_proxy(&path);
+    let path = temp_config("bindfail", &good);
+    let p = file_proxy(&path, 2);
     let bad = good.replace("listeners:\n", &format!("listeners:\n  - {{ name: l2, bind: {}, routes: [ {{ match: {{ path_prefix: / }}, cluster: c }} ] }}\n", taken.local_addr().unwrap()));
     write_atomically(&path, &bad);
     let errs = p.reload().unwrap_err();
@@ -268,8 +239,8 @@ fn pooled_connections_survive_reloads() {
     let up = Upstream::fixed("ok");
     let other = Upstream::fixed("other");
     let ups = [("a", up.addr), ("b", other.addr)];
-    let path = temp_file("pool", &route_config("a", &ups));
-    let p = file_proxy(&path);
+    let path = temp_config("pool", &route_config("a", &ups));
+    let p = file_proxy(&path, 2);
     let mut c = Client::connect(p.listener_addr("edge").unwrap());
     c.get("/");
     for i in 0..5 {
@@ -290,8 +261,8 @@ fn reloads_under_load_fail_no_request() {
     let a = Upstream::fixed("a");
     let b = Upstream::fixed("b");
     let ups = [("a", a.addr), ("b", b.addr)];
-    let path = temp_file("load", &route_config("a", &ups));
-    let p = file_proxy(&path);
+    let path = temp_config("load", &route_config("a", &ups));
+    let p = file_proxy(&path, 2);
     let edge = p.listener_addr("edge").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));

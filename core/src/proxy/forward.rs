@@ -255,9 +255,15 @@ impl Exchange<'_> {
         ep: &Endpoint,
         fresh: bool,
         deadline: Instant,
+        must_be_alive: bool,
     ) -> Result<(UpConn, bool), TryEnd> {
         if !fresh {
-            if let Some(s) = ep.checkout(self.started, self.cluster.pool_idle_timeout) {
+            while let Some(s) = ep.checkout(self.started, self.cluster.pool_idle_timeout) {
+                // A request that cannot be sent twice goes only on a connection seen alive: one
+                // non-blocking peek, spent only on such requests.
+                if must_be_alive && crate::sys::idle_connection_is_dead(s.stream.as_raw_fd()) {
+                    continue;
+                }
                 return Ok((s, true));
             }
         }
@@ -311,7 +317,8 @@ impl Exchange<'_> {
         until: Until,
         deadline: Instant,
     ) -> (TryEnd, Vec<u8>) {
-        let (mut up, reused) = match self.connection(ep, fresh, deadline).await {
+        let alive = !self.idempotent();
+        let (mut up, reused) = match self.connection(ep, fresh, deadline, alive).await {
             Ok(x) => x,
             Err(end) => return (end, out),
         };
@@ -348,7 +355,9 @@ impl Exchange<'_> {
                 ..
             }) => TryEnd::ClientGone,
             Err(RelayError::Before { kind, retryable }) => {
-                let stale = retryable && reused;
+                // No byte back on a reused connection: the upstream had most likely closed it
+                // before the request came. Only a request that is safe to repeat is sent again.
+                let stale = retryable && reused && self.idempotent();
                 let failure = match kind {
                     ErrorKind::UpstreamReset | ErrorKind::Timeout => Some(Failure::Reset),
                     _ => None,
@@ -423,6 +432,7 @@ impl Exchange<'_> {
                     let status = resp.status;
                     let rtt = head.at.saturating_duration_since(sent_at);
                     if status >= 500
+                        && time_for_another(head.at, deadline, rtt)
                         && self.should_retry(Failure::Status(status), retries, &mut retry_guard)
                     {
                         self.book(&ep, Outcome::Status5xx, head.at, rtt);
@@ -463,14 +473,13 @@ impl Exchange<'_> {
                     ..
                 } => {
                     let now = Instant::now();
-                    self.book(
-                        &ep,
-                        outcome_of_kind(kind),
-                        now,
-                        now.saturating_duration_since(sent_at),
-                    );
+                    let took = now.saturating_duration_since(sent_at);
+                    self.book(&ep, outcome_of_kind(kind), now, took);
                     match failure {
-                        Some(f) if self.should_retry(f, retries, &mut retry_guard) => {
+                        Some(f)
+                            if time_for_another(now, deadline, took)
+                                && self.should_retry(f, retries, &mut retry_guard) =>
+                        {
                             retries += 1;
                             self.backoff_and_count(retries).await;
                             avoid = Some(ep.clone());
@@ -564,7 +573,7 @@ impl Exchange<'_> {
             let Some(ep) = self.cv.pick(w, self.cluster, now, avoid.as_ref()) else {
                 return Err(Fail::before(ErrorKind::NoEndpoint, false));
             };
-            let (mut up, reused) = match self.connection(&ep, fresh, deadline).await {
+            let (mut up, reused) = match self.connection(&ep, fresh, deadline, true).await {
                 Ok(x) => x,
                 Err(TryEnd::Overflow(limit)) => {
                     self.cv.state.overflowed(limit);
@@ -592,11 +601,6 @@ impl Exchange<'_> {
                 }
                 Err(_) => return Err(Fail::before(ErrorKind::ConnectFailed, false)),
             };
-            // The body cannot be replayed once read from the client, so a pooled connection
-            // must be alive before anything is sent on it.
-            if reused && crate::sys::idle_connection_is_dead(up.stream.as_raw_fd()) {
-                continue;
-            }
             let mut out = w.bufs.get();
             // The answer's timeout runs from the end of a streamed body: only a deadline the
             // caller set is passed on.
@@ -760,6 +764,12 @@ impl Drop for RetryGuard<'_> {
     fn drop(&mut self) {
         self.release();
     }
+}
+
+/// Whether another try could finish before the deadline, judging by the one that just
+/// ended: when less time is left than it took, the answer in hand is passed on instead.
+fn time_for_another(now: Instant, deadline: Instant, took: Duration) -> bool {
+    deadline.saturating_duration_since(now) > took.max(Duration::from_millis(1))
 }
 
 /// The endpoint outcome of a failure kind.
