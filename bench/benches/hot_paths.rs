@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use ringmesh_bench::{REQUEST, big_config, loads, route_table};
+use ringmesh_bench::{REQUEST, big_config, cluster_view, loads, route_table};
 use ringmesh_core::balance::{BalanceState, Lb, pick};
 use ringmesh_core::http1::encode::{self, Forwarded};
 use ringmesh_core::http1::{RequestHead, ResponseHead};
@@ -110,6 +110,33 @@ fn balancing(c: &mut Criterion) {
     g.finish();
 }
 
+/// The whole pick as a request makes it: failover split across levels, availability (health,
+/// outlier), the policy over real endpoint state.
+fn cluster_pick(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pick in a cluster");
+    let w = ringmesh_core::worker::Worker::standalone(0);
+    for n in [8usize, 64, 1024] {
+        for (lb, weighted, levels) in [
+            (Lb::P2cEwma, false, 1),
+            (Lb::P2cEwma, false, 2),
+            (Lb::RoundRobin, true, 1),
+            (Lb::Random, true, 1),
+        ] {
+            let (cluster, view) = cluster_view(n, levels, lb, weighted);
+            let now = Instant::now();
+            let name = format!(
+                "{lb:?}{}{}",
+                if weighted { " weighted" } else { "" },
+                if levels > 1 { ", 2 levels" } else { "" }
+            );
+            g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| view.pick(&w, black_box(&cluster), now, None))
+            });
+        }
+    }
+    g.finish();
+}
+
 fn config(c: &mut Criterion) {
     let yaml = big_config(10_000);
     let mut g = c.benchmark_group("10,000-endpoint config");
@@ -142,5 +169,5 @@ fn config(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, routing, balancing, config);
+criterion_group!(benches, parse, routing, balancing, cluster_pick, config);
 criterion_main!(benches);

@@ -115,3 +115,55 @@ pub fn loads(n: usize, weighted: bool) -> Vec<Load> {
         })
         .collect()
 }
+
+/// A cluster of `n` endpoints as the proxy builds it (real endpoint state, a latency sample
+/// each, health cells, outlier detection on), in `levels` priority levels, with `lb`.
+pub fn cluster_view(
+    n: usize,
+    levels: usize,
+    lb: ringmesh_core::balance::Lb,
+    weighted: bool,
+) -> (
+    ringmesh_core::snapshot::Cluster,
+    ringmesh_core::cluster::ClusterView,
+) {
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use ringmesh_core::cluster::{ClusterState, ClusterView};
+    use ringmesh_core::endpoint::Endpoint;
+    use ringmesh_core::snapshot::{Cluster, EndpointSpec};
+
+    let now = Instant::now();
+    let cluster = Cluster {
+        name: Arc::from("bench"),
+        lb,
+        connect_timeout: Duration::from_secs(1),
+        pool_idle_timeout: Duration::from_secs(30),
+        pool_max_idle: 256,
+        limits: Default::default(),
+        outlier: Some(Default::default()),
+        health_check: None,
+        endpoints: (0..n)
+            .map(|i| EndpointSpec {
+                addr: std::net::SocketAddr::from((
+                    [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+                    80,
+                )),
+                zone: None,
+                priority: (i * levels / n) as u32,
+                weight: if weighted { 1 + (i % 3) as u32 } else { 1 },
+                health: Some(Arc::default()),
+            })
+            .collect(),
+    };
+    let view = ClusterView::new(&cluster, Rc::new(ClusterState::new(now)), |addr| {
+        let ep = Rc::new(Endpoint::new(cluster.name.clone(), addr, now));
+        ep.observe(
+            now,
+            Duration::from_micros(200 + u64::from(addr.ip().to_string().len() as u32) * 37),
+        );
+        ep
+    });
+    (cluster, view)
+}

@@ -89,7 +89,7 @@ impl Drop for Active {
 }
 
 /// A cluster in one view: see the module docs.
-pub(crate) struct ClusterView {
+pub struct ClusterView {
     /// Counters that outlive the view.
     pub state: Rc<ClusterState>,
     /// Endpoints, sorted by priority level.

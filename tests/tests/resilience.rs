@@ -96,6 +96,24 @@ fn p2c_ewma_avoids_a_slow_endpoint_and_gives_its_share_back_when_it_recovers() {
 }
 
 #[test]
+fn an_endpoint_that_fails_fast_loses_traffic_instead_of_winning_it() {
+    let ok = Backend::start("ok");
+    ok.delay(Duration::from_millis(5));
+    let failing = Backend::start("failing");
+    failing.set(Mode::Fail);
+    let cluster = ", lb: p2c-ewma, outlier: off";
+    let p = TestProxy::start(&config("", cluster, &[ep(&ok), ep(&failing)]), 1);
+    let load = Load::start(p.edge(), 4, "/");
+    std::thread::sleep(Duration::from_millis(500));
+    load.take();
+    std::thread::sleep(Duration::from_secs(2));
+    let c = load.stop();
+    let failed = count_of(&c, 503, "failing") as f64 / c.values().sum::<u64>() as f64;
+    println!("an endpoint failing in microseconds next to one answering in 5 ms took {failed:.4}");
+    assert!(failed < 0.05, "{c:?}");
+}
+
+#[test]
 fn a_dead_datacenter_takes_no_request_once_detected_and_traffic_returns_with_it() {
     let a1 = Backend::start("dc1");
     let a2 = Backend::start("dc1");
