@@ -517,28 +517,24 @@ pub fn render(out: &mut String, m: &Merged) {
         route_labels(out, r);
         let _ = writeln!(out, "}} {}", h.len());
     }
-    header(
+    family(
         out,
         "ringmesh_connections_active",
         "gauge",
         "Open client connections.",
+        &m.listeners,
+        listener_label,
+        |x| x.active,
     );
-    for l in &m.listeners {
-        out.push_str("ringmesh_connections_active{listener=\"");
-        escape_label(out, &l.name);
-        let _ = writeln!(out, "\"}} {}", l.active);
-    }
-    header(
+    family(
         out,
         "ringmesh_connections_total",
         "counter",
         "Accepted client connections.",
+        &m.listeners,
+        listener_label,
+        |x| x.accepted,
     );
-    for l in &m.listeners {
-        out.push_str("ringmesh_connections_total{listener=\"");
-        escape_label(out, &l.name);
-        let _ = writeln!(out, "\"}} {}", l.accepted);
-    }
     header(
         out,
         "ringmesh_local_replies_total",
@@ -574,50 +570,42 @@ pub fn render(out: &mut String, m: &Merged) {
             );
         }
     }
-    header(
+    family(
         out,
         "ringmesh_endpoint_ewma_seconds",
         "gauge",
         "Peak-EWMA latency estimate, averaged over workers.",
+        &m.endpoints,
+        endpoint_labels,
+        |x| x.ewma_seconds,
     );
-    for e in &m.endpoints {
-        out.push_str("ringmesh_endpoint_ewma_seconds{");
-        endpoint_labels(out, e);
-        let _ = writeln!(out, "}} {}", e.ewma_seconds);
-    }
-    header(
+    family(
         out,
         "ringmesh_endpoint_ejected",
         "gauge",
         "1 while the endpoint is ejected by outlier detection (in any worker: each decides alone).",
+        &m.endpoints,
+        endpoint_labels,
+        |x| u8::from(x.ejected > 0),
     );
-    for e in &m.endpoints {
-        out.push_str("ringmesh_endpoint_ejected{");
-        endpoint_labels(out, e);
-        let _ = writeln!(out, "}} {}", u8::from(e.ejected > 0));
-    }
-    header(
+    family(
         out,
         "ringmesh_outlier_ejections_total",
         "counter",
         "Ejections by outlier detection, summed over workers.",
+        &m.endpoints,
+        endpoint_labels,
+        |x| x.ejections,
     );
-    for e in &m.endpoints {
-        out.push_str("ringmesh_outlier_ejections_total{");
-        endpoint_labels(out, e);
-        let _ = writeln!(out, "}} {}", e.ejections);
-    }
-    header(
+    family(
         out,
         "ringmesh_endpoint_healthy",
         "gauge",
         "1 while the endpoint passes its active health checks (or has none).",
+        &m.endpoints,
+        endpoint_labels,
+        |x| u8::from(x.healthy),
     );
-    for e in &m.endpoints {
-        out.push_str("ringmesh_endpoint_healthy{");
-        endpoint_labels(out, e);
-        let _ = writeln!(out, "}} {}", u8::from(e.healthy));
-    }
     header(
         out,
         "ringmesh_health_checks_total",
@@ -657,17 +645,15 @@ pub fn render(out: &mut String, m: &Merged) {
         escape_label(out, cluster);
         let _ = writeln!(out, "\"}} {n}");
     }
-    header(
+    family(
         out,
         "ringmesh_retry_budget_exhausted_total",
         "counter",
         "Retries the budget refused, by cluster.",
+        &m.clusters,
+        cluster_label,
+        |x| x.budget_refused,
     );
-    for c in &m.clusters {
-        out.push_str("ringmesh_retry_budget_exhausted_total{cluster=\"");
-        escape_label(out, &c.name);
-        let _ = writeln!(out, "\"}} {}", c.budget_refused);
-    }
     header(
         out,
         "ringmesh_overflow_total",
@@ -686,50 +672,42 @@ pub fn render(out: &mut String, m: &Merged) {
             );
         }
     }
-    header(
+    family(
         out,
         "ringmesh_cluster_requests_active",
         "gauge",
         "Requests in flight to the cluster.",
+        &m.clusters,
+        cluster_label,
+        |x| x.active,
     );
-    for c in &m.clusters {
-        out.push_str("ringmesh_cluster_requests_active{cluster=\"");
-        escape_label(out, &c.name);
-        let _ = writeln!(out, "\"}} {}", c.active);
-    }
-    header(
+    family(
         out,
         "ringmesh_cluster_connections",
         "gauge",
         "Open upstream connections of the cluster.",
+        &m.clusters,
+        cluster_label,
+        |x| x.connections,
     );
-    for c in &m.clusters {
-        out.push_str("ringmesh_cluster_connections{cluster=\"");
-        escape_label(out, &c.name);
-        let _ = writeln!(out, "\"}} {}", c.connections);
-    }
-    header(
+    family(
         out,
         "ringmesh_endpoint_in_flight",
         "gauge",
         "Requests in flight to the endpoint.",
+        &m.endpoints,
+        endpoint_labels,
+        |x| x.in_flight,
     );
-    for e in &m.endpoints {
-        out.push_str("ringmesh_endpoint_in_flight{");
-        endpoint_labels(out, e);
-        let _ = writeln!(out, "}} {}", e.in_flight);
-    }
-    header(
+    family(
         out,
         "ringmesh_upstream_pool_idle",
         "gauge",
         "Idle pooled connections to the endpoint.",
+        &m.endpoints,
+        endpoint_labels,
+        |x| x.pooled,
     );
-    for e in &m.endpoints {
-        out.push_str("ringmesh_upstream_pool_idle{");
-        endpoint_labels(out, e);
-        let _ = writeln!(out, "}} {}", e.pooled);
-    }
 }
 
 fn route_labels(out: &mut String, r: &RouteReport) {
@@ -739,6 +717,37 @@ fn route_labels(out: &mut String, r: &RouteReport) {
     escape_label(out, &r.route);
     out.push_str("\",cluster=\"");
     escape_label(out, &r.cluster);
+    out.push('"');
+}
+
+/// A family with one series per item: `name{labels} value`.
+fn family<T, V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    items: &[T],
+    labels: fn(&mut String, &T),
+    value: impl Fn(&T) -> V,
+) {
+    header(out, name, kind, help);
+    for item in items {
+        out.push_str(name);
+        out.push('{');
+        labels(out, item);
+        let _ = writeln!(out, "}} {}", value(item));
+    }
+}
+
+fn listener_label(out: &mut String, l: &ListenerReport) {
+    out.push_str("listener=\"");
+    escape_label(out, &l.name);
+    out.push('"');
+}
+
+fn cluster_label(out: &mut String, c: &ClusterReport) {
+    out.push_str("cluster=\"");
+    escape_label(out, &c.name);
     out.push('"');
 }
 

@@ -100,7 +100,8 @@ impl Exchange<'_> {
         let state = &self.cv.state;
         if state.active.get() >= self.cluster.limits.max_requests {
             state.overflowed(Limit::Requests);
-            return Err(Fail::before(ErrorKind::Overflow, false));
+            let skipped = c.skip_request(self.req);
+            return Err(Fail::before(ErrorKind::Overflow, skipped));
         }
         let _active = Active::new(state);
         state.budget.borrow_mut().deposit(self.started);

@@ -68,6 +68,19 @@ impl Client {
         }
     }
 
+    /// Consumes a request that is refused unsent, when its body is already here, so that the
+    /// connection can go on. False when the body is not all here: it would have to be read and
+    /// thrown away, so the connection closes instead.
+    fn skip_request(&mut self, req: &RequestHead) -> bool {
+        let body = match req.framing {
+            Framing::None => 0,
+            Framing::Length(n) if (self.data().len() - req.head_len) as u64 >= n => n as usize,
+            _ => return false,
+        };
+        self.start += req.head_len + body;
+        true
+    }
+
     /// Unconsumed bytes.
     #[inline]
     fn data(&self) -> &[u8] {
@@ -458,17 +471,7 @@ async fn refuse_counted(
     kind: ErrorKind,
 ) -> bool {
     lview.stats.local_reply(kind);
-    // A body that is already here is skipped so the connection can go on; one that is not
-    // would have to be read and thrown away, so the connection closes instead.
-    let body_here = match req.framing {
-        Framing::None => Some(0),
-        Framing::Length(n) if (c.data().len() - req.head_len) as u64 >= n => Some(n as usize),
-        _ => None,
-    };
-    let close = body_here.is_none() || kind.closes_connection() || !req.keep_alive;
-    if let Some(n) = body_here {
-        c.start += req.head_len + n;
-    }
+    let close = !c.skip_request(req) || kind.closes_connection() || !req.keep_alive;
     let head_request = req.method == crate::http1::Method::Head;
     local_reply(w, c, kind, head_request, close).await && !close
 }
