@@ -539,6 +539,25 @@ fn a_try_that_takes_too_long_is_cut_and_retried() {
 }
 
 #[test]
+fn the_route_timeout_bounds_all_tries_together() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    a.delay(Duration::from_secs(1));
+    b.delay(Duration::from_secs(1));
+    let route = ", timeout: 300ms, retry: { attempts: 3, per_try_timeout: 200ms, on: [reset] }";
+    let p = round_robin(route, &[&a, &b]);
+    let mut c = Client::connect(p.edge());
+    let r = c.get("/");
+    assert_eq!(
+        (r.status, r.header("ringmesh-error")),
+        (504, Some("timeout"))
+    );
+    // The first try is cut at 200 ms; the second gets the 100 ms left, not 200 ms; there is
+    // no time for a third.
+    assert_eq!(a.hits() + b.hits(), 2);
+}
+
+#[test]
 fn the_remaining_time_is_forwarded_and_an_incoming_deadline_is_honoured() {
     let up = Backend::start("up");
     let route = ", timeout: 5s";

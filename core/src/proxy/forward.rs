@@ -476,9 +476,16 @@ impl Exchange<'_> {
                     let now = Instant::now();
                     let took = now.saturating_duration_since(sent_at);
                     self.book(&ep, outcome_of_kind(kind), now, took);
+                    // A try cut by its timeout says the endpoint was slow, not how long the
+                    // next one will take: only the next endpoint's usual latency counts then.
+                    let judge = if kind == ErrorKind::Timeout {
+                        Duration::ZERO
+                    } else {
+                        took
+                    };
                     match failure {
                         Some(f)
-                            if time_for_another(now, deadline, took)
+                            if time_for_another(now, deadline, judge)
                                 && self.should_retry(f, retries, &mut retry_guard) =>
                         {
                             retries += 1;
