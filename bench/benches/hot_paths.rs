@@ -25,11 +25,23 @@ fn parse(c: &mut Criterion) {
     });
     head.parse(REQUEST, 64 * 1024).unwrap();
     let mut out = Vec::with_capacity(4096);
+    let mut rng = ringmesh_core::rng::Rng::new(1);
+    let trace = ringmesh_core::trace::Trace::continue_or_start(None, None, &mut rng);
+    c.bench_function("start a trace (ids for a new trace)", |b| {
+        b.iter(|| ringmesh_core::trace::Trace::continue_or_start(black_box(None), None, &mut rng))
+    });
+    let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    c.bench_function("continue a trace (parse traceparent, new span)", |b| {
+        b.iter(|| {
+            ringmesh_core::trace::Trace::continue_or_start(black_box(Some(&tp[..])), None, &mut rng)
+        })
+    });
     let fwd = Forwarded {
         client_ip: b"10.9.8.7",
         proto: b"http",
         fallback_host: b"10.0.0.1:80",
         deadline: None,
+        trace: Some(&trace),
     };
     c.bench_function("write upstream request head", |b| {
         b.iter(|| {

@@ -7,6 +7,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,6 +18,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 use ringmesh_core::http1::{Framing, Method, RequestHead};
 use ringmesh_core::metrics::{self, WorkerReport};
+use ringmesh_core::tap;
 use ringmesh_core::worker::Command;
 use serde_json::json;
 
@@ -122,6 +124,11 @@ async fn serve(admin: Rc<Admin>, mut stream: TcpStream) {
         let close = !req.keep_alive || has_body;
         let head_only = req.method == Method::Head;
         buf.drain(..head_len);
+        if path == b"/tap" && req.method == Method::Get {
+            // The connection is the tap's until it ends.
+            tap(&mut stream, &query).await;
+            return;
+        }
         let (status, ctype, mut body) = if matches!(req.method, Method::Get | Method::Head) {
             admin.answer(&path, &query).await
         } else {
@@ -134,6 +141,120 @@ async fn serve(admin: Rc<Admin>, mut stream: TcpStream) {
             return;
         }
     }
+}
+
+/// Events a tap may ask for (`n`), and its default.
+const TAP_MAX: u64 = 1_000_000;
+const TAP_DEFAULT: u64 = 100;
+
+/// `GET /tap?listener=..&route=..&cluster=..&n=..`: streams one JSON line per matching request
+/// as it ends (the access log's fields), until `n` lines were sent or the client leaves. The
+/// answer is chunked; each chunk carries whatever lines are ready.
+async fn tap(stream: &mut TcpStream, query: &[u8]) {
+    let mut filter = tap::Filter::default();
+    let mut n = TAP_DEFAULT;
+    for (k, v) in query_pairs(query) {
+        match k.as_str() {
+            "listener" => filter.listener = Some(v),
+            "route" => filter.route = Some(v),
+            "cluster" => filter.cluster = Some(v),
+            "n" => match v.parse::<u64>() {
+                Ok(v) if (1..=TAP_MAX).contains(&v) => n = v,
+                _ => {
+                    let msg = format!("n: expected a number from 1 to {TAP_MAX}\n");
+                    let _ = respond(stream, 400, "text/plain", msg.into_bytes(), true).await;
+                    return;
+                }
+            },
+            _ => {
+                let msg = format!("unknown parameter `{k}`: listener, route, cluster, n\n");
+                let _ = respond(stream, 400, "text/plain", msg.into_bytes(), true).await;
+                return;
+            }
+        }
+    }
+    let session = tap::Session::start(filter, n, 4096);
+    let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\
+                 transfer-encoding: chunked\r\ncache-control: no-store\r\nconnection: close\r\n\r\n";
+    if stream.write_all(head.to_vec()).await.0.is_err() {
+        return;
+    }
+    let mut sent = 0u64;
+    let mut chunk: Vec<u8> = Vec::with_capacity(64 * 1024);
+    while sent < n {
+        let first = monoio::select! {
+            e = session.rx.recv_async() => e.ok(),
+            _ = monoio::time::sleep(Duration::from_secs(1)) => None,
+        };
+        let Some(first) = first else {
+            // Nothing for a while: end if the client has gone.
+            if ringmesh_core::sys::idle_connection_is_dead(stream.as_raw_fd()) {
+                return;
+            }
+            continue;
+        };
+        chunk.clear();
+        let mut body = first;
+        sent += 1;
+        while sent < n && body.len() < 60 * 1024 {
+            match session.rx.try_recv() {
+                Ok(line) => {
+                    body.extend_from_slice(&line);
+                    sent += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        chunk.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+        chunk.extend_from_slice(&body);
+        chunk.extend_from_slice(b"\r\n");
+        let (r, c) = stream.write_all(std::mem::take(&mut chunk)).await;
+        chunk = c;
+        if r.is_err() {
+            return;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n".to_vec()).await;
+    if session.dropped() > 0 {
+        tracing::info!(dropped = session.dropped(), "tap: the reader fell behind");
+    }
+}
+
+/// `k=v` pairs of a query string (after `?`), percent-decoded.
+fn query_pairs(query: &[u8]) -> Vec<(String, String)> {
+    let q = query.strip_prefix(b"?").unwrap_or(query);
+    q.split(|&b| b == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = match p.iter().position(|&b| b == b'=') {
+                Some(i) => (&p[..i], &p[i + 1..]),
+                None => (p, &b""[..]),
+            };
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &[u8]) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match s[i] {
+            b'%' if i + 2 < s.len() => match (hex(s[i + 1]), hex(s[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn respond(
@@ -202,7 +323,7 @@ impl Admin {
             b"/" => (
                 200,
                 "text/plain",
-                b"ringmesh admin: /ready /metrics /config /clusters\n".to_vec(),
+                b"ringmesh admin: /ready /metrics /config /clusters /tap\n".to_vec(),
             ),
             _ => (404, "text/plain", b"not found\n".to_vec()),
         }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ringmesh_core::access_log::{self, AccessLogSpec};
 use ringmesh_core::balance::Lb;
 use ringmesh_core::health::{HealthCell, HealthConfig, Target};
 use ringmesh_core::outlier::OutlierConfig;
@@ -171,6 +172,12 @@ fn build(
                         request_head_timeout: l.request_head_timeout,
                         idle_timeout: l.idle_timeout,
                     },
+                    access_log: l
+                        .access_log
+                        .as_ref()
+                        .map(log_spec)
+                        .transpose()
+                        .map_err(|e| format!("listeners[{i}].access_log.path: {e}"))?,
                 }))
             }
         };
@@ -184,6 +191,25 @@ fn build(
         version,
         listeners,
         clusters,
+    })
+}
+
+/// The access log's destination, checked writable now so that a bad path is a config error.
+fn log_spec(a: &crate::config::AccessLogConfig) -> Result<AccessLogSpec, String> {
+    let target = if a.path == "stdout" {
+        access_log::Target::Stdout
+    } else {
+        let path = std::path::PathBuf::from(&a.path);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open `{}`: {e}", a.path))?;
+        access_log::Target::File(path)
+    };
+    Ok(AccessLogSpec {
+        target,
+        sample: a.sample,
     })
 }
 

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use ringmesh_control::config::Config;
 use ringmesh_control::config::decode::parse_duration;
 use ringmesh_control::{ConfigSource, Proxy, ProxyOptions};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
 const USAGE: &str = "\
 ringmesh: service-mesh proxy
@@ -165,7 +165,7 @@ fn proxy(a: Args) -> anyhow::Result<ExitCode> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
-    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM, SIGUSR1])?;
     let proxy = match Proxy::start(opts) {
         Ok(p) => p,
         Err(e) => {
@@ -179,6 +179,12 @@ fn proxy(a: Args) -> anyhow::Result<ExitCode> {
             SIGHUP => {
                 tracing::info!("SIGHUP: reloading");
                 remote.reload();
+            }
+            SIGUSR1 => {
+                // After log rotation: every worker reopens its access log files at its next
+                // flush (within one sweeper tick).
+                tracing::info!("SIGUSR1: reopening access logs");
+                ringmesh_core::access_log::reopen_all();
             }
             _ => {
                 tracing::info!("draining");

@@ -5,6 +5,7 @@
 //! arrives as an immutable [`snapshot::Snapshot`] that each worker swaps in without locking.
 //! See ARCHITECTURE.md for the threads and one request's path through these modules.
 
+pub mod access_log;
 pub mod balance;
 pub mod buf;
 pub mod cluster;
@@ -23,7 +24,9 @@ pub mod rng;
 pub mod route;
 pub mod snapshot;
 pub mod sys;
+pub mod tap;
 mod tcp;
+pub mod trace;
 pub mod worker;
 
 pub use error::{Error, ErrorKind};

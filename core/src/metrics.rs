@@ -209,6 +209,7 @@ impl WorkerMetrics {
             listeners,
             endpoints,
             clusters,
+            access_log: [0; 2],
         }
     }
 }
@@ -224,6 +225,8 @@ pub struct WorkerReport {
     pub listeners: Vec<ListenerReport>,
     /// Endpoint state.
     pub endpoints: Vec<EndpointReport>,
+    /// Access log lines written and lost to write errors.
+    pub access_log: [u64; 2],
     /// Cluster counters.
     pub clusters: Vec<ClusterReport>,
 }
@@ -343,6 +346,8 @@ pub struct Merged {
     pub endpoints: Vec<EndpointReport>,
     /// Clusters, sorted by name, summed over workers.
     pub clusters: Vec<ClusterReport>,
+    /// Access log lines written and lost, summed over workers.
+    pub access_log: [u64; 2],
 }
 
 /// Merges worker reports.
@@ -446,11 +451,15 @@ pub fn merge(reports: &[WorkerReport]) -> Merged {
         })
         .collect();
     endpoints.sort_by(|a, b| (&a.cluster, a.addr).cmp(&(&b.cluster, b.addr)));
+    let access_log = reports.iter().fold([0; 2], |a, r| {
+        [a[0] + r.access_log[0], a[1] + r.access_log[1]]
+    });
     Merged {
         routes,
         listeners,
         endpoints,
         clusters,
+        access_log,
     }
 }
 
@@ -707,6 +716,17 @@ pub fn render(out: &mut String, m: &Merged) {
         &m.endpoints,
         endpoint_labels,
         |x| x.pooled,
+    );
+    family(
+        out,
+        "ringmesh_access_log_lines_total",
+        "counter",
+        "Access log lines handed to the kernel, and lines lost to write errors.",
+        &[("written", m.access_log[0]), ("lost", m.access_log[1])],
+        |out, (r, _)| {
+            let _ = write!(out, "result=\"{r}\"");
+        },
+        |(_, n)| *n,
     );
 }
 

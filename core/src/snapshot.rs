@@ -63,6 +63,8 @@ pub struct HttpListener {
     pub routes: RouteTable,
     /// Limits on what clients send.
     pub limits: HttpLimits,
+    /// Access log, if any.
+    pub access_log: Option<crate::access_log::AccessLogSpec>,
 }
 
 /// Limits applied to clients of an HTTP listener.

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
+use crate::access_log::{Counters, Sink, Target};
 use crate::buf::{BUF_SIZE, BULK_BUF_SIZE, BufPool, SMALL_BUF_SIZE};
 use crate::cluster::{ClusterState, ClusterView};
 use crate::endpoint::Endpoint;
@@ -26,6 +27,7 @@ use crate::metrics::{ListenerStats, RouteStats, WorkerMetrics, WorkerReport};
 use crate::rng::Rng;
 use crate::route::{Action, SplitState};
 use crate::snapshot::{Protocol, Snapshot};
+use crate::tap::{self, Tap};
 
 /// A request from the control side to a worker.
 #[derive(Debug)]
@@ -199,6 +201,11 @@ pub struct Worker {
     /// instead of a timer each; drain does not fire them.
     pub(crate) deadlines: IdleSet,
     connections: Cell<usize>,
+    /// Access log buffers, by destination, kept across reloads.
+    sinks: RefCell<FxHashMap<Target, Rc<Sink>>>,
+    log_counters: Rc<Counters>,
+    /// This worker's copy of the live taps, and the generation it was taken at.
+    taps: RefCell<(u64, Vec<Arc<Tap>>)>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -226,6 +233,8 @@ pub(crate) struct ListenerView {
     pub unrouted: Rc<RouteStats>,
     /// Per route: the running state of its split (empty for a single cluster).
     pub splits: Vec<RefCell<SplitState>>,
+    /// The access log and its sampling threshold (`None`: every request).
+    pub log: Option<(Rc<Sink>, Option<u32>)>,
 }
 
 struct Pending {
@@ -276,6 +285,30 @@ impl Worker {
             idle: IdleSet::default(),
             deadlines: IdleSet::default(),
             connections: Cell::new(0),
+            sinks: RefCell::new(FxHashMap::default()),
+            log_counters: Rc::new(Counters::default()),
+            taps: RefCell::new((tap::generation(), Vec::new())),
+        }
+    }
+
+    /// Calls `f` with the live taps, if there are any. Costs one atomic load when there are
+    /// none.
+    #[inline]
+    pub(crate) fn with_taps(&self, f: impl FnOnce(&[Arc<Tap>])) {
+        let generation = tap::generation();
+        let mut taps = self.taps.borrow_mut();
+        if taps.0 != generation {
+            *taps = (generation, tap::taps());
+        }
+        if !taps.1.is_empty() {
+            f(&taps.1);
+        }
+    }
+
+    /// Writes every buffered access log line.
+    pub(crate) fn flush_logs(&self) {
+        for sink in self.sinks.borrow().values() {
+            sink.flush();
         }
     }
 
@@ -421,10 +454,25 @@ impl Worker {
                         .collect(),
                     Protocol::Tcp { .. } => Vec::new(),
                 };
+                let log = match &l.protocol {
+                    Protocol::Http(h) => h.access_log.as_ref().map(|spec| {
+                        let sink = self
+                            .sinks
+                            .borrow_mut()
+                            .entry(spec.target.clone())
+                            .or_insert_with(|| {
+                                Rc::new(Sink::new(spec.target.clone(), self.log_counters.clone()))
+                            })
+                            .clone();
+                        (sink, spec.threshold())
+                    }),
+                    Protocol::Tcp { .. } => None,
+                };
                 ListenerView {
                     stats: self.metrics.listener(&l.name),
                     routes,
                     splits,
+                    log,
                     unrouted: self.metrics.route(&l.name, &unrouted, &unrouted),
                 }
             })
@@ -496,6 +544,14 @@ impl Worker {
         }
         drop(listeners);
         self.metrics.forget_unused();
+        // Destinations no listener logs to any more: written out, then closed.
+        self.sinks.borrow_mut().retain(|_, sink| {
+            let used = Rc::strong_count(sink) > 1;
+            if !used {
+                sink.flush();
+            }
+            used
+        });
     }
 
     /// A worker for use inside an existing runtime (benchmarks, tests): no thread, no commands.
@@ -526,7 +582,12 @@ impl Worker {
             }
             clusters.push(cv.state.report(&c.name));
         }
-        self.metrics.report(self.id, endpoints, clusters)
+        let mut report = self.metrics.report(self.id, endpoints, clusters);
+        report.access_log = [
+            self.log_counters.written.get(),
+            self.log_counters.lost.get(),
+        ];
+        report
     }
 
     async fn drain_all(&self) {
@@ -537,6 +598,7 @@ impl Worker {
         while self.connections.get() > 0 {
             monoio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.flush_logs();
     }
 }
 
@@ -586,6 +648,7 @@ async fn run(w: Rc<Worker>, rx: flume::Receiver<Command>) {
     w.draining.set(true);
     w.idle.expire_all();
     w.listeners.borrow_mut().clear();
+    w.flush_logs();
 }
 
 /// The worker's clock: fires idle-connection deadlines every tick, and closes pooled upstream
@@ -597,6 +660,7 @@ async fn sweep(w: Rc<Worker>) {
         let now = Instant::now();
         w.idle.sweep(now);
         w.deadlines.sweep(now);
+        w.flush_logs();
         // Health-check results and ended ejections change availability without an event here.
         w.availability_changed();
         ticks = ticks.wrapping_add(1);

@@ -23,16 +23,22 @@ pub fn request_head(data: &[u8]) {
         let _ = host_of(a.get(data));
     }
     let mut out = Vec::new();
+    let trace = ringmesh_core::trace::Trace::continue_or_start(
+        req.traceparent.map(|s| s.get(data)),
+        req.b3.map(|s| s.get(data)),
+        &mut ringmesh_core::rng::Rng::new(n as u64),
+    );
     let fwd = Forwarded {
         client_ip: b"10.0.0.1",
         proto: b"http",
         fallback_host: b"up:80",
         deadline: None,
+        trace: Some(&trace),
     };
     encode::request_head(&mut out, data, &req, &fwd);
     // What the proxy sends must itself be a valid, unambiguous head with the same framing (the
-    // proxy adds up to four fields, which may pass the parser's field count).
-    if req.headers.len() + 4 > MAX_HEADERS {
+    // proxy adds up to six fields, which may pass the parser's field count).
+    if req.headers.len() + 6 > MAX_HEADERS {
         return;
     }
     let mut again = RequestHead::default();
@@ -41,6 +47,13 @@ pub fn request_head(data: &[u8]) {
             assert_eq!(m, out.len());
             assert_eq!(again.framing, req.framing);
             assert_eq!(again.method, req.method);
+            // The context written is one the next hop accepts, with the same trace.
+            let tp = again.traceparent.map(|s| s.get(&out));
+            let next = tp.and_then(ringmesh_core::trace::parse_traceparent);
+            assert_eq!(next.map(|t| t.trace_id), Some(trace.trace_id));
+            if let Some(b3) = again.b3 {
+                assert!(ringmesh_core::trace::parse_b3(b3.get(&out)).is_some());
+            }
         }
         other => panic!(
             "the proxy wrote a head it refuses: {other:?}: {:?}",

@@ -53,6 +53,14 @@ impl Node<'_, '_> {
         }
     }
 
+    /// The node's text, if it is a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.yaml.data {
+            YamlData::Value(Scalar::String(s)) => Some(s.as_ref()),
+            _ => None,
+        }
+    }
+
     fn is_null(&self) -> bool {
         matches!(self.yaml.data, YamlData::Value(Scalar::Null))
     }
@@ -340,6 +348,26 @@ impl Decoder {
             );
         }
         v
+    }
+
+    /// A fraction given as a percentage with decimals (`0.5%`, `10`, `100%`), as 0 to 1.
+    pub fn fraction(&mut self, node: Node<'_, '_>, path: &str) -> Option<f64> {
+        self.mark(path, node);
+        let v = match &node.yaml.data {
+            YamlData::Value(Scalar::Integer(i)) => Some(*i as f64),
+            YamlData::Value(Scalar::FloatingPoint(f)) => Some(f.into_inner()),
+            YamlData::Value(Scalar::String(s)) => {
+                s.strip_suffix('%').and_then(|n| n.trim().parse().ok())
+            }
+            _ => None,
+        };
+        match v {
+            Some(v) if (0.0..=100.0).contains(&v) => Some(v / 100.0),
+            _ => {
+                self.error(path, Some(node), "expected a percentage from 0% to 100%");
+                None
+            }
+        }
     }
 
     /// A percentage such as `20%` or `20`.

@@ -90,6 +90,18 @@ pub struct ListenerConfig {
     /// Idle keep-alive (HTTP) or no-traffic (TCP) timeout.
     #[serde(serialize_with = "ser_duration")]
     pub idle_timeout: Duration,
+    /// HTTP: the access log, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// A listener's access log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccessLogConfig {
+    /// `stdout`, or a file path.
+    pub path: String,
+    /// Fraction of requests logged, 0 to 1.
+    pub sample: f64,
 }
 
 /// One route.
@@ -452,6 +464,7 @@ fn decode_listener(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Li
             "max_request_body_bytes",
             "request_head_timeout",
             "idle_timeout",
+            "access_log",
         ],
     )?;
     let name = required(d, &f, "name").and_then(|(n, p)| d.string(n, &p));
@@ -523,9 +536,22 @@ fn decode_listener(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Li
         Some((n, p)) => d.positive_duration(n, &p),
         None => Some(default_idle),
     };
+    let access_log = match (protocol, f.get("access_log")) {
+        (_, None) => None,
+        (ListenerProtocol::Tcp, Some((n, p))) => {
+            d.error(
+                &p,
+                Some(n),
+                "access logs are written for http listeners only",
+            );
+            None
+        }
+        (ListenerProtocol::Http, Some((n, p))) => decode_access_log(d, n, &p),
+    };
     // Fields in error keep placeholders so that checks across fields still run; the config
     // as a whole is refused anyway.
     Some(ListenerConfig {
+        access_log,
         name: name.unwrap_or_default(),
         bind: bind.unwrap_or(PLACEHOLDER_ADDR),
         protocol,
@@ -536,6 +562,37 @@ fn decode_listener(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Li
         request_head_timeout: head_timeout.unwrap_or_default(),
         idle_timeout: idle.unwrap_or_default(),
     })
+}
+
+/// `access_log: PATH` (every request), or `{ path: PATH, sample: 10% }`; PATH is `stdout` or a
+/// file.
+fn decode_access_log(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<AccessLogConfig> {
+    if let Some(p) = node.as_str() {
+        d.string(node, path);
+        return valid_log_path(d, node, path, p).map(|p| AccessLogConfig {
+            path: p,
+            sample: 1.0,
+        });
+    }
+    let f = d.mapping(node, path, &["path", "sample"])?;
+    let target = required(d, &f, "path")
+        .and_then(|(n, p)| d.string(n, &p).and_then(|s| valid_log_path(d, n, &p, &s)));
+    let sample = match f.get("sample") {
+        Some((n, p)) => d.fraction(n, &p),
+        None => Some(1.0),
+    };
+    Some(AccessLogConfig {
+        path: target?,
+        sample: sample?,
+    })
+}
+
+fn valid_log_path(d: &mut Decoder, node: Node<'_, '_>, path: &str, p: &str) -> Option<String> {
+    if p.is_empty() {
+        d.error(path, Some(node), "expected `stdout` or a file path");
+        return None;
+    }
+    Some(p.to_string())
 }
 
 fn decode_route(

@@ -31,6 +31,8 @@ pub struct Forwarded<'a> {
     pub fallback_host: &'a [u8],
     /// Time left for the answer, passed on to the next hop.
     pub deadline: Option<std::time::Duration>,
+    /// The trace context for the next hop.
+    pub trace: Option<&'a crate::trace::Trace>,
 }
 
 /// Writes the head of the request sent upstream: always HTTP/1.1, hop-by-hop fields removed,
@@ -92,6 +94,9 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &RequestHead, fwd: &Forw
             crate::retry::write_grpc_timeout(out, left);
             out.extend_from_slice(b"\r\n");
         }
+    }
+    if let Some(t) = fwd.trace {
+        t.write_headers(out);
     }
     framing_header(out, req.framing);
     out.extend_from_slice(b"\r\n");
@@ -266,9 +271,41 @@ mod tests {
             proto: b"http",
             fallback_host: b"up:80",
             deadline: None,
+            trace: None,
         };
         request_head(&mut out, raw, &req, &fwd);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn trace_headers_are_replaced_not_duplicated() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nb3: 64fe8b2a57d3eff7-e457b5a2e4d86bd1\r\n\
+                    traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\
+                    tracestate: k=v\r\n\r\n";
+        let mut req = RequestHead::default();
+        req.parse(raw, 1 << 16).unwrap().unwrap();
+        let tp = req.traceparent.map(|s| s.get(raw));
+        let b3 = req.b3.map(|s| s.get(raw));
+        let trace = crate::trace::Trace::continue_or_start(tp, b3, &mut crate::rng::Rng::new(9));
+        let mut out = Vec::new();
+        let fwd = Forwarded {
+            client_ip: b"10.0.0.9",
+            proto: b"http",
+            fallback_host: b"up:80",
+            deadline: None,
+            trace: Some(&trace),
+        };
+        request_head(&mut out, raw, &req, &fwd);
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out.matches("traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-")
+                .count(),
+            1,
+            "{out}"
+        );
+        assert_eq!(out.matches("b3: ").count(), 1, "{out}");
+        assert!(!out.contains("00f067aa0ba902b7-01"), "{out}");
+        assert!(out.contains("tracestate: k=v\r\n"), "{out}");
     }
 
     #[test]

@@ -113,6 +113,8 @@ pub(crate) enum Known {
     ContentType,
     GrpcTimeout,
     Deadline,
+    TraceParent,
+    B3,
     Other,
 }
 
@@ -122,11 +124,13 @@ pub(crate) fn classify(name: &[u8]) -> Known {
     let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
     match name.len() {
         2 if is("te") => Known::Te,
+        2 if is("b3") => Known::B3,
         4 if is("host") => Known::Host,
         6 if is("expect") => Known::Expect,
         7 if is("upgrade") => Known::Upgrade,
         10 if is("connection") => Known::Connection,
         10 if is("keep-alive") => Known::KeepAlive,
+        11 if is("traceparent") => Known::TraceParent,
         12 if is("content-type") => Known::ContentType,
         12 if is("grpc-timeout") => Known::GrpcTimeout,
         20 if is("ringmesh-deadline-ms") => Known::Deadline,

@@ -104,6 +104,10 @@ pub struct RequestHead {
     pub deadline: Option<std::time::Duration>,
     /// A gRPC request (`content-type: application/grpc...`).
     pub grpc: bool,
+    /// The `traceparent` value, if exactly one came (two make the context invalid).
+    pub traceparent: Option<Span>,
+    /// The `b3` value, if exactly one came.
+    pub b3: Option<Span>,
 }
 
 impl Default for RequestHead {
@@ -125,6 +129,8 @@ impl Default for RequestHead {
             has_xff: false,
             deadline: None,
             grpc: false,
+            traceparent: None,
+            b3: None,
         }
     }
 }
@@ -173,7 +179,10 @@ impl RequestHead {
         self.has_xff = false;
         self.deadline = None;
         self.grpc = false;
+        self.traceparent = None;
+        self.b3 = None;
         self.headers.clear();
+        let (mut traceparents, mut b3s) = (0u8, 0u8);
         let mut grpc_timeout = None;
 
         if self.method == Method::Connect {
@@ -251,9 +260,26 @@ impl RequestHead {
                     self.grpc |=
                         value.len() >= 16 && value[..16].eq_ignore_ascii_case(b"application/grpc");
                 }
+                // The proxy writes its own, with its span (crate::trace).
+                Known::TraceParent => {
+                    traceparents = traceparents.saturating_add(1);
+                    self.traceparent = Some(header.value);
+                    header.drop = true;
+                }
+                Known::B3 => {
+                    b3s = b3s.saturating_add(1);
+                    self.b3 = Some(header.value);
+                    header.drop = true;
+                }
                 Known::Other => {}
             }
             self.headers.push(header);
+        }
+        if traceparents > 1 {
+            self.traceparent = None;
+        }
+        if b3s > 1 {
+            self.b3 = None;
         }
         if self.grpc {
             if let Some(g) = grpc_timeout {

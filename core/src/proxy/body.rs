@@ -114,8 +114,25 @@ async fn read_until<R: AsyncReadRent>(
     }
 }
 
+/// What a relay has done so far, watched by its caller.
+#[derive(Debug, Default)]
+pub(super) struct Progress {
+    /// The final head was handed to the client.
+    pub started: Cell<bool>,
+    /// Bytes of the answer written to the client.
+    pub bytes_out: Cell<u64>,
+    /// Bytes of a streamed request body sent upstream.
+    pub body_in: Cell<u64>,
+}
+
+impl Progress {
+    fn wrote(&self, n: usize) {
+        self.bytes_out.set(self.bytes_out.get() + n as u64);
+    }
+}
+
 /// Reads the response head (forwarding interim answers), then the body, writing both to the
-/// client. `started` turns true once the final head is handed to the client.
+/// client. `progress.started` turns true once the final head is handed to the client.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
     w: &Worker,
@@ -124,10 +141,10 @@ pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
     resp: &mut ResponseHead,
     side: ClientSide,
     deadline: Until,
-    started: &Cell<bool>,
+    progress: &Progress,
 ) -> Result<Relayed, RelayError> {
     let head = read_head(w, up, client, resp, side, deadline).await?;
-    relay_body(w, up, client, resp, side, head, started).await
+    relay_body(w, up, client, resp, side, head, progress).await
 }
 
 /// A final response head read from the upstream, not yet sent on.
@@ -212,8 +229,8 @@ pub(super) async fn read_head<R: AsyncReadRent, W: AsyncWriteRent>(
     })
 }
 
-/// Sends a response head read by [`read_head`] to the client, then its body. `started` turns
-/// true once the head is handed to the client.
+/// Sends a response head read by [`read_head`] to the client, then its body.
+/// `progress.started` turns true once the head is handed to the client.
 pub(super) async fn relay_body<R: AsyncReadRent, W: AsyncWriteRent>(
     w: &Worker,
     up: &mut R,
@@ -221,7 +238,7 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: AsyncWriteRent>(
     resp: &mut ResponseHead,
     side: ClientSide,
     head: HeadIn,
-    started: &Cell<bool>,
+    progress: &Progress,
 ) -> Result<Relayed, RelayError> {
     let HeadIn {
         mut ubuf,
@@ -234,7 +251,7 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: AsyncWriteRent>(
     let cf = encode::client_framing(body, resp, side.version, keep_alive);
     let mut out = w.bufs.get();
     encode::response_head(&mut out, &ubuf, resp, cf);
-    started.set(true);
+    progress.started.set(true);
 
     let mut state = BodyState::new(body, cf.framing);
     let mut from = head_len;
@@ -268,12 +285,15 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: AsyncWriteRent>(
         } else {
             Ok(0)
         };
-        if write.is_err() {
-            w.put_buf(ubuf);
-            w.put_buf(out);
-            return Err(RelayError::After {
-                kind: ErrorKind::ClientClosed,
-            });
+        match write {
+            Ok(n) => progress.wrote(n),
+            Err(_) => {
+                w.put_buf(ubuf);
+                w.put_buf(out);
+                return Err(RelayError::After {
+                    kind: ErrorKind::ClientClosed,
+                });
+            }
         }
         if step.done {
             break;
@@ -299,7 +319,9 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: AsyncWriteRent>(
                 if !out.is_empty() {
                     let (r, o) = client.write_all(out).await;
                     out = o;
-                    if r.is_err() {
+                    if let Ok(n) = r {
+                        progress.wrote(n);
+                    } else {
                         w.put_buf(ubuf);
                         w.put_buf(out);
                         return Err(RelayError::After {
@@ -473,6 +495,7 @@ pub(super) async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
     framing: Framing,
     max_body: Option<u64>,
     idle: Duration,
+    sent: &Cell<u64>,
 ) -> Result<(), PumpError> {
     let mut left = match framing {
         Framing::Length(n) => n,
@@ -517,6 +540,7 @@ pub(super) async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
                 return Err(PumpError::UpstreamGone);
             }
             *cstart += take;
+            sent.set(sent.get() + take as u64);
         }
         if done {
             *cbuf = Some(buf);

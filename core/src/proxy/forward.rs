@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
-use super::body::{self, ClientSide, DuplexEnd, PumpError, RelayError, Relayed, Until};
+use super::body::{self, ClientSide, DuplexEnd, Progress, PumpError, RelayError, Relayed, Until};
 use super::{Client, client_keeps_alive};
 use crate::buf::BUF_SIZE;
 use crate::cluster::{Active, ClusterView};
@@ -45,6 +45,25 @@ pub(super) struct Exchange<'a> {
     /// Route timeout: until the response head, counted from the end of the request.
     pub timeout: Duration,
     pub started: Instant,
+    /// The trace context sent upstream.
+    pub trace: &'a crate::trace::Trace,
+    /// What happened, for the access log and tap.
+    pub note: &'a Note,
+}
+
+/// What an exchange did, beyond its status: for the access log and tap.
+#[derive(Debug, Default)]
+pub(super) struct Note {
+    /// The endpoint of the last try.
+    pub endpoint: Cell<Option<std::net::SocketAddr>>,
+    /// Tries after the first (not counting a resend after a stale pooled connection).
+    pub retries: Cell<u32>,
+    /// From the request sent to the answer's head, on the try that was relayed.
+    pub upstream: Cell<Option<Duration>>,
+    /// Bytes read from the client: head and body.
+    pub bytes_in: Cell<u64>,
+    /// The relay's progress.
+    pub progress: Progress,
 }
 
 /// A request answered by the upstream.
@@ -234,6 +253,7 @@ impl Exchange<'_> {
             proto: b"http",
             fallback_host: &ep.host,
             deadline: deadline.map(|d| d.saturating_duration_since(Instant::now())),
+            trace: Some(self.trace),
         }
     }
 
@@ -407,6 +427,8 @@ impl Exchange<'_> {
                 break Err(Fail::before(ErrorKind::Timeout, true));
             }
             let _in_flight = ep.begin(now);
+            self.note.endpoint.set(Some(ep.addr));
+            self.note.retries.set(retries);
             let mut out = w.bufs.get();
             {
                 let data = c.data();
@@ -445,7 +467,6 @@ impl Exchange<'_> {
                         avoid = Some(ep.clone());
                         continue;
                     }
-                    let started = Cell::new(false);
                     let Some(client) = c.stream.as_mut() else {
                         break Err(Fail::before(ErrorKind::ClientClosed, true));
                     };
@@ -456,7 +477,7 @@ impl Exchange<'_> {
                         resp,
                         self.client_side(),
                         head,
-                        &started,
+                        &self.note.progress,
                     )
                     .await;
                     break self.finish(&ep, r, Some(up), true, sent_at, resp);
@@ -506,6 +527,9 @@ impl Exchange<'_> {
         };
         drop(retry_guard);
         c.start += self.req.head_len + body_len;
+        self.note
+            .bytes_in
+            .set((self.req.head_len + body_len) as u64);
         result
     }
 
@@ -581,6 +605,8 @@ impl Exchange<'_> {
             let Some(ep) = self.cv.pick(w, self.cluster, now, avoid.as_ref()) else {
                 return Err(Fail::before(ErrorKind::NoEndpoint, false));
             };
+            self.note.endpoint.set(Some(ep.addr));
+            self.note.retries.set(retries);
             let (mut up, reused) = match self.connection(&ep, fresh, deadline, true).await {
                 Ok(x) => x,
                 Err(TryEnd::Overflow(limit)) => {
@@ -629,6 +655,7 @@ impl Exchange<'_> {
         };
         drop(guard);
         c.start += self.req.head_len;
+        self.note.bytes_in.set(self.req.head_len as u64);
         let _in_flight = ep.begin(Instant::now());
         self.continue_if_expected(c).await?;
         let sent_at = Instant::now();
@@ -638,7 +665,7 @@ impl Exchange<'_> {
         let (mut cr, mut cw) = stream.into_split();
         let (ustream, count) = up.into_parts();
         let (mut ur, mut uw) = ustream.into_split();
-        let started = Cell::new(false);
+        let progress = &self.note.progress;
         let end = {
             let pump = body::pump(
                 w,
@@ -649,6 +676,7 @@ impl Exchange<'_> {
                 self.req.framing,
                 self.limits.max_request_body,
                 self.limits.idle_timeout,
+                &progress.body_in,
             );
             let relay = body::relay(
                 w,
@@ -657,13 +685,16 @@ impl Exchange<'_> {
                 resp,
                 self.client_side(),
                 Until::Never,
-                &started,
+                progress,
             );
-            body::duplex(pump, relay, &started, self.timeout).await
+            body::duplex(pump, relay, &progress.started, self.timeout).await
         };
         c.stream = cr.reunite(cw).ok();
         let up = ur.reunite(uw).ok().map(|s| UpConn::from_parts(s, count));
-        let status_sent = started.get().then_some(resp.status);
+        self.note
+            .bytes_in
+            .set(self.req.head_len as u64 + progress.body_in.get());
+        let status_sent = progress.started.get().then_some(resp.status);
         match end {
             DuplexEnd::Relayed { relay, pumped } => {
                 let mut r = self.finish(&ep, relay, up.filter(|_| pumped), pumped, sent_at, resp);
@@ -718,12 +749,9 @@ impl Exchange<'_> {
                 } else {
                     Outcome::Success
                 };
-                self.book(
-                    ep,
-                    outcome,
-                    relayed.head_at,
-                    relayed.head_at.saturating_duration_since(sent_at),
-                );
+                let took = relayed.head_at.saturating_duration_since(sent_at);
+                self.note.upstream.set(Some(took));
+                self.book(ep, outcome, relayed.head_at, took);
                 if relayed.upstream_reusable {
                     if let Some(up) = up {
                         ep.checkin(up, Instant::now(), self.cluster.pool_max_idle);

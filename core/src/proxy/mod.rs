@@ -23,6 +23,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
+use crate::access_log::{self, Sink};
 use crate::buf::{BUF_SIZE, SMALL_BUF_SIZE};
 use crate::error::ErrorKind;
 use crate::http1::{Framing, RequestHead, ResponseHead, Version, encode, host_of};
@@ -30,6 +31,7 @@ use crate::idle::Fired;
 use crate::route::{Action, RequestView};
 use crate::sleep_until;
 use crate::snapshot::{HttpLimits, Protocol, defaults};
+use crate::trace::Trace;
 use crate::worker::{View, Worker};
 
 /// A client connection and its read buffer.
@@ -48,6 +50,7 @@ pub(crate) struct Client {
     served: u32,
     /// The current request's client was already sent `100 Continue`.
     continued: bool,
+    peer: SocketAddr,
 }
 
 impl Client {
@@ -63,6 +66,7 @@ impl Client {
             ip,
             ip_len,
             canceller: None,
+            peer,
             served: 0,
             continued: false,
         }
@@ -271,15 +275,23 @@ async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client) -> bool {
             Head::Ready => {}
             Head::Closed => break false,
             Head::Error(kind) => {
+                let started = Instant::now();
                 let view = w.view();
-                if let Some(li) = view.listener_index(listener) {
-                    let lv = &view.listeners[li];
+                let lv = view.listener_index(listener).map(|li| &view.listeners[li]);
+                if let Some(lv) = lv {
                     lv.stats.local_reply(kind);
                     lv.unrouted.record(kind.status(), Duration::ZERO);
                 }
+                // Nothing of the head is trusted: the line says only what went wrong.
+                let blank = RequestHead::default();
+                let log = lv.and_then(|lv| lv.log.as_ref());
+                let seen = Seen::new(w, &[], &blank, listener, log, None, None, started);
+                let note = forward::Note::default();
                 if kind != ErrorKind::ClientClosed {
-                    local_reply(w, c, kind, false, true).await;
+                    let (_, n) = local_reply(w, c, kind, false, true).await;
+                    note.progress.bytes_out.set(n);
                 }
+                seen.report(w, c, kind.status(), Some(kind), started, Some(&note), None);
                 break false;
             }
         }
@@ -397,7 +409,16 @@ async fn exchange(
 
     if let (Some(max), Framing::Length(n)) = (http.limits.max_request_body, req.framing) {
         if n > max {
-            return refuse(w, c, req, lview, ErrorKind::BodyTooLarge, started).await;
+            return refuse(
+                w,
+                c,
+                req,
+                &lspec.name,
+                lview,
+                ErrorKind::BodyTooLarge,
+                started,
+            )
+            .await;
         }
     }
     let route_index = {
@@ -406,7 +427,7 @@ async fn exchange(
         http.routes.resolve(&RouteInput { buf, req, host })
     };
     let Some(ri) = route_index else {
-        return refuse(w, c, req, lview, ErrorKind::NoRoute, started).await;
+        return refuse(w, c, req, &lspec.name, lview, ErrorKind::NoRoute, started).await;
     };
     let route = &http.routes.routes()[ri];
     let (target, ci) = match &route.action {
@@ -417,36 +438,222 @@ async fn exchange(
         }
     };
     let stats = &lview.routes[ri][target];
+    let trace = {
+        let buf = c.data();
+        let tp = req.traceparent.map(|s| s.get(buf));
+        let b3 = req.b3.map(|s| s.get(buf));
+        w.with_rng(|r| Trace::continue_or_start(tp, b3, r))
+    };
+    let note = forward::Note::default();
+    let cluster = &view.snapshot.clusters[ci];
     let exchange = forward::Exchange {
         worker: w,
         req,
-        cluster: &view.snapshot.clusters[ci],
+        cluster,
         cv: &view.clusters[ci],
         retry: route.retry.as_ref(),
         stats,
         limits: &http.limits,
         timeout: route.timeout.unwrap_or(defaults::ROUTE_TIMEOUT),
         started,
+        trace: &trace,
+        note: &note,
     };
+    let seen = Seen::new(
+        w,
+        c.data(),
+        req,
+        &lspec.name,
+        lview.log.as_ref(),
+        Some(&route.name),
+        Some(&cluster.name),
+        started,
+    );
     match exchange.run(c, resp).await {
         Ok(done) => {
-            stats.record(done.status, started.elapsed());
+            let end = Instant::now();
+            stats.record(done.status, end - started);
+            seen.report(w, c, done.status, None, end, Some(&note), Some(&trace));
             done.client_keep_alive
         }
         Err(fail) => {
             if let Some(status) = fail.status_sent {
                 // The answer had begun: the connection is cut so the client sees it incomplete.
-                stats.record(status, started.elapsed());
+                let end = Instant::now();
+                stats.record(status, end - started);
+                seen.report(
+                    w,
+                    c,
+                    status,
+                    Some(fail.kind),
+                    end,
+                    Some(&note),
+                    Some(&trace),
+                );
                 return false;
             }
-            stats.record(fail.kind.status(), started.elapsed());
+            let status = fail.kind.status();
+            let end = Instant::now();
+            stats.record(status, end - started);
             lview.stats.local_reply(fail.kind);
             if fail.kind == ErrorKind::ClientClosed {
+                seen.report(
+                    w,
+                    c,
+                    status,
+                    Some(fail.kind),
+                    end,
+                    Some(&note),
+                    Some(&trace),
+                );
                 return false;
             }
             let close = !fail.body_consumed || fail.kind.closes_connection() || !req.keep_alive;
-            local_reply(w, c, fail.kind, head_request, close).await && !close
+            let sent = local_reply(w, c, fail.kind, head_request, close).await;
+            note.progress
+                .bytes_out
+                .set(note.progress.bytes_out.get() + sent.1);
+            seen.report(
+                w,
+                c,
+                status,
+                Some(fail.kind),
+                end,
+                Some(&note),
+                Some(&trace),
+            );
+            sent.0 && !close
         }
+    }
+}
+
+/// What the access log and tap are told about a request.
+struct Seen<'a> {
+    listener: &'a str,
+    route: Option<&'a str>,
+    cluster: Option<&'a str>,
+    started: Instant,
+    /// Set when the request is logged (sampled in) or tapped, decided as it starts.
+    watch: Option<Watch<'a>>,
+}
+
+/// A logged or tapped request: where its line goes, and the parts of its head the line quotes
+/// (copied, as the client buffer moves on while the request is forwarded).
+struct Watch<'a> {
+    sink: Option<&'a Sink>,
+    tapped: bool,
+    head: Vec<u8>,
+    method: usize,
+    authority: Option<usize>,
+}
+
+impl<'a> Seen<'a> {
+    /// Decides whether the request starting now is logged or tapped. Costs a random number
+    /// when the log samples, an atomic load for the tap check, and nothing else unless
+    /// watched.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn new(
+        w: &Worker,
+        buf: &[u8],
+        req: &RequestHead,
+        listener: &'a str,
+        log: Option<&'a (Rc<Sink>, Option<u32>)>,
+        route: Option<&'a str>,
+        cluster: Option<&'a str>,
+        started: Instant,
+    ) -> Seen<'a> {
+        let sink = log
+            .filter(|(_, threshold)| {
+                threshold.is_none_or(|t| w.with_rng(|r| (r.next_u64() as u32) < t))
+            })
+            .map(|(s, _)| &**s);
+        let mut tapped = false;
+        w.with_taps(|_| tapped = true);
+        let watch = (sink.is_some() || tapped).then(|| {
+            let mut head = w.bufs.get();
+            head.extend_from_slice(req.method_span.get(buf));
+            let method = head.len();
+            let authority = req.authority.map(|a| {
+                head.extend_from_slice(a.get(buf));
+                head.len()
+            });
+            head.extend_from_slice(req.path.get(buf));
+            Watch {
+                sink,
+                tapped,
+                head,
+                method,
+                authority,
+            }
+        });
+        Seen {
+            listener,
+            route,
+            cluster,
+            started,
+            watch,
+        }
+    }
+
+    /// Logs and taps a request that ended at `end`, if it is watched.
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        self,
+        w: &Worker,
+        c: &Client,
+        status: u16,
+        error: Option<ErrorKind>,
+        end: Instant,
+        note: Option<&forward::Note>,
+        trace: Option<&Trace>,
+    ) {
+        let Some(watch) = self.watch else {
+            return;
+        };
+        let h = &watch.head;
+        let (authority, path_from) = match watch.authority {
+            Some(a) => (Some(&h[watch.method..a]), a),
+            None => (None, watch.method),
+        };
+        let trace_id = trace.map(Trace::trace_id_hex);
+        let entry = access_log::Entry {
+            time: std::time::SystemTime::now() - end.elapsed(),
+            listener: self.listener,
+            route: self.route,
+            cluster: self.cluster,
+            endpoint: note.and_then(|n| n.endpoint.get()),
+            method: &h[..watch.method],
+            authority,
+            path: &h[path_from..],
+            status,
+            bytes_in: note.map_or(0, |n| n.bytes_in.get()),
+            bytes_out: note.map_or(0, |n| n.progress.bytes_out.get()),
+            duration: end - self.started,
+            upstream: note.and_then(|n| n.upstream.get()),
+            retries: note.map_or(0, |n| n.retries.get()),
+            error,
+            trace_id: trace_id.as_ref(),
+            client_identity: None,
+            client: c.peer,
+        };
+        if let Some(sink) = watch.sink {
+            sink.log(&entry);
+        }
+        if watch.tapped {
+            w.with_taps(|taps| {
+                let mut line = Vec::new();
+                for t in taps {
+                    if t.filter.matches(self.listener, self.route, self.cluster) {
+                        if line.is_empty() {
+                            access_log::write_entry(&mut line, &entry, &mut Default::default());
+                        }
+                        t.offer(&line);
+                    }
+                }
+            });
+        }
+        w.put_buf(watch.head);
     }
 }
 
@@ -455,12 +662,21 @@ async fn refuse(
     w: &Worker,
     c: &mut Client,
     req: &RequestHead,
+    listener: &str,
     lview: &crate::worker::ListenerView,
     kind: ErrorKind,
     started: Instant,
 ) -> bool {
-    lview.unrouted.record(kind.status(), started.elapsed());
-    refuse_counted(w, c, req, lview, kind).await
+    let end = Instant::now();
+    lview.unrouted.record(kind.status(), end - started);
+    let log = lview.log.as_ref();
+    let seen = Seen::new(w, c.data(), req, listener, log, None, None, started);
+    let note = forward::Note::default();
+    note.bytes_in.set(req.head_len as u64);
+    let (keep, sent) = refuse_counted(w, c, req, lview, kind).await;
+    note.progress.bytes_out.set(sent);
+    seen.report(w, c, kind.status(), Some(kind), end, Some(&note), None);
+    keep
 }
 
 async fn refuse_counted(
@@ -469,11 +685,12 @@ async fn refuse_counted(
     req: &RequestHead,
     lview: &crate::worker::ListenerView,
     kind: ErrorKind,
-) -> bool {
+) -> (bool, u64) {
     lview.stats.local_reply(kind);
     let close = !c.skip_request(req) || kind.closes_connection() || !req.keep_alive;
     let head_request = req.method == crate::http1::Method::Head;
-    local_reply(w, c, kind, head_request, close).await && !close
+    let (ok, sent) = local_reply(w, c, kind, head_request, close).await;
+    (ok && !close, sent)
 }
 
 /// Writes an answer the proxy makes itself. Returns whether it was written.
@@ -483,12 +700,13 @@ pub(crate) async fn local_reply(
     kind: ErrorKind,
     head_request: bool,
     close: bool,
-) -> bool {
+) -> (bool, u64) {
     let mut out = w.bufs.get();
     encode::local_reply(&mut out, kind, head_request, close || w.draining());
+    let len = out.len() as u64;
     let (ok, out) = c.write(out).await;
     w.put_buf(out);
-    ok
+    (ok, if ok { len } else { 0 })
 }
 
 /// Whether the client connection can stay open after this exchange, as the client sees it.

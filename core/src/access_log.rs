@@ -1,0 +1,456 @@
+//! Access logs: one JSON line per request, written in batches.
+//!
+//! Each worker keeps its own buffer per destination and writes it when it passes
+//! [`FLUSH_AT`] bytes or at the worker's next sweeper tick (200 ms), whichever comes first: no
+//! system call per request. Destinations are opened with `O_APPEND` and a batch always ends at a
+//! line's end, so lines from different workers never interleave. [`reopen_all`] (SIGUSR1) makes
+//! every worker reopen its files at its next flush, for log rotation.
+//!
+//! A write is a plain blocking `write(2)` on the worker thread: to a file it lands in the page
+//! cache. A stdout that stops draining stalls the worker; log to a file when that matters.
+
+use std::cell::{Cell, RefCell};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::ErrorKind;
+
+/// Where lines go.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// The process's standard output.
+    Stdout,
+    /// A file, created if missing, appended to.
+    File(PathBuf),
+}
+
+/// A listener's access log settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogSpec {
+    /// Destination.
+    pub target: Target,
+    /// Fraction of requests logged, 0 to 1.
+    pub sample: f64,
+}
+
+impl AccessLogSpec {
+    /// The sampling rate as a threshold on 32 random bits: a request is logged when its random
+    /// number is below it. `None`: every request.
+    pub fn threshold(&self) -> Option<u32> {
+        if self.sample >= 1.0 {
+            None
+        } else {
+            Some((self.sample.max(0.0) * f64::from(u32::MAX)) as u32)
+        }
+    }
+}
+
+/// A batch is written once it holds this much.
+pub const FLUSH_AT: usize = 64 * 1024;
+
+/// Bumped by [`reopen_all`]; a destination whose generation is older reopens at its next flush.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Asks every worker to reopen its log files (after log rotation moved them).
+pub fn reopen_all() {
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A worker's access log counters, over all its destinations.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Lines handed to the kernel.
+    pub written: Cell<u64>,
+    /// Lines lost to write errors.
+    pub lost: Cell<u64>,
+}
+
+/// One worker's buffer for one destination.
+#[derive(Debug)]
+pub struct Sink {
+    target: Target,
+    buf: RefCell<Vec<u8>>,
+    file: RefCell<Option<File>>,
+    generation: Cell<u64>,
+    counters: Rc<Counters>,
+    stamp: RefCell<Stamp>,
+}
+
+/// The last time formatted, to the second, and its text: formatted once per second.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    second: u64,
+    text: [u8; 19],
+}
+
+impl Default for Stamp {
+    fn default() -> Self {
+        Stamp {
+            second: u64::MAX,
+            text: [0; 19],
+        }
+    }
+}
+
+impl Sink {
+    /// A sink for `target`; the file is opened at the first flush.
+    pub fn new(target: Target, counters: Rc<Counters>) -> Sink {
+        Sink {
+            target,
+            buf: RefCell::new(Vec::with_capacity(FLUSH_AT + 4096)),
+            file: RefCell::new(None),
+            generation: Cell::new(GENERATION.load(Ordering::Relaxed)),
+            counters,
+            stamp: RefCell::new(Stamp::default()),
+        }
+    }
+
+    /// Appends one line; writes the batch when it is big enough.
+    pub fn log(&self, e: &Entry<'_>) {
+        let full = {
+            let mut buf = self.buf.borrow_mut();
+            write_entry(&mut buf, e, &mut self.stamp.borrow_mut());
+            buf.len() >= FLUSH_AT
+        };
+        if full {
+            self.flush();
+        }
+    }
+
+    /// Writes what is buffered.
+    pub fn flush(&self) {
+        let mut buf = self.buf.borrow_mut();
+        if buf.is_empty() {
+            return;
+        }
+        let lines = memchr::memchr_iter(b'\n', &buf).count() as u64;
+        let generation = GENERATION.load(Ordering::Relaxed);
+        let ok = match &self.target {
+            Target::Stdout => std::io::stdout().lock().write_all(&buf).is_ok(),
+            Target::File(path) => {
+                let mut file = self.file.borrow_mut();
+                if generation != self.generation.get() {
+                    *file = None;
+                    self.generation.set(generation);
+                }
+                if file.is_none() {
+                    match OpenOptions::new().create(true).append(true).open(path) {
+                        Ok(f) => *file = Some(f),
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), error = %e, "access log: cannot open");
+                        }
+                    }
+                }
+                match file.as_mut() {
+                    Some(f) => f.write_all(&buf).is_ok(),
+                    None => false,
+                }
+            }
+        };
+        let c = &self.counters;
+        if ok {
+            c.written.set(c.written.get() + lines);
+        } else {
+            c.lost.set(c.lost.get() + lines);
+            // Reopened at the next flush.
+            self.file.borrow_mut().take();
+        }
+        buf.clear();
+    }
+}
+
+/// Writes one JSON line for `e`.
+pub fn write_entry(out: &mut Vec<u8>, e: &Entry<'_>, stamp: &mut Stamp) {
+    {
+        out.extend_from_slice(b"{\"time\":\"");
+        push_time(out, e.time, stamp);
+        out.extend_from_slice(b"\",\"listener\":");
+        push_str(out, e.listener.as_bytes());
+        out.extend_from_slice(b",\"route\":");
+        push_opt(out, e.route.map(str::as_bytes));
+        out.extend_from_slice(b",\"cluster\":");
+        push_opt(out, e.cluster.map(str::as_bytes));
+        out.extend_from_slice(b",\"endpoint\":");
+        match e.endpoint {
+            Some(a) => {
+                out.push(b'"');
+                let _ = write!(out, "{a}");
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"method\":");
+        push_str(out, e.method);
+        out.extend_from_slice(b",\"authority\":");
+        push_opt(out, e.authority);
+        out.extend_from_slice(b",\"path\":");
+        push_str(out, e.path);
+        out.extend_from_slice(b",\"status\":");
+        push_u64(out, u64::from(e.status));
+        out.extend_from_slice(b",\"bytes_in\":");
+        push_u64(out, e.bytes_in);
+        out.extend_from_slice(b",\"bytes_out\":");
+        push_u64(out, e.bytes_out);
+        out.extend_from_slice(b",\"duration_ms\":");
+        push_ms(out, e.duration);
+        out.extend_from_slice(b",\"upstream_ms\":");
+        match e.upstream {
+            Some(d) => push_ms(out, d),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"retries\":");
+        push_u64(out, u64::from(e.retries));
+        out.extend_from_slice(b",\"error\":");
+        push_opt(out, e.error.map(|k| k.name().as_bytes()));
+        out.extend_from_slice(b",\"trace_id\":");
+        match e.trace_id {
+            Some(t) => {
+                out.push(b'"');
+                out.extend_from_slice(t);
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"client_identity\":");
+        push_opt(out, e.client_identity);
+        out.extend_from_slice(b",\"client\":\"");
+        let _ = write!(out, "{}", e.client);
+        out.extend_from_slice(b"\"}\n");
+    }
+}
+
+/// RFC 3339 UTC with milliseconds.
+fn push_time(out: &mut Vec<u8>, t: SystemTime, stamp: &mut Stamp) {
+    {
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        if stamp.second != secs {
+            stamp.text = civil(secs);
+            stamp.second = secs;
+        }
+        out.extend_from_slice(&stamp.text);
+        out.push(b'.');
+        let ms = since.subsec_millis();
+        out.extend_from_slice(&[
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+            b'Z',
+        ]);
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` for seconds since the epoch (Howard Hinnant's civil_from_days).
+fn civil(secs: u64) -> [u8; 19] {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let mut s = [0u8; 19];
+    let two = |s: &mut [u8], v: u64| {
+        s[0] = b'0' + (v / 10 % 10) as u8;
+        s[1] = b'0' + (v % 10) as u8;
+    };
+    let y = y.clamp(0, 9999) as u64;
+    two(&mut s[0..2], y / 100);
+    two(&mut s[2..4], y % 100);
+    s[4] = b'-';
+    two(&mut s[5..7], m as u64);
+    s[7] = b'-';
+    two(&mut s[8..10], d as u64);
+    s[10] = b'T';
+    two(&mut s[11..13], rem / 3600);
+    s[13] = b':';
+    two(&mut s[14..16], rem / 60 % 60);
+    s[16] = b':';
+    two(&mut s[17..19], rem % 60);
+    s
+}
+
+/// What one log line says about one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    pub time: SystemTime,
+    pub listener: &'a str,
+    pub route: Option<&'a str>,
+    pub cluster: Option<&'a str>,
+    pub endpoint: Option<SocketAddr>,
+    pub method: &'a [u8],
+    pub authority: Option<&'a [u8]>,
+    pub path: &'a [u8],
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration: Duration,
+    pub upstream: Option<Duration>,
+    pub retries: u32,
+    pub error: Option<ErrorKind>,
+    pub trace_id: Option<&'a [u8; 32]>,
+    pub client_identity: Option<&'a [u8]>,
+    pub client: SocketAddr,
+}
+
+fn push_u64(out: &mut Vec<u8>, v: u64) {
+    let mut b = [0u8; 20];
+    let mut i = b.len();
+    let mut v = v;
+    loop {
+        i -= 1;
+        b[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&b[i..]);
+}
+
+/// Milliseconds with three decimals (microsecond precision).
+fn push_ms(out: &mut Vec<u8>, d: Duration) {
+    let us = d.as_micros() as u64;
+    push_u64(out, us / 1000);
+    let frac = us % 1000;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
+fn push_opt(out: &mut Vec<u8>, s: Option<&[u8]>) {
+    match s {
+        Some(s) => push_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A JSON string of bytes read from the network: quotes, backslashes and control characters
+/// escaped; bytes that are not UTF-8 become U+FFFD, so every line is valid JSON.
+pub fn push_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    let mut rest = s;
+    while !rest.is_empty() {
+        let (valid, bad) = match std::str::from_utf8(rest) {
+            Ok(v) => (v, 0),
+            Err(e) => {
+                let (v, _) = rest.split_at(e.valid_up_to());
+                // The first `valid_up_to` bytes are UTF-8 by definition.
+                let v = std::str::from_utf8(v).unwrap_or("");
+                (v, e.error_len().unwrap_or(rest.len() - e.valid_up_to()))
+            }
+        };
+        for &b in valid.as_bytes() {
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                0..=0x1f | 0x7f => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    out.extend_from_slice(b"\\u00");
+                    out.push(HEX[usize::from(b >> 4)]);
+                    out.push(HEX[usize::from(b & 15)]);
+                }
+                _ => out.push(b),
+            }
+        }
+        rest = &rest[valid.len()..];
+        if bad > 0 {
+            out.extend_from_slice("\u{fffd}".as_bytes());
+            rest = &rest[bad..];
+        }
+    }
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry<'static> {
+        Entry {
+            time: UNIX_EPOCH + Duration::from_millis(1_764_000_000_123),
+            listener: "edge",
+            route: Some("api"),
+            cluster: Some("be"),
+            endpoint: Some("127.0.0.1:8081".parse().unwrap()),
+            method: b"GET",
+            authority: Some(b"a.example"),
+            path: b"/p?\"q\"\\\x01\xff",
+            status: 200,
+            bytes_in: 78,
+            bytes_out: 1234,
+            duration: Duration::from_micros(1_234_567),
+            upstream: Some(Duration::from_micros(999)),
+            retries: 1,
+            error: None,
+            trace_id: Some(b"4bf92f3577b34da6a3ce929d0e0e4736"),
+            client_identity: None,
+            client: "127.0.0.1:50000".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_line_is_json_with_every_field() {
+        let mut out = Vec::new();
+        write_entry(&mut out, &entry(), &mut Stamp::default());
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.ends_with("}\n"));
+        assert!(
+            line.starts_with("{\"time\":\"2025-11-24T16:00:00.123Z\",\"listener\":\"edge\""),
+            "{line}"
+        );
+        for part in [
+            "\"route\":\"api\"",
+            "\"cluster\":\"be\"",
+            "\"endpoint\":\"127.0.0.1:8081\"",
+            "\"path\":\"/p?\\\"q\\\"\\\\\\u0001\u{fffd}\"",
+            "\"duration_ms\":1234.567",
+            "\"upstream_ms\":0.999",
+            "\"retries\":1",
+            "\"error\":null",
+            "\"client_identity\":null",
+            "\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\"",
+        ] {
+            assert!(line.contains(part), "{part} in {line}");
+        }
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(&civil(0), b"1970-01-01T00:00:00");
+        assert_eq!(&civil(951_782_400), b"2000-02-29T00:00:00");
+        assert_eq!(&civil(4_102_444_799), b"2099-12-31T23:59:59");
+    }
+
+    #[test]
+    fn batches_go_to_the_file_and_reopen_follows_rotation() {
+        let dir = std::env::temp_dir().join(format!("ringmesh-al-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let counters = Rc::new(Counters::default());
+        let sink = Sink::new(Target::File(path.clone()), counters.clone());
+        sink.log(&entry());
+        assert!(!path.exists(), "nothing is written before a flush");
+        sink.flush();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        std::fs::rename(&path, dir.join("access.log.1")).unwrap();
+        sink.log(&entry());
+        reopen_all();
+        sink.flush();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        assert_eq!(counters.written.get(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
