@@ -143,6 +143,8 @@ async fn serve(admin: Rc<Admin>, mut stream: TcpStream) {
     }
 }
 
+const DASHBOARD: &[u8] = include_bytes!("dashboard.html");
+
 /// Events a tap may ask for (`n`), and its default.
 const TAP_MAX: u64 = 1_000_000;
 const TAP_DEFAULT: u64 = 100;
@@ -320,11 +322,9 @@ impl Admin {
                 let merged = metrics::merge(&self.reports().await);
                 (200, "application/json", clusters_json(&merged).into_bytes())
             }
-            b"/" => (
-                200,
-                "text/plain",
-                b"ringmesh admin: /ready /metrics /config /clusters /tap\n".to_vec(),
-            ),
+            // The dashboard: one self-contained page (no external scripts, styles or fonts) that
+            // polls /metrics and /clusters.
+            b"/" => (200, "text/html; charset=utf-8", DASHBOARD.to_vec()),
             _ => (404, "text/plain", b"not found\n".to_vec()),
         }
     }

@@ -77,6 +77,8 @@ pub struct Sink {
     buf: RefCell<Vec<u8>>,
     file: RefCell<Option<File>>,
     generation: Cell<u64>,
+    /// Lines in `buf`.
+    lines: Cell<u64>,
     counters: Rc<Counters>,
     stamp: RefCell<Stamp>,
 }
@@ -105,6 +107,7 @@ impl Sink {
             buf: RefCell::new(Vec::with_capacity(FLUSH_AT + 4096)),
             file: RefCell::new(None),
             generation: Cell::new(GENERATION.load(Ordering::Relaxed)),
+            lines: Cell::new(0),
             counters,
             stamp: RefCell::new(Stamp::default()),
         }
@@ -115,6 +118,7 @@ impl Sink {
         let full = {
             let mut buf = self.buf.borrow_mut();
             write_entry(&mut buf, e, &mut self.stamp.borrow_mut());
+            self.lines.set(self.lines.get() + 1);
             buf.len() >= FLUSH_AT
         };
         if full {
@@ -128,7 +132,7 @@ impl Sink {
         if buf.is_empty() {
             return;
         }
-        let lines = memchr::memchr_iter(b'\n', &buf).count() as u64;
+        let lines = self.lines.replace(0);
         let generation = GENERATION.load(Ordering::Relaxed);
         let ok = match &self.target {
             Target::Stdout => std::io::stdout().lock().write_all(&buf).is_ok(),
@@ -179,7 +183,7 @@ pub fn write_entry(out: &mut Vec<u8>, e: &Entry<'_>, stamp: &mut Stamp) {
         match e.endpoint {
             Some(a) => {
                 out.push(b'"');
-                let _ = write!(out, "{a}");
+                push_addr(out, a);
                 out.push(b'"');
             }
             None => out.extend_from_slice(b"null"),
@@ -219,7 +223,7 @@ pub fn write_entry(out: &mut Vec<u8>, e: &Entry<'_>, stamp: &mut Stamp) {
         out.extend_from_slice(b",\"client_identity\":");
         push_opt(out, e.client_identity);
         out.extend_from_slice(b",\"client\":\"");
-        let _ = write!(out, "{}", e.client);
+        push_addr(out, e.client);
         out.extend_from_slice(b"\"}\n");
     }
 }
@@ -302,6 +306,25 @@ pub struct Entry<'a> {
     pub client: SocketAddr,
 }
 
+/// `ip:port`; IPv4 by hand (the common case, several times faster than `Display`).
+fn push_addr(out: &mut Vec<u8>, a: SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => {
+            for (i, o) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(*o));
+            }
+        }
+        SocketAddr::V6(v6) => {
+            let _ = write!(out, "[{}]", v6.ip());
+        }
+    }
+    out.push(b':');
+    push_u64(out, u64::from(a.port()));
+}
+
 fn push_u64(out: &mut Vec<u8>, v: u64) {
     let mut b = [0u8; 20];
     let mut i = b.len();
@@ -341,6 +364,14 @@ fn push_opt(out: &mut Vec<u8>, s: Option<&[u8]>) {
 /// escaped; bytes that are not UTF-8 become U+FFFD, so every line is valid JSON.
 pub fn push_str(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
+    // Most values are printable ASCII with nothing to escape: copied as they are.
+    if s.iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.extend_from_slice(s);
+        out.push(b'"');
+        return;
+    }
     let mut rest = s;
     while !rest.is_empty() {
         let (valid, bad) = match std::str::from_utf8(rest) {
@@ -422,8 +453,25 @@ mod tests {
             "\"error\":null",
             "\"client_identity\":null",
             "\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\"",
+            "\"client\":\"127.0.0.1:50000\"}",
+            "\"authority\":\"a.example\"",
         ] {
             assert!(line.contains(part), "{part} in {line}");
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_like_display() {
+        for a in [
+            "10.200.3.4:65535",
+            "0.0.0.0:0",
+            "[::1]:8080",
+            "[2001:db8::7]:1",
+        ] {
+            let a: SocketAddr = a.parse().unwrap();
+            let mut out = Vec::new();
+            push_addr(&mut out, a);
+            assert_eq!(String::from_utf8(out).unwrap(), a.to_string());
         }
     }
 

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustc_hash::FxHashMap;
 
@@ -206,6 +206,9 @@ pub struct Worker {
     log_counters: Rc<Counters>,
     /// This worker's copy of the live taps, and the generation it was taken at.
     taps: RefCell<(u64, Vec<Arc<Tap>>)>,
+    /// A monotonic instant and the wall-clock time then, renewed every sweeper tick: log lines
+    /// get their wall time from the instant already read, not from another clock read.
+    wall: Cell<(Instant, SystemTime)>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -288,6 +291,17 @@ impl Worker {
             sinks: RefCell::new(FxHashMap::default()),
             log_counters: Rc::new(Counters::default()),
             taps: RefCell::new((tap::generation(), Vec::new())),
+            wall: Cell::new((Instant::now(), SystemTime::now())),
+        }
+    }
+
+    /// The wall-clock time at `at` (to the accuracy of the last tick's clock reading).
+    #[inline]
+    pub(crate) fn wall_time(&self, at: Instant) -> SystemTime {
+        let (i, t) = self.wall.get();
+        match at.checked_duration_since(i) {
+            Some(d) => t + d,
+            None => t - i.saturating_duration_since(at),
         }
     }
 
@@ -660,6 +674,7 @@ async fn sweep(w: Rc<Worker>) {
         let now = Instant::now();
         w.idle.sweep(now);
         w.deadlines.sweep(now);
+        w.wall.set((now, SystemTime::now()));
         w.flush_logs();
         // Health-check results and ended ejections change availability without an event here.
         w.availability_changed();

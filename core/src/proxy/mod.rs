@@ -618,7 +618,7 @@ impl<'a> Seen<'a> {
         };
         let trace_id = trace.map(Trace::trace_id_hex);
         let entry = access_log::Entry {
-            time: std::time::SystemTime::now() - end.elapsed(),
+            time: w.wall_time(end),
             listener: self.listener,
             route: self.route,
             cluster: self.cluster,

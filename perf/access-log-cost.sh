@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# What access logging costs: two ringmesh proxies, one without an access log and one logging
+# every request to a file, measured with wrk in interleaved rounds. wrk on CPU 0; the proxy
+# under test and a 1-worker nginx backend (2-byte answer) on CPU 1; one worker each; 50
+# keep-alive connections. Prints requests/s, CPU per request and the ratio of the two.
+#
+#   bash perf/access-log-cost.sh [ROUNDS] [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS="${1:-4}"
+SECS="${2:-10}"
+
+for cmd in nginx wrk taskset; do
+  command -v "$cmd" >/dev/null || {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q nginx wrk util-linux >/dev/null || { apt-get update -q && apt-get install -y -q nginx wrk util-linux >/dev/null; }
+  }
+done
+cargo build --release -q -p ringmesh-control --bin ringmesh
+
+dir=$(mktemp -d)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BE=$(free_port); OFF=$(free_port); ON=$(free_port)
+cat > "$dir/backend.conf" <<EOC
+worker_processes 1; daemon off; pid $dir/backend.pid; error_log $dir/backend.err warn;
+events { worker_connections 20000; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$BE reuseport backlog=4096; location / { return 200 "ok"; } } }
+EOC
+config() { # port, extra listener line
+  cat <<EOC
+admin: 127.0.0.1:0
+listeners:
+  - name: edge
+    bind: 127.0.0.1:$1
+$2
+    routes: [ { match: { path_prefix: / }, cluster: be } ]
+clusters:
+  - { name: be, endpoints: [ { addr: 127.0.0.1:$BE } ] }
+EOC
+}
+config "$OFF" "" > "$dir/off.yaml"
+config "$ON" "    access_log: $dir/access.log" > "$dir/on.yaml"
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do pkill -9 -P "$p" 2>/dev/null || true; kill -9 "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
+trap cleanup EXIT
+taskset -c 1 nginx -c "$dir/backend.conf" & pids+=($!)
+taskset -c 1 target/release/ringmesh proxy --config "$dir/off.yaml" --workers 1 --log-level warn & pids+=($!)
+OFF_PID=$!
+taskset -c 1 target/release/ringmesh proxy --config "$dir/on.yaml" --workers 1 --log-level warn & pids+=($!)
+ON_PID=$!
+sleep 1
+
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+declare -A RPS CPU
+run() {
+  local name=$1 port=$2 pid=$3 c0 c1 out rps reqs
+  c0=$(cpu "$pid")
+  out=$(taskset -c 0 wrk -t1 -c50 -d"${SECS}s" "http://127.0.0.1:$port/")
+  c1=$(cpu "$pid")
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  local us
+  us=$(awk -v c="$((c1 - c0))" -v q="$reqs" 'BEGIN { printf "%.2f", c * 10000 / q }')
+  printf "%-8s %10.0f req/s   %5s us CPU/request\n" "$name" "$rps" "$us"
+  RPS[$name]="${RPS[$name]:-} $rps"; CPU[$name]="${CPU[$name]:-} $us"
+}
+echo "wrk -t1 -c50 -d${SECS}s on CPU 0; proxy and nginx backend on CPU 1; log file: $dir/access.log"
+for r in $(seq 1 "$ROUNDS"); do
+  if [ $((r % 2)) -eq 1 ]; then run off "$OFF" "$OFF_PID"; run on "$ON" "$ON_PID"
+  else run on "$ON" "$ON_PID"; run off "$OFF" "$OFF_PID"; fi
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+off_rps=$(echo "${RPS[off]}" | median); on_rps=$(echo "${RPS[on]}" | median)
+off_cpu=$(echo "${CPU[off]}" | median); on_cpu=$(echo "${CPU[on]}" | median)
+lines=$(wc -l < "$dir/access.log")
+awk -v a="$off_rps" -v b="$on_rps" -v c="$off_cpu" -v d="$on_cpu" -v n="$lines" 'BEGIN {
+  printf "medians: off %.0f req/s %.2f us; on %.0f req/s %.2f us; on/off req/s %.3f, CPU %.3f; %d lines logged\n", a, c, b, d, b / a, d / c, n }'

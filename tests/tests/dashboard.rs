@@ -1,0 +1,405 @@
+//! The admin dashboard in a real browser, and `/metrics` read by real Prometheus tools.
+//!
+//! These need Debian's `chromium`, `prometheus` and `promtool`. Without them a test says so and
+//! passes, unless `RINGMESH_REQUIRE_TOOLS=1` (set by `.ci/run`, which installs them) makes a
+//! missing tool a failure.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ringmesh_tests::*;
+use serde_json::Value;
+
+/// The path of the first of `names` found in PATH; `None` (after saying so) when missing and
+/// not required.
+fn tool(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        for n in names {
+            let p = dir.join(n);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    if std::env::var("RINGMESH_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
+        panic!(
+            "{} is required (RINGMESH_REQUIRE_TOOLS=1) but not installed",
+            names[0]
+        );
+    }
+    eprintln!("SKIPPED: {} is not installed", names[0]);
+    None
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringmesh-dash-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Waits for a child with a deadline; kills it past the deadline.
+fn wait_output(mut child: Child, limit: Duration) -> (bool, String, String) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut out = String::new();
+            let mut err = String::new();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.success(), out, err);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("timed out after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn config(up: SocketAddr) -> String {
+    format!(
+        "admin: 127.0.0.1:0
+listeners:
+  - name: edge
+    bind: 127.0.0.1:0
+    routes:
+      - {{ name: api, match: {{ path_prefix: /api/ }}, cluster: up }}
+      - {{ name: web, match: {{ path_prefix: /web/ }}, cluster: up }}
+clusters:
+  - name: up
+    endpoints: [ {{ addr: {up}, zone: z1 }} ]
+"
+    )
+}
+
+/// An upstream that fails `/web/fail` with 503 and answers everything else.
+fn upstream() -> Upstream {
+    Upstream::http(|r| {
+        if r.path.starts_with("/web/fail") {
+            Resp::new(503, "no")
+        } else {
+            Resp::new(200, "ok")
+        }
+    })
+}
+
+/// Known traffic on route `web`: 7 answers of 200 and 3 of 503.
+fn web_traffic(edge: SocketAddr) {
+    let mut c = Client::connect(edge);
+    for i in 0..10 {
+        let path = if i % 3 == 0 && i > 0 {
+            "/web/fail"
+        } else {
+            "/web/ok"
+        };
+        c.get(path);
+    }
+}
+
+/// `histogram_quantile` over the buckets of the series whose labels contain `select`.
+fn quantile(metrics: &str, select: &str, q: f64) -> f64 {
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for l in metrics.lines() {
+        if !l.starts_with("ringmesh_request_duration_seconds_bucket{") || !l.contains(select) {
+            continue;
+        }
+        let le = l.split("le=\"").nth(1).unwrap().split('"').next().unwrap();
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap()
+        };
+        let v: f64 = l.rsplit(' ').next().unwrap().parse().unwrap();
+        match buckets.iter_mut().find(|(b, _)| *b == le) {
+            Some((_, n)) => *n += v,
+            None => buckets.push((le, v)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+    let total = buckets.last().unwrap().1;
+    let rank = q * total;
+    let (mut prev_le, mut prev_n) = (0.0, 0.0);
+    for (le, n) in buckets {
+        if n >= rank {
+            if le == f64::INFINITY {
+                return prev_le;
+            }
+            return prev_le + (le - prev_le) * ((rank - prev_n) / (n - prev_n).max(1e-12));
+        }
+        (prev_le, prev_n) = (le, n);
+    }
+    prev_le
+}
+
+/// The text of the cell `field` in the table row `row` of a dumped DOM.
+fn cell(dom: &str, row: &str, field: &str) -> String {
+    let start = dom
+        .find(&format!("<tr data-key=\"{row}\">"))
+        .unwrap_or_else(|| panic!("no row {row} in the page"));
+    let tr = &dom[start..start + dom[start..].find("</tr>").unwrap()];
+    let at = tr
+        .find(&format!("data-key=\"{field}\""))
+        .unwrap_or_else(|| panic!("no {field} in row {row}: {tr}"));
+    let rest = &tr[at..];
+    let text = &rest[rest.find('>').unwrap() + 1..];
+    text[..text.find('<').unwrap()].to_string()
+}
+
+/// An attribute of the element with id `id`.
+fn attr(dom: &str, id: &str, name: &str) -> String {
+    let start = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id}"));
+    let tag_start = dom[..start].rfind('<').unwrap();
+    let tag = &dom[tag_start..start + dom[start..].find('>').unwrap()];
+    let at = tag
+        .find(&format!("{name}=\""))
+        .unwrap_or_else(|| panic!("no {name} on #{id}: {tag}"));
+    let v = &tag[at + name.len() + 2..];
+    v[..v.find('"').unwrap()].to_string()
+}
+
+#[test]
+fn the_dashboard_draws_in_chromium_and_its_numbers_match_metrics() {
+    let Some(chromium) = tool(&["chromium", "chromium-browser", "google-chrome"]) else {
+        return;
+    };
+    let up = upstream();
+    let p = TestProxy::start(&config(up.addr), 2);
+    let edge = p.edge();
+    web_traffic(edge);
+    // Live traffic on `api` while the page runs, for its requests/s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = Client::connect(edge);
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(c.get("/api/x").status, 200);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let profile = temp_dir("chromium");
+    let url = format!("http://{}/", p.proxy.admin_addr());
+    let child = Command::new(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(&url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chromium");
+    let (ok, dom, err) = wait_output(child, Duration::from_secs(120));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert!(ok, "chromium failed: {err}");
+    let metrics = p.admin("/metrics").text();
+    let _ = std::fs::remove_dir_all(&profile);
+
+    // The page ran its refresh loop and filled its tables from the admin API.
+    let body_refreshes = dom
+        .split("data-refreshes=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("the page never refreshed: {dom}"));
+    assert!(body_refreshes >= 3, "{body_refreshes} refreshes");
+
+    // Route `web` ended before the page loaded: its numbers must equal /metrics exactly.
+    let web = "listener=\"edge\",route=\"web\",cluster=\"up\"";
+    let ok200 = metric_value(
+        &metrics,
+        &format!("ringmesh_requests_total{{{web},code=\"200\"}}"),
+    );
+    let failed = metric_value(
+        &metrics,
+        &format!("ringmesh_requests_total{{{web},code=\"503\"}}"),
+    );
+    assert_eq!((ok200, failed), (Some(7.0), Some(3.0)));
+    assert_eq!(cell(&dom, "edge/web/up", "total"), "10");
+    assert_eq!(cell(&dom, "edge/web/up", "success"), "70.00%");
+    for (field, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+        let want = format!("{:.3}", 1000.0 * quantile(&metrics, "route=\"web\"", q));
+        assert_eq!(cell(&dom, "edge/web/up", field), want, "{field}");
+    }
+    // Route `api` was busy while the page watched: a rate above zero, a total no larger than
+    // what /metrics counts afterwards.
+    let api_rps: f64 = cell(&dom, "edge/api/up", "rps").parse().unwrap();
+    assert!(api_rps > 0.0, "api req/s {api_rps}");
+    let api_total: f64 = cell(&dom, "edge/api/up", "total").parse().unwrap();
+    let api_after = metric_value(
+        &metrics,
+        "ringmesh_requests_total{listener=\"edge\",route=\"api\",cluster=\"up\",code=\"200\"}",
+    )
+    .unwrap();
+    assert!(
+        api_total > 0.0 && api_total <= api_after,
+        "{api_total} vs {api_after}"
+    );
+    // The endpoint table comes from /clusters.
+    assert_eq!(cell(&dom, &format!("up/{}", up.addr), "health"), "healthy");
+
+    // The charts drew: points plotted for both routes, and ink on the canvas.
+    for chart in ["rps-routes", "p99-routes", "rps-clusters", "sr-clusters"] {
+        let points: u32 = attr(&dom, chart, "data-points").parse().unwrap();
+        let ink: u32 = attr(&dom, chart, "data-ink").parse().unwrap();
+        assert!(points >= 2, "{chart}: {points} points");
+        assert!(ink > 1000, "{chart}: {ink} pixels drawn");
+    }
+    assert_eq!(attr(&dom, "rps-routes", "data-series"), "2");
+    // Self-contained: nothing loaded from elsewhere.
+    let page = p.admin("/").text();
+    assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("src="));
+}
+
+#[test]
+fn promtool_accepts_the_metrics() {
+    let Some(promtool) = tool(&["promtool"]) else {
+        return;
+    };
+    let up = upstream();
+    let p = TestProxy::start(&config(up.addr), 2);
+    web_traffic(p.edge());
+    // Unrouted answers and ejection state make the exposition cover every family.
+    Client::connect(p.edge()).get("/nowhere");
+    let text = p.admin("/metrics").body;
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &text).unwrap();
+    let (ok, out, err) = wait_output(child, Duration::from_secs(30));
+    assert!(ok, "promtool: {out}{err}");
+    assert!(
+        out.trim().is_empty() && err.trim().is_empty(),
+        "promtool lints: {out}{err}"
+    );
+}
+
+/// GET on Prometheus's HTTP API; the JSON answer.
+fn prom_query(addr: SocketAddr, query: &str) -> Option<Value> {
+    let mut q = String::new();
+    for b in query.bytes() {
+        if b.is_ascii_alphanumeric() || b"_.-~".contains(&b) {
+            q.push(b as char);
+        } else {
+            q.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    std::io::Write::write_all(
+        &mut s,
+        format!("GET /api/v1/query?query={q} HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let body = &out[out.find("\r\n\r\n")? + 4..];
+    // Prometheus may answer chunked: the JSON is between the first `{` and the last `}`.
+    let body = &body[body.find('{')?..=body.rfind('}')?];
+    serde_json::from_str(body).ok()
+}
+
+/// The single value of an instant query, as Prometheus prints it.
+fn prom_value(addr: SocketAddr, query: &str) -> Option<String> {
+    let v = prom_query(addr, query)?;
+    let r = v["data"]["result"].as_array()?;
+    (r.len() == 1).then(|| r[0]["value"][1].as_str().map(str::to_string))?
+}
+
+#[test]
+fn prometheus_scrapes_the_metrics_and_answers_queries() {
+    let Some(prometheus) = tool(&["prometheus"]) else {
+        return;
+    };
+    let up = upstream();
+    let p = TestProxy::start(&config(up.addr), 2);
+    web_traffic(p.edge());
+    let dir = temp_dir("prometheus");
+    let listen = free_port();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
+             scrape_configs:\n  - job_name: ringmesh\n    static_configs: [ {{ targets: [\"{}\"] }} ]\n",
+            p.proxy.admin_addr()
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(prometheus)
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={listen}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    let scraped = eventually(Duration::from_secs(60), || {
+        prom_value(listen, "up{job=\"ringmesh\"}").as_deref() == Some("1")
+            && prom_value(listen, "sum(ringmesh_requests_total{route=\"web\"})").is_some()
+    });
+    let results = (
+        prom_value(listen, "sum(ringmesh_requests_total{route=\"web\"})"),
+        prom_value(
+            listen,
+            "ringmesh_requests_total{route=\"web\",code=\"503\"}",
+        ),
+        prom_value(
+            listen,
+            "histogram_quantile(0.5, sum by (le) (ringmesh_request_duration_seconds_bucket{route=\"web\"}))",
+        ),
+        prom_value(listen, "ringmesh_workers"),
+        prom_value(
+            listen,
+            "count(ringmesh_endpoint_ewma_seconds{cluster=\"up\"})",
+        ),
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(scraped, "Prometheus never scraped the admin API");
+    let (total, failed, median, workers, endpoints) = results;
+    assert_eq!(total.as_deref(), Some("10"));
+    assert_eq!(failed.as_deref(), Some("3"));
+    let median: f64 = median.unwrap().parse().unwrap();
+    assert!(median > 0.0 && median < 1.0, "median {median}");
+    assert_eq!(workers.as_deref(), Some("2"));
+    assert_eq!(endpoints.as_deref(), Some("1"));
+}
