@@ -242,17 +242,19 @@ impl Exchange<'_> {
     }
 
     /// What the proxy adds to the request; `deadline` is passed on as the time left.
+    /// What the upstream is told: `deadline` is passed on as the time left after `now`.
     fn forwarded<'b>(
         &'b self,
         c: &'b Client,
         ep: &'b Endpoint,
         deadline: Option<Instant>,
+        now: Instant,
     ) -> Forwarded<'b> {
         Forwarded {
             client_ip: c.ip(),
             proto: b"http",
             fallback_host: &ep.host,
-            deadline: deadline.map(|d| d.saturating_duration_since(Instant::now())),
+            deadline: deadline.map(|d| d.saturating_duration_since(now)),
             trace: Some(self.trace),
         }
     }
@@ -416,7 +418,12 @@ impl Exchange<'_> {
         let mut avoid: Option<Rc<Endpoint>> = None;
         let mut retry_guard = RetryGuard(None);
         let result = loop {
-            let now = Instant::now();
+            // The first try starts as the request does (read a moment ago, after its head).
+            let now = if retries == 0 && !fresh {
+                self.started
+            } else {
+                Instant::now()
+            };
             if now >= deadline {
                 break Err(Fail::before(ErrorKind::Timeout, true));
             }
@@ -436,7 +443,7 @@ impl Exchange<'_> {
                     &mut out,
                     data,
                     self.req,
-                    &self.forwarded(c, &ep, Some(deadline)),
+                    &self.forwarded(c, &ep, Some(deadline), now),
                 );
                 out.extend_from_slice(&data[body.clone()]);
             }
@@ -643,7 +650,7 @@ impl Exchange<'_> {
                 &mut out,
                 c.data(),
                 self.req,
-                &self.forwarded(c, &ep, caller),
+                &self.forwarded(c, &ep, caller, Instant::now()),
             );
             let (sent, out) = up.stream.write_all(out).await;
             w.put_buf(out);
@@ -754,7 +761,8 @@ impl Exchange<'_> {
                 self.book(ep, outcome, relayed.head_at, took);
                 if relayed.upstream_reusable {
                     if let Some(up) = up {
-                        ep.checkin(up, Instant::now(), self.cluster.pool_max_idle);
+                        // The head's arrival is near enough for the pool's idle clock.
+                        ep.checkin(up, relayed.head_at, self.cluster.pool_max_idle);
                     }
                 }
                 Ok(Done {

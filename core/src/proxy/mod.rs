@@ -51,6 +51,8 @@ pub(crate) struct Client {
     /// The current request's client was already sent `100 Continue`.
     continued: bool,
     peer: SocketAddr,
+    /// When the last exchange ended: the start of the wait for the next request.
+    ended: Instant,
 }
 
 impl Client {
@@ -67,6 +69,7 @@ impl Client {
             ip_len,
             canceller: None,
             peer,
+            ended: Instant::now(),
             served: 0,
             continued: false,
         }
@@ -203,7 +206,7 @@ async fn active(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client, mut gap: Du
             return false;
         };
         // Data before the shed deadline: still hot.
-        match read_small(w, c, limits.idle_timeout, Instant::now()).await {
+        match read_small(w, c, limits.idle_timeout, c.ended).await {
             Wait::Data => gap = Duration::ZERO,
             Wait::Shed => return true,
             Wait::Closed => return false,
@@ -472,6 +475,7 @@ async fn exchange(
     match exchange.run(c, resp).await {
         Ok(done) => {
             let end = Instant::now();
+            c.ended = end;
             stats.record(done.status, end - started);
             seen.report(w, c, done.status, None, end, Some(&note), Some(&trace));
             done.client_keep_alive
@@ -494,6 +498,7 @@ async fn exchange(
             }
             let status = fail.kind.status();
             let end = Instant::now();
+            c.ended = end;
             stats.record(status, end - started);
             lview.stats.local_reply(fail.kind);
             if fail.kind == ErrorKind::ClientClosed {
@@ -668,6 +673,7 @@ async fn refuse(
     started: Instant,
 ) -> bool {
     let end = Instant::now();
+    c.ended = end;
     lview.unrouted.record(kind.status(), end - started);
     let log = lview.log.as_ref();
     let seen = Seen::new(w, c.data(), req, listener, log, None, None, started);
