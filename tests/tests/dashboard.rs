@@ -267,7 +267,14 @@ fn the_dashboard_draws_in_chromium_and_its_numbers_match_metrics() {
     assert_eq!(cell(&dom, &format!("up/{}", up.addr), "health"), "healthy");
 
     // The charts drew: points plotted for both routes, and ink on the canvas.
-    for chart in ["rps-routes", "p99-routes", "rps-clusters", "sr-clusters"] {
+    for chart in [
+        "rps-routes",
+        "sr-routes",
+        "p99-routes",
+        "rps-clusters",
+        "sr-clusters",
+        "p99-clusters",
+    ] {
         let points: u32 = attr(&dom, chart, "data-points").parse().unwrap();
         let ink: u32 = attr(&dom, chart, "data-ink").parse().unwrap();
         assert!(points >= 2, "{chart}: {points} points");
