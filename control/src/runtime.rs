@@ -253,6 +253,8 @@ impl Proxy {
         if let Some(t) = self.control_thread.take() {
             let _ = t.join();
         }
+        // The workers handed over their last log lines as they stopped.
+        ringmesh_core::access_log::sync(Duration::from_secs(5));
         finished
     }
 }

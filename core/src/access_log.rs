@@ -1,21 +1,21 @@
 //! Access logs: one JSON line per request, written in batches.
 //!
-//! Each worker keeps its own buffer per destination and writes it when it passes
-//! [`FLUSH_AT`] bytes or at the worker's next sweeper tick (200 ms), whichever comes first: no
-//! system call per request. Destinations are opened with `O_APPEND` and a batch always ends at a
-//! line's end, so lines from different workers never interleave. [`reopen_all`] (SIGUSR1) makes
-//! every worker reopen its files at its next flush, for log rotation.
-//!
-//! A write is a plain blocking `write(2)` on the worker thread: to a file it lands in the page
-//! cache. A stdout that stops draining stalls the worker; log to a file when that matters.
+//! Each worker formats lines into its own buffer per destination and hands the buffer over when
+//! it passes [`FLUSH_AT`] bytes or at the worker's next sweeper tick (200 ms), whichever comes
+//! first: no system call per request. One writer thread per process does the `write(2)`s, so a
+//! disk that falls behind (the kernel throttles writers once dirty pages pile up) or a stdout
+//! that stops draining never stalls a worker: past [`QUEUE`] batches waiting, a worker drops
+//! its batch and counts its lines as lost. Files are opened with `O_APPEND` and a batch always
+//! ends at a line's end, so lines never interleave. [`reopen_all`] (SIGUSR1) makes the writer
+//! reopen its files before its next write, for log rotation.
 
 use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::ErrorKind;
@@ -61,25 +61,117 @@ pub fn reopen_all() {
     GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
-/// A worker's access log counters, over all its destinations.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Lines handed to the kernel.
-    pub written: Cell<u64>,
-    /// Lines lost to write errors.
-    pub lost: Cell<u64>,
+/// Batches waiting for the writer thread, over all workers (each at most [`FLUSH_AT`] bytes and
+/// a line): past this, a worker drops its batch rather than wait.
+pub const QUEUE: usize = 256;
+
+static WRITTEN: AtomicU64 = AtomicU64::new(0);
+static LOST: AtomicU64 = AtomicU64::new(0);
+
+/// Lines written so far, by the whole process.
+pub fn lines_written() -> u64 {
+    WRITTEN.load(Ordering::Relaxed)
+}
+
+/// Lines lost so far (write errors, or the writer too far behind).
+pub fn lines_lost() -> u64 {
+    LOST.load(Ordering::Relaxed)
+}
+
+enum Job {
+    Batch {
+        target: Arc<Target>,
+        data: Vec<u8>,
+        lines: u64,
+    },
+    Sync(flume::Sender<()>),
+}
+
+static WRITER: OnceLock<flume::Sender<Job>> = OnceLock::new();
+
+/// The writer thread's queue, started on first use.
+fn writer() -> &'static flume::Sender<Job> {
+    WRITER.get_or_init(|| {
+        let (tx, rx) = flume::bounded(QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("ringmesh-log".into())
+            .spawn(move || write_batches(rx));
+        if let Err(e) = spawned {
+            // The queue's receiver is gone with the closure: every batch counts as lost.
+            tracing::error!(error = %e, "access log: cannot start the writer thread");
+        }
+        tx
+    })
+}
+
+/// The writer thread: writes batches in the order they came, reopening files after
+/// [`reopen_all`].
+fn write_batches(rx: flume::Receiver<Job>) {
+    let mut files: Vec<(Arc<Target>, Option<File>)> = Vec::new();
+    let mut generation = GENERATION.load(Ordering::Relaxed);
+    while let Ok(job) = rx.recv() {
+        let (target, data, lines) = match job {
+            Job::Batch {
+                target,
+                data,
+                lines,
+            } => (target, data, lines),
+            Job::Sync(reply) => {
+                let _ = reply.send(());
+                continue;
+            }
+        };
+        let now = GENERATION.load(Ordering::Relaxed);
+        if now != generation {
+            generation = now;
+            files.clear();
+        }
+        let ok = match &*target {
+            Target::Stdout => std::io::stdout().lock().write_all(&data).is_ok(),
+            Target::File(path) => {
+                let i = match files.iter().position(|(t, _)| *t == target) {
+                    Some(i) => i,
+                    None => {
+                        files.push((target.clone(), None));
+                        files.len() - 1
+                    }
+                };
+                let file = &mut files[i].1;
+                if file.is_none() {
+                    match OpenOptions::new().create(true).append(true).open(path) {
+                        Ok(f) => *file = Some(f),
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), error = %e, "access log: cannot open");
+                        }
+                    }
+                }
+                let ok = file.as_mut().is_some_and(|f| f.write_all(&data).is_ok());
+                if !ok {
+                    // Opened again for the next batch.
+                    *file = None;
+                }
+                ok
+            }
+        };
+        let counter = if ok { &WRITTEN } else { &LOST };
+        counter.fetch_add(lines, Ordering::Relaxed);
+    }
+}
+
+/// Waits until every batch handed over before the call is written, or `limit` passes. For
+/// shutdown and tests.
+pub fn sync(limit: Duration) -> bool {
+    let (tx, rx) = flume::bounded(1);
+    writer().send_timeout(Job::Sync(tx), limit).is_ok() && rx.recv_timeout(limit).is_ok()
 }
 
 /// One worker's buffer for one destination.
 #[derive(Debug)]
 pub struct Sink {
-    target: Target,
+    target: Arc<Target>,
     buf: RefCell<Vec<u8>>,
-    file: RefCell<Option<File>>,
-    generation: Cell<u64>,
     /// Lines in `buf`.
     lines: Cell<u64>,
-    counters: Rc<Counters>,
     stamp: RefCell<Stamp>,
 }
 
@@ -100,15 +192,12 @@ impl Default for Stamp {
 }
 
 impl Sink {
-    /// A sink for `target`; the file is opened at the first flush.
-    pub fn new(target: Target, counters: Rc<Counters>) -> Sink {
+    /// A sink for `target`; the writer opens the file at the first batch.
+    pub fn new(target: Target) -> Sink {
         Sink {
-            target,
-            buf: RefCell::new(Vec::with_capacity(FLUSH_AT + 4096)),
-            file: RefCell::new(None),
-            generation: Cell::new(GENERATION.load(Ordering::Relaxed)),
+            target: Arc::new(target),
+            buf: RefCell::new(Vec::new()),
             lines: Cell::new(0),
-            counters,
             stamp: RefCell::new(Stamp::default()),
         }
     }
@@ -117,6 +206,9 @@ impl Sink {
     pub fn log(&self, e: &Entry<'_>) {
         let full = {
             let mut buf = self.buf.borrow_mut();
+            if buf.capacity() == 0 {
+                buf.reserve(FLUSH_AT + 4096);
+            }
             write_entry(&mut buf, e, &mut self.stamp.borrow_mut());
             self.lines.set(self.lines.get() + 1);
             buf.len() >= FLUSH_AT
@@ -126,45 +218,22 @@ impl Sink {
         }
     }
 
-    /// Writes what is buffered.
+    /// Hands what is buffered to the writer thread.
     pub fn flush(&self) {
         let mut buf = self.buf.borrow_mut();
         if buf.is_empty() {
             return;
         }
         let lines = self.lines.replace(0);
-        let generation = GENERATION.load(Ordering::Relaxed);
-        let ok = match &self.target {
-            Target::Stdout => std::io::stdout().lock().write_all(&buf).is_ok(),
-            Target::File(path) => {
-                let mut file = self.file.borrow_mut();
-                if generation != self.generation.get() {
-                    *file = None;
-                    self.generation.set(generation);
-                }
-                if file.is_none() {
-                    match OpenOptions::new().create(true).append(true).open(path) {
-                        Ok(f) => *file = Some(f),
-                        Err(e) => {
-                            tracing::warn!(path = %path.display(), error = %e, "access log: cannot open");
-                        }
-                    }
-                }
-                match file.as_mut() {
-                    Some(f) => f.write_all(&buf).is_ok(),
-                    None => false,
-                }
-            }
+        let data = std::mem::take(&mut *buf);
+        let job = Job::Batch {
+            target: self.target.clone(),
+            data,
+            lines,
         };
-        let c = &self.counters;
-        if ok {
-            c.written.set(c.written.get() + lines);
-        } else {
-            c.lost.set(c.lost.get() + lines);
-            // Reopened at the next flush.
-            self.file.borrow_mut().take();
+        if writer().try_send(job).is_err() {
+            LOST.fetch_add(lines, Ordering::Relaxed);
         }
-        buf.clear();
     }
 }
 
@@ -487,18 +556,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ringmesh-al-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("access.log");
-        let counters = Rc::new(Counters::default());
-        let sink = Sink::new(Target::File(path.clone()), counters.clone());
+        let sink = Sink::new(Target::File(path.clone()));
+        let written = lines_written();
         sink.log(&entry());
+        assert!(sync(Duration::from_secs(5)));
         assert!(!path.exists(), "nothing is written before a flush");
         sink.flush();
+        assert!(sync(Duration::from_secs(5)));
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
         std::fs::rename(&path, dir.join("access.log.1")).unwrap();
         sink.log(&entry());
         reopen_all();
         sink.flush();
+        assert!(sync(Duration::from_secs(5)));
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
-        assert_eq!(counters.written.get(), 2);
+        assert!(lines_written() >= written + 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

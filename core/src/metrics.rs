@@ -209,7 +209,6 @@ impl WorkerMetrics {
             listeners,
             endpoints,
             clusters,
-            access_log: [0; 2],
         }
     }
 }
@@ -225,8 +224,6 @@ pub struct WorkerReport {
     pub listeners: Vec<ListenerReport>,
     /// Endpoint state.
     pub endpoints: Vec<EndpointReport>,
-    /// Access log lines written and lost to write errors.
-    pub access_log: [u64; 2],
     /// Cluster counters.
     pub clusters: Vec<ClusterReport>,
 }
@@ -346,8 +343,6 @@ pub struct Merged {
     pub endpoints: Vec<EndpointReport>,
     /// Clusters, sorted by name, summed over workers.
     pub clusters: Vec<ClusterReport>,
-    /// Access log lines written and lost, summed over workers.
-    pub access_log: [u64; 2],
 }
 
 /// Merges worker reports.
@@ -451,15 +446,11 @@ pub fn merge(reports: &[WorkerReport]) -> Merged {
         })
         .collect();
     endpoints.sort_by(|a, b| (&a.cluster, a.addr).cmp(&(&b.cluster, b.addr)));
-    let access_log = reports.iter().fold([0; 2], |a, r| {
-        [a[0] + r.access_log[0], a[1] + r.access_log[1]]
-    });
     Merged {
         routes,
         listeners,
         endpoints,
         clusters,
-        access_log,
     }
 }
 
@@ -721,8 +712,11 @@ pub fn render(out: &mut String, m: &Merged) {
         out,
         "ringmesh_access_log_lines_total",
         "counter",
-        "Access log lines handed to the kernel, and lines lost to write errors.",
-        &[("written", m.access_log[0]), ("lost", m.access_log[1])],
+        "Access log lines written, and lines lost to write errors or to a writer too far behind.",
+        &[
+            ("written", crate::access_log::lines_written()),
+            ("lost", crate::access_log::lines_lost()),
+        ],
         |out, (r, _)| {
             let _ = write!(out, "result=\"{r}\"");
         },

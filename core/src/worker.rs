@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustc_hash::FxHashMap;
 
-use crate::access_log::{Counters, Sink, Target};
+use crate::access_log::{Sink, Target};
 use crate::buf::{BUF_SIZE, BULK_BUF_SIZE, BufPool, SMALL_BUF_SIZE};
 use crate::cluster::{ClusterState, ClusterView};
 use crate::endpoint::Endpoint;
@@ -203,7 +203,6 @@ pub struct Worker {
     connections: Cell<usize>,
     /// Access log buffers, by destination, kept across reloads.
     sinks: RefCell<FxHashMap<Target, Rc<Sink>>>,
-    log_counters: Rc<Counters>,
     /// This worker's copy of the live taps, and the generation it was taken at.
     taps: RefCell<(u64, Vec<Arc<Tap>>)>,
     /// A monotonic instant and the wall-clock time then, renewed every sweeper tick: log lines
@@ -289,7 +288,6 @@ impl Worker {
             deadlines: IdleSet::default(),
             connections: Cell::new(0),
             sinks: RefCell::new(FxHashMap::default()),
-            log_counters: Rc::new(Counters::default()),
             taps: RefCell::new((tap::generation(), Vec::new())),
             wall: Cell::new((Instant::now(), SystemTime::now())),
         }
@@ -474,9 +472,7 @@ impl Worker {
                             .sinks
                             .borrow_mut()
                             .entry(spec.target.clone())
-                            .or_insert_with(|| {
-                                Rc::new(Sink::new(spec.target.clone(), self.log_counters.clone()))
-                            })
+                            .or_insert_with(|| Rc::new(Sink::new(spec.target.clone())))
                             .clone();
                         (sink, spec.threshold())
                     }),
@@ -596,12 +592,7 @@ impl Worker {
             }
             clusters.push(cv.state.report(&c.name));
         }
-        let mut report = self.metrics.report(self.id, endpoints, clusters);
-        report.access_log = [
-            self.log_counters.written.get(),
-            self.log_counters.lost.get(),
-        ];
-        report
+        self.metrics.report(self.id, endpoints, clusters)
     }
 
     async fn drain_all(&self) {
