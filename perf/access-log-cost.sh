@@ -13,23 +13,12 @@ cd "$(dirname "$0")/.."
 ROUNDS="${1:-4}"
 SECS="${2:-10}"
 
-for cmd in nginx wrk taskset; do
-  command -v "$cmd" >/dev/null || {
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q nginx wrk util-linux >/dev/null || { apt-get update -q && apt-get install -y -q nginx wrk util-linux >/dev/null; }
-  }
-done
-cargo build --release -q -p ringmesh-control --bin ringmesh
+source perf/lib.sh
+perf_setup
 
 dir=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BE=$(free_port); OFF=$(free_port); ON=$(free_port)
-cat > "$dir/backend.conf" <<EOC
-worker_processes 1; daemon off; pid $dir/backend.pid; error_log $dir/backend.err warn;
-events { worker_connections 20000; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BE reuseport backlog=4096; location / { return 200 "ok"; } } }
-EOC
+backend_conf "$dir" "$BE" > "$dir/backend.conf"
 config() { # port, extra listener line
   cat <<EOC
 admin: 127.0.0.1:0
@@ -47,7 +36,7 @@ logdir=$(mktemp -d -p "${LOG_DIR:-$dir}")
 config "$ON" "    access_log: $logdir/access.log" > "$dir/on.yaml"
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do pkill -9 -P "$p" 2>/dev/null || true; kill -9 "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
+cleanup() { kill_all "${pids[@]}"; rm -rf "$dir"; }
 trap 'cleanup; rm -rf "$logdir"' EXIT
 taskset -c 1 nginx -c "$dir/backend.conf" & pids+=($!)
 taskset -c 1 target/release/ringmesh proxy --config "$dir/off.yaml" --workers 1 --log-level warn & pids+=($!)

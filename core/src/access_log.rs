@@ -19,6 +19,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::ErrorKind;
+use crate::http1::encode::push_u64;
 
 /// Where lines go.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -281,14 +282,7 @@ pub fn write_entry(out: &mut Vec<u8>, e: &Entry<'_>, stamp: &mut Stamp) {
         out.extend_from_slice(b",\"error\":");
         push_opt(out, e.error.map(|k| k.name().as_bytes()));
         out.extend_from_slice(b",\"trace_id\":");
-        match e.trace_id {
-            Some(t) => {
-                out.push(b'"');
-                out.extend_from_slice(t);
-                out.push(b'"');
-            }
-            None => out.extend_from_slice(b"null"),
-        }
+        push_opt(out, e.trace_id.map(|t| &t[..]));
         out.extend_from_slice(b",\"client_identity\":");
         push_opt(out, e.client_identity);
         out.extend_from_slice(b",\"client\":\"");
@@ -392,21 +386,6 @@ fn push_addr(out: &mut Vec<u8>, a: SocketAddr) {
     }
     out.push(b':');
     push_u64(out, u64::from(a.port()));
-}
-
-fn push_u64(out: &mut Vec<u8>, v: u64) {
-    let mut b = [0u8; 20];
-    let mut i = b.len();
-    let mut v = v;
-    loop {
-        i -= 1;
-        b[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&b[i..]);
 }
 
 /// Milliseconds with three decimals (microsecond precision).

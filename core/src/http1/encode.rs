@@ -5,17 +5,30 @@
 use super::{Framing, RequestHead, ResponseHead, Version};
 use crate::error::ErrorKind;
 
-/// Appends the decimal form of `n`.
+/// Two decimal digits for each of 0 to 99.
+const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+      2021222324252627282930313233343536373839\
+      4041424344454647484950515253545556575859\
+      6061626364656667686970717273747576777879\
+      8081828384858687888990919293949596979899";
+
+/// Appends the decimal form of `n` (two digits per division).
 pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut tmp = [0u8; 20];
     let mut i = tmp.len();
-    loop {
+    while n >= 100 {
+        let d = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        tmp[i..i + 2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
+    }
+    if n >= 10 {
+        let d = n as usize * 2;
+        i -= 2;
+        tmp[i..i + 2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
+    } else {
         i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        tmp[i] = b'0' + n as u8;
     }
     out.extend_from_slice(&tmp[i..]);
 }
@@ -275,6 +288,15 @@ mod tests {
         };
         request_head(&mut out, raw, &req, &fwd);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn decimal_numbers() {
+        for n in [0, 7, 10, 99, 100, 101, 999, 1000, 65_535, 1 << 40, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+        }
     }
 
     #[test]

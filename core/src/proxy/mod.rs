@@ -481,36 +481,19 @@ async fn exchange(
             done.client_keep_alive
         }
         Err(fail) => {
-            if let Some(status) = fail.status_sent {
-                // The answer had begun: the connection is cut so the client sees it incomplete.
-                let end = Instant::now();
-                stats.record(status, end - started);
-                seen.report(
-                    w,
-                    c,
-                    status,
-                    Some(fail.kind),
-                    end,
-                    Some(&note),
-                    Some(&trace),
-                );
-                return false;
-            }
-            let status = fail.kind.status();
             let end = Instant::now();
             c.ended = end;
+            let status = fail.status_sent.unwrap_or_else(|| fail.kind.status());
             stats.record(status, end - started);
-            lview.stats.local_reply(fail.kind);
-            if fail.kind == ErrorKind::ClientClosed {
-                seen.report(
-                    w,
-                    c,
-                    status,
-                    Some(fail.kind),
-                    end,
-                    Some(&note),
-                    Some(&trace),
-                );
+            let answered = fail.status_sent.is_some();
+            if !answered {
+                lview.stats.local_reply(fail.kind);
+            }
+            // The answer had begun (the connection is cut so the client sees it incomplete), or
+            // the client is gone: nothing more to send.
+            if answered || fail.kind == ErrorKind::ClientClosed {
+                let (note, trace) = (Some(&note), Some(&trace));
+                seen.report(w, c, status, Some(fail.kind), end, note, trace);
                 return false;
             }
             let close = !fail.body_consumed || fail.kind.closes_connection() || !req.keep_alive;

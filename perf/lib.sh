@@ -1,0 +1,29 @@
+# Shared by the perf shell scripts: tools, the release build, free ports, CPU time.
+
+# Installs nginx, wrk and taskset from Debian packages when missing, then builds the proxy.
+perf_setup() {
+  for cmd in nginx wrk taskset; do
+    command -v "$cmd" >/dev/null || {
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get install -y -q nginx wrk util-linux >/dev/null ||
+        { apt-get update -q && apt-get install -y -q nginx wrk util-linux >/dev/null; }
+    }
+  done
+  cargo build --release -q -p ringmesh-control --bin ringmesh
+}
+
+# A port that was free a moment ago.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# The nginx backend's config: one worker, a 2-byte answer on 127.0.0.1:$2, files under $1.
+backend_conf() {
+  cat <<EOC
+worker_processes 1; daemon off; pid $1/backend.pid; error_log $1/backend.err warn;
+events { worker_connections 20000; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$2 reuseport backlog=4096; location / { return 200 "ok"; } } }
+EOC
+}
+
+# Kills the given processes and their children (nginx workers outlive their master otherwise).
+kill_all() { for p in "$@"; do pkill -9 -P "$p" 2>/dev/null || true; kill -9 "$p" 2>/dev/null || true; done; }
