@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustc_hash::FxHashMap;
 
-use crate::access_log::{Sink, Target};
+use crate::access_log::{self, Sink, Target};
 use crate::buf::{BUF_SIZE, BULK_BUF_SIZE, BufPool, SMALL_BUF_SIZE};
 use crate::cluster::{ClusterState, ClusterView};
 use crate::endpoint::Endpoint;
@@ -233,6 +233,10 @@ pub(crate) struct ListenerView {
     pub routes: Vec<Vec<Rc<RouteStats>>>,
     /// Requests answered before a route was chosen.
     pub unrouted: Rc<RouteStats>,
+    /// Per route, per target: the access log's names of listener, route and cluster.
+    pub names: Vec<Vec<Box<[u8]>>>,
+    /// The same for requests answered before a route was chosen.
+    pub unrouted_names: Box<[u8]>,
     /// Per route: the running state of its split (empty for a single cluster).
     pub splits: Vec<RefCell<SplitState>>,
     /// The access log and its sampling threshold (`None`: every request).
@@ -466,6 +470,22 @@ impl Worker {
                         .collect(),
                     Protocol::Tcp { .. } => Vec::new(),
                 };
+                let names = match &l.protocol {
+                    Protocol::Http(h) => h
+                        .routes
+                        .routes()
+                        .iter()
+                        .map(|r| {
+                            r.clusters()
+                                .map(|ci| {
+                                    let cluster = &*snapshot.clusters[ci].name;
+                                    access_log::names(&l.name, Some(&r.name), Some(cluster))
+                                })
+                                .collect()
+                        })
+                        .collect(),
+                    Protocol::Tcp { .. } => Vec::new(),
+                };
                 let log = match &l.protocol {
                     Protocol::Http(h) => h.access_log.as_ref().map(|spec| {
                         let sink = self
@@ -484,6 +504,8 @@ impl Worker {
                     splits,
                     log,
                     unrouted: self.metrics.route(&l.name, &unrouted, &unrouted),
+                    names,
+                    unrouted_names: access_log::names(&l.name, None, None),
                 }
             })
             .collect();

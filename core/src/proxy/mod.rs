@@ -288,7 +288,11 @@ async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client) -> bool {
                 // Nothing of the head is trusted: the line says only what went wrong.
                 let blank = RequestHead::default();
                 let log = lv.and_then(|lv| lv.log.as_ref());
-                let seen = Seen::new(w, &[], &blank, listener, log, None, None, started);
+                let names = match lv {
+                    Some(lv) => lv.unrouted_names.clone(),
+                    None => access_log::names(listener, None, None),
+                };
+                let seen = Seen::new(w, &[], &blank, (listener, &names), log, None, None, started);
                 let note = forward::Note::default();
                 if kind != ErrorKind::ClientClosed {
                     let (_, n) = local_reply(w, c, kind, false, true).await;
@@ -466,7 +470,7 @@ async fn exchange(
         w,
         c.data(),
         req,
-        &lspec.name,
+        (&lspec.name, &lview.names[ri][target]),
         lview.log.as_ref(),
         Some(&route.name),
         Some(&cluster.name),
@@ -518,6 +522,8 @@ async fn exchange(
 /// What the access log and tap are told about a request.
 struct Seen<'a> {
     listener: &'a str,
+    /// The access log's rendering of listener, route and cluster.
+    names: &'a [u8],
     route: Option<&'a str>,
     cluster: Option<&'a str>,
     started: Instant,
@@ -545,7 +551,7 @@ impl<'a> Seen<'a> {
         w: &Worker,
         buf: &[u8],
         req: &RequestHead,
-        listener: &'a str,
+        (listener, names): (&'a str, &'a [u8]),
         log: Option<&'a (Rc<Sink>, Option<u32>)>,
         route: Option<&'a str>,
         cluster: Option<&'a str>,
@@ -577,6 +583,7 @@ impl<'a> Seen<'a> {
         });
         Seen {
             listener,
+            names,
             route,
             cluster,
             started,
@@ -607,9 +614,7 @@ impl<'a> Seen<'a> {
         let trace_id = trace.map(Trace::trace_id_hex);
         let entry = access_log::Entry {
             time: w.wall_time(end),
-            listener: self.listener,
-            route: self.route,
-            cluster: self.cluster,
+            names: self.names,
             endpoint: note.and_then(|n| n.endpoint.get()),
             method: &h[..watch.method],
             authority,
@@ -659,7 +664,8 @@ async fn refuse(
     c.ended = end;
     lview.unrouted.record(kind.status(), end - started);
     let log = lview.log.as_ref();
-    let seen = Seen::new(w, c.data(), req, listener, log, None, None, started);
+    let names = (listener, &*lview.unrouted_names);
+    let seen = Seen::new(w, c.data(), req, names, log, None, None, started);
     let note = forward::Note::default();
     note.bytes_in.set(req.head_len as u64);
     let (keep, sent) = refuse_counted(w, c, req, lview, kind).await;
