@@ -230,17 +230,23 @@ pub(crate) struct View {
 pub(crate) struct ListenerView {
     pub stats: Rc<ListenerStats>,
     /// Per route, per target (in `Route::clusters` order).
-    pub routes: Vec<Vec<Rc<RouteStats>>>,
+    pub routes: Vec<Vec<RouteTarget>>,
     /// Requests answered before a route was chosen.
     pub unrouted: Rc<RouteStats>,
-    /// Per route, per target: the access log's names of listener, route and cluster.
-    pub names: Vec<Vec<Box<[u8]>>>,
-    /// The same for requests answered before a route was chosen.
+    /// The access log's names of listener, route and cluster for requests answered before a
+    /// route was chosen.
     pub unrouted_names: Box<[u8]>,
     /// Per route: the running state of its split (empty for a single cluster).
     pub splits: Vec<RefCell<SplitState>>,
     /// The access log and its sampling threshold (`None`: every request).
     pub log: Option<(Rc<Sink>, Option<u32>)>,
+}
+
+/// One cluster a route sends to, as a worker sees it.
+pub(crate) struct RouteTarget {
+    pub stats: Rc<RouteStats>,
+    /// The access log's names of listener, route and cluster ([`access_log::names`]).
+    pub log_names: Box<[u8]>,
 }
 
 struct Pending {
@@ -431,30 +437,22 @@ impl Worker {
             .listeners
             .iter()
             .map(|l| {
+                let target = |route: &Arc<str>, ci: usize| {
+                    let cluster = &snapshot.clusters[ci].name;
+                    let named = (!route.is_empty()).then_some(&**route);
+                    RouteTarget {
+                        stats: self.metrics.route(&l.name, route, cluster),
+                        log_names: access_log::names(&l.name, named, Some(cluster)),
+                    }
+                };
                 let routes = match &l.protocol {
                     Protocol::Http(h) => h
                         .routes
                         .routes()
                         .iter()
-                        .map(|r| {
-                            r.clusters()
-                                .map(|ci| {
-                                    self.metrics.route(
-                                        &l.name,
-                                        &r.name,
-                                        &snapshot.clusters[ci].name,
-                                    )
-                                })
-                                .collect()
-                        })
+                        .map(|r| r.clusters().map(|ci| target(&r.name, ci)).collect())
                         .collect(),
-                    Protocol::Tcp { cluster, .. } => {
-                        vec![vec![self.metrics.route(
-                            &l.name,
-                            &unrouted,
-                            &snapshot.clusters[*cluster].name,
-                        )]]
-                    }
+                    Protocol::Tcp { cluster, .. } => vec![vec![target(&unrouted, *cluster)]],
                 };
                 let splits = match &l.protocol {
                     Protocol::Http(h) => h
@@ -466,22 +464,6 @@ impl Worker {
                                 Action::Split(s) => s.state(),
                                 Action::Cluster(_) => SplitState::default(),
                             })
-                        })
-                        .collect(),
-                    Protocol::Tcp { .. } => Vec::new(),
-                };
-                let names = match &l.protocol {
-                    Protocol::Http(h) => h
-                        .routes
-                        .routes()
-                        .iter()
-                        .map(|r| {
-                            r.clusters()
-                                .map(|ci| {
-                                    let cluster = &*snapshot.clusters[ci].name;
-                                    access_log::names(&l.name, Some(&r.name), Some(cluster))
-                                })
-                                .collect()
                         })
                         .collect(),
                     Protocol::Tcp { .. } => Vec::new(),
@@ -504,7 +486,6 @@ impl Worker {
                     splits,
                     log,
                     unrouted: self.metrics.route(&l.name, &unrouted, &unrouted),
-                    names,
                     unrouted_names: access_log::names(&l.name, None, None),
                 }
             })

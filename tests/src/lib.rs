@@ -506,6 +506,25 @@ clusters:
     )
 }
 
+/// A listener `edge` with routes `api` (`/api/`) and `web` (`/web/`), both to cluster `up`
+/// whose one endpoint is `up`; `listener_extra` is spliced into the listener.
+pub fn two_routes(up: SocketAddr, listener_extra: &str) -> String {
+    format!(
+        "admin: 127.0.0.1:0
+listeners:
+  - name: edge
+    bind: 127.0.0.1:0
+{listener_extra}
+    routes:
+      - {{ name: api, match: {{ path_prefix: /api/ }}, cluster: up }}
+      - {{ name: web, match: {{ path_prefix: /web/ }}, cluster: up }}
+clusters:
+  - name: up
+    endpoints: [ {{ addr: {up} }} ]
+"
+    )
+}
+
 /// Path of the `ringmesh` binary, built from `control/src/main.rs` with the tests.
 pub fn binary() -> PathBuf {
     let mut p = std::env::current_exe().expect("exe");

@@ -74,22 +74,6 @@ fn wait_output(mut child: Child, limit: Duration) -> (bool, String, String) {
     }
 }
 
-fn config(up: SocketAddr) -> String {
-    format!(
-        "admin: 127.0.0.1:0
-listeners:
-  - name: edge
-    bind: 127.0.0.1:0
-    routes:
-      - {{ name: api, match: {{ path_prefix: /api/ }}, cluster: up }}
-      - {{ name: web, match: {{ path_prefix: /web/ }}, cluster: up }}
-clusters:
-  - name: up
-    endpoints: [ {{ addr: {up}, zone: z1 }} ]
-"
-    )
-}
-
 /// An upstream that fails `/web/fail` with 503 and answers everything else.
 fn upstream() -> Upstream {
     Upstream::http(|r| {
@@ -183,7 +167,7 @@ fn the_dashboard_draws_in_chromium_and_its_numbers_match_metrics() {
         return;
     };
     let up = upstream();
-    let p = TestProxy::start(&config(up.addr), 2);
+    let p = TestProxy::start(&two_routes(up.addr, ""), 2);
     let edge = p.edge();
     web_traffic(edge);
     // Live traffic on `api` while the page runs, for its requests/s.
@@ -298,7 +282,7 @@ fn promtool_accepts_the_metrics() {
         return;
     };
     let up = upstream();
-    let p = TestProxy::start(&config(up.addr), 2);
+    let p = TestProxy::start(&two_routes(up.addr, ""), 2);
     web_traffic(p.edge());
     // Unrouted answers and ejection state make the exposition cover every family.
     Client::connect(p.edge()).get("/nowhere");
@@ -357,7 +341,7 @@ fn prometheus_scrapes_the_metrics_and_answers_queries() {
         return;
     };
     let up = upstream();
-    let p = TestProxy::start(&config(up.addr), 2);
+    let p = TestProxy::start(&two_routes(up.addr, ""), 2);
     web_traffic(p.edge());
     let dir = temp_dir("prometheus");
     let listen = free_port();

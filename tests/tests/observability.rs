@@ -29,23 +29,6 @@ fn wait_lines(p: &Path, n: usize) -> Vec<Value> {
     lines(p)
 }
 
-fn two_routes(up: std::net::SocketAddr, listener_extra: &str) -> String {
-    format!(
-        "admin: 127.0.0.1:0
-listeners:
-  - name: edge
-    bind: 127.0.0.1:0
-{listener_extra}
-    routes:
-      - {{ name: api, match: {{ path_prefix: /api/ }}, cluster: up }}
-      - {{ name: web, match: {{ path_prefix: /web/ }}, cluster: up }}
-clusters:
-  - name: up
-    endpoints: [ {{ addr: {up} }} ]
-"
-    )
-}
-
 #[test]
 fn the_access_log_has_a_line_per_request_with_its_fields() {
     let up = Upstream::fixed("hello");

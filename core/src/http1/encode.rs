@@ -275,7 +275,8 @@ pub fn client_framing(
 mod tests {
     use super::*;
 
-    fn forward(raw: &[u8]) -> String {
+    /// The head sent upstream for `raw`, from client 10.0.0.9, with the trace `trace`.
+    fn forward_traced(raw: &[u8], trace: Option<&crate::trace::Trace>) -> String {
         let mut req = RequestHead::default();
         req.parse(raw, 1 << 16).unwrap().unwrap();
         let mut out = Vec::new();
@@ -284,10 +285,14 @@ mod tests {
             proto: b"http",
             fallback_host: b"up:80",
             deadline: None,
-            trace: None,
+            trace,
         };
         request_head(&mut out, raw, &req, &fwd);
         String::from_utf8(out).unwrap()
+    }
+
+    fn forward(raw: &[u8]) -> String {
+        forward_traced(raw, None)
     }
 
     #[test]
@@ -309,16 +314,7 @@ mod tests {
         let tp = req.traceparent.map(|s| s.get(raw));
         let b3 = req.b3.map(|s| s.get(raw));
         let trace = crate::trace::Trace::continue_or_start(tp, b3, &mut crate::rng::Rng::new(9));
-        let mut out = Vec::new();
-        let fwd = Forwarded {
-            client_ip: b"10.0.0.9",
-            proto: b"http",
-            fallback_host: b"up:80",
-            deadline: None,
-            trace: Some(&trace),
-        };
-        request_head(&mut out, raw, &req, &fwd);
-        let out = String::from_utf8(out).unwrap();
+        let out = forward_traced(raw, Some(&trace));
         assert_eq!(
             out.matches("traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-")
                 .count(),

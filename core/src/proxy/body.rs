@@ -133,7 +133,6 @@ impl Progress {
 
 /// Reads the response head (forwarding interim answers), then the body, writing both to the
 /// client. `progress.started` turns true once the final head is handed to the client.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
     w: &Worker,
     up: &mut R,

@@ -288,11 +288,15 @@ async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client) -> bool {
                 // Nothing of the head is trusted: the line says only what went wrong.
                 let blank = RequestHead::default();
                 let log = lv.and_then(|lv| lv.log.as_ref());
-                let names = match lv {
-                    Some(lv) => lv.unrouted_names.clone(),
-                    None => access_log::names(listener, None, None),
+                let fallback;
+                let names: &[u8] = match lv {
+                    Some(lv) => &lv.unrouted_names,
+                    None => {
+                        fallback = access_log::names(listener, None, None);
+                        &fallback
+                    }
                 };
-                let seen = Seen::new(w, &[], &blank, (listener, &names), log, None, None, started);
+                let seen = Seen::new(w, &[], &blank, (listener, names), log, None, None, started);
                 let note = forward::Note::default();
                 if kind != ErrorKind::ClientClosed {
                     let (_, n) = local_reply(w, c, kind, false, true).await;
@@ -444,7 +448,8 @@ async fn exchange(
             (t, s.cluster(t))
         }
     };
-    let stats = &lview.routes[ri][target];
+    let route_target = &lview.routes[ri][target];
+    let stats = &route_target.stats;
     let trace = {
         let buf = c.data();
         let tp = req.traceparent.map(|s| s.get(buf));
@@ -470,7 +475,7 @@ async fn exchange(
         w,
         c.data(),
         req,
-        (&lspec.name, &lview.names[ri][target]),
+        (&lspec.name, &route_target.log_names),
         lview.log.as_ref(),
         Some(&route.name),
         Some(&cluster.name),
