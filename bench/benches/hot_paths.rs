@@ -181,5 +181,47 @@ fn config(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, routing, balancing, cluster_pick, config);
+fn access_log(c: &mut Criterion) {
+    use ringmesh_core::access_log::{Entry, Stamp, names, write_entry};
+    use std::time::{Duration, SystemTime};
+    let names = names("edge", Some("api"), Some("web"));
+    let entry = Entry {
+        time: SystemTime::now(),
+        names: &names,
+        endpoint: Some("127.0.0.1:8081".parse().expect("address")),
+        method: b"GET",
+        authority: Some(b"api.example.com"),
+        path: b"/v1/users/12345/orders?limit=20&cursor=abcdef",
+        status: 200,
+        bytes_in: 412,
+        bytes_out: 1234,
+        duration: Duration::from_micros(1_234),
+        upstream: Some(Duration::from_micros(999)),
+        retries: 0,
+        error: None,
+        trace_id: Some(b"4bf92f3577b34da6a3ce929d0e0e4736"),
+        client_identity: None,
+        client: "10.1.2.3:50000".parse().expect("address"),
+    };
+    let mut out = Vec::with_capacity(64 * 1024);
+    let mut stamp = Stamp::default();
+    c.bench_function("write an access log line", |b| {
+        b.iter(|| {
+            if out.len() > 60 * 1024 {
+                out.clear();
+            }
+            write_entry(&mut out, black_box(&entry), &mut stamp);
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    parse,
+    routing,
+    balancing,
+    cluster_pick,
+    config,
+    access_log
+);
 criterion_main!(benches);

@@ -424,9 +424,11 @@ fn push_opt(out: &mut Vec<u8>, s: Option<&[u8]>) {
 pub fn push_str(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
     // Most values are printable ASCII with nothing to escape: copied as they are.
-    if s.iter()
-        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
+    // A fold without early exit, so that the check runs on whole vectors.
+    let plain = s.iter().fold(true, |ok, &b| {
+        ok & (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\')
+    });
+    if plain {
         out.extend_from_slice(s);
         out.push(b'"');
         return;

@@ -12,25 +12,32 @@ const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
       6061626364656667686970717273747576777879\
       8081828384858687888990919293949596979899";
 
-/// Appends the decimal form of `n` (two digits per division).
+/// Appends the decimal form of `n` (two digits per division, written in place: no scratch
+/// copy of variable length, which would cost a `memmove` call per number).
 pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
+    if n < 10 {
+        out.push(b'0' + n as u8);
+        return;
+    }
+    let len = n.ilog10() as usize + 1;
+    let start = out.len();
+    // A constant-size extend is a couple of stores; the excess is cut off at once.
+    out.extend_from_slice(&[0u8; 20]);
+    out.truncate(start + len);
+    let digits = &mut out[start..];
+    let mut i = len;
     while n >= 100 {
         let d = (n % 100) as usize * 2;
         n /= 100;
         i -= 2;
-        tmp[i..i + 2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
+        digits[i..i + 2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
     }
     if n >= 10 {
         let d = n as usize * 2;
-        i -= 2;
-        tmp[i..i + 2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
+        digits[..2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
     } else {
-        i -= 1;
-        tmp[i] = b'0' + n as u8;
+        digits[0] = b'0' + n as u8;
     }
-    out.extend_from_slice(&tmp[i..]);
 }
 
 /// What the proxy adds to a request it forwards.
@@ -274,6 +281,21 @@ pub fn client_framing(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_written_like_display() {
+        let mut n = 1u64;
+        let mut values = vec![0, u64::MAX, u64::MAX - 1];
+        while let Some(m) = n.checked_mul(10) {
+            values.extend([n - 1, n, n + 1, m - 1]);
+            n = m;
+        }
+        for v in values {
+            let mut out = b"x".to_vec();
+            push_u64(&mut out, v);
+            assert_eq!(out, format!("x{v}").into_bytes());
+        }
+    }
 
     /// The head sent upstream for `raw`, from client 10.0.0.9, with the trace `trace`.
     fn forward_traced(raw: &[u8], trace: Option<&crate::trace::Trace>) -> String {
