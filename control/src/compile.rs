@@ -16,6 +16,7 @@ use ringmesh_core::snapshot::{
     Cluster, ClusterLimits, EndpointSpec, HttpLimits, HttpListener, Listener, Protocol, Snapshot,
     defaults,
 };
+use ringmesh_core::tls::{CertSpec, ServerTls};
 
 use crate::config::{ClusterConfig, Config, LbPolicy, ListenerProtocol, RetryConfig, RouteConfig};
 
@@ -178,6 +179,7 @@ fn build(
                         .map(log_spec)
                         .transpose()
                         .map_err(|e| format!("listeners[{i}].access_log.path: {e}"))?,
+                    tls: l.tls.as_ref().map(|t| server_tls(t, i)).transpose()?,
                 }))
             }
         };
@@ -191,6 +193,27 @@ fn build(
         version,
         listeners,
         clusters,
+    })
+}
+
+/// Loads a listener's certificates; an error names the field (`listeners[0].tls.certs[1].key`).
+fn server_tls(t: &crate::config::ListenerTlsConfig, i: usize) -> Result<ServerTls, String> {
+    let certs: Vec<CertSpec> = t
+        .certs
+        .iter()
+        .map(|c| CertSpec {
+            cert: c.cert.clone(),
+            key: c.key.clone(),
+            sni: c.sni.clone(),
+        })
+        .collect();
+    ServerTls::build(&certs, &t.alpn).map_err(|e| {
+        let field = if e.field.is_empty() {
+            format!("listeners[{i}].tls")
+        } else {
+            format!("listeners[{i}].tls.{}", e.field)
+        };
+        format!("{field}: {}", e.message)
     })
 }
 

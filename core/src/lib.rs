@@ -26,6 +26,7 @@ pub mod snapshot;
 pub mod sys;
 pub mod tap;
 mod tcp;
+pub mod tls;
 pub mod trace;
 pub mod worker;
 

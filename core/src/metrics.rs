@@ -86,9 +86,17 @@ pub struct ListenerStats {
     /// Connections accepted.
     pub accepted: Cell<u64>,
     local: [Cell<u64>; ErrorKind::ALL.len()],
+    tls: [Cell<u64>; Handshake::ALL.len()],
 }
 
 impl ListenerStats {
+    /// Counts a TLS handshake by how it ended.
+    #[inline]
+    pub fn handshake(&self, h: Handshake) {
+        let c = &self.tls[h as usize];
+        c.set(c.get() + 1);
+    }
+
     /// Counts an answer the proxy made itself (or a request it dropped).
     #[inline]
     pub fn local_reply(&self, kind: ErrorKind) {
@@ -201,6 +209,7 @@ impl WorkerMetrics {
                 active: s.active.get(),
                 accepted: s.accepted.get(),
                 local: ErrorKind::ALL.map(|k| s.local[k.index()].get()),
+                tls: Handshake::ALL.map(|h| s.tls[h as usize].get()),
             })
             .collect();
         WorkerReport {
@@ -298,6 +307,61 @@ pub struct ListenerReport {
     pub accepted: u64,
     /// Answers made by the proxy, per error kind.
     pub local: [u64; ErrorKind::ALL.len()],
+    /// TLS handshakes, by [`Handshake`].
+    pub tls: [u64; Handshake::ALL.len()],
+}
+
+/// How a TLS handshake with a client ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Completed with a full handshake.
+    Full,
+    /// Completed by resuming a session (ticket or session id).
+    Resumed,
+    /// No protocol version, cipher suite, group or ALPN protocol in common.
+    Incompatible,
+    /// The client sent something that is not TLS, or TLS out of order.
+    Malformed,
+    /// The client's certificate was missing or not trusted.
+    ClientCertificate,
+    /// The client ended the handshake with an alert (for example, it does not trust ours).
+    AlertReceived,
+    /// The client closed the connection or reset it mid-handshake.
+    Closed,
+    /// The handshake took longer than the listener's `request_head_timeout`.
+    Timeout,
+    /// Any other failure.
+    Other,
+}
+
+impl Handshake {
+    /// Every result, by index.
+    pub const ALL: [Handshake; 9] = [
+        Handshake::Full,
+        Handshake::Resumed,
+        Handshake::Incompatible,
+        Handshake::Malformed,
+        Handshake::ClientCertificate,
+        Handshake::AlertReceived,
+        Handshake::Closed,
+        Handshake::Timeout,
+        Handshake::Other,
+    ];
+
+    /// Label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Handshake::Full => "full",
+            Handshake::Resumed => "resumed",
+            Handshake::Incompatible => "incompatible",
+            Handshake::Malformed => "malformed",
+            Handshake::ClientCertificate => "client_certificate",
+            Handshake::AlertReceived => "alert_received",
+            Handshake::Closed => "closed",
+            Handshake::Timeout => "timeout",
+            Handshake::Other => "other",
+        }
+    }
 }
 
 /// An endpoint's state in one worker at scrape time.
@@ -403,6 +467,9 @@ pub fn merge(reports: &[WorkerReport]) -> Merged {
                 Some(m) => {
                     m.active += l.active;
                     m.accepted += l.accepted;
+                    for (a, b) in m.tls.iter_mut().zip(l.tls) {
+                        *a += b;
+                    }
                     for (a, b) in m.local.iter_mut().zip(l.local) {
                         *a += b;
                     }
@@ -550,6 +617,23 @@ pub fn render(out: &mut String, m: &Merged) {
             out.push_str("ringmesh_local_replies_total{listener=\"");
             escape_label(out, &l.name);
             let _ = writeln!(out, "\",kind=\"{}\"}} {n}", k.name());
+        }
+    }
+    header(
+        out,
+        "ringmesh_tls_handshakes_total",
+        "counter",
+        "TLS handshakes with clients, by result.",
+    );
+    for l in &m.listeners {
+        for h in Handshake::ALL {
+            let n = l.tls[h as usize];
+            if n == 0 {
+                continue;
+            }
+            out.push_str("ringmesh_tls_handshakes_total{listener=\"");
+            escape_label(out, &l.name);
+            let _ = writeln!(out, "\",result=\"{}\"}} {n}", h.name());
         }
     }
     header(

@@ -65,6 +65,8 @@ pub struct HttpListener {
     pub limits: HttpLimits,
     /// Access log, if any.
     pub access_log: Option<crate::access_log::AccessLogSpec>,
+    /// TLS termination, if any.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// Limits applied to clients of an HTTP listener.

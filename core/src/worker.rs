@@ -203,6 +203,8 @@ pub struct Worker {
     connections: Cell<usize>,
     /// Access log buffers, by destination, kept across reloads.
     sinks: RefCell<FxHashMap<Target, Rc<Sink>>>,
+    /// TLS sessions for resumption, kept across reloads.
+    tls_sessions: Arc<rustls::server::ServerSessionMemoryCache>,
     /// This worker's copy of the live taps, and the generation it was taken at.
     taps: RefCell<(u64, Vec<Arc<Tap>>)>,
     /// A monotonic instant and the wall-clock time then, renewed every sweeper tick: log lines
@@ -240,6 +242,8 @@ pub(crate) struct ListenerView {
     pub splits: Vec<RefCell<SplitState>>,
     /// The access log and its sampling threshold (`None`: every request).
     pub log: Option<(Rc<Sink>, Option<u32>)>,
+    /// TLS settings with this worker's session cache.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// One cluster a route sends to, as a worker sees it.
@@ -298,6 +302,7 @@ impl Worker {
             deadlines: IdleSet::default(),
             connections: Cell::new(0),
             sinks: RefCell::new(FxHashMap::default()),
+            tls_sessions: crate::tls::session_cache(),
             taps: RefCell::new((tap::generation(), Vec::new())),
             wall: Cell::new((Instant::now(), SystemTime::now())),
         }
@@ -480,7 +485,12 @@ impl Worker {
                     }),
                     Protocol::Tcp { .. } => None,
                 };
+                let tls = match &l.protocol {
+                    Protocol::Http(h) => h.tls.as_ref().map(|t| t.for_worker(&self.tls_sessions)),
+                    Protocol::Tcp { .. } => None,
+                };
                 ListenerView {
+                    tls,
                     stats: self.metrics.listener(&l.name),
                     routes,
                     splits,

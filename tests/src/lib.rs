@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 pub mod fuzz;
+pub mod tls;
 
 pub use ringmesh_control::{ConfigSource, Proxy, ProxyOptions};
 
@@ -328,6 +329,43 @@ impl Response {
     }
 }
 
+/// Reads one response from `reader` (an interim one included). `head`: it answers a HEAD request.
+pub fn read_response(reader: &mut impl BufRead, head: bool) -> io::Result<Response> {
+    let line = read_line(reader)?;
+    let mut parts = line.splitn(3, ' ');
+    let version = parts.next().unwrap_or("").to_string();
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or(io::ErrorKind::InvalidData)?;
+    let headers = read_headers(reader)?;
+    let mut resp = Response {
+        status,
+        version,
+        headers,
+        ..Response::default()
+    };
+    if head || (100..200).contains(&status) || status == 204 || status == 304 {
+        return Ok(resp);
+    }
+    if resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        let (body, trailers) = read_chunked(reader)?;
+        resp.body = body;
+        resp.trailers = trailers;
+        resp.chunked = true;
+    } else if let Some(n) = resp.header("content-length") {
+        let n: usize = n.parse().map_err(|_| io::ErrorKind::InvalidData)?;
+        resp.body = vec![0; n];
+        reader.read_exact(&mut resp.body)?;
+    } else {
+        reader.read_to_end(&mut resp.body)?;
+    }
+    Ok(resp)
+}
+
 /// A raw HTTP/1.1 client on one connection.
 pub struct Client {
     reader: BufReader<TcpStream>,
@@ -367,41 +405,8 @@ impl Client {
 
     /// Reads the next response, or the error that ended the connection.
     pub fn try_response(&mut self, head: bool) -> io::Result<Response> {
-        let line = read_line(&mut self.reader)?;
-        let mut parts = line.splitn(3, ' ');
-        let version = parts.next().unwrap_or("").to_string();
-        let status: u16 = parts
-            .next()
-            .and_then(|s| s.parse().ok())
-            .ok_or(io::ErrorKind::InvalidData)?;
-        let headers = read_headers(&mut self.reader)?;
-        let mut resp = Response {
-            status,
-            version,
-            headers,
-            ..Response::default()
-        };
-        if head || (100..200).contains(&status) || status == 204 || status == 304 {
-            return Ok(resp);
-        }
-        if resp
-            .header("transfer-encoding")
-            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-        {
-            let (body, trailers) = read_chunked(&mut self.reader)?;
-            resp.body = body;
-            resp.trailers = trailers;
-            resp.chunked = true;
-        } else if let Some(n) = resp.header("content-length") {
-            let n: usize = n.parse().map_err(|_| io::ErrorKind::InvalidData)?;
-            resp.body = vec![0; n];
-            self.reader.read_exact(&mut resp.body)?;
-        } else {
-            self.reader.read_to_end(&mut resp.body)?;
-        }
-        Ok(resp)
+        read_response(&mut self.reader, head)
     }
-
     /// Whether the proxy closed the connection (EOF within `wait`).
     pub fn is_closed(&mut self, wait: Duration) -> bool {
         self.stream.set_read_timeout(Some(wait)).expect("timeout");

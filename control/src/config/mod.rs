@@ -93,6 +93,30 @@ pub struct ListenerConfig {
     /// HTTP: the access log, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogConfig>,
+    /// TLS termination, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTlsConfig>,
+}
+
+/// TLS on a listener.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListenerTlsConfig {
+    /// Certificates; the one without `sni` (or else the first) is the default.
+    pub certs: Vec<CertConfig>,
+    /// ALPN protocols in preference order.
+    pub alpn: Vec<String>,
+}
+
+/// One certificate chain and key, and the names it serves.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CertConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: String,
+    /// Exact names and `*.suffix` wildcards.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<String>,
 }
 
 /// A listener's access log.
@@ -314,7 +338,11 @@ pub fn format_duration(d: Duration) -> String {
 const NOT_YET: &[(&str, &str)] = &[
     (
         "tls",
-        "TLS is not available in this version; refusing rather than serving plaintext",
+        "TLS to upstreams is not available in this version; refusing rather than sending plaintext",
+    ),
+    (
+        "client_ca",
+        "client certificates (mTLS) are not available in this version; refusing rather than accepting any client",
     ),
     (
         "rate_limit",
@@ -477,7 +505,14 @@ fn decode_listener(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Li
         Some(Some("tcp")) => ListenerProtocol::Tcp,
         _ => ListenerProtocol::Http,
     };
-    not_yet(d, &f, "tls");
+    let tls = match (protocol, f.get("tls")) {
+        (_, None) => None,
+        (ListenerProtocol::Tcp, Some((n, p))) => {
+            d.error(&p, Some(n), "TLS is terminated on http listeners only");
+            None
+        }
+        (ListenerProtocol::Http, Some((n, p))) => decode_tls(d, n, &p),
+    };
     let routes = match (protocol, f.get("routes")) {
         (ListenerProtocol::Http, Some((n, p))) => d
             .list(n, &p)
@@ -551,6 +586,7 @@ fn decode_listener(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Li
     // Fields in error keep placeholders so that checks across fields still run; the config
     // as a whole is refused anyway.
     Some(ListenerConfig {
+        tls,
         access_log,
         name: name.unwrap_or_default(),
         bind: bind.unwrap_or(PLACEHOLDER_ADDR),
@@ -562,6 +598,85 @@ fn decode_listener(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Li
         request_head_timeout: head_timeout.unwrap_or_default(),
         idle_timeout: idle.unwrap_or_default(),
     })
+}
+
+/// `tls: { certs: [{ cert, key, sni }], alpn }`.
+fn decode_tls(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<ListenerTlsConfig> {
+    let f = d.mapping(node, path, &["certs", "alpn", "client_ca"])?;
+    not_yet(d, &f, "client_ca");
+    let certs: Vec<_> = match required(d, &f, "certs") {
+        Some((n, p)) => {
+            let items = d.list(n, &p);
+            if items.is_empty() {
+                d.error(&p, Some(n), "at least one certificate is required");
+            }
+            items
+                .into_iter()
+                .filter_map(|(n, p)| {
+                    let c = d.mapping(n, &p, &["cert", "key", "sni"])?;
+                    let cert = required(d, &c, "cert").and_then(|(n, p)| d.string(n, &p));
+                    let key = required(d, &c, "key").and_then(|(n, p)| d.string(n, &p));
+                    let sni = match c.get("sni") {
+                        Some((n, p)) => d
+                            .list(n, &p)
+                            .into_iter()
+                            .filter_map(|(n, p)| {
+                                let s = d.string(n, &p)?;
+                                valid_sni(&s).then_some(s).or_else(|| {
+                                    d.error(
+                                        &p,
+                                        Some(n),
+                                        "expected a DNS name or `*.` followed by one",
+                                    );
+                                    None
+                                })
+                            })
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    Some(CertConfig {
+                        cert: cert?,
+                        key: key?,
+                        sni,
+                    })
+                })
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let alpn = match f.get("alpn") {
+        Some((n, p)) => d
+            .list(n, &p)
+            .into_iter()
+            .filter_map(|(n, p)| match d.choice(n, &p, &["http/1.1", "h2"])? {
+                "h2" => {
+                    d.error(
+                        &p,
+                        Some(n),
+                        "HTTP/2 is not available in this version; offer `http/1.1`",
+                    );
+                    None
+                }
+                other => Some(other.to_string()),
+            })
+            .collect(),
+        None => vec!["http/1.1".to_string()],
+    };
+    Some(ListenerTlsConfig { certs, alpn })
+}
+
+/// A DNS name (letters, digits, hyphens, dots), or `*.` and one.
+fn valid_sni(s: &str) -> bool {
+    let name = s.strip_prefix("*.").unwrap_or(s);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// `access_log: PATH` (every request), or `{ path: PATH, sample: 10% }`; PATH is `stdout` or a
@@ -1265,10 +1380,15 @@ clusters:
     #[test]
     fn unavailable_features_are_refused_not_ignored() {
         let e = errors(
-            "listeners:\n  - { name: a, bind: 127.0.0.1:1, tls: { certs: [] }, routes: [ { match: { path: / }, cluster: c, rate_limit: { rps: 2 } } ] }\nclusters: [ { name: c } ]\n",
+            "listeners:\n  - { name: a, bind: 127.0.0.1:1, tls: { certs: [], client_ca: ca.pem }, routes: [ { match: { path: / }, cluster: c, rate_limit: { rps: 2 } } ] }\nclusters: [ { name: c, tls: {} } ]\n",
         )
         .join("\n");
-        assert!(e.contains("listeners[0].tls: TLS is not available"), "{e}");
+        assert!(
+            e.contains("listeners[0].tls.client_ca: client certificates (mTLS) are not available"),
+            "{e}"
+        );
+        assert!(e.contains("listeners[0].tls.certs: at least one certificate"), "{e}");
+        assert!(e.contains("clusters[0].tls: TLS to upstreams is not available"), "{e}");
         assert!(
             e.contains("listeners[0].routes[0].rate_limit: rate limits are not available"),
             "{e}"

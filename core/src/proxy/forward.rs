@@ -252,7 +252,7 @@ impl Exchange<'_> {
     ) -> Forwarded<'b> {
         Forwarded {
             client_ip: c.ip(),
-            proto: b"http",
+            proto: c.proto,
             fallback_host: &ep.host,
             deadline: deadline.map(|d| d.saturating_duration_since(now)),
             trace: Some(self.trace),
@@ -696,7 +696,7 @@ impl Exchange<'_> {
             );
             body::duplex(pump, relay, &progress.started, self.timeout).await
         };
-        c.stream = cr.reunite(cw).ok();
+        c.stream = cr.reunite(cw);
         let up = ur.reunite(uw).ok().map(|s| UpConn::from_parts(s, count));
         self.note
             .bytes_in

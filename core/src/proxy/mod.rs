@@ -12,6 +12,7 @@
 
 mod body;
 mod forward;
+mod io;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -23,11 +24,14 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
+use self::io::ClientIo;
+
 use crate::access_log::{self, Sink};
 use crate::buf::{BUF_SIZE, SMALL_BUF_SIZE};
 use crate::error::ErrorKind;
 use crate::http1::{Framing, RequestHead, ResponseHead, Version, encode, host_of};
 use crate::idle::Fired;
+use crate::metrics::Handshake;
 use crate::route::{Action, RequestView};
 use crate::sleep_until;
 use crate::snapshot::{HttpLimits, Protocol, defaults};
@@ -37,7 +41,7 @@ use crate::worker::{View, Worker};
 /// A client connection and its read buffer.
 pub(crate) struct Client {
     /// `None` only while split for a streaming body, or after a failure that ends it.
-    stream: Option<TcpStream>,
+    stream: Option<ClientIo>,
     /// Bytes read and not yet consumed are `buf[start..]`; `None` while idle.
     buf: Option<Vec<u8>>,
     start: usize,
@@ -51,17 +55,20 @@ pub(crate) struct Client {
     /// The current request's client was already sent `100 Continue`.
     continued: bool,
     peer: SocketAddr,
+    /// `http` or `https`, for X-Forwarded-Proto.
+    proto: &'static [u8],
     /// When the last exchange ended: the start of the wait for the next request.
     ended: Instant,
 }
 
 impl Client {
-    fn new(stream: TcpStream, peer: SocketAddr) -> Client {
+    fn new(stream: ClientIo, peer: SocketAddr) -> Client {
         let mut ip = [0u8; 48];
         let mut cursor = &mut ip[..];
         let _ = write!(cursor, "{}", peer.ip());
         let ip_len = 48 - cursor.len();
         Client {
+            proto: stream.proto(),
             stream: Some(stream),
             buf: None,
             start: 0,
@@ -150,13 +157,34 @@ const SHED_AFTER: Duration = Duration::from_millis(250);
 /// io_uring operation per request instead of two), for at most [`SHED_AFTER`]. The state a
 /// request needs (routing, forwarding, relaying) lives in a box only while requests are handled.
 pub(crate) async fn serve(w: Rc<Worker>, listener: Arc<str>, stream: TcpStream, peer: SocketAddr) {
-    let _guard = {
+    let (_guard, tls, stats, limits) = {
         let view = w.view();
-        let Some(li) = view.listener_index(&listener) else {
+        let Some((li, limits)) = listener_of(&view, &listener) else {
             return;
         };
-        w.connection(view.listeners[li].stats.clone())
+        let l = &view.listeners[li];
+        (
+            w.connection(l.stats.clone()),
+            l.tls.clone(),
+            l.stats.clone(),
+            limits,
+        )
     };
+    let stream = match tls {
+        None => ClientIo::Plain(stream),
+        Some(config) => {
+            let (tls, result) = monoio::select! {
+                r = crate::tls::accept(stream, config) => r,
+                _ = monoio::time::sleep(limits.request_head_timeout) => (None, Handshake::Timeout),
+            };
+            stats.handshake(result);
+            match tls {
+                Some(s) => ClientIo::Tls(s),
+                None => return,
+            }
+        }
+    };
+    drop(stats);
     let mut c = Client::new(stream, peer);
     loop {
         let waited = Instant::now();
@@ -186,7 +214,7 @@ async fn wait_cold(w: &Worker, c: &mut Client, listener: &Arc<str>) -> bool {
         return false;
     };
     monoio::select! {
-        r = stream.readable(false) => r.is_ok(),
+        r = stream.readable() => r.is_ok(),
         _ = w.idle.wait(Instant::now(), None, limits.idle_timeout) => false,
     }
 }

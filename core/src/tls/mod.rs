@@ -1,0 +1,206 @@
+//! TLS with clients: certificates chosen by SNI, sessions resumed, handshakes counted.
+//!
+//! A listener's [`ServerTls`] is compiled with the config (certificates and keys loaded and
+//! checked then, so that a bad file is a config error) and shared by the workers; each worker
+//! gives it its own session cache ([`ServerTls::for_worker`]). Session tickets are encrypted
+//! with keys shared by every worker and kept across reloads, so a ticket issued by one worker
+//! resumes on any other and after a config change.
+
+mod stream;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use rustc_hash::FxHashMap;
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use stream::{TlsRead, TlsStream, TlsWrite, accept};
+
+/// Sessions remembered per worker for resumption by session id (TLS 1.2 clients without
+/// ticket support); tickets need no server memory.
+const SESSIONS_PER_WORKER: usize = 4096;
+
+/// One certificate of a listener: the chain and key files, and the names it serves.
+#[derive(Debug, Clone)]
+pub struct CertSpec {
+    pub cert: String,
+    pub key: String,
+    /// Exact names and `*.suffix` wildcards; empty for the default certificate.
+    pub sni: Vec<String>,
+}
+
+/// A listener's TLS settings, as compiled.
+#[derive(Clone)]
+pub struct ServerTls {
+    config: Arc<ServerConfig>,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("alpn", &self.config.alpn_protocols)
+            .finish()
+    }
+}
+
+/// What went wrong building a listener's TLS, and in which field (relative to `tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsError {
+    pub field: String,
+    pub message: String,
+}
+
+impl TlsError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> TlsError {
+        TlsError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The cryptography: rustls's ring provider, whose suites and groups are those of Mozilla's
+/// "intermediate" profile (TLS 1.3 AES-GCM and ChaCha20; TLS 1.2 ECDHE with AES-GCM or
+/// ChaCha20; X25519, P-256, P-384).
+fn provider() -> Arc<CryptoProvider> {
+    static P: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    P.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+/// Ticket keys for the whole process, rotated by rustls every 6 hours.
+fn ticketer() -> Option<Arc<dyn ProducesTickets>> {
+    static T: OnceLock<Option<Arc<dyn ProducesTickets>>> = OnceLock::new();
+    T.get_or_init(|| rustls::crypto::ring::Ticketer::new().ok())
+        .clone()
+}
+
+impl ServerTls {
+    /// Loads the certificates and builds the settings. `alpn` in preference order.
+    pub fn build(certs: &[CertSpec], alpn: &[String]) -> Result<ServerTls, TlsError> {
+        let mut resolver = SniResolver::default();
+        let mut first = None;
+        for (i, c) in certs.iter().enumerate() {
+            let key = Arc::new(
+                load_certified_key(&c.cert, &c.key)
+                    .map_err(|(which, m)| TlsError::new(format!("certs[{i}].{which}"), m))?,
+            );
+            first.get_or_insert_with(|| key.clone());
+            if c.sni.is_empty() {
+                if resolver.default.is_some() {
+                    return Err(TlsError::new(
+                        format!("certs[{i}].sni"),
+                        "only one certificate may be the default (without `sni`)",
+                    ));
+                }
+                resolver.default = Some(key);
+                continue;
+            }
+            for name in &c.sni {
+                let name = name.to_ascii_lowercase();
+                let (map, k) = match name.strip_prefix("*.") {
+                    Some(suffix) => (&mut resolver.wildcard, suffix.to_string()),
+                    None => (&mut resolver.exact, name.clone()),
+                };
+                if map.insert(k, key.clone()).is_some() {
+                    return Err(TlsError::new(
+                        format!("certs[{i}].sni"),
+                        format!("`{name}` is served by an earlier certificate already"),
+                    ));
+                }
+            }
+        }
+        // Without a default, a client naming no known host gets the first certificate.
+        if resolver.default.is_none() {
+            resolver.default = first;
+        }
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::new("", e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(resolver));
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        if let Some(t) = ticketer() {
+            config.ticketer = t;
+        }
+        Ok(ServerTls {
+            config: Arc::new(config),
+        })
+    }
+
+    /// The settings a worker uses: shared certificates, its own session cache (which outlives
+    /// reloads: the worker passes the same one to each new config).
+    pub fn for_worker(&self, sessions: &Arc<ServerSessionMemoryCache>) -> Arc<ServerConfig> {
+        let mut c = (*self.config).clone();
+        c.session_storage = sessions.clone();
+        Arc::new(c)
+    }
+}
+
+/// A worker's session cache.
+pub fn session_cache() -> Arc<ServerSessionMemoryCache> {
+    ServerSessionMemoryCache::new(SESSIONS_PER_WORKER)
+}
+
+/// Reads a PEM chain and key; the error names the file at fault (`cert` or `key`).
+fn load_certified_key(cert: &str, key: &str) -> Result<CertifiedKey, (&'static str, String)> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(Path::new(cert))
+        .map_err(|e| ("cert", format!("cannot read `{cert}`: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| ("cert", format!("`{cert}` is not valid PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(("cert", format!("`{cert}` holds no certificate")));
+    }
+    let der = PrivateKeyDer::from_pem_file(Path::new(key)).map_err(|e| {
+        (
+            "key",
+            format!("cannot read a private key from `{key}`: {e}"),
+        )
+    })?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| ("key", format!("unsupported private key in `{key}`: {e}")))?;
+    let ck = CertifiedKey::new(chain, signing);
+    ck.keys_match()
+        .map_err(|e| ("key", format!("`{key}` does not match `{cert}`: {e}")))?;
+    Ok(ck)
+}
+
+/// Certificates by SNI: exact names first, then the longest matching `*.suffix` (a wildcard
+/// covers one label, as in RFC 6125), then the default.
+#[derive(Debug, Default)]
+struct SniResolver {
+    exact: FxHashMap<String, Arc<CertifiedKey>>,
+    wildcard: FxHashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = name {
+            // rustls hands over the name lowercased.
+            if let Some(k) = self.exact.get(name) {
+                return Some(k.clone());
+            }
+            if let Some((_, suffix)) = name.split_once('.') {
+                if let Some(k) = self.wildcard.get(suffix) {
+                    return Some(k.clone());
+                }
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
+    }
+}

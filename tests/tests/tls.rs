@@ -1,0 +1,345 @@
+//! TLS termination over real sockets: certificates by SNI, ALPN, versions, resumption across
+//! workers, reloads that keep connections, handshake failures counted, bodies both ways.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use ringmesh_tests::tls::{Pki, TlsClient, accept_any_config};
+use ringmesh_tests::*;
+use rustls::{HandshakeKind, ProtocolVersion};
+
+fn tls_block(certs: &[(&Path, &Path, &[&str])]) -> String {
+    let mut s = String::from("    tls:\n      certs:\n");
+    for (cert, key, sni) in certs {
+        s.push_str(&format!(
+            "        - {{ cert: {}, key: {}",
+            cert.display(),
+            key.display()
+        ));
+        if !sni.is_empty() {
+            s.push_str(&format!(", sni: [{}]", sni.join(", ")));
+        }
+        s.push_str(" }\n");
+    }
+    s
+}
+
+fn handshakes(p: &TestProxy, result: &str) -> f64 {
+    p.metric(&format!(
+        "ringmesh_tls_handshakes_total{{listener=\"edge\",result=\"{result}\"}}"
+    ))
+    .unwrap_or(0.0)
+}
+
+#[test]
+fn the_certificate_is_chosen_by_sni_and_requests_go_through() {
+    let pki = Pki::new("sni");
+    let a = pki.leaf("a", &["a.example"], false);
+    let b = pki.leaf("b", &["b.example"], true);
+    let w = pki.leaf("w", &["*.w.example"], false);
+    let up = Upstream::http(|req| {
+        Resp::new(
+            200,
+            format!("proto={}", req.header("x-forwarded-proto").unwrap_or("-")),
+        )
+    });
+    let tls = tls_block(&[
+        (&a.cert, &a.key, &[]),
+        (&b.cert, &b.key, &["b.example"]),
+        (&w.cert, &w.key, &["\"*.w.example\""]),
+    ]);
+    let p = TestProxy::simple(up.addr, 2, &tls);
+    let config = pki.client_config(&["h2", "http/1.1"]);
+
+    let mut c = TlsClient::connect(p.edge(), "b.example", &config).unwrap();
+    assert_eq!(
+        c.peer_certificate().as_ref(),
+        Some(&b.der),
+        "RSA certificate for b.example"
+    );
+    assert_eq!(c.conn().alpn_protocol(), Some(&b"http/1.1"[..]));
+    for _ in 0..3 {
+        let r = c.get("/").unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "proto=https"));
+    }
+
+    let c = TlsClient::connect(p.edge(), "x.w.example", &config).unwrap();
+    assert_eq!(c.peer_certificate().as_ref(), Some(&w.der), "wildcard");
+    let any = accept_any_config(&[&rustls::version::TLS13]);
+    for name in ["other.example", "deep.x.w.example", "W.EXAMPLE"] {
+        let c = TlsClient::connect(p.edge(), name, &any).unwrap();
+        assert_eq!(
+            c.peer_certificate().as_ref(),
+            Some(&a.der),
+            "default for {name}"
+        );
+    }
+    // Names are compared without case.
+    let c = TlsClient::connect(p.edge(), "B.Example", &config).unwrap();
+    assert_eq!(c.peer_certificate().as_ref(), Some(&b.der));
+
+    // A client that speaks only h2 has no protocol in common (until HTTP/2 is served).
+    let h2_only = pki.client_config(&["h2"]);
+    assert!(TlsClient::connect(p.edge(), "a.example", &h2_only).is_err());
+    assert!(eventually(Duration::from_secs(5), || handshakes(
+        &p,
+        "incompatible"
+    ) == 1.0));
+    // The second connection with `config` may resume the first one's session.
+    assert_eq!(handshakes(&p, "full") + handshakes(&p, "resumed"), 6.0);
+}
+
+/// A TLS 1.1 ClientHello (no supported_versions extension), as an old client sends it.
+fn tls11_client_hello() -> Vec<u8> {
+    let mut body = vec![0x03, 0x02];
+    body.extend_from_slice(&[7u8; 32]);
+    body.push(0); // session id
+    body.extend_from_slice(&[0x00, 0x04, 0xc0, 0x13, 0x00, 0x2f]); // ECDHE-RSA-AES128-SHA, AES128-SHA
+    body.extend_from_slice(&[0x01, 0x00]); // null compression
+    let mut hs = vec![0x01, 0, (body.len() >> 8) as u8, body.len() as u8];
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01, (hs.len() >> 8) as u8, hs.len() as u8];
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+/// Sends `bytes` and reads until the server closes.
+fn exchange_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    got
+}
+
+#[test]
+fn old_versions_and_garbage_are_refused_counted_and_harmless() {
+    let pki = Pki::new("refuse");
+    let a = pki.leaf("a", &["a.example"], false);
+    let up = Upstream::fixed("ok");
+    let p = TestProxy::simple(up.addr, 1, &tls_block(&[(&a.cert, &a.key, &[])]));
+
+    let got = exchange_raw(p.edge(), &tls11_client_hello());
+    assert_eq!(got.first(), Some(&0x15), "answered with an alert: {got:?}");
+    assert!(eventually(Duration::from_secs(5), || handshakes(
+        &p,
+        "incompatible"
+    ) == 1.0));
+
+    // Plain HTTP to a TLS port: not TLS.
+    let got = exchange_raw(p.edge(), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(!got.starts_with(b"HTTP/"), "no plaintext answer");
+    assert!(eventually(Duration::from_secs(5), || handshakes(
+        &p,
+        "malformed"
+    ) == 1.0));
+
+    // A client that goes away mid-handshake, and one that never speaks.
+    let mut s = TcpStream::connect(p.edge()).unwrap();
+    s.write_all(&tls11_client_hello()[..20]).unwrap();
+    drop(s);
+    assert!(eventually(Duration::from_secs(5), || handshakes(
+        &p, "closed"
+    ) == 1.0));
+
+    // The worker is unharmed; TLS 1.2 and 1.3 both work.
+    for (v, want) in [
+        (&rustls::version::TLS12, ProtocolVersion::TLSv1_2),
+        (&rustls::version::TLS13, ProtocolVersion::TLSv1_3),
+    ] {
+        let mut c = TlsClient::connect(p.edge(), "a.example", &accept_any_config(&[v])).unwrap();
+        assert_eq!(c.conn().protocol_version(), Some(want));
+        assert_eq!(c.get("/").unwrap().text(), "ok");
+    }
+    assert!(up.accepted() >= 1);
+}
+
+#[test]
+fn a_silent_client_is_timed_out_of_its_handshake() {
+    let pki = Pki::new("timeout");
+    let a = pki.leaf("a", &["a.example"], false);
+    let up = Upstream::fixed("ok");
+    let extra = format!(
+        "    request_head_timeout: 300ms\n{}",
+        tls_block(&[(&a.cert, &a.key, &[])])
+    );
+    let p = TestProxy::simple(up.addr, 1, &extra);
+    let mut c = Client::connect(p.edge());
+    assert!(
+        c.is_closed(Duration::from_secs(5)),
+        "closed after the timeout"
+    );
+    assert!(eventually(Duration::from_secs(5), || handshakes(
+        &p, "timeout"
+    ) == 1.0));
+}
+
+#[test]
+fn sessions_resume_on_any_worker() {
+    let pki = Pki::new("resume");
+    let a = pki.leaf("a", &["a.example"], false);
+    let up = Upstream::fixed("ok");
+    let p = TestProxy::simple(up.addr, 2, &tls_block(&[(&a.cert, &a.key, &[])]));
+    let mut resumed = 0;
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        // One client config: its session store carries tickets from one connection to the next.
+        let cfg = pki.client_config_for(&[version], &["http/1.1"]);
+        let first = TlsClient::connect(p.edge(), "a.example", &cfg).unwrap();
+        assert_eq!(first.conn().handshake_kind(), Some(HandshakeKind::Full));
+        let mut first = first;
+        assert_eq!(first.get("/").unwrap().status, 200);
+        // Connections spread over both workers (SO_REUSEPORT hashing): all resume.
+        for i in 0..8 {
+            let mut c = TlsClient::connect(p.edge(), "a.example", &cfg).unwrap();
+            assert_eq!(
+                c.conn().handshake_kind(),
+                Some(HandshakeKind::Resumed),
+                "{version:?} connection {i}"
+            );
+            assert_eq!(c.get("/").unwrap().status, 200);
+            resumed += 1;
+        }
+    }
+    assert!(eventually(Duration::from_secs(5), || handshakes(
+        &p, "resumed"
+    ) == resumed as f64));
+}
+
+#[test]
+fn certificates_reload_with_the_config_and_open_connections_stay() {
+    let pki = Pki::new("reload");
+    let old = pki.leaf("old", &["a.example"], false);
+    let new = pki.leaf("new", &["a.example"], true);
+    let up = Upstream::fixed("ok");
+    let path = temp_config(
+        "tls-reload",
+        &simple_config(up.addr, &tls_block(&[(&old.cert, &old.key, &[])])),
+    );
+    let p = file_proxy(&path, 2);
+    let edge = p.listener_addr("edge").unwrap();
+    let config = pki.client_config(&["http/1.1"]);
+    let mut open = TlsClient::connect(edge, "a.example", &config).unwrap();
+    assert_eq!(open.peer_certificate().as_ref(), Some(&old.der));
+    assert_eq!(open.get("/").unwrap().status, 200);
+
+    // The port is kept; the bind address is now explicit so that the config is the same
+    // listener.
+    let text = simple_config(up.addr, &tls_block(&[(&new.cert, &new.key, &[])]))
+        .replace("bind: 127.0.0.1:0", &format!("bind: {edge}"));
+    write_atomically(&path, &text);
+    assert!(eventually(Duration::from_secs(5), || p.version() == 2));
+    let c = TlsClient::connect(edge, "a.example", &pki.client_config(&["http/1.1"])).unwrap();
+    assert_eq!(
+        c.peer_certificate().as_ref(),
+        Some(&new.der),
+        "new connections: new certificate"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            open.get("/").unwrap().status,
+            200,
+            "the open connection goes on"
+        );
+    }
+
+    // A key that does not match its certificate: refused, naming the field; the running
+    // certificate stays.
+    let bad = text.replace(
+        &new.key.display().to_string(),
+        &old.key.display().to_string(),
+    );
+    write_atomically(&path, &bad);
+    let e = p.reload().map_err(|e| e.join("\n")).unwrap_err();
+    assert!(e.contains("listeners[0].tls.certs[0].key"), "{e}");
+    let c = TlsClient::connect(edge, "a.example", &pki.client_config(&["http/1.1"])).unwrap();
+    assert_eq!(c.peer_certificate().as_ref(), Some(&new.der));
+}
+
+#[test]
+fn tls_config_errors_name_their_field() {
+    let pki = Pki::new("errors");
+    let a = pki.leaf("a", &["a.example"], false);
+    let b = pki.leaf("b", &["b.example"], false);
+    let up: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let missing = Path::new("/nonexistent/ringmesh.pem");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            tls_block(&[(missing, &a.key, &[])]),
+            "listeners[0].tls.certs[0].cert",
+        ),
+        (
+            tls_block(&[(&a.cert, missing, &[])]),
+            "listeners[0].tls.certs[0].key",
+        ),
+        (
+            tls_block(&[(&a.cert, &b.key, &[])]),
+            "listeners[0].tls.certs[0].key",
+        ),
+        (
+            tls_block(&[(&a.cert, &a.key, &[]), (&b.cert, &b.key, &[])]),
+            "listeners[0].tls.certs[1].sni",
+        ),
+        (
+            tls_block(&[(&a.cert, &a.key, &["\"bad name!\""])]),
+            "listeners[0].tls.certs[0].sni[0]",
+        ),
+        (
+            format!("{}      alpn: [h2]\n", tls_block(&[(&a.cert, &a.key, &[])])),
+            "listeners[0].tls.alpn[0]",
+        ),
+        (
+            "    tls: { certs: [] }\n".to_string(),
+            "listeners[0].tls.certs",
+        ),
+        // A key file that holds a certificate, not a key.
+        (
+            tls_block(&[(&a.cert, &a.cert, &[])]),
+            "listeners[0].tls.certs[0].key",
+        ),
+    ];
+    for (extra, field) in cases {
+        let r = ringmesh_tests::Proxy::start(ProxyOptions {
+            source: ConfigSource::Text(simple_config(up, &extra)),
+            workers: Some(1),
+            admin: Some("127.0.0.1:0".parse().unwrap()),
+            ..ProxyOptions::default()
+        });
+        let Err(e) = r else {
+            panic!("accepted: {extra}")
+        };
+        let e = e.to_string();
+        assert!(e.contains(field), "{field} in {e}");
+    }
+}
+
+#[test]
+fn large_bodies_stream_both_ways_through_tls() {
+    let pki = Pki::new("bodies");
+    let a = pki.leaf("a", &["a.example"], false);
+    let up = Upstream::echo();
+    let p = TestProxy::simple(up.addr, 1, &tls_block(&[(&a.cert, &a.key, &[])]));
+    let mut c = TlsClient::connect(p.edge(), "a.example", &pki.client_config(&[])).unwrap();
+    let body: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    for chunked in [false, true] {
+        let mut req = b"POST /up HTTP/1.1\r\nHost: a\r\n".to_vec();
+        if chunked {
+            req.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+            for part in body.chunks(100_000) {
+                req.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+                req.extend_from_slice(part);
+                req.extend_from_slice(b"\r\n");
+            }
+            req.extend_from_slice(b"0\r\n\r\n");
+        } else {
+            req.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+            req.extend_from_slice(&body);
+        }
+        c.send(&req).unwrap();
+        let r = c.response().unwrap();
+        assert_eq!(r.status, 200);
+        assert!(r.body == body, "echoed intact ({} bytes)", r.body.len());
+    }
+}
