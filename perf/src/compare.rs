@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::load::{self, LoadConfig, Report};
 use crate::procfs;
+use crate::tls::CertFiles;
 
 /// What to compare, and how long.
 #[derive(Debug, Clone)]
@@ -43,12 +44,24 @@ pub struct Options {
 }
 
 /// Every scenario, in report order.
-pub const SCENARIOS: [&str; 6] = ["small", "one", "idle", "1mib", "upload", "newconn"];
+pub const SCENARIOS: [&str; 9] = [
+    "small",
+    "one",
+    "idle",
+    "1mib",
+    "upload",
+    "newconn",
+    "tls-small",
+    "tls-newconn",
+    "tls-idle",
+];
 
 /// A process to measure: the backend, or a proxy.
 struct Target {
     name: String,
     port: u16,
+    /// The same proxy terminating TLS (ECDSA P-256 certificate), if it does.
+    tls_port: Option<u16>,
     child: Child,
 }
 
@@ -121,14 +134,21 @@ fn spawn_pinned(cpu: usize, cmd: &str, log: &Path) -> Result<Child, String> {
         .map_err(|e| format!("{cmd}: {e}"))
 }
 
-fn start(name: &str, cpu: usize, cmd: &str, port: u16, dir: &Path) -> Result<Target, String> {
+fn start(
+    name: &str,
+    cpu: usize,
+    cmd: &str,
+    (port, tls_port): (u16, Option<u16>),
+    dir: &Path,
+) -> Result<Target, String> {
     let child = spawn_pinned(cpu, cmd, &dir.join(format!("{name}.log")))?;
     let t = Target {
         name: name.into(),
         port,
+        tls_port,
         child,
     };
-    if !wait_port(port) {
+    if !wait_port(port) || !tls_port.is_none_or(wait_port) {
         return Err(format!(
             "{name} did not start: see {}",
             dir.join(format!("{name}.log")).display()
@@ -148,19 +168,23 @@ http {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 3
     )
 }
 
-fn nginx_proxy_config(dir: &Path, port: u16, backend: u16) -> String {
+fn nginx_proxy_config(dir: &Path, (port, tls): (u16, u16), backend: u16, certs: &CertFiles) -> String {
     format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err warn;\nworker_rlimit_nofile 65536;\n\
 events {{ worker_connections 32768; }}\n\
 http {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 300s;\n  client_max_body_size 16m;\n\
   upstream be {{ server 127.0.0.1:{backend}; keepalive 512; keepalive_requests 1000000; }}\n\
   server {{\n    listen 127.0.0.1:{port} reuseport backlog=4096;\n\
+    location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_request_buffering off; }}\n  }}\n\
+  server {{\n    listen 127.0.0.1:{tls} ssl reuseport backlog=4096;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:SSL:10m;\n\
     location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_request_buffering off; }}\n  }}\n}}\n",
-        d = dir.display()
+        d = dir.display(),
+        cert = certs.cert.display(),
+        key = certs.key.display(),
     )
 }
 
-fn haproxy_config(port: u16, backend: u16) -> String {
+fn haproxy_config((port, tls): (u16, u16), backend: u16, certs: &CertFiles) -> String {
     // HAProxy refuses to start when it cannot raise its descriptor limit to what `maxconn`
     // asks; stay within the hard limit (20,000 on the machines we measure on).
     let fds = hard_fd_limit().min(1 << 20);
@@ -169,7 +193,9 @@ fn haproxy_config(port: u16, backend: u16) -> String {
         "global\n  nbthread 1\n  maxconn {maxconn}\n  ulimit-n {fds}\n\
 defaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n  http-reuse always\n\
 frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n\
-backend b\n  server s1 127.0.0.1:{backend}\n"
+frontend t\n  bind 127.0.0.1:{tls} ssl crt {crt} ssl-min-ver TLSv1.2\n  default_backend b\n\
+backend b\n  server s1 127.0.0.1:{backend}\n",
+        crt = certs.combined.display(),
     )
 }
 
@@ -184,9 +210,13 @@ fn hard_fd_limit() -> u64 {
         .unwrap_or(20_000)
 }
 
-fn ringmesh_config(port: u16, backend: u16) -> String {
+fn ringmesh_config((port, tls): (u16, u16), backend: u16, certs: &CertFiles) -> String {
     format!(
-        "admin: 127.0.0.1:0\nlisteners:\n  - name: edge\n    bind: 127.0.0.1:{port}\n    idle_timeout: 300s\n    routes: [ {{ match: {{ path_prefix: / }}, cluster: be }} ]\nclusters:\n  - {{ name: be, endpoints: [ {{ addr: 127.0.0.1:{backend} }} ] }}\n"
+        "admin: 127.0.0.1:0\nlisteners:\n  - name: edge\n    bind: 127.0.0.1:{port}\n    idle_timeout: 300s\n    routes: [ {{ match: {{ path_prefix: / }}, cluster: be }} ]\n  \
+- name: edge-tls\n    bind: 127.0.0.1:{tls}\n    idle_timeout: 300s\n    tls: {{ certs: [ {{ cert: {cert}, key: {key} }} ] }}\n    routes: [ {{ match: {{ path_prefix: / }}, cluster: be }} ]\n\
+clusters:\n  - {{ name: be, endpoints: [ {{ addr: 127.0.0.1:{backend} }} ] }}\n",
+        cert = certs.cert.display(),
+        key = certs.key.display(),
     )
 }
 
@@ -258,12 +288,24 @@ fn measure(target: &Target, cfg: &LoadConfig) -> Run {
     }
 }
 
-/// RSS growth per idle keep-alive connection, in bytes.
-fn idle_cost(target: &Target, n: usize) -> Result<f64, String> {
+/// RSS growth per idle keep-alive connection, in bytes; over TLS when `tls` is given.
+fn idle_cost(target: &Target, n: usize, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<f64, String> {
     let pid = target.child.id();
+    if let Some(config) = tls {
+        let port = target.tls_port.ok_or("no TLS port")?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut conns = Vec::with_capacity(n);
+        let mut open = |k: usize| -> Result<(), String> {
+            for _ in 0..k {
+                conns.push(crate::tls::open_idle(addr, config)?);
+            }
+            Ok(())
+        };
+        return settle_and_measure(pid, &mut open, n);
+    }
     let addr: SocketAddr = ([127, 0, 0, 1], target.port).into();
     let mut conns = Vec::with_capacity(n);
-    let open = |conns: &mut Vec<TcpStream>, k: usize| -> Result<(), String> {
+    let mut open = |k: usize| -> Result<(), String> {
         for _ in 0..k {
             let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
             s.set_read_timeout(Some(Duration::from_secs(10)))
@@ -283,15 +325,22 @@ fn idle_cost(target: &Target, n: usize) -> Result<f64, String> {
         }
         Ok(())
     };
-    // A first batch warms allocators and pools; the second is measured once settled.
-    open(&mut conns, 500)?;
+    settle_and_measure(pid, &mut open, n)
+}
+
+/// A first batch warms allocators and pools; the second (`n` connections) is measured once
+/// settled. The connections stay open until `open` is dropped by the caller.
+fn settle_and_measure(
+    pid: u32,
+    open: &mut dyn FnMut(usize) -> Result<(), String>,
+    n: usize,
+) -> Result<f64, String> {
+    open(500)?;
     std::thread::sleep(Duration::from_secs(2));
     let before = procfs::tree_rss_kib(pid);
-    open(&mut conns, n)?;
+    open(n)?;
     std::thread::sleep(Duration::from_secs(3));
     let after = procfs::tree_rss_kib(pid);
-    drop(conns);
-    std::thread::sleep(Duration::from_millis(500));
     Ok(after.saturating_sub(before) as f64 * 1024.0 / n as f64)
 }
 
@@ -329,8 +378,19 @@ fn summarize(runs: &[Run]) -> Summary {
     }
 }
 
-fn scenario_load(name: &str, port: u16, o: &Options) -> LoadConfig {
+fn scenario_load(name: &str, t: &Target, o: &Options, certs: &CertFiles) -> LoadConfig {
+    let (port, tls) = match name.strip_prefix("tls-") {
+        Some(_) => (
+            t.tls_port.unwrap_or(t.port),
+            crate::tls::client_config(&certs.ca, false)
+                .ok()
+                .map(|c| (c, "localhost".to_string())),
+        ),
+        None => (t.port, None),
+    };
+    let name = name.strip_prefix("tls-").unwrap_or(name);
     let base = LoadConfig {
+        tls,
         addr: ([127, 0, 0, 1], port).into(),
         warmup: o.warmup,
         duration: o.duration,
@@ -373,6 +433,11 @@ fn describe(name: &str) -> &'static str {
         "1mib" => "1 MiB answers, 10 connections: throughput",
         "upload" => "100 KiB uploads (PUT), 10 connections",
         "newconn" => "a new connection per request, 10 at a time",
+        "tls-small" => "small GET over TLS 1.3 (ECDSA P-256), 50 keep-alive connections",
+        "tls-newconn" => {
+            "a new TLS connection per request, full handshake (no resumption), 10 at a time: handshakes/s"
+        }
+        "tls-idle" => "memory per idle TLS keep-alive connection (one request each, then idle)",
         _ => "",
     }
 }
@@ -390,6 +455,7 @@ pub fn run(o: &Options) -> Result<String, String> {
     let dir = std::env::temp_dir().join(format!("ringmesh-perf-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("www")).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("www/1m"), vec![b'm'; 1 << 20]).map_err(|e| e.to_string())?;
+    let certs = crate::tls::make_certs(&dir)?;
 
     let be_port = free_port();
     std::fs::write(dir.join("backend.conf"), backend_config(&dir, be_port))
@@ -398,14 +464,17 @@ pub fn run(o: &Options) -> Result<String, String> {
         "backend",
         o.proxy_cpu,
         &format!("nginx -c {}/backend.conf", dir.display()),
-        be_port,
+        (be_port, None),
         &dir,
     )?;
 
     let mut targets: Vec<Target> = Vec::new();
-    let rm_port = free_port();
-    std::fs::write(dir.join("ringmesh.yaml"), ringmesh_config(rm_port, be_port))
-        .map_err(|e| e.to_string())?;
+    let rm_ports = (free_port(), free_port());
+    std::fs::write(
+        dir.join("ringmesh.yaml"),
+        ringmesh_config(rm_ports, be_port, &certs),
+    )
+    .map_err(|e| e.to_string())?;
     targets.push(start(
         "ringmesh",
         o.proxy_cpu,
@@ -414,28 +483,31 @@ pub fn run(o: &Options) -> Result<String, String> {
             ringmesh.display(),
             dir.display()
         ),
-        rm_port,
+        (rm_ports.0, Some(rm_ports.1)),
         &dir,
     )?);
     if !o.skip_peers {
-        let p = free_port();
-        std::fs::write(dir.join("nginx.conf"), nginx_proxy_config(&dir, p, be_port))
-            .map_err(|e| e.to_string())?;
+        let p = (free_port(), free_port());
+        std::fs::write(
+            dir.join("nginx.conf"),
+            nginx_proxy_config(&dir, p, be_port, &certs),
+        )
+        .map_err(|e| e.to_string())?;
         targets.push(start(
             "nginx",
             o.proxy_cpu,
             &format!("nginx -c {}/nginx.conf", dir.display()),
-            p,
+            (p.0, Some(p.1)),
             &dir,
         )?);
-        let p = free_port();
-        std::fs::write(dir.join("haproxy.cfg"), haproxy_config(p, be_port))
+        let p = (free_port(), free_port());
+        std::fs::write(dir.join("haproxy.cfg"), haproxy_config(p, be_port, &certs))
             .map_err(|e| e.to_string())?;
         targets.push(start(
             "haproxy",
             o.proxy_cpu,
             &format!("haproxy -f {}/haproxy.cfg", dir.display()),
-            p,
+            (p.0, Some(p.1)),
             &dir,
         )?);
     }
@@ -444,7 +516,7 @@ pub fn run(o: &Options) -> Result<String, String> {
         let cmd = cmd
             .replace("{port}", &p.to_string())
             .replace("{backend}", &be_port.to_string());
-        targets.push(start(name, o.proxy_cpu, &cmd, p, &dir)?);
+        targets.push(start(name, o.proxy_cpu, &cmd, (p, None), &dir)?);
     }
 
     let mut md = String::new();
@@ -475,7 +547,8 @@ pub fn run(o: &Options) -> Result<String, String> {
     for scenario in &o.scenarios {
         let _ = writeln!(md, "## {scenario}: {}\n", describe(scenario));
         eprintln!("scenario {scenario}");
-        if scenario == "idle" {
+        let tls = scenario.starts_with("tls-");
+        if scenario == "idle" || scenario == "tls-idle" {
             // HAProxy reserves two descriptors per connection it may hold: every target gets the
             // same count, within what the descriptor limit allows it.
             let n = o
@@ -487,13 +560,21 @@ pub fn run(o: &Options) -> Result<String, String> {
                 "| target | bytes per idle connection | ratio to ringmesh |\n|---|---|---|"
             );
             let mut rows = Vec::new();
-            for t in std::iter::once(&backend).chain(targets.iter()) {
+            let client = if tls {
+                Some(crate::tls::client_config(&certs.ca, false)?)
+            } else {
+                None
+            };
+            for t in std::iter::once(&backend)
+                .chain(targets.iter())
+                .filter(|t| !tls || t.tls_port.is_some())
+            {
                 let name = if t.name == "backend" {
                     "direct (backend)".to_string()
                 } else {
                     t.name.clone()
                 };
-                match idle_cost(t, n) {
+                match idle_cost(t, n, client.as_ref()) {
                     Ok(b) => rows.push((name, b)),
                     Err(e) => rows.push((format!("{name} (failed: {e})"), f64::NAN)),
                 }
@@ -508,13 +589,17 @@ pub fn run(o: &Options) -> Result<String, String> {
             let _ = writeln!(md);
             continue;
         }
-        let all: Vec<&Target> = std::iter::once(&backend).chain(targets.iter()).collect();
+        // TLS scenarios: the proxies that terminate TLS (the backend speaks plain HTTP).
+        let all: Vec<&Target> = std::iter::once(&backend)
+            .chain(targets.iter())
+            .filter(|t| !tls || t.tls_port.is_some())
+            .collect();
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); all.len()];
         for round in 0..o.rounds {
             for k in 0..all.len() {
                 let i = (k + round) % all.len();
                 let t = all[i];
-                let cfg = scenario_load(scenario, t.port, o);
+                let cfg = scenario_load(scenario, t, o, &certs);
                 let r = measure(t, &cfg);
                 eprintln!(
                     "  round {round} {:10} {:>10.0} req/s p99 {:>8.0} us cpu {:>6.2} us/req errors {}",
@@ -524,7 +609,11 @@ pub fn run(o: &Options) -> Result<String, String> {
             }
         }
         let sums: Vec<Summary> = runs.iter().map(|r| summarize(r)).collect();
-        let ours = sums[1].clone();
+        let ours = all
+            .iter()
+            .position(|t| t.name == "ringmesh")
+            .map(|i| sums[i].clone())
+            .unwrap_or_default();
         let direct = sums[0].clone();
         let throughput = scenario == "1mib";
         let _ = writeln!(

@@ -5,6 +5,7 @@
 pub mod compare;
 pub mod load;
 pub mod procfs;
+pub mod tls;
 pub mod upstream;
 
 /// Runs `fut` on a new monoio runtime (io_uring, or epoll where it is missing) on this thread,

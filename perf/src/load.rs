@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use ringmesh_core::http1::{ChunkedDecoder, Framing, ResponseHead};
+use ringmesh_core::tls::TlsStream;
 use serde::Serialize;
 
 /// What to send, how, and for how long.
@@ -41,6 +42,8 @@ pub struct LoadConfig {
     pub duration: Duration,
     /// CPUs to run on, one thread each.
     pub cpus: Vec<usize>,
+    /// TLS: the client settings and the server name to send.
+    pub tls: Option<(Arc<rustls::ClientConfig>, String)>,
 }
 
 impl Default for LoadConfig {
@@ -56,6 +59,7 @@ impl Default for LoadConfig {
             warmup: Duration::from_secs(1),
             duration: Duration::from_secs(5),
             cpus: vec![0],
+            tls: None,
         }
     }
 }
@@ -229,7 +233,7 @@ struct Conn {
 impl Conn {
     async fn run(self) {
         let mut next = self.first;
-        let mut stream: Option<TcpStream> = None;
+        let mut stream: Option<Stream> = None;
         let mut out = (*self.request).clone();
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         let mut head = ResponseHead::default();
@@ -260,24 +264,19 @@ impl Conn {
                 None => now,
             };
             if stream.is_none() {
-                match TcpStream::connect_addr(self.cfg.addr).await {
-                    Ok(s) => {
-                        let _ = s.set_nodelay(true);
-                        stream = Some(s);
-                    }
-                    Err(_) => {
+                match self.connect().await {
+                    Some(s) => stream = Some(s),
+                    None => {
                         self.count_error(intended);
                         monoio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
                 }
             }
-            let Some(s) = stream.as_mut() else { continue };
-            let (res, o) = s.write_all(out).await;
-            out = o;
-            let result = match res {
-                Ok(_) => read_response(s, &mut buf, &mut head).await,
-                Err(_) => Err(()),
+            let result = match stream.as_mut() {
+                Some(Stream::Plain(s)) => exchange(s, &mut out, &mut buf, &mut head).await,
+                Some(Stream::Tls(s)) => exchange(s, &mut out, &mut buf, &mut head).await,
+                None => continue,
             };
             let done = Instant::now();
             prev_done = done;
@@ -309,6 +308,18 @@ impl Conn {
         }
     }
 
+    /// A new connection, with its TLS handshake when the load is over TLS.
+    async fn connect(&self) -> Option<Stream> {
+        let s = TcpStream::connect_addr(self.cfg.addr).await.ok()?;
+        let _ = s.set_nodelay(true);
+        let Some((config, name)) = &self.cfg.tls else {
+            return Some(Stream::Plain(s));
+        };
+        let name = rustls::pki_types::ServerName::try_from(name.clone()).ok()?;
+        let (tls, _) = ringmesh_core::tls::connect(s, config.clone(), name).await;
+        tls.map(Stream::Tls)
+    }
+
     fn count_error(&self, intended: Instant) {
         if intended >= self.record_from && intended < self.until {
             self.stats.borrow_mut().errors += 1;
@@ -316,10 +327,28 @@ impl Conn {
     }
 }
 
+enum Stream {
+    Plain(TcpStream),
+    Tls(TlsStream),
+}
+
+/// Sends the request and reads the answer.
+async fn exchange<S: AsyncReadRent + AsyncWriteRent>(
+    s: &mut S,
+    out: &mut Vec<u8>,
+    buf: &mut Vec<u8>,
+    head: &mut ResponseHead,
+) -> Result<(u16, u64, bool), ()> {
+    let (res, o) = s.write_all(std::mem::take(out)).await;
+    *out = o;
+    res.map_err(|_| ())?;
+    read_response(s, buf, head).await
+}
+
 /// Reads one response; returns its status, the bytes read, and whether the connection may be
 /// reused.
-async fn read_response(
-    s: &mut TcpStream,
+async fn read_response<S: AsyncReadRent>(
+    s: &mut S,
     buf: &mut Vec<u8>,
     head: &mut ResponseHead,
 ) -> Result<(u16, u64, bool), ()> {

@@ -20,7 +20,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-pub use stream::{TlsRead, TlsStream, TlsWrite, accept};
+pub use stream::{TlsRead, TlsStream, TlsWrite, accept, connect};
 
 /// Sessions remembered per worker for resumption by session id (TLS 1.2 clients without
 /// ticket support); tickets need no server memory.

@@ -1,5 +1,5 @@
-//! A TLS connection with a client over a monoio socket: rustls does the protocol, the socket
-//! does completions.
+//! A TLS connection over a monoio socket, as server (clients of a listener) or client (to
+//! upstreams, and the load generator): rustls does the protocol, the socket does completions.
 //!
 //! Ciphertext is read into a pooled scratch buffer taken only for the read and given back at
 //! once, so an idle connection holds no I/O buffer of its own. The rustls connection sits in
@@ -21,7 +21,8 @@ use monoio::io::{
     OwnedReadHalf, OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
-use rustls::{HandshakeKind, ServerConfig, ServerConnection};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, HandshakeKind, ServerConfig, ServerConnection};
 
 use crate::metrics::Handshake;
 
@@ -55,7 +56,7 @@ fn give_back(mut b: Vec<u8>) {
 }
 
 struct Shared {
-    conn: RefCell<ServerConnection>,
+    conn: RefCell<Connection>,
     /// A read of ciphertext is under way; still set when one was abandoned.
     reading: Cell<bool>,
     /// Likewise for writes.
@@ -88,13 +89,26 @@ pub type TlsRead = Tls<OwnedReadHalf<TcpStream>>;
 pub type TlsWrite = Tls<OwnedWriteHalf<TcpStream>>;
 
 /// Runs a server handshake on `tcp`. The result says how it ended, for the metrics.
-pub async fn accept(
-    mut tcp: TcpStream,
-    config: Arc<ServerConfig>,
+pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> (Option<TlsStream>, Handshake) {
+    match ServerConnection::new(config) {
+        Ok(conn) => handshake(tcp, conn.into()).await,
+        Err(_) => (None, Handshake::Other),
+    }
+}
+
+/// Runs a client handshake on `tcp` for `name`. The result says how it ended.
+pub async fn connect(
+    tcp: TcpStream,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
 ) -> (Option<TlsStream>, Handshake) {
-    let Ok(conn) = ServerConnection::new(config) else {
-        return (None, Handshake::Other);
-    };
+    match ClientConnection::new(config, name) {
+        Ok(conn) => handshake(tcp, conn.into()).await,
+        Err(_) => (None, Handshake::Other),
+    }
+}
+
+async fn handshake(mut tcp: TcpStream, conn: Connection) -> (Option<TlsStream>, Handshake) {
     let shared = Rc::new(Shared {
         conn: RefCell::new(conn),
         reading: Cell::new(false),
@@ -171,7 +185,7 @@ async fn fill<R: CancelableAsyncReadRent>(
 }
 
 /// Hands ciphertext to rustls, processing records as they complete.
-fn feed(conn: &mut ServerConnection, mut data: &[u8]) -> Result<(), Fail> {
+fn feed(conn: &mut Connection, mut data: &[u8]) -> Result<(), Fail> {
     while !data.is_empty() {
         conn.read_tls(&mut data).map_err(|_| Fail::Io)?;
         conn.process_new_packets().map_err(Fail::Tls)?;
@@ -203,7 +217,7 @@ async fn flush<W: AsyncWriteRent>(io: &mut W, shared: &Shared) -> io::Result<()>
 
 /// Copies decrypted bytes to `dst` (`len` bytes of room); `None` when rustls has none.
 fn take_plaintext(
-    conn: &mut ServerConnection,
+    conn: &mut Connection,
     dst: *mut u8,
     len: usize,
 ) -> Option<io::Result<usize>> {
@@ -285,9 +299,17 @@ impl<IO> Tls<IO> {
         !matches!(reader.fill_buf(), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// The SNI name the client sent.
+    /// The SNI name the client sent (server side).
     pub fn server_name(&self) -> Option<String> {
-        self.shared.conn.borrow().server_name().map(str::to_owned)
+        match &*self.shared.conn.borrow() {
+            Connection::Server(c) => c.server_name().map(str::to_owned),
+            Connection::Client(_) => None,
+        }
+    }
+
+    /// The peer's certificate chain, leaf first.
+    pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        self.shared.conn.borrow().peer_certificates().map(<[_]>::to_vec)
     }
 
     /// The application protocol agreed by ALPN.

@@ -2,6 +2,7 @@
 //!
 //! ringmesh-load --addr 127.0.0.1:8080 [-c 50] [--rate 20000] [--new-conn] [--body BYTES]
 //!               [--path /] [--duration 10s] [--warmup 1s] [--cpus 0] [--json]
+//!               [--tls-ca CA.pem [--tls-name localhost] [--no-resume]]
 
 use ringmesh_perf::load::{self, LoadConfig};
 
@@ -9,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     use lexopt::prelude::*;
     let mut cfg = LoadConfig::default();
     let mut json = false;
+    let (mut ca, mut name, mut resume) = (None::<String>, "localhost".to_string(), true);
     let mut p = lexopt::Parser::from_env();
     while let Some(arg) = p.next()? {
         match arg {
@@ -28,13 +30,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             Long("cpus") => cfg.cpus = ringmesh_perf::cpus(&p.value()?.string()?),
             Long("json") => json = true,
+            Long("tls-ca") => ca = Some(p.value()?.string()?),
+            Long("tls-name") => name = p.value()?.string()?,
+            Long("no-resume") => resume = false,
             Long("help") | Short('h') => {
                 println!(
                     "{}",
                     include_str!("ringmesh-load.rs")
                         .lines()
                         .skip(2)
-                        .take(3)
+                        .take(4)
                         .collect::<Vec<_>>()
                         .join("\n")
                 );
@@ -42,6 +47,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             _ => return Err(arg.unexpected().into()),
         }
+    }
+    if let Some(ca) = ca {
+        cfg.tls = Some((
+            ringmesh_perf::tls::client_config(std::path::Path::new(&ca), resume)?,
+            name,
+        ));
     }
     let r = load::run(&cfg);
     if json {
