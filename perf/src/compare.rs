@@ -63,15 +63,49 @@ struct Target {
     /// The same proxy terminating TLS (ECDSA P-256 certificate), if it does.
     tls_port: Option<u16>,
     child: Child,
+    /// How it was started, to start it again.
+    cpu: usize,
+    cmd: String,
+    dir: PathBuf,
 }
 
-impl Drop for Target {
-    fn drop(&mut self) {
+impl Target {
+    fn kill(&mut self) {
         // nginx and HAProxy leave workers behind if only the master is killed.
         for pid in procfs::tree(self.child.id()).into_iter().rev() {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
         }
         let _ = self.child.wait();
+    }
+
+    /// A fresh process: memory measurements must not reuse what earlier scenarios freed.
+    fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        // The ports are free once the old process is gone.
+        std::thread::sleep(Duration::from_millis(300));
+        self.child = spawn_pinned(
+            self.cpu,
+            &self.cmd,
+            &self.dir.join(format!("{}.log", self.name)),
+        )?;
+        self.wait_ready()
+    }
+
+    fn wait_ready(&self) -> Result<(), String> {
+        if !wait_port(self.port) || !self.tls_port.is_none_or(wait_port) {
+            return Err(format!(
+                "{} did not start: see {}",
+                self.name,
+                self.dir.join(format!("{}.log", self.name)).display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -146,14 +180,12 @@ fn start(
         name: name.into(),
         port,
         tls_port,
+        cpu,
+        cmd: cmd.into(),
+        dir: dir.into(),
         child,
     };
-    if !wait_port(port) || !tls_port.is_none_or(wait_port) {
-        return Err(format!(
-            "{name} did not start: see {}",
-            dir.join(format!("{name}.log")).display()
-        ));
-    }
+    t.wait_ready()?;
     Ok(t)
 }
 
@@ -168,7 +200,12 @@ http {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 3
     )
 }
 
-fn nginx_proxy_config(dir: &Path, (port, tls): (u16, u16), backend: u16, certs: &CertFiles) -> String {
+fn nginx_proxy_config(
+    dir: &Path,
+    (port, tls): (u16, u16),
+    backend: u16,
+    certs: &CertFiles,
+) -> String {
     format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err warn;\nworker_rlimit_nofile 65536;\n\
 events {{ worker_connections 32768; }}\n\
@@ -289,7 +326,11 @@ fn measure(target: &Target, cfg: &LoadConfig) -> Run {
 }
 
 /// RSS growth per idle keep-alive connection, in bytes; over TLS when `tls` is given.
-fn idle_cost(target: &Target, n: usize, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<f64, String> {
+fn idle_cost(
+    target: &Target,
+    n: usize,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<f64, String> {
     let pid = target.child.id();
     if let Some(config) = tls {
         let port = target.tls_port.ok_or("no TLS port")?;
@@ -460,7 +501,7 @@ pub fn run(o: &Options) -> Result<String, String> {
     let be_port = free_port();
     std::fs::write(dir.join("backend.conf"), backend_config(&dir, be_port))
         .map_err(|e| e.to_string())?;
-    let backend = start(
+    let mut backend = start(
         "backend",
         o.proxy_cpu,
         &format!("nginx -c {}/backend.conf", dir.display()),
@@ -554,7 +595,14 @@ pub fn run(o: &Options) -> Result<String, String> {
             let n = o
                 .idle_connections
                 .min((hard_fd_limit() as usize / 2).saturating_sub(700));
-            let _ = writeln!(md, "{n} idle connections, after 500 to warm up.\n");
+            let _ = writeln!(
+                md,
+                "{n} idle connections, after 500 to warm up, each target freshly started.\n"
+            );
+            backend.restart()?;
+            for t in targets.iter_mut() {
+                t.restart()?;
+            }
             let _ = writeln!(
                 md,
                 "| target | bytes per idle connection | ratio to ringmesh |\n|---|---|---|"

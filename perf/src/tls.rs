@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::client::Resumption;
-use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 /// The files of one certificate.
@@ -38,7 +38,9 @@ pub fn make_certs(dir: &Path) -> Result<CertFiles, String> {
     let ca = ca_params.self_signed(&ca_key).map_err(e)?;
     let key = KeyPair::generate().map_err(e)?;
     let mut params = CertificateParams::new(vec!["localhost".to_string()]).map_err(e)?;
-    params.distinguished_name.push(DnType::CommonName, "localhost");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     let leaf = params.signed_by(&key, &ca, &ca_key).map_err(e)?;
     let files = CertFiles {
         ca: dir.join("ca.pem"),
@@ -50,7 +52,10 @@ pub fn make_certs(dir: &Path) -> Result<CertFiles, String> {
     w(&files.ca, ca.pem())?;
     w(&files.cert, leaf.pem())?;
     w(&files.key, key.serialize_pem())?;
-    w(&files.combined, format!("{}{}", leaf.pem(), key.serialize_pem()))?;
+    w(
+        &files.combined,
+        format!("{}{}", leaf.pem(), key.serialize_pem()),
+    )?;
     Ok(files)
 }
 
@@ -62,13 +67,12 @@ pub fn client_config(ca: &Path, resume: bool) -> Result<Arc<ClientConfig>, Strin
             .add(c.map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
     }
-    let mut c = ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut c =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
     if !resume {
         c.resumption = Resumption::disabled();

@@ -1387,8 +1387,14 @@ clusters:
             e.contains("listeners[0].tls.client_ca: client certificates (mTLS) are not available"),
             "{e}"
         );
-        assert!(e.contains("listeners[0].tls.certs: at least one certificate"), "{e}");
-        assert!(e.contains("clusters[0].tls: TLS to upstreams is not available"), "{e}");
+        assert!(
+            e.contains("listeners[0].tls.certs: at least one certificate"),
+            "{e}"
+        );
+        assert!(
+            e.contains("clusters[0].tls: TLS to upstreams is not available"),
+            "{e}"
+        );
         assert!(
             e.contains("listeners[0].routes[0].rate_limit: rate limits are not available"),
             "{e}"

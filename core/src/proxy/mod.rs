@@ -173,10 +173,15 @@ pub(crate) async fn serve(w: Rc<Worker>, listener: Arc<str>, stream: TcpStream, 
     let stream = match tls {
         None => ClientIo::Plain(stream),
         Some(config) => {
-            let (tls, result) = monoio::select! {
-                r = crate::tls::accept(stream, config) => r,
-                _ = monoio::time::sleep(limits.request_head_timeout) => (None, Handshake::Timeout),
-            };
+            // Boxed: the handshake's state is large and short-lived, and this future lives as
+            // long as the connection.
+            let (tls, result) = Box::pin(async move {
+                monoio::select! {
+                    r = crate::tls::accept(stream, config) => r,
+                    _ = monoio::time::sleep(limits.request_head_timeout) => (None, Handshake::Timeout),
+                }
+            })
+            .await;
             stats.handshake(result);
             match tls {
                 Some(s) => ClientIo::Tls(s),

@@ -1,16 +1,21 @@
 //! A TLS connection over a monoio socket, as server (clients of a listener) or client (to
-//! upstreams, and the load generator): rustls does the protocol, the socket does completions.
+//! upstreams, and the load generator): rustls's unbuffered API does the protocol, the socket
+//! does completions, and every buffer is ours.
 //!
-//! Ciphertext is read into a pooled scratch buffer taken only for the read and given back at
-//! once, so an idle connection holds no I/O buffer of its own. The rustls connection sits in
-//! an `Rc<RefCell>` shared by the two halves of a split stream (a request body streaming in
-//! while the answer streams out); it is borrowed only between awaits.
+//! Ciphertext is read into a pooled scratch buffer, processed there, and the buffer goes back
+//! at once; only a partial record is kept, and only until its end arrives. Plaintext is
+//! encrypted straight into a pooled buffer that is sent and given back. So an idle connection
+//! holds no I/O buffer at all: rustls's state and the socket.
 //!
-//! A read or write of ciphertext abandoned half-way (its future dropped) would lose bytes of a
-//! record: the stream then refuses further use instead of producing garbage.
+//! The connection sits in an `Rc` shared by the two halves of a split stream (a request body
+//! streaming in while the answer streams out); it is borrowed only between awaits. TLS output
+//! that reading produces (alerts, key-update answers) waits for the next write when the stream
+//! is split. A read or write of ciphertext abandoned half-way (its future dropped) would lose
+//! bytes of a record: the stream then refuses further reads (or writes) instead of producing
+//! garbage.
 
 use std::cell::{Cell, RefCell};
-use std::io::{self, BufRead, Write};
+use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -21,14 +26,22 @@ use monoio::io::{
     OwnedReadHalf, OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, Connection, HandshakeKind, ServerConfig, ServerConnection};
+use rustls::client::UnbufferedClientConnection;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+};
+use rustls::{ClientConfig, HandshakeKind, ServerConfig};
 
 use crate::metrics::Handshake;
 
-/// Ciphertext read per operation: at most this much plaintext results, which rustls always
-/// has room for once its plaintext buffer is empty.
+/// Ciphertext read per operation.
 const READ_CHUNK: usize = 16 * 1024;
+/// Room for a record's header, tag and content type, per record.
+const RECORD_OVERHEAD: usize = 64;
+/// Largest plaintext per record.
+const MAX_FRAGMENT: usize = 16 * 1024;
 
 thread_local! {
     /// Scratch buffers of this worker, for ciphertext in and out.
@@ -38,7 +51,7 @@ thread_local! {
 fn scratch() -> Vec<u8> {
     SCRATCH
         .with(|s| s.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(READ_CHUNK))
+        .unwrap_or_else(|| Vec::with_capacity(READ_CHUNK + RECORD_OVERHEAD))
 }
 
 fn give_back(mut b: Vec<u8>) {
@@ -55,24 +68,231 @@ fn give_back(mut b: Vec<u8>) {
     });
 }
 
+enum Conn {
+    Server(UnbufferedServerConnection),
+    Client(UnbufferedClientConnection),
+}
+
+impl Conn {
+    fn common(&self) -> &rustls::CommonState {
+        match self {
+            Conn::Server(c) => c,
+            Conn::Client(c) => c,
+        }
+    }
+}
+
 struct Shared {
-    conn: RefCell<Connection>,
+    conn: RefCell<Conn>,
+    /// Ciphertext received and not processed yet (a partial record). Empty, without capacity,
+    /// most of the time.
+    incoming: RefCell<Vec<u8>>,
+    /// Decrypted bytes not read yet, from `plain_at`.
+    plain: RefCell<Vec<u8>>,
+    plain_at: Cell<usize>,
+    /// TLS output produced while reading on a split stream, sent before the next write.
+    pending_out: RefCell<Vec<u8>>,
+    /// The peer sent close_notify, or the connection is closed.
+    peer_closed: Cell<bool>,
     /// A read of ciphertext is under way; still set when one was abandoned.
     reading: Cell<bool>,
     /// Likewise for writes.
     writing: Cell<bool>,
 }
 
-/// Refuses a read (or write) after one was abandoned mid-way: reads and writes may each be under
-/// way at once on split halves, but never two of the same kind.
-fn usable(abandoned: &Cell<bool>) -> io::Result<()> {
-    if abandoned.get() {
-        return Err(io::Error::new(
-            io::ErrorKind::BrokenPipe,
-            "TLS stream abandoned mid-record",
-        ));
+/// What processing the ciphertext at hand led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Something was done; process again.
+    Again,
+    /// More ciphertext is needed.
+    NeedData,
+    /// The handshake is done and nothing is pending (any plaintext given was encrypted).
+    Ready,
+    /// The peer closed.
+    Closed,
+}
+
+/// Handles one state. `data`: plaintext to encrypt once the connection may send it.
+fn handle<Data>(
+    status: UnbufferedStatus<'_, '_, Data>,
+    plain: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    data: Option<&[u8]>,
+    peer_closed: &Cell<bool>,
+) -> (usize, Result<Next, rustls::Error>) {
+    let UnbufferedStatus { discard, state } = status;
+    let next = match state {
+        Err(e) => Err(e),
+        Ok(ConnectionState::ReadTraffic(mut r)) => loop {
+            match r.next_record() {
+                Some(Ok(rec)) => plain.extend_from_slice(rec.payload),
+                Some(Err(e)) => break Err(e),
+                None => break Ok(Next::Again),
+            }
+        },
+        Ok(ConnectionState::EncodeTlsData(mut e)) => {
+            let at = out.len();
+            out.resize(at + 4096, 0);
+            let r = match e.encode(&mut out[at..]) {
+                Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                    out.resize(at + required_size, 0);
+                    e.encode(&mut out[at..])
+                }
+                r => r,
+            };
+            match r {
+                Ok(n) => {
+                    out.truncate(at + n);
+                    Ok(Next::Again)
+                }
+                Err(e) => {
+                    out.truncate(at);
+                    Err(rustls::Error::General(format!("encoding TLS data: {e}")))
+                }
+            }
+        }
+        // The encoded bytes are in `out`, which the caller sends before anything else.
+        Ok(ConnectionState::TransmitTlsData(t)) => {
+            t.done();
+            Ok(Next::Again)
+        }
+        Ok(ConnectionState::BlockedHandshake) => Ok(Next::NeedData),
+        Ok(ConnectionState::WriteTraffic(mut w)) => match data {
+            Some(d) if !d.is_empty() => {
+                let at = out.len();
+                let records = d.len().div_ceil(MAX_FRAGMENT);
+                out.resize(at + d.len() + records * RECORD_OVERHEAD, 0);
+                let r = match w.encrypt(d, &mut out[at..]) {
+                    Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                        required_size,
+                    })) => {
+                        out.resize(at + required_size, 0);
+                        w.encrypt(d, &mut out[at..])
+                    }
+                    r => r,
+                };
+                match r {
+                    Ok(n) => {
+                        out.truncate(at + n);
+                        Ok(Next::Ready)
+                    }
+                    Err(e) => {
+                        out.truncate(at);
+                        Err(rustls::Error::General(format!("encrypting: {e}")))
+                    }
+                }
+            }
+            _ => Ok(Next::Ready),
+        },
+        Ok(ConnectionState::PeerClosed) => {
+            peer_closed.set(true);
+            Ok(Next::Again)
+        }
+        Ok(ConnectionState::Closed) => {
+            peer_closed.set(true);
+            Ok(Next::Closed)
+        }
+        // Early data is never accepted (max_early_data_size is 0).
+        Ok(_) => Err(rustls::Error::General("unexpected TLS state".into())),
+    };
+    (discard, next)
+}
+
+impl Shared {
+    fn new(conn: Conn) -> Rc<Shared> {
+        Rc::new(Shared {
+            conn: RefCell::new(conn),
+            incoming: RefCell::new(Vec::new()),
+            plain: RefCell::new(Vec::new()),
+            plain_at: Cell::new(0),
+            pending_out: RefCell::new(Vec::new()),
+            peer_closed: Cell::new(false),
+            reading: Cell::new(false),
+            writing: Cell::new(false),
+        })
     }
-    Ok(())
+
+    /// Processes `data[start..]` until rustls needs more ciphertext or is ready to send;
+    /// plaintext goes to `self.plain`, TLS output to `out`. Returns where processing stopped
+    /// (the rest is a partial record) and the last step.
+    fn process(
+        &self,
+        data: &mut [u8],
+        out: &mut Vec<u8>,
+        plaintext: Option<&[u8]>,
+    ) -> (usize, Result<Next, rustls::Error>) {
+        let mut conn = self.conn.borrow_mut();
+        let mut plain = self.plain.borrow_mut();
+        let mut start = 0;
+        loop {
+            let (discard, next) = match &mut *conn {
+                Conn::Server(c) => handle(
+                    c.process_tls_records(&mut data[start..]),
+                    &mut plain,
+                    out,
+                    plaintext,
+                    &self.peer_closed,
+                ),
+                Conn::Client(c) => handle(
+                    c.process_tls_records(&mut data[start..]),
+                    &mut plain,
+                    out,
+                    plaintext,
+                    &self.peer_closed,
+                ),
+            };
+            start += discard;
+            match next {
+                Ok(Next::Again) => {}
+                other => return (start, other),
+            }
+        }
+    }
+
+    /// Processes ciphertext just read (`buf[..n]`) after any partial record kept from before;
+    /// keeps what is left of a partial record.
+    fn take_in(&self, mut buf: Vec<u8>, out: &mut Vec<u8>) -> Result<Next, rustls::Error> {
+        let mut pending = std::mem::take(&mut *self.incoming.borrow_mut());
+        let (left, result) = if pending.is_empty() {
+            let (used, r) = self.process(&mut buf, out, None);
+            (buf.get(used..).unwrap_or_default().to_vec(), r)
+        } else {
+            pending.extend_from_slice(&buf);
+            let (used, r) = self.process(&mut pending, out, None);
+            pending.drain(..used.min(pending.len()));
+            (pending, r)
+        };
+        give_back(buf);
+        // Nothing kept (the usual case) holds no memory.
+        *self.incoming.borrow_mut() = if left.is_empty() { Vec::new() } else { left };
+        result
+    }
+
+    /// Copies plaintext to `dst` (room for `len` bytes); `None` when there is none.
+    fn take_plain(&self, dst: *mut u8, len: usize) -> Option<usize> {
+        let mut plain = self.plain.borrow_mut();
+        let at = self.plain_at.get();
+        if at >= plain.len() {
+            return None;
+        }
+        let n = (plain.len() - at).min(len);
+        raw::copy_to(&plain[at..at + n], dst, n);
+        if at + n == plain.len() {
+            plain.clear();
+            if plain.capacity() > 4 * MAX_FRAGMENT {
+                *plain = Vec::new();
+            }
+            self.plain_at.set(0);
+        } else {
+            self.plain_at.set(at + n);
+        }
+        Some(n)
+    }
+
+    fn has_plain(&self) -> bool {
+        self.plain_at.get() < self.plain.borrow().len()
+    }
 }
 
 /// One side (or both) of a TLS connection: `IO` is the socket or one of its halves.
@@ -90,8 +310,8 @@ pub type TlsWrite = Tls<OwnedWriteHalf<TcpStream>>;
 
 /// Runs a server handshake on `tcp`. The result says how it ended, for the metrics.
 pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> (Option<TlsStream>, Handshake) {
-    match ServerConnection::new(config) {
-        Ok(conn) => handshake(tcp, conn.into()).await,
+    match UnbufferedServerConnection::new(config) {
+        Ok(conn) => handshake(tcp, Conn::Server(conn)).await,
         Err(_) => (None, Handshake::Other),
     }
 }
@@ -102,37 +322,59 @@ pub async fn connect(
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
 ) -> (Option<TlsStream>, Handshake) {
-    match ClientConnection::new(config, name) {
-        Ok(conn) => handshake(tcp, conn.into()).await,
+    match UnbufferedClientConnection::new(config, name) {
+        Ok(conn) => handshake(tcp, Conn::Client(conn)).await,
         Err(_) => (None, Handshake::Other),
     }
 }
 
-async fn handshake(mut tcp: TcpStream, conn: Connection) -> (Option<TlsStream>, Handshake) {
-    let shared = Rc::new(Shared {
-        conn: RefCell::new(conn),
-        reading: Cell::new(false),
-        writing: Cell::new(false),
-    });
+async fn handshake(mut tcp: TcpStream, conn: Conn) -> (Option<TlsStream>, Handshake) {
+    let shared = Shared::new(conn);
+    // A client speaks first: process with nothing in hand to produce its hello.
+    let mut out = scratch();
+    let mut next = shared.process(&mut [], &mut out, None).1;
     loop {
-        if flush(&mut tcp, &shared).await.is_err() {
-            return (None, Handshake::Closed);
+        if !out.is_empty() {
+            let (r, o) = tcp.write_all(out).await;
+            out = o;
+            out.clear();
+            if r.is_err() {
+                give_back(out);
+                return (None, Handshake::Closed);
+            }
         }
-        if !shared.conn.borrow().is_handshaking() {
-            break;
-        }
-        match fill(&mut tcp, &shared, None).await {
-            Ok(0) => return (None, Handshake::Closed),
+        match next {
+            Ok(Next::Ready) => break,
+            Ok(Next::Closed) => {
+                give_back(out);
+                return (None, Handshake::Closed);
+            }
             Ok(_) => {}
-            Err(Fail::Io) => return (None, Handshake::Closed),
-            Err(Fail::Tls(e)) => {
-                // The alert rustls queued tells the client why.
-                let _ = flush(&mut tcp, &shared).await;
+            Err(e) => {
+                give_back(out);
                 return (None, classify(&e));
             }
         }
+        let buf = scratch();
+        let (r, buf) = tcp.read(buf).await;
+        match r {
+            Ok(n) if n > 0 => next = shared.take_in(buf, &mut out),
+            _ => {
+                give_back(buf);
+                give_back(out);
+                return (None, Handshake::Closed);
+            }
+        }
+        if let Err(e) = &next {
+            // Send the alert rustls queued, to tell the peer why.
+            let _ = shared.process(&mut [], &mut out, None);
+            let (_, o) = tcp.write_all(out).await;
+            give_back(o);
+            return (None, classify(e));
+        }
     }
-    let kind = match shared.conn.borrow().handshake_kind() {
+    give_back(out);
+    let kind = match shared.conn.borrow().common().handshake_kind() {
         Some(HandshakeKind::Resumed) => Handshake::Resumed,
         _ => Handshake::Full,
     };
@@ -154,162 +396,26 @@ fn classify(e: &rustls::Error) -> Handshake {
     }
 }
 
-enum Fail {
-    Io,
-    Tls(rustls::Error),
-}
-
-/// Reads ciphertext once and gives it to rustls. `Ok(0)`: the peer closed the connection.
-async fn fill<R: CancelableAsyncReadRent>(
-    io: &mut R,
-    shared: &Shared,
-    cancel: Option<CancelHandle>,
-) -> Result<usize, Fail> {
-    let buf = scratch();
-    shared.reading.set(true);
-    let (res, buf) = match cancel {
-        Some(c) => io.cancelable_read(buf, c).await,
-        None => io.read(buf).await,
-    };
-    shared.reading.set(false);
-    let n = match res {
-        Ok(n) => n,
-        Err(_) => {
-            give_back(buf);
-            return Err(Fail::Io);
-        }
-    };
-    let result = feed(&mut shared.conn.borrow_mut(), &buf[..n]);
-    give_back(buf);
-    result.map(|()| n)
-}
-
-/// Hands ciphertext to rustls, processing records as they complete.
-fn feed(conn: &mut Connection, mut data: &[u8]) -> Result<(), Fail> {
-    while !data.is_empty() {
-        conn.read_tls(&mut data).map_err(|_| Fail::Io)?;
-        conn.process_new_packets().map_err(Fail::Tls)?;
+/// Refuses a read (or write) after one was abandoned mid-way: reads and writes may each be under
+/// way at once on split halves, but never two of the same kind.
+fn usable(abandoned: &Cell<bool>) -> io::Result<()> {
+    if abandoned.get() {
+        return Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "TLS stream abandoned mid-record",
+        ));
     }
     Ok(())
 }
 
-/// Sends whatever ciphertext rustls has queued.
-async fn flush<W: AsyncWriteRent>(io: &mut W, shared: &Shared) -> io::Result<()> {
-    loop {
-        let mut out = scratch();
-        {
-            let mut conn = shared.conn.borrow_mut();
-            while conn.wants_write() {
-                conn.write_tls(&mut out)?;
-            }
-        }
-        if out.is_empty() {
-            give_back(out);
-            return Ok(());
-        }
-        shared.writing.set(true);
-        let (res, out) = io.write_all(out).await;
-        shared.writing.set(false);
-        give_back(out);
-        res?;
-    }
-}
-
-/// Copies decrypted bytes to `dst` (`len` bytes of room); `None` when rustls has none.
-fn take_plaintext(
-    conn: &mut Connection,
-    dst: *mut u8,
-    len: usize,
-) -> Option<io::Result<usize>> {
-    let mut reader = conn.reader();
-    match reader.fill_buf() {
-        Ok(data) => {
-            let n = data.len().min(len);
-            raw::copy_to(data, dst, n);
-            reader.consume(n);
-            Some(Ok(n))
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-        // The peer closed without close_notify: HTTP frames its own messages, so this is an
-        // ordinary end of stream.
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Some(Ok(0)),
-        Err(e) => Some(Err(e)),
-    }
-}
-
-/// The raw-pointer side of monoio's buffer traits, kept in one place.
-#[allow(unsafe_code)]
-mod raw {
-    use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
-
-    /// Copies `n` bytes of `src` (n <= src.len()) to `dst`, which the caller got from a
-    /// buffer with at least `n` bytes of room.
-    pub(super) fn copy_to(src: &[u8], dst: *mut u8, n: usize) {
-        debug_assert!(n <= src.len());
-        // SAFETY: `dst` has room for `n` bytes (the caller's buffer), `src` holds `n` bytes,
-        // and a borrowed slice cannot overlap a buffer the caller owns.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, n) }
-    }
-
-    /// Marks the first `n` bytes written to `buf`'s room as initialized.
-    pub(super) fn set_init<T: IoBufMut>(buf: &mut T, n: usize) {
-        // SAFETY: `copy_to` has just written `n` bytes at `write_ptr`.
-        unsafe { buf.set_init(n) }
-    }
-
-    pub(super) fn set_init_vec<T: IoVecBufMut>(buf: &mut T, n: usize) {
-        // SAFETY: as above, into the first iovec.
-        unsafe { buf.set_init(n) }
-    }
-
-    /// The initialized bytes of `buf`.
-    pub(super) fn bytes<T: IoBuf>(buf: &T) -> &[u8] {
-        // SAFETY: an IoBuf's first `bytes_init` bytes at `read_ptr` are initialized and live
-        // as long as the buffer.
-        unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) }
-    }
-
-    /// The `i`th buffer of an iovec list.
-    pub(super) fn iovec<T: IoVecBuf>(buf: &T, i: usize) -> &[u8] {
-        // SAFETY: `i` is below `read_iovec_len`; each iovec points at initialized bytes that
-        // live as long as `buf`.
-        unsafe {
-            let v = &*buf.read_iovec_ptr().add(i);
-            std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
-        }
-    }
-
-    /// The room of the first buffer of an iovec list, if any.
-    pub(super) fn first_room<T: IoVecBufMut>(buf: &mut T) -> Option<(*mut u8, usize)> {
-        if buf.write_iovec_len() == 0 {
-            return None;
-        }
-        // SAFETY: there is at least one iovec.
-        let v = unsafe { &*buf.write_iovec_ptr() };
-        Some((v.iov_base.cast::<u8>(), v.iov_len))
-    }
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 impl<IO> Tls<IO> {
-    /// Decrypted bytes are waiting to be read: a read now completes at once.
+    /// Decrypted bytes are waiting, or the peer closed: a read now completes at once.
     pub fn has_plaintext(&self) -> bool {
-        // Plaintext, or the end of the stream: either way a read returns at once.
-        let mut conn = self.shared.conn.borrow_mut();
-        let mut reader = conn.reader();
-        !matches!(reader.fill_buf(), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-    }
-
-    /// The SNI name the client sent (server side).
-    pub fn server_name(&self) -> Option<String> {
-        match &*self.shared.conn.borrow() {
-            Connection::Server(c) => c.server_name().map(str::to_owned),
-            Connection::Client(_) => None,
-        }
-    }
-
-    /// The peer's certificate chain, leaf first.
-    pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
-        self.shared.conn.borrow().peer_certificates().map(<[_]>::to_vec)
+        self.shared.has_plain() || self.shared.peer_closed.get()
     }
 
     /// The application protocol agreed by ALPN.
@@ -317,8 +423,19 @@ impl<IO> Tls<IO> {
         self.shared
             .conn
             .borrow()
+            .common()
             .alpn_protocol()
             .map(<[u8]>::to_vec)
+    }
+
+    /// The peer's certificate chain, leaf first.
+    pub fn peer_certificates(&self) -> Option<Vec<CertificateDer<'static>>> {
+        self.shared
+            .conn
+            .borrow()
+            .common()
+            .peer_certificates()
+            .map(<[_]>::to_vec)
     }
 
     /// Reads plaintext into `len` bytes of room at `dst`, which the caller's buffer owns and
@@ -330,24 +447,41 @@ impl<IO> Tls<IO> {
         cancel: Option<CancelHandle>,
     ) -> io::Result<usize>
     where
-        IO: AsyncReadRent + CancelableAsyncReadRent,
+        IO: CancelableAsyncReadRent,
     {
         usable(&self.shared.reading)?;
         loop {
-            if let Some(r) = take_plaintext(&mut self.shared.conn.borrow_mut(), dst, len) {
-                return r;
+            if let Some(n) = self.shared.take_plain(dst, len) {
+                return Ok(n);
             }
-            match fill(&mut self.io, &self.shared, cancel.clone()).await {
-                Ok(0) => return Ok(0),
-                Ok(_) => {}
-                Err(Fail::Io) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionReset,
-                        "TLS read failed",
-                    ));
+            if self.shared.peer_closed.get() {
+                return Ok(0);
+            }
+            let buf = scratch();
+            self.shared.reading.set(true);
+            let (r, buf) = match &cancel {
+                Some(c) => self.io.cancelable_read(buf, c.clone()).await,
+                None => self.io.read(buf).await,
+            };
+            self.shared.reading.set(false);
+            match r {
+                Ok(n) if n > 0 => {}
+                // The peer closed without close_notify: HTTP frames its own messages, so this
+                // is an ordinary end of stream.
+                Ok(_) => {
+                    give_back(buf);
+                    self.shared.peer_closed.set(true);
+                    return Ok(0);
                 }
-                Err(Fail::Tls(e)) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                Err(e) => {
+                    give_back(buf);
+                    return Err(e);
+                }
             }
+            let mut out = std::mem::take(&mut *self.shared.pending_out.borrow_mut());
+            let r = self.shared.take_in(buf, &mut out);
+            *self.shared.pending_out.borrow_mut() = out;
+            r.map_err(tls_error)?;
         }
     }
 
@@ -357,7 +491,7 @@ impl<IO> Tls<IO> {
         cancel: Option<CancelHandle>,
     ) -> BufResult<usize, T>
     where
-        IO: AsyncReadRent + CancelableAsyncReadRent,
+        IO: CancelableAsyncReadRent,
     {
         let r = self
             .read_into(buf.write_ptr(), buf.bytes_total(), cancel)
@@ -368,19 +502,57 @@ impl<IO> Tls<IO> {
         (r, buf)
     }
 
+    /// Encrypts `data` and sends it, after any TLS output left by reads.
     async fn write_inner(&mut self, data: &[u8]) -> io::Result<usize>
     where
         IO: AsyncWriteRent,
     {
         usable(&self.shared.writing)?;
-        let mut rest = data;
-        while !rest.is_empty() {
-            let n = self.shared.conn.borrow_mut().writer().write(rest)?;
-            rest = &rest[n..];
-            // rustls holds a bounded amount of ciphertext: send it before encrypting more.
-            flush(&mut self.io, &self.shared).await?;
+        let mut out = std::mem::take(&mut *self.shared.pending_out.borrow_mut());
+        if out.capacity() == 0 {
+            out = scratch();
         }
-        Ok(data.len())
+        let next = {
+            let mut pending = std::mem::take(&mut *self.shared.incoming.borrow_mut());
+            let (used, next) = self.shared.process(&mut pending, &mut out, Some(data));
+            pending.drain(..used.min(pending.len()));
+            *self.shared.incoming.borrow_mut() = pending;
+            next
+        };
+        let result = match next {
+            Ok(Next::Ready) => Ok(data.len()),
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "TLS connection cannot send",
+            )),
+            Err(e) => Err(tls_error(e)),
+        };
+        if !out.is_empty() {
+            self.shared.writing.set(true);
+            let (r, o) = self.io.write_all(out).await;
+            self.shared.writing.set(false);
+            out = o;
+            r?;
+        }
+        give_back(out);
+        result
+    }
+
+    /// Sends TLS output left by reads.
+    async fn flush_pending(&mut self) -> io::Result<()>
+    where
+        IO: AsyncWriteRent,
+    {
+        let out = std::mem::take(&mut *self.shared.pending_out.borrow_mut());
+        if out.is_empty() {
+            return Ok(());
+        }
+        usable(&self.shared.writing)?;
+        self.shared.writing.set(true);
+        let (r, o) = self.io.write_all(out).await;
+        self.shared.writing.set(false);
+        give_back(o);
+        r.map(|_| ())
     }
 }
 
@@ -400,7 +572,7 @@ impl TlsStream {
         )
     }
 
-    /// Waits until the socket has bytes (or the connection has plaintext already).
+    /// Waits until the socket has bytes (or plaintext is already here).
     pub async fn readable(&self) -> io::Result<()> {
         if self.has_plaintext() {
             return Ok(());
@@ -420,7 +592,7 @@ impl TlsRead {
     }
 }
 
-impl<IO: AsyncReadRent + CancelableAsyncReadRent> AsyncReadRent for Tls<IO> {
+impl<IO: CancelableAsyncReadRent> AsyncReadRent for Tls<IO> {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         self.read_buf(buf, None).await
     }
@@ -438,7 +610,7 @@ impl<IO: AsyncReadRent + CancelableAsyncReadRent> AsyncReadRent for Tls<IO> {
     }
 }
 
-impl<IO: AsyncReadRent + CancelableAsyncReadRent> CancelableAsyncReadRent for Tls<IO> {
+impl<IO: CancelableAsyncReadRent> CancelableAsyncReadRent for Tls<IO> {
     async fn cancelable_read<T: IoBufMut>(
         &mut self,
         buf: T,
@@ -475,13 +647,92 @@ impl<IO: AsyncWriteRent> AsyncWriteRent for Tls<IO> {
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        flush(&mut self.io, &self.shared).await?;
+        self.flush_pending().await?;
         self.io.flush().await
     }
 
     async fn shutdown(&mut self) -> io::Result<()> {
-        self.shared.conn.borrow_mut().send_close_notify();
-        flush(&mut self.io, &self.shared).await?;
+        self.flush_pending().await?;
+        let mut out = scratch();
+        out.resize(256, 0);
+        let n = {
+            let mut pending = std::mem::take(&mut *self.shared.incoming.borrow_mut());
+            let mut conn = self.shared.conn.borrow_mut();
+            let n = match &mut *conn {
+                Conn::Server(c) => close_notify(c.process_tls_records(&mut pending), &mut out),
+                Conn::Client(c) => close_notify(c.process_tls_records(&mut pending), &mut out),
+            };
+            *self.shared.incoming.borrow_mut() = pending;
+            n
+        };
+        out.truncate(n);
+        if !out.is_empty() {
+            let (_, o) = self.io.write_all(out).await;
+            out = o;
+        }
+        give_back(out);
         self.io.shutdown().await
+    }
+}
+
+/// Writes a close_notify alert to `out` when the connection may still send; its length.
+fn close_notify<Data>(status: UnbufferedStatus<'_, '_, Data>, out: &mut [u8]) -> usize {
+    match status.state {
+        Ok(ConnectionState::WriteTraffic(mut w)) => w.queue_close_notify(out).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The raw-pointer side of monoio's buffer traits, kept in one place.
+#[allow(unsafe_code)]
+mod raw {
+    use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+
+    /// Copies `n` bytes of `src` (n <= src.len()) to `dst`, which the caller got from a
+    /// buffer with at least `n` bytes of room.
+    pub(super) fn copy_to(src: &[u8], dst: *mut u8, n: usize) {
+        assert!(n <= src.len());
+        // SAFETY: `dst` has room for `n` bytes (the caller's buffer), `src` holds `n` bytes,
+        // and a borrowed slice cannot overlap a buffer the caller owns.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, n) }
+    }
+
+    /// Marks the first `n` bytes written to `buf`'s room as initialized.
+    pub(super) fn set_init<T: IoBufMut>(buf: &mut T, n: usize) {
+        // SAFETY: `copy_to` has just written `n` bytes at `write_ptr`.
+        unsafe { buf.set_init(n) }
+    }
+
+    pub(super) fn set_init_vec<T: IoVecBufMut>(buf: &mut T, n: usize) {
+        // SAFETY: as above, into the first iovec.
+        unsafe { buf.set_init(n) }
+    }
+
+    /// The initialized bytes of `buf`.
+    pub(super) fn bytes<T: IoBuf>(buf: &T) -> &[u8] {
+        // SAFETY: an IoBuf's first `bytes_init` bytes at `read_ptr` are initialized and live
+        // as long as the buffer.
+        unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) }
+    }
+
+    /// The `i`th buffer of an iovec list.
+    pub(super) fn iovec<T: IoVecBuf>(buf: &T, i: usize) -> &[u8] {
+        assert!(i < buf.read_iovec_len());
+        // SAFETY: `i` is below `read_iovec_len`; each iovec points at initialized bytes that
+        // live as long as `buf`.
+        unsafe {
+            let v = &*buf.read_iovec_ptr().add(i);
+            std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+        }
+    }
+
+    /// The room of the first buffer of an iovec list, if any.
+    pub(super) fn first_room<T: IoVecBufMut>(buf: &mut T) -> Option<(*mut u8, usize)> {
+        if buf.write_iovec_len() == 0 {
+            return None;
+        }
+        // SAFETY: there is at least one iovec.
+        let v = unsafe { &*buf.write_iovec_ptr() };
+        Some((v.iov_base.cast::<u8>(), v.iov_len))
     }
 }
