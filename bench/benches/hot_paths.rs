@@ -42,6 +42,7 @@ fn parse(c: &mut Criterion) {
         fallback_host: b"10.0.0.1:80",
         deadline: None,
         trace: Some(&trace),
+        identity: None,
     };
     c.bench_function("write upstream request head", |b| {
         b.iter(|| {

@@ -207,7 +207,7 @@ fn server_tls(t: &crate::config::ListenerTlsConfig, i: usize) -> Result<ServerTl
             sni: c.sni.clone(),
         })
         .collect();
-    ServerTls::build(&certs, &t.alpn).map_err(|e| {
+    ServerTls::build(&certs, &t.alpn, t.client_ca.as_deref()).map_err(|e| {
         let field = if e.field.is_empty() {
             format!("listeners[{i}].tls")
         } else {

@@ -34,6 +34,7 @@ pub fn request_head(data: &[u8]) {
         fallback_host: b"up:80",
         deadline: None,
         trace: Some(&trace),
+        identity: None,
     };
     encode::request_head(&mut out, data, &req, &fwd);
     // What the proxy sends must itself be a valid, unambiguous head with the same framing (the
@@ -159,4 +160,39 @@ pub fn config(data: &[u8]) {
         }
         Err(errors) => assert!(!errors.is_empty()),
     }
+}
+
+/// Certificates: finding the SPIFFE ID never panics, and what it finds is a valid ID.
+pub fn certificate(data: &[u8]) {
+    if let Some(id) = ringmesh_core::tls::spiffe_id(data) {
+        assert!(ringmesh_core::tls::valid_spiffe_id(&id), "{id}");
+    }
+}
+
+/// TLS from a client, as raw bytes cut into reads at the positions the first bytes choose:
+/// the server side of the TLS adapter never panics, whatever arrives.
+pub fn tls_server(data: &[u8]) {
+    let (cuts, input) = data.split_at(data.len().min(4));
+    let cuts: Vec<usize> = cuts.iter().map(|&c| usize::from(c) * 8).collect();
+    ringmesh_core::tls::drive_server(fuzz_tls_config(), input, &cuts, b"HTTP/1.1 200 OK\r\n\r\n");
+}
+
+/// A server config with a certificate made once per process.
+fn fuzz_tls_config() -> std::sync::Arc<rustls::ServerConfig> {
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ServerConfig>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let pki = crate::tls::Pki::new("fuzz");
+            let leaf = pki.leaf("server", &["fuzz.example"], false);
+            let spec = ringmesh_core::tls::CertSpec {
+                cert: leaf.cert.display().to_string(),
+                key: leaf.key.display().to_string(),
+                sni: Vec::new(),
+            };
+            ringmesh_core::tls::ServerTls::build(&[spec], &["http/1.1".to_string()], None)
+                .expect("fuzz TLS config")
+                .config()
+        })
+        .clone()
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, StreamOwned};
 
@@ -82,6 +83,42 @@ impl Pki {
         std::fs::write(&leaf.cert, cert.pem()).expect("write cert");
         std::fs::write(&leaf.key, key.serialize_pem()).expect("write key");
         leaf
+    }
+
+    /// A client certificate carrying the SPIFFE ID `id` (a URI name), written as
+    /// `file`.pem/.key.
+    pub fn client_leaf(&self, file: &str, id: &str) -> Leaf {
+        let key = KeyPair::generate().expect("client key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            rcgen::Ia5String::try_from(id).expect("uri"),
+        )];
+        params.distinguished_name.push(DnType::CommonName, file);
+        let cert = params
+            .signed_by(&key, &self.ca, &self.ca_key)
+            .expect("sign client cert");
+        let leaf = Leaf {
+            cert: self.dir.join(format!("{file}.pem")),
+            key: self.dir.join(format!("{file}.key")),
+            der: cert.der().clone(),
+        };
+        std::fs::write(&leaf.cert, cert.pem()).expect("write cert");
+        std::fs::write(&leaf.key, key.serialize_pem()).expect("write key");
+        leaf
+    }
+
+    /// A client config trusting this CA and presenting `leaf` (mTLS).
+    pub fn mtls_client_config(&self, leaf: &Leaf) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.der().clone()).expect("add root");
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&leaf.key).expect("key");
+        let c = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![leaf.der.clone()], key)
+            .expect("client auth");
+        Arc::new(c)
     }
 
     /// A client config trusting this CA, offering `alpn`.

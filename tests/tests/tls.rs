@@ -343,3 +343,100 @@ fn large_bodies_stream_both_ways_through_tls() {
         assert!(r.body == body, "echoed intact ({} bytes)", r.body.len());
     }
 }
+
+#[test]
+fn mutual_tls_identifies_clients_and_the_identity_cannot_be_forged() {
+    let pki = Pki::new("mtls");
+    let server = pki.leaf("server", &["a.example"], false);
+    let web = pki.client_leaf("web", "spiffe://mesh.local/ns/default/sa/web");
+    let other = Pki::new("mtls-other");
+    let stranger = other.client_leaf("stranger", "spiffe://mesh.local/ns/default/sa/web");
+    let up = Upstream::http(|req| {
+        Resp::new(
+            200,
+            req.header("ringmesh-client-identity")
+                .unwrap_or("none")
+                .to_string(),
+        )
+    });
+    let log = pki.dir.join("access.log");
+    let extra = format!(
+        "{}      client_ca: {}\n    access_log: {}\n",
+        tls_block(&[(&server.cert, &server.key, &[])]),
+        pki.ca_file().display(),
+        log.display()
+    );
+    let p = TestProxy::simple(up.addr, 1, &extra);
+
+    let mut c = TlsClient::connect(p.edge(), "a.example", &pki.mtls_client_config(&web)).unwrap();
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nringmesh-client-identity: spiffe://mesh.local/ns/x/sa/admin\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        c.response().unwrap().text(),
+        "spiffe://mesh.local/ns/default/sa/web",
+        "the verified identity, not the one the client wrote"
+    );
+
+    // No certificate, or one from another CA: no request goes through.
+    for config in [pki.client_config(&[]), pki.mtls_client_config(&stranger)] {
+        let refused = match TlsClient::connect(p.edge(), "a.example", &config) {
+            Err(_) => true,
+            // TLS 1.3: the client finishes before the server has checked its certificate;
+            // the server's alert ends the first exchange.
+            Ok(mut c) => c.get("/").is_err(),
+        };
+        assert!(refused);
+    }
+    let counted = eventually(Duration::from_secs(5), || {
+        handshakes(&p, "client_certificate") == 2.0
+    });
+    assert!(
+        counted,
+        "{}",
+        p.admin("/metrics")
+            .text()
+            .lines()
+            .filter(|l| l.contains("tls_handshakes"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        up.accepted(),
+        1,
+        "only the identified client reached the upstream"
+    );
+
+    let line = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("\"client_identity\":\"spiffe://mesh.local/ns/default/sa/web\"")
+        }),
+        "{line}"
+    );
+
+    // Without TLS, a client-sent identity is dropped too.
+    let plain = TestProxy::simple(up.addr, 1, "");
+    let mut c = Client::connect(plain.edge());
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nRingmesh-Client-Identity: spiffe://mesh.local/x\r\n\r\n");
+    assert_eq!(c.response(false).text(), "none");
+}
+
+#[test]
+fn the_identity_is_the_spiffe_uri_of_the_certificate() {
+    let pki = Pki::new("spiffe");
+    let id = "spiffe://mesh.local/ns/default/sa/web";
+    assert_eq!(
+        ringmesh_core::tls::spiffe_id(&pki.client_leaf("web", id).der).as_deref(),
+        Some(id)
+    );
+    assert_eq!(
+        ringmesh_core::tls::spiffe_id(&pki.leaf("dns", &["a.example"], false).der),
+        None
+    );
+    assert_eq!(
+        ringmesh_core::tls::spiffe_id(&pki.client_leaf("http", "https://mesh.local/x").der),
+        None
+    );
+}

@@ -105,6 +105,9 @@ pub struct ListenerTlsConfig {
     pub certs: Vec<CertConfig>,
     /// ALPN protocols in preference order.
     pub alpn: Vec<String>,
+    /// CA certificates (PEM) that client certificates must chain to; clients must present one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
 }
 
 /// One certificate chain and key, and the names it serves.
@@ -339,10 +342,6 @@ const NOT_YET: &[(&str, &str)] = &[
     (
         "tls",
         "TLS to upstreams is not available in this version; refusing rather than sending plaintext",
-    ),
-    (
-        "client_ca",
-        "client certificates (mTLS) are not available in this version; refusing rather than accepting any client",
     ),
     (
         "rate_limit",
@@ -603,7 +602,7 @@ fn decode_listener(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Li
 /// `tls: { certs: [{ cert, key, sni }], alpn }`.
 fn decode_tls(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<ListenerTlsConfig> {
     let f = d.mapping(node, path, &["certs", "alpn", "client_ca"])?;
-    not_yet(d, &f, "client_ca");
+    let client_ca = f.get("client_ca").and_then(|(n, p)| d.string(n, &p));
     let certs: Vec<_> = match required(d, &f, "certs") {
         Some((n, p)) => {
             let items = d.list(n, &p);
@@ -662,7 +661,11 @@ fn decode_tls(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Listene
             .collect(),
         None => vec!["http/1.1".to_string()],
     };
-    Some(ListenerTlsConfig { certs, alpn })
+    Some(ListenerTlsConfig {
+        certs,
+        alpn,
+        client_ca,
+    })
 }
 
 /// A DNS name (letters, digits, hyphens, dots), or `*.` and one.
@@ -1380,13 +1383,9 @@ clusters:
     #[test]
     fn unavailable_features_are_refused_not_ignored() {
         let e = errors(
-            "listeners:\n  - { name: a, bind: 127.0.0.1:1, tls: { certs: [], client_ca: ca.pem }, routes: [ { match: { path: / }, cluster: c, rate_limit: { rps: 2 } } ] }\nclusters: [ { name: c, tls: {} } ]\n",
+            "listeners:\n  - { name: a, bind: 127.0.0.1:1, tls: { certs: [] }, routes: [ { match: { path: / }, cluster: c, rate_limit: { rps: 2 } } ] }\nclusters: [ { name: c, tls: {} } ]\n",
         )
         .join("\n");
-        assert!(
-            e.contains("listeners[0].tls.client_ca: client certificates (mTLS) are not available"),
-            "{e}"
-        );
         assert!(
             e.contains("listeners[0].tls.certs: at least one certificate"),
             "{e}"

@@ -53,6 +53,8 @@ pub struct Forwarded<'a> {
     pub deadline: Option<std::time::Duration>,
     /// The trace context for the next hop.
     pub trace: Option<&'a crate::trace::Trace>,
+    /// The client's verified identity (mTLS), sent as `ringmesh-client-identity`.
+    pub identity: Option<&'a str>,
 }
 
 /// Writes the head of the request sent upstream: always HTTP/1.1, hop-by-hop fields removed,
@@ -117,6 +119,11 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &RequestHead, fwd: &Forw
     }
     if let Some(t) = fwd.trace {
         t.write_headers(out);
+    }
+    if let Some(id) = fwd.identity {
+        out.extend_from_slice(b"ringmesh-client-identity: ");
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     framing_header(out, req.framing);
     out.extend_from_slice(b"\r\n");
@@ -308,6 +315,7 @@ mod tests {
             fallback_host: b"up:80",
             deadline: None,
             trace,
+            identity: None,
         };
         request_head(&mut out, raw, &req, &fwd);
         String::from_utf8(out).unwrap()

@@ -115,6 +115,7 @@ pub(crate) enum Known {
     Deadline,
     TraceParent,
     B3,
+    ClientIdentity,
     Other,
 }
 
@@ -134,6 +135,7 @@ pub(crate) fn classify(name: &[u8]) -> Known {
         12 if is("content-type") => Known::ContentType,
         12 if is("grpc-timeout") => Known::GrpcTimeout,
         20 if is("ringmesh-deadline-ms") => Known::Deadline,
+        24 if is("ringmesh-client-identity") => Known::ClientIdentity,
         14 if is("content-length") => Known::ContentLength,
         15 if is("x-forwarded-for") => Known::XForwardedFor,
         16 if is("proxy-connection") => Known::ProxyConnection,

@@ -226,7 +226,13 @@ impl RequestHead {
                     connection.add(value);
                     header.drop = true;
                 }
-                Known::KeepAlive | Known::ProxyConnection | Known::Te | Known::XForwardedProto => {
+                // The proxy sets the client's identity itself: whatever a client sends as its
+                // identity is never passed on.
+                Known::KeepAlive
+                | Known::ProxyConnection
+                | Known::Te
+                | Known::XForwardedProto
+                | Known::ClientIdentity => {
                     header.drop = true;
                 }
                 Known::Upgrade => {

@@ -256,6 +256,7 @@ impl Exchange<'_> {
             fallback_host: &ep.host,
             deadline: deadline.map(|d| d.saturating_duration_since(now)),
             trace: Some(self.trace),
+            identity: c.identity.as_deref(),
         }
     }
 

@@ -57,6 +57,8 @@ pub(crate) struct Client {
     peer: SocketAddr,
     /// `http` or `https`, for X-Forwarded-Proto.
     proto: &'static [u8],
+    /// The SPIFFE ID of the client's certificate (mTLS).
+    identity: Option<Box<str>>,
     /// When the last exchange ended: the start of the wait for the next request.
     ended: Instant,
 }
@@ -68,6 +70,13 @@ impl Client {
         let _ = write!(cursor, "{}", peer.ip());
         let ip_len = 48 - cursor.len();
         Client {
+            identity: match &stream {
+                ClientIo::Tls(s) => s
+                    .peer_certificates()
+                    .and_then(|chain| chain.first().and_then(|c| crate::tls::spiffe_id(c))),
+                ClientIo::Plain(_) => None,
+            }
+            .map(String::into_boxed_str),
             proto: stream.proto(),
             stream: Some(stream),
             buf: None,
@@ -665,7 +674,7 @@ impl<'a> Seen<'a> {
             retries: note.map_or(0, |n| n.retries.get()),
             error,
             trace_id: trace_id.as_ref(),
-            client_identity: None,
+            client_identity: c.identity.as_deref().map(str::as_bytes),
             client: c.peer,
         };
         if let Some(sink) = watch.sink {

@@ -6,6 +6,7 @@
 //! with keys shared by every worker and kept across reloads, so a ticket issued by one worker
 //! resumes on any other and after a config change.
 
+mod identity;
 mod stream;
 
 use std::fmt;
@@ -13,14 +14,16 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use rustc_hash::FxHashMap;
-use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
 use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-pub use stream::{TlsRead, TlsStream, TlsWrite, accept, connect};
+pub use identity::{spiffe_id, valid_spiffe_id};
+pub use stream::{TlsRead, TlsStream, TlsWrite, accept, connect, drive_server};
 
 /// Sessions remembered per worker for resumption by session id (TLS 1.2 clients without
 /// ticket support); tickets need no server memory.
@@ -82,8 +85,13 @@ fn ticketer() -> Option<Arc<dyn ProducesTickets>> {
 }
 
 impl ServerTls {
-    /// Loads the certificates and builds the settings. `alpn` in preference order.
-    pub fn build(certs: &[CertSpec], alpn: &[String]) -> Result<ServerTls, TlsError> {
+    /// Loads the certificates and builds the settings. `alpn` in preference order; with
+    /// `client_ca`, clients must present a certificate issued by one of its CAs.
+    pub fn build(
+        certs: &[CertSpec],
+        alpn: &[String],
+        client_ca: Option<&str>,
+    ) -> Result<ServerTls, TlsError> {
         let mut resolver = SniResolver::default();
         let mut first = None;
         for (i, c) in certs.iter().enumerate() {
@@ -120,11 +128,20 @@ impl ServerTls {
         if resolver.default.is_none() {
             resolver.default = first;
         }
-        let mut config = ServerConfig::builder_with_provider(provider())
+        let builder = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| TlsError::new("", e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(resolver));
+            .map_err(|e| TlsError::new("", e.to_string()))?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let roots = load_roots(path).map_err(|m| TlsError::new("client_ca", m))?;
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+                    .build()
+                    .map_err(|e| TlsError::new("client_ca", e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         if let Some(t) = ticketer() {
             config.ticketer = t;
@@ -132,6 +149,11 @@ impl ServerTls {
         Ok(ServerTls {
             config: Arc::new(config),
         })
+    }
+
+    /// The shared settings (for tests and fuzzing; workers use [`ServerTls::for_worker`]).
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.clone()
     }
 
     /// The settings a worker uses: shared certificates, its own session cache (which outlives
@@ -146,6 +168,23 @@ impl ServerTls {
 /// A worker's session cache.
 pub fn session_cache() -> Arc<ServerSessionMemoryCache> {
     ServerSessionMemoryCache::new(SESSIONS_PER_WORKER)
+}
+
+/// The CA certificates in a PEM file, as trust anchors.
+pub fn load_roots(path: &str) -> Result<Arc<RootCertStore>, String> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(Path::new(path))
+        .map_err(|e| format!("cannot read `{path}`: {e}"))?
+    {
+        let c = c.map_err(|e| format!("`{path}` is not valid PEM: {e}"))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("a certificate in `{path}` is not a usable CA: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("`{path}` holds no certificate"));
+    }
+    Ok(Arc::new(roots))
 }
 
 /// Reads a PEM chain and key; the error names the file at fault (`cert` or `key`).

@@ -94,6 +94,8 @@ struct Shared {
     pending_out: RefCell<Vec<u8>>,
     /// The peer sent close_notify, or the connection is closed.
     peer_closed: Cell<bool>,
+    /// rustls reported an error: the connection is over (rustls must not run again).
+    failed: Cell<bool>,
     /// A read of ciphertext is under way; still set when one was abandoned.
     reading: Cell<bool>,
     /// Likewise for writes.
@@ -208,6 +210,7 @@ impl Shared {
             plain_at: Cell::new(0),
             pending_out: RefCell::new(Vec::new()),
             peer_closed: Cell::new(false),
+            failed: Cell::new(false),
             reading: Cell::new(false),
             writing: Cell::new(false),
         })
@@ -222,6 +225,12 @@ impl Shared {
         out: &mut Vec<u8>,
         plaintext: Option<&[u8]>,
     ) -> (usize, Result<Next, rustls::Error>) {
+        if self.failed.get() {
+            return (
+                0,
+                Err(rustls::Error::General("the TLS connection failed".into())),
+            );
+        }
         let mut conn = self.conn.borrow_mut();
         let mut plain = self.plain.borrow_mut();
         let mut start = 0;
@@ -245,6 +254,10 @@ impl Shared {
             start += discard;
             match next {
                 Ok(Next::Again) => {}
+                Err(e) => {
+                    self.failed.set(true);
+                    return (start, Err(e));
+                }
                 other => return (start, other),
             }
         }
@@ -267,6 +280,35 @@ impl Shared {
         // Nothing kept (the usual case) holds no memory.
         *self.incoming.borrow_mut() = if left.is_empty() { Vec::new() } else { left };
         result
+    }
+
+    /// Processes the ciphertext kept from before (never a fresh empty buffer: rustls may be
+    /// reassembling a handshake message in it).
+    fn process_pending(
+        &self,
+        out: &mut Vec<u8>,
+        plaintext: Option<&[u8]>,
+    ) -> Result<Next, rustls::Error> {
+        let mut pending = std::mem::take(&mut *self.incoming.borrow_mut());
+        let (used, next) = self.process(&mut pending, out, plaintext);
+        pending.drain(..used.min(pending.len()));
+        *self.incoming.borrow_mut() = if pending.is_empty() {
+            Vec::new()
+        } else {
+            pending
+        };
+        next
+    }
+
+    /// The alert rustls queued when it failed, to tell the peer why. Only the queued output is
+    /// taken: processing input again after a failure is not allowed.
+    fn alert(&self, out: &mut Vec<u8>) {
+        let mut pending = std::mem::take(&mut *self.incoming.borrow_mut());
+        let mut conn = self.conn.borrow_mut();
+        match &mut *conn {
+            Conn::Server(c) => encode_queued(c.process_tls_records(&mut pending), out),
+            Conn::Client(c) => encode_queued(c.process_tls_records(&mut pending), out),
+        }
     }
 
     /// Copies plaintext to `dst` (room for `len` bytes); `None` when there is none.
@@ -293,6 +335,43 @@ impl Shared {
     fn has_plain(&self) -> bool {
         self.plain_at.get() < self.plain.borrow().len()
     }
+}
+
+/// Feeds `input` to a server connection in pieces split at `cuts`, as if it came off the
+/// network, then tries to send `reply` and to close: the adapter's processing without sockets,
+/// for fuzzing. Returns whether the handshake completed.
+pub fn drive_server(config: Arc<ServerConfig>, input: &[u8], cuts: &[usize], reply: &[u8]) -> bool {
+    let Ok(conn) = UnbufferedServerConnection::new(config) else {
+        return false;
+    };
+    let shared = Shared::new(Conn::Server(conn));
+    let mut out = Vec::new();
+    let mut at = 0;
+    let mut ends: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
+    ends.sort_unstable();
+    ends.push(input.len());
+    let mut ready = false;
+    for end in ends {
+        if end <= at {
+            continue;
+        }
+        let chunk = input[at..end].to_vec();
+        at = end;
+        match shared.take_in(chunk, &mut out) {
+            Ok(Next::Ready) => ready = true,
+            Ok(_) => {}
+            Err(_) => {
+                shared.alert(&mut out);
+                break;
+            }
+        }
+        let mut sink = [0u8; 512];
+        while shared.take_plain(sink.as_mut_ptr(), sink.len()).is_some() {}
+    }
+    if ready && !shared.failed.get() {
+        let _ = shared.process_pending(&mut out, Some(reply));
+    }
+    ready
 }
 
 /// One side (or both) of a TLS connection: `IO` is the socket or one of its halves.
@@ -332,7 +411,7 @@ async fn handshake(mut tcp: TcpStream, conn: Conn) -> (Option<TlsStream>, Handsh
     let shared = Shared::new(conn);
     // A client speaks first: process with nothing in hand to produce its hello.
     let mut out = scratch();
-    let mut next = shared.process(&mut [], &mut out, None).1;
+    let mut next = shared.process_pending(&mut out, None);
     loop {
         if !out.is_empty() {
             let (r, o) = tcp.write_all(out).await;
@@ -367,7 +446,7 @@ async fn handshake(mut tcp: TcpStream, conn: Conn) -> (Option<TlsStream>, Handsh
         }
         if let Err(e) = &next {
             // Send the alert rustls queued, to tell the peer why.
-            let _ = shared.process(&mut [], &mut out, None);
+            shared.alert(&mut out);
             let (_, o) = tcp.write_all(out).await;
             give_back(o);
             return (None, classify(e));
@@ -512,13 +591,7 @@ impl<IO> Tls<IO> {
         if out.capacity() == 0 {
             out = scratch();
         }
-        let next = {
-            let mut pending = std::mem::take(&mut *self.shared.incoming.borrow_mut());
-            let (used, next) = self.shared.process(&mut pending, &mut out, Some(data));
-            pending.drain(..used.min(pending.len()));
-            *self.shared.incoming.borrow_mut() = pending;
-            next
-        };
+        let next = self.shared.process_pending(&mut out, Some(data));
         let result = match next {
             Ok(Next::Ready) => Ok(data.len()),
             Ok(_) => Err(io::Error::new(
@@ -653,6 +726,9 @@ impl<IO: AsyncWriteRent> AsyncWriteRent for Tls<IO> {
 
     async fn shutdown(&mut self) -> io::Result<()> {
         self.flush_pending().await?;
+        if self.shared.failed.get() {
+            return self.io.shutdown().await;
+        }
         let mut out = scratch();
         out.resize(256, 0);
         let n = {
@@ -672,6 +748,16 @@ impl<IO: AsyncWriteRent> AsyncWriteRent for Tls<IO> {
         }
         give_back(out);
         self.io.shutdown().await
+    }
+}
+
+/// Appends the TLS output rustls has queued, if that is what `status` offers.
+fn encode_queued<Data>(status: UnbufferedStatus<'_, '_, Data>, out: &mut Vec<u8>) {
+    if let Ok(ConnectionState::EncodeTlsData(mut e)) = status.state {
+        let at = out.len();
+        out.resize(at + 512, 0);
+        let n = e.encode(&mut out[at..]).unwrap_or(0);
+        out.truncate(at + n);
     }
 }
 

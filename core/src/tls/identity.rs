@@ -1,0 +1,165 @@
+//! A peer's identity: the SPIFFE ID (`spiffe://trust-domain/path`) in the URI subject
+//! alternative name of its certificate.
+//!
+//! rustls has verified the certificate by the time this runs; this only finds the name. The
+//! walk reads DER just far enough to reach the extension, and gives up (no identity) on
+//! anything it does not expect, so hostile input costs a bounded amount of work and nothing
+//! else.
+
+/// The SPIFFE ID in the certificate `der`, if there is exactly one.
+pub fn spiffe_id(der: &[u8]) -> Option<String> {
+    let mut ids = uri_sans(der)?.filter(|u| u.starts_with(b"spiffe://"));
+    let id = ids.next()?;
+    // A SPIFFE certificate carries one ID; more would make the identity ambiguous.
+    if ids.next().is_some() {
+        return None;
+    }
+    let id = std::str::from_utf8(id).ok()?;
+    valid_spiffe_id(id).then(|| id.to_string())
+}
+
+/// `spiffe://` then a trust domain of lowercase letters, digits, `.`, `-`, `_`, then a path
+/// of segments of letters, digits, `.`, `-`, `_` (no empty, `.` or `..` segment).
+pub fn valid_spiffe_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix("spiffe://") else {
+        return false;
+    };
+    let (domain, path) = match rest.split_once('/') {
+        Some((d, p)) => (d, Some(p)),
+        None => (rest, None),
+    };
+    let domain_ok = !domain.is_empty()
+        && domain.len() <= 255
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+    let path_ok = path.is_none_or(|path| {
+        path.split('/').all(|s| {
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        })
+    });
+    domain_ok && path_ok && id.len() <= 2048
+}
+
+/// One DER element: its tag and contents.
+fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    // Multi-byte tags do not occur where this looks.
+    if tag & 0x1f == 0x1f {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+/// The elements of a constructed value.
+fn children(mut input: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    std::iter::from_fn(move || {
+        let (tag, value, rest) = element(input)?;
+        input = rest;
+        Some((tag, value))
+    })
+}
+
+const SEQUENCE: u8 = 0x30;
+const OID: u8 = 0x06;
+const OCTET_STRING: u8 = 0x04;
+const EXTENSIONS: u8 = 0xa3;
+const URI: u8 = 0x86;
+/// 2.5.29.17, subjectAltName.
+const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+
+/// The URIs among the subject alternative names of certificate `der`.
+fn uri_sans(der: &[u8]) -> Option<impl Iterator<Item = &[u8]>> {
+    let (tag, cert, _) = element(der)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (tag, tbs, _) = element(cert)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    // Extensions are the [3] element at the end of the TBSCertificate.
+    let (_, exts) = children(tbs).find(|(tag, _)| *tag == EXTENSIONS)?;
+    let (tag, exts, _) = element(exts)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let san = children(exts).find_map(|(tag, ext)| {
+        if tag != SEQUENCE {
+            return None;
+        }
+        let mut parts = children(ext);
+        let (tag, oid) = parts.next()?;
+        if tag != OID || oid != SUBJECT_ALT_NAME {
+            return None;
+        }
+        // `critical` may come before the value.
+        parts.find(|(tag, _)| *tag == OCTET_STRING).map(|(_, v)| v)
+    })?;
+    let (tag, names, _) = element(san)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    Some(
+        children(names)
+            .filter(|(tag, _)| *tag == URI)
+            .map(|(_, v)| v),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spiffe_ids_are_checked() {
+        for ok in [
+            "spiffe://mesh.local/ns/default/sa/web",
+            "spiffe://example.org",
+            "spiffe://a-b_c.d/x.y/z-1",
+        ] {
+            assert!(valid_spiffe_id(ok), "{ok}");
+        }
+        for bad in [
+            "spiffe://",
+            "spiffe://Mesh.local/x",
+            "spiffe://mesh.local/",
+            "spiffe://mesh.local//x",
+            "spiffe://mesh.local/../x",
+            "spiffe://mesh.local/a b",
+            "http://mesh.local/x",
+            "spiffe://mesh.local:8080/x",
+        ] {
+            assert!(!valid_spiffe_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn truncated_or_odd_der_gives_nothing() {
+        assert_eq!(spiffe_id(&[]), None);
+        assert_eq!(spiffe_id(&[0x30]), None);
+        assert_eq!(spiffe_id(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(spiffe_id(&[0x30, 0x03, 0x30, 0x01, 0x00]), None);
+        assert_eq!(spiffe_id(&[0x1f, 0x00]), None);
+    }
+}
