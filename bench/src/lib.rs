@@ -39,6 +39,7 @@ pub fn route_table(hosts: usize, paths: usize) -> RouteTable {
                 action: Action::Cluster(h),
                 timeout: None,
                 retry: None,
+                rate_limit: None,
             });
         }
     }
@@ -48,6 +49,7 @@ pub fn route_table(hosts: usize, paths: usize) -> RouteTable {
         action: Action::Cluster(0),
         timeout: None,
         retry: None,
+        rate_limit: None,
     });
     RouteTable::new(routes)
 }

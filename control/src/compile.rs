@@ -10,6 +10,8 @@ use ringmesh_core::access_log::{self, AccessLogSpec};
 use ringmesh_core::balance::Lb;
 use ringmesh_core::health::{HealthCell, HealthConfig, Target};
 use ringmesh_core::outlier::OutlierConfig;
+use ringmesh_core::policy::{Action as PolicyAction, Cidr, Policies, Policy};
+use ringmesh_core::ratelimit::RateLimit;
 use ringmesh_core::retry::{RetryOn, RetryPolicy};
 use ringmesh_core::route::{Action, HostMatch, Match, PathMatch, Route, RouteTable, Split};
 use ringmesh_core::snapshot::{
@@ -54,7 +56,7 @@ impl Compiler {
         binds: &[SocketAddr],
     ) -> Result<Snapshot, String> {
         let clusters = config.clusters.iter().map(|c| self.cluster(c)).collect();
-        build(config, version, binds, clusters)
+        build(config, version, binds, clusters, self.workers as usize)
     }
 
     /// Forgets the health of endpoints that `applied` (the snapshot now in force) no longer
@@ -144,6 +146,7 @@ fn build(
     version: u64,
     binds: &[SocketAddr],
     clusters: Vec<Cluster>,
+    workers: usize,
 ) -> Result<Snapshot, String> {
     let index = |name: &str| {
         clusters
@@ -163,7 +166,7 @@ fn build(
                 let routes = l
                     .routes
                     .iter()
-                    .map(|r| route(r, &index))
+                    .map(|r| route(r, &index, workers))
                     .collect::<Result<Vec<_>, _>>()?;
                 Protocol::Http(Box::new(HttpListener {
                     routes: RouteTable::new(routes),
@@ -193,6 +196,7 @@ fn build(
         version,
         listeners,
         clusters,
+        policies: policies(config),
     })
 }
 
@@ -236,9 +240,64 @@ fn log_spec(a: &crate::config::AccessLogConfig) -> Result<AccessLogSpec, String>
     })
 }
 
-fn route(r: &RouteConfig, index: &impl Fn(&str) -> Result<usize, String>) -> Result<Route, String> {
-    let m = &r.matcher;
-    let matcher = Match {
+fn route(
+    r: &RouteConfig,
+    index: &impl Fn(&str) -> Result<usize, String>,
+    workers: usize,
+) -> Result<Route, String> {
+    Ok(Route {
+        name: Arc::from(r.name.as_str()),
+        matcher: request_match(&r.matcher),
+        action: match &r.cluster {
+            Some(c) => Action::Cluster(index(c)?),
+            None => {
+                let targets = r
+                    .split
+                    .iter()
+                    .map(|t| Ok((index(&t.cluster)?, t.weight)))
+                    .collect::<Result<Vec<_>, String>>()?;
+                Action::Split(Split::new(&targets).ok_or("a split needs a positive weight")?)
+            }
+        },
+        timeout: r.timeout,
+        retry: r.retry.as_ref().map(retry_policy),
+        rate_limit: r.rate_limit.map(|l| {
+            RateLimit {
+                rps: l.rps,
+                burst: l.burst,
+            }
+            .share(workers)
+        }),
+    })
+}
+
+/// Access policies, in order.
+fn policies(config: &Config) -> Policies {
+    Policies {
+        default_deny: config.default_deny,
+        list: config
+            .policies
+            .iter()
+            .map(|p| Policy {
+                name: Arc::from(p.name.as_str()),
+                action: if p.deny {
+                    PolicyAction::Deny
+                } else {
+                    PolicyAction::Allow
+                },
+                audit: p.audit,
+                identity: p.identity.as_deref().map(Box::from),
+                source: p.source.as_deref().and_then(Cidr::parse),
+                request: request_match(&p.request),
+                http: p.request != crate::config::MatchConfig::default(),
+            })
+            .collect(),
+    }
+}
+
+/// Request conditions, compiled.
+fn request_match(m: &crate::config::MatchConfig) -> Match {
+    Match {
         host: m.host.as_deref().map(|h| match h.strip_prefix('*') {
             Some(suffix) => HostMatch::Suffix(suffix.to_ascii_lowercase().into_bytes().into()),
             None => HostMatch::Exact(h.to_ascii_lowercase().into_bytes().into()),
@@ -255,25 +314,7 @@ fn route(r: &RouteConfig, index: &impl Fn(&str) -> Result<usize, String>) -> Res
             .iter()
             .map(|(k, v)| (k.as_bytes().into(), v.as_bytes().into()))
             .collect(),
-    };
-    let action = match &r.cluster {
-        Some(c) => Action::Cluster(index(c)?),
-        None => {
-            let targets = r
-                .split
-                .iter()
-                .map(|t| Ok((index(&t.cluster)?, t.weight)))
-                .collect::<Result<Vec<_>, String>>()?;
-            Action::Split(Split::new(&targets).ok_or("a split needs a positive weight")?)
-        }
-    };
-    Ok(Route {
-        name: Arc::from(r.name.as_str()),
-        matcher,
-        action,
-        timeout: r.timeout,
-        retry: r.retry.as_ref().map(retry_policy),
-    })
+    }
 }
 
 fn retry_policy(r: &RetryConfig) -> RetryPolicy {

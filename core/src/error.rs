@@ -36,11 +36,15 @@ pub enum ErrorKind {
     Timeout,
     /// The client went away before it got its answer (no answer is sent).
     ClientClosed,
+    /// An access policy denied the request.
+    Denied,
+    /// The route's rate limit was reached.
+    RateLimited,
 }
 
 impl ErrorKind {
     /// Every kind, for exhaustive tables (metrics, docs).
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::BadRequest,
         ErrorKind::Unsupported,
         ErrorKind::HeadTooLarge,
@@ -54,6 +58,8 @@ impl ErrorKind {
         ErrorKind::UpstreamProtocol,
         ErrorKind::Timeout,
         ErrorKind::ClientClosed,
+        ErrorKind::Denied,
+        ErrorKind::RateLimited,
     ];
 
     /// The status of the answer the proxy makes for this kind (SPEC.md section 5).
@@ -72,6 +78,8 @@ impl ErrorKind {
             }
             ErrorKind::Timeout => 504,
             ErrorKind::ClientClosed => 499,
+            ErrorKind::Denied => 403,
+            ErrorKind::RateLimited => 429,
         }
     }
 
@@ -91,6 +99,8 @@ impl ErrorKind {
             ErrorKind::UpstreamProtocol => "upstream-protocol",
             ErrorKind::Timeout => "timeout",
             ErrorKind::ClientClosed => "client-closed",
+            ErrorKind::Denied => "denied",
+            ErrorKind::RateLimited => "rate-limited",
         }
     }
 

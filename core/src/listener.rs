@@ -88,6 +88,7 @@ pub(crate) fn start(
                                 view,
                                 li,
                                 stream,
+                                peer,
                             )));
                         }
                     }

@@ -156,7 +156,12 @@ pub type RouteKey = (Arc<str>, Arc<str>, Arc<str>);
 pub struct WorkerMetrics {
     routes: RefCell<FxHashMap<RouteKey, Rc<RouteStats>>>,
     listeners: RefCell<FxHashMap<Arc<str>, Rc<ListenerStats>>>,
+    /// Policy denials by (listener, policy, audit).
+    denials: RefCell<FxHashMap<DenialKey, u64>>,
 }
+
+/// Key of a policy-denial series: listener, policy, audit mode.
+pub type DenialKey = (Arc<str>, Arc<str>, bool);
 
 impl WorkerMetrics {
     /// The series of (listener, route, cluster), created on first use.
@@ -177,6 +182,20 @@ impl WorkerMetrics {
             .entry(name.clone())
             .or_default()
             .clone()
+    }
+
+    /// Counts a request (or connection) a policy denied, or would deny in audit mode.
+    pub fn denied(&self, listener: &Arc<str>, policy: &str, audit: bool) {
+        let mut d = self.denials.borrow_mut();
+        // Looked up by name first: no allocation once the series exists.
+        if let Some((_, n)) = d
+            .iter_mut()
+            .find(|((l, p, a), _)| l == listener && &**p == policy && *a == audit)
+        {
+            *n += 1;
+            return;
+        }
+        d.insert((listener.clone(), Arc::from(policy), audit), 1);
     }
 
     /// Forgets route series no configuration refers to any more (after a reload), so that
@@ -212,7 +231,14 @@ impl WorkerMetrics {
                 tls: Handshake::ALL.map(|h| s.tls[h as usize].get()),
             })
             .collect();
+        let denials = self
+            .denials
+            .borrow()
+            .iter()
+            .map(|(k, n)| (k.clone(), *n))
+            .collect();
         WorkerReport {
+            denials,
             worker,
             routes,
             listeners,
@@ -235,6 +261,8 @@ pub struct WorkerReport {
     pub endpoints: Vec<EndpointReport>,
     /// Cluster counters.
     pub clusters: Vec<ClusterReport>,
+    /// Policy denials.
+    pub denials: Vec<(DenialKey, u64)>,
 }
 
 /// A circuit-breaker limit.
@@ -407,6 +435,8 @@ pub struct Merged {
     pub endpoints: Vec<EndpointReport>,
     /// Clusters, sorted by name, summed over workers.
     pub clusters: Vec<ClusterReport>,
+    /// Policy denials, sorted, summed over workers.
+    pub denials: Vec<(DenialKey, u64)>,
 }
 
 /// Merges worker reports.
@@ -513,11 +543,18 @@ pub fn merge(reports: &[WorkerReport]) -> Merged {
         })
         .collect();
     endpoints.sort_by(|a, b| (&a.cluster, a.addr).cmp(&(&b.cluster, b.addr)));
+    let mut denials: FxHashMap<DenialKey, u64> = FxHashMap::default();
+    for (k, n) in reports.iter().flat_map(|r| &r.denials) {
+        *denials.entry(k.clone()).or_default() += n;
+    }
+    let mut denials: Vec<_> = denials.into_iter().collect();
+    denials.sort();
     Merged {
         routes,
         listeners,
         endpoints,
         clusters,
+        denials,
     }
 }
 
@@ -618,6 +655,20 @@ pub fn render(out: &mut String, m: &Merged) {
             escape_label(out, &l.name);
             let _ = writeln!(out, "\",kind=\"{}\"}} {n}", k.name());
         }
+    }
+    header(
+        out,
+        "ringmesh_policy_denials_total",
+        "counter",
+        "Requests and connections denied by access policies; mode=\"audit\": would have been.",
+    );
+    for ((listener, policy, audit), n) in &m.denials {
+        out.push_str("ringmesh_policy_denials_total{listener=\"");
+        escape_label(out, listener);
+        out.push_str("\",policy=\"");
+        escape_label(out, policy);
+        let mode = if *audit { "audit" } else { "enforced" };
+        let _ = writeln!(out, "\",mode=\"{mode}\"}} {n}");
     }
     header(
         out,

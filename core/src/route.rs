@@ -146,6 +146,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Retries, if any.
     pub retry: Option<RetryPolicy>,
+    /// Each worker's share of the route's rate limit, if any.
+    pub rate_limit: Option<crate::ratelimit::RateLimit>,
 }
 
 impl Route {
@@ -402,6 +404,7 @@ mod tests {
             action: Action::Cluster(0),
             timeout: None,
             retry: None,
+            rate_limit: None,
         }
     }
 

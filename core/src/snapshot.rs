@@ -22,6 +22,8 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     /// Clusters, by position; routes refer to them by index.
     pub clusters: Vec<Cluster>,
+    /// Access policies, checked before routing.
+    pub policies: crate::policy::Policies,
 }
 
 impl Snapshot {

@@ -14,11 +14,18 @@ use monoio::net::TcpStream;
 use crate::buf::{BUF_SIZE, SMALL_BUF_SIZE};
 use crate::error::ErrorKind;
 use crate::metrics::Outcome;
+use crate::policy::{Caller, Verdict};
 use crate::snapshot::Protocol;
 use crate::worker::{View, Worker};
 
 /// Serves one connection on a TCP listener.
-pub(crate) async fn serve(w: Rc<Worker>, view: Rc<View>, li: usize, client: TcpStream) {
+pub(crate) async fn serve(
+    w: Rc<Worker>,
+    view: Rc<View>,
+    li: usize,
+    client: TcpStream,
+    peer: std::net::SocketAddr,
+) {
     let Protocol::Tcp {
         cluster: ci,
         idle_timeout,
@@ -28,6 +35,26 @@ pub(crate) async fn serve(w: Rc<Worker>, view: Rc<View>, li: usize, client: TcpS
     };
     let lview = &view.listeners[li];
     let _guard = w.connection(lview.stats.clone());
+    // Access policies: only identity and source apply to a TCP connection; a denied one is
+    // closed before anything is read from it.
+    let policies = &view.snapshot.policies;
+    if !policies.is_empty() {
+        let name = &view.snapshot.listeners[li].name;
+        let who = Caller {
+            identity: None,
+            source: peer.ip(),
+        };
+        let none: Option<&crate::proxy::NoRequest> = None;
+        let verdict = policies.check(&who, none, |i| {
+            w.metrics
+                .denied(name, policies.name_of(Verdict::Deny(i)), true);
+        });
+        if verdict != Verdict::Allow {
+            w.metrics.denied(name, policies.name_of(verdict), false);
+            lview.stats.local_reply(ErrorKind::Denied);
+            return;
+        }
+    }
     let started = Instant::now();
     let cluster = &view.snapshot.clusters[ci];
     let cv = &view.clusters[ci];

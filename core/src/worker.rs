@@ -172,6 +172,9 @@ pub fn spawn(id: usize, opts: WorkerOptions) -> io::Result<WorkerHandle> {
 /// Endpoint state is kept across reloads by (cluster, address).
 type EndpointKey = (Arc<str>, SocketAddr);
 
+/// Audit-mode policy hits logged per worker per second (all are counted in metrics).
+pub const AUDIT_LINES_PER_SECOND: u32 = 20;
+
 /// A worker's whole state; one per thread, shared by its tasks through `Rc`.
 pub struct Worker {
     /// Worker index.
@@ -195,6 +198,9 @@ pub struct Worker {
     rng: RefCell<Rng>,
     /// Set by drain: connections close after their current request.
     draining: Cell<bool>,
+    /// Audit log lines in the current second, and that second's start: audit logging is
+    /// bounded so that a busy audited route cannot flood the log.
+    audit_lines: Cell<(Option<Instant>, u32)>,
     /// Connections waiting for their next request.
     pub(crate) idle: IdleSet,
     /// Long request deadlines (route and body timeouts of seconds), kept to the sweeper's tick
@@ -244,6 +250,8 @@ pub(crate) struct ListenerView {
     pub log: Option<(Rc<Sink>, Option<u32>)>,
     /// TLS settings with this worker's session cache.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Per route: this worker's rate-limit bucket, if the route is limited.
+    pub buckets: Vec<Option<RefCell<crate::ratelimit::Bucket>>>,
 }
 
 /// One cluster a route sends to, as a worker sees it.
@@ -265,6 +273,7 @@ impl View {
                 version: 0,
                 listeners: vec![],
                 clusters: vec![],
+                policies: Default::default(),
             }),
             clusters: vec![],
             listeners: vec![],
@@ -298,6 +307,7 @@ impl Worker {
             heads: RefCell::new(Vec::new()),
             rng: RefCell::new(Rng::from_entropy()),
             draining: Cell::new(false),
+            audit_lines: Cell::new((None, 0)),
             idle: IdleSet::default(),
             deadlines: IdleSet::default(),
             connections: Cell::new(0),
@@ -489,7 +499,21 @@ impl Worker {
                     Protocol::Http(h) => h.tls.as_ref().map(|t| t.for_worker(&self.tls_sessions)),
                     Protocol::Tcp { .. } => None,
                 };
+                let buckets = match &l.protocol {
+                    Protocol::Http(h) => h
+                        .routes
+                        .routes()
+                        .iter()
+                        .map(|r| {
+                            r.rate_limit.map(|share| {
+                                RefCell::new(crate::ratelimit::Bucket::new(share, Instant::now()))
+                            })
+                        })
+                        .collect(),
+                    Protocol::Tcp { .. } => Vec::new(),
+                };
                 ListenerView {
+                    buckets,
                     tls,
                     stats: self.metrics.listener(&l.name),
                     routes,
@@ -592,6 +616,21 @@ impl Worker {
     /// Endpoints this worker keeps state for.
     pub fn endpoint_count(&self) -> usize {
         self.endpoints.borrow().len()
+    }
+
+    /// Whether an audit line may be logged now (at most [`AUDIT_LINES_PER_SECOND`]).
+    pub(crate) fn audit_log_allowed(&self, now: Instant) -> bool {
+        let (since, n) = self.audit_lines.get();
+        match since {
+            Some(s) if now.saturating_duration_since(s) < Duration::from_secs(1) => {
+                self.audit_lines.set((since, n + 1));
+                n < AUDIT_LINES_PER_SECOND
+            }
+            _ => {
+                self.audit_lines.set((Some(now), 1));
+                true
+            }
+        }
     }
 
     fn report(&self) -> WorkerReport {

@@ -221,6 +221,18 @@ impl Decoder {
         }
     }
 
+    /// `true` or `false`.
+    pub fn boolean(&mut self, node: Node<'_, '_>, path: &str) -> Option<bool> {
+        self.mark(path, node);
+        match &node.yaml.data {
+            YamlData::Value(Scalar::Boolean(b)) => Some(*b),
+            _ => {
+                self.expected(path, node, "true or false");
+                None
+            }
+        }
+    }
+
     /// A string (numbers and booleans are refused: quote them).
     pub fn string(&mut self, node: Node<'_, '_>, path: &str) -> Option<String> {
         self.mark(path, node);

@@ -52,6 +52,39 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Upstream clusters.
     pub clusters: Vec<ClusterConfig>,
+    /// Deny what no policy allows (default: allow).
+    pub default_deny: bool,
+    /// Access policies.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyConfig>,
+}
+
+/// One access policy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyConfig {
+    /// Name, for metrics and logs; defaults to `policies[i]`.
+    pub name: String,
+    /// `allow` or `deny`.
+    pub deny: bool,
+    /// Count and log what it would deny, without denying.
+    pub audit: bool,
+    /// Exactly this SPIFFE ID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Source address range (CIDR).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Request conditions, as for routes.
+    pub request: MatchConfig,
+}
+
+/// A route's rate limit, for the whole proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RateLimitConfig {
+    /// Requests per second.
+    pub rps: f64,
+    /// Requests allowed at once above the rate.
+    pub burst: f64,
 }
 
 /// Listener protocol.
@@ -154,6 +187,9 @@ pub struct RouteConfig {
     /// Retry policy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryConfig>,
+    /// Rate limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 /// A route's retry policy.
@@ -338,20 +374,10 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// Parts of SPEC.md section 3 that this version refuses rather than ignores, with why.
-const NOT_YET: &[(&str, &str)] = &[
-    (
-        "tls",
-        "TLS to upstreams is not available in this version; refusing rather than sending plaintext",
-    ),
-    (
-        "rate_limit",
-        "rate limits are not available in this version",
-    ),
-    (
-        "policies",
-        "access policies are not available in this version",
-    ),
-];
+const NOT_YET: &[(&str, &str)] = &[(
+    "tls",
+    "TLS to upstreams is not available in this version; refusing rather than sending plaintext",
+)];
 
 fn not_yet(d: &mut Decoder, f: &Fields<'_, '_>, name: &str) {
     if let Some((node, path)) = f.get(name) {
@@ -423,20 +449,18 @@ fn decode_config(d: &mut Decoder, root: Node<'_, '_>) -> Option<Config> {
         }
         Some(w as usize)
     });
-    if let Some((n, p)) = f.get("default_policy") {
-        if d.choice(n, &p, &["allow", "deny"]) == Some("deny") {
-            d.error(
-                &p,
-                Some(n),
-                "access policies are not available in this version",
-            );
-        }
-    }
-    if let Some((n, p)) = f.get("policies") {
-        if !d.list(n, &p).is_empty() {
-            not_yet(d, &f, "policies");
-        }
-    }
+    let default_deny = f
+        .get("default_policy")
+        .is_some_and(|(n, p)| d.choice(n, &p, &["allow", "deny"]) == Some("deny"));
+    let policies = match f.get("policies") {
+        Some((n, p)) => d
+            .list(n, &p)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, (n, p))| decode_policy(d, n, &p, i))
+            .collect(),
+        None => Vec::new(),
+    };
     let listeners = match f.get("listeners") {
         Some((n, p)) => d
             .list(n, &p)
@@ -461,6 +485,81 @@ fn decode_config(d: &mut Decoder, root: Node<'_, '_>) -> Option<Config> {
         workers,
         listeners,
         clusters,
+        default_deny,
+        policies,
+    })
+}
+
+/// `{ name, action: allow|deny, audit, match: { identity, source, host, path, path_prefix,
+/// method, headers } }`.
+fn decode_policy(
+    d: &mut Decoder,
+    node: Node<'_, '_>,
+    path: &str,
+    index: usize,
+) -> Option<PolicyConfig> {
+    let f = d.mapping(node, path, &["name", "action", "audit", "match"])?;
+    let name = f.get("name").and_then(|(n, p)| d.string(n, &p));
+    let deny = required(d, &f, "action").and_then(|(n, p)| d.choice(n, &p, &["allow", "deny"]))
+        == Some("deny");
+    let audit = f
+        .get("audit")
+        .and_then(|(n, p)| d.boolean(n, &p))
+        .unwrap_or(false);
+    if audit && !deny {
+        if let Some((n, p)) = f.get("audit") {
+            d.error(&p, Some(n), "audit applies to deny policies");
+        }
+    }
+    let (mut identity, mut source) = (None, None);
+    let request = match required(d, &f, "match") {
+        Some((n, p)) => {
+            let m = d.mapping(
+                n,
+                &p,
+                &[
+                    "identity",
+                    "source",
+                    "host",
+                    "path",
+                    "path_prefix",
+                    "method",
+                    "headers",
+                ],
+            )?;
+            if let Some((n, p)) = m.get("identity") {
+                identity = d.string(n, &p);
+                if identity
+                    .as_deref()
+                    .is_some_and(|id| !ringmesh_core::tls::valid_spiffe_id(id))
+                {
+                    d.error(
+                        &p,
+                        Some(n),
+                        "expected a SPIFFE ID such as spiffe://mesh.local/ns/default/sa/web",
+                    );
+                }
+            }
+            if let Some((n, p)) = m.get("source") {
+                source = d.string(n, &p);
+                if source
+                    .as_deref()
+                    .is_some_and(|s| ringmesh_core::policy::Cidr::parse(s).is_none())
+                {
+                    d.error(&p, Some(n), "expected an address range such as 10.0.0.0/8");
+                }
+            }
+            decode_match_fields(d, &m)
+        }
+        None => return None,
+    };
+    Some(PolicyConfig {
+        name: name.unwrap_or_else(|| format!("policies[{index}]")),
+        deny,
+        audit,
+        identity,
+        source,
+        request,
     })
 }
 
@@ -713,6 +812,28 @@ fn valid_log_path(d: &mut Decoder, node: Node<'_, '_>, path: &str, p: &str) -> O
     Some(p.to_string())
 }
 
+/// `{ rps: N, burst: M }`; the burst defaults to one second's worth.
+fn decode_rate_limit(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<RateLimitConfig> {
+    let f = d.mapping(node, path, &["rps", "burst"])?;
+    let rps = required(d, &f, "rps").and_then(|(n, p)| {
+        let v = d.integer(n, &p, 100_000_000)?;
+        if v == 0 {
+            d.error(&p, Some(n), "must be at least 1");
+            return None;
+        }
+        Some(v as f64)
+    });
+    let burst = match f.get("burst") {
+        Some((n, p)) => d.integer(n, &p, 100_000_000).map(|v| Some(v as f64)),
+        None => Some(None),
+    };
+    let rps = rps?;
+    Some(RateLimitConfig {
+        rps,
+        burst: burst?.unwrap_or(rps).max(1.0),
+    })
+}
+
 fn decode_route(
     d: &mut Decoder,
     node: Node<'_, '_>,
@@ -732,7 +853,9 @@ fn decode_route(
             "rate_limit",
         ],
     )?;
-    not_yet(d, &f, "rate_limit");
+    let rate_limit = f
+        .get("rate_limit")
+        .and_then(|(n, p)| decode_rate_limit(d, n, &p));
     let name = match f.get("name") {
         Some((n, p)) => d.string(n, &p),
         None => Some(index.to_string()),
@@ -790,6 +913,7 @@ fn decode_route(
         .and_then(|(n, p)| d.positive_duration(n, &p));
     let retry = f.get("retry").and_then(|(n, p)| decode_retry(d, n, &p));
     Some(RouteConfig {
+        rate_limit,
         name: name.unwrap_or_else(|| index.to_string()),
         matcher: matcher.unwrap_or_default(),
         cluster,
@@ -986,6 +1110,11 @@ fn decode_match(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Match
         path,
         &["host", "path", "path_prefix", "method", "headers"],
     )?;
+    Some(decode_match_fields(d, &f))
+}
+
+/// The request conditions among `f`'s fields.
+fn decode_match_fields(d: &mut Decoder, f: &Fields<'_, '_>) -> MatchConfig {
     let mut m = MatchConfig::default();
     if let Some((n, p)) = f.get("host") {
         m.host = d.string(n, &p);
@@ -1028,7 +1157,7 @@ fn decode_match(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Match
     if let Some((n, p)) = f.get("headers") {
         m.headers = decode_headers(d, n, &p);
     }
-    Some(m)
+    m
 }
 
 fn decode_headers(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> BTreeMap<String, String> {
@@ -1383,7 +1512,7 @@ clusters:
     #[test]
     fn unavailable_features_are_refused_not_ignored() {
         let e = errors(
-            "listeners:\n  - { name: a, bind: 127.0.0.1:1, tls: { certs: [] }, routes: [ { match: { path: / }, cluster: c, rate_limit: { rps: 2 } } ] }\nclusters: [ { name: c, tls: {} } ]\n",
+            "listeners:\n  - { name: a, bind: 127.0.0.1:1, tls: { certs: [] }, routes: [ { match: { path: / }, cluster: c } ] }\nclusters: [ { name: c, tls: {} } ]\n",
         )
         .join("\n");
         assert!(
@@ -1392,10 +1521,6 @@ clusters:
         );
         assert!(
             e.contains("clusters[0].tls: TLS to upstreams is not available"),
-            "{e}"
-        );
-        assert!(
-            e.contains("listeners[0].routes[0].rate_limit: rate limits are not available"),
             "{e}"
         );
     }

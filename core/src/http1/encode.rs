@@ -226,11 +226,21 @@ pub fn reason(status: u16) -> &'static str {
 
 /// Writes an answer the proxy makes itself: status, `ringmesh-error`, a one-line text body
 /// (none for HEAD requests), and `connection: close` when the connection ends after it.
-pub fn local_reply(out: &mut Vec<u8>, kind: ErrorKind, head_request: bool, close: bool) {
+pub fn local_reply(
+    out: &mut Vec<u8>,
+    kind: ErrorKind,
+    head_request: bool,
+    close: bool,
+    retry_after: Option<u64>,
+) {
     let status = kind.status();
     status_line(out, status, reason(status).as_bytes());
     out.extend_from_slice(b"ringmesh-error: ");
     out.extend_from_slice(kind.name().as_bytes());
+    if let Some(secs) = retry_after {
+        out.extend_from_slice(b"\r\nretry-after: ");
+        push_u64(out, secs);
+    }
     out.extend_from_slice(b"\r\ncontent-type: text/plain\r\ncontent-length: ");
     let body_len = kind.name().len() + 1;
     push_u64(out, body_len as u64);
@@ -414,14 +424,14 @@ mod tests {
     #[test]
     fn local_replies() {
         let mut out = Vec::new();
-        local_reply(&mut out, ErrorKind::NoRoute, false, false);
+        local_reply(&mut out, ErrorKind::NoRoute, false, false, None);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 404 Not Found\r\nringmesh-error: no-route\r\ncontent-type: text/plain\r\n\
              content-length: 9\r\n\r\nno-route\n"
         );
         let mut out = Vec::new();
-        local_reply(&mut out, ErrorKind::BadRequest, true, true);
+        local_reply(&mut out, ErrorKind::BadRequest, true, true, None);
         let s = String::from_utf8(out).unwrap();
         assert!(s.ends_with("connection: close\r\n\r\n"), "{s}");
     }

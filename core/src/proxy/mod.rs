@@ -32,6 +32,7 @@ use crate::error::ErrorKind;
 use crate::http1::{Framing, RequestHead, ResponseHead, Version, encode, host_of};
 use crate::idle::Fired;
 use crate::metrics::Handshake;
+use crate::policy::{Caller, Verdict};
 use crate::route::{Action, RequestView};
 use crate::sleep_until;
 use crate::snapshot::{HttpLimits, Protocol, defaults};
@@ -426,6 +427,24 @@ struct RouteInput<'a> {
     host: &'a [u8],
 }
 
+/// The request a TCP connection does not have, for policy checks.
+pub(crate) struct NoRequest;
+
+impl RequestView for NoRequest {
+    fn host(&self) -> &[u8] {
+        b""
+    }
+    fn path(&self) -> &[u8] {
+        b""
+    }
+    fn method(&self) -> &[u8] {
+        b""
+    }
+    fn has_header(&self, _: &[u8], _: &[u8]) -> bool {
+        false
+    }
+}
+
 impl RequestView for RouteInput<'_> {
     fn host(&self) -> &[u8] {
         self.host
@@ -474,6 +493,36 @@ async fn exchange(
             .await;
         }
     }
+    let policies = &view.snapshot.policies;
+    if !policies.is_empty() {
+        let buf = c.data();
+        let host = req.authority.map_or(&b""[..], |a| host_of(a.get(buf)));
+        let input = RouteInput { buf, req, host };
+        let who = Caller {
+            identity: c.identity.as_deref(),
+            source: c.peer.ip(),
+        };
+        let verdict = policies.check(&who, Some(&input), |i| {
+            let name = policies.name_of(Verdict::Deny(i));
+            w.metrics.denied(&lspec.name, name, true);
+            if w.audit_log_allowed(started) {
+                let path = String::from_utf8_lossy(req.path.get(buf));
+                tracing::info!(
+                    listener = &*lspec.name,
+                    policy = name,
+                    client = %c.peer,
+                    identity = who.identity.unwrap_or("-"),
+                    path = %path,
+                    "audit: a policy would deny this request"
+                );
+            }
+        });
+        if verdict != Verdict::Allow {
+            w.metrics
+                .denied(&lspec.name, policies.name_of(verdict), false);
+            return refuse(w, c, req, &lspec.name, lview, ErrorKind::Denied, started).await;
+        }
+    }
     let route_index = {
         let buf = c.data();
         let host = req.authority.map_or(&b""[..], |a| host_of(a.get(buf)));
@@ -492,6 +541,25 @@ async fn exchange(
     };
     let route_target = &lview.routes[ri][target];
     let stats = &route_target.stats;
+    if let Some(bucket) = lview.buckets.get(ri).and_then(Option::as_ref) {
+        let taken = bucket.borrow_mut().take(started);
+        if let Err(wait) = taken {
+            let series = (&**stats, &*route_target.log_names);
+            let kind = ErrorKind::RateLimited;
+            return refuse_as(
+                w,
+                c,
+                req,
+                &lspec.name,
+                lview,
+                series,
+                kind,
+                started,
+                Some(wait),
+            )
+            .await;
+        }
+    }
     let trace = {
         let buf = c.data();
         let tp = req.traceparent.map(|s| s.get(buf));
@@ -707,15 +775,33 @@ async fn refuse(
     kind: ErrorKind,
     started: Instant,
 ) -> bool {
+    let series = (&*lview.unrouted, &*lview.unrouted_names);
+    refuse_as(w, c, req, listener, lview, series, kind, started, None).await
+}
+
+/// Answers a request with an error before any upstream is involved, counting it in `series`
+/// (a route's stats and log names). `retry_after`: when the client may try again.
+#[allow(clippy::too_many_arguments)]
+async fn refuse_as(
+    w: &Worker,
+    c: &mut Client,
+    req: &RequestHead,
+    listener: &str,
+    lview: &crate::worker::ListenerView,
+    (stats, log_names): (&crate::metrics::RouteStats, &[u8]),
+    kind: ErrorKind,
+    started: Instant,
+    retry_after: Option<Duration>,
+) -> bool {
     let end = Instant::now();
     c.ended = end;
-    lview.unrouted.record(kind.status(), end - started);
+    stats.record(kind.status(), end - started);
     let log = lview.log.as_ref();
-    let names = (listener, &*lview.unrouted_names);
+    let names = (listener, log_names);
     let seen = Seen::new(w, c.data(), req, names, log, None, None, started);
     let note = forward::Note::default();
     note.bytes_in.set(req.head_len as u64);
-    let (keep, sent) = refuse_counted(w, c, req, lview, kind).await;
+    let (keep, sent) = refuse_counted(w, c, req, lview, kind, retry_after).await;
     note.progress.bytes_out.set(sent);
     seen.report(w, c, kind.status(), Some(kind), end, Some(&note), None);
     keep
@@ -727,11 +813,12 @@ async fn refuse_counted(
     req: &RequestHead,
     lview: &crate::worker::ListenerView,
     kind: ErrorKind,
+    retry_after: Option<Duration>,
 ) -> (bool, u64) {
     lview.stats.local_reply(kind);
     let close = !c.skip_request(req) || kind.closes_connection() || !req.keep_alive;
     let head_request = req.method == crate::http1::Method::Head;
-    let (ok, sent) = local_reply(w, c, kind, head_request, close).await;
+    let (ok, sent) = local_reply_after(w, c, kind, head_request, close, retry_after).await;
     (ok && !close, sent)
 }
 
@@ -743,8 +830,27 @@ pub(crate) async fn local_reply(
     head_request: bool,
     close: bool,
 ) -> (bool, u64) {
+    local_reply_after(w, c, kind, head_request, close, None).await
+}
+
+/// [`local_reply`], saying when to retry (`Retry-After`, in whole seconds rounded up).
+async fn local_reply_after(
+    w: &Worker,
+    c: &mut Client,
+    kind: ErrorKind,
+    head_request: bool,
+    close: bool,
+    retry_after: Option<Duration>,
+) -> (bool, u64) {
     let mut out = w.bufs.get();
-    encode::local_reply(&mut out, kind, head_request, close || w.draining());
+    let retry_after = retry_after.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+    encode::local_reply(
+        &mut out,
+        kind,
+        head_request,
+        close || w.draining(),
+        retry_after,
+    );
     let len = out.len() as u64;
     let (ok, out) = c.write(out).await;
     w.put_buf(out);
