@@ -138,6 +138,7 @@ pub fn cluster_view(
 
     let now = Instant::now();
     let cluster = Cluster {
+        tls: None,
         name: Arc::from("bench"),
         lb,
         connect_timeout: Duration::from_secs(1),

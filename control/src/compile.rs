@@ -18,7 +18,7 @@ use ringmesh_core::snapshot::{
     Cluster, ClusterLimits, EndpointSpec, HttpLimits, HttpListener, Listener, Protocol, Snapshot,
     defaults,
 };
-use ringmesh_core::tls::{CertSpec, ServerTls};
+use ringmesh_core::tls::{CertSpec, ClientTls, ServerTls};
 
 use crate::config::{ClusterConfig, Config, LbPolicy, ListenerProtocol, RetryConfig, RouteConfig};
 
@@ -55,7 +55,12 @@ impl Compiler {
         version: u64,
         binds: &[SocketAddr],
     ) -> Result<Snapshot, String> {
-        let clusters = config.clusters.iter().map(|c| self.cluster(c)).collect();
+        let clusters = config
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| self.cluster(c, i))
+            .collect::<Result<_, _>>()?;
         build(config, version, binds, clusters, self.workers as usize)
     }
 
@@ -70,7 +75,16 @@ impl Compiler {
         targets
     }
 
-    fn cluster(&mut self, c: &ClusterConfig) -> Cluster {
+    fn cluster(&mut self, c: &ClusterConfig, i: usize) -> Result<Cluster, String> {
+        let tls = c
+            .tls
+            .as_ref()
+            .map(|t| {
+                let pair = t.cert.as_deref().zip(t.key.as_deref());
+                ClientTls::build(&t.sni, &t.ca, pair)
+                    .map_err(|e| format!("clusters[{i}].tls.{}: {}", e.field, e.message))
+            })
+            .transpose()?;
         let name: Arc<str> = Arc::from(c.name.as_str());
         // A limit is enforced by each worker on its own share, rounded up.
         let share = |v: Option<u32>| v.map_or(u32::MAX, |v| v.div_ceil(self.workers));
@@ -81,7 +95,8 @@ impl Compiler {
             healthy_threshold: h.healthy_threshold,
             unhealthy_threshold: h.unhealthy_threshold,
         });
-        Cluster {
+        Ok(Cluster {
+            tls,
             name: name.clone(),
             lb: match c.lb {
                 LbPolicy::P2cEwma => Lb::P2cEwma,
@@ -119,7 +134,7 @@ impl Compiler {
                 })
                 .collect(),
             health_check,
-        }
+        })
     }
 }
 
@@ -135,6 +150,7 @@ pub fn health_targets(s: &Snapshot) -> Vec<Target> {
                     addr: e.addr,
                     cell: e.health.clone()?,
                     config: h.clone(),
+                    tls: c.tls.clone(),
                 })
             })
         })

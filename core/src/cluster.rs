@@ -300,6 +300,7 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let cells: Vec<Arc<HealthCell>> = (0..10).map(|_| Arc::default()).collect();
         let cluster = Cluster {
+            tls: None,
             name: Arc::from("sim"),
             lb: balance::Lb::P2cEwma,
             connect_timeout: Duration::from_secs(1),

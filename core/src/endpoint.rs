@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
+use crate::io::Io;
 
 use crate::balance::{FAILURE_PENALTY, Load, PeakEwma};
 use crate::cluster::ClusterState;
@@ -22,13 +22,13 @@ use crate::outlier::{Change, Outlier, OutlierConfig};
 /// An upstream connection, counted against its cluster's connection limit while it lives.
 pub struct UpConn {
     /// The connection.
-    pub stream: TcpStream,
+    pub(crate) stream: Io,
     _count: ConnCount,
 }
 
 impl UpConn {
     /// Counts `stream` as one of `cluster`'s connections until dropped.
-    pub(crate) fn new(stream: TcpStream, cluster: Rc<ClusterState>) -> UpConn {
+    pub(crate) fn new(stream: Io, cluster: Rc<ClusterState>) -> UpConn {
         cluster.connections.set(cluster.connections.get() + 1);
         UpConn {
             stream,
@@ -37,12 +37,12 @@ impl UpConn {
     }
 
     /// The stream and its place in the count, apart (to split the stream for full duplex).
-    pub(crate) fn into_parts(self) -> (TcpStream, ConnCount) {
+    pub(crate) fn into_parts(self) -> (Io, ConnCount) {
         (self.stream, self._count)
     }
 
     /// Puts back what [`UpConn::into_parts`] took apart.
-    pub(crate) fn from_parts(stream: TcpStream, count: ConnCount) -> UpConn {
+    pub(crate) fn from_parts(stream: Io, count: ConnCount) -> UpConn {
         UpConn {
             stream,
             _count: count,

@@ -90,6 +90,8 @@ pub struct Target {
     pub cell: Arc<HealthCell>,
     /// How to check.
     pub config: HealthConfig,
+    /// TLS, when the cluster's endpoints speak it.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 /// The checker thread's handle: send it the full set of targets after every config change.
@@ -198,10 +200,17 @@ async fn check_once(t: &Target) -> bool {
 }
 
 async fn probe(t: &Target) -> bool {
-    let Ok(mut s) = TcpStream::connect_addr(t.addr).await else {
+    let Ok(tcp) = TcpStream::connect_addr(t.addr).await else {
         return false;
     };
-    let _ = s.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut s = match &t.tls {
+        None => crate::io::Io::Plain(tcp),
+        Some(tls) => match tls.connect(tcp).await {
+            (Some(s), _) => crate::io::Io::Tls(s),
+            (None, _) => return false,
+        },
+    };
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringmesh-health-check\r\nConnection: close\r\n\r\n",
         t.config.path, t.addr

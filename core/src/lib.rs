@@ -15,6 +15,7 @@ pub mod failover;
 pub mod health;
 pub mod http1;
 pub mod idle;
+pub(crate) mod io;
 mod listener;
 pub mod metrics;
 pub mod outlier;

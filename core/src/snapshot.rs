@@ -114,6 +114,8 @@ pub struct Cluster {
     pub outlier: Option<OutlierConfig>,
     /// Active health checks; `None`: off.
     pub health_check: Option<HealthConfig>,
+    /// TLS to the endpoints, if any.
+    pub tls: Option<crate::tls::ClientTls>,
     /// Endpoints.
     pub endpoints: Vec<EndpointSpec>,
 }

@@ -269,3 +269,70 @@ impl TlsClient {
         read_response(&mut self.reader, false)
     }
 }
+
+/// An HTTPS upstream with certificate `leaf`; with `client_ca`, clients must present a
+/// certificate from this CA. It answers every request with the client's SPIFFE ID (or
+/// `anonymous`). Returns its address and the count of connections it accepted.
+pub fn tls_upstream(
+    pki: &Pki,
+    leaf: &Leaf,
+    client_ca: bool,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&leaf.key).expect("key");
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let builder = if client_ca {
+        let mut roots = RootCertStore::empty();
+        roots.add(pki.ca.der().clone()).expect("root");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .expect("verifier");
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = Arc::new(
+        builder
+            .with_single_cert(vec![leaf.der.clone()], key)
+            .expect("server cert"),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { continue };
+            count.fetch_add(1, Ordering::Relaxed);
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let Ok(conn) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut r = BufReader::new(StreamOwned::new(conn, tcp));
+                while let Ok(Some(_req)) = crate::read_request(&mut r) {
+                    let who = r
+                        .get_ref()
+                        .conn
+                        .peer_certificates()
+                        .and_then(|c| c.first().and_then(|c| ringmesh_core::tls::spiffe_id(c)))
+                        .unwrap_or_else(|| "anonymous".to_string());
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{who}",
+                        who.len()
+                    );
+                    if r.get_mut().write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                    let _ = r.get_mut().flush();
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}

@@ -440,3 +440,111 @@ fn the_identity_is_the_spiffe_uri_of_the_certificate() {
         None
     );
 }
+
+fn cluster_tls_config(up: SocketAddr, tls: &str, extra: &str) -> String {
+    format!(
+        "admin: 127.0.0.1:0
+listeners:
+  - name: edge
+    bind: 127.0.0.1:0
+    routes: [ {{ match: {{ path_prefix: / }}, cluster: up }} ]
+clusters:
+  - name: up
+    tls: {tls}
+{extra}    endpoints: [ {{ addr: {up} }} ]
+"
+    )
+}
+
+#[test]
+fn upstreams_are_reached_over_verified_tls_and_mutual_tls() {
+    let pki = Pki::new("origin");
+    let server = pki.leaf("up", &["up.example"], false);
+    let (up, accepted) = ringmesh_tests::tls::tls_upstream(&pki, &server, false);
+    let ca = pki.ca_file();
+    let p = TestProxy::start(
+        &cluster_tls_config(
+            up,
+            &format!("{{ sni: up.example, ca: {} }}", ca.display()),
+            "",
+        ),
+        1,
+    );
+    let mut c = Client::connect(p.edge());
+    for _ in 0..3 {
+        let r = c.get("/");
+        assert_eq!((r.status, r.text().as_str()), (200, "anonymous"));
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "pooled"
+    );
+    // A body too large to buffer streams to the TLS upstream (both directions at once).
+    let body = vec![b'x'; 2 * 1024 * 1024];
+    c.send(
+        format!(
+            "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    c.send(&body);
+    let r = c.response(false);
+    assert_eq!((r.status, r.text().as_str()), (200, "anonymous"));
+    assert_eq!(c.get("/").status, 200, "the connection goes on");
+
+    // A certificate without the configured name is refused: nothing is sent to it.
+    let wrong = TestProxy::start(
+        &cluster_tls_config(
+            up,
+            &format!("{{ sni: other.example, ca: {} }}", ca.display()),
+            "",
+        ),
+        1,
+    );
+    let r = Client::connect(wrong.edge()).get("/");
+    assert_eq!(
+        (r.status, r.header("ringmesh-error")),
+        (502, Some("connect-failed"))
+    );
+
+    // mTLS to the upstream: the proxy presents its certificate when configured.
+    let (mtls_up, _) = ringmesh_tests::tls::tls_upstream(&pki, &server, true);
+    let me = pki.client_leaf("proxy", "spiffe://mesh.local/ns/default/sa/proxy");
+    let with_cert = format!(
+        "{{ sni: up.example, ca: {}, cert: {}, key: {} }}",
+        ca.display(),
+        me.cert.display(),
+        me.key.display()
+    );
+    let health = "    health_check: { path: /healthz, interval: 100ms, timeout: 1s }\n";
+    let p = TestProxy::start(&cluster_tls_config(mtls_up, &with_cert, health), 1);
+    let r = Client::connect(p.edge()).get("/");
+    assert_eq!(r.text(), "spiffe://mesh.local/ns/default/sa/proxy");
+    // Health checks speak TLS too.
+    assert!(eventually(Duration::from_secs(5), || {
+        p.metric(&format!(
+            "ringmesh_endpoint_healthy{{cluster=\"up\",endpoint=\"{mtls_up}\"}}"
+        )) == Some(1.0)
+    }));
+    let without = format!("{{ sni: up.example, ca: {} }}", ca.display());
+    let p = TestProxy::start(&cluster_tls_config(mtls_up, &without, ""), 1);
+    assert_eq!(Client::connect(p.edge()).get("/").status, 502);
+
+    // Errors name the field.
+    let e = ringmesh_tests::Proxy::start(ProxyOptions {
+        source: ConfigSource::Text(cluster_tls_config(
+            up,
+            "{ sni: up.example, ca: /nonexistent/ca.pem }",
+            "",
+        )),
+        workers: Some(1),
+        admin: Some("127.0.0.1:0".parse().unwrap()),
+        ..ProxyOptions::default()
+    })
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("clusters[0].tls.ca"), "{e}");
+}

@@ -59,6 +59,21 @@ pub struct Config {
     pub policies: Vec<PolicyConfig>,
 }
 
+/// TLS from the proxy to a cluster's endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterTlsConfig {
+    /// The name the endpoints' certificates must carry, sent as SNI.
+    pub sni: String,
+    /// CA certificates (PEM) the endpoints' certificates must chain to.
+    pub ca: String,
+    /// Client certificate chain (PEM) to present (mTLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// Its key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
 /// One access policy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PolicyConfig {
@@ -331,6 +346,9 @@ pub struct ClusterConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,
     /// Endpoints.
+    /// TLS to the endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTlsConfig>,
     pub endpoints: Vec<EndpointConfig>,
 }
 
@@ -374,21 +392,6 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// Parts of SPEC.md section 3 that this version refuses rather than ignores, with why.
-const NOT_YET: &[(&str, &str)] = &[(
-    "tls",
-    "TLS to upstreams is not available in this version; refusing rather than sending plaintext",
-)];
-
-fn not_yet(d: &mut Decoder, f: &Fields<'_, '_>, name: &str) {
-    if let Some((node, path)) = f.get(name) {
-        let why = NOT_YET
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or("not supported", |(_, w)| w);
-        d.error(&path, Some(node), why);
-    }
-}
-
 impl Config {
     /// Parses and checks a config; every problem is reported.
     pub fn parse(source: &str) -> Result<Config, Vec<ConfigError>> {
@@ -1195,7 +1198,7 @@ fn decode_cluster(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Clu
             "endpoints",
         ],
     )?;
-    not_yet(d, &f, "tls");
+    let tls = f.get("tls").and_then(|(n, p)| decode_cluster_tls(d, n, &p));
     if let Some((n, p)) = f.get("protocol") {
         if d.choice(n, &p, &["http1", "http2", "auto"])
             .is_some_and(|v| v != "http1")
@@ -1253,6 +1256,27 @@ fn decode_cluster(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Clu
         outlier,
         health_check,
         endpoints,
+        tls,
+    })
+}
+
+/// `tls: { sni, ca, cert, key }` on a cluster; `cert` and `key` go together.
+fn decode_cluster_tls(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<ClusterTlsConfig> {
+    let f = d.mapping(node, path, &["sni", "ca", "cert", "key"])?;
+    let sni = required(d, &f, "sni").and_then(|(n, p)| d.string(n, &p));
+    let ca = required(d, &f, "ca").and_then(|(n, p)| d.string(n, &p));
+    let cert = f.get("cert").and_then(|(n, p)| d.string(n, &p));
+    let key = f.get("key").and_then(|(n, p)| d.string(n, &p));
+    match (&cert, &key, f.get("cert"), f.get("key")) {
+        (Some(_), None, _, None) => d.error(&f.path_of("key"), None, "required with `cert`"),
+        (None, Some(_), None, _) => d.error(&f.path_of("cert"), None, "required with `key`"),
+        _ => {}
+    }
+    Some(ClusterTlsConfig {
+        sni: sni?,
+        ca: ca?,
+        cert,
+        key,
     })
 }
 
@@ -1510,19 +1534,19 @@ clusters:
     }
 
     #[test]
-    fn unavailable_features_are_refused_not_ignored() {
+    fn tls_settings_are_checked() {
         let e = errors(
-            "listeners:\n  - { name: a, bind: 127.0.0.1:1, tls: { certs: [] }, routes: [ { match: { path: / }, cluster: c } ] }\nclusters: [ { name: c, tls: {} } ]\n",
+            "listeners:\n  - { name: a, bind: 127.0.0.1:1, tls: { certs: [] }, routes: [ { match: { path: / }, cluster: c } ] }\nclusters: [ { name: c, tls: { cert: c.pem } } ]\n",
         )
         .join("\n");
-        assert!(
-            e.contains("listeners[0].tls.certs: at least one certificate"),
-            "{e}"
-        );
-        assert!(
-            e.contains("clusters[0].tls: TLS to upstreams is not available"),
-            "{e}"
-        );
+        for want in [
+            "listeners[0].tls.certs: at least one certificate",
+            "clusters[0].tls.sni: required",
+            "clusters[0].tls.ca: required",
+            "clusters[0].tls.key: required with `cert`",
+        ] {
+            assert!(e.contains(want), "{want} in {e}");
+        }
     }
 
     #[test]

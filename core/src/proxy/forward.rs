@@ -13,12 +13,13 @@
 //! answer), outlier ejection. Circuit breakers refuse at once with 503 `overflow`.
 
 use std::cell::Cell;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncWriteRentExt, Splitable};
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
+
+use crate::io::Io;
 
 use super::body::{self, ClientSide, DuplexEnd, Progress, PumpError, RelayError, Relayed, Until};
 use super::{Client, client_keeps_alive};
@@ -306,7 +307,7 @@ impl Exchange<'_> {
     }
 
     /// A new connection within the connect timeout (and the request's deadline).
-    async fn connect(&self, ep: &Endpoint, deadline: Instant) -> Result<TcpStream, TryEnd> {
+    async fn connect(&self, ep: &Endpoint, deadline: Instant) -> Result<Io, TryEnd> {
         let now = Instant::now();
         let budget = self
             .cluster
@@ -318,11 +319,19 @@ impl Exchange<'_> {
             stale: false,
             sent_at: now,
         };
-        match monoio::time::timeout(budget, TcpStream::connect_addr(ep.addr)).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                Ok(s)
+        let open = async {
+            let s = TcpStream::connect_addr(ep.addr).await?;
+            let _ = s.set_nodelay(true);
+            match &self.cluster.tls {
+                None => Ok(Io::Plain(s)),
+                Some(tls) => match tls.connect(s).await {
+                    (Some(s), _) => Ok(Io::Tls(s)),
+                    (None, why) => Err(std::io::Error::other(why.name())),
+                },
             }
+        };
+        match monoio::time::timeout(budget, open).await {
+            Ok(Ok(s)) => Ok(s),
             Ok(Err(_)) => Err(failed(ErrorKind::ConnectFailed)),
             Err(_) if deadline <= Instant::now() => Err(failed(ErrorKind::Timeout)),
             Err(_) => Err(failed(ErrorKind::ConnectFailed)),
@@ -698,7 +707,7 @@ impl Exchange<'_> {
             body::duplex(pump, relay, &progress.started, self.timeout).await
         };
         c.stream = cr.reunite(cw);
-        let up = ur.reunite(uw).ok().map(|s| UpConn::from_parts(s, count));
+        let up = ur.reunite(uw).map(|s| UpConn::from_parts(s, count));
         self.note
             .bytes_in
             .set(self.req.head_len as u64 + progress.body_in.get());

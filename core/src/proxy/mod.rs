@@ -12,7 +12,6 @@
 
 mod body;
 mod forward;
-mod io;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -24,7 +23,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
-use self::io::ClientIo;
+use crate::io::Io;
 
 use crate::access_log::{self, Sink};
 use crate::buf::{BUF_SIZE, SMALL_BUF_SIZE};
@@ -42,7 +41,7 @@ use crate::worker::{View, Worker};
 /// A client connection and its read buffer.
 pub(crate) struct Client {
     /// `None` only while split for a streaming body, or after a failure that ends it.
-    stream: Option<ClientIo>,
+    stream: Option<Io>,
     /// Bytes read and not yet consumed are `buf[start..]`; `None` while idle.
     buf: Option<Vec<u8>>,
     start: usize,
@@ -65,17 +64,17 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    fn new(stream: ClientIo, peer: SocketAddr) -> Client {
+    fn new(stream: Io, peer: SocketAddr) -> Client {
         let mut ip = [0u8; 48];
         let mut cursor = &mut ip[..];
         let _ = write!(cursor, "{}", peer.ip());
         let ip_len = 48 - cursor.len();
         Client {
             identity: match &stream {
-                ClientIo::Tls(s) => s
+                Io::Tls(s) => s
                     .peer_certificates()
                     .and_then(|chain| chain.first().and_then(|c| crate::tls::spiffe_id(c))),
-                ClientIo::Plain(_) => None,
+                Io::Plain(_) => None,
             }
             .map(String::into_boxed_str),
             proto: stream.proto(),
@@ -181,7 +180,7 @@ pub(crate) async fn serve(w: Rc<Worker>, listener: Arc<str>, stream: TcpStream, 
         )
     };
     let stream = match tls {
-        None => ClientIo::Plain(stream),
+        None => Io::Plain(stream),
         Some(config) => {
             // Boxed: the handshake's state is large and short-lived, and this future lives as
             // long as the connection.
@@ -194,7 +193,7 @@ pub(crate) async fn serve(w: Rc<Worker>, listener: Arc<str>, stream: TcpStream, 
             .await;
             stats.handshake(result);
             match tls {
-                Some(s) => ClientIo::Tls(s),
+                Some(s) => Io::Tls(s),
                 None => return,
             }
         }

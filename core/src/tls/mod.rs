@@ -165,6 +165,79 @@ impl ServerTls {
     }
 }
 
+/// TLS to a cluster's endpoints: the CA their certificates must chain to, the name they must
+/// carry (also sent as SNI), and the client certificate to present, if any (mTLS).
+#[derive(Clone)]
+pub struct ClientTls {
+    config: Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl ClientTls {
+    /// Loads the CA and the client certificate; errors name the field (relative to `tls`).
+    pub fn build(
+        sni: &str,
+        ca: &str,
+        cert_key: Option<(&str, &str)>,
+    ) -> Result<ClientTls, TlsError> {
+        let name = rustls::pki_types::ServerName::try_from(sni.to_string()).map_err(|e| {
+            TlsError::new("sni", format!("`{sni}` is not a DNS name or address: {e}"))
+        })?;
+        let roots = load_roots(ca).map_err(|m| TlsError::new("ca", m))?;
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::new("", e.to_string()))?
+            .with_root_certificates(roots);
+        let mut config = match cert_key {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let ck =
+                    load_certified_key(cert, key).map_err(|(which, m)| TlsError::new(which, m))?;
+                builder.with_client_cert_resolver(Arc::new(ClientCert(Arc::new(ck))))
+            }
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(ClientTls {
+            config: Arc::new(config),
+            name,
+        })
+    }
+
+    /// Runs the handshake on a new connection to an endpoint.
+    pub async fn connect(
+        &self,
+        tcp: monoio::net::TcpStream,
+    ) -> (Option<TlsStream>, crate::metrics::Handshake) {
+        connect(tcp, self.config.clone(), self.name.clone()).await
+    }
+}
+
+/// The one certificate presented to upstreams.
+#[derive(Debug)]
+struct ClientCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// A worker's session cache.
 pub fn session_cache() -> Arc<ServerSessionMemoryCache> {
     ServerSessionMemoryCache::new(SESSIONS_PER_WORKER)

@@ -645,6 +645,11 @@ impl TlsStream {
         )
     }
 
+    /// The socket's descriptor.
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.io)
+    }
+
     /// Waits until the socket has bytes (or plaintext is already here).
     pub async fn readable(&self) -> io::Result<()> {
         if self.has_plaintext() {

@@ -1,5 +1,5 @@
-//! A client connection's byte stream: plain TCP or TLS, whole or split in two halves while a
-//! request body streams in as the answer streams out.
+//! A connection's byte stream, to a client or an upstream: plain TCP or TLS, whole or split in
+//! two halves while a request body streams in as the answer streams out.
 
 use std::io;
 
@@ -14,19 +14,19 @@ use monoio::net::TcpStream;
 use crate::tls::{TlsRead, TlsStream, TlsWrite};
 
 /// A whole client connection.
-pub(crate) enum ClientIo {
+pub(crate) enum Io {
     Plain(TcpStream),
     Tls(TlsStream),
 }
 
 /// The reading half of a split client connection.
-pub(crate) enum ClientRead {
+pub(crate) enum IoRead {
     Plain(OwnedReadHalf<TcpStream>),
     Tls(TlsRead),
 }
 
 /// The writing half of a split client connection.
-pub(crate) enum ClientWrite {
+pub(crate) enum IoWrite {
     Plain(OwnedWriteHalf<TcpStream>),
     Tls(TlsWrite),
 }
@@ -40,65 +40,74 @@ macro_rules! each {
     };
 }
 
-impl ClientIo {
+impl Io {
     /// Waits until a read would not block.
     pub(crate) async fn readable(&self) -> io::Result<()> {
         match self {
-            ClientIo::Plain(s) => s.readable(false).await,
-            ClientIo::Tls(s) => s.readable().await,
+            Io::Plain(s) => s.readable(false).await,
+            Io::Tls(s) => s.readable().await,
         }
     }
 
-    pub(crate) fn into_split(self) -> (ClientRead, ClientWrite) {
+    pub(crate) fn into_split(self) -> (IoRead, IoWrite) {
         match self {
-            ClientIo::Plain(s) => {
+            Io::Plain(s) => {
                 let (r, w) = s.into_split();
-                (ClientRead::Plain(r), ClientWrite::Plain(w))
+                (IoRead::Plain(r), IoWrite::Plain(w))
             }
-            ClientIo::Tls(s) => {
+            Io::Tls(s) => {
                 let (r, w) = s.into_split();
-                (ClientRead::Tls(r), ClientWrite::Tls(w))
+                (IoRead::Tls(r), IoWrite::Tls(w))
             }
+        }
+    }
+
+    /// The socket's descriptor.
+    pub(crate) fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Io::Plain(s) => s.as_raw_fd(),
+            Io::Tls(s) => s.as_raw_fd(),
         }
     }
 
     /// Scheme, for X-Forwarded-Proto.
     pub(crate) fn proto(&self) -> &'static [u8] {
         match self {
-            ClientIo::Plain(_) => b"http",
-            ClientIo::Tls(_) => b"https",
+            Io::Plain(_) => b"http",
+            Io::Tls(_) => b"https",
         }
     }
 }
 
-impl ClientRead {
+impl IoRead {
     /// Puts the halves back together; `None` if they do not belong together.
-    pub(crate) fn reunite(self, w: ClientWrite) -> Option<ClientIo> {
+    pub(crate) fn reunite(self, w: IoWrite) -> Option<Io> {
         match (self, w) {
-            (ClientRead::Plain(r), ClientWrite::Plain(w)) => r.reunite(w).ok().map(ClientIo::Plain),
-            (ClientRead::Tls(r), ClientWrite::Tls(w)) => r.reunite(w).map(ClientIo::Tls),
+            (IoRead::Plain(r), IoWrite::Plain(w)) => r.reunite(w).ok().map(Io::Plain),
+            (IoRead::Tls(r), IoWrite::Tls(w)) => r.reunite(w).map(Io::Tls),
             _ => None,
         }
     }
 }
 
-impl AsyncReadRent for ClientIo {
+impl AsyncReadRent for Io {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        each!(self, s => s.read(buf).await, ClientIo)
+        each!(self, s => s.read(buf).await, Io)
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        each!(self, s => s.readv(buf).await, ClientIo)
+        each!(self, s => s.readv(buf).await, Io)
     }
 }
 
-impl CancelableAsyncReadRent for ClientIo {
+impl CancelableAsyncReadRent for Io {
     async fn cancelable_read<T: IoBufMut>(
         &mut self,
         buf: T,
         c: CancelHandle,
     ) -> BufResult<usize, T> {
-        each!(self, s => s.cancelable_read(buf, c).await, ClientIo)
+        each!(self, s => s.cancelable_read(buf, c).await, Io)
     }
 
     async fn cancelable_readv<T: IoVecBufMut>(
@@ -106,52 +115,52 @@ impl CancelableAsyncReadRent for ClientIo {
         buf: T,
         c: CancelHandle,
     ) -> BufResult<usize, T> {
-        each!(self, s => s.cancelable_readv(buf, c).await, ClientIo)
+        each!(self, s => s.cancelable_readv(buf, c).await, Io)
     }
 }
 
-impl AsyncWriteRent for ClientIo {
+impl AsyncWriteRent for Io {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        each!(self, s => s.write(buf).await, ClientIo)
+        each!(self, s => s.write(buf).await, Io)
     }
 
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        each!(self, s => s.writev(buf).await, ClientIo)
+        each!(self, s => s.writev(buf).await, Io)
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        each!(self, s => s.flush().await, ClientIo)
+        each!(self, s => s.flush().await, Io)
     }
 
     async fn shutdown(&mut self) -> io::Result<()> {
-        each!(self, s => s.shutdown().await, ClientIo)
+        each!(self, s => s.shutdown().await, Io)
     }
 }
 
-impl AsyncReadRent for ClientRead {
+impl AsyncReadRent for IoRead {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        each!(self, s => s.read(buf).await, ClientRead)
+        each!(self, s => s.read(buf).await, IoRead)
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        each!(self, s => s.readv(buf).await, ClientRead)
+        each!(self, s => s.readv(buf).await, IoRead)
     }
 }
 
-impl AsyncWriteRent for ClientWrite {
+impl AsyncWriteRent for IoWrite {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        each!(self, s => s.write(buf).await, ClientWrite)
+        each!(self, s => s.write(buf).await, IoWrite)
     }
 
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        each!(self, s => s.writev(buf).await, ClientWrite)
+        each!(self, s => s.writev(buf).await, IoWrite)
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        each!(self, s => s.flush().await, ClientWrite)
+        each!(self, s => s.flush().await, IoWrite)
     }
 
     async fn shutdown(&mut self) -> io::Result<()> {
-        each!(self, s => s.shutdown().await, ClientWrite)
+        each!(self, s => s.shutdown().await, IoWrite)
     }
 }
