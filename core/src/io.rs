@@ -41,11 +41,11 @@ macro_rules! each {
 }
 
 impl Io {
-    /// Waits until a read would not block.
-    pub(crate) async fn readable(&self) -> io::Result<()> {
+    /// The socket to wait on before a read; `None` when a read completes at once.
+    pub(crate) fn socket_to_wait_on(&self) -> Option<&TcpStream> {
         match self {
-            Io::Plain(s) => s.readable(false).await,
-            Io::Tls(s) => s.readable().await,
+            Io::Plain(s) => Some(s),
+            Io::Tls(s) => s.socket_to_wait_on(),
         }
     }
 
@@ -68,14 +68,6 @@ impl Io {
         match self {
             Io::Plain(s) => s.as_raw_fd(),
             Io::Tls(s) => s.as_raw_fd(),
-        }
-    }
-
-    /// Scheme, for X-Forwarded-Proto.
-    pub(crate) fn proto(&self) -> &'static [u8] {
-        match self {
-            Io::Plain(_) => b"http",
-            Io::Tls(_) => b"https",
         }
     }
 }

@@ -78,8 +78,11 @@ pub(crate) fn start(
                     match view.snapshot.listeners[li].protocol {
                         Protocol::Http(_) => {
                             drop(view);
-                            let conn =
-                                crate::proxy::serve(worker.clone(), name.clone(), stream, peer);
+                            let conn = crate::proxy::serve(
+                                worker.clone(),
+                                name.clone(),
+                                Box::new((stream, peer)),
+                            );
                             monoio::spawn(contained(conn));
                         }
                         Protocol::Tcp { .. } => {

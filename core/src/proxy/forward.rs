@@ -253,11 +253,11 @@ impl Exchange<'_> {
     ) -> Forwarded<'b> {
         Forwarded {
             client_ip: c.ip(),
-            proto: c.proto,
+            proto: c.proto(),
             fallback_host: &ep.host,
             deadline: deadline.map(|d| d.saturating_duration_since(now)),
             trace: Some(self.trace),
-            identity: c.identity.as_deref(),
+            identity: c.identity(),
         }
     }
 

@@ -55,10 +55,8 @@ pub(crate) struct Client {
     /// The current request's client was already sent `100 Continue`.
     continued: bool,
     peer: SocketAddr,
-    /// `http` or `https`, for X-Forwarded-Proto.
-    proto: &'static [u8],
-    /// The SPIFFE ID of the client's certificate (mTLS).
-    identity: Option<Box<str>>,
+    /// The connection is TLS (X-Forwarded-Proto: https).
+    tls: bool,
     /// When the last exchange ended: the start of the wait for the next request.
     ended: Instant,
 }
@@ -70,14 +68,7 @@ impl Client {
         let _ = write!(cursor, "{}", peer.ip());
         let ip_len = 48 - cursor.len();
         Client {
-            identity: match &stream {
-                Io::Tls(s) => s
-                    .peer_certificates()
-                    .and_then(|chain| chain.first().and_then(|c| crate::tls::spiffe_id(c))),
-                Io::Plain(_) => None,
-            }
-            .map(String::into_boxed_str),
-            proto: stream.proto(),
+            tls: matches!(stream, Io::Tls(_)),
             stream: Some(stream),
             buf: None,
             start: 0,
@@ -102,6 +93,19 @@ impl Client {
         };
         self.start += req.head_len + body;
         true
+    }
+
+    /// The client's verified identity (mTLS). Not known while the stream is split.
+    fn identity(&self) -> Option<&str> {
+        match &self.stream {
+            Some(Io::Tls(s)) => s.identity(),
+            _ => None,
+        }
+    }
+
+    /// `http` or `https`, for X-Forwarded-Proto.
+    fn proto(&self) -> &'static [u8] {
+        if self.tls { b"https" } else { b"http" }
     }
 
     /// Unconsumed bytes.
@@ -165,7 +169,15 @@ const SHED_AFTER: Duration = Duration::from_millis(250);
 /// follow each other closely, instead waits with a read into a 1 KiB buffer already issued (one
 /// io_uring operation per request instead of two), for at most [`SHED_AFTER`]. The state a
 /// request needs (routing, forwarding, relaying) lives in a box only while requests are handled.
-pub(crate) async fn serve(w: Rc<Worker>, listener: Arc<str>, stream: TcpStream, peer: SocketAddr) {
+///
+/// The accepted socket comes boxed: arguments of an async fn keep their place in its state for
+/// its whole life, and this one lives as long as the connection.
+pub(crate) async fn serve(
+    w: Rc<Worker>,
+    listener: Arc<str>,
+    accepted: Box<(TcpStream, SocketAddr)>,
+) {
+    let (stream, peer) = *accepted;
     let (_guard, tls, stats, limits) = {
         let view = w.view();
         let Some((li, limits)) = listener_of(&view, &listener) else {
@@ -179,26 +191,9 @@ pub(crate) async fn serve(w: Rc<Worker>, listener: Arc<str>, stream: TcpStream, 
             limits,
         )
     };
-    let stream = match tls {
-        None => Io::Plain(stream),
-        Some(config) => {
-            // Boxed: the handshake's state is large and short-lived, and this future lives as
-            // long as the connection.
-            let (tls, result) = Box::pin(async move {
-                monoio::select! {
-                    r = crate::tls::accept(stream, config) => r,
-                    _ = monoio::time::sleep(limits.request_head_timeout) => (None, Handshake::Timeout),
-                }
-            })
-            .await;
-            stats.handshake(result);
-            match tls {
-                Some(s) => Io::Tls(s),
-                None => return,
-            }
-        }
+    let Some(stream) = upgrade(stream, tls, stats, limits.request_head_timeout).await else {
+        return;
     };
-    drop(stats);
     let mut c = Client::new(stream, peer);
     loop {
         let waited = Instant::now();
@@ -214,6 +209,29 @@ pub(crate) async fn serve(w: Rc<Worker>, listener: Arc<str>, stream: TcpStream, 
     c.release(&w);
 }
 
+/// The connection as the listener serves it: TLS after a handshake (within `timeout`), else
+/// as accepted. `None`: the handshake failed (counted in `stats`).
+async fn upgrade(
+    stream: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stats: Rc<crate::metrics::ListenerStats>,
+    timeout: Duration,
+) -> Option<Io> {
+    let Some(config) = tls else {
+        return Some(Io::Plain(stream));
+    };
+    // Boxed: the handshake's state is large and short-lived.
+    let (tls, result) = Box::pin(async move {
+        monoio::select! {
+            r = crate::tls::accept(stream, config) => r,
+            _ = monoio::time::sleep(timeout) => (None, Handshake::Timeout),
+        }
+    })
+    .await;
+    stats.handshake(result);
+    tls.map(Io::Tls)
+}
+
 /// A keep-alive connection whose requests come closer than this waits for the next one with a
 /// read already issued.
 const HOT_GAP: Duration = Duration::from_millis(50);
@@ -227,8 +245,11 @@ async fn wait_cold(w: &Worker, c: &mut Client, listener: &Arc<str>) -> bool {
     let Some(stream) = c.stream.as_ref() else {
         return false;
     };
+    let Some(socket) = stream.socket_to_wait_on() else {
+        return true;
+    };
     monoio::select! {
-        r = stream.readable() => r.is_ok(),
+        r = socket.readable(false) => r.is_ok(),
         _ = w.idle.wait(Instant::now(), None, limits.idle_timeout) => false,
     }
 }
@@ -498,7 +519,7 @@ async fn exchange(
         let host = req.authority.map_or(&b""[..], |a| host_of(a.get(buf)));
         let input = RouteInput { buf, req, host };
         let who = Caller {
-            identity: c.identity.as_deref(),
+            identity: c.identity(),
             source: c.peer.ip(),
         };
         let verdict = policies.check(&who, Some(&input), |i| {
@@ -741,7 +762,7 @@ impl<'a> Seen<'a> {
             retries: note.map_or(0, |n| n.retries.get()),
             error,
             trace_id: trace_id.as_ref(),
-            client_identity: c.identity.as_deref().map(str::as_bytes),
+            client_identity: c.identity().map(str::as_bytes),
             client: c.peer,
         };
         if let Some(sink) = watch.sink {

@@ -96,6 +96,8 @@ struct Shared {
     peer_closed: Cell<bool>,
     /// rustls reported an error: the connection is over (rustls must not run again).
     failed: Cell<bool>,
+    /// The peer's SPIFFE ID, found once after the handshake.
+    identity: Option<Box<str>>,
     /// A read of ciphertext is under way; still set when one was abandoned.
     reading: Cell<bool>,
     /// Likewise for writes.
@@ -211,6 +213,7 @@ impl Shared {
             pending_out: RefCell::new(Vec::new()),
             peer_closed: Cell::new(false),
             failed: Cell::new(false),
+            identity: None,
             reading: Cell::new(false),
             writing: Cell::new(false),
         })
@@ -453,10 +456,24 @@ async fn handshake(mut tcp: TcpStream, conn: Conn) -> (Option<TlsStream>, Handsh
         }
     }
     give_back(out);
-    let kind = match shared.conn.borrow().common().handshake_kind() {
-        Some(HandshakeKind::Resumed) => Handshake::Resumed,
-        _ => Handshake::Full,
+    let (kind, identity) = {
+        let conn = shared.conn.borrow();
+        let common = conn.common();
+        let kind = match common.handshake_kind() {
+            Some(HandshakeKind::Resumed) => Handshake::Resumed,
+            _ => Handshake::Full,
+        };
+        let identity = common
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| super::spiffe_id(leaf))
+            .map(String::into_boxed_str);
+        (kind, identity)
     };
+    let mut shared = shared;
+    if let Some(s) = Rc::get_mut(&mut shared) {
+        s.identity = identity;
+    }
     (Some(Tls { io: tcp, shared }), kind)
 }
 
@@ -495,6 +512,11 @@ impl<IO> Tls<IO> {
     /// Decrypted bytes are waiting, or the peer closed: a read now completes at once.
     pub fn has_plaintext(&self) -> bool {
         self.shared.has_plain() || self.shared.peer_closed.get()
+    }
+
+    /// The SPIFFE ID of the peer's certificate, if it presented one with an ID.
+    pub fn identity(&self) -> Option<&str> {
+        self.shared.identity.as_deref()
     }
 
     /// The application protocol agreed by ALPN.
@@ -650,12 +672,10 @@ impl TlsStream {
         std::os::fd::AsRawFd::as_raw_fd(&self.io)
     }
 
-    /// Waits until the socket has bytes (or plaintext is already here).
-    pub async fn readable(&self) -> io::Result<()> {
-        if self.has_plaintext() {
-            return Ok(());
-        }
-        self.io.readable(false).await
+    /// The socket to wait on for the next bytes; `None` when a read completes at once
+    /// (plaintext already decrypted, or the peer closed).
+    pub fn socket_to_wait_on(&self) -> Option<&TcpStream> {
+        (!self.has_plaintext()).then_some(&self.io)
     }
 }
 
