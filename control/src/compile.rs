@@ -198,7 +198,11 @@ fn build(
                         .map(log_spec)
                         .transpose()
                         .map_err(|e| format!("listeners[{i}].access_log.path: {e}"))?,
-                    tls: l.tls.as_ref().map(|t| server_tls(t, i)).transpose()?,
+                    tls: l
+                        .tls
+                        .as_ref()
+                        .map(|t| server_tls(t, &l.name, i))
+                        .transpose()?,
                 }))
             }
         };
@@ -217,7 +221,11 @@ fn build(
 }
 
 /// Loads a listener's certificates; an error names the field (`listeners[0].tls.certs[1].key`).
-fn server_tls(t: &crate::config::ListenerTlsConfig, i: usize) -> Result<ServerTls, String> {
+fn server_tls(
+    t: &crate::config::ListenerTlsConfig,
+    name: &str,
+    i: usize,
+) -> Result<ServerTls, String> {
     let certs: Vec<CertSpec> = t
         .certs
         .iter()
@@ -227,7 +235,7 @@ fn server_tls(t: &crate::config::ListenerTlsConfig, i: usize) -> Result<ServerTl
             sni: c.sni.clone(),
         })
         .collect();
-    ServerTls::build(&certs, &t.alpn, t.client_ca.as_deref()).map_err(|e| {
+    ServerTls::build(name, &certs, &t.alpn, t.client_ca.as_deref()).map_err(|e| {
         let field = if e.field.is_empty() {
             format!("listeners[{i}].tls")
         } else {

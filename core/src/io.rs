@@ -83,9 +83,24 @@ impl IoRead {
     }
 }
 
+/// A whole TLS stream sends what reading produced (an alert, an answer to a key update) at
+/// once: a peer may be waiting for it. Best effort: the read's own result is what counts.
+async fn flush_after_read(s: &mut TlsStream) {
+    if s.has_pending_output() {
+        let _ = s.flush_pending().await;
+    }
+}
+
 impl AsyncReadRent for Io {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        each!(self, s => s.read(buf).await, Io)
+        match self {
+            Io::Plain(s) => s.read(buf).await,
+            Io::Tls(s) => {
+                let r = s.read(buf).await;
+                flush_after_read(s).await;
+                r
+            }
+        }
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
@@ -99,7 +114,14 @@ impl CancelableAsyncReadRent for Io {
         buf: T,
         c: CancelHandle,
     ) -> BufResult<usize, T> {
-        each!(self, s => s.cancelable_read(buf, c).await, Io)
+        match self {
+            Io::Plain(s) => s.cancelable_read(buf, c).await,
+            Io::Tls(s) => {
+                let r = s.cancelable_read(buf, c).await;
+                flush_after_read(s).await;
+                r
+            }
+        }
     }
 
     async fn cancelable_readv<T: IoVecBufMut>(

@@ -190,7 +190,7 @@ fn fuzz_tls_config() -> std::sync::Arc<rustls::ServerConfig> {
                 key: leaf.key.display().to_string(),
                 sni: Vec::new(),
             };
-            ringmesh_core::tls::ServerTls::build(&[spec], &["http/1.1".to_string()], None)
+            ringmesh_core::tls::ServerTls::build("fuzz", &[spec], &["http/1.1".to_string()], None)
                 .expect("fuzz TLS config")
                 .config()
         })

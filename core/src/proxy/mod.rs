@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller,
+};
 use monoio::net::TcpStream;
 
 use crate::io::Io;
@@ -207,7 +209,15 @@ pub(crate) async fn serve(
         }
     }
     c.release(&w);
+    if let Some(Io::Tls(s)) = c.stream.as_mut() {
+        // close_notify, so that the client can tell the end from a truncation. Boxed: rare
+        // and short-lived.
+        let _ = Box::pin(monoio::time::timeout(CLOSE_NOTIFY_WAIT, s.shutdown())).await;
+    }
 }
+
+/// How long a closing TLS connection may take to send its close_notify.
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 
 /// The connection as the listener serves it: TLS after a handshake (within `timeout`), else
 /// as accepted. `None`: the handshake failed (counted in `stats`).

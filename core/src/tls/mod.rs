@@ -2,9 +2,14 @@
 //!
 //! A listener's [`ServerTls`] is compiled with the config (certificates and keys loaded and
 //! checked then, so that a bad file is a config error) and shared by the workers; each worker
-//! gives it its own session cache ([`ServerTls::for_worker`]). Session tickets are encrypted
-//! with keys shared by every worker and kept across reloads, so a ticket issued by one worker
-//! resumes on any other and after a config change.
+//! gives it its own session cache ([`ServerTls::for_worker`]).
+//!
+//! A resumed session skips client authentication and brings back the client certificate it
+//! was made with, so sessions are kept apart by *resumption domain*: one listener with one set
+//! of client CAs (or none). Within a domain, ticket keys are shared by every worker and kept
+//! across reloads (a ticket issued by one worker resumes on any other, and after a config
+//! change that keeps the CAs); a session never resumes on another listener, nor after the
+//! listener's client CAs changed.
 
 mod identity;
 mod stream;
@@ -42,6 +47,8 @@ pub struct CertSpec {
 #[derive(Clone)]
 pub struct ServerTls {
     config: Arc<ServerConfig>,
+    /// Sessions resume only within this domain (see the module's documentation).
+    domain: Arc<[u8]>,
 }
 
 impl fmt::Debug for ServerTls {
@@ -77,17 +84,37 @@ fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
-/// Ticket keys for the whole process, rotated by rustls every 6 hours.
-fn ticketer() -> Option<Arc<dyn ProducesTickets>> {
-    static T: OnceLock<Option<Arc<dyn ProducesTickets>>> = OnceLock::new();
-    T.get_or_init(|| rustls::crypto::ring::Ticketer::new().ok())
-        .clone()
+/// The ticket keys of a resumption domain, shared by all workers, rotated by rustls every 6
+/// hours. Looked up when a config is compiled, never on the request path.
+#[allow(clippy::disallowed_types)]
+fn ticketer(domain: &[u8]) -> Option<Arc<dyn ProducesTickets>> {
+    type Keys = std::collections::HashMap<Vec<u8>, Arc<dyn ProducesTickets>>;
+    static T: OnceLock<std::sync::Mutex<Keys>> = OnceLock::new();
+    let mut keys = T.get_or_init(Default::default).lock().ok()?;
+    if let Some(t) = keys.get(domain) {
+        return Some(t.clone());
+    }
+    let t = rustls::crypto::ring::Ticketer::new().ok()?;
+    keys.insert(domain.to_vec(), t.clone());
+    Some(t)
+}
+
+/// A resumption domain: the listener, and the client CAs it trusts (their PEM bytes).
+fn domain(listener: &str, client_ca: Option<&[u8]>) -> Arc<[u8]> {
+    let mut d = listener.as_bytes().to_vec();
+    d.push(0);
+    if let Some(ca) = client_ca {
+        d.push(1);
+        d.extend_from_slice(ca);
+    }
+    d.into()
 }
 
 impl ServerTls {
     /// Loads the certificates and builds the settings. `alpn` in preference order; with
     /// `client_ca`, clients must present a certificate issued by one of its CAs.
     pub fn build(
+        listener: &str,
         certs: &[CertSpec],
         alpn: &[String],
         client_ca: Option<&str>,
@@ -131,6 +158,11 @@ impl ServerTls {
         let builder = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| TlsError::new("", e.to_string()))?;
+        let ca_pem = client_ca
+            .map(|path| std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}")))
+            .transpose()
+            .map_err(|m| TlsError::new("client_ca", m))?;
+        let domain = domain(listener, ca_pem.as_deref());
         let builder = match client_ca {
             None => builder.with_no_client_auth(),
             Some(path) => {
@@ -143,11 +175,12 @@ impl ServerTls {
         };
         let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        if let Some(t) = ticketer() {
+        if let Some(t) = ticketer(&domain) {
             config.ticketer = t;
         }
         Ok(ServerTls {
             config: Arc::new(config),
+            domain,
         })
     }
 
@@ -156,9 +189,13 @@ impl ServerTls {
         self.config.clone()
     }
 
-    /// The settings a worker uses: shared certificates, its own session cache (which outlives
-    /// reloads: the worker passes the same one to each new config).
-    pub fn for_worker(&self, sessions: &Arc<ServerSessionMemoryCache>) -> Arc<ServerConfig> {
+    /// The settings a worker uses: shared certificates, and the worker's session cache for
+    /// this resumption domain, taken from (or added to) `caches`, which the worker keeps
+    /// across reloads.
+    pub fn for_worker(&self, caches: &mut SessionCaches) -> Arc<ServerConfig> {
+        let sessions = caches
+            .entry(self.domain.clone())
+            .or_insert_with(|| ServerSessionMemoryCache::new(SESSIONS_PER_WORKER));
         let mut c = (*self.config).clone();
         c.session_storage = sessions.clone();
         Arc::new(c)
@@ -238,10 +275,8 @@ impl rustls::client::ResolvesClientCert for ClientCert {
     }
 }
 
-/// A worker's session cache.
-pub fn session_cache() -> Arc<ServerSessionMemoryCache> {
-    ServerSessionMemoryCache::new(SESSIONS_PER_WORKER)
-}
+/// A worker's session caches, by resumption domain.
+pub type SessionCaches = FxHashMap<Arc<[u8]>, Arc<ServerSessionMemoryCache>>;
 
 /// The CA certificates in a PEM file, as trust anchors.
 pub fn load_roots(path: &str) -> Result<Arc<RootCertStore>, String> {

@@ -3,7 +3,8 @@
 //! does completions, and every buffer is ours.
 //!
 //! Ciphertext is read into a pooled scratch buffer, processed there, and the buffer goes back
-//! at once; only a partial record is kept, and only until its end arrives. Plaintext is
+//! at once; only what rustls has not finished with is kept (a partial record, or a handshake
+//! message being reassembled: at most [`MAX_PENDING`] bytes, past which the peer is cut off). Plaintext is
 //! encrypted straight into a pooled buffer that is sent and given back. So an idle connection
 //! holds no I/O buffer at all: rustls's state and the socket.
 //!
@@ -42,6 +43,9 @@ const READ_CHUNK: usize = 16 * 1024;
 const RECORD_OVERHEAD: usize = 64;
 /// Largest plaintext per record.
 const MAX_FRAGMENT: usize = 16 * 1024;
+/// Most ciphertext kept unprocessed: a handshake message being reassembled (rustls's own
+/// buffered API allows 64 KiB) and one record. A peer that makes rustls keep more is cut off.
+const MAX_PENDING: usize = 64 * 1024 + MAX_FRAGMENT + 2048;
 
 thread_local! {
     /// Scratch buffers of this worker, for ciphertext in and out.
@@ -96,6 +100,9 @@ struct Shared {
     peer_closed: Cell<bool>,
     /// rustls reported an error: the connection is over (rustls must not run again).
     failed: Cell<bool>,
+    /// The peer was cut off for sending too much: not even the alert may be asked of rustls
+    /// (the bytes it was working on are gone).
+    cut_off: Cell<bool>,
     /// The peer's SPIFFE ID, found once after the handshake.
     identity: Option<Box<str>>,
     /// A read of ciphertext is under way; still set when one was abandoned.
@@ -213,6 +220,7 @@ impl Shared {
             pending_out: RefCell::new(Vec::new()),
             peer_closed: Cell::new(false),
             failed: Cell::new(false),
+            cut_off: Cell::new(false),
             identity: None,
             reading: Cell::new(false),
             writing: Cell::new(false),
@@ -280,6 +288,13 @@ impl Shared {
             (pending, r)
         };
         give_back(buf);
+        if left.len() > MAX_PENDING {
+            self.failed.set(true);
+            self.cut_off.set(true);
+            return Err(rustls::Error::General(
+                "too much TLS data kept unprocessed".into(),
+            ));
+        }
         // Nothing kept (the usual case) holds no memory.
         *self.incoming.borrow_mut() = if left.is_empty() { Vec::new() } else { left };
         result
@@ -306,6 +321,9 @@ impl Shared {
     /// The alert rustls queued when it failed, to tell the peer why. Only the queued output is
     /// taken: processing input again after a failure is not allowed.
     fn alert(&self, out: &mut Vec<u8>) {
+        if self.cut_off.get() {
+            return;
+        }
         let mut pending = std::mem::take(&mut *self.incoming.borrow_mut());
         let mut conn = self.conn.borrow_mut();
         match &mut *conn {
@@ -567,12 +585,21 @@ impl<IO> Tls<IO> {
             self.shared.reading.set(false);
             match r {
                 Ok(n) if n > 0 => {}
-                // The peer closed without close_notify: HTTP frames its own messages, so this
-                // is an ordinary end of stream.
+                // The peer closed without close_notify. A client's requests are framed by HTTP,
+                // so that is an ordinary end; from an upstream it may be a truncation (an answer
+                // delimited by the connection's end), so it is an error; and a partial record
+                // left over always is.
                 Ok(_) => {
                     give_back(buf);
                     self.shared.peer_closed.set(true);
-                    return Ok(0);
+                    let server = matches!(&*self.shared.conn.borrow(), Conn::Server(_));
+                    if server && self.shared.incoming.borrow().is_empty() {
+                        return Ok(0);
+                    }
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "TLS connection closed without close_notify",
+                    ));
                 }
                 Err(e) => {
                     give_back(buf);
@@ -581,6 +608,11 @@ impl<IO> Tls<IO> {
             }
             let mut out = std::mem::take(&mut *self.shared.pending_out.borrow_mut());
             let r = self.shared.take_in(buf, &mut out);
+            if r.is_err() {
+                // The alert says why; it goes with the next flush (the whole stream flushes
+                // after every read, see `io.rs`).
+                self.shared.alert(&mut out);
+            }
             *self.shared.pending_out.borrow_mut() = out;
             r.map_err(tls_error)?;
         }
@@ -633,8 +665,13 @@ impl<IO> Tls<IO> {
         result
     }
 
+    /// Whether reading left TLS output to send (an alert, a key-update answer).
+    pub fn has_pending_output(&self) -> bool {
+        !self.shared.pending_out.borrow().is_empty()
+    }
+
     /// Sends TLS output left by reads.
-    async fn flush_pending(&mut self) -> io::Result<()>
+    pub async fn flush_pending(&mut self) -> io::Result<()>
     where
         IO: AsyncWriteRent,
     {
