@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::route::{HostMatch, Match, PathMatch, RequestView};
+use crate::route::{HostMatch, Match, RequestView};
 
 /// An address range, `10.0.0.0/8` or `fd00::/8`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,17 +117,7 @@ fn request_matches(m: &Match, req: &impl RequestView) -> bool {
         }
         _ => {}
     }
-    match &m.path {
-        Some(PathMatch::Prefix(p)) if !req.path().starts_with(p) => return false,
-        Some(PathMatch::Exact(p)) if req.path() != &**p => return false,
-        _ => {}
-    }
-    if let Some(method) = &m.method {
-        if req.method() != &**method {
-            return false;
-        }
-    }
-    m.headers.iter().all(|(n, v)| req.has_header(n, v))
+    crate::route::matches_rest(m, req)
 }
 
 /// Who is calling.
@@ -206,6 +196,7 @@ impl Policies {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::PathMatch;
 
     struct Req(&'static str, &'static str, &'static str);
 

@@ -338,28 +338,29 @@ impl RouteTable {
             if i >= *best {
                 return;
             }
-            if self.matches_rest(&self.routes[i as usize].matcher, req) {
+            if matches_rest(&self.routes[i as usize].matcher, req) {
                 *best = i;
                 return;
             }
         }
     }
+}
 
-    /// Everything but the host, which the index already checked.
-    #[inline]
-    fn matches_rest(&self, m: &Match, req: &impl RequestView) -> bool {
-        match &m.path {
-            Some(PathMatch::Prefix(p)) if !req.path().starts_with(p) => return false,
-            Some(PathMatch::Exact(p)) if req.path() != &**p => return false,
-            _ => {}
-        }
-        if let Some(method) = &m.method {
-            if req.method() != &**method {
-                return false;
-            }
-        }
-        m.headers.iter().all(|(n, v)| req.has_header(n, v))
+/// Whether `req` meets every condition of `m` but the host (which a route table's index
+/// checks, and a policy checks on its own).
+#[inline]
+pub fn matches_rest(m: &Match, req: &impl RequestView) -> bool {
+    match &m.path {
+        Some(PathMatch::Prefix(p)) if !req.path().starts_with(p) => return false,
+        Some(PathMatch::Exact(p)) if req.path() != &**p => return false,
+        _ => {}
     }
+    if let Some(method) = &m.method {
+        if req.method() != &**method {
+            return false;
+        }
+    }
+    m.headers.iter().all(|(n, v)| req.has_header(n, v))
 }
 
 #[cfg(test)]

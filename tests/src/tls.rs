@@ -72,6 +72,11 @@ impl Pki {
         params
             .distinguished_name
             .push(DnType::CommonName, names.first().copied().unwrap_or(file));
+        self.sign(file, params, key)
+    }
+
+    /// Signs `params` for `key` with this CA and writes `file`.pem/.key.
+    fn sign(&self, file: &str, params: CertificateParams, key: KeyPair) -> Leaf {
         let cert = params
             .signed_by(&key, &self.ca, &self.ca_key)
             .expect("sign leaf");
@@ -94,17 +99,7 @@ impl Pki {
             rcgen::Ia5String::try_from(id).expect("uri"),
         )];
         params.distinguished_name.push(DnType::CommonName, file);
-        let cert = params
-            .signed_by(&key, &self.ca, &self.ca_key)
-            .expect("sign client cert");
-        let leaf = Leaf {
-            cert: self.dir.join(format!("{file}.pem")),
-            key: self.dir.join(format!("{file}.key")),
-            der: cert.der().clone(),
-        };
-        std::fs::write(&leaf.cert, cert.pem()).expect("write cert");
-        std::fs::write(&leaf.key, key.serialize_pem()).expect("write key");
-        leaf
+        self.sign(file, params, key)
     }
 
     /// A client config trusting this CA and presenting `leaf` (mTLS).
