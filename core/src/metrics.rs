@@ -558,6 +558,16 @@ pub fn merge(reports: &[WorkerReport]) -> Merged {
     }
 }
 
+/// One series per non-zero count of a listener, labelled `listener` and `label`.
+fn by_kind(out: &mut String, name: &str, listener: &str, label: &str, counts: &[(&str, u64)]) {
+    for &(kind, n) in counts.iter().filter(|(_, n)| *n > 0) {
+        out.push_str(name);
+        out.push_str("{listener=\"");
+        escape_label(out, listener);
+        let _ = writeln!(out, "\",{label}=\"{kind}\"}} {n}");
+    }
+}
+
 /// Escapes a label value for the Prometheus text format.
 pub fn escape_label(out: &mut String, v: &str) {
     for c in v.chars() {
@@ -646,15 +656,14 @@ pub fn render(out: &mut String, m: &Merged) {
         "Answers the proxy made itself, by the ringmesh-error kind.",
     );
     for l in &m.listeners {
-        for k in ErrorKind::ALL {
-            let n = l.local[k.index()];
-            if n == 0 {
-                continue;
-            }
-            out.push_str("ringmesh_local_replies_total{listener=\"");
-            escape_label(out, &l.name);
-            let _ = writeln!(out, "\",kind=\"{}\"}} {n}", k.name());
-        }
+        let counts = ErrorKind::ALL.map(|k| (k.name(), l.local[k.index()]));
+        by_kind(
+            out,
+            "ringmesh_local_replies_total",
+            &l.name,
+            "kind",
+            &counts,
+        );
     }
     header(
         out,
@@ -677,15 +686,14 @@ pub fn render(out: &mut String, m: &Merged) {
         "TLS handshakes with clients, by result.",
     );
     for l in &m.listeners {
-        for h in Handshake::ALL {
-            let n = l.tls[h as usize];
-            if n == 0 {
-                continue;
-            }
-            out.push_str("ringmesh_tls_handshakes_total{listener=\"");
-            escape_label(out, &l.name);
-            let _ = writeln!(out, "\",result=\"{}\"}} {n}", h.name());
-        }
+        let counts = Handshake::ALL.map(|h| (h.name(), l.tls[h as usize]));
+        by_kind(
+            out,
+            "ringmesh_tls_handshakes_total",
+            &l.name,
+            "result",
+            &counts,
+        );
     }
     header(
         out,

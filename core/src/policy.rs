@@ -184,12 +184,35 @@ impl Policies {
         }
     }
 
+    /// Decides for a TCP connection: only identity and source apply.
+    pub fn check_connection(&self, who: &Caller<'_>, audited: impl FnMut(usize)) -> Verdict {
+        self.check(who, None::<&NoRequest>, audited)
+    }
+
     /// The name a verdict is counted under.
     pub fn name_of(&self, v: Verdict) -> &str {
         match v {
             Verdict::Deny(i) => self.list.get(i).map_or("default", |p| &p.name),
             _ => "default",
         }
+    }
+}
+
+/// The request a TCP connection does not have.
+struct NoRequest;
+
+impl RequestView for NoRequest {
+    fn host(&self) -> &[u8] {
+        b""
+    }
+    fn path(&self) -> &[u8] {
+        b""
+    }
+    fn method(&self) -> &[u8] {
+        b""
+    }
+    fn has_header(&self, _: &[u8], _: &[u8]) -> bool {
+        false
     }
 }
 
@@ -305,7 +328,7 @@ mod tests {
         assert_eq!(audits, vec![2]);
         // TCP: the path policy cannot match.
         assert_eq!(
-            ps.check(&from(Some(web), "127.0.0.1"), None::<&Req>, |_| {}),
+            ps.check_connection(&from(Some(web), "127.0.0.1"), |_| {}),
             Verdict::Allow
         );
     }

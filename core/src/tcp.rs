@@ -44,8 +44,7 @@ pub(crate) async fn serve(
             identity: None,
             source: peer.ip(),
         };
-        let none: Option<&crate::proxy::NoRequest> = None;
-        let verdict = policies.check(&who, none, |i| {
+        let verdict = policies.check_connection(&who, |i| {
             w.metrics
                 .denied(name, policies.name_of(Verdict::Deny(i)), true);
         });

@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::client::Resumption;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 /// The files of one certificate.
 #[derive(Debug, Clone)]
@@ -61,12 +60,7 @@ pub fn make_certs(dir: &Path) -> Result<CertFiles, String> {
 
 /// Client settings trusting the CA in `ca`; `resume`: offer session resumption.
 pub fn client_config(ca: &Path, resume: bool) -> Result<Arc<ClientConfig>, String> {
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
-        roots
-            .add(c.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
+    let roots = ringmesh_core::tls::load_roots(&ca.display().to_string())?;
     let mut c =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()

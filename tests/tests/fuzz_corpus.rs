@@ -51,7 +51,7 @@ fn tls_server_corpus() {
 /// Writes seeds for the TLS targets: certificates with and without a SPIFFE ID, and a real
 /// ClientHello for each TLS version (`cargo test -p ringmesh-tests --test fuzz_corpus -- --ignored`).
 #[test]
-#[ignore]
+#[ignore = "writes the seed files into fuzz/corpus; run by hand when the TLS seeds change"]
 fn write_tls_seeds() {
     use ringmesh_tests::tls::Pki;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");

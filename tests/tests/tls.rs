@@ -344,6 +344,18 @@ fn large_bodies_stream_both_ways_through_tls() {
     }
 }
 
+/// An upstream answering with the identity the proxy sent it (`none` when it sent none).
+fn identity_echo() -> Upstream {
+    Upstream::http(|req| {
+        Resp::new(
+            200,
+            req.header("ringmesh-client-identity")
+                .unwrap_or("none")
+                .to_string(),
+        )
+    })
+}
+
 #[test]
 fn mutual_tls_identifies_clients_and_the_identity_cannot_be_forged() {
     let pki = Pki::new("mtls");
@@ -351,14 +363,7 @@ fn mutual_tls_identifies_clients_and_the_identity_cannot_be_forged() {
     let web = pki.client_leaf("web", "spiffe://mesh.local/ns/default/sa/web");
     let other = Pki::new("mtls-other");
     let stranger = other.client_leaf("stranger", "spiffe://mesh.local/ns/default/sa/web");
-    let up = Upstream::http(|req| {
-        Resp::new(
-            200,
-            req.header("ringmesh-client-identity")
-                .unwrap_or("none")
-                .to_string(),
-        )
-    });
+    let up = identity_echo();
     let log = pki.dir.join("access.log");
     let extra = format!(
         "{}      client_ca: {}\n    access_log: {}\n",
@@ -554,14 +559,7 @@ fn a_session_never_resumes_past_client_authentication() {
     let pki = Pki::new("domains");
     let server = pki.leaf("server", &["a.example"], false);
     let web = pki.client_leaf("web", "spiffe://mesh.local/ns/default/sa/web");
-    let up = Upstream::http(|req| {
-        Resp::new(
-            200,
-            req.header("ringmesh-client-identity")
-                .unwrap_or("none")
-                .to_string(),
-        )
-    });
+    let up = identity_echo();
     let certs = format!(
         "      certs: [ {{ cert: {}, key: {} }} ]\n",
         server.cert.display(),

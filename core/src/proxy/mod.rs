@@ -457,24 +457,6 @@ struct RouteInput<'a> {
     host: &'a [u8],
 }
 
-/// The request a TCP connection does not have, for policy checks.
-pub(crate) struct NoRequest;
-
-impl RequestView for NoRequest {
-    fn host(&self) -> &[u8] {
-        b""
-    }
-    fn path(&self) -> &[u8] {
-        b""
-    }
-    fn method(&self) -> &[u8] {
-        b""
-    }
-    fn has_header(&self, _: &[u8], _: &[u8]) -> bool {
-        false
-    }
-}
-
 impl RequestView for RouteInput<'_> {
     fn host(&self) -> &[u8] {
         self.host

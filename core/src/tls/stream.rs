@@ -28,7 +28,7 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 use rustls::client::UnbufferedClientConnection;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
@@ -535,26 +535,6 @@ impl<IO> Tls<IO> {
     /// The SPIFFE ID of the peer's certificate, if it presented one with an ID.
     pub fn identity(&self) -> Option<&str> {
         self.shared.identity.as_deref()
-    }
-
-    /// The application protocol agreed by ALPN.
-    pub fn alpn(&self) -> Option<Vec<u8>> {
-        self.shared
-            .conn
-            .borrow()
-            .common()
-            .alpn_protocol()
-            .map(<[u8]>::to_vec)
-    }
-
-    /// The peer's certificate chain, leaf first.
-    pub fn peer_certificates(&self) -> Option<Vec<CertificateDer<'static>>> {
-        self.shared
-            .conn
-            .borrow()
-            .common()
-            .peer_certificates()
-            .map(<[_]>::to_vec)
     }
 
     /// Reads plaintext into `len` bytes of room at `dst`, which the caller's buffer owns and
