@@ -161,6 +161,24 @@ impl AsyncReadRent for IoRead {
     }
 }
 
+impl CancelableAsyncReadRent for IoRead {
+    async fn cancelable_read<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        c: CancelHandle,
+    ) -> BufResult<usize, T> {
+        each!(self, s => s.cancelable_read(buf, c).await, IoRead)
+    }
+
+    async fn cancelable_readv<T: IoVecBufMut>(
+        &mut self,
+        buf: T,
+        c: CancelHandle,
+    ) -> BufResult<usize, T> {
+        each!(self, s => s.cancelable_readv(buf, c).await, IoRead)
+    }
+}
+
 impl AsyncWriteRent for IoWrite {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         each!(self, s => s.write(buf).await, IoWrite)

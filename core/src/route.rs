@@ -175,6 +175,11 @@ pub trait RequestView {
     fn method(&self) -> &[u8];
     /// Whether a header `name` (lowercase) has exactly `value`.
     fn has_header(&self, name: &[u8], value: &[u8]) -> bool;
+    /// A CONNECT request: only a route that names the method takes it, so that no catch-all
+    /// route opens tunnels by accident.
+    fn is_connect(&self) -> bool {
+        false
+    }
 }
 
 /// Longest host name looked up in the indexes (DNS names are at most 253 bytes).
@@ -338,7 +343,8 @@ impl RouteTable {
             if i >= *best {
                 return;
             }
-            if matches_rest(&self.routes[i as usize].matcher, req) {
+            let m = &self.routes[i as usize].matcher;
+            if matches_rest(m, req) && (m.method.is_some() || !req.is_connect()) {
                 *best = i;
                 return;
             }

@@ -92,12 +92,16 @@ pub(crate) async fn serve(
     let name = cluster.name.clone();
     drop(view);
 
-    let last = Cell::new(Instant::now());
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = up.into_split();
-    let a = copy(&w, &mut cr, &mut uw, &last, idle_timeout);
-    let b = copy(&w, &mut ur, &mut cw, &last, idle_timeout);
-    let (ra, rb) = both_or_first_failure(a, b).await;
+    let (ra, rb) = tunnel(
+        &w,
+        (&mut cr, &mut cw),
+        (&mut ur, &mut uw),
+        idle_timeout,
+        None,
+    )
+    .await;
     // The connect time is the latency sample: a TCP stream has no request/answer to time.
     let outcome = if ra.is_ok() && rb.is_ok() {
         Outcome::Success
@@ -117,14 +121,47 @@ pub(crate) async fn serve(
     }
 }
 
+/// Bytes moved by a tunnel, each way.
+#[derive(Debug, Default)]
+pub(crate) struct Moved {
+    /// From the client to the upstream.
+    pub up: Cell<u64>,
+    /// From the upstream to the client.
+    pub down: Cell<u64>,
+}
+
+/// Copies bytes both ways between a client and an upstream until both sides have closed
+/// (each end is passed on as a half-close), one side fails, or no byte has moved either way
+/// for `idle`. Holds a small buffer per direction while traffic is light.
+pub(crate) async fn tunnel<CR, CW, UR, UW>(
+    w: &Worker,
+    (cr, cw): (&mut CR, &mut CW),
+    (ur, uw): (&mut UR, &mut UW),
+    idle: Duration,
+    moved: Option<&Moved>,
+) -> (Result<CopyEnd, CopyError>, Result<CopyEnd, CopyError>)
+where
+    CR: CancelableAsyncReadRent,
+    CW: AsyncWriteRent,
+    UR: CancelableAsyncReadRent,
+    UW: AsyncWriteRent,
+{
+    let last = Cell::new(Instant::now());
+    let unused = Moved::default();
+    let moved = moved.unwrap_or(&unused);
+    let a = copy(w, cr, uw, &last, idle, &moved.up);
+    let b = copy(w, ur, cw, &last, idle, &moved.down);
+    both_or_first_failure(a, b).await
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CopyEnd {
+pub(crate) enum CopyEnd {
     /// The reader closed its side (its end was passed on as a half-close).
     Eof,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CopyError {
+pub(crate) enum CopyError {
     Io,
     Idle,
 }
@@ -136,6 +173,7 @@ async fn copy<R: CancelableAsyncReadRent, W: AsyncWriteRent>(
     wr: &mut W,
     last: &Cell<Instant>,
     idle: Duration,
+    moved: &Cell<u64>,
 ) -> Result<CopyEnd, CopyError> {
     // Reads wait with a small buffer while traffic is light, so idle connections hold little.
     let mut buf = w.small.get();
@@ -152,6 +190,7 @@ async fn copy<R: CancelableAsyncReadRent, W: AsyncWriteRent>(
             Err(_) => return Err(CopyError::Io),
         };
         last.set(Instant::now());
+        moved.set(moved.get() + n as u64);
         let full = n == buf.capacity();
         let (res, b) = wr.write_all(buf).await;
         buf = b;

@@ -263,6 +263,18 @@ impl TlsClient {
     pub fn response(&mut self) -> io::Result<Response> {
         read_response(&mut self.reader, false)
     }
+
+    /// The buffered stream, for reading what follows a head (a tunnel's bytes).
+    pub fn reader(&mut self) -> &mut BufReader<StreamOwned<ClientConnection, TcpStream>> {
+        &mut self.reader
+    }
+
+    /// Sends close_notify: the TLS way to half-close.
+    pub fn close_write(&mut self) -> io::Result<()> {
+        let s = self.reader.get_mut();
+        s.conn.send_close_notify();
+        s.flush()
+    }
 }
 
 /// An HTTPS upstream with certificate `leaf`; with `client_ca`, clients must present a

@@ -126,8 +126,35 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &RequestHead, fwd: &Forw
         out.extend_from_slice(b"\r\n");
     }
     framing_header(out, req.framing);
+    if let Some(u) = req.upgrade {
+        out.extend_from_slice(b"upgrade: ");
+        out.extend_from_slice(u.get(buf));
+        out.extend_from_slice(b"\r\nconnection: upgrade\r\n");
+    }
     out.extend_from_slice(b"\r\n");
 }
+
+/// The head of a `101 Switching Protocols` answer to an upgrade the client asked for: the
+/// upstream's fields (its `Upgrade` included), and `connection: upgrade`.
+pub fn switching_head(out: &mut Vec<u8>, buf: &[u8], resp: &ResponseHead) {
+    out.extend_from_slice(b"HTTP/1.1 101 ");
+    out.extend_from_slice(resp.reason.get(buf));
+    out.extend_from_slice(b"\r\n");
+    for h in &resp.headers {
+        let name = h.name.get(buf);
+        if h.drop && super::classify(name) != super::Known::Upgrade {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value.get(buf));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"connection: upgrade\r\n\r\n");
+}
+
+/// The proxy's answer to a CONNECT whose tunnel is open.
+pub const CONNECT_ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
 
 #[inline]
 fn is_xff(name: &[u8]) -> bool {

@@ -150,6 +150,8 @@ pub(crate) fn classify(name: &[u8]) -> Known {
 pub(crate) struct ConnectionOptions {
     close: bool,
     keep_alive: bool,
+    /// The `upgrade` option: the message asks to switch protocols.
+    pub upgrade: bool,
     /// Some option names a header field (to drop as hop-by-hop).
     pub names_fields: bool,
 }
@@ -163,6 +165,7 @@ impl ConnectionOptions {
             } else if t.eq_ignore_ascii_case(b"keep-alive") {
                 self.keep_alive = true;
             } else {
+                self.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
                 self.names_fields = true;
             }
         });

@@ -91,8 +91,9 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// The client sent `Expect: 100-continue`.
     pub expect_continue: bool,
-    /// The client asked for a protocol upgrade (not performed: the header is dropped).
-    pub upgrade: bool,
+    /// The protocols of an upgrade the client asked for and that is passed on (`Upgrade` with
+    /// `Connection: upgrade`, HTTP/1.1, no body, not h2c). Any other `Upgrade` is dropped.
+    pub upgrade: Option<Span>,
     /// Length of the head, including its final empty line.
     pub head_len: usize,
     /// The header fields, in order, with hop-by-hop ones marked `drop`.
@@ -123,7 +124,7 @@ impl Default for RequestHead {
             framing: Framing::None,
             keep_alive: true,
             expect_continue: false,
-            upgrade: false,
+            upgrade: None,
             head_len: 0,
             headers: Vec::with_capacity(16),
             has_xff: false,
@@ -175,20 +176,21 @@ impl RequestHead {
         self.absolute_form = false;
         self.authority = None;
         self.expect_continue = false;
-        self.upgrade = false;
+        self.upgrade = None;
         self.has_xff = false;
         self.deadline = None;
         self.grpc = false;
         self.traceparent = None;
         self.b3 = None;
         self.headers.clear();
-        let (mut traceparents, mut b3s) = (0u8, 0u8);
+        let (mut traceparents, mut b3s, mut upgrades) = (0u8, 0u8, 0u8);
         let mut grpc_timeout = None;
 
         if self.method == Method::Connect {
-            return Err(ErrorKind::Unsupported);
+            self.connect_target(buf, target.as_bytes())?;
+        } else {
+            self.parse_target(buf, target.as_bytes())?;
         }
-        self.parse_target(buf, target.as_bytes())?;
 
         let mut host: Option<Span> = None;
         let mut length: Option<u64> = None;
@@ -236,7 +238,9 @@ impl RequestHead {
                     header.drop = true;
                 }
                 Known::Upgrade => {
-                    self.upgrade = true;
+                    // Two fields would need merging: rare enough to refuse the upgrade.
+                    upgrades = upgrades.saturating_add(1);
+                    self.upgrade = Some(header.value);
                     header.drop = true;
                 }
                 Known::Expect => {
@@ -322,7 +326,38 @@ impl RequestHead {
             }
         }
         self.keep_alive = connection.persistent(self.version);
+        if self.method == Method::Connect && self.framing != Framing::None {
+            // RFC 9110 section 9.3.6: a CONNECT request has no content.
+            return Err(ErrorKind::BadRequest);
+        }
+        let upgrade = self.upgrade.take().filter(|u| {
+            upgrades == 1
+                && connection.upgrade
+                && self.version == Version::Http11
+                && self.framing == Framing::None
+                && self.method != Method::Connect
+                && !names_h2c(u.get(buf))
+        });
+        self.upgrade = upgrade;
         Ok(Some(head_len))
+    }
+
+    /// A CONNECT target: authority-form, `host:port` (RFC 9110 section 9.3.6). It is the
+    /// request's authority; the request has no path.
+    fn connect_target(&mut self, buf: &[u8], target: &[u8]) -> Result<(), ErrorKind> {
+        let port = target
+            .iter()
+            .rposition(|&b| b == b':')
+            .map(|i| &target[i + 1..])
+            .filter(|p| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+        if port.is_none() || !valid_authority(target) || target.contains(&b'@') {
+            return Err(ErrorKind::BadRequest);
+        }
+        self.absolute_form = true;
+        self.authority = Some(Span::within(buf, target));
+        self.path = Span::within(buf, &target[..0]);
+        self.route_path = self.path;
+        Ok(())
     }
 
     fn parse_target(&mut self, buf: &[u8], target: &[u8]) -> Result<(), ErrorKind> {
@@ -410,6 +445,18 @@ impl Codings {
             Ok(())
         }
     }
+}
+
+/// Whether an Upgrade value names h2c: HTTP/2 over cleartext is never set up through an
+/// HTTP/1.1 upgrade passed on by the proxy (h2c smuggling would tunnel past its routing and
+/// policies).
+fn names_h2c(value: &[u8]) -> bool {
+    let mut h2c = false;
+    for_each_token(value, |t| {
+        let proto = t.split(|&b| b == b'/').next().unwrap_or(t);
+        h2c |= proto.eq_ignore_ascii_case(b"h2c");
+    });
+    h2c
 }
 
 fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
@@ -520,9 +567,18 @@ mod tests {
             ErrorKind::Unsupported
         );
         assert_eq!(
-            kind(b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n"),
-            ErrorKind::Unsupported
+            kind(b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx"),
+            ErrorKind::BadRequest,
+            "CONNECT has no content"
         );
+        assert_eq!(
+            kind(b"CONNECT a HTTP/1.1\r\nHost: a\r\n\r\n"),
+            ErrorKind::BadRequest
+        );
+        let raw = b"CONNECT db.example:5432 HTTP/1.1\r\nHost: x\r\n\r\n";
+        let h = parse(raw).unwrap();
+        assert_eq!(h.authority.unwrap().get(raw), b"db.example:5432");
+        assert!(h.path.is_empty() && h.route_path.is_empty());
     }
 
     #[test]
@@ -538,7 +594,26 @@ mod tests {
             .map(|h| h.name.get(raw))
             .collect();
         assert_eq!(kept, vec![&b"Host"[..], b"X-Other"]);
-        assert!(h.upgrade);
+        assert!(h.upgrade.is_none(), "h2c is never passed on");
+    }
+
+    #[test]
+    fn upgrades_are_passed_on_only_when_fully_asked_for() {
+        let up = |raw: &[u8]| parse(raw).unwrap().upgrade.map(|s| s.get(raw).to_vec());
+        assert_eq!(
+            up(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\n"),
+            Some(b"websocket".to_vec())
+        );
+        for raw in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"[..],
+            b"GET / HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: foo, h2c/1\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: a\r\nUpgrade: b\r\nConnection: upgrade\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nUpgrade: a\r\nConnection: upgrade\r\nContent-Length: 1\r\n\r\nx",
+        ] {
+            assert_eq!(up(raw), None, "{}", String::from_utf8_lossy(raw));
+        }
     }
 
     #[test]

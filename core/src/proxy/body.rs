@@ -33,6 +33,8 @@ pub(super) struct ClientSide {
     pub head_request: bool,
     /// Time allowed between two reads of a response body.
     pub body_idle: Duration,
+    /// The request asked for an upgrade that is passed on: a 101 ends the head.
+    pub upgrade: bool,
 }
 
 /// A response relayed in full.
@@ -174,8 +176,10 @@ pub(super) async fn read_head<R: AsyncReadRent, W: AsyncWriteRent>(
     let head_len = loop {
         if !ubuf.is_empty() {
             match resp.parse(&ubuf, MAX_RESPONSE_HEAD) {
+                // The upstream agrees to the client's upgrade: what follows is the tunnel.
+                Ok(Some(n)) if resp.status == 101 && side.upgrade => break n,
                 Ok(Some(n)) if resp.is_interim() => {
-                    // 101 answers an upgrade the proxy never asked for; 100 answers an
+                    // 101 answers an upgrade the proxy did not pass on; 100 answers an
                     // Expect the proxy handled itself. Other 1xx go to HTTP/1.1 clients.
                     if resp.status == 101 {
                         w.put_buf(ubuf);

@@ -32,6 +32,7 @@ use crate::http1::{ChunkedDecoder, Framing, Method, RequestHead, ResponseHead, V
 use crate::metrics::{Limit, Outcome, RouteStats};
 use crate::retry::{self, Failure, MAX_REPLAY_BODY, RetryPolicy};
 use crate::snapshot::{Cluster, HttpLimits};
+use crate::tcp::{Moved, tunnel};
 use crate::worker::Worker;
 
 /// A request on its way to a cluster.
@@ -125,6 +126,10 @@ impl Exchange<'_> {
         }
         let _active = Active::new(state);
         state.budget.borrow_mut().deposit(self.started);
+        if self.req.method == Method::Connect {
+            // Boxed: rare, and it lives as long as its tunnel.
+            return Box::pin(self.connect_tunnel(c)).await;
+        }
         match self.buffered_body(c).await {
             Ok(Some(len)) => self.send_whole(c, resp, len).await,
             // Boxed: the streaming path's state is large and rare; the common path stays small,
@@ -267,6 +272,7 @@ impl Exchange<'_> {
             keep_alive: client_keeps_alive(self.worker, self.req),
             head_request: self.req.method == Method::Head,
             body_idle: self.limits.idle_timeout,
+            upgrade: self.req.upgrade.is_some(),
         }
     }
 
@@ -470,6 +476,9 @@ impl Exchange<'_> {
                     sent_at,
                 } => {
                     let status = resp.status;
+                    if status == 101 {
+                        break Box::pin(self.switch(c, up, head, resp, &ep, sent_at)).await;
+                    }
                     let rtt = head.at.saturating_duration_since(sent_at);
                     if status >= 500
                         && time_for_another(head.at, deadline, rtt)
@@ -544,9 +553,10 @@ impl Exchange<'_> {
         };
         drop(retry_guard);
         c.start += self.req.head_len + body_len;
+        // Added to: a tunnel counts what went up it.
         self.note
             .bytes_in
-            .set((self.req.head_len + body_len) as u64);
+            .set(self.note.bytes_in.get() + (self.req.head_len + body_len) as u64);
         result
     }
 
@@ -614,44 +624,8 @@ impl Exchange<'_> {
         let w = self.worker;
         let deadline = Instant::now() + Duration::from_secs(3600);
         let mut fresh = false;
-        let mut avoid: Option<Rc<Endpoint>> = None;
-        let mut retries = 0;
-        let mut guard = RetryGuard(None);
         let (ep, up) = loop {
-            let now = Instant::now();
-            let Some(ep) = self.cv.pick(w, self.cluster, now, avoid.as_ref()) else {
-                return Err(Fail::before(ErrorKind::NoEndpoint, false));
-            };
-            self.note.endpoint.set(Some(ep.addr));
-            self.note.retries.set(retries);
-            let (mut up, reused) = match self.connection(&ep, fresh, deadline, true).await {
-                Ok(x) => x,
-                Err(TryEnd::Overflow(limit)) => {
-                    self.cv.state.overflowed(limit);
-                    return Err(Fail::before(ErrorKind::Overflow, false));
-                }
-                Err(TryEnd::Failed {
-                    kind,
-                    failure: Some(f),
-                    sent_at,
-                    ..
-                }) => {
-                    self.book(
-                        &ep,
-                        outcome_of_kind(kind),
-                        Instant::now(),
-                        sent_at.elapsed(),
-                    );
-                    if self.should_retry(f, retries, &mut guard) {
-                        retries += 1;
-                        self.backoff_and_count(retries).await;
-                        avoid = Some(ep);
-                        continue;
-                    }
-                    return Err(Fail::before(kind, false));
-                }
-                Err(_) => return Err(Fail::before(ErrorKind::ConnectFailed, false)),
-            };
+            let (ep, mut up, reused) = self.connect_retrying(fresh, deadline, false).await?;
             let mut out = w.bufs.get();
             // The answer's timeout runs from the end of a streamed body: only a deadline the
             // caller set is passed on.
@@ -670,7 +644,6 @@ impl Exchange<'_> {
                 Err(_) => return Err(Fail::before(ErrorKind::UpstreamReset, false)),
             }
         };
-        drop(guard);
         c.start += self.req.head_len;
         self.note.bytes_in.set(self.req.head_len as u64);
         let _in_flight = ep.begin(Instant::now());
@@ -747,6 +720,149 @@ impl Exchange<'_> {
                 })
             }
         }
+    }
+
+    /// An endpoint and a connection to it: pooled (and seen alive) unless `fresh`, else new.
+    /// A connection that cannot be made is tried on another endpoint when the route's retry
+    /// policy and budget allow. `body_consumed` goes into the failure.
+    async fn connect_retrying(
+        &self,
+        mut fresh: bool,
+        deadline: Instant,
+        body_consumed: bool,
+    ) -> Result<(Rc<Endpoint>, UpConn, bool), Fail> {
+        let w = self.worker;
+        let mut avoid: Option<Rc<Endpoint>> = None;
+        let mut retries = self.note.retries.get();
+        let mut guard = RetryGuard(None);
+        loop {
+            let now = Instant::now();
+            let Some(ep) = self.cv.pick(w, self.cluster, now, avoid.as_ref()) else {
+                return Err(Fail::before(ErrorKind::NoEndpoint, body_consumed));
+            };
+            self.note.endpoint.set(Some(ep.addr));
+            self.note.retries.set(retries);
+            match self.connection(&ep, fresh, deadline, true).await {
+                Ok((up, reused)) => return Ok((ep, up, reused)),
+                Err(TryEnd::Overflow(limit)) => {
+                    self.cv.state.overflowed(limit);
+                    return Err(Fail::before(ErrorKind::Overflow, body_consumed));
+                }
+                Err(TryEnd::Failed {
+                    kind,
+                    failure: Some(f),
+                    sent_at,
+                    ..
+                }) => {
+                    self.book(
+                        &ep,
+                        outcome_of_kind(kind),
+                        Instant::now(),
+                        sent_at.elapsed(),
+                    );
+                    if self.should_retry(f, retries, &mut guard) {
+                        retries += 1;
+                        self.backoff_and_count(retries).await;
+                        avoid = Some(ep);
+                        fresh = false;
+                        continue;
+                    }
+                    return Err(Fail::before(kind, body_consumed));
+                }
+                Err(_) => return Err(Fail::before(ErrorKind::ConnectFailed, body_consumed)),
+            }
+        }
+    }
+
+    /// CONNECT: a new connection to an endpoint of the route's cluster, `200` to the client,
+    /// then bytes both ways (the target's port is not used: the route decides where a tunnel
+    /// goes, so the proxy never opens one to an address a client names).
+    async fn connect_tunnel(&self, c: &mut Client) -> Result<Done, Fail> {
+        let w = self.worker;
+        let started = Instant::now();
+        let (ep, up, _) = self.connect_retrying(true, self.deadline(), true).await?;
+        let _in_flight = ep.begin(started);
+        let now = Instant::now();
+        let rtt = now.saturating_duration_since(started);
+        self.note.upstream.set(Some(rtt));
+        self.book(&ep, Outcome::Success, now, rtt);
+        let mut out = w.bufs.get();
+        out.extend_from_slice(encode::CONNECT_ESTABLISHED);
+        self.open_tunnel(c, up, out).await;
+        Ok(Done {
+            status: 200,
+            client_keep_alive: false,
+        })
+    }
+
+    /// The upstream agreed to the client's upgrade: its 101 goes to the client, then bytes
+    /// flow both ways until both sides close. The whole tunnel is one request in the access
+    /// log, written when it ends.
+    async fn switch(
+        &self,
+        c: &mut Client,
+        up: UpConn,
+        head: body::HeadIn,
+        resp: &ResponseHead,
+        ep: &Endpoint,
+        sent_at: Instant,
+    ) -> Result<Done, Fail> {
+        let w = self.worker;
+        let rtt = head.at.saturating_duration_since(sent_at);
+        self.note.upstream.set(Some(rtt));
+        self.book(ep, Outcome::Success, head.at, rtt);
+        let mut out = w.bufs.get();
+        encode::switching_head(&mut out, &head.ubuf, resp);
+        // What the upstream sent after its head already speaks the new protocol.
+        out.extend_from_slice(&head.ubuf[head.head_len..]);
+        w.put_buf(head.ubuf);
+        self.open_tunnel(c, up, out).await;
+        Ok(Done {
+            status: 101,
+            client_keep_alive: false,
+        })
+    }
+
+    /// Sends `first` to the client, then what the client sent past its request head to the
+    /// upstream, then copies both ways until both sides close, one fails, or the connection
+    /// stays idle for the listener's idle timeout. The client connection ends with it.
+    async fn open_tunnel(&self, c: &mut Client, up: UpConn, first: Vec<u8>) {
+        let w = self.worker;
+        let progress = &self.note.progress;
+        progress.started.set(true);
+        let (ok, out) = c.write(first).await;
+        if ok {
+            progress.bytes_out.set(out.len() as u64);
+        }
+        w.put_buf(out);
+        let (mut ustream, _count) = up.into_parts();
+        let early = c.data().get(self.req.head_len..).unwrap_or_default();
+        let early_len = early.len();
+        let mut sent = ok;
+        if ok && early_len > 0 {
+            let mut buf = w.bufs.get();
+            buf.extend_from_slice(early);
+            let (r, buf) = ustream.write_all(buf).await;
+            w.put_buf(buf);
+            sent = r.is_ok();
+        }
+        // The client buffer is spent: the connection is the tunnel's from here on.
+        c.release(w);
+        let Some(stream) = c.stream.take().filter(|_| sent) else {
+            return;
+        };
+        let moved = Moved::default();
+        let idle = self.limits.idle_timeout;
+        let (mut cr, mut cw) = stream.into_split();
+        let (mut ur, mut uw) = ustream.into_split();
+        let client = (&mut cr, &mut cw);
+        let _ = tunnel(w, client, (&mut ur, &mut uw), idle, Some(&moved)).await;
+        // Kept for the access log (the client's identity); nothing more is read or written.
+        c.stream = cr.reunite(cw);
+        self.note.bytes_in.set(early_len as u64 + moved.up.get());
+        progress
+            .bytes_out
+            .set(progress.bytes_out.get() + moved.down.get());
     }
 
     /// Books the end of a relayed answer: outcome, latency, pooling, the result for the caller.

@@ -472,6 +472,9 @@ impl RequestView for RouteInput<'_> {
             h.name.get(self.buf).eq_ignore_ascii_case(name) && h.value.get(self.buf) == value
         })
     }
+    fn is_connect(&self) -> bool {
+        self.req.method == crate::http1::Method::Connect
+    }
 }
 
 /// Handles one request whose head is at `c.data()`. Returns whether the connection stays open.
