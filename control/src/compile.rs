@@ -16,11 +16,15 @@ use ringmesh_core::retry::{RetryOn, RetryPolicy};
 use ringmesh_core::route::{Action, HostMatch, Match, PathMatch, Route, RouteTable, Split};
 use ringmesh_core::snapshot::{
     Cluster, ClusterLimits, EndpointSpec, HttpLimits, HttpListener, Listener, Protocol, Snapshot,
-    defaults,
+    TcpRoute, defaults,
 };
 use ringmesh_core::tls::{CertSpec, ClientTls, ServerTls};
 
-use crate::config::{ClusterConfig, Config, LbPolicy, ListenerProtocol, RetryConfig, RouteConfig};
+use ringmesh_core::sni::NameMap;
+
+use crate::config::{
+    ClusterConfig, Config, LbPolicy, ListenerConfig, ListenerProtocol, RetryConfig, RouteConfig,
+};
 
 /// Compiles `config` as version `version` for one worker, with fresh health state. See
 /// [`Compiler::compile`].
@@ -175,8 +179,9 @@ fn build(
         let bind = *binds.get(i).unwrap_or(&l.bind);
         let protocol = match l.protocol {
             ListenerProtocol::Tcp => Protocol::Tcp {
-                cluster: index(l.cluster.as_deref().unwrap_or_default())?,
+                route: tcp_route(l, &index)?,
                 idle_timeout: l.idle_timeout,
+                hello_timeout: l.request_head_timeout,
             },
             ListenerProtocol::Http => {
                 let routes = l
@@ -262,6 +267,30 @@ fn log_spec(a: &crate::config::AccessLogConfig) -> Result<AccessLogSpec, String>
         target,
         sample: a.sample,
     })
+}
+
+/// A TCP listener's destination: its cluster, or clusters by server name.
+fn tcp_route(
+    l: &ListenerConfig,
+    index: &impl Fn(&str) -> Result<usize, String>,
+) -> Result<TcpRoute, String> {
+    let fallback = l.cluster.as_deref().map(index).transpose()?;
+    if l.sni.is_empty() {
+        return fallback
+            .map(TcpRoute::Cluster)
+            .ok_or_else(|| "a tcp listener needs `cluster` or `sni`".to_string());
+    }
+    let mut names = NameMap::default();
+    names.default = fallback;
+    for r in &l.sni {
+        let ci = index(&r.cluster)?;
+        for n in &r.names {
+            if names.insert(n, ci).is_err() {
+                return Err(format!("`{n}` is routed twice"));
+            }
+        }
+    }
+    Ok(TcpRoute::Sni(Box::new(names)))
 }
 
 fn route(

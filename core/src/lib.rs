@@ -26,6 +26,7 @@ pub mod retry;
 pub mod rng;
 pub mod route;
 pub mod snapshot;
+pub mod sni;
 pub mod sys;
 pub mod tap;
 mod tcp;

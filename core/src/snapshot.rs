@@ -49,13 +49,40 @@ pub struct Listener {
 pub enum Protocol {
     /// HTTP/1.1 with routes.
     Http(Box<HttpListener>),
-    /// Raw TCP to one cluster.
+    /// Raw TCP to a cluster.
     Tcp {
-        /// The cluster, by index.
-        cluster: usize,
+        /// Where connections go.
+        route: TcpRoute,
         /// Close a connection with no traffic either way for this long.
         idle_timeout: Duration,
+        /// Time for a ClientHello to arrive, when routing by its server name.
+        hello_timeout: Duration,
     },
+}
+
+/// Where a TCP listener sends its connections.
+#[derive(Debug, Clone)]
+pub enum TcpRoute {
+    /// One cluster, by index.
+    Cluster(usize),
+    /// By the server name of the TLS ClientHello each connection starts with (TLS passes
+    /// through untouched); the map's default takes the rest (none: they are closed).
+    Sni(Box<crate::sni::NameMap<usize>>),
+}
+
+impl TcpRoute {
+    /// The clusters it may send to, each once.
+    pub fn clusters(&self) -> Vec<usize> {
+        match self {
+            TcpRoute::Cluster(ci) => vec![*ci],
+            TcpRoute::Sni(m) => {
+                let mut v: Vec<usize> = m.values().copied().collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            }
+        }
+    }
 }
 
 /// An HTTP listener's routes and limits.

@@ -6,8 +6,9 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use monoio::buf::IoBufMut;
 use monoio::io::{
-    AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, Splitable,
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, Splitable,
 };
 use monoio::net::TcpStream;
 
@@ -15,7 +16,8 @@ use crate::buf::{BUF_SIZE, SMALL_BUF_SIZE};
 use crate::error::ErrorKind;
 use crate::metrics::Outcome;
 use crate::policy::{Caller, Verdict};
-use crate::snapshot::Protocol;
+use crate::snapshot::{Protocol, TcpRoute};
+use crate::sni::{Hello, MAX_HELLO, NameMap, server_name};
 use crate::worker::{View, Worker};
 
 /// Serves one connection on a TCP listener.
@@ -27,12 +29,14 @@ pub(crate) async fn serve(
     peer: std::net::SocketAddr,
 ) {
     let Protocol::Tcp {
-        cluster: ci,
+        route,
         idle_timeout,
-    } = view.snapshot.listeners[li].protocol
+        hello_timeout,
+    } = &view.snapshot.listeners[li].protocol
     else {
         return;
     };
+    let idle_timeout = *idle_timeout;
     let lview = &view.listeners[li];
     let _guard = w.connection(lview.stats.clone());
     // Access policies: only identity and source apply to a TCP connection; a denied one is
@@ -55,6 +59,18 @@ pub(crate) async fn serve(
         }
     }
     let started = Instant::now();
+    let mut client = client;
+    // Routing by server name reads the ClientHello first; its bytes go upstream before the rest.
+    let (ci, first) = match route {
+        TcpRoute::Cluster(ci) => (*ci, None),
+        TcpRoute::Sni(names) => {
+            let Some((ci, first)) = read_hello(&w, &mut client, names, *hello_timeout).await else {
+                lview.stats.local_reply(ErrorKind::NoRoute);
+                return;
+            };
+            (ci, Some(first))
+        }
+    };
     let cluster = &view.snapshot.clusters[ci];
     let cv = &view.clusters[ci];
     // A connection that cannot be made is tried on another endpoint, once: nothing was sent.
@@ -85,6 +101,14 @@ pub(crate) async fn serve(
         }
     };
     let (ep, _in_flight) = ep;
+    let mut up = up;
+    if let Some(first) = first {
+        let (r, b) = up.write_all(first).await;
+        w.put_buf(b);
+        if r.is_err() {
+            return;
+        }
+    }
     let connected = Instant::now();
     let rtt = connected.saturating_duration_since(started);
     // A long-lived stream does not hold its config version: the outcome is booked against the
@@ -118,6 +142,68 @@ pub(crate) async fn serve(
             connected,
             rtt,
         );
+    }
+}
+
+/// Reads the connection's ClientHello and picks the cluster its server name routes to. `None`:
+/// not TLS, too slow, closed, or a name no entry (and no default) takes. The bytes read are
+/// returned to be sent upstream first.
+async fn read_hello(
+    w: &Worker,
+    client: &mut TcpStream,
+    names: &NameMap<usize>,
+    timeout: Duration,
+) -> Option<(usize, Vec<u8>)> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = w.bufs.get();
+    let mut scratch = Vec::new();
+    loop {
+        match server_name(&buf, &mut scratch) {
+            Hello::Incomplete => {}
+            Hello::Tls(name) => {
+                let ci = names.get(name).copied();
+                return match ci {
+                    Some(ci) => Some((ci, buf)),
+                    None => {
+                        w.put_buf(buf);
+                        None
+                    }
+                };
+            }
+            Hello::NotTls => {
+                // Not TLS, or no hello the proxy can read: only a default takes it.
+                return match names.default {
+                    Some(ci) => Some((ci, buf)),
+                    None => {
+                        w.put_buf(buf);
+                        None
+                    }
+                };
+            }
+        }
+        if buf.len() == buf.capacity() {
+            if buf.len() >= MAX_HELLO + 5 * 8 {
+                w.put_buf(buf);
+                return None;
+            }
+            buf.reserve(buf.len());
+        }
+        let len = buf.len();
+        let read = client.read(buf.slice_mut(len..));
+        let (res, slice) = monoio::select! {
+            r = read => r,
+            _ = crate::sleep_until(deadline) => {
+                return None;
+            }
+        };
+        buf = slice.into_inner();
+        match res {
+            Ok(n) if n > 0 => {}
+            _ => {
+                w.put_buf(buf);
+                return None;
+            }
+        }
     }
 }
 

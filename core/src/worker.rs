@@ -467,7 +467,13 @@ impl Worker {
                         .iter()
                         .map(|r| r.clusters().map(|ci| target(&r.name, ci)).collect())
                         .collect(),
-                    Protocol::Tcp { cluster, .. } => vec![vec![target(&unrouted, *cluster)]],
+                    Protocol::Tcp { route, .. } => vec![
+                        route
+                            .clusters()
+                            .into_iter()
+                            .map(|ci| target(&unrouted, ci))
+                            .collect(),
+                    ],
                 };
                 let splits = match &l.protocol {
                     Protocol::Http(h) => h

@@ -22,6 +22,11 @@ pub fn request_head(data: &[u8]) {
     if let Some(a) = req.authority {
         let _ = host_of(a.get(data));
     }
+    if req.method == ringmesh_core::http1::Method::Connect {
+        // A CONNECT is answered by the proxy and tunneled, never forwarded as a head.
+        assert!(req.path.is_empty() && req.authority.is_some() && req.upgrade.is_none());
+        return;
+    }
     let mut out = Vec::new();
     let trace = ringmesh_core::trace::Trace::continue_or_start(
         req.traceparent.map(|s| s.get(data)),
@@ -166,6 +171,31 @@ pub fn config(data: &[u8]) {
 pub fn certificate(data: &[u8]) {
     if let Some(id) = ringmesh_core::tls::spiffe_id(data) {
         assert!(ringmesh_core::tls::valid_spiffe_id(&id), "{id}");
+    }
+}
+
+/// The first bytes of a TCP connection routed by SNI: reading the ClientHello never panics, a
+/// name found is a plain DNS name, and no prefix of a hello that parses is refused (the
+/// parser may ask for more, never give up early).
+pub fn client_hello(data: &[u8]) {
+    use ringmesh_core::sni::{Hello, server_name};
+    let mut scratch = Vec::new();
+    let whole = server_name(data, &mut scratch);
+    if let Hello::Tls(Some(name)) = whole {
+        assert!(
+            name.iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        );
+    }
+    if matches!(whole, Hello::Tls(_)) {
+        for cut in [data.len() / 2, data.len().saturating_sub(1)] {
+            let mut scratch = Vec::new();
+            let r = server_name(&data[..cut], &mut scratch);
+            assert!(
+                matches!(r, Hello::Incomplete | Hello::Tls(_)),
+                "a prefix of a hello was refused: {r:?}"
+            );
+        }
     }
 }
 

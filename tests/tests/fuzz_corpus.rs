@@ -44,6 +44,11 @@ fn certificate_corpus() {
 }
 
 #[test]
+fn client_hello_corpus() {
+    replay("client_hello", ringmesh_tests::fuzz::client_hello);
+}
+
+#[test]
 fn tls_server_corpus() {
     replay("tls_server", ringmesh_tests::fuzz::tls_server);
 }

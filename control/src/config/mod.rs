@@ -124,9 +124,12 @@ pub struct ListenerConfig {
     /// HTTP routes, first match wins.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
-    /// TCP: the cluster.
+    /// TCP: the cluster (with `sni`: the one for connections no entry takes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// TCP: clusters by the TLS server name each connection starts with (TLS passes through).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<SniRouteConfig>,
     /// Largest request head.
     pub max_request_head_bytes: u64,
     /// Largest request body, if limited.
@@ -156,6 +159,15 @@ pub struct ListenerTlsConfig {
     /// CA certificates (PEM) that client certificates must chain to; clients must present one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<String>,
+}
+
+/// Connections naming one of `names` in their ClientHello go to `cluster`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SniRouteConfig {
+    /// Exact names and `*.suffix` wildcards.
+    pub names: Vec<String>,
+    /// The cluster.
+    pub cluster: String,
 }
 
 /// One certificate chain and key, and the names it serves.
@@ -589,6 +601,7 @@ fn decode_listener(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Li
             "tls",
             "routes",
             "cluster",
+            "sni",
             "max_request_head_bytes",
             "max_request_body_bytes",
             "request_head_timeout",
@@ -631,10 +644,27 @@ fn decode_listener(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Li
         }
         (ListenerProtocol::Tcp, None) => Vec::new(),
     };
+    let sni = match (protocol, f.get("sni")) {
+        (_, None) => Vec::new(),
+        (ListenerProtocol::Http, Some((n, p))) => {
+            d.error(
+                &p,
+                Some(n),
+                "only tcp listeners route by server name (an http listener picks its certificate with `tls.certs[].sni`)",
+            );
+            Vec::new()
+        }
+        (ListenerProtocol::Tcp, Some((n, p))) => decode_sni_routes(d, n, &p),
+    };
     let cluster = match (protocol, f.get("cluster")) {
         (ListenerProtocol::Tcp, Some((n, p))) => d.string(n, &p),
+        (ListenerProtocol::Tcp, None) if f.get("sni").is_some() => None,
         (ListenerProtocol::Tcp, None) => {
-            d.error(&f.path_of("cluster"), None, "required for a tcp listener");
+            d.error(
+                &f.path_of("cluster"),
+                None,
+                "required for a tcp listener (or `sni`)",
+            );
             None
         }
         (ListenerProtocol::Http, Some((n, p))) => {
@@ -694,6 +724,7 @@ fn decode_listener(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Li
         protocol,
         routes,
         cluster,
+        sni,
         max_request_head_bytes: max_head.unwrap_or(64 * 1024),
         max_request_body_bytes: max_body,
         request_head_timeout: head_timeout.unwrap_or_default(),
@@ -718,21 +749,7 @@ fn decode_tls(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Listene
                     let cert = required(d, &c, "cert").and_then(|(n, p)| d.string(n, &p));
                     let key = required(d, &c, "key").and_then(|(n, p)| d.string(n, &p));
                     let sni = match c.get("sni") {
-                        Some((n, p)) => d
-                            .list(n, &p)
-                            .into_iter()
-                            .filter_map(|(n, p)| {
-                                let s = d.string(n, &p)?;
-                                valid_sni(&s).then_some(s).or_else(|| {
-                                    d.error(
-                                        &p,
-                                        Some(n),
-                                        "expected a DNS name or `*.` followed by one",
-                                    );
-                                    None
-                                })
-                            })
-                            .collect(),
+                        Some((n, p)) => server_names(d, n, &p),
                         None => Vec::new(),
                     };
                     Some(CertConfig {
@@ -771,6 +788,56 @@ fn decode_tls(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Listene
 }
 
 /// A DNS name (letters, digits, hyphens, dots), or `*.` and one.
+/// A list of server names: exact DNS names or `*.` followed by one.
+fn server_names(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Vec<String> {
+    d.list(node, path)
+        .into_iter()
+        .filter_map(|(n, p)| {
+            let s = d.string(n, &p)?;
+            valid_sni(&s).then_some(s).or_else(|| {
+                d.error(&p, Some(n), "expected a DNS name or `*.` followed by one");
+                None
+            })
+        })
+        .collect()
+}
+
+/// `sni: [ { names: [a.example, "*.b.example"], cluster: c } ]`; a name appears once.
+fn decode_sni_routes(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Vec<SniRouteConfig> {
+    let items = d.list(node, path);
+    if items.is_empty() {
+        d.error(path, Some(node), "at least one entry is required");
+    }
+    let mut seen = BTreeMap::new();
+    items
+        .into_iter()
+        .filter_map(|(n, p)| {
+            let f = d.mapping(n, &p, &["names", "cluster"])?;
+            let names = match required(d, &f, "names") {
+                Some((n, p)) => {
+                    let names = server_names(d, n, &p);
+                    if names.is_empty() {
+                        d.error(&p, Some(n), "at least one name is required");
+                    }
+                    for name in &names {
+                        if seen.insert(name.to_ascii_lowercase(), ()).is_some() {
+                            d.error(
+                                &p,
+                                Some(n),
+                                format!("`{name}` is routed by an earlier entry"),
+                            );
+                        }
+                    }
+                    names
+                }
+                None => Vec::new(),
+            };
+            let cluster = required(d, &f, "cluster").and_then(|(n, p)| d.string(n, &p))?;
+            Some(SniRouteConfig { names, cluster })
+        })
+        .collect()
+}
+
 fn valid_sni(s: &str) -> bool {
     let name = s.strip_prefix("*.").unwrap_or(s);
     !name.is_empty()
@@ -1353,6 +1420,15 @@ fn check(d: &mut Decoder, c: &Config) {
                 );
             }
         }
+        for (j, r) in l.sni.iter().enumerate() {
+            if !names.contains_key(r.cluster.as_str()) {
+                d.error(
+                    &format!("listeners[{i}].sni[{j}].cluster"),
+                    None,
+                    format!("no cluster named `{}`", r.cluster),
+                );
+            }
+        }
         let mut route_names = BTreeMap::new();
         for (j, r) in l.routes.iter().enumerate() {
             if route_names.insert(r.name.as_str(), j).is_some() {
@@ -1528,6 +1604,37 @@ clusters:
             "listeners[1].bind: 127.0.0.1:80 is used by another listener",
             "listeners[1].cluster: no cluster named `nope`",
             "clusters[1].name: duplicate cluster name `web`",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn sni_routes_are_checked() {
+        let e = errors(
+            r#"
+listeners:
+  - name: t
+    bind: 127.0.0.1:1
+    protocol: tcp
+    sni:
+      - { names: [a.example, "*.b.example"], cluster: c }
+      - { names: [A.example, "x..y"], cluster: missing }
+      - { names: [], cluster: c }
+  - { name: h, bind: 127.0.0.1:2, sni: [ { names: [a], cluster: c } ], routes: [ { match: { path: / }, cluster: c } ] }
+  - { name: n, bind: 127.0.0.1:3, protocol: tcp }
+clusters: [ { name: c } ]
+"#,
+        )
+        .join("
+");
+        for want in [
+            "listeners[0].sni[1].names: `A.example` is routed by an earlier entry",
+            "listeners[0].sni[1].names[1]: expected a DNS name",
+            "listeners[0].sni[1].cluster: no cluster named `missing`",
+            "listeners[0].sni[2].names: at least one name is required",
+            "listeners[1].sni: only tcp listeners route by server name",
+            "listeners[2].cluster: required for a tcp listener (or `sni`)",
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");
         }

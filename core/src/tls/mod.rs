@@ -128,22 +128,17 @@ impl ServerTls {
             );
             first.get_or_insert_with(|| key.clone());
             if c.sni.is_empty() {
-                if resolver.default.is_some() {
+                if resolver.names.default.is_some() {
                     return Err(TlsError::new(
                         format!("certs[{i}].sni"),
                         "only one certificate may be the default (without `sni`)",
                     ));
                 }
-                resolver.default = Some(key);
+                resolver.names.default = Some(key);
                 continue;
             }
             for name in &c.sni {
-                let name = name.to_ascii_lowercase();
-                let (map, k) = match name.strip_prefix("*.") {
-                    Some(suffix) => (&mut resolver.wildcard, suffix.to_string()),
-                    None => (&mut resolver.exact, name.clone()),
-                };
-                if map.insert(k, key.clone()).is_some() {
+                if resolver.names.insert(name, key.clone()).is_err() {
                     return Err(TlsError::new(
                         format!("certs[{i}].sni"),
                         format!("`{name}` is served by an earlier certificate already"),
@@ -152,8 +147,8 @@ impl ServerTls {
             }
         }
         // Without a default, a client naming no known host gets the first certificate.
-        if resolver.default.is_none() {
-            resolver.default = first;
+        if resolver.names.default.is_none() {
+            resolver.names.default = first;
         }
         let builder = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -324,30 +319,13 @@ fn load_certified_key(cert: &str, key: &str) -> Result<CertifiedKey, (&'static s
 /// covers one label, as in RFC 6125), then the default.
 #[derive(Debug, Default)]
 struct SniResolver {
-    exact: FxHashMap<String, Arc<CertifiedKey>>,
-    wildcard: FxHashMap<String, Arc<CertifiedKey>>,
-    default: Option<Arc<CertifiedKey>>,
-}
-
-impl SniResolver {
-    fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        if let Some(name) = name {
-            // rustls hands over the name lowercased.
-            if let Some(k) = self.exact.get(name) {
-                return Some(k.clone());
-            }
-            if let Some((_, suffix)) = name.split_once('.') {
-                if let Some(k) = self.wildcard.get(suffix) {
-                    return Some(k.clone());
-                }
-            }
-        }
-        self.default.clone()
-    }
+    names: crate::sni::NameMap<Arc<CertifiedKey>>,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.pick(hello.server_name())
+        self.names
+            .get(hello.server_name().map(str::as_bytes))
+            .cloned()
     }
 }
