@@ -11,24 +11,28 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 
+use crate::h2::stream::{H2Recv, H2Send, H2Stream};
 use crate::tls::{TlsRead, TlsStream, TlsWrite};
 
-/// A whole client connection.
+/// A whole client connection (or, for HTTP/2, one stream of one).
 pub(crate) enum Io {
     Plain(TcpStream),
     Tls(TlsStream),
+    H2(Box<H2Stream>),
 }
 
 /// The reading half of a split client connection.
 pub(crate) enum IoRead {
     Plain(OwnedReadHalf<TcpStream>),
     Tls(TlsRead),
+    H2(Box<H2Recv>),
 }
 
 /// The writing half of a split client connection.
 pub(crate) enum IoWrite {
     Plain(OwnedWriteHalf<TcpStream>),
     Tls(TlsWrite),
+    H2(Box<H2Send>),
 }
 
 macro_rules! each {
@@ -36,6 +40,7 @@ macro_rules! each {
         match $self {
             $Ty::Plain($s) => $e,
             $Ty::Tls($s) => $e,
+            $Ty::H2($s) => $e,
         }
     };
 }
@@ -46,6 +51,7 @@ impl Io {
         match self {
             Io::Plain(s) => Some(s),
             Io::Tls(s) => s.socket_to_wait_on(),
+            Io::H2(_) => None,
         }
     }
 
@@ -59,15 +65,20 @@ impl Io {
                 let (r, w) = s.into_split();
                 (IoRead::Tls(r), IoWrite::Tls(w))
             }
+            Io::H2(s) => {
+                let H2Stream { recv, send } = *s;
+                (IoRead::H2(Box::new(recv)), IoWrite::H2(Box::new(send)))
+            }
         }
     }
 
-    /// The socket's descriptor.
+    /// The socket's descriptor (-1 for an HTTP/2 stream, which has none of its own).
     pub(crate) fn as_raw_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
         match self {
             Io::Plain(s) => s.as_raw_fd(),
             Io::Tls(s) => s.as_raw_fd(),
+            Io::H2(_) => -1,
         }
     }
 }
@@ -78,6 +89,10 @@ impl IoRead {
         match (self, w) {
             (IoRead::Plain(r), IoWrite::Plain(w)) => r.reunite(w).ok().map(Io::Plain),
             (IoRead::Tls(r), IoWrite::Tls(w)) => r.reunite(w).map(Io::Tls),
+            (IoRead::H2(recv), IoWrite::H2(send)) => Some(Io::H2(Box::new(H2Stream {
+                recv: *recv,
+                send: *send,
+            }))),
             _ => None,
         }
     }
@@ -100,11 +115,16 @@ impl AsyncReadRent for Io {
                 flush_after_read(s).await;
                 r
             }
+            Io::H2(s) => s.recv.read(buf).await,
         }
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        each!(self, s => s.readv(buf).await, Io)
+        match self {
+            Io::Plain(s) => s.readv(buf).await,
+            Io::Tls(s) => s.readv(buf).await,
+            Io::H2(s) => s.recv.readv(buf).await,
+        }
     }
 }
 
@@ -121,6 +141,7 @@ impl CancelableAsyncReadRent for Io {
                 flush_after_read(s).await;
                 r
             }
+            Io::H2(s) => s.recv.cancelable_read(buf, c).await,
         }
     }
 
@@ -129,25 +150,45 @@ impl CancelableAsyncReadRent for Io {
         buf: T,
         c: CancelHandle,
     ) -> BufResult<usize, T> {
-        each!(self, s => s.cancelable_readv(buf, c).await, Io)
+        match self {
+            Io::Plain(s) => s.cancelable_readv(buf, c).await,
+            Io::Tls(s) => s.cancelable_readv(buf, c).await,
+            Io::H2(s) => s.recv.cancelable_readv(buf, c).await,
+        }
     }
 }
 
 impl AsyncWriteRent for Io {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        each!(self, s => s.write(buf).await, Io)
+        match self {
+            Io::Plain(s) => s.write(buf).await,
+            Io::Tls(s) => s.write(buf).await,
+            Io::H2(s) => s.send.write(buf).await,
+        }
     }
 
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        each!(self, s => s.writev(buf).await, Io)
+        match self {
+            Io::Plain(s) => s.writev(buf).await,
+            Io::Tls(s) => s.writev(buf).await,
+            Io::H2(s) => s.send.writev(buf).await,
+        }
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        each!(self, s => s.flush().await, Io)
+        match self {
+            Io::Plain(s) => s.flush().await,
+            Io::Tls(s) => s.flush().await,
+            Io::H2(_) => Ok(()),
+        }
     }
 
     async fn shutdown(&mut self) -> io::Result<()> {
-        each!(self, s => s.shutdown().await, Io)
+        match self {
+            Io::Plain(s) => s.shutdown().await,
+            Io::Tls(s) => s.shutdown().await,
+            Io::H2(s) => s.send.shutdown().await,
+        }
     }
 }
 

@@ -87,9 +87,17 @@ pub struct ListenerStats {
     pub accepted: Cell<u64>,
     local: [Cell<u64>; ErrorKind::ALL.len()],
     tls: [Cell<u64>; Handshake::ALL.len()],
+    h2: [Cell<u64>; H2Event::ALL.len()],
 }
 
 impl ListenerStats {
+    /// Counts an HTTP/2 event.
+    #[inline]
+    pub fn h2(&self, e: H2Event) {
+        let c = &self.h2[e as usize];
+        c.set(c.get() + 1);
+    }
+
     /// Counts a TLS handshake by how it ended.
     #[inline]
     pub fn handshake(&self, h: Handshake) {
@@ -229,6 +237,7 @@ impl WorkerMetrics {
                 accepted: s.accepted.get(),
                 local: ErrorKind::ALL.map(|k| s.local[k.index()].get()),
                 tls: Handshake::ALL.map(|h| s.tls[h as usize].get()),
+                h2: H2Event::ALL.map(|e| s.h2[e as usize].get()),
             })
             .collect();
         let denials = self
@@ -337,6 +346,50 @@ pub struct ListenerReport {
     pub local: [u64; ErrorKind::ALL.len()],
     /// TLS handshakes, by [`Handshake`].
     pub tls: [u64; Handshake::ALL.len()],
+    /// HTTP/2 events, by [`H2Event`].
+    pub h2: [u64; H2Event::ALL.len()],
+}
+
+/// What happens on HTTP/2 connections, counted per listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H2Event {
+    /// A connection began speaking HTTP/2.
+    Connection,
+    /// A stream was served (a request).
+    Stream,
+    /// The client reset a stream before it was answered.
+    ClientReset,
+    /// The connection ended with GOAWAY `ENHANCE_YOUR_CALM`: the client reset too many
+    /// streams, or made the proxy reset too many for its protocol errors.
+    Abuse,
+    /// The connection ended on a protocol error (GOAWAY with an error, or an I/O error).
+    Error,
+    /// The proxy ended the connection gracefully (idle, or drain).
+    Goaway,
+}
+
+impl H2Event {
+    /// Every event, in index order.
+    pub const ALL: [H2Event; 6] = [
+        H2Event::Connection,
+        H2Event::Stream,
+        H2Event::ClientReset,
+        H2Event::Abuse,
+        H2Event::Error,
+        H2Event::Goaway,
+    ];
+
+    /// Label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            H2Event::Connection => "connection",
+            H2Event::Stream => "stream",
+            H2Event::ClientReset => "client_reset",
+            H2Event::Abuse => "abuse",
+            H2Event::Error => "error",
+            H2Event::Goaway => "goaway",
+        }
+    }
 }
 
 /// How a TLS handshake with a client ended.
@@ -498,6 +551,9 @@ pub fn merge(reports: &[WorkerReport]) -> Merged {
                     m.active += l.active;
                     m.accepted += l.accepted;
                     for (a, b) in m.tls.iter_mut().zip(l.tls) {
+                        *a += b;
+                    }
+                    for (a, b) in m.h2.iter_mut().zip(l.h2) {
                         *a += b;
                     }
                     for (a, b) in m.local.iter_mut().zip(l.local) {
@@ -692,6 +748,22 @@ pub fn render(out: &mut String, m: &Merged) {
             "ringmesh_tls_handshakes_total",
             &l.name,
             "result",
+            &counts,
+        );
+    }
+    header(
+        out,
+        "ringmesh_http2_events_total",
+        "counter",
+        "HTTP/2 connections, streams, client resets, and how connections ended.",
+    );
+    for l in &m.listeners {
+        let counts = H2Event::ALL.map(|e| (e.name(), l.h2[e as usize]));
+        by_kind(
+            out,
+            "ringmesh_http2_events_total",
+            &l.name,
+            "event",
             &counts,
         );
     }

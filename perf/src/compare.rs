@@ -44,7 +44,7 @@ pub struct Options {
 }
 
 /// Every scenario, in report order.
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 10] = [
     "small",
     "one",
     "idle",
@@ -54,6 +54,7 @@ pub const SCENARIOS: [&str; 9] = [
     "tls-small",
     "tls-newconn",
     "tls-idle",
+    "h2",
 ];
 
 /// A process to measure: the backend, or a proxy.
@@ -62,6 +63,8 @@ struct Target {
     port: u16,
     /// The same proxy terminating TLS (ECDSA P-256 certificate), if it does.
     tls_port: Option<u16>,
+    /// Where it serves HTTP/2 in cleartext (prior knowledge), if it does.
+    h2_port: Option<u16>,
     child: Child,
     /// How it was started, to start it again.
     cpu: usize,
@@ -137,19 +140,19 @@ fn have(cmd: &str) -> bool {
 
 /// Installs nginx and HAProxy from Debian's packages when missing.
 fn install_peers() -> Result<(), String> {
-    if have("nginx") && have("haproxy") {
+    if have("nginx") && have("haproxy") && have("h2load") {
         return Ok(());
     }
-    eprintln!("installing nginx and haproxy (apt-get)");
+    eprintln!("installing nginx, haproxy and h2load (apt-get)");
     let ok = Command::new("sh")
         .arg("-c")
-        .arg("export DEBIAN_FRONTEND=noninteractive; (apt-get install -y -q nginx haproxy || (apt-get update -q && apt-get install -y -q nginx haproxy)) >/dev/null")
+        .arg("export DEBIAN_FRONTEND=noninteractive; (apt-get install -y -q nginx haproxy nghttp2-client || (apt-get update -q && apt-get install -y -q nginx haproxy nghttp2-client)) >/dev/null")
         .status()
         .is_ok_and(|s| s.success());
-    if ok && have("nginx") && have("haproxy") {
+    if ok && have("nginx") && have("haproxy") && have("h2load") {
         Ok(())
     } else {
-        Err("cannot install nginx and haproxy".into())
+        Err("cannot install nginx, haproxy and h2load".into())
     }
 }
 
@@ -180,6 +183,7 @@ fn start(
         name: name.into(),
         port,
         tls_port,
+        h2_port: None,
         cpu,
         cmd: cmd.into(),
         dir: dir.into(),
@@ -202,7 +206,7 @@ http {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 3
 
 fn nginx_proxy_config(
     dir: &Path,
-    (port, tls): (u16, u16),
+    (port, tls, h2): (u16, u16, u16),
     backend: u16,
     certs: &CertFiles,
 ) -> String {
@@ -214,6 +218,8 @@ http {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 3
   server {{\n    listen 127.0.0.1:{port} reuseport backlog=4096;\n\
     location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_request_buffering off; }}\n  }}\n\
   server {{\n    listen 127.0.0.1:{tls} ssl reuseport backlog=4096;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:SSL:10m;\n\
+    location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_request_buffering off; }}\n  }}\n\
+  server {{\n    listen 127.0.0.1:{h2} http2 reuseport backlog=4096;\n    http2_max_requests 1000000;\n\
     location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_request_buffering off; }}\n  }}\n}}\n",
         d = dir.display(),
         cert = certs.cert.display(),
@@ -221,7 +227,7 @@ http {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 3
     )
 }
 
-fn haproxy_config((port, tls): (u16, u16), backend: u16, certs: &CertFiles) -> String {
+fn haproxy_config((port, tls, h2): (u16, u16, u16), backend: u16, certs: &CertFiles) -> String {
     // HAProxy refuses to start when it cannot raise its descriptor limit to what `maxconn`
     // asks; stay within the hard limit (20,000 on the machines we measure on).
     let fds = hard_fd_limit().min(1 << 20);
@@ -231,6 +237,7 @@ fn haproxy_config((port, tls): (u16, u16), backend: u16, certs: &CertFiles) -> S
 defaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n  http-reuse always\n\
 frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n\
 frontend t\n  bind 127.0.0.1:{tls} ssl crt {crt} ssl-min-ver TLSv1.2\n  default_backend b\n\
+frontend h\n  bind 127.0.0.1:{h2} proto h2\n  default_backend b\n\
 backend b\n  server s1 127.0.0.1:{backend}\n",
         crt = certs.combined.display(),
     )
@@ -296,6 +303,10 @@ struct Run {
 }
 
 fn measure(target: &Target, cfg: &LoadConfig) -> Run {
+    measure_with(target, || load::run(cfg))
+}
+
+fn measure_with(target: &Target, load: impl FnOnce() -> Report) -> Run {
     let pid = target.child.id();
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
@@ -311,7 +322,7 @@ fn measure(target: &Target, cfg: &LoadConfig) -> Run {
     // CPU is counted over the whole run, warm-up included; requests too, by scaling.
     let cpu0 = procfs::tree_cpu_seconds(pid);
     let t0 = Instant::now();
-    let report = load::run(cfg);
+    let report = load();
     let wall = t0.elapsed().as_secs_f64();
     let cpu = procfs::tree_cpu_seconds(pid) - cpu0;
     stop.store(true, Ordering::Relaxed);
@@ -479,6 +490,9 @@ fn describe(name: &str) -> &'static str {
             "a new TLS connection per request, full handshake (no resumption), 10 at a time: handshakes/s"
         }
         "tls-idle" => "memory per idle TLS keep-alive connection (one request each, then idle)",
+        "h2" => {
+            "small GET over HTTP/2 in cleartext (prior knowledge) to the HTTP/1.1 backend: h2load, 10 connections x 10 streams; h2load reports no percentiles: p50 is its mean"
+        }
         _ => "",
     }
 }
@@ -527,8 +541,12 @@ pub fn run(o: &Options) -> Result<String, String> {
         (rm_ports.0, Some(rm_ports.1)),
         &dir,
     )?);
+    // The plain listener takes HTTP/2 by its preface.
+    if let Some(t) = targets.last_mut() {
+        t.h2_port = Some(rm_ports.0);
+    }
     if !o.skip_peers {
-        let p = (free_port(), free_port());
+        let p = (free_port(), free_port(), free_port());
         std::fs::write(
             dir.join("nginx.conf"),
             nginx_proxy_config(&dir, p, be_port, &certs),
@@ -541,7 +559,10 @@ pub fn run(o: &Options) -> Result<String, String> {
             (p.0, Some(p.1)),
             &dir,
         )?);
-        let p = (free_port(), free_port());
+        if let Some(t) = targets.last_mut() {
+            t.h2_port = Some(p.2);
+        }
+        let p = (free_port(), free_port(), free_port());
         std::fs::write(dir.join("haproxy.cfg"), haproxy_config(p, be_port, &certs))
             .map_err(|e| e.to_string())?;
         targets.push(start(
@@ -551,6 +572,9 @@ pub fn run(o: &Options) -> Result<String, String> {
             (p.0, Some(p.1)),
             &dir,
         )?);
+        if let Some(t) = targets.last_mut() {
+            t.h2_port = Some(p.2);
+        }
     }
     for (name, cmd) in &o.peers {
         let p = free_port();
@@ -637,18 +661,24 @@ pub fn run(o: &Options) -> Result<String, String> {
             let _ = writeln!(md);
             continue;
         }
-        // TLS scenarios: the proxies that terminate TLS (the backend speaks plain HTTP).
+        // TLS scenarios: the proxies that terminate TLS (the backend speaks plain HTTP); the
+        // HTTP/2 one: the proxies that serve it.
+        let h2 = scenario == "h2";
         let all: Vec<&Target> = std::iter::once(&backend)
             .chain(targets.iter())
             .filter(|t| !tls || t.tls_port.is_some())
+            .filter(|t| !h2 || t.h2_port.is_some())
             .collect();
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); all.len()];
         for round in 0..o.rounds {
             for k in 0..all.len() {
                 let i = (k + round) % all.len();
                 let t = all[i];
-                let cfg = scenario_load(scenario, t, o, &certs);
-                let r = measure(t, &cfg);
+                let r = if h2 {
+                    measure_with(t, || h2load(t.h2_port.unwrap_or(t.port), o))
+                } else {
+                    measure(t, &scenario_load(scenario, t, o, &certs))
+                };
                 eprintln!(
                     "  round {round} {:10} {:>10.0} req/s p99 {:>8.0} us cpu {:>6.2} us/req errors {}",
                     t.name, r.report.rps, r.report.p99_us, r.cpu_us_per_req, r.report.errors
@@ -662,7 +692,11 @@ pub fn run(o: &Options) -> Result<String, String> {
             .position(|t| t.name == "ringmesh")
             .map(|i| sums[i].clone())
             .unwrap_or_default();
-        let direct = sums[0].clone();
+        let direct = if h2 {
+            Summary::default()
+        } else {
+            sums[0].clone()
+        };
         let throughput = scenario == "1mib";
         let _ = writeln!(
             md,
@@ -710,6 +744,82 @@ pub fn run(o: &Options) -> Result<String, String> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(md)
+}
+
+/// HTTP/2 load from h2load (nghttp2-client), pinned to the load CPU: 10 connections with 10
+/// streams each, small GETs, for the warm-up and then the recorded duration.
+fn h2load(port: u16, o: &Options) -> Report {
+    let out = Command::new("taskset")
+        .arg("-c")
+        .arg(o.load_cpu.to_string())
+        .arg("h2load")
+        .args(["-c", "10", "-m", "10", "-t", "1"])
+        .arg("--warm-up-time")
+        .arg(format!("{}", o.warmup.as_secs().max(1)))
+        .arg("-D")
+        .arg(format!("{}", o.duration.as_secs().max(1)))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    parse_h2load(&text)
+}
+
+/// The figures of an h2load report.
+fn parse_h2load(text: &str) -> Report {
+    let mut r = Report::default();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("finished in ") {
+            // finished in 5.00s, 61234.20 req/s, 1.23MB/s
+            let parts: Vec<&str> = rest.split(", ").collect();
+            r.seconds = parts
+                .first()
+                .and_then(|s| s.trim_end_matches('s').parse().ok())
+                .unwrap_or(0.0);
+            r.rps = parts
+                .get(1)
+                .and_then(|s| s.trim_end_matches(" req/s").parse().ok())
+                .unwrap_or(0.0);
+        } else if let Some(rest) = line.strip_prefix("requests: ") {
+            // requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout
+            let num = |key: &str| -> u64 {
+                rest.split(", ")
+                    .find(|p| p.ends_with(key))
+                    .and_then(|p| p.split(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            r.requests = num("succeeded");
+            r.errors = num("failed") + num("errored") + num("timeout");
+        } else if let Some(rest) = line.strip_prefix("time for request:") {
+            // min max mean sd +/- sd
+            let v: Vec<f64> = rest
+                .split_whitespace()
+                .filter_map(parse_h2load_time)
+                .collect();
+            if v.len() >= 3 {
+                r.max_us = v[1];
+                r.mean_us = v[2];
+                r.p50_us = v[2];
+            }
+        }
+    }
+    r
+}
+
+/// `123us`, `1.23ms`, `1.2s` in microseconds.
+fn parse_h2load_time(s: &str) -> Option<f64> {
+    if let Some(v) = s.strip_suffix("us") {
+        v.parse().ok()
+    } else if let Some(v) = s.strip_suffix("ms") {
+        v.parse::<f64>().ok().map(|v| v * 1e3)
+    } else if let Some(v) = s.strip_suffix('s') {
+        v.parse::<f64>().ok().map(|v| v * 1e6)
+    } else {
+        None
+    }
 }
 
 /// UTC date and time, without a date crate.

@@ -65,7 +65,7 @@ impl Default for LoadConfig {
 }
 
 /// What a run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     /// Requests answered with 2xx within the recorded window.
     pub requests: u64,

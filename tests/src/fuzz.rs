@@ -199,6 +199,15 @@ pub fn client_hello(data: &[u8]) {
     }
 }
 
+/// HTTP/2 from a client, as raw bytes cut into reads at the positions the first bytes choose:
+/// the server side (h2 with the proxy's settings, and the translation of each stream's head
+/// into HTTP/1.1) never panics, whatever arrives.
+pub fn h2_server(data: &[u8]) {
+    let (cuts, input) = data.split_at(data.len().min(4));
+    let cuts: Vec<usize> = cuts.iter().map(|&c| usize::from(c) * 4).collect();
+    ringmesh_core::h2::drive_server(input, &cuts);
+}
+
 /// TLS from a client, as raw bytes cut into reads at the positions the first bytes choose:
 /// the server side of the TLS adapter never panics, whatever arrives.
 pub fn tls_server(data: &[u8]) {

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 pub mod fuzz;
+pub mod h2;
 pub mod tls;
 
 pub use ringmesh_control::{ConfigSource, Proxy, ProxyOptions};

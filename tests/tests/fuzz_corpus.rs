@@ -49,6 +49,11 @@ fn client_hello_corpus() {
 }
 
 #[test]
+fn h2_server_corpus() {
+    replay("h2_server", ringmesh_tests::fuzz::h2_server);
+}
+
+#[test]
 fn tls_server_corpus() {
     replay("tls_server", ringmesh_tests::fuzz::tls_server);
 }

@@ -51,7 +51,11 @@ fn the_certificate_is_chosen_by_sni_and_requests_go_through() {
         (&w.cert, &w.key, &["\"*.w.example\""]),
     ]);
     let p = TestProxy::simple(up.addr, 2, &tls);
-    let config = pki.client_config(&["h2", "http/1.1"]);
+    // The proxy prefers h2 (served in tests/tests/http2.rs); this client speaks HTTP/1.1.
+    let both = pki.client_config(&["h2", "http/1.1"]);
+    let c = TlsClient::connect(p.edge(), "b.example", &both).unwrap();
+    assert_eq!(c.conn().alpn_protocol(), Some(&b"h2"[..]));
+    let config = pki.client_config(&["http/1.1"]);
 
     let mut c = TlsClient::connect(p.edge(), "b.example", &config).unwrap();
     assert_eq!(
@@ -80,15 +84,15 @@ fn the_certificate_is_chosen_by_sni_and_requests_go_through() {
     let c = TlsClient::connect(p.edge(), "B.Example", &config).unwrap();
     assert_eq!(c.peer_certificate().as_ref(), Some(&b.der));
 
-    // A client that speaks only h2 has no protocol in common (until HTTP/2 is served).
-    let h2_only = pki.client_config(&["h2"]);
-    assert!(TlsClient::connect(p.edge(), "a.example", &h2_only).is_err());
+    // A client offering only protocols the proxy does not speak has none in common.
+    let spdy = pki.client_config(&["spdy/3.1"]);
+    assert!(TlsClient::connect(p.edge(), "a.example", &spdy).is_err());
     assert!(eventually(Duration::from_secs(5), || handshakes(
         &p,
         "incompatible"
     ) == 1.0));
     // The second connection with `config` may resume the first one's session.
-    assert_eq!(handshakes(&p, "full") + handshakes(&p, "resumed"), 6.0);
+    assert_eq!(handshakes(&p, "full") + handshakes(&p, "resumed"), 7.0);
 }
 
 /// A TLS 1.1 ClientHello (no supported_versions extension), as an old client sends it.
@@ -287,7 +291,10 @@ fn tls_config_errors_name_their_field() {
             "listeners[0].tls.certs[0].sni[0]",
         ),
         (
-            format!("{}      alpn: [h2]\n", tls_block(&[(&a.cert, &a.key, &[])])),
+            format!(
+                "{}      alpn: [spdy/3.1]\n",
+                tls_block(&[(&a.cert, &a.key, &[])])
+            ),
             "listeners[0].tls.alpn[0]",
         ),
         (

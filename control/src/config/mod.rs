@@ -766,19 +766,9 @@ fn decode_tls(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Listene
         Some((n, p)) => d
             .list(n, &p)
             .into_iter()
-            .filter_map(|(n, p)| match d.choice(n, &p, &["http/1.1", "h2"])? {
-                "h2" => {
-                    d.error(
-                        &p,
-                        Some(n),
-                        "HTTP/2 is not available in this version; offer `http/1.1`",
-                    );
-                    None
-                }
-                other => Some(other.to_string()),
-            })
+            .filter_map(|(n, p)| d.choice(n, &p, &["h2", "http/1.1"]).map(str::to_string))
             .collect(),
-        None => vec!["http/1.1".to_string()],
+        None => vec!["h2".to_string(), "http/1.1".to_string()],
     };
     Some(ListenerTlsConfig {
         certs,
@@ -787,7 +777,6 @@ fn decode_tls(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Listene
     })
 }
 
-/// A DNS name (letters, digits, hyphens, dots), or `*.` and one.
 /// A list of server names: exact DNS names or `*.` followed by one.
 fn server_names(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Vec<String> {
     d.list(node, path)
@@ -838,6 +827,7 @@ fn decode_sni_routes(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Vec<Sni
         .collect()
 }
 
+/// A DNS name (letters, digits, hyphens, dots), or `*.` and one.
 fn valid_sni(s: &str) -> bool {
     let name = s.strip_prefix("*.").unwrap_or(s);
     !name.is_empty()

@@ -118,7 +118,18 @@ impl ChunkedDecoder {
     pub fn feed(
         &mut self,
         input: &[u8],
+        on_data: impl FnMut(Range<usize>),
+    ) -> Result<Progress, ChunkError> {
+        self.feed_with_trailers(input, on_data, |_| {})
+    }
+
+    /// [`feed`](Self::feed), also handing every byte of the trailer section (its field lines,
+    /// each ending in CRLF, then the CR of the final CRLF) to `on_trailer`.
+    pub fn feed_with_trailers(
+        &mut self,
+        input: &[u8],
         mut on_data: impl FnMut(Range<usize>),
+        mut on_trailer: impl FnMut(u8),
     ) -> Result<Progress, ChunkError> {
         let mut i = 0;
         while i < input.len() {
@@ -135,6 +146,12 @@ impl ChunkedDecoder {
             }
             let b = input[i];
             i += 1;
+            if matches!(
+                self.state,
+                State::TrailerStart | State::TrailerName | State::TrailerValue | State::TrailerLf
+            ) {
+                on_trailer(b);
+            }
             self.step(b)?;
             if self.state == State::Done {
                 return Ok(Progress {

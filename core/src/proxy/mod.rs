@@ -61,6 +61,8 @@ pub(crate) struct Client {
     tls: bool,
     /// When the last exchange ended: the start of the wait for the next request.
     ended: Instant,
+    /// The client sent the HTTP/2 preface: the connection is served as HTTP/2 from here.
+    h2_preface: bool,
 }
 
 impl Client {
@@ -81,7 +83,16 @@ impl Client {
             ended: Instant::now(),
             served: 0,
             continued: false,
+            h2_preface: false,
         }
+    }
+
+    /// An HTTP/2 stream, as one request whose head (written as HTTP/1.1) is in `head`.
+    pub(crate) fn for_stream(stream: Io, peer: SocketAddr, tls: bool, head: Vec<u8>) -> Client {
+        let mut c = Client::new(stream, peer);
+        c.tls = tls;
+        c.buf = Some(head);
+        c
     }
 
     /// Consumes a request that is refused unsent, when its body is already here, so that the
@@ -101,6 +112,7 @@ impl Client {
     fn identity(&self) -> Option<&str> {
         match &self.stream {
             Some(Io::Tls(s)) => s.identity(),
+            Some(Io::H2(s)) => s.recv.identity.as_deref(),
             _ => None,
         }
     }
@@ -132,7 +144,7 @@ impl Client {
         }
     }
 
-    fn release(&mut self, w: &Worker) {
+    pub(crate) fn release(&mut self, w: &Worker) {
         if let Some(b) = self.buf.take() {
             w.put_buf(b);
         }
@@ -179,41 +191,108 @@ pub(crate) async fn serve(
     listener: Arc<str>,
     accepted: Box<(TcpStream, SocketAddr)>,
 ) {
+    // An HTTP/2 connection's state is boxed apart: it must not weigh on every HTTP/1.1
+    // connection's future.
+    if let Some(h) = serve_http1(&w, &listener, accepted).await {
+        let Handoff {
+            stream,
+            read,
+            peer,
+            limits,
+            stats,
+            guard,
+        } = *h;
+        Box::pin(crate::h2::serve(
+            w, listener, stream, read, peer, limits, stats,
+        ))
+        .await;
+        drop(guard);
+    }
+}
+
+/// A connection that turned out to speak HTTP/2, handed over with what was read of it.
+struct Handoff {
+    stream: Io,
+    read: Vec<u8>,
+    peer: SocketAddr,
+    limits: HttpLimits,
+    stats: Rc<crate::metrics::ListenerStats>,
+    guard: crate::worker::ConnGuard,
+}
+
+/// Serves the connection as HTTP/1.1 until it closes, or returns it when it speaks HTTP/2 (ALPN
+/// `h2`, or the preface in cleartext).
+async fn serve_http1(
+    w: &Rc<Worker>,
+    listener: &Arc<str>,
+    accepted: Box<(TcpStream, SocketAddr)>,
+) -> Option<Box<Handoff>> {
     let (stream, peer) = *accepted;
-    let (_guard, tls, stats, limits) = {
+    // Only the client lives across the waits below: what else this needs is looked up again.
+    let (guard, tls, stats, timeout) = {
         let view = w.view();
-        let Some((li, limits)) = listener_of(&view, &listener) else {
-            return;
-        };
+        let (li, limits) = listener_of(&view, listener)?;
         let l = &view.listeners[li];
+        let guard = w.connection(l.stats.clone());
         (
-            w.connection(l.stats.clone()),
+            guard,
             l.tls.clone(),
             l.stats.clone(),
-            limits,
+            limits.request_head_timeout,
         )
     };
-    let Some(stream) = upgrade(stream, tls, stats, limits.request_head_timeout).await else {
-        return;
+    let mut c = {
+        let stream = upgrade(stream, tls, stats, timeout).await?;
+        if matches!(&stream, Io::Tls(s) if s.is_h2()) {
+            return handoff(w, listener, stream, Vec::new(), peer, guard);
+        }
+        Client::new(stream, peer)
     };
-    let mut c = Client::new(stream, peer);
     loop {
         let waited = Instant::now();
-        if !wait_cold(&w, &mut c, &listener).await {
+        if !wait_cold(w, &mut c, listener).await {
             break;
         }
         // Everything a request needs lives in this box, kept for as long as requests follow
         // each other closely.
-        if !Box::pin(active(&w, &listener, &mut c, waited.elapsed())).await {
+        if !Box::pin(active(w, listener, &mut c, waited.elapsed())).await {
             break;
         }
     }
-    c.release(&w);
+    if c.h2_preface {
+        let stream = c.stream.take()?;
+        let read = c.data().to_vec();
+        c.release(w);
+        return handoff(w, listener, stream, read, c.peer, guard);
+    }
+    c.release(w);
     if let Some(Io::Tls(s)) = c.stream.as_mut() {
         // close_notify, so that the client can tell the end from a truncation. Boxed: rare
         // and short-lived.
         let _ = Box::pin(monoio::time::timeout(CLOSE_NOTIFY_WAIT, s.shutdown())).await;
     }
+    drop(guard);
+    None
+}
+
+fn handoff(
+    w: &Worker,
+    listener: &Arc<str>,
+    stream: Io,
+    read: Vec<u8>,
+    peer: SocketAddr,
+    guard: crate::worker::ConnGuard,
+) -> Option<Box<Handoff>> {
+    let view = w.view();
+    let (li, limits) = listener_of(&view, listener)?;
+    Some(Box::new(Handoff {
+        stream,
+        read,
+        peer,
+        limits,
+        stats: view.listeners[li].stats.clone(),
+        guard,
+    }))
 }
 
 /// How long a closing TLS connection may take to send its close_notify.
@@ -267,7 +346,7 @@ async fn wait_cold(w: &Worker, c: &mut Client, listener: &Arc<str>) -> bool {
 /// Handles requests while they come back to back; true when the connection turns cold.
 async fn active(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client, mut gap: Duration) -> bool {
     loop {
-        if !handle(w, listener, c).await {
+        if !handle(w, listener, c, false).await {
             return false;
         }
         // Hot only once two requests came close together: a client that sends one request
@@ -339,8 +418,14 @@ async fn read_small(w: &Worker, c: &mut Client, idle_timeout: Duration, now: Ins
     }
 }
 
-/// Handles the requests that have arrived; true when the connection waits for more.
-async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client) -> bool {
+/// Serves the one request of an HTTP/2 stream.
+pub(crate) async fn serve_stream(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client) {
+    handle(w, listener, c, true).await;
+}
+
+/// Handles the requests that have arrived (`once`: only the first); true when the connection
+/// waits for more.
+async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client, once: bool) -> bool {
     let mut heads = w.take_heads();
     let keep = loop {
         let Some((_, limits)) = listener_of(&w.view(), listener) else {
@@ -350,6 +435,10 @@ async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client) -> bool {
         match read_head(w, c, req, &limits).await {
             Head::Ready => {}
             Head::Closed => break false,
+            Head::H2 => {
+                c.h2_preface = true;
+                break false;
+            }
             Head::Error(kind) => {
                 let started = Instant::now();
                 let view = w.view();
@@ -385,7 +474,7 @@ async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client) -> bool {
         };
         c.served = c.served.saturating_add(1);
         c.continued = false;
-        if !exchange(w, &view, li, c, req, resp).await || w.draining() {
+        if !exchange(w, &view, li, c, req, resp).await || w.draining() || once {
             break false;
         }
         if c.data().is_empty() {
@@ -407,6 +496,8 @@ fn listener_of(view: &View, name: &Arc<str>) -> Option<(usize, HttpLimits)> {
 enum Head {
     Ready,
     Closed,
+    /// The HTTP/2 preface, in cleartext (prior knowledge).
+    H2,
     Error(ErrorKind),
 }
 
@@ -414,8 +505,13 @@ enum Head {
 async fn read_head(w: &Worker, c: &mut Client, req: &mut RequestHead, limits: &HttpLimits) -> Head {
     let mut deadline: Option<Instant> = None;
     loop {
-        if !c.data().is_empty() {
-            match req.parse(c.data(), limits.max_request_head) {
+        let data = c.data();
+        if c.served == 0 && !c.tls && !data.is_empty() && crate::h2::may_be_preface(data) {
+            if data.len() >= crate::h2::PREFACE.len() {
+                return Head::H2;
+            }
+        } else if !data.is_empty() {
+            match req.parse(data, limits.max_request_head) {
                 Ok(Some(_)) => return Head::Ready,
                 Ok(None) => {}
                 Err(kind) => return Head::Error(kind),

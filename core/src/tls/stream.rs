@@ -36,6 +36,7 @@ use rustls::unbuffered::{
 use rustls::{ClientConfig, HandshakeKind, ServerConfig};
 
 use crate::metrics::Handshake;
+use crate::rawbuf as raw;
 
 /// Ciphertext read per operation.
 const READ_CHUNK: usize = 16 * 1024;
@@ -105,6 +106,8 @@ struct Shared {
     cut_off: Cell<bool>,
     /// The peer's SPIFFE ID, found once after the handshake.
     identity: Option<Box<str>>,
+    /// ALPN agreed on `h2`.
+    h2: bool,
     /// A read of ciphertext is under way; still set when one was abandoned.
     reading: Cell<bool>,
     /// Likewise for writes.
@@ -222,6 +225,7 @@ impl Shared {
             failed: Cell::new(false),
             cut_off: Cell::new(false),
             identity: None,
+            h2: false,
             reading: Cell::new(false),
             writing: Cell::new(false),
         })
@@ -474,9 +478,10 @@ async fn handshake(mut tcp: TcpStream, conn: Conn) -> (Option<TlsStream>, Handsh
         }
     }
     give_back(out);
-    let (kind, identity) = {
+    let (kind, identity, h2) = {
         let conn = shared.conn.borrow();
         let common = conn.common();
+        let h2 = common.alpn_protocol() == Some(b"h2");
         let kind = match common.handshake_kind() {
             Some(HandshakeKind::Resumed) => Handshake::Resumed,
             _ => Handshake::Full,
@@ -486,11 +491,12 @@ async fn handshake(mut tcp: TcpStream, conn: Conn) -> (Option<TlsStream>, Handsh
             .and_then(|chain| chain.first())
             .and_then(|leaf| super::spiffe_id(leaf))
             .map(String::into_boxed_str);
-        (kind, identity)
+        (kind, identity, h2)
     };
     let mut shared = shared;
     if let Some(s) = Rc::get_mut(&mut shared) {
         s.identity = identity;
+        s.h2 = h2;
     }
     (Some(Tls { io: tcp, shared }), kind)
 }
@@ -535,6 +541,11 @@ impl<IO> Tls<IO> {
     /// The SPIFFE ID of the peer's certificate, if it presented one with an ID.
     pub fn identity(&self) -> Option<&str> {
         self.shared.identity.as_deref()
+    }
+
+    /// The client and the proxy agreed on HTTP/2 (ALPN `h2`).
+    pub fn is_h2(&self) -> bool {
+        self.shared.h2
     }
 
     /// Reads plaintext into `len` bytes of room at `dst`, which the caller's buffer owns and
@@ -808,59 +819,5 @@ fn close_notify<Data>(status: UnbufferedStatus<'_, '_, Data>, out: &mut [u8]) ->
     match status.state {
         Ok(ConnectionState::WriteTraffic(mut w)) => w.queue_close_notify(out).unwrap_or(0),
         _ => 0,
-    }
-}
-
-/// The raw-pointer side of monoio's buffer traits, kept in one place.
-#[allow(unsafe_code)]
-mod raw {
-    use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
-
-    /// Copies `n` bytes of `src` (n <= src.len()) to `dst`, which the caller got from a
-    /// buffer with at least `n` bytes of room.
-    pub(super) fn copy_to(src: &[u8], dst: *mut u8, n: usize) {
-        assert!(n <= src.len());
-        // SAFETY: `dst` has room for `n` bytes (the caller's buffer), `src` holds `n` bytes,
-        // and a borrowed slice cannot overlap a buffer the caller owns.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, n) }
-    }
-
-    /// Marks the first `n` bytes written to `buf`'s room as initialized.
-    pub(super) fn set_init<T: IoBufMut>(buf: &mut T, n: usize) {
-        // SAFETY: `copy_to` has just written `n` bytes at `write_ptr`.
-        unsafe { buf.set_init(n) }
-    }
-
-    pub(super) fn set_init_vec<T: IoVecBufMut>(buf: &mut T, n: usize) {
-        // SAFETY: as above, into the first iovec.
-        unsafe { buf.set_init(n) }
-    }
-
-    /// The initialized bytes of `buf`.
-    pub(super) fn bytes<T: IoBuf>(buf: &T) -> &[u8] {
-        // SAFETY: an IoBuf's first `bytes_init` bytes at `read_ptr` are initialized and live
-        // as long as the buffer.
-        unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) }
-    }
-
-    /// The `i`th buffer of an iovec list.
-    pub(super) fn iovec<T: IoVecBuf>(buf: &T, i: usize) -> &[u8] {
-        assert!(i < buf.read_iovec_len());
-        // SAFETY: `i` is below `read_iovec_len`; each iovec points at initialized bytes that
-        // live as long as `buf`.
-        unsafe {
-            let v = &*buf.read_iovec_ptr().add(i);
-            std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
-        }
-    }
-
-    /// The room of the first buffer of an iovec list, if any.
-    pub(super) fn first_room<T: IoVecBufMut>(buf: &mut T) -> Option<(*mut u8, usize)> {
-        if buf.write_iovec_len() == 0 {
-            return None;
-        }
-        // SAFETY: there is at least one iovec.
-        let v = unsafe { &*buf.write_iovec_ptr() };
-        Some((v.iov_base.cast::<u8>(), v.iov_len))
     }
 }

@@ -1,0 +1,539 @@
+//! One HTTP/2 stream as the HTTP/1.1 proxy path sees a client connection: reads give the
+//! request body (chunk-coded when the client gave no length, trailers included), writes take
+//! the HTTP/1.1 answer the proxy makes and send it as HEADERS, DATA and trailers under the
+//! stream's flow control.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use monoio::BufResult;
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+
+use crate::http1::chunked::write_chunk_size;
+use crate::http1::{ChunkedDecoder, Framing, ResponseHead};
+use crate::rawbuf;
+
+/// Longest answer head the proxy writes (it wrote it itself: a bound, not a limit in use).
+const MAX_HEAD: usize = 256 * 1024;
+
+/// The request side: the body as HTTP/1.1 bytes.
+pub(crate) struct H2Recv {
+    body: RecvStream,
+    /// The body is presented chunk-coded (the client sent no content-length).
+    chunked: bool,
+    /// Framing bytes to hand out before `data` (a chunk-size line, CRLFs, the last chunk).
+    framing: Vec<u8>,
+    framing_at: usize,
+    /// Body bytes received and not yet handed out.
+    data: Bytes,
+    /// CRLF after `data` is owed (chunked).
+    crlf_owed: bool,
+    done: bool,
+    /// The connection's verified client identity (mTLS).
+    pub identity: Option<Rc<str>>,
+}
+
+/// The answer side, shared with the stream's task (which watches for the client's reset).
+pub(crate) type Respond = Rc<RefCell<SendState>>;
+
+/// The stream's sending state.
+pub(crate) struct SendState {
+    respond: SendResponse<Bytes>,
+    send: Option<SendStream<Bytes>>,
+    /// The answer was sent in full (END_STREAM).
+    pub finished: bool,
+}
+
+impl SendState {
+    pub(crate) fn new(respond: SendResponse<Bytes>) -> Respond {
+        Rc::new(RefCell::new(SendState {
+            respond,
+            send: None,
+            finished: false,
+        }))
+    }
+
+    /// Resolves when the client resets the stream.
+    pub(crate) fn poll_reset(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<Reason, h2::Error>> {
+        match &mut self.send {
+            Some(s) => s.poll_reset(cx),
+            None => self.respond.poll_reset(cx),
+        }
+    }
+
+    /// Sends a whole answer without a body.
+    pub(crate) fn send_response(&mut self, r: Response<()>) -> Result<(), h2::Error> {
+        self.respond.send_response(r, true)?;
+        self.finished = true;
+        Ok(())
+    }
+
+    /// Ends an answer that cannot be completed: the client sees the stream reset.
+    pub(crate) fn abort(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        match &mut self.send {
+            Some(s) => s.send_reset(Reason::INTERNAL_ERROR),
+            None => self.respond.send_reset(Reason::INTERNAL_ERROR),
+        }
+    }
+}
+
+/// How the answer's body is being turned into DATA.
+enum BodyOut {
+    /// Still reading the head.
+    Head,
+    Length(u64),
+    /// The decoder, the trailer section so far, and scratch for data ranges.
+    Chunked(ChunkedDecoder, Vec<u8>, Vec<std::ops::Range<usize>>),
+    /// Until the proxy shuts the stream down.
+    UntilEnd,
+    Done,
+}
+
+/// The answer side: HTTP/1.1 bytes in, HTTP/2 frames out.
+pub(crate) struct H2Send {
+    state: Respond,
+    head: Vec<u8>,
+    body: BodyOut,
+    /// The request was HEAD: the answer has no body whatever its fields say.
+    head_request: bool,
+}
+
+/// A stream whole.
+pub(crate) struct H2Stream {
+    pub recv: H2Recv,
+    pub send: H2Send,
+}
+
+impl H2Stream {
+    pub(crate) fn new(
+        body: RecvStream,
+        chunked: bool,
+        state: Respond,
+        head_request: bool,
+        identity: Option<Rc<str>>,
+    ) -> H2Stream {
+        let done = body.is_end_stream();
+        H2Stream {
+            recv: H2Recv {
+                done: done && !chunked,
+                body,
+                chunked,
+                framing: Vec::new(),
+                framing_at: 0,
+                data: Bytes::new(),
+                crlf_owed: false,
+                identity,
+            },
+            send: H2Send {
+                state,
+                head: Vec::new(),
+                body: BodyOut::Head,
+                head_request,
+            },
+        }
+    }
+}
+
+fn h2_error(e: h2::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+impl H2Recv {
+    /// Waits until there are bytes to hand out; false at the end of the body.
+    async fn ready(&mut self) -> io::Result<bool> {
+        loop {
+            if self.framing_at < self.framing.len() || !self.data.is_empty() {
+                return Ok(true);
+            }
+            self.framing.clear();
+            self.framing_at = 0;
+            if self.crlf_owed {
+                self.crlf_owed = false;
+                self.framing.extend_from_slice(b"\r\n");
+                continue;
+            }
+            if self.done {
+                return Ok(false);
+            }
+            match poll_fn(|cx| self.body.poll_data(cx)).await {
+                Some(Ok(data)) if data.is_empty() => {}
+                Some(Ok(data)) => {
+                    if self.chunked {
+                        write_chunk_size(&mut self.framing, data.len());
+                        self.crlf_owed = true;
+                    }
+                    self.data = data;
+                }
+                Some(Err(e)) => return Err(h2_error(e)),
+                None => {
+                    self.done = true;
+                    if self.chunked {
+                        let trailers = poll_fn(|cx| self.body.poll_trailers(cx))
+                            .await
+                            .map_err(h2_error)?;
+                        self.framing.extend_from_slice(b"0\r\n");
+                        for (name, value) in trailers.iter().flatten() {
+                            self.framing.extend_from_slice(name.as_str().as_bytes());
+                            self.framing.extend_from_slice(b": ");
+                            self.framing.extend_from_slice(value.as_bytes());
+                            self.framing.extend_from_slice(b"\r\n");
+                        }
+                        self.framing.extend_from_slice(b"\r\n");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The bytes to hand out next.
+    fn next_bytes(&self) -> &[u8] {
+        if self.framing_at < self.framing.len() {
+            &self.framing[self.framing_at..]
+        } else {
+            &self.data
+        }
+    }
+
+    /// `n` bytes of [`next_bytes`](Self::next_bytes) were handed out.
+    fn consume(&mut self, n: usize) {
+        if self.framing_at < self.framing.len() {
+            self.framing_at += n;
+        } else {
+            let _ = self.data.split_to(n);
+            // Consumed: the client may send as much again.
+            let _ = self.body.flow_control().release_capacity(n);
+        }
+    }
+}
+
+impl H2Send {
+    /// Takes bytes of the HTTP/1.1 answer; all of them are consumed.
+    async fn take(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let BodyOut::Head = self.body {
+            if self.head.len() + bytes.len() > MAX_HEAD {
+                return Err(io::ErrorKind::InvalidData.into());
+            }
+            self.head.extend_from_slice(bytes);
+            let Some(rest) = self.send_head()? else {
+                return Ok(());
+            };
+            let head = std::mem::take(&mut self.head);
+            return self.body_bytes(&head[head.len() - rest..]).await;
+        }
+        self.body_bytes(bytes).await
+    }
+
+    /// Sends the head once it is complete (interim answers go as such); the number of bytes
+    /// past it, which are the body's.
+    fn send_head(&mut self) -> io::Result<Option<usize>> {
+        loop {
+            let mut resp = ResponseHead::default();
+            let n = match resp.parse(&self.head, MAX_HEAD) {
+                Ok(Some(n)) => n,
+                Ok(None) => return Ok(None),
+                Err(_) => return Err(io::ErrorKind::InvalidData.into()),
+            };
+            let mut st = self.state.borrow_mut();
+            if resp.is_interim() {
+                // 100 Continue and 103 Early Hints are informational in HTTP/2 too.
+                if resp.status != 101 {
+                    let r = response(&resp, &self.head)?;
+                    let _ = st.respond.send_informational(r);
+                }
+                drop(st);
+                self.head.drain(..n);
+                continue;
+            }
+            let framing = resp.body_framing(self.head_request);
+            self.body = match framing {
+                Framing::None => BodyOut::Done,
+                Framing::Length(len) => BodyOut::Length(len),
+                Framing::Chunked => BodyOut::Chunked(ChunkedDecoder::new(), Vec::new(), Vec::new()),
+                Framing::Close => BodyOut::UntilEnd,
+            };
+            let mut r = response(&resp, &self.head)?;
+            if let Framing::Length(len) = framing {
+                r.headers_mut()
+                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+            } else if let (true, Some(len)) = (self.head_request, resp.content_length) {
+                r.headers_mut()
+                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            let end = matches!(self.body, BodyOut::Done);
+            let send = st.respond.send_response(r, end).map_err(h2_error)?;
+            st.send = Some(send);
+            st.finished = end;
+            return Ok(Some(self.head.len() - n));
+        }
+    }
+
+    /// Body bytes of the HTTP/1.1 answer, as framed by the proxy.
+    async fn body_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.body {
+            BodyOut::Head | BodyOut::Done => {
+                // Nothing may follow a complete answer.
+                if bytes.is_empty() {
+                    Ok(())
+                } else {
+                    Err(io::ErrorKind::InvalidData.into())
+                }
+            }
+            BodyOut::Length(left) => {
+                if bytes.len() as u64 > *left {
+                    return Err(io::ErrorKind::InvalidData.into());
+                }
+                *left -= bytes.len() as u64;
+                let end = *left == 0;
+                if end {
+                    self.body = BodyOut::Done;
+                }
+                send_data(&self.state, bytes, end).await
+            }
+            BodyOut::UntilEnd => send_data(&self.state, bytes, false).await,
+            BodyOut::Chunked(decoder, trailers, ranges) => {
+                ranges.clear();
+                let progress = decoder
+                    .feed_with_trailers(bytes, |r| ranges.push(r), |b| trailers.push(b))
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+                let ranges = std::mem::take(ranges);
+                for r in &ranges {
+                    send_data(&self.state, &bytes[r.clone()], false).await?;
+                }
+                if progress.done {
+                    let fields = std::mem::take(trailers);
+                    self.body = BodyOut::Done;
+                    return send_trailers(&self.state, &fields).await;
+                }
+                if let BodyOut::Chunked(_, _, slot) = &mut self.body {
+                    *slot = ranges;
+                }
+                if progress.consumed < bytes.len() {
+                    return Err(io::ErrorKind::InvalidData.into());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The proxy is done with the answer: one not sent in full is reset.
+    fn end(&mut self) {
+        let mut st = self.state.borrow_mut();
+        if st.finished {
+            return;
+        }
+        if let BodyOut::UntilEnd = self.body {
+            if let Some(s) = st.send.as_mut() {
+                if s.send_data(Bytes::new(), true).is_ok() {
+                    st.finished = true;
+                    return;
+                }
+            }
+        }
+        st.abort();
+    }
+}
+
+impl Drop for H2Send {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// The HTTP/2 answer for an HTTP/1.1 head (its fields but connection-specific ones).
+fn response(resp: &ResponseHead, buf: &[u8]) -> io::Result<Response<()>> {
+    let status = StatusCode::from_u16(resp.status).map_err(|_| io::ErrorKind::InvalidData)?;
+    let mut r = Response::new(());
+    *r.status_mut() = status;
+    let headers = r.headers_mut();
+    for h in &resp.headers {
+        if h.drop {
+            continue;
+        }
+        let name = h.name.get(buf);
+        if is_connection_specific(name) {
+            continue;
+        }
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_bytes(h.value.get(buf)),
+        ) else {
+            return Err(io::ErrorKind::InvalidData.into());
+        };
+        headers.append(name, value);
+    }
+    Ok(r)
+}
+
+/// Fields HTTP/2 forbids (RFC 9113 section 8.2.2).
+pub(crate) fn is_connection_specific(name: &[u8]) -> bool {
+    [
+        &b"connection"[..],
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+    ]
+    .iter()
+    .any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Sends `data` as the stream's flow control allows.
+async fn send_data(state: &Respond, data: &[u8], end: bool) -> io::Result<()> {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let cap = poll_fn(|cx| {
+            let mut st = state.borrow_mut();
+            let Some(s) = st.send.as_mut() else {
+                return std::task::Poll::Ready(Err(io::Error::from(io::ErrorKind::BrokenPipe)));
+            };
+            s.reserve_capacity(rest.len());
+            match s.poll_capacity(cx) {
+                std::task::Poll::Ready(Some(Ok(n))) => std::task::Poll::Ready(Ok(n)),
+                std::task::Poll::Ready(Some(Err(e))) => std::task::Poll::Ready(Err(h2_error(e))),
+                std::task::Poll::Ready(None) => {
+                    std::task::Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+                }
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            }
+        })
+        .await?;
+        if cap == 0 {
+            continue;
+        }
+        let n = cap.min(rest.len());
+        let last = end && n == rest.len();
+        let mut st = state.borrow_mut();
+        let s = st.send.as_mut().ok_or(io::ErrorKind::BrokenPipe)?;
+        s.send_data(Bytes::copy_from_slice(&rest[..n]), last)
+            .map_err(h2_error)?;
+        if last {
+            st.finished = true;
+        }
+        rest = &rest[n..];
+    }
+    if end && data.is_empty() {
+        let mut st = state.borrow_mut();
+        let s = st.send.as_mut().ok_or(io::ErrorKind::BrokenPipe)?;
+        s.send_data(Bytes::new(), true).map_err(h2_error)?;
+        st.finished = true;
+    }
+    Ok(())
+}
+
+/// Ends the stream with the trailer section's fields (`name: value\r\n` lines), if any.
+async fn send_trailers(state: &Respond, fields: &[u8]) -> io::Result<()> {
+    let mut map = HeaderMap::new();
+    for line in fields.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = &line[..colon];
+        if is_connection_specific(name) {
+            continue;
+        }
+        let value = crate::http1::trim_ows(&line[colon + 1..]);
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            map.append(n, v);
+        }
+    }
+    if map.is_empty() {
+        return send_data(state, &[], true).await;
+    }
+    let mut st = state.borrow_mut();
+    let s = st.send.as_mut().ok_or(io::ErrorKind::BrokenPipe)?;
+    s.send_trailers(map).map_err(h2_error)?;
+    st.finished = true;
+    Ok(())
+}
+
+impl H2Recv {
+    pub(crate) async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        match self.ready().await {
+            Ok(true) => {
+                let n = rawbuf::fill(&mut buf, self.next_bytes());
+                self.consume(n);
+                (Ok(n), buf)
+            }
+            Ok(false) => (Ok(0), buf),
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    pub(crate) async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        let Some((ptr, len)) = rawbuf::first_room(&mut buf) else {
+            return (Ok(0), buf);
+        };
+        match self.ready().await {
+            Ok(true) => {
+                let src = self.next_bytes();
+                let n = src.len().min(len);
+                rawbuf::copy_to(src, ptr, n);
+                rawbuf::set_init_vec(&mut buf, n);
+                self.consume(n);
+                (Ok(n), buf)
+            }
+            Ok(false) => (Ok(0), buf),
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    /// Reads: an HTTP/2 stream is never waited on with a read to cancel (it is never idle
+    /// between requests, nor tunneled).
+    pub(crate) async fn cancelable_read<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        _c: monoio::io::CancelHandle,
+    ) -> BufResult<usize, T> {
+        self.read(buf).await
+    }
+
+    pub(crate) async fn cancelable_readv<T: IoVecBufMut>(
+        &mut self,
+        buf: T,
+        _c: monoio::io::CancelHandle,
+    ) -> BufResult<usize, T> {
+        self.readv(buf).await
+    }
+}
+
+impl H2Send {
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    pub(crate) async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let r = self.take(rawbuf::bytes(&buf)).await;
+        (r.map(|_| buf.bytes_init()), buf)
+    }
+
+    pub(crate) async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let mut total = 0;
+        for i in 0..buf.read_iovec_len() {
+            let part = rawbuf::iovec(&buf, i);
+            if let Err(e) = self.take(part).await {
+                return (Err(e), buf);
+            }
+            total += part.len();
+        }
+        (Ok(total), buf)
+    }
+
+    pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
+        self.end();
+        Ok(())
+    }
+}
