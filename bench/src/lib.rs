@@ -139,6 +139,7 @@ pub fn cluster_view(
     let now = Instant::now();
     let cluster = Cluster {
         tls: None,
+        protocol: Default::default(),
         name: Arc::from("bench"),
         lb,
         connect_timeout: Duration::from_secs(1),

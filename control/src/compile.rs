@@ -22,8 +22,11 @@ use ringmesh_core::tls::{CertSpec, ClientTls, ServerTls};
 
 use ringmesh_core::sni::NameMap;
 
+use ringmesh_core::snapshot::UpstreamProtocol as Protocol1;
+
 use crate::config::{
     ClusterConfig, Config, LbPolicy, ListenerConfig, ListenerProtocol, RetryConfig, RouteConfig,
+    UpstreamProtocol,
 };
 
 /// Compiles `config` as version `version` for one worker, with fresh health state. See
@@ -85,7 +88,12 @@ impl Compiler {
             .as_ref()
             .map(|t| {
                 let pair = t.cert.as_deref().zip(t.key.as_deref());
-                ClientTls::build(&t.sni, &t.ca, pair)
+                let alpn: &[&[u8]] = match c.protocol {
+                    UpstreamProtocol::Http1 => &[b"http/1.1"],
+                    UpstreamProtocol::Http2 | UpstreamProtocol::Mesh => &[b"h2"],
+                    UpstreamProtocol::Auto => &[b"h2", b"http/1.1"],
+                };
+                ClientTls::build(&t.sni, &t.ca, pair, alpn)
                     .map_err(|e| format!("clusters[{i}].tls.{}: {}", e.field, e.message))
             })
             .transpose()?;
@@ -101,6 +109,12 @@ impl Compiler {
         });
         Ok(Cluster {
             tls,
+            protocol: match c.protocol {
+                UpstreamProtocol::Http1 => Protocol1::Http1,
+                UpstreamProtocol::Http2 => Protocol1::Http2,
+                UpstreamProtocol::Auto => Protocol1::Auto,
+                UpstreamProtocol::Mesh => Protocol1::Mesh,
+            },
             name: name.clone(),
             lb: match c.lb {
                 LbPolicy::P2cEwma => Lb::P2cEwma,

@@ -301,6 +301,7 @@ mod tests {
         let cells: Vec<Arc<HealthCell>> = (0..10).map(|_| Arc::default()).collect();
         let cluster = Cluster {
             tls: None,
+            protocol: Default::default(),
             name: Arc::from("sim"),
             lb: balance::Lb::P2cEwma,
             connect_timeout: Duration::from_secs(1),

@@ -23,26 +23,34 @@ use crate::outlier::{Change, Outlier, OutlierConfig};
 pub struct UpConn {
     /// The connection.
     pub(crate) stream: Io,
-    _count: ConnCount,
+    /// `None` for a stream on an HTTP/2 connection (the connection itself is counted).
+    _count: Option<ConnCount>,
 }
 
 impl UpConn {
     /// Counts `stream` as one of `cluster`'s connections until dropped.
     pub(crate) fn new(stream: Io, cluster: Rc<ClusterState>) -> UpConn {
-        cluster.connections.set(cluster.connections.get() + 1);
         UpConn {
             stream,
-            _count: ConnCount(cluster),
+            _count: Some(ConnCount::new(cluster)),
+        }
+    }
+
+    /// A stream on an HTTP/2 connection.
+    pub(crate) fn stream(stream: Io) -> UpConn {
+        UpConn {
+            stream,
+            _count: None,
         }
     }
 
     /// The stream and its place in the count, apart (to split the stream for full duplex).
-    pub(crate) fn into_parts(self) -> (Io, ConnCount) {
+    pub(crate) fn into_parts(self) -> (Io, Option<ConnCount>) {
         (self.stream, self._count)
     }
 
     /// Puts back what [`UpConn::into_parts`] took apart.
-    pub(crate) fn from_parts(stream: Io, count: ConnCount) -> UpConn {
+    pub(crate) fn from_parts(stream: Io, count: Option<ConnCount>) -> UpConn {
         UpConn {
             stream,
             _count: count,
@@ -52,6 +60,14 @@ impl UpConn {
 
 /// One connection counted against its cluster's limit.
 pub(crate) struct ConnCount(Rc<ClusterState>);
+
+impl ConnCount {
+    /// Counts one more connection until dropped.
+    pub(crate) fn new(cluster: Rc<ClusterState>) -> ConnCount {
+        cluster.connections.set(cluster.connections.get() + 1);
+        ConnCount(cluster)
+    }
+}
 
 impl Drop for ConnCount {
     fn drop(&mut self) {
@@ -75,6 +91,8 @@ pub struct Endpoint {
     /// `ip:port`, sent as Host when a client sent none.
     pub host: Box<[u8]>,
     pool: RefCell<Vec<Idle>>,
+    /// HTTP/2 connections (clusters speaking HTTP/2).
+    pub(crate) h2: crate::h2::client::Conns,
     in_flight: Cell<u32>,
     ewma: Cell<PeakEwma>,
     outlier: Cell<Outlier>,
@@ -100,6 +118,7 @@ impl Endpoint {
             addr,
             host: addr.to_string().into_bytes().into(),
             pool: RefCell::new(Vec::new()),
+            h2: Default::default(),
             in_flight: Cell::new(0),
             ewma: Cell::new(PeakEwma::new(now)),
             outlier: Cell::new(Outlier::default()),
@@ -122,6 +141,10 @@ impl Endpoint {
 
     /// Pools a connection that can carry another request.
     pub fn checkin(&self, conn: UpConn, now: Instant, max_idle: usize) {
+        if matches!(conn.stream, Io::H2Up(_)) {
+            // An HTTP/2 stream ends with its exchange; its connection stays with `h2`.
+            return;
+        }
         let mut pool = self.pool.borrow_mut();
         if pool.len() < max_idle {
             pool.push(Idle { conn, since: now });

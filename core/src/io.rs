@@ -11,6 +11,7 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 
+use crate::h2::client::{H2Up, UpRead, UpWrite};
 use crate::h2::stream::{H2Recv, H2Send, H2Stream};
 use crate::tls::{TlsRead, TlsStream, TlsWrite};
 
@@ -19,6 +20,8 @@ pub(crate) enum Io {
     Plain(TcpStream),
     Tls(TlsStream),
     H2(Box<H2Stream>),
+    /// A stream to an HTTP/2 upstream.
+    H2Up(Box<H2Up>),
 }
 
 /// The reading half of a split client connection.
@@ -26,6 +29,7 @@ pub(crate) enum IoRead {
     Plain(OwnedReadHalf<TcpStream>),
     Tls(TlsRead),
     H2(Box<H2Recv>),
+    H2Up(Box<UpRead>),
 }
 
 /// The writing half of a split client connection.
@@ -33,6 +37,7 @@ pub(crate) enum IoWrite {
     Plain(OwnedWriteHalf<TcpStream>),
     Tls(TlsWrite),
     H2(Box<H2Send>),
+    H2Up(Box<UpWrite>),
 }
 
 macro_rules! each {
@@ -41,6 +46,7 @@ macro_rules! each {
             $Ty::Plain($s) => $e,
             $Ty::Tls($s) => $e,
             $Ty::H2($s) => $e,
+            $Ty::H2Up($s) => $e,
         }
     };
 }
@@ -51,7 +57,7 @@ impl Io {
         match self {
             Io::Plain(s) => Some(s),
             Io::Tls(s) => s.socket_to_wait_on(),
-            Io::H2(_) => None,
+            Io::H2(_) | Io::H2Up(_) => None,
         }
     }
 
@@ -69,6 +75,10 @@ impl Io {
                 let H2Stream { recv, send } = *s;
                 (IoRead::H2(Box::new(recv)), IoWrite::H2(Box::new(send)))
             }
+            Io::H2Up(s) => {
+                let H2Up { read, write } = *s;
+                (IoRead::H2Up(Box::new(read)), IoWrite::H2Up(Box::new(write)))
+            }
         }
     }
 
@@ -78,7 +88,7 @@ impl Io {
         match self {
             Io::Plain(s) => s.as_raw_fd(),
             Io::Tls(s) => s.as_raw_fd(),
-            Io::H2(_) => -1,
+            Io::H2(_) | Io::H2Up(_) => -1,
         }
     }
 }
@@ -92,6 +102,10 @@ impl IoRead {
             (IoRead::H2(recv), IoWrite::H2(send)) => Some(Io::H2(Box::new(H2Stream {
                 recv: *recv,
                 send: *send,
+            }))),
+            (IoRead::H2Up(read), IoWrite::H2Up(write)) => Some(Io::H2Up(Box::new(H2Up {
+                read: *read,
+                write: *write,
             }))),
             _ => None,
         }
@@ -116,6 +130,7 @@ impl AsyncReadRent for Io {
                 r
             }
             Io::H2(s) => s.recv.read(buf).await,
+            Io::H2Up(s) => s.read.read(buf).await,
         }
     }
 
@@ -124,6 +139,7 @@ impl AsyncReadRent for Io {
             Io::Plain(s) => s.readv(buf).await,
             Io::Tls(s) => s.readv(buf).await,
             Io::H2(s) => s.recv.readv(buf).await,
+            Io::H2Up(s) => s.read.readv(buf).await,
         }
     }
 }
@@ -142,6 +158,7 @@ impl CancelableAsyncReadRent for Io {
                 r
             }
             Io::H2(s) => s.recv.cancelable_read(buf, c).await,
+            Io::H2Up(s) => s.read.cancelable_read(buf, c).await,
         }
     }
 
@@ -154,6 +171,7 @@ impl CancelableAsyncReadRent for Io {
             Io::Plain(s) => s.cancelable_readv(buf, c).await,
             Io::Tls(s) => s.cancelable_readv(buf, c).await,
             Io::H2(s) => s.recv.cancelable_readv(buf, c).await,
+            Io::H2Up(s) => s.read.cancelable_readv(buf, c).await,
         }
     }
 }
@@ -164,6 +182,7 @@ impl AsyncWriteRent for Io {
             Io::Plain(s) => s.write(buf).await,
             Io::Tls(s) => s.write(buf).await,
             Io::H2(s) => s.send.write(buf).await,
+            Io::H2Up(s) => s.write.write(buf).await,
         }
     }
 
@@ -172,6 +191,7 @@ impl AsyncWriteRent for Io {
             Io::Plain(s) => s.writev(buf).await,
             Io::Tls(s) => s.writev(buf).await,
             Io::H2(s) => s.send.writev(buf).await,
+            Io::H2Up(s) => s.write.writev(buf).await,
         }
     }
 
@@ -179,7 +199,7 @@ impl AsyncWriteRent for Io {
         match self {
             Io::Plain(s) => s.flush().await,
             Io::Tls(s) => s.flush().await,
-            Io::H2(_) => Ok(()),
+            Io::H2(_) | Io::H2Up(_) => Ok(()),
         }
     }
 
@@ -188,6 +208,7 @@ impl AsyncWriteRent for Io {
             Io::Plain(s) => s.shutdown().await,
             Io::Tls(s) => s.shutdown().await,
             Io::H2(s) => s.send.shutdown().await,
+            Io::H2Up(s) => s.write.shutdown().await,
         }
     }
 }

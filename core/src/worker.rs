@@ -664,6 +664,15 @@ impl Worker {
         while self.connections.get() > 0 {
             monoio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Upstream HTTP/2 connections live in tasks of their own: close them while the
+        // runtime still runs (a socket closes at the runtime's next turn).
+        let view = self.view();
+        for cv in &view.clusters {
+            for m in &cv.members {
+                m.ep.h2.close_all();
+            }
+        }
+        monoio::time::sleep(Duration::from_millis(20)).await;
         self.flush_logs();
     }
 }

@@ -147,3 +147,169 @@ pub async fn exchange(
         trailers,
     })
 }
+
+/// What an HTTP/2 upstream received.
+#[derive(Debug, Clone)]
+pub struct H2Seen {
+    pub method: String,
+    pub path: String,
+    pub authority: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub trailers: Option<HeaderMap>,
+    /// Which connection (0, 1, ...) it came on.
+    pub conn: usize,
+}
+
+/// What an HTTP/2 upstream answers: status, fields, body, trailers.
+pub struct H2Answer {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+    pub trailers: Vec<(&'static str, String)>,
+}
+
+impl H2Answer {
+    pub fn ok(body: impl Into<Vec<u8>>) -> H2Answer {
+        H2Answer {
+            status: 200,
+            headers: Vec::new(),
+            body: body.into(),
+            trailers: Vec::new(),
+        }
+    }
+}
+
+impl From<H2Answer> for H2Action {
+    fn from(a: H2Answer) -> H2Action {
+        H2Action::Answer(a)
+    }
+}
+
+/// What the upstream does with a stream.
+pub enum H2Action {
+    Answer(H2Answer),
+    /// Reset the stream with this reason (REFUSED_STREAM: not processed).
+    Reset(h2::Reason),
+}
+
+/// A cleartext HTTP/2 upstream (prior knowledge) on its own thread; `f` decides per request,
+/// given the request and its index over all connections. With `goaway_after`, each connection
+/// is shut down gracefully (GOAWAY) after that many streams.
+pub struct H2Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<std::sync::Mutex<Vec<H2Seen>>>,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl H2Upstream {
+    pub fn start(
+        goaway_after: Option<usize>,
+        f: impl Fn(&H2Seen, usize) -> H2Action + Send + Sync + 'static,
+    ) -> H2Upstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let seen: Arc<std::sync::Mutex<Vec<H2Seen>>> = Arc::default();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let f = Arc::new(f);
+        let (seen2, conns2) = (seen.clone(), connections.clone());
+        std::thread::spawn(move || {
+            let rt = runtime();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let conn_no = conns2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let (f, seen) = (f.clone(), seen2.clone());
+                    tokio::spawn(serve_h2(tcp, conn_no, goaway_after, f, seen));
+                }
+            });
+        });
+        H2Upstream {
+            addr,
+            seen,
+            connections,
+        }
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> Vec<H2Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+type Decide = Arc<dyn Fn(&H2Seen, usize) -> H2Action + Send + Sync>;
+
+async fn serve_h2(
+    tcp: tokio::net::TcpStream,
+    conn_no: usize,
+    goaway_after: Option<usize>,
+    f: Decide,
+    seen: Arc<std::sync::Mutex<Vec<H2Seen>>>,
+) {
+    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+        return;
+    };
+    let mut served = 0;
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        served += 1;
+        if goaway_after.is_some_and(|n| served >= n) {
+            conn.graceful_shutdown();
+        }
+        let (f, seen) = (f.clone(), seen.clone());
+        tokio::spawn(async move {
+            let (parts, mut body) = req.into_parts();
+            let mut data = Vec::new();
+            while let Some(Ok(chunk)) = body.data().await {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                data.extend_from_slice(&chunk);
+            }
+            let trailers = body.trailers().await.ok().flatten();
+            let s = H2Seen {
+                method: parts.method.to_string(),
+                path: parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                authority: parts.uri.authority().map(|a| a.to_string()),
+                headers: parts.headers,
+                body: data,
+                trailers,
+                conn: conn_no,
+            };
+            let index = {
+                let mut v = seen.lock().expect("lock");
+                v.push(s.clone());
+                v.len() - 1
+            };
+            match f(&s, index) {
+                H2Action::Reset(r) => respond.send_reset(r),
+                H2Action::Answer(a) => {
+                    let mut r = http::Response::builder().status(a.status);
+                    for (n, v) in &a.headers {
+                        r = r.header(*n, v.as_str());
+                    }
+                    let r = r.body(()).expect("response");
+                    let end = a.body.is_empty() && a.trailers.is_empty();
+                    let Ok(mut stream) = respond.send_response(r, end) else {
+                        return;
+                    };
+                    if !a.body.is_empty() {
+                        let _ = stream.send_data(Bytes::from(a.body), a.trailers.is_empty());
+                    }
+                    if !a.trailers.is_empty() {
+                        let mut t = HeaderMap::new();
+                        for (n, v) in &a.trailers {
+                            t.insert(*n, v.parse().expect("value"));
+                        }
+                        let _ = stream.send_trailers(t);
+                    }
+                }
+            }
+        });
+    }
+}

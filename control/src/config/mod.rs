@@ -357,11 +357,27 @@ pub struct ClusterConfig {
     /// Active health checks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,
-    /// Endpoints.
     /// TLS to the endpoints.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTlsConfig>,
+    /// The protocol spoken to the endpoints.
+    pub protocol: UpstreamProtocol,
+    /// Endpoints.
     pub endpoints: Vec<EndpointConfig>,
+}
+
+/// What a cluster's endpoints are spoken to in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, pooled connections.
+    Http1,
+    /// HTTP/2 (prior knowledge in cleartext, ALPN `h2` over TLS), multiplexed.
+    Http2,
+    /// Over TLS: what ALPN agrees on (h2 preferred); in cleartext: HTTP/1.1.
+    Auto,
+    /// Another ringmesh: HTTP/2, with each request marked as having come in as HTTP/1.1.
+    Mesh,
 }
 
 /// One endpoint.
@@ -1256,17 +1272,15 @@ fn decode_cluster(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Clu
         ],
     )?;
     let tls = f.get("tls").and_then(|(n, p)| decode_cluster_tls(d, n, &p));
-    if let Some((n, p)) = f.get("protocol") {
-        if d.choice(n, &p, &["http1", "http2", "auto"])
-            .is_some_and(|v| v != "http1")
-        {
-            d.error(
-                &p,
-                Some(n),
-                "only http1 upstreams are available in this version",
-            );
-        }
-    }
+    let protocol = match f
+        .get("protocol")
+        .and_then(|(n, p)| d.choice(n, &p, &["http1", "http2", "auto", "mesh"]))
+    {
+        Some("http2") => UpstreamProtocol::Http2,
+        Some("auto") => UpstreamProtocol::Auto,
+        Some("mesh") => UpstreamProtocol::Mesh,
+        _ => UpstreamProtocol::Http1,
+    };
     let name = required(d, &f, "name").and_then(|(n, p)| d.string(n, &p));
     let lb = match f.get("lb") {
         Some((n, p)) => d
@@ -1314,6 +1328,7 @@ fn decode_cluster(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Clu
         health_check,
         endpoints,
         tls,
+        protocol,
     })
 }
 

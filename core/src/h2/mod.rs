@@ -16,6 +16,7 @@
 //! streams for its protocol errors ("MadeYouReset"), gets GOAWAY `ENHANCE_YOUR_CALM`; header
 //! blocks (CONTINUATION frames included) are cut at the listener's `max_request_head_bytes`.
 
+pub(crate) mod client;
 pub(crate) mod io;
 pub(crate) mod stream;
 
@@ -240,7 +241,11 @@ fn write_head(p: &http::request::Parts, end_stream: bool, out: &mut Vec<u8>) -> 
     let mut cookies = 0;
     for (name, value) in &p.headers {
         let n = name.as_str();
-        if (authority.is_some() && n == "host") || n == "te" || is_connection_specific(n.as_bytes())
+        // The mark another ringmesh puts on requests it upgraded is for this hop only.
+        if (authority.is_some() && n == "host")
+            || n == "te"
+            || n == client::ORIGINAL_PROTOCOL
+            || is_connection_specific(n.as_bytes())
         {
             continue;
         }

@@ -3,10 +3,12 @@
 //! the HTTP/1.1 answer the proxy makes and send it as HEADERS, DATA and trailers under the
 //! stream's flow control.
 
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
 use std::future::poll_fn;
 use std::io;
+use std::ops::DerefMut;
 use std::rc::Rc;
+use std::task::Poll;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -117,6 +119,22 @@ pub(crate) struct H2Stream {
     pub send: H2Send,
 }
 
+impl H2Recv {
+    /// An upstream answer's body, as HTTP/1.1 bytes (chunk-coded when `chunked`).
+    pub(crate) fn for_answer(body: RecvStream, chunked: bool) -> H2Recv {
+        H2Recv {
+            done: body.is_end_stream() && !chunked,
+            body,
+            chunked,
+            framing: Vec::new(),
+            framing_at: 0,
+            data: Bytes::new(),
+            crlf_owed: false,
+            identity: None,
+        }
+    }
+}
+
 impl H2Stream {
     pub(crate) fn new(
         body: RecvStream,
@@ -147,7 +165,7 @@ impl H2Stream {
     }
 }
 
-fn h2_error(e: h2::Error) -> io::Error {
+pub(crate) fn h2_error(e: h2::Error) -> io::Error {
     io::Error::other(e)
 }
 
@@ -392,21 +410,37 @@ pub(crate) fn is_connection_specific(name: &[u8]) -> bool {
 
 /// Sends `data` as the stream's flow control allows.
 async fn send_data(state: &Respond, data: &[u8], end: bool) -> io::Result<()> {
+    let sent = send_flow(
+        || RefMut::filter_map(state.borrow_mut(), |s| s.send.as_mut()).ok(),
+        data,
+        end,
+    )
+    .await;
+    if sent.is_ok() && end {
+        state.borrow_mut().finished = true;
+    }
+    sent
+}
+
+/// Sends `data` on the stream `get` gives, as its flow control allows; `end`: END_STREAM with
+/// the last byte (or alone when `data` is empty). The stream is borrowed only while polled.
+pub(crate) async fn send_flow<S: DerefMut<Target = SendStream<Bytes>>>(
+    mut get: impl FnMut() -> Option<S>,
+    data: &[u8],
+    end: bool,
+) -> io::Result<()> {
     let mut rest = data;
     while !rest.is_empty() {
         let cap = poll_fn(|cx| {
-            let mut st = state.borrow_mut();
-            let Some(s) = st.send.as_mut() else {
-                return std::task::Poll::Ready(Err(io::Error::from(io::ErrorKind::BrokenPipe)));
+            let Some(mut s) = get() else {
+                return Poll::Ready(Err(io::Error::from(io::ErrorKind::BrokenPipe)));
             };
             s.reserve_capacity(rest.len());
             match s.poll_capacity(cx) {
-                std::task::Poll::Ready(Some(Ok(n))) => std::task::Poll::Ready(Ok(n)),
-                std::task::Poll::Ready(Some(Err(e))) => std::task::Poll::Ready(Err(h2_error(e))),
-                std::task::Poll::Ready(None) => {
-                    std::task::Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
-                }
-                std::task::Poll::Pending => std::task::Poll::Pending,
+                Poll::Ready(Some(Ok(n))) => Poll::Ready(Ok(n)),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Err(h2_error(e))),
+                Poll::Ready(None) => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                Poll::Pending => Poll::Pending,
             }
         })
         .await?;
@@ -415,26 +449,34 @@ async fn send_data(state: &Respond, data: &[u8], end: bool) -> io::Result<()> {
         }
         let n = cap.min(rest.len());
         let last = end && n == rest.len();
-        let mut st = state.borrow_mut();
-        let s = st.send.as_mut().ok_or(io::ErrorKind::BrokenPipe)?;
+        let mut s = get().ok_or(io::ErrorKind::BrokenPipe)?;
         s.send_data(Bytes::copy_from_slice(&rest[..n]), last)
             .map_err(h2_error)?;
-        if last {
-            st.finished = true;
-        }
         rest = &rest[n..];
     }
     if end && data.is_empty() {
-        let mut st = state.borrow_mut();
-        let s = st.send.as_mut().ok_or(io::ErrorKind::BrokenPipe)?;
+        let mut s = get().ok_or(io::ErrorKind::BrokenPipe)?;
         s.send_data(Bytes::new(), true).map_err(h2_error)?;
-        st.finished = true;
     }
     Ok(())
 }
 
 /// Ends the stream with the trailer section's fields (`name: value\r\n` lines), if any.
 async fn send_trailers(state: &Respond, fields: &[u8]) -> io::Result<()> {
+    let map = trailer_map(fields);
+    if map.is_empty() {
+        return send_data(state, &[], true).await;
+    }
+    let mut st = state.borrow_mut();
+    let s = st.send.as_mut().ok_or(io::ErrorKind::BrokenPipe)?;
+    s.send_trailers(map).map_err(h2_error)?;
+    st.finished = true;
+    Ok(())
+}
+
+/// The fields of an HTTP/1.1 trailer section (`name: value\r\n` lines), but connection-specific
+/// ones.
+pub(crate) fn trailer_map(fields: &[u8]) -> HeaderMap {
     let mut map = HeaderMap::new();
     for line in fields.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -450,14 +492,7 @@ async fn send_trailers(state: &Respond, fields: &[u8]) -> io::Result<()> {
             map.append(n, v);
         }
     }
-    if map.is_empty() {
-        return send_data(state, &[], true).await;
-    }
-    let mut st = state.borrow_mut();
-    let s = st.send.as_mut().ok_or(io::ErrorKind::BrokenPipe)?;
-    s.send_trailers(map).map_err(h2_error)?;
-    st.finished = true;
-    Ok(())
+    map
 }
 
 impl H2Recv {

@@ -25,13 +25,14 @@ use super::body::{self, ClientSide, DuplexEnd, Progress, PumpError, RelayError, 
 use super::{Client, client_keeps_alive};
 use crate::buf::BUF_SIZE;
 use crate::cluster::{Active, ClusterView};
-use crate::endpoint::{Endpoint, UpConn};
+use crate::endpoint::{ConnCount, Endpoint, UpConn};
 use crate::error::ErrorKind;
+use crate::h2::client::H2Up;
 use crate::http1::encode::{self, Forwarded};
 use crate::http1::{ChunkedDecoder, Framing, Method, RequestHead, ResponseHead, Version};
 use crate::metrics::{Limit, Outcome, RouteStats};
 use crate::retry::{self, Failure, MAX_REPLAY_BODY, RetryPolicy};
-use crate::snapshot::{Cluster, HttpLimits};
+use crate::snapshot::{Cluster, HttpLimits, UpstreamProtocol};
 use crate::tcp::{Moved, tunnel};
 use crate::worker::Worker;
 
@@ -280,7 +281,9 @@ impl Exchange<'_> {
         self.req.method.is_idempotent()
     }
 
-    /// A pooled connection (unless `fresh`), else a new one within the circuit breakers.
+    /// A pooled connection (unless `fresh`), else a new one within the circuit breakers. For a
+    /// cluster speaking HTTP/2, a stream on one of the endpoint's connections (a new connection
+    /// when `fresh` or when they are all busy).
     async fn connection(
         &self,
         ep: &Endpoint,
@@ -288,7 +291,25 @@ impl Exchange<'_> {
         deadline: Instant,
         must_be_alive: bool,
     ) -> Result<(UpConn, bool), TryEnd> {
-        if !fresh {
+        // Upgrades and CONNECT are HTTP/1.1 only: they go on an HTTP/1.1 connection whatever
+        // the cluster speaks (another ringmesh takes both).
+        let proto = if self.req.upgrade.is_some() || self.req.method == Method::Connect {
+            UpstreamProtocol::Http1
+        } else {
+            self.cluster.protocol
+        };
+        let h2_only = matches!(proto, UpstreamProtocol::Http2 | UpstreamProtocol::Mesh);
+        if !fresh && proto != UpstreamProtocol::Http1 {
+            let slot = if h2_only {
+                ep.h2.pick_or_wait().await
+            } else {
+                ep.h2.pick()
+            };
+            if let Some(slot) = slot {
+                return Ok((self.h2_stream(slot), true));
+            }
+        }
+        if !fresh && !h2_only {
             while let Some(s) = ep.checkout(self.started, self.cluster.pool_idle_timeout) {
                 // A request that cannot be sent twice goes only on a connection seen alive: one
                 // non-blocking peek, spent only on such requests.
@@ -307,9 +328,38 @@ impl Exchange<'_> {
             return Err(TryEnd::Overflow(Limit::Pending));
         }
         state.pending.set(state.pending.get() + 1);
+        let opening = h2_only.then(|| ep.h2.opening());
         let r = Box::pin(self.connect(ep, deadline)).await;
+        let r = match r {
+            Ok(io)
+                if h2_only
+                    || (proto == UpstreamProtocol::Auto
+                        && matches!(&io, Io::Tls(t) if t.is_h2())) =>
+            {
+                let started = Instant::now();
+                let count = ConnCount::new(state.clone());
+                match Box::pin(ep.h2.open(io, count)).await {
+                    Ok(slot) => Ok(self.h2_stream(slot)),
+                    Err(_) => Err(TryEnd::Failed {
+                        kind: ErrorKind::ConnectFailed,
+                        failure: Some(Failure::Connect),
+                        stale: false,
+                        sent_at: started,
+                    }),
+                }
+            }
+            Ok(io) => Ok(UpConn::new(io, state.clone())),
+            Err(e) => Err(e),
+        };
+        drop(opening);
         state.pending.set(state.pending.get().saturating_sub(1));
-        r.map(|s| (UpConn::new(s, state.clone()), false))
+        r.map(|c| (c, false))
+    }
+
+    fn h2_stream(&self, slot: crate::h2::client::Slot) -> UpConn {
+        let tls = self.cluster.tls.is_some();
+        let mesh = self.cluster.protocol == UpstreamProtocol::Mesh;
+        UpConn::stream(Io::H2Up(Box::new(H2Up::new(slot, tls, mesh))))
     }
 
     /// A new connection within the connect timeout (and the request's deadline).
@@ -395,8 +445,11 @@ impl Exchange<'_> {
             }) => TryEnd::ClientGone,
             Err(RelayError::Before { kind, retryable }) => {
                 // No byte back on a reused connection: the upstream had most likely closed it
-                // before the request came. Only a request that is safe to repeat is sent again.
-                let stale = retryable && reused && self.idempotent();
+                // before the request came. Only a request that is safe to repeat is sent again;
+                // or, once, one an HTTP/2 upstream says it did not process (refused, or past
+                // its GOAWAY), whatever its method.
+                let refused = matches!(&up.stream, Io::H2Up(s) if s.refused());
+                let stale = retryable && ((reused && self.idempotent()) || (refused && !fresh));
                 let failure = match kind {
                     ErrorKind::UpstreamReset | ErrorKind::Timeout => Some(Failure::Reset),
                     _ => None,

@@ -215,10 +215,12 @@ impl fmt::Debug for ClientTls {
 
 impl ClientTls {
     /// Loads the CA and the client certificate; errors name the field (relative to `tls`).
+    /// `alpn`: the protocols offered, in preference order.
     pub fn build(
         sni: &str,
         ca: &str,
         cert_key: Option<(&str, &str)>,
+        alpn: &[&[u8]],
     ) -> Result<ClientTls, TlsError> {
         let name = rustls::pki_types::ServerName::try_from(sni.to_string()).map_err(|e| {
             TlsError::new("sni", format!("`{sni}` is not a DNS name or address: {e}"))
@@ -236,7 +238,7 @@ impl ClientTls {
                 builder.with_client_cert_resolver(Arc::new(ClientCert(Arc::new(ck))))
             }
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(ClientTls {
             config: Arc::new(config),
             name,

@@ -1,0 +1,573 @@
+//! HTTP/2 to upstreams (cluster `protocol: http2` or `mesh`): a few multiplexed connections per
+//! endpoint per worker, and each request a stream on one of them. A stream is an upstream
+//! connection as the HTTP/1.1 forwarding path sees it ([`H2Up`]): the request head and body it
+//! writes become HEADERS, DATA and trailers; the answer reads back as an HTTP/1.1 head and body
+//! (chunk-coded, with trailers, when it has no length). Retries, timeouts, outlier ejection and
+//! the rest of the forwarding path therefore hold for HTTP/2 upstreams unchanged.
+
+use std::cell::{Cell, RefCell, RefMut};
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use bytes::Bytes;
+use h2::client::{ResponseFuture, SendRequest};
+use h2::{Reason, SendStream};
+use http::{HeaderName, HeaderValue};
+use monoio::BufResult;
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+
+use super::stream::{H2Recv, h2_error, is_connection_specific, send_flow, trailer_map};
+use crate::endpoint::ConnCount;
+use crate::http1::{ChunkedDecoder, Framing, RequestHead};
+use crate::io::Io;
+use crate::rawbuf;
+
+/// Streams opened on one connection at most, whatever the peer allows (Envoy's default is 100
+/// too; more streams per connection only deepen head-of-line blocking on loss).
+const MAX_STREAMS_PER_CONN: u32 = 100;
+/// Receive windows for answers: per stream, and per connection.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// The field that tells the next ringmesh a request came in as HTTP/1.1 (`protocol: mesh`).
+pub const ORIGINAL_PROTOCOL: &str = "ringmesh-original-protocol";
+
+/// One HTTP/2 connection to an endpoint.
+#[derive(Clone)]
+struct Conn {
+    send: SendRequest<Bytes>,
+    /// The connection's task is still running.
+    alive: Rc<Cell<bool>>,
+    /// Streams open on it now.
+    streams: Rc<Cell<u32>>,
+    /// Streams it may have open: the peer's limit, within ours.
+    max: Rc<Cell<u32>>,
+    /// Asks the connection's task to close it.
+    close: Rc<Close>,
+}
+
+/// A request to close a connection, and the task to wake for it.
+#[derive(Default)]
+struct Close {
+    asked: Cell<bool>,
+    task: RefCell<Option<Waker>>,
+}
+
+/// An endpoint's HTTP/2 connections, in one worker.
+#[derive(Default)]
+pub(crate) struct Conns {
+    list: RefCell<Vec<Conn>>,
+    /// Connections being opened: requests wait for them rather than open more (a burst on a
+    /// cold endpoint makes one connection, not one per request).
+    opening: Cell<u32>,
+    waiting: RefCell<Vec<Waker>>,
+}
+
+impl Conns {
+    /// A stream slot, waiting for a connection being opened if there is one; `None`: a new
+    /// connection is needed.
+    pub(crate) async fn pick_or_wait(&self) -> Option<Slot> {
+        loop {
+            if let Some(s) = self.pick() {
+                return Some(s);
+            }
+            if self.opening.get() == 0 {
+                return None;
+            }
+            let mut waited = false;
+            poll_fn(|cx| {
+                if waited {
+                    return Poll::Ready(());
+                }
+                waited = true;
+                self.waiting.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+        }
+    }
+
+    /// Closes every connection (the worker is stopping; no request is in flight).
+    pub(crate) fn close_all(&self) {
+        for c in self.list.borrow_mut().drain(..) {
+            c.close.asked.set(true);
+            if let Some(w) = c.close.task.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Marks a connection as being opened until the guard drops.
+    pub(crate) fn opening(&self) -> Opening<'_> {
+        self.opening.set(self.opening.get() + 1);
+        Opening(self)
+    }
+
+    /// A stream slot on a live connection with room, the least busy; `None`: a new connection
+    /// is needed.
+    pub(crate) fn pick(&self) -> Option<Slot> {
+        let mut list = self.list.borrow_mut();
+        list.retain(|c| c.alive.get());
+        let c = list
+            .iter()
+            .filter(|c| c.streams.get() < c.max.get())
+            .min_by_key(|c| c.streams.get())?;
+        Some(Slot::on(c))
+    }
+
+    /// Sets up HTTP/2 on a new connection (counted by `count` while it lives), and returns a
+    /// stream slot on it.
+    pub(crate) async fn open(&self, io: Io, count: ConnCount) -> io::Result<Slot> {
+        let mut b = h2::client::Builder::new();
+        b.initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_concurrent_streams(0)
+            .enable_push(false);
+        let (send, mut conn) = b
+            .handshake::<_, Bytes>(super::io::PollIo::new(io, Vec::new()))
+            .await
+            .map_err(h2_error)?;
+        let c = Conn {
+            send,
+            alive: Rc::new(Cell::new(true)),
+            streams: Rc::new(Cell::new(0)),
+            max: Rc::new(Cell::new(MAX_STREAMS_PER_CONN)),
+            close: Rc::default(),
+        };
+        let (alive, max, close) = (c.alive.clone(), c.max.clone(), c.close.clone());
+        monoio::spawn(async move {
+            let _count = count;
+            let _ = poll_fn(|cx| {
+                if close.asked.get() {
+                    return Poll::Ready(Ok(()));
+                }
+                *close.task.borrow_mut() = Some(cx.waker().clone());
+                let r = Pin::new(&mut conn).poll(cx);
+                let peer = conn.max_concurrent_send_streams().min(u32::MAX as usize) as u32;
+                max.set(peer.clamp(1, MAX_STREAMS_PER_CONN));
+                r
+            })
+            .await;
+            alive.set(false);
+        });
+        let slot = Slot::on(&c);
+        self.list.borrow_mut().push(c);
+        Ok(slot)
+    }
+}
+
+/// A connection being opened; when it is done (either way), waiting requests look again.
+pub(crate) struct Opening<'a>(&'a Conns);
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        let c = self.0;
+        c.opening.set(c.opening.get().saturating_sub(1));
+        for w in c.waiting.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// A stream reserved on a connection (counted until dropped).
+pub(crate) struct Slot {
+    send: SendRequest<Bytes>,
+    streams: Rc<Cell<u32>>,
+}
+
+impl Slot {
+    fn on(c: &Conn) -> Slot {
+        c.streams.set(c.streams.get() + 1);
+        Slot {
+            send: c.send.clone(),
+            streams: c.streams.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.streams.set(self.streams.get().saturating_sub(1));
+    }
+}
+
+/// What the two halves of a stream share: the answer on its way.
+struct Shared {
+    response: Option<ResponseFuture>,
+    /// The reading half waits for the request to be sent.
+    waker: Option<Waker>,
+    /// The peer refused the stream (REFUSED_STREAM, or past its GOAWAY): nothing was processed.
+    refused: bool,
+    /// The writing half failed before the request went out.
+    failed: bool,
+    slot: Option<Slot>,
+}
+
+/// An upstream stream as an HTTP/1.1 connection.
+pub(crate) struct H2Up {
+    pub write: UpWrite,
+    pub read: UpRead,
+}
+
+/// The request side.
+pub(crate) struct UpWrite {
+    shared: Rc<RefCell<Shared>>,
+    head: Vec<u8>,
+    scheme: &'static str,
+    mesh: bool,
+    out: Out,
+    stream: RefCell<Option<SendStream<Bytes>>>,
+}
+
+enum Out {
+    Head,
+    Length(u64),
+    /// Decoder, trailer section so far, scratch for data ranges.
+    Chunked(ChunkedDecoder, Vec<u8>, Vec<std::ops::Range<usize>>),
+    Done,
+}
+
+/// The answer side.
+pub(crate) struct UpRead {
+    shared: Rc<RefCell<Shared>>,
+    head: Vec<u8>,
+    head_at: usize,
+    body: Option<H2Recv>,
+}
+
+impl H2Up {
+    /// A stream on `slot`; `tls`: the scheme is https; `mesh`: the request is marked as having
+    /// come in as HTTP/1.1.
+    pub(crate) fn new(slot: Slot, tls: bool, mesh: bool) -> H2Up {
+        let shared = Rc::new(RefCell::new(Shared {
+            response: None,
+            waker: None,
+            refused: false,
+            failed: false,
+            slot: Some(slot),
+        }));
+        H2Up {
+            write: UpWrite {
+                shared: shared.clone(),
+                head: Vec::new(),
+                scheme: if tls { "https" } else { "http" },
+                mesh,
+                out: Out::Head,
+                stream: RefCell::new(None),
+            },
+            read: UpRead {
+                shared,
+                head: Vec::new(),
+                head_at: 0,
+                body: None,
+            },
+        }
+    }
+
+    /// The peer refused the stream unprocessed: the request may go again, whatever its method.
+    pub(crate) fn refused(&self) -> bool {
+        self.write.shared.borrow().refused
+    }
+}
+
+fn invalid() -> io::Error {
+    io::ErrorKind::InvalidData.into()
+}
+
+impl UpWrite {
+    async fn take(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Out::Head = self.out {
+            self.head.extend_from_slice(bytes);
+            let mut req = RequestHead::default();
+            let n = match req.parse(&self.head, 1 << 20) {
+                Ok(Some(n)) => n,
+                Ok(None) => return Ok(()),
+                Err(_) => return Err(invalid()),
+            };
+            if let Err(e) = self.send_head(&req).await {
+                let mut sh = self.shared.borrow_mut();
+                sh.failed = true;
+                if let Some(w) = sh.waker.take() {
+                    w.wake();
+                }
+                return Err(e);
+            }
+            let head = std::mem::take(&mut self.head);
+            return self.body(&head[n..]).await;
+        }
+        self.body(bytes).await
+    }
+
+    /// Opens the stream with the request's head.
+    async fn send_head(&mut self, req: &RequestHead) -> io::Result<()> {
+        let buf = &self.head;
+        let authority = req.header(buf, b"host").unwrap_or_default();
+        let path = if req.path.is_empty() {
+            &b"/"[..]
+        } else {
+            req.path.get(buf)
+        };
+        let mut uri = Vec::with_capacity(authority.len() + path.len() + 8);
+        uri.extend_from_slice(self.scheme.as_bytes());
+        uri.extend_from_slice(b"://");
+        uri.extend_from_slice(authority);
+        uri.extend_from_slice(path);
+        let mut r = http::Request::new(());
+        *r.method_mut() =
+            http::Method::from_bytes(req.method_span.get(buf)).map_err(|_| invalid())?;
+        *r.uri_mut() = http::Uri::try_from(uri).map_err(|_| invalid())?;
+        let headers = r.headers_mut();
+        for h in &req.headers {
+            let name = h.name.get(buf);
+            if h.drop || name.eq_ignore_ascii_case(b"host") || is_connection_specific(name) {
+                continue;
+            }
+            let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name),
+                HeaderValue::from_bytes(h.value.get(buf)),
+            ) else {
+                return Err(invalid());
+            };
+            headers.append(n, v);
+        }
+        // The proxy takes trailers, and gRPC servers insist on being told so.
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        if self.mesh {
+            headers.insert(ORIGINAL_PROTOCOL, HeaderValue::from_static("HTTP/1.1"));
+        }
+        self.out = match req.framing {
+            Framing::Length(n) => {
+                headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+                Out::Length(n)
+            }
+            Framing::Chunked => Out::Chunked(ChunkedDecoder::new(), Vec::new(), Vec::new()),
+            Framing::None | Framing::Close => Out::Done,
+        };
+        let end = matches!(self.out, Out::Done);
+        let send = self
+            .shared
+            .borrow()
+            .slot
+            .as_ref()
+            .map(|s| s.send.clone())
+            .ok_or(io::ErrorKind::BrokenPipe)?;
+        let mut send = send.ready().await.map_err(|e| self.note(e))?;
+        let (response, stream) = send.send_request(r, end).map_err(|e| self.note(e))?;
+        *self.stream.borrow_mut() = Some(stream);
+        let mut sh = self.shared.borrow_mut();
+        sh.response = Some(response);
+        if let Some(w) = sh.waker.take() {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Records whether an error means the peer never processed the request.
+    fn note(&self, e: h2::Error) -> io::Error {
+        if unprocessed(&e) {
+            self.shared.borrow_mut().refused = true;
+        }
+        h2_error(e)
+    }
+
+    fn get(&self) -> Option<RefMut<'_, SendStream<Bytes>>> {
+        RefMut::filter_map(self.stream.borrow_mut(), Option::as_mut).ok()
+    }
+
+    /// Body bytes of the request, as the proxy framed them.
+    async fn body(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.out {
+            Out::Head | Out::Done if bytes.is_empty() => Ok(()),
+            Out::Head | Out::Done => Err(invalid()),
+            Out::Length(left) => {
+                if bytes.len() as u64 > *left {
+                    return Err(invalid());
+                }
+                *left -= bytes.len() as u64;
+                let end = *left == 0;
+                if end {
+                    self.out = Out::Done;
+                }
+                send_flow(|| self.get(), bytes, end).await
+            }
+            Out::Chunked(decoder, trailers, ranges) => {
+                ranges.clear();
+                let progress = decoder
+                    .feed_with_trailers(bytes, |r| ranges.push(r), |b| trailers.push(b))
+                    .map_err(|_| invalid())?;
+                let ranges = std::mem::take(ranges);
+                let fields = progress.done.then(|| std::mem::take(trailers));
+                if progress.done {
+                    self.out = Out::Done;
+                } else if let Out::Chunked(_, _, slot) = &mut self.out {
+                    *slot = ranges.clone();
+                }
+                for r in &ranges {
+                    send_flow(|| self.get(), &bytes[r.clone()], false).await?;
+                }
+                let Some(fields) = fields else {
+                    return Ok(());
+                };
+                let map = trailer_map(&fields);
+                if map.is_empty() {
+                    return send_flow(|| self.get(), &[], true).await;
+                }
+                let mut s = self.get().ok_or(io::ErrorKind::BrokenPipe)?;
+                s.send_trailers(map).map_err(h2_error)
+            }
+        }
+    }
+}
+
+/// The peer guarantees it did not act on the request: refused, or past its GOAWAY.
+fn unprocessed(e: &h2::Error) -> bool {
+    e.reason() == Some(Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
+}
+
+impl UpRead {
+    /// Waits for the answer's head and writes it as HTTP/1.1.
+    async fn head(&mut self) -> io::Result<()> {
+        let r = poll_fn(|cx| {
+            let mut sh = self.shared.borrow_mut();
+            if sh.failed {
+                return Poll::Ready(Err(io::Error::from(io::ErrorKind::BrokenPipe)));
+            }
+            match sh.response.as_mut() {
+                Some(f) => Pin::new(f).poll(cx).map(|r| {
+                    r.map_err(|e| {
+                        if unprocessed(&e) {
+                            sh.refused = true;
+                        }
+                        h2_error(e)
+                    })
+                }),
+                None => {
+                    sh.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await?;
+        let (parts, body) = r.into_parts();
+        let out = &mut self.head;
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(parts.status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(
+            parts
+                .status
+                .canonical_reason()
+                .unwrap_or("Unknown")
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\r\n");
+        let mut length = false;
+        let mut grpc = false;
+        for (name, value) in &parts.headers {
+            let n = name.as_str();
+            if is_connection_specific(n.as_bytes()) {
+                continue;
+            }
+            length |= n == "content-length";
+            grpc |= n == "content-type" && value.as_bytes().starts_with(b"application/grpc");
+            out.extend_from_slice(n.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        // Trailers need chunked framing in HTTP/1.1: a body without a length, or gRPC's (whose
+        // status comes last), goes chunked.
+        let chunked = !body.is_end_stream() && (!length || grpc);
+        if chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        } else if !length {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        self.body = Some(H2Recv::for_answer(body, chunked));
+        Ok(())
+    }
+
+    pub(crate) async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        if self.body.is_none() {
+            if let Err(e) = self.head().await {
+                return (Err(e), buf);
+            }
+        }
+        if self.head_at < self.head.len() {
+            let n = rawbuf::fill(&mut buf, &self.head[self.head_at..]);
+            self.head_at += n;
+            return (Ok(n), buf);
+        }
+        match self.body.as_mut() {
+            Some(b) => b.read(buf).await,
+            None => (Ok(0), buf),
+        }
+    }
+
+    pub(crate) async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        // The forwarding path reads into one buffer; a vectored read is not asked of it.
+        (Err(io::ErrorKind::Unsupported.into()), buf)
+    }
+
+    pub(crate) async fn cancelable_read<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        _c: monoio::io::CancelHandle,
+    ) -> BufResult<usize, T> {
+        self.read(buf).await
+    }
+
+    pub(crate) async fn cancelable_readv<T: IoVecBufMut>(
+        &mut self,
+        buf: T,
+        _c: monoio::io::CancelHandle,
+    ) -> BufResult<usize, T> {
+        self.readv(buf).await
+    }
+}
+
+impl UpWrite {
+    pub(crate) async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let r = self.take(rawbuf::bytes(&buf)).await;
+        (r.map(|_| buf.bytes_init()), buf)
+    }
+
+    pub(crate) async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let mut total = 0;
+        for i in 0..buf.read_iovec_len() {
+            let part = rawbuf::iovec(&buf, i);
+            if let Err(e) = self.take(part).await {
+                return (Err(e), buf);
+            }
+            total += part.len();
+        }
+        (Ok(total), buf)
+    }
+
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
+        if !matches!(self.out, Out::Done) {
+            if let Some(mut s) = self.get() {
+                s.send_reset(Reason::CANCEL);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for UpWrite {
+    fn drop(&mut self) {
+        // A request not sent in full is cancelled, so that the upstream stops working on it.
+        if !matches!(self.out, Out::Done) {
+            if let Some(mut s) = self.get() {
+                s.send_reset(Reason::CANCEL);
+            }
+        }
+    }
+}
