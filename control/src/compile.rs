@@ -391,6 +391,7 @@ fn retry_policy(r: &RetryConfig) -> RetryPolicy {
             "connect-failure" => on.connect_failure = true,
             "reset" => on.reset = true,
             "5xx" => on.status_5xx = true,
+            "unavailable" => on.grpc_unavailable = true,
             code => on.statuses.extend(code.parse::<u16>().ok()),
         }
     }

@@ -104,6 +104,24 @@ impl ErrorKind {
         }
     }
 
+    /// The gRPC status a gRPC client gets for it (the mapping gRPC gives HTTP statuses, and
+    /// Envoy's for its own answers).
+    pub const fn grpc_status(self) -> u8 {
+        match self {
+            ErrorKind::BadRequest | ErrorKind::HeadTooLarge => 13,
+            ErrorKind::Unsupported | ErrorKind::NoRoute => 12,
+            ErrorKind::BodyTooLarge | ErrorKind::RateLimited => 8,
+            ErrorKind::HeadTimeout | ErrorKind::Timeout => 4,
+            ErrorKind::Denied => 7,
+            ErrorKind::ClientClosed => 1,
+            ErrorKind::NoEndpoint
+            | ErrorKind::Overflow
+            | ErrorKind::ConnectFailed
+            | ErrorKind::UpstreamReset
+            | ErrorKind::UpstreamProtocol => 14,
+        }
+    }
+
     /// Whether the client connection must be closed after the answer: after a framing error
     /// the proxy cannot know where the next request starts.
     pub const fn closes_connection(self) -> bool {

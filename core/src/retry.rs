@@ -27,6 +27,8 @@ pub struct RetryOn {
     pub status_5xx: bool,
     /// These statuses.
     pub statuses: Vec<u16>,
+    /// A gRPC answer with status UNAVAILABLE (14) in its head (a trailers-only answer).
+    pub grpc_unavailable: bool,
 }
 
 /// A route's retry policy.
@@ -53,6 +55,8 @@ pub enum Failure {
     Reset,
     /// The upstream answered with this status.
     Status(u16),
+    /// A gRPC answer with status UNAVAILABLE, before any message.
+    GrpcUnavailable,
 }
 
 impl RetryPolicy {
@@ -65,6 +69,8 @@ impl RetryPolicy {
             Failure::Status(s) => {
                 idempotent && ((self.on.status_5xx && s >= 500) || self.on.statuses.contains(&s))
             }
+            // gRPC's own word: the server did not process the call, whatever its method.
+            Failure::GrpcUnavailable => self.on.grpc_unavailable,
         }
     }
 }
@@ -200,6 +206,7 @@ mod tests {
                 reset: true,
                 status_5xx: false,
                 statuses: vec![503],
+                grpc_unavailable: false,
             },
             budget_ratio: 0.2,
             min_per_second: 10,

@@ -1027,13 +1027,17 @@ fn decode_retry(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Retry
             .into_iter()
             .filter_map(|(n, p)| {
                 let v = d.text(n, &p)?;
-                let ok = matches!(v.as_str(), "connect-failure" | "reset" | "5xx")
-                    || v.parse::<u16>().is_ok_and(|s| (100..=599).contains(&s));
+                let ok = matches!(
+                    v.as_str(),
+                    "connect-failure" | "reset" | "5xx" | "unavailable"
+                ) || v.parse::<u16>().is_ok_and(|s| (100..=599).contains(&s));
                 if !ok {
                     d.error(
                         &p,
                         Some(n),
-                        format!("`{v}` is not connect-failure, reset, 5xx or a status code"),
+                        format!(
+                            "`{v}` is not connect-failure, reset, 5xx, unavailable or a status code"
+                        ),
                     );
                 }
                 ok.then_some(v)

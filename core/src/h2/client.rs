@@ -319,9 +319,16 @@ impl UpWrite {
             http::Method::from_bytes(req.method_span.get(buf)).map_err(|_| invalid())?;
         *r.uri_mut() = http::Uri::try_from(uri).map_err(|_| invalid())?;
         let headers = r.headers_mut();
+        // The head is the proxy's own: every field goes but those HTTP/2 carries otherwise
+        // (Host as :authority, the framing) or forbids. (The parser's `drop` marks what a
+        // client's head loses; here the deadline and trace fields must stay.)
         for h in &req.headers {
             let name = h.name.get(buf);
-            if h.drop || name.eq_ignore_ascii_case(b"host") || is_connection_specific(name) {
+            if name.eq_ignore_ascii_case(b"host")
+                || name.eq_ignore_ascii_case(b"content-length")
+                || name.eq_ignore_ascii_case(b"te")
+                || is_connection_specific(name)
+            {
                 continue;
             }
             let (Ok(n), Ok(v)) = (

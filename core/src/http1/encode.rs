@@ -282,6 +282,23 @@ pub fn local_reply(
     }
 }
 
+/// The proxy's own answer to a gRPC request: 200 with the status in `grpc-status` and no body
+/// (gRPC's "trailers-only" form), as gRPC clients read statuses from there, not from HTTP.
+pub fn grpc_local_reply(out: &mut Vec<u8>, kind: ErrorKind, close: bool) {
+    status_line(out, 200, b"OK");
+    out.extend_from_slice(b"ringmesh-error: ");
+    out.extend_from_slice(kind.name().as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: application/grpc\r\ngrpc-status: ");
+    push_u64(out, u64::from(kind.grpc_status()));
+    out.extend_from_slice(b"\r\ngrpc-message: ");
+    out.extend_from_slice(kind.name().as_bytes());
+    out.extend_from_slice(b"\r\ncontent-length: 0\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The `100 Continue` interim answer.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 

@@ -533,11 +533,22 @@ impl Exchange<'_> {
                         break Box::pin(self.switch(c, up, head, resp, &ep, sent_at)).await;
                     }
                     let rtt = head.at.saturating_duration_since(sent_at);
-                    if status >= 500
-                        && time_for_another(head.at, deadline, rtt)
-                        && self.should_retry(Failure::Status(status), retries, &mut retry_guard)
-                    {
-                        self.book(&ep, Outcome::Status5xx, head.at, rtt);
+                    let failure = if status >= 500 {
+                        Some(Failure::Status(status))
+                    } else if self.req.grpc && grpc_unavailable(resp, &head.ubuf) {
+                        Some(Failure::GrpcUnavailable)
+                    } else {
+                        None
+                    };
+                    if let Some(f) = failure.filter(|&f| {
+                        time_for_another(head.at, deadline, rtt)
+                            && self.should_retry(f, retries, &mut retry_guard)
+                    }) {
+                        let outcome = match f {
+                            Failure::Status(_) => Outcome::Status5xx,
+                            _ => Outcome::Reset,
+                        };
+                        self.book(&ep, outcome, head.at, rtt);
                         w.put_buf(head.ubuf);
                         // Its body is not read: the connection goes.
                         drop(up);
@@ -993,6 +1004,13 @@ impl Drop for RetryGuard<'_> {
 /// ended: when less time is left than it took, the answer in hand is passed on instead.
 fn time_for_another(now: Instant, deadline: Instant, took: Duration) -> bool {
     deadline.saturating_duration_since(now) > took.max(Duration::from_millis(1))
+}
+
+/// A gRPC answer whose head says UNAVAILABLE (a trailers-only answer).
+fn grpc_unavailable(resp: &ResponseHead, buf: &[u8]) -> bool {
+    resp.headers
+        .iter()
+        .any(|h| h.name.get(buf).eq_ignore_ascii_case(b"grpc-status") && h.value.get(buf) == b"14")
 }
 
 /// The endpoint outcome of a failure kind.

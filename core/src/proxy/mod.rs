@@ -63,6 +63,8 @@ pub(crate) struct Client {
     ended: Instant,
     /// The client sent the HTTP/2 preface: the connection is served as HTTP/2 from here.
     h2_preface: bool,
+    /// The current request is a gRPC call: the proxy's own answers take gRPC's form.
+    grpc: bool,
 }
 
 impl Client {
@@ -84,6 +86,7 @@ impl Client {
             served: 0,
             continued: false,
             h2_preface: false,
+            grpc: false,
         }
     }
 
@@ -432,6 +435,7 @@ async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client, once: bool)
             break false;
         };
         let (req, resp) = &mut heads;
+        c.grpc = false;
         match read_head(w, c, req, &limits).await {
             Head::Ready => {}
             Head::Closed => break false,
@@ -474,6 +478,7 @@ async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client, once: bool)
         };
         c.served = c.served.saturating_add(1);
         c.continued = false;
+        c.grpc = req.grpc;
         if !exchange(w, &view, li, c, req, resp).await || w.draining() || once {
             break false;
         }
@@ -955,13 +960,17 @@ async fn local_reply_after(
 ) -> (bool, u64) {
     let mut out = w.bufs.get();
     let retry_after = retry_after.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
-    encode::local_reply(
-        &mut out,
-        kind,
-        head_request,
-        close || w.draining(),
-        retry_after,
-    );
+    if c.grpc {
+        encode::grpc_local_reply(&mut out, kind, close || w.draining());
+    } else {
+        encode::local_reply(
+            &mut out,
+            kind,
+            head_request,
+            close || w.draining(),
+            retry_after,
+        );
+    }
     let len = out.len() as u64;
     let (ok, out) = c.write(out).await;
     w.put_buf(out);
