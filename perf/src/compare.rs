@@ -44,7 +44,7 @@ pub struct Options {
 }
 
 /// Every scenario, in report order.
-pub const SCENARIOS: [&str; 10] = [
+pub const SCENARIOS: [&str; 11] = [
     "small",
     "one",
     "idle",
@@ -55,6 +55,7 @@ pub const SCENARIOS: [&str; 10] = [
     "tls-newconn",
     "tls-idle",
     "h2",
+    "mesh",
 ];
 
 /// A process to measure: the backend, or a proxy.
@@ -307,24 +308,35 @@ fn measure(target: &Target, cfg: &LoadConfig) -> Run {
 }
 
 fn measure_with(target: &Target, load: impl FnOnce() -> Report) -> Run {
-    let pid = target.child.id();
+    measure_pids(&[target.child.id()], load)
+}
+
+/// A run, with CPU and memory summed over the process trees of `pids`.
+fn measure_pids(pids: &[u32], load: impl FnOnce() -> Report) -> Run {
+    let pids: Vec<u32> = pids.to_vec();
+    let tree_cpu = |pids: &[u32]| {
+        pids.iter()
+            .map(|&p| procfs::tree_cpu_seconds(p))
+            .sum::<f64>()
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
     let sampler = {
-        let (stop, peak) = (stop.clone(), peak.clone());
+        let (stop, peak, pids) = (stop.clone(), peak.clone(), pids.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(procfs::tree_rss_kib(pid), Ordering::Relaxed);
+                let rss = pids.iter().map(|&p| procfs::tree_rss_kib(p)).sum();
+                peak.fetch_max(rss, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(200));
             }
         })
     };
     // CPU is counted over the whole run, warm-up included; requests too, by scaling.
-    let cpu0 = procfs::tree_cpu_seconds(pid);
+    let cpu0 = tree_cpu(&pids);
     let t0 = Instant::now();
     let report = load();
     let wall = t0.elapsed().as_secs_f64();
-    let cpu = procfs::tree_cpu_seconds(pid) - cpu0;
+    let cpu = tree_cpu(&pids) - cpu0;
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     // Requests over the whole run, estimated from the recorded rate.
@@ -490,6 +502,9 @@ fn describe(name: &str) -> &'static str {
             "a new TLS connection per request, full handshake (no resumption), 10 at a time: handshakes/s"
         }
         "tls-idle" => "memory per idle TLS keep-alive connection (one request each, then idle)",
+        "mesh" => {
+            "two ringmesh hops (client → sender → receiver → backend), small GET, 50 HTTP/1.1 client connections: the hop between the proxies in HTTP/1.1 (pooled) or upgraded to HTTP/2 (`protocol: mesh`); CPU and RSS are both proxies'"
+        }
         "h2" => {
             "small GET over HTTP/2 in cleartext (prior knowledge) to the HTTP/1.1 backend: h2load, 10 connections x 10 streams; h2load reports no percentiles: p50 is its mean"
         }
@@ -661,6 +676,10 @@ pub fn run(o: &Options) -> Result<String, String> {
             let _ = writeln!(md);
             continue;
         }
+        if scenario == "mesh" {
+            mesh_scenario(&mut md, &ringmesh, &dir, be_port, o)?;
+            continue;
+        }
         // TLS scenarios: the proxies that terminate TLS (the backend speaks plain HTTP); the
         // HTTP/2 one: the proxies that serve it.
         let h2 = scenario == "h2";
@@ -744,6 +763,92 @@ pub fn run(o: &Options) -> Result<String, String> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(md)
+}
+
+/// Two ringmesh hops: one receiver in front of the backend, and two senders whose cluster is the
+/// receiver, one speaking HTTP/1.1 to it and one upgrading to HTTP/2 (`protocol: mesh`).
+fn mesh_scenario(
+    md: &mut String,
+    ringmesh: &Path,
+    dir: &Path,
+    be_port: u16,
+    o: &Options,
+) -> Result<(), String> {
+    let proxy = |name: &str, port: u16, to: u16, protocol: &str| -> Result<Target, String> {
+        let cfg = format!(
+            "admin: 127.0.0.1:0\nlisteners:\n  - name: edge\n    bind: 127.0.0.1:{port}\n    idle_timeout: 300s\n    routes: [ {{ match: {{ path_prefix: / }}, cluster: be }} ]\n\
+clusters:\n  - {{ name: be, protocol: {protocol}, endpoints: [ {{ addr: 127.0.0.1:{to} }} ] }}\n"
+        );
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, cfg).map_err(|e| e.to_string())?;
+        start(
+            name,
+            o.proxy_cpu,
+            &format!(
+                "{} proxy --config {} --workers 1 --log-level warn",
+                ringmesh.display(),
+                file.display()
+            ),
+            (port, None),
+            dir,
+        )
+    };
+    let receiver = proxy("mesh-receiver", free_port(), be_port, "http1")?;
+    let senders = [
+        (
+            "HTTP/1.1 between the proxies",
+            proxy("mesh-sender-http1", free_port(), receiver.port, "http1")?,
+        ),
+        (
+            "HTTP/2 between the proxies (mesh)",
+            proxy("mesh-sender-h2", free_port(), receiver.port, "mesh")?,
+        ),
+    ];
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); senders.len()];
+    for round in 0..o.rounds {
+        for k in 0..senders.len() {
+            let i = (k + round) % senders.len();
+            let t = &senders[i].1;
+            let cfg = LoadConfig {
+                addr: ([127, 0, 0, 1], t.port).into(),
+                warmup: o.warmup,
+                duration: o.duration,
+                cpus: vec![o.load_cpu],
+                connections: 50,
+                ..LoadConfig::default()
+            };
+            let r = measure_pids(&[t.child.id(), receiver.child.id()], || load::run(&cfg));
+            eprintln!(
+                "  round {round} {:18} {:>10.0} req/s p99 {:>8.0} us cpu {:>6.2} us/req errors {}",
+                t.name, r.report.rps, r.report.p99_us, r.cpu_us_per_req, r.report.errors
+            );
+            runs[i].push(r);
+        }
+    }
+    let sums: Vec<Summary> = runs.iter().map(|r| summarize(r)).collect();
+    let ours = sums[1].clone();
+    let _ = writeln!(
+        md,
+        "| hop between the proxies | requests/s | ratio to mesh | p50 µs | p99 µs | p99.9 µs | max µs | CPU µs/req (both) | RSS MiB (both) | errors |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for ((name, _), s) in senders.iter().zip(&sums) {
+        let _ = writeln!(
+            md,
+            "| {name} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {} |",
+            s.rps,
+            s.rps / ours.rps,
+            s.p50,
+            s.p99,
+            s.p999,
+            s.max,
+            s.cpu_us,
+            s.rss_mib,
+            s.errors
+        );
+    }
+    let _ = writeln!(md);
+    Ok(())
 }
 
 /// HTTP/2 load from h2load (nghttp2-client), pinned to the load CPU: 10 connections with 10
