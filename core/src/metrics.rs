@@ -333,6 +333,20 @@ pub struct RouteReport {
     pub retries: u64,
 }
 
+/// A counter family with one series per listener and `label` value.
+fn listener_counts(
+    out: &mut String,
+    m: &Merged,
+    (name, label): (&str, &str),
+    help: &str,
+    counts: impl Fn(&ListenerReport) -> Vec<(&'static str, u64)>,
+) {
+    header(out, name, "counter", help);
+    for l in &m.listeners {
+        by_kind(out, name, &l.name, label, &counts(l));
+    }
+}
+
 /// A listener series at scrape time.
 #[derive(Debug, Clone)]
 pub struct ListenerReport {
@@ -735,38 +749,24 @@ pub fn render(out: &mut String, m: &Merged) {
         let mode = if *audit { "audit" } else { "enforced" };
         let _ = writeln!(out, "\",mode=\"{mode}\"}} {n}");
     }
-    header(
+    listener_counts(
         out,
-        "ringmesh_tls_handshakes_total",
-        "counter",
+        m,
+        ("ringmesh_tls_handshakes_total", "result"),
         "TLS handshakes with clients, by result.",
+        |l| {
+            Handshake::ALL
+                .map(|h| (h.name(), l.tls[h as usize]))
+                .to_vec()
+        },
     );
-    for l in &m.listeners {
-        let counts = Handshake::ALL.map(|h| (h.name(), l.tls[h as usize]));
-        by_kind(
-            out,
-            "ringmesh_tls_handshakes_total",
-            &l.name,
-            "result",
-            &counts,
-        );
-    }
-    header(
+    listener_counts(
         out,
-        "ringmesh_http2_events_total",
-        "counter",
+        m,
+        ("ringmesh_http2_events_total", "event"),
         "HTTP/2 connections, streams, client resets, and how connections ended.",
+        |l| H2Event::ALL.map(|e| (e.name(), l.h2[e as usize])).to_vec(),
     );
-    for l in &m.listeners {
-        let counts = H2Event::ALL.map(|e| (e.name(), l.h2[e as usize]));
-        by_kind(
-            out,
-            "ringmesh_http2_events_total",
-            &l.name,
-            "event",
-            &counts,
-        );
-    }
     header(
         out,
         "ringmesh_upstream_rq_total",

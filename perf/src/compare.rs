@@ -734,18 +734,7 @@ pub fn run(o: &Options) -> Result<String, String> {
             } else {
                 (s.rps, ours.rps)
             };
-            let _ = writeln!(
-                md,
-                "| {name} | {v:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {} |",
-                v / ov,
-                s.p50,
-                s.p99,
-                s.p999,
-                s.max,
-                s.cpu_us,
-                s.rss_mib,
-                s.errors
-            );
+            row(&mut md, name, v, v / ov, s);
         }
         if scenario == "one" {
             let _ = writeln!(md, "\nLatency added over the direct path (p50): ");
@@ -763,6 +752,15 @@ pub fn run(o: &Options) -> Result<String, String> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(md)
+}
+
+/// One row of a results table: the figure, its ratio, then latency, CPU, memory, errors.
+fn row(md: &mut String, name: &str, v: f64, ratio: f64, s: &Summary) {
+    let _ = writeln!(
+        md,
+        "| {name} | {v:.0} | {ratio:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {} |",
+        s.p50, s.p99, s.p999, s.max, s.cpu_us, s.rss_mib, s.errors
+    );
 }
 
 /// Two ringmesh hops: one receiver in front of the backend, and two senders whose cluster is the
@@ -833,19 +831,7 @@ clusters:\n  - {{ name: be, protocol: {protocol}, endpoints: [ {{ addr: 127.0.0.
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
     for ((name, _), s) in senders.iter().zip(&sums) {
-        let _ = writeln!(
-            md,
-            "| {name} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {} |",
-            s.rps,
-            s.rps / ours.rps,
-            s.p50,
-            s.p99,
-            s.p999,
-            s.max,
-            s.cpu_us,
-            s.rss_mib,
-            s.errors
-        );
+        row(md, name, s.rps, s.rps / ours.rps, s);
     }
     let _ = writeln!(md);
     Ok(())

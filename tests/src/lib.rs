@@ -203,6 +203,17 @@ impl Upstream {
         })
     }
 
+    /// Reads until the client half-closes, then answers with what it read, reversed, and
+    /// closes: proves both directions and the half-close.
+    pub fn reverser() -> Upstream {
+        Upstream::raw(|mut s| {
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            got.reverse();
+            let _ = s.write_all(&got);
+        })
+    }
+
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::Relaxed)

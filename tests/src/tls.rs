@@ -37,6 +37,17 @@ pub struct Leaf {
     pub der: CertificateDer<'static>,
 }
 
+impl Leaf {
+    /// A listener's `tls` block serving this certificate, to splice into a listener.
+    pub fn listener_tls(&self) -> String {
+        format!(
+            "    tls:\n      certs: [ {{ cert: {}, key: {} }} ]\n",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+}
+
 impl Pki {
     /// A new CA for test `name`.
     pub fn new(name: &str) -> Pki {

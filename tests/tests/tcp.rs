@@ -17,20 +17,9 @@ fn tcp_config(upstreams: &[std::net::SocketAddr], extra: &str) -> String {
     )
 }
 
-/// An upstream that reads until the client half-closes, then answers with what it read,
-/// reversed, and closes.
-fn reverser() -> Upstream {
-    Upstream::raw(|mut s| {
-        let mut got = Vec::new();
-        let _ = s.read_to_end(&mut got);
-        got.reverse();
-        let _ = s.write_all(&got);
-    })
-}
-
 #[test]
 fn bytes_flow_both_ways_and_half_close_is_passed_on() {
-    let up = reverser();
+    let up = Upstream::reverser();
     let p = TestProxy::start(&tcp_config(&[up.addr], ""), 1);
     let mut c = TcpStream::connect(p.edge()).unwrap();
     let data: Vec<u8> = (0..200_000u32).map(|i| (i % 256) as u8).collect();

@@ -124,12 +124,7 @@ fn a_websocket_tunnels_through_a_tls_listener() {
     let up = switching_upstream(tx);
     let pki = ringmesh_tests::tls::Pki::new("ws");
     let leaf = pki.leaf("a", &["a.example"], false);
-    let tls = format!(
-        "    tls:\n      certs: [ {{ cert: {}, key: {} }} ]\n",
-        leaf.cert.display(),
-        leaf.key.display()
-    );
-    let p = TestProxy::simple(up.addr, 1, &tls);
+    let p = TestProxy::simple(up.addr, 1, &leaf.listener_tls());
     let config = pki.client_config(&["http/1.1"]);
     let mut c = ringmesh_tests::tls::TlsClient::connect(p.edge(), "a.example", &config).unwrap();
     c.send(WEBSOCKET.as_bytes()).unwrap();
@@ -219,16 +214,6 @@ fn a_101_nobody_asked_for_is_a_bad_answer() {
     assert_eq!(r.header("ringmesh-error"), Some("upstream-protocol"));
 }
 
-/// Reads until the client half-closes, then answers with what it read, reversed.
-fn reverser() -> Upstream {
-    Upstream::raw(|mut s| {
-        let mut got = Vec::new();
-        let _ = s.read_to_end(&mut got);
-        got.reverse();
-        let _ = s.write_all(&got);
-    })
-}
-
 fn connect_config(db: std::net::SocketAddr, web: std::net::SocketAddr) -> String {
     format!(
         "listeners:
@@ -248,7 +233,7 @@ clusters:
 
 #[test]
 fn connect_opens_a_tunnel_to_the_routes_cluster_and_passes_half_close_on() {
-    let db = reverser();
+    let db = Upstream::reverser();
     let web = Upstream::fixed("web");
     let p = TestProxy::start(&connect_config(db.addr, web.addr), 1);
     let mut s = TcpStream::connect(p.edge()).unwrap();
@@ -276,7 +261,7 @@ fn connect_opens_a_tunnel_to_the_routes_cluster_and_passes_half_close_on() {
 
 #[test]
 fn connect_is_routed_like_any_request_and_never_reaches_an_address_a_client_names() {
-    let db = reverser();
+    let db = Upstream::reverser();
     let web = Upstream::fixed("web");
     let p = TestProxy::start(&connect_config(db.addr, web.addr), 1);
     // No route takes CONNECT to this host (the catch-all has a path condition, and CONNECT

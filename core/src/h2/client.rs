@@ -17,9 +17,11 @@ use h2::client::{ResponseFuture, SendRequest};
 use h2::{Reason, SendStream};
 use http::{HeaderName, HeaderValue};
 use monoio::BufResult;
-use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::buf::{IoBufMut, IoVecBufMut};
 
-use super::stream::{H2Recv, h2_error, is_connection_specific, send_flow, trailer_map};
+use super::stream::{
+    H2Recv, h2_error, is_connection_specific, read_glue, send_flow, trailer_map, write_glue,
+};
 use crate::endpoint::ConnCount;
 use crate::http1::{ChunkedDecoder, Framing, RequestHead};
 use crate::io::Io;
@@ -493,7 +495,7 @@ impl UpRead {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        self.body = Some(H2Recv::for_answer(body, chunked));
+        self.body = Some(H2Recv::new(body, chunked));
         Ok(())
     }
 
@@ -518,46 +520,12 @@ impl UpRead {
         // The forwarding path reads into one buffer; a vectored read is not asked of it.
         (Err(io::ErrorKind::Unsupported.into()), buf)
     }
-
-    pub(crate) async fn cancelable_read<T: IoBufMut>(
-        &mut self,
-        buf: T,
-        _c: monoio::io::CancelHandle,
-    ) -> BufResult<usize, T> {
-        self.read(buf).await
-    }
-
-    pub(crate) async fn cancelable_readv<T: IoVecBufMut>(
-        &mut self,
-        buf: T,
-        _c: monoio::io::CancelHandle,
-    ) -> BufResult<usize, T> {
-        self.readv(buf).await
-    }
 }
 
+read_glue!(UpRead);
+write_glue!(UpWrite);
+
 impl UpWrite {
-    pub(crate) async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        let r = self.take(rawbuf::bytes(&buf)).await;
-        (r.map(|_| buf.bytes_init()), buf)
-    }
-
-    pub(crate) async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        let mut total = 0;
-        for i in 0..buf.read_iovec_len() {
-            let part = rawbuf::iovec(&buf, i);
-            if let Err(e) = self.take(part).await {
-                return (Err(e), buf);
-            }
-            total += part.len();
-        }
-        (Ok(total), buf)
-    }
-
-    pub(crate) async fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-
     pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
         if !matches!(self.out, Out::Done) {
             if let Some(mut s) = self.get() {

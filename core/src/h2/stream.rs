@@ -15,11 +15,72 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use monoio::BufResult;
-use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::buf::{IoBufMut, IoVecBufMut};
 
 use crate::http1::chunked::write_chunk_size;
 use crate::http1::{ChunkedDecoder, Framing, ResponseHead};
 use crate::rawbuf;
+
+/// The cancelable reads the connection enums ask of a stream half that reads with `read` and
+/// `readv`: an HTTP/2 stream is never waited on with a read to cancel (it is never idle between
+/// requests, nor tunneled), so they are plain reads.
+macro_rules! read_glue {
+    ($t:ty) => {
+        impl $t {
+            pub(crate) async fn cancelable_read<T: monoio::buf::IoBufMut>(
+                &mut self,
+                buf: T,
+                _c: monoio::io::CancelHandle,
+            ) -> monoio::BufResult<usize, T> {
+                self.read(buf).await
+            }
+
+            pub(crate) async fn cancelable_readv<T: monoio::buf::IoVecBufMut>(
+                &mut self,
+                buf: T,
+                _c: monoio::io::CancelHandle,
+            ) -> monoio::BufResult<usize, T> {
+                self.readv(buf).await
+            }
+        }
+    };
+}
+
+/// The writes the connection enums ask of a stream half that takes the bytes written with
+/// `take` (all of them, or an error).
+macro_rules! write_glue {
+    ($t:ty) => {
+        impl $t {
+            pub(crate) async fn write<T: monoio::buf::IoBuf>(
+                &mut self,
+                buf: T,
+            ) -> monoio::BufResult<usize, T> {
+                let r = self.take(crate::rawbuf::bytes(&buf)).await;
+                (r.map(|_| monoio::buf::IoBuf::bytes_init(&buf)), buf)
+            }
+
+            pub(crate) async fn writev<T: monoio::buf::IoVecBuf>(
+                &mut self,
+                buf: T,
+            ) -> monoio::BufResult<usize, T> {
+                let mut total = 0;
+                for i in 0..monoio::buf::IoVecBuf::read_iovec_len(&buf) {
+                    let part = crate::rawbuf::iovec(&buf, i);
+                    if let Err(e) = self.take(part).await {
+                        return (Err(e), buf);
+                    }
+                    total += part.len();
+                }
+                (Ok(total), buf)
+            }
+
+            pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use {read_glue, write_glue};
 
 /// Longest answer head the proxy writes (it wrote it itself: a bound, not a limit in use).
 const MAX_HEAD: usize = 256 * 1024;
@@ -120,8 +181,9 @@ pub(crate) struct H2Stream {
 }
 
 impl H2Recv {
-    /// An upstream answer's body, as HTTP/1.1 bytes (chunk-coded when `chunked`).
-    pub(crate) fn for_answer(body: RecvStream, chunked: bool) -> H2Recv {
+    /// A body (a client's request's, or an upstream's answer's) as HTTP/1.1 bytes, chunk-coded
+    /// when `chunked`.
+    pub(crate) fn new(body: RecvStream, chunked: bool) -> H2Recv {
         H2Recv {
             done: body.is_end_stream() && !chunked,
             body,
@@ -143,18 +205,10 @@ impl H2Stream {
         head_request: bool,
         identity: Option<Rc<str>>,
     ) -> H2Stream {
-        let done = body.is_end_stream();
+        let mut recv = H2Recv::new(body, chunked);
+        recv.identity = identity;
         H2Stream {
-            recv: H2Recv {
-                done: done && !chunked,
-                body,
-                chunked,
-                framing: Vec::new(),
-                framing_at: 0,
-                data: Bytes::new(),
-                crlf_owed: false,
-                identity,
-            },
+            recv,
             send: H2Send {
                 state,
                 head: Vec::new(),
@@ -525,48 +579,13 @@ impl H2Recv {
             Err(e) => (Err(e), buf),
         }
     }
-
-    /// Reads: an HTTP/2 stream is never waited on with a read to cancel (it is never idle
-    /// between requests, nor tunneled).
-    pub(crate) async fn cancelable_read<T: IoBufMut>(
-        &mut self,
-        buf: T,
-        _c: monoio::io::CancelHandle,
-    ) -> BufResult<usize, T> {
-        self.read(buf).await
-    }
-
-    pub(crate) async fn cancelable_readv<T: IoVecBufMut>(
-        &mut self,
-        buf: T,
-        _c: monoio::io::CancelHandle,
-    ) -> BufResult<usize, T> {
-        self.readv(buf).await
-    }
 }
 
+read_glue!(H2Recv);
+
+write_glue!(H2Send);
+
 impl H2Send {
-    pub(crate) async fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-
-    pub(crate) async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        let r = self.take(rawbuf::bytes(&buf)).await;
-        (r.map(|_| buf.bytes_init()), buf)
-    }
-
-    pub(crate) async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        let mut total = 0;
-        for i in 0..buf.read_iovec_len() {
-            let part = rawbuf::iovec(&buf, i);
-            if let Err(e) = self.take(part).await {
-                return (Err(e), buf);
-            }
-            total += part.len();
-        }
-        (Ok(total), buf)
-    }
-
     pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
         self.end();
         Ok(())
