@@ -169,6 +169,7 @@ pub fn health_targets(s: &Snapshot) -> Vec<Target> {
                     cell: e.health.clone()?,
                     config: h.clone(),
                     tls: c.tls.clone(),
+                    protocol: c.protocol,
                 })
             })
         })

@@ -92,6 +92,8 @@ pub struct Target {
     pub config: HealthConfig,
     /// TLS, when the cluster's endpoints speak it.
     pub tls: Option<crate::tls::ClientTls>,
+    /// The protocol the cluster's endpoints speak: checks speak it too.
+    pub protocol: crate::snapshot::UpstreamProtocol,
 }
 
 /// The checker thread's handle: send it the full set of targets after every config change.
@@ -211,6 +213,15 @@ async fn probe(t: &Target) -> bool {
             (None, _) => return false,
         },
     };
+    use crate::snapshot::UpstreamProtocol as P;
+    let h2 = match t.protocol {
+        P::Http2 | P::Mesh => true,
+        P::Auto => matches!(&s, crate::io::Io::Tls(t) if t.is_h2()),
+        P::Http1 => false,
+    };
+    if h2 {
+        return Box::pin(probe_h2(t, s)).await;
+    }
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringmesh-health-check\r\nConnection: close\r\n\r\n",
         t.config.path, t.addr
@@ -243,4 +254,30 @@ async fn probe(t: &Target) -> bool {
             return false;
         }
     }
+}
+
+/// The check in HTTP/2, for endpoints that speak it (a gRPC server answers nothing else).
+async fn probe_h2(t: &Target, io: crate::io::Io) -> bool {
+    let tls = matches!(io, crate::io::Io::Tls(_));
+    let Ok((send, conn)) = h2::client::handshake(crate::h2::io::PollIo::new(io, Vec::new())).await
+    else {
+        return false;
+    };
+    let driver = monoio::spawn(async move {
+        let _ = conn.await;
+    });
+    let scheme = if tls { "https" } else { "http" };
+    let req = http::Request::get(format!("{scheme}://{}{}", t.addr, t.config.path))
+        .header(http::header::USER_AGENT, "ringmesh-health-check")
+        .body(());
+    let ok = async {
+        let mut send = send.ready().await.ok()?;
+        let (resp, _) = send.send_request(req.ok()?, true).ok()?;
+        let status = resp.await.ok()?.status().as_u16();
+        Some((200..400).contains(&status))
+    }
+    .await
+    .unwrap_or(false);
+    drop(driver);
+    ok
 }

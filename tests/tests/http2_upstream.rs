@@ -212,3 +212,49 @@ fn the_mesh_upgrade_carries_http1_between_proxies_over_http2() {
     drop(a);
     assert!(b.proxy.drain(), "the receiver drained in time");
 }
+
+#[test]
+fn health_checks_speak_http2_to_http2_upstreams() {
+    let answer = |name: &'static str, health: u16| {
+        move |req: &ringmesh_tests::h2::H2Seen, _: usize| -> H2Action {
+            let mut a = H2Answer::ok(name);
+            if req.path == "/healthz" {
+                a.status = health;
+            }
+            a.into()
+        }
+    };
+    let good = H2Upstream::start(None, answer("good", 200));
+    let sick = H2Upstream::start(None, answer("sick", 503));
+    let p = TestProxy::start(
+        &format!(
+            "listeners:
+  - name: edge
+    bind: 127.0.0.1:0
+    routes: [ {{ match: {{ path_prefix: / }}, cluster: up }} ]
+clusters:
+  - name: up
+    protocol: http2
+    lb: round-robin
+    health_check: {{ path: /healthz, interval: 100ms, timeout: 500ms, unhealthy_threshold: 2, healthy_threshold: 1 }}
+    endpoints: [ {{ addr: {} }}, {{ addr: {} }} ]
+",
+            good.addr, sick.addr
+        ),
+        1,
+    );
+    let healthy = |a: std::net::SocketAddr| {
+        p.metric(&format!(
+            "ringmesh_endpoint_healthy{{cluster=\"up\",endpoint=\"{a}\"}}"
+        ))
+    };
+    assert!(eventually(std::time::Duration::from_secs(5), || {
+        healthy(good.addr) == Some(1.0) && healthy(sick.addr) == Some(0.0)
+    }));
+    // The checks went as HTTP/2 requests (an HTTP/1.1 one would not have been understood).
+    assert!(sick.requests().iter().any(|r| r.path == "/healthz"));
+    let mut c = Client::connect(p.edge());
+    for _ in 0..10 {
+        assert_eq!(c.get("/x").text(), "good");
+    }
+}
