@@ -20,10 +20,10 @@ use monoio::BufResult;
 use monoio::buf::{IoBufMut, IoVecBufMut};
 
 use super::stream::{
-    H2Recv, h2_error, is_connection_specific, read_glue, send_flow, trailer_map, write_glue,
+    ChunkedOut, H2Recv, h2_error, is_connection_specific, read_glue, send_flow, write_glue,
 };
 use crate::endpoint::ConnCount;
-use crate::http1::{ChunkedDecoder, Framing, RequestHead};
+use crate::http1::{Framing, RequestHead};
 use crate::io::Io;
 use crate::rawbuf;
 
@@ -226,8 +226,7 @@ pub(crate) struct UpWrite {
 enum Out {
     Head,
     Length(u64),
-    /// Decoder, trailer section so far, scratch for data ranges.
-    Chunked(ChunkedDecoder, Vec<u8>, Vec<std::ops::Range<usize>>),
+    Chunked(ChunkedOut),
     Done,
 }
 
@@ -281,14 +280,28 @@ fn invalid() -> io::Error {
 impl UpWrite {
     async fn take(&mut self, bytes: &[u8]) -> io::Result<()> {
         if let Out::Head = self.out {
-            self.head.extend_from_slice(bytes);
+            // The forwarding path writes a head whole: it is parsed where it is, and kept
+            // only when it comes in parts.
+            let mut head = std::mem::take(&mut self.head);
+            let data: &[u8] = if head.is_empty() {
+                bytes
+            } else {
+                head.extend_from_slice(bytes);
+                &head
+            };
             let mut req = RequestHead::default();
-            let n = match req.parse(&self.head, 1 << 20) {
+            let n = match req.parse(data, 1 << 20) {
                 Ok(Some(n)) => n,
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    if head.is_empty() {
+                        head.extend_from_slice(bytes);
+                    }
+                    self.head = head;
+                    return Ok(());
+                }
                 Err(_) => return Err(invalid()),
             };
-            if let Err(e) = self.send_head(&req).await {
+            if let Err(e) = self.send_head(&req, data).await {
                 let mut sh = self.shared.borrow_mut();
                 sh.failed = true;
                 if let Some(w) = sh.waker.take() {
@@ -296,15 +309,13 @@ impl UpWrite {
                 }
                 return Err(e);
             }
-            let head = std::mem::take(&mut self.head);
-            return self.body(&head[n..]).await;
+            return self.body(&data[n..]).await;
         }
         self.body(bytes).await
     }
 
     /// Opens the stream with the request's head.
-    async fn send_head(&mut self, req: &RequestHead) -> io::Result<()> {
-        let buf = &self.head;
+    async fn send_head(&mut self, req: &RequestHead, buf: &[u8]) -> io::Result<()> {
         let authority = req.header(buf, b"host").unwrap_or_default();
         let path = if req.path.is_empty() {
             &b"/"[..]
@@ -351,7 +362,7 @@ impl UpWrite {
                 headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
                 Out::Length(n)
             }
-            Framing::Chunked => Out::Chunked(ChunkedDecoder::new(), Vec::new(), Vec::new()),
+            Framing::Chunked => Out::Chunked(ChunkedOut::default()),
             Framing::None | Framing::Close => Out::Done,
         };
         let end = matches!(self.out, Out::Done);
@@ -401,30 +412,13 @@ impl UpWrite {
                 }
                 send_flow(|| self.get(), bytes, end).await
             }
-            Out::Chunked(decoder, trailers, ranges) => {
-                ranges.clear();
-                let progress = decoder
-                    .feed_with_trailers(bytes, |r| ranges.push(r), |b| trailers.push(b))
-                    .map_err(|_| invalid())?;
-                let ranges = std::mem::take(ranges);
-                let fields = progress.done.then(|| std::mem::take(trailers));
-                if progress.done {
+            Out::Chunked(out) => {
+                let stream = &self.stream;
+                let sending = || RefMut::filter_map(stream.borrow_mut(), Option::as_mut).ok();
+                if out.send(sending, bytes).await? {
                     self.out = Out::Done;
-                } else if let Out::Chunked(_, _, slot) = &mut self.out {
-                    *slot = ranges.clone();
                 }
-                for r in &ranges {
-                    send_flow(|| self.get(), &bytes[r.clone()], false).await?;
-                }
-                let Some(fields) = fields else {
-                    return Ok(());
-                };
-                let map = trailer_map(&fields);
-                if map.is_empty() {
-                    return send_flow(|| self.get(), &[], true).await;
-                }
-                let mut s = self.get().ok_or(io::ErrorKind::BrokenPipe)?;
-                s.send_trailers(map).map_err(h2_error)
+                Ok(())
             }
         }
     }

@@ -158,8 +158,7 @@ enum BodyOut {
     /// Still reading the head.
     Head,
     Length(u64),
-    /// The decoder, the trailer section so far, and scratch for data ranges.
-    Chunked(ChunkedDecoder, Vec<u8>, Vec<std::ops::Range<usize>>),
+    Chunked(ChunkedOut),
     /// Until the proxy shuts the stream down.
     UntilEnd,
     Done,
@@ -333,7 +332,7 @@ impl H2Send {
             self.body = match framing {
                 Framing::None => BodyOut::Done,
                 Framing::Length(len) => BodyOut::Length(len),
-                Framing::Chunked => BodyOut::Chunked(ChunkedDecoder::new(), Vec::new(), Vec::new()),
+                Framing::Chunked => BodyOut::Chunked(ChunkedOut::default()),
                 Framing::Close => BodyOut::UntilEnd,
             };
             let mut r = response(&resp, &self.head)?;
@@ -375,25 +374,12 @@ impl H2Send {
                 send_data(&self.state, bytes, end).await
             }
             BodyOut::UntilEnd => send_data(&self.state, bytes, false).await,
-            BodyOut::Chunked(decoder, trailers, ranges) => {
-                ranges.clear();
-                let progress = decoder
-                    .feed_with_trailers(bytes, |r| ranges.push(r), |b| trailers.push(b))
-                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
-                let ranges = std::mem::take(ranges);
-                for r in &ranges {
-                    send_data(&self.state, &bytes[r.clone()], false).await?;
-                }
-                if progress.done {
-                    let fields = std::mem::take(trailers);
+            BodyOut::Chunked(out) => {
+                let state = &self.state;
+                let sending = || RefMut::filter_map(state.borrow_mut(), |s| s.send.as_mut()).ok();
+                if out.send(sending, bytes).await? {
                     self.body = BodyOut::Done;
-                    return send_trailers(&self.state, &fields).await;
-                }
-                if let BodyOut::Chunked(_, _, slot) = &mut self.body {
-                    *slot = ranges;
-                }
-                if progress.consumed < bytes.len() {
-                    return Err(io::ErrorKind::InvalidData.into());
+                    state.borrow_mut().finished = true;
                 }
                 Ok(())
             }
@@ -515,17 +501,49 @@ pub(crate) async fn send_flow<S: DerefMut<Target = SendStream<Bytes>>>(
     Ok(())
 }
 
-/// Ends the stream with the trailer section's fields (`name: value\r\n` lines), if any.
-async fn send_trailers(state: &Respond, fields: &[u8]) -> io::Result<()> {
-    let map = trailer_map(fields);
-    if map.is_empty() {
-        return send_data(state, &[], true).await;
+/// A chunk-coded HTTP/1.1 body going out as DATA frames, and its trailer section as a
+/// trailing HEADERS frame: an answer to a client, or a request to an upstream.
+#[derive(Default)]
+pub(crate) struct ChunkedOut {
+    decoder: ChunkedDecoder,
+    trailers: Vec<u8>,
+    /// Scratch for the data ranges of one write.
+    ranges: Vec<std::ops::Range<usize>>,
+}
+
+impl ChunkedOut {
+    /// Sends the chunk data in `bytes` on the stream `get` gives, and at the end of the body
+    /// the trailers (or an empty END_STREAM). True once the body has ended.
+    pub(crate) async fn send<S: DerefMut<Target = SendStream<Bytes>>>(
+        &mut self,
+        mut get: impl FnMut() -> Option<S>,
+        bytes: &[u8],
+    ) -> io::Result<bool> {
+        self.ranges.clear();
+        let (ranges, trailers) = (&mut self.ranges, &mut self.trailers);
+        let progress = self
+            .decoder
+            .feed_with_trailers(bytes, |r| ranges.push(r), |b| trailers.push(b))
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        for r in &self.ranges {
+            send_flow(&mut get, &bytes[r.clone()], false).await?;
+        }
+        if !progress.done {
+            return if progress.consumed < bytes.len() {
+                Err(io::ErrorKind::InvalidData.into())
+            } else {
+                Ok(false)
+            };
+        }
+        let map = trailer_map(&self.trailers);
+        if map.is_empty() {
+            send_flow(get, &[], true).await?;
+        } else {
+            let mut s = get().ok_or(io::ErrorKind::BrokenPipe)?;
+            s.send_trailers(map).map_err(h2_error)?;
+        }
+        Ok(true)
     }
-    let mut st = state.borrow_mut();
-    let s = st.send.as_mut().ok_or(io::ErrorKind::BrokenPipe)?;
-    s.send_trailers(map).map_err(h2_error)?;
-    st.finished = true;
-    Ok(())
 }
 
 /// The fields of an HTTP/1.1 trailer section (`name: value\r\n` lines), but connection-specific
