@@ -22,6 +22,7 @@ use ringmesh_core::tap;
 use ringmesh_core::worker::Command;
 use serde_json::json;
 
+use crate::mesh::http::query_pairs;
 use crate::runtime::{ControlMsg, State};
 
 struct Admin {
@@ -222,43 +223,6 @@ async fn tap(stream: &mut TcpStream, query: &[u8]) {
     }
 }
 
-/// `k=v` pairs of a query string (after `?`), percent-decoded.
-fn query_pairs(query: &[u8]) -> Vec<(String, String)> {
-    let q = query.strip_prefix(b"?").unwrap_or(query);
-    q.split(|&b| b == b'&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = match p.iter().position(|&b| b == b'=') {
-                Some(i) => (&p[..i], &p[i + 1..]),
-                None => (p, &b""[..]),
-            };
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &[u8]) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match s[i] {
-            b'%' if i + 2 < s.len() => match (hex(s[i + 1]), hex(s[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 async fn respond(
     stream: &mut TcpStream,
     status: u16,
@@ -401,6 +365,9 @@ impl Admin {
             "ringmesh_config_age_seconds {}",
             now.saturating_sub(applied) as f64 / 1000.0
         );
+        if s.control_mode.load(Ordering::Relaxed) {
+            render_control_plane(out, s, now);
+        }
         let _ = writeln!(
             out,
             "# HELP ringmesh_io_uring 1 when workers run on io_uring, 0 on the epoll fallback."
@@ -417,6 +384,34 @@ impl Admin {
             out,
             "ringmesh_workers {}",
             s.workers.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// Staleness of a proxy fed by a control plane.
+fn render_control_plane(out: &mut String, s: &State, now_ms: u64) {
+    let contact = s.control_contact_unix_ms.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP ringmesh_control_snapshot_version Version of the control plane's snapshot in force (0: none yet).\n\
+         # TYPE ringmesh_control_snapshot_version gauge\n\
+         ringmesh_control_snapshot_version {}",
+        s.control_version.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ringmesh_control_connected 1 when the last exchange with the control plane worked.\n\
+         # TYPE ringmesh_control_connected gauge\n\
+         ringmesh_control_connected {}",
+        u8::from(s.control_connected.load(Ordering::Relaxed))
+    );
+    if contact > 0 {
+        let _ = writeln!(
+            out,
+            "# HELP ringmesh_control_contact_age_seconds Time since the control plane last answered.\n\
+             # TYPE ringmesh_control_contact_age_seconds gauge\n\
+             ringmesh_control_contact_age_seconds {}",
+            now_ms.saturating_sub(contact) as f64 / 1000.0
         );
     }
 }

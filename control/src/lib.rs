@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod compile;
 pub mod config;
+pub mod mesh;
 pub mod runtime;
 
 pub use runtime::{ConfigSource, Proxy, ProxyOptions};

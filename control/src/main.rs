@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use ringmesh_control::config::Config;
 use ringmesh_control::config::decode::parse_duration;
+use ringmesh_control::mesh::agent::ControlSource;
+use ringmesh_control::mesh::{ControlOptions, ControlPlane, MeshSource};
 use ringmesh_control::{ConfigSource, Proxy, ProxyOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
@@ -16,9 +18,11 @@ ringmesh: service-mesh proxy
 USAGE:
     ringmesh                              run the proxy on the embedded default config
     ringmesh proxy --config FILE          run the proxy from a YAML file (reloaded on change and SIGHUP)
-    ringmesh proxy --control URL[,URL...] --node NAME
-                                          run the proxy fed by a control plane
-    ringmesh control --config MESH.yaml   run the control plane
+    ringmesh proxy --control URL[,URL...] --node NAME [--cache FILE]
+                                          run the proxy fed by a control plane; FILE keeps the
+                                          last snapshot applied, to start without the control plane
+    ringmesh control --config MESH.yaml [--bind ADDR] [--state FILE]
+                                          run the control plane
     ringmesh check FILE                   validate a config; print every error
 
 OPTIONS:
@@ -39,6 +43,8 @@ struct Args {
     node: Option<String>,
     bind: Option<String>,
     file: Option<PathBuf>,
+    cache: Option<PathBuf>,
+    state: Option<PathBuf>,
     workers: Option<usize>,
     admin: Option<String>,
     log_format: Option<String>,
@@ -64,6 +70,8 @@ fn parse_args() -> anyhow::Result<Args> {
             Long("control") => a.control = Some(p.value()?.string()?),
             Long("node") => a.node = Some(p.value()?.string()?),
             Long("bind") => a.bind = Some(p.value()?.string()?),
+            Long("cache") => a.cache = Some(p.value()?.into()),
+            Long("state") => a.state = Some(p.value()?.into()),
             Long("workers") => {
                 let n: usize = p.value()?.parse()?;
                 if n == 0 {
@@ -134,14 +142,15 @@ fn check(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 }
 
 fn proxy(a: Args) -> anyhow::Result<ExitCode> {
-    if a.control.is_some() || a.node.is_some() {
-        bail!(
-            "--control/--node: the control plane is not available in this version; use --config FILE"
-        );
-    }
-    let source = match a.config {
-        Some(path) => ConfigSource::File(path),
-        None => ConfigSource::Embedded,
+    let source = match (a.config, a.control, a.node) {
+        (Some(_), Some(_), _) => bail!("--config and --control: choose one"),
+        (_, Some(urls), Some(node)) => ConfigSource::Control(
+            ControlSource::parse(&urls, &node, a.cache).map_err(|e| anyhow::anyhow!(e))?,
+        ),
+        (_, Some(_), None) => bail!("--control needs --node NAME"),
+        (_, None, Some(_)) => bail!("--node needs --control URL"),
+        (Some(path), None, None) => ConfigSource::File(path),
+        (None, None, None) => ConfigSource::Embedded,
     };
     let admin =
         match &a.admin {
@@ -197,6 +206,39 @@ fn proxy(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn control(a: Args) -> anyhow::Result<ExitCode> {
+    let Some(config) = a.config else {
+        bail!("usage: ringmesh control --config MESH.yaml")
+    };
+    let bind =
+        match &a.bind {
+            Some(s) => Some(s.parse().with_context(|| {
+                format!("--bind: `{s}` is not an address such as 127.0.0.1:9900")
+            })?),
+            None => None,
+        };
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let plane = match ControlPlane::start(ControlOptions {
+        source: MeshSource::File(config.clone()),
+        bind,
+        state_file: a.state,
+    }) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{}: {e}", config.display());
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    tracing::info!(api = %plane.addr(), "control plane ready");
+    if signals.forever().next().is_some() {
+        tracing::info!("stopping");
+        plane.stop();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
@@ -212,9 +254,7 @@ fn main() -> ExitCode {
     let result = match args.command.as_deref() {
         None | Some("proxy") => proxy(args),
         Some("check") => check(args.file),
-        Some("control") => Err(anyhow::anyhow!(
-            "the control plane is not available in this version"
-        )),
+        Some("control") => control(args),
         Some(other) => Err(anyhow::anyhow!("unknown command `{other}`\n\n{USAGE}")),
     };
     match result {

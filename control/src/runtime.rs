@@ -34,6 +34,8 @@ pub enum ConfigSource {
     File(PathBuf),
     /// YAML text (tests, embedding).
     Text(String),
+    /// Snapshots from a control plane (`--control URL[,URL...] --node NAME`).
+    Control(crate::mesh::agent::ControlSource),
 }
 
 /// How to run the proxy.
@@ -75,12 +77,25 @@ pub(crate) struct State {
     pub applied_at_unix_ms: AtomicU64,
     pub ready: AtomicBool,
     pub workers: AtomicU64,
+    /// Fed by a control plane.
+    pub control_mode: AtomicBool,
+    /// Version of the control plane's snapshot in force.
+    pub control_version: AtomicU64,
+    /// Whether the last exchange with the control plane worked.
+    pub control_connected: AtomicBool,
+    /// When the control plane last answered.
+    pub control_contact_unix_ms: AtomicU64,
 }
 
 /// What the control thread is asked.
 pub(crate) enum ControlMsg {
     /// Reload the config file (or re-apply the text); answer with the new version or errors.
     Reload(Option<flume::Sender<Result<u64, Vec<String>>>>),
+    /// Apply this config text (a control plane's snapshot).
+    Apply {
+        text: String,
+        reply: flume::Sender<Result<u64, Vec<String>>>,
+    },
     /// The config in force.
     Current(flume::Sender<Current>),
     /// Drain every worker, then stop.
@@ -129,12 +144,20 @@ impl Proxy {
     /// Loads the config, starts the workers and applies it, then starts the admin API and the
     /// control thread. Returns once every listener is bound.
     pub fn start(opts: ProxyOptions) -> Result<Proxy, StartError> {
-        let text = read_source(&opts.source).map_err(|e| StartError::Config(vec![e]))?;
-        let config = Config::parse(&text)
-            .map_err(|errs| StartError::Config(errs.iter().map(ToString::to_string).collect()))?;
+        // Fed by a control plane, the proxy starts with no config and is not ready until the
+        // first snapshot (or the cached one) is applied.
+        let config = match &opts.source {
+            ConfigSource::Control(_) => None,
+            source => {
+                let text = read_source(source).map_err(|e| StartError::Config(vec![e]))?;
+                Some(Config::parse(&text).map_err(|errs| {
+                    StartError::Config(errs.iter().map(ToString::to_string).collect())
+                })?)
+            }
+        };
         let n = opts
             .workers
-            .or(config.workers)
+            .or(config.as_ref().and_then(|c| c.workers))
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let cpus = ringmesh_core::sys::allowed_cpus();
         let mut workers = Vec::with_capacity(n);
@@ -166,11 +189,16 @@ impl Proxy {
             checker: None,
         };
         controller.stamp = controller.file_stamp();
-        if let Err(errs) = controller.apply(config) {
-            controller.stop_workers();
-            return Err(StartError::Config(errs));
+        if let Some(config) = config {
+            if let Err(errs) = controller.apply(config) {
+                controller.stop_workers();
+                return Err(StartError::Config(errs));
+            }
         }
-        let admin_addr = opts.admin.or(controller.config.as_ref().map(|c| c.admin));
+        let admin_addr = opts
+            .admin
+            .or(controller.config.as_ref().map(|c| c.admin))
+            .or(crate::config::DEFAULT_ADMIN.parse().ok());
         let Some(admin_addr) = admin_addr else {
             return Err(StartError::Io("no admin address".into()));
         };
@@ -187,6 +215,11 @@ impl Proxy {
             .name("ringmesh-control".into())
             .spawn(move || controller.run(rx, interval))
             .map_err(|e| StartError::Io(e.to_string()))?;
+        if let ConfigSource::Control(source) = &opts.source {
+            state.control_mode.store(true, Ordering::Relaxed);
+            crate::mesh::agent::spawn(source.clone(), tx.clone(), state.clone())
+                .map_err(|e| StartError::Io(format!("cannot start the control watcher: {e}")))?;
+        }
         tracing::info!(admin = %admin_addr, workers = n, "ringmesh started");
         Ok(Proxy {
             control: tx,
@@ -291,6 +324,7 @@ fn read_source(source: &ConfigSource) -> Result<String, String> {
         ConfigSource::File(p) => {
             std::fs::read_to_string(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))
         }
+        ConfigSource::Control(_) => Err("the config comes from the control plane".into()),
     }
 }
 
@@ -327,6 +361,15 @@ impl Controller {
                     if let Some(reply) = reply {
                         let _ = reply.send(r);
                     }
+                }
+                Ok(ControlMsg::Apply { text, reply }) => {
+                    let r = Config::parse(&text)
+                        .map_err(|errs| errs.iter().map(ToString::to_string).collect())
+                        .and_then(|config| self.apply(config));
+                    if r.is_err() {
+                        self.state.reloads_error.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = reply.send(r);
                 }
                 Ok(ControlMsg::Current(reply)) => {
                     let _ = reply.send(self.current());
@@ -373,6 +416,10 @@ impl Controller {
     }
 
     fn reload(&mut self) -> Result<u64, Vec<String>> {
+        if matches!(self.source, ConfigSource::Control(_)) {
+            // Snapshots arrive from the control plane; there is nothing to read again.
+            return Ok(self.version);
+        }
         self.stamp = self.file_stamp();
         let result = read_source(&self.source)
             .map_err(|e| vec![e])

@@ -81,6 +81,16 @@ pub fn parse_cpu_list(list: &str) -> Vec<usize> {
     cpus
 }
 
+/// Shuts a socket down both ways: its peer sees the end at once, and operations pending on it
+/// complete, even before the descriptor itself is closed.
+#[allow(unsafe_code)]
+pub fn shutdown(fd: RawFd) {
+    // SAFETY: `fd` is a socket the caller owns; shutdown(2) neither closes nor frees it.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -487,6 +487,45 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// The node as JSON (mapping keys must be strings), for documents handled as data rather than
+/// decoded into types: the control plane's desired state.
+pub fn to_json(node: Node<'_, '_>, path: &str) -> Result<serde_json::Value, ConfigError> {
+    use serde_json::Value;
+    let err = |message: String| ConfigError {
+        path: path.to_string(),
+        line: node.line(),
+        message,
+    };
+    Ok(match &node.yaml.data {
+        YamlData::Value(Scalar::Null) => Value::Null,
+        YamlData::Value(Scalar::Boolean(b)) => Value::Bool(*b),
+        YamlData::Value(Scalar::Integer(i)) => Value::from(*i),
+        YamlData::Value(Scalar::FloatingPoint(f)) => serde_json::Number::from_f64(f.into_inner())
+            .map(Value::Number)
+            .ok_or_else(|| err("numbers must be finite".into()))?,
+        YamlData::Value(Scalar::String(s)) => Value::String(s.to_string()),
+        YamlData::Sequence(items) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, yaml)| to_json(Node { yaml }, &format!("{path}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
+        YamlData::Mapping(map) => {
+            let mut out = serde_json::Map::with_capacity(map.len());
+            for (k, v) in map.iter() {
+                let YamlData::Value(Scalar::String(key)) = &k.data else {
+                    return Err(err("keys must be strings".into()));
+                };
+                let p = join(path, key);
+                out.insert(key.to_string(), to_json(Node { yaml: v }, &p)?);
+            }
+            Value::Object(out)
+        }
+        _ => return Err(err(format!("expected plain data, got {}", node.kind()))),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

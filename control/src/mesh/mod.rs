@@ -1,0 +1,13 @@
+//! The control plane (`ringmesh control`, SPEC.md section 7) and the proxy's side of it.
+//!
+//! - [`model`]: the mesh file as desired state, its checks, and each node's rendered config;
+//! - [`server`]: the API, discovery (static, DNS, registrations with a TTL) and the watches;
+//! - [`agent`]: the proxy's watcher, which applies snapshots through the same path as a file
+//!   reload, reports back, and keeps a cache on disk.
+
+pub mod agent;
+pub mod http;
+pub mod model;
+pub mod server;
+
+pub use server::{ControlOptions, ControlPlane, MeshSource};

@@ -1,0 +1,581 @@
+//! The mesh file (SPEC.md section 7) as desired state: checked as strictly as a proxy's config
+//! (each node's part is checked by the proxy's own decoder), and rendered into the config each
+//! node is served.
+//!
+//! The desired state is kept as JSON, the form the API reads and edits; [`Mesh::check`] turns a
+//! document into a [`Mesh`] or into every error, each naming its field path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::config::Config;
+use crate::config::decode::{self, ConfigError, parse_duration};
+
+/// Top-level fields of a mesh file.
+const FIELDS: &[&str] = &[
+    "bind",
+    "trust_domain",
+    "state_file",
+    "dns_interval",
+    "clusters",
+    "policies",
+    "default_policy",
+    "nodes",
+];
+
+/// Default API address.
+pub const DEFAULT_BIND: &str = "127.0.0.1:9900";
+
+/// An endpoint found by resolving a DNS name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsSource {
+    /// `host:port`.
+    pub name: String,
+    /// The entry's other fields (zone, priority, weight), copied to every address found.
+    pub template: Map<String, Value>,
+}
+
+/// A cluster of the desired state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSpec {
+    /// Its name.
+    pub name: String,
+    /// The cluster as given, without `endpoints`.
+    pub base: Map<String, Value>,
+    /// Endpoints listed by address.
+    pub statics: Vec<Value>,
+    /// Endpoints listed by DNS name.
+    pub dns: Vec<DnsSource>,
+}
+
+/// What one proxy serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    /// Its listeners, as JSON text.
+    pub listeners: String,
+    /// The clusters its listeners name (only these are sent to it).
+    pub clusters: BTreeSet<String>,
+}
+
+/// A checked mesh file.
+#[derive(Debug, Clone)]
+pub struct Mesh {
+    /// The document as given (what the API reads and edits).
+    pub doc: Value,
+    /// API address.
+    pub bind: SocketAddr,
+    /// Trust domain of the identities the mesh issues.
+    pub trust_domain: String,
+    /// Where state is kept across restarts: `None` for the default, `Some(None)` for off.
+    pub state_file: Option<Option<PathBuf>>,
+    /// How often DNS names are resolved again.
+    pub dns_interval: Duration,
+    /// Clusters by name, in file order.
+    pub clusters: Vec<ClusterSpec>,
+    /// `policies` and `default_policy` as JSON text, sent to every node.
+    pub policies: String,
+    /// `allow` or `deny`.
+    pub default_policy: String,
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, NodeSpec>,
+}
+
+fn error(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        line: None,
+        message: message.into(),
+    }
+}
+
+impl Mesh {
+    /// Parses and checks a mesh file.
+    pub fn parse(text: &str) -> Result<Mesh, Vec<ConfigError>> {
+        let docs = decode::parse(text).map_err(|e| vec![e])?;
+        if docs.len() > 1 {
+            return Err(vec![error("", "expected one YAML document")]);
+        }
+        let Some(root) = decode::root(&docs) else {
+            return Err(vec![error("", "the mesh file is empty")]);
+        };
+        Mesh::check(decode::to_json(root, "").map_err(|e| vec![e])?)
+    }
+
+    /// Checks a desired-state document; every problem is reported.
+    pub fn check(doc: Value) -> Result<Mesh, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let Some(root) = doc.as_object() else {
+            return Err(vec![error("", "expected a mapping")]);
+        };
+        for k in root.keys() {
+            if !FIELDS.contains(&k.as_str()) {
+                errors.push(error(
+                    k.clone(),
+                    format!(
+                        "unknown field `{k}`; expected one of: {}",
+                        FIELDS.join(", ")
+                    ),
+                ));
+            }
+        }
+        let bind = match root.get("bind") {
+            None | Some(Value::Null) => DEFAULT_BIND.parse().ok(),
+            Some(Value::String(s)) => s.parse().ok(),
+            _ => None,
+        };
+        if bind.is_none() {
+            errors.push(error("bind", "expected an address such as 127.0.0.1:9900"));
+        }
+        let trust_domain = match root.get("trust_domain") {
+            None | Some(Value::Null) => Some("mesh.local".to_string()),
+            Some(Value::String(s))
+                if !s.is_empty()
+                    && s.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b)
+                    }) =>
+            {
+                Some(s.clone())
+            }
+            _ => None,
+        };
+        if trust_domain.is_none() {
+            errors.push(error(
+                "trust_domain",
+                "expected a trust domain such as mesh.local (lowercase letters, digits, - . _)",
+            ));
+        }
+        let state_file = match root.get("state_file") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(false)) => Some(None),
+            Some(Value::String(s)) if s == "off" => Some(None),
+            Some(Value::String(s)) if !s.is_empty() => Some(Some(PathBuf::from(s))),
+            Some(_) => {
+                errors.push(error("state_file", "expected a path, or off"));
+                None
+            }
+        };
+        let dns_interval = match root.get("dns_interval") {
+            None | Some(Value::Null) => Some(Duration::from_secs(5)),
+            Some(Value::String(s)) => parse_duration(s).filter(|d| !d.is_zero()),
+            _ => None,
+        };
+        if dns_interval.is_none() {
+            errors.push(error("dns_interval", "expected a duration such as 5s"));
+        }
+        let clusters = check_clusters(root, &mut errors);
+        let default_policy = match root.get("default_policy") {
+            Some(Value::String(s)) => s.clone(),
+            _ => "allow".into(),
+        };
+        let policies = root
+            .get("policies")
+            .cloned()
+            .unwrap_or(Value::Array(vec![]));
+        let nodes = check_nodes(root, &clusters, &mut errors);
+        if !errors.is_empty() {
+            errors.dedup();
+            return Err(errors);
+        }
+        Ok(Mesh {
+            bind: bind.unwrap_or_else(|| DEFAULT_BIND.parse().expect("valid default")),
+            trust_domain: trust_domain.unwrap_or_default(),
+            state_file,
+            dns_interval: dns_interval.unwrap_or(Duration::from_secs(5)),
+            clusters,
+            policies: policies.to_string(),
+            default_policy,
+            nodes,
+            doc,
+        })
+    }
+
+    /// The cluster called `name`.
+    pub fn cluster(&self, name: &str) -> Option<&ClusterSpec> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// Every DNS name to resolve.
+    pub fn dns_names(&self) -> BTreeSet<String> {
+        self.clusters
+            .iter()
+            .flat_map(|c| c.dns.iter().map(|d| d.name.clone()))
+            .collect()
+    }
+}
+
+/// Clusters: `endpoints` entries are either `{ addr, ... }`, checked by the proxy's decoder, or
+/// `{ dns: "host:port", ... }`, resolved later. The rest of each cluster is the proxy's.
+fn check_clusters(root: &Map<String, Value>, errors: &mut Vec<ConfigError>) -> Vec<ClusterSpec> {
+    let list = match root.get("clusters") {
+        None | Some(Value::Null) => return Vec::new(),
+        Some(Value::Array(l)) => l,
+        Some(_) => {
+            errors.push(error("clusters", "expected a list"));
+            return Vec::new();
+        }
+    };
+    let mut specs = Vec::with_capacity(list.len());
+    // What the proxy's decoder checks: every cluster with only its address endpoints, and the
+    // original index of each, to name the right entry in its errors.
+    let mut checked = Vec::with_capacity(list.len());
+    let mut index_of: Vec<Vec<usize>> = Vec::with_capacity(list.len());
+    for (i, c) in list.iter().enumerate() {
+        let path = format!("clusters[{i}]");
+        let Some(obj) = c.as_object() else {
+            errors.push(error(path, "expected a mapping"));
+            continue;
+        };
+        let mut base = obj.clone();
+        let endpoints = base.remove("endpoints");
+        let mut statics = Vec::new();
+        let mut dns = Vec::new();
+        let mut indices = Vec::new();
+        match endpoints {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(eps)) => {
+                for (j, e) in eps.into_iter().enumerate() {
+                    match e.as_object().and_then(|o| o.get("dns")) {
+                        Some(name) => {
+                            let p = format!("{path}.endpoints[{j}]");
+                            if let Some(d) = check_dns(&e, name, &p, errors) {
+                                dns.push(d);
+                            }
+                        }
+                        None => {
+                            statics.push(e);
+                            indices.push(j);
+                        }
+                    }
+                }
+            }
+            Some(other) => statics.push(other),
+        }
+        let mut full = base.clone();
+        full.insert("endpoints".into(), Value::Array(statics.clone()));
+        checked.push(Value::Object(full));
+        index_of.push(indices);
+        specs.push(ClusterSpec {
+            name: obj
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            base,
+            statics,
+            dns,
+        });
+    }
+    let mut probe = Map::new();
+    probe.insert("listeners".into(), Value::Array(vec![]));
+    probe.insert("clusters".into(), Value::Array(checked));
+    for k in ["policies", "default_policy"] {
+        if let Some(v) = root.get(k) {
+            probe.insert(k.into(), v.clone());
+        }
+    }
+    if let Err(errs) = Config::parse(&Value::Object(probe).to_string()) {
+        for mut e in errs {
+            e.line = None;
+            e.path = renumber_endpoint(&e.path, &index_of);
+            errors.push(e);
+        }
+    }
+    specs
+}
+
+/// `clusters[i].endpoints[k]...` with `k` counted among address entries, counted among all.
+fn renumber_endpoint(path: &str, index_of: &[Vec<usize>]) -> String {
+    let parse = || -> Option<String> {
+        let rest = path.strip_prefix("clusters[")?;
+        let (i, rest) = rest.split_once(']')?;
+        let rest = rest.strip_prefix(".endpoints[")?;
+        let (k, rest) = rest.split_once(']')?;
+        let i: usize = i.parse().ok()?;
+        let k: usize = k.parse().ok()?;
+        let j = *index_of.get(i)?.get(k)?;
+        Some(format!("clusters[{i}].endpoints[{j}]{rest}"))
+    };
+    parse().unwrap_or_else(|| path.to_string())
+}
+
+fn check_dns(
+    entry: &Value,
+    name: &Value,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<DnsSource> {
+    let mut template = entry.as_object()?.clone();
+    template.remove("dns");
+    for k in template.keys() {
+        if !["zone", "priority", "weight"].contains(&k.as_str()) {
+            errors.push(error(
+                format!("{path}.{k}"),
+                format!("unknown field `{k}`; expected one of: dns, zone, priority, weight"),
+            ));
+        }
+    }
+    let ok = name.as_str().and_then(|s| {
+        let (host, port) = s.rsplit_once(':')?;
+        (!host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)).then(|| s.to_string())
+    });
+    match ok {
+        Some(name) => Some(DnsSource { name, template }),
+        None => {
+            errors.push(error(
+                format!("{path}.dns"),
+                "expected a name and port such as web.internal:8080",
+            ));
+            None
+        }
+    }
+}
+
+/// Nodes: each is checked as a proxy config of its listeners and the mesh's clusters.
+fn check_nodes(
+    root: &Map<String, Value>,
+    clusters: &[ClusterSpec],
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, NodeSpec> {
+    let mut out = BTreeMap::new();
+    let nodes = match root.get("nodes") {
+        Some(Value::Object(n)) => n,
+        None | Some(Value::Null) => {
+            errors.push(error(
+                "nodes",
+                "required: what each proxy serves, by node name",
+            ));
+            return out;
+        }
+        Some(_) => {
+            errors.push(error("nodes", "expected a mapping of node names"));
+            return out;
+        }
+    };
+    // Clusters without endpoints: enough for the checks across fields (names referred to).
+    let bare: Vec<Value> = clusters
+        .iter()
+        .map(|c| {
+            let mut b = c.base.clone();
+            b.insert("endpoints".into(), Value::Array(vec![]));
+            Value::Object(b)
+        })
+        .collect();
+    let bare = Value::Array(bare).to_string();
+    for (name, node) in nodes {
+        let path = format!("nodes.{name}");
+        if name.is_empty() || name.len() > 253 || name.bytes().any(|b| b.is_ascii_control()) {
+            errors.push(error(
+                path.clone(),
+                "node names must be 1 to 253 printable characters",
+            ));
+        }
+        let Some(obj) = node.as_object() else {
+            errors.push(error(path, "expected a mapping"));
+            continue;
+        };
+        for k in obj.keys().filter(|k| *k != "listeners") {
+            errors.push(error(
+                format!("{path}.{k}"),
+                format!("unknown field `{k}`; expected one of: listeners"),
+            ));
+        }
+        let listeners = obj.get("listeners").cloned().unwrap_or(Value::Null);
+        let listeners_text = listeners.to_string();
+        let probe = format!("{{\"listeners\":{listeners_text},\"clusters\":{bare}}}");
+        if let Err(errs) = Config::parse(&probe) {
+            for e in errs {
+                // Errors in the clusters are the clusters' own, reported once above.
+                if e.path.starts_with("clusters") {
+                    continue;
+                }
+                errors.push(ConfigError {
+                    path: decode::join(&path, &e.path),
+                    line: None,
+                    message: e.message,
+                });
+            }
+        }
+        let mut named = BTreeSet::new();
+        referenced(&listeners, &mut named);
+        out.insert(
+            name.clone(),
+            NodeSpec {
+                listeners: listeners_text,
+                clusters: named,
+            },
+        );
+    }
+    out
+}
+
+/// Every cluster a node's listeners name: the value of any `cluster` field (routes, splits, TCP
+/// listeners, SNI routes).
+fn referenced(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("cluster", Value::String(s)) => {
+                        out.insert(s.clone());
+                    }
+                    _ => referenced(v, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| referenced(v, out)),
+        _ => {}
+    }
+}
+
+/// An endpoint the registration API added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its zone.
+    pub zone: Option<String>,
+    /// Its weight.
+    pub weight: Option<u32>,
+}
+
+/// A cluster's JSON with its endpoints: the listed ones, then those DNS found, then the
+/// registered ones; an address already present is not repeated.
+pub fn render_cluster<'a>(
+    spec: &ClusterSpec,
+    dns: impl Fn(&str) -> Option<&'a [SocketAddr]>,
+    registered: impl Iterator<Item = &'a Registered>,
+) -> String {
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut eps: Vec<Value> = Vec::with_capacity(spec.statics.len());
+    for e in &spec.statics {
+        if let Some(a) = e.get("addr").and_then(Value::as_str) {
+            seen.insert(normalize(a));
+        }
+        eps.push(e.clone());
+    }
+    for d in &spec.dns {
+        for a in dns(&d.name).unwrap_or_default() {
+            if seen.insert(a.to_string()) {
+                let mut e = d.template.clone();
+                e.insert("addr".into(), Value::String(a.to_string()));
+                eps.push(Value::Object(e));
+            }
+        }
+    }
+    for r in registered {
+        if seen.insert(r.addr.to_string()) {
+            let mut e = Map::new();
+            e.insert("addr".into(), Value::String(r.addr.to_string()));
+            if let Some(z) = &r.zone {
+                e.insert("zone".into(), Value::String(z.clone()));
+            }
+            if let Some(w) = r.weight {
+                e.insert("weight".into(), Value::from(w));
+            }
+            eps.push(Value::Object(e));
+        }
+    }
+    let mut c = spec.base.clone();
+    c.insert("endpoints".into(), Value::Array(eps));
+    Value::Object(c).to_string()
+}
+
+fn normalize(addr: &str) -> String {
+    addr.parse::<SocketAddr>()
+        .map_or_else(|_| addr.to_string(), |a| a.to_string())
+}
+
+/// A node's config: its listeners, the clusters they name (pre-rendered), and the policies.
+pub fn render_node(mesh: &Mesh, node: &NodeSpec, clusters: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(256 + node.listeners.len());
+    out.push_str("{\"listeners\":");
+    out.push_str(&node.listeners);
+    out.push_str(",\"clusters\":[");
+    let mut first = true;
+    for name in &node.clusters {
+        if let Some(c) = clusters.get(name) {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(c);
+        }
+    }
+    out.push_str("],\"policies\":");
+    out.push_str(&mesh.policies);
+    out.push_str(",\"default_policy\":");
+    out.push_str(&Value::String(mesh.default_policy.clone()).to_string());
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESH: &str = "
+trust_domain: example.org
+clusters:
+  - name: web
+    endpoints:
+      - { addr: 127.0.0.1:8081 }
+      - { dns: localhost:8082, zone: dc1 }
+  - name: api
+    endpoints: []
+nodes:
+  edge-1:
+    listeners:
+      - name: edge
+        bind: 127.0.0.1:0
+        routes: [ { match: { path_prefix: / }, cluster: web } ]
+";
+
+    #[test]
+    fn a_mesh_file_is_checked_and_rendered_per_node() {
+        let m = Mesh::parse(MESH).expect("valid");
+        assert_eq!(m.trust_domain, "example.org");
+        assert_eq!(
+            m.dns_names().into_iter().collect::<Vec<_>>(),
+            ["localhost:8082"]
+        );
+        let node = &m.nodes["edge-1"];
+        assert_eq!(node.clusters.iter().collect::<Vec<_>>(), ["web"]);
+        let found: Vec<SocketAddr> = vec!["127.0.0.2:8082".parse().expect("addr")];
+        let reg = Registered {
+            addr: "127.0.0.3:9".parse().expect("addr"),
+            zone: Some("dc2".into()),
+            weight: None,
+        };
+        let web = render_cluster(
+            m.cluster("web").expect("web"),
+            |_| Some(&found[..]),
+            [&reg].into_iter(),
+        );
+        let clusters = BTreeMap::from([("web".to_string(), web)]);
+        let text = render_node(&m, node, &clusters);
+        let c = Config::parse(&text).expect("the proxy accepts what a node is sent");
+        assert_eq!(c.clusters.len(), 1);
+        assert_eq!(c.clusters[0].endpoints.len(), 3);
+    }
+
+    #[test]
+    fn errors_name_the_field_in_the_mesh_file() {
+        let bad = MESH
+            .replace("cluster: web", "cluster: nope")
+            .replace("{ addr: 127.0.0.1:8081 }", "{ addr: nowhere }")
+            .replace("dns: localhost:8082", "dns: localhost");
+        let errs = Mesh::parse(&format!("{bad}\nextra: 1\n")).expect_err("invalid");
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"extra"), "{errs:?}");
+        assert!(paths.contains(&"clusters[0].endpoints[0].addr"), "{errs:?}");
+        assert!(paths.contains(&"clusters[0].endpoints[1].dns"), "{errs:?}");
+        assert!(
+            paths.contains(&"nodes.edge-1.listeners[0].routes[0].cluster"),
+            "{errs:?}"
+        );
+    }
+}

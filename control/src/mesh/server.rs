@@ -1,0 +1,1250 @@
+//! `ringmesh control`: holds the desired state, discovers endpoints, and serves each proxy its
+//! snapshot over a long-poll watch (SPEC.md section 7; the API is in docs/control.md).
+//!
+//! Everything runs on one thread with its own monoio runtime: the state lives in a `RefCell`
+//! that no `.await` holds. A change (API, mesh file, DNS, registration, expiry) bumps the
+//! version, renders every node's config again (each cluster once), and wakes the watchers whose
+//! node's config changed. Resolving DNS (blocking `getaddrinfo`) and writing the state file run
+//! on their own threads.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use monoio::net::{TcpListener, TcpStream};
+use serde_json::{Value, json};
+
+use super::http::{self, Request, Response};
+use super::model::{Mesh, Registered, render_cluster, render_node};
+
+/// Where the mesh file comes from.
+#[derive(Debug, Clone)]
+pub enum MeshSource {
+    /// A YAML file, watched for changes.
+    File(PathBuf),
+    /// YAML text (tests).
+    Text(String),
+}
+
+/// How to run the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlOptions {
+    /// The mesh file.
+    pub source: MeshSource,
+    /// API address; overrides the file's `bind`.
+    pub bind: Option<SocketAddr>,
+    /// State file; overrides the file's `state_file` (default: the mesh file's path with
+    /// `.state.json` appended; none for text).
+    pub state_file: Option<PathBuf>,
+}
+
+/// Registration TTL bounds and default.
+const TTL_DEFAULT: Duration = Duration::from_secs(30);
+const TTL_MIN: Duration = Duration::from_secs(1);
+const TTL_MAX: Duration = Duration::from_secs(3600);
+/// Longest a watch may wait, and its default.
+const WAIT_MAX: Duration = Duration::from_secs(300);
+const WAIT_DEFAULT: Duration = Duration::from_secs(30);
+/// How often registrations expire, the mesh file is checked and the state file written.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A running control plane.
+pub struct ControlPlane {
+    addr: SocketAddr,
+    stop: Option<flume::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlPlane {
+    /// Loads the mesh file (and the state file, if it belongs to the same mesh file), binds the
+    /// API and starts serving. Errors name the field.
+    pub fn start(opts: ControlOptions) -> Result<ControlPlane, Vec<String>> {
+        let text = read(&opts.source).map_err(|e| vec![e])?;
+        let mesh = Mesh::parse(&text)
+            .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let state_file = match (&opts.state_file, &mesh.state_file, &opts.source) {
+            (Some(p), _, _) => Some(p.clone()),
+            (None, Some(p), _) => p.clone(),
+            (None, None, MeshSource::File(f)) => {
+                let mut s = f.clone().into_os_string();
+                s.push(".state.json");
+                Some(PathBuf::from(s))
+            }
+            (None, None, MeshSource::Text(_)) => None,
+        };
+        let bind = opts.bind.unwrap_or(mesh.bind);
+        let listener = std::net::TcpListener::bind(bind)
+            .map_err(|e| vec![format!("bind: cannot bind {bind}: {e}")])?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| vec![e.to_string()])?;
+        let addr = listener.local_addr().map_err(|e| vec![e.to_string()])?;
+        let mut st = State::new(mesh, &text, opts.source.clone(), state_file.clone());
+        if let Some(p) = &state_file {
+            st.restore(p);
+        }
+        let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("ringmesh-control-plane".into())
+            .spawn(move || run(listener, st, stop_rx))
+            .map_err(|e| vec![e.to_string()])?;
+        tracing::info!(%addr, "control plane started");
+        Ok(ControlPlane {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The API's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving: the API closes and every watch ends.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn read(source: &MeshSource) -> Result<String, String> {
+    match source {
+        MeshSource::File(p) => {
+            std::fs::read_to_string(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))
+        }
+        MeshSource::Text(t) => Ok(t.clone()),
+    }
+}
+
+/// FNV-1a: a stable fingerprint of the mesh file, to know whether a state file belongs to it.
+fn fingerprint(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A registered instance.
+#[derive(Debug, Clone)]
+struct Registration {
+    ep: Registered,
+    ttl: Duration,
+    deadline: Instant,
+}
+
+/// What DNS last said about a name.
+#[derive(Debug, Default)]
+struct Resolved {
+    addrs: Vec<SocketAddr>,
+    error: Option<String>,
+    at: Option<SystemTime>,
+}
+
+/// A node as served and as reported by its proxy.
+#[derive(Debug)]
+struct NodeState {
+    /// Version of its config: the mesh version when it last changed.
+    version: u64,
+    /// Its config (JSON).
+    config: String,
+    /// The watch answer: `{"version":..,"node":..,"config":..}`.
+    body: std::sync::Arc<str>,
+    applied: Option<(u64, SystemTime)>,
+    rejected: Option<(u64, String, SystemTime)>,
+    last_seen: Option<SystemTime>,
+}
+
+/// The control plane's state. Only the runtime's thread touches it.
+struct State {
+    mesh: Mesh,
+    version: u64,
+    source: MeshSource,
+    file_hash: u64,
+    file_stamp: Option<(SystemTime, u64)>,
+    file_error: Option<String>,
+    state_file: Option<PathBuf>,
+    registrations: BTreeMap<String, BTreeMap<String, Registration>>,
+    dns: BTreeMap<String, Resolved>,
+    nodes: BTreeMap<String, NodeState>,
+    watchers: usize,
+    /// The state file needs writing.
+    dirty: bool,
+}
+
+impl State {
+    fn new(mesh: Mesh, text: &str, source: MeshSource, state_file: Option<PathBuf>) -> State {
+        // Versions start from the clock (milliseconds), so that they keep growing across
+        // restarts even without a state file: a proxy never sees an old number for a new config.
+        let mut st = State {
+            mesh,
+            version: unix_ms(SystemTime::now()).max(1),
+            file_hash: fingerprint(text),
+            file_stamp: None,
+            file_error: None,
+            state_file,
+            registrations: BTreeMap::new(),
+            dns: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            watchers: 0,
+            dirty: false,
+            source,
+        };
+        st.file_stamp = st.stamp();
+        st.render();
+        st
+    }
+
+    fn stamp(&self) -> Option<(SystemTime, u64)> {
+        let MeshSource::File(p) = &self.source else {
+            return None;
+        };
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    }
+
+    /// Takes the desired state and registrations from the state file when it was written for
+    /// this same mesh file; registrations get a full TTL from now.
+    fn restore(&mut self, path: &PathBuf) {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return;
+        };
+        let Ok(saved) = serde_json::from_str::<Value>(&text) else {
+            tracing::warn!(path = %path.display(), "state file unreadable; starting from the mesh file");
+            return;
+        };
+        let version = saved["version"].as_u64().unwrap_or(0);
+        self.version = self.version.max(version + 1);
+        if saved["file_hash"].as_u64() == Some(self.file_hash) {
+            match Mesh::check(saved["mesh"].clone()) {
+                Ok(m) => self.mesh = m,
+                Err(errs) => tracing::warn!(
+                    errors = errs.len(),
+                    "state file's desired state is invalid; using the mesh file"
+                ),
+            }
+        }
+        let now = Instant::now();
+        for r in saved["registrations"].as_array().into_iter().flatten() {
+            let (Some(cluster), Some(id)) = (r["cluster"].as_str(), r["id"].as_str()) else {
+                continue;
+            };
+            let Ok(reg) = registration(r, now) else {
+                continue;
+            };
+            self.registrations
+                .entry(cluster.to_string())
+                .or_default()
+                .insert(id.to_string(), reg);
+        }
+        self.nodes.clear();
+        self.render();
+        tracing::info!(
+            version = self.version,
+            registrations = self
+                .registrations
+                .values()
+                .map(BTreeMap::len)
+                .sum::<usize>(),
+            "state restored"
+        );
+    }
+
+    /// The state file's contents.
+    fn saved(&self) -> Vec<u8> {
+        let regs: Vec<Value> = self
+            .registrations
+            .iter()
+            .flat_map(|(c, m)| {
+                m.iter().map(move |(id, r)| {
+                    json!({
+                        "cluster": c, "id": id, "addr": r.ep.addr.to_string(),
+                        "zone": r.ep.zone, "weight": r.ep.weight,
+                        "ttl": crate::config::format_duration(r.ttl),
+                    })
+                })
+            })
+            .collect();
+        json!({
+            "version": self.version,
+            "file_hash": self.file_hash,
+            "mesh": self.mesh.doc,
+            "registrations": regs,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// Something changed: a new version, every node rendered again.
+    fn changed(&mut self) {
+        self.version += 1;
+        self.dirty = true;
+        self.render();
+    }
+
+    /// Renders every node's config; a node whose config differs gets the current version.
+    fn render(&mut self) {
+        let mut clusters = BTreeMap::new();
+        let empty = BTreeMap::new();
+        for spec in &self.mesh.clusters {
+            if !self
+                .mesh
+                .nodes
+                .values()
+                .any(|n| n.clusters.contains(&spec.name))
+            {
+                continue;
+            }
+            let regs = self.registrations.get(&spec.name).unwrap_or(&empty);
+            let text = render_cluster(
+                spec,
+                |name| self.dns.get(name).map(|r| &r.addrs[..]),
+                regs.values().map(|r| &r.ep),
+            );
+            clusters.insert(spec.name.clone(), text);
+        }
+        let version = self.version;
+        self.nodes
+            .retain(|name, _| self.mesh.nodes.contains_key(name));
+        for (name, spec) in &self.mesh.nodes {
+            let config = render_node(&self.mesh, spec, &clusters);
+            let body = |config: &str| -> std::sync::Arc<str> {
+                std::sync::Arc::from(format!(
+                    "{{\"version\":{version},\"node\":{},\"config\":{config}}}\n",
+                    Value::String(name.clone())
+                ))
+            };
+            match self.nodes.get_mut(name) {
+                Some(n) if n.config == config => {}
+                Some(n) => {
+                    n.version = version;
+                    n.body = body(&config);
+                    n.config = config;
+                }
+                None => {
+                    let b = body(&config);
+                    self.nodes.insert(
+                        name.clone(),
+                        NodeState {
+                            version,
+                            config,
+                            body: b,
+                            applied: None,
+                            rejected: None,
+                            last_seen: None,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Parses a registration body (`{"addr", "zone", "weight", "ttl"}`).
+pub fn parse_registration(body: &[u8]) -> Result<(Registered, Duration), String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let reg = registration(&v, Instant::now())?;
+    Ok((reg.ep, reg.ttl))
+}
+
+fn registration(v: &Value, now: Instant) -> Result<Registration, String> {
+    let obj = v.as_object().ok_or("expected an object")?;
+    for k in obj.keys() {
+        if !["addr", "zone", "weight", "ttl", "cluster", "id"].contains(&k.as_str()) {
+            return Err(format!(
+                "unknown field `{k}`; expected one of: addr, zone, weight, ttl"
+            ));
+        }
+    }
+    let addr = obj
+        .get("addr")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<SocketAddr>().ok())
+        .filter(|a| a.port() != 0)
+        .ok_or("addr: expected an address such as 127.0.0.1:9000")?;
+    let zone = match obj.get("zone") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(z)) if !z.is_empty() && z.len() <= 128 => Some(z.clone()),
+        _ => return Err("zone: expected a name of 1 to 128 characters".into()),
+    };
+    let weight = match obj.get("weight") {
+        None | Some(Value::Null) => None,
+        Some(w) => Some(
+            w.as_u64()
+                .filter(|w| *w <= 1_000_000)
+                .ok_or("weight: expected a number from 0 to 1000000")? as u32,
+        ),
+    };
+    let ttl = match obj.get("ttl") {
+        None | Some(Value::Null) => TTL_DEFAULT,
+        Some(Value::String(s)) => crate::config::decode::parse_duration(s)
+            .filter(|d| (TTL_MIN..=TTL_MAX).contains(d))
+            .ok_or("ttl: expected a duration from 1s to 1h, such as 10s")?,
+        _ => return Err("ttl: expected a duration from 1s to 1h, such as 10s".into()),
+    };
+    Ok(Registration {
+        ep: Registered { addr, zone, weight },
+        ttl,
+        deadline: now + ttl,
+    })
+}
+
+/// Wakes the watchers when the state changes. Each waiting watch holds a slot, removed when it
+/// ends however it ends, so the set stays as large as the watches in progress.
+#[derive(Default)]
+struct Signal {
+    generation: Cell<u64>,
+    next_key: Cell<u64>,
+    waiting: RefCell<HashMap<u64, Waker>>,
+}
+
+impl Signal {
+    fn notify(&self) {
+        self.generation.set(self.generation.get() + 1);
+        let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
+        for (_, w) in waiting {
+            w.wake();
+        }
+    }
+
+    fn wait(&self) -> Changed<'_> {
+        let key = self.next_key.get();
+        self.next_key.set(key + 1);
+        Changed {
+            signal: self,
+            generation: self.generation.get(),
+            key,
+        }
+    }
+}
+
+struct Changed<'a> {
+    signal: &'a Signal,
+    generation: u64,
+    key: u64,
+}
+
+impl Future for Changed<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.signal.generation.get() != self.generation {
+            return Poll::Ready(());
+        }
+        self.signal
+            .waiting
+            .borrow_mut()
+            .insert(self.key, cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Changed<'_> {
+    fn drop(&mut self) {
+        self.signal.waiting.borrow_mut().remove(&self.key);
+    }
+}
+
+struct Plane {
+    st: RefCell<State>,
+    signal: Signal,
+    /// Set when the control plane stops: watches end.
+    stopping: Cell<bool>,
+    /// Open API connections, shut down when the control plane stops.
+    conns: RefCell<std::collections::HashSet<std::os::fd::RawFd>>,
+    dns: flume::Sender<(Vec<String>, Duration)>,
+    persist: flume::Sender<(PathBuf, Vec<u8>)>,
+}
+
+impl Plane {
+    /// After a change: wake watchers, and resolve any new DNS name.
+    fn changed(&self) {
+        self.signal.notify();
+        let st = self.st.borrow();
+        let _ = self.dns.send((
+            st.mesh.dns_names().into_iter().collect(),
+            st.mesh.dns_interval,
+        ));
+    }
+}
+
+fn run(listener: std::net::TcpListener, st: State, stop: flume::Receiver<()>) {
+    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build();
+    let Ok(mut rt) = rt else {
+        tracing::error!("control plane: cannot start runtime");
+        return;
+    };
+    let (dns_tx, dns_rx) = flume::unbounded();
+    let (found_tx, found_rx) = flume::unbounded();
+    let resolver = std::thread::Builder::new()
+        .name("ringmesh-dns".into())
+        .spawn(move || resolve_loop(&dns_rx, &found_tx));
+    if let Err(e) = resolver {
+        tracing::error!(error = %e, "control plane: cannot start the DNS thread");
+    }
+    let (persist_tx, persist_rx) = flume::unbounded::<(PathBuf, Vec<u8>)>();
+    let writer = std::thread::Builder::new()
+        .name("ringmesh-state".into())
+        .spawn(move || write_loop(&persist_rx));
+    if let Err(e) = writer {
+        tracing::error!(error = %e, "control plane: cannot start the state writer");
+    }
+    rt.block_on(async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "control plane: cannot listen");
+                return;
+            }
+        };
+        let plane = Rc::new(Plane {
+            st: RefCell::new(st),
+            signal: Signal::default(),
+            stopping: Cell::new(false),
+            conns: RefCell::default(),
+            dns: dns_tx,
+            persist: persist_tx,
+        });
+        plane.changed();
+        monoio::spawn(tick(plane.clone()));
+        monoio::spawn(discovered(plane.clone(), found_rx));
+        loop {
+            monoio::select! {
+                r = listener.accept() => match r {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        monoio::spawn(serve(plane.clone(), stream));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control plane: accept failed");
+                        monoio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stop.recv_async() => break,
+            }
+        }
+        // Write what is pending, then end every connection. On io_uring a dropped socket is
+        // closed at the runtime's next park, so the runtime runs a little longer for the
+        // closes (the listener's first) to go out.
+        {
+            let st = plane.st.borrow();
+            if let Some(p) = &st.state_file {
+                let _ = plane.persist.send((p.clone(), st.saved()));
+            }
+        }
+        drop(listener);
+        plane.stopping.set(true);
+        for &fd in plane.conns.borrow().iter() {
+            ringmesh_core::sys::shutdown(fd);
+        }
+        plane.signal.notify();
+        monoio::time::sleep(Duration::from_millis(50)).await;
+    });
+}
+
+/// Expires registrations, watches the mesh file, and writes the state file.
+async fn tick(plane: Rc<Plane>) {
+    let mut since_file_check = Duration::ZERO;
+    loop {
+        monoio::time::sleep(TICK).await;
+        let mut changed = false;
+        {
+            let mut st = plane.st.borrow_mut();
+            let now = Instant::now();
+            let mut expired = 0;
+            for regs in st.registrations.values_mut() {
+                let before = regs.len();
+                regs.retain(|_, r| r.deadline > now);
+                expired += before - regs.len();
+            }
+            st.registrations.retain(|_, m| !m.is_empty());
+            if expired > 0 {
+                tracing::info!(expired, "registrations expired");
+                st.changed();
+                changed = true;
+            }
+            since_file_check += TICK;
+            if since_file_check >= Duration::from_millis(500) {
+                since_file_check = Duration::ZERO;
+                changed |= reload_file(&mut st);
+            }
+            if st.dirty {
+                st.dirty = false;
+                if let Some(p) = &st.state_file {
+                    let _ = plane.persist.send((p.clone(), st.saved()));
+                }
+            }
+        }
+        if changed {
+            plane.changed();
+        }
+    }
+}
+
+/// Applies the mesh file if it changed and is valid; a bad file leaves the state in force.
+fn reload_file(st: &mut State) -> bool {
+    let stamp = st.stamp();
+    if stamp.is_none() || stamp == st.file_stamp {
+        return false;
+    }
+    st.file_stamp = stamp;
+    let text = match read(&st.source) {
+        Ok(t) => t,
+        Err(e) => {
+            st.file_error = Some(e);
+            return false;
+        }
+    };
+    let hash = fingerprint(&text);
+    if hash == st.file_hash {
+        return false;
+    }
+    match Mesh::parse(&text) {
+        Ok(m) => {
+            if m.bind != st.mesh.bind {
+                tracing::warn!("bind changes take effect on restart");
+            }
+            st.mesh = m;
+            st.file_hash = hash;
+            st.file_error = None;
+            st.changed();
+            tracing::info!(version = st.version, "mesh file applied");
+            true
+        }
+        Err(errs) => {
+            for e in &errs {
+                tracing::error!(error = %e, "mesh file refused; the state in force stays");
+            }
+            st.file_error = Some(
+                errs.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+            false
+        }
+    }
+}
+
+/// Applies what the DNS thread found.
+async fn discovered(
+    plane: Rc<Plane>,
+    found: flume::Receiver<(String, Result<Vec<SocketAddr>, String>)>,
+) {
+    while let Ok((name, result)) = found.recv_async().await {
+        let changed = {
+            let mut st = plane.st.borrow_mut();
+            let entry = st.dns.entry(name.clone()).or_default();
+            let changed = match result {
+                Ok(addrs) => {
+                    entry.error = None;
+                    entry.at = Some(SystemTime::now());
+                    let changed = entry.addrs != addrs;
+                    entry.addrs = addrs;
+                    changed
+                }
+                Err(e) => {
+                    if entry.error.as_deref() != Some(&e) {
+                        tracing::warn!(%name, error = %e, "DNS: cannot resolve; keeping the last addresses");
+                    }
+                    entry.error = Some(e);
+                    false
+                }
+            };
+            if changed {
+                st.changed();
+            }
+            changed
+        };
+        if changed {
+            plane.signal.notify();
+        }
+    }
+}
+
+/// The DNS thread: resolves every name now and then each interval.
+fn resolve_loop(
+    names: &flume::Receiver<(Vec<String>, Duration)>,
+    found: &flume::Sender<(String, Result<Vec<SocketAddr>, String>)>,
+) {
+    use std::net::ToSocketAddrs;
+    let Ok((mut list, mut interval)) = names.recv() else {
+        return;
+    };
+    loop {
+        for name in &list {
+            let r = match name.to_socket_addrs() {
+                Ok(it) => {
+                    let mut v: Vec<SocketAddr> = it.collect();
+                    v.sort();
+                    v.dedup();
+                    if v.is_empty() {
+                        Err("no addresses".to_string())
+                    } else {
+                        Ok(v)
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            if found.send((name.clone(), r)).is_err() {
+                return;
+            }
+        }
+        match names.recv_timeout(interval) {
+            Ok(mut next) => {
+                while let Ok(n) = names.try_recv() {
+                    next = n;
+                }
+                // Only new names need resolving before the interval is up.
+                let fresh = next.0.iter().any(|n| !list.contains(n));
+                (list, interval) = next;
+                if !fresh {
+                    match names.recv_timeout(interval) {
+                        Ok(n) => (list, interval) = n,
+                        Err(flume::RecvTimeoutError::Timeout) => {}
+                        Err(flume::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            }
+            Err(flume::RecvTimeoutError::Timeout) => {}
+            Err(flume::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// The state-file thread: writes the latest state (to a temporary file, then renamed).
+fn write_loop(rx: &flume::Receiver<(PathBuf, Vec<u8>)>) {
+    while let Ok(mut job) = rx.recv() {
+        while let Ok(newer) = rx.try_recv() {
+            job = newer;
+        }
+        let (path, data) = job;
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".tmp");
+        let r = std::fs::write(&tmp, &data).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = r {
+            tracing::error!(path = %path.display(), error = %e, "cannot write the state file");
+        }
+    }
+}
+
+async fn serve(plane: Rc<Plane>, mut stream: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    plane.conns.borrow_mut().insert(fd);
+    let _open = OpenConn(&plane, fd);
+    let mut buf = Vec::new();
+    loop {
+        let req = match http::read_request(&mut stream, &mut buf).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err((status, msg)) => {
+                let _ = http::respond(&mut stream, Response::error(status, msg), true).await;
+                return;
+            }
+        };
+        // An idle connection keeps no buffer.
+        if buf.is_empty() {
+            buf = Vec::new();
+        }
+        let close = req.close;
+        let resp = answer(&plane, req).await;
+        if !http::respond(&mut stream, resp, close).await || close {
+            return;
+        }
+    }
+}
+
+async fn answer(plane: &Plane, req: Request) -> Response {
+    let path = req.path.clone();
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (req.method.as_str(), &segs[..]) {
+        ("GET", ["ready"]) => Response::json(200, "{\"ready\":true}\n"),
+        ("GET", ["metrics"]) => Response {
+            ctype: "text/plain; version=0.0.4; charset=utf-8",
+            ..Response::json(200, metrics(&plane.st.borrow()))
+        },
+        ("GET", ["v1", "config", ..]) => {
+            get_config(&plane.st.borrow(), &path["/v1/config".len()..])
+        }
+        ("PUT" | "DELETE", ["v1", "config", ..]) => {
+            let r = edit_config(
+                &mut plane.st.borrow_mut(),
+                &req,
+                &path["/v1/config".len()..],
+            );
+            if r.status == 200 {
+                plane.changed();
+            }
+            r
+        }
+        ("PUT", ["v1", "clusters", cluster, "endpoints", id]) => {
+            let (r, changed) = register(&mut plane.st.borrow_mut(), cluster, id, &req.body);
+            if changed {
+                plane.changed();
+            }
+            r
+        }
+        ("DELETE", ["v1", "clusters", cluster, "endpoints", id]) => {
+            let mut st = plane.st.borrow_mut();
+            let removed = st
+                .registrations
+                .get_mut(*cluster)
+                .and_then(|m| m.remove(*id))
+                .is_some();
+            if !removed {
+                return Response::error(404, "no such registration");
+            }
+            st.registrations.retain(|_, m| !m.is_empty());
+            st.changed();
+            let v = st.version;
+            drop(st);
+            plane.changed();
+            Response::json(200, json!({ "version": v }).to_string() + "\n")
+        }
+        ("GET", ["v1", "clusters"]) => Response::json(200, clusters_json(&plane.st.borrow())),
+        ("GET", ["v1", "nodes"]) => Response::json(200, nodes_json(&plane.st.borrow())),
+        ("GET", ["v1", "watch", node]) => watch(plane, node, &req).await,
+        ("POST", ["v1", "nodes", node, "report"]) => {
+            report(&mut plane.st.borrow_mut(), node, &req.body)
+        }
+        (
+            _,
+            ["ready" | "metrics"]
+            | ["v1", "config", ..]
+            | ["v1", "clusters", ..]
+            | ["v1", "nodes", ..]
+            | ["v1", "watch", ..],
+        ) => Response::error(405, "method not allowed"),
+        _ => Response::error(404, "not found"),
+    }
+}
+
+/// `GET /v1/config[/pointer]`: the desired state (or a part), with its version.
+fn get_config(st: &State, pointer: &str) -> Response {
+    let value = if pointer.is_empty() || pointer == "/" {
+        Some(&st.mesh.doc)
+    } else {
+        st.mesh.doc.pointer(pointer)
+    };
+    match value {
+        Some(v) => {
+            let key = if pointer.is_empty() || pointer == "/" {
+                "config"
+            } else {
+                "value"
+            };
+            let mut r = Response::json(
+                200,
+                format!("{{\"version\":{},\"{key}\":{v}}}\n", st.version),
+            );
+            r.etag = Some(st.version);
+            r
+        }
+        None => Response::error(404, "no such field"),
+    }
+}
+
+/// `PUT` or `DELETE /v1/config[/pointer]` with `If-Match: VERSION`: changes the desired state,
+/// or refuses with every error and changes nothing.
+fn edit_config(st: &mut State, req: &Request, pointer: &str) -> Response {
+    let Some(expected) = req.if_match.as_deref() else {
+        return Response::error(
+            428,
+            "If-Match: the version this change was made against is required (GET /v1/config)",
+        );
+    };
+    if expected != st.version.to_string() && expected != "*" {
+        let mut r = Response::json(
+            409,
+            json!({
+                "error": "the desired state changed since that version; read it again",
+                "version": st.version,
+            })
+            .to_string()
+                + "\n",
+        );
+        r.etag = Some(st.version);
+        return r;
+    }
+    let mut doc = st.mesh.doc.clone();
+    if let Err(r) = apply_edit(&mut doc, req, pointer) {
+        return r;
+    }
+    match Mesh::check(doc) {
+        Ok(m) => {
+            if m.bind != st.mesh.bind {
+                tracing::warn!("bind changes take effect on restart");
+            }
+            st.mesh = m;
+            st.changed();
+            tracing::info!(
+                version = st.version,
+                "desired state changed through the API"
+            );
+            let mut r = Response::json(200, json!({ "version": st.version }).to_string() + "\n");
+            r.etag = Some(st.version);
+            r
+        }
+        Err(errs) => Response::json(
+            422,
+            json!({ "errors": errs.iter().map(ToString::to_string).collect::<Vec<_>>() })
+                .to_string()
+                + "\n",
+        ),
+    }
+}
+
+/// Edits `doc` at a JSON pointer: PUT sets (a new key of a mapping, an item of a list, or `-`
+/// or the length to append), DELETE removes.
+pub fn apply_edit(doc: &mut Value, req: &Request, pointer: &str) -> Result<(), Response> {
+    let value = if req.method == "PUT" {
+        Some(
+            serde_json::from_slice::<Value>(&req.body)
+                .map_err(|e| Response::error(400, &format!("invalid JSON: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let pointer = pointer.trim_end_matches('/');
+    if pointer.is_empty() {
+        return match value {
+            Some(v) => {
+                *doc = v;
+                Ok(())
+            }
+            None => Err(Response::error(405, "the desired state cannot be deleted")),
+        };
+    }
+    let (parent, last) = pointer.rsplit_once('/').unwrap_or(("", pointer));
+    let key = last.replace("~1", "/").replace("~0", "~");
+    let missing = || Response::error(404, "no such field");
+    let parent = if parent.is_empty() {
+        Some(doc)
+    } else {
+        doc.pointer_mut(parent)
+    };
+    match (parent.ok_or_else(missing)?, value) {
+        (Value::Object(m), Some(v)) => {
+            m.insert(key, v);
+        }
+        (Value::Object(m), None) => {
+            m.remove(&key).ok_or_else(missing)?;
+        }
+        (Value::Array(a), v) => {
+            let len = a.len();
+            let i = if key == "-" {
+                len
+            } else {
+                key.parse().map_err(|_| missing())?
+            };
+            match v {
+                Some(v) if i < len => a[i] = v,
+                Some(v) if i == len => a.push(v),
+                None if i < len => {
+                    a.remove(i);
+                }
+                _ => return Err(missing()),
+            }
+        }
+        _ => return Err(missing()),
+    }
+    Ok(())
+}
+
+/// `PUT /v1/clusters/{cluster}/endpoints/{id}`: registers or heartbeats. Returns whether the
+/// served state changed (a heartbeat only moves the deadline).
+fn register(st: &mut State, cluster: &str, id: &str, body: &[u8]) -> (Response, bool) {
+    if st.mesh.cluster(cluster).is_none() {
+        return (
+            Response::error(404, &format!("no cluster named `{cluster}`")),
+            false,
+        );
+    }
+    if id.is_empty() || id.len() > 253 {
+        return (
+            Response::error(400, "id: expected 1 to 253 characters"),
+            false,
+        );
+    }
+    let reg = match serde_json::from_slice::<Value>(body)
+        .map_err(|e| format!("invalid JSON: {e}"))
+        .and_then(|v| registration(&v, Instant::now()))
+    {
+        Ok(r) => r,
+        Err(e) => return (Response::error(400, &e), false),
+    };
+    let ttl = crate::config::format_duration(reg.ttl);
+    let regs = st.registrations.entry(cluster.to_string()).or_default();
+    let changed = regs.get(id).is_none_or(|old| old.ep != reg.ep);
+    regs.insert(id.to_string(), reg);
+    if changed {
+        st.changed();
+    }
+    (
+        Response::json(
+            200,
+            json!({ "cluster": cluster, "id": id, "ttl": ttl, "version": st.version }).to_string()
+                + "\n",
+        ),
+        changed,
+    )
+}
+
+/// `GET /v1/watch/{node}?version=V&applied=A&wait=30s`: the node's snapshot as soon as its
+/// version differs from `V` (at once without `V`), or 304 after `wait`.
+async fn watch(plane: &Plane, node: &str, req: &Request) -> Response {
+    let seen: Option<u64> = req.param("version").and_then(|v| v.parse().ok());
+    let applied: Option<u64> = req.param("applied").and_then(|v| v.parse().ok());
+    let wait = match req.param("wait") {
+        None => WAIT_DEFAULT,
+        Some(w) => match crate::config::decode::parse_duration(w) {
+            Some(d) if d <= WAIT_MAX => d,
+            _ => return Response::error(400, "wait: expected a duration up to 5m, such as 30s"),
+        },
+    };
+    let deadline = monoio::time::sleep(wait);
+    let mut deadline = std::pin::pin!(deadline);
+    let _watching = Watching::new(plane);
+    loop {
+        if plane.stopping.get() {
+            return Response::error(503, "the control plane is stopping");
+        }
+        let changed = plane.signal.wait();
+        {
+            let mut st = plane.st.borrow_mut();
+            let Some(n) = st.nodes.get_mut(node) else {
+                return Response::error(404, &format!("no node named `{node}` in the mesh"));
+            };
+            n.last_seen = Some(SystemTime::now());
+            if let Some(a) = applied.filter(|a| n.applied.is_none_or(|(v, _)| v != *a)) {
+                n.applied = Some((a, SystemTime::now()));
+            }
+            if seen != Some(n.version) {
+                let mut r = Response::json(200, n.body.as_bytes());
+                r.etag = Some(n.version);
+                return r;
+            }
+        }
+        monoio::select! {
+            _ = changed => {}
+            _ = &mut deadline => return Response {
+                status: 304,
+                ctype: "application/json",
+                body: Vec::new(),
+                etag: seen,
+            },
+        }
+    }
+}
+
+/// An open connection, known to the plane for as long as it lasts.
+struct OpenConn<'a>(&'a Plane, std::os::fd::RawFd);
+
+impl Drop for OpenConn<'_> {
+    fn drop(&mut self) {
+        self.0.conns.borrow_mut().remove(&self.1);
+    }
+}
+
+/// Counts a watch in progress for as long as it lasts.
+struct Watching<'a>(&'a Plane);
+
+impl<'a> Watching<'a> {
+    fn new(plane: &'a Plane) -> Self {
+        plane.st.borrow_mut().watchers += 1;
+        Watching(plane)
+    }
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.0.st.try_borrow_mut() {
+            st.watchers -= 1;
+        }
+    }
+}
+
+/// `POST /v1/nodes/{node}/report` body `{"version": V, "error": null | "why"}`.
+fn report(st: &mut State, node: &str, body: &[u8]) -> Response {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return Response::error(400, &format!("invalid JSON: {e}")),
+    };
+    let Some(version) = v["version"].as_u64() else {
+        return Response::error(400, "version: expected a number");
+    };
+    let Some(n) = st.nodes.get_mut(node) else {
+        return Response::error(404, &format!("no node named `{node}` in the mesh"));
+    };
+    let now = SystemTime::now();
+    match v["error"].as_str() {
+        Some(e) => {
+            tracing::warn!(node, version, error = %e, "a proxy refused its snapshot");
+            n.rejected = Some((version, e.chars().take(4096).collect(), now));
+        }
+        None => n.applied = Some((version, now)),
+    }
+    Response::json(200, "{}\n")
+}
+
+fn nodes_json(st: &State) -> Vec<u8> {
+    let now = SystemTime::now();
+    let ago = |t: SystemTime| now.duration_since(t).map_or(0.0, |d| d.as_secs_f64());
+    let nodes: serde_json::Map<String, Value> = st
+        .nodes
+        .iter()
+        .map(|(name, n)| {
+            let v = json!({
+                "version": n.version,
+                "applied_version": n.applied.map(|(v, _)| v),
+                "applied_at_unix_ms": n.applied.map(|(_, t)| unix_ms(t)),
+                "in_sync": n.applied.is_some_and(|(v, _)| v == n.version),
+                "last_rejection": n.rejected.as_ref().map(|(v, e, t)| json!({
+                    "version": v, "error": e, "at_unix_ms": unix_ms(*t),
+                })),
+                "last_seen_seconds_ago": n.last_seen.map(ago),
+            });
+            (name.clone(), v)
+        })
+        .collect();
+    (json!({ "version": st.version, "nodes": nodes }).to_string() + "\n").into_bytes()
+}
+
+fn clusters_json(st: &State) -> Vec<u8> {
+    let now = Instant::now();
+    let mut out = serde_json::Map::new();
+    for c in &st.mesh.clusters {
+        let mut eps = Vec::new();
+        for e in &c.statics {
+            eps.push(json!({ "addr": e.get("addr"), "source": "static" }));
+        }
+        let mut dns = Vec::new();
+        for d in &c.dns {
+            let r = st.dns.get(&d.name);
+            for a in r.map(|r| &r.addrs[..]).unwrap_or_default() {
+                eps.push(json!({ "addr": a.to_string(), "source": "dns", "name": d.name }));
+            }
+            dns.push(json!({
+                "name": d.name,
+                "addrs": r.map(|r| r.addrs.iter().map(ToString::to_string).collect::<Vec<_>>()),
+                "error": r.and_then(|r| r.error.clone()),
+                "resolved_at_unix_ms": r.and_then(|r| r.at).map(unix_ms),
+            }));
+        }
+        for (id, r) in st.registrations.get(&c.name).into_iter().flatten() {
+            eps.push(json!({
+                "addr": r.ep.addr.to_string(), "source": "registered", "id": id,
+                "zone": r.ep.zone,
+                "expires_in_ms": r.deadline.saturating_duration_since(now).as_millis() as u64,
+            }));
+        }
+        out.insert(c.name.clone(), json!({ "endpoints": eps, "dns": dns }));
+    }
+    (json!({ "version": st.version, "clusters": out }).to_string() + "\n").into_bytes()
+}
+
+fn metrics(st: &State) -> Vec<u8> {
+    let mut o = String::with_capacity(2048);
+    let mut gauge = |name: &str, help: &str, series: &[(String, f64)]| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, v) in series {
+            let _ = writeln!(o, "{name}{labels} {v}");
+        }
+    };
+    gauge(
+        "ringmesh_control_version",
+        "Version of the desired state.",
+        &[(String::new(), st.version as f64)],
+    );
+    gauge(
+        "ringmesh_control_watchers",
+        "Watches in progress.",
+        &[(String::new(), st.watchers as f64)],
+    );
+    let stale = st
+        .nodes
+        .values()
+        .filter(|n| n.applied.is_none_or(|(v, _)| v != n.version))
+        .count();
+    gauge(
+        "ringmesh_control_nodes",
+        "Nodes of the mesh, by whether their proxy applied their current snapshot.",
+        &[
+            (
+                "{state=\"in_sync\"}".into(),
+                (st.nodes.len() - stale) as f64,
+            ),
+            ("{state=\"behind\"}".into(), stale as f64),
+        ],
+    );
+    let statics: usize = st.mesh.clusters.iter().map(|c| c.statics.len()).sum();
+    let dns: usize = st.dns.values().map(|r| r.addrs.len()).sum();
+    let regs: usize = st.registrations.values().map(BTreeMap::len).sum();
+    gauge(
+        "ringmesh_control_endpoints",
+        "Endpoints known, by source.",
+        &[
+            ("{source=\"static\"}".into(), statics as f64),
+            ("{source=\"dns\"}".into(), dns as f64),
+            ("{source=\"registered\"}".into(), regs as f64),
+        ],
+    );
+    let up: Vec<(String, f64)> = st
+        .dns
+        .iter()
+        .map(|(name, r)| {
+            (
+                format!(
+                    "{{source=\"dns\",name=\"{}\"}}",
+                    name.replace(['"', '\\', '\n'], "_")
+                ),
+                if r.error.is_none() { 1.0 } else { 0.0 },
+            )
+        })
+        .chain(std::iter::once((
+            "{source=\"file\",name=\"mesh\"}".to_string(),
+            if st.file_error.is_none() { 1.0 } else { 0.0 },
+        )))
+        .collect();
+    gauge(
+        "ringmesh_control_source_up",
+        "1 when a discovery source's last attempt worked, 0 when it failed (its last good result is kept).",
+        &up,
+    );
+    o.into_bytes()
+}

@@ -1,0 +1,517 @@
+//! The control plane with real proxies over real sockets: registration and expiry, DNS
+//! discovery, the versioned API, snapshots refused and reported, the control plane going away
+//! and coming back, restart from the cached snapshot, and a traffic shift under load.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ringmesh_control::mesh::agent::{ControlSource, request};
+use ringmesh_control::mesh::{ControlOptions, ControlPlane, MeshSource};
+use ringmesh_control::{ConfigSource, Proxy, ProxyOptions};
+use ringmesh_tests::*;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn listener(name: &str, route: &str) -> String {
+    format!(
+        "    listeners:\n      - name: {name}\n        bind: 127.0.0.1:0\n        routes: [ {{ match: {{ path_prefix: / }}, {route} }} ]\n"
+    )
+}
+
+fn plane(yaml: &str) -> ControlPlane {
+    ControlPlane::start(ControlOptions {
+        source: MeshSource::Text(yaml.to_string()),
+        bind: Some("127.0.0.1:0".parse().expect("addr")),
+        state_file: None,
+    })
+    .expect("control plane starts")
+}
+
+fn control_proxy(planes: &[SocketAddr], node: &str, cache: Option<PathBuf>) -> Proxy {
+    let urls: Vec<String> = planes.iter().map(|a| format!("http://{a}")).collect();
+    let source = ControlSource::parse(&urls.join(","), node, cache).expect("source");
+    Proxy::start(ProxyOptions {
+        source: ConfigSource::Control(source),
+        workers: Some(1),
+        admin: Some("127.0.0.1:0".parse().expect("addr")),
+        drain_timeout: Duration::from_secs(2),
+        ..ProxyOptions::default()
+    })
+    .expect("proxy starts")
+}
+
+/// Waits for the proxy's first snapshot; returns its `edge` listener.
+fn ready(p: &Proxy) -> SocketAddr {
+    assert!(eventually(WAIT, || p.version() > 0), "no snapshot applied");
+    p.listener_addr("edge").expect("edge is bound")
+}
+
+fn api(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    if_match: Option<u64>,
+) -> (u16, Value) {
+    let mut c = Client::connect(addr);
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: control\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(v) = if_match {
+        head.push_str(&format!("If-Match: \"{v}\"\r\n"));
+    }
+    c.send(format!("{head}\r\n{body}").as_bytes());
+    let r = c.response(false);
+    (
+        r.status,
+        serde_json::from_str(&r.text()).unwrap_or(Value::Null),
+    )
+}
+
+fn get(addr: SocketAddr, path: &str) -> Value {
+    let (status, v) = api(addr, "GET", path, None, None);
+    assert_eq!(status, 200, "GET {path}: {v}");
+    v
+}
+
+fn body_of(edge: SocketAddr) -> (u16, String) {
+    let r = one_shot(
+        edge,
+        b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+    );
+    (r.status, r.text())
+}
+
+fn register(cp: SocketAddr, cluster: &str, id: &str, addr: SocketAddr, ttl: &str) -> u16 {
+    let body = json!({ "addr": addr.to_string(), "zone": "dc1", "ttl": ttl });
+    api(
+        cp,
+        "PUT",
+        &format!("/v1/clusters/{cluster}/endpoints/{id}"),
+        Some(&body),
+        None,
+    )
+    .0
+}
+
+#[test]
+fn instances_register_take_traffic_and_leave_when_heartbeats_stop() {
+    let (a, b) = (Upstream::fixed("a"), Upstream::fixed("b"));
+    let mesh = format!(
+        "clusters:\n  - {{ name: web, endpoints: [] }}\nnodes:\n  edge-1:\n{}",
+        listener("edge", "cluster: web")
+    );
+    let cp = plane(&mesh);
+    let proxy = control_proxy(&[cp.addr()], "edge-1", None);
+    let edge = ready(&proxy);
+    assert_eq!(body_of(edge).0, 503, "no endpoint yet");
+
+    assert_eq!(register(cp.addr(), "web", "a-1", a.addr, "10s"), 200);
+    assert_eq!(register(cp.addr(), "web", "b-1", b.addr, "1s"), 200);
+    assert_eq!(register(cp.addr(), "nope", "x", b.addr, "1s"), 404);
+    let mut seen_b = false;
+    assert!(
+        eventually(WAIT, || {
+            // Heartbeats keep b registered while the test looks for it.
+            register(cp.addr(), "web", "b-1", b.addr, "1s");
+            seen_b |= body_of(edge) == (200, "b".into());
+            seen_b
+        }),
+        "the registered instance never took traffic"
+    );
+    // b's heartbeats stop: it leaves, a (still within its TTL) takes everything.
+    assert!(
+        eventually(WAIT, || {
+            let clusters = get(cp.addr(), "/v1/clusters");
+            clusters["clusters"]["web"]["endpoints"]
+                .as_array()
+                .map(Vec::len)
+                == Some(1)
+        }),
+        "b was not removed when its heartbeats stopped"
+    );
+    assert!(eventually(WAIT, || (0..20).all(|_| body_of(edge) == (200, "a".into()))));
+    let nodes = get(cp.addr(), "/v1/nodes");
+    assert!(
+        eventually(
+            WAIT,
+            || get(cp.addr(), "/v1/nodes")["nodes"]["edge-1"]["in_sync"] == true
+        ),
+        "{nodes}"
+    );
+    // Deregistration removes at once.
+    let (status, _) = api(
+        cp.addr(),
+        "DELETE",
+        "/v1/clusters/web/endpoints/a-1",
+        None,
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(eventually(WAIT, || body_of(edge).0 == 503));
+    let metrics = get_text(cp.addr(), "/metrics");
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "ringmesh_control_endpoints{source=\"registered\"}"
+        ),
+        Some(0.0)
+    );
+}
+
+fn get_text(addr: SocketAddr, path: &str) -> String {
+    let mut c = Client::connect(addr);
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes());
+    c.response(false).text()
+}
+
+#[test]
+fn the_api_refuses_races_and_invalid_changes_and_changes_nothing() {
+    let up = Upstream::fixed("a");
+    let mesh = format!(
+        "clusters:\n  - {{ name: web, endpoints: [ {{ addr: {} }} ] }}\nnodes:\n  edge-1:\n{}",
+        up.addr,
+        listener("edge", "cluster: web")
+    );
+    let cp = plane(&mesh);
+    let v0 = get(cp.addr(), "/v1/config")["version"]
+        .as_u64()
+        .expect("version");
+    let path = "/v1/config/nodes/edge-1/listeners/0/routes/0/cluster";
+    assert_eq!(get(cp.addr(), path)["value"], "web");
+    // No version: refused.
+    assert_eq!(
+        api(cp.addr(), "PUT", path, Some(&json!("web")), None).0,
+        428
+    );
+    // A change that points at a cluster that does not exist: every error, by field.
+    let (status, v) = api(cp.addr(), "PUT", path, Some(&json!("nope")), Some(v0));
+    assert_eq!(status, 422, "{v}");
+    assert!(
+        v["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.starts_with("nodes.edge-1.listeners[0].routes[0].cluster")),
+        "{v}"
+    );
+    // A valid change, then a second change made against the first version: refused.
+    let add = json!({ "name": "api", "endpoints": [ { "addr": up.addr.to_string() } ] });
+    let (status, v) = api(
+        cp.addr(),
+        "PUT",
+        "/v1/config/clusters/-",
+        Some(&add),
+        Some(v0),
+    );
+    assert_eq!(status, 200, "{v}");
+    let v1 = v["version"].as_u64().expect("version");
+    assert!(v1 > v0);
+    let (status, v) = api(cp.addr(), "PUT", path, Some(&json!("api")), Some(v0));
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["version"], v1);
+    assert_eq!(
+        get(cp.addr(), path)["value"],
+        "web",
+        "the refused change was not applied"
+    );
+    assert_eq!(
+        api(cp.addr(), "PUT", path, Some(&json!("api")), Some(v1)).0,
+        200
+    );
+    assert_eq!(get(cp.addr(), path)["value"], "api");
+    // Bad bodies and unknown places.
+    assert_eq!(
+        api(cp.addr(), "GET", "/v1/config/nodes/nobody", None, None).0,
+        404
+    );
+    assert_eq!(
+        api(
+            cp.addr(),
+            "PUT",
+            "/v1/clusters/web/endpoints/x",
+            Some(&json!({"addr": "nowhere"})),
+            None
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        api(
+            cp.addr(),
+            "PUT",
+            "/v1/clusters/web/endpoints/x",
+            Some(&json!({"addr": "127.0.0.1:1", "ttl": "0s"})),
+            None
+        )
+        .0,
+        400
+    );
+    assert_eq!(api(cp.addr(), "GET", "/v1/watch/nobody", None, None).0, 404);
+    let mut c = Client::connect(cp.addr());
+    c.send(b"PUT /v1/config HTTP/1.1\r\nHost: a\r\nIf-Match: *\r\nContent-Length: 5\r\n\r\n{nope");
+    assert_eq!(c.response(false).status, 400);
+}
+
+#[test]
+fn dns_names_are_resolved_and_a_failing_name_keeps_the_rest() {
+    let up = Upstream::fixed("found");
+    let mesh = format!(
+        "dns_interval: 200ms\nclusters:\n  - name: web\n    endpoints:\n      - {{ dns: \"localhost:{}\" }}\n      - {{ dns: \"ringmesh-test.invalid:80\" }}\nnodes:\n  edge-1:\n{}",
+        up.addr.port(),
+        listener("edge", "cluster: web")
+    );
+    let cp = plane(&mesh);
+    let proxy = control_proxy(&[cp.addr()], "edge-1", None);
+    let edge = ready(&proxy);
+    assert!(
+        eventually(WAIT, || body_of(edge) == (200, "found".into())),
+        "the name's address never took traffic"
+    );
+    let clusters = get(cp.addr(), "/v1/clusters");
+    let dns = &clusters["clusters"]["web"]["dns"];
+    assert!(
+        dns[0]["addrs"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!(up.addr.to_string()))),
+        "{clusters}"
+    );
+    assert!(dns[1]["error"].is_string(), "{clusters}");
+    let metrics = get_text(cp.addr(), "/metrics");
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "ringmesh_control_source_up{source=\"dns\",name=\"ringmesh-test.invalid:80\"}"
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_snapshot_the_proxy_refuses_leaves_it_on_the_old_one_and_is_reported() {
+    let up = Upstream::fixed("a");
+    let mesh = format!(
+        "clusters:\n  - {{ name: web, endpoints: [ {{ addr: {} }} ] }}\nnodes:\n  edge-1:\n{}",
+        up.addr,
+        listener("edge", "cluster: web")
+    );
+    let cp = plane(&mesh);
+    let proxy = control_proxy(&[cp.addr()], "edge-1", None);
+    let edge = ready(&proxy);
+    assert_eq!(body_of(edge), (200, "a".into()));
+    let applied = proxy.version();
+    // Valid for the control plane, but the address is taken on the proxy's host.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let v = get(cp.addr(), "/v1/config")["version"].as_u64();
+    let path = "/v1/config/nodes/edge-1/listeners/0/bind";
+    let (status, r) = api(
+        cp.addr(),
+        "PUT",
+        path,
+        Some(&json!(taken.local_addr().expect("addr").to_string())),
+        v,
+    );
+    assert_eq!(status, 200, "{r}");
+    let wanted = r["version"].as_u64();
+    assert!(
+        eventually(WAIT, || {
+            let n = &get(cp.addr(), "/v1/nodes")["nodes"]["edge-1"];
+            n["last_rejection"]["version"].as_u64() == wanted
+                && n["last_rejection"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("cannot bind"))
+        }),
+        "{}",
+        get(cp.addr(), "/v1/nodes")
+    );
+    assert_eq!(proxy.version(), applied, "the proxy stays on its config");
+    assert_eq!(body_of(edge), (200, "a".into()));
+    let metrics = get_text(proxy.admin_addr(), "/metrics");
+    assert_eq!(
+        metric_value(&metrics, "ringmesh_config_reloads_total{result=\"error\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&metrics, "ringmesh_control_connected"),
+        Some(1.0)
+    );
+    let n = &get(cp.addr(), "/v1/nodes")["nodes"]["edge-1"];
+    assert_eq!(n["in_sync"], false, "{n}");
+}
+
+#[test]
+fn proxies_serve_without_the_control_plane_converge_when_it_returns_and_restart_from_cache() {
+    let (a, b) = (Upstream::fixed("a"), Upstream::fixed("b"));
+    let cluster = |up: SocketAddr| {
+        format!(
+            "clusters:\n  - {{ name: web, endpoints: [ {{ addr: {up} }} ] }}\n  - {{ name: spare, endpoints: [] }}\n"
+        )
+    };
+    let nodes = format!(
+        "nodes:\n  edge-1:\n{}  edge-2:\n{}",
+        listener("edge", "cluster: web"),
+        listener("edge", "cluster: web")
+    );
+    let file = temp_config("mesh-converge", &format!("{}{nodes}", cluster(a.addr)));
+    let cache = file.with_file_name("edge-1.snapshot.json");
+    let _ = std::fs::remove_file(&cache);
+    let _ = std::fs::remove_file(file.with_file_name("config.yaml.state.json"));
+    let opts = ControlOptions {
+        source: MeshSource::File(file.clone()),
+        bind: Some("127.0.0.1:0".parse().expect("addr")),
+        state_file: None,
+    };
+    let cp = ControlPlane::start(opts.clone()).expect("control plane");
+    let addr = cp.addr();
+    // A second address where nothing listens: proxies try it in turn.
+    let dead = free_port();
+    let p1 = control_proxy(&[dead, addr], "edge-1", Some(cache.clone()));
+    let p2 = control_proxy(&[addr, dead], "edge-2", None);
+    let (e1, e2) = (ready(&p1), ready(&p2));
+    assert_eq!(body_of(e1), (200, "a".into()));
+    assert_eq!(body_of(e2), (200, "a".into()));
+    assert_eq!(register(addr, "spare", "s-1", free_port(), "1h"), 200);
+
+    cp.stop();
+    assert!(eventually(WAIT, || {
+        metric_value(
+            &get_text(p1.admin_addr(), "/metrics"),
+            "ringmesh_control_connected",
+        ) == Some(0.0)
+            && metric_value(
+                &get_text(p2.admin_addr(), "/metrics"),
+                "ringmesh_control_connected",
+            ) == Some(0.0)
+    }));
+    for _ in 0..10 {
+        assert_eq!(body_of(e1), (200, "a".into()));
+        assert_eq!(body_of(e2), (200, "a".into()));
+    }
+    // The mesh changes while the control plane is away; it comes back on the same address.
+    write_atomically(&file, &format!("{}{nodes}", cluster(b.addr)));
+    let cp = ControlPlane::start(ControlOptions {
+        bind: Some(addr),
+        ..opts.clone()
+    })
+    .expect("control plane again");
+    assert!(
+        eventually(WAIT, || body_of(e1) == (200, "b".into())
+            && body_of(e2) == (200, "b".into())),
+        "{} {:?} {:?}\n{}",
+        get(addr, "/v1/nodes"),
+        body_of(e1),
+        body_of(e2),
+        get_text(p1.admin_addr(), "/metrics")
+            .lines()
+            .filter(|l| l.contains("control") || l.contains("config"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The registration survived the restart (state file).
+    let clusters = get(addr, "/v1/clusters");
+    assert_eq!(
+        clusters["clusters"]["spare"]["endpoints"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "{clusters}"
+    );
+    let metrics = get_text(p1.admin_addr(), "/metrics");
+    assert!(metric_value(&metrics, "ringmesh_control_snapshot_version").is_some_and(|v| v > 0.0));
+    assert!(metric_value(&metrics, "ringmesh_config_age_seconds").is_some());
+
+    // Restart a proxy while the control plane is away: it serves from its cache.
+    assert!(eventually(WAIT, || std::fs::read_to_string(&cache)
+        .is_ok_and(|c| c.contains(&b.addr.to_string()))));
+    drop(p1);
+    cp.stop();
+    let p1 = control_proxy(&[addr], "edge-1", Some(cache.clone()));
+    let e1 = ready(&p1);
+    assert_eq!(body_of(e1).1, "b");
+    let ready_answer = get_text(p1.admin_addr(), "/ready");
+    assert!(ready_answer.contains("ready"), "{ready_answer}");
+}
+
+#[test]
+fn a_proxy_is_not_ready_before_its_first_snapshot() {
+    let proxy = control_proxy(&[free_port()], "edge-1", None);
+    let r = {
+        let mut c = Client::connect(proxy.admin_addr());
+        c.send(b"GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        c.response(false)
+    };
+    assert_eq!(r.status, 503);
+    assert_eq!(proxy.version(), 0);
+}
+
+#[test]
+fn a_weight_shift_under_load_moves_traffic_on_every_proxy_and_fails_nothing() {
+    let (a, b) = (Upstream::fixed("a"), Upstream::fixed("b"));
+    let split = |wa: u32, wb: u32| {
+        format!("split: [ {{ cluster: a, weight: {wa} }}, {{ cluster: b, weight: {wb} }} ]")
+    };
+    let mesh = format!(
+        "clusters:\n  - {{ name: a, endpoints: [ {{ addr: {} }} ] }}\n  - {{ name: b, endpoints: [ {{ addr: {} }} ] }}\nnodes:\n  edge-1:\n{}  edge-2:\n{}",
+        a.addr,
+        b.addr,
+        listener("edge", &split(100, 0)),
+        listener("edge", &split(100, 0)),
+    );
+    let cp = plane(&mesh);
+    let (p1, p2) = (
+        control_proxy(&[cp.addr()], "edge-1", None),
+        control_proxy(&[cp.addr()], "edge-2", None),
+    );
+    let (e1, e2) = (ready(&p1), ready(&p2));
+    let (l1, l2) = (Load::start(e1, 4, "/"), Load::start(e2, 4, "/"));
+    std::thread::sleep(Duration::from_millis(300));
+    // One change for the whole mesh: both nodes' splits from 100/0 to 0/100.
+    let state = get(cp.addr(), "/v1/config");
+    let mut doc = state["config"].clone();
+    for node in ["edge-1", "edge-2"] {
+        doc["nodes"][node]["listeners"][0]["routes"][0]["split"] =
+            json!([{ "cluster": "a", "weight": 0 }, { "cluster": "b", "weight": 100 }]);
+    }
+    let (status, r) = api(
+        cp.addr(),
+        "PUT",
+        "/v1/config",
+        Some(&doc),
+        state["version"].as_u64(),
+    );
+    assert_eq!(status, 200, "{r}");
+    let version = r["version"].as_u64();
+    assert!(eventually(WAIT, || {
+        let n = get(cp.addr(), "/v1/nodes");
+        ["edge-1", "edge-2"]
+            .iter()
+            .all(|node| n["nodes"][node]["applied_version"].as_u64() == version)
+    }));
+    let (before1, before2) = (l1.take(), l2.take());
+    std::thread::sleep(Duration::from_millis(300));
+    let (after1, after2) = (l1.stop(), l2.stop());
+    for counts in [&before1, &before2, &after1, &after2] {
+        let failed: u64 = counts
+            .iter()
+            .filter(|((s, _), _)| *s != 200)
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(failed, 0, "{counts:?}");
+    }
+    assert!(count_of(&before1, 200, "a") > 0 && count_of(&before2, 200, "a") > 0);
+    // Once a proxy reported the new version, all its traffic goes to b.
+    for counts in [&after1, &after2] {
+        assert_eq!(count_of(counts, 200, "a"), 0, "{counts:?}");
+        assert!(count_of(counts, 200, "b") > 0, "{counts:?}");
+    }
+    let _ = request(
+        &cp.addr().to_string(),
+        "GET",
+        "/ready",
+        None,
+        Duration::from_secs(1),
+    );
+}
