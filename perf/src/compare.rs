@@ -273,7 +273,8 @@ fn workspace() -> PathBuf {
         .unwrap_or_default()
 }
 
-fn build_ringmesh() -> Result<PathBuf, String> {
+/// Builds `target/release/ringmesh` (release profile) and returns its path.
+pub fn build_ringmesh() -> Result<PathBuf, String> {
     let root = workspace();
     let ok = Command::new("cargo")
         .args([

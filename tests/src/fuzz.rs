@@ -235,3 +235,66 @@ fn fuzz_tls_config() -> std::sync::Arc<rustls::ServerConfig> {
         })
         .clone()
 }
+
+/// The control plane's API bodies and mesh files. The first byte picks: a registration body, a
+/// mesh file, or an edit (`pointer\nJSON`) of a valid mesh. Nothing panics, and whatever the
+/// control plane accepts renders into node configs that the proxy accepts too.
+pub fn control_api(data: &[u8]) {
+    use ringmesh_control::mesh::model::Mesh;
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    match pick % 3 {
+        0 => {
+            let _ = ringmesh_control::mesh::server::parse_registration(rest);
+        }
+        1 => {
+            if let Ok(m) = std::str::from_utf8(rest).map(Mesh::parse) {
+                if let Ok(m) = m {
+                    nodes_render(&m);
+                }
+            }
+        }
+        _ => {
+            const BASE: &str = "clusters:\n  - { name: web, endpoints: [ { addr: 127.0.0.1:8081 }, { dns: \"localhost:8082\" } ] }\n  - { name: api, endpoints: [] }\npolicies: [ { name: p, action: allow, match: { method: GET } } ]\nnodes:\n  edge-1:\n    listeners:\n      - { name: edge, bind: 127.0.0.1:0, routes: [ { match: { path_prefix: / }, split: [ { cluster: web, weight: 1 }, { cluster: api, weight: 1 } ] } ] }\n";
+            let Ok(base) = Mesh::parse(BASE) else {
+                panic!("the base mesh is valid");
+            };
+            let split = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+            let Ok(pointer) = std::str::from_utf8(&rest[..split]) else {
+                return;
+            };
+            let req = ringmesh_control::mesh::http::Request {
+                method: "PUT".into(),
+                body: rest.get(split + 1..).unwrap_or_default().to_vec(),
+                ..Default::default()
+            };
+            let mut doc = base.doc.clone();
+            if ringmesh_control::mesh::server::apply_edit(&mut doc, &req, pointer).is_ok() {
+                if let Ok(m) = Mesh::check(doc) {
+                    nodes_render(&m);
+                }
+            }
+        }
+    }
+}
+
+fn nodes_render(m: &ringmesh_control::mesh::model::Mesh) {
+    use ringmesh_control::mesh::model::{render_cluster, render_node};
+    let clusters: std::collections::BTreeMap<String, String> = m
+        .clusters
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                render_cluster(c, |_| None, std::iter::empty()),
+            )
+        })
+        .collect();
+    for (name, n) in &m.nodes {
+        let text = render_node(m, n, &clusters);
+        if let Err(errs) = ringmesh_control::config::Config::parse(&text) {
+            panic!("node {name}: accepted by the control plane, refused by the proxy: {errs:?}");
+        }
+    }
+}

@@ -85,3 +85,8 @@ fn write_tls_seeds() {
         std::fs::write(tls.join(name), hello).unwrap();
     }
 }
+
+#[test]
+fn control_api_corpus() {
+    replay("control_api", ringmesh_tests::fuzz::control_api);
+}

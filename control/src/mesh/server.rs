@@ -179,8 +179,8 @@ struct Resolved {
 struct NodeState {
     /// Version of its config: the mesh version when it last changed.
     version: u64,
-    /// Its config (JSON).
-    config: String,
+    /// Fingerprint of its config.
+    hash: u64,
     /// The watch answer: `{"version":..,"node":..,"config":..}`.
     body: std::sync::Arc<str>,
     applied: Option<(u64, SystemTime)>,
@@ -200,6 +200,10 @@ struct State {
     registrations: BTreeMap<String, BTreeMap<String, Registration>>,
     dns: BTreeMap<String, Resolved>,
     nodes: BTreeMap<String, NodeState>,
+    /// Each cluster's rendered JSON (clusters some node uses).
+    cluster_text: BTreeMap<String, String>,
+    /// The nodes that use each cluster.
+    users: BTreeMap<String, Vec<String>>,
     watchers: usize,
     /// The state file needs writing.
     dirty: bool,
@@ -219,6 +223,8 @@ impl State {
             registrations: BTreeMap::new(),
             dns: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            cluster_text: BTreeMap::new(),
+            users: BTreeMap::new(),
             watchers: 0,
             dirty: false,
             source,
@@ -317,50 +323,81 @@ impl State {
 
     /// Renders every node's config; a node whose config differs gets the current version.
     fn render(&mut self) {
-        let mut clusters = BTreeMap::new();
-        let empty = BTreeMap::new();
-        for spec in &self.mesh.clusters {
-            if !self
-                .mesh
-                .nodes
-                .values()
-                .any(|n| n.clusters.contains(&spec.name))
-            {
-                continue;
+        self.users.clear();
+        for (node, spec) in &self.mesh.nodes {
+            for c in &spec.clusters {
+                self.users.entry(c.clone()).or_default().push(node.clone());
             }
-            let regs = self.registrations.get(&spec.name).unwrap_or(&empty);
-            let text = render_cluster(
-                spec,
-                |name| self.dns.get(name).map(|r| &r.addrs[..]),
-                regs.values().map(|r| &r.ep),
-            );
-            clusters.insert(spec.name.clone(), text);
         }
-        let version = self.version;
+        self.cluster_text.clear();
+        let names: Vec<String> = self.users.keys().cloned().collect();
+        for name in &names {
+            self.render_cluster(name);
+        }
         self.nodes
             .retain(|name, _| self.mesh.nodes.contains_key(name));
-        for (name, spec) in &self.mesh.nodes {
-            let config = render_node(&self.mesh, spec, &clusters);
-            let body = |config: &str| -> std::sync::Arc<str> {
+        let all: Vec<String> = self.mesh.nodes.keys().cloned().collect();
+        self.render_nodes(&all);
+    }
+
+    /// After a change to these clusters' endpoints: renders them and the nodes that use them.
+    fn changed_clusters(&mut self, clusters: &[String]) {
+        self.version += 1;
+        self.dirty = true;
+        let mut nodes = Vec::new();
+        for c in clusters {
+            if self.users.contains_key(c) {
+                self.render_cluster(c);
+                nodes.extend(self.users[c].iter().cloned());
+            }
+        }
+        nodes.sort();
+        nodes.dedup();
+        self.render_nodes(&nodes);
+    }
+
+    fn render_cluster(&mut self, name: &str) {
+        let Some(spec) = self.mesh.cluster(name) else {
+            return;
+        };
+        let empty = BTreeMap::new();
+        let regs = self.registrations.get(name).unwrap_or(&empty);
+        let text = render_cluster(
+            spec,
+            |n| self.dns.get(n).map(|r| &r.addrs[..]),
+            regs.values().map(|r| &r.ep),
+        );
+        self.cluster_text.insert(name.to_string(), text);
+    }
+
+    fn render_nodes(&mut self, names: &[String]) {
+        let version = self.version;
+        for name in names {
+            let Some(spec) = self.mesh.nodes.get(name) else {
+                continue;
+            };
+            let config = render_node(&self.mesh, spec, &self.cluster_text);
+            let hash = fingerprint(&config);
+            let body = || -> std::sync::Arc<str> {
                 std::sync::Arc::from(format!(
                     "{{\"version\":{version},\"node\":{},\"config\":{config}}}\n",
                     Value::String(name.clone())
                 ))
             };
             match self.nodes.get_mut(name) {
-                Some(n) if n.config == config => {}
+                Some(n) if n.hash == hash => {}
                 Some(n) => {
                     n.version = version;
-                    n.body = body(&config);
-                    n.config = config;
+                    n.body = body();
+                    n.hash = hash;
                 }
                 None => {
-                    let b = body(&config);
+                    let b = body();
                     self.nodes.insert(
                         name.clone(),
                         NodeState {
                             version,
-                            config,
+                            hash,
                             body: b,
                             applied: None,
                             rejected: None,
@@ -586,15 +623,19 @@ async fn tick(plane: Rc<Plane>) {
             let mut st = plane.st.borrow_mut();
             let now = Instant::now();
             let mut expired = 0;
-            for regs in st.registrations.values_mut() {
+            let mut touched = Vec::new();
+            for (cluster, regs) in st.registrations.iter_mut() {
                 let before = regs.len();
                 regs.retain(|_, r| r.deadline > now);
-                expired += before - regs.len();
+                if regs.len() < before {
+                    expired += before - regs.len();
+                    touched.push(cluster.clone());
+                }
             }
             st.registrations.retain(|_, m| !m.is_empty());
             if expired > 0 {
                 tracing::info!(expired, "registrations expired");
-                st.changed();
+                st.changed_clusters(&touched);
                 changed = true;
             }
             since_file_check += TICK;
@@ -686,7 +727,14 @@ async fn discovered(
                 }
             };
             if changed {
-                st.changed();
+                let users: Vec<String> = st
+                    .mesh
+                    .clusters
+                    .iter()
+                    .filter(|c| c.dns.iter().any(|d| d.name == name))
+                    .map(|c| c.name.clone())
+                    .collect();
+                st.changed_clusters(&users);
             }
             changed
         };
@@ -830,7 +878,7 @@ async fn answer(plane: &Plane, req: Request) -> Response {
                 return Response::error(404, "no such registration");
             }
             st.registrations.retain(|_, m| !m.is_empty());
-            st.changed();
+            st.changed_clusters(&[cluster.to_string()]);
             let v = st.version;
             drop(st);
             plane.changed();
@@ -1013,7 +1061,7 @@ fn register(st: &mut State, cluster: &str, id: &str, body: &[u8]) -> (Response, 
     let changed = regs.get(id).is_none_or(|old| old.ep != reg.ep);
     regs.insert(id.to_string(), reg);
     if changed {
-        st.changed();
+        st.changed_clusters(&[cluster.to_string()]);
     }
     (
         Response::json(
