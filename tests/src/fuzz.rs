@@ -249,10 +249,8 @@ pub fn control_api(data: &[u8]) {
             let _ = ringmesh_control::mesh::server::parse_registration(rest);
         }
         1 => {
-            if let Ok(m) = std::str::from_utf8(rest).map(Mesh::parse) {
-                if let Ok(m) = m {
-                    nodes_render(&m);
-                }
+            if let Ok(Ok(m)) = std::str::from_utf8(rest).map(Mesh::parse) {
+                nodes_render(&m);
             }
         }
         _ => {
