@@ -19,8 +19,11 @@ USAGE:
     ringmesh                              run the proxy on the embedded default config
     ringmesh proxy --config FILE          run the proxy from a YAML file (reloaded on change and SIGHUP)
     ringmesh proxy --control URL[,URL...] --node NAME [--cache FILE]
-                                          run the proxy fed by a control plane; FILE keeps the
-                                          last snapshot applied, to start without the control plane
+                   [--token-file FILE] [--identity-dir DIR]
+                                          run the proxy fed by a control plane; --cache keeps the
+                                          last snapshot applied, to start without the control
+                                          plane; the token (or $RINGMESH_TOKEN) proves the node's
+                                          identity to the mesh CA
     ringmesh control --config MESH.yaml [--bind ADDR] [--state FILE]
                                           run the control plane
     ringmesh check FILE                   validate a config; print every error
@@ -44,6 +47,8 @@ struct Args {
     bind: Option<String>,
     file: Option<PathBuf>,
     cache: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    identity_dir: Option<PathBuf>,
     state: Option<PathBuf>,
     workers: Option<usize>,
     admin: Option<String>,
@@ -71,6 +76,8 @@ fn parse_args() -> anyhow::Result<Args> {
             Long("node") => a.node = Some(p.value()?.string()?),
             Long("bind") => a.bind = Some(p.value()?.string()?),
             Long("cache") => a.cache = Some(p.value()?.into()),
+            Long("token-file") => a.token_file = Some(p.value()?.into()),
+            Long("identity-dir") => a.identity_dir = Some(p.value()?.into()),
             Long("state") => a.state = Some(p.value()?.into()),
             Long("workers") => {
                 let n: usize = p.value()?.parse()?;
@@ -144,9 +151,21 @@ fn check(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 fn proxy(a: Args) -> anyhow::Result<ExitCode> {
     let source = match (a.config, a.control, a.node) {
         (Some(_), Some(_), _) => bail!("--config and --control: choose one"),
-        (_, Some(urls), Some(node)) => ConfigSource::Control(
-            ControlSource::parse(&urls, &node, a.cache).map_err(|e| anyhow::anyhow!(e))?,
-        ),
+        (_, Some(urls), Some(node)) => {
+            let mut s =
+                ControlSource::parse(&urls, &node, a.cache).map_err(|e| anyhow::anyhow!(e))?;
+            s.token = match &a.token_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("--token-file: cannot read {}", f.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => std::env::var("RINGMESH_TOKEN").ok(),
+            };
+            s.identity_dir = a.identity_dir;
+            ConfigSource::Control(s)
+        }
         (_, Some(_), None) => bail!("--control needs --node NAME"),
         (_, None, Some(_)) => bail!("--node needs --control URL"),
         (Some(path), None, None) => ConfigSource::File(path),

@@ -515,3 +515,127 @@ fn a_weight_shift_under_load_moves_traffic_on_every_proxy_and_fails_nothing() {
         Duration::from_secs(1),
     );
 }
+
+fn identity_proxy(cp: SocketAddr, node: &str, token: &str) -> Proxy {
+    let mut source = ControlSource::parse(&cp.to_string(), node, None).expect("source");
+    source.token = Some(token.to_string());
+    source.identity_dir = Some(std::env::temp_dir().join(format!(
+        "ringmesh-test-identity-{}-{node}",
+        std::process::id()
+    )));
+    Proxy::start(ProxyOptions {
+        source: ConfigSource::Control(source),
+        workers: Some(1),
+        admin: Some("127.0.0.1:0".parse().expect("addr")),
+        drain_timeout: Duration::from_secs(2),
+        ..ProxyOptions::default()
+    })
+    .expect("proxy starts")
+}
+
+#[test]
+fn mtls_with_issued_certificates_identity_policies_renewal_and_a_ca_rotation() {
+    use ringmesh_control::mesh::ca::sha256_hex;
+    let app = Upstream::http(|req| {
+        Resp::new(
+            200,
+            req.header("ringmesh-client-identity")
+                .unwrap_or("none")
+                .to_string(),
+        )
+    });
+    let caller = |sa: &str, token: &str| {
+        format!(
+            "  {sa}:\n    identity: {{ ns: default, sa: {sa} }}\n    token_sha256: {}\n    listeners: [ {{ name: edge, bind: 127.0.0.1:0, routes: [ {{ match: {{ path_prefix: / }}, cluster: back }} ] }} ]\n",
+            sha256_hex(token.as_bytes())
+        )
+    };
+    let mesh = format!(
+        "trust_domain: mesh.local
+ca: {{ cert_ttl: 4s, rotation_grace: 1m }}
+policies:
+  - {{ name: no-intruders, action: deny, match: {{ identity: \"spiffe://mesh.local/ns/default/sa/intruder\" }} }}
+clusters:
+  - {{ name: app, endpoints: [ {{ addr: {} }} ] }}
+  - {{ name: back, tls: {{ mesh: \"spiffe://mesh.local/ns/default/sa/back\" }}, endpoints: [] }}
+nodes:
+  back:
+    identity: {{ ns: default, sa: back }}
+    token_sha256: {}
+    listeners: [ {{ name: inbound, bind: 127.0.0.1:0, tls: mesh, routes: [ {{ match: {{ path_prefix: / }}, cluster: app }} ] }} ]
+{}{}",
+        app.addr,
+        sha256_hex(b"back-token"),
+        caller("front", "front-token"),
+        caller("intruder", "intruder-token"),
+    );
+    let cp = plane(&mesh);
+    let back = identity_proxy(cp.addr(), "back", "back-token");
+    assert!(
+        eventually(WAIT, || back.version() > 0),
+        "{}",
+        get(cp.addr(), "/v1/nodes")
+    );
+    let inbound = back.listener_addr("inbound").expect("inbound");
+    assert_eq!(register(cp.addr(), "back", "back-1", inbound, "1h"), 200);
+    let front = identity_proxy(cp.addr(), "front", "front-token");
+    let intruder = identity_proxy(cp.addr(), "intruder", "intruder-token");
+    let (fe, ie) = (ready(&front), ready(&intruder));
+    // The back proxy verified the caller's issued certificate and passed its identity on.
+    assert!(
+        eventually(WAIT, || body_of(fe)
+            == (200, "spiffe://mesh.local/ns/default/sa/front".into())),
+        "{:?}",
+        body_of(fe)
+    );
+    // The identity policy denies the other caller, with its own valid certificate.
+    assert_eq!(body_of(ie).0, 403);
+    // Plain text to the mTLS listener, and a wrong token, are refused.
+    let mut plain = Client::connect(inbound);
+    plain.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(
+        plain.try_response(false).is_err(),
+        "plain text is not served by an mTLS listener"
+    );
+    let mut c = Client::connect(cp.addr());
+    c.send(b"POST /v1/nodes/front/certificate HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer nope\r\nContent-Length: 2\r\n\r\n{}");
+    assert_eq!(c.response(false).status, 401);
+
+    // Under load: certificates renew at half their 4 s life, and the CA rotates.
+    let load = Load::start(fe, 2, "/");
+    let issued_before = get(cp.addr(), "/v1/ca")["issued"].as_u64().expect("issued");
+    let first_issuer = get(cp.addr(), "/v1/ca")["issuer"].clone();
+    let (status, r) = api(cp.addr(), "POST", "/v1/ca/rotate", None, None);
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(get(cp.addr(), "/v1/ca")["rotating"], true);
+    // Every proxy took the new bundle, so the new authority issues; the old one is retired once
+    // the certificates it issued have expired.
+    assert!(
+        eventually(WAIT, || {
+            let ca = get(cp.addr(), "/v1/ca");
+            ca["rotating"] == false && ca["issuer"] != first_issuer && ca["previous"].is_null()
+        }),
+        "{}",
+        get(cp.addr(), "/v1/ca")
+    );
+    // Let every proxy renew under the new authority alone.
+    std::thread::sleep(Duration::from_secs(3));
+    let counts = load.stop();
+    let ok = count_of(&counts, 200, "spiffe://mesh.local/ns/default/sa/front");
+    let total: u64 = counts.values().sum();
+    assert_eq!(
+        ok, total,
+        "every request succeeded through renewals and the rotation: {counts:?}"
+    );
+    assert!(ok > 0);
+    let issued = get(cp.addr(), "/v1/ca")["issued"].as_u64().expect("issued");
+    assert!(
+        issued >= issued_before + 3,
+        "certificates were renewed: {issued_before} -> {issued}"
+    );
+    assert_eq!(
+        body_of(fe),
+        (200, "spiffe://mesh.local/ns/default/sa/front".into())
+    );
+    assert_eq!(body_of(ie).0, 403);
+}

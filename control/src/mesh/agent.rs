@@ -36,6 +36,11 @@ pub struct ControlSource {
     pub node: String,
     /// Where the last applied snapshot is kept.
     pub cache: Option<PathBuf>,
+    /// The bootstrap token that proves this node's identity to the mesh CA.
+    pub token: Option<String>,
+    /// Where the issued key, certificate and trust bundle are written (default: a private
+    /// directory under the system's temporary directory).
+    pub identity_dir: Option<PathBuf>,
 }
 
 impl ControlSource {
@@ -68,6 +73,8 @@ impl ControlSource {
             urls: out,
             node: node.to_string(),
             cache,
+            token: None,
+            identity_dir: None,
         })
     }
 }
@@ -93,17 +100,33 @@ struct Agent {
     /// The last version applied, and its config text.
     applied: Option<(u64, String)>,
     rng: ringmesh_core::rng::Rng,
+    /// The certificate in use: the CA's marks it was issued under, and when to renew it.
+    identity: Option<(Marks, SystemTime)>,
+    /// Where it is written.
+    dir: PathBuf,
 }
+
+/// The CA's trust bundle and issuer, as a snapshot names them.
+type Marks = (String, String);
 
 /// What a watch brought.
 enum Watched {
-    Snapshot(u64, String),
+    Snapshot(u64, String, Option<Marks>),
     Unchanged,
 }
 
 impl Agent {
     fn new(source: ControlSource, control: flume::Sender<ControlMsg>, state: Arc<State>) -> Agent {
+        let dir = source.identity_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!(
+                "ringmesh-identity-{}-{}",
+                percent_encode(&source.node),
+                std::process::id()
+            ))
+        });
         Agent {
+            identity: None,
+            dir,
             source,
             control,
             state,
@@ -119,12 +142,28 @@ impl Agent {
         let mut failures = 0u32;
         loop {
             let addr = self.source.urls[url % self.source.urls.len()].clone();
+            if self.renewal_due() {
+                if let Err(e) = self.renew(&addr) {
+                    tracing::warn!(error = %e, "cannot renew the mesh certificate; keeping the one in use");
+                }
+            }
             match self.watch(&addr) {
                 Ok(w) => {
                     failures = 0;
                     self.contact(true);
-                    if let Watched::Snapshot(version, text) = w {
-                        match self.apply(version, text) {
+                    if let Watched::Snapshot(version, text, marks) = w {
+                        let mut fresh = false;
+                        let stale =
+                            |m: &Marks| self.identity.as_ref().is_none_or(|(have, _)| have != m);
+                        if marks.as_ref().is_some_and(stale) {
+                            match self.fetch_identity(&addr) {
+                                Ok(()) => fresh = true,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot get a certificate from the mesh CA")
+                                }
+                            }
+                        }
+                        match self.apply(version, text, fresh) {
                             Some(result) => self.report(&addr, version, result.err()),
                             None => return,
                         }
@@ -186,15 +225,101 @@ impl Agent {
             version,
             "applying the cached snapshot until the control plane answers"
         );
-        let _ = self.apply(version, config.to_string());
+        let _ = self.apply(version, config.to_string(), false);
     }
 
-    /// One long-poll.
+    fn renewal_due(&self) -> bool {
+        self.identity
+            .as_ref()
+            .is_some_and(|(_, at)| SystemTime::now() >= *at)
+    }
+
+    /// Renews the certificate and applies the config in force again, so that listeners and
+    /// clusters load it.
+    fn renew(&mut self, addr: &str) -> Result<(), String> {
+        self.fetch_identity(addr)?;
+        match &self.applied {
+            Some((_, text)) => self.apply_text(text.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Asks the mesh CA for a certificate over a new key, and writes key, certificate and
+    /// trust bundle to the identity directory.
+    fn fetch_identity(&mut self, addr: &str) -> Result<(), String> {
+        let token = self
+            .source
+            .token
+            .as_deref()
+            .ok_or("this node has an identity in the mesh but the proxy was given no token (--token-file or RINGMESH_TOKEN)")?;
+        let (key_pem, public) = super::ca::new_key()?;
+        let body = serde_json::json!({ "public_key": public }).to_string();
+        let path = format!(
+            "/v1/nodes/{}/certificate",
+            percent_encode(&self.source.node)
+        );
+        let (status, resp) = request_with(
+            addr,
+            "POST",
+            &path,
+            Some(body.as_bytes()),
+            Duration::from_secs(10),
+            &format!("authorization: Bearer {token}\r\n"),
+        )?;
+        if status != 200 {
+            return Err(format!(
+                "the mesh CA answered {status}: {}",
+                String::from_utf8_lossy(&resp[..resp.len().min(200)]).trim()
+            ));
+        }
+        let v: Value = serde_json::from_slice(&resp).map_err(|e| format!("invalid answer: {e}"))?;
+        let (Some(cert), Some(bundle), Some(expires)) = (
+            v["cert"].as_str(),
+            v["bundle"].as_str(),
+            v["expires_unix"].as_i64(),
+        ) else {
+            return Err("the mesh CA's answer lacks cert, bundle or expires_unix".into());
+        };
+        let marks = (
+            v["marks"]["bundle"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            v["marks"]["issuer"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        write_identity(&self.dir, &key_pem, cert, bundle)?;
+        // Renewed at half its life, give or take a tenth, so that a fleet spreads out.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let life = (expires - now).max(1) as f64;
+        let half = life * (0.4 + f64::from(self.rng.below(1000)) / 5000.0);
+        let renew_at = SystemTime::now() + Duration::from_secs_f64(half);
+        tracing::info!(
+            identity = v["identity"].as_str().unwrap_or_default(),
+            expires,
+            "mesh certificate issued"
+        );
+        self.identity = Some((marks, renew_at));
+        Ok(())
+    }
+
+    /// One long-poll; it ends in time for the next certificate renewal.
     fn watch(&mut self, addr: &str) -> Result<Watched, String> {
+        let wait = match &self.identity {
+            Some((_, at)) => at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .clamp(Duration::from_secs(1), WAIT),
+            None => WAIT,
+        };
         let mut path = format!(
-            "/v1/watch/{}?wait={}s",
+            "/v1/watch/{}?wait={}ms",
             percent_encode(&self.source.node),
-            WAIT.as_secs()
+            wait.as_millis()
         );
         if let Some(v) = self.seen {
             path.push_str(&format!("&version={v}"));
@@ -202,14 +327,20 @@ impl Agent {
         if let Some((v, _)) = &self.applied {
             path.push_str(&format!("&applied={v}"));
         }
-        let (status, body) = request(addr, "GET", &path, None, WAIT + Duration::from_secs(10))?;
+        let (status, body) = request(addr, "GET", &path, None, wait + Duration::from_secs(10))?;
         match status {
             200 => {
                 let v: Value =
                     serde_json::from_slice(&body).map_err(|e| format!("invalid snapshot: {e}"))?;
                 let version = v["version"].as_u64().ok_or("snapshot without a version")?;
                 let config = v.get("config").ok_or("snapshot without a config")?;
-                Ok(Watched::Snapshot(version, config.to_string()))
+                let marks = v.get("identity").map(|i| {
+                    (
+                        i["bundle"].as_str().unwrap_or_default().to_string(),
+                        i["issuer"].as_str().unwrap_or_default().to_string(),
+                    )
+                });
+                Ok(Watched::Snapshot(version, config.to_string(), marks))
             }
             304 => Ok(Watched::Unchanged),
             _ => Err(format!(
@@ -219,21 +350,18 @@ impl Agent {
         }
     }
 
-    /// Applies a snapshot through the control thread; `None` when the proxy is stopping.
-    fn apply(&mut self, version: u64, text: String) -> Option<Result<(), String>> {
+    /// Applies a snapshot through the control thread (again even if unchanged when `fresh`: a
+    /// new certificate is loaded that way); `None` when the proxy is stopping.
+    fn apply(&mut self, version: u64, text: String, fresh: bool) -> Option<Result<(), String>> {
         self.seen = Some(version);
-        let result = if self.applied.as_ref().is_some_and(|(_, t)| *t == text) {
+        let result = if !fresh && self.applied.as_ref().is_some_and(|(_, t)| *t == text) {
             // Same config under a new version (a change elsewhere in the mesh).
             Ok(())
         } else {
-            let (tx, rx) = flume::bounded(1);
-            self.control
-                .send(ControlMsg::Apply {
-                    text: text.clone(),
-                    reply: tx,
-                })
-                .ok()?;
-            rx.recv().ok()?.map(|_| ()).map_err(|errs| errs.join("; "))
+            if self.control.is_disconnected() {
+                return None;
+            }
+            self.apply_text(text.clone())
         };
         match &result {
             Ok(()) => {
@@ -247,6 +375,22 @@ impl Agent {
             }
         }
         Some(result)
+    }
+
+    /// Hands the config to the control thread, the identity directory put in place.
+    fn apply_text(&self, text: String) -> Result<(), String> {
+        let dir = Value::String(self.dir.display().to_string()).to_string();
+        // Inside a JSON string: the directory without its quotes.
+        let dir = &dir[1..dir.len() - 1];
+        let text = text.replace(super::model::IDENTITY_DIR, dir);
+        let (tx, rx) = flume::bounded(1);
+        self.control
+            .send(ControlMsg::Apply { text, reply: tx })
+            .map_err(|_| "the proxy is stopping".to_string())?;
+        rx.recv()
+            .map_err(|_| "the proxy is stopping".to_string())?
+            .map(|_| ())
+            .map_err(|errs| errs.join("; "))
     }
 
     fn write_cache(&self, version: u64, config: &str) {
@@ -282,6 +426,40 @@ impl Agent {
     }
 }
 
+/// Writes the identity files: the key readable by the proxy's user only; each file replaced in
+/// one step.
+fn write_identity(
+    dir: &std::path::Path,
+    key: &str,
+    cert: &str,
+    bundle: &str,
+) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    for (name, data, mode) in [
+        ("key.pem", key, 0o600),
+        ("cert.pem", cert, 0o644),
+        ("bundle.pem", bundle, 0o644),
+    ] {
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(data.as_bytes()))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// One HTTP/1.1 exchange on a new connection; returns the status and the body.
 pub fn request(
     addr: &str,
@@ -289,6 +467,18 @@ pub fn request(
     path: &str,
     body: Option<&[u8]>,
     timeout: Duration,
+) -> Result<(u16, Vec<u8>), String> {
+    request_with(addr, method, path, body, timeout, "")
+}
+
+/// [`request`] with extra header lines (each ending in CRLF).
+pub fn request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+    headers: &str,
 ) -> Result<(u16, Vec<u8>), String> {
     let target: SocketAddr = addr
         .to_socket_addrs()
@@ -304,7 +494,7 @@ pub fn request(
         .map_err(|e| e.to_string())?;
     let body = body.unwrap_or_default();
     let mut out = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n{headers}",
         body.len()
     )
     .into_bytes();

@@ -25,6 +25,8 @@ pub struct Request {
     pub query: Vec<(String, String)>,
     /// `If-Match`, quotes removed.
     pub if_match: Option<String>,
+    /// `Authorization`.
+    pub authorization: Option<String>,
     /// The body.
     pub body: Vec<u8>,
     /// Whether the connection ends after the answer.
@@ -107,6 +109,8 @@ pub async fn read_request(
                             req.close |= v.eq_ignore_ascii_case("close");
                         } else if h.name.eq_ignore_ascii_case("if-match") {
                             req.if_match = Some(v.trim_matches('"').to_string());
+                        } else if h.name.eq_ignore_ascii_case("authorization") {
+                            req.authorization = Some(v.to_string());
                         }
                     }
                     if length > MAX_BODY {

@@ -6,6 +6,7 @@
 //!   reload, reports back, and keeps a cache on disk.
 
 pub mod agent;
+pub mod ca;
 pub mod http;
 pub mod model;
 pub mod server;

@@ -25,7 +25,12 @@ const FIELDS: &[&str] = &[
     "policies",
     "default_policy",
     "nodes",
+    "ca",
 ];
+
+/// Where a proxy keeps the identity the mesh CA issued it; the proxy puts its own directory in
+/// place of this prefix.
+pub const IDENTITY_DIR: &str = "${identity}";
 
 /// Default API address.
 pub const DEFAULT_BIND: &str = "127.0.0.1:9900";
@@ -55,10 +60,24 @@ pub struct ClusterSpec {
 /// What one proxy serves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeSpec {
-    /// Its listeners, as JSON text.
+    /// Its listeners, as JSON text (TLS shorthands expanded).
     pub listeners: String,
     /// The clusters its listeners name (only these are sent to it).
     pub clusters: BTreeSet<String>,
+    /// Its SPIFFE ID, when the mesh CA issues it a certificate.
+    pub identity: Option<String>,
+    /// SHA-256 (hex) of the bootstrap token it proves itself with.
+    pub token_sha256: Option<String>,
+}
+
+/// The mesh CA's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaSpec {
+    /// Lifetime of the certificates issued to proxies.
+    pub cert_ttl: Duration,
+    /// During a CA rotation, the longest the new CA is only trusted (not yet issuing) while
+    /// proxies pick up the new trust bundle.
+    pub rotation_grace: Duration,
 }
 
 /// A checked mesh file.
@@ -82,6 +101,8 @@ pub struct Mesh {
     pub default_policy: String,
     /// Nodes by name.
     pub nodes: BTreeMap<String, NodeSpec>,
+    /// The mesh CA's settings.
+    pub ca: CaSpec,
 }
 
 fn error(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -166,7 +187,9 @@ impl Mesh {
         if dns_interval.is_none() {
             errors.push(error("dns_interval", "expected a duration such as 5s"));
         }
-        let clusters = check_clusters(root, &mut errors);
+        let td = trust_domain.clone().unwrap_or_default();
+        let clusters = check_clusters(root, &td, &mut errors);
+        let ca = check_ca(root, &mut errors);
         let default_policy = match root.get("default_policy") {
             Some(Value::String(s)) => s.clone(),
             _ => "allow".into(),
@@ -175,7 +198,7 @@ impl Mesh {
             .get("policies")
             .cloned()
             .unwrap_or(Value::Array(vec![]));
-        let nodes = check_nodes(root, &clusters, &mut errors);
+        let nodes = check_nodes(root, &clusters, &td, &mut errors);
         if !errors.is_empty() {
             errors.dedup();
             return Err(errors);
@@ -189,6 +212,7 @@ impl Mesh {
             policies: policies.to_string(),
             default_policy,
             nodes,
+            ca,
             doc,
         })
     }
@@ -209,7 +233,11 @@ impl Mesh {
 
 /// Clusters: `endpoints` entries are either `{ addr, ... }`, checked by the proxy's decoder, or
 /// `{ dns: "host:port", ... }`, resolved later. The rest of each cluster is the proxy's.
-fn check_clusters(root: &Map<String, Value>, errors: &mut Vec<ConfigError>) -> Vec<ClusterSpec> {
+fn check_clusters(
+    root: &Map<String, Value>,
+    trust_domain: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<ClusterSpec> {
     let list = match root.get("clusters") {
         None | Some(Value::Null) => return Vec::new(),
         Some(Value::Array(l)) => l,
@@ -231,6 +259,9 @@ fn check_clusters(root: &Map<String, Value>, errors: &mut Vec<ConfigError>) -> V
         };
         let mut base = obj.clone();
         let endpoints = base.remove("endpoints");
+        if let Some(tls) = base.get_mut("tls") {
+            expand_cluster_tls(tls, trust_domain, &format!("{path}.tls"), errors);
+        }
         let mut statics = Vec::new();
         let mut dns = Vec::new();
         let mut indices = Vec::new();
@@ -338,6 +369,7 @@ fn check_dns(
 fn check_nodes(
     root: &Map<String, Value>,
     clusters: &[ClusterSpec],
+    trust_domain: &str,
     errors: &mut Vec<ConfigError>,
 ) -> BTreeMap<String, NodeSpec> {
     let mut out = BTreeMap::new();
@@ -377,13 +409,62 @@ fn check_nodes(
             errors.push(error(path, "expected a mapping"));
             continue;
         };
-        for k in obj.keys().filter(|k| *k != "listeners") {
+        const NODE_FIELDS: &[&str] = &["listeners", "identity", "token_sha256"];
+        for k in obj.keys().filter(|k| !NODE_FIELDS.contains(&k.as_str())) {
             errors.push(error(
                 format!("{path}.{k}"),
-                format!("unknown field `{k}`; expected one of: listeners"),
+                format!(
+                    "unknown field `{k}`; expected one of: {}",
+                    NODE_FIELDS.join(", ")
+                ),
             ));
         }
-        let listeners = obj.get("listeners").cloned().unwrap_or(Value::Null);
+        let identity = match obj.get("identity") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let id = v.as_object().and_then(|m| {
+                    let ns = m.get("ns")?.as_str()?;
+                    let sa = m.get("sa")?.as_str()?;
+                    (m.len() == 2 && dns_label(ns) && dns_label(sa))
+                        .then(|| format!("spiffe://{trust_domain}/ns/{ns}/sa/{sa}"))
+                });
+                if id.is_none() {
+                    errors.push(error(
+                        format!("{path}.identity"),
+                        "expected { ns, sa }: lowercase letters, digits and -, 1 to 63 each",
+                    ));
+                }
+                id
+            }
+        };
+        let token_sha256 = match obj.get("token_sha256") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(h)) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(h.to_ascii_lowercase())
+            }
+            Some(_) => {
+                errors.push(error(
+                    format!("{path}.token_sha256"),
+                    "expected the SHA-256 of the node's bootstrap token, as 64 hex digits",
+                ));
+                None
+            }
+        };
+        if identity.is_some() != token_sha256.is_some() {
+            errors.push(error(
+                path.clone(),
+                "`identity` and `token_sha256` go together: a node proves its identity with its token",
+            ));
+        }
+        let mut listeners = obj.get("listeners").cloned().unwrap_or(Value::Null);
+        for (i, l) in listeners.as_array_mut().into_iter().flatten().enumerate() {
+            if let Some(tls) = l.get_mut("tls") {
+                let p = format!("{path}.listeners[{i}].tls");
+                if expand_listener_tls(tls, &p, errors) && identity.is_none() {
+                    errors.push(error(p, "`mesh` TLS needs the node's `identity`"));
+                }
+            }
+        }
         let listeners_text = listeners.to_string();
         let probe = format!("{{\"listeners\":{listeners_text},\"clusters\":{bare}}}");
         if let Err(errs) = Config::parse(&probe) {
@@ -406,10 +487,144 @@ fn check_nodes(
             NodeSpec {
                 listeners: listeners_text,
                 clusters: named,
+                identity,
+                token_sha256,
             },
         );
     }
     out
+}
+
+/// A DNS label: what namespaces and service accounts are made of.
+fn dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// `ca: { cert_ttl, rotation_grace }`.
+fn check_ca(root: &Map<String, Value>, errors: &mut Vec<ConfigError>) -> CaSpec {
+    let mut ca = CaSpec {
+        cert_ttl: Duration::from_secs(24 * 3600),
+        rotation_grace: Duration::from_secs(300),
+    };
+    let Some(v) = root.get("ca").filter(|v| !v.is_null()) else {
+        return ca;
+    };
+    let Some(m) = v.as_object() else {
+        errors.push(error("ca", "expected a mapping"));
+        return ca;
+    };
+    for (k, v) in m {
+        let d = v.as_str().and_then(parse_duration);
+        match (k.as_str(), d) {
+            ("cert_ttl", Some(d))
+                if d >= Duration::from_secs(2) && d <= Duration::from_secs(366 * 86400) =>
+            {
+                ca.cert_ttl = d;
+            }
+            ("cert_ttl", _) => errors.push(error(
+                "ca.cert_ttl",
+                "expected a duration from 2s to 366 days, such as 24h",
+            )),
+            ("rotation_grace", Some(d)) if !d.is_zero() => ca.rotation_grace = d,
+            ("rotation_grace", _) => {
+                errors.push(error("ca.rotation_grace", "expected a duration such as 5m"))
+            }
+            _ => errors.push(error(
+                format!("ca.{k}"),
+                format!("unknown field `{k}`; expected one of: cert_ttl, rotation_grace"),
+            )),
+        }
+    }
+    ca
+}
+
+/// A listener's `tls: mesh` (or `tls: { mesh: true, alpn: [...] }`): serve the node's issued
+/// certificate and require clients to present one from the mesh CA. Returns whether it was.
+fn expand_listener_tls(tls: &mut Value, path: &str, errors: &mut Vec<ConfigError>) -> bool {
+    let alpn = match tls {
+        Value::String(s) if s == "mesh" => None,
+        Value::Object(m) if m.contains_key("mesh") => {
+            if m.get("mesh") != Some(&Value::Bool(true)) {
+                errors.push(error(format!("{path}.mesh"), "expected true"));
+            }
+            for k in m.keys().filter(|k| !["mesh", "alpn"].contains(&k.as_str())) {
+                errors.push(error(
+                    format!("{path}.{k}"),
+                    format!("unknown field `{k}` with `mesh`; expected one of: mesh, alpn"),
+                ));
+            }
+            m.get("alpn").cloned()
+        }
+        _ => return false,
+    };
+    let mut out = Map::new();
+    out.insert(
+        "certs".into(),
+        serde_json::json!([{
+            "cert": format!("{IDENTITY_DIR}/cert.pem"),
+            "key": format!("{IDENTITY_DIR}/key.pem"),
+        }]),
+    );
+    out.insert(
+        "client_ca".into(),
+        Value::String(format!("{IDENTITY_DIR}/bundle.pem")),
+    );
+    if let Some(a) = alpn {
+        out.insert("alpn".into(), a);
+    }
+    *tls = Value::Object(out);
+    true
+}
+
+/// A cluster's `tls: { mesh: "spiffe://TD/ns/NS/sa/SA" }`: mutual TLS with the node's issued
+/// certificate, to endpoints that must present that identity.
+fn expand_cluster_tls(
+    tls: &mut Value,
+    trust_domain: &str,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    let Some(m) = tls.as_object() else {
+        return;
+    };
+    let Some(id) = m.get("mesh") else {
+        return;
+    };
+    for k in m.keys().filter(|k| *k != "mesh") {
+        errors.push(error(
+            format!("{path}.{k}"),
+            format!("unknown field `{k}` with `mesh`: the mesh CA provides the rest"),
+        ));
+    }
+    let sni = id.as_str().and_then(|id| {
+        let rest = id.strip_prefix("spiffe://")?.strip_prefix(trust_domain)?;
+        let rest = rest.strip_prefix("/ns/")?;
+        let (ns, sa) = rest.split_once("/sa/")?;
+        (dns_label(ns) && dns_label(sa)).then(|| identity_dns_name(trust_domain, ns, sa))
+    });
+    let Some(sni) = sni else {
+        errors.push(error(
+            format!("{path}.mesh"),
+            format!("expected the endpoints' identity, such as spiffe://{trust_domain}/ns/default/sa/web"),
+        ));
+        return;
+    };
+    *tls = serde_json::json!({
+        "sni": sni,
+        "ca": format!("{IDENTITY_DIR}/bundle.pem"),
+        "cert": format!("{IDENTITY_DIR}/cert.pem"),
+        "key": format!("{IDENTITY_DIR}/key.pem"),
+    });
+}
+
+/// The DNS name an issued certificate carries beside its SPIFFE ID, which TLS clients check as
+/// the server's name: `SA.NS.TRUST_DOMAIN`.
+pub fn identity_dns_name(trust_domain: &str, ns: &str, sa: &str) -> String {
+    format!("{sa}.{ns}.{trust_domain}")
 }
 
 /// Every cluster a node's listeners name: the value of any `cluster` field (routes, splits, TCP

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use monoio::net::{TcpListener, TcpStream};
 use serde_json::{Value, json};
 
+use super::ca::{Ca, sha256_hex};
 use super::http::{self, Request, Response};
 use super::model::{Mesh, Registered, render_cluster, render_node};
 
@@ -94,7 +95,8 @@ impl ControlPlane {
             .set_nonblocking(true)
             .map_err(|e| vec![e.to_string()])?;
         let addr = listener.local_addr().map_err(|e| vec![e.to_string()])?;
-        let mut st = State::new(mesh, &text, opts.source.clone(), state_file.clone());
+        let mut st = State::new(mesh, &text, opts.source.clone(), state_file.clone())
+            .map_err(|e| vec![format!("mesh CA: {e}")])?;
         if let Some(p) = &state_file {
             st.restore(p);
         }
@@ -207,10 +209,20 @@ struct State {
     watchers: usize,
     /// The state file needs writing.
     dirty: bool,
+    /// The mesh CA.
+    ca: Ca,
+    /// The version that started the CA rotation in progress.
+    rotation_version: u64,
 }
 
 impl State {
-    fn new(mesh: Mesh, text: &str, source: MeshSource, state_file: Option<PathBuf>) -> State {
+    fn new(
+        mesh: Mesh,
+        text: &str,
+        source: MeshSource,
+        state_file: Option<PathBuf>,
+    ) -> Result<State, String> {
+        let ca = Ca::generate(&mesh.trust_domain)?;
         // Versions start from the clock (milliseconds), so that they keep growing across
         // restarts even without a state file: a proxy never sees an old number for a new config.
         let mut st = State {
@@ -226,12 +238,14 @@ impl State {
             cluster_text: BTreeMap::new(),
             users: BTreeMap::new(),
             watchers: 0,
-            dirty: false,
+            dirty: true,
             source,
+            ca,
+            rotation_version: 0,
         };
         st.file_stamp = st.stamp();
         st.render();
-        st
+        Ok(st)
     }
 
     fn stamp(&self) -> Option<(SystemTime, u64)> {
@@ -252,6 +266,10 @@ impl State {
             tracing::warn!(path = %path.display(), "state file unreadable; starting from the mesh file");
             return;
         };
+        match Ca::from_json(&saved["ca"], &self.mesh.trust_domain) {
+            Ok(ca) => self.ca = ca,
+            Err(e) => tracing::warn!(error = %e, "state file has no usable CA; a new one was made"),
+        }
         let version = saved["version"].as_u64().unwrap_or(0);
         self.version = self.version.max(version + 1);
         if saved["file_hash"].as_u64() == Some(self.file_hash) {
@@ -309,6 +327,7 @@ impl State {
             "file_hash": self.file_hash,
             "mesh": self.mesh.doc,
             "registrations": regs,
+            "ca": self.ca.to_json(),
         })
         .to_string()
         .into_bytes()
@@ -372,15 +391,25 @@ impl State {
 
     fn render_nodes(&mut self, names: &[String]) {
         let version = self.version;
+        let (bundle, issuer) = self.ca.marks();
         for name in names {
             let Some(spec) = self.mesh.nodes.get(name) else {
                 continue;
             };
             let config = render_node(&self.mesh, spec, &self.cluster_text);
-            let hash = fingerprint(&config);
+            // A node with an identity is told the CA's marks: a change makes it fetch a new
+            // certificate and trust bundle.
+            let marks = match &spec.identity {
+                Some(id) => format!(
+                    ",\"identity\":{{\"id\":{},\"bundle\":\"{bundle}\",\"issuer\":\"{issuer}\"}}",
+                    Value::String(id.clone())
+                ),
+                None => String::new(),
+            };
+            let hash = fingerprint(&config) ^ fingerprint(&marks).rotate_left(1);
             let body = || -> std::sync::Arc<str> {
                 std::sync::Arc::from(format!(
-                    "{{\"version\":{version},\"node\":{},\"config\":{config}}}\n",
+                    "{{\"version\":{version},\"node\":{}{marks},\"config\":{config}}}\n",
                     Value::String(name.clone())
                 ))
             };
@@ -407,6 +436,20 @@ impl State {
                 }
             }
         }
+    }
+}
+
+impl State {
+    /// Whether every node with an identity whose proxy was seen lately applied `version` or later.
+    fn all_have(&self, version: u64) -> bool {
+        let recent = SystemTime::now() - Duration::from_secs(120);
+        self.mesh
+            .nodes
+            .iter()
+            .filter(|(_, spec)| spec.identity.is_some())
+            .filter_map(|(name, _)| self.nodes.get(name))
+            .filter(|n| n.last_seen.is_some_and(|t| t >= recent))
+            .all(|n| n.applied.is_some_and(|(v, _)| v >= version))
     }
 }
 
@@ -636,6 +679,14 @@ async fn tick(plane: Rc<Plane>) {
             if expired > 0 {
                 tracing::info!(expired, "registrations expired");
                 st.changed_clusters(&touched);
+                changed = true;
+            }
+            let grace = st.mesh.ca.rotation_grace;
+            let ttl = st.mesh.ca.cert_ttl;
+            let all = st.all_have(st.rotation_version);
+            if st.ca.advance(all, grace, ttl) {
+                tracing::info!(issuer = %st.ca.current.fingerprint, "mesh CA rotation moved on");
+                st.changed();
                 changed = true;
             }
             since_file_check += TICK;
@@ -887,6 +938,29 @@ async fn answer(plane: &Plane, req: Request) -> Response {
         ("GET", ["v1", "clusters"]) => Response::json(200, clusters_json(&plane.st.borrow())),
         ("GET", ["v1", "nodes"]) => Response::json(200, nodes_json(&plane.st.borrow())),
         ("GET", ["v1", "watch", node]) => watch(plane, node, &req).await,
+        ("POST", ["v1", "nodes", node, "certificate"]) => {
+            certificate(&mut plane.st.borrow_mut(), node, &req)
+        }
+        ("GET", ["v1", "ca"]) => ca_json(&plane.st.borrow()),
+        ("POST", ["v1", "ca", "rotate"]) => {
+            let r = {
+                let mut st = plane.st.borrow_mut();
+                let td = st.mesh.trust_domain.clone();
+                match st.ca.rotate(&td) {
+                    Ok(()) => {
+                        st.changed();
+                        st.rotation_version = st.version;
+                        tracing::info!("mesh CA rotation started");
+                        Response::json(200, json!({ "version": st.version }).to_string() + "\n")
+                    }
+                    Err(e) => Response::error(409, &e),
+                }
+            };
+            if r.status == 200 {
+                plane.changed();
+            }
+            r
+        }
         ("POST", ["v1", "nodes", node, "report"]) => {
             report(&mut plane.st.borrow_mut(), node, &req.body)
         }
@@ -896,7 +970,8 @@ async fn answer(plane: &Plane, req: Request) -> Response {
             | ["v1", "config", ..]
             | ["v1", "clusters", ..]
             | ["v1", "nodes", ..]
-            | ["v1", "watch", ..],
+            | ["v1", "watch", ..]
+            | ["v1", "ca", ..],
         ) => Response::error(405, "method not allowed"),
         _ => Response::error(404, "not found"),
     }
@@ -1145,6 +1220,85 @@ impl Drop for Watching<'_> {
             st.watchers -= 1;
         }
     }
+}
+
+/// `POST /v1/nodes/{node}/certificate` with `Authorization: Bearer TOKEN`, body
+/// `{"public_key": HEX}`: signs a certificate for the node's identity over the proxy's key.
+fn certificate(st: &mut State, node: &str, req: &Request) -> Response {
+    let Some(spec) = st.mesh.nodes.get(node) else {
+        return Response::error(404, &format!("no node named `{node}` in the mesh"));
+    };
+    let (Some(id), Some(expected)) = (&spec.identity, &spec.token_sha256) else {
+        return Response::error(409, &format!("node `{node}` has no identity in the mesh"));
+    };
+    let token = req
+        .authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Compared as digests, so the comparison's time says nothing about the token.
+    let given = sha256_hex(token.as_bytes());
+    let same = given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if token.is_empty() || !same {
+        tracing::warn!(node, "certificate refused: bad bootstrap token");
+        return Response::error(401, "the bootstrap token is not this node's");
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
+        return Response::error(400, "invalid JSON");
+    };
+    let Some(public_key) = body["public_key"].as_str() else {
+        return Response::error(400, "public_key: expected a P-256 public key in hex");
+    };
+    let (ns, sa) = id
+        .rsplit_once("/sa/")
+        .map(|(head, sa)| (head.rsplit('/').next().unwrap_or_default(), sa))
+        .unwrap_or_default();
+    let dns = super::model::identity_dns_name(&st.mesh.trust_domain, ns, sa);
+    let ttl = st.mesh.ca.cert_ttl;
+    match st.ca.current.issue(public_key, id, &dns, ttl) {
+        Ok((cert, expires)) => {
+            st.ca.issued += 1;
+            let (bundle_mark, issuer_mark) = st.ca.marks();
+            Response::json(
+                200,
+                json!({
+                    "identity": id,
+                    "cert": cert,
+                    "bundle": st.ca.bundle(),
+                    "expires_unix": expires,
+                    "marks": { "bundle": bundle_mark, "issuer": issuer_mark },
+                })
+                .to_string()
+                    + "\n",
+            )
+        }
+        Err(e) => Response::error(400, &e),
+    }
+}
+
+/// `GET /v1/ca`: the trust bundle and the rotation's state.
+fn ca_json(st: &State) -> Response {
+    let (bundle_mark, issuer_mark) = st.ca.marks();
+    Response::json(
+        200,
+        json!({
+            "bundle": st.ca.bundle(),
+            "marks": { "bundle": bundle_mark, "issuer": issuer_mark },
+            "issuer": st.ca.current.fingerprint,
+            "rotating": st.ca.next.is_some(),
+            "next": st.ca.next.as_ref().map(|(a, _)| &a.fingerprint),
+            "previous": st.ca.previous.as_ref().map(|(a, until)| json!({ "fingerprint": a.fingerprint, "trusted_until_unix": until })),
+            "issued": st.ca.issued,
+            "cert_ttl": crate::config::format_duration(st.mesh.ca.cert_ttl),
+        })
+        .to_string()
+            + "\n",
+    )
 }
 
 /// `POST /v1/nodes/{node}/report` body `{"version": V, "error": null | "why"}`.
