@@ -310,3 +310,45 @@ fn read_request_streaming(r: &mut impl std::io::BufRead) -> std::io::Result<Opti
     }
     Ok(Some(format!("uploaded {len}")))
 }
+
+#[test]
+fn the_control_command_serves_its_api_and_refuses_a_bad_mesh_file_by_field() {
+    let bad = write_config(
+        "mesh-bad",
+        "clusters: []\nnodes:\n  n1:\n    listeners: [ { name: e, bind: 127.0.0.1:0, routes: [ { match: { path_prefix: / }, cluster: nope } ] } ]\n",
+    );
+    let out = Command::new(binary())
+        .args(["control", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nodes.n1.listeners[0].routes[0].cluster"),
+        "{err}"
+    );
+
+    let good = write_config("mesh-good", "clusters: []\nnodes: {}\nstate_file: off\n");
+    let bind = free_port();
+    let mut child = Command::new(binary())
+        .args(["control", "--config"])
+        .arg(&good)
+        .args(["--bind", &bind.to_string()])
+        .spawn()
+        .expect("run");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut answer = String::new();
+    while Instant::now() < deadline {
+        if let Ok(mut c) = TcpStream::connect(bind) {
+            let _ = c.write_all(b"GET /v1/nodes HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+            let _ = c.read_to_string(&mut answer);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"nodes\":{}"), "{answer}");
+}
