@@ -163,6 +163,14 @@ fn instances_register_take_traffic_and_leave_when_heartbeats_stop() {
     );
 }
 
+/// Cluster `web` with one endpoint, and node `edge-1` routing everything to it.
+fn web_mesh(up: SocketAddr) -> String {
+    format!(
+        "clusters:\n  - {{ name: web, endpoints: [ {{ addr: {up} }} ] }}\nnodes:\n  edge-1:\n{}",
+        listener("edge", "cluster: web")
+    )
+}
+
 fn get_text(addr: SocketAddr, path: &str) -> String {
     let mut c = Client::connect(addr);
     c.send(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes());
@@ -172,12 +180,7 @@ fn get_text(addr: SocketAddr, path: &str) -> String {
 #[test]
 fn the_api_refuses_races_and_invalid_changes_and_changes_nothing() {
     let up = Upstream::fixed("a");
-    let mesh = format!(
-        "clusters:\n  - {{ name: web, endpoints: [ {{ addr: {} }} ] }}\nnodes:\n  edge-1:\n{}",
-        up.addr,
-        listener("edge", "cluster: web")
-    );
-    let cp = plane(&mesh);
+    let cp = plane(&web_mesh(up.addr));
     let v0 = get(cp.addr(), "/v1/config")["version"]
         .as_u64()
         .expect("version");
@@ -293,12 +296,7 @@ fn dns_names_are_resolved_and_a_failing_name_keeps_the_rest() {
 #[test]
 fn a_snapshot_the_proxy_refuses_leaves_it_on_the_old_one_and_is_reported() {
     let up = Upstream::fixed("a");
-    let mesh = format!(
-        "clusters:\n  - {{ name: web, endpoints: [ {{ addr: {} }} ] }}\nnodes:\n  edge-1:\n{}",
-        up.addr,
-        listener("edge", "cluster: web")
-    );
-    let cp = plane(&mesh);
+    let cp = plane(&web_mesh(up.addr));
     let proxy = control_proxy(&[cp.addr()], "edge-1", None);
     let edge = ready(&proxy);
     assert_eq!(body_of(edge), (200, "a".into()));
