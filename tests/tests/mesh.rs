@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ringmesh_control::mesh::agent::{ControlSource, request};
+use ringmesh_control::mesh::agent::ControlSource;
 use ringmesh_control::mesh::{ControlOptions, ControlPlane, MeshSource};
 use ringmesh_control::{ConfigSource, Proxy, ProxyOptions};
 use ringmesh_tests::*;
@@ -31,7 +31,11 @@ fn plane(yaml: &str) -> ControlPlane {
 
 fn control_proxy(planes: &[SocketAddr], node: &str, cache: Option<PathBuf>) -> Proxy {
     let urls: Vec<String> = planes.iter().map(|a| format!("http://{a}")).collect();
-    let source = ControlSource::parse(&urls.join(","), node, cache).expect("source");
+    start_fed(ControlSource::parse(&urls.join(","), node, cache).expect("source"))
+}
+
+/// A one-worker proxy fed by a control plane.
+fn start_fed(source: ControlSource) -> Proxy {
     Proxy::start(ProxyOptions {
         source: ConfigSource::Control(source),
         workers: Some(1),
@@ -505,13 +509,6 @@ fn a_weight_shift_under_load_moves_traffic_on_every_proxy_and_fails_nothing() {
         assert_eq!(count_of(counts, 200, "a"), 0, "{counts:?}");
         assert!(count_of(counts, 200, "b") > 0, "{counts:?}");
     }
-    let _ = request(
-        &cp.addr().to_string(),
-        "GET",
-        "/ready",
-        None,
-        Duration::from_secs(1),
-    );
 }
 
 fn identity_proxy(cp: SocketAddr, node: &str, token: &str) -> Proxy {
@@ -521,14 +518,7 @@ fn identity_proxy(cp: SocketAddr, node: &str, token: &str) -> Proxy {
         "ringmesh-test-identity-{}-{node}",
         std::process::id()
     )));
-    Proxy::start(ProxyOptions {
-        source: ConfigSource::Control(source),
-        workers: Some(1),
-        admin: Some("127.0.0.1:0".parse().expect("addr")),
-        drain_timeout: Duration::from_secs(2),
-        ..ProxyOptions::default()
-    })
-    .expect("proxy starts")
+    start_fed(source)
 }
 
 #[test]

@@ -1216,9 +1216,8 @@ impl<'a> Watching<'a> {
 
 impl Drop for Watching<'_> {
     fn drop(&mut self) {
-        if let Ok(mut st) = self.0.st.try_borrow_mut() {
-            st.watchers -= 1;
-        }
+        // No borrow of the state is held across an await, so none is held here.
+        self.0.st.borrow_mut().watchers -= 1;
     }
 }
 
