@@ -69,6 +69,9 @@ pub(crate) fn start(
                     match listener.accept().await {
                         Ok((stream, _)) => {
                             let _ = stream.set_nodelay(true);
+                            ringmesh_core::sys::set_cloexec(std::os::fd::AsRawFd::as_raw_fd(
+                                &stream,
+                            ));
                             monoio::spawn(serve(admin.clone(), stream));
                         }
                         Err(e) => {

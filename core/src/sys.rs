@@ -91,6 +91,17 @@ pub fn shutdown(fd: RawFd) {
     }
 }
 
+/// Marks a descriptor close-on-exec. monoio's io_uring accept takes no flags, so accepted
+/// sockets are inherited by any child the process starts, which then holds them open (and their
+/// peers wait for an end that never comes).
+#[allow(unsafe_code)]
+pub fn set_cloexec(fd: RawFd) {
+    // SAFETY: `fd` is a descriptor the caller owns; F_SETFD changes only its flags.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,6 +152,7 @@ impl Agent {
                     failures = 0;
                     self.contact(true);
                     if let Watched::Snapshot(version, text, marks) = w {
+                        tracing::debug!(version, node = %self.source.node, "control plane snapshot received");
                         let mut fresh = false;
                         let stale =
                             |m: &Marks| self.identity.as_ref().is_none_or(|(have, _)| have != m);
@@ -504,32 +505,45 @@ pub fn request_with(
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     s.write_all(&out).map_err(|e| format!("{addr}: {e}"))?;
+    // Read up to the end of the answer's body, not to the end of the connection: the answer is
+    // complete before the server's close arrives.
     let mut resp = Vec::new();
-    s.take(MAX_SNAPSHOT)
-        .read_to_end(&mut resp)
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut r = httparse::Response::new(&mut headers);
-    let head = match r.parse(&resp) {
-        Ok(httparse::Status::Complete(n)) => n,
-        _ => return Err(format!("{addr}: malformed answer")),
-    };
-    let status = r.code.unwrap_or(0);
-    let length = r
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| {
-            std::str::from_utf8(h.value)
-                .ok()?
-                .trim()
-                .parse::<usize>()
-                .ok()
-        });
-    let body = &resp[head..];
-    match length {
-        Some(n) if body.len() < n => Err(format!("{addr}: answer cut short")),
-        Some(n) => Ok((status, body[..n].to_vec())),
-        None => Ok((status, body.to_vec())),
+    let mut chunk = [0u8; 16 * 1024];
+    let mut parsed: Option<(u16, usize, Option<usize>)> = None;
+    loop {
+        if let Some((status, head, Some(n))) = parsed {
+            if resp.len() >= head + n {
+                return Ok((status, resp[head..head + n].to_vec()));
+            }
+        }
+        let got = s.read(&mut chunk).map_err(|e| format!("{addr}: {e}"))?;
+        if got == 0 {
+            break;
+        }
+        resp.extend_from_slice(&chunk[..got]);
+        if resp.len() as u64 > MAX_SNAPSHOT {
+            return Err(format!("{addr}: answer too large"));
+        }
+        if parsed.is_none() {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut r = httparse::Response::new(&mut headers);
+            match r.parse(&resp) {
+                Ok(httparse::Status::Complete(head)) => {
+                    let length = r
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
+                    parsed = Some((r.code.unwrap_or(0), head, length));
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return Err(format!("{addr}: malformed answer")),
+            }
+        }
+    }
+    match parsed {
+        None => Err(format!("{addr}: malformed answer")),
+        Some((_, _, Some(_))) => Err(format!("{addr}: answer cut short")),
+        Some((status, head, None)) => Ok((status, resp[head..].to_vec())),
     }
 }
