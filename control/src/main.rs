@@ -8,7 +8,8 @@ use anyhow::{Context, bail};
 use ringmesh_control::config::Config;
 use ringmesh_control::config::decode::parse_duration;
 use ringmesh_control::mesh::agent::ControlSource;
-use ringmesh_control::mesh::{ControlOptions, ControlPlane, MeshSource};
+use ringmesh_control::mesh::etcd::endpoint;
+use ringmesh_control::mesh::{ControlOptions, ControlPlane, MeshSource, StoreOptions};
 use ringmesh_control::{ConfigSource, Proxy, ProxyOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
@@ -25,7 +26,9 @@ USAGE:
                                           plane; the token (or $RINGMESH_TOKEN) proves the node's
                                           identity to the mesh CA
     ringmesh control --config MESH.yaml [--bind ADDR] [--state FILE]
-                                          run the control plane
+                     [--etcd URL[,URL...] [--etcd-prefix PREFIX]]
+                                          run the control plane; with --etcd, replicas share
+                                          their state in etcd (the file seeds an empty store)
     ringmesh check FILE                   validate a config; print every error
 
 OPTIONS:
@@ -50,6 +53,8 @@ struct Args {
     token_file: Option<PathBuf>,
     identity_dir: Option<PathBuf>,
     state: Option<PathBuf>,
+    etcd: Option<String>,
+    etcd_prefix: Option<String>,
     workers: Option<usize>,
     admin: Option<String>,
     log_format: Option<String>,
@@ -79,6 +84,8 @@ fn parse_args() -> anyhow::Result<Args> {
             Long("token-file") => a.token_file = Some(p.value()?.into()),
             Long("identity-dir") => a.identity_dir = Some(p.value()?.into()),
             Long("state") => a.state = Some(p.value()?.into()),
+            Long("etcd") => a.etcd = Some(p.value()?.string()?),
+            Long("etcd-prefix") => a.etcd_prefix = Some(p.value()?.string()?),
             Long("workers") => {
                 let n: usize = p.value()?.parse()?;
                 if n == 0 {
@@ -225,6 +232,18 @@ fn proxy(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A key prefix ending in `/`.
+fn store_prefix(p: &str) -> anyhow::Result<String> {
+    if p.is_empty() || p.len() > 200 || p.contains(char::is_whitespace) {
+        bail!("--etcd-prefix: `{p}` is not a key prefix such as /ringmesh/");
+    }
+    Ok(if p.ends_with('/') {
+        p.to_string()
+    } else {
+        format!("{p}/")
+    })
+}
+
 fn control(a: Args) -> anyhow::Result<ExitCode> {
     let Some(config) = a.config else {
         bail!("usage: ringmesh control --config MESH.yaml")
@@ -236,11 +255,23 @@ fn control(a: Args) -> anyhow::Result<ExitCode> {
             })?),
             None => None,
         };
+    let store = match &a.etcd {
+        Some(urls) => Some(StoreOptions {
+            endpoints: urls
+                .split(',')
+                .map(|u| endpoint(u.trim()).map_err(|e| anyhow::anyhow!("--etcd: {e}")))
+                .collect::<anyhow::Result<_>>()?,
+            prefix: store_prefix(a.etcd_prefix.as_deref().unwrap_or("/ringmesh/"))?,
+        }),
+        None if a.etcd_prefix.is_some() => bail!("--etcd-prefix needs --etcd"),
+        None => None,
+    };
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let plane = match ControlPlane::start(ControlOptions {
         source: MeshSource::File(config.clone()),
         bind,
         state_file: a.state,
+        store,
     }) {
         Ok(p) => p,
         Err(errors) => {

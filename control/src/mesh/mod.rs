@@ -2,13 +2,15 @@
 //!
 //! - [`model`]: the mesh file as desired state, its checks, and each node's rendered config;
 //! - [`server`]: the API, discovery (static, DNS, registrations with a TTL) and the watches;
+//! - [`etcd`]: the etcd client through which replicas share the state;
 //! - [`agent`]: the proxy's watcher, which applies snapshots through the same path as a file
 //!   reload, reports back, and keeps a cache on disk.
 
 pub mod agent;
 pub mod ca;
+pub mod etcd;
 pub mod http;
 pub mod model;
 pub mod server;
 
-pub use server::{ControlOptions, ControlPlane, MeshSource};
+pub use server::{ControlOptions, ControlPlane, MeshSource, StoreOptions};

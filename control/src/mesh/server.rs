@@ -25,6 +25,8 @@ use super::ca::{Ca, sha256_hex};
 use super::http::{self, Request, Response};
 use super::model::{Mesh, Registered, render_cluster, render_node};
 
+mod replicated;
+
 /// Where the mesh file comes from.
 #[derive(Debug, Clone)]
 pub enum MeshSource {
@@ -42,8 +44,19 @@ pub struct ControlOptions {
     /// API address; overrides the file's `bind`.
     pub bind: Option<SocketAddr>,
     /// State file; overrides the file's `state_file` (default: the mesh file's path with
-    /// `.state.json` appended; none for text).
+    /// `.state.json` appended; none for text). Not used with a store.
     pub state_file: Option<PathBuf>,
+    /// Share the state with other replicas through etcd.
+    pub store: Option<StoreOptions>,
+}
+
+/// Where replicas share their state.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// etcd client endpoints (`host:port`).
+    pub endpoints: Vec<String>,
+    /// Key prefix of this mesh's state (default `/ringmesh/`).
+    pub prefix: String,
 }
 
 /// Registration TTL bounds and default.
@@ -79,6 +92,8 @@ impl ControlPlane {
         let mesh = Mesh::parse(&text)
             .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         let state_file = match (&opts.state_file, &mesh.state_file, &opts.source) {
+            // The store keeps the state.
+            _ if opts.store.is_some() => None,
             (Some(p), _, _) => Some(p.clone()),
             (None, Some(p), _) => p.clone(),
             (None, None, MeshSource::File(f)) => {
@@ -100,10 +115,14 @@ impl ControlPlane {
         if let Some(p) = &state_file {
             st.restore(p);
         }
+        let store = match &opts.store {
+            Some(o) => Some(replicated::open(o, &mut st).map_err(|e| vec![e])?),
+            None => None,
+        };
         let (stop_tx, stop_rx) = flume::bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name("ringmesh-control-plane".into())
-            .spawn(move || run(listener, st, stop_rx))
+            .spawn(move || run(listener, st, stop_rx, store))
             .map_err(|e| vec![e.to_string()])?;
         tracing::info!(%addr, "control plane started");
         Ok(ControlPlane {
@@ -166,6 +185,8 @@ struct Registration {
     ep: Registered,
     ttl: Duration,
     deadline: Instant,
+    /// Its etcd lease, with a store (0 without).
+    lease: i64,
 }
 
 /// What DNS last said about a name.
@@ -186,8 +207,24 @@ struct NodeState {
     /// The watch answer: `{"version":..,"node":..,"config":..}`.
     body: std::sync::Arc<str>,
     applied: Option<(u64, SystemTime)>,
+    /// The fingerprint of the config applied, when known: replicas may number the same
+    /// config differently (one that started from the store's snapshot).
+    applied_hash: Option<u64>,
     rejected: Option<(u64, String, SystemTime)>,
     last_seen: Option<SystemTime>,
+}
+
+impl NodeState {
+    /// The proxy applied this version (`now`).
+    fn applied(&mut self, version: u64, now: SystemTime) {
+        self.applied = Some((version, now));
+        self.applied_hash = (version == self.version).then_some(self.hash);
+    }
+
+    /// Whether the proxy runs the node's current config.
+    fn in_sync(&self) -> bool {
+        self.applied.is_some_and(|(v, _)| v == self.version) || self.applied_hash == Some(self.hash)
+    }
 }
 
 /// The control plane's state. Only the runtime's thread touches it.
@@ -363,6 +400,11 @@ impl State {
     fn changed_clusters(&mut self, clusters: &[String]) {
         self.version += 1;
         self.dirty = true;
+        self.render_clusters(clusters);
+    }
+
+    /// Renders these clusters and the nodes that use them.
+    fn render_clusters(&mut self, clusters: &[String]) {
         let mut nodes = Vec::new();
         for c in clusters {
             if self.users.contains_key(c) {
@@ -429,6 +471,7 @@ impl State {
                             hash,
                             body: b,
                             applied: None,
+                            applied_hash: None,
                             rejected: None,
                             last_seen: None,
                         },
@@ -499,6 +542,7 @@ fn registration(v: &Value, now: Instant) -> Result<Registration, String> {
         ep: Registered { addr, zone, weight },
         ttl,
         deadline: now + ttl,
+        lease: 0,
     })
 }
 
@@ -559,13 +603,18 @@ impl Drop for Changed<'_> {
 
 struct Plane {
     st: RefCell<State>,
+    /// Some node's snapshot changed (the watches wait on it).
     signal: Signal,
+    /// The state took in more of the store (writes wait on it to read their own).
+    progress: Signal,
     /// Set when the control plane stops: watches end.
     stopping: Cell<bool>,
     /// Open API connections, shut down when the control plane stops.
     conns: RefCell<std::collections::HashSet<std::os::fd::RawFd>>,
     dns: flume::Sender<(Vec<String>, Duration)>,
     persist: flume::Sender<(PathBuf, Vec<u8>)>,
+    /// The shared store, for replicas.
+    store: Option<replicated::Store>,
 }
 
 impl Plane {
@@ -580,7 +629,12 @@ impl Plane {
     }
 }
 
-fn run(listener: std::net::TcpListener, st: State, stop: flume::Receiver<()>) {
+fn run(
+    listener: std::net::TcpListener,
+    st: State,
+    stop: flume::Receiver<()>,
+    store: Option<(replicated::Store, flume::Receiver<replicated::Batch>)>,
+) {
     let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build();
@@ -611,15 +665,21 @@ fn run(listener: std::net::TcpListener, st: State, stop: flume::Receiver<()>) {
                 return;
             }
         };
+        let (store, batches) = store.unzip();
         let plane = Rc::new(Plane {
             st: RefCell::new(st),
             signal: Signal::default(),
+            progress: Signal::default(),
             stopping: Cell::new(false),
             conns: RefCell::default(),
             dns: dns_tx,
             persist: persist_tx,
+            store,
         });
         plane.changed();
+        if let Some(rx) = batches {
+            monoio::spawn(follow(plane.clone(), rx));
+        }
         monoio::spawn(tick(plane.clone()));
         monoio::spawn(discovered(plane.clone(), found_rx));
         loop {
@@ -627,6 +687,7 @@ fn run(listener: std::net::TcpListener, st: State, stop: flume::Receiver<()>) {
                 r = listener.accept() => match r {
                     Ok((stream, _)) => {
                         let _ = stream.set_nodelay(true);
+                        ringmesh_core::sys::set_cloexec(std::os::fd::AsRawFd::as_raw_fd(&stream));
                         monoio::spawn(serve(plane.clone(), stream));
                     }
                     Err(e) => {
@@ -652,8 +713,27 @@ fn run(listener: std::net::TcpListener, st: State, stop: flume::Receiver<()>) {
             ringmesh_core::sys::shutdown(fd);
         }
         plane.signal.notify();
+        plane.progress.notify();
         monoio::time::sleep(Duration::from_millis(50)).await;
+        if let Some(store) = &plane.store {
+            store.stop();
+        }
     });
+}
+
+/// Applies the store's changes as they come.
+async fn follow(plane: Rc<Plane>, rx: flume::Receiver<replicated::Batch>) {
+    while let Ok(batch) = rx.recv_async().await {
+        let Some(store) = &plane.store else {
+            return;
+        };
+        // Reports and leader changes render nothing: the watches sleep on.
+        let rendered = replicated::apply(&mut plane.st.borrow_mut(), store, batch);
+        plane.progress.notify();
+        if rendered {
+            plane.changed();
+        }
+    }
 }
 
 /// Expires registrations, watches the mesh file, and writes the state file.
@@ -662,6 +742,21 @@ async fn tick(plane: Rc<Plane>) {
     loop {
         monoio::time::sleep(TICK).await;
         let mut changed = false;
+        if let Some(store) = &plane.store {
+            // Registrations expire by their leases, in the store.
+            replicated::rewrite_reports(&plane, store);
+            let mut st = plane.st.borrow_mut();
+            replicated::advance_ca(&st, store);
+            since_file_check += TICK;
+            if since_file_check >= Duration::from_millis(500) {
+                since_file_check = Duration::ZERO;
+                if let Some((mesh, hash)) = changed_file(&mut st) {
+                    st.file_hash = hash;
+                    replicated::write_mesh(store, &mesh, hash);
+                }
+            }
+            continue;
+        }
         {
             let mut st = plane.st.borrow_mut();
             let now = Instant::now();
@@ -709,33 +804,42 @@ async fn tick(plane: Rc<Plane>) {
 
 /// Applies the mesh file if it changed and is valid; a bad file leaves the state in force.
 fn reload_file(st: &mut State) -> bool {
+    let Some((m, hash)) = changed_file(st) else {
+        return false;
+    };
+    st.mesh = m;
+    st.file_hash = hash;
+    st.changed();
+    tracing::info!(version = st.version, "mesh file applied");
+    true
+}
+
+/// The mesh file when it changed and is valid, and its fingerprint; a bad file is reported and
+/// leaves the state in force.
+fn changed_file(st: &mut State) -> Option<(Mesh, u64)> {
     let stamp = st.stamp();
     if stamp.is_none() || stamp == st.file_stamp {
-        return false;
+        return None;
     }
     st.file_stamp = stamp;
     let text = match read(&st.source) {
         Ok(t) => t,
         Err(e) => {
             st.file_error = Some(e);
-            return false;
+            return None;
         }
     };
     let hash = fingerprint(&text);
     if hash == st.file_hash {
-        return false;
+        return None;
     }
     match Mesh::parse(&text) {
         Ok(m) => {
             if m.bind != st.mesh.bind {
                 tracing::warn!("bind changes take effect on restart");
             }
-            st.mesh = m;
-            st.file_hash = hash;
             st.file_error = None;
-            st.changed();
-            tracing::info!(version = st.version, "mesh file applied");
-            true
+            Some((m, hash))
         }
         Err(errs) => {
             for e in &errs {
@@ -747,7 +851,7 @@ fn reload_file(st: &mut State) -> bool {
                     .collect::<Vec<_>>()
                     .join("; "),
             );
-            false
+            None
         }
     }
 }
@@ -758,6 +862,11 @@ async fn discovered(
     found: flume::Receiver<(String, Result<Vec<SocketAddr>, String>)>,
 ) {
     while let Ok((name, result)) = found.recv_async().await {
+        if let Some(store) = &plane.store {
+            // The leader writes it to the store; every replica takes it from there.
+            replicated::resolved(&plane.st.borrow(), store, &name, &result);
+            continue;
+        }
         let changed = {
             let mut st = plane.st.borrow_mut();
             let entry = st.dns.entry(name.clone()).or_default();
@@ -891,11 +1000,16 @@ async fn serve(plane: Rc<Plane>, mut stream: TcpStream) {
 async fn answer(plane: &Plane, req: Request) -> Response {
     let path = req.path.clone();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let Some(store) = &plane.store {
+        if let Some(r) = replicated::answer(plane, store, &req, &segs).await {
+            return r;
+        }
+    }
     match (req.method.as_str(), &segs[..]) {
         ("GET", ["ready"]) => Response::json(200, "{\"ready\":true}\n"),
         ("GET", ["metrics"]) => Response {
             ctype: "text/plain; version=0.0.4; charset=utf-8",
-            ..Response::json(200, metrics(&plane.st.borrow()))
+            ..Response::json(200, metrics(&plane.st.borrow(), plane.store.as_ref()))
         },
         ("GET", ["v1", "config", ..]) => {
             get_config(&plane.st.borrow(), &path["/v1/config".len()..])
@@ -1006,23 +1120,10 @@ fn get_config(st: &State, pointer: &str) -> Response {
 /// or refuses with every error and changes nothing.
 fn edit_config(st: &mut State, req: &Request, pointer: &str) -> Response {
     let Some(expected) = req.if_match.as_deref() else {
-        return Response::error(
-            428,
-            "If-Match: the version this change was made against is required (GET /v1/config)",
-        );
+        return if_match_required();
     };
     if expected != st.version.to_string() && expected != "*" {
-        let mut r = Response::json(
-            409,
-            json!({
-                "error": "the desired state changed since that version; read it again",
-                "version": st.version,
-            })
-            .to_string()
-                + "\n",
-        );
-        r.etag = Some(st.version);
-        return r;
+        return conflict(st);
     }
     let mut doc = st.mesh.doc.clone();
     if let Err(r) = apply_edit(&mut doc, req, pointer) {
@@ -1043,13 +1144,39 @@ fn edit_config(st: &mut State, req: &Request, pointer: &str) -> Response {
             r.etag = Some(st.version);
             r
         }
-        Err(errs) => Response::json(
-            422,
-            json!({ "errors": errs.iter().map(ToString::to_string).collect::<Vec<_>>() })
-                .to_string()
-                + "\n",
-        ),
+        Err(errs) => invalid(&errs),
     }
+}
+
+fn if_match_required() -> Response {
+    Response::error(
+        428,
+        "If-Match: the version this change was made against is required (GET /v1/config)",
+    )
+}
+
+/// 409: the change was made against an older desired state.
+fn conflict(st: &State) -> Response {
+    let mut r = Response::json(
+        409,
+        json!({
+            "error": "the desired state changed since that version; read it again",
+            "version": st.version,
+        })
+        .to_string()
+            + "\n",
+    );
+    r.etag = Some(st.version);
+    r
+}
+
+/// 422 with every error, by field.
+fn invalid(errs: &[impl ToString]) -> Response {
+    Response::json(
+        422,
+        json!({ "errors": errs.iter().map(ToString::to_string).collect::<Vec<_>>() }).to_string()
+            + "\n",
+    )
 }
 
 /// Edits `doc` at a JSON pointer: PUT sets (a new key of a mapping, an item of a list, or `-`
@@ -1174,10 +1301,21 @@ async fn watch(plane: &Plane, node: &str, req: &Request) -> Response {
                 return Response::error(404, &format!("no node named `{node}` in the mesh"));
             };
             n.last_seen = Some(SystemTime::now());
+            let mut news = false;
             if let Some(a) = applied.filter(|a| n.applied.is_none_or(|(v, _)| v != *a)) {
-                n.applied = Some((a, SystemTime::now()));
+                n.applied(a, SystemTime::now());
+                news = true;
             }
-            if seen != Some(n.version) {
+            let answer = seen != Some(n.version);
+            if let Some(store) = &plane.store {
+                drop(st);
+                replicated::note_node(plane, store, node, news);
+                st = plane.st.borrow_mut();
+            }
+            let Some(n) = st.nodes.get(node) else {
+                return Response::error(404, &format!("no node named `{node}` in the mesh"));
+            };
+            if answer {
                 let mut r = Response::json(200, n.body.as_bytes());
                 r.etag = Some(n.version);
                 return r;
@@ -1318,7 +1456,7 @@ fn report(st: &mut State, node: &str, body: &[u8]) -> Response {
             tracing::warn!(node, version, error = %e, "a proxy refused its snapshot");
             n.rejected = Some((version, e.chars().take(4096).collect(), now));
         }
-        None => n.applied = Some((version, now)),
+        None => n.applied(version, now),
     }
     Response::json(200, "{}\n")
 }
@@ -1334,7 +1472,7 @@ fn nodes_json(st: &State) -> Vec<u8> {
                 "version": n.version,
                 "applied_version": n.applied.map(|(v, _)| v),
                 "applied_at_unix_ms": n.applied.map(|(_, t)| unix_ms(t)),
-                "in_sync": n.applied.is_some_and(|(v, _)| v == n.version),
+                "in_sync": n.in_sync(),
                 "last_rejection": n.rejected.as_ref().map(|(v, e, t)| json!({
                     "version": v, "error": e, "at_unix_ms": unix_ms(*t),
                 })),
@@ -1379,7 +1517,7 @@ fn clusters_json(st: &State) -> Vec<u8> {
     (json!({ "version": st.version, "clusters": out }).to_string() + "\n").into_bytes()
 }
 
-fn metrics(st: &State) -> Vec<u8> {
+fn metrics(st: &State, store: Option<&replicated::Store>) -> Vec<u8> {
     let mut o = String::with_capacity(2048);
     let mut gauge = |name: &str, help: &str, series: &[(String, f64)]| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -1397,11 +1535,7 @@ fn metrics(st: &State) -> Vec<u8> {
         "Watches in progress.",
         &[(String::new(), st.watchers as f64)],
     );
-    let stale = st
-        .nodes
-        .values()
-        .filter(|n| n.applied.is_none_or(|(v, _)| v != n.version))
-        .count();
+    let stale = st.nodes.values().filter(|n| !n.in_sync()).count();
     gauge(
         "ringmesh_control_nodes",
         "Nodes of the mesh, by whether their proxy applied their current snapshot.",
@@ -1441,11 +1575,24 @@ fn metrics(st: &State) -> Vec<u8> {
             "{source=\"file\",name=\"mesh\"}".to_string(),
             if st.file_error.is_none() { 1.0 } else { 0.0 },
         )))
+        .chain(store.map(|s| {
+            (
+                "{source=\"etcd\",name=\"store\"}".to_string(),
+                if s.up() { 1.0 } else { 0.0 },
+            )
+        }))
         .collect();
     gauge(
         "ringmesh_control_source_up",
         "1 when a discovery source's last attempt worked, 0 when it failed (its last good result is kept).",
         &up,
     );
+    if let Some(s) = store {
+        gauge(
+            "ringmesh_control_leader",
+            "1 on the replica that resolves DNS and moves CA rotations on for the others.",
+            &[(String::new(), if s.leader() { 1.0 } else { 0.0 })],
+        );
+    }
     o.into_bytes()
 }

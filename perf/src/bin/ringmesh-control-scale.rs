@@ -18,6 +18,8 @@ struct Opts {
     clusters: usize,
     changes: usize,
     out: Option<std::path::PathBuf>,
+    /// Replicated mode: the control plane keeps its state in this etcd.
+    etcd: Option<String>,
 }
 
 fn main() {
@@ -93,6 +95,7 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
         clusters: 100,
         changes: 5,
         out: Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("CONTROL.md")),
+        etcd: None,
     };
     let mut p = lexopt::Parser::from_env();
     while let Some(arg) = p.next()? {
@@ -103,6 +106,14 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
             Long("changes") => o.changes = p.value()?.parse()?,
             Long("out") => o.out = Some(p.value()?.into()),
             Long("no-out") => o.out = None,
+            Long("etcd") => {
+                o.etcd = Some(p.value()?.string()?);
+                if o.out.as_ref().is_some_and(|p| p.ends_with("CONTROL.md")) {
+                    o.out = Some(
+                        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("CONTROL-ETCD.md"),
+                    );
+                }
+            }
             _ => return Err(arg.unexpected().into()),
         }
     }
@@ -127,12 +138,19 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
     let file = dir.join("mesh.yaml");
     std::fs::write(&file, mesh)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let child = Command::new(&bin)
-        .args(["control", "--config"])
-        .arg(&file)
-        .args(["--bind", &port.to_string(), "--log-level", "warn"])
-        .stdout(Stdio::null())
-        .spawn()?;
+    let mut cmd = Command::new(&bin);
+    cmd.args(["control", "--config"]).arg(&file).args([
+        "--bind",
+        &port.to_string(),
+        "--log-level",
+        "warn",
+    ]);
+    if let Some(url) = &o.etcd {
+        // A prefix of this run's own: the store may hold earlier runs.
+        let prefix = format!("/ringmesh-scale-{}/", std::process::id());
+        cmd.args(["--etcd", url, "--etcd-prefix", &prefix]);
+    }
+    let child = cmd.stdout(Stdio::null()).spawn()?;
     let plane = Plane(child);
     let pid = plane.0.id();
     let started = Instant::now();
@@ -292,11 +310,16 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
     print!("{table}");
     if let Some(out) = &o.out {
         let text = format!(
-            "# Control plane at scale\n\n\
+            "# Control plane at scale{}\n\n\
              Last run: `{}` on {} ({}).\n\n\
              One `ringmesh control` process; each watcher is a simulated proxy: one keep-alive\n\
              connection long-polling `GET /v1/watch/{{node}}`. A change is timed from the API call\n\
              to the moment the last watcher holds the new version.\n\n{table}",
+            if o.etcd.is_some() {
+                ", state in etcd"
+            } else {
+                ""
+            },
             std::env::args().collect::<Vec<_>>().join(" "),
             procfs::machine(),
             String::from_utf8_lossy(

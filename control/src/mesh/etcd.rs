@@ -1,0 +1,570 @@
+//! A small etcd v3 client over etcd's JSON gateway (HTTP/1.1 on the client port): what the
+//! replicated control plane needs (ranges, puts, transactions, leases, a prefix watch), with no
+//! gRPC stack. Blocking: it runs on the control plane's store threads, never on its runtime.
+//!
+//! Keys and values travel base64-encoded and 64-bit numbers as strings, as the gateway wants.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+
+/// Largest answer read (a range of the whole prefix included).
+const MAX_ANSWER: usize = 256 << 20;
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A key and its value as stored.
+#[derive(Debug, Clone)]
+pub struct Kv {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+    pub lease: i64,
+}
+
+/// A change seen by a watch.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Put(Kv),
+    /// The key, and the revision of its deletion in `mod_revision`.
+    Delete(Kv),
+}
+
+/// An etcd error: `unavailable` when no endpoint answered (worth retrying), else what etcd said.
+#[derive(Debug, Clone)]
+pub struct Error {
+    pub unavailable: bool,
+    pub message: String,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn unavailable(message: String) -> Error {
+    Error {
+        unavailable: true,
+        message,
+    }
+}
+
+/// A client: one kept-alive connection to the first endpoint that answers.
+#[derive(Debug)]
+pub struct Etcd {
+    endpoints: Vec<String>,
+    conn: Option<TcpStream>,
+    next: usize,
+}
+
+/// Parses `http://host:port` (or `host:port`).
+pub fn endpoint(url: &str) -> Result<String, String> {
+    let hostport = url
+        .strip_prefix("http://")
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    if url.starts_with("https://") || hostport.contains('/') || !hostport.contains(':') {
+        return Err(format!(
+            "`{url}`: expected an etcd client URL such as http://127.0.0.1:2379"
+        ));
+    }
+    Ok(hostport.to_string())
+}
+
+impl Etcd {
+    pub fn new(endpoints: Vec<String>) -> Etcd {
+        Etcd {
+            endpoints,
+            conn: None,
+            next: 0,
+        }
+    }
+
+    /// One gateway call; tries each endpoint once when the connection fails.
+    pub fn call(&mut self, path: &str, body: &Value) -> Result<Value, Error> {
+        let body = body.to_string();
+        let mut last = String::from("no etcd endpoint");
+        for _ in 0..=self.endpoints.len() {
+            let mut stream = match self.conn.take() {
+                Some(s) => s,
+                None => match self.connect() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last = e;
+                        continue;
+                    }
+                },
+            };
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nhost: etcd\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            let sent = stream
+                .write_all(head.as_bytes())
+                .and_then(|()| stream.write_all(body.as_bytes()));
+            if let Err(e) = sent {
+                last = e.to_string();
+                continue;
+            }
+            match read_answer(&mut stream) {
+                Ok((status, data, reusable)) => {
+                    if reusable {
+                        self.conn = Some(stream);
+                    }
+                    let v: Value = serde_json::from_slice(&data).map_err(|e| Error {
+                        unavailable: false,
+                        message: format!("etcd: malformed answer: {e}"),
+                    })?;
+                    if status != 200 {
+                        let msg = v["message"].as_str().unwrap_or("error").to_string();
+                        return Err(Error {
+                            // 503s are elections and lost quorum: worth retrying.
+                            unavailable: status == 503,
+                            message: format!("etcd: {msg}"),
+                        });
+                    }
+                    return Ok(v.get("result").cloned().unwrap_or(v));
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(unavailable(format!("etcd: {last}")))
+    }
+
+    fn connect(&mut self) -> Result<TcpStream, String> {
+        let n = self.endpoints.len().max(1);
+        let ep = self
+            .endpoints
+            .get(self.next % n)
+            .cloned()
+            .unwrap_or_default();
+        self.next = (self.next + 1) % n;
+        let s = open(&ep)?;
+        // Keep the endpoint that answered first for the next calls.
+        self.next = (self.next + n - 1) % n;
+        Ok(s)
+    }
+
+    /// Every key under `prefix`, and the store's revision.
+    pub fn range_prefix(&mut self, prefix: &str) -> Result<(i64, Vec<Kv>), Error> {
+        let v = self.call(
+            "/v3/kv/range",
+            &json!({ "key": b64(prefix), "range_end": b64(&prefix_end(prefix)) }),
+        )?;
+        let kvs = v["kvs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(kv)
+            .collect();
+        Ok((revision(&v), kvs))
+    }
+
+    /// Writes `key` (with a lease, or none for 0); returns the revision.
+    pub fn put(&mut self, key: &str, value: &[u8], lease: i64) -> Result<i64, Error> {
+        let v = self.call("/v3/kv/put", &put(key, value, lease))?;
+        Ok(revision(&v))
+    }
+
+    /// Deletes `key`; returns the revision and whether it existed.
+    pub fn delete(&mut self, key: &str) -> Result<(i64, bool), Error> {
+        let v = self.call("/v3/kv/deleterange", &json!({ "key": b64(key) }))?;
+        Ok((revision(&v), num(&v["deleted"]) > 0))
+    }
+
+    /// Writes `key` only if its last change was at `mod_revision` (0: only if it does not
+    /// exist). Returns whether it was written, and the revision of the write or, when refused,
+    /// of the key's last change.
+    pub fn put_if(
+        &mut self,
+        key: &str,
+        mod_revision: i64,
+        value: &[u8],
+        lease: i64,
+    ) -> Result<(bool, i64), Error> {
+        let compare = if mod_revision == 0 {
+            json!({ "key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0" })
+        } else {
+            json!({ "key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision.to_string() })
+        };
+        let v = self.call(
+            "/v3/kv/txn",
+            &json!({
+                "compare": [compare],
+                "success": [{ "request_put": put(key, value, lease) }],
+                "failure": [{ "request_range": { "key": b64(key) } }],
+            }),
+        )?;
+        if v["succeeded"].as_bool() == Some(true) {
+            return Ok((true, revision(&v)));
+        }
+        let last = v["responses"][0]["response_range"]["kvs"][0]["mod_revision"].clone();
+        Ok((false, num(&last)))
+    }
+
+    /// A lease of `ttl` seconds.
+    pub fn grant(&mut self, ttl: i64) -> Result<i64, Error> {
+        let v = self.call("/v3/lease/grant", &json!({ "TTL": ttl.to_string() }))?;
+        Ok(num(&v["ID"]))
+    }
+
+    /// Renews a lease; returns its TTL, 0 when it is gone.
+    pub fn keepalive(&mut self, lease: i64) -> Result<i64, Error> {
+        let v = self.call("/v3/lease/keepalive", &json!({ "ID": lease.to_string() }))?;
+        Ok(num(&v["TTL"]))
+    }
+
+    /// Ends a lease and deletes its keys.
+    pub fn revoke(&mut self, lease: i64) -> Result<(), Error> {
+        match self.call("/v3/lease/revoke", &json!({ "ID": lease.to_string() })) {
+            Ok(_) => Ok(()),
+            // Already gone.
+            Err(e) if !e.unavailable => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Watches every key under `prefix` from revision `from`, giving each batch of changes and its
+/// revision to `on` until `on` returns false, `stop` is set, or the stream fails (an error:
+/// the caller reads the prefix again and watches anew).
+pub fn watch(
+    endpoints: &[String],
+    prefix: &str,
+    from: i64,
+    stop: &Arc<AtomicBool>,
+    mut on: impl FnMut(i64, Vec<Event>) -> bool,
+) -> Result<(), String> {
+    let mut last = String::from("no etcd endpoint");
+    let mut stream = None;
+    for ep in endpoints {
+        match open(ep) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let mut s = stream.ok_or(last)?;
+    let body = json!({ "create_request": {
+        "key": b64(prefix), "range_end": b64(&prefix_end(prefix)),
+        "start_revision": from.to_string(),
+    }})
+    .to_string();
+    let head = format!(
+        "POST /v3/watch HTTP/1.1\r\nhost: etcd\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())
+        .and_then(|()| s.write_all(body.as_bytes()))
+        .map_err(|e| e.to_string())?;
+    // Short reads, so that a stop is noticed while the stream is quiet.
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    let mut head_done = false;
+    let mut decoded = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => return Err("etcd closed the watch".into()),
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        if !head_done {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut r = httparse::Response::new(&mut headers);
+            match r.parse(&raw) {
+                Ok(httparse::Status::Complete(n)) => {
+                    if r.code != Some(200) {
+                        return Err(format!("etcd refused the watch ({:?})", r.code));
+                    }
+                    raw.drain(..n);
+                    head_done = true;
+                }
+                Ok(httparse::Status::Partial) => continue,
+                Err(e) => return Err(format!("etcd: malformed answer: {e}")),
+            }
+        }
+        loop {
+            match dechunk(&raw) {
+                Chunk::Data(range, used) => {
+                    decoded.extend_from_slice(&raw[range]);
+                    raw.drain(..used);
+                }
+                Chunk::End => return Err("etcd ended the watch".into()),
+                Chunk::Partial => break,
+                Chunk::Bad => return Err("etcd: malformed chunk".into()),
+            }
+        }
+        if decoded.len() > MAX_ANSWER {
+            return Err("etcd: watch message too large".into());
+        }
+        // One JSON object per line.
+        while let Some(end) = decoded.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = decoded.drain(..=end).collect();
+            let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                return Err("etcd: malformed watch message".into());
+            };
+            if let Some(e) = v.get("error") {
+                return Err(format!(
+                    "etcd: {}",
+                    e["message"].as_str().unwrap_or("watch error")
+                ));
+            }
+            let r = &v["result"];
+            if r["canceled"].as_bool() == Some(true) || num(&r["compact_revision"]) > 0 {
+                return Err(format!(
+                    "etcd cancelled the watch: {}",
+                    r["cancel_reason"].as_str().unwrap_or("compacted")
+                ));
+            }
+            let events: Vec<Event> = r["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| {
+                    if e["type"].as_str() == Some("DELETE") {
+                        kv(&e["kv"]).map(Event::Delete)
+                    } else {
+                        kv(&e["kv"]).map(Event::Put)
+                    }
+                })
+                .collect();
+            // The batch's revision: its last change's (the header's may run ahead).
+            let rev = events
+                .iter()
+                .map(|e| match e {
+                    Event::Put(kv) | Event::Delete(kv) => kv.mod_revision,
+                })
+                .max()
+                .unwrap_or(0);
+            if !events.is_empty() && !on(rev, events) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn open(ep: &str) -> Result<TcpStream, String> {
+    let addr: SocketAddr = ep
+        .to_socket_addrs()
+        .map_err(|e| format!("{ep}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{ep}: no address"))?;
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("{ep}: {e}"))?;
+    let _ = s.set_nodelay(true);
+    s.set_read_timeout(Some(TIMEOUT))
+        .and_then(|()| s.set_write_timeout(Some(TIMEOUT)))
+        .map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// Reads one answer: status, body (de-chunked), and whether the connection can be reused.
+fn read_answer(s: &mut TcpStream) -> Result<(u16, Vec<u8>, bool), String> {
+    let mut raw = Vec::with_capacity(4096);
+    let mut buf = [0u8; 16 * 1024];
+    let (status, head, length, chunked, close) = loop {
+        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed".into());
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut headers);
+        match r.parse(&raw) {
+            Ok(httparse::Status::Complete(head)) => {
+                let find = |name: &str| {
+                    r.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                        .map(str::trim)
+                };
+                let length = find("content-length").and_then(|v| v.parse::<usize>().ok());
+                let chunked =
+                    find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+                let close = find("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                break (r.code.unwrap_or(0), head, length, chunked, close);
+            }
+            Ok(httparse::Status::Partial) if raw.len() < 64 * 1024 => {}
+            _ => return Err("malformed answer".into()),
+        }
+    };
+    raw.drain(..head);
+    let mut body = Vec::new();
+    loop {
+        if chunked {
+            match dechunk(&raw) {
+                Chunk::Data(range, used) => {
+                    body.extend_from_slice(&raw[range]);
+                    raw.drain(..used);
+                    continue;
+                }
+                Chunk::End => return Ok((status, body, !close)),
+                Chunk::Bad => return Err("malformed chunk".into()),
+                Chunk::Partial => {}
+            }
+        } else if let Some(n) = length {
+            if raw.len() >= n {
+                raw.truncate(n);
+                return Ok((status, raw, !close));
+            }
+        }
+        if raw.len() + body.len() > MAX_ANSWER {
+            return Err("answer too large".into());
+        }
+        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            if !chunked && length.is_none() {
+                return Ok((status, raw, false));
+            }
+            return Err("answer cut short".into());
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+enum Chunk {
+    /// The chunk's data range in the input, and how many bytes the chunk took.
+    Data(std::ops::Range<usize>, usize),
+    End,
+    Partial,
+    Bad,
+}
+
+/// Decodes one chunk of a chunked body from the start of `raw`.
+fn dechunk(raw: &[u8]) -> Chunk {
+    let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
+        return if raw.len() > 1024 {
+            Chunk::Bad
+        } else {
+            Chunk::Partial
+        };
+    };
+    let line = std::str::from_utf8(&raw[..eol]).unwrap_or("");
+    let size_text = line.split(';').next().unwrap_or("").trim();
+    let Ok(size) = usize::from_str_radix(size_text, 16) else {
+        return Chunk::Bad;
+    };
+    if size > MAX_ANSWER {
+        return Chunk::Bad;
+    }
+    let start = eol + 2;
+    if size == 0 {
+        // The last chunk; trailers are not used by etcd.
+        return if raw.len() >= start + 2 {
+            Chunk::End
+        } else {
+            Chunk::Partial
+        };
+    }
+    let end = start + size;
+    if raw.len() < end + 2 {
+        return Chunk::Partial;
+    }
+    if &raw[end..end + 2] != b"\r\n" {
+        return Chunk::Bad;
+    }
+    Chunk::Data(start..end, end + 2)
+}
+
+fn put(key: &str, value: &[u8], lease: i64) -> Value {
+    let mut v = json!({ "key": b64(key), "value": B64.encode(value) });
+    if lease != 0 {
+        v["lease"] = Value::String(lease.to_string());
+    }
+    v
+}
+
+fn b64(s: &str) -> String {
+    B64.encode(s.as_bytes())
+}
+
+/// The end of the range of keys starting with `prefix`.
+fn prefix_end(prefix: &str) -> String {
+    let mut b = prefix.as_bytes().to_vec();
+    while let Some(last) = b.pop() {
+        if last < 0x7f {
+            b.push(last + 1);
+            return String::from_utf8(b).unwrap_or_default();
+        }
+    }
+    "\0".into()
+}
+
+/// A 64-bit number as the gateway writes it (a string), or 0.
+fn num(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn revision(v: &Value) -> i64 {
+    num(&v["header"]["revision"])
+}
+
+fn kv(v: &Value) -> Option<Kv> {
+    let key = String::from_utf8(B64.decode(v["key"].as_str()?).ok()?).ok()?;
+    let value = match v["value"].as_str() {
+        Some(s) => B64.decode(s).ok()?,
+        None => Vec::new(),
+    };
+    Some(Kv {
+        key,
+        value,
+        mod_revision: num(&v["mod_revision"]),
+        lease: num(&v["lease"]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_decode_whole_split_and_bad() {
+        let raw = b"5\r\nhello\r\n0\r\n\r\n";
+        let Chunk::Data(r, used) = dechunk(raw) else {
+            panic!("a chunk")
+        };
+        assert_eq!(&raw[r], b"hello");
+        assert!(matches!(dechunk(&raw[used..]), Chunk::End));
+        assert!(matches!(dechunk(b"5\r\nhel"), Chunk::Partial));
+        assert!(matches!(dechunk(b"zz\r\nhello\r\n"), Chunk::Bad));
+        assert!(matches!(dechunk(b"5\r\nhelloXY"), Chunk::Bad));
+        assert!(matches!(dechunk(b"ffffffffffffffff\r\n"), Chunk::Bad));
+    }
+
+    #[test]
+    fn prefix_ranges_and_endpoints() {
+        assert_eq!(prefix_end("/ringmesh/"), "/ringmesh0");
+        assert_eq!(
+            endpoint("http://127.0.0.1:2379/").as_deref(),
+            Ok("127.0.0.1:2379")
+        );
+        assert!(endpoint("https://127.0.0.1:2379").is_err());
+        assert!(endpoint("127.0.0.1").is_err());
+    }
+}
