@@ -244,10 +244,11 @@ pub fn control_api(data: &[u8]) {
     let Some((&pick, rest)) = data.split_first() else {
         return;
     };
-    match pick % 3 {
+    match pick % 4 {
         0 => {
             let _ = ringmesh_control::mesh::server::parse_registration(rest);
         }
+        3 => etcd_watch_stream(rest),
         1 => {
             if let Ok(Ok(m)) = std::str::from_utf8(rest).map(Mesh::parse) {
                 nodes_render(&m);
@@ -274,6 +275,47 @@ pub fn control_api(data: &[u8]) {
                 }
             }
         }
+    }
+}
+
+/// The etcd watch stream's decoder: the same answer whether the bytes come at once or in two
+/// pieces.
+fn etcd_watch_stream(data: &[u8]) {
+    use ringmesh_control::mesh::etcd::{Event, WatchStream};
+    let Some((&cut, body)) = data.split_first() else {
+        return;
+    };
+    let summary = |r: Result<Vec<Vec<Event>>, String>| match r {
+        Ok(batches) => Ok(batches
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .map(|e| match e {
+                        Event::Put(kv) => (true, kv.key.clone(), kv.mod_revision),
+                        Event::Delete(kv) => (false, kv.key.clone(), kv.mod_revision),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()),
+        Err(_) => Err(()),
+    };
+    let whole = summary(WatchStream::default().feed(body));
+    let at = usize::from(cut).min(body.len());
+    let mut split = WatchStream::default();
+    let pieces = match split.feed(&body[..at]) {
+        Ok(mut first) => split.feed(&body[at..]).map(|rest| {
+            first.extend(rest);
+            first
+        }),
+        Err(e) => Err(e),
+    };
+    let pieces = summary(pieces);
+    // An error ends the stream where it is found; before that, both saw the same batches.
+    if whole.is_ok() && pieces.is_ok() {
+        assert_eq!(
+            whole, pieces,
+            "the decoding depends on how the bytes arrive"
+        );
     }
 }
 

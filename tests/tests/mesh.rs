@@ -191,6 +191,13 @@ fn the_api_refuses_races_and_invalid_changes_and_changes_nothing() {
         .expect("version");
     let path = "/v1/config/nodes/edge-1/listeners/0/routes/0/cluster";
     assert_eq!(get(cp.addr(), path)["value"], "web");
+    // A request target that is not a path is refused, and the API goes on.
+    let r = one_shot(
+        cp.addr(),
+        b"PUT v1/config HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(get(cp.addr(), path)["value"], "web");
     // No version: refused.
     assert_eq!(
         api(cp.addr(), "PUT", path, Some(&json!("web")), None).0,

@@ -86,15 +86,18 @@ impl Etcd {
         }
     }
 
-    /// One gateway call; tries each endpoint once when the connection fails.
+    /// One gateway call. It is sent again only where etcd cannot have seen it: when a
+    /// connection cannot be made (the next endpoint is tried), or when a kept-alive connection
+    /// turns out closed before answering anything. A call that timed out is not sent again:
+    /// a transaction that did commit would then fail against its own write.
     pub fn call(&mut self, path: &str, body: &Value) -> Result<Value, Error> {
         let body = body.to_string();
         let mut last = String::from("no etcd endpoint");
         for _ in 0..=self.endpoints.len() {
-            let mut stream = match self.conn.take() {
-                Some(s) => s,
+            let (mut stream, reused) = match self.conn.take() {
+                Some(s) => (s, true),
                 None => match self.connect() {
-                    Ok(s) => s,
+                    Ok(s) => (s, false),
                     Err(e) => {
                         last = e;
                         continue;
@@ -110,7 +113,10 @@ impl Etcd {
                 .and_then(|()| stream.write_all(body.as_bytes()));
             if let Err(e) = sent {
                 last = e.to_string();
-                continue;
+                if reused {
+                    continue;
+                }
+                break;
             }
             match read_answer(&mut stream) {
                 Ok((status, data, reusable)) => {
@@ -131,7 +137,11 @@ impl Etcd {
                     }
                     return Ok(v.get("result").cloned().unwrap_or(v));
                 }
-                Err(e) => last = e,
+                Err(Unanswered::Closed) if reused => last = "connection closed".into(),
+                Err(e) => {
+                    last = e.to_string();
+                    break;
+                }
             }
         }
         Err(unavailable(format!("etcd: {last}")))
@@ -231,14 +241,20 @@ impl Etcd {
     }
 }
 
+/// How long a watch may stay quiet before etcd is asked whether it still answers (a host that
+/// died without closing the connection, or a member that lost its quorum, says nothing).
+const QUIET: Duration = Duration::from_secs(10);
+
 /// Watches every key under `prefix` from revision `from`, giving each batch of changes and its
 /// revision to `on` until `on` returns false, `stop` is set, or the stream fails (an error:
-/// the caller reads the prefix again and watches anew).
+/// the caller reads the prefix again and watches anew). While the stream is quiet, `check`
+/// makes a read that needs etcd's quorum now and then; a failed read ends the watch.
 pub fn watch(
     endpoints: &[String],
     prefix: &str,
     from: i64,
     stop: &Arc<AtomicBool>,
+    check: &mut Etcd,
     mut on: impl FnMut(i64, Vec<Event>) -> bool,
 ) -> Result<(), String> {
     let mut last = String::from("no etcd endpoint");
@@ -270,26 +286,41 @@ pub fn watch(
         .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     let mut head_done = false;
-    let mut decoded = Vec::new();
+    let mut body = WatchStream::default();
     let mut chunk = [0u8; 16 * 1024];
+    let mut heard = std::time::Instant::now();
     loop {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        match s.read(&mut chunk) {
+        let n = match s.read(&mut chunk) {
             Ok(0) => return Err("etcd closed the watch".into()),
-            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Ok(n) => n,
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
+                if heard.elapsed() >= QUIET {
+                    // A linearizable read: it fails without a quorum.
+                    check
+                        .call(
+                            "/v3/kv/range",
+                            &json!({ "key": b64(&format!("{prefix}epoch")) }),
+                        )
+                        .map_err(|e| format!("etcd stopped answering: {e}"))?;
+                    heard = std::time::Instant::now();
+                }
                 continue;
             }
             Err(e) => return Err(e.to_string()),
-        }
-        if !head_done {
+        };
+        heard = std::time::Instant::now();
+        let batches = if head_done {
+            body.feed(&chunk[..n])?
+        } else {
+            raw.extend_from_slice(&chunk[..n]);
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut r = httparse::Response::new(&mut headers);
             match r.parse(&raw) {
@@ -297,30 +328,59 @@ pub fn watch(
                     if r.code != Some(200) {
                         return Err(format!("etcd refused the watch ({:?})", r.code));
                     }
-                    raw.drain(..n);
                     head_done = true;
+                    body.feed(&raw[n..])?
                 }
-                Ok(httparse::Status::Partial) => continue,
-                Err(e) => return Err(format!("etcd: malformed answer: {e}")),
+                Ok(httparse::Status::Partial) if raw.len() < 64 * 1024 => continue,
+                _ => return Err("etcd: malformed answer".into()),
+            }
+        };
+        for events in batches {
+            // The batch's revision: its last change's (the header's may run ahead).
+            let rev = events
+                .iter()
+                .map(|e| match e {
+                    Event::Put(kv) | Event::Delete(kv) => kv.mod_revision,
+                })
+                .max()
+                .unwrap_or(0);
+            if !on(rev, events) {
+                return Ok(());
             }
         }
+    }
+}
+
+/// The body of a watch answer, decoded as it arrives: HTTP/1.1 chunks holding one JSON message
+/// per line, each a batch of changes.
+#[derive(Debug, Default)]
+pub struct WatchStream {
+    raw: Vec<u8>,
+    decoded: Vec<u8>,
+}
+
+impl WatchStream {
+    /// Takes the next bytes of the body; returns the batches of changes they complete. An error
+    /// ends the watch: a malformed stream, an error or cancellation from etcd, or the end.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Vec<Event>>, String> {
+        self.raw.extend_from_slice(bytes);
         loop {
-            match dechunk(&raw) {
+            match dechunk(&self.raw) {
                 Chunk::Data(range, used) => {
-                    decoded.extend_from_slice(&raw[range]);
-                    raw.drain(..used);
+                    self.decoded.extend_from_slice(&self.raw[range]);
+                    self.raw.drain(..used);
                 }
-                Chunk::End => return Err("etcd ended the watch".into()),
+                Chunk::End(_) => return Err("etcd ended the watch".into()),
                 Chunk::Partial => break,
                 Chunk::Bad => return Err("etcd: malformed chunk".into()),
             }
         }
-        if decoded.len() > MAX_ANSWER {
+        if self.decoded.len() > MAX_ANSWER {
             return Err("etcd: watch message too large".into());
         }
-        // One JSON object per line.
-        while let Some(end) = decoded.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = decoded.drain(..=end).collect();
+        let mut batches = Vec::new();
+        while let Some(end) = self.decoded.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.decoded.drain(..=end).collect();
             let Ok(v) = serde_json::from_slice::<Value>(&line) else {
                 return Err("etcd: malformed watch message".into());
             };
@@ -342,25 +402,19 @@ pub fn watch(
                 .into_iter()
                 .flatten()
                 .filter_map(|e| {
-                    if e["type"].as_str() == Some("DELETE") {
-                        kv(&e["kv"]).map(Event::Delete)
+                    let kv = kv(&e["kv"])?;
+                    Some(if e["type"].as_str() == Some("DELETE") {
+                        Event::Delete(kv)
                     } else {
-                        kv(&e["kv"]).map(Event::Put)
-                    }
+                        Event::Put(kv)
+                    })
                 })
                 .collect();
-            // The batch's revision: its last change's (the header's may run ahead).
-            let rev = events
-                .iter()
-                .map(|e| match e {
-                    Event::Put(kv) | Event::Delete(kv) => kv.mod_revision,
-                })
-                .max()
-                .unwrap_or(0);
-            if !events.is_empty() && !on(rev, events) {
-                return Ok(());
+            if !events.is_empty() {
+                batches.push(events);
             }
         }
+        Ok(batches)
     }
 }
 
@@ -379,15 +433,38 @@ fn open(ep: &str) -> Result<TcpStream, String> {
     Ok(s)
 }
 
+/// Why no answer came.
+#[derive(Debug)]
+enum Unanswered {
+    /// The connection closed (or was reset) before any byte of an answer.
+    Closed,
+    Failed(String),
+}
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unanswered::Closed => f.write_str("connection closed"),
+            Unanswered::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
 /// Reads one answer: status, body (de-chunked), and whether the connection can be reused.
-fn read_answer(s: &mut TcpStream) -> Result<(u16, Vec<u8>, bool), String> {
+fn read_answer(s: &mut TcpStream) -> Result<(u16, Vec<u8>, bool), Unanswered> {
     let mut raw = Vec::with_capacity(4096);
     let mut buf = [0u8; 16 * 1024];
+    let failed = |e: std::io::Error| Unanswered::Failed(e.to_string());
     let (status, head, length, chunked, close) = loop {
-        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("connection closed".into());
-        }
+        let n = match s.read(&mut buf) {
+            Ok(0) if raw.is_empty() => return Err(Unanswered::Closed),
+            Err(e) if raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(Unanswered::Closed);
+            }
+            Ok(0) => return Err(Unanswered::Failed("answer cut short".into())),
+            Ok(n) => n,
+            Err(e) => return Err(failed(e)),
+        };
         raw.extend_from_slice(&buf[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut r = httparse::Response::new(&mut headers);
@@ -407,7 +484,7 @@ fn read_answer(s: &mut TcpStream) -> Result<(u16, Vec<u8>, bool), String> {
                 break (r.code.unwrap_or(0), head, length, chunked, close);
             }
             Ok(httparse::Status::Partial) if raw.len() < 64 * 1024 => {}
-            _ => return Err("malformed answer".into()),
+            _ => return Err(Unanswered::Failed("malformed answer".into())),
         }
     };
     raw.drain(..head);
@@ -420,8 +497,9 @@ fn read_answer(s: &mut TcpStream) -> Result<(u16, Vec<u8>, bool), String> {
                     raw.drain(..used);
                     continue;
                 }
-                Chunk::End => return Ok((status, body, !close)),
-                Chunk::Bad => return Err("malformed chunk".into()),
+                // Anything after the answer would be out of step: no reuse then.
+                Chunk::End(used) => return Ok((status, body, !close && raw.len() == used)),
+                Chunk::Bad => return Err(Unanswered::Failed("malformed chunk".into())),
                 Chunk::Partial => {}
             }
         } else if let Some(n) = length {
@@ -431,14 +509,14 @@ fn read_answer(s: &mut TcpStream) -> Result<(u16, Vec<u8>, bool), String> {
             }
         }
         if raw.len() + body.len() > MAX_ANSWER {
-            return Err("answer too large".into());
+            return Err(Unanswered::Failed("answer too large".into()));
         }
-        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+        let n = s.read(&mut buf).map_err(failed)?;
         if n == 0 {
             if !chunked && length.is_none() {
                 return Ok((status, raw, false));
             }
-            return Err("answer cut short".into());
+            return Err(Unanswered::Failed("answer cut short".into()));
         }
         raw.extend_from_slice(&buf[..n]);
     }
@@ -447,7 +525,8 @@ fn read_answer(s: &mut TcpStream) -> Result<(u16, Vec<u8>, bool), String> {
 enum Chunk {
     /// The chunk's data range in the input, and how many bytes the chunk took.
     Data(std::ops::Range<usize>, usize),
-    End,
+    /// The last chunk, and how many bytes it and the trailers took.
+    End(usize),
     Partial,
     Bad,
 }
@@ -471,11 +550,11 @@ fn dechunk(raw: &[u8]) -> Chunk {
     }
     let start = eol + 2;
     if size == 0 {
-        // The last chunk; trailers are not used by etcd.
-        return if raw.len() >= start + 2 {
-            Chunk::End
-        } else {
-            Chunk::Partial
+        // The last chunk, then trailers (if any) up to an empty line.
+        return match raw[eol..].windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(i) => Chunk::End(eol + i + 4),
+            None if raw.len() > 16 * 1024 => Chunk::Bad,
+            None => Chunk::Partial,
         };
     }
     let end = start + size;
@@ -550,11 +629,49 @@ mod tests {
             panic!("a chunk")
         };
         assert_eq!(&raw[r], b"hello");
-        assert!(matches!(dechunk(&raw[used..]), Chunk::End));
+        assert!(matches!(dechunk(&raw[used..]), Chunk::End(5)));
+        assert!(matches!(dechunk(b"0\r\nx: y\r\n\r\n"), Chunk::End(11)));
+        assert!(matches!(dechunk(b"0\r\n\r"), Chunk::Partial));
         assert!(matches!(dechunk(b"5\r\nhel"), Chunk::Partial));
         assert!(matches!(dechunk(b"zz\r\nhello\r\n"), Chunk::Bad));
         assert!(matches!(dechunk(b"5\r\nhelloXY"), Chunk::Bad));
         assert!(matches!(dechunk(b"ffffffffffffffff\r\n"), Chunk::Bad));
+    }
+
+    #[test]
+    fn a_watch_stream_decodes_however_its_bytes_arrive() {
+        let msg = |rev: i64| {
+            let key = B64.encode("/p/mesh");
+            format!(
+                "{{\"result\":{{\"header\":{{\"revision\":\"{rev}\"}},\"events\":[{{\"kv\":{{\"key\":\"{key}\",\"mod_revision\":\"{rev}\",\"value\":\"e30=\"}}}}]}}}}\n"
+            )
+        };
+        let created = "{\"result\":{\"header\":{},\"created\":true}}\n";
+        let body: String = [created.to_string(), msg(5), msg(6)]
+            .iter()
+            .map(|m| format!("{:x}\r\n{m}\r\n", m.len()))
+            .collect();
+        let whole = WatchStream::default()
+            .feed(body.as_bytes())
+            .expect("decodes");
+        assert_eq!(whole.len(), 2, "two batches, the creation message skipped");
+        for cut in 0..body.len() {
+            let mut w = WatchStream::default();
+            let mut got = w.feed(&body.as_bytes()[..cut]).expect("first piece");
+            got.extend(w.feed(&body.as_bytes()[cut..]).expect("second piece"));
+            assert_eq!(got.len(), 2, "cut at {cut}");
+            let Event::Put(kv) = &got[1][0] else {
+                panic!("a put")
+            };
+            assert_eq!((kv.key.as_str(), kv.mod_revision), ("/p/mesh", 6));
+        }
+        let cancelled = "{\"result\":{\"canceled\":true,\"compact_revision\":\"3\"}}\n";
+        let body = format!("{:x}\r\n{cancelled}\r\n", cancelled.len());
+        assert!(WatchStream::default().feed(body.as_bytes()).is_err());
+        assert!(
+            WatchStream::default().feed(b"0\r\n\r\n").is_err(),
+            "the end is an error"
+        );
     }
 
     #[test]

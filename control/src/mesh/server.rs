@@ -748,11 +748,12 @@ async fn tick(plane: Rc<Plane>) {
             let mut st = plane.st.borrow_mut();
             replicated::advance_ca(&st, store);
             since_file_check += TICK;
-            if since_file_check >= Duration::from_millis(500) {
+            // One write of the file at a time, so that two quick edits land in order.
+            if since_file_check >= Duration::from_millis(500) && !store.mesh_writing() {
                 since_file_check = Duration::ZERO;
                 if let Some((mesh, hash)) = changed_file(&mut st) {
                     st.file_hash = hash;
-                    replicated::write_mesh(store, &mesh, hash);
+                    monoio::spawn(replicated::write_mesh(plane.clone(), mesh, hash));
                 }
             }
             continue;
@@ -999,6 +1000,9 @@ async fn serve(plane: Rc<Plane>, mut stream: TcpStream) {
 
 async fn answer(plane: &Plane, req: Request) -> Response {
     let path = req.path.clone();
+    if !path.starts_with('/') {
+        return Response::error(400, "the request target must be a path");
+    }
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     if let Some(store) = &plane.store {
         if let Some(r) = replicated::answer(plane, store, &req, &segs).await {
@@ -1011,15 +1015,9 @@ async fn answer(plane: &Plane, req: Request) -> Response {
             ctype: "text/plain; version=0.0.4; charset=utf-8",
             ..Response::json(200, metrics(&plane.st.borrow(), plane.store.as_ref()))
         },
-        ("GET", ["v1", "config", ..]) => {
-            get_config(&plane.st.borrow(), &path["/v1/config".len()..])
-        }
+        ("GET", ["v1", "config", ..]) => get_config(&plane.st.borrow(), config_pointer(&path)),
         ("PUT" | "DELETE", ["v1", "config", ..]) => {
-            let r = edit_config(
-                &mut plane.st.borrow_mut(),
-                &req,
-                &path["/v1/config".len()..],
-            );
+            let r = edit_config(&mut plane.st.borrow_mut(), &req, config_pointer(&path));
             if r.status == 200 {
                 plane.changed();
             }
@@ -1089,6 +1087,11 @@ async fn answer(plane: &Plane, req: Request) -> Response {
         ) => Response::error(405, "method not allowed"),
         _ => Response::error(404, "not found"),
     }
+}
+
+/// The JSON pointer after `/v1/config` in a path.
+fn config_pointer(path: &str) -> &str {
+    path.strip_prefix("/v1/config").unwrap_or_default()
 }
 
 /// `GET /v1/config[/pointer]`: the desired state (or a part), with its version.

@@ -23,7 +23,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
@@ -43,6 +43,12 @@ const WORKERS: usize = 4;
 const LEADER_TTL: i64 = 3;
 /// How long a write waits for the replica's own watch to see it before answering anyway.
 const SEEN_WAIT: Duration = Duration::from_secs(5);
+/// Node reports waiting to be written; beyond, they are written later.
+const REPORTS_QUEUED: usize = 4096;
+/// How long an API write waits for its etcd call.
+const EXEC_WAIT: Duration = Duration::from_secs(15);
+/// How often reports that could not be written are tried again.
+const REWRITE_EVERY: Duration = Duration::from_secs(2);
 /// How often a node's `last_seen` is written to the store while its proxy keeps watching.
 const SEEN_WRITE: Duration = Duration::from_secs(30);
 
@@ -61,8 +67,9 @@ pub(super) struct Store {
     prefix: String,
     epoch: u64,
     jobs: flume::Sender<Job>,
-    /// This replica holds the leader key.
-    leader: Arc<AtomicBool>,
+    /// Until when (unix ms) this replica surely holds the leader key: its lease's last renewal,
+    /// counted from before it was asked, plus the lease's TTL less a margin.
+    leader_until: Arc<AtomicU64>,
     /// A leader key exists (this replica's or another's).
     led: Arc<AtomicBool>,
     /// The watch is connected.
@@ -74,6 +81,14 @@ pub(super) struct Store {
     ca_rev: Cell<i64>,
     /// A CA change by the leader is being written.
     ca_pending: Arc<AtomicBool>,
+    /// The mesh file is being written.
+    mesh_writing: Cell<bool>,
+    /// etcd went back in time: nothing more is followed until a restart.
+    diverged: Cell<bool>,
+    /// Node reports, written by a thread of their own so that they never hold up the API.
+    reports: flume::Sender<Job>,
+    /// When reports that could not be written were last tried again.
+    rewritten: Cell<Instant>,
     /// When each node's report was last written by this replica.
     node_written: RefCell<HashMap<String, Instant>>,
     /// The desired state this replica checked and is writing: its text and the checked form,
@@ -124,12 +139,13 @@ pub(super) fn open(
         .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse::<u64>().ok())
         .ok_or("store: the epoch key is unreadable")?;
     let (jobs_tx, jobs_rx) = flume::unbounded::<Job>();
+    let (reports_tx, reports_rx) = flume::bounded::<Job>(REPORTS_QUEUED);
     let (batch_tx, batch_rx) = flume::unbounded();
     let store = Store {
         prefix: prefix.clone(),
         epoch,
         jobs: jobs_tx,
-        leader: Arc::default(),
+        leader_until: Arc::default(),
         led: Arc::default(),
         up: Arc::new(AtomicBool::new(true)),
         stop: Arc::default(),
@@ -137,6 +153,10 @@ pub(super) fn open(
         mesh_rev: Cell::new(0),
         ca_rev: Cell::new(0),
         ca_pending: Arc::default(),
+        mesh_writing: Cell::new(false),
+        diverged: Cell::new(false),
+        reports: reports_tx,
+        rewritten: Cell::new(Instant::now()),
         node_written: RefCell::default(),
         unwritten: flume::unbounded(),
         checked: RefCell::default(),
@@ -144,8 +164,13 @@ pub(super) fn open(
     };
     apply(st, &store, Batch::Snapshot(rev, kvs));
     let mut threads = Vec::new();
-    for i in 0..WORKERS {
-        let rx = jobs_rx.clone();
+    for i in 0..=WORKERS {
+        // The last one writes the reports.
+        let rx = if i == WORKERS {
+            reports_rx.clone()
+        } else {
+            jobs_rx.clone()
+        };
         let eps = opts.endpoints.clone();
         let stop = store.stop.clone();
         threads.push(spawn(&format!("ringmesh-store-{i}"), move || {
@@ -171,7 +196,7 @@ pub(super) fn open(
     let (eps, p, leader, led, stop) = (
         opts.endpoints.clone(),
         prefix,
-        store.leader.clone(),
+        store.leader_until.clone(),
         store.led.clone(),
         store.stop.clone(),
     );
@@ -204,7 +229,7 @@ fn follow(
     let mut etcd = Etcd::new(endpoints.to_vec());
     let mut backoff = Duration::from_millis(100);
     while !stop.load(Ordering::Relaxed) {
-        let r = etcd::watch(endpoints, prefix, from, stop, |rev, events| {
+        let r = etcd::watch(endpoints, prefix, from, stop, &mut etcd, |rev, events| {
             from = rev + 1;
             out.send(Batch::Events(events)).is_ok()
         });
@@ -242,21 +267,24 @@ fn follow(
 fn lead(
     endpoints: &[String],
     prefix: &str,
-    leader: &AtomicBool,
+    leader_until: &AtomicU64,
     led: &AtomicBool,
     stop: &AtomicBool,
 ) {
     let mut etcd = Etcd::new(endpoints.to_vec());
     let key = format!("{prefix}leader");
     let me = format!("{}-{}", std::process::id(), unix_ms(SystemTime::now()));
+    // Half a second less than the lease: clocks and the time etcd takes to answer.
+    let hold = LEADER_TTL as u64 * 1000 - 500;
     let mut lease = 0;
     while !stop.load(Ordering::Relaxed) {
+        let asked = unix_ms(SystemTime::now());
         if lease != 0 {
             match etcd.keepalive(lease) {
-                Ok(ttl) if ttl > 0 => {}
+                Ok(ttl) if ttl > 0 => leader_until.store(asked + hold, Ordering::Relaxed),
                 r => {
                     tracing::warn!(error = ?r.err(), "store: leadership lost");
-                    leader.store(false, Ordering::Relaxed);
+                    leader_until.store(0, Ordering::Relaxed);
                     lease = 0;
                 }
             }
@@ -265,7 +293,7 @@ fn lead(
                 match etcd.put_if(&key, 0, me.as_bytes(), l) {
                     Ok((true, _)) => {
                         lease = l;
-                        leader.store(true, Ordering::Relaxed);
+                        leader_until.store(asked + hold, Ordering::Relaxed);
                         tracing::info!("store: this replica leads");
                     }
                     _ => {
@@ -287,6 +315,13 @@ fn lead(
     }
 }
 
+impl Drop for Store {
+    /// However the runtime ends, the threads end (and the leadership is given up).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Store {
     /// Stops the store's threads, giving up the leadership.
     pub(super) fn stop(&self) {
@@ -297,11 +332,11 @@ impl Store {
     }
 
     pub(super) fn leader(&self) -> bool {
-        self.leader.load(Ordering::Relaxed)
+        unix_ms(SystemTime::now()) < self.leader_until.load(Ordering::Relaxed)
     }
 
     pub(super) fn up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.up.load(Ordering::Relaxed) && !self.diverged.get()
     }
 
     /// The version of the state at revision `rev`.
@@ -325,12 +360,23 @@ impl Store {
         if self.jobs.send(job).is_err() {
             return Err(stopped());
         }
-        rx.recv_async().await.unwrap_or_else(|_| Err(stopped()))
+        let deadline = monoio::time::sleep(EXEC_WAIT);
+        monoio::select! {
+            r = rx.recv_async() => r.unwrap_or_else(|_| Err(stopped())),
+            _ = deadline => Err(etcd::Error {
+                unavailable: true,
+                message: "etcd did not answer in time".into(),
+            }),
+        }
     }
 
     /// Runs `f` on a store thread without waiting.
     fn submit(&self, f: impl FnOnce(&mut Etcd) + Send + 'static) {
         let _ = self.jobs.send(Box::new(f));
+    }
+
+    pub(super) fn mesh_writing(&self) -> bool {
+        self.mesh_writing.get()
     }
 }
 
@@ -347,10 +393,29 @@ fn stopped() -> etcd::Error {
 /// Changes are applied one revision at a time, so that replicas following the same stream
 /// give a node the same version whatever batches the stream came in.
 pub(super) fn apply(st: &mut State, store: &Store, batch: Batch) -> bool {
+    if store.diverged.get() {
+        return false;
+    }
     match batch {
         Batch::Snapshot(rev, mut kvs) => {
+            if rev < store.applied.get() {
+                // Versions would be reused for other snapshots if this were followed.
+                tracing::error!(
+                    revision = rev,
+                    applied = store.applied.get(),
+                    "store: etcd went back in time (restored from a backup?); restart the replicas"
+                );
+                store.diverged.set(true);
+                return false;
+            }
+            if rev == store.applied.get() {
+                // Nothing changed while the watch was away.
+                return false;
+            }
             st.registrations.clear();
             st.dns.clear();
+            // The leader key is in the snapshot if someone holds it.
+            store.led.store(false, Ordering::Relaxed);
             if store.applied.get() == 0 {
                 // Node versions so far came from the mesh file, not from the store.
                 st.nodes.clear();
@@ -565,20 +630,27 @@ pub(super) fn note_node(plane: &Plane, store: &Store, node: &str, force: bool) {
         .borrow_mut()
         .insert(node.to_string(), Instant::now());
     let key = store.key(&format!("node/{node}"));
-    let (failed, node) = (store.unwritten.0.clone(), node.to_string());
-    store.submit(move |e| {
+    let (failed, name) = (store.unwritten.0.clone(), node.to_string());
+    let job: Job = Box::new(move |e| {
         if let Err(err) = e.put(&key, body.as_bytes(), 0) {
             tracing::debug!(error = %err, "store: cannot write a node's report; will again");
-            let _ = failed.send(node);
+            let _ = failed.send(name);
         }
     });
+    if store.reports.try_send(job).is_err() {
+        let _ = store.unwritten.0.send(node.to_string());
+    }
 }
 
 /// Writes again the reports that could not be written, once the store is back.
 pub(super) fn rewrite_reports(plane: &Plane, store: &Store) {
-    if !store.up() || store.unwritten.1.is_empty() {
+    if !store.up()
+        || store.unwritten.1.is_empty()
+        || store.rewritten.get().elapsed() < REWRITE_EVERY
+    {
         return;
     }
+    store.rewritten.set(Instant::now());
     let nodes: BTreeSet<String> = store.unwritten.1.try_iter().collect();
     for node in nodes {
         note_node(plane, store, &node, true);
@@ -623,7 +695,7 @@ pub(super) async fn answer(
 ) -> Option<Response> {
     Some(match (req.method.as_str(), segs) {
         ("PUT" | "DELETE", ["v1", "config", ..]) => {
-            edit_config(plane, store, req, &req.path["/v1/config".len()..]).await
+            edit_config(plane, store, req, super::config_pointer(&req.path)).await
         }
         ("PUT", ["v1", "clusters", cluster, "endpoints", id]) => {
             register(plane, store, cluster, id, &req.body).await
@@ -887,11 +959,23 @@ pub(super) fn resolved(
 
 /// A replica's mesh file changed while it runs: the file is the new desired state, for every
 /// replica (as a file edit wins over the API without a store).
-pub(super) fn write_mesh(store: &Store, mesh: &Mesh, file_hash: u64) {
+/// A write that fails is tried again at the next check of the file.
+pub(super) async fn write_mesh(plane: std::rc::Rc<Plane>, mesh: Mesh, file_hash: u64) {
+    let Some(store) = &plane.store else {
+        return;
+    };
+    store.mesh_writing.set(true);
     let value = json!({ "mesh": mesh.doc, "file_hash": file_hash }).to_string();
     let key = store.key("mesh");
-    store.submit(move |e| match e.put(&key, value.as_bytes(), 0) {
+    let r = store.exec(move |e| e.put(&key, value.as_bytes(), 0)).await;
+    store.mesh_writing.set(false);
+    match r {
         Ok(_) => tracing::info!("mesh file written to the store"),
-        Err(err) => tracing::error!(error = %err, "store: cannot write the mesh file's state"),
-    });
+        Err(err) => {
+            tracing::error!(error = %err, "store: cannot write the mesh file's state; will again");
+            let mut st = plane.st.borrow_mut();
+            st.file_hash = 0;
+            st.file_stamp = None;
+        }
+    }
 }
