@@ -286,7 +286,11 @@ fn promtool_accepts_the_metrics() {
     web_traffic(p.edge());
     // Unrouted answers and ejection state make the exposition cover every family.
     Client::connect(p.edge()).get("/nowhere");
-    let text = p.admin("/metrics").body;
+    promtool_check(&promtool, &p.admin("/metrics").body);
+}
+
+/// `promtool check metrics` passes on `text`, with nothing to say.
+fn promtool_check(promtool: &PathBuf, text: &[u8]) {
     let mut child = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -294,13 +298,53 @@ fn promtool_accepts_the_metrics() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &text).unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text).unwrap();
     let (ok, out, err) = wait_output(child, Duration::from_secs(30));
     assert!(ok, "promtool: {out}{err}");
     assert!(
         out.trim().is_empty() && err.trim().is_empty(),
         "promtool lints: {out}{err}"
     );
+}
+
+#[test]
+fn promtool_accepts_the_control_plane_metrics() {
+    use ringmesh_control::mesh::{ControlOptions, ControlPlane, MeshSource};
+    let Some(promtool) = tool(&["promtool"]) else {
+        return;
+    };
+    // A static endpoint, a DNS name and a registration: every source has series.
+    let mesh = "clusters:\n  - { name: web, endpoints: [ { addr: 127.0.0.1:9 }, { dns: \"localhost:9\" } ] }\nnodes:\n  edge-1:\n    listeners:\n      - { name: edge, bind: 127.0.0.1:0, routes: [ { match: { path_prefix: / }, cluster: web } ] }\n";
+    let cp = ControlPlane::start(ControlOptions {
+        source: MeshSource::Text(mesh.into()),
+        bind: Some("127.0.0.1:0".parse().unwrap()),
+        state_file: None,
+        store: None,
+    })
+    .expect("control plane starts");
+    let mut c = Client::connect(cp.addr());
+    let body = r#"{"addr":"127.0.0.1:10","ttl":"1m"}"#;
+    c.send(
+        format!(
+            "PUT /v1/clusters/web/endpoints/a HTTP/1.1\r\nHost: c\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(c.response(false).status, 200);
+    let metrics = |c: &mut Client| {
+        c.send(b"GET /metrics HTTP/1.1\r\nHost: c\r\n\r\n");
+        c.response(false).body
+    };
+    let mut text = metrics(&mut c);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            text = metrics(&mut c);
+            String::from_utf8_lossy(&text).contains("source=\"dns\",name=\"localhost:9\"")
+        }),
+        "the DNS source never showed"
+    );
+    promtool_check(&promtool, &text);
 }
 
 /// GET on Prometheus's HTTP API; the JSON answer.
