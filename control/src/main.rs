@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use ringmesh_control::config::Config;
 use ringmesh_control::config::decode::parse_duration;
 use ringmesh_control::mesh::agent::ControlSource;
-use ringmesh_control::mesh::etcd::endpoint;
+use ringmesh_control::mesh::etcd::Cluster;
 use ringmesh_control::mesh::{ControlOptions, ControlPlane, MeshSource, StoreOptions};
 use ringmesh_control::{ConfigSource, Proxy, ProxyOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
@@ -26,9 +26,12 @@ USAGE:
                                           plane; the token (or $RINGMESH_TOKEN) proves the node's
                                           identity to the mesh CA
     ringmesh control --config MESH.yaml [--bind ADDR] [--state FILE]
-                     [--etcd URL[,URL...] [--etcd-prefix PREFIX]]
+                     [--etcd URL[,URL...] [--etcd-prefix PREFIX]
+                      [--etcd-ca FILE [--etcd-cert FILE --etcd-key FILE]]]
                                           run the control plane; with --etcd, replicas share
-                                          their state in etcd (the file seeds an empty store)
+                                          their state in etcd (the file seeds an empty store);
+                                          https:// URLs need --etcd-ca, and a client
+                                          certificate where etcd asks for one
     ringmesh check FILE                   validate a config; print every error
 
 OPTIONS:
@@ -55,6 +58,9 @@ struct Args {
     state: Option<PathBuf>,
     etcd: Option<String>,
     etcd_prefix: Option<String>,
+    etcd_ca: Option<String>,
+    etcd_cert: Option<String>,
+    etcd_key: Option<String>,
     workers: Option<usize>,
     admin: Option<String>,
     log_format: Option<String>,
@@ -86,6 +92,9 @@ fn parse_args() -> anyhow::Result<Args> {
             Long("state") => a.state = Some(p.value()?.into()),
             Long("etcd") => a.etcd = Some(p.value()?.string()?),
             Long("etcd-prefix") => a.etcd_prefix = Some(p.value()?.string()?),
+            Long("etcd-ca") => a.etcd_ca = Some(p.value()?.string()?),
+            Long("etcd-cert") => a.etcd_cert = Some(p.value()?.string()?),
+            Long("etcd-key") => a.etcd_key = Some(p.value()?.string()?),
             Long("workers") => {
                 let n: usize = p.value()?.parse()?;
                 if n == 0 {
@@ -255,15 +264,20 @@ fn control(a: Args) -> anyhow::Result<ExitCode> {
             })?),
             None => None,
         };
+    let cert_key = match (&a.etcd_cert, &a.etcd_key) {
+        (Some(c), Some(k)) => Some((c.as_str(), k.as_str())),
+        (None, None) => None,
+        _ => bail!("--etcd-cert and --etcd-key go together"),
+    };
     let store = match &a.etcd {
         Some(urls) => Some(StoreOptions {
-            endpoints: urls
-                .split(',')
-                .map(|u| endpoint(u.trim()).map_err(|e| anyhow::anyhow!("--etcd: {e}")))
-                .collect::<anyhow::Result<_>>()?,
+            etcd: Cluster::parse(urls, a.etcd_ca.as_deref(), cert_key)
+                .map_err(|e| anyhow::anyhow!("--etcd: {e}"))?,
             prefix: store_prefix(a.etcd_prefix.as_deref().unwrap_or("/ringmesh/"))?,
         }),
-        None if a.etcd_prefix.is_some() => bail!("--etcd-prefix needs --etcd"),
+        None if a.etcd_prefix.is_some() || a.etcd_ca.is_some() || cert_key.is_some() => {
+            bail!("--etcd-prefix, --etcd-ca, --etcd-cert and --etcd-key need --etcd")
+        }
         None => None,
     };
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ringmesh_control::mesh::agent::ControlSource;
+use ringmesh_control::mesh::etcd::Cluster;
 use ringmesh_control::mesh::{ControlOptions, ControlPlane, MeshSource, StoreOptions};
 use ringmesh_control::{ConfigSource, Proxy, ProxyOptions};
 use ringmesh_tests::*;
@@ -650,10 +651,21 @@ struct Etcd {
     client: SocketAddr,
     peer: SocketAddr,
     dir: PathBuf,
+    /// Client TLS: the CA clients' certificates must chain to, and etcd's certificate and key.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl Etcd {
     fn start() -> Option<Etcd> {
+        Etcd::start_with(None)
+    }
+
+    /// etcd serving its clients over TLS, asking them for certificates from `ca`.
+    fn start_tls(ca: PathBuf, cert: PathBuf, key: PathBuf) -> Option<Etcd> {
+        Etcd::start_with(Some((ca, cert, key)))
+    }
+
+    fn start_with(tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Option<Etcd> {
         let installed = std::process::Command::new("etcd")
             .arg("--version")
             .output()
@@ -665,13 +677,19 @@ impl Etcd {
             eprintln!("SKIPPED: etcd is not installed");
             return None;
         }
-        let dir = std::env::temp_dir().join(format!("ringmesh-etcd-{}", std::process::id()));
+        let (client, peer) = (free_port(), free_port());
+        let dir = std::env::temp_dir().join(format!(
+            "ringmesh-etcd-{}-{}",
+            std::process::id(),
+            client.port()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         let mut etcd = Etcd {
             child: None,
-            client: free_port(),
-            peer: free_port(),
+            client,
+            peer,
             dir,
+            tls,
         };
         etcd.run();
         Some(etcd)
@@ -680,14 +698,25 @@ impl Etcd {
     /// Starts etcd (again, on the same ports and data).
     fn run(&mut self) {
         let (client, peer) = (self.client, self.peer);
-        let child = std::process::Command::new("etcd")
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut cmd = std::process::Command::new("etcd");
+        if let Some((ca, cert, key)) = &self.tls {
+            cmd.arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(ca)
+                .arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key);
+        }
+        let child = cmd
             .args(["--name", "test", "--data-dir"])
             .arg(self.dir.join("data"))
             .args([
                 "--listen-client-urls",
-                &format!("http://{client}"),
+                &format!("{scheme}://{client}"),
                 "--advertise-client-urls",
-                &format!("http://{client}"),
+                &format!("{scheme}://{client}"),
                 "--listen-peer-urls",
                 &format!("http://{peer}"),
                 "--initial-advertise-peer-urls",
@@ -703,11 +732,16 @@ impl Etcd {
             .expect("etcd starts");
         self.child = Some(child);
         // Connections are refused until it listens.
+        let tls = self.tls.is_some();
         let healthy = || {
             use std::io::{Read, Write};
             let Ok(mut s) = std::net::TcpStream::connect(client) else {
                 return false;
             };
+            if tls {
+                // Listening is enough: the replicas wait for the rest.
+                return true;
+            }
             let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n");
             let mut out = String::new();
             let _ = s.read_to_string(&mut out);
@@ -737,7 +771,7 @@ fn replica(yaml: &str, etcd: &Etcd) -> ControlPlane {
         bind: Some("127.0.0.1:0".parse().expect("addr")),
         state_file: None,
         store: Some(StoreOptions {
-            endpoints: vec![etcd.client.to_string()],
+            etcd: Cluster::plain(vec![etcd.client.to_string()]),
             prefix: "/ringmesh-test/".into(),
         }),
     })
@@ -925,4 +959,56 @@ fn two_replicas_on_one_etcd_agree_and_losing_one_loses_nothing() {
         get(y, "/v1/nodes")
     );
     drop(etcd);
+}
+
+#[test]
+fn replicas_reach_etcd_over_mutual_tls() {
+    let pki = ringmesh_tests::tls::Pki::new("etcd");
+    let server = pki.leaf("etcd", &["127.0.0.1"], false);
+    let client = pki.leaf("replica", &["replica"], false);
+    let Some(etcd) = Etcd::start_tls(pki.ca_file(), server.cert.clone(), server.key.clone()) else {
+        return;
+    };
+    let up = Upstream::fixed("a");
+    let mesh = format!(
+        "clusters:\n  - {{ name: web, endpoints: [] }}\nnodes:\n  edge-1:\n{}",
+        listener("edge", "cluster: web")
+    );
+    let url = format!("https://{}", etcd.client);
+    let ca = pki.ca_file().display().to_string();
+    let (cert, key) = (
+        client.cert.display().to_string(),
+        client.key.display().to_string(),
+    );
+    let start = |with_cert: bool| {
+        let etcd = Cluster::parse(&url, Some(&ca), with_cert.then_some((&cert[..], &key[..])))
+            .expect("etcd options");
+        ControlPlane::start(ControlOptions {
+            source: MeshSource::Text(mesh.clone()),
+            bind: Some("127.0.0.1:0".parse().expect("addr")),
+            state_file: None,
+            store: Some(StoreOptions {
+                etcd,
+                prefix: "/ringmesh-tls/".into(),
+            }),
+        })
+    };
+    // etcd asks for a client certificate: without one, a replica does not start, and says why.
+    let errors = start(false).expect_err("started without a client certificate");
+    assert!(errors.join(" ").contains("TLS"), "{errors:?}");
+    let (r1, r2) = (
+        start(true).expect("replica starts"),
+        start(true).expect("replica starts"),
+    );
+    assert_eq!(register(r1.addr(), "web", "a-1", up.addr, "10s"), 200);
+    assert!(
+        eventually(WAIT, || endpoint_ids(r2.addr(), "web") == ["a-1"]),
+        "registration not replicated over TLS"
+    );
+    let p = control_proxy(&[r2.addr()], "edge-1", None);
+    let edge = ready(&p);
+    assert!(
+        eventually(WAIT, || body_of(edge) == (200, "a".into())),
+        "the proxy of the other replica does not route to the registration"
+    );
 }

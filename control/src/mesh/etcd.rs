@@ -55,32 +55,136 @@ fn unavailable(message: String) -> Error {
     }
 }
 
+/// Where etcd is: its client endpoints (`host:port`), and TLS for `https://` ones.
+#[derive(Clone)]
+pub struct Cluster {
+    pub endpoints: Vec<String>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("endpoints", &self.endpoints)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// Plain-text endpoints (`host:port`).
+    pub fn plain(endpoints: Vec<String>) -> Cluster {
+        Cluster {
+            endpoints,
+            tls: None,
+        }
+    }
+
+    /// Parses `http://host:port[,...]`, or `https://...` with the CA etcd's certificate chains
+    /// to and, for etcd's `--client-cert-auth`, a client certificate and key (PEM files).
+    pub fn parse(
+        urls: &str,
+        ca: Option<&str>,
+        cert_key: Option<(&str, &str)>,
+    ) -> Result<Cluster, String> {
+        let mut endpoints = Vec::new();
+        let mut schemes = std::collections::BTreeSet::new();
+        for url in urls.split(',').map(str::trim) {
+            let (scheme, hostport) = url.split_once("://").unwrap_or(("http", url));
+            let hostport = hostport.trim_end_matches('/');
+            if !matches!(scheme, "http" | "https")
+                || hostport.contains('/')
+                || !hostport.contains(':')
+            {
+                return Err(format!(
+                    "`{url}`: expected an etcd client URL such as http://127.0.0.1:2379"
+                ));
+            }
+            schemes.insert(scheme);
+            endpoints.push(hostport.to_string());
+        }
+        if schemes.len() > 1 {
+            return Err("every etcd URL must have the same scheme".into());
+        }
+        let tls = if schemes.contains("https") {
+            let ca = ca.ok_or("https:// needs the CA of etcd's certificate (--etcd-ca)")?;
+            // The name checked is each endpoint's host; this one only builds the config.
+            let client =
+                ringmesh_core::tls::ClientTls::build("localhost", ca, cert_key, &[b"http/1.1"])
+                    .map_err(|e| match e.field.as_str() {
+                        "" => e.message,
+                        f => format!("--etcd-{f}: {}", e.message),
+                    })?;
+            Some(client.rustls_config())
+        } else {
+            if ca.is_some() || cert_key.is_some() {
+                return Err("a CA or client certificate needs https:// URLs".into());
+            }
+            None
+        };
+        Ok(Cluster { endpoints, tls })
+    }
+}
+
+/// A connection to etcd, in plain text or TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(t) => &t.sock,
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(t) => t.flush(),
+        }
+    }
+}
+
 /// A client: one kept-alive connection to the first endpoint that answers.
-#[derive(Debug)]
 pub struct Etcd {
-    endpoints: Vec<String>,
-    conn: Option<TcpStream>,
+    cluster: Cluster,
+    conn: Option<Conn>,
     next: usize,
 }
 
-/// Parses `http://host:port` (or `host:port`).
-pub fn endpoint(url: &str) -> Result<String, String> {
-    let hostport = url
-        .strip_prefix("http://")
-        .unwrap_or(url)
-        .trim_end_matches('/');
-    if url.starts_with("https://") || hostport.contains('/') || !hostport.contains(':') {
-        return Err(format!(
-            "`{url}`: expected an etcd client URL such as http://127.0.0.1:2379"
-        ));
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd")
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
     }
-    Ok(hostport.to_string())
 }
 
 impl Etcd {
-    pub fn new(endpoints: Vec<String>) -> Etcd {
+    pub fn new(cluster: Cluster) -> Etcd {
         Etcd {
-            endpoints,
+            cluster,
             conn: None,
             next: 0,
         }
@@ -93,7 +197,7 @@ impl Etcd {
     pub fn call(&mut self, path: &str, body: &Value) -> Result<Value, Error> {
         let body = body.to_string();
         let mut last = String::from("no etcd endpoint");
-        for _ in 0..=self.endpoints.len() {
+        for _ in 0..=self.cluster.endpoints.len() {
             let (mut stream, reused) = match self.conn.take() {
                 Some(s) => (s, true),
                 None => match self.connect() {
@@ -110,8 +214,15 @@ impl Etcd {
             );
             let sent = stream
                 .write_all(head.as_bytes())
-                .and_then(|()| stream.write_all(body.as_bytes()));
+                .and_then(|()| stream.write_all(body.as_bytes()))
+                .and_then(|()| stream.flush());
             if let Err(e) = sent {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    return Err(Error {
+                        unavailable: false,
+                        message: format!("etcd: TLS: {e}"),
+                    });
+                }
                 last = e.to_string();
                 if reused {
                     continue;
@@ -138,6 +249,13 @@ impl Etcd {
                     return Ok(v.get("result").cloned().unwrap_or(v));
                 }
                 Err(Unanswered::Closed) if reused => last = "connection closed".into(),
+                // A TLS failure (a certificate refused either way) will not pass by itself.
+                Err(Unanswered::Tls(e)) => {
+                    return Err(Error {
+                        unavailable: false,
+                        message: format!("etcd: TLS: {e}"),
+                    });
+                }
                 Err(e) => {
                     last = e.to_string();
                     break;
@@ -147,15 +265,16 @@ impl Etcd {
         Err(unavailable(format!("etcd: {last}")))
     }
 
-    fn connect(&mut self) -> Result<TcpStream, String> {
-        let n = self.endpoints.len().max(1);
+    fn connect(&mut self) -> Result<Conn, String> {
+        let n = self.cluster.endpoints.len().max(1);
         let ep = self
+            .cluster
             .endpoints
             .get(self.next % n)
             .cloned()
             .unwrap_or_default();
         self.next = (self.next + 1) % n;
-        let s = open(&ep)?;
+        let s = open(&ep, self.cluster.tls.as_ref())?;
         // Keep the endpoint that answered first for the next calls.
         self.next = (self.next + n - 1) % n;
         Ok(s)
@@ -250,7 +369,7 @@ const QUIET: Duration = Duration::from_secs(10);
 /// the caller reads the prefix again and watches anew). While the stream is quiet, `check`
 /// makes a read that needs etcd's quorum now and then; a failed read ends the watch.
 pub fn watch(
-    endpoints: &[String],
+    cluster: &Cluster,
     prefix: &str,
     from: i64,
     stop: &Arc<AtomicBool>,
@@ -259,8 +378,8 @@ pub fn watch(
 ) -> Result<(), String> {
     let mut last = String::from("no etcd endpoint");
     let mut stream = None;
-    for ep in endpoints {
-        match open(ep) {
+    for ep in &cluster.endpoints {
+        match open(ep, cluster.tls.as_ref()) {
             Ok(s) => {
                 stream = Some(s);
                 break;
@@ -280,9 +399,11 @@ pub fn watch(
     );
     s.write_all(head.as_bytes())
         .and_then(|()| s.write_all(body.as_bytes()))
+        .and_then(|()| s.flush())
         .map_err(|e| e.to_string())?;
     // Short reads, so that a stop is noticed while the stream is quiet.
-    s.set_read_timeout(Some(Duration::from_millis(200)))
+    s.tcp()
+        .set_read_timeout(Some(Duration::from_millis(200)))
         .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     let mut head_done = false;
@@ -418,7 +539,7 @@ impl WatchStream {
     }
 }
 
-fn open(ep: &str) -> Result<TcpStream, String> {
+fn open(ep: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Conn, String> {
     let addr: SocketAddr = ep
         .to_socket_addrs()
         .map_err(|e| format!("{ep}: {e}"))?
@@ -430,7 +551,20 @@ fn open(ep: &str) -> Result<TcpStream, String> {
     s.set_read_timeout(Some(TIMEOUT))
         .and_then(|()| s.set_write_timeout(Some(TIMEOUT)))
         .map_err(|e| e.to_string())?;
-    Ok(s)
+    let Some(config) = tls else {
+        return Ok(Conn::Plain(s));
+    };
+    // The name checked against etcd's certificate: the endpoint's host (a name or an address).
+    let host = ep
+        .rsplit_once(':')
+        .map_or(ep, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{ep}: {e}"))?;
+    let conn =
+        rustls::ClientConnection::new(config.clone(), name).map_err(|e| format!("{ep}: {e}"))?;
+    Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(conn, s))))
 }
 
 /// Why no answer came.
@@ -438,6 +572,7 @@ fn open(ep: &str) -> Result<TcpStream, String> {
 enum Unanswered {
     /// The connection closed (or was reset) before any byte of an answer.
     Closed,
+    Tls(String),
     Failed(String),
 }
 
@@ -445,16 +580,20 @@ impl std::fmt::Display for Unanswered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Unanswered::Closed => f.write_str("connection closed"),
-            Unanswered::Failed(e) => f.write_str(e),
+            Unanswered::Tls(e) | Unanswered::Failed(e) => f.write_str(e),
         }
     }
 }
 
 /// Reads one answer: status, body (de-chunked), and whether the connection can be reused.
-fn read_answer(s: &mut TcpStream) -> Result<(u16, Vec<u8>, bool), Unanswered> {
+fn read_answer(s: &mut Conn) -> Result<(u16, Vec<u8>, bool), Unanswered> {
     let mut raw = Vec::with_capacity(4096);
     let mut buf = [0u8; 16 * 1024];
-    let failed = |e: std::io::Error| Unanswered::Failed(e.to_string());
+    // rustls reports its errors as invalid data.
+    let failed = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::InvalidData => Unanswered::Tls(e.to_string()),
+        _ => Unanswered::Failed(e.to_string()),
+    };
     let (status, head, length, chunked, close) = loop {
         let n = match s.read(&mut buf) {
             Ok(0) if raw.is_empty() => return Err(Unanswered::Closed),
@@ -677,11 +816,16 @@ mod tests {
     #[test]
     fn prefix_ranges_and_endpoints() {
         assert_eq!(prefix_end("/ringmesh/"), "/ringmesh0");
-        assert_eq!(
-            endpoint("http://127.0.0.1:2379/").as_deref(),
-            Ok("127.0.0.1:2379")
+        let c = Cluster::parse("http://127.0.0.1:2379/, 10.0.0.2:2379", None, None).expect("ok");
+        assert_eq!(c.endpoints, ["127.0.0.1:2379", "10.0.0.2:2379"]);
+        assert!(c.tls.is_none());
+        assert!(
+            Cluster::parse("https://127.0.0.1:2379", None, None).is_err(),
+            "no CA"
         );
-        assert!(endpoint("https://127.0.0.1:2379").is_err());
-        assert!(endpoint("127.0.0.1").is_err());
+        assert!(Cluster::parse("http://a:1,https://b:1", None, None).is_err());
+        assert!(Cluster::parse("127.0.0.1", None, None).is_err());
+        assert!(Cluster::parse("ftp://a:1", None, None).is_err());
+        assert!(Cluster::parse("http://a:1", Some("/ca.pem"), None).is_err());
     }
 }

@@ -53,8 +53,8 @@ pub struct ControlOptions {
 /// Where replicas share their state.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// etcd client endpoints (`host:port`).
-    pub endpoints: Vec<String>,
+    /// etcd's client endpoints, and TLS to them.
+    pub etcd: super::etcd::Cluster,
     /// Key prefix of this mesh's state (default `/ringmesh/`).
     pub prefix: String,
 }
@@ -746,6 +746,7 @@ async fn tick(plane: Rc<Plane>) {
             // Registrations expire by their leases, in the store.
             replicated::rewrite_reports(&plane, store);
             let mut st = plane.st.borrow_mut();
+            replicated::took_lead(&st, store);
             replicated::advance_ca(&st, store);
             since_file_check += TICK;
             // One write of the file at a time, so that two quick edits land in order.

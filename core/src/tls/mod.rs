@@ -245,6 +245,12 @@ impl ClientTls {
         })
     }
 
+    /// The rustls configuration (for clients outside the data plane, such as the control
+    /// plane's store client).
+    pub fn rustls_config(&self) -> Arc<rustls::ClientConfig> {
+        self.config.clone()
+    }
+
     /// Runs the handshake on a new connection to an endpoint.
     pub async fn connect(
         &self,

@@ -21,7 +21,7 @@
 //! etcd, so a lost replica takes none of them with it, and heartbeats work on any replica.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -83,6 +83,10 @@ pub(super) struct Store {
     ca_pending: Arc<AtomicBool>,
     /// The mesh file is being written.
     mesh_writing: Cell<bool>,
+    /// What DNS last said here about each name.
+    resolved: RefCell<BTreeMap<String, Result<Vec<std::net::SocketAddr>, String>>>,
+    /// This replica led at the last tick.
+    led_here: Cell<bool>,
     /// etcd went back in time: nothing more is followed until a restart.
     diverged: Cell<bool>,
     /// Node reports, written by a thread of their own so that they never hold up the API.
@@ -106,7 +110,7 @@ pub(super) fn open(
     st: &mut State,
 ) -> Result<(Store, flume::Receiver<Batch>), String> {
     let prefix = opts.prefix.clone();
-    let mut etcd = Etcd::new(opts.endpoints.clone());
+    let mut etcd = Etcd::new(opts.etcd.clone());
     // Wait a little for etcd (it may be starting beside us).
     let started = Instant::now();
     let now_ms = unix_ms(SystemTime::now()).to_string();
@@ -154,6 +158,8 @@ pub(super) fn open(
         ca_rev: Cell::new(0),
         ca_pending: Arc::default(),
         mesh_writing: Cell::new(false),
+        resolved: RefCell::default(),
+        led_here: Cell::new(false),
         diverged: Cell::new(false),
         reports: reports_tx,
         rewritten: Cell::new(Instant::now()),
@@ -171,7 +177,7 @@ pub(super) fn open(
         } else {
             jobs_rx.clone()
         };
-        let eps = opts.endpoints.clone();
+        let eps = opts.etcd.clone();
         let stop = store.stop.clone();
         threads.push(spawn(&format!("ringmesh-store-{i}"), move || {
             let mut etcd = Etcd::new(eps);
@@ -185,7 +191,7 @@ pub(super) fn open(
         })?);
     }
     let (eps, p, up, stop) = (
-        opts.endpoints.clone(),
+        opts.etcd.clone(),
         prefix.clone(),
         store.up.clone(),
         store.stop.clone(),
@@ -194,7 +200,7 @@ pub(super) fn open(
         follow(&eps, &p, rev + 1, &up, &stop, &batch_tx);
     })?);
     let (eps, p, leader, led, stop) = (
-        opts.endpoints.clone(),
+        opts.etcd.clone(),
         prefix,
         store.leader_until.clone(),
         store.led.clone(),
@@ -219,17 +225,17 @@ fn spawn(
 
 /// The watch thread: follows the prefix; after losing the watch, reads it whole again.
 fn follow(
-    endpoints: &[String],
+    cluster: &etcd::Cluster,
     prefix: &str,
     mut from: i64,
     up: &AtomicBool,
     stop: &Arc<AtomicBool>,
     out: &flume::Sender<Batch>,
 ) {
-    let mut etcd = Etcd::new(endpoints.to_vec());
+    let mut etcd = Etcd::new(cluster.clone());
     let mut backoff = Duration::from_millis(100);
     while !stop.load(Ordering::Relaxed) {
-        let r = etcd::watch(endpoints, prefix, from, stop, &mut etcd, |rev, events| {
+        let r = etcd::watch(cluster, prefix, from, stop, &mut etcd, |rev, events| {
             from = rev + 1;
             out.send(Batch::Events(events)).is_ok()
         });
@@ -265,13 +271,13 @@ fn follow(
 
 /// The leader thread: takes the leader key when nobody holds it, and keeps its lease alive.
 fn lead(
-    endpoints: &[String],
+    cluster: &etcd::Cluster,
     prefix: &str,
     leader_until: &AtomicU64,
     led: &AtomicBool,
     stop: &AtomicBool,
 ) {
-    let mut etcd = Etcd::new(endpoints.to_vec());
+    let mut etcd = Etcd::new(cluster.clone());
     let key = format!("{prefix}leader");
     let me = format!("{}-{}", std::process::id(), unix_ms(SystemTime::now()));
     // Half a second less than the lease: clocks and the time etcd takes to answer.
@@ -923,6 +929,24 @@ pub(super) fn advance_ca(st: &State, store: &Store) {
     });
 }
 
+/// A replica that has just come to lead writes the DNS answers it has (the leader before it
+/// may have been gone for a while).
+pub(super) fn took_lead(st: &State, store: &Store) {
+    let leads = store.leader();
+    if leads && !store.led_here.get() {
+        let known: Vec<_> = store
+            .resolved
+            .borrow()
+            .iter()
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
+        for (name, result) in known {
+            resolved(st, store, &name, &result);
+        }
+    }
+    store.led_here.set(leads);
+}
+
 /// The leader writes what DNS said when it differs from the store's.
 pub(super) fn resolved(
     st: &State,
@@ -930,6 +954,11 @@ pub(super) fn resolved(
     name: &str,
     result: &Result<Vec<std::net::SocketAddr>, String>,
 ) {
+    // Every replica resolves and keeps its last answers, for when it comes to lead.
+    store
+        .resolved
+        .borrow_mut()
+        .insert(name.to_string(), result.clone());
     if !store.leader() {
         return;
     }
