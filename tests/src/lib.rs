@@ -634,6 +634,28 @@ pub fn free_port() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
+/// The path of the first of `names` found in PATH; `None` (after saying so) when missing and
+/// not required (`RINGMESH_REQUIRE_TOOLS=1`, set by `.ci/run`, makes it required).
+pub fn tool(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        for n in names {
+            let p = dir.join(n);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    if std::env::var("RINGMESH_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
+        panic!(
+            "{} is required (RINGMESH_REQUIRE_TOOLS=1) but not installed",
+            names[0]
+        );
+    }
+    eprintln!("SKIPPED: {} is not installed", names[0]);
+    None
+}
+
 /// Waits until `f` is true or `wait` passes; returns whether it became true.
 pub fn eventually(wait: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + wait;

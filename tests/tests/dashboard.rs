@@ -15,28 +15,6 @@ use std::time::{Duration, Instant};
 use ringmesh_tests::*;
 use serde_json::Value;
 
-/// The path of the first of `names` found in PATH; `None` (after saying so) when missing and
-/// not required.
-fn tool(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        for n in names {
-            let p = dir.join(n);
-            if p.is_file() {
-                return Some(p);
-            }
-        }
-    }
-    if std::env::var("RINGMESH_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
-        panic!(
-            "{} is required (RINGMESH_REQUIRE_TOOLS=1) but not installed",
-            names[0]
-        );
-    }
-    eprintln!("SKIPPED: {} is not installed", names[0]);
-    None
-}
-
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ringmesh-dash-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -666,17 +666,7 @@ impl Etcd {
     }
 
     fn start_with(tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Option<Etcd> {
-        let installed = std::process::Command::new("etcd")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !installed {
-            if std::env::var("RINGMESH_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
-                panic!("etcd is required (RINGMESH_REQUIRE_TOOLS=1) but not installed");
-            }
-            eprintln!("SKIPPED: etcd is not installed");
-            return None;
-        }
+        tool(&["etcd"])?;
         let (client, peer) = (free_port(), free_port());
         let dir = std::env::temp_dir().join(format!(
             "ringmesh-etcd-{}-{}",

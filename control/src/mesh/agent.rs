@@ -7,7 +7,7 @@
 //! reconnect in step). A proxy started with a cache applies it at once, so it can restart and
 //! serve while the control plane is away.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ const WAIT: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Largest snapshot accepted.
-const MAX_SNAPSHOT: u64 = 64 * 1024 * 1024;
+const MAX_SNAPSHOT: usize = 64 * 1024 * 1024;
 
 /// Where a proxy gets its config from.
 #[derive(Debug, Clone)]
@@ -505,45 +505,8 @@ pub fn request_with(
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     s.write_all(&out).map_err(|e| format!("{addr}: {e}"))?;
-    // Read up to the end of the answer's body, not to the end of the connection: the answer is
-    // complete before the server's close arrives.
-    let mut resp = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    let mut parsed: Option<(u16, usize, Option<usize>)> = None;
-    loop {
-        if let Some((status, head, Some(n))) = parsed {
-            if resp.len() >= head + n {
-                return Ok((status, resp[head..head + n].to_vec()));
-            }
-        }
-        let got = s.read(&mut chunk).map_err(|e| format!("{addr}: {e}"))?;
-        if got == 0 {
-            break;
-        }
-        resp.extend_from_slice(&chunk[..got]);
-        if resp.len() as u64 > MAX_SNAPSHOT {
-            return Err(format!("{addr}: answer too large"));
-        }
-        if parsed.is_none() {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut r = httparse::Response::new(&mut headers);
-            match r.parse(&resp) {
-                Ok(httparse::Status::Complete(head)) => {
-                    let length = r
-                        .headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
-                    parsed = Some((r.code.unwrap_or(0), head, length));
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(_) => return Err(format!("{addr}: malformed answer")),
-            }
-        }
-    }
-    match parsed {
-        None => Err(format!("{addr}: malformed answer")),
-        Some((_, _, Some(_))) => Err(format!("{addr}: answer cut short")),
-        Some((status, head, None)) => Ok((status, resp[head..].to_vec())),
-    }
+    // The answer is complete before the server's close arrives.
+    let (status, body, _) =
+        super::http::read_answer(&mut s, MAX_SNAPSHOT).map_err(|e| format!("{addr}: {e}"))?;
+    Ok((status, body))
 }

@@ -14,6 +14,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
+use super::http::{Chunk, Unanswered, dechunk, read_answer};
+
 /// Largest answer read (a range of the whole prefix included).
 const MAX_ANSWER: usize = 256 << 20;
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -133,6 +135,17 @@ enum Conn {
 }
 
 impl Conn {
+    /// Sends a gateway request: a POST of `body` (JSON) to `path`.
+    fn post(&mut self, path: &str, body: &str) -> std::io::Result<()> {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: etcd\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        self.write_all(head.as_bytes())?;
+        self.write_all(body.as_bytes())?;
+        self.flush()
+    }
+
     fn tcp(&self) -> &TcpStream {
         match self {
             Conn::Plain(s) => s,
@@ -208,15 +221,7 @@ impl Etcd {
                     }
                 },
             };
-            let head = format!(
-                "POST {path} HTTP/1.1\r\nhost: etcd\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                body.len()
-            );
-            let sent = stream
-                .write_all(head.as_bytes())
-                .and_then(|()| stream.write_all(body.as_bytes()))
-                .and_then(|()| stream.flush());
-            if let Err(e) = sent {
+            if let Err(e) = stream.post(path, &body) {
                 if e.kind() == std::io::ErrorKind::InvalidData {
                     return Err(Error {
                         unavailable: false,
@@ -229,7 +234,7 @@ impl Etcd {
                 }
                 break;
             }
-            match read_answer(&mut stream) {
+            match read_answer(&mut stream, MAX_ANSWER) {
                 Ok((status, data, reusable)) => {
                     if reusable {
                         self.conn = Some(stream);
@@ -393,14 +398,7 @@ pub fn watch(
         "start_revision": from.to_string(),
     }})
     .to_string();
-    let head = format!(
-        "POST /v3/watch HTTP/1.1\r\nhost: etcd\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())
-        .and_then(|()| s.write_all(body.as_bytes()))
-        .and_then(|()| s.flush())
-        .map_err(|e| e.to_string())?;
+    s.post("/v3/watch", &body).map_err(|e| e.to_string())?;
     // Short reads, so that a stop is noticed while the stream is quiet.
     s.tcp()
         .set_read_timeout(Some(Duration::from_millis(200)))
@@ -567,145 +565,6 @@ fn open(ep: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Conn, Strin
     Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(conn, s))))
 }
 
-/// Why no answer came.
-#[derive(Debug)]
-enum Unanswered {
-    /// The connection closed (or was reset) before any byte of an answer.
-    Closed,
-    Tls(String),
-    Failed(String),
-}
-
-impl std::fmt::Display for Unanswered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Unanswered::Closed => f.write_str("connection closed"),
-            Unanswered::Tls(e) | Unanswered::Failed(e) => f.write_str(e),
-        }
-    }
-}
-
-/// Reads one answer: status, body (de-chunked), and whether the connection can be reused.
-fn read_answer(s: &mut Conn) -> Result<(u16, Vec<u8>, bool), Unanswered> {
-    let mut raw = Vec::with_capacity(4096);
-    let mut buf = [0u8; 16 * 1024];
-    // rustls reports its errors as invalid data.
-    let failed = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::InvalidData => Unanswered::Tls(e.to_string()),
-        _ => Unanswered::Failed(e.to_string()),
-    };
-    let (status, head, length, chunked, close) = loop {
-        let n = match s.read(&mut buf) {
-            Ok(0) if raw.is_empty() => return Err(Unanswered::Closed),
-            Err(e) if raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return Err(Unanswered::Closed);
-            }
-            Ok(0) => return Err(Unanswered::Failed("answer cut short".into())),
-            Ok(n) => n,
-            Err(e) => return Err(failed(e)),
-        };
-        raw.extend_from_slice(&buf[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut r = httparse::Response::new(&mut headers);
-        match r.parse(&raw) {
-            Ok(httparse::Status::Complete(head)) => {
-                let find = |name: &str| {
-                    r.headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case(name))
-                        .and_then(|h| std::str::from_utf8(h.value).ok())
-                        .map(str::trim)
-                };
-                let length = find("content-length").and_then(|v| v.parse::<usize>().ok());
-                let chunked =
-                    find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-                let close = find("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-                break (r.code.unwrap_or(0), head, length, chunked, close);
-            }
-            Ok(httparse::Status::Partial) if raw.len() < 64 * 1024 => {}
-            _ => return Err(Unanswered::Failed("malformed answer".into())),
-        }
-    };
-    raw.drain(..head);
-    let mut body = Vec::new();
-    loop {
-        if chunked {
-            match dechunk(&raw) {
-                Chunk::Data(range, used) => {
-                    body.extend_from_slice(&raw[range]);
-                    raw.drain(..used);
-                    continue;
-                }
-                // Anything after the answer would be out of step: no reuse then.
-                Chunk::End(used) => return Ok((status, body, !close && raw.len() == used)),
-                Chunk::Bad => return Err(Unanswered::Failed("malformed chunk".into())),
-                Chunk::Partial => {}
-            }
-        } else if let Some(n) = length {
-            if raw.len() >= n {
-                raw.truncate(n);
-                return Ok((status, raw, !close));
-            }
-        }
-        if raw.len() + body.len() > MAX_ANSWER {
-            return Err(Unanswered::Failed("answer too large".into()));
-        }
-        let n = s.read(&mut buf).map_err(failed)?;
-        if n == 0 {
-            if !chunked && length.is_none() {
-                return Ok((status, raw, false));
-            }
-            return Err(Unanswered::Failed("answer cut short".into()));
-        }
-        raw.extend_from_slice(&buf[..n]);
-    }
-}
-
-enum Chunk {
-    /// The chunk's data range in the input, and how many bytes the chunk took.
-    Data(std::ops::Range<usize>, usize),
-    /// The last chunk, and how many bytes it and the trailers took.
-    End(usize),
-    Partial,
-    Bad,
-}
-
-/// Decodes one chunk of a chunked body from the start of `raw`.
-fn dechunk(raw: &[u8]) -> Chunk {
-    let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
-        return if raw.len() > 1024 {
-            Chunk::Bad
-        } else {
-            Chunk::Partial
-        };
-    };
-    let line = std::str::from_utf8(&raw[..eol]).unwrap_or("");
-    let size_text = line.split(';').next().unwrap_or("").trim();
-    let Ok(size) = usize::from_str_radix(size_text, 16) else {
-        return Chunk::Bad;
-    };
-    if size > MAX_ANSWER {
-        return Chunk::Bad;
-    }
-    let start = eol + 2;
-    if size == 0 {
-        // The last chunk, then trailers (if any) up to an empty line.
-        return match raw[eol..].windows(4).position(|w| w == b"\r\n\r\n") {
-            Some(i) => Chunk::End(eol + i + 4),
-            None if raw.len() > 16 * 1024 => Chunk::Bad,
-            None => Chunk::Partial,
-        };
-    }
-    let end = start + size;
-    if raw.len() < end + 2 {
-        return Chunk::Partial;
-    }
-    if &raw[end..end + 2] != b"\r\n" {
-        return Chunk::Bad;
-    }
-    Chunk::Data(start..end, end + 2)
-}
-
 fn put(key: &str, value: &[u8], lease: i64) -> Value {
     let mut v = json!({ "key": b64(key), "value": B64.encode(value) });
     if lease != 0 {
@@ -760,22 +619,6 @@ fn kv(v: &Value) -> Option<Kv> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunks_decode_whole_split_and_bad() {
-        let raw = b"5\r\nhello\r\n0\r\n\r\n";
-        let Chunk::Data(r, used) = dechunk(raw) else {
-            panic!("a chunk")
-        };
-        assert_eq!(&raw[r], b"hello");
-        assert!(matches!(dechunk(&raw[used..]), Chunk::End(5)));
-        assert!(matches!(dechunk(b"0\r\nx: y\r\n\r\n"), Chunk::End(11)));
-        assert!(matches!(dechunk(b"0\r\n\r"), Chunk::Partial));
-        assert!(matches!(dechunk(b"5\r\nhel"), Chunk::Partial));
-        assert!(matches!(dechunk(b"zz\r\nhello\r\n"), Chunk::Bad));
-        assert!(matches!(dechunk(b"5\r\nhelloXY"), Chunk::Bad));
-        assert!(matches!(dechunk(b"ffffffffffffffff\r\n"), Chunk::Bad));
-    }
 
     #[test]
     fn a_watch_stream_decodes_however_its_bytes_arrive() {

@@ -1,6 +1,9 @@
 //! The small HTTP/1.1 server side the control plane's API needs: one request at a time per
 //! connection, bodies by Content-Length, keep-alive. Not on any request path of the proxy.
+//! Also the blocking reader of answers that its clients (the proxy's agent, the etcd client)
+//! share.
 
+use std::io::Read;
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
@@ -13,6 +16,8 @@ const MAX_HEAD: usize = 64 * 1024;
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
 /// How long a connection may sit between requests, and a request take to arrive.
 const IDLE: Duration = Duration::from_secs(120);
+/// Largest chunk of a chunked answer.
+const MAX_CHUNK: usize = 256 << 20;
 
 /// One request.
 #[derive(Debug, Default)]
@@ -230,6 +235,147 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
+/// Why no answer came.
+#[derive(Debug)]
+pub enum Unanswered {
+    /// The connection closed (or was reset) before any byte of an answer.
+    Closed,
+    Tls(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unanswered::Closed => f.write_str("connection closed"),
+            Unanswered::Tls(e) | Unanswered::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Reads one answer of at most `limit` bytes: its status, its body (de-chunked), and whether
+/// the connection can carry another request. It stops at the end of the body, not at the end
+/// of the connection.
+pub fn read_answer<R: Read>(s: &mut R, limit: usize) -> Result<(u16, Vec<u8>, bool), Unanswered> {
+    let mut raw = Vec::with_capacity(4096);
+    let mut buf = [0u8; 16 * 1024];
+    // rustls reports its errors as invalid data.
+    let failed = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::InvalidData => Unanswered::Tls(e.to_string()),
+        _ => Unanswered::Failed(e.to_string()),
+    };
+    let (status, head, length, chunked, close) = loop {
+        let n = match s.read(&mut buf) {
+            Ok(0) if raw.is_empty() => return Err(Unanswered::Closed),
+            Err(e) if raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(Unanswered::Closed);
+            }
+            Ok(0) => return Err(Unanswered::Failed("answer cut short".into())),
+            Ok(n) => n,
+            Err(e) => return Err(failed(e)),
+        };
+        raw.extend_from_slice(&buf[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut headers);
+        match r.parse(&raw) {
+            Ok(httparse::Status::Complete(head)) => {
+                let find = |name: &str| {
+                    r.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                        .map(str::trim)
+                };
+                let length = find("content-length").and_then(|v| v.parse::<usize>().ok());
+                let chunked =
+                    find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+                let close = find("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                break (r.code.unwrap_or(0), head, length, chunked, close);
+            }
+            Ok(httparse::Status::Partial) if raw.len() < 64 * 1024 => {}
+            _ => return Err(Unanswered::Failed("malformed answer".into())),
+        }
+    };
+    raw.drain(..head);
+    let mut body = Vec::new();
+    loop {
+        if chunked {
+            match dechunk(&raw) {
+                Chunk::Data(range, used) => {
+                    body.extend_from_slice(&raw[range]);
+                    raw.drain(..used);
+                    continue;
+                }
+                // Anything after the answer would be out of step: no reuse then.
+                Chunk::End(used) => return Ok((status, body, !close && raw.len() == used)),
+                Chunk::Bad => return Err(Unanswered::Failed("malformed chunk".into())),
+                Chunk::Partial => {}
+            }
+        } else if let Some(n) = length {
+            if raw.len() >= n {
+                raw.truncate(n);
+                return Ok((status, raw, !close));
+            }
+        }
+        if raw.len() + body.len() > limit {
+            return Err(Unanswered::Failed("answer too large".into()));
+        }
+        let n = s.read(&mut buf).map_err(failed)?;
+        if n == 0 {
+            if !chunked && length.is_none() {
+                return Ok((status, raw, false));
+            }
+            return Err(Unanswered::Failed("answer cut short".into()));
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+pub enum Chunk {
+    /// The chunk's data range in the input, and how many bytes the chunk took.
+    Data(std::ops::Range<usize>, usize),
+    /// The last chunk, and how many bytes it and the trailers took.
+    End(usize),
+    Partial,
+    Bad,
+}
+
+/// Decodes one chunk of a chunked body from the start of `raw`.
+pub fn dechunk(raw: &[u8]) -> Chunk {
+    let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
+        return if raw.len() > 1024 {
+            Chunk::Bad
+        } else {
+            Chunk::Partial
+        };
+    };
+    let line = std::str::from_utf8(&raw[..eol]).unwrap_or("");
+    let size_text = line.split(';').next().unwrap_or("").trim();
+    let Ok(size) = usize::from_str_radix(size_text, 16) else {
+        return Chunk::Bad;
+    };
+    if size > MAX_CHUNK {
+        return Chunk::Bad;
+    }
+    let start = eol + 2;
+    if size == 0 {
+        // The last chunk, then trailers (if any) up to an empty line.
+        return match raw[eol..].windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(i) => Chunk::End(eol + i + 4),
+            None if raw.len() > 16 * 1024 => Chunk::Bad,
+            None => Chunk::Partial,
+        };
+    }
+    let end = start + size;
+    if raw.len() < end + 2 {
+        return Chunk::Partial;
+    }
+    if &raw[end..end + 2] != b"\r\n" {
+        return Chunk::Bad;
+    }
+    Chunk::Data(start..end, end + 2)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +386,42 @@ mod tests {
             assert_eq!(percent_decode(percent_encode(s).as_bytes()), s);
         }
         assert_eq!(percent_decode(b"%41%zz%"), "A%zz%");
+    }
+
+    #[test]
+    fn answers_are_read_to_the_end_of_their_body() {
+        let mut plain =
+            std::io::Cursor::new(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokNEXT".to_vec());
+        let (status, body, reuse) = read_answer(&mut plain, 1024).expect("an answer");
+        assert_eq!((status, &body[..], reuse), (200, &b"ok"[..], true));
+        let mut chunked = std::io::Cursor::new(
+            b"HTTP/1.1 503 x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n".to_vec(),
+        );
+        let (status, body, reuse) = read_answer(&mut chunked, 1024).expect("an answer");
+        assert_eq!((status, &body[..], reuse), (503, &b"abc"[..], false));
+        let mut empty = std::io::Cursor::new(Vec::new());
+        assert!(matches!(
+            read_answer(&mut empty, 1024),
+            Err(Unanswered::Closed)
+        ));
+        let mut big =
+            std::io::Cursor::new(b"HTTP/1.1 200 OK\r\ncontent-length: 5000\r\n\r\n".to_vec());
+        assert!(read_answer(&mut big, 1024).is_err());
+    }
+
+    #[test]
+    fn chunks_decode_whole_split_and_bad() {
+        let raw = b"5\r\nhello\r\n0\r\n\r\n";
+        let Chunk::Data(r, used) = dechunk(raw) else {
+            panic!("a chunk")
+        };
+        assert_eq!(&raw[r], b"hello");
+        assert!(matches!(dechunk(&raw[used..]), Chunk::End(5)));
+        assert!(matches!(dechunk(b"0\r\nx: y\r\n\r\n"), Chunk::End(11)));
+        assert!(matches!(dechunk(b"0\r\n\r"), Chunk::Partial));
+        assert!(matches!(dechunk(b"5\r\nhel"), Chunk::Partial));
+        assert!(matches!(dechunk(b"zz\r\nhello\r\n"), Chunk::Bad));
+        assert!(matches!(dechunk(b"5\r\nhelloXY"), Chunk::Bad));
+        assert!(matches!(dechunk(b"ffffffffffffffff\r\n"), Chunk::Bad));
     }
 }

@@ -189,6 +189,16 @@ struct Registration {
     lease: i64,
 }
 
+impl Registration {
+    /// As registered: `{"addr", "zone", "weight", "ttl"}`.
+    fn to_json(&self) -> Value {
+        json!({
+            "addr": self.ep.addr.to_string(), "zone": self.ep.zone, "weight": self.ep.weight,
+            "ttl": crate::config::format_duration(self.ttl),
+        })
+    }
+}
+
 /// What DNS last said about a name.
 #[derive(Debug, Default)]
 struct Resolved {
@@ -351,11 +361,10 @@ impl State {
             .iter()
             .flat_map(|(c, m)| {
                 m.iter().map(move |(id, r)| {
-                    json!({
-                        "cluster": c, "id": id, "addr": r.ep.addr.to_string(),
-                        "zone": r.ep.zone, "weight": r.ep.weight,
-                        "ttl": crate::config::format_duration(r.ttl),
-                    })
+                    let mut v = r.to_json();
+                    v["cluster"] = json!(c);
+                    v["id"] = json!(id);
+                    v
                 })
             })
             .collect();
@@ -483,6 +492,28 @@ impl State {
 }
 
 impl State {
+    /// The clusters that take endpoints from DNS name `name`.
+    fn dns_users(&self, name: &str) -> Vec<String> {
+        self.mesh
+            .clusters
+            .iter()
+            .filter(|c| c.dns.iter().any(|d| d.name == name))
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    /// Removes a registration; returns whether there was one.
+    fn unregister(&mut self, cluster: &str, id: &str) -> bool {
+        let Some(m) = self.registrations.get_mut(cluster) else {
+            return false;
+        };
+        let removed = m.remove(id).is_some();
+        if m.is_empty() {
+            self.registrations.remove(cluster);
+        }
+        removed
+    }
+
     /// Whether every node with an identity whose proxy was seen lately applied `version` or later.
     fn all_have(&self, version: u64) -> bool {
         let recent = SystemTime::now() - Duration::from_secs(120);
@@ -889,13 +920,7 @@ async fn discovered(
                 }
             };
             if changed {
-                let users: Vec<String> = st
-                    .mesh
-                    .clusters
-                    .iter()
-                    .filter(|c| c.dns.iter().any(|d| d.name == name))
-                    .map(|c| c.name.clone())
-                    .collect();
+                let users = st.dns_users(&name);
                 st.changed_clusters(&users);
             }
             changed
@@ -1033,15 +1058,9 @@ async fn answer(plane: &Plane, req: Request) -> Response {
         }
         ("DELETE", ["v1", "clusters", cluster, "endpoints", id]) => {
             let mut st = plane.st.borrow_mut();
-            let removed = st
-                .registrations
-                .get_mut(*cluster)
-                .and_then(|m| m.remove(*id))
-                .is_some();
-            if !removed {
+            if !st.unregister(cluster, id) {
                 return Response::error(404, "no such registration");
             }
-            st.registrations.retain(|_, m| !m.is_empty());
             st.changed_clusters(&[cluster.to_string()]);
             let v = st.version;
             drop(st);
@@ -1243,39 +1262,48 @@ pub fn apply_edit(doc: &mut Value, req: &Request, pointer: &str) -> Result<(), R
 /// `PUT /v1/clusters/{cluster}/endpoints/{id}`: registers or heartbeats. Returns whether the
 /// served state changed (a heartbeat only moves the deadline).
 fn register(st: &mut State, cluster: &str, id: &str, body: &[u8]) -> (Response, bool) {
-    if st.mesh.cluster(cluster).is_none() {
-        return (
-            Response::error(404, &format!("no cluster named `{cluster}`")),
-            false,
-        );
-    }
-    if id.is_empty() || id.len() > 253 {
-        return (
-            Response::error(400, "id: expected 1 to 253 characters"),
-            false,
-        );
-    }
-    let reg = match serde_json::from_slice::<Value>(body)
-        .map_err(|e| format!("invalid JSON: {e}"))
-        .and_then(|v| registration(&v, Instant::now()))
-    {
+    let reg = match checked_registration(st, cluster, id, body) {
         Ok(r) => r,
-        Err(e) => return (Response::error(400, &e), false),
+        Err(r) => return (r, false),
     };
-    let ttl = crate::config::format_duration(reg.ttl);
+    let ttl = reg.ttl;
     let regs = st.registrations.entry(cluster.to_string()).or_default();
     let changed = regs.get(id).is_none_or(|old| old.ep != reg.ep);
     regs.insert(id.to_string(), reg);
     if changed {
         st.changed_clusters(&[cluster.to_string()]);
     }
-    (
-        Response::json(
-            200,
-            json!({ "cluster": cluster, "id": id, "ttl": ttl, "version": st.version }).to_string()
-                + "\n",
-        ),
-        changed,
+    (registered(cluster, id, ttl, st.version), changed)
+}
+
+/// A registration request checked: the cluster exists, the id fits, the body is one.
+fn checked_registration(
+    st: &State,
+    cluster: &str,
+    id: &str,
+    body: &[u8],
+) -> Result<Registration, Response> {
+    if st.mesh.cluster(cluster).is_none() {
+        return Err(Response::error(
+            404,
+            &format!("no cluster named `{cluster}`"),
+        ));
+    }
+    if id.is_empty() || id.len() > 253 {
+        return Err(Response::error(400, "id: expected 1 to 253 characters"));
+    }
+    serde_json::from_slice::<Value>(body)
+        .map_err(|e| format!("invalid JSON: {e}"))
+        .and_then(|v| registration(&v, Instant::now()))
+        .map_err(|e| Response::error(400, &e))
+}
+
+/// The answer to a registration or heartbeat.
+fn registered(cluster: &str, id: &str, ttl: Duration, version: u64) -> Response {
+    let ttl = crate::config::format_duration(ttl);
+    Response::json(
+        200,
+        json!({ "cluster": cluster, "id": id, "ttl": ttl, "version": version }).to_string() + "\n",
     )
 }
 
@@ -1310,18 +1338,16 @@ async fn watch(plane: &Plane, node: &str, req: &Request) -> Response {
                 n.applied(a, SystemTime::now());
                 news = true;
             }
-            let answer = seen != Some(n.version);
-            if let Some(store) = &plane.store {
-                drop(st);
-                replicated::note_node(plane, store, node, news);
-                st = plane.st.borrow_mut();
-            }
-            let Some(n) = st.nodes.get(node) else {
-                return Response::error(404, &format!("no node named `{node}` in the mesh"));
-            };
-            if answer {
+            let answer = (seen != Some(n.version)).then(|| {
                 let mut r = Response::json(200, n.body.as_bytes());
                 r.etag = Some(n.version);
+                r
+            });
+            drop(st);
+            if let Some(store) = &plane.store {
+                replicated::note_node(plane, store, node, news);
+            }
+            if let Some(r) = answer {
                 return r;
             }
         }

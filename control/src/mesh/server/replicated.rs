@@ -33,8 +33,8 @@ use super::super::etcd::{self, Etcd, Event, Kv};
 use super::super::http::{Request, Response};
 use super::super::model::Mesh;
 use super::{
-    Plane, Resolved, State, StoreOptions, apply_edit, conflict, if_match_required, invalid,
-    registration, unix_ms,
+    Plane, Resolved, State, StoreOptions, apply_edit, checked_registration, conflict,
+    if_match_required, invalid, registered, registration, unix_ms,
 };
 
 /// Threads making etcd calls for the API (each with its own connection).
@@ -123,7 +123,7 @@ pub(super) fn open(
             Err(e) => return Err(format!("store: {e}")),
         }
     }
-    let mesh = json!({ "mesh": st.mesh.doc, "file_hash": st.file_hash }).to_string();
+    let mesh = mesh_value(&st.mesh, st.file_hash);
     let ca = json!({ "ca": st.ca.to_json() }).to_string();
     let seeded = |e: &mut Etcd, key: &str, value: &str| {
         e.put_if(&format!("{prefix}{key}"), 0, value.as_bytes(), 0)
@@ -386,6 +386,11 @@ impl Store {
     }
 }
 
+/// The `mesh` key's value: the desired state, and the fingerprint of the file it came from.
+fn mesh_value(mesh: &Mesh, file_hash: u64) -> String {
+    json!({ "mesh": mesh.doc, "file_hash": file_hash }).to_string()
+}
+
 fn stopped() -> etcd::Error {
     etcd::Error {
         unavailable: true,
@@ -467,10 +472,7 @@ fn apply_at(st: &mut State, store: &Store, rev: i64, events: Vec<Event>, mut ful
             continue;
         };
         let value: Value = if put {
-            match serde_json::from_slice(&kv.value) {
-                Ok(v) => v,
-                Err(_) => Value::Null,
-            }
+            serde_json::from_slice(&kv.value).unwrap_or(Value::Null)
         } else {
             Value::Null
         };
@@ -524,13 +526,7 @@ fn apply_at(st: &mut State, store: &Store, rev: i64, events: Vec<Event>, mut ful
                 } else {
                     st.dns.remove(name);
                 }
-                clusters.extend(
-                    st.mesh
-                        .clusters
-                        .iter()
-                        .filter(|c| c.dns.iter().any(|d| d.name == name))
-                        .map(|c| c.name.clone()),
-                );
+                clusters.extend(st.dns_users(name));
             }
             ("reg", rest) => {
                 let Some((cluster, id)) = rest.split_once('/') else {
@@ -549,11 +545,8 @@ fn apply_at(st: &mut State, store: &Store, rev: i64, events: Vec<Event>, mut ful
                             tracing::warn!(cluster, id, error = %e, "store: unreadable registration")
                         }
                     }
-                } else if let Some(m) = st.registrations.get_mut(cluster) {
-                    m.remove(id);
-                    if m.is_empty() {
-                        st.registrations.remove(cluster);
-                    }
+                } else {
+                    st.unregister(cluster, id);
                 }
                 clusters.insert(cluster.to_string());
             }
@@ -793,7 +786,7 @@ async fn edit_config(plane: &Plane, store: &Store, req: &Request, pointer: &str)
         }
         match Mesh::check(doc) {
             Ok(m) => {
-                let text = json!({ "mesh": m.doc, "file_hash": st.file_hash }).to_string();
+                let text = mesh_value(&m, st.file_hash);
                 *store.checked.borrow_mut() = Some((text.clone().into_bytes(), m));
                 (text, mesh_rev)
             }
@@ -827,28 +820,14 @@ async fn edit_config(plane: &Plane, store: &Store, req: &Request, pointer: &str)
 async fn register(plane: &Plane, store: &Store, cluster: &str, id: &str, body: &[u8]) -> Response {
     let (value, ttl, old_lease, heartbeat) = {
         let st = plane.st.borrow();
-        if st.mesh.cluster(cluster).is_none() {
-            return Response::error(404, &format!("no cluster named `{cluster}`"));
-        }
-        if id.is_empty() || id.len() > 253 {
-            return Response::error(400, "id: expected 1 to 253 characters");
-        }
-        let reg = match serde_json::from_slice::<Value>(body)
-            .map_err(|e| format!("invalid JSON: {e}"))
-            .and_then(|v| registration(&v, Instant::now()))
-        {
+        let reg = match checked_registration(&st, cluster, id, body) {
             Ok(r) => r,
-            Err(e) => return Response::error(400, &e),
+            Err(r) => return r,
         };
         let old = st.registrations.get(cluster).and_then(|m| m.get(id));
         let old_lease = old.map_or(0, |o| o.lease);
         let heartbeat = old.is_some_and(|o| o.ep == reg.ep && o.ttl == reg.ttl && o.lease != 0);
-        let value = json!({
-            "addr": reg.ep.addr.to_string(), "zone": reg.ep.zone, "weight": reg.ep.weight,
-            "ttl": crate::config::format_duration(reg.ttl),
-        })
-        .to_string();
-        (value, reg.ttl, old_lease, heartbeat)
+        (reg.to_json().to_string(), reg.ttl, old_lease, heartbeat)
     };
     let key = store.key(&format!("reg/{cluster}/{id}"));
     let ttl_secs = ttl.as_secs_f64().ceil() as i64;
@@ -886,15 +865,7 @@ async fn register(plane: &Plane, store: &Store, cluster: &str, id: &str, body: &
             st.version
         }
     };
-    Response::json(
-        200,
-        json!({
-            "cluster": cluster, "id": id, "ttl": crate::config::format_duration(ttl),
-            "version": version,
-        })
-        .to_string()
-            + "\n",
-    )
+    registered(cluster, id, ttl, version)
 }
 
 /// The leader's part of the tick: moves a CA rotation on, through the store.
@@ -994,7 +965,7 @@ pub(super) async fn write_mesh(plane: std::rc::Rc<Plane>, mesh: Mesh, file_hash:
         return;
     };
     store.mesh_writing.set(true);
-    let value = json!({ "mesh": mesh.doc, "file_hash": file_hash }).to_string();
+    let value = mesh_value(&mesh, file_hash);
     let key = store.key("mesh");
     let r = store.exec(move |e| e.put(&key, value.as_bytes(), 0)).await;
     store.mesh_writing.set(false);
