@@ -102,6 +102,36 @@ pub fn set_cloexec(fd: RawFd) {
     }
 }
 
+/// Starts writing a file's dirty pages in `[offset, offset + len)` to disk, without waiting for
+/// them (sync_file_range(2)); errors are ignored, as this only spreads writeback out.
+#[allow(unsafe_code)]
+pub fn start_writeback(fd: RawFd, offset: u64, len: u64) {
+    // SAFETY: `fd` is a descriptor the caller owns; the call reads no memory of ours.
+    unsafe {
+        libc::sync_file_range(
+            fd,
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+/// Drops a file's cached pages in `[offset, offset + len)` that are already on disk (dirty pages
+/// and pages being written stay); errors are ignored, as this only frees memory.
+#[allow(unsafe_code)]
+pub fn drop_cached(fd: RawFd, offset: u64, len: u64) {
+    // SAFETY: as above; posix_fadvise(2) only advises the kernel.
+    unsafe {
+        libc::posix_fadvise(
+            fd,
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::POSIX_FADV_DONTNEED,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
