@@ -258,3 +258,85 @@ clusters:
         assert_eq!(c.get("/x").text(), "good");
     }
 }
+
+#[test]
+fn upgrades_to_a_tls_cluster_speaking_http2_go_on_http1_by_alpn() {
+    let pki = ringmesh_tests::tls::Pki::new("mesh-upgrade");
+    let leaf = pki.leaf("b", &["b.example"], false);
+    let app = Upstream::echo();
+    let ws = Upstream::raw(|mut s| {
+        use std::io::{Read, Write};
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+        let n = s.read(&mut buf).unwrap_or(0);
+        let _ = s.write_all(&buf[..n]);
+    });
+    // The receiving ringmesh terminates TLS and offers h2 and http/1.1.
+    let b = TestProxy::start(
+        &format!(
+            "admin: 127.0.0.1:0
+listeners:
+  - name: edge
+    bind: 127.0.0.1:0
+{}    routes:
+      - {{ match: {{ path_prefix: /ws }}, cluster: ws }}
+      - {{ match: {{ path_prefix: / }}, cluster: app }}
+clusters:
+  - {{ name: ws, endpoints: [ {{ addr: {} }} ] }}
+  - {{ name: app, endpoints: [ {{ addr: {} }} ] }}
+",
+            leaf.listener_tls(),
+            ws.addr,
+            app.addr
+        ),
+        1,
+    );
+    for protocol in ["mesh", "auto", "http2"] {
+        let a = TestProxy::start(
+            &format!(
+                "listeners:
+  - name: edge
+    bind: 127.0.0.1:0
+    routes: [ {{ match: {{ path_prefix: / }}, cluster: up }} ]
+clusters:
+  - {{ name: up, protocol: {protocol}, tls: {{ sni: b.example, ca: {} }}, endpoints: [ {{ addr: {} }} ] }}
+",
+                pki.ca_file().display(),
+                b.edge()
+            ),
+            1,
+        );
+        let streams = |b: &TestProxy| {
+            b.metric("ringmesh_http2_events_total{listener=\"edge\",event=\"stream\"}")
+                .unwrap_or(0.0)
+        };
+        let before = streams(&b);
+        let mut c = Client::connect(a.edge());
+        let r = c.get("/plain");
+        assert_eq!(
+            (r.status, r.header("x-path")),
+            (200, Some("/plain")),
+            "{protocol}"
+        );
+        assert_eq!(
+            streams(&b),
+            before + 1.0,
+            "{protocol}: the request went as HTTP/2"
+        );
+        // The upgrade goes on a TLS connection of its own that agreed on http/1.1, and tunnels.
+        let mut c = Client::connect(a.edge());
+        c.send(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n");
+        let r = c.response(true);
+        assert_eq!(r.status, 101, "{protocol}: {}", r.text());
+        c.send(b"ping");
+        let mut got = [0u8; 4];
+        std::io::Read::read_exact(c.stream(), &mut got).unwrap();
+        assert_eq!(&got, b"ping", "{protocol}");
+        assert_eq!(
+            streams(&b),
+            before + 1.0,
+            "{protocol}: the upgrade was not converted"
+        );
+    }
+}

@@ -329,7 +329,7 @@ impl Exchange<'_> {
         }
         state.pending.set(state.pending.get() + 1);
         let opening = h2_only.then(|| ep.h2.opening());
-        let r = Box::pin(self.connect(ep, deadline)).await;
+        let r = Box::pin(self.connect(ep, deadline, proto == UpstreamProtocol::Http1)).await;
         let r = match r {
             Ok(io)
                 if h2_only
@@ -362,8 +362,9 @@ impl Exchange<'_> {
         UpConn::stream(Io::H2Up(Box::new(H2Up::new(slot, tls, mesh))))
     }
 
-    /// A new connection within the connect timeout (and the request's deadline).
-    async fn connect(&self, ep: &Endpoint, deadline: Instant) -> Result<Io, TryEnd> {
+    /// A new connection within the connect timeout (and the request's deadline). `http1`: over
+    /// TLS, offer only `http/1.1` by ALPN (an upgrade to a cluster that otherwise speaks HTTP/2).
+    async fn connect(&self, ep: &Endpoint, deadline: Instant, http1: bool) -> Result<Io, TryEnd> {
         let now = Instant::now();
         let budget = self
             .cluster
@@ -380,7 +381,11 @@ impl Exchange<'_> {
             let _ = s.set_nodelay(true);
             match &self.cluster.tls {
                 None => Ok(Io::Plain(s)),
-                Some(tls) => match tls.connect(s).await {
+                Some(tls) => match if http1 {
+                    tls.connect_http1(s).await
+                } else {
+                    tls.connect(s).await
+                } {
                     (Some(s), _) => Ok(Io::Tls(s)),
                     (None, why) => Err(std::io::Error::other(why.name())),
                 },

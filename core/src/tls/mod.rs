@@ -202,6 +202,9 @@ impl ServerTls {
 #[derive(Clone)]
 pub struct ClientTls {
     config: Arc<rustls::ClientConfig>,
+    /// The same, offering only `http/1.1`: for upgrades and CONNECT, which are HTTP/1.1 whatever
+    /// the cluster speaks.
+    http1: Arc<rustls::ClientConfig>,
     name: rustls::pki_types::ServerName<'static>,
 }
 
@@ -239,8 +242,17 @@ impl ClientTls {
             }
         };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let config = Arc::new(config);
+        let http1 = if alpn == [b"http/1.1".as_slice()] {
+            config.clone()
+        } else {
+            let mut c = (*config).clone();
+            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(c)
+        };
         Ok(ClientTls {
-            config: Arc::new(config),
+            config,
+            http1,
             name,
         })
     }
@@ -257,6 +269,14 @@ impl ClientTls {
         tcp: monoio::net::TcpStream,
     ) -> (Option<TlsStream>, crate::metrics::Handshake) {
         connect(tcp, self.config.clone(), self.name.clone()).await
+    }
+
+    /// Runs the handshake offering only `http/1.1`, for a connection that must speak it.
+    pub async fn connect_http1(
+        &self,
+        tcp: monoio::net::TcpStream,
+    ) -> (Option<TlsStream>, crate::metrics::Handshake) {
+        connect(tcp, self.http1.clone(), self.name.clone()).await
     }
 }
 
