@@ -2,7 +2,8 @@
 # What access logging costs: two ringmesh proxies, one without an access log and one logging
 # every request to a file, measured with wrk in interleaved rounds. wrk on CPU 0; the proxy
 # under test and a 1-worker nginx backend (2-byte answer) on CPU 1; one worker each; 50
-# keep-alive connections. Prints requests/s, CPU per request and the ratio of the two.
+# keep-alive connections. Prints requests/s, CPU per request (the whole proxy, then its worker
+# thread and its log writer thread) and the ratio of the two.
 #
 #   bash perf/access-log-cost.sh [ROUNDS] [SECONDS]
 #
@@ -46,17 +47,27 @@ ON_PID=$!
 sleep 1
 
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU ticks of the process's thread named $2 (0 if it has none): the worker, and the log writer.
+thread_cpu() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    [ "$(cat "$t/comm")" = "$2" ] && { awk '{print $14 + $15}' "$t/stat"; return; }
+  done
+  echo 0
+}
 declare -A RPS CPU
 run() {
-  local name=$1 port=$2 pid=$3 c0 c1 out rps reqs
-  c0=$(cpu "$pid")
+  local name=$1 port=$2 pid=$3 c0 c1 w0 w1 l0 l1 out rps reqs
+  c0=$(cpu "$pid"); w0=$(thread_cpu "$pid" ringmesh-w0); l0=$(thread_cpu "$pid" ringmesh-log)
   out=$(taskset -c 0 wrk -t1 -c50 -d"${SECS}s" "http://127.0.0.1:$port/")
-  c1=$(cpu "$pid")
+  c1=$(cpu "$pid"); w1=$(thread_cpu "$pid" ringmesh-w0); l1=$(thread_cpu "$pid" ringmesh-log)
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-  local us
+  local us split
   us=$(awk -v c="$((c1 - c0))" -v q="$reqs" 'BEGIN { printf "%.2f", c * 10000 / q }')
-  printf "%-8s %10.0f req/s   %5s us CPU/request\n" "$name" "$rps" "$us"
+  split=$(awk -v w="$((w1 - w0))" -v l="$((l1 - l0))" -v q="$reqs" \
+    'BEGIN { printf "(worker %.2f, log writer %.2f)", w * 10000 / q, l * 10000 / q }')
+  printf "%-8s %10.0f req/s   %5s us CPU/request %s\n" "$name" "$rps" "$us" "$split"
   RPS[$name]="${RPS[$name]:-} $rps"; CPU[$name]="${CPU[$name]:-} $us"
 }
 echo "wrk -t1 -c50 -d${SECS}s on CPU 0; proxy and nginx backend on CPU 1; log file: $logdir/access.log"

@@ -125,9 +125,8 @@ impl Open {
     /// Writes a batch. Writeback is started every [`WRITE_BEHIND`] bytes and what is older than
     /// [`KEPT`] is dropped from the page cache once on disk (RocksDB's `bytes_per_sync`,
     /// PostgreSQL's `*_flush_after`): a busy log then neither fills memory with pages nobody
-    /// reads again nor leaves gigabytes of dirty pages for one writeback storm, and the pages
-    /// it writes into are recycled ones rather than fresh memory, which costs several times
-    /// less to write into.
+    /// reads again nor leaves gigabytes of dirty pages for one writeback storm. The writeback
+    /// is charged to this thread rather than to the kernel's flusher threads later.
     fn write(&mut self, path: &std::path::Path, data: &[u8]) -> bool {
         if self.file.is_none() {
             match OpenOptions::new().create(true).append(true).open(path) {
