@@ -20,6 +20,18 @@ clusters:
     )
 }
 
+/// An upstream that accepts a WebSocket upgrade, then echoes what it reads once.
+fn websocket_echo() -> Upstream {
+    Upstream::raw(|mut s| {
+        use std::io::{Read, Write};
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+        let n = s.read(&mut buf).unwrap_or(0);
+        let _ = s.write_all(&buf[..n]);
+    })
+}
+
 #[test]
 fn http1_clients_are_multiplexed_onto_few_http2_connections() {
     let up = H2Upstream::start(None, |req, _| {
@@ -187,14 +199,7 @@ fn the_mesh_upgrade_carries_http1_between_proxies_over_http2() {
     assert_eq!(h2("connection"), 1.0);
     assert_eq!(h2("stream"), 160.0);
     // A WebSocket upgrade is not converted: it goes over HTTP/1.1 and still tunnels.
-    let ws = Upstream::raw(|mut s| {
-        use std::io::{Read, Write};
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf);
-        let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
-        let n = s.read(&mut buf).unwrap_or(0);
-        let _ = s.write_all(&buf[..n]);
-    });
+    let ws = websocket_echo();
     let b2 = TestProxy::simple(ws.addr, 1, "");
     let a2 = TestProxy::start(&h2_cluster(b2.edge(), "mesh", ""), 1);
     let mut c = Client::connect(a2.edge());
@@ -264,14 +269,7 @@ fn upgrades_to_a_tls_cluster_speaking_http2_go_on_http1_by_alpn() {
     let pki = ringmesh_tests::tls::Pki::new("mesh-upgrade");
     let leaf = pki.leaf("b", &["b.example"], false);
     let app = Upstream::echo();
-    let ws = Upstream::raw(|mut s| {
-        use std::io::{Read, Write};
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf);
-        let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
-        let n = s.read(&mut buf).unwrap_or(0);
-        let _ = s.write_all(&buf[..n]);
-    });
+    let ws = websocket_echo();
     // The receiving ringmesh terminates TLS and offers h2 and http/1.1.
     let b = TestProxy::start(
         &format!(
