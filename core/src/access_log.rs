@@ -2,12 +2,11 @@
 //!
 //! Each worker formats lines into its own buffer per destination and hands the buffer over when
 //! it passes [`FLUSH_AT`] bytes or at the worker's next sweeper tick (200 ms), whichever comes
-//! first: no system call per request. One writer thread per process does the `write(2)`s, so a
-//! disk that falls behind (the kernel throttles writers once dirty pages pile up) or a stdout
-//! that stops draining never stalls a worker: past [`QUEUE`] batches waiting, a worker drops
-//! its batch and counts its lines as lost. Files are opened with `O_APPEND` and a batch always
-//! ends at a line's end, so lines never interleave. [`reopen_all`] (SIGUSR1) makes the writer
-//! reopen its files before its next write, for log rotation.
+//! first: no system call per request. One writer thread per process does the writes, so a
+//! disk that falls behind or a stdout that stops draining never stalls a worker: past [`QUEUE`]
+//! batches waiting, a worker drops its batch and counts its lines as lost. Files on disk are
+//! written a MiB at a time around the page cache (see [`Open`]). [`reopen_all`] (SIGUSR1) makes
+//! the writer reopen its files before its next write, for log rotation.
 
 use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
@@ -17,7 +16,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::ErrorKind;
 use crate::http1::encode::push_u64;
@@ -112,58 +111,210 @@ pub const WRITE_BEHIND: u64 = 1 << 20;
 /// The newest part of a log file that stays cached, for readers tailing it.
 pub const KEPT: u64 = 16 << 20;
 
+/// A file's lines are written around the page cache (`O_DIRECT`) once this much is staged.
+pub const DIRECT_AT: usize = 1 << 20;
+
+/// Staged lines are written at most this long after they reached the writer thread.
+pub const LINGER: Duration = Duration::from_millis(100);
+
+const ALIGN: usize = crate::sys::DIRECT_ALIGN;
+
 /// A log file open in the writer thread.
+///
+/// Lines are staged and written a MiB at a time with `O_DIRECT`: on a disk, a buffered write
+/// costs the kernel a page-cache page, its dirtying, writeback and reclaim per 4 KiB (twice the
+/// writer's CPU time per line in `perf/access-log-cost.sh`), and fills the CPU's caches with
+/// pages that nobody reads again. Direct writes must start and end on block
+/// boundaries, so the part of a block that the file ends in goes through the page cache: the
+/// last partial block after [`LINGER`] (or on [`sync`], or before a reopen), and the rest of that
+/// block at the next write. The file is still opened with `O_APPEND`, and if its size is not
+/// where our writes left it (another process appends to it, or it was truncated), or the file
+/// system refuses direct writes, the file is written through the page cache from then on.
 struct Open {
     target: Arc<Target>,
     file: Option<File>,
     /// Where our writes end, and how far writeback has been started.
     end: u64,
     synced: u64,
+    /// Whether big writes go around the page cache, and whether the descriptor is set so now.
+    direct: bool,
+    direct_on: bool,
+    /// Lines not written yet, laid out as in the file: the first `skip` bytes stand for the
+    /// start of the block the file ends in, already written, so that the buffer's blocks are
+    /// the file's.
+    staged: crate::sys::AlignedBuf,
+    skip: usize,
+    /// Lines staged, and when the oldest unwritten byte came.
+    staged_lines: u64,
+    since: Option<Instant>,
 }
 
 impl Open {
-    /// Writes a batch. Writeback is started every [`WRITE_BEHIND`] bytes and what is older than
-    /// [`KEPT`] is dropped from the page cache once on disk (RocksDB's `bytes_per_sync`,
-    /// PostgreSQL's `*_flush_after`): a busy log then neither fills memory with pages nobody
-    /// reads again nor leaves gigabytes of dirty pages for one writeback storm. The writeback
-    /// is charged to this thread rather than to the kernel's flusher threads later.
-    fn write(&mut self, path: &std::path::Path, data: &[u8]) -> bool {
-        if self.file.is_none() {
-            match OpenOptions::new().create(true).append(true).open(path) {
-                Ok(f) => {
-                    let len = f.metadata().map_or(0, |m| m.len());
-                    (self.end, self.synced) = (len, len);
-                    self.file = Some(f);
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "access log: cannot open");
-                    return false;
-                }
+    fn new(target: Arc<Target>, direct: bool) -> Open {
+        Open {
+            target,
+            file: None,
+            end: 0,
+            synced: 0,
+            direct,
+            direct_on: false,
+            staged: Default::default(),
+            skip: 0,
+            staged_lines: 0,
+            since: None,
+        }
+    }
+
+    fn open(&mut self, path: &std::path::Path) -> bool {
+        if self.file.is_some() {
+            return true;
+        }
+        match OpenOptions::new().create(true).append(true).open(path) {
+            Ok(f) => {
+                let meta = f.metadata().ok();
+                let len = meta.as_ref().map_or(0, |m| m.len());
+                // Pipes and devices (a FIFO read by a collector, /dev/stdout) take every batch
+                // at once.
+                self.direct &= meta.is_some_and(|m| m.file_type().is_file());
+                (self.end, self.synced) = (len, len);
+                self.direct_on = false;
+                self.skip = (len % ALIGN as u64) as usize;
+                self.staged.resize(self.skip);
+                self.file = Some(f);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "access log: cannot open");
+                false
             }
         }
-        let Some(f) = self.file.as_mut() else {
-            return false;
-        };
-        if f.write_all(data).is_err() {
-            // Opened again for the next batch.
+    }
+
+    /// Takes a batch of whole lines; writes what is staged once there is enough.
+    fn take(&mut self, path: &std::path::Path, data: &[u8], lines: u64) {
+        if !self.open(path) {
+            LOST.fetch_add(lines, Ordering::Relaxed);
+            return;
+        }
+        if self.staged.len() == self.skip {
+            self.since = Some(Instant::now());
+        }
+        self.staged.extend_from_slice(data);
+        self.staged_lines += lines;
+        if !self.direct || self.staged.len() - self.skip >= DIRECT_AT {
+            self.drain(false);
+        }
+    }
+
+    /// Whether staged lines have waited [`LINGER`] by `now`.
+    fn due(&self, now: Instant) -> bool {
+        self.since.is_some_and(|t| now >= t + LINGER)
+    }
+
+    /// Writes what is staged: whole blocks, or everything when `all`.
+    fn drain(&mut self, all: bool) {
+        let len = self.staged.len();
+        let mut at = self.skip;
+        let mut result = Ok(());
+        let blocks_end = len / ALIGN * ALIGN;
+        let block_end = at.next_multiple_of(ALIGN);
+        if self.direct && blocks_end > block_end && self.alone() {
+            result = self.put(&mut at, block_end, false);
+            if result.is_ok() && self.put(&mut at, blocks_end, true).is_err() {
+                // The file system takes no direct writes: the page cache from now on.
+                self.direct = false;
+            }
+        }
+        if result.is_ok() && (all || !self.direct) {
+            result = self.put(&mut at, len, false);
+        }
+        // A line is written once its newline is.
+        let left = self.staged.as_slice()[at..]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
+        WRITTEN.fetch_add(self.staged_lines - left, Ordering::Relaxed);
+        self.staged_lines = left;
+        if result.is_err() {
+            // Opened again for the next batch; what is staged is lost.
+            LOST.fetch_add(left, Ordering::Relaxed);
             self.file = None;
-            return false;
+            self.staged.resize(0);
+            (self.skip, self.staged_lines, self.since) = (0, 0, None);
+            return;
         }
-        // Other processes appending to the same file move its end too: the offsets are ours,
-        // which is close enough for advice.
-        self.end += data.len() as u64;
-        if self.end - self.synced >= WRITE_BEHIND {
-            let fd = f.as_raw_fd();
-            crate::sys::start_writeback(fd, self.synced, self.end - self.synced);
-            self.synced = self.end;
-            // From the file's start each time: pages still being written at the last call stay
-            // cached until a later one finds them clean (the kernel skips absent pages quickly).
-            let keep_from = self.synced.saturating_sub(KEPT);
-            if keep_from > 0 {
-                crate::sys::drop_cached(fd, 0, keep_from);
+        let base = at / ALIGN * ALIGN;
+        self.staged.discard_front(base);
+        self.skip = at - base;
+        if self.staged.len() == self.skip {
+            self.since = None;
+        }
+        self.write_behind();
+    }
+
+    /// Whether the file still ends where our writes did; if not, it is written through the
+    /// page cache from now on, where `O_APPEND` keeps everyone's lines whole.
+    fn alone(&mut self) -> bool {
+        let size = self
+            .file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map(|m| m.len());
+        if size == Some(self.end) {
+            return true;
+        }
+        self.direct = false;
+        if let Some(size) = size {
+            self.end = size;
+            self.synced = self.synced.min(size);
+        }
+        false
+    }
+
+    /// Writes `staged[*at..to]`, directly or through the page cache, moving `at` on.
+    fn put(&mut self, at: &mut usize, to: usize, direct: bool) -> std::io::Result<()> {
+        let Some(f) = self.file.as_mut() else {
+            return Err(std::io::ErrorKind::NotConnected.into());
+        };
+        if *at < to && direct != self.direct_on {
+            crate::sys::set_direct(f.as_raw_fd(), direct)?;
+            self.direct_on = direct;
+        }
+        while *at < to {
+            match f.write(&self.staged.as_slice()[*at..to]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    *at += n;
+                    self.end += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
-        true
+        Ok(())
+    }
+
+    /// Starts writeback every [`WRITE_BEHIND`] bytes and drops what is older than [`KEPT`] from
+    /// the page cache once on disk (RocksDB's `bytes_per_sync`, PostgreSQL's `*_flush_after`):
+    /// what went through the page cache neither fills memory with pages nobody reads again nor
+    /// waits as gigabytes of dirty pages for one writeback storm.
+    fn write_behind(&mut self) {
+        let Some(f) = self.file.as_ref() else {
+            return;
+        };
+        if self.end - self.synced < WRITE_BEHIND {
+            return;
+        }
+        let fd = f.as_raw_fd();
+        crate::sys::start_writeback(fd, self.synced, self.end - self.synced);
+        self.synced = self.end;
+        // The last KEPT bytes before the cached part: a page still being written at one call
+        // is dropped at one of the next ones.
+        let keep_from = self.synced.saturating_sub(KEPT);
+        let from = keep_from.saturating_sub(KEPT);
+        if keep_from > from {
+            crate::sys::drop_cached(fd, from, keep_from - from);
+        }
     }
 }
 
@@ -172,14 +323,32 @@ impl Open {
 fn write_batches(rx: flume::Receiver<Job>) {
     let mut files: Vec<Open> = Vec::new();
     let mut generation = GENERATION.load(Ordering::Relaxed);
-    while let Ok(job) = rx.recv() {
+    loop {
+        let due = files.iter().filter_map(|o| o.since).min();
+        let job = match due {
+            None => rx.recv().ok(),
+            Some(t) => match rx.recv_deadline(t + LINGER) {
+                Ok(job) => Some(job),
+                Err(flume::RecvTimeoutError::Timeout) => None,
+                Err(flume::RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        if due.is_none() && job.is_none() {
+            break;
+        }
+        let now = Instant::now();
+        for o in files.iter_mut().filter(|o| o.due(now)) {
+            o.drain(true);
+        }
         let (target, data, lines) = match job {
-            Job::Batch {
+            None => continue,
+            Some(Job::Batch {
                 target,
                 data,
                 lines,
-            } => (target, data, lines),
-            Job::Sync(reply) => {
+            }) => (target, data, lines),
+            Some(Job::Sync(reply)) => {
+                files.iter_mut().for_each(|o| o.drain(true));
                 let _ = reply.send(());
                 continue;
             }
@@ -187,29 +356,28 @@ fn write_batches(rx: flume::Receiver<Job>) {
         let now = GENERATION.load(Ordering::Relaxed);
         if now != generation {
             generation = now;
+            files.iter_mut().for_each(|o| o.drain(true));
             files.clear();
         }
-        let ok = match &*target {
-            Target::Stdout => std::io::stdout().lock().write_all(&data).is_ok(),
+        match &*target {
+            Target::Stdout => {
+                let ok = std::io::stdout().lock().write_all(&data).is_ok();
+                let counter = if ok { &WRITTEN } else { &LOST };
+                counter.fetch_add(lines, Ordering::Relaxed);
+            }
             Target::File(path) => {
                 let i = match files.iter().position(|o| o.target == target) {
                     Some(i) => i,
                     None => {
-                        files.push(Open {
-                            target: target.clone(),
-                            file: None,
-                            end: 0,
-                            synced: 0,
-                        });
+                        files.push(Open::new(target.clone(), true));
                         files.len() - 1
                     }
                 };
-                files[i].write(path, &data)
+                files[i].take(path, &data, lines);
             }
-        };
-        let counter = if ok { &WRITTEN } else { &LOST };
-        counter.fetch_add(lines, Ordering::Relaxed);
+        }
     }
+    files.iter_mut().for_each(|o| o.drain(true));
 }
 
 /// Waits until every batch handed over before the call is written, or `limit` passes. For
@@ -609,12 +777,12 @@ mod tests {
             .expect("a byte count")
     }
 
-    #[test]
-    fn a_growing_log_keeps_only_its_newest_part_cached() {
-        // A disk-backed directory: tmpfs keeps every page in memory by design.
+    /// A directory on disk for the test `name`, or `None` (with a note) on tmpfs, which keeps
+    /// every page in memory by design.
+    fn disk_dir(name: &str) -> Option<std::path::PathBuf> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target")
-            .join(format!("access-log-cache-{}", std::process::id()));
+            .join(format!("access-log-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let fs = std::process::Command::new("stat")
             .args(["-f", "-c", "%T"])
@@ -622,27 +790,52 @@ mod tests {
             .output()
             .unwrap();
         if String::from_utf8_lossy(&fs.stdout).trim() == "tmpfs" {
-            eprintln!(
-                "skipped: {} is on tmpfs, whose pages cannot be dropped",
-                dir.display()
-            );
-            return;
+            eprintln!("skipped: {} is on tmpfs", dir.display());
+            std::fs::remove_dir_all(&dir).unwrap();
+            return None;
         }
-        let path = dir.join("access.log");
-        let sink = Sink::new(Target::File(path.clone()));
-        let mut line = Vec::new();
-        write_entry(&mut line, &entry(), &mut Stamp::default());
-        let log = |bytes: u64| {
-            for _ in 0..bytes.div_ceil(line.len() as u64) {
-                sink.log(&entry());
+        Some(dir)
+    }
+
+    /// Hands `o` batches of numbered lines, about `bytes` of them, as workers would; returns
+    /// what was handed over.
+    fn feed(o: &mut Open, path: &std::path::Path, bytes: usize) -> Vec<u8> {
+        let mut all = Vec::new();
+        let mut batch = Vec::new();
+        let mut n = 0u64;
+        while all.len() < bytes {
+            batch.clear();
+            let mut lines = 0;
+            while batch.len() < FLUSH_AT && all.len() + batch.len() < bytes {
+                // Lines of uneven length, so that batches end anywhere in a block.
+                batch.extend_from_slice(
+                    format!(
+                        "{{\"n\":{n},\"pad\":\"{}\"}}\n",
+                        "x".repeat(n as usize % 300)
+                    )
+                    .as_bytes(),
+                );
+                n += 1;
+                lines += 1;
             }
-            sink.flush();
-            assert!(sync(Duration::from_secs(10)));
+            o.take(path, &batch, lines);
+            all.extend_from_slice(&batch);
+        }
+        all
+    }
+
+    #[test]
+    fn a_growing_log_through_the_page_cache_keeps_only_its_newest_part_cached() {
+        let Some(dir) = disk_dir("cache") else {
+            return;
         };
-        log(KEPT + 4 * WRITE_BEHIND);
+        let path = dir.join("access.log");
+        let mut o = Open::new(Arc::new(Target::File(path.clone())), false);
+        feed(&mut o, &path, (KEPT + 4 * WRITE_BEHIND) as usize);
         // Everything on disk now, so the next writeback step can drop all but the newest part.
         File::open(&path).unwrap().sync_data().unwrap();
-        log(WRITE_BEHIND + FLUSH_AT as u64);
+        feed(&mut o, &path, (WRITE_BEHIND as usize) + FLUSH_AT);
+        o.drain(true);
         let len = std::fs::metadata(&path).unwrap().len();
         let cached = resident(&path);
         assert!(len > KEPT + 5 * WRITE_BEHIND, "{len}");
@@ -650,6 +843,78 @@ mod tests {
             cached <= KEPT + 2 * WRITE_BEHIND + 2 * FLUSH_AT as u64,
             "{cached} of {len} bytes still cached"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_busy_log_is_written_around_the_page_cache_and_whole() {
+        let Some(dir) = disk_dir("direct") else {
+            return;
+        };
+        let path = dir.join("access.log");
+        let mut o = Open::new(Arc::new(Target::File(path.clone())), true);
+        // A few lines written at once leave the file ending inside a block.
+        let mut expected = feed(&mut o, &path, 1000);
+        o.drain(true);
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        expected.extend(feed(&mut o, &path, 3 * DIRECT_AT + 12_345));
+        let before_tail = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            before_tail >= 3 * DIRECT_AT as u64,
+            "whole blocks go as soon as a MiB is staged: {before_tail}"
+        );
+        assert!(o.direct, "this file system takes direct writes");
+        o.drain(true);
+        // Before reading the file back, which caches it.
+        let cached = resident(&path);
+        assert!(cached <= 4 * ALIGN as u64, "{cached} bytes cached");
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_log_another_process_appends_to_goes_through_the_page_cache() {
+        let Some(dir) = disk_dir("shared") else {
+            return;
+        };
+        let path = dir.join("access.log");
+        let mut o = Open::new(Arc::new(Target::File(path.clone())), true);
+        let mut expected = feed(&mut o, &path, 1000);
+        o.drain(true);
+        let other = b"{\"from\":\"another process\"}\n";
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(other)
+            .unwrap();
+        expected.extend_from_slice(other);
+        expected.extend(feed(&mut o, &path, 2 * DIRECT_AT));
+        o.drain(true);
+        assert!(!o.direct);
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn staged_lines_reach_the_file_without_a_sync() {
+        let dir = std::env::temp_dir().join(format!("ringmesh-al-linger-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let sink = Sink::new(Target::File(path.clone()));
+        sink.log(&entry());
+        sink.flush();
+        // No deadline is asserted: the line must come, after LINGER, with nothing else sent.
+        let mut waited = Duration::ZERO;
+        while std::fs::read(&path).map_or(0, |b| b.len()) == 0 {
+            assert!(
+                waited < Duration::from_secs(30),
+                "the staged line never came"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+            waited += Duration::from_millis(10);
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

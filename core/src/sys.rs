@@ -132,6 +132,96 @@ pub fn drop_cached(fd: RawFd, offset: u64, len: u64) {
     }
 }
 
+/// Turns `O_DIRECT` on or off for a file descriptor (fcntl(2) `F_SETFL`).
+#[allow(unsafe_code)]
+pub fn set_direct(fd: RawFd, on: bool) -> std::io::Result<()> {
+    // SAFETY: `fd` is a descriptor the caller owns; F_GETFL and F_SETFL read and change only its
+    // status flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let flags = if on {
+        flags | libc::O_DIRECT
+    } else {
+        flags & !libc::O_DIRECT
+    };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The alignment [`AlignedBuf`] gives: direct I/O (`O_DIRECT`) wants the memory, the file offset
+/// and the length aligned to the device's logical block, 4 KiB at most on common disks.
+pub const DIRECT_ALIGN: usize = 4096;
+
+#[derive(Clone, Copy)]
+#[repr(C, align(4096))]
+struct Block([u8; DIRECT_ALIGN]);
+
+/// A growable byte buffer that starts on a [`DIRECT_ALIGN`] boundary in memory.
+#[derive(Default)]
+pub struct AlignedBuf {
+    blocks: Vec<Block>,
+    len: usize,
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+#[allow(unsafe_code)]
+impl AlignedBuf {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `Block` is a `repr(C)` byte array without padding, the blocks are contiguous
+        // and initialised, and `len` never passes their size.
+        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    /// All the blocks' bytes, past `len` included.
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        let size = self.blocks.len() * DIRECT_ALIGN;
+        // SAFETY: as in `as_slice`, over every block; the borrow of `self` is exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr().cast::<u8>(), size) }
+    }
+
+    /// Sets the length, growing the buffer if needed; bytes it did not hold before are zero.
+    pub fn resize(&mut self, len: usize) {
+        let blocks = len.div_ceil(DIRECT_ALIGN);
+        if blocks > self.blocks.len() {
+            self.blocks.resize(blocks, Block([0; DIRECT_ALIGN]));
+        }
+        self.len = len;
+    }
+
+    pub fn extend_from_slice(&mut self, data: &[u8]) {
+        let at = self.len;
+        self.resize(at + data.len());
+        self.bytes_mut()[at..at + data.len()].copy_from_slice(data);
+    }
+
+    /// Removes the first `n` bytes, moving the rest to the front.
+    pub fn discard_front(&mut self, n: usize) {
+        let len = self.len;
+        self.bytes_mut().copy_within(n..len, 0);
+        self.len = len - n;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +233,22 @@ mod tests {
         let n = raise_fd_limit().unwrap();
         assert!(n >= 1024);
         assert_eq!(raise_fd_limit().unwrap(), n);
+    }
+
+    #[test]
+    fn an_aligned_buffer_stays_aligned_as_it_grows_and_moves() {
+        let mut b = AlignedBuf::default();
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        b.extend_from_slice(&data[..100]);
+        b.extend_from_slice(&data[100..]);
+        assert_eq!(b.as_slice(), &data[..]);
+        assert_eq!(b.as_slice().as_ptr() as usize % DIRECT_ALIGN, 0);
+        b.discard_front(8192);
+        assert_eq!(b.as_slice(), &data[8192..]);
+        b.resize(3);
+        b.extend_from_slice(b"xyz");
+        assert_eq!(b.as_slice(), [&data[8192..8195], b"xyz"].concat());
+        assert_eq!(b.as_slice().as_ptr() as usize % DIRECT_ALIGN, 0);
     }
 
     #[test]
