@@ -3,12 +3,13 @@
 # every request to a file, measured with wrk in interleaved rounds. wrk on CPU 0; the proxy
 # under test and a 1-worker nginx backend (2-byte answer) on CPU 1; one worker each; 50
 # keep-alive connections. Prints requests/s, CPU per request (the whole proxy, then its worker
-# thread and its log writer thread) and the ratio of the two.
+# thread and its log writer thread) and the ratio of the two: of the medians, and the median
+# of each round's own ratio (rounds run off-on, then on-off, so drift cancels out).
 #
 #   bash perf/access-log-cost.sh [ROUNDS] [SECONDS]
 #
-# LOG_DIR=/dev/shm puts the log on tmpfs, which takes the disk's writeback (kernel threads that
-# share the CPUs) out of the measurement and leaves the proxy's own cost.
+# LOG_DIR=/dev/shm puts the log on tmpfs, which takes the disk out of the measurement (on a
+# virtual machine, its I/O also costs the host CPU time that the guest does not see).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-4}"
@@ -55,7 +56,8 @@ thread_cpu() {
   done
   echo 0
 }
-declare -A RPS CPU
+declare -A RPS CPU LAST
+RATIOS=""
 run() {
   local name=$1 port=$2 pid=$3 c0 c1 w0 w1 l0 l1 out rps reqs
   c0=$(cpu "$pid"); w0=$(thread_cpu "$pid" ringmesh-w0); l0=$(thread_cpu "$pid" ringmesh-log)
@@ -69,15 +71,19 @@ run() {
     'BEGIN { printf "(worker %.2f, log writer %.2f)", w * 10000 / q, l * 10000 / q }')
   printf "%-8s %10.0f req/s   %5s us CPU/request %s\n" "$name" "$rps" "$us" "$split"
   RPS[$name]="${RPS[$name]:-} $rps"; CPU[$name]="${CPU[$name]:-} $us"
+  LAST[$name]=$rps
 }
 echo "wrk -t1 -c50 -d${SECS}s on CPU 0; proxy and nginx backend on CPU 1; log file: $logdir/access.log"
 for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) -eq 1 ]; then run off "$OFF" "$OFF_PID"; run on "$ON" "$ON_PID"
   else run on "$ON" "$ON_PID"; run off "$OFF" "$OFF_PID"; fi
+  # Each round's own ratio: the machine's drift between rounds cancels out.
+  RATIOS="$RATIOS $(awk -v a="${LAST[on]}" -v b="${LAST[off]}" 'BEGIN { print a / b }')"
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 off_rps=$(echo "${RPS[off]}" | median); on_rps=$(echo "${RPS[on]}" | median)
 off_cpu=$(echo "${CPU[off]}" | median); on_cpu=$(echo "${CPU[on]}" | median)
+round_ratio=$(echo "$RATIOS" | median)
 lines=$(wc -l < "$logdir/access.log")
-awk -v a="$off_rps" -v b="$on_rps" -v c="$off_cpu" -v d="$on_cpu" -v n="$lines" 'BEGIN {
-  printf "medians: off %.0f req/s %.2f us; on %.0f req/s %.2f us; on/off req/s %.3f, CPU %.3f; %d lines logged\n", a, c, b, d, b / a, d / c, n }'
+awk -v a="$off_rps" -v b="$on_rps" -v c="$off_cpu" -v d="$on_cpu" -v n="$lines" -v r="$round_ratio" 'BEGIN {
+  printf "medians: off %.0f req/s %.2f us; on %.0f req/s %.2f us; on/off req/s %.3f, CPU %.3f; median of per-round on/off req/s %.3f; %d lines logged\n", a, c, b, d, b / a, d / c, r, n }'
