@@ -326,16 +326,16 @@ fn write_batches(rx: flume::Receiver<Job>) {
     loop {
         let due = files.iter().filter_map(|o| o.since).min();
         let job = match due {
-            None => rx.recv().ok(),
+            None => match rx.recv() {
+                Ok(job) => Some(job),
+                Err(_) => break,
+            },
             Some(t) => match rx.recv_deadline(t + LINGER) {
                 Ok(job) => Some(job),
                 Err(flume::RecvTimeoutError::Timeout) => None,
                 Err(flume::RecvTimeoutError::Disconnected) => break,
             },
         };
-        if due.is_none() && job.is_none() {
-            break;
-        }
         let now = Instant::now();
         for o in files.iter_mut().filter(|o| o.due(now)) {
             o.drain(true);
@@ -353,9 +353,9 @@ fn write_batches(rx: flume::Receiver<Job>) {
                 continue;
             }
         };
-        let now = GENERATION.load(Ordering::Relaxed);
-        if now != generation {
-            generation = now;
+        let current = GENERATION.load(Ordering::Relaxed);
+        if current != generation {
+            generation = current;
             files.iter_mut().for_each(|o| o.drain(true));
             files.clear();
         }

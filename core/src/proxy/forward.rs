@@ -381,14 +381,17 @@ impl Exchange<'_> {
             let _ = s.set_nodelay(true);
             match &self.cluster.tls {
                 None => Ok(Io::Plain(s)),
-                Some(tls) => match if http1 {
-                    tls.connect_http1(s).await
-                } else {
-                    tls.connect(s).await
-                } {
-                    (Some(s), _) => Ok(Io::Tls(s)),
-                    (None, why) => Err(std::io::Error::other(why.name())),
-                },
+                Some(tls) => {
+                    let handshake = if http1 {
+                        tls.connect_http1(s).await
+                    } else {
+                        tls.connect(s).await
+                    };
+                    match handshake {
+                        (Some(s), _) => Ok(Io::Tls(s)),
+                        (None, why) => Err(std::io::Error::other(why.name())),
+                    }
+                }
             }
         };
         match monoio::time::timeout(budget, open).await {
