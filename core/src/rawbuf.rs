@@ -53,8 +53,17 @@ pub(crate) fn first_room<T: IoVecBufMut>(buf: &mut T) -> Option<(*mut u8, usize)
 
 /// Copies as much of `src` as fits into `buf`'s room and marks it initialized; how much.
 pub(crate) fn fill<T: IoBufMut>(buf: &mut T, src: &[u8]) -> usize {
-    let n = src.len().min(buf.bytes_total());
-    copy_to(src, buf.write_ptr(), n);
-    set_init(buf, n);
+    fill_at(buf, 0, src)
+}
+
+/// As [`fill`], after the `at` bytes already filled (`at` <= the room): `buf` is then
+/// initialized up to `at` plus what this copies; how much it copies.
+pub(crate) fn fill_at<T: IoBufMut>(buf: &mut T, at: usize, src: &[u8]) -> usize {
+    let room = buf.bytes_total();
+    assert!(at <= room);
+    let n = src.len().min(room - at);
+    // SAFETY: `at` <= the buffer's room, so the pointer stays within it (or one past it).
+    copy_to(src, unsafe { buf.write_ptr().add(at) }, n);
+    set_init(buf, at + n);
     n
 }

@@ -500,8 +500,15 @@ impl UpRead {
             }
         }
         if self.head_at < self.head.len() {
-            let n = rawbuf::fill(&mut buf, &self.head[self.head_at..]);
+            let mut n = rawbuf::fill(&mut buf, &self.head[self.head_at..]);
             self.head_at += n;
+            if self.head_at == self.head.len() {
+                // A body that came with the head (a small answer: in the same read from the
+                // connection) goes with it, so that the client gets both in one write.
+                if let Some(b) = self.body.as_mut() {
+                    n += b.fill_now(&mut buf, n);
+                }
+            }
             return (Ok(n), buf);
         }
         match self.body.as_mut() {
@@ -538,5 +545,57 @@ impl Drop for UpWrite {
                 s.send_reset(Reason::CANCEL);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::cluster::ClusterState;
+
+    /// An answer whose body comes in DATA frames right behind its head reaches the forwarding
+    /// path in one read with the head, and so reaches the client in one write.
+    #[test]
+    fn a_small_answer_is_read_whole_with_its_head() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            monoio::spawn(async move {
+                let (s, _) = listener.accept().await.unwrap();
+                let io = super::super::io::PollIo::new(Io::Plain(s), Vec::new());
+                let mut conn = h2::server::handshake(io).await.unwrap();
+                let (_req, mut respond) = conn.accept().await.unwrap().unwrap();
+                let head = http::Response::builder()
+                    .header("content-length", "4")
+                    .body(())
+                    .unwrap();
+                let mut body = respond.send_response(head, false).unwrap();
+                body.send_data(Bytes::from_static(b"ab"), false).unwrap();
+                body.send_data(Bytes::from_static(b"cd"), true).unwrap();
+                let _ = poll_fn(|cx| conn.poll_closed(cx)).await;
+            });
+            let s = monoio::net::TcpStream::connect(addr).await.unwrap();
+            let count = ConnCount::new(Rc::new(ClusterState::new(Instant::now())));
+            let slot = Conns::default().open(Io::Plain(s), count).await.unwrap();
+            let mut up = H2Up::new(slot, false, false);
+            let (r, _) = up
+                .write
+                .write(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n".to_vec())
+                .await;
+            r.unwrap();
+            let (r, buf) = up.read.read(Vec::with_capacity(4096)).await;
+            let n = r.unwrap();
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+            assert!(text.ends_with("\r\n\r\nabcd"), "{text}");
+            let (r, _) = up.read.read(Vec::with_capacity(4096)).await;
+            assert_eq!(r.unwrap(), 0, "the answer ends after its body");
+        });
     }
 }

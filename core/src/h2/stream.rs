@@ -8,7 +8,7 @@ use std::future::poll_fn;
 use std::io;
 use std::ops::DerefMut;
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -98,6 +98,8 @@ pub(crate) struct H2Recv {
     /// CRLF after `data` is owed (chunked).
     crlf_owed: bool,
     done: bool,
+    /// A failure met while handing out bytes without waiting, reported by the next read.
+    failed: Option<io::Error>,
     /// The connection's verified client identity (mTLS).
     pub identity: Option<Rc<str>>,
 }
@@ -191,6 +193,7 @@ impl H2Recv {
             framing_at: 0,
             data: Bytes::new(),
             crlf_owed: false,
+            failed: None,
             identity: None,
         }
     }
@@ -223,11 +226,14 @@ pub(crate) fn h2_error(e: h2::Error) -> io::Error {
 }
 
 impl H2Recv {
-    /// Waits until there are bytes to hand out; false at the end of the body.
-    async fn ready(&mut self) -> io::Result<bool> {
+    /// Whether there are bytes to hand out (false: the body has ended), once there are.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if let Some(e) = self.failed.take() {
+            return Poll::Ready(Err(e));
+        }
         loop {
             if self.framing_at < self.framing.len() || !self.data.is_empty() {
-                return Ok(true);
+                return Poll::Ready(Ok(true));
             }
             self.framing.clear();
             self.framing_at = 0;
@@ -237,9 +243,9 @@ impl H2Recv {
                 continue;
             }
             if self.done {
-                return Ok(false);
+                return Poll::Ready(Ok(false));
             }
-            match poll_fn(|cx| self.body.poll_data(cx)).await {
+            match ready!(self.body.poll_data(cx)) {
                 Some(Ok(data)) if data.is_empty() => {}
                 Some(Ok(data)) => {
                     if self.chunked {
@@ -248,13 +254,12 @@ impl H2Recv {
                     }
                     self.data = data;
                 }
-                Some(Err(e)) => return Err(h2_error(e)),
+                Some(Err(e)) => return Poll::Ready(Err(h2_error(e))),
                 None => {
-                    self.done = true;
+                    // The end of DATA is seen again when polled again, so the trailers may
+                    // be waited for.
                     if self.chunked {
-                        let trailers = poll_fn(|cx| self.body.poll_trailers(cx))
-                            .await
-                            .map_err(h2_error)?;
+                        let trailers = ready!(self.body.poll_trailers(cx)).map_err(h2_error)?;
                         self.framing.extend_from_slice(b"0\r\n");
                         for (name, value) in trailers.iter().flatten() {
                             self.framing.extend_from_slice(name.as_str().as_bytes());
@@ -264,9 +269,38 @@ impl H2Recv {
                         }
                         self.framing.extend_from_slice(b"\r\n");
                     }
+                    self.done = true;
                 }
             }
         }
+    }
+
+    /// Waits until there are bytes to hand out; false at the end of the body.
+    async fn ready(&mut self) -> io::Result<bool> {
+        poll_fn(|cx| self.poll_ready(cx)).await
+    }
+
+    /// Copies into `buf`, after its first `at` bytes, what can be handed out without waiting;
+    /// how much. A failure is kept for the next read: these bytes go first.
+    pub(crate) fn fill_now<T: IoBufMut>(&mut self, buf: &mut T, mut at: usize) -> usize {
+        let start = at;
+        // Nothing waits on this poll: the next read polls again with its own waker.
+        let mut cx = Context::from_waker(Waker::noop());
+        while at < buf.bytes_total() {
+            match self.poll_ready(&mut cx) {
+                Poll::Ready(Ok(true)) => {
+                    let n = rawbuf::fill_at(buf, at, self.next_bytes());
+                    self.consume(n);
+                    at += n;
+                }
+                Poll::Ready(Err(e)) => {
+                    self.failed = Some(e);
+                    break;
+                }
+                Poll::Ready(Ok(false)) | Poll::Pending => break,
+            }
+        }
+        at - start
     }
 
     /// The bytes to hand out next.
@@ -573,7 +607,10 @@ impl H2Recv {
             Ok(true) => {
                 let n = rawbuf::fill(&mut buf, self.next_bytes());
                 self.consume(n);
-                (Ok(n), buf)
+                // What else has come (the rest of a body in several DATA frames, the last
+                // chunk) goes in the same read, and on in the same write.
+                let more = self.fill_now(&mut buf, n);
+                (Ok(n + more), buf)
             }
             Ok(false) => (Ok(0), buf),
             Err(e) => (Err(e), buf),
