@@ -113,16 +113,16 @@ pub(crate) fn start(
 }
 
 pin_project_lite::pin_project! {
-    /// Runs one connection; a panic in it (a bug) ends that connection, not the worker and
-    /// every other connection on it. A plain wrapper, so the task is no larger than the
+    /// Runs one connection (or HTTP/2 stream); a panic in it (a bug) ends that connection, not
+    /// the worker and every other connection on it. A plain wrapper, so the task is no larger than the
     /// connection's own future.
-    struct Contained<F> {
+    pub(crate) struct Contained<F> {
         #[pin]
         conn: F,
     }
 }
 
-fn contained<F: Future<Output = ()>>(conn: F) -> Contained<F> {
+pub(crate) fn contained<F: Future<Output = ()>>(conn: F) -> Contained<F> {
     Contained { conn }
 }
 

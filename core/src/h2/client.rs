@@ -139,8 +139,11 @@ impl Conns {
             close: Rc::default(),
         };
         let (alive, max, close) = (c.alive.clone(), c.max.clone(), c.close.clone());
-        monoio::spawn(async move {
+        // Contained as client connections are: a bug met on this connection ends it only.
+        monoio::spawn(crate::listener::contained(async move {
             let _count = count;
+            // However the task ends, the connection takes no more streams.
+            let _alive = Alive(alive);
             let _ = poll_fn(|cx| {
                 if close.asked.get() {
                     return Poll::Ready(Ok(()));
@@ -152,11 +155,19 @@ impl Conns {
                 r
             })
             .await;
-            alive.set(false);
-        });
+        }));
         let slot = Slot::on(&c);
         self.list.borrow_mut().push(c);
         Ok(slot)
+    }
+}
+
+/// Marks a connection's task as running until dropped.
+struct Alive(Rc<Cell<bool>>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.set(false);
     }
 }
 

@@ -133,7 +133,8 @@ pub(crate) async fn serve(
                 let (w2, l2, s2) = (w.clone(), listener.clone(), shared.clone());
                 shared.active.set(shared.active.get() + 1);
                 shared.stats.h2(H2Event::Stream);
-                monoio::spawn(stream(w2, l2, req, respond, s2));
+                // Contained as connections are: a bug in one stream ends that stream only.
+                monoio::spawn(crate::listener::contained(stream(w2, l2, req, respond, s2)));
             }
             Ok(Some(Err(e))) => {
                 if !aborted {
@@ -175,6 +176,7 @@ async fn stream(
     respond: SendResponse<Bytes>,
     conn: Rc<Conn>,
 ) {
+    let _active = Active(conn.clone());
     let (parts, body) = req.into_parts();
     let state = SendState::new(respond);
     if parts.method == http::Method::CONNECT {
@@ -212,10 +214,20 @@ async fn stream(
         }
         c.release(&w);
     }
-    let left = conn.active.get().saturating_sub(1);
-    conn.active.set(left);
-    if left == 0 {
-        conn.idle_since.set(Instant::now());
+}
+
+/// A stream counted as active on its connection until dropped (also when its task ends in a
+/// panic, so that the connection can still go idle).
+struct Active(Rc<Conn>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let conn = &self.0;
+        let left = conn.active.get().saturating_sub(1);
+        conn.active.set(left);
+        if left == 0 {
+            conn.idle_since.set(Instant::now());
+        }
     }
 }
 
