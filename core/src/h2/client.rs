@@ -20,10 +20,11 @@ use monoio::BufResult;
 use monoio::buf::{IoBufMut, IoVecBufMut};
 
 use super::stream::{
-    ChunkedOut, H2Recv, h2_error, is_connection_specific, read_glue, send_flow, write_glue,
+    ChunkedOut, H2Recv, h2_error, is_connection_specific, read_glue, send_flow, share_head,
+    write_glue,
 };
 use crate::endpoint::ConnCount;
-use crate::http1::{Framing, RequestHead};
+use crate::http1::{Framing, RequestHead, Span};
 use crate::io::Io;
 use crate::rawbuf;
 
@@ -312,7 +313,7 @@ impl UpWrite {
                 }
                 Err(_) => return Err(invalid()),
             };
-            if let Err(e) = self.send_head(&req, data).await {
+            if let Err(e) = self.send_head(&req, data, n).await {
                 let mut sh = self.shared.borrow_mut();
                 sh.failed = true;
                 if let Some(w) = sh.waker.take() {
@@ -325,24 +326,21 @@ impl UpWrite {
         self.body(bytes).await
     }
 
-    /// Opens the stream with the request's head.
-    async fn send_head(&mut self, req: &RequestHead, buf: &[u8]) -> io::Result<()> {
-        let authority = req.header(buf, b"host").unwrap_or_default();
-        let path = if req.path.is_empty() {
-            &b"/"[..]
-        } else {
-            req.path.get(buf)
+    /// Opens the stream with the request's head (`buf[..n]`).
+    async fn send_head(&mut self, req: &RequestHead, buf: &[u8], n: usize) -> io::Result<()> {
+        let length = match req.framing {
+            Framing::Length(n) => Some(n),
+            _ => None,
         };
-        let mut uri = Vec::with_capacity(authority.len() + path.len() + 8);
-        uri.extend_from_slice(self.scheme.as_bytes());
-        uri.extend_from_slice(b"://");
-        uri.extend_from_slice(authority);
-        uri.extend_from_slice(path);
+        // The URI's parts and the field values share one copy of the head.
+        let (shared, length) = share_head(&buf[..n], length);
+        let part = |s: Span| shared.slice(s.start as usize..s.end as usize);
         let mut r = http::Request::new(());
         *r.method_mut() =
             http::Method::from_bytes(req.method_span.get(buf)).map_err(|_| invalid())?;
-        *r.uri_mut() = http::Uri::try_from(uri).map_err(|_| invalid())?;
+        *r.uri_mut() = self.uri(req, buf, &part)?;
         let headers = r.headers_mut();
+        headers.reserve(req.headers.len() + 2);
         // The head is the proxy's own: every field goes but those HTTP/2 carries otherwise
         // (Host as :authority, the framing) or forbids. (The parser's `drop` marks what a
         // client's head loses; here the deadline and trace fields must stay.)
@@ -356,8 +354,8 @@ impl UpWrite {
                 continue;
             }
             let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name),
-                HeaderValue::from_bytes(h.value.get(buf)),
+                header_name(name),
+                HeaderValue::from_maybe_shared(part(h.value)),
             ) else {
                 return Err(invalid());
             };
@@ -366,13 +364,15 @@ impl UpWrite {
         // The proxy takes trailers, and gRPC servers insist on being told so.
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
         if self.mesh {
-            headers.insert(ORIGINAL_PROTOCOL, HeaderValue::from_static("HTTP/1.1"));
+            // A name built once: inserting by a `&str` would copy it for every request.
+            const NAME: HeaderName = HeaderName::from_static(ORIGINAL_PROTOCOL);
+            headers.insert(NAME, HeaderValue::from_static("HTTP/1.1"));
+        }
+        if let Some(length) = length {
+            headers.insert(http::header::CONTENT_LENGTH, length);
         }
         self.out = match req.framing {
-            Framing::Length(n) => {
-                headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
-                Out::Length(n)
-            }
+            Framing::Length(n) => Out::Length(n),
             Framing::Chunked => Out::Chunked(ChunkedOut::default()),
             Framing::None | Framing::Close => Out::Done,
         };
@@ -393,6 +393,44 @@ impl UpWrite {
             w.wake();
         }
         Ok(())
+    }
+
+    /// The request's URI: the scheme, the Host field as the authority, the target.
+    fn uri(
+        &self,
+        req: &RequestHead,
+        buf: &[u8],
+        part: &impl Fn(Span) -> Bytes,
+    ) -> io::Result<http::Uri> {
+        let authority = req.header(buf, b"host").unwrap_or_default();
+        let origin_form = req.path.get(buf).starts_with(b"/");
+        if !authority.is_empty() && origin_form {
+            let mut p = http::uri::Parts::default();
+            p.scheme = Some(match self.scheme {
+                "https" => http::uri::Scheme::HTTPS,
+                _ => http::uri::Scheme::HTTP,
+            });
+            let at = Span::within(buf, authority);
+            p.authority =
+                Some(http::uri::Authority::from_maybe_shared(part(at)).map_err(|_| invalid())?);
+            p.path_and_query = Some(
+                http::uri::PathAndQuery::from_maybe_shared(part(req.path))
+                    .map_err(|_| invalid())?,
+            );
+            return http::Uri::from_parts(p).map_err(|_| invalid());
+        }
+        // Anything else (no Host, an empty or asterisk target) is parsed whole, as written.
+        let path = if req.path.is_empty() {
+            &b"/"[..]
+        } else {
+            req.path.get(buf)
+        };
+        let mut uri = Vec::with_capacity(authority.len() + path.len() + 8);
+        uri.extend_from_slice(self.scheme.as_bytes());
+        uri.extend_from_slice(b"://");
+        uri.extend_from_slice(authority);
+        uri.extend_from_slice(path);
+        http::Uri::try_from(uri).map_err(|_| invalid())
     }
 
     /// Records whether an error means the peer never processed the request.
@@ -433,6 +471,24 @@ impl UpWrite {
             }
         }
     }
+}
+
+/// A field's name; those the proxy itself adds to every request are not copied (a name not
+/// in HTTP's standard list is copied into one of its own otherwise).
+fn header_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    const OWN: [&str; 5] = [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "ringmesh-deadline-ms",
+        "traceparent",
+        "tracestate",
+    ];
+    for own in OWN {
+        if name.eq_ignore_ascii_case(own.as_bytes()) {
+            return Ok(HeaderName::from_static(own));
+        }
+    }
+    HeaderName::from_bytes(name)
 }
 
 /// The peer guarantees it did not act on the request: refused, or past its GOAWAY.

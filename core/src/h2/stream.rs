@@ -18,6 +18,7 @@ use monoio::BufResult;
 use monoio::buf::{IoBufMut, IoVecBufMut};
 
 use crate::http1::chunked::write_chunk_size;
+use crate::http1::encode::push_u64;
 use crate::http1::{ChunkedDecoder, Framing, ResponseHead};
 use crate::rawbuf;
 
@@ -327,39 +328,54 @@ impl H2Recv {
 impl H2Send {
     /// Takes bytes of the HTTP/1.1 answer; all of them are consumed.
     async fn take(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if let BodyOut::Head = self.body {
-            if self.head.len() + bytes.len() > MAX_HEAD {
+        if !matches!(self.body, BodyOut::Head) {
+            return self.body_bytes(bytes).await;
+        }
+        // The forwarding path writes a head whole: it is parsed where it is, and kept only
+        // when it comes in parts.
+        let mut kept = std::mem::take(&mut self.head);
+        if !kept.is_empty() {
+            if kept.len() + bytes.len() > MAX_HEAD {
                 return Err(io::ErrorKind::InvalidData.into());
             }
-            self.head.extend_from_slice(bytes);
-            let Some(rest) = self.send_head()? else {
-                return Ok(());
-            };
-            let head = std::mem::take(&mut self.head);
-            return self.body_bytes(&head[head.len() - rest..]).await;
+            kept.extend_from_slice(bytes);
         }
-        self.body_bytes(bytes).await
+        let data: &[u8] = if kept.is_empty() { bytes } else { &kept };
+        let (done, at) = self.send_head(data)?;
+        if done {
+            return self.body_bytes(&data[at..]).await;
+        }
+        // Interim answers before `at` are sent; the rest waits for more.
+        if kept.is_empty() {
+            kept.extend_from_slice(&bytes[at..]);
+        } else {
+            kept.drain(..at);
+        }
+        self.head = kept;
+        Ok(())
     }
 
-    /// Sends the head once it is complete (interim answers go as such); the number of bytes
-    /// past it, which are the body's.
-    fn send_head(&mut self) -> io::Result<Option<usize>> {
+    /// Sends the heads in `data` (interim answers go as such, the final one ends the heads);
+    /// whether the final head was sent, and where the bytes not yet sent start (the body's,
+    /// or an incomplete head's).
+    fn send_head(&mut self, data: &[u8]) -> io::Result<(bool, usize)> {
+        let mut at = 0;
         loop {
+            let head = &data[at..];
             let mut resp = ResponseHead::default();
-            let n = match resp.parse(&self.head, MAX_HEAD) {
+            let n = match resp.parse(head, MAX_HEAD) {
                 Ok(Some(n)) => n,
-                Ok(None) => return Ok(None),
+                Ok(None) => return Ok((false, at)),
                 Err(_) => return Err(io::ErrorKind::InvalidData.into()),
             };
             let mut st = self.state.borrow_mut();
             if resp.is_interim() {
                 // 100 Continue and 103 Early Hints are informational in HTTP/2 too.
                 if resp.status != 101 {
-                    let r = response(&resp, &self.head)?;
+                    let r = response(&resp, &head[..n], None)?;
                     let _ = st.respond.send_informational(r);
                 }
-                drop(st);
-                self.head.drain(..n);
+                at += n;
                 continue;
             }
             let framing = resp.body_framing(self.head_request);
@@ -369,19 +385,17 @@ impl H2Send {
                 Framing::Chunked => BodyOut::Chunked(ChunkedOut::default()),
                 Framing::Close => BodyOut::UntilEnd,
             };
-            let mut r = response(&resp, &self.head)?;
-            if let Framing::Length(len) = framing {
-                r.headers_mut()
-                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
-            } else if let (true, Some(len)) = (self.head_request, resp.content_length) {
-                r.headers_mut()
-                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
-            }
+            let length = match framing {
+                Framing::Length(len) => Some(len),
+                _ if self.head_request => resp.content_length,
+                _ => None,
+            };
+            let r = response(&resp, &head[..n], length)?;
             let end = matches!(self.body, BodyOut::Done);
             let send = st.respond.send_response(r, end).map_err(h2_error)?;
             st.send = Some(send);
             st.finished = end;
-            return Ok(Some(self.head.len() - n));
+            return Ok((true, at + n));
         }
     }
 
@@ -444,27 +458,51 @@ impl Drop for H2Send {
     }
 }
 
-/// The HTTP/2 answer for an HTTP/1.1 head (its fields but connection-specific ones).
-fn response(resp: &ResponseHead, buf: &[u8]) -> io::Result<Response<()>> {
+/// One copy of an HTTP/1.1 head, `length` written after it: the HTTP/2 field values built
+/// from the head share it rather than each being copied on its own. Returns the copy and
+/// `length` as a field value.
+pub(crate) fn share_head(head: &[u8], length: Option<u64>) -> (Bytes, Option<HeaderValue>) {
+    let mut copy = Vec::with_capacity(head.len() + 20);
+    copy.extend_from_slice(head);
+    if let Some(n) = length {
+        push_u64(&mut copy, n);
+    }
+    let copy = Bytes::from(copy);
+    let value = length.map(|n| {
+        HeaderValue::from_maybe_shared(copy.slice(head.len()..))
+            .unwrap_or_else(|_| HeaderValue::from(n))
+    });
+    (copy, value)
+}
+
+/// The HTTP/2 answer for an HTTP/1.1 head (its fields but connection-specific ones), with
+/// `length` as its content-length.
+fn response(resp: &ResponseHead, head: &[u8], length: Option<u64>) -> io::Result<Response<()>> {
     let status = StatusCode::from_u16(resp.status).map_err(|_| io::ErrorKind::InvalidData)?;
+    let (shared, length) = share_head(head, length);
     let mut r = Response::new(());
     *r.status_mut() = status;
     let headers = r.headers_mut();
+    headers.reserve(resp.headers.len() + 1);
     for h in &resp.headers {
         if h.drop {
             continue;
         }
-        let name = h.name.get(buf);
+        let name = h.name.get(head);
         if is_connection_specific(name) {
             continue;
         }
+        let value = shared.slice(h.value.start as usize..h.value.end as usize);
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name),
-            HeaderValue::from_bytes(h.value.get(buf)),
+            HeaderValue::from_maybe_shared(value),
         ) else {
             return Err(io::ErrorKind::InvalidData.into());
         };
         headers.append(name, value);
+    }
+    if let Some(length) = length {
+        headers.insert(http::header::CONTENT_LENGTH, length);
     }
     Ok(r)
 }
@@ -644,5 +682,82 @@ impl H2Send {
     pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
         self.end();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::Io;
+
+    /// Serves one HTTP/2 stream whose HTTP/1.1 answer is written in `parts`, and returns
+    /// what an HTTP/2 client got: the status, the fields, the body.
+    fn answer(parts: &'static [&'static [u8]]) -> (u16, http::HeaderMap, Vec<u8>) {
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            monoio::spawn(async move {
+                let (s, _) = listener.accept().await.unwrap();
+                let io = super::super::io::PollIo::new(Io::Plain(s), Vec::new());
+                let mut conn = h2::server::handshake(io).await.unwrap();
+                let (req, respond) = conn.accept().await.unwrap().unwrap();
+                let s = H2Stream::new(req.into_body(), false, SendState::new(respond), false, None);
+                let mut send = s.send;
+                for p in parts {
+                    let (r, _) = send.write(p.to_vec()).await;
+                    r.unwrap();
+                }
+                drop(send);
+                let _ = poll_fn(|cx| conn.poll_closed(cx)).await;
+            });
+            let s = monoio::net::TcpStream::connect(addr).await.unwrap();
+            let io = super::super::io::PollIo::new(Io::Plain(s), Vec::new());
+            let (mut client, conn) = h2::client::handshake(io).await.unwrap();
+            monoio::spawn(async move {
+                let _ = conn.await;
+            });
+            let req = http::Request::get("http://a/").body(()).unwrap();
+            let (resp, _) = client.send_request(req, true).unwrap();
+            let (head, mut body) = resp.await.unwrap().into_parts();
+            let mut got = Vec::new();
+            while let Some(data) = poll_fn(|cx| body.poll_data(cx)).await {
+                let data = data.unwrap();
+                let _ = body.flow_control().release_capacity(data.len());
+                got.extend_from_slice(&data);
+            }
+            (head.status.as_u16(), head.headers, got)
+        })
+    }
+
+    #[test]
+    fn an_answer_head_in_parts_is_sent_once_whole() {
+        let (status, fields, body) = answer(&[
+            b"HTTP/1.1 201 Created\r\nx-a: 1\r\n",
+            b"content-length: 2\r\n\r\nok",
+        ]);
+        assert_eq!(status, 201);
+        assert_eq!(fields["x-a"], "1");
+        assert_eq!(fields["content-length"], "2");
+        assert_eq!(body, b"ok");
+    }
+
+    #[test]
+    fn interim_answers_and_the_final_one_in_one_write_are_all_taken() {
+        let (status, fields, body) = answer(&[
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nx-b: 2\r\ncontent-length: 5\r\n\r\nhel",
+            b"lo",
+        ]);
+        assert_eq!(status, 200);
+        assert_eq!(fields["x-b"], "2");
+        assert_eq!(fields["content-length"], "5");
+        assert!(
+            !fields.contains_key("link"),
+            "the interim answer's fields stay its own"
+        );
+        assert_eq!(body, b"hello");
     }
 }
