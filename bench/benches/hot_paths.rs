@@ -30,10 +30,21 @@ fn parse(c: &mut Criterion) {
     c.bench_function("start a trace (ids for a new trace)", |b| {
         b.iter(|| ringmesh_core::trace::Trace::continue_or_start(black_box(None), None, &mut rng))
     });
-    let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    // Ids differ from request to request: the same one every time would let the branch
+    // predictor learn its digits.
+    let parents: Vec<Vec<u8>> = (0..256u64)
+        .map(|i| {
+            let x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let y = x.rotate_left(29) ^ 0xa076_1d64_78bd_642f;
+            format!("00-{x:016x}{y:016x}-{:016x}-01", x ^ y).into_bytes()
+        })
+        .collect();
+    let mut next = 0usize;
     c.bench_function("continue a trace (parse traceparent, new span)", |b| {
         b.iter(|| {
-            ringmesh_core::trace::Trace::continue_or_start(black_box(Some(&tp[..])), None, &mut rng)
+            next = (next + 1) & 255;
+            let tp = &parents[next][..];
+            ringmesh_core::trace::Trace::continue_or_start(black_box(Some(tp)), None, &mut rng)
         })
     });
     let fwd = Forwarded {

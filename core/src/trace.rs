@@ -54,23 +54,31 @@ pub enum B3 {
     SamplingOnly(u8),
 }
 
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+/// The value of each lowercase hex digit; 0xff for every other byte.
+const UNHEX: [u8; 256] = {
+    let mut t = [0xff; 256];
+    let mut i = 0;
+    while i < 16 {
+        t[b"0123456789abcdef"[i] as usize] = i as u8;
+        i += 1;
     }
-}
+    t
+};
 
-/// Decodes lowercase hex into `out` (exactly `2 * out.len()` characters).
+/// Decodes lowercase hex into `out` (exactly `2 * out.len()` characters). Without a branch
+/// per digit: ids are random, so their digits would mispredict one branch in two.
 fn unhex(s: &[u8], out: &mut [u8]) -> Option<()> {
     if s.len() != out.len() * 2 {
         return None;
     }
+    let mut bad = 0u8;
     for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-        *o = hex_val(pair[0])? << 4 | hex_val(pair[1])?;
+        let (hi, lo) = (UNHEX[usize::from(pair[0])], UNHEX[usize::from(pair[1])]);
+        // A digit's value is below 16; a non-digit's 0xff sets the high bits.
+        bad |= hi | lo;
+        *o = hi << 4 | (lo & 15);
     }
-    Some(())
+    (bad < 16).then_some(())
 }
 
 /// Parses a `traceparent` value (W3C Trace Context level 1): `00-<32 hex>-<16 hex>-<2 hex>`.
@@ -319,6 +327,8 @@ mod tests {
             b"00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01", // misplaced dash
             b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+            b"00-4bf92f3577b34da6a3ce929d0e0e473\xff-00f067aa0ba902b7-01", // not ASCII
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b:-01",    // past '9'
         ];
         for b in bad {
             assert_eq!(parse_traceparent(b), None, "{}", String::from_utf8_lossy(b));
