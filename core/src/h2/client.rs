@@ -619,6 +619,7 @@ impl Drop for UpWrite {
 mod tests {
     use std::time::Instant;
 
+    use super::super::testing::{block_on, serve_one};
     use super::*;
     use crate::cluster::ClusterState;
 
@@ -626,18 +627,8 @@ mod tests {
     /// path in one read with the head, and so reaches the client in one write.
     #[test]
     fn a_small_answer_is_read_whole_with_its_head() {
-        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            monoio::spawn(async move {
-                let (s, _) = listener.accept().await.unwrap();
-                let io = super::super::io::PollIo::new(Io::Plain(s), Vec::new());
-                let mut conn = h2::server::handshake(io).await.unwrap();
-                let (_req, mut respond) = conn.accept().await.unwrap().unwrap();
+        block_on(async {
+            let addr = serve_one(|_req, mut respond| async move {
                 let head = http::Response::builder()
                     .header("content-length", "4")
                     .body(())
@@ -645,7 +636,6 @@ mod tests {
                 let mut body = respond.send_response(head, false).unwrap();
                 body.send_data(Bytes::from_static(b"ab"), false).unwrap();
                 body.send_data(Bytes::from_static(b"cd"), true).unwrap();
-                let _ = poll_fn(|cx| conn.poll_closed(cx)).await;
             });
             let s = monoio::net::TcpStream::connect(addr).await.unwrap();
             let count = ConnCount::new(Rc::new(ClusterState::new(Instant::now())));

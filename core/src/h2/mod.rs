@@ -385,6 +385,44 @@ impl tokio::io::AsyncWrite for MemIo<'_> {
     }
 }
 
+/// HTTP/2 over loopback for unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::future::Future;
+
+    use super::*;
+
+    /// Runs `f` on a runtime of the kind a worker runs.
+    pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// Listens on loopback, hands the first stream of the first HTTP/2 connection to
+    /// `serve`, then drives that connection until it closes; where it listens.
+    pub(crate) fn serve_one<F, Fut>(serve: F) -> SocketAddr
+    where
+        F: FnOnce(http::Request<RecvStream>, SendResponse<Bytes>) -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        monoio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::handshake(io::PollIo::new(Io::Plain(s), Vec::new()))
+                .await
+                .unwrap();
+            let (req, respond) = conn.accept().await.unwrap().unwrap();
+            serve(req, respond).await;
+            let _ = poll_fn(|cx| conn.poll_closed(cx)).await;
+        });
+        addr
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -687,32 +687,21 @@ impl H2Send {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{block_on, serve_one};
     use super::*;
     use crate::io::Io;
 
     /// Serves one HTTP/2 stream whose HTTP/1.1 answer is written in `parts`, and returns
     /// what an HTTP/2 client got: the status, the fields, the body.
     fn answer(parts: &'static [&'static [u8]]) -> (u16, http::HeaderMap, Vec<u8>) {
-        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            monoio::spawn(async move {
-                let (s, _) = listener.accept().await.unwrap();
-                let io = super::super::io::PollIo::new(Io::Plain(s), Vec::new());
-                let mut conn = h2::server::handshake(io).await.unwrap();
-                let (req, respond) = conn.accept().await.unwrap().unwrap();
+        block_on(async move {
+            let addr = serve_one(move |req, respond| async move {
                 let s = H2Stream::new(req.into_body(), false, SendState::new(respond), false, None);
                 let mut send = s.send;
                 for p in parts {
                     let (r, _) = send.write(p.to_vec()).await;
                     r.unwrap();
                 }
-                drop(send);
-                let _ = poll_fn(|cx| conn.poll_closed(cx)).await;
             });
             let s = monoio::net::TcpStream::connect(addr).await.unwrap();
             let io = super::super::io::PollIo::new(Io::Plain(s), Vec::new());
