@@ -301,6 +301,8 @@ pub fn build_ringmesh() -> Result<PathBuf, String> {
 struct Run {
     report: Report,
     cpu_us_per_req: f64,
+    /// CPU per request of each process tree measured, in the order given.
+    cpu_us_each: Vec<f64>,
     rss_kib: u64,
 }
 
@@ -315,11 +317,8 @@ fn measure_with(target: &Target, load: impl FnOnce() -> Report) -> Run {
 /// A run, with CPU and memory summed over the process trees of `pids`.
 fn measure_pids(pids: &[u32], load: impl FnOnce() -> Report) -> Run {
     let pids: Vec<u32> = pids.to_vec();
-    let tree_cpu = |pids: &[u32]| {
-        pids.iter()
-            .map(|&p| procfs::tree_cpu_seconds(p))
-            .sum::<f64>()
-    };
+    let tree_cpu =
+        |pids: &[u32]| -> Vec<f64> { pids.iter().map(|&p| procfs::tree_cpu_seconds(p)).collect() };
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
     let sampler = {
@@ -337,13 +336,18 @@ fn measure_pids(pids: &[u32], load: impl FnOnce() -> Report) -> Run {
     let t0 = Instant::now();
     let report = load();
     let wall = t0.elapsed().as_secs_f64();
-    let cpu = tree_cpu(&pids) - cpu0;
+    let cpu: Vec<f64> = tree_cpu(&pids)
+        .iter()
+        .zip(&cpu0)
+        .map(|(after, before)| after - before)
+        .collect();
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     // Requests over the whole run, estimated from the recorded rate.
     let requests = (report.rps * wall).max(1.0);
     Run {
-        cpu_us_per_req: cpu * 1e6 / requests,
+        cpu_us_per_req: cpu.iter().sum::<f64>() * 1e6 / requests,
+        cpu_us_each: cpu.iter().map(|c| c * 1e6 / requests).collect(),
         rss_kib: peak.load(Ordering::Relaxed),
         report,
     }
@@ -835,6 +839,13 @@ clusters:\n  - {{ name: be, protocol: {protocol}, endpoints: [ {{ addr: 127.0.0.
         row(md, name, s.rps, s.rps / ours.rps, s);
     }
     let _ = writeln!(md);
+    // Each proxy's share, for finding which side of the hop costs what.
+    let _ = write!(md, "CPU µs/req, sender + receiver (medians):");
+    for ((name, _), r) in senders.iter().zip(&runs) {
+        let each = |i: usize| median(r.iter().map(|r| r.cpu_us_each[i]).collect());
+        let _ = write!(md, " {name}: {:.2} + {:.2};", each(0), each(1));
+    }
+    let _ = writeln!(md, "\n");
     Ok(())
 }
 
