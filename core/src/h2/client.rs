@@ -402,15 +402,14 @@ impl UpWrite {
         buf: &[u8],
         part: &impl Fn(Span) -> Bytes,
     ) -> io::Result<http::Uri> {
-        let authority = req.header(buf, b"host").unwrap_or_default();
+        // The parser took the authority from Host (the head is the proxy's own, in origin form).
         let origin_form = req.path.get(buf).starts_with(b"/");
-        if !authority.is_empty() && origin_form {
+        if let Some(at) = req.authority.filter(|at| !at.is_empty() && origin_form) {
             let mut p = http::uri::Parts::default();
             p.scheme = Some(match self.scheme {
                 "https" => http::uri::Scheme::HTTPS,
                 _ => http::uri::Scheme::HTTP,
             });
-            let at = Span::within(buf, authority);
             p.authority =
                 Some(http::uri::Authority::from_maybe_shared(part(at)).map_err(|_| invalid())?);
             p.path_and_query = Some(
@@ -420,6 +419,7 @@ impl UpWrite {
             return http::Uri::from_parts(p).map_err(|_| invalid());
         }
         // Anything else (no Host, an empty or asterisk target) is parsed whole, as written.
+        let authority = req.header(buf, b"host").unwrap_or_default();
         let path = if req.path.is_empty() {
             &b"/"[..]
         } else {

@@ -130,11 +130,13 @@ pub(crate) async fn serve(
         let tick = TICK.min(limits.idle_timeout);
         match monoio::time::timeout(tick, conn.accept()).await {
             Ok(Some(Ok((req, respond)))) => {
-                let (w2, l2, s2) = (w.clone(), listener.clone(), shared.clone());
-                shared.active.set(shared.active.get() + 1);
+                let (w2, l2) = (w.clone(), listener.clone());
+                let active = Active::new(shared.clone());
                 shared.stats.h2(H2Event::Stream);
                 // Contained as connections are: a bug in one stream ends that stream only.
-                monoio::spawn(crate::listener::contained(stream(w2, l2, req, respond, s2)));
+                monoio::spawn(crate::listener::contained(stream(
+                    w2, l2, req, respond, active,
+                )));
             }
             Ok(Some(Err(e))) => {
                 if !aborted {
@@ -174,9 +176,9 @@ async fn stream(
     listener: Arc<str>,
     req: http::Request<RecvStream>,
     respond: SendResponse<Bytes>,
-    conn: Rc<Conn>,
+    active: Active,
 ) {
-    let _active = Active(conn.clone());
+    let conn = &active.0;
     let (parts, body) = req.into_parts();
     let state = SendState::new(respond);
     if parts.method == http::Method::CONNECT {
@@ -219,6 +221,13 @@ async fn stream(
 /// A stream counted as active on its connection until dropped (also when its task ends in a
 /// panic, so that the connection can still go idle).
 struct Active(Rc<Conn>);
+
+impl Active {
+    fn new(conn: Rc<Conn>) -> Active {
+        conn.active.set(conn.active.get() + 1);
+        Active(conn)
+    }
+}
 
 impl Drop for Active {
     fn drop(&mut self) {
