@@ -26,4 +26,12 @@ EOC
 }
 
 # Kills the given processes and their children (nginx workers outlive their master otherwise).
-kill_all() { for p in "$@"; do pkill -9 -P "$p" 2>/dev/null || true; kill -9 "$p" 2>/dev/null || true; done; }
+# The parent goes first: an nginx master that sees its worker die starts another one.
+kill_all() {
+  local p kids
+  for p in "$@"; do
+    kids=$(pgrep -P "$p" 2>/dev/null || true)
+    kill -9 "$p" 2>/dev/null || true
+    [ -z "$kids" ] || kill -9 $kids 2>/dev/null || true
+  done
+}
