@@ -132,6 +132,16 @@ pub fn drop_cached(fd: RawFd, offset: u64, len: u64) {
     }
 }
 
+/// Puts the calling thread in the `SCHED_BATCH` class: it still gets its fair share of the
+/// CPU, but waking it does not preempt the thread running there (a worker on the same core).
+/// Errors are ignored: this only changes when the thread runs.
+#[allow(unsafe_code)]
+pub fn batch_scheduling() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param; pid 0 names the calling thread.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+}
+
 /// Turns `O_DIRECT` on or off for a file descriptor (fcntl(2) `F_SETFL`).
 #[allow(unsafe_code)]
 pub fn set_direct(fd: RawFd, on: bool) -> std::io::Result<()> {
