@@ -44,7 +44,7 @@ pub struct Options {
 }
 
 /// Every scenario, in report order.
-pub const SCENARIOS: [&str; 11] = [
+pub const SCENARIOS: [&str; 12] = [
     "small",
     "one",
     "idle",
@@ -56,6 +56,7 @@ pub const SCENARIOS: [&str; 11] = [
     "tls-idle",
     "h2",
     "mesh",
+    "access-log",
 ];
 
 /// A process to measure: the backend, or a proxy.
@@ -510,6 +511,9 @@ fn describe(name: &str) -> &'static str {
         "mesh" => {
             "two ringmesh hops (client → sender → receiver → backend), small GET, 50 HTTP/1.1 client connections: the hop between the proxies in HTTP/1.1 (pooled) or upgraded to HTTP/2 (`protocol: mesh`); CPU and RSS are both proxies'"
         }
+        "access-log" => {
+            "what access logging costs: small GET, 50 connections, through ringmesh without an access log and logging every request to a file (metrics on in both)"
+        }
         "h2" => {
             "small GET over HTTP/2 in cleartext (prior knowledge) to the HTTP/1.1 backend: h2load, 10 connections x 10 streams; h2load reports no percentiles: p50 is its mean"
         }
@@ -685,6 +689,10 @@ pub fn run(o: &Options) -> Result<String, String> {
             mesh_scenario(&mut md, &ringmesh, &dir, be_port, o)?;
             continue;
         }
+        if scenario == "access-log" {
+            access_log_scenario(&mut md, &ringmesh, &dir, be_port, o)?;
+            continue;
+        }
         // TLS scenarios: the proxies that terminate TLS (the backend speaks plain HTTP); the
         // HTTP/2 one: the proxies that serve it.
         let h2 = scenario == "h2";
@@ -768,6 +776,85 @@ fn row(md: &mut String, name: &str, v: f64, ratio: f64, s: &Summary) {
     );
 }
 
+/// Starts a one-worker ringmesh named `name` on `port` in front of `to`, with `cluster` and
+/// `listener` as extra YAML members of its cluster and its listener.
+fn ringmesh_variant(
+    ringmesh: &Path,
+    dir: &Path,
+    o: &Options,
+    (name, port, to): (&str, u16, u16),
+    (listener, cluster): (&str, &str),
+) -> Result<Target, String> {
+    let cfg = format!(
+        "admin: 127.0.0.1:0\nlisteners:\n  - name: edge\n    bind: 127.0.0.1:{port}\n    idle_timeout: 300s\n{listener}    routes: [ {{ match: {{ path_prefix: / }}, cluster: be }} ]\n\
+clusters:\n  - {{ name: be, {cluster}endpoints: [ {{ addr: 127.0.0.1:{to} }} ] }}\n"
+    );
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, cfg).map_err(|e| e.to_string())?;
+    start(
+        name,
+        o.proxy_cpu,
+        &format!(
+            "{} proxy --config {} --workers 1 --log-level warn",
+            ringmesh.display(),
+            file.display()
+        ),
+        (port, None),
+        dir,
+    )
+}
+
+/// Runs the small-GET load (50 connections) against each variant in interleaved rounds,
+/// measuring the CPU of the variant's process and of `with` (processes every variant goes
+/// through), and writes a table with ratios to variant `reference`. Returns the runs, by
+/// variant.
+fn compare_variants(
+    md: &mut String,
+    (what, reference_name): (&str, &str),
+    variants: &[(&str, &Target)],
+    with: &[u32],
+    reference: usize,
+    o: &Options,
+) -> Vec<Vec<Run>> {
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
+    for round in 0..o.rounds {
+        for k in 0..variants.len() {
+            let i = (k + round) % variants.len();
+            let t = variants[i].1;
+            let cfg = LoadConfig {
+                addr: ([127, 0, 0, 1], t.port).into(),
+                warmup: o.warmup,
+                duration: o.duration,
+                cpus: vec![o.load_cpu],
+                connections: 50,
+                ..LoadConfig::default()
+            };
+            let pids: Vec<u32> = std::iter::once(t.child.id())
+                .chain(with.iter().copied())
+                .collect();
+            let r = measure_pids(&pids, || load::run(&cfg));
+            eprintln!(
+                "  round {round} {:18} {:>10.0} req/s p99 {:>8.0} us cpu {:>6.2} us/req errors {}",
+                t.name, r.report.rps, r.report.p99_us, r.cpu_us_per_req, r.report.errors
+            );
+            runs[i].push(r);
+        }
+    }
+    let sums: Vec<Summary> = runs.iter().map(|r| summarize(r)).collect();
+    let ours = sums[reference].clone();
+    let both = if with.is_empty() { "" } else { " (both)" };
+    let _ = writeln!(
+        md,
+        "| {what} | requests/s | ratio to {reference_name} | p50 µs | p99 µs | p99.9 µs | max µs | CPU µs/req{both} | RSS MiB{both} | errors |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for ((name, _), s) in variants.iter().zip(&sums) {
+        row(md, name, s.rps, s.rps / ours.rps, s);
+    }
+    let _ = writeln!(md);
+    runs
+}
+
 /// Two ringmesh hops: one receiver in front of the backend, and two senders whose cluster is the
 /// receiver, one speaking HTTP/1.1 to it and one upgrading to HTTP/2 (`protocol: mesh`).
 fn mesh_scenario(
@@ -777,68 +864,19 @@ fn mesh_scenario(
     be_port: u16,
     o: &Options,
 ) -> Result<(), String> {
-    let proxy = |name: &str, port: u16, to: u16, protocol: &str| -> Result<Target, String> {
-        let cfg = format!(
-            "admin: 127.0.0.1:0\nlisteners:\n  - name: edge\n    bind: 127.0.0.1:{port}\n    idle_timeout: 300s\n    routes: [ {{ match: {{ path_prefix: / }}, cluster: be }} ]\n\
-clusters:\n  - {{ name: be, protocol: {protocol}, endpoints: [ {{ addr: 127.0.0.1:{to} }} ] }}\n"
-        );
-        let file = dir.join(format!("{name}.yaml"));
-        std::fs::write(&file, cfg).map_err(|e| e.to_string())?;
-        start(
-            name,
-            o.proxy_cpu,
-            &format!(
-                "{} proxy --config {} --workers 1 --log-level warn",
-                ringmesh.display(),
-                file.display()
-            ),
-            (port, None),
-            dir,
-        )
+    let proxy = |name: &str, to: u16, protocol: &str| {
+        let cluster = format!("protocol: {protocol}, ");
+        ringmesh_variant(ringmesh, dir, o, (name, free_port(), to), ("", &cluster))
     };
-    let receiver = proxy("mesh-receiver", free_port(), be_port, "http1")?;
+    let receiver = proxy("mesh-receiver", be_port, "http1")?;
+    let http1 = proxy("mesh-sender-http1", receiver.port, "http1")?;
+    let mesh = proxy("mesh-sender-h2", receiver.port, "mesh")?;
     let senders = [
-        (
-            "HTTP/1.1 between the proxies",
-            proxy("mesh-sender-http1", free_port(), receiver.port, "http1")?,
-        ),
-        (
-            "HTTP/2 between the proxies (mesh)",
-            proxy("mesh-sender-h2", free_port(), receiver.port, "mesh")?,
-        ),
+        ("HTTP/1.1 between the proxies", &http1),
+        ("HTTP/2 between the proxies (mesh)", &mesh),
     ];
-    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); senders.len()];
-    for round in 0..o.rounds {
-        for k in 0..senders.len() {
-            let i = (k + round) % senders.len();
-            let t = &senders[i].1;
-            let cfg = LoadConfig {
-                addr: ([127, 0, 0, 1], t.port).into(),
-                warmup: o.warmup,
-                duration: o.duration,
-                cpus: vec![o.load_cpu],
-                connections: 50,
-                ..LoadConfig::default()
-            };
-            let r = measure_pids(&[t.child.id(), receiver.child.id()], || load::run(&cfg));
-            eprintln!(
-                "  round {round} {:18} {:>10.0} req/s p99 {:>8.0} us cpu {:>6.2} us/req errors {}",
-                t.name, r.report.rps, r.report.p99_us, r.cpu_us_per_req, r.report.errors
-            );
-            runs[i].push(r);
-        }
-    }
-    let sums: Vec<Summary> = runs.iter().map(|r| summarize(r)).collect();
-    let ours = sums[1].clone();
-    let _ = writeln!(
-        md,
-        "| hop between the proxies | requests/s | ratio to mesh | p50 µs | p99 µs | p99.9 µs | max µs | CPU µs/req (both) | RSS MiB (both) | errors |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
-    for ((name, _), s) in senders.iter().zip(&sums) {
-        row(md, name, s.rps, s.rps / ours.rps, s);
-    }
-    let _ = writeln!(md);
+    let what = ("hop between the proxies", "mesh");
+    let runs = compare_variants(md, what, &senders, &[receiver.child.id()], 1, o);
     // Each proxy's share, for finding which side of the hop costs what.
     let _ = write!(md, "CPU µs/req, sender + receiver (medians):");
     for ((name, _), r) in senders.iter().zip(&runs) {
@@ -846,6 +884,56 @@ clusters:\n  - {{ name: be, protocol: {protocol}, endpoints: [ {{ addr: 127.0.0.
         let _ = write!(md, " {name}: {:.2} + {:.2};", each(0), each(1));
     }
     let _ = writeln!(md, "\n");
+    Ok(())
+}
+
+/// What access logging costs: the same ringmesh without an access log and logging every request
+/// to a file (in the run's directory), metrics on in both.
+fn access_log_scenario(
+    md: &mut String,
+    ringmesh: &Path,
+    dir: &Path,
+    be_port: u16,
+    o: &Options,
+) -> Result<(), String> {
+    let log = dir.join("access.log");
+    let on = format!("    access_log: {}\n", log.display());
+    let off = ringmesh_variant(
+        ringmesh,
+        dir,
+        o,
+        ("log-off", free_port(), be_port),
+        ("", ""),
+    )?;
+    let on = ringmesh_variant(
+        ringmesh,
+        dir,
+        o,
+        ("log-on", free_port(), be_port),
+        (&on, ""),
+    )?;
+    let variants = [
+        ("no access log", &off),
+        ("every request logged to a file", &on),
+    ];
+    let runs = compare_variants(md, ("access log", "no log"), &variants, &[], 0, o);
+    // Each round's own ratio: the machine's drift between rounds cancels out.
+    let per_round = median(
+        runs[1]
+            .iter()
+            .zip(&runs[0])
+            .map(|(on, off)| on.report.rps / off.report.rps)
+            .collect(),
+    );
+    // Batches reach the file within 300 ms of their requests.
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = std::fs::read(&log).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
+    let measured: u64 = runs[1].iter().map(|r| r.report.requests).sum();
+    let _ = writeln!(
+        md,
+        "Median of the rounds' own ratios (logged / not logged): {per_round:.3}. The log holds \
+         {lines} lines for {measured} requests measured (and those of the warm-ups).\n"
+    );
     Ok(())
 }
 
