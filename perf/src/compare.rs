@@ -633,6 +633,12 @@ pub fn run(o: &Options) -> Result<String, String> {
     );
     let _ = writeln!(md);
 
+    let variants = Variants {
+        ringmesh: &ringmesh,
+        dir: &dir,
+        be_port,
+        o,
+    };
     for scenario in &o.scenarios {
         let _ = writeln!(md, "## {scenario}: {}\n", describe(scenario));
         eprintln!("scenario {scenario}");
@@ -686,11 +692,11 @@ pub fn run(o: &Options) -> Result<String, String> {
             continue;
         }
         if scenario == "mesh" {
-            mesh_scenario(&mut md, &ringmesh, &dir, be_port, o)?;
+            mesh_scenario(&mut md, &variants)?;
             continue;
         }
         if scenario == "access-log" {
-            access_log_scenario(&mut md, &ringmesh, &dir, be_port, o)?;
+            access_log_scenario(&mut md, &variants)?;
             continue;
         }
         // TLS scenarios: the proxies that terminate TLS (the backend speaks plain HTTP); the
@@ -776,12 +782,21 @@ fn row(md: &mut String, name: &str, v: f64, ratio: f64, s: &Summary) {
     );
 }
 
+/// What the scenarios comparing ringmesh with itself start their proxies from.
+struct Variants<'a> {
+    ringmesh: &'a Path,
+    /// Where configs, logs and process output go.
+    dir: &'a Path,
+    be_port: u16,
+    o: &'a Options,
+}
+
 /// Starts a one-worker ringmesh named `name` on `port` in front of `to`, with `cluster` and
 /// `listener` as extra YAML members of its cluster and its listener.
 fn ringmesh_variant(
-    ringmesh: &Path,
-    dir: &Path,
-    o: &Options,
+    &Variants {
+        ringmesh, dir, o, ..
+    }: &Variants<'_>,
     (name, port, to): (&str, u16, u16),
     (listener, cluster): (&str, &str),
 ) -> Result<Target, String> {
@@ -857,18 +872,12 @@ fn compare_variants(
 
 /// Two ringmesh hops: one receiver in front of the backend, and two senders whose cluster is the
 /// receiver, one speaking HTTP/1.1 to it and one upgrading to HTTP/2 (`protocol: mesh`).
-fn mesh_scenario(
-    md: &mut String,
-    ringmesh: &Path,
-    dir: &Path,
-    be_port: u16,
-    o: &Options,
-) -> Result<(), String> {
+fn mesh_scenario(md: &mut String, v: &Variants<'_>) -> Result<(), String> {
     let proxy = |name: &str, to: u16, protocol: &str| {
         let cluster = format!("protocol: {protocol}, ");
-        ringmesh_variant(ringmesh, dir, o, (name, free_port(), to), ("", &cluster))
+        ringmesh_variant(v, (name, free_port(), to), ("", &cluster))
     };
-    let receiver = proxy("mesh-receiver", be_port, "http1")?;
+    let receiver = proxy("mesh-receiver", v.be_port, "http1")?;
     let http1 = proxy("mesh-sender-http1", receiver.port, "http1")?;
     let mesh = proxy("mesh-sender-h2", receiver.port, "mesh")?;
     let senders = [
@@ -876,7 +885,7 @@ fn mesh_scenario(
         ("HTTP/2 between the proxies (mesh)", &mesh),
     ];
     let what = ("hop between the proxies", "mesh");
-    let runs = compare_variants(md, what, &senders, &[receiver.child.id()], 1, o);
+    let runs = compare_variants(md, what, &senders, &[receiver.child.id()], 1, v.o);
     // Each proxy's share, for finding which side of the hop costs what.
     let _ = write!(md, "CPU µs/req, sender + receiver (medians):");
     for ((name, _), r) in senders.iter().zip(&runs) {
@@ -889,34 +898,16 @@ fn mesh_scenario(
 
 /// What access logging costs: the same ringmesh without an access log and logging every request
 /// to a file (in the run's directory), metrics on in both.
-fn access_log_scenario(
-    md: &mut String,
-    ringmesh: &Path,
-    dir: &Path,
-    be_port: u16,
-    o: &Options,
-) -> Result<(), String> {
-    let log = dir.join("access.log");
+fn access_log_scenario(md: &mut String, v: &Variants<'_>) -> Result<(), String> {
+    let log = v.dir.join("access.log");
     let on = format!("    access_log: {}\n", log.display());
-    let off = ringmesh_variant(
-        ringmesh,
-        dir,
-        o,
-        ("log-off", free_port(), be_port),
-        ("", ""),
-    )?;
-    let on = ringmesh_variant(
-        ringmesh,
-        dir,
-        o,
-        ("log-on", free_port(), be_port),
-        (&on, ""),
-    )?;
+    let off = ringmesh_variant(v, ("log-off", free_port(), v.be_port), ("", ""))?;
+    let on = ringmesh_variant(v, ("log-on", free_port(), v.be_port), (&on, ""))?;
     let variants = [
         ("no access log", &off),
         ("every request logged to a file", &on),
     ];
-    let runs = compare_variants(md, ("access log", "no log"), &variants, &[], 0, o);
+    let runs = compare_variants(md, ("access log", "no log"), &variants, &[], 0, v.o);
     // Each round's own ratio: the machine's drift between rounds cancels out.
     let per_round = median(
         runs[1]
