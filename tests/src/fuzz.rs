@@ -208,6 +208,13 @@ pub fn h2_server(data: &[u8]) {
     ringmesh_core::h2::drive_server(input, &cuts);
 }
 
+/// HTTP/2 from an upstream, as raw bytes after a first byte that chooses how many requests are
+/// open: the client side's frame handling never panics and keeps its windows bounded.
+pub fn h2_client(data: &[u8]) {
+    let (streams, input) = data.split_first().unwrap_or((&0, &[]));
+    ringmesh_core::h2::drive_client(input, *streams % 9);
+}
+
 /// TLS from a client, as raw bytes cut into reads at the positions the first bytes choose:
 /// the server side of the TLS adapter never panics, whatever arrives.
 pub fn tls_server(data: &[u8]) {

@@ -4,28 +4,32 @@
 //! writes become HEADERS, DATA and trailers; the answer reads back as an HTTP/1.1 head and body
 //! (chunk-coded, with trailers, when it has no length). Retries, timeouts, outlier ejection and
 //! the rest of the forwarding path therefore hold for HTTP/2 upstreams unchanged.
+//!
+//! The client side of the protocol is written here rather than taken from h2: the translation
+//! happens at the frame level. A request's HEADERS are encoded straight from its parsed
+//! HTTP/1.1 head, and an answer's header block is decoded straight into the HTTP/1.1 head the
+//! forwarding path reads, with no field map, shared buffers or per-stream task in between.
+//! Each connection has two tasks: one reads and handles frames, one writes what the streams
+//! and the reader queued (a burst of streams goes out in one write).
 
-use std::cell::{Cell, RefCell, RefMut};
-use std::future::{Future, poll_fn};
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
 use std::io;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use bytes::Bytes;
-use h2::client::{ResponseFuture, SendRequest};
-use h2::{Reason, SendStream};
-use http::{HeaderName, HeaderValue};
 use monoio::BufResult;
 use monoio::buf::{IoBufMut, IoVecBufMut};
+use monoio::io::Canceller;
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent};
 
-use super::stream::{
-    ChunkedOut, H2Recv, h2_error, is_connection_specific, read_glue, send_flow, share_head,
-    write_glue,
-};
+use super::hpack::{self, Decoder};
+use super::stream::is_connection_specific;
 use crate::endpoint::ConnCount;
-use crate::http1::{Framing, RequestHead, Span};
-use crate::io::Io;
+use crate::http1::chunked::write_chunk_size;
+use crate::http1::encode::push_u64;
+use crate::http1::{ChunkedDecoder, Framing, RequestHead};
+use crate::io::{Io, IoRead, IoWrite};
 use crate::rawbuf;
 
 /// Streams opened on one connection at most, whatever the peer allows (Envoy's default is 100
@@ -37,31 +41,257 @@ const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 /// The field that tells the next ringmesh a request came in as HTTP/1.1 (`protocol: mesh`).
 pub const ORIGINAL_PROTOCOL: &str = "ringmesh-original-protocol";
 
-/// One HTTP/2 connection to an endpoint.
-#[derive(Clone)]
-struct Conn {
-    send: SendRequest<Bytes>,
-    /// The connection's task is still running.
-    alive: Rc<Cell<bool>>,
-    /// Streams open on it now.
-    streams: Rc<Cell<u32>>,
-    /// Streams it may have open: the peer's limit, within ours.
-    max: Rc<Cell<u32>>,
-    /// Asks the connection's task to close it.
-    close: Rc<Close>,
+/// The frame payload we accept (SETTINGS_MAX_FRAME_SIZE left at its default).
+const MAX_FRAME: usize = 16_384;
+/// A header block (HEADERS and its CONTINUATIONs) we accept at most.
+const MAX_BLOCK: usize = 256 * 1024;
+/// Our SETTINGS_HEADER_TABLE_SIZE (the default).
+const TABLE_SIZE: usize = 4096;
+/// What one read takes at most.
+const READ_BUF: usize = 32 * 1024;
+/// Queued output past which request bodies wait for the writer.
+const OUT_LIMIT: usize = 256 * 1024;
+/// Stream ids end at 2^31 - 1.
+const MAX_ID: u32 = (1 << 31) - 1;
+
+mod frame {
+    pub const DATA: u8 = 0;
+    pub const HEADERS: u8 = 1;
+    pub const PRIORITY: u8 = 2;
+    pub const RST_STREAM: u8 = 3;
+    pub const SETTINGS: u8 = 4;
+    pub const PUSH_PROMISE: u8 = 5;
+    pub const PING: u8 = 6;
+    pub const GOAWAY: u8 = 7;
+    pub const WINDOW_UPDATE: u8 = 8;
+    pub const CONTINUATION: u8 = 9;
+
+    pub const END_STREAM: u8 = 0x1;
+    pub const ACK: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    pub const PADDED: u8 = 0x8;
+    pub const PRIORITY_FLAG: u8 = 0x20;
 }
 
-/// A request to close a connection, and the task to wake for it.
+/// Error codes (RFC 9113 section 7).
+mod code {
+    pub const PROTOCOL_ERROR: u32 = 1;
+    pub const FLOW_CONTROL_ERROR: u32 = 3;
+    pub const STREAM_CLOSED: u32 = 5;
+    pub const FRAME_SIZE_ERROR: u32 = 6;
+    pub const REFUSED_STREAM: u32 = 7;
+    pub const CANCEL: u32 = 8;
+    pub const COMPRESSION_ERROR: u32 = 9;
+    pub const ENHANCE_YOUR_CALM: u32 = 11;
+}
+
+/// Appends a frame header.
+fn frame_head(out: &mut Vec<u8>, len: usize, ty: u8, flags: u8, stream: u32) {
+    out.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+}
+
+fn push_rst(out: &mut Vec<u8>, stream: u32, code: u32) {
+    frame_head(out, 4, frame::RST_STREAM, 0, stream);
+    out.extend_from_slice(&code.to_be_bytes());
+}
+
+fn push_window_update(out: &mut Vec<u8>, stream: u32, n: u32) {
+    frame_head(out, 4, frame::WINDOW_UPDATE, 0, stream);
+    out.extend_from_slice(&n.to_be_bytes());
+}
+
+/// Appends a header block as HEADERS and, past the peer's frame size, CONTINUATION frames.
+fn push_block(out: &mut Vec<u8>, stream: u32, end_stream: bool, block: &[u8], max: usize) {
+    let (first, mut rest) = block.split_at(block.len().min(max));
+    let mut flags = if end_stream { frame::END_STREAM } else { 0 };
+    if rest.is_empty() {
+        flags |= frame::END_HEADERS;
+    }
+    frame_head(out, first.len(), frame::HEADERS, flags, stream);
+    out.extend_from_slice(first);
+    while !rest.is_empty() {
+        let (c, r) = rest.split_at(rest.len().min(max));
+        rest = r;
+        let flags = if rest.is_empty() {
+            frame::END_HEADERS
+        } else {
+            0
+        };
+        frame_head(out, c.len(), frame::CONTINUATION, flags, stream);
+        out.extend_from_slice(c);
+    }
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// How a stream ended before its answer did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// The peer reset it with this code.
+    Reset(u32),
+    /// We reset it (a malformed answer, or the request was given up).
+    Local(u32),
+    /// The connection ended.
+    Connection,
+}
+
+impl Failure {
+    fn error(self) -> io::Error {
+        match self {
+            Failure::Reset(c) => io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                format!("the upstream reset the HTTP/2 stream (code {c})"),
+            ),
+            Failure::Local(c) => io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the upstream's HTTP/2 answer was refused (code {c})"),
+            ),
+            Failure::Connection => io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the upstream HTTP/2 connection ended",
+            ),
+        }
+    }
+}
+
+/// Where a stream's answer is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Head,
+    Body,
+    Done,
+}
+
+/// One stream's state, kept by the connection.
+struct Stream {
+    /// The answer as HTTP/1.1 bytes, `inbox[taken..]` not yet read.
+    inbox: Vec<u8>,
+    taken: usize,
+    phase: Phase,
+    chunked: bool,
+    /// Body bytes the declared length still allows.
+    left: Option<u64>,
+    /// The request was HEAD: a declared length has no body.
+    head_request: bool,
+    failure: Option<Failure>,
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+    /// DATA bytes in the inbox, to credit back once read.
+    unread: u32,
+    /// Consumed, not yet credited back to the peer.
+    credit: u32,
+    recv_window: i64,
+    send_window: i64,
+    sent_end: bool,
+}
+
+impl Stream {
+    fn new(inbox: Vec<u8>, send_window: i64, head_request: bool, sent_end: bool) -> Stream {
+        Stream {
+            inbox,
+            taken: 0,
+            phase: Phase::Head,
+            chunked: false,
+            left: None,
+            head_request,
+            failure: None,
+            reader: None,
+            writer: None,
+            unread: 0,
+            credit: 0,
+            recv_window: STREAM_WINDOW as i64,
+            send_window,
+            sent_end,
+        }
+    }
+
+    fn fail(&mut self, f: Failure) {
+        if self.failure.is_none() && self.phase != Phase::Done {
+            self.failure = Some(f);
+        }
+        self.phase = Phase::Done;
+        wake(&mut self.reader);
+        wake(&mut self.writer);
+    }
+
+    /// Done both ways: nothing to reset.
+    fn closed(&self) -> bool {
+        self.phase == Phase::Done && (self.sent_end || self.failure.is_some())
+    }
+}
+
+fn wake(w: &mut Option<Waker>) {
+    if let Some(w) = w.take() {
+        w.wake();
+    }
+}
+
+/// A header block being received.
 #[derive(Default)]
-struct Close {
-    asked: Cell<bool>,
-    task: RefCell<Option<Waker>>,
+struct Block {
+    bytes: Vec<u8>,
+    /// The stream it is for (0: none in progress).
+    stream: u32,
+    end_stream: bool,
+}
+
+/// One connection's state: what the two tasks and the streams share.
+struct State {
+    /// Frames to write.
+    out: Vec<u8>,
+    writer: Option<Waker>,
+    /// Streams waiting for connection window or room in `out`.
+    blocked: Vec<Waker>,
+    next_id: u32,
+    ids: Vec<u32>,
+    streams: Vec<Stream>,
+    send_window: i64,
+    /// The peer's SETTINGS_INITIAL_WINDOW_SIZE.
+    peer_window: i64,
+    peer_max_frame: usize,
+    recv_window: i64,
+    credit: u32,
+    /// The peer's first frame, its SETTINGS, has come.
+    settled: bool,
+    /// The last stream the peer will process, once it has sent GOAWAY.
+    goaway: Option<u32>,
+    /// The connection has ended (or is ending): no stream goes on.
+    dead: bool,
+    /// Close once idle (the worker is stopping).
+    close_asked: bool,
+    decoder: Decoder,
+    block: Block,
+    /// Scratch for a request's header block.
+    scratch: Vec<u8>,
+    /// Inboxes of ended streams, for the next ones.
+    spare: Vec<Vec<u8>>,
+    /// Stops the reader's read once the connection is done.
+    canceller: Option<Canceller>,
+    /// The peer's limit on concurrent streams, within ours.
+    max: u32,
+}
+
+/// One HTTP/2 connection to an endpoint.
+struct Conn {
+    st: RefCell<State>,
+    /// Streams reserved on it now.
+    slots: Cell<u32>,
+}
+
+impl Conn {
+    fn usable(&self) -> bool {
+        let st = self.st.borrow();
+        !st.dead && !st.close_asked && st.goaway.is_none() && st.next_id <= MAX_ID
+    }
 }
 
 /// An endpoint's HTTP/2 connections, in one worker.
 #[derive(Default)]
 pub(crate) struct Conns {
-    list: RefCell<Vec<Conn>>,
+    list: RefCell<Vec<Rc<Conn>>>,
     /// Connections being opened: requests wait for them rather than open more (a burst on a
     /// cold endpoint makes one connection, not one per request).
     opening: Cell<u32>,
@@ -95,10 +325,9 @@ impl Conns {
     /// Closes every connection (the worker is stopping; no request is in flight).
     pub(crate) fn close_all(&self) {
         for c in self.list.borrow_mut().drain(..) {
-            c.close.asked.set(true);
-            if let Some(w) = c.close.task.borrow_mut().take() {
-                w.wake();
-            }
+            let mut st = c.st.borrow_mut();
+            st.close_asked = true;
+            wake(&mut st.writer);
         }
     }
 
@@ -112,63 +341,39 @@ impl Conns {
     /// is needed.
     pub(crate) fn pick(&self) -> Option<Slot> {
         let mut list = self.list.borrow_mut();
-        list.retain(|c| c.alive.get());
+        list.retain(|c| c.usable());
         let c = list
             .iter()
-            .filter(|c| c.streams.get() < c.max.get())
-            .min_by_key(|c| c.streams.get())?;
+            .filter(|c| c.slots.get() < c.st.borrow().max)
+            .min_by_key(|c| c.slots.get())?;
         Some(Slot::on(c))
     }
 
     /// Sets up HTTP/2 on a new connection (counted by `count` while it lives), and returns a
     /// stream slot on it.
     pub(crate) async fn open(&self, io: Io, count: ConnCount) -> io::Result<Slot> {
-        let mut b = h2::client::Builder::new();
-        b.initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_concurrent_streams(0)
-            .enable_push(false);
-        let (send, mut conn) = b
-            .handshake::<_, Bytes>(super::io::PollIo::new(io, Vec::new()))
-            .await
-            .map_err(h2_error)?;
-        let c = Conn {
-            send,
-            alive: Rc::new(Cell::new(true)),
-            streams: Rc::new(Cell::new(0)),
-            max: Rc::new(Cell::new(MAX_STREAMS_PER_CONN)),
-            close: Rc::default(),
-        };
-        let (alive, max, close) = (c.alive.clone(), c.max.clone(), c.close.clone());
+        let canceller = Canceller::new();
+        let handle = canceller.handle();
+        let conn = Rc::new(Conn {
+            st: RefCell::new(State::new(canceller)),
+            slots: Cell::new(0),
+        });
+        let (r, w) = io.into_split();
+        let count = Rc::new(count);
         // Contained as client connections are: a bug met on this connection ends it only.
+        let (c, n) = (conn.clone(), count.clone());
+        monoio::spawn(crate::listener::contained(async move {
+            let _count = n;
+            read_loop(&c, r, handle).await;
+        }));
+        let c = conn.clone();
         monoio::spawn(crate::listener::contained(async move {
             let _count = count;
-            // However the task ends, the connection takes no more streams.
-            let _alive = Alive(alive);
-            let _ = poll_fn(|cx| {
-                if close.asked.get() {
-                    return Poll::Ready(Ok(()));
-                }
-                *close.task.borrow_mut() = Some(cx.waker().clone());
-                let r = Pin::new(&mut conn).poll(cx);
-                let peer = conn.max_concurrent_send_streams().min(u32::MAX as usize) as u32;
-                max.set(peer.clamp(1, MAX_STREAMS_PER_CONN));
-                r
-            })
-            .await;
+            write_loop(&c, w).await;
         }));
-        let slot = Slot::on(&c);
-        self.list.borrow_mut().push(c);
+        let slot = Slot::on(&conn);
+        self.list.borrow_mut().push(conn);
         Ok(slot)
-    }
-}
-
-/// Marks a connection's task as running until dropped.
-struct Alive(Rc<Cell<bool>>);
-
-impl Drop for Alive {
-    fn drop(&mut self) {
-        self.0.set(false);
     }
 }
 
@@ -187,36 +392,806 @@ impl Drop for Opening<'_> {
 
 /// A stream reserved on a connection (counted until dropped).
 pub(crate) struct Slot {
-    send: SendRequest<Bytes>,
-    streams: Rc<Cell<u32>>,
+    conn: Rc<Conn>,
 }
 
 impl Slot {
-    fn on(c: &Conn) -> Slot {
-        c.streams.set(c.streams.get() + 1);
-        Slot {
-            send: c.send.clone(),
-            streams: c.streams.clone(),
-        }
+    fn on(c: &Rc<Conn>) -> Slot {
+        c.slots.set(c.slots.get() + 1);
+        Slot { conn: c.clone() }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.streams.set(self.streams.get().saturating_sub(1));
+        self.conn.slots.set(self.conn.slots.get().saturating_sub(1));
     }
 }
 
-/// What the two halves of a stream share: the answer on its way.
-struct Shared {
-    response: Option<ResponseFuture>,
-    /// The reading half waits for the request to be sent.
-    waker: Option<Waker>,
-    /// The peer refused the stream (REFUSED_STREAM, or past its GOAWAY): nothing was processed.
-    refused: bool,
+impl State {
+    fn new(canceller: Canceller) -> State {
+        let mut out = Vec::with_capacity(16 * 1024);
+        out.extend_from_slice(super::PREFACE);
+        // Our SETTINGS: no push, no streams from the server, our stream window.
+        frame_head(&mut out, 18, frame::SETTINGS, 0, 0);
+        for (id, v) in [(2u16, 0u32), (3, 0), (4, STREAM_WINDOW)] {
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        push_window_update(&mut out, 0, CONNECTION_WINDOW - 65_535);
+        State {
+            out,
+            writer: None,
+            blocked: Vec::new(),
+            next_id: 1,
+            ids: Vec::new(),
+            streams: Vec::new(),
+            send_window: 65_535,
+            peer_window: 65_535,
+            peer_max_frame: MAX_FRAME,
+            recv_window: CONNECTION_WINDOW as i64,
+            credit: 0,
+            settled: false,
+            goaway: None,
+            dead: false,
+            close_asked: false,
+            decoder: Decoder::new(TABLE_SIZE),
+            block: Block::default(),
+            scratch: Vec::new(),
+            spare: Vec::new(),
+            canceller: Some(canceller),
+            max: MAX_STREAMS_PER_CONN,
+        }
+    }
+
+    /// A connection with `n` requests sent whole (streams 1, 3, ...), for fuzzing and tests.
+    fn with_requests(n: u8) -> State {
+        let mut st = State::new(Canceller::new());
+        for _ in 0..n {
+            let id = st.next_id;
+            st.next_id += 2;
+            st.ids.push(id);
+            st.streams
+                .push(Stream::new(Vec::new(), st.peer_window, false, true));
+        }
+        st
+    }
+
+    fn find(&self, id: u32) -> Option<usize> {
+        self.ids.iter().position(|&i| i == id)
+    }
+
+    fn stream(&mut self, id: u32) -> Option<&mut Stream> {
+        let i = self.find(id)?;
+        Some(&mut self.streams[i])
+    }
+
+    fn wake_blocked(&mut self) {
+        for w in self.blocked.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// The output has something new for the writer.
+    fn queued(&mut self) {
+        wake(&mut self.writer);
+    }
+
+    /// Ends the connection: every stream fails, the writer sends what is queued (a GOAWAY with
+    /// `code` when it is our error) and closes.
+    fn fail(&mut self, code: Option<u32>) {
+        if self.dead {
+            return;
+        }
+        self.dead = true;
+        if let Some(code) = code {
+            frame_head(&mut self.out, 8, frame::GOAWAY, 0, 0);
+            self.out.extend_from_slice(&0u32.to_be_bytes());
+            self.out.extend_from_slice(&code.to_be_bytes());
+        }
+        let goaway = self.goaway;
+        for (id, s) in self.ids.iter().zip(self.streams.iter_mut()) {
+            // Past the peer's GOAWAY, the request was never processed.
+            let f = match goaway {
+                Some(last) if *id > last => Failure::Reset(code::REFUSED_STREAM),
+                _ => Failure::Connection,
+            };
+            s.fail(f);
+        }
+        self.wake_blocked();
+        self.queued();
+    }
+
+    /// Ends one stream with a reset of ours.
+    fn reset(&mut self, id: u32, code: u32) {
+        push_rst(&mut self.out, id, code);
+        self.queued();
+        if let Some(s) = self.stream(id) {
+            s.fail(Failure::Local(code));
+        }
+    }
+
+    /// Credits read DATA back to the peer, in halves of the windows.
+    fn credit(&mut self, id: u32, n: u32) {
+        self.credit += n;
+        if self.credit >= CONNECTION_WINDOW / 2 {
+            push_window_update(&mut self.out, 0, self.credit);
+            self.recv_window += self.credit as i64;
+            self.credit = 0;
+            self.queued();
+        }
+        let Some(i) = self.find(id) else { return };
+        let s = &mut self.streams[i];
+        s.credit += n;
+        if s.credit >= STREAM_WINDOW / 2 && s.phase != Phase::Done {
+            let c = std::mem::take(&mut s.credit);
+            s.recv_window += c as i64;
+            push_window_update(&mut self.out, id, c);
+            self.queued();
+        }
+    }
+
+    /// Handles every whole frame at the start of `buf`; how many bytes that was. An error is
+    /// the connection's: its code for GOAWAY.
+    fn on_bytes(&mut self, buf: &[u8]) -> Result<usize, u32> {
+        let mut at = 0;
+        while buf.len() - at >= 9 {
+            let h = &buf[at..at + 9];
+            let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
+            if len > MAX_FRAME {
+                return Err(code::FRAME_SIZE_ERROR);
+            }
+            if buf.len() - at - 9 < len {
+                break;
+            }
+            let (ty, flags, id) = (h[3], h[4], be32(&h[5..9]) & MAX_ID);
+            self.on_frame(ty, flags, id, &buf[at + 9..at + 9 + len])?;
+            at += 9 + len;
+            if self.dead {
+                break;
+            }
+        }
+        Ok(at)
+    }
+
+    fn on_frame(&mut self, ty: u8, flags: u8, id: u32, p: &[u8]) -> Result<(), u32> {
+        if !self.settled && ty != frame::SETTINGS {
+            return Err(code::PROTOCOL_ERROR);
+        }
+        if self.block.stream != 0 && ty != frame::CONTINUATION {
+            // A header block is one run of frames (RFC 9113 section 6.10).
+            return Err(code::PROTOCOL_ERROR);
+        }
+        match ty {
+            frame::DATA => self.on_data(flags, id, p),
+            frame::HEADERS => self.on_headers(flags, id, p),
+            frame::CONTINUATION => {
+                if self.block.stream == 0 || id != self.block.stream {
+                    return Err(code::PROTOCOL_ERROR);
+                }
+                self.add_block(p)?;
+                if flags & frame::END_HEADERS != 0 {
+                    self.end_block()?;
+                }
+                Ok(())
+            }
+            frame::PRIORITY => {
+                if id == 0 {
+                    return Err(code::PROTOCOL_ERROR);
+                }
+                if p.len() != 5 {
+                    self.reset(id, code::FRAME_SIZE_ERROR);
+                }
+                Ok(())
+            }
+            frame::RST_STREAM => {
+                if id == 0 || self.idle(id) {
+                    return Err(code::PROTOCOL_ERROR);
+                }
+                if p.len() != 4 {
+                    return Err(code::FRAME_SIZE_ERROR);
+                }
+                if let Some(s) = self.stream(id) {
+                    // The peer is done with the stream either way: nothing to reset back.
+                    s.sent_end = true;
+                    s.fail(Failure::Reset(be32(p)));
+                    wake(&mut s.writer);
+                }
+                Ok(())
+            }
+            frame::SETTINGS => self.on_settings(flags, id, p),
+            frame::PUSH_PROMISE => Err(code::PROTOCOL_ERROR),
+            frame::PING => {
+                if id != 0 {
+                    return Err(code::PROTOCOL_ERROR);
+                }
+                if p.len() != 8 {
+                    return Err(code::FRAME_SIZE_ERROR);
+                }
+                if flags & frame::ACK == 0 {
+                    frame_head(&mut self.out, 8, frame::PING, frame::ACK, 0);
+                    self.out.extend_from_slice(p);
+                    self.queued();
+                }
+                Ok(())
+            }
+            frame::GOAWAY => {
+                if id != 0 {
+                    return Err(code::PROTOCOL_ERROR);
+                }
+                if p.len() < 8 {
+                    return Err(code::FRAME_SIZE_ERROR);
+                }
+                let last = be32(p) & MAX_ID;
+                let last = self.goaway.map_or(last, |l| l.min(last));
+                self.goaway = Some(last);
+                for (sid, s) in self.ids.iter().zip(self.streams.iter_mut()) {
+                    if *sid > last {
+                        s.sent_end = true;
+                        s.fail(Failure::Reset(code::REFUSED_STREAM));
+                    }
+                }
+                self.queued();
+                Ok(())
+            }
+            frame::WINDOW_UPDATE => {
+                if p.len() != 4 {
+                    return Err(code::FRAME_SIZE_ERROR);
+                }
+                let n = (be32(p) & MAX_ID) as i64;
+                if id == 0 {
+                    if n == 0 {
+                        return Err(code::PROTOCOL_ERROR);
+                    }
+                    self.send_window += n;
+                    if self.send_window > MAX_ID as i64 {
+                        return Err(code::FLOW_CONTROL_ERROR);
+                    }
+                    self.wake_blocked();
+                    return Ok(());
+                }
+                if self.idle(id) {
+                    return Err(code::PROTOCOL_ERROR);
+                }
+                if n == 0 {
+                    self.reset(id, code::PROTOCOL_ERROR);
+                    return Ok(());
+                }
+                let Some(s) = self.stream(id) else {
+                    return Ok(());
+                };
+                s.send_window += n;
+                if s.send_window > MAX_ID as i64 {
+                    self.reset(id, code::FLOW_CONTROL_ERROR);
+                    return Ok(());
+                }
+                wake(&mut s.writer);
+                Ok(())
+            }
+            // Unknown frame types are ignored (RFC 9113 section 4.1).
+            _ => Ok(()),
+        }
+    }
+
+    /// A stream id we never opened: the server may not open streams.
+    fn idle(&self, id: u32) -> bool {
+        id >= self.next_id || id % 2 == 0
+    }
+
+    fn on_settings(&mut self, flags: u8, id: u32, p: &[u8]) -> Result<(), u32> {
+        if id != 0 {
+            return Err(code::PROTOCOL_ERROR);
+        }
+        if flags & frame::ACK != 0 {
+            return if p.is_empty() {
+                Ok(())
+            } else {
+                Err(code::FRAME_SIZE_ERROR)
+            };
+        }
+        if p.len() % 6 != 0 {
+            return Err(code::FRAME_SIZE_ERROR);
+        }
+        self.settled = true;
+        for s in p.chunks_exact(6) {
+            let v = be32(&s[2..]);
+            match u16::from_be_bytes([s[0], s[1]]) {
+                2 if v > 1 => return Err(code::PROTOCOL_ERROR),
+                3 => self.max = v.clamp(1, MAX_STREAMS_PER_CONN),
+                4 => {
+                    if v > MAX_ID {
+                        return Err(code::FLOW_CONTROL_ERROR);
+                    }
+                    // A new initial window moves every open stream's (RFC 9113 6.9.2).
+                    let delta = v as i64 - self.peer_window;
+                    self.peer_window = v as i64;
+                    for s in &mut self.streams {
+                        s.send_window += delta;
+                        if s.send_window > MAX_ID as i64 {
+                            return Err(code::FLOW_CONTROL_ERROR);
+                        }
+                        if delta > 0 {
+                            wake(&mut s.writer);
+                        }
+                    }
+                }
+                5 => {
+                    if !(MAX_FRAME as u32..=(1 << 24) - 1).contains(&v) {
+                        return Err(code::PROTOCOL_ERROR);
+                    }
+                    self.peer_max_frame = v as usize;
+                }
+                _ => {}
+            }
+        }
+        frame_head(&mut self.out, 0, frame::SETTINGS, frame::ACK, 0);
+        self.queued();
+        Ok(())
+    }
+
+    /// The payload without its padding (and, for HEADERS, its priority fields).
+    fn unpad(flags: u8, p: &[u8], priority: bool) -> Result<(&[u8], usize), u32> {
+        let mut body = p;
+        let mut pad = 0;
+        if flags & frame::PADDED != 0 {
+            let (&n, rest) = body.split_first().ok_or(code::FRAME_SIZE_ERROR)?;
+            pad = n as usize;
+            if pad >= p.len() {
+                return Err(code::PROTOCOL_ERROR);
+            }
+            body = &rest[..rest.len() - pad];
+        }
+        if priority && flags & frame::PRIORITY_FLAG != 0 {
+            body = body.get(5..).ok_or(code::FRAME_SIZE_ERROR)?;
+        }
+        Ok((body, pad))
+    }
+
+    fn on_data(&mut self, flags: u8, id: u32, p: &[u8]) -> Result<(), u32> {
+        if id == 0 || self.idle(id) {
+            return Err(code::PROTOCOL_ERROR);
+        }
+        let n = p.len() as i64;
+        if n > self.recv_window {
+            return Err(code::FLOW_CONTROL_ERROR);
+        }
+        self.recv_window -= n;
+        let (data, _) = Self::unpad(flags, p, false)?;
+        let Some(i) = self.find(id) else {
+            // A stream we are done with: its window is the connection's again at once.
+            self.credit(id, p.len() as u32);
+            return Ok(());
+        };
+        let s = &mut self.streams[i];
+        if s.phase != Phase::Body {
+            let code = if s.phase == Phase::Head {
+                code::PROTOCOL_ERROR
+            } else {
+                code::STREAM_CLOSED
+            };
+            self.credit(id, p.len() as u32);
+            if self.streams[i].failure.is_none() {
+                self.reset(id, code);
+            }
+            return Ok(());
+        }
+        if n > s.recv_window {
+            self.credit(id, p.len() as u32);
+            self.reset(id, code::FLOW_CONTROL_ERROR);
+            return Ok(());
+        }
+        s.recv_window -= n;
+        let end = flags & frame::END_STREAM != 0;
+        let fits = match s.left.as_mut() {
+            Some(left) if data.len() as u64 > *left => false,
+            Some(left) => {
+                *left -= data.len() as u64;
+                !end || *left == 0
+            }
+            None => true,
+        };
+        if !fits {
+            // More or less body than the declared length (RFC 9113 section 8.1.1).
+            self.credit(id, p.len() as u32);
+            self.reset(id, code::PROTOCOL_ERROR);
+            return Ok(());
+        }
+        if !data.is_empty() {
+            if s.chunked {
+                write_chunk_size(&mut s.inbox, data.len());
+                s.inbox.extend_from_slice(data);
+                s.inbox.extend_from_slice(b"\r\n");
+            } else {
+                s.inbox.extend_from_slice(data);
+            }
+            s.unread += data.len() as u32;
+        }
+        if end {
+            if s.chunked {
+                s.inbox.extend_from_slice(b"0\r\n\r\n");
+            }
+            s.phase = Phase::Done;
+        }
+        wake(&mut s.reader);
+        let padding = (p.len() - data.len()) as u32;
+        if padding > 0 {
+            self.credit(id, padding);
+        }
+        Ok(())
+    }
+
+    fn on_headers(&mut self, flags: u8, id: u32, p: &[u8]) -> Result<(), u32> {
+        if id == 0 || self.idle(id) {
+            return Err(code::PROTOCOL_ERROR);
+        }
+        let (block, _) = Self::unpad(flags, p, true)?;
+        self.block.stream = id;
+        self.block.end_stream = flags & frame::END_STREAM != 0;
+        self.block.bytes.clear();
+        self.add_block(block)?;
+        if flags & frame::END_HEADERS != 0 {
+            self.end_block()?;
+        }
+        Ok(())
+    }
+
+    fn add_block(&mut self, p: &[u8]) -> Result<(), u32> {
+        if self.block.bytes.len() + p.len() > MAX_BLOCK {
+            return Err(code::ENHANCE_YOUR_CALM);
+        }
+        self.block.bytes.extend_from_slice(p);
+        Ok(())
+    }
+
+    /// A whole header block has come: an answer's head, an interim answer, or trailers.
+    fn end_block(&mut self) -> Result<(), u32> {
+        let id = std::mem::take(&mut self.block.stream);
+        let end = self.block.end_stream;
+        let block = std::mem::take(&mut self.block.bytes);
+        let r = self.on_block(id, end, &block);
+        self.block.bytes = block;
+        r
+    }
+
+    fn on_block(&mut self, id: u32, end: bool, block: &[u8]) -> Result<(), u32> {
+        let i = self.find(id);
+        let Some(s) = i
+            .map(|i| &mut self.streams[i])
+            .filter(|s| s.phase != Phase::Done)
+        else {
+            // Decoded all the same: the table must stay in step.
+            self.decoder
+                .decode(block, |_, _| {})
+                .map_err(|_| code::COMPRESSION_ERROR)?;
+            if i.is_some_and(|i| self.streams[i].failure.is_none()) {
+                // Past the end of the answer.
+                self.reset(id, code::STREAM_CLOSED);
+            }
+            return Ok(());
+        };
+        let mut t = Translate::new(s.phase, s.inbox.len());
+        let r = self
+            .decoder
+            .decode(block, |n, v| t.field(&mut s.inbox, n, v));
+        r.map_err(|_| code::COMPRESSION_ERROR)?;
+        match t.finish(s, end) {
+            Ok(()) => {
+                wake(&mut s.reader);
+                Ok(())
+            }
+            Err(start) => {
+                s.inbox.truncate(start);
+                self.reset(id, code::PROTOCOL_ERROR);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An answer's header block becoming HTTP/1.1, one field at a time, straight into the stream's
+/// inbox.
+struct Translate {
+    /// The block is trailers (the head has been given).
+    trailers: bool,
+    /// Where the block's bytes start in the inbox (to take them back if it is malformed).
+    start: usize,
+    fields: usize,
+    malformed: bool,
+    /// An interim (1xx) answer: skipped.
+    interim: bool,
+    length: Option<u64>,
+    grpc: bool,
+    status: u16,
+}
+
+impl Translate {
+    fn new(phase: Phase, start: usize) -> Translate {
+        Translate {
+            trailers: phase == Phase::Body,
+            start,
+            fields: 0,
+            malformed: false,
+            interim: false,
+            length: None,
+            grpc: false,
+            status: 0,
+        }
+    }
+
+    fn field(&mut self, inbox: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+        let first = self.fields == 0;
+        self.fields += 1;
+        if self.malformed || self.interim {
+            return;
+        }
+        if !valid_value(value) {
+            self.malformed = true;
+            return;
+        }
+        if name.first() == Some(&b':') {
+            // Only :status, and first, in an answer's head (RFC 9113 section 8.3.2).
+            if self.trailers || !first || name != b":status" {
+                self.malformed = true;
+                return;
+            }
+            let status = match value {
+                [a @ b'1'..=b'9', b @ b'0'..=b'9', c @ b'0'..=b'9'] => {
+                    (a - b'0') as u16 * 100 + (b - b'0') as u16 * 10 + (c - b'0') as u16
+                }
+                _ => {
+                    self.malformed = true;
+                    return;
+                }
+            };
+            self.status = status;
+            if status < 200 {
+                // 101 has no place in HTTP/2 (RFC 9113 section 8.6); other interim answers
+                // are not passed on.
+                self.interim = status != 101;
+                self.malformed = status == 101;
+                return;
+            }
+            inbox.extend_from_slice(b"HTTP/1.1 ");
+            inbox.extend_from_slice(value);
+            inbox.push(b' ');
+            let reason = http::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("Unknown");
+            inbox.extend_from_slice(reason.as_bytes());
+            inbox.extend_from_slice(b"\r\n");
+            return;
+        }
+        if !self.trailers && self.status == 0 {
+            self.malformed = true;
+            return;
+        }
+        if !valid_name(name) || is_connection_specific(name) || name == b"te" {
+            self.malformed = true;
+            return;
+        }
+        if !self.trailers {
+            if name == b"content-length" {
+                match parse_length(value) {
+                    Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                    _ => {
+                        self.malformed = true;
+                        return;
+                    }
+                }
+            }
+            self.grpc |= name == b"content-type" && value.starts_with(b"application/grpc");
+        }
+        inbox.extend_from_slice(name);
+        inbox.extend_from_slice(b": ");
+        inbox.extend_from_slice(value);
+        inbox.extend_from_slice(b"\r\n");
+    }
+
+    /// Ends the block: the head's framing, or the trailer section's end. `Err`: the block was
+    /// malformed, with where its bytes start in the inbox.
+    fn finish(self, s: &mut Stream, end: bool) -> Result<(), usize> {
+        if self.malformed || (!self.trailers && !self.interim && self.status == 0) {
+            return Err(self.start);
+        }
+        if self.interim {
+            // An interim answer may not end the stream.
+            return if end { Err(self.start) } else { Ok(()) };
+        }
+        if self.trailers {
+            // Trailers end the stream, and the body must have had its declared length.
+            if !end || s.left.is_some_and(|l| l > 0) {
+                return Err(self.start);
+            }
+            if s.chunked {
+                // The trailer fields were written after the body; the last chunk goes first.
+                let fields = s.inbox.split_off(self.start);
+                s.inbox.extend_from_slice(b"0\r\n");
+                s.inbox.extend_from_slice(&fields);
+                s.inbox.extend_from_slice(b"\r\n");
+            } else {
+                s.inbox.truncate(self.start);
+            }
+            s.phase = Phase::Done;
+            return Ok(());
+        }
+        // Trailers need chunked framing in HTTP/1.1: a body without a length, or gRPC's (whose
+        // status comes last), goes chunked.
+        let bodiless = s.head_request || self.status == 204 || self.status == 304;
+        s.chunked = !end && (self.length.is_none() || self.grpc) && !bodiless;
+        if s.chunked {
+            s.inbox.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        } else if self.length.is_none() && !bodiless {
+            s.inbox.extend_from_slice(b"content-length: 0\r\n");
+        }
+        s.inbox.extend_from_slice(b"\r\n");
+        // A bodiless answer's declared length is not its body's: it may have none.
+        s.left = if bodiless {
+            Some(0)
+        } else if s.chunked {
+            None
+        } else {
+            self.length
+        };
+        if end {
+            if s.left.is_some_and(|l| l > 0) {
+                return Err(self.start);
+            }
+            s.phase = Phase::Done;
+        } else {
+            s.phase = Phase::Body;
+        }
+        Ok(())
+    }
+}
+
+/// A field name as HTTP/2 allows it: a token, lowercase.
+fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.iter().all(|&b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+/// A field value with nothing that could end an HTTP/1.1 line (RFC 9113 section 8.2.1).
+fn valid_value(v: &[u8]) -> bool {
+    !v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
+}
+
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + (b - b'0') as u64)
+    })
+}
+
+/// Reads and handles frames until the connection ends.
+async fn read_loop(conn: &Conn, mut r: IoRead, cancel: monoio::io::CancelHandle) {
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
+    loop {
+        let room = buf.capacity() - buf.len();
+        let at = buf.len();
+        let (res, slice) = r
+            .cancelable_read(buf.slice_mut(at..at + room), cancel.clone())
+            .await;
+        buf = slice.into_inner();
+        let mut st = conn.st.borrow_mut();
+        match res {
+            Ok(0) | Err(_) => {
+                st.fail(None);
+                return;
+            }
+            Ok(_) => {}
+        }
+        match st.on_bytes(&buf) {
+            Ok(n) => {
+                buf.copy_within(n.., 0);
+                buf.truncate(buf.len() - n);
+            }
+            Err(code) => st.fail(Some(code)),
+        }
+        if st.dead {
+            return;
+        }
+    }
+}
+
+/// Writes what is queued until the connection ends, then closes it.
+async fn write_loop(conn: &Conn, mut w: IoWrite) {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    loop {
+        let go = poll_fn(|cx| {
+            let mut st = conn.st.borrow_mut();
+            if !st.out.is_empty() {
+                std::mem::swap(&mut st.out, &mut buf);
+                st.wake_blocked();
+                return Poll::Ready(true);
+            }
+            let idle = st.streams.is_empty();
+            if st.dead || (idle && (st.close_asked || st.goaway.is_some())) {
+                return Poll::Ready(false);
+            }
+            st.writer = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        if !go {
+            break;
+        }
+        let (r, b) = w.write_all(buf).await;
+        buf = b;
+        buf.clear();
+        if r.is_err() {
+            conn.st.borrow_mut().fail(None);
+            break;
+        }
+    }
+    let canceller = {
+        let mut st = conn.st.borrow_mut();
+        st.fail(None);
+        st.canceller.take()
+    };
+    let _ = w.shutdown().await;
+    // The reader's read would otherwise wait for the peer to close.
+    if let Some(c) = canceller {
+        c.cancel();
+    }
+}
+
+/// What the two halves of a stream share.
+struct Handle {
+    slot: Slot,
+    /// The stream's id, once its HEADERS are queued.
+    id: Cell<u32>,
+    /// The peer guarantees it did not act on the request.
+    refused: Cell<bool>,
     /// The writing half failed before the request went out.
-    failed: bool,
-    slot: Option<Slot>,
+    failed: Cell<bool>,
+    /// The reading half waits for the request to go out.
+    waiting: RefCell<Option<Waker>>,
+}
+
+impl Handle {
+    fn conn(&self) -> &Conn {
+        &self.slot.conn
+    }
+
+    /// The stream has failed: remember whether the request may go again.
+    fn failure(&self, f: Failure) -> io::Error {
+        if f == Failure::Reset(code::REFUSED_STREAM) {
+            self.refused.set(true);
+        }
+        f.error()
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let id = self.id.get();
+        if id == 0 {
+            return;
+        }
+        let mut st = self.conn().st.borrow_mut();
+        let Some(i) = st.find(id) else { return };
+        st.ids.swap_remove(i);
+        let mut s = st.streams.swap_remove(i);
+        if !s.closed() && !st.dead {
+            // Given up before it ended: the upstream stops working on it.
+            push_rst(&mut st.out, id, code::CANCEL);
+        }
+        // What the peer sent and nobody read is the connection's window again. (`s.credit`
+        // is read data: the connection has counted it already.)
+        if s.unread > 0 {
+            st.credit(0, s.unread);
+        }
+        if s.inbox.capacity() <= 64 * 1024 && st.spare.len() < 16 {
+            s.inbox.clear();
+            st.spare.push(s.inbox);
+        }
+        st.queued();
+    }
 }
 
 /// An upstream stream as an HTTP/1.1 connection.
@@ -227,61 +1202,60 @@ pub(crate) struct H2Up {
 
 /// The request side.
 pub(crate) struct UpWrite {
-    shared: Rc<RefCell<Shared>>,
+    h: Rc<Handle>,
+    /// A head written in parts, kept until it is whole.
     head: Vec<u8>,
-    scheme: &'static str,
+    tls: bool,
     mesh: bool,
     out: Out,
-    stream: RefCell<Option<SendStream<Bytes>>>,
 }
 
 enum Out {
     Head,
     Length(u64),
-    Chunked(ChunkedOut),
+    Chunked(Box<ChunkedOut>),
     Done,
+}
+
+/// A chunk-coded request body going out as DATA, and its trailer section as trailers.
+#[derive(Default)]
+struct ChunkedOut {
+    decoder: ChunkedDecoder,
+    trailers: Vec<u8>,
+    ranges: Vec<std::ops::Range<usize>>,
 }
 
 /// The answer side.
 pub(crate) struct UpRead {
-    shared: Rc<RefCell<Shared>>,
-    head: Vec<u8>,
-    head_at: usize,
-    body: Option<H2Recv>,
+    h: Rc<Handle>,
 }
 
 impl H2Up {
     /// A stream on `slot`; `tls`: the scheme is https; `mesh`: the request is marked as having
     /// come in as HTTP/1.1.
     pub(crate) fn new(slot: Slot, tls: bool, mesh: bool) -> H2Up {
-        let shared = Rc::new(RefCell::new(Shared {
-            response: None,
-            waker: None,
-            refused: false,
-            failed: false,
-            slot: Some(slot),
-        }));
+        let h = Rc::new(Handle {
+            slot,
+            id: Cell::new(0),
+            refused: Cell::new(false),
+            failed: Cell::new(false),
+            waiting: RefCell::new(None),
+        });
         H2Up {
             write: UpWrite {
-                shared: shared.clone(),
+                h: h.clone(),
                 head: Vec::new(),
-                scheme: if tls { "https" } else { "http" },
+                tls,
                 mesh,
                 out: Out::Head,
-                stream: RefCell::new(None),
             },
-            read: UpRead {
-                shared,
-                head: Vec::new(),
-                head_at: 0,
-                body: None,
-            },
+            read: UpRead { h },
         }
     }
 
     /// The peer refused the stream unprocessed: the request may go again, whatever its method.
     pub(crate) fn refused(&self) -> bool {
-        self.write.shared.borrow().refused
+        self.write.h.refused.get()
     }
 }
 
@@ -313,10 +1287,9 @@ impl UpWrite {
                 }
                 Err(_) => return Err(invalid()),
             };
-            if let Err(e) = self.send_head(&req, data, n).await {
-                let mut sh = self.shared.borrow_mut();
-                sh.failed = true;
-                if let Some(w) = sh.waker.take() {
+            if let Err(e) = self.send_head(&req, data) {
+                self.h.failed.set(true);
+                if let Some(w) = self.h.waiting.borrow_mut().take() {
                     w.wake();
                 }
                 return Err(e);
@@ -326,123 +1299,40 @@ impl UpWrite {
         self.body(bytes).await
     }
 
-    /// Opens the stream with the request's head (`buf[..n]`).
-    async fn send_head(&mut self, req: &RequestHead, buf: &[u8], n: usize) -> io::Result<()> {
-        let length = match req.framing {
-            Framing::Length(n) => Some(n),
-            _ => None,
-        };
-        // The URI's parts and the field values share one copy of the head.
-        let (shared, length) = share_head(&buf[..n], length);
-        let part = |s: Span| shared.slice(s.start as usize..s.end as usize);
-        let mut r = http::Request::new(());
-        *r.method_mut() =
-            http::Method::from_bytes(req.method_span.get(buf)).map_err(|_| invalid())?;
-        *r.uri_mut() = self.uri(req, buf, &part)?;
-        let headers = r.headers_mut();
-        headers.reserve(req.headers.len() + 2);
-        // The head is the proxy's own: every field goes but those HTTP/2 carries otherwise
-        // (Host as :authority, the framing) or forbids. (The parser's `drop` marks what a
-        // client's head loses; here the deadline and trace fields must stay.)
-        for h in &req.headers {
-            let name = h.name.get(buf);
-            if name.eq_ignore_ascii_case(b"host")
-                || name.eq_ignore_ascii_case(b"content-length")
-                || name.eq_ignore_ascii_case(b"te")
-                || is_connection_specific(name)
-            {
-                continue;
-            }
-            let (Ok(n), Ok(v)) = (
-                header_name(name),
-                HeaderValue::from_maybe_shared(part(h.value)),
-            ) else {
-                return Err(invalid());
-            };
-            headers.append(n, v);
-        }
-        // The proxy takes trailers, and gRPC servers insist on being told so.
-        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-        if self.mesh {
-            // A name built once: inserting by a `&str` would copy it for every request.
-            const NAME: HeaderName = HeaderName::from_static(ORIGINAL_PROTOCOL);
-            headers.insert(NAME, HeaderValue::from_static("HTTP/1.1"));
-        }
-        if let Some(length) = length {
-            headers.insert(http::header::CONTENT_LENGTH, length);
-        }
+    /// Opens the stream with the request's head.
+    fn send_head(&mut self, req: &RequestHead, buf: &[u8]) -> io::Result<()> {
         self.out = match req.framing {
+            Framing::Length(0) => Out::Done,
             Framing::Length(n) => Out::Length(n),
-            Framing::Chunked => Out::Chunked(ChunkedOut::default()),
+            Framing::Chunked => Out::Chunked(Box::default()),
             Framing::None | Framing::Close => Out::Done,
         };
         let end = matches!(self.out, Out::Done);
-        let send = self
-            .shared
-            .borrow()
-            .slot
-            .as_ref()
-            .map(|s| s.send.clone())
-            .ok_or(io::ErrorKind::BrokenPipe)?;
-        let mut send = send.ready().await.map_err(|e| self.note(e))?;
-        let (response, stream) = send.send_request(r, end).map_err(|e| self.note(e))?;
-        *self.stream.borrow_mut() = Some(stream);
-        let mut sh = self.shared.borrow_mut();
-        sh.response = Some(response);
-        if let Some(w) = sh.waker.take() {
+        let mut st = self.h.conn().st.borrow_mut();
+        if st.dead || st.goaway.is_some() || st.close_asked || st.next_id > MAX_ID {
+            // Never sent: the request may go again.
+            self.h.refused.set(true);
+            return Err(io::ErrorKind::ConnectionReset.into());
+        }
+        let mut block = std::mem::take(&mut st.scratch);
+        block.clear();
+        encode_request(req, buf, self.tls, self.mesh, &mut block);
+        let id = st.next_id;
+        st.next_id += 2;
+        let max = st.peer_max_frame;
+        push_block(&mut st.out, id, end, &block, max);
+        st.scratch = block;
+        let inbox = st.spare.pop().unwrap_or_default();
+        let head_request = req.method_span.get(buf) == b"HEAD";
+        let stream = Stream::new(inbox, st.peer_window, head_request, end);
+        st.ids.push(id);
+        st.streams.push(stream);
+        st.queued();
+        self.h.id.set(id);
+        if let Some(w) = self.h.waiting.borrow_mut().take() {
             w.wake();
         }
         Ok(())
-    }
-
-    /// The request's URI: the scheme, the Host field as the authority, the target.
-    fn uri(
-        &self,
-        req: &RequestHead,
-        buf: &[u8],
-        part: &impl Fn(Span) -> Bytes,
-    ) -> io::Result<http::Uri> {
-        // The parser took the authority from Host (the head is the proxy's own, in origin form).
-        let origin_form = req.path.get(buf).starts_with(b"/");
-        if let Some(at) = req.authority.filter(|at| !at.is_empty() && origin_form) {
-            let mut p = http::uri::Parts::default();
-            p.scheme = Some(match self.scheme {
-                "https" => http::uri::Scheme::HTTPS,
-                _ => http::uri::Scheme::HTTP,
-            });
-            p.authority =
-                Some(http::uri::Authority::from_maybe_shared(part(at)).map_err(|_| invalid())?);
-            p.path_and_query = Some(
-                http::uri::PathAndQuery::from_maybe_shared(part(req.path))
-                    .map_err(|_| invalid())?,
-            );
-            return http::Uri::from_parts(p).map_err(|_| invalid());
-        }
-        // Anything else (no Host, an empty or asterisk target) is parsed whole, as written.
-        let authority = req.header(buf, b"host").unwrap_or_default();
-        let path = if req.path.is_empty() {
-            &b"/"[..]
-        } else {
-            req.path.get(buf)
-        };
-        let mut uri = Vec::with_capacity(authority.len() + path.len() + 8);
-        uri.extend_from_slice(self.scheme.as_bytes());
-        uri.extend_from_slice(b"://");
-        uri.extend_from_slice(authority);
-        uri.extend_from_slice(path);
-        http::Uri::try_from(uri).map_err(|_| invalid())
-    }
-
-    /// Records whether an error means the peer never processed the request.
-    fn note(&self, e: h2::Error) -> io::Error {
-        if unprocessed(&e) {
-            self.shared.borrow_mut().refused = true;
-        }
-        h2_error(e)
-    }
-
-    fn get(&self) -> Option<RefMut<'_, SendStream<Bytes>>> {
-        RefMut::filter_map(self.stream.borrow_mut(), Option::as_mut).ok()
     }
 
     /// Body bytes of the request, as the proxy framed them.
@@ -459,129 +1349,271 @@ impl UpWrite {
                 if end {
                     self.out = Out::Done;
                 }
-                send_flow(|| self.get(), bytes, end).await
+                send_data(&self.h, bytes, end).await
             }
             Out::Chunked(out) => {
-                let stream = &self.stream;
-                let sending = || RefMut::filter_map(stream.borrow_mut(), Option::as_mut).ok();
-                if out.send(sending, bytes).await? {
-                    self.out = Out::Done;
+                out.ranges.clear();
+                let (ranges, trailers) = (&mut out.ranges, &mut out.trailers);
+                let progress = out
+                    .decoder
+                    .feed_with_trailers(bytes, |r| ranges.push(r), |b| trailers.push(b))
+                    .map_err(|_| invalid())?;
+                for r in &out.ranges {
+                    send_data(&self.h, &bytes[r.clone()], false).await?;
                 }
-                Ok(())
+                if !progress.done {
+                    return if progress.consumed < bytes.len() {
+                        Err(invalid())
+                    } else {
+                        Ok(())
+                    };
+                }
+                let trailers = std::mem::take(&mut out.trailers);
+                self.out = Out::Done;
+                if trailer_fields(&trailers).next().is_none() {
+                    send_data(&self.h, &[], true).await
+                } else {
+                    send_trailers(&self.h, &trailers)
+                }
             }
         }
     }
-}
 
-/// A field's name; those the proxy itself adds to every request are not copied (a name not
-/// in HTTP's standard list is copied into one of its own otherwise).
-fn header_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
-    const OWN: [&str; 5] = [
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "ringmesh-deadline-ms",
-        "traceparent",
-        "tracestate",
-    ];
-    for own in OWN {
-        if name.eq_ignore_ascii_case(own.as_bytes()) {
-            return Ok(HeaderName::from_static(own));
-        }
-    }
-    HeaderName::from_bytes(name)
-}
-
-/// The peer guarantees it did not act on the request: refused, or past its GOAWAY.
-fn unprocessed(e: &h2::Error) -> bool {
-    e.reason() == Some(Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
-}
-
-impl UpRead {
-    /// Waits for the answer's head and writes it as HTTP/1.1.
-    async fn head(&mut self) -> io::Result<()> {
-        let r = poll_fn(|cx| {
-            let mut sh = self.shared.borrow_mut();
-            if sh.failed {
-                return Poll::Ready(Err(io::Error::from(io::ErrorKind::BrokenPipe)));
-            }
-            match sh.response.as_mut() {
-                Some(f) => Pin::new(f).poll(cx).map(|r| {
-                    r.map_err(|e| {
-                        if unprocessed(&e) {
-                            sh.refused = true;
-                        }
-                        h2_error(e)
-                    })
-                }),
-                None => {
-                    sh.waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })
-        .await?;
-        let (parts, body) = r.into_parts();
-        let out = &mut self.head;
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(parts.status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(
-            parts
-                .status
-                .canonical_reason()
-                .unwrap_or("Unknown")
-                .as_bytes(),
-        );
-        out.extend_from_slice(b"\r\n");
-        let mut length = false;
-        let mut grpc = false;
-        for (name, value) in &parts.headers {
-            let n = name.as_str();
-            if is_connection_specific(n.as_bytes()) {
-                continue;
-            }
-            length |= n == "content-length";
-            grpc |= n == "content-type" && value.as_bytes().starts_with(b"application/grpc");
-            out.extend_from_slice(n.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        // Trailers need chunked framing in HTTP/1.1: a body without a length, or gRPC's (whose
-        // status comes last), goes chunked.
-        let chunked = !body.is_end_stream() && (!length || grpc);
-        if chunked {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        } else if !length {
-            out.extend_from_slice(b"content-length: 0\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        self.body = Some(H2Recv::new(body, chunked));
+    pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
+        self.cancel();
         Ok(())
     }
 
-    pub(crate) async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
-        if self.body.is_none() {
-            if let Err(e) = self.head().await {
-                return (Err(e), buf);
-            }
+    /// A request not sent in full is cancelled, so that the upstream stops working on it.
+    fn cancel(&mut self) {
+        if matches!(self.out, Out::Done) {
+            return;
         }
-        if self.head_at < self.head.len() {
-            let mut n = rawbuf::fill(&mut buf, &self.head[self.head_at..]);
-            self.head_at += n;
-            if self.head_at == self.head.len() {
-                // A body that came with the head (a small answer: in the same read from the
-                // connection) goes with it, so that the client gets both in one write.
-                if let Some(b) = self.body.as_mut() {
-                    n += b.fill_now(&mut buf, n);
+        self.out = Out::Done;
+        let id = self.h.id.get();
+        if id == 0 {
+            return;
+        }
+        let mut st = self.h.conn().st.borrow_mut();
+        if st.dead || st.stream(id).is_none_or(|s| s.closed()) {
+            return;
+        }
+        st.reset(id, code::CANCEL);
+    }
+}
+
+impl Drop for UpWrite {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// The request's header block: pseudo-fields, then the head's fields but those HTTP/2 carries
+/// otherwise (Host as :authority, the framing) or forbids. (The parser's `drop` marks what a
+/// client's head loses; here the deadline and trace fields must stay.)
+fn encode_request(req: &RequestHead, buf: &[u8], tls: bool, mesh: bool, out: &mut Vec<u8>) {
+    match req.method_span.get(buf) {
+        b"GET" => hpack::put_indexed(out, hpack::METHOD_GET),
+        b"POST" => hpack::put_indexed(out, hpack::METHOD_POST),
+        m => hpack::put_named(out, hpack::METHOD, m),
+    }
+    hpack::put_indexed(
+        out,
+        if tls {
+            hpack::SCHEME_HTTPS
+        } else {
+            hpack::SCHEME_HTTP
+        },
+    );
+    let (authority, path) = target(req, buf);
+    if let Some(a) = authority.filter(|a| !a.is_empty()) {
+        hpack::put_named(out, hpack::AUTHORITY, a);
+    }
+    if path == b"/" {
+        hpack::put_indexed(out, hpack::PATH_ROOT);
+    } else {
+        hpack::put_named(out, hpack::PATH, path);
+    }
+    for h in &req.headers {
+        let name = h.name.get(buf);
+        if name.eq_ignore_ascii_case(b"host")
+            || name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"te")
+            || is_connection_specific(name)
+        {
+            continue;
+        }
+        hpack::put_literal(out, name, h.value.get(buf));
+    }
+    // The proxy takes trailers, and gRPC servers insist on being told so.
+    hpack::put_literal(out, b"te", b"trailers");
+    if mesh {
+        hpack::put_literal(out, ORIGINAL_PROTOCOL.as_bytes(), b"HTTP/1.1");
+    }
+    if let Framing::Length(n) = req.framing {
+        let mut v = Vec::with_capacity(20);
+        push_u64(&mut v, n);
+        hpack::put_named(out, hpack::CONTENT_LENGTH, &v);
+    }
+}
+
+/// The request's :authority and :path.
+fn target<'a>(req: &RequestHead, buf: &'a [u8]) -> (Option<&'a [u8]>, &'a [u8]) {
+    let path = req.path.get(buf);
+    let authority = req
+        .authority
+        .map(|a| a.get(buf))
+        .or_else(|| req.header(buf, b"host"));
+    if path.is_empty() {
+        return (authority, b"/");
+    }
+    (authority, path)
+}
+
+/// The fields of an HTTP/1.1 trailer section (`name: value\r\n` lines), but connection-specific
+/// ones.
+fn trailer_fields(fields: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    fields.split(|&b| b == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        let name = &line[..colon];
+        let value = crate::http1::trim_ows(&line[colon + 1..]);
+        let ok = !name.is_empty()
+            && !is_connection_specific(name)
+            && !name.eq_ignore_ascii_case(b"te")
+            && valid_value(value);
+        ok.then_some((name, value))
+    })
+}
+
+/// Ends the stream with trailers.
+fn send_trailers(h: &Handle, fields: &[u8]) -> io::Result<()> {
+    let id = h.id.get();
+    let mut st = h.conn().st.borrow_mut();
+    if st.dead {
+        return Err(Failure::Connection.error());
+    }
+    match st.stream(id) {
+        Some(s) if s.failure.is_none() => s.sent_end = true,
+        Some(s) => return Err(h.failure(s.failure.unwrap_or(Failure::Connection))),
+        None => return Err(io::ErrorKind::BrokenPipe.into()),
+    }
+    let mut block = std::mem::take(&mut st.scratch);
+    block.clear();
+    for (n, v) in trailer_fields(fields) {
+        hpack::put_literal(&mut block, n, v);
+    }
+    let max = st.peer_max_frame;
+    push_block(&mut st.out, id, true, &block, max);
+    st.scratch = block;
+    st.queued();
+    Ok(())
+}
+
+/// Sends `data` on the stream as the windows allow; `end`: END_STREAM with the last byte (or
+/// alone when `data` is empty).
+async fn send_data(h: &Handle, data: &[u8], end: bool) -> io::Result<()> {
+    let id = h.id.get();
+    let mut rest = data;
+    poll_fn(|cx| {
+        let mut st = h.conn().st.borrow_mut();
+        loop {
+            if st.dead {
+                return Poll::Ready(Err(Failure::Connection.error()));
+            }
+            let st = &mut *st;
+            let Some(i) = st.find(id) else {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            };
+            let s = &mut st.streams[i];
+            if let Some(f) = s.failure {
+                return Poll::Ready(Err(h.failure(f)));
+            }
+            if s.sent_end {
+                // The peer reset the stream after a whole answer: it wants no more body.
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
+            if rest.is_empty() {
+                if end {
+                    frame_head(&mut st.out, 0, frame::DATA, frame::END_STREAM, id);
+                    s.sent_end = true;
+                    st.queued();
                 }
+                return Poll::Ready(Ok(()));
             }
-            return (Ok(n), buf);
+            let window = s.send_window.min(st.send_window).max(0) as usize;
+            let n = rest.len().min(window).min(st.peer_max_frame);
+            if n == 0 || st.out.len() >= OUT_LIMIT {
+                if s.send_window <= 0 {
+                    s.writer = Some(cx.waker().clone());
+                } else {
+                    st.blocked.push(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+            let last = end && n == rest.len();
+            frame_head(
+                &mut st.out,
+                n,
+                frame::DATA,
+                if last { frame::END_STREAM } else { 0 },
+                id,
+            );
+            st.out.extend_from_slice(&rest[..n]);
+            s.send_window -= n as i64;
+            s.sent_end = last;
+            st.send_window -= n as i64;
+            st.queued();
+            rest = &rest[n..];
+            if rest.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
         }
-        match self.body.as_mut() {
-            Some(b) => b.read(buf).await,
-            None => (Ok(0), buf),
-        }
+    })
+    .await
+}
+
+impl UpRead {
+    pub(crate) async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        let h = &self.h;
+        let r = poll_fn(|cx| {
+            let id = h.id.get();
+            if id == 0 {
+                if h.failed.get() {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::BrokenPipe)));
+                }
+                *h.waiting.borrow_mut() = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let mut st = h.conn().st.borrow_mut();
+            let Some(i) = st.find(id) else {
+                return Poll::Ready(Err(io::Error::from(io::ErrorKind::BrokenPipe)));
+            };
+            let s = &mut st.streams[i];
+            if s.taken < s.inbox.len() {
+                let n = rawbuf::fill(&mut buf, &s.inbox[s.taken..]);
+                s.taken += n;
+                if s.taken == s.inbox.len() {
+                    s.inbox.clear();
+                    s.taken = 0;
+                    let unread = std::mem::take(&mut s.unread);
+                    if unread > 0 {
+                        st.credit(id, unread);
+                    }
+                }
+                return Poll::Ready(Ok(n));
+            }
+            if let Some(f) = s.failure {
+                return Poll::Ready(Err(h.failure(f)));
+            }
+            if s.phase == Phase::Done {
+                return Poll::Ready(Ok(0));
+            }
+            s.reader = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        (r, buf)
     }
 
     pub(crate) async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
@@ -590,28 +1622,30 @@ impl UpRead {
     }
 }
 
-read_glue!(UpRead);
-write_glue!(UpWrite);
+super::stream::read_glue!(UpRead);
+super::stream::write_glue!(UpWrite);
 
-impl UpWrite {
-    pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
-        if !matches!(self.out, Out::Done) {
-            if let Some(mut s) = self.get() {
-                s.send_reset(Reason::CANCEL);
-            }
+/// Fuzzing: feeds `input` to a connection's frame handling as if the upstream had sent it,
+/// with `streams` requests open (at most 8). Whatever comes, nothing panics, and the receive
+/// window never grows past what was granted.
+pub fn drive_client(input: &[u8], streams: u8) {
+    let mut st = State::with_requests(streams.min(8));
+    let mut at = 0;
+    while at < input.len() && !st.dead {
+        match st.on_bytes(&input[at..]) {
+            Ok(0) => break,
+            Ok(n) => at += n,
+            Err(code) => st.fail(Some(code)),
         }
-        Ok(())
-    }
-}
-
-impl Drop for UpWrite {
-    fn drop(&mut self) {
-        // A request not sent in full is cancelled, so that the upstream stops working on it.
-        if !matches!(self.out, Out::Done) {
-            if let Some(mut s) = self.get() {
-                s.send_reset(Reason::CANCEL);
-            }
+        // Readers take what came, as the forwarding path would.
+        for i in 0..st.ids.len() {
+            let id = st.ids[i];
+            let s = &mut st.streams[i];
+            let unread = std::mem::take(&mut s.unread);
+            s.inbox.clear();
+            st.credit(id, unread);
         }
+        assert!(st.recv_window <= CONNECTION_WINDOW as i64);
     }
 }
 
@@ -619,9 +1653,29 @@ impl Drop for UpWrite {
 mod tests {
     use std::time::Instant;
 
+    use bytes::Bytes;
+
     use super::super::testing::{block_on, serve_one};
     use super::*;
     use crate::cluster::ClusterState;
+
+    async fn stream_to(addr: std::net::SocketAddr) -> H2Up {
+        let s = monoio::net::TcpStream::connect(addr).await.unwrap();
+        let count = ConnCount::new(Rc::new(ClusterState::new(Instant::now())));
+        let slot = Conns::default().open(Io::Plain(s), count).await.unwrap();
+        H2Up::new(slot, false, false)
+    }
+
+    async fn read_all(up: &mut H2Up) -> String {
+        let mut text = Vec::new();
+        loop {
+            let (r, buf) = up.read.read(Vec::with_capacity(4096)).await;
+            match r.unwrap() {
+                0 => return String::from_utf8_lossy(&text).into_owned(),
+                n => text.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
 
     /// An answer whose body comes in DATA frames right behind its head reaches the forwarding
     /// path in one read with the head, and so reaches the client in one write.
@@ -637,10 +1691,7 @@ mod tests {
                 body.send_data(Bytes::from_static(b"ab"), false).unwrap();
                 body.send_data(Bytes::from_static(b"cd"), true).unwrap();
             });
-            let s = monoio::net::TcpStream::connect(addr).await.unwrap();
-            let count = ConnCount::new(Rc::new(ClusterState::new(Instant::now())));
-            let slot = Conns::default().open(Io::Plain(s), count).await.unwrap();
-            let mut up = H2Up::new(slot, false, false);
+            let mut up = stream_to(addr).await;
             let (r, _) = up
                 .write
                 .write(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n".to_vec())
@@ -654,5 +1705,193 @@ mod tests {
             let (r, _) = up.read.read(Vec::with_capacity(4096)).await;
             assert_eq!(r.unwrap(), 0, "the answer ends after its body");
         });
+    }
+
+    /// The request as the server sees it: pseudo-fields from the HTTP/1.1 head, names
+    /// lowercased, Host as :authority, hop-by-hop fields gone; a chunked body as DATA and its
+    /// trailers as trailers; and the answer's trailers after a chunked body.
+    #[test]
+    fn a_chunked_request_with_trailers_goes_as_data_and_trailers() {
+        block_on(async {
+            let addr = serve_one(|req, mut respond| async move {
+                let (parts, mut body) = req.into_parts();
+                let mut got = Vec::new();
+                while let Some(d) = body.data().await {
+                    let d = d.unwrap();
+                    body.flow_control().release_capacity(d.len()).unwrap();
+                    got.extend_from_slice(&d);
+                }
+                let trailers = body.trailers().await.unwrap().unwrap_or_default();
+                let echo = format!(
+                    "{} {} {:?} x-a={:?} conn={:?} body={} trailer={:?}",
+                    parts.method,
+                    parts.uri,
+                    parts.headers.get("te"),
+                    parts.headers.get("x-a"),
+                    parts.headers.get("connection"),
+                    String::from_utf8_lossy(&got),
+                    trailers.get("x-sum"),
+                );
+                let mut send = respond
+                    .send_response(http::Response::new(()), false)
+                    .unwrap();
+                send.send_data(Bytes::from(echo), false).unwrap();
+                let mut t = http::HeaderMap::new();
+                t.insert("grpc-status", "0".parse().unwrap());
+                send.send_trailers(t).unwrap();
+            });
+            let mut up = stream_to(addr).await;
+            let head = b"PUT /p?q=1 HTTP/1.1\r\nHost: up.example\r\nX-A: 1\r\nConnection: x\r\n\
+                         Transfer-Encoding: chunked\r\n\r\n";
+            let (r, _) = up.write.write(head.to_vec()).await;
+            r.unwrap();
+            let (r, _) = up
+                .write
+                .write(b"3\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n".to_vec())
+                .await;
+            r.unwrap();
+            let text = read_all(&mut up).await;
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+            assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+            assert!(
+                text.contains(
+                    "PUT http://up.example/p?q=1 Some(\"trailers\") x-a=Some(\"1\") conn=None \
+                     body=abcde trailer=Some(\"5\")"
+                ),
+                "{text}"
+            );
+            assert!(text.ends_with("\r\n0\r\ngrpc-status: 0\r\n\r\n"), "{text}");
+        });
+    }
+
+    /// A large answer comes through whole, past the initial windows, read in small pieces.
+    #[test]
+    fn a_large_answer_flows_past_the_windows() {
+        const SIZE: usize = 3 * 1024 * 1024 + 7;
+        block_on(async {
+            let addr = serve_one(|_req, mut respond| async move {
+                let head = http::Response::builder()
+                    .header("content-length", SIZE.to_string())
+                    .body(())
+                    .unwrap();
+                let mut send = respond.send_response(head, false).unwrap();
+                // Sent from a task of its own: the helper drives the connection once this
+                // returns, and capacity comes only then.
+                monoio::spawn(async move {
+                    let data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+                    send.reserve_capacity(SIZE);
+                    let mut rest = Bytes::from(data);
+                    while !rest.is_empty() {
+                        let cap = std::future::poll_fn(|cx| send.poll_capacity(cx))
+                            .await
+                            .unwrap()
+                            .unwrap();
+                        let chunk = rest.split_to(cap.min(rest.len()));
+                        send.send_data(chunk, rest.is_empty()).unwrap();
+                    }
+                });
+            });
+            let mut up = stream_to(addr).await;
+            let (r, _) = up
+                .write
+                .write(b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n".to_vec())
+                .await;
+            r.unwrap();
+            let mut got = Vec::new();
+            loop {
+                let (r, buf) = up.read.read(Vec::with_capacity(1000)).await;
+                match r.unwrap() {
+                    0 => break,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let body = &got[end..];
+            assert_eq!(body.len(), SIZE);
+            assert!(body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        });
+    }
+
+    /// What an upstream may not send ends its stream, and the forwarding path gets an error,
+    /// not a forged answer.
+    #[test]
+    fn an_answer_with_a_line_break_in_a_value_is_refused() {
+        let mut st = State::with_requests(1);
+        st.settled = true;
+        let id = 1;
+        let mut block = Vec::new();
+        hpack::put_indexed(&mut block, 8);
+        hpack::put_literal(&mut block, b"x-evil", b"a\r\nset-cookie: b");
+        let mut frame = Vec::new();
+        frame_head(
+            &mut frame,
+            block.len(),
+            frame::HEADERS,
+            frame::END_HEADERS,
+            id,
+        );
+        frame.extend_from_slice(&block);
+        assert_eq!(st.on_bytes(&frame), Ok(frame.len()));
+        let s = &st.streams[0];
+        assert!(
+            s.inbox.is_empty(),
+            "{:?}",
+            String::from_utf8_lossy(&s.inbox)
+        );
+        assert_eq!(s.failure, Some(Failure::Local(code::PROTOCOL_ERROR)));
+        assert!(!st.dead, "a stream error, not the connection's");
+    }
+
+    /// The fuzz seeds: what each stream's reader gets, as HTTP/1.1.
+    #[test]
+    fn the_fuzz_seeds_translate_as_expected() {
+        let seed = |name: &str| {
+            let path = format!(
+                "{}/../fuzz/corpus/h2_client/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            std::fs::read(path).unwrap()
+        };
+        let run = |input: &[u8]| {
+            let mut st = State::with_requests(input[0]);
+            let n = st.on_bytes(&input[1..]).unwrap();
+            assert_eq!(n, input.len() - 1, "every frame taken");
+            st
+        };
+        let text =
+            |st: &State, i: usize| String::from_utf8_lossy(&st.streams[i].inbox).into_owned();
+        let st = run(&seed("answer"));
+        assert_eq!(
+            text(&st, 0),
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello"
+        );
+        assert_eq!(st.streams[0].phase, Phase::Done);
+        let st = run(&seed("chunked-trailers"));
+        assert_eq!(
+            text(&st, 0),
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n\
+             3\r\nabc\r\n0\r\ngrpc-status: 0\r\n\r\n"
+        );
+        let st = run(&seed("control"));
+        assert_eq!(st.goaway, Some(1));
+        assert_eq!(
+            st.streams[1].failure,
+            Some(Failure::Reset(code::REFUSED_STREAM))
+        );
+        assert!(
+            st.streams[0].failure.is_none(),
+            "stream 1 goes on after GOAWAY 1"
+        );
+        let st = run(&seed("interim"));
+        assert_eq!(text(&st, 0), "HTTP/1.1 204 No Content\r\n\r\n");
+    }
+
+    #[test]
+    fn fuzz_driver_takes_arbitrary_bytes() {
+        drive_client(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 1], 2);
+        drive_client(
+            b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x04\x7f\xff\xff\xff",
+            3,
+        );
     }
 }

@@ -17,6 +17,7 @@
 //! blocks (CONTINUATION frames included) are cut at the listener's `max_request_head_bytes`.
 
 pub(crate) mod client;
+pub(crate) mod hpack;
 pub(crate) mod io;
 pub(crate) mod stream;
 
@@ -297,6 +298,8 @@ fn write_head(p: &http::request::Parts, end_stream: bool, out: &mut Vec<u8>) -> 
     out.extend_from_slice(b"\r\n");
     chunked
 }
+
+pub use client::drive_client;
 
 /// Fuzzing: the server side of HTTP/2 over `input` as the client's bytes, cut into reads at
 /// `cuts`. Every stream's head goes through the HTTP/1.1 translation and is answered; the
