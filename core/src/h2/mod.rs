@@ -22,7 +22,8 @@ pub(crate) mod io;
 pub(crate) mod stream;
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
+use std::task::{Poll, ready};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -127,9 +128,20 @@ pub(crate) async fn serve(
     });
     let mut closing = false;
     let mut aborted = false;
+    let tick = TICK.min(limits.idle_timeout);
+    // One timer for the connection, armed again each time it fires: a timeout around each
+    // accept would put a timer in the wheel and take it out again for every stream.
+    let mut ticker = std::pin::pin!(monoio::time::sleep(tick));
     loop {
-        let tick = TICK.min(limits.idle_timeout);
-        match monoio::time::timeout(tick, conn.accept()).await {
+        let next = poll_fn(|cx| {
+            if let Poll::Ready(r) = conn.poll_accept(cx) {
+                return Poll::Ready(Ok(r));
+            }
+            ready!(ticker.as_mut().poll(cx));
+            Poll::Ready(Err(()))
+        })
+        .await;
+        match next {
             Ok(Some(Ok((req, respond)))) => {
                 let (w2, l2) = (w.clone(), listener.clone());
                 let active = Active::new(shared.clone());
@@ -149,7 +161,10 @@ pub(crate) async fn serve(
                 break;
             }
             Ok(None) => break,
-            Err(_) => {
+            Err(()) => {
+                ticker
+                    .as_mut()
+                    .reset(monoio::time::Instant::now() + tick);
                 let idle = shared.active.get() == 0
                     && shared.idle_since.get().elapsed() >= limits.idle_timeout;
                 if !closing && (idle || w.draining()) {
