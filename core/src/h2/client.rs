@@ -1812,6 +1812,46 @@ mod tests {
         });
     }
 
+    /// A request body larger than every window the server grants goes out whole, the writer
+    /// waiting for WINDOW_UPDATEs.
+    #[test]
+    fn a_large_request_body_waits_for_the_windows() {
+        const SIZE: usize = 2 * 1024 * 1024 + 3;
+        block_on(async {
+            let addr = serve_one(|req, mut respond| async move {
+                monoio::spawn(async move {
+                    let mut body = req.into_body();
+                    let (mut n, mut sum) = (0usize, 0u64);
+                    while let Some(d) = body.data().await {
+                        let d = d.unwrap();
+                        body.flow_control().release_capacity(d.len()).unwrap();
+                        n += d.len();
+                        sum += d.iter().map(|&b| b as u64).sum::<u64>();
+                    }
+                    let head = http::Response::builder().body(()).unwrap();
+                    let mut send = respond.send_response(head, false).unwrap();
+                    send.send_data(Bytes::from(format!("{n} {sum}")), true)
+                        .unwrap();
+                });
+            });
+            let mut up = stream_to(addr).await;
+            let head = format!("POST /up HTTP/1.1\r\nhost: a\r\ncontent-length: {SIZE}\r\n\r\n");
+            let (r, _) = up.write.write(head.into_bytes()).await;
+            r.unwrap();
+            let body: Vec<u8> = (0..SIZE).map(|i| (i % 253) as u8).collect();
+            let want: u64 = body.iter().map(|&b| b as u64).sum();
+            for part in body.chunks(100_000) {
+                let (r, _) = up.write.write(part.to_vec()).await;
+                r.unwrap();
+            }
+            let text = read_all(&mut up).await;
+            assert!(
+                text.ends_with(&format!("\r\n{SIZE} {want}\r\n0\r\n\r\n")),
+                "{text}"
+            );
+        });
+    }
+
     /// What an upstream may not send ends its stream, and the forwarding path gets an error,
     /// not a forged answer.
     #[test]

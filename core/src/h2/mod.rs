@@ -23,10 +23,10 @@ pub(crate) mod stream;
 
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
-use std::task::{Poll, ready};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -162,9 +162,7 @@ pub(crate) async fn serve(
             }
             Ok(None) => break,
             Err(()) => {
-                ticker
-                    .as_mut()
-                    .reset(monoio::time::Instant::now() + tick);
+                ticker.as_mut().reset(monoio::time::Instant::now() + tick);
                 let idle = shared.active.get() == 0
                     && shared.idle_since.get().elapsed() >= limits.idle_timeout;
                 if !closing && (idle || w.draining()) {
