@@ -45,12 +45,18 @@ pub const ORIGINAL_PROTOCOL: &str = "ringmesh-original-protocol";
 const MAX_FRAME: usize = 16_384;
 /// A header block (HEADERS and its CONTINUATIONs) we accept at most.
 const MAX_BLOCK: usize = 256 * 1024;
+/// An answer's head (or trailers) as HTTP/1.1, at most: a block of one-byte references to a
+/// large table entry would otherwise decode to hundreds of times its size.
+const MAX_HEAD: usize = 256 * 1024;
 /// Our SETTINGS_HEADER_TABLE_SIZE (the default).
 const TABLE_SIZE: usize = 4096;
 /// What one read takes at most.
 const READ_BUF: usize = 32 * 1024;
 /// Queued output past which request bodies wait for the writer.
 const OUT_LIMIT: usize = 256 * 1024;
+/// Queued output past which the peer is making us answer faster than it reads (PINGs, SETTINGS,
+/// frames we must reset): the connection ends.
+const OUT_CAP: usize = 1024 * 1024;
 /// Stream ids end at 2^31 - 1.
 const MAX_ID: u32 = (1 << 31) - 1;
 
@@ -547,6 +553,9 @@ impl State {
             let (ty, flags, id) = (h[3], h[4], be32(&h[5..9]) & MAX_ID);
             self.on_frame(ty, flags, id, &buf[at + 9..at + 9 + len])?;
             at += 9 + len;
+            if self.out.len() > OUT_CAP {
+                return Err(code::ENHANCE_YOUR_CALM);
+            }
             if self.dead {
                 break;
             }
@@ -924,7 +933,7 @@ impl Translate {
         if self.malformed || self.interim {
             return;
         }
-        if !valid_value(value) {
+        if !valid_value(value) || inbox.len() - self.start + name.len() + value.len() > MAX_HEAD {
             self.malformed = true;
             return;
         }
@@ -1924,6 +1933,63 @@ mod tests {
         );
         let st = run(&seed("interim"));
         assert_eq!(text(&st, 0), "HTTP/1.1 204 No Content\r\n\r\n");
+    }
+
+    /// A small block of references to one large table entry does not become a large head.
+    #[test]
+    fn a_block_that_expands_past_the_head_limit_is_refused() {
+        let mut st = State::with_requests(2);
+        st.settled = true;
+        // An answer that puts a 4,000-byte field in the table...
+        let mut block = Vec::new();
+        hpack::put_indexed(&mut block, 8);
+        block.push(0x40);
+        hpack::put_int(&mut block, 0, 7, 3);
+        block.extend_from_slice(b"x-a");
+        hpack::put_int(&mut block, 0, 7, 4000);
+        block.extend_from_slice(&[b'a'; 4000]);
+        let mut frames = Vec::new();
+        frame_head(
+            &mut frames,
+            block.len(),
+            frame::HEADERS,
+            frame::END_HEADERS,
+            1,
+        );
+        frames.extend_from_slice(&block);
+        // ...then one of 100 references to it: 400 KB from 101 bytes.
+        let mut bomb = vec![0x88];
+        bomb.extend_from_slice(&[0xbe; 100]);
+        frame_head(
+            &mut frames,
+            bomb.len(),
+            frame::HEADERS,
+            frame::END_HEADERS,
+            3,
+        );
+        frames.extend_from_slice(&bomb);
+        assert_eq!(st.on_bytes(&frames), Ok(frames.len()));
+        assert!(st.streams[0].failure.is_none());
+        assert!(st.streams[0].inbox.len() > 4000);
+        assert_eq!(
+            st.streams[1].failure,
+            Some(Failure::Local(code::PROTOCOL_ERROR))
+        );
+        assert!(st.streams[1].inbox.is_empty());
+        assert!(!st.dead);
+    }
+
+    /// PINGs from a peer that does not read our answers cost a bounded amount of memory.
+    #[test]
+    fn a_ping_flood_from_a_peer_that_does_not_read_ends_the_connection() {
+        let mut st = State::with_requests(0);
+        st.settled = true;
+        let mut ping = Vec::new();
+        frame_head(&mut ping, 8, frame::PING, 0, 0);
+        ping.extend_from_slice(b"12345678");
+        let flood = ping.repeat(OUT_CAP / ping.len() + 10);
+        assert_eq!(st.on_bytes(&flood), Err(code::ENHANCE_YOUR_CALM));
+        assert!(st.out.len() <= OUT_CAP + ping.len());
     }
 
     #[test]
