@@ -513,6 +513,8 @@ impl State {
         push_rst(&mut self.out, id, code);
         self.queued();
         if let Some(s) = self.stream(id) {
+            // Nothing more goes out on it, and it needs no second reset.
+            s.sent_end = true;
             s.fail(Failure::Local(code));
         }
     }
