@@ -1823,6 +1823,54 @@ mod tests {
         });
     }
 
+    /// An answer the upstream resets halfway reads as what came and then an error, never as an
+    /// answer that ended: the client must not take a cut body for a whole one.
+    #[test]
+    fn an_answer_reset_halfway_ends_in_an_error() {
+        block_on(async {
+            // The reset goes only once the client has read the head: h2 drops what a stream
+            // still has queued when it is reset.
+            let got_head = Rc::new(Cell::new(false));
+            let seen = got_head.clone();
+            let addr = serve_one(|_req, mut respond| async move {
+                let head = http::Response::builder()
+                    .header("content-length", "10")
+                    .body(())
+                    .unwrap();
+                let mut send = respond.send_response(head, false).unwrap();
+                send.send_data(Bytes::from_static(b"abc"), false).unwrap();
+                monoio::spawn(async move {
+                    while !seen.get() {
+                        monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                    send.send_reset(h2::Reason::INTERNAL_ERROR);
+                });
+            });
+            let mut up = stream_to(addr).await;
+            let (r, _) = up
+                .write
+                .write(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n".to_vec())
+                .await;
+            r.unwrap();
+            let mut got = Vec::new();
+            let err = loop {
+                let (r, buf) = up.read.read(Vec::with_capacity(4096)).await;
+                match r {
+                    Ok(0) => panic!("a cut answer read as whole: {got:?}"),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => break e,
+                }
+                got_head.set(got.ends_with(b"abc"));
+            };
+            assert!(got.ends_with(b"\r\n\r\nabc"), "{got:?}");
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+            assert!(
+                !up.refused(),
+                "a stream the upstream answered was processed"
+            );
+        });
+    }
+
     /// A request body larger than every window the server grants goes out whole, the writer
     /// waiting for WINDOW_UPDATEs.
     #[test]
