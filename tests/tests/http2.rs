@@ -347,6 +347,36 @@ fn a_continuation_flood_is_cut_off() {
     assert_eq!(up.requests().len(), 1);
 }
 
+/// A connection that never pauses for a second between streams still hears of a drain: the
+/// GOAWAY does not wait for an idle moment, so the drain ends well before its deadline.
+#[test]
+fn drain_reaches_a_connection_that_never_pauses() {
+    let up = Upstream::echo();
+    let p = TestProxy::simple(up.addr, 1, "");
+    let mut c = H2Client::connect(p.edge());
+    assert_eq!(c.get("/first").unwrap().status, 200);
+    let drained = std::thread::spawn(move || p.proxy.drain());
+    // A request every 20 ms, for longer than the drain's deadline if nothing stops them.
+    let mut told = false;
+    for _ in 0..750 {
+        if c.get("/busy").is_err() {
+            told = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(told, "the busy connection was told to go away");
+    c.run(async {
+        while !drained.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    assert!(
+        drained.join().unwrap(),
+        "drain finished before its deadline"
+    );
+}
+
 #[test]
 fn drain_sends_goaway_and_lets_streams_in_flight_finish() {
     let up = slow_upstream();
