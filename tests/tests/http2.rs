@@ -347,6 +347,20 @@ fn a_continuation_flood_is_cut_off() {
     assert_eq!(up.requests().len(), 1);
 }
 
+/// Waits for a drain started on another thread, the client running meanwhile (it answers the
+/// proxy's PING and sees the final GOAWAY); the drain must end before its deadline.
+fn drain_ends_in_time(c: &mut H2Client, drained: std::thread::JoinHandle<bool>) {
+    c.run(async {
+        while !drained.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    assert!(
+        drained.join().unwrap(),
+        "drain finished before its deadline"
+    );
+}
+
 /// A connection that never pauses for a second between streams still hears of a drain: the
 /// GOAWAY does not wait for an idle moment, so the drain ends well before its deadline.
 #[test]
@@ -366,15 +380,7 @@ fn drain_reaches_a_connection_that_never_pauses() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(told, "the busy connection was told to go away");
-    c.run(async {
-        while !drained.is_finished() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
-    assert!(
-        drained.join().unwrap(),
-        "drain finished before its deadline"
-    );
+    drain_ends_in_time(&mut c, drained);
 }
 
 #[test]
@@ -389,15 +395,6 @@ fn drain_sends_goaway_and_lets_streams_in_flight_finish() {
     let drained = std::thread::spawn(move || p.proxy.drain());
     let r = c.run(pending).unwrap().unwrap();
     assert_eq!((r.status, r.body.as_slice()), (200, &b"slow"[..]));
-    // The client keeps running (it answers the proxy's PING and sees the final GOAWAY).
-    c.run(async {
-        while !drained.is_finished() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
-    assert!(
-        drained.join().unwrap(),
-        "drain finished before its deadline"
-    );
+    drain_ends_in_time(&mut c, drained);
     assert!(c.get("/").is_err(), "the connection was told to go away");
 }

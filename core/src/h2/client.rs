@@ -24,11 +24,10 @@ use monoio::io::Canceller;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent};
 
 use super::hpack::{self, Decoder};
-use super::stream::is_connection_specific;
+use super::stream::{ChunkedOut, is_connection_specific};
 use crate::endpoint::ConnCount;
 use crate::http1::chunked::write_chunk_size;
-use crate::http1::encode::push_u64;
-use crate::http1::{ChunkedDecoder, Framing, RequestHead};
+use crate::http1::{Framing, RequestHead};
 use crate::io::{Io, IoRead, IoWrite};
 use crate::rawbuf;
 
@@ -1228,14 +1227,6 @@ enum Out {
     Done,
 }
 
-/// A chunk-coded request body going out as DATA, and its trailer section as trailers.
-#[derive(Default)]
-struct ChunkedOut {
-    decoder: ChunkedDecoder,
-    trailers: Vec<u8>,
-    ranges: Vec<std::ops::Range<usize>>,
-}
-
 /// The answer side.
 pub(crate) struct UpRead {
     h: Rc<Handle>,
@@ -1363,21 +1354,12 @@ impl UpWrite {
                 send_data(&self.h, bytes, end).await
             }
             Out::Chunked(out) => {
-                out.ranges.clear();
-                let (ranges, trailers) = (&mut out.ranges, &mut out.trailers);
-                let progress = out
-                    .decoder
-                    .feed_with_trailers(bytes, |r| ranges.push(r), |b| trailers.push(b))
-                    .map_err(|_| invalid())?;
+                let done = out.decode(bytes)?;
                 for r in &out.ranges {
                     send_data(&self.h, &bytes[r.clone()], false).await?;
                 }
-                if !progress.done {
-                    return if progress.consumed < bytes.len() {
-                        Err(invalid())
-                    } else {
-                        Ok(())
-                    };
+                if !done {
+                    return Ok(());
                 }
                 let trailers = std::mem::take(&mut out.trailers);
                 self.out = Out::Done;
@@ -1462,9 +1444,7 @@ fn encode_request(req: &RequestHead, buf: &[u8], tls: bool, mesh: bool, out: &mu
         hpack::put_literal(out, ORIGINAL_PROTOCOL.as_bytes(), b"HTTP/1.1");
     }
     if let Framing::Length(n) = req.framing {
-        let mut v = Vec::with_capacity(20);
-        push_u64(&mut v, n);
-        hpack::put_named(out, hpack::CONTENT_LENGTH, &v);
+        hpack::put_named_u64(out, hpack::CONTENT_LENGTH, n);
     }
 }
 
@@ -1481,19 +1461,10 @@ fn target<'a>(req: &RequestHead, buf: &'a [u8]) -> (Option<&'a [u8]>, &'a [u8]) 
     (authority, path)
 }
 
-/// The fields of an HTTP/1.1 trailer section (`name: value\r\n` lines), but connection-specific
-/// ones.
+/// The trailer fields HTTP/2 allows (`te` belongs in a request's head only).
 fn trailer_fields(fields: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    fields.split(|&b| b == b'\n').filter_map(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let colon = line.iter().position(|&b| b == b':')?;
-        let name = &line[..colon];
-        let value = crate::http1::trim_ows(&line[colon + 1..]);
-        let ok = !name.is_empty()
-            && !is_connection_specific(name)
-            && !name.eq_ignore_ascii_case(b"te")
-            && valid_value(value);
-        ok.then_some((name, value))
+    super::stream::trailer_fields(fields).filter(|(name, value)| {
+        !name.is_empty() && !name.eq_ignore_ascii_case(b"te") && valid_value(value)
     })
 }
 
@@ -1677,15 +1648,26 @@ mod tests {
         H2Up::new(slot, false, false)
     }
 
-    async fn read_all(up: &mut H2Up) -> String {
-        let mut text = Vec::new();
+    /// Writes bytes of the request; all are taken.
+    async fn send(up: &mut H2Up, bytes: &[u8]) {
+        let (r, _) = up.write.write(bytes.to_vec()).await;
+        r.unwrap();
+    }
+
+    /// Reads the answer to its end, `size` bytes at a time at most.
+    async fn read_to_end(up: &mut H2Up, size: usize) -> Vec<u8> {
+        let mut got = Vec::new();
         loop {
-            let (r, buf) = up.read.read(Vec::with_capacity(4096)).await;
+            let (r, buf) = up.read.read(Vec::with_capacity(size)).await;
             match r.unwrap() {
-                0 => return String::from_utf8_lossy(&text).into_owned(),
-                n => text.extend_from_slice(&buf[..n]),
+                0 => return got,
+                n => got.extend_from_slice(&buf[..n]),
             }
         }
+    }
+
+    async fn read_all(up: &mut H2Up) -> String {
+        String::from_utf8_lossy(&read_to_end(up, 4096).await).into_owned()
     }
 
     /// An answer whose body comes in DATA frames right behind its head reaches the forwarding
@@ -1703,11 +1685,7 @@ mod tests {
                 body.send_data(Bytes::from_static(b"cd"), true).unwrap();
             });
             let mut up = stream_to(addr).await;
-            let (r, _) = up
-                .write
-                .write(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n".to_vec())
-                .await;
-            r.unwrap();
+            send(&mut up, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
             let (r, buf) = up.read.read(Vec::with_capacity(4096)).await;
             let n = r.unwrap();
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -1754,13 +1732,8 @@ mod tests {
             let mut up = stream_to(addr).await;
             let head = b"PUT /p?q=1 HTTP/1.1\r\nHost: up.example\r\nX-A: 1\r\nConnection: x\r\n\
                          Transfer-Encoding: chunked\r\n\r\n";
-            let (r, _) = up.write.write(head.to_vec()).await;
-            r.unwrap();
-            let (r, _) = up
-                .write
-                .write(b"3\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n".to_vec())
-                .await;
-            r.unwrap();
+            send(&mut up, head).await;
+            send(&mut up, b"3\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n").await;
             let text = read_all(&mut up).await;
             assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
             assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
@@ -1803,19 +1776,8 @@ mod tests {
                 });
             });
             let mut up = stream_to(addr).await;
-            let (r, _) = up
-                .write
-                .write(b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n".to_vec())
-                .await;
-            r.unwrap();
-            let mut got = Vec::new();
-            loop {
-                let (r, buf) = up.read.read(Vec::with_capacity(1000)).await;
-                match r.unwrap() {
-                    0 => break,
-                    n => got.extend_from_slice(&buf[..n]),
-                }
-            }
+            send(&mut up, b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n").await;
+            let got = read_to_end(&mut up, 1000).await;
             let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
             let body = &got[end..];
             assert_eq!(body.len(), SIZE);
@@ -1847,11 +1809,7 @@ mod tests {
                 });
             });
             let mut up = stream_to(addr).await;
-            let (r, _) = up
-                .write
-                .write(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n".to_vec())
-                .await;
-            r.unwrap();
+            send(&mut up, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
             let mut got = Vec::new();
             let err = loop {
                 let (r, buf) = up.read.read(Vec::with_capacity(4096)).await;
@@ -1895,13 +1853,11 @@ mod tests {
             });
             let mut up = stream_to(addr).await;
             let head = format!("POST /up HTTP/1.1\r\nhost: a\r\ncontent-length: {SIZE}\r\n\r\n");
-            let (r, _) = up.write.write(head.into_bytes()).await;
-            r.unwrap();
+            send(&mut up, head.as_bytes()).await;
             let body: Vec<u8> = (0..SIZE).map(|i| (i % 253) as u8).collect();
             let want: u64 = body.iter().map(|&b| b as u64).sum();
             for part in body.chunks(100_000) {
-                let (r, _) = up.write.write(part.to_vec()).await;
-                r.unwrap();
+                send(&mut up, part).await;
             }
             let text = read_all(&mut up).await;
             assert!(

@@ -352,6 +352,16 @@ pub(crate) fn put_named(out: &mut Vec<u8>, i: usize, value: &[u8]) {
     put_string(out, value);
 }
 
+/// A field not indexed, its name from the static table, its value a number (written in place:
+/// 20 digits at most, so the length prefix is one byte).
+pub(crate) fn put_named_u64(out: &mut Vec<u8>, i: usize, value: u64) {
+    put_int(out, 0, 4, i);
+    let at = out.len();
+    out.push(0);
+    crate::http1::encode::push_u64(out, value);
+    out[at] = (out.len() - at - 1) as u8;
+}
+
 /// A field not indexed, its name written out (lowercased: HTTP/2 field names are).
 pub(crate) fn put_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.push(0);
@@ -618,7 +628,8 @@ mod tests {
         put_named(&mut b, AUTHORITY, b"example.com");
         put_named(&mut b, PATH, &[b'x'; 300]);
         put_literal(&mut b, b"X-Long-Name", &[b'v'; 127]);
-        put_named(&mut b, CONTENT_LENGTH, b"12");
+        put_named_u64(&mut b, CONTENT_LENGTH, 12);
+        put_named_u64(&mut b, CONTENT_LENGTH, u64::MAX);
         let fields = decode_all(&mut Decoder::new(4096), &b).unwrap();
         let long = "x".repeat(300);
         let v = "v".repeat(127);
@@ -630,7 +641,8 @@ mod tests {
                 (":authority", "example.com"),
                 (":path", &long),
                 ("x-long-name", &v),
-                ("content-length", "12")
+                ("content-length", "12"),
+                ("content-length", "18446744073709551615")
             ])
         );
         let _ = (METHOD, METHOD_GET, PATH_ROOT, SCHEME_HTTP);

@@ -578,12 +578,28 @@ pub(crate) async fn send_flow<S: DerefMut<Target = SendStream<Bytes>>>(
 #[derive(Default)]
 pub(crate) struct ChunkedOut {
     decoder: ChunkedDecoder,
-    trailers: Vec<u8>,
-    /// Scratch for the data ranges of one write.
-    ranges: Vec<std::ops::Range<usize>>,
+    /// The trailer section, once the body has ended.
+    pub trailers: Vec<u8>,
+    /// The data ranges of the bytes last decoded.
+    pub ranges: Vec<std::ops::Range<usize>>,
 }
 
 impl ChunkedOut {
+    /// Takes the chunk framing off `bytes`: their data is at [`ranges`](Self::ranges). True
+    /// once the body has ended (its trailer section is then in [`trailers`](Self::trailers)).
+    pub(crate) fn decode(&mut self, bytes: &[u8]) -> io::Result<bool> {
+        self.ranges.clear();
+        let (ranges, trailers) = (&mut self.ranges, &mut self.trailers);
+        let progress = self
+            .decoder
+            .feed_with_trailers(bytes, |r| ranges.push(r), |b| trailers.push(b))
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        if !progress.done && progress.consumed < bytes.len() {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        Ok(progress.done)
+    }
+
     /// Sends the chunk data in `bytes` on the stream `get` gives, and at the end of the body
     /// the trailers (or an empty END_STREAM). True once the body has ended.
     pub(crate) async fn send<S: DerefMut<Target = SendStream<Bytes>>>(
@@ -591,21 +607,12 @@ impl ChunkedOut {
         mut get: impl FnMut() -> Option<S>,
         bytes: &[u8],
     ) -> io::Result<bool> {
-        self.ranges.clear();
-        let (ranges, trailers) = (&mut self.ranges, &mut self.trailers);
-        let progress = self
-            .decoder
-            .feed_with_trailers(bytes, |r| ranges.push(r), |b| trailers.push(b))
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        let done = self.decode(bytes)?;
         for r in &self.ranges {
             send_flow(&mut get, &bytes[r.clone()], false).await?;
         }
-        if !progress.done {
-            return if progress.consumed < bytes.len() {
-                Err(io::ErrorKind::InvalidData.into())
-            } else {
-                Ok(false)
-            };
+        if !done {
+            return Ok(false);
         }
         let map = trailer_map(&self.trailers);
         if map.is_empty() {
@@ -620,18 +627,20 @@ impl ChunkedOut {
 
 /// The fields of an HTTP/1.1 trailer section (`name: value\r\n` lines), but connection-specific
 /// ones.
+pub(crate) fn trailer_fields(fields: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    fields.split(|&b| b == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        let name = &line[..colon];
+        let value = crate::http1::trim_ows(&line[colon + 1..]);
+        (!is_connection_specific(name)).then_some((name, value))
+    })
+}
+
+/// [`trailer_fields`] as a field map.
 pub(crate) fn trailer_map(fields: &[u8]) -> HeaderMap {
     let mut map = HeaderMap::new();
-    for line in fields.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let name = &line[..colon];
-        if is_connection_specific(name) {
-            continue;
-        }
-        let value = crate::http1::trim_ows(&line[colon + 1..]);
+    for (name, value) in trailer_fields(fields) {
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
             map.append(n, v);
         }
