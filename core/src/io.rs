@@ -12,7 +12,7 @@ use monoio::io::{
 use monoio::net::TcpStream;
 
 use crate::h2::client::{H2Up, UpRead, UpWrite};
-use crate::h2::stream::{H2Recv, H2Send, H2Stream};
+use crate::h2::server::{H2Recv, H2Send, H2Stream};
 use crate::tls::{TlsRead, TlsStream, TlsWrite};
 
 /// A whole client connection (or, for HTTP/2, one stream of one).

@@ -398,3 +398,57 @@ fn drain_sends_goaway_and_lets_streams_in_flight_finish() {
     drain_ends_in_time(&mut c, drained);
     assert!(c.get("/").is_err(), "the connection was told to go away");
 }
+
+/// An upstream that reads one request head, then writes `parts` with pauses between them and
+/// closes.
+fn scripted_upstream(parts: &'static [&'static [u8]]) -> Upstream {
+    Upstream::raw(move |mut s| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        for p in parts {
+            if s.write_all(p).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    })
+}
+
+#[test]
+fn interim_answers_and_heads_in_parts_reach_http2_clients_as_one_answer() {
+    let up = scripted_upstream(&[
+        b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\nx-b: 2\r\n",
+        b"content-length: 5\r\n\r\nhel",
+        b"lo",
+    ]);
+    let p = TestProxy::simple(up.addr, 1, "");
+    let mut c = H2Client::connect(p.edge());
+    let r = c.get("/").unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (201, &b"hello"[..]));
+    assert_eq!(r.header("x-b"), Some("2"));
+    assert_eq!(r.header("content-length"), Some("5"));
+    assert_eq!(
+        r.header("link"),
+        None,
+        "the interim answer's fields stay its own"
+    );
+}
+
+#[test]
+fn an_answer_ended_by_the_upstream_closing_ends_the_stream_whole() {
+    let up = scripted_upstream(&[
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil ",
+        b"the end",
+    ]);
+    let p = TestProxy::simple(up.addr, 1, "");
+    let mut c = H2Client::connect(p.edge());
+    let r = c.get("/").unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"until the end"[..]));
+    assert_eq!(r.header("connection"), None);
+}

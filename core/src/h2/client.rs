@@ -23,6 +23,10 @@ use monoio::buf::{IoBufMut, IoVecBufMut};
 use monoio::io::Canceller;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent};
 
+use super::frame::{
+    self, MAX_FRAME, MAX_ID, be32, code, frame_head, parse_length, push_block, push_goaway,
+    push_rst, push_window_update, unpad, valid_name, valid_value,
+};
 use super::hpack::{self, Decoder};
 use super::stream::{ChunkedOut, is_connection_specific};
 use crate::endpoint::ConnCount;
@@ -40,8 +44,6 @@ const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 /// The field that tells the next ringmesh a request came in as HTTP/1.1 (`protocol: mesh`).
 pub const ORIGINAL_PROTOCOL: &str = "ringmesh-original-protocol";
 
-/// The frame payload we accept (SETTINGS_MAX_FRAME_SIZE left at its default).
-const MAX_FRAME: usize = 16_384;
 /// A header block (HEADERS and its CONTINUATIONs) we accept at most.
 const MAX_BLOCK: usize = 256 * 1024;
 /// An answer's head (or trailers) as HTTP/1.1, at most: a block of one-byte references to a
@@ -56,81 +58,6 @@ const OUT_LIMIT: usize = 256 * 1024;
 /// Queued output past which the peer is making us answer faster than it reads (PINGs, SETTINGS,
 /// frames we must reset): the connection ends.
 const OUT_CAP: usize = 1024 * 1024;
-/// Stream ids end at 2^31 - 1.
-const MAX_ID: u32 = (1 << 31) - 1;
-
-mod frame {
-    pub const DATA: u8 = 0;
-    pub const HEADERS: u8 = 1;
-    pub const PRIORITY: u8 = 2;
-    pub const RST_STREAM: u8 = 3;
-    pub const SETTINGS: u8 = 4;
-    pub const PUSH_PROMISE: u8 = 5;
-    pub const PING: u8 = 6;
-    pub const GOAWAY: u8 = 7;
-    pub const WINDOW_UPDATE: u8 = 8;
-    pub const CONTINUATION: u8 = 9;
-
-    pub const END_STREAM: u8 = 0x1;
-    pub const ACK: u8 = 0x1;
-    pub const END_HEADERS: u8 = 0x4;
-    pub const PADDED: u8 = 0x8;
-    pub const PRIORITY_FLAG: u8 = 0x20;
-}
-
-/// Error codes (RFC 9113 section 7).
-mod code {
-    pub const PROTOCOL_ERROR: u32 = 1;
-    pub const FLOW_CONTROL_ERROR: u32 = 3;
-    pub const STREAM_CLOSED: u32 = 5;
-    pub const FRAME_SIZE_ERROR: u32 = 6;
-    pub const REFUSED_STREAM: u32 = 7;
-    pub const CANCEL: u32 = 8;
-    pub const COMPRESSION_ERROR: u32 = 9;
-    pub const ENHANCE_YOUR_CALM: u32 = 11;
-}
-
-/// Appends a frame header.
-fn frame_head(out: &mut Vec<u8>, len: usize, ty: u8, flags: u8, stream: u32) {
-    out.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags]);
-    out.extend_from_slice(&stream.to_be_bytes());
-}
-
-fn push_rst(out: &mut Vec<u8>, stream: u32, code: u32) {
-    frame_head(out, 4, frame::RST_STREAM, 0, stream);
-    out.extend_from_slice(&code.to_be_bytes());
-}
-
-fn push_window_update(out: &mut Vec<u8>, stream: u32, n: u32) {
-    frame_head(out, 4, frame::WINDOW_UPDATE, 0, stream);
-    out.extend_from_slice(&n.to_be_bytes());
-}
-
-/// Appends a header block as HEADERS and, past the peer's frame size, CONTINUATION frames.
-fn push_block(out: &mut Vec<u8>, stream: u32, end_stream: bool, block: &[u8], max: usize) {
-    let (first, mut rest) = block.split_at(block.len().min(max));
-    let mut flags = if end_stream { frame::END_STREAM } else { 0 };
-    if rest.is_empty() {
-        flags |= frame::END_HEADERS;
-    }
-    frame_head(out, first.len(), frame::HEADERS, flags, stream);
-    out.extend_from_slice(first);
-    while !rest.is_empty() {
-        let (c, r) = rest.split_at(rest.len().min(max));
-        rest = r;
-        let flags = if rest.is_empty() {
-            frame::END_HEADERS
-        } else {
-            0
-        };
-        frame_head(out, c.len(), frame::CONTINUATION, flags, stream);
-        out.extend_from_slice(c);
-    }
-}
-
-fn be32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
 
 /// How a stream ended before its answer did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -490,9 +417,7 @@ impl State {
         }
         self.dead = true;
         if let Some(code) = code {
-            frame_head(&mut self.out, 8, frame::GOAWAY, 0, 0);
-            self.out.extend_from_slice(&0u32.to_be_bytes());
-            self.out.extend_from_slice(&code.to_be_bytes());
+            push_goaway(&mut self.out, 0, code);
         }
         let goaway = self.goaway;
         for (id, s) in self.ids.iter().zip(self.streams.iter_mut()) {
@@ -739,24 +664,6 @@ impl State {
         Ok(())
     }
 
-    /// The payload without its padding (and, for HEADERS, its priority fields).
-    fn unpad(flags: u8, p: &[u8], priority: bool) -> Result<(&[u8], usize), u32> {
-        let mut body = p;
-        let mut pad = 0;
-        if flags & frame::PADDED != 0 {
-            let (&n, rest) = body.split_first().ok_or(code::FRAME_SIZE_ERROR)?;
-            pad = n as usize;
-            if pad >= p.len() {
-                return Err(code::PROTOCOL_ERROR);
-            }
-            body = &rest[..rest.len() - pad];
-        }
-        if priority && flags & frame::PRIORITY_FLAG != 0 {
-            body = body.get(5..).ok_or(code::FRAME_SIZE_ERROR)?;
-        }
-        Ok((body, pad))
-    }
-
     fn on_data(&mut self, flags: u8, id: u32, p: &[u8]) -> Result<(), u32> {
         if id == 0 || self.idle(id) {
             return Err(code::PROTOCOL_ERROR);
@@ -766,7 +673,7 @@ impl State {
             return Err(code::FLOW_CONTROL_ERROR);
         }
         self.recv_window -= n;
-        let (data, _) = Self::unpad(flags, p, false)?;
+        let (data, _) = unpad(flags, p, false)?;
         let Some(i) = self.find(id) else {
             // A stream we are done with: its window is the connection's again at once.
             self.credit(id, p.len() as u32);
@@ -834,7 +741,7 @@ impl State {
         if id == 0 || self.idle(id) {
             return Err(code::PROTOCOL_ERROR);
         }
-        let (block, _) = Self::unpad(flags, p, true)?;
+        let (block, _) = unpad(flags, p, true)?;
         self.block.stream = id;
         self.block.end_stream = flags & frame::END_STREAM != 0;
         self.block.bytes.clear();
@@ -1053,28 +960,6 @@ impl Translate {
         }
         Ok(())
     }
-}
-
-/// A field name as HTTP/2 allows it: a token, lowercase.
-fn valid_name(name: &[u8]) -> bool {
-    !name.is_empty()
-        && name.iter().all(|&b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
-}
-
-/// A field value with nothing that could end an HTTP/1.1 line (RFC 9113 section 8.2.1).
-fn valid_value(v: &[u8]) -> bool {
-    !v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
-}
-
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, &b| {
-        b.is_ascii_digit().then(|| n * 10 + (b - b'0') as u64)
-    })
 }
 
 /// Reads and handles frames until the connection ends.
