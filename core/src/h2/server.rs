@@ -146,6 +146,8 @@ struct Block {
     /// The stream it is for (0: none in progress).
     stream: u32,
     end_stream: bool,
+    /// Its stream said it depends on itself (RFC 9113 section 5.3.1).
+    self_dependent: bool,
     /// Frames it came in.
     frames: usize,
 }
@@ -462,6 +464,9 @@ impl State {
                 if p.len() != 5 {
                     return self.refuse(id, code::FRAME_SIZE_ERROR);
                 }
+                if be32(p) & MAX_ID == id {
+                    return self.refuse(id, code::PROTOCOL_ERROR);
+                }
                 Ok(())
             }
             frame::RST_STREAM => {
@@ -682,6 +687,10 @@ impl State {
             return Err(code::PROTOCOL_ERROR);
         }
         let (block, _) = unpad(flags, p, true)?;
+        // Priority fields sit between the pad length and the block; unpad has checked them.
+        let at = if flags & frame::PADDED != 0 { 1 } else { 0 };
+        self.block.self_dependent =
+            flags & frame::PRIORITY_FLAG != 0 && be32(&p[at..at + 4]) & MAX_ID == id;
         self.block.stream = id;
         self.block.end_stream = flags & frame::END_STREAM != 0;
         self.block.bytes.clear();
@@ -723,6 +732,11 @@ impl State {
     }
 
     fn on_block(&mut self, id: u32, end: bool, block: &[u8]) -> Result<(), u32> {
+        if self.block.self_dependent {
+            self.skip_block(block)?;
+            self.last_id = self.last_id.max(id);
+            return self.refuse(id, code::PROTOCOL_ERROR);
+        }
         if let Some(i) = self.find(id) {
             return self.on_trailers(i, end, block);
         }
@@ -2019,6 +2033,196 @@ mod tests {
         resp.parse(ok, 1024).unwrap().unwrap();
         encode_answer(&resp, ok, None, &mut out);
         assert_eq!(out, [0x80 | STATUS as u8], "a common status is one byte");
+    }
+
+    #[test]
+    fn connection_errors_get_the_codes_rfc_9113_names() {
+        let get = block(&GET);
+        let f = frame;
+        let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+            (
+                "DATA on stream 0",
+                f(frame::DATA, 0, 0, b"x"),
+                code::PROTOCOL_ERROR,
+            ),
+            (
+                "DATA on an idle stream",
+                f(frame::DATA, 0, 9, b"x"),
+                code::PROTOCOL_ERROR,
+            ),
+            (
+                "HEADERS on stream 0",
+                f(frame::HEADERS, 5, 0, &get),
+                code::PROTOCOL_ERROR,
+            ),
+            (
+                "HEADERS on an even stream",
+                f(frame::HEADERS, 5, 2, &get),
+                code::PROTOCOL_ERROR,
+            ),
+            (
+                "a frame past SETTINGS_MAX_FRAME_SIZE",
+                f(frame::DATA, 0, 1, &[0; MAX_FRAME + 1]),
+                code::FRAME_SIZE_ERROR,
+            ),
+            (
+                "padding as long as the frame",
+                f(frame::HEADERS, 0x8 | 5, 1, &[4, 0, 0, 0]),
+                code::PROTOCOL_ERROR,
+            ),
+            (
+                "CONTINUATION without HEADERS",
+                f(frame::CONTINUATION, 4, 1, &get),
+                code::PROTOCOL_ERROR,
+            ),
+            (
+                "SETTINGS on a stream",
+                f(frame::SETTINGS, 0, 1, &[]),
+                code::PROTOCOL_ERROR,
+            ),
+            (
+                "SETTINGS of a partial length",
+                f(frame::SETTINGS, 0, 0, &[0, 4, 0]),
+                code::FRAME_SIZE_ERROR,
+            ),
+            (
+                "a SETTINGS ACK with a payload",
+                f(frame::SETTINGS, 1, 0, &[0; 6]),
+                code::FRAME_SIZE_ERROR,
+            ),
+            (
+                "ENABLE_PUSH of 2",
+                f(frame::SETTINGS, 0, 0, &[0, 2, 0, 0, 0, 2]),
+                code::PROTOCOL_ERROR,
+            ),
+            (
+                "INITIAL_WINDOW_SIZE past 2^31-1",
+                f(frame::SETTINGS, 0, 0, &[0, 4, 0x80, 0, 0, 0]),
+                code::FLOW_CONTROL_ERROR,
+            ),
+            (
+                "MAX_FRAME_SIZE below 16384",
+                f(frame::SETTINGS, 0, 0, &[0, 5, 0, 0, 0x3f, 0xff]),
+                code::PROTOCOL_ERROR,
+            ),
+            (
+                "PING on a stream",
+                f(frame::PING, 0, 1, &[0; 8]),
+                code::PROTOCOL_ERROR,
+            ),
+            (
+                "PING of 7 bytes",
+                f(frame::PING, 0, 0, &[0; 7]),
+                code::FRAME_SIZE_ERROR,
+            ),
+            (
+                "GOAWAY on a stream",
+                f(frame::GOAWAY, 0, 1, &[0; 8]),
+                code::PROTOCOL_ERROR,
+            ),
+            (
+                "RST_STREAM on stream 0",
+                f(frame::RST_STREAM, 0, 0, &[0; 4]),
+                code::PROTOCOL_ERROR,
+            ),
+            (
+                "RST_STREAM on an idle stream",
+                f(frame::RST_STREAM, 0, 7, &[0; 4]),
+                code::PROTOCOL_ERROR,
+            ),
+            (
+                "WINDOW_UPDATE of 0 on the connection",
+                f(frame::WINDOW_UPDATE, 0, 0, &[0; 4]),
+                code::PROTOCOL_ERROR,
+            ),
+            (
+                "WINDOW_UPDATE of 3 bytes",
+                f(frame::WINDOW_UPDATE, 0, 0, &[0, 0, 1]),
+                code::FRAME_SIZE_ERROR,
+            ),
+            (
+                "the connection window past 2^31-1",
+                f(frame::WINDOW_UPDATE, 0, 0, &[0x7f, 0xff, 0xff, 0xff]),
+                code::FLOW_CONTROL_ERROR,
+            ),
+            (
+                "PUSH_PROMISE from a client",
+                f(frame::PUSH_PROMISE, 4, 1, &[0, 0, 0, 2]),
+                code::PROTOCOL_ERROR,
+            ),
+            (
+                "an HPACK index past the tables",
+                f(frame::HEADERS, 5, 1, &[0xff, 0x7f]),
+                code::COMPRESSION_ERROR,
+            ),
+            (
+                "a table size past SETTINGS_HEADER_TABLE_SIZE",
+                f(frame::HEADERS, 5, 1, &[0x3f, 0xe2, 0x1f]),
+                code::COMPRESSION_ERROR,
+            ),
+            (
+                "a table size update after a field",
+                f(frame::HEADERS, 5, 1, &[0x82, 0x20]),
+                code::COMPRESSION_ERROR,
+            ),
+            (
+                "a literal cut short",
+                f(frame::HEADERS, 5, 1, &[0x00, 0x05, b'a']),
+                code::COMPRESSION_ERROR,
+            ),
+        ];
+        for (what, bytes, want) in cases {
+            let mut st = open(64 * 1024);
+            // Stream 1 open and ended, so that later ids are new and lower ones closed.
+            if what.contains("RST_STREAM on an idle") {
+                headers(&mut st, 1, &GET, true).unwrap();
+            }
+            assert_eq!(st.on_bytes(&bytes), Err(want), "{what}");
+        }
+        // A frame interleaved in a header block.
+        let mut st = open(64 * 1024);
+        let mut bytes = f(frame::HEADERS, 1, 1, &get);
+        bytes.extend(f(frame::PRIORITY, 0, 3, &[0; 5]));
+        assert_eq!(st.on_bytes(&bytes), Err(code::PROTOCOL_ERROR));
+        // Unknown frame types and settings are ignored.
+        let mut st = open(64 * 1024);
+        let mut bytes = f(0x42, 0xff, 0, b"whatever");
+        bytes.extend(f(frame::SETTINGS, 0, 0, &[0x7f, 0x7f, 0, 0, 0, 1]));
+        assert_eq!(st.on_bytes(&bytes), Ok(bytes.len()));
+    }
+
+    #[test]
+    fn stream_errors_reset_the_stream_and_the_connection_goes_on() {
+        let mut st = open(64 * 1024);
+        headers(&mut st, 1, &GET, false).unwrap();
+        headers(&mut st, 3, &GET, true).unwrap();
+        headers(&mut st, 5, &GET, false).unwrap();
+        st.out.clear();
+        let f = frame;
+        let cases = [
+            (
+                f(frame::WINDOW_UPDATE, 0, 1, &[0; 4]),
+                1,
+                code::PROTOCOL_ERROR,
+            ),
+            (f(frame::DATA, 0, 3, b"late"), 3, code::STREAM_CLOSED),
+            (f(frame::PRIORITY, 0, 5, &[0; 4]), 5, code::FRAME_SIZE_ERROR),
+        ];
+        for (bytes, id, want) in cases {
+            assert_eq!(st.on_bytes(&bytes), Ok(bytes.len()));
+            assert_eq!(resets(&st), [(id, want)]);
+            st.out.clear();
+        }
+        // A stream may not depend on itself (RFC 9113 section 5.3.1).
+        let mut p = vec![0, 0, 0, 7, 16];
+        p.extend(block(&GET));
+        let bytes = f(frame::HEADERS, 0x20 | 5, 7, &p);
+        assert_eq!(st.on_bytes(&bytes), Ok(bytes.len()));
+        assert_eq!(resets(&st), [(7, code::PROTOCOL_ERROR)]);
+        st.out.clear();
+        let bytes = f(frame::PRIORITY, 0, 9, &[0, 0, 0, 9, 16]);
+        assert_eq!(st.on_bytes(&bytes), Ok(bytes.len()));
+        assert_eq!(resets(&st), [(9, code::PROTOCOL_ERROR)]);
     }
 
     #[test]
