@@ -452,3 +452,33 @@ fn an_answer_ended_by_the_upstream_closing_ends_the_stream_whole() {
     assert_eq!((r.status, r.body.as_slice()), (200, &b"until the end"[..]));
     assert_eq!(r.header("connection"), None);
 }
+
+#[test]
+fn a_client_that_grants_no_window_is_given_up_after_the_idle_timeout() {
+    let up = Upstream::http(|_| Resp::new(200, vec![b'x'; 1 << 20]));
+    let p = TestProxy::simple(up.addr, 1, "    idle_timeout: 1s\n");
+    let mut s = TcpStream::connect(p.edge()).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    // SETTINGS_INITIAL_WINDOW_SIZE 0: no answer body may flow until a WINDOW_UPDATE, and none
+    // comes. The client reads everything it is sent.
+    s.write_all(&frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]))
+        .unwrap();
+    s.write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &get_block()))
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(_) => {}
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    assert!(
+        matches!(end, Ok(()) | Err(std::io::ErrorKind::ConnectionReset)),
+        "the proxy closed the connection: {end:?}"
+    );
+    // Other clients are served as before.
+    let mut other = H2Client::connect(p.edge());
+    assert_eq!(other.get("/").unwrap().body.len(), 1 << 20);
+}

@@ -777,9 +777,8 @@ impl State {
             .filter(|s| s.phase != Phase::Done)
         else {
             // Decoded all the same: the table must stay in step.
-            self.decoder
-                .decode(block, |_, _| {})
-                .map_err(|_| code::COMPRESSION_ERROR)?;
+            let r = self.decoder.decode(block, |_, _| {});
+            r.map_err(|_| self.decoder.error_code())?;
             if i.is_some_and(|i| self.streams[i].failure.is_none()) {
                 // Past the end of the answer.
                 self.reset(id, code::STREAM_CLOSED);
@@ -790,7 +789,7 @@ impl State {
         let r = self
             .decoder
             .decode(block, |n, v| t.field(&mut s.inbox, n, v));
-        r.map_err(|_| code::COMPRESSION_ERROR)?;
+        r.map_err(|_| self.decoder.error_code())?;
         match t.finish(s, end) {
             Ok(()) => {
                 wake(&mut s.reader);
@@ -1413,7 +1412,7 @@ async fn send_data(h: &Handle, data: &[u8], end: bool) -> io::Result<()> {
             if n == 0 || st.out.len() >= OUT_LIMIT {
                 if s.send_window <= 0 {
                     s.writer = Some(cx.waker().clone());
-                } else {
+                } else if !st.blocked.iter().any(|w| w.will_wake(cx.waker())) {
                     st.blocked.push(cx.waker().clone());
                 }
                 return Poll::Pending;

@@ -10,6 +10,12 @@ use std::ops::Range;
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Malformed;
 
+/// What a header block may decode to at most, as RFC 7541 counts a field list (name, value and
+/// 32 bytes a field): a few bytes of references to large table entries would otherwise expand
+/// to hundreds of megabytes. Past it, the block is an abuse, not just too large an answer or
+/// request: the connection ends.
+pub(crate) const MAX_LIST: usize = 512 * 1024;
+
 /// RFC 7541 Appendix A.
 static STATIC: [(&[u8], &[u8]); 61] = [
     (b":authority", b""),
@@ -122,6 +128,9 @@ pub(crate) struct Decoder {
     /// What the encoder may set it to: our SETTINGS_HEADER_TABLE_SIZE.
     limit: usize,
     scratch: Vec<u8>,
+    /// The last block decoded past `list_limit` ([`MAX_LIST`] unless set higher).
+    overflowed: bool,
+    pub(crate) list_limit: usize,
 }
 
 impl Decoder {
@@ -132,6 +141,18 @@ impl Decoder {
             max: limit,
             limit,
             scratch: Vec::new(),
+            overflowed: false,
+            list_limit: MAX_LIST,
+        }
+    }
+
+    /// The connection error for the block that failed to decode: too large a list is an
+    /// abuse, anything else a compression error.
+    pub(crate) fn error_code(&self) -> u32 {
+        if self.overflowed {
+            super::frame::code::ENHANCE_YOUR_CALM
+        } else {
+            super::frame::code::COMPRESSION_ERROR
         }
     }
 
@@ -144,11 +165,18 @@ impl Decoder {
     ) -> Result<(), Malformed> {
         let mut at = 0;
         let mut fields = false;
+        let mut list = 0usize;
         self.scratch.clear();
+        self.overflowed = false;
         while let Some(&b) = block.get(at) {
             if b & 0x80 != 0 {
                 let i = int(block, &mut at, 7)?;
                 let (n, v) = self.get(i)?;
+                list += n.len() + v.len() + 32;
+                if list > self.list_limit {
+                    self.overflowed = true;
+                    return Err(Malformed);
+                }
                 field(n, v);
             } else if b & 0xe0 == 0x20 {
                 // A size update may only open a block (RFC 7541 section 4.2).
@@ -180,6 +208,11 @@ impl Decoder {
                     Name::Dynamic(d) => &self.table[*d].name,
                     Name::Str(s) => self.str(block, s),
                 };
+                list += n.len() + v.len() + 32;
+                if list > self.list_limit {
+                    self.overflowed = true;
+                    return Err(Malformed);
+                }
                 field(n, v);
                 if indexing {
                     let entry = Entry {

@@ -203,7 +203,7 @@ pub(crate) struct State {
     local_resets: usize,
     /// Streams we reset or answered early, lately: frames the client sent on them before it
     /// knew are ignored (RFC 9113 section 5.1), where on other closed streams they are errors.
-    cut: [u32; 32],
+    cut: [u32; MAX_STREAMS as usize],
     cut_at: usize,
     /// Resets of unanswered streams the client may still make.
     resets: Bucket,
@@ -212,6 +212,10 @@ pub(crate) struct State {
     canceller: Option<Canceller>,
     /// When the last stream ended (the start of an idle period).
     idle_since: Instant,
+    /// When the client last let us send: a write done, or window granted.
+    progress: Instant,
+    /// A write is in flight.
+    writing: bool,
 }
 
 impl State {
@@ -226,6 +230,8 @@ impl State {
             out.extend_from_slice(&v.to_be_bytes());
         }
         push_window_update(&mut out, 0, CONNECTION_WINDOW - 65_535);
+        let mut decoder = Decoder::new(TABLE_SIZE);
+        decoder.list_limit = decoder.list_limit.max(2 * max_head);
         State {
             out,
             writer: None,
@@ -243,7 +249,7 @@ impl State {
             peer_goaway: false,
             dead: false,
             error: None,
-            decoder: Decoder::new(TABLE_SIZE),
+            decoder,
             block: Block::default(),
             scratch: Vec::new(),
             pseudo: Vec::new(),
@@ -252,7 +258,7 @@ impl State {
             accepted: Vec::new(),
             max_head,
             local_resets: 0,
-            cut: [0; 32],
+            cut: [0; MAX_STREAMS as usize],
             cut_at: 0,
             resets: Bucket::new(
                 RateLimit {
@@ -264,6 +270,8 @@ impl State {
             stats,
             canceller: Some(canceller),
             idle_since: now,
+            progress: now,
+            writing: false,
         }
     }
 
@@ -301,7 +309,9 @@ impl State {
         }
         self.dead = true;
         if let Some(code) = code {
-            push_goaway(&mut self.out, self.last_id, code);
+            // A second GOAWAY may not name a later stream than the first.
+            let last = self.goaway.unwrap_or(self.last_id);
+            push_goaway(&mut self.out, last, code);
             self.error = Some(code);
         }
         for s in &mut self.streams {
@@ -461,13 +471,19 @@ impl State {
                 if id == 0 {
                     return Err(code::PROTOCOL_ERROR);
                 }
-                if p.len() != 5 {
-                    return self.refuse(id, code::FRAME_SIZE_ERROR);
+                // A stream error on a stream not yet open cannot be a reset (RFC 9113
+                // section 6.4): it is the connection's.
+                let error = if p.len() != 5 {
+                    code::FRAME_SIZE_ERROR
+                } else if be32(p) & MAX_ID == id {
+                    code::PROTOCOL_ERROR
+                } else {
+                    return Ok(());
+                };
+                if self.idle(id) {
+                    return Err(error);
                 }
-                if be32(p) & MAX_ID == id {
-                    return self.refuse(id, code::PROTOCOL_ERROR);
-                }
-                Ok(())
+                self.refuse(id, error)
             }
             frame::RST_STREAM => {
                 if id == 0 || self.idle(id) {
@@ -523,6 +539,7 @@ impl State {
                 if p.len() != 4 {
                     return Err(code::FRAME_SIZE_ERROR);
                 }
+                self.progress = Instant::now();
                 let n = (be32(p) & MAX_ID) as i64;
                 if id == 0 {
                     if n == 0 {
@@ -726,9 +743,8 @@ impl State {
 
     /// Decodes a block for no stream: the table must stay in step.
     fn skip_block(&mut self, block: &[u8]) -> Result<(), u32> {
-        self.decoder
-            .decode(block, |_, _| {})
-            .map_err(|_| code::COMPRESSION_ERROR)
+        let r = self.decoder.decode(block, |_, _| {});
+        r.map_err(|_| self.decoder.error_code())
     }
 
     fn on_block(&mut self, id: u32, end: bool, block: &[u8]) -> Result<(), u32> {
@@ -740,6 +756,11 @@ impl State {
         if let Some(i) = self.find(id) {
             return self.on_trailers(i, end, block);
         }
+        if self.goaway.is_some_and(|last| id > last) {
+            // Past our GOAWAY: ignored, the client may try it elsewhere (RFC 9113 section 6.8).
+            self.last_id = self.last_id.max(id);
+            return self.skip_block(block);
+        }
         if id <= self.last_id {
             self.skip_block(block)?;
             if self.cut.contains(&id) {
@@ -749,13 +770,14 @@ impl State {
             return Err(code::STREAM_CLOSED);
         }
         self.last_id = id;
-        if self.goaway.is_some() {
-            // Past our GOAWAY: ignored, the client may try it elsewhere.
-            return self.skip_block(block);
-        }
-        if self.streams.len() >= MAX_STREAMS as usize {
+        // Streams the client reset may still be here, their tasks not yet ended: they do not
+        // count.
+        let open = self.streams.iter().filter(|s| s.failure.is_none()).count();
+        if open >= MAX_STREAMS as usize {
+            // Not counted as an abuse: the client may not have heard of the limit yet.
             self.skip_block(block)?;
-            return self.refuse(id, code::REFUSED_STREAM);
+            self.reset(id, code::REFUSED_STREAM);
+            return Ok(());
         }
         let mut head = self.spare.pop().unwrap_or_default();
         let mut pseudo = std::mem::take(&mut self.pseudo);
@@ -763,9 +785,14 @@ impl State {
         let mut t = Request::new(self.max_head, &mut pseudo, &mut cookies);
         let r = self.decoder.decode(block, |n, v| t.field(&mut head, n, v));
         let outcome = t.finish(&mut head, end);
-        self.pseudo = pseudo;
-        self.cookies = cookies;
-        r.map_err(|_| code::COMPRESSION_ERROR)?;
+        // Scratch kept for the connection's next requests, unless a large head grew it.
+        if pseudo.capacity() <= 4096 {
+            self.pseudo = pseudo;
+        }
+        if cookies.capacity() <= 4096 {
+            self.cookies = cookies;
+        }
+        r.map_err(|_| self.decoder.error_code())?;
         let req = match outcome {
             Ok(req) => req,
             Err(status) => {
@@ -858,7 +885,7 @@ impl State {
             s.inbox.extend_from_slice(v);
             s.inbox.extend_from_slice(b"\r\n");
         });
-        r.map_err(|_| code::COMPRESSION_ERROR)?;
+        r.map_err(|_| self.decoder.error_code())?;
         if malformed {
             s.inbox.truncate(start);
             return self.refuse(id, code::PROTOCOL_ERROR);
@@ -928,7 +955,7 @@ impl<'a> Request<'a> {
     }
 
     fn field(&mut self, inbox: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-        if self.malformed {
+        if self.malformed || self.too_large {
             return;
         }
         if !valid_value(value) {
@@ -976,11 +1003,14 @@ impl<'a> Request<'a> {
             // The mark another ringmesh puts on requests it upgraded is for this hop only.
             n if n == super::client::ORIGINAL_PROTOCOL.as_bytes() => return,
             b"cookie" => {
+                if self.cookies.len() + value.len() + 2 > self.max {
+                    self.too_large = true;
+                    return;
+                }
                 if !self.cookies.is_empty() {
                     self.cookies.extend_from_slice(b"; ");
                 }
                 self.cookies.extend_from_slice(value);
-                self.too_large |= self.cookies.len() > self.max;
                 return;
             }
             b"content-length" => match parse_length(value) {
@@ -1013,8 +1043,9 @@ impl<'a> Request<'a> {
         let path_ok = (path.first() == Some(&b'/') || (path == b"*" && method == b"OPTIONS"))
             && path.iter().all(|&b| b > b' ' && b != 0x7f);
         let authority_ok = self.get(self.authority).is_none_or(|a| {
-            a.iter()
-                .all(|&b| b > b' ' && b != 0x7f && !b"/?#@".contains(&b))
+            !a.is_empty()
+                && a.iter()
+                    .all(|&b| b > b' ' && b != 0x7f && !b"/?#@".contains(&b))
         });
         let method_ok = !method.is_empty()
             && method
@@ -1254,11 +1285,15 @@ async fn write_loop(conn: &Conn, mut w: IoWrite) {
         if !go {
             break;
         }
+        conn.st.borrow_mut().writing = true;
         let (r, b) = w.write_all(buf).await;
         buf = b;
         buf.clear();
+        let mut st = conn.st.borrow_mut();
+        st.writing = false;
+        st.progress = Instant::now();
         if r.is_err() {
-            conn.st.borrow_mut().fail(None);
+            st.fail(None);
             break;
         }
     }
@@ -1299,6 +1334,13 @@ async fn tick_loop(conn: &Conn, limits: &HttpLimits) {
         let idle = st.streams.is_empty() && st.idle_since.elapsed() >= limits.idle_timeout;
         if idle || conn.w.draining() {
             st.go_away();
+        }
+        // Answers waiting for a client that neither reads nor grants window: after the idle
+        // timeout they, and their upstream exchanges, are given up.
+        let waiting =
+            st.writing || !st.blocked.is_empty() || st.streams.iter().any(|s| s.writer.is_some());
+        if waiting && st.progress.elapsed() >= limits.idle_timeout {
+            st.fail(None);
         }
     }
 }
@@ -1651,7 +1693,7 @@ async fn send_data(h: &Handle, data: &[u8], end: bool) -> io::Result<()> {
             if n == 0 || st.out.len() >= OUT_LIMIT {
                 if s.send_window <= 0 {
                     s.writer = Some(cx.waker().clone());
-                } else {
+                } else if !st.blocked.iter().any(|w| w.will_wake(cx.waker())) {
                     st.blocked.push(cx.waker().clone());
                 }
                 return Poll::Pending;
@@ -1905,6 +1947,7 @@ mod tests {
             vec![GET[0], GET[1], GET[2], (":path", "a")],
             vec![(":method", "G T"), GET[1], GET[2], GET[3]],
             vec![GET[0], GET[1], (":authority", "a@b"), GET[3]],
+            vec![GET[0], GET[1], (":authority", ""), GET[3]],
         ];
         let mut id = 1;
         for fields in &cases {
@@ -2219,10 +2262,62 @@ mod tests {
         let bytes = f(frame::HEADERS, 0x20 | 5, 7, &p);
         assert_eq!(st.on_bytes(&bytes), Ok(bytes.len()));
         assert_eq!(resets(&st), [(7, code::PROTOCOL_ERROR)]);
-        st.out.clear();
+        // On a stream not yet open, no reset can answer it: the connection ends.
         let bytes = f(frame::PRIORITY, 0, 9, &[0, 0, 0, 9, 16]);
-        assert_eq!(st.on_bytes(&bytes), Ok(bytes.len()));
-        assert_eq!(resets(&st), [(9, code::PROTOCOL_ERROR)]);
+        assert_eq!(st.on_bytes(&bytes), Err(code::PROTOCOL_ERROR));
+    }
+
+    #[test]
+    fn a_block_of_references_to_a_large_entry_ends_the_connection() {
+        let mut st = open(64 * 1024);
+        let mut b = block(&GET);
+        // cookie: 4,000 bytes, indexed; then 200 one-byte references to it (800 KB decoded).
+        b.push(0x40 | 32);
+        hpack::put_int(&mut b, 0, 7, 4000);
+        b.extend(std::iter::repeat_n(b'c', 4000));
+        b.extend(std::iter::repeat_n(0x80 | 62, 200));
+        assert!(b.len() < 5000);
+        let bytes = frame(frame::HEADERS, 5, 1, &b);
+        assert_eq!(st.on_bytes(&bytes), Err(code::ENHANCE_YOUR_CALM));
+        assert!(st.cookies.capacity() <= 4096, "{}", st.cookies.capacity());
+    }
+
+    #[test]
+    fn after_our_goaway_new_streams_are_ignored_and_the_last_id_never_grows() {
+        let mut st = open(64 * 1024);
+        headers(&mut st, 1, &GET, false).unwrap();
+        st.go_away();
+        headers(&mut st, 3, &GET, false).unwrap();
+        assert_eq!(st.accepted.len(), 1, "stream 3 is past the GOAWAY");
+        // Its trailers, sent before the client heard, are ignored too.
+        let t = frame(frame::HEADERS, 5, 3, &block(&[("x-t", "1")]));
+        assert_eq!(st.on_bytes(&t), Ok(t.len()));
+        st.fail(Some(code::PROTOCOL_ERROR));
+        let lasts: Vec<u32> = sent(&st.out)
+            .into_iter()
+            .filter(|f| f.0 == frame::GOAWAY)
+            .map(|f| be32(&f.2))
+            .collect();
+        assert_eq!(lasts, [1, 1]);
+    }
+
+    #[test]
+    fn streams_refused_for_the_limit_are_not_counted_as_abuse() {
+        let mut st = open(64 * 1024);
+        for i in 0..MAX_STREAMS {
+            headers(&mut st, 2 * i + 1, &GET, false).unwrap();
+        }
+        for i in 0..2 * MAX_LOCAL_RESETS as u32 {
+            headers(&mut st, 2 * (MAX_STREAMS + i) + 1, &GET, true).unwrap();
+        }
+        // A stream the client reset leaves room, though its task has not ended yet.
+        let id = 1;
+        let r = frame(frame::RST_STREAM, 0, id, &8u32.to_be_bytes());
+        st.on_bytes(&r).unwrap();
+        let accepted = st.accepted.len();
+        let next = 2 * (MAX_STREAMS + 2 * MAX_LOCAL_RESETS as u32) + 1;
+        headers(&mut st, next, &GET, true).unwrap();
+        assert_eq!(st.accepted.len(), accepted + 1);
     }
 
     #[test]
