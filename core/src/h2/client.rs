@@ -20,20 +20,21 @@ use std::task::{Poll, Waker};
 
 use monoio::BufResult;
 use monoio::buf::{IoBufMut, IoVecBufMut};
+use monoio::io::CancelableAsyncReadRent;
 use monoio::io::Canceller;
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent};
 
 use super::frame::{
-    self, MAX_FRAME, MAX_ID, be32, code, frame_head, parse_length, push_block, push_goaway,
-    push_rst, push_window_update, unpad, valid_name, valid_value,
+    self, MAX_ID, Outbox, PeerSettings, Sending, be32, code, frame_head, on_ping, parse_length,
+    push_block, push_goaway, push_rst, push_window_update, unpad, valid_name, valid_value,
+    write_loop,
 };
+use super::frame::{next_frame, take_inbox};
 use super::hpack::{self, Decoder};
 use super::stream::{ChunkedOut, is_connection_specific};
 use crate::endpoint::ConnCount;
 use crate::http1::chunked::write_chunk_size;
 use crate::http1::{Framing, RequestHead};
-use crate::io::{Io, IoRead, IoWrite};
-use crate::rawbuf;
+use crate::io::{Io, IoRead};
 
 /// Streams opened on one connection at most, whatever the peer allows (Envoy's default is 100
 /// too; more streams per connection only deepen head-of-line blocking on loss).
@@ -53,8 +54,6 @@ const MAX_HEAD: usize = 256 * 1024;
 const TABLE_SIZE: usize = 4096;
 /// What one read takes at most.
 const READ_BUF: usize = 32 * 1024;
-/// Queued output past which request bodies wait for the writer.
-const OUT_LIMIT: usize = 256 * 1024;
 /// Queued output past which the peer is making us answer faster than it reads (PINGs, SETTINGS,
 /// frames we must reset): the connection ends.
 const OUT_CAP: usize = 1024 * 1024;
@@ -181,9 +180,8 @@ struct State {
     ids: Vec<u32>,
     streams: Vec<Stream>,
     send_window: i64,
-    /// The peer's SETTINGS_INITIAL_WINDOW_SIZE.
-    peer_window: i64,
-    peer_max_frame: usize,
+    /// What the sending side follows of the peer's SETTINGS.
+    peer: PeerSettings,
     recv_window: i64,
     credit: u32,
     /// The peer's first frame, its SETTINGS, has come.
@@ -301,7 +299,7 @@ impl Conns {
         let c = conn.clone();
         monoio::spawn(crate::listener::contained(async move {
             let _count = count;
-            write_loop(&c, w).await;
+            write_loop(&*c, w).await;
         }));
         let slot = Slot::on(&conn);
         self.list.borrow_mut().push(conn);
@@ -359,8 +357,7 @@ impl State {
             ids: Vec::new(),
             streams: Vec::new(),
             send_window: 65_535,
-            peer_window: 65_535,
-            peer_max_frame: MAX_FRAME,
+            peer: PeerSettings::default(),
             recv_window: CONNECTION_WINDOW as i64,
             credit: 0,
             settled: false,
@@ -384,7 +381,7 @@ impl State {
             st.next_id += 2;
             st.ids.push(id);
             st.streams
-                .push(Stream::new(Vec::new(), st.peer_window, false, true));
+                .push(Stream::new(Vec::new(), st.peer.window, false, true));
         }
         st
     }
@@ -445,20 +442,24 @@ impl State {
 
     /// Credits read DATA back to the peer, in halves of the windows.
     fn credit(&mut self, id: u32, n: u32) {
-        self.credit += n;
-        if self.credit >= CONNECTION_WINDOW / 2 {
-            push_window_update(&mut self.out, 0, self.credit);
-            self.recv_window += self.credit as i64;
-            self.credit = 0;
+        let (out, window) = (&mut self.out, &mut self.recv_window);
+        if frame::credit(out, 0, &mut self.credit, window, n, CONNECTION_WINDOW) {
             self.queued();
         }
         let Some(i) = self.find(id) else { return };
         let s = &mut self.streams[i];
-        s.credit += n;
-        if s.credit >= STREAM_WINDOW / 2 && s.phase != Phase::Done {
-            let c = std::mem::take(&mut s.credit);
-            s.recv_window += c as i64;
-            push_window_update(&mut self.out, id, c);
+        // A stream that has ended needs no more window.
+        let open = s.phase != Phase::Done;
+        if open
+            && frame::credit(
+                &mut self.out,
+                id,
+                &mut s.credit,
+                &mut s.recv_window,
+                n,
+                STREAM_WINDOW,
+            )
+        {
             self.queued();
         }
     }
@@ -467,18 +468,9 @@ impl State {
     /// the connection's: its code for GOAWAY.
     fn on_bytes(&mut self, buf: &[u8]) -> Result<usize, u32> {
         let mut at = 0;
-        while buf.len() - at >= 9 {
-            let h = &buf[at..at + 9];
-            let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
-            if len > MAX_FRAME {
-                return Err(code::FRAME_SIZE_ERROR);
-            }
-            if buf.len() - at - 9 < len {
-                break;
-            }
-            let (ty, flags, id) = (h[3], h[4], be32(&h[5..9]) & MAX_ID);
-            self.on_frame(ty, flags, id, &buf[at + 9..at + 9 + len])?;
-            at += 9 + len;
+        while let Some((ty, flags, id, p)) = next_frame(&buf[at..])? {
+            self.on_frame(ty, flags, id, p)?;
+            at += 9 + p.len();
             if self.out.len() > OUT_CAP {
                 return Err(code::ENHANCE_YOUR_CALM);
             }
@@ -537,15 +529,7 @@ impl State {
             frame::SETTINGS => self.on_settings(flags, id, p),
             frame::PUSH_PROMISE => Err(code::PROTOCOL_ERROR),
             frame::PING => {
-                if id != 0 {
-                    return Err(code::PROTOCOL_ERROR);
-                }
-                if p.len() != 8 {
-                    return Err(code::FRAME_SIZE_ERROR);
-                }
-                if flags & frame::ACK == 0 {
-                    frame_head(&mut self.out, 8, frame::PING, frame::ACK, 0);
-                    self.out.extend_from_slice(p);
+                if on_ping(flags, id, p, &mut self.out)? {
                     self.queued();
                 }
                 Ok(())
@@ -595,12 +579,9 @@ impl State {
                 let Some(s) = self.stream(id) else {
                     return Ok(());
                 };
-                s.send_window += n;
-                if s.send_window > MAX_ID as i64 {
-                    self.reset(id, code::FLOW_CONTROL_ERROR);
-                    return Ok(());
+                if let Err(c) = frame::move_window(&mut s.send_window, &mut s.writer, n) {
+                    self.reset(id, c);
                 }
-                wake(&mut s.writer);
                 Ok(())
             }
             // Unknown frame types are ignored (RFC 9113 section 4.1).
@@ -614,53 +595,25 @@ impl State {
     }
 
     fn on_settings(&mut self, flags: u8, id: u32, p: &[u8]) -> Result<(), u32> {
-        if id != 0 {
-            return Err(code::PROTOCOL_ERROR);
-        }
-        if flags & frame::ACK != 0 {
-            return if p.is_empty() {
-                Ok(())
-            } else {
-                Err(code::FRAME_SIZE_ERROR)
-            };
-        }
-        if p.len() % 6 != 0 {
-            return Err(code::FRAME_SIZE_ERROR);
-        }
-        self.settled = true;
-        for s in p.chunks_exact(6) {
-            let v = be32(&s[2..]);
-            match u16::from_be_bytes([s[0], s[1]]) {
-                2 if v > 1 => return Err(code::PROTOCOL_ERROR),
-                3 => self.max = v.clamp(1, MAX_STREAMS_PER_CONN),
-                4 => {
-                    if v > MAX_ID {
-                        return Err(code::FLOW_CONTROL_ERROR);
-                    }
-                    // A new initial window moves every open stream's (RFC 9113 6.9.2).
-                    let delta = v as i64 - self.peer_window;
-                    self.peer_window = v as i64;
-                    for s in &mut self.streams {
-                        s.send_window += delta;
-                        if s.send_window > MAX_ID as i64 {
-                            return Err(code::FLOW_CONTROL_ERROR);
-                        }
-                        if delta > 0 {
-                            wake(&mut s.writer);
-                        }
-                    }
-                }
-                5 => {
-                    if !(MAX_FRAME as u32..=(1 << 24) - 1).contains(&v) {
-                        return Err(code::PROTOCOL_ERROR);
-                    }
-                    self.peer_max_frame = v as usize;
-                }
-                _ => {}
+        let streams = &mut self.streams;
+        let move_windows = |delta| {
+            for s in streams.iter_mut() {
+                frame::move_window(&mut s.send_window, &mut s.writer, delta)?;
             }
+            Ok(())
+        };
+        let max = &mut self.max;
+        let other = |k, v: u32| {
+            if k == 3 {
+                *max = v.clamp(1, MAX_STREAMS_PER_CONN);
+            }
+            Ok(())
+        };
+        let (out, peer) = (&mut self.out, &mut self.peer);
+        if frame::on_settings(flags, id, p, out, peer, move_windows, other)? {
+            self.settled = true;
+            self.queued();
         }
-        frame_head(&mut self.out, 0, frame::SETTINGS, frame::ACK, 0);
-        self.queued();
         Ok(())
     }
 
@@ -992,45 +945,32 @@ async fn read_loop(conn: &Conn, mut r: IoRead, cancel: monoio::io::CancelHandle)
     }
 }
 
-/// Writes what is queued until the connection ends, then closes it.
-async fn write_loop(conn: &Conn, mut w: IoWrite) {
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    loop {
-        let go = poll_fn(|cx| {
-            let mut st = conn.st.borrow_mut();
-            if !st.out.is_empty() {
-                std::mem::swap(&mut st.out, &mut buf);
-                st.wake_blocked();
-                return Poll::Ready(true);
-            }
-            let idle = st.streams.is_empty();
-            if st.dead || (idle && (st.close_asked || st.goaway.is_some())) {
-                return Poll::Ready(false);
-            }
-            st.writer = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await;
-        if !go {
-            break;
+impl Outbox for Conn {
+    fn poll_out(&self, cx: &mut std::task::Context<'_>, buf: &mut Vec<u8>) -> Poll<bool> {
+        let mut st = self.st.borrow_mut();
+        if !st.out.is_empty() {
+            std::mem::swap(&mut st.out, buf);
+            st.wake_blocked();
+            return Poll::Ready(true);
         }
-        let (r, b) = w.write_all(buf).await;
-        buf = b;
-        buf.clear();
-        if r.is_err() {
-            conn.st.borrow_mut().fail(None);
-            break;
+        let idle = st.streams.is_empty();
+        if st.dead || (idle && (st.close_asked || st.goaway.is_some())) {
+            return Poll::Ready(false);
+        }
+        st.writer = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn wrote(&self, ok: bool) {
+        if !ok {
+            self.st.borrow_mut().fail(None);
         }
     }
-    let canceller = {
-        let mut st = conn.st.borrow_mut();
+
+    fn finish(&self) -> Option<Canceller> {
+        let mut st = self.st.borrow_mut();
         st.fail(None);
         st.canceller.take()
-    };
-    let _ = w.shutdown().await;
-    // The reader's read would otherwise wait for the peer to close.
-    if let Some(c) = canceller {
-        c.cancel();
     }
 }
 
@@ -1205,12 +1145,12 @@ impl UpWrite {
         encode_request(req, buf, self.tls, self.mesh, &mut block);
         let id = st.next_id;
         st.next_id += 2;
-        let max = st.peer_max_frame;
+        let max = st.peer.max_frame;
         push_block(&mut st.out, id, end, &block, max);
         st.scratch = block;
         let inbox = st.spare.pop().unwrap_or_default();
         let head_request = req.method_span.get(buf) == b"HEAD";
-        let stream = Stream::new(inbox, st.peer_window, head_request, end);
+        let stream = Stream::new(inbox, st.peer.window, head_request, end);
         st.ids.push(id);
         st.streams.push(stream);
         st.queued();
@@ -1369,7 +1309,7 @@ fn send_trailers(h: &Handle, fields: &[u8]) -> io::Result<()> {
     for (n, v) in trailer_fields(fields) {
         hpack::put_literal(&mut block, n, v);
     }
-    let max = st.peer_max_frame;
+    let max = st.peer.max_frame;
     push_block(&mut st.out, id, true, &block, max);
     st.scratch = block;
     st.queued();
@@ -1380,63 +1320,35 @@ fn send_trailers(h: &Handle, fields: &[u8]) -> io::Result<()> {
 /// alone when `data` is empty).
 async fn send_data(h: &Handle, data: &[u8], end: bool) -> io::Result<()> {
     let id = h.id.get();
-    let mut rest = data;
-    poll_fn(|cx| {
+    let sending = |step: &mut dyn FnMut(Sending<'_>) -> Poll<()>| {
         let mut st = h.conn().st.borrow_mut();
-        loop {
-            if st.dead {
-                return Poll::Ready(Err(Failure::Connection.error()));
-            }
-            let st = &mut *st;
-            let Some(i) = st.find(id) else {
-                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-            };
-            let s = &mut st.streams[i];
-            if let Some(f) = s.failure {
-                return Poll::Ready(Err(h.failure(f)));
-            }
-            if s.sent_end {
-                // The peer reset the stream after a whole answer: it wants no more body.
-                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-            }
-            if rest.is_empty() {
-                if end {
-                    frame_head(&mut st.out, 0, frame::DATA, frame::END_STREAM, id);
-                    s.sent_end = true;
-                    st.queued();
-                }
-                return Poll::Ready(Ok(()));
-            }
-            let window = s.send_window.min(st.send_window).max(0) as usize;
-            let n = rest.len().min(window).min(st.peer_max_frame);
-            if n == 0 || st.out.len() >= OUT_LIMIT {
-                if s.send_window <= 0 {
-                    s.writer = Some(cx.waker().clone());
-                } else if !st.blocked.iter().any(|w| w.will_wake(cx.waker())) {
-                    st.blocked.push(cx.waker().clone());
-                }
-                return Poll::Pending;
-            }
-            let last = end && n == rest.len();
-            frame_head(
-                &mut st.out,
-                n,
-                frame::DATA,
-                if last { frame::END_STREAM } else { 0 },
-                id,
-            );
-            st.out.extend_from_slice(&rest[..n]);
-            s.send_window -= n as i64;
-            s.sent_end = last;
-            st.send_window -= n as i64;
-            st.queued();
-            rest = &rest[n..];
-            if rest.is_empty() {
-                return Poll::Ready(Ok(()));
-            }
+        if st.dead {
+            return Err(Failure::Connection.error());
         }
-    })
-    .await
+        let st = &mut *st;
+        let Some(i) = st.find(id) else {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        };
+        let s = &mut st.streams[i];
+        if let Some(f) = s.failure {
+            return Err(h.failure(f));
+        }
+        if s.sent_end {
+            // The peer reset the stream after a whole answer: it wants no more body.
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        Ok(step(Sending {
+            out: &mut st.out,
+            conn_window: &mut st.send_window,
+            max_frame: st.peer.max_frame,
+            window: &mut s.send_window,
+            sent_end: &mut s.sent_end,
+            writer: &mut s.writer,
+            blocked: &mut st.blocked,
+            flush: &mut st.writer,
+        }))
+    };
+    frame::send_data(sending, id, data, end).await
 }
 
 impl UpRead {
@@ -1457,15 +1369,9 @@ impl UpRead {
             };
             let s = &mut st.streams[i];
             if s.taken < s.inbox.len() {
-                let n = rawbuf::fill(&mut buf, &s.inbox[s.taken..]);
-                s.taken += n;
-                if s.taken == s.inbox.len() {
-                    s.inbox.clear();
-                    s.taken = 0;
-                    let unread = std::mem::take(&mut s.unread);
-                    if unread > 0 {
-                        st.credit(id, unread);
-                    }
+                let (n, read) = take_inbox(&mut s.inbox, &mut s.taken, &mut s.unread, &mut buf);
+                if read > 0 {
+                    st.credit(id, read);
                 }
                 return Poll::Ready(Ok(n));
             }

@@ -19,21 +19,22 @@ use std::time::{Duration, Instant};
 
 use monoio::BufResult;
 use monoio::buf::{IoBufMut, IoVecBufMut};
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use monoio::io::{CancelableAsyncReadRent, Canceller};
 
 use super::frame::{
-    self, MAX_FRAME, MAX_ID, be32, code, frame_head, parse_length, push_block, push_goaway,
-    push_rst, push_window_update, unpad, valid_name, valid_value,
+    self, MAX_FRAME, MAX_ID, Outbox, PeerSettings, Sending, be32, code, frame_head, on_ping,
+    parse_length, push_block, push_goaway, push_rst, push_window_update, unpad, valid_name,
+    valid_value, write_loop,
 };
+use super::frame::{next_frame, take_inbox};
 use super::hpack::{self, Decoder};
 use super::stream::{ChunkedOut, is_connection_specific, trailer_fields};
 use crate::http1::chunked::write_chunk_size;
 use crate::http1::{Framing, ResponseHead};
-use crate::io::{Io, IoRead, IoWrite};
+use crate::io::{Io, IoRead};
 use crate::metrics::{H2Event, ListenerStats};
 use crate::proxy::{Client, serve_stream};
 use crate::ratelimit::{Bucket, RateLimit};
-use crate::rawbuf;
 use crate::snapshot::HttpLimits;
 use crate::worker::Worker;
 
@@ -57,8 +58,6 @@ const TICK: Duration = Duration::from_secs(1);
 const TABLE_SIZE: usize = 4096;
 /// What one read takes at most.
 const READ_BUF: usize = 32 * 1024;
-/// Queued output past which answer bodies wait for the writer.
-const OUT_LIMIT: usize = 256 * 1024;
 /// Queued output past which the client is making us answer faster than it reads (PINGs,
 /// SETTINGS, resets): the connection ends.
 const OUT_CAP: usize = 1024 * 1024;
@@ -170,9 +169,8 @@ pub(crate) struct State {
     /// The highest stream id the client has opened.
     last_id: u32,
     send_window: i64,
-    /// The client's SETTINGS_INITIAL_WINDOW_SIZE.
-    peer_window: i64,
-    peer_max_frame: usize,
+    /// What the sending side follows of the client's SETTINGS.
+    peer: PeerSettings,
     recv_window: i64,
     credit: u32,
     /// The client's preface has come.
@@ -239,8 +237,7 @@ impl State {
             streams: Vec::new(),
             last_id: 0,
             send_window: 65_535,
-            peer_window: 65_535,
-            peer_max_frame: MAX_FRAME,
+            peer: PeerSettings::default(),
             recv_window: CONNECTION_WINDOW as i64,
             credit: 0,
             preface: false,
@@ -362,20 +359,24 @@ impl State {
 
     /// Credits read DATA back to the client, in halves of the windows.
     fn credit(&mut self, id: u32, n: u32) {
-        self.credit += n;
-        if self.credit >= CONNECTION_WINDOW / 2 {
-            push_window_update(&mut self.out, 0, self.credit);
-            self.recv_window += self.credit as i64;
-            self.credit = 0;
+        let (out, window) = (&mut self.out, &mut self.recv_window);
+        if frame::credit(out, 0, &mut self.credit, window, n, CONNECTION_WINDOW) {
             self.queued();
         }
         let Some(i) = self.find(id) else { return };
         let s = &mut self.streams[i];
-        s.credit += n;
-        if s.credit >= STREAM_WINDOW / 2 && !s.ended {
-            let c = std::mem::take(&mut s.credit);
-            s.recv_window += c as i64;
-            push_window_update(&mut self.out, id, c);
+        // A stream that has ended needs no more window.
+        let open = !s.ended;
+        if open
+            && frame::credit(
+                &mut self.out,
+                id,
+                &mut s.credit,
+                &mut s.recv_window,
+                n,
+                STREAM_WINDOW,
+            )
+        {
             self.queued();
         }
     }
@@ -424,18 +425,9 @@ impl State {
             self.preface = true;
             at = n;
         }
-        while buf.len() - at >= 9 {
-            let h = &buf[at..at + 9];
-            let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
-            if len > MAX_FRAME {
-                return Err(code::FRAME_SIZE_ERROR);
-            }
-            if buf.len() - at - 9 < len {
-                break;
-            }
-            let (ty, flags, id) = (h[3], h[4], be32(&h[5..9]) & MAX_ID);
-            self.on_frame(ty, flags, id, &buf[at + 9..at + 9 + len])?;
-            at += 9 + len;
+        while let Some((ty, flags, id, p)) = next_frame(&buf[at..])? {
+            self.on_frame(ty, flags, id, p)?;
+            at += 9 + p.len();
             if self.out.len() > OUT_CAP {
                 return Err(code::ENHANCE_YOUR_CALM);
             }
@@ -511,15 +503,7 @@ impl State {
             frame::SETTINGS => self.on_settings(flags, id, p),
             frame::PUSH_PROMISE => Err(code::PROTOCOL_ERROR),
             frame::PING => {
-                if id != 0 {
-                    return Err(code::PROTOCOL_ERROR);
-                }
-                if p.len() != 8 {
-                    return Err(code::FRAME_SIZE_ERROR);
-                }
-                if flags & frame::ACK == 0 {
-                    frame_head(&mut self.out, 8, frame::PING, frame::ACK, 0);
-                    self.out.extend_from_slice(p);
+                if on_ping(flags, id, p, &mut self.out)? {
                     self.queued();
                 }
                 Ok(())
@@ -561,12 +545,10 @@ impl State {
                 let Some(s) = self.stream(id) else {
                     return Ok(());
                 };
-                s.send_window += n;
-                if s.send_window > MAX_ID as i64 {
-                    return self.refuse(id, code::FLOW_CONTROL_ERROR);
+                match frame::move_window(&mut s.send_window, &mut s.writer, n) {
+                    Ok(()) => Ok(()),
+                    Err(c) => self.refuse(id, c),
                 }
-                wake(&mut s.writer);
-                Ok(())
             }
             // Unknown frame types are ignored (RFC 9113 section 4.1).
             _ => Ok(()),
@@ -579,54 +561,21 @@ impl State {
     }
 
     fn on_settings(&mut self, flags: u8, id: u32, p: &[u8]) -> Result<(), u32> {
-        if id != 0 {
-            return Err(code::PROTOCOL_ERROR);
-        }
-        if flags & frame::ACK != 0 {
-            return if p.is_empty() {
-                Ok(())
-            } else {
-                Err(code::FRAME_SIZE_ERROR)
-            };
-        }
-        if p.len() % 6 != 0 {
-            return Err(code::FRAME_SIZE_ERROR);
+        let streams = &mut self.streams;
+        let move_windows = |delta| {
+            for s in streams.iter_mut() {
+                frame::move_window(&mut s.send_window, &mut s.writer, delta)?;
+            }
+            Ok(())
+        };
+        let (out, peer) = (&mut self.out, &mut self.peer);
+        if !frame::on_settings(flags, id, p, out, peer, move_windows, |_, _| Ok(()))? {
+            return Ok(());
         }
         if !self.settled {
             self.settled = true;
             self.event(H2Event::Connection);
         }
-        for s in p.chunks_exact(6) {
-            let v = be32(&s[2..]);
-            match u16::from_be_bytes([s[0], s[1]]) {
-                2 if v > 1 => return Err(code::PROTOCOL_ERROR),
-                4 => {
-                    if v > MAX_ID {
-                        return Err(code::FLOW_CONTROL_ERROR);
-                    }
-                    // A new initial window moves every open stream's (RFC 9113 6.9.2).
-                    let delta = v as i64 - self.peer_window;
-                    self.peer_window = v as i64;
-                    for s in &mut self.streams {
-                        s.send_window += delta;
-                        if s.send_window > MAX_ID as i64 {
-                            return Err(code::FLOW_CONTROL_ERROR);
-                        }
-                        if delta > 0 {
-                            wake(&mut s.writer);
-                        }
-                    }
-                }
-                5 => {
-                    if !(MAX_FRAME as u32..=(1 << 24) - 1).contains(&v) {
-                        return Err(code::PROTOCOL_ERROR);
-                    }
-                    self.peer_max_frame = v as usize;
-                }
-                _ => {}
-            }
-        }
-        frame_head(&mut self.out, 0, frame::SETTINGS, frame::ACK, 0);
         self.queued();
         Ok(())
     }
@@ -823,7 +772,7 @@ impl State {
             unread: 0,
             credit: 0,
             recv_window: STREAM_WINDOW as i64,
-            send_window: self.peer_window,
+            send_window: self.peer.window,
             sent_end: false,
         };
         if end && s.chunked {
@@ -840,7 +789,7 @@ impl State {
         block.clear();
         hpack::put_named_u64(&mut block, STATUS, status as u64);
         hpack::put_named_u64(&mut block, hpack::CONTENT_LENGTH, 0);
-        let max = self.peer_max_frame;
+        let max = self.peer.max_frame;
         push_block(&mut self.out, id, true, &block, max);
         self.scratch = block;
         if !end {
@@ -1145,7 +1094,7 @@ pub(crate) async fn serve(
         identity,
     });
     let (r, wr) = io.into_split();
-    let both = async { monoio::join!(read_loop(&conn, r, read, cancel), write_loop(&conn, wr)) };
+    let both = async { monoio::join!(read_loop(&conn, r, read, cancel), write_loop(&*conn, wr)) };
     monoio::select! {
         _ = both => {}
         _ = tick_loop(&conn, &limits) => {}
@@ -1263,49 +1212,39 @@ async fn stream(h: Rc<Handle>, head: Vec<u8>, head_request: bool) {
     c.release(&conn.w);
 }
 
-/// Writes what is queued until the connection ends, then closes it.
-async fn write_loop(conn: &Conn, mut w: IoWrite) {
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    loop {
-        let go = poll_fn(|cx| {
-            let mut st = conn.st.borrow_mut();
-            if !st.out.is_empty() {
-                std::mem::swap(&mut st.out, &mut buf);
-                st.wake_blocked();
-                return Poll::Ready(true);
-            }
-            let idle = st.streams.is_empty() && st.accepted.is_empty();
-            if st.dead || (idle && (st.goaway.is_some() || st.peer_goaway)) {
-                return Poll::Ready(false);
-            }
-            st.writer = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await;
-        if !go {
-            break;
+impl Outbox for Conn {
+    fn poll_out(&self, cx: &mut std::task::Context<'_>, buf: &mut Vec<u8>) -> Poll<bool> {
+        let mut st = self.st.borrow_mut();
+        if !st.out.is_empty() {
+            std::mem::swap(&mut st.out, buf);
+            st.wake_blocked();
+            return Poll::Ready(true);
         }
-        conn.st.borrow_mut().writing = true;
-        let (r, b) = w.write_all(buf).await;
-        buf = b;
-        buf.clear();
-        let mut st = conn.st.borrow_mut();
+        let idle = st.streams.is_empty() && st.accepted.is_empty();
+        if st.dead || (idle && (st.goaway.is_some() || st.peer_goaway)) {
+            return Poll::Ready(false);
+        }
+        st.writer = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn writing(&self) {
+        self.st.borrow_mut().writing = true;
+    }
+
+    fn wrote(&self, ok: bool) {
+        let mut st = self.st.borrow_mut();
         st.writing = false;
         st.progress = Instant::now();
-        if r.is_err() {
+        if !ok {
             st.fail(None);
-            break;
         }
     }
-    let canceller = {
-        let mut st = conn.st.borrow_mut();
+
+    fn finish(&self) -> Option<Canceller> {
+        let mut st = self.st.borrow_mut();
         st.fail(None);
         st.canceller.take()
-    };
-    let _ = w.shutdown().await;
-    // The reader's read would otherwise wait for the client to close.
-    if let Some(c) = canceller {
-        c.cancel();
     }
 }
 
@@ -1405,15 +1344,9 @@ impl H2Recv {
             };
             let s = &mut st.streams[i];
             if s.taken < s.inbox.len() {
-                let n = rawbuf::fill(&mut buf, &s.inbox[s.taken..]);
-                s.taken += n;
-                if s.taken == s.inbox.len() {
-                    s.inbox.clear();
-                    s.taken = 0;
-                    let unread = std::mem::take(&mut s.unread);
-                    if unread > 0 {
-                        st.credit(h.id, unread);
-                    }
+                let (n, read) = take_inbox(&mut s.inbox, &mut s.taken, &mut s.unread, &mut buf);
+                if read > 0 {
+                    st.credit(h.id, read);
                 }
                 return Poll::Ready(Ok(n));
             }
@@ -1529,7 +1462,7 @@ impl H2Send {
         let mut block = std::mem::take(&mut st.scratch);
         block.clear();
         encode_answer(resp, head, length, &mut block);
-        push_block(&mut st.out, h.id, end, &block, st.peer_max_frame);
+        push_block(&mut st.out, h.id, end, &block, st.peer.max_frame);
         st.scratch = block;
         st.streams[i].sent_end = end;
         st.queued();
@@ -1651,7 +1584,7 @@ fn send_trailers(h: &Handle, fields: &[u8]) -> io::Result<()> {
             hpack::put_literal(&mut block, n, v);
         }
     }
-    let max = st.peer_max_frame;
+    let max = st.peer.max_frame;
     push_block(&mut st.out, h.id, true, &block, max);
     st.scratch = block;
     st.queued();
@@ -1661,63 +1594,34 @@ fn send_trailers(h: &Handle, fields: &[u8]) -> io::Result<()> {
 /// Sends `data` on the stream as the windows allow; `end`: END_STREAM with the last byte (or
 /// alone when `data` is empty).
 async fn send_data(h: &Handle, data: &[u8], end: bool) -> io::Result<()> {
-    let id = h.id;
-    let mut rest = data;
-    poll_fn(|cx| {
+    let sending = |step: &mut dyn FnMut(Sending<'_>) -> Poll<()>| {
         let mut st = h.conn.st.borrow_mut();
-        loop {
-            if st.dead {
-                return Poll::Ready(Err(Failure::Connection.error()));
-            }
-            let st = &mut *st;
-            let Some(i) = st.find(id) else {
-                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-            };
-            let s = &mut st.streams[i];
-            if let Some(f) = s.failure {
-                return Poll::Ready(Err(f.error()));
-            }
-            if s.sent_end {
-                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-            }
-            if rest.is_empty() {
-                if end {
-                    frame_head(&mut st.out, 0, frame::DATA, frame::END_STREAM, id);
-                    s.sent_end = true;
-                    st.queued();
-                }
-                return Poll::Ready(Ok(()));
-            }
-            let window = s.send_window.min(st.send_window).max(0) as usize;
-            let n = rest.len().min(window).min(st.peer_max_frame);
-            if n == 0 || st.out.len() >= OUT_LIMIT {
-                if s.send_window <= 0 {
-                    s.writer = Some(cx.waker().clone());
-                } else if !st.blocked.iter().any(|w| w.will_wake(cx.waker())) {
-                    st.blocked.push(cx.waker().clone());
-                }
-                return Poll::Pending;
-            }
-            let last = end && n == rest.len();
-            frame_head(
-                &mut st.out,
-                n,
-                frame::DATA,
-                if last { frame::END_STREAM } else { 0 },
-                id,
-            );
-            st.out.extend_from_slice(&rest[..n]);
-            s.send_window -= n as i64;
-            s.sent_end = last;
-            st.send_window -= n as i64;
-            st.queued();
-            rest = &rest[n..];
-            if rest.is_empty() {
-                return Poll::Ready(Ok(()));
-            }
+        if st.dead {
+            return Err(Failure::Connection.error());
         }
-    })
-    .await
+        let st = &mut *st;
+        let Some(i) = st.find(h.id) else {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        };
+        let s = &mut st.streams[i];
+        if let Some(f) = s.failure {
+            return Err(f.error());
+        }
+        if s.sent_end {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        Ok(step(Sending {
+            out: &mut st.out,
+            conn_window: &mut st.send_window,
+            max_frame: st.peer.max_frame,
+            window: &mut s.send_window,
+            sent_end: &mut s.sent_end,
+            writer: &mut s.writer,
+            blocked: &mut st.blocked,
+            flush: &mut st.writer,
+        }))
+    };
+    frame::send_data(sending, h.id, data, end).await
 }
 
 super::stream::read_glue!(H2Recv);
@@ -1757,7 +1661,7 @@ pub fn drive_server(input: &[u8], cuts: &[usize]) {
             if resp.parse(answer, 1024).is_ok() {
                 let mut block = Vec::new();
                 encode_answer(&resp, answer, Some(0), &mut block);
-                let max = st.peer_max_frame;
+                let max = st.peer.max_frame;
                 push_block(&mut st.out, a.id, true, &block, max);
                 if let Some(s) = st.stream(a.id) {
                     s.sent_end = true;
