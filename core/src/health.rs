@@ -219,8 +219,17 @@ async fn probe(t: &Target) -> bool {
         P::Auto => matches!(&s, crate::io::Io::Tls(t) if t.is_h2()),
         P::Http1 => false,
     };
+    // In HTTP/2 the check is a stream on a connection of its own, written and read as
+    // HTTP/1.1 as the forwarding path does; the connection closes with the check.
+    let _closing;
     if h2 {
-        return Box::pin(probe_h2(t, s)).await;
+        let tls = matches!(s, crate::io::Io::Tls(_));
+        let conns = CloseOnDrop(crate::h2::client::Conns::default());
+        let Ok(slot) = conns.0.open(s, None).await else {
+            return false;
+        };
+        s = crate::io::Io::H2Up(Box::new(crate::h2::client::H2Up::new(slot, tls, false)));
+        _closing = conns;
     }
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringmesh-health-check\r\nConnection: close\r\n\r\n",
@@ -256,28 +265,11 @@ async fn probe(t: &Target) -> bool {
     }
 }
 
-/// The check in HTTP/2, for endpoints that speak it (a gRPC server answers nothing else).
-async fn probe_h2(t: &Target, io: crate::io::Io) -> bool {
-    let tls = matches!(io, crate::io::Io::Tls(_));
-    let Ok((send, conn)) = h2::client::handshake(crate::h2::io::PollIo::new(io, Vec::new())).await
-    else {
-        return false;
-    };
-    let driver = monoio::spawn(async move {
-        let _ = conn.await;
-    });
-    let scheme = if tls { "https" } else { "http" };
-    let req = http::Request::get(format!("{scheme}://{}{}", t.addr, t.config.path))
-        .header(http::header::USER_AGENT, "ringmesh-health-check")
-        .body(());
-    let ok = async {
-        let mut send = send.ready().await.ok()?;
-        let (resp, _) = send.send_request(req.ok()?, true).ok()?;
-        let status = resp.await.ok()?.status().as_u16();
-        Some((200..400).contains(&status))
+/// An HTTP/2 connection closed once the check is over (or given up).
+struct CloseOnDrop(crate::h2::client::Conns);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close_all();
     }
-    .await
-    .unwrap_or(false);
-    drop(driver);
-    ok
 }

@@ -279,9 +279,9 @@ impl Conns {
         Some(Slot::on(c))
     }
 
-    /// Sets up HTTP/2 on a new connection (counted by `count` while it lives), and returns a
-    /// stream slot on it.
-    pub(crate) async fn open(&self, io: Io, count: ConnCount) -> io::Result<Slot> {
+    /// Sets up HTTP/2 on a new connection (counted by `count` while it lives, if counted), and
+    /// returns a stream slot on it.
+    pub(crate) async fn open(&self, io: Io, count: Option<ConnCount>) -> io::Result<Slot> {
         let canceller = Canceller::new();
         let handle = canceller.handle();
         let conn = Rc::new(Conn {
@@ -1434,7 +1434,10 @@ mod tests {
     async fn stream_to(addr: std::net::SocketAddr) -> H2Up {
         let s = monoio::net::TcpStream::connect(addr).await.unwrap();
         let count = ConnCount::new(Rc::new(ClusterState::new(Instant::now())));
-        let slot = Conns::default().open(Io::Plain(s), count).await.unwrap();
+        let slot = Conns::default()
+            .open(Io::Plain(s), Some(count))
+            .await
+            .unwrap();
         H2Up::new(slot, false, false)
     }
 

@@ -21,6 +21,7 @@
 pub(crate) mod client;
 pub(crate) mod frame;
 pub(crate) mod hpack;
+#[cfg(test)]
 pub(crate) mod io;
 pub(crate) mod server;
 pub(crate) mod stream;

@@ -338,7 +338,7 @@ impl Exchange<'_> {
             {
                 let started = Instant::now();
                 let count = ConnCount::new(state.clone());
-                match Box::pin(ep.h2.open(io, count)).await {
+                match Box::pin(ep.h2.open(io, Some(count))).await {
                     Ok(slot) => Ok(self.h2_stream(slot)),
                     Err(_) => Err(TryEnd::Failed {
                         kind: ErrorKind::ConnectFailed,
