@@ -482,3 +482,40 @@ fn a_client_that_grants_no_window_is_given_up_after_the_idle_timeout() {
     let mut other = H2Client::connect(p.edge());
     assert_eq!(other.get("/").unwrap().body.len(), 1 << 20);
 }
+
+#[test]
+fn a_silent_handshake_and_an_idle_connection_are_closed_in_their_time() {
+    let up = Upstream::fixed("ok");
+    let p = TestProxy::simple(
+        up.addr,
+        1,
+        "    request_head_timeout: 300ms\n    idle_timeout: 500ms\n",
+    );
+    // The preface, and never the SETTINGS that must follow it.
+    let mut s = TcpStream::connect(p.edge()).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => {}
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "the handshake was cut off");
+    // A request, then nothing: GOAWAY without an error, then the end.
+    let mut s = raw_h2(p.edge());
+    s.write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &get_block()))
+        .unwrap();
+    assert_eq!(goaway(&mut s), Some(0));
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => {}
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "the idle connection was closed");
+    assert_eq!(up.requests().len(), 1);
+}
