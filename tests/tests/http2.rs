@@ -519,3 +519,20 @@ fn a_silent_handshake_and_an_idle_connection_are_closed_in_their_time() {
     assert!(closed, "the idle connection was closed");
     assert_eq!(up.requests().len(), 1);
 }
+
+#[test]
+fn a_connection_idle_for_a_while_lets_its_buffers_go_and_serves_on() {
+    let up = Upstream::echo();
+    let p = TestProxy::simple(up.addr, 1, "");
+    let mut c = H2Client::connect(p.edge());
+    assert_eq!(c.get("/first").unwrap().status, 200);
+    // Past two ticks of the connection's timer with nothing to do: its read goes on with a
+    // small buffer, its write buffers are let go.
+    std::thread::sleep(Duration::from_millis(2500));
+    let data = vec![5u8; 300_000];
+    let req = Request::post("http://a.test/after").body(()).unwrap();
+    let r = c.request(req, &data, None).unwrap();
+    assert_eq!((r.status, r.body.len()), (200, data.len()));
+    assert!(r.body == data);
+    assert_eq!(c.get("/last").unwrap().header("x-path"), Some("/last"));
+}

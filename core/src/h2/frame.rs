@@ -346,7 +346,7 @@ pub(crate) trait Outbox {
 /// reader queued since the last write goes in one write.
 pub(crate) async fn write_loop(conn: &impl Outbox, mut w: crate::io::IoWrite) {
     use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut buf: Vec<u8> = Vec::new();
     loop {
         if !std::future::poll_fn(|cx| conn.poll_out(cx, &mut buf)).await {
             break;

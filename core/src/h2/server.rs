@@ -58,6 +58,8 @@ const TICK: Duration = Duration::from_secs(1);
 const TABLE_SIZE: usize = 4096;
 /// What one read takes at most.
 const READ_BUF: usize = 32 * 1024;
+/// What a read takes at first, and again once the connection has been idle for a tick.
+const IDLE_READ: usize = 1024;
 /// Queued output past which the client is making us answer faster than it reads (PINGs,
 /// SETTINGS, resets): the connection ends.
 const OUT_CAP: usize = 1024 * 1024;
@@ -214,12 +216,19 @@ pub(crate) struct State {
     progress: Instant,
     /// A write is in flight.
     writing: bool,
+    /// The pending read holds a large buffer.
+    read_large: bool,
+    /// The pending read was cancelled to go on with a small buffer, and the writer is to let
+    /// its buffers go (the connection has been idle for a tick).
+    shrink: bool,
+    trim: bool,
 }
 
 impl State {
     fn new(max_head: usize, stats: Option<Rc<ListenerStats>>, canceller: Canceller) -> State {
         let now = Instant::now();
-        let mut out = Vec::with_capacity(16 * 1024);
+        // Output starts small and grows with use (an idle connection lets it go again).
+        let mut out = Vec::with_capacity(256);
         // Our SETTINGS: the stream limit, the stream window, the head limit.
         frame_head(&mut out, 18, frame::SETTINGS, 0, 0);
         let list = max_head.min(u32::MAX as usize) as u32;
@@ -269,6 +278,9 @@ impl State {
             idle_since: now,
             progress: now,
             writing: false,
+            read_large: false,
+            shrink: false,
+            trim: false,
         }
     }
 
@@ -1080,7 +1092,6 @@ pub(crate) async fn serve(
         _ => (false, None),
     };
     let canceller = Canceller::new();
-    let cancel = canceller.handle();
     let conn = Rc::new(Conn {
         st: RefCell::new(State::new(
             limits.max_request_head,
@@ -1094,7 +1105,7 @@ pub(crate) async fn serve(
         identity,
     });
     let (r, wr) = io.into_split();
-    let both = async { monoio::join!(read_loop(&conn, r, read, cancel), write_loop(&*conn, wr)) };
+    let both = async { monoio::join!(read_loop(&conn, r, read), write_loop(&*conn, wr)) };
     monoio::select! {
         _ = both => {}
         _ = tick_loop(&conn, &limits) => {}
@@ -1108,16 +1119,14 @@ pub(crate) async fn serve(
 }
 
 /// Reads and handles frames until the connection ends, starting a task per new stream.
-async fn read_loop(
-    conn: &Rc<Conn>,
-    mut r: IoRead,
-    first: Vec<u8>,
-    cancel: monoio::io::CancelHandle,
-) {
-    let mut buf = first;
-    if buf.capacity() < READ_BUF {
-        buf.reserve(READ_BUF - buf.len());
-    }
+async fn read_loop(conn: &Rc<Conn>, mut r: IoRead, first: Vec<u8>) {
+    // Reads start small and a buffer that fills up doubles, to READ_BUF: a connection that
+    // sends a request now and then never holds a large one. The first bytes leave the buffer
+    // they came in (a pooled one, possibly) for one of their size.
+    let mut buf = Vec::with_capacity(first.len().max(IDLE_READ));
+    buf.extend_from_slice(&first);
+    conn.w.bufs.put(first);
+    let mut filled = false;
     loop {
         let accepted = {
             let mut st = conn.st.borrow_mut();
@@ -1136,15 +1145,43 @@ async fn read_loop(
         if conn.st.borrow().dead {
             return;
         }
+        if filled || buf.len() == buf.capacity() {
+            let want = (buf.capacity() * 2)
+                .clamp(IDLE_READ, READ_BUF)
+                .max(buf.len() + IDLE_READ);
+            buf.reserve(want - buf.len());
+        }
+        let cancel = {
+            let mut st = conn.st.borrow_mut();
+            st.read_large = buf.capacity() > 2 * IDLE_READ;
+            match &st.canceller {
+                Some(c) => c.handle(),
+                None => return,
+            }
+        };
         let at = buf.len();
         let room = buf.capacity() - at;
         let (res, slice) = r
-            .cancelable_read(buf.slice_mut(at..at + room), cancel.clone())
+            .cancelable_read(buf.slice_mut(at..at + room), cancel)
             .await;
         buf = slice.into_inner();
-        if !matches!(res, Ok(n) if n > 0) {
-            conn.st.borrow_mut().fail(None);
-            return;
+        let mut st = conn.st.borrow_mut();
+        st.read_large = false;
+        let shrink = std::mem::take(&mut st.shrink);
+        filled = false;
+        match res {
+            Ok(n) if n > 0 => filled = n == room,
+            // Cancelled by the timer (a cancelled read took no bytes): the connection has been
+            // idle, and waits on with a small buffer.
+            Err(_) if shrink && !st.dead => {
+                if buf.is_empty() {
+                    buf = Vec::with_capacity(IDLE_READ);
+                }
+            }
+            _ => {
+                st.fail(None);
+                return;
+            }
         }
     }
 }
@@ -1224,6 +1261,11 @@ impl Outbox for Conn {
         if st.dead || (idle && (st.goaway.is_some() || st.peer_goaway)) {
             return Poll::Ready(false);
         }
+        if std::mem::take(&mut st.trim) {
+            // Idle for a tick: the buffers go, and come again with the next output.
+            *buf = Vec::new();
+            st.out = Vec::new();
+        }
         st.writer = Some(cx.waker().clone());
         Poll::Pending
     }
@@ -1269,6 +1311,25 @@ async fn tick_loop(conn: &Conn, limits: &HttpLimits) {
                 st.fail(None);
             }
             continue;
+        }
+        let quiet = st.streams.is_empty() && st.out.is_empty() && !st.writing;
+        if quiet && st.idle_since.elapsed() >= tick {
+            if st.read_large {
+                // The pending read holds a large buffer: it is cancelled, and the reader
+                // waits on with a small one.
+                st.shrink = true;
+                if let Some(c) = st.canceller.replace(Canceller::new()) {
+                    c.cancel();
+                }
+            }
+            if st.out.capacity() > 0 {
+                st.trim = true;
+                st.queued();
+            }
+            // The buffers kept for the next streams go too.
+            st.spare = Vec::new();
+            st.scratch = Vec::new();
+            st.streams = Vec::new();
         }
         let idle = st.streams.is_empty() && st.idle_since.elapsed() >= limits.idle_timeout;
         if idle || conn.w.draining() {
