@@ -700,3 +700,30 @@ fn an_early_keep_alive_answer_lets_the_upload_finish_and_the_connection_live() {
         "and so does the pooled upstream connection"
     );
 }
+
+#[test]
+fn a_client_that_reads_nothing_of_a_large_answer_is_given_up_after_the_idle_timeout() {
+    const SIZE: usize = 32 << 20;
+    let up = Upstream::http(|_| Resp::new(200, vec![b'x'; SIZE]));
+    let p = TestProxy::simple(up.addr, 1, "    idle_timeout: 1s\n");
+    let mut s = TcpStream::connect(p.edge()).unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    // Past the idle timeout with the answer filling the socket buffers and nothing read.
+    std::thread::sleep(Duration::from_secs(4));
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    let end = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => got += n,
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    assert!(
+        matches!(end, Ok(()) | Err(std::io::ErrorKind::ConnectionReset)),
+        "the proxy closed the connection: {end:?}"
+    );
+    assert!(got < SIZE, "the answer was cut short ({got} bytes)");
+}

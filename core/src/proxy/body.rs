@@ -116,6 +116,32 @@ async fn read_until<R: AsyncReadRent>(
     }
 }
 
+/// Writes all of `buf` to the client, until `until`. `None`: timed out, a client that reads
+/// nothing (the write is given up with the connection).
+async fn write_until<W: AsyncWriteRent, B: monoio::buf::IoBuf>(
+    w: &Worker,
+    wr: &mut W,
+    buf: B,
+    until: Until,
+) -> Option<(io::Result<usize>, B)> {
+    let write = wr.write_all(buf);
+    match until {
+        Until::Never => Some(write.await),
+        Until::Precise(d) => {
+            monoio::select! {
+                r = write => Some(r),
+                _ = crate::sleep_until(d) => None,
+            }
+        }
+        Until::Coarse(d) => {
+            monoio::select! {
+                r = write => Some(r),
+                _ = w.deadlines.wait_until(None, d) => None,
+            }
+        }
+    }
+}
+
 /// What a relay has done so far, watched by its caller.
 #[derive(Debug, Default)]
 pub(super) struct Progress {
@@ -188,9 +214,15 @@ pub(super) async fn read_head<R: AsyncReadRent, W: AsyncWriteRent>(
                     if resp.status != 100 && super::takes_interim(side.version) {
                         let mut out = w.bufs.get();
                         encode::interim_head(&mut out, &ubuf, resp);
-                        let (r, out) = client.write_all(out).await;
-                        w.put_buf(out);
-                        if r.is_err() {
+                        let until = Until::after(Instant::now(), side.body_idle);
+                        let sent = match write_until(w, client, out, until).await {
+                            Some((r, out)) => {
+                                w.put_buf(out);
+                                r.is_ok()
+                            }
+                            None => false,
+                        };
+                        if !sent {
                             w.put_buf(ubuf);
                             return Err(before(ErrorKind::ClientClosed));
                         }
@@ -274,17 +306,40 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: AsyncWriteRent>(
         if step.done && step.consumed < data.len() {
             reusable = false;
         }
+        // A client that reads nothing for the idle timeout is given up, and the upstream
+        // exchange with it.
         let write = if step.direct > 0 {
             // Forwarded as received: write straight from the read buffer, no copy.
             debug_assert!(out.is_empty());
-            let (r, b) = client.write_all(ubuf.slice(from..from + step.direct)).await;
-            ubuf = b.into_inner();
-            r
+            let until = Until::after(Instant::now(), side.body_idle);
+            let written = ubuf.slice(from..from + step.direct);
+            match write_until(w, client, written, until).await {
+                Some((r, b)) => {
+                    ubuf = b.into_inner();
+                    r
+                }
+                None => {
+                    w.put_buf(out);
+                    return Err(RelayError::After {
+                        kind: ErrorKind::ClientClosed,
+                    });
+                }
+            }
         } else if !out.is_empty() {
-            let (r, o) = client.write_all(out).await;
-            out = o;
-            out.clear();
-            r
+            let until = Until::after(Instant::now(), side.body_idle);
+            match write_until(w, client, out, until).await {
+                Some((r, o)) => {
+                    out = o;
+                    out.clear();
+                    r
+                }
+                None => {
+                    w.put_buf(ubuf);
+                    return Err(RelayError::After {
+                        kind: ErrorKind::ClientClosed,
+                    });
+                }
+            }
         } else {
             Ok(0)
         };
@@ -320,16 +375,21 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: AsyncWriteRent>(
                 state.finish(&mut out);
                 reusable = false;
                 if !out.is_empty() {
-                    let (r, o) = client.write_all(out).await;
-                    out = o;
-                    if let Ok(n) = r {
-                        progress.wrote(n);
-                    } else {
-                        w.put_buf(ubuf);
-                        w.put_buf(out);
-                        return Err(RelayError::After {
-                            kind: ErrorKind::ClientClosed,
-                        });
+                    let until = Until::after(Instant::now(), side.body_idle);
+                    match write_until(w, client, out, until).await {
+                        Some((Ok(n), o)) => {
+                            out = o;
+                            progress.wrote(n);
+                        }
+                        r => {
+                            if let Some((_, o)) = r {
+                                w.put_buf(o);
+                            }
+                            w.put_buf(ubuf);
+                            return Err(RelayError::After {
+                                kind: ErrorKind::ClientClosed,
+                            });
+                        }
                     }
                 }
                 break;
