@@ -3,7 +3,9 @@
 # and an nginx backend (one worker, 2-byte answer) on CPU 1; one worker each; 50 keep-alive
 # connections. Rounds alternate the two proxies. Prints requests/s and the proxy's CPU time per
 # request (user + system, from /proc) for each run; first, the backend on its own (wrk straight
-# to it), the floor for a hop that reads and writes.
+# to it), the floor for a hop that reads and writes. When target/release/ringmesh-relay is built
+# (cargo build --release -p ringmesh-perf), each round also runs through that bare relay: the
+# floor for a proxy's CPU per request on this machine.
 #
 #   bash perf/wrk-vs-nginx.sh [ROUNDS] [SECONDS]
 set -euo pipefail
@@ -15,7 +17,7 @@ source perf/lib.sh
 perf_setup
 
 dir=$(mktemp -d)
-BE=$(free_port); NG=$(free_port); RM=$(free_port)
+BE=$(free_port); NG=$(free_port); RM=$(free_port); RL=$(free_port)
 backend_conf "$dir" "$BE" > "$dir/backend.conf"
 cat > "$dir/proxy.conf" <<EOF
 worker_processes 1; daemon off; pid $dir/proxy.pid; error_log $dir/proxy.err warn;
@@ -39,6 +41,11 @@ trap cleanup EXIT
 taskset -c 1 nginx -c "$dir/backend.conf" & pids+=($!)
 taskset -c 1 nginx -c "$dir/proxy.conf" & pids+=($!)
 taskset -c 1 target/release/ringmesh proxy --config "$dir/ringmesh.yaml" --workers 1 --log-level warn & pids+=($!)
+RL_PID=
+if [ -x target/release/ringmesh-relay ]; then
+  taskset -c 1 target/release/ringmesh-relay --listen "127.0.0.1:$RL" --upstream "127.0.0.1:$BE" >/dev/null & pids+=($!)
+  RL_PID=${pids[3]}
+fi
 sleep 1
 BE_PID=${pids[0]}
 NGINX_PID=${pids[1]}
@@ -77,4 +84,5 @@ for r in $(seq 1 "$ROUNDS"); do
   else
     run ringmesh "$RM" "$RM_PID"; run nginx "$NG" "$NGINX_PID"
   fi
+  if [ -n "$RL_PID" ]; then run relay "$RL" "$RL_PID"; fi
 done

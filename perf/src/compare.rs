@@ -59,6 +59,14 @@ pub const SCENARIOS: [&str; 12] = [
     "access-log",
 ];
 
+/// The name of the bare relay's row (`ringmesh-relay`).
+const FLOOR: &str = "relay-floor";
+
+/// Where the relay is a floor: small requests and answers, one read and one write each way. It
+/// copies large bodies through one 16 KiB buffer and opens an upstream connection for each
+/// client's, which a proxy need not.
+const FLOOR_SCENARIOS: [&str; 2] = ["small", "one"];
+
 /// A process to measure: the backend, or a proxy.
 struct Target {
     name: String,
@@ -274,7 +282,8 @@ fn workspace() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// Builds `target/release/ringmesh` (release profile) and returns its path.
+/// Builds `target/release/ringmesh` and `ringmesh-relay` beside it (release profile) and returns
+/// the proxy's path.
 pub fn build_ringmesh() -> Result<PathBuf, String> {
     let root = workspace();
     let ok = Command::new("cargo")
@@ -285,6 +294,10 @@ pub fn build_ringmesh() -> Result<PathBuf, String> {
             "ringmesh-control",
             "--bin",
             "ringmesh",
+            "-p",
+            "ringmesh-perf",
+            "--bin",
+            "ringmesh-relay",
         ])
         .current_dir(&root)
         .status()
@@ -600,6 +613,22 @@ pub fn run(o: &Options) -> Result<String, String> {
             t.h2_port = Some(p.2);
         }
     }
+    // The bare relay sets the floor for CPU per request: it does only what the kernel and
+    // io_uring must do for a hop.
+    let relay = ringmesh.with_file_name("ringmesh-relay");
+    if relay.exists() {
+        let p = free_port();
+        targets.push(start(
+            FLOOR,
+            o.proxy_cpu,
+            &format!(
+                "{} --listen 127.0.0.1:{p} --upstream 127.0.0.1:{be_port}",
+                relay.display()
+            ),
+            (p, None),
+            &dir,
+        )?);
+    }
     for (name, cmd) in &o.peers {
         let p = free_port();
         let cmd = cmd
@@ -631,6 +660,12 @@ pub fn run(o: &Options) -> Result<String, String> {
         md,
         "- CPU/req: user+system time of the target's processes during the run, divided by its requests; for `direct` it is the backend's own"
     );
+    if targets.iter().any(|t| t.name == FLOOR) {
+        let _ = writeln!(
+            md,
+            "- {FLOOR}: `ringmesh-relay`, a bare TCP relay (two copy loops per connection, no parsing) on ringmesh's io_uring setup: the least CPU per request that a proxy can spend here, shown where it is a floor (`small`, `one`)"
+        );
+    }
     let _ = writeln!(md);
 
     let variants = Variants {
@@ -670,6 +705,7 @@ pub fn run(o: &Options) -> Result<String, String> {
             for t in std::iter::once(&backend)
                 .chain(targets.iter())
                 .filter(|t| !tls || t.tls_port.is_some())
+                .filter(|t| t.name != FLOOR)
             {
                 let name = if t.name == "backend" {
                     "direct (backend)".to_string()
@@ -706,6 +742,7 @@ pub fn run(o: &Options) -> Result<String, String> {
             .chain(targets.iter())
             .filter(|t| !tls || t.tls_port.is_some())
             .filter(|t| !h2 || t.h2_port.is_some())
+            .filter(|t| t.name != FLOOR || FLOOR_SCENARIOS.contains(&scenario.as_str()))
             .collect();
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); all.len()];
         for round in 0..o.rounds {

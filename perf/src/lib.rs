@@ -5,6 +5,7 @@
 pub mod compare;
 pub mod load;
 pub mod procfs;
+pub mod relay;
 pub mod tls;
 pub mod upstream;
 

@@ -119,3 +119,56 @@ fn open_loop_holds_its_rate_and_sees_a_stall_the_closed_loop_hides() {
     );
     assert!(closed.max_us >= 300_000.0, "{closed:?}");
 }
+
+/// Starts a bare relay in front of `to` and returns where it listens.
+fn relay(to: std::net::SocketAddr) -> std::net::SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        ringmesh_perf::relay::run("127.0.0.1:0".parse().unwrap(), to, None, move |a| {
+            let _ = tx.send(a.map_err(|e| e.to_string()));
+        })
+    });
+    rx.recv().unwrap().unwrap()
+}
+
+#[test]
+fn the_relay_passes_both_directions_and_every_request_through() {
+    let up = upstream();
+    let addr = relay(up.addr);
+    let r = load::run(&LoadConfig { addr, ..cfg(&up) });
+    assert_eq!(r.errors, 0);
+    assert!(r.requests > 100, "{r:?}");
+    let served = up.served.load(Ordering::Relaxed);
+    assert!(served >= r.requests && served - r.requests <= 4, "{served}");
+    let echoed = load::run(&LoadConfig {
+        addr,
+        path: "/echo".into(),
+        body: 100 * 1024,
+        ..cfg(&up)
+    });
+    assert_eq!(echoed.errors, 0);
+    assert!(echoed.requests > 10, "{echoed:?}");
+}
+
+#[test]
+fn the_relay_ends_the_upstream_side_when_the_client_leaves() {
+    use std::io::{Read, Write};
+    // A listener that records what it reads until end of stream: the relay must pass the
+    // client's close on.
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = relay(sink.local_addr().unwrap());
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(b"hello").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let (mut s, _) = sink.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"hello");
+    s.write_all(b"bye").unwrap();
+    drop(s);
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"bye");
+}
