@@ -126,25 +126,7 @@ pub fn spawn(id: usize, opts: WorkerOptions) -> io::Result<WorkerHandle> {
                     tracing::warn!(worker = id, cpu, error = %e, "could not pin worker");
                 }
             }
-            // Completions run when the worker enters the kernel itself (one issuer per ring), not
-            // by interrupting it. Kernels before 6.1 refuse these flags: the ring is then built
-            // without them.
-            let mut ring = io_uring::IoUring::builder();
-            ring.setup_coop_taskrun()
-                .setup_single_issuer()
-                .setup_defer_taskrun();
-            let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                .with_entries(opts.ring_entries)
-                .uring_builder(ring)
-                .enable_timer()
-                .build()
-                .or_else(|_| {
-                    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                        .with_entries(opts.ring_entries)
-                        .enable_timer()
-                        .build()
-                });
-            let mut rt = match rt {
+            let mut rt = match runtime(opts.ring_entries) {
                 Ok(rt) => rt,
                 Err(e) => {
                     tracing::error!(worker = id, error = %e, "cannot start runtime");
@@ -167,6 +149,35 @@ pub fn spawn(id: usize, opts: WorkerOptions) -> io::Result<WorkerHandle> {
         tx,
         thread: Some(thread),
     })
+}
+
+/// What [`runtime`] builds: io_uring with timers, or epoll with timers.
+pub type WorkerRuntime = monoio::FusionRuntime<
+    monoio::time::TimeDriver<monoio::IoUringDriver>,
+    monoio::time::TimeDriver<monoio::LegacyDriver>,
+>;
+
+/// The runtime a worker runs on, with `entries` in its io_uring (the epoll driver where io_uring
+/// is unavailable).
+///
+/// Completions run when the worker enters the kernel itself (one issuer per ring), not by
+/// interrupting it. Kernels before 6.1 refuse these flags: the ring is then built without them.
+pub fn runtime(entries: u32) -> std::io::Result<WorkerRuntime> {
+    let mut ring = io_uring::IoUring::builder();
+    ring.setup_coop_taskrun()
+        .setup_single_issuer()
+        .setup_defer_taskrun();
+    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .with_entries(entries)
+        .uring_builder(ring)
+        .enable_timer()
+        .build()
+        .or_else(|_| {
+            monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .with_entries(entries)
+                .enable_timer()
+                .build()
+        })
 }
 
 /// Endpoint state is kept across reloads by (cluster, address).

@@ -1,8 +1,8 @@
 //! A bare TCP relay on monoio: each accepted connection gets one upstream connection and two
-//! copy loops, with no parsing, routing, pooling or metrics. It sets up io_uring as a ringmesh
-//! worker does (falling back the same way on older kernels), so for small requests and answers
-//! its CPU time per request is the floor that the kernel's TCP and io_uring set for any proxy on
-//! this machine; ringmesh's distance from it is what its own work costs.
+//! copy loops, with no parsing, routing, pooling or metrics. It runs on a ringmesh worker's
+//! runtime (`worker::runtime`: the same io_uring flags and fallbacks), so for small requests and
+//! answers its CPU time per request is the floor that the kernel's TCP and io_uring set for any
+//! proxy on this machine; ringmesh's distance from it is what its own work costs.
 
 use std::net::SocketAddr;
 
@@ -20,22 +20,7 @@ pub fn run(
     if let Some(cpu) = cpu {
         let _ = monoio::utils::bind_to_cpu_set([cpu]);
     }
-    let mut ring = io_uring::IoUring::builder();
-    ring.setup_coop_taskrun()
-        .setup_single_issuer()
-        .setup_defer_taskrun();
-    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .with_entries(4096)
-        .uring_builder(ring)
-        .enable_timer()
-        .build()
-        .or_else(|_| {
-            monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                .with_entries(4096)
-                .enable_timer()
-                .build()
-        });
-    let mut rt = match rt {
+    let mut rt = match ringmesh_core::worker::runtime(4096) {
         Ok(rt) => rt,
         Err(e) => return ready(Err(e)),
     };
