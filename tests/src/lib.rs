@@ -436,6 +436,20 @@ impl Client {
     }
 }
 
+/// Reads `s` until its peer closes it, throwing the bytes away: how many there were, and how
+/// the stream ended (`Ok` at end of stream, else the error's kind: a reset, or the read timeout).
+pub fn read_until_closed(s: &mut impl Read) -> (usize, Result<(), io::ErrorKind>) {
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, Ok(())),
+            Ok(n) => got += n,
+            Err(e) => return (got, Err(e.kind())),
+        }
+    }
+}
+
 /// Sends `raw` on a new connection and returns the first response.
 pub fn one_shot(addr: SocketAddr, raw: &[u8]) -> Response {
     let mut c = Client::connect(addr);

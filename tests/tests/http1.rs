@@ -712,15 +712,7 @@ fn a_client_that_reads_nothing_of_a_large_answer_is_given_up_after_the_idle_time
     // Past the idle timeout with the answer filling the socket buffers and nothing read.
     std::thread::sleep(Duration::from_secs(4));
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut got = 0;
-    let mut buf = vec![0u8; 1 << 16];
-    let end = loop {
-        match s.read(&mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(n) => got += n,
-            Err(e) => break Err(e.kind()),
-        }
-    };
+    let (got, end) = read_until_closed(&mut s);
     assert!(
         matches!(end, Ok(()) | Err(std::io::ErrorKind::ConnectionReset)),
         "the proxy closed the connection: {end:?}"

@@ -466,14 +466,7 @@ fn a_client_that_grants_no_window_is_given_up_after_the_idle_timeout() {
     s.write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &get_block()))
         .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut buf = [0u8; 4096];
-    let end = loop {
-        match s.read(&mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(_) => {}
-            Err(e) => break Err(e.kind()),
-        }
-    };
+    let (_, end) = read_until_closed(&mut s);
     assert!(
         matches!(end, Ok(()) | Err(std::io::ErrorKind::ConnectionReset)),
         "the proxy closed the connection: {end:?}"
@@ -495,27 +488,14 @@ fn a_silent_handshake_and_an_idle_connection_are_closed_in_their_time() {
     let mut s = TcpStream::connect(p.edge()).unwrap();
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = [0u8; 1024];
-    let closed = loop {
-        match s.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(_) => {}
-            Err(_) => break false,
-        }
-    };
+    let closed = read_until_closed(&mut s).1.is_ok();
     assert!(closed, "the handshake was cut off");
     // A request, then nothing: GOAWAY without an error, then the end.
     let mut s = raw_h2(p.edge());
     s.write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &get_block()))
         .unwrap();
     assert_eq!(goaway(&mut s), Some(0));
-    let closed = loop {
-        match s.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(_) => {}
-            Err(_) => break false,
-        }
-    };
+    let closed = read_until_closed(&mut s).1.is_ok();
     assert!(closed, "the idle connection was closed");
     assert_eq!(up.requests().len(), 1);
 }
