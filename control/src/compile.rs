@@ -211,6 +211,7 @@ fn build(
                         max_request_body: l.max_request_body_bytes,
                         request_head_timeout: l.request_head_timeout,
                         idle_timeout: l.idle_timeout,
+                        paths: l.paths.rules(),
                     },
                     access_log: l
                         .access_log
@@ -376,6 +377,7 @@ fn request_match(m: &crate::config::MatchConfig) -> Match {
             (None, Some(p)) => Some(PathMatch::Prefix(p.as_bytes().into())),
             (None, None) => None,
         },
+        path_ignore_case: m.ignore_case,
         method: m.method.as_deref().map(|s| s.as_bytes().into()),
         headers: m
             .headers

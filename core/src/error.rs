@@ -40,11 +40,14 @@ pub enum ErrorKind {
     Denied,
     /// The route's rate limit was reached.
     RateLimited,
+    /// A request path that cannot be put in one form the upstream reads the same way (an
+    /// encoded slash, a backslash, a fragment, a `;`, a bad `%` escape).
+    BadPath,
 }
 
 impl ErrorKind {
     /// Every kind, for exhaustive tables (metrics, docs).
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::BadRequest,
         ErrorKind::Unsupported,
         ErrorKind::HeadTooLarge,
@@ -60,13 +63,14 @@ impl ErrorKind {
         ErrorKind::ClientClosed,
         ErrorKind::Denied,
         ErrorKind::RateLimited,
+        ErrorKind::BadPath,
     ];
 
     /// The status of the answer the proxy makes for this kind (SPEC.md section 5).
     /// `ClientClosed` has no answer; 499 is what it counts as in metrics.
     pub const fn status(self) -> u16 {
         match self {
-            ErrorKind::BadRequest => 400,
+            ErrorKind::BadRequest | ErrorKind::BadPath => 400,
             ErrorKind::Unsupported => 501,
             ErrorKind::HeadTooLarge => 431,
             ErrorKind::BodyTooLarge => 413,
@@ -101,6 +105,7 @@ impl ErrorKind {
             ErrorKind::ClientClosed => "client-closed",
             ErrorKind::Denied => "denied",
             ErrorKind::RateLimited => "rate-limited",
+            ErrorKind::BadPath => "bad-path",
         }
     }
 
@@ -109,6 +114,7 @@ impl ErrorKind {
     pub const fn grpc_status(self) -> u8 {
         match self {
             ErrorKind::BadRequest | ErrorKind::HeadTooLarge => 13,
+            ErrorKind::BadPath => 3,
             ErrorKind::Unsupported | ErrorKind::NoRoute => 12,
             ErrorKind::BodyTooLarge | ErrorKind::RateLimited => 8,
             ErrorKind::HeadTimeout | ErrorKind::Timeout => 4,
@@ -128,6 +134,7 @@ impl ErrorKind {
         matches!(
             self,
             ErrorKind::BadRequest
+                | ErrorKind::BadPath
                 | ErrorKind::Unsupported
                 | ErrorKind::HeadTooLarge
                 | ErrorKind::BodyTooLarge

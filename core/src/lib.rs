@@ -20,6 +20,7 @@ pub(crate) mod io;
 mod listener;
 pub mod metrics;
 pub mod outlier;
+pub mod path;
 pub mod policy;
 mod proxy;
 pub mod ratelimit;

@@ -42,6 +42,8 @@ pub struct Match {
     pub host: Option<HostMatch>,
     /// Path condition.
     pub path: Option<PathMatch>,
+    /// The path condition compares without regard to ASCII case.
+    pub path_ignore_case: bool,
     /// Method, exactly (methods are case-sensitive).
     pub method: Option<Box<[u8]>>,
     /// Headers that must be present with exactly these values (names lowercase).
@@ -219,7 +221,10 @@ impl Bucket {
         }
         let mut idx = PathIndex::default();
         for &i in &self.all {
-            match &routes[i as usize].matcher.path {
+            let m = &routes[i as usize].matcher;
+            match &m.path {
+                // Rare: scanned, not indexed by exact bytes.
+                Some(_) if m.path_ignore_case => idx.any_path.push(i),
                 Some(PathMatch::Exact(p)) => idx.exact.entry(p.clone()).or_default().push(i),
                 Some(PathMatch::Prefix(p)) => {
                     let slot = match idx.prefixes.iter().position(|(len, _)| *len == p.len()) {
@@ -356,10 +361,18 @@ impl RouteTable {
 /// checks, and a policy checks on its own).
 #[inline]
 pub fn matches_rest(m: &Match, req: &impl RequestView) -> bool {
-    match &m.path {
-        Some(PathMatch::Prefix(p)) if !req.path().starts_with(p) => return false,
-        Some(PathMatch::Exact(p)) if req.path() != &**p => return false,
-        _ => {}
+    let path = req.path();
+    let fits = match &m.path {
+        Some(PathMatch::Prefix(p)) if m.path_ignore_case => {
+            path.len() >= p.len() && path[..p.len()].eq_ignore_ascii_case(p)
+        }
+        Some(PathMatch::Exact(p)) if m.path_ignore_case => path.eq_ignore_ascii_case(p),
+        Some(PathMatch::Prefix(p)) => path.starts_with(p),
+        Some(PathMatch::Exact(p)) => path == &**p,
+        None => true,
+    };
+    if !fits {
+        return false;
     }
     if let Some(method) = &m.method {
         if req.method() != &**method {

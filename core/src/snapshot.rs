@@ -109,6 +109,8 @@ pub struct HttpLimits {
     pub request_head_timeout: Duration,
     /// Time an idle keep-alive connection is kept open.
     pub idle_timeout: Duration,
+    /// How request paths are normalized before policies and routing.
+    pub paths: crate::path::PathRules,
 }
 
 impl Default for HttpLimits {
@@ -118,6 +120,7 @@ impl Default for HttpLimits {
             max_request_body: None,
             request_head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            paths: crate::path::PathRules::default(),
         }
     }
 }

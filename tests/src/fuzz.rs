@@ -68,6 +68,83 @@ pub fn request_head(data: &[u8]) {
     }
 }
 
+/// Request paths: the first byte picks the listener's rules, the rest is a request target.
+/// Normalizing twice changes nothing more than normalizing once, and the path the proxy sends
+/// upstream is exactly the one its policies and routes matched: normalizing it again (as the
+/// next hop would) finds nothing to change.
+pub fn path(data: &[u8]) {
+    use ringmesh_core::path::{EscapedSlashes, PathRules, Semicolons, normalize};
+    let Some((&pick, target)) = data.split_first() else {
+        return;
+    };
+    let rules = PathRules {
+        merge_slashes: pick & 1 == 0,
+        escaped_slashes: match (pick >> 1) % 3 {
+            0 => EscapedSlashes::Reject,
+            1 => EscapedSlashes::Keep,
+            _ => EscapedSlashes::Unescape,
+        },
+        semicolons: if pick & 0x10 == 0 {
+            Semicolons::Reject
+        } else {
+            Semicolons::Keep
+        },
+    };
+    let mut once = target.to_vec();
+    if let Ok(n) = normalize(&mut once, &rules) {
+        assert!(n <= target.len());
+        once.truncate(n);
+        let mut twice = once.clone();
+        let m = normalize(&mut twice, &rules).expect("a normalized path is valid");
+        assert_eq!(&twice[..m], &once[..], "normalizing again changed it");
+    }
+    let mut head = b"GET ".to_vec();
+    head.extend_from_slice(target);
+    head.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut req = RequestHead::default();
+    let Ok(Some(_)) = req.parse(&head, 1 << 16) else {
+        return;
+    };
+    if req.normalize_path(&mut head, &rules).is_err() {
+        return;
+    }
+    let matched = req.route_path.get(&head).to_vec();
+    let mut out = Vec::new();
+    let fwd = Forwarded {
+        client_ip: b"10.0.0.1",
+        proto: b"http",
+        fallback_host: b"up:80",
+        deadline: None,
+        trace: None,
+        identity: None,
+    };
+    encode::request_head(&mut out, &head, &req, &fwd);
+    let mut sent = RequestHead::default();
+    let Ok(Some(_)) = sent.parse(&out, usize::MAX) else {
+        panic!(
+            "the proxy wrote a head it refuses: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+    };
+    let sent_path = sent.route_path.get(&out).to_vec();
+    let want = if matched.is_empty() {
+        &b"/"[..]
+    } else {
+        &matched[..]
+    };
+    assert_eq!(
+        sent_path, want,
+        "the upstream gets another path than the policy matched"
+    );
+    let mut again = sent_path.clone();
+    let n = normalize(&mut again, &rules).expect("the sent path is valid");
+    assert_eq!(
+        &again[..n],
+        &sent_path[..],
+        "the sent path is not in normal form"
+    );
+}
+
 /// Response heads: parse, decide framings for both kinds of client, write the client head.
 pub fn response_head(data: &[u8]) {
     let mut resp = ResponseHead::default();

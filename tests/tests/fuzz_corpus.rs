@@ -24,6 +24,11 @@ fn request_head_corpus() {
 }
 
 #[test]
+fn path_corpus() {
+    replay("path", ringmesh_tests::fuzz::path);
+}
+
+#[test]
 fn response_head_corpus() {
     replay("response_head", ringmesh_tests::fuzz::response_head);
 }

@@ -147,6 +147,48 @@ pub struct ListenerConfig {
     /// TLS termination, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTlsConfig>,
+    /// HTTP: how request paths are normalized before policies and routing.
+    pub paths: PathsConfig,
+}
+
+/// `paths: { merge_slashes, escaped_slashes, semicolons }` of an HTTP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PathsConfig {
+    /// Merge runs of `/` (default true).
+    pub merge_slashes: bool,
+    /// `reject` (default), `keep` or `unescape` for `%2F` and `%5C`.
+    pub escaped_slashes: &'static str,
+    /// `reject` (default) or `keep` for `;`.
+    pub semicolons: &'static str,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        PathsConfig {
+            merge_slashes: true,
+            escaped_slashes: "reject",
+            semicolons: "reject",
+        }
+    }
+}
+
+impl PathsConfig {
+    /// The rules the data plane applies.
+    pub fn rules(&self) -> ringmesh_core::path::PathRules {
+        use ringmesh_core::path::{EscapedSlashes, PathRules, Semicolons};
+        PathRules {
+            merge_slashes: self.merge_slashes,
+            escaped_slashes: match self.escaped_slashes {
+                "keep" => EscapedSlashes::Keep,
+                "unescape" => EscapedSlashes::Unescape,
+                _ => EscapedSlashes::Reject,
+            },
+            semicolons: match self.semicolons {
+                "keep" => Semicolons::Keep,
+                _ => Semicolons::Reject,
+            },
+        }
+    }
 }
 
 /// TLS on a listener.
@@ -314,6 +356,9 @@ pub struct MatchConfig {
     /// Headers with exact values.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// `path` and `path_prefix` compare without regard to ASCII case.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_case: bool,
 }
 
 /// One target of a weighted split.
@@ -554,6 +599,7 @@ fn decode_policy(
                     "host",
                     "path",
                     "path_prefix",
+                    "ignore_case",
                     "method",
                     "headers",
                 ],
@@ -623,6 +669,7 @@ fn decode_listener(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Li
             "request_head_timeout",
             "idle_timeout",
             "access_log",
+            "paths",
         ],
     )?;
     let name = required(d, &f, "name").and_then(|(n, p)| d.string(n, &p));
@@ -730,9 +777,18 @@ fn decode_listener(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Li
         }
         (ListenerProtocol::Http, Some((n, p))) => decode_access_log(d, n, &p),
     };
+    let paths = match (protocol, f.get("paths")) {
+        (_, None) => PathsConfig::default(),
+        (ListenerProtocol::Tcp, Some((n, p))) => {
+            d.error(&p, Some(n), "paths are normalized on http listeners only");
+            PathsConfig::default()
+        }
+        (ListenerProtocol::Http, Some((n, p))) => decode_paths(d, n, &p),
+    };
     // Fields in error keep placeholders so that checks across fields still run; the config
     // as a whole is refused anyway.
     Some(ListenerConfig {
+        paths,
         tls,
         access_log,
         name: name.unwrap_or_default(),
@@ -746,6 +802,35 @@ fn decode_listener(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Li
         request_head_timeout: head_timeout.unwrap_or_default(),
         idle_timeout: idle.unwrap_or_default(),
     })
+}
+
+/// `paths: { merge_slashes: true, escaped_slashes: reject, semicolons: reject }`.
+fn decode_paths(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> PathsConfig {
+    let mut out = PathsConfig::default();
+    let Some(f) = d.mapping(
+        node,
+        path,
+        &["merge_slashes", "escaped_slashes", "semicolons"],
+    ) else {
+        return out;
+    };
+    if let Some(v) = f.get("merge_slashes").and_then(|(n, p)| d.boolean(n, &p)) {
+        out.merge_slashes = v;
+    }
+    if let Some((n, p)) = f.get("escaped_slashes") {
+        out.escaped_slashes = match d.choice(n, &p, &["reject", "keep", "unescape"]) {
+            Some("keep") => "keep",
+            Some("unescape") => "unescape",
+            _ => "reject",
+        };
+    }
+    if let Some((n, p)) = f.get("semicolons") {
+        out.semicolons = match d.choice(n, &p, &["reject", "keep"]) {
+            Some("keep") => "keep",
+            _ => "reject",
+        };
+    }
+    out
 }
 
 /// `tls: { certs: [{ cert, key, sni }], alpn }`.
@@ -1188,7 +1273,14 @@ fn decode_match(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<Match
     let f = d.mapping(
         node,
         path,
-        &["host", "path", "path_prefix", "method", "headers"],
+        &[
+            "host",
+            "path",
+            "path_prefix",
+            "ignore_case",
+            "method",
+            "headers",
+        ],
     )?;
     Some(decode_match_fields(d, &f))
 }
@@ -1217,9 +1309,27 @@ fn decode_match_fields(d: &mut Decoder, f: &Fields<'_, '_>) -> MatchConfig {
     for (field, slot) in [("path", &mut m.path), ("path_prefix", &mut m.path_prefix)] {
         if let Some((n, p)) = f.get(field) {
             *slot = d.string(n, &p);
-            if slot.as_deref().is_some_and(|s| !s.starts_with('/')) {
-                d.error(&p, Some(n), "must start with /");
+            match slot.as_deref() {
+                Some(s) if !s.starts_with('/') => d.error(&p, Some(n), "must start with /"),
+                Some(s) => {
+                    if let Some(normal) = normalized_condition(s).filter(|normal| normal != s) {
+                        d.error(
+                            &p,
+                            Some(n),
+                            format!(
+                                "requests are matched after their paths are normalized, so `{s}` would never match; write `{normal}`"
+                            ),
+                        );
+                    }
+                }
+                None => {}
             }
+        }
+    }
+    if let Some((n, p)) = f.get("ignore_case") {
+        m.ignore_case = d.boolean(n, &p).unwrap_or(false);
+        if m.path.is_none() && m.path_prefix.is_none() {
+            d.error(&p, Some(n), "applies to `path` or `path_prefix`");
         }
     }
     if let (Some(_), Some((n, p))) = (&m.path, f.get("path_prefix")) {
@@ -1238,6 +1348,23 @@ fn decode_match_fields(d: &mut Decoder, f: &Fields<'_, '_>) -> MatchConfig {
         m.headers = decode_headers(d, n, &p);
     }
     m
+}
+
+/// A path condition as a request's path would be after normalization (`;`, `%2F` and `%5C`
+/// left as written: a listener may keep them); `None` when no request path could take that
+/// form at all.
+fn normalized_condition(s: &str) -> Option<String> {
+    use ringmesh_core::path::{EscapedSlashes, PathRules, Semicolons, normalize};
+    // Slashes are not merged here: a listener may be configured to keep them.
+    let rules = PathRules {
+        merge_slashes: false,
+        escaped_slashes: EscapedSlashes::Keep,
+        semicolons: Semicolons::Keep,
+    };
+    let mut b = s.as_bytes().to_vec();
+    let n = normalize(&mut b, &rules).ok()?;
+    b.truncate(n);
+    String::from_utf8(b).ok()
 }
 
 fn decode_headers(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> BTreeMap<String, String> {

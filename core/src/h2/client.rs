@@ -839,6 +839,10 @@ impl Translate {
             self.malformed = true;
             return;
         }
+        if self.trailers && !crate::http1::allowed_in_trailer(name) {
+            // Framing, routing, authentication and the like never come in trailers.
+            return;
+        }
         if !self.trailers {
             if name == b"content-length" {
                 match parse_length(value) {

@@ -109,8 +109,13 @@ pub(crate) fn valid_name(name: &[u8]) -> bool {
 
 /// A field value as HTTP/1.1 can carry it: visible characters, spaces, tabs, and bytes past
 /// ASCII; nothing that could end a line (RFC 9113 section 8.2.1, RFC 9110 section 5.5).
+/// A field value as RFC 9113 section 8.2.1 allows it: no NUL, CR or LF (nor other controls
+/// but HTAB), and no whitespace at either end (a peer that sends it is malformed, not trimmed).
 pub(crate) fn valid_value(v: &[u8]) -> bool {
+    let ws = |b: &u8| *b == b' ' || *b == b'\t';
     v.iter().all(|&b| b >= 0x20 && b != 0x7f || b == b'\t')
+        && !v.first().is_some_and(ws)
+        && !v.last().is_some_and(ws)
 }
 
 pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {

@@ -205,6 +205,10 @@ pub(crate) struct State {
     /// knew are ignored (RFC 9113 section 5.1), where on other closed streams they are errors.
     cut: [u32; MAX_STREAMS as usize],
     cut_at: usize,
+    /// Streams the client reset, lately: a frame on one (but PRIORITY) is a stream error
+    /// STREAM_CLOSED (RFC 9113 section 5.1).
+    client_reset: [u32; MAX_STREAMS as usize],
+    client_reset_at: usize,
     /// Resets of unanswered streams the client may still make.
     resets: Bucket,
     stats: Option<Rc<ListenerStats>>,
@@ -266,6 +270,8 @@ impl State {
             local_resets: 0,
             cut: [0; MAX_STREAMS as usize],
             cut_at: 0,
+            client_reset: [0; MAX_STREAMS as usize],
+            client_reset_at: 0,
             resets: Bucket::new(
                 RateLimit {
                     rps: RESETS_PER_SECOND,
@@ -347,6 +353,30 @@ impl State {
         self.cut_at += 1;
     }
 
+    /// A frame of type `ty` on stream `id`, which is closed or which the client reset (RFC 9113
+    /// section 5.1): ignored on a stream we ended early (the client may not have heard yet);
+    /// a stream error STREAM_CLOSED on one the client reset; on one both sides ended, a
+    /// connection error STREAM_CLOSED, but for the WINDOW_UPDATE or RST_STREAM that may cross
+    /// our end of it. HEADERS on either opens a used stream id again (or sends trailers after
+    /// a reset): a connection error. PRIORITY is allowed on any stream.
+    fn on_closed(&mut self, id: u32, ty: u8) -> Result<(), u32> {
+        if ty == frame::PRIORITY || self.cut.contains(&id) {
+            return Ok(());
+        }
+        let reset_by_client = self.client_reset.contains(&id)
+            || self
+                .find(id)
+                .is_some_and(|i| matches!(self.streams[i].failure, Some(Failure::Reset(_))));
+        match ty {
+            // Never a reset in answer to a reset (RFC 9113 section 5.4.2).
+            frame::RST_STREAM => Ok(()),
+            frame::HEADERS => Err(code::STREAM_CLOSED),
+            _ if reset_by_client => self.refuse(id, code::STREAM_CLOSED),
+            frame::WINDOW_UPDATE => Ok(()),
+            _ => Err(code::STREAM_CLOSED),
+        }
+    }
+
     /// Resets a stream (whether or not we still keep it).
     fn reset(&mut self, id: u32, code: u32) {
         push_rst(&mut self.out, id, code);
@@ -401,6 +431,7 @@ impl State {
         if !self.dead {
             if !s.sent_end {
                 push_rst(&mut self.out, id, code::CANCEL);
+                self.cut(id);
             } else if !s.ended && s.failure.is_none() {
                 // Answered whole before the request ended: the client may stop sending it
                 // (RFC 9113 section 8.1).
@@ -497,8 +528,13 @@ impl State {
                     return Err(code::FRAME_SIZE_ERROR);
                 }
                 let Some(i) = self.find(id) else {
-                    return Ok(());
+                    return self.on_closed(id, frame::RST_STREAM);
                 };
+                if matches!(self.streams[i].failure, Some(Failure::Reset(_))) {
+                    return Ok(());
+                }
+                self.client_reset[self.client_reset_at % MAX_STREAMS as usize] = id;
+                self.client_reset_at += 1;
                 let s = &mut self.streams[i];
                 let unanswered = !s.sent_end && s.failure.is_none();
                 // The client is done with the stream either way: nothing to reset back.
@@ -554,6 +590,12 @@ impl State {
                 if n == 0 {
                     return self.refuse(id, code::PROTOCOL_ERROR);
                 }
+                if self
+                    .find(id)
+                    .is_none_or(|i| matches!(self.streams[i].failure, Some(Failure::Reset(_))))
+                {
+                    return self.on_closed(id, frame::WINDOW_UPDATE);
+                }
                 let Some(s) = self.stream(id) else {
                     return Ok(());
                 };
@@ -605,17 +647,18 @@ impl State {
         let Some(i) = self.find(id) else {
             // A stream we are done with: its window is the connection's again at once.
             self.credit(id, p.len() as u32);
-            return Ok(());
+            return self.on_closed(id, frame::DATA);
         };
         let s = &mut self.streams[i];
         if s.ended || s.failure.is_some() {
-            let failed = s.failure.is_some();
+            let failure = s.failure;
             self.credit(id, p.len() as u32);
-            if !failed {
-                // DATA after the end of the request (RFC 9113 section 5.1).
-                return self.refuse(id, code::STREAM_CLOSED);
-            }
-            return Ok(());
+            return match failure {
+                // DATA after the end of the request: half-closed (RFC 9113 section 5.1).
+                None => self.refuse(id, code::STREAM_CLOSED),
+                Some(Failure::Reset(_)) => self.on_closed(id, frame::DATA),
+                Some(_) => Ok(()),
+            };
         }
         if n > s.recv_window {
             self.credit(id, p.len() as u32);
@@ -724,11 +767,7 @@ impl State {
         }
         if id <= self.last_id {
             self.skip_block(block)?;
-            if self.cut.contains(&id) {
-                return Ok(());
-            }
-            // A stream that has closed (RFC 9113 section 5.1).
-            return Err(code::STREAM_CLOSED);
+            return self.on_closed(id, frame::HEADERS);
         }
         self.last_id = id;
         // Streams the client reset may still be here, their tasks not yet ended: they do not
@@ -821,12 +860,12 @@ impl State {
     fn on_trailers(&mut self, i: usize, end: bool, block: &[u8]) -> Result<(), u32> {
         let id = self.streams[i].id;
         if self.streams[i].ended || self.streams[i].failure.is_some() {
-            let failed = self.streams[i].failure.is_some();
+            let failure = self.streams[i].failure;
             self.skip_block(block)?;
-            return if failed {
-                Ok(())
-            } else {
-                self.refuse(id, code::STREAM_CLOSED)
+            return match failure {
+                None => self.refuse(id, code::STREAM_CLOSED),
+                Some(Failure::Reset(_)) => self.on_closed(id, frame::HEADERS),
+                Some(_) => Ok(()),
             };
         }
         let s = &mut self.streams[i];
@@ -838,7 +877,9 @@ impl State {
                 malformed = true;
                 return;
             }
-            if !s.chunked || is_connection_specific(n) || s.inbox.len() - start > max {
+            // Fields a trailer may not carry are dropped, as connection-specific ones are.
+            let dropped = is_connection_specific(n) || !crate::http1::allowed_in_trailer(n);
+            if !s.chunked || dropped || s.inbox.len() - start > max {
                 return;
             }
             s.inbox.extend_from_slice(n);
@@ -1981,6 +2022,88 @@ mod tests {
             Err(code::STREAM_CLOSED),
             "a stream id may not be used again"
         );
+    }
+
+    #[test]
+    fn frames_on_closed_streams_are_stream_closed_errors() {
+        let f = frame;
+        // The client reset stream 1 (still being served), 3 and 5 (done with): DATA or
+        // WINDOW_UPDATE on any is a stream error (once: the stream is then ours to ignore);
+        // another RST_STREAM and PRIORITY are not.
+        let mut st = open(64 * 1024);
+        for id in [1, 3, 5] {
+            headers(&mut st, id, &GET, false).unwrap();
+            st.on_bytes(&f(frame::RST_STREAM, 0, id, &8u32.to_be_bytes()))
+                .unwrap();
+        }
+        st.close(3);
+        st.close(5);
+        st.out.clear();
+        for (ty, id) in [
+            (frame::DATA, 1),
+            (frame::WINDOW_UPDATE, 3),
+            (frame::DATA, 5),
+        ] {
+            let payload: &[u8] = if ty == frame::DATA {
+                b"late"
+            } else {
+                &[0, 0, 0, 1]
+            };
+            let bytes = f(ty, 0, id, payload);
+            assert_eq!(st.on_bytes(&bytes), Ok(bytes.len()), "type {ty} on {id}");
+            assert_eq!(
+                resets(&st),
+                [(id, code::STREAM_CLOSED)],
+                "type {ty} on {id}"
+            );
+            st.out.clear();
+        }
+        for bytes in [
+            f(frame::RST_STREAM, 0, 3, &8u32.to_be_bytes()),
+            f(frame::PRIORITY, 0, 3, &[0, 0, 0, 0, 16]),
+        ] {
+            assert_eq!(st.on_bytes(&bytes), Ok(bytes.len()));
+            assert!(resets(&st).is_empty());
+        }
+        // Stream 7 ended both ways (the request with its head, the answer whole): a late
+        // WINDOW_UPDATE may cross our end and is ignored, DATA is a connection error.
+        headers(&mut st, 7, &GET, true).unwrap();
+        if let Some(s) = st.stream(7) {
+            s.sent_end = true;
+        }
+        st.close(7);
+        st.out.clear();
+        let bytes = f(frame::WINDOW_UPDATE, 0, 7, &[0, 0, 0, 1]);
+        assert_eq!(st.on_bytes(&bytes), Ok(bytes.len()));
+        assert_eq!(
+            st.on_bytes(&f(frame::DATA, 0, 7, b"late")),
+            Err(code::STREAM_CLOSED)
+        );
+        // A stream we reset: what the client sent before it heard is ignored.
+        let mut st = open(64 * 1024);
+        headers(&mut st, 1, &GET, false).unwrap();
+        st.close(1);
+        st.out.clear();
+        let bytes = f(frame::DATA, 0, 1, b"late");
+        assert_eq!(st.on_bytes(&bytes), Ok(bytes.len()));
+        assert!(resets(&st).is_empty());
+    }
+
+    #[test]
+    fn field_values_with_whitespace_at_either_end_are_malformed() {
+        for value in [" x", "x ", "\tx", "x\t"] {
+            let mut st = open(64 * 1024);
+            let mut fields = GET.to_vec();
+            fields.push(("x-padded", value));
+            headers(&mut st, 1, &fields, true).unwrap();
+            assert!(st.accepted.is_empty(), "{value:?}");
+            assert_eq!(resets(&st), [(1, code::PROTOCOL_ERROR)], "{value:?}");
+        }
+        let mut st = open(64 * 1024);
+        let mut fields = GET.to_vec();
+        fields.push(("x-inner", "a b\tc"));
+        headers(&mut st, 1, &fields, true).unwrap();
+        assert_eq!(st.accepted.len(), 1);
     }
 
     #[test]

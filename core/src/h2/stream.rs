@@ -108,14 +108,16 @@ impl ChunkedOut {
     }
 }
 
-/// The fields of an HTTP/1.1 trailer section (`name: value\r\n` lines), but connection-specific
-/// ones.
+/// The fields of an HTTP/1.1 trailer section (`name: value\r\n` lines) that may cross: not
+/// connection-specific ones, nor any a trailer may not carry
+/// ([`crate::http1::allowed_in_trailer`]).
 pub(crate) fn trailer_fields(fields: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     fields.split(|&b| b == b'\n').filter_map(|line| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let colon = line.iter().position(|&b| b == b':')?;
         let name = &line[..colon];
         let value = crate::http1::trim_ows(&line[colon + 1..]);
-        (!is_connection_specific(name)).then_some((name, value))
+        (!is_connection_specific(name) && crate::http1::allowed_in_trailer(name))
+            .then_some((name, value))
     })
 }

@@ -37,8 +37,22 @@ enum State {
     Size { digits: u8 },
     /// Whitespace after the size: only `;` may follow.
     SizeSpace,
-    /// Inside chunk extensions, up to CR.
-    Extension,
+    /// After a `;`: optional whitespace, then an extension's name.
+    ExtBeforeName,
+    /// Inside an extension's name (a token).
+    ExtName,
+    /// After a name: whitespace, `=`, `;` or CR.
+    ExtAfterName,
+    /// After `=`: whitespace, then a token or a quoted string.
+    ExtBeforeValue,
+    /// Inside a token value.
+    ExtToken,
+    /// Inside a quoted-string value.
+    ExtQuoted,
+    /// After a backslash in a quoted string.
+    ExtEscape,
+    /// After a value: whitespace, `;` or CR.
+    ExtAfterValue,
     /// Expecting the LF that ends a size line.
     SizeLf,
     /// Inside chunk data.
@@ -82,6 +96,8 @@ pub struct ChunkedDecoder {
     last: bool,
     /// Data bytes seen in total.
     data_total: u64,
+    /// Forwarding: the trailer section has fields, so all of it is skipped and rewritten.
+    trailing: bool,
 }
 
 impl Default for ChunkedDecoder {
@@ -99,6 +115,7 @@ impl ChunkedDecoder {
             line: 0,
             last: false,
             data_total: 0,
+            trailing: false,
         }
     }
 
@@ -166,6 +183,72 @@ impl ChunkedDecoder {
         })
     }
 
+    /// Feeds `input` for a body forwarded chunked as it came, and says what to leave out:
+    /// `skip` receives each range of `input` that must not be forwarded (chunk extensions, and
+    /// a trailer section once it has a field), and `on_trailer` every byte of that section,
+    /// as for [`feed_with_trailers`](Self::feed_with_trailers). The forwarder writes the rest,
+    /// and, at the end, the trailer fields that may cross followed by the final CRLF (see
+    /// [`super::write_trailers`]). Without extensions or trailers nothing is skipped.
+    pub fn feed_forward(
+        &mut self,
+        input: &[u8],
+        mut skip: impl FnMut(std::ops::Range<usize>),
+        mut on_trailer: impl FnMut(u8),
+    ) -> Result<Progress, ChunkError> {
+        let mut i = 0;
+        while i < input.len() {
+            if self.state == State::Data {
+                let take = (input.len() - i).min(self.size.min(usize::MAX as u64) as usize);
+                i += take;
+                self.size -= take as u64;
+                self.data_total += take as u64;
+                if self.size == 0 {
+                    self.state = State::DataCr;
+                }
+                continue;
+            }
+            let b = input[i];
+            let before = self.state;
+            if matches!(
+                before,
+                State::TrailerStart | State::TrailerName | State::TrailerValue | State::TrailerLf
+            ) {
+                on_trailer(b);
+            }
+            self.step(b)?;
+            let extension = matches!(
+                before,
+                State::SizeSpace
+                    | State::ExtBeforeName
+                    | State::ExtName
+                    | State::ExtAfterName
+                    | State::ExtBeforeValue
+                    | State::ExtToken
+                    | State::ExtQuoted
+                    | State::ExtEscape
+                    | State::ExtAfterValue
+            ) || (matches!(before, State::Size { .. })
+                && matches!(self.state, State::SizeSpace | State::ExtBeforeName));
+            // A trailer section with fields is rewritten whole; an empty one (the final CRLF
+            // right after the last chunk) passes as it is.
+            self.trailing |= before == State::TrailerStart && b != b'\r';
+            if (extension && b != b'\r') || self.trailing {
+                skip(i..i + 1);
+            }
+            i += 1;
+            if self.state == State::Done {
+                return Ok(Progress {
+                    consumed: i,
+                    done: true,
+                });
+            }
+        }
+        Ok(Progress {
+            consumed: i,
+            done: self.state == State::Done,
+        })
+    }
+
     fn step(&mut self, b: u8) -> Result<(), ChunkError> {
         self.state = match self.state {
             State::Size { digits } => {
@@ -182,7 +265,7 @@ impl ChunkedDecoder {
                         State::Size { digits: digits + 1 }
                     }
                     _ if digits == 0 => return Err(ChunkError::Size),
-                    b';' => State::Extension,
+                    b';' => State::ExtBeforeName,
                     b' ' | b'\t' => State::SizeSpace,
                     b'\r' => State::SizeLf,
                     _ => return Err(ChunkError::Size),
@@ -192,20 +275,23 @@ impl ChunkedDecoder {
                 self.line += 1;
                 match b {
                     b' ' | b'\t' => State::SizeSpace,
-                    b';' => State::Extension,
+                    b';' => State::ExtBeforeName,
                     _ => return Err(ChunkError::Extension),
                 }
             }
-            State::Extension => {
+            State::ExtBeforeName
+            | State::ExtName
+            | State::ExtAfterName
+            | State::ExtBeforeValue
+            | State::ExtToken
+            | State::ExtQuoted
+            | State::ExtEscape
+            | State::ExtAfterValue => {
                 self.line += 1;
                 if self.line > MAX_SIZE_LINE {
                     return Err(ChunkError::Extension);
                 }
-                match b {
-                    b'\r' => State::SizeLf,
-                    _ if is_field_vchar(b) => State::Extension,
-                    _ => return Err(ChunkError::Extension),
-                }
+                extension_step(self.state, b).ok_or(ChunkError::Extension)?
             }
             State::SizeLf => {
                 if b != b'\n' {
@@ -276,11 +362,114 @@ impl ChunkedDecoder {
     }
 }
 
+/// One byte of a chunk's extensions, by RFC 9112 section 7.1.1's grammar:
+/// `*( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )`, up to the CR that ends
+/// the size line. `None`: the byte breaks the grammar (`2;` with no name, a quote left open).
+fn extension_step(state: State, b: u8) -> Option<State> {
+    let ws = b == b' ' || b == b'\t';
+    Some(match (state, b) {
+        (State::ExtBeforeName, _) if ws => State::ExtBeforeName,
+        (State::ExtBeforeName, _) if is_tchar(b) => State::ExtName,
+        (State::ExtName, _) if is_tchar(b) => State::ExtName,
+        (State::ExtName | State::ExtAfterName, _) if ws => State::ExtAfterName,
+        (State::ExtName | State::ExtAfterName | State::ExtAfterValue, b';') => State::ExtBeforeName,
+        (State::ExtName | State::ExtAfterName | State::ExtAfterValue, b'\r') => State::SizeLf,
+        (State::ExtName | State::ExtAfterName, b'=') => State::ExtBeforeValue,
+        (State::ExtBeforeValue, _) if ws => State::ExtBeforeValue,
+        (State::ExtBeforeValue, b'"') => State::ExtQuoted,
+        (State::ExtBeforeValue | State::ExtToken, _) if is_tchar(b) => State::ExtToken,
+        (State::ExtToken, b';') => State::ExtBeforeName,
+        (State::ExtToken, b'\r') => State::SizeLf,
+        (State::ExtToken | State::ExtAfterValue, _) if ws => State::ExtAfterValue,
+        (State::ExtQuoted, b'"') => State::ExtAfterValue,
+        (State::ExtQuoted, b'\\') => State::ExtEscape,
+        // qdtext: HTAB, SP, and visible characters but `"` and `\`; quoted-pair: any of those.
+        (State::ExtQuoted | State::ExtEscape, _) if b == b'\t' || (b >= 0x20 && b != 0x7f) => {
+            State::ExtQuoted
+        }
+        _ => return None,
+    })
+}
+
 /// `feed` handles `Data` itself and returns on `Done`; `step` never sees either.
 #[cold]
 fn unreachable_state() -> State {
     debug_assert!(false, "chunked decoder stepped in Data or Done");
     State::Done
+}
+
+/// A chunked body forwarded chunked: validated, its chunk extensions left out (they are for
+/// the hop that received them), and its trailer section rewritten with only the fields a
+/// trailer may carry ([`super::allowed_in_trailer`]). A body with neither is forwarded straight
+/// from the read buffer.
+#[derive(Debug, Default)]
+pub struct ChunkedForward {
+    decoder: ChunkedDecoder,
+    /// The trailer section as received, until the body ends.
+    trailers: Vec<u8>,
+    /// Ranges of the current input left out (merged).
+    skips: Vec<Range<usize>>,
+}
+
+/// What one [`ChunkedForward::feed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarded {
+    /// Bytes of the input that belong to the message.
+    pub consumed: usize,
+    /// The message ended.
+    pub done: bool,
+    /// `input[..consumed]` is forwarded as it is; otherwise what is forwarded was appended to
+    /// `out`.
+    pub direct: bool,
+}
+
+impl ChunkedForward {
+    /// Total chunk-data bytes seen so far.
+    pub fn data_len(&self) -> u64 {
+        self.decoder.data_len()
+    }
+
+    /// Takes the message bytes at the start of `input`. With `copy` (or when something must
+    /// be left out), what is forwarded is appended to `out`.
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        copy: bool,
+    ) -> Result<Forwarded, ChunkError> {
+        let (skips, trailers) = (&mut self.skips, &mut self.trailers);
+        skips.clear();
+        let p = self.decoder.feed_forward(
+            input,
+            |r| match skips.last_mut() {
+                Some(last) if last.end == r.start => last.end = r.end,
+                _ => skips.push(r),
+            },
+            |b| trailers.push(b),
+        )?;
+        if skips.is_empty() && !copy {
+            return Ok(Forwarded {
+                consumed: p.consumed,
+                done: p.done,
+                direct: true,
+            });
+        }
+        let mut at = 0;
+        for r in skips.iter() {
+            out.extend_from_slice(&input[at..r.start]);
+            at = r.end;
+        }
+        out.extend_from_slice(&input[at..p.consumed]);
+        if p.done && self.decoder.trailing {
+            super::write_trailers(&self.trailers, out);
+            self.trailers = Vec::new();
+        }
+        Ok(Forwarded {
+            consumed: p.consumed,
+            done: p.done,
+            direct: false,
+        })
+    }
 }
 
 /// Writes the size line of a chunk of `len` bytes (`len` > 0) into `out`.
@@ -368,6 +557,91 @@ mod tests {
         let mut long = b"1;".to_vec();
         long.extend(std::iter::repeat_n(b'a', 5000));
         assert_eq!(decode(&long, 100).unwrap_err(), ChunkError::Extension);
+    }
+
+    #[test]
+    fn chunk_extensions_follow_the_grammar() {
+        for good in [
+            &b"1;a\r\nx\r\n0\r\n\r\n"[..],
+            b"1 ; a = b ; c\r\nx\r\n0\r\n\r\n",
+            b"1;a=\"q \\\"x\\\\\";b=t\r\nx\r\n0;last\r\n\r\n",
+            b"1;a=\"\"\r\nx\r\n0\r\n\r\n",
+        ] {
+            for step in 1..good.len() {
+                let r = decode(good, step);
+                assert!(
+                    matches!(r, Ok((_, _, true))),
+                    "{:?} step {step}: {r:?}",
+                    String::from_utf8_lossy(good)
+                );
+            }
+        }
+        for bad in [
+            &b"2;\r\nab\r\n"[..],
+            b"2; \r\nab\r\n",
+            b"2;=v\r\nab\r\n",
+            b"2;a=\r\nab\r\n",
+            b"2;a=\"open\r\nab\r\n",
+            b"2;a=b c\r\nab\r\n",
+            b"2;a b\r\nab\r\n",
+            b"2;a=\"x\"y\r\nab\r\n",
+            b"2;a@b\r\nab\r\n",
+            b"2;;a\r\nab\r\n",
+        ] {
+            assert_eq!(
+                decode(bad, 2).unwrap_err(),
+                ChunkError::Extension,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    /// Forwards `input` in pieces of `step` bytes; returns what went out and how much of it
+    /// went straight from the input.
+    fn forward(input: &[u8], step: usize) -> (Vec<u8>, usize) {
+        let mut f = ChunkedForward::default();
+        let (mut sent, mut direct, mut pos) = (Vec::new(), 0, 0);
+        while pos < input.len() {
+            let piece = &input[pos..(pos + step).min(input.len())];
+            let mut out = Vec::new();
+            let p = f.feed(piece, &mut out, false).expect("valid");
+            if p.direct {
+                sent.extend_from_slice(&piece[..p.consumed]);
+                direct += p.consumed;
+            } else {
+                sent.extend_from_slice(&out);
+            }
+            pos += p.consumed;
+            if p.done {
+                break;
+            }
+        }
+        (sent, direct)
+    }
+
+    #[test]
+    fn forwarding_leaves_out_extensions_and_trailers_that_may_not_cross() {
+        let body = b"5;ext=\"v\"\r\nhello\r\n3 ; q\r\n!!!\r\n0;end\r\nX-Sum: 8\r\n\
+            Content-Length: 9\r\nhost: evil\r\nAuthorization: x\r\nTransfer-Encoding: chunked\r\n\
+            ringmesh-client-identity: spiffe://x/y\r\ngrpc-status: 0\r\n\r\n";
+        for step in 1..=body.len() {
+            let (sent, _) = forward(body, step);
+            assert_eq!(
+                String::from_utf8_lossy(&sent),
+                "5\r\nhello\r\n3\r\n!!!\r\n0\r\nX-Sum: 8\r\ngrpc-status: 0\r\n\r\n",
+                "step {step}"
+            );
+        }
+        // Without extensions or trailers, everything goes straight from the input.
+        let plain = b"5\r\nhello\r\n0\r\n\r\n";
+        for step in 1..=plain.len() {
+            assert_eq!(
+                forward(plain, step),
+                (plain.to_vec(), plain.len()),
+                "{step}"
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod encode;
 pub mod request;
 pub mod response;
 
-pub use chunked::{ChunkError, ChunkedDecoder};
+pub use chunked::{ChunkError, ChunkedDecoder, ChunkedForward, Forwarded};
 pub use request::{Method, RequestHead};
 pub use response::ResponseHead;
 
@@ -339,9 +339,95 @@ pub(crate) fn valid_authority(a: &[u8]) -> bool {
         })
 }
 
-/// The host part of an authority, without the port.
+/// Whether a field may travel in a trailer section. RFC 9110 section 6.5.1 keeps out of
+/// trailers what a recipient must know before the content (framing, routing, request
+/// modifiers, authentication, response control, content metadata); the proxy also keeps out
+/// hop-by-hop fields and those it sets itself (forwarding, identity, deadline, trace context),
+/// so that no upstream or client that merges trailers into headers can be handed them this way.
+/// Applied in both directions, over both protocols.
+pub fn allowed_in_trailer(name: &[u8]) -> bool {
+    const FORBIDDEN: &[&[u8]] = &[
+        b"age",
+        b"authorization",
+        b"b3",
+        b"cache-control",
+        b"connection",
+        b"content-encoding",
+        b"content-length",
+        b"content-range",
+        b"content-type",
+        b"cookie",
+        b"date",
+        b"expect",
+        b"expires",
+        b"forwarded",
+        b"grpc-timeout",
+        b"host",
+        b"keep-alive",
+        b"location",
+        b"max-forwards",
+        b"pragma",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"range",
+        b"retry-after",
+        b"set-cookie",
+        b"te",
+        b"trailer",
+        b"traceparent",
+        b"tracestate",
+        b"transfer-encoding",
+        b"upgrade",
+        b"vary",
+        b"warning",
+        b"www-authenticate",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+    ];
+    const PREFIXES: &[&[u8]] = &[b"if-", b"ringmesh-", b"x-b3-", b":"];
+    let lower_eq = |a: &[u8], b: &[u8]| a.eq_ignore_ascii_case(b);
+    let has_prefix = |p: &[u8]| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p);
+    !FORBIDDEN.iter().any(|f| lower_eq(name, f)) && !PREFIXES.iter().any(|p| has_prefix(p))
+}
+
+/// The lines of an HTTP/1.1 trailer section (`name: value\r\n` each; anything after the last
+/// CRLF, such as the CR of the final CRLF, is ignored).
+pub fn trailer_lines(section: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    section.split_inclusive(|&b| b == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r\n")?;
+        let colon = memchr::memchr(b':', line)?;
+        let value = &line[colon + 1..];
+        let start = value.iter().position(|&b| b != b' ' && b != b'\t')?;
+        let end = value.iter().rposition(|&b| b != b' ' && b != b'\t')? + 1;
+        Some((&line[..colon], &value[start..end]))
+    })
+}
+
+/// Writes the fields of a received trailer section that may cross
+/// ([`allowed_in_trailer`]), then the final CRLF.
+pub fn write_trailers(section: &[u8], out: &mut Vec<u8>) {
+    for (name, value) in trailer_lines(section).filter(|(n, _)| allowed_in_trailer(n)) {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The host of an authority as routes and policies match it: without the port and without a
+/// trailing dot (case is compared insensitively by the matchers).
 #[inline]
 pub fn host_of(authority: &[u8]) -> &[u8] {
+    let host = host_and_port_of(authority);
+    // `admin.example.` is the same name as `admin.example` (a fully qualified form).
+    host.strip_suffix(b".").unwrap_or(host)
+}
+
+#[inline]
+fn host_and_port_of(authority: &[u8]) -> &[u8] {
     if authority.first() == Some(&b'[') {
         return match memchr::memchr(b']', authority) {
             Some(i) => &authority[..=i],
@@ -401,6 +487,8 @@ mod tests {
         assert_eq!(host_of(b"example.com:8080"), b"example.com");
         assert_eq!(host_of(b"[::1]:80"), b"[::1]");
         assert_eq!(host_of(b"example.com"), b"example.com");
+        assert_eq!(host_of(b"admin.example.:80"), b"admin.example");
+        assert_eq!(host_of(b"admin.example."), b"admin.example");
     }
 
     #[test]

@@ -392,6 +392,36 @@ impl RequestHead {
         Ok(())
     }
 
+    /// Rewrites the path, in place in `buf` (the buffer the head was parsed from), to the one
+    /// form the upstream will read the same way ([`crate::path`]); the query is kept as it is
+    /// and moves up behind a path that got shorter. A fragment anywhere in the target is
+    /// refused too.
+    pub fn normalize_path(
+        &mut self,
+        buf: &mut [u8],
+        rules: &crate::path::PathRules,
+    ) -> Result<(), ErrorKind> {
+        if self.method == Method::Connect {
+            return Ok(());
+        }
+        let (route, whole) = (self.route_path, self.path);
+        if whole.get(buf).contains(&b'#') {
+            return Err(ErrorKind::BadPath);
+        }
+        let range = route.start as usize..route.end as usize;
+        let n = crate::path::normalize(&mut buf[range], rules).map_err(|_| ErrorKind::BadPath)?;
+        let shrunk = route.len() - n;
+        if shrunk > 0 {
+            buf.copy_within(
+                route.end as usize..whole.end as usize,
+                route.start as usize + n,
+            );
+            self.route_path.end -= shrunk as u32;
+            self.path.end -= shrunk as u32;
+        }
+        Ok(())
+    }
+
     /// The value of the first header named `name` (case-insensitive), if any.
     pub fn header<'a>(&self, buf: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
         self.headers

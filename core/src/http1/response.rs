@@ -139,7 +139,9 @@ impl ResponseHead {
         if connection.names_fields {
             drop_connection_options(&mut self.headers, buf);
         }
-        if te && length.is_some() {
+        // RFC 9112 section 6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing
+        // (an HTTP/1.0 recipient would read the body to the close, the proxy by chunks).
+        if te && (length.is_some() || self.version == Version::Http10) {
             return Err(ResponseError::Invalid);
         }
         self.content_length = length;
@@ -217,6 +219,7 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
             b"HTTP/1.1 200 OK\nX: a\n\n",

@@ -19,7 +19,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use crate::buf::BULK_BUF_SIZE;
 use crate::error::ErrorKind;
 use crate::http1::chunked::write_chunk_size;
-use crate::http1::{ChunkedDecoder, Framing, ResponseHead, Version, encode};
+use crate::http1::{ChunkedDecoder, ChunkedForward, Framing, ResponseHead, Version, encode};
 use crate::worker::Worker;
 
 /// Largest response head accepted from an upstream.
@@ -418,8 +418,9 @@ enum BodyState {
     Empty,
     /// Same bytes both sides: this many left.
     Length(u64),
-    /// Chunked both sides: validated, forwarded as received.
-    ChunkedPass(ChunkedDecoder),
+    /// Chunked both sides: validated, forwarded as received but for chunk extensions and
+    /// trailer fields that may not cross.
+    ChunkedPass(ChunkedForward),
     /// Chunked upstream, HTTP/1.0 client: data only.
     Dechunk(ChunkedDecoder),
     /// Close-delimited upstream, chunked to the client.
@@ -443,7 +444,9 @@ impl BodyState {
         match (body, to_client) {
             (Framing::None, _) => BodyState::Empty,
             (Framing::Length(n), _) => BodyState::Length(n),
-            (Framing::Chunked, Framing::Chunked) => BodyState::ChunkedPass(ChunkedDecoder::new()),
+            (Framing::Chunked, Framing::Chunked) => {
+                BodyState::ChunkedPass(ChunkedForward::default())
+            }
             (Framing::Chunked, _) => BodyState::Dechunk(ChunkedDecoder::new()),
             (Framing::Close, Framing::Chunked) => BodyState::CloseToChunked,
             (Framing::Close, _) => BodyState::CloseRaw,
@@ -493,11 +496,15 @@ impl BodyState {
                 *left -= n as u64;
                 pass(n, *left == 0, out)
             }
-            BodyState::ChunkedPass(d) => {
-                let p = d
-                    .feed(data, |_| {})
+            BodyState::ChunkedPass(f) => {
+                let p = f
+                    .feed(data, out, copy)
                     .map_err(|_| ErrorKind::UpstreamProtocol)?;
-                pass(p.consumed, p.done, out)
+                Step {
+                    consumed: p.consumed,
+                    direct: if p.direct { p.consumed } else { 0 },
+                    done: p.done,
+                }
             }
             BodyState::Dechunk(d) => {
                 let p = d
@@ -564,33 +571,37 @@ pub(super) async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
         Framing::Length(n) => n,
         _ => 0,
     };
-    let mut decoder = ChunkedDecoder::new();
+    let mut forward = ChunkedForward::default();
     let chunked = framing == Framing::Chunked;
     if framing == Framing::None || framing == Framing::Close {
         return Ok(());
     }
     let mut buf = cbuf.take().unwrap_or_else(|| w.bufs.get());
+    // What goes up when chunk extensions or trailers had to be left out (taken when needed).
+    let mut edited: Option<Vec<u8>> = None;
     loop {
         let avail = &buf[*cstart..];
-        let (take, done) = if chunked {
-            let p = match decoder.feed(avail, |_| {}) {
+        let (take, done, direct) = if chunked {
+            let out = edited.get_or_insert_with(Vec::new);
+            out.clear();
+            let p = match forward.feed(avail, out, false) {
                 Ok(p) => p,
                 Err(_) => {
                     *cbuf = Some(buf);
                     return Err(PumpError::BadChunk);
                 }
             };
-            if max_body.is_some_and(|m| decoder.data_len() > m) {
+            if max_body.is_some_and(|m| forward.data_len() > m) {
                 *cbuf = Some(buf);
                 return Err(PumpError::TooLarge);
             }
-            (p.consumed, p.done)
+            (p.consumed, p.done, p.direct)
         } else {
             let n = (avail.len() as u64).min(left) as usize;
             left -= n as u64;
-            (n, left == 0)
+            (n, left == 0, true)
         };
-        if take > 0 {
+        if take > 0 && direct {
             // An upstream that stops reading without closing must not hold the client forever.
             let write = up.write_all(buf.slice(*cstart..*cstart + take));
             let (r, b) = monoio::select! {
@@ -602,9 +613,22 @@ pub(super) async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
                 *cbuf = Some(buf);
                 return Err(PumpError::UpstreamGone);
             }
-            *cstart += take;
             sent.set(sent.get() + take as u64);
+        } else if let Some(out) = edited.take().filter(|o| !o.is_empty()) {
+            let n = out.len() as u64;
+            let write = up.write_all(out);
+            let (r, o) = monoio::select! {
+                r = write => r,
+                _ = monoio::time::sleep(idle) => return Err(PumpError::UpstreamGone),
+            };
+            edited = Some(o);
+            if r.is_err() {
+                *cbuf = Some(buf);
+                return Err(PumpError::UpstreamGone);
+            }
+            sent.set(sent.get() + n);
         }
+        *cstart += take;
         if done {
             *cbuf = Some(buf);
             return Ok(());

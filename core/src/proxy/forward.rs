@@ -169,7 +169,7 @@ impl Exchange<'_> {
                             {
                                 return Err(Fail::before(ErrorKind::BodyTooLarge, false));
                             }
-                            return Ok(Some(p.consumed));
+                            return Ok(Some(c.forwardable_chunked(head_len, p.consumed)));
                         }
                         Ok(_) if c.data().len() - head_len < max => {
                             self.continue_if_expected(c).await?;

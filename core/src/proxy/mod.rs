@@ -111,6 +111,26 @@ impl Client {
         true
     }
 
+    /// Makes the whole chunked body at `data()[head_len..][..len]` what may be forwarded, in
+    /// place: chunk extensions and trailer fields that may not cross are left out (the result
+    /// is never longer), and what follows the body moves up behind it. Returns its new length.
+    fn forwardable_chunked(&mut self, head_len: usize, len: usize) -> usize {
+        let Some(buf) = self.buf.as_mut() else {
+            return len;
+        };
+        let at = self.start + head_len;
+        let mut out = Vec::new();
+        match crate::http1::ChunkedForward::default().feed(&buf[at..at + len], &mut out, false) {
+            Ok(f) if !f.direct && out.len() <= len => {
+                buf[at..at + out.len()].copy_from_slice(&out);
+                buf.copy_within(at + len.., at + out.len());
+                buf.truncate(buf.len() - (len - out.len()));
+                out.len()
+            }
+            _ => len,
+        }
+    }
+
     /// The client's verified identity (mTLS). Not known while the stream is split.
     fn identity(&self) -> Option<&str> {
         match &self.stream {
@@ -517,7 +537,17 @@ async fn read_head(w: &Worker, c: &mut Client, req: &mut RequestHead, limits: &H
             }
         } else if !data.is_empty() {
             match req.parse(data, limits.max_request_head) {
-                Ok(Some(_)) => return Head::Ready,
+                Ok(Some(_)) => {
+                    // Policies, routes and the upstream all see the normalized path.
+                    let start = c.start;
+                    let Some(buf) = c.buf.as_mut() else {
+                        return Head::Closed;
+                    };
+                    return match req.normalize_path(&mut buf[start..], &limits.paths) {
+                        Ok(()) => Head::Ready,
+                        Err(kind) => Head::Error(kind),
+                    };
+                }
                 Ok(None) => {}
                 Err(kind) => return Head::Error(kind),
             }
