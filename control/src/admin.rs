@@ -26,6 +26,8 @@ use crate::mesh::http::query_pairs;
 use crate::runtime::{ControlMsg, State};
 
 struct Admin {
+    /// Where the API is bound: requests must be addressed to it (DNS rebinding).
+    bound: SocketAddr,
     workers: Vec<flume::Sender<Command>>,
     control: flume::Sender<ControlMsg>,
     state: Arc<State>,
@@ -61,6 +63,7 @@ pub(crate) fn start(
                     }
                 };
                 let admin = Rc::new(Admin {
+                    bound,
                     workers,
                     control,
                     state,
@@ -122,6 +125,13 @@ async fn serve(admin: Rc<Admin>, mut stream: TcpStream) {
                 _ => return,
             }
         };
+        if !crate::api_guard::host_allowed(req.authority.map(|a| a.get(&buf)), &[], admin.bound) {
+            // A page that rebound its own name to this address: no answer it could read.
+            let msg =
+                b"the Host is not this admin API's address: use its IP address or localhost\n";
+            let _ = respond(&mut stream, 403, "text/plain", msg.to_vec(), true).await;
+            return;
+        }
         let path = req.route_path.get(&buf).to_vec();
         let query = req.path.get(&buf)[path.len()..].to_vec();
         let has_body = !matches!(req.framing, Framing::None);
@@ -275,11 +285,19 @@ impl Admin {
                         .iter()
                         .map(|(name, addr)| (name.clone(), json!(addr.to_string())))
                         .collect();
+                    // The admin address in force is the one bound (a flag may have overridden
+                    // the file's, and port 0 picks one).
+                    let mut config: serde_json::Value =
+                        serde_json::from_str(&c.json).unwrap_or(serde_json::Value::Null);
+                    if let Some(m) = config.as_object_mut() {
+                        m.insert("admin".into(), json!(self.bound.to_string()));
+                    }
                     let body = format!(
-                        "{{\"version\":{},\"bound\":{},\"config\":{}}}\n",
+                        "{{\"version\":{},\"admin\":{},\"bound\":{},\"config\":{}}}\n",
                         c.version,
+                        json!(self.bound.to_string()),
                         serde_json::Value::Object(bound),
-                        c.json
+                        config
                     );
                     (200, "application/json", body.into_bytes())
                 }

@@ -3,6 +3,7 @@
 //! [`runtime::Proxy`].
 
 pub mod admin;
+pub mod api_guard;
 pub mod compile;
 pub mod config;
 pub mod mesh;

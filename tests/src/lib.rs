@@ -497,9 +497,10 @@ impl TestProxy {
 
     /// GET on the admin API.
     pub fn admin(&self, path: &str) -> Response {
-        let mut c = Client::connect(self.proxy.admin_addr());
+        let admin = self.proxy.admin_addr();
+        let mut c = Client::connect(admin);
         c.send(
-            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes(),
         );
         c.response(false)
     }
@@ -594,7 +595,10 @@ impl ProxyProcess {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(mut c) = TcpStream::connect(admin) {
-                let _ = c.write_all(b"GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+                let _ = c.write_all(
+                    format!("GET /ready HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
                 let mut s = String::new();
                 let _ = c.read_to_string(&mut s);
                 if s.starts_with("HTTP/1.1 200") {
@@ -610,7 +614,11 @@ impl ProxyProcess {
     pub fn admin(&self, path: &str) -> Response {
         let mut c = Client::connect(self.admin);
         c.send(
-            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                self.admin
+            )
+            .as_bytes(),
         );
         c.response(false)
     }

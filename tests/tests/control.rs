@@ -22,7 +22,7 @@ fn route_config(body_cluster: &str, ups: &[(&str, SocketAddr)]) -> String {
 
 fn admin_get(addr: SocketAddr, path: &str) -> Response {
     let mut c = Client::connect(addr);
-    c.send(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes());
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes());
     c.response(false)
 }
 
@@ -50,6 +50,42 @@ fn admin_api() {
     assert!(ep["ewma_seconds"].as_f64().unwrap() > 0.0);
     assert_eq!(ep["ejected"], false);
     assert_eq!(p.admin("/nope").status, 404);
+}
+
+#[test]
+fn the_admin_api_answers_only_to_its_own_address_and_says_which_it_is() {
+    let up = Upstream::fixed("ok");
+    let p = TestProxy::simple(up.addr, 1, "");
+    let admin = p.proxy.admin_addr();
+    // The config asked for port 0: /config says where the API really is.
+    let v: serde_json::Value = serde_json::from_slice(&p.admin("/config").body).unwrap();
+    assert_eq!(v["admin"], admin.to_string());
+    assert_eq!(v["config"]["admin"], admin.to_string());
+    // A page that rebound its own name to this address reads nothing: not the config, not
+    // the tap, not the metrics.
+    for host in [
+        "attacker.example",
+        &format!("attacker.example:{}", admin.port()),
+        "127.0.0.1.nip.io",
+        "localhost.attacker.example",
+    ] {
+        for path in ["/config", "/tap", "/metrics", "/"] {
+            let mut c = Client::connect(admin);
+            c.send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+            let r = c.response(false);
+            assert_eq!(r.status, 403, "{host} {path}");
+            assert!(!r.text().contains("listeners"), "{host} {path}");
+        }
+    }
+    for host in [admin.to_string(), format!("localhost:{}", admin.port())] {
+        assert_eq!(admin_get_as(admin, &host, "/ready").status, 200, "{host}");
+    }
+}
+
+fn admin_get_as(addr: SocketAddr, host: &str, path: &str) -> Response {
+    let mut c = Client::connect(addr);
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes());
+    c.response(false)
 }
 
 #[test]

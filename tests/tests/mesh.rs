@@ -179,7 +179,7 @@ fn web_mesh(up: SocketAddr) -> String {
 
 fn get_text(addr: SocketAddr, path: &str) -> String {
     let mut c = Client::connect(addr);
-    c.send(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes());
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes());
     c.response(false).text()
 }
 
@@ -458,7 +458,13 @@ fn a_proxy_is_not_ready_before_its_first_snapshot() {
     let proxy = control_proxy(&[free_port()], "edge-1", None);
     let r = {
         let mut c = Client::connect(proxy.admin_addr());
-        c.send(b"GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        c.send(
+            format!(
+                "GET /ready HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                proxy.admin_addr()
+            )
+            .as_bytes(),
+        );
         c.response(false)
     };
     assert_eq!(r.status, 503);

@@ -329,8 +329,9 @@ fn read_tap(s: impl Read) -> Vec<Value> {
 fn tap_streams_exactly_the_matching_requests() {
     let up = Upstream::fixed("ok");
     let p = TestProxy::start(&two_routes(up.addr, ""), 2);
-    let mut s = TcpStream::connect(p.proxy.admin_addr()).unwrap();
-    s.write_all(b"GET /tap?route=web&n=5 HTTP/1.1\r\nHost: a\r\n\r\n")
+    let admin = p.proxy.admin_addr();
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.write_all(format!("GET /tap?route=web&n=5 HTTP/1.1\r\nHost: {admin}\r\n\r\n").as_bytes())
         .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // The tap is in force once the head is back.
