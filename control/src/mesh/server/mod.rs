@@ -1,0 +1,459 @@
+//! `ringmesh control`: holds the desired state, discovers endpoints, and serves each proxy its
+//! snapshot over a long-poll watch (SPEC.md section 7; the API is in docs/control.md).
+//!
+//! Everything runs on one thread with its own monoio runtime: the state lives in a `RefCell`
+//! that no `.await` holds. A change (API, mesh file, DNS, registration, expiry) bumps the
+//! version, renders every node's config again (each cluster once), and wakes the watchers whose
+//! node's config changed. Resolving DNS (blocking `getaddrinfo`) and writing the state file run
+//! on their own threads.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use monoio::net::TcpListener;
+
+use super::model::Mesh;
+
+mod api;
+mod discovery;
+mod metrics;
+mod replicated;
+mod state;
+mod watch;
+
+use api::*;
+use discovery::*;
+use metrics::*;
+use state::*;
+use watch::*;
+
+pub use api::apply_edit;
+pub use state::parse_registration;
+
+/// Where the mesh file comes from.
+#[derive(Debug, Clone)]
+pub enum MeshSource {
+    /// A YAML file, watched for changes.
+    File(PathBuf),
+    /// YAML text (tests).
+    Text(String),
+}
+
+/// How to run the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlOptions {
+    /// The mesh file.
+    pub source: MeshSource,
+    /// API address; overrides the file's `bind`.
+    pub bind: Option<SocketAddr>,
+    /// State file; overrides the file's `state_file` (default: the mesh file's path with
+    /// `.state.json` appended; none for text). Not used with a store.
+    pub state_file: Option<PathBuf>,
+    /// Share the state with other replicas through etcd.
+    pub store: Option<StoreOptions>,
+}
+
+/// Where replicas share their state.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// etcd's client endpoints, and TLS to them.
+    pub etcd: super::etcd::Cluster,
+    /// Key prefix of this mesh's state (default `/ringmesh/`).
+    pub prefix: String,
+}
+
+/// Registration TTL bounds and default.
+const TTL_DEFAULT: Duration = Duration::from_secs(30);
+const TTL_MIN: Duration = Duration::from_secs(1);
+const TTL_MAX: Duration = Duration::from_secs(3600);
+/// Longest a watch may wait, and its default.
+const WAIT_MAX: Duration = Duration::from_secs(300);
+const WAIT_DEFAULT: Duration = Duration::from_secs(30);
+/// How often registrations expire, the mesh file is checked and the state file written.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A running control plane.
+pub struct ControlPlane {
+    addr: SocketAddr,
+    stop: Option<flume::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlPlane {
+    /// Loads the mesh file (and the state file, if it belongs to the same mesh file), binds the
+    /// API and starts serving. Errors name the field.
+    pub fn start(opts: ControlOptions) -> Result<ControlPlane, Vec<String>> {
+        let text = read(&opts.source).map_err(|e| vec![e])?;
+        let mesh = Mesh::parse(&text)
+            .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let state_file = match (&opts.state_file, &mesh.state_file, &opts.source) {
+            // The store keeps the state.
+            _ if opts.store.is_some() => None,
+            (Some(p), _, _) => Some(p.clone()),
+            (None, Some(p), _) => p.clone(),
+            (None, None, MeshSource::File(f)) => {
+                let mut s = f.clone().into_os_string();
+                s.push(".state.json");
+                Some(PathBuf::from(s))
+            }
+            (None, None, MeshSource::Text(_)) => None,
+        };
+        let bind = opts.bind.unwrap_or(mesh.bind);
+        let listener = std::net::TcpListener::bind(bind)
+            .map_err(|e| vec![format!("bind: cannot bind {bind}: {e}")])?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| vec![e.to_string()])?;
+        let addr = listener.local_addr().map_err(|e| vec![e.to_string()])?;
+        let mut st = State::new(mesh, &text, opts.source.clone(), state_file.clone())
+            .map_err(|e| vec![format!("mesh CA: {e}")])?;
+        if let Some(p) = &state_file {
+            st.restore(p);
+        }
+        let store = match &opts.store {
+            Some(o) => Some(replicated::open(o, &mut st).map_err(|e| vec![e])?),
+            None => None,
+        };
+        let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("ringmesh-control-plane".into())
+            .spawn(move || run(listener, st, stop_rx, store))
+            .map_err(|e| vec![e.to_string()])?;
+        tracing::info!(%addr, "control plane started");
+        Ok(ControlPlane {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The API's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving: the API closes and every watch ends.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn read(source: &MeshSource) -> Result<String, String> {
+    match source {
+        MeshSource::File(p) => {
+            std::fs::read_to_string(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))
+        }
+        MeshSource::Text(t) => Ok(t.clone()),
+    }
+}
+
+/// FNV-1a: a stable fingerprint of the mesh file, to know whether a state file belongs to it.
+fn fingerprint(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+struct Plane {
+    st: RefCell<State>,
+    /// Some node's snapshot changed (the watches wait on it).
+    signal: Signal,
+    /// The state took in more of the store (writes wait on it to read their own).
+    progress: Signal,
+    /// Set when the control plane stops: watches end.
+    stopping: Cell<bool>,
+    /// Open API connections, shut down when the control plane stops.
+    conns: RefCell<std::collections::HashSet<std::os::fd::RawFd>>,
+    dns: flume::Sender<(Vec<String>, Duration)>,
+    persist: flume::Sender<(PathBuf, Vec<u8>)>,
+    /// The shared store, for replicas.
+    store: Option<replicated::Store>,
+}
+
+impl Plane {
+    /// After a change: wake watchers, and resolve any new DNS name.
+    fn changed(&self) {
+        self.signal.notify();
+        let st = self.st.borrow();
+        let _ = self.dns.send((
+            st.mesh.dns_names().into_iter().collect(),
+            st.mesh.dns_interval,
+        ));
+    }
+}
+
+fn run(
+    listener: std::net::TcpListener,
+    st: State,
+    stop: flume::Receiver<()>,
+    store: Option<(replicated::Store, flume::Receiver<replicated::Batch>)>,
+) {
+    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build();
+    let Ok(mut rt) = rt else {
+        tracing::error!("control plane: cannot start runtime");
+        return;
+    };
+    let (dns_tx, dns_rx) = flume::unbounded();
+    let (found_tx, found_rx) = flume::unbounded();
+    let resolver = std::thread::Builder::new()
+        .name("ringmesh-dns".into())
+        .spawn(move || resolve_loop(&dns_rx, &found_tx));
+    if let Err(e) = resolver {
+        tracing::error!(error = %e, "control plane: cannot start the DNS thread");
+    }
+    let (persist_tx, persist_rx) = flume::unbounded::<(PathBuf, Vec<u8>)>();
+    let writer = std::thread::Builder::new()
+        .name("ringmesh-state".into())
+        .spawn(move || write_loop(&persist_rx));
+    if let Err(e) = writer {
+        tracing::error!(error = %e, "control plane: cannot start the state writer");
+    }
+    rt.block_on(async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "control plane: cannot listen");
+                return;
+            }
+        };
+        let (store, batches) = store.unzip();
+        let plane = Rc::new(Plane {
+            st: RefCell::new(st),
+            signal: Signal::default(),
+            progress: Signal::default(),
+            stopping: Cell::new(false),
+            conns: RefCell::default(),
+            dns: dns_tx,
+            persist: persist_tx,
+            store,
+        });
+        plane.changed();
+        if let Some(rx) = batches {
+            monoio::spawn(follow(plane.clone(), rx));
+        }
+        monoio::spawn(tick(plane.clone()));
+        monoio::spawn(discovered(plane.clone(), found_rx));
+        loop {
+            monoio::select! {
+                r = listener.accept() => match r {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        ringmesh_core::sys::set_cloexec(std::os::fd::AsRawFd::as_raw_fd(&stream));
+                        monoio::spawn(serve(plane.clone(), stream));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control plane: accept failed");
+                        monoio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stop.recv_async() => break,
+            }
+        }
+        // Write what is pending, then end every connection. On io_uring a dropped socket is
+        // closed at the runtime's next park, so the runtime runs a little longer for the
+        // closes (the listener's first) to go out.
+        {
+            let st = plane.st.borrow();
+            if let Some(p) = &st.state_file {
+                let _ = plane.persist.send((p.clone(), st.saved()));
+            }
+        }
+        drop(listener);
+        plane.stopping.set(true);
+        for &fd in plane.conns.borrow().iter() {
+            ringmesh_core::sys::shutdown(fd);
+        }
+        plane.signal.notify();
+        plane.progress.notify();
+        monoio::time::sleep(Duration::from_millis(50)).await;
+        if let Some(store) = &plane.store {
+            store.stop();
+        }
+    });
+}
+
+/// Applies the store's changes as they come.
+async fn follow(plane: Rc<Plane>, rx: flume::Receiver<replicated::Batch>) {
+    while let Ok(batch) = rx.recv_async().await {
+        let Some(store) = &plane.store else {
+            return;
+        };
+        // Reports and leader changes render nothing: the watches sleep on.
+        let rendered = replicated::apply(&mut plane.st.borrow_mut(), store, batch);
+        plane.progress.notify();
+        if rendered {
+            plane.changed();
+        }
+    }
+}
+
+/// Expires registrations, watches the mesh file, and writes the state file.
+async fn tick(plane: Rc<Plane>) {
+    let mut since_file_check = Duration::ZERO;
+    loop {
+        monoio::time::sleep(TICK).await;
+        let mut changed = false;
+        if let Some(store) = &plane.store {
+            // Registrations expire by their leases, in the store.
+            replicated::rewrite_reports(&plane, store);
+            let mut st = plane.st.borrow_mut();
+            replicated::took_lead(&st, store);
+            replicated::advance_ca(&st, store);
+            since_file_check += TICK;
+            // One write of the file at a time, so that two quick edits land in order.
+            if since_file_check >= Duration::from_millis(500) && !store.mesh_writing() {
+                since_file_check = Duration::ZERO;
+                if let Some((mesh, hash)) = changed_file(&mut st) {
+                    st.file_hash = hash;
+                    monoio::spawn(replicated::write_mesh(plane.clone(), mesh, hash));
+                }
+            }
+            continue;
+        }
+        {
+            let mut st = plane.st.borrow_mut();
+            let now = Instant::now();
+            let mut expired = 0;
+            let mut touched = Vec::new();
+            for (cluster, regs) in st.registrations.iter_mut() {
+                let before = regs.len();
+                regs.retain(|_, r| r.deadline > now);
+                if regs.len() < before {
+                    expired += before - regs.len();
+                    touched.push(cluster.clone());
+                }
+            }
+            st.registrations.retain(|_, m| !m.is_empty());
+            if expired > 0 {
+                tracing::info!(expired, "registrations expired");
+                st.changed_clusters(&touched);
+                changed = true;
+            }
+            let grace = st.mesh.ca.rotation_grace;
+            let ttl = st.mesh.ca.cert_ttl;
+            let all = st.all_have(st.rotation_version);
+            if st.ca.advance(all, grace, ttl) {
+                tracing::info!(issuer = %st.ca.current.fingerprint, "mesh CA rotation moved on");
+                st.changed();
+                changed = true;
+            }
+            since_file_check += TICK;
+            if since_file_check >= Duration::from_millis(500) {
+                since_file_check = Duration::ZERO;
+                changed |= reload_file(&mut st);
+            }
+            if st.dirty {
+                st.dirty = false;
+                if let Some(p) = &st.state_file {
+                    let _ = plane.persist.send((p.clone(), st.saved()));
+                }
+            }
+        }
+        if changed {
+            plane.changed();
+        }
+    }
+}
+
+/// Applies the mesh file if it changed and is valid; a bad file leaves the state in force.
+fn reload_file(st: &mut State) -> bool {
+    let Some((m, hash)) = changed_file(st) else {
+        return false;
+    };
+    st.mesh = m;
+    st.file_hash = hash;
+    st.changed();
+    tracing::info!(version = st.version, "mesh file applied");
+    true
+}
+
+/// The mesh file when it changed and is valid, and its fingerprint; a bad file is reported and
+/// leaves the state in force.
+fn changed_file(st: &mut State) -> Option<(Mesh, u64)> {
+    let stamp = st.stamp();
+    if stamp.is_none() || stamp == st.file_stamp {
+        return None;
+    }
+    st.file_stamp = stamp;
+    let text = match read(&st.source) {
+        Ok(t) => t,
+        Err(e) => {
+            st.file_error = Some(e);
+            return None;
+        }
+    };
+    let hash = fingerprint(&text);
+    if hash == st.file_hash {
+        return None;
+    }
+    match Mesh::parse(&text) {
+        Ok(m) => {
+            if m.bind != st.mesh.bind {
+                tracing::warn!("bind changes take effect on restart");
+            }
+            st.file_error = None;
+            Some((m, hash))
+        }
+        Err(errs) => {
+            for e in &errs {
+                tracing::error!(error = %e, "mesh file refused; the state in force stays");
+            }
+            st.file_error = Some(
+                errs.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+            None
+        }
+    }
+}
+
+/// The state-file thread: writes the latest state (to a temporary file, then renamed).
+fn write_loop(rx: &flume::Receiver<(PathBuf, Vec<u8>)>) {
+    while let Ok(mut job) = rx.recv() {
+        while let Ok(newer) = rx.try_recv() {
+            job = newer;
+        }
+        let (path, data) = job;
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".tmp");
+        let r = std::fs::write(&tmp, &data).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = r {
+            tracing::error!(path = %path.display(), error = %e, "cannot write the state file");
+        }
+    }
+}
