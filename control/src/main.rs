@@ -8,8 +8,9 @@ use anyhow::{Context, bail};
 use ringmesh_control::config::Config;
 use ringmesh_control::config::decode::parse_duration;
 use ringmesh_control::mesh::agent::ControlSource;
+use ringmesh_control::mesh::client::Trust;
 use ringmesh_control::mesh::etcd::Cluster;
-use ringmesh_control::mesh::{ControlOptions, ControlPlane, MeshSource, StoreOptions};
+use ringmesh_control::mesh::{ApiTls, ControlOptions, ControlPlane, MeshSource, StoreOptions};
 use ringmesh_control::{ConfigSource, Proxy, ProxyOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
@@ -19,19 +20,26 @@ ringmesh: service-mesh proxy
 USAGE:
     ringmesh                              run the proxy on the embedded default config
     ringmesh proxy --config FILE          run the proxy from a YAML file (reloaded on change and SIGHUP)
-    ringmesh proxy --control URL[,URL...] --node NAME [--cache FILE]
-                   [--token-file FILE] [--identity-dir DIR]
-                                          run the proxy fed by a control plane; --cache keeps the
-                                          last snapshot applied, to start without the control
-                                          plane; the token (or $RINGMESH_TOKEN) proves the node's
-                                          identity to the mesh CA
+    ringmesh proxy --control https://HOST:PORT[,...] --node NAME
+                   (--control-ca FILE | --control-ca-sha256 HEX)
+                   [--cache FILE] [--token-file FILE] [--identity-dir DIR]
+                                          run the proxy fed by a control plane, whose
+                                          certificate must chain to the CA in FILE, or to the CA
+                                          whose key has that SHA-256 (pinned); the token (or
+                                          $RINGMESH_TOKEN) gets the node its first certificate,
+                                          then it renews with it; --identity-dir keeps that
+                                          identity across restarts (default: memory only);
+                                          --cache keeps the last snapshot, to start without the
+                                          control plane
     ringmesh control --config MESH.yaml [--bind ADDR] [--state FILE]
+                     [--tls-cert FILE --tls-key FILE]
                      [--etcd URL[,URL...] [--etcd-prefix PREFIX]
                       [--etcd-ca FILE [--etcd-cert FILE --etcd-key FILE]]]
-                                          run the control plane; with --etcd, replicas share
-                                          their state in etcd (the file seeds an empty store);
-                                          https:// URLs need --etcd-ca, and a client
-                                          certificate where etcd asks for one
+                                          run the control plane, its API over TLS (its
+                                          certificate from the mesh CA, or FILE); with --etcd,
+                                          replicas share their state in etcd (the file seeds an
+                                          empty store); https:// URLs need --etcd-ca, and a
+                                          client certificate where etcd asks for one
     ringmesh check FILE                   validate a config; print every error
 
 OPTIONS:
@@ -40,6 +48,8 @@ OPTIONS:
     --log-format text|json log format (default: text)
     --log-level LEVEL      error, warn, info, debug or trace (default: info)
     --drain-timeout DUR    on SIGTERM/SIGINT, time to let requests finish (default: 10s)
+    --insecure-plaintext   control API in cleartext (both on `control` and on `proxy`, with
+                           http:// URLs): tokens and snapshots unprotected; loopback only
     -h, --help             this help
     -V, --version          the version
 ";
@@ -55,6 +65,11 @@ struct Args {
     cache: Option<PathBuf>,
     token_file: Option<PathBuf>,
     identity_dir: Option<PathBuf>,
+    control_ca: Option<PathBuf>,
+    control_ca_sha256: Option<String>,
+    insecure_plaintext: bool,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     state: Option<PathBuf>,
     etcd: Option<String>,
     etcd_prefix: Option<String>,
@@ -89,6 +104,11 @@ fn parse_args() -> anyhow::Result<Args> {
             Long("cache") => a.cache = Some(p.value()?.into()),
             Long("token-file") => a.token_file = Some(p.value()?.into()),
             Long("identity-dir") => a.identity_dir = Some(p.value()?.into()),
+            Long("control-ca") => a.control_ca = Some(p.value()?.into()),
+            Long("control-ca-sha256") => a.control_ca_sha256 = Some(p.value()?.string()?),
+            Long("insecure-plaintext") => a.insecure_plaintext = true,
+            Long("tls-cert") => a.tls_cert = Some(p.value()?.into()),
+            Long("tls-key") => a.tls_key = Some(p.value()?.into()),
             Long("state") => a.state = Some(p.value()?.into()),
             Long("etcd") => a.etcd = Some(p.value()?.string()?),
             Long("etcd-prefix") => a.etcd_prefix = Some(p.value()?.string()?),
@@ -134,13 +154,30 @@ fn init_logging(format: Option<&str>, level: Option<&str>) -> anyhow::Result<()>
     };
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr);
+        .with_writer(|| LogOut);
     match format.unwrap_or("text") {
         "text" => builder.with_ansi(false).init(),
         "json" => builder.json().init(),
         other => bail!("--log-format: `{other}` is not text or json"),
     }
     Ok(())
+}
+
+/// Standard error for the log, where a failed write loses the line and nothing else: a log
+/// reader that went away (a collector restarting, `| head`) must not take the proxy with it
+/// (tracing-subscriber reports a write error with `eprintln!`, which panics on a closed pipe).
+struct LogOut;
+
+impl std::io::Write for LogOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 fn check(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -168,8 +205,19 @@ fn proxy(a: Args) -> anyhow::Result<ExitCode> {
     let source = match (a.config, a.control, a.node) {
         (Some(_), Some(_), _) => bail!("--config and --control: choose one"),
         (_, Some(urls), Some(node)) => {
-            let mut s =
-                ControlSource::parse(&urls, &node, a.cache).map_err(|e| anyhow::anyhow!(e))?;
+            let trust = match (&a.control_ca, &a.control_ca_sha256) {
+                (Some(_), Some(_)) => bail!("--control-ca and --control-ca-sha256: choose one"),
+                (Some(f), None) => Some(Trust::ca_file(f).map_err(|e| anyhow::anyhow!(e))?),
+                (None, Some(h)) => Some(Trust::pin(h).map_err(|e| anyhow::anyhow!(e))?),
+                (None, None) => None,
+            };
+            let mut s = ControlSource::parse(&urls, &node, a.cache, trust, a.insecure_plaintext)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            if a.insecure_plaintext {
+                tracing::warn!(
+                    "--insecure-plaintext: the control plane is reached in cleartext; snapshots are unauthenticated"
+                );
+            }
             s.token = match &a.token_file {
                 Some(f) => Some(
                     std::fs::read_to_string(f)
@@ -280,12 +328,20 @@ fn control(a: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let tls = match (a.insecure_plaintext, a.tls_cert, a.tls_key) {
+        (true, None, None) => ApiTls::Plaintext,
+        (true, _, _) => bail!("--insecure-plaintext and --tls-cert/--tls-key: choose one"),
+        (false, Some(cert), Some(key)) => ApiTls::Files { cert, key },
+        (false, None, None) => ApiTls::Mesh,
+        (false, _, _) => bail!("--tls-cert and --tls-key go together"),
+    };
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let plane = match ControlPlane::start(ControlOptions {
         source: MeshSource::File(config.clone()),
         bind,
         state_file: a.state,
         store,
+        tls,
     }) {
         Ok(p) => p,
         Err(errors) => {

@@ -83,6 +83,55 @@ pub fn parse_cpu_list(list: &str) -> Vec<usize> {
 
 /// Shuts a socket down both ways: its peer sees the end at once, and operations pending on it
 /// complete, even before the descriptor itself is closed.
+/// The effective user id of this process.
+#[allow(unsafe_code)]
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The IP addresses of this host's interfaces (for a certificate a server bound to every
+/// address presents). Empty when they cannot be listed.
+#[allow(unsafe_code)]
+pub fn local_addresses() -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list that freeifaddrs releases; every node
+    // and address is read only while the list lives, and each sockaddr is read as the type its
+    // family names.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return out;
+        }
+        let mut at = list;
+        while !at.is_null() {
+            let a = (*at).ifa_addr;
+            if !a.is_null() {
+                match i32::from((*a).sa_family) {
+                    libc::AF_INET => {
+                        let v4 = &*(a as *const libc::sockaddr_in);
+                        out.push(std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+                            u32::from_be(v4.sin_addr.s_addr),
+                        )));
+                    }
+                    libc::AF_INET6 => {
+                        let v6 = &*(a as *const libc::sockaddr_in6);
+                        out.push(std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+                            v6.sin6_addr.s6_addr,
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            at = (*at).ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[allow(unsafe_code)]
 pub fn shutdown(fd: RawFd) {
     // SAFETY: `fd` is a socket the caller owns; shutdown(2) neither closes nor frees it.
@@ -235,6 +284,12 @@ impl AlignedBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loopback_address_is_among_the_local_ones() {
+        let addrs = local_addresses();
+        assert!(addrs.contains(&"127.0.0.1".parse().unwrap()), "{addrs:?}");
+    }
     use std::io::Write;
     use std::os::fd::AsRawFd;
 

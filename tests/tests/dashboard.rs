@@ -287,42 +287,35 @@ fn promtool_check(promtool: &PathBuf, text: &[u8]) {
 
 #[test]
 fn promtool_accepts_the_control_plane_metrics() {
-    use ringmesh_control::mesh::{ControlOptions, ControlPlane, MeshSource};
     let Some(promtool) = tool(&["promtool"]) else {
         return;
     };
     // A static endpoint, a DNS name and a registration: every source has series.
     let mesh = "clusters:\n  - { name: web, endpoints: [ { addr: 127.0.0.1:9 }, { dns: \"localhost:9\" } ] }\nnodes:\n  edge-1:\n    listeners:\n      - { name: edge, bind: 127.0.0.1:0, routes: [ { match: { path_prefix: / }, cluster: web } ] }\n";
-    let cp = ControlPlane::start(ControlOptions {
-        source: MeshSource::Text(mesh.into()),
-        bind: Some("127.0.0.1:0".parse().unwrap()),
-        state_file: None,
-        store: None,
-    })
-    .expect("control plane starts");
-    let mut c = Client::connect(cp.addr());
-    let body = r#"{"addr":"127.0.0.1:10","ttl":"1m"}"#;
-    c.send(
-        format!(
-            "PUT /v1/clusters/web/endpoints/a HTTP/1.1\r\nHost: c\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
+    let cp = ringmesh_tests::mesh::plane(mesh);
+    let at = ringmesh_tests::mesh::At::of(&cp);
+    let body = serde_json::json!({"addr": "127.0.0.1:10", "ttl": "1m"});
+    let (status, _) = at.call("PUT", "/v1/clusters/web/endpoints/a", Some(&body), None);
+    assert_eq!(status, 200);
+    // A refusal, so that the refusal counter has a series too.
+    let anonymous = ringmesh_tests::mesh::Who::anonymous(&at.pin);
+    assert_eq!(
+        at.call_as(&anonymous, "GET", "/v1/config", None, None).0,
+        401
     );
-    assert_eq!(c.response(false).status, 200);
-    let metrics = |c: &mut Client| {
-        c.send(b"GET /metrics HTTP/1.1\r\nHost: c\r\n\r\n");
-        c.response(false).body
-    };
-    let mut text = metrics(&mut c);
+    let mut text = at.text("/metrics");
     assert!(
         eventually(Duration::from_secs(10), || {
-            text = metrics(&mut c);
-            String::from_utf8_lossy(&text).contains("source=\"dns\",name=\"localhost:9\"")
+            text = at.text("/metrics");
+            text.contains("source=\"dns\",name=\"localhost:9\"")
         }),
         "the DNS source never showed"
     );
-    promtool_check(&promtool, &text);
+    assert!(
+        text.contains("ringmesh_control_api_refused_total{"),
+        "{text}"
+    );
+    promtool_check(&promtool, text.as_bytes());
 }
 
 /// GET on Prometheus's HTTP API; the JSON answer.

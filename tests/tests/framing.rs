@@ -78,7 +78,9 @@ fn http1_chunk_extensions_and_forbidden_trailers_stay_behind_both_ways() {
             std::thread::sleep(Duration::from_millis(100));
         }
         let answer = read_chunked_message(&mut c);
-        let upstream_saw = seen.recv_timeout(Duration::from_secs(10)).expect("upstream");
+        let upstream_saw = seen
+            .recv_timeout(Duration::from_secs(10))
+            .expect("upstream");
         for (who, message) in [("upstream", &upstream_saw), ("client", &answer)] {
             assert!(
                 !message.contains("ext"),

@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ringmesh_control::mesh::agent::ControlSource;
+use ringmesh_control::Proxy;
 use ringmesh_control::mesh::etcd::Cluster;
-use ringmesh_control::mesh::{ControlOptions, ControlPlane, MeshSource, StoreOptions};
-use ringmesh_control::{ConfigSource, Proxy, ProxyOptions};
+use ringmesh_control::mesh::{ApiTls, ControlOptions, ControlPlane, MeshSource, StoreOptions};
+use ringmesh_tests::mesh::{At, Who, fed, node, plane, source};
 use ringmesh_tests::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -21,67 +21,15 @@ fn listener(name: &str, route: &str) -> String {
     )
 }
 
-fn plane(yaml: &str) -> ControlPlane {
-    ControlPlane::start(ControlOptions {
-        source: MeshSource::Text(yaml.to_string()),
-        bind: Some("127.0.0.1:0".parse().expect("addr")),
-        state_file: None,
-        store: None,
-    })
-    .expect("control plane starts")
-}
-
-fn control_proxy(planes: &[SocketAddr], node: &str, cache: Option<PathBuf>) -> Proxy {
-    let urls: Vec<String> = planes.iter().map(|a| format!("http://{a}")).collect();
-    start_fed(ControlSource::parse(&urls.join(","), node, cache).expect("source"))
-}
-
-/// A one-worker proxy fed by a control plane.
-fn start_fed(source: ControlSource) -> Proxy {
-    Proxy::start(ProxyOptions {
-        source: ConfigSource::Control(source),
-        workers: Some(1),
-        admin: Some("127.0.0.1:0".parse().expect("addr")),
-        drain_timeout: Duration::from_secs(2),
-        ..ProxyOptions::default()
-    })
-    .expect("proxy starts")
+/// A proxy for `node`, fed by the control planes at `at` (tried in turn).
+fn control_proxy(at: &[At], node: &str, cache: Option<PathBuf>) -> Proxy {
+    fed(source(at, node, cache))
 }
 
 /// Waits for the proxy's first snapshot; returns its `edge` listener.
 fn ready(p: &Proxy) -> SocketAddr {
     assert!(eventually(WAIT, || p.version() > 0), "no snapshot applied");
     p.listener_addr("edge").expect("edge is bound")
-}
-
-fn api(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-    if_match: Option<u64>,
-) -> (u16, Value) {
-    let mut c = Client::connect(addr);
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: control\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(v) = if_match {
-        head.push_str(&format!("If-Match: \"{v}\"\r\n"));
-    }
-    c.send(format!("{head}\r\n{body}").as_bytes());
-    let r = c.response(false);
-    (
-        r.status,
-        serde_json::from_str(&r.text()).unwrap_or(Value::Null),
-    )
-}
-
-fn get(addr: SocketAddr, path: &str) -> Value {
-    let (status, v) = api(addr, "GET", path, None, None);
-    assert_eq!(status, 200, "GET {path}: {v}");
-    v
 }
 
 fn body_of(edge: SocketAddr) -> (u16, String) {
@@ -92,10 +40,10 @@ fn body_of(edge: SocketAddr) -> (u16, String) {
     (r.status, r.text())
 }
 
-fn register(cp: SocketAddr, cluster: &str, id: &str, addr: SocketAddr, ttl: &str) -> u16 {
+/// Registers (or heartbeats) an instance, as the test admin.
+fn register(at: &At, cluster: &str, id: &str, addr: SocketAddr, ttl: &str) -> u16 {
     let body = json!({ "addr": addr.to_string(), "zone": "dc1", "ttl": ttl });
-    api(
-        cp,
+    at.call(
         "PUT",
         &format!("/v1/clusters/{cluster}/endpoints/{id}"),
         Some(&body),
@@ -104,26 +52,34 @@ fn register(cp: SocketAddr, cluster: &str, id: &str, addr: SocketAddr, ttl: &str
     .0
 }
 
+/// A proxy's admin API, in plain text.
+fn admin_text(addr: SocketAddr, path: &str) -> String {
+    let mut c = Client::connect(addr);
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes());
+    c.response(false).text()
+}
+
 #[test]
 fn instances_register_take_traffic_and_leave_when_heartbeats_stop() {
     let (a, b) = (Upstream::fixed("a"), Upstream::fixed("b"));
     let mesh = format!(
-        "clusters:\n  - {{ name: web, endpoints: [] }}\nnodes:\n  edge-1:\n{}",
-        listener("edge", "cluster: web")
+        "clusters:\n  - {{ name: web, endpoints: [] }}\nnodes:\n{}",
+        node("edge-1", &listener("edge", "cluster: web")),
     );
     let cp = plane(&mesh);
-    let proxy = control_proxy(&[cp.addr()], "edge-1", None);
+    let at = At::of(&cp);
+    let proxy = control_proxy(std::slice::from_ref(&at), "edge-1", None);
     let edge = ready(&proxy);
     assert_eq!(body_of(edge).0, 503, "no endpoint yet");
 
-    assert_eq!(register(cp.addr(), "web", "a-1", a.addr, "10s"), 200);
-    assert_eq!(register(cp.addr(), "web", "b-1", b.addr, "1s"), 200);
-    assert_eq!(register(cp.addr(), "nope", "x", b.addr, "1s"), 404);
+    assert_eq!(register(&at, "web", "a-1", a.addr, "10s"), 200);
+    assert_eq!(register(&at, "web", "b-1", b.addr, "1s"), 200);
+    assert_eq!(register(&at, "nope", "x", b.addr, "1s"), 404);
     let mut seen_b = false;
     assert!(
         eventually(WAIT, || {
             // Heartbeats keep b registered while the test looks for it.
-            register(cp.addr(), "web", "b-1", b.addr, "1s");
+            register(&at, "web", "b-1", b.addr, "1s");
             seen_b |= body_of(edge) == (200, "b".into());
             seen_b
         }),
@@ -132,7 +88,7 @@ fn instances_register_take_traffic_and_leave_when_heartbeats_stop() {
     // b's heartbeats stop: it leaves, a (still within its TTL) takes everything.
     assert!(
         eventually(WAIT, || {
-            let clusters = get(cp.addr(), "/v1/clusters");
+            let clusters = at.get("/v1/clusters");
             clusters["clusters"]["web"]["endpoints"]
                 .as_array()
                 .map(Vec::len)
@@ -141,25 +97,17 @@ fn instances_register_take_traffic_and_leave_when_heartbeats_stop() {
         "b was not removed when its heartbeats stopped"
     );
     assert!(eventually(WAIT, || (0..20).all(|_| body_of(edge) == (200, "a".into()))));
-    let nodes = get(cp.addr(), "/v1/nodes");
+    let nodes = at.get("/v1/nodes");
     assert!(
-        eventually(
-            WAIT,
-            || get(cp.addr(), "/v1/nodes")["nodes"]["edge-1"]["in_sync"] == true
-        ),
+        eventually(WAIT, || at.get("/v1/nodes")["nodes"]["edge-1"]["in_sync"]
+            == true),
         "{nodes}"
     );
     // Deregistration removes at once.
-    let (status, _) = api(
-        cp.addr(),
-        "DELETE",
-        "/v1/clusters/web/endpoints/a-1",
-        None,
-        None,
-    );
+    let (status, _) = at.call("DELETE", "/v1/clusters/web/endpoints/a-1", None, None);
     assert_eq!(status, 200);
     assert!(eventually(WAIT, || body_of(edge).0 == 503));
-    let metrics = get_text(cp.addr(), "/metrics");
+    let metrics = at.text("/metrics");
     assert_eq!(
         metric_value(
             &metrics,
@@ -172,40 +120,36 @@ fn instances_register_take_traffic_and_leave_when_heartbeats_stop() {
 /// Cluster `web` with one endpoint, and node `edge-1` routing everything to it.
 fn web_mesh(up: SocketAddr) -> String {
     format!(
-        "clusters:\n  - {{ name: web, endpoints: [ {{ addr: {up} }} ] }}\nnodes:\n  edge-1:\n{}",
-        listener("edge", "cluster: web")
+        "clusters:\n  - {{ name: web, endpoints: [ {{ addr: {up} }} ] }}\nnodes:\n{}",
+        node("edge-1", &listener("edge", "cluster: web")),
     )
-}
-
-fn get_text(addr: SocketAddr, path: &str) -> String {
-    let mut c = Client::connect(addr);
-    c.send(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes());
-    c.response(false).text()
 }
 
 #[test]
 fn the_api_refuses_races_and_invalid_changes_and_changes_nothing() {
     let up = Upstream::fixed("a");
     let cp = plane(&web_mesh(up.addr));
-    let v0 = get(cp.addr(), "/v1/config")["version"]
-        .as_u64()
-        .expect("version");
+    let at = At::of(&cp);
+    let v0 = at.get("/v1/config")["version"].as_u64().expect("version");
     let path = "/v1/config/nodes/edge-1/listeners/0/routes/0/cluster";
-    assert_eq!(get(cp.addr(), path)["value"], "web");
+    assert_eq!(at.get(path)["value"], "web");
     // A request target that is not a path is refused, and the API goes on.
-    let r = one_shot(
-        cp.addr(),
-        b"PUT v1/config HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
-    );
-    assert_eq!(r.status, 400);
-    assert_eq!(get(cp.addr(), path)["value"], "web");
+    let admin = Who::admin(&at.pin);
+    let (status, _) = at
+        .raw(
+            &admin,
+            &format!(
+                "PUT v1/config HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+                at.addr
+            ),
+        )
+        .expect("answered");
+    assert_eq!(status, 400);
+    assert_eq!(at.get(path)["value"], "web");
     // No version: refused.
-    assert_eq!(
-        api(cp.addr(), "PUT", path, Some(&json!("web")), None).0,
-        428
-    );
+    assert_eq!(at.call("PUT", path, Some(&json!("web")), None).0, 428);
     // A change that points at a cluster that does not exist: every error, by field.
-    let (status, v) = api(cp.addr(), "PUT", path, Some(&json!("nope")), Some(v0));
+    let (status, v) = at.call("PUT", path, Some(&json!("nope")), Some(v0));
     assert_eq!(status, 422, "{v}");
     assert!(
         v["errors"][0]
@@ -215,72 +159,62 @@ fn the_api_refuses_races_and_invalid_changes_and_changes_nothing() {
     );
     // A valid change, then a second change made against the first version: refused.
     let add = json!({ "name": "api", "endpoints": [ { "addr": up.addr.to_string() } ] });
-    let (status, v) = api(
-        cp.addr(),
-        "PUT",
-        "/v1/config/clusters/-",
-        Some(&add),
-        Some(v0),
-    );
+    let (status, v) = at.call("PUT", "/v1/config/clusters/-", Some(&add), Some(v0));
     assert_eq!(status, 200, "{v}");
     let v1 = v["version"].as_u64().expect("version");
     assert!(v1 > v0);
-    let (status, v) = api(cp.addr(), "PUT", path, Some(&json!("api")), Some(v0));
+    let (status, v) = at.call("PUT", path, Some(&json!("api")), Some(v0));
     assert_eq!(status, 409, "{v}");
     assert_eq!(v["version"], v1);
     assert_eq!(
-        get(cp.addr(), path)["value"],
+        at.get(path)["value"],
         "web",
         "the refused change was not applied"
     );
-    assert_eq!(
-        api(cp.addr(), "PUT", path, Some(&json!("api")), Some(v1)).0,
-        200
-    );
-    assert_eq!(get(cp.addr(), path)["value"], "api");
+    assert_eq!(at.call("PUT", path, Some(&json!("api")), Some(v1)).0, 200);
+    assert_eq!(at.get(path)["value"], "api");
     // Bad bodies and unknown places.
-    assert_eq!(
-        api(cp.addr(), "GET", "/v1/config/nodes/nobody", None, None).0,
-        404
-    );
-    assert_eq!(
-        api(
-            cp.addr(),
-            "PUT",
-            "/v1/clusters/web/endpoints/x",
-            Some(&json!({"addr": "nowhere"})),
-            None
+    assert_eq!(at.call("GET", "/v1/config/nodes/nobody", None, None).0, 404);
+    // A registration a proxy would refuse is refused here, naming the field.
+    for (body, field) in [
+        (json!({"addr": "nowhere"}), "addr"),
+        (json!({"addr": "127.0.0.1:1", "ttl": "0s"}), "ttl"),
+    ] {
+        let (status, v) = at.call("PUT", "/v1/clusters/web/endpoints/x", Some(&body), None);
+        assert_eq!(status, 422, "{v}");
+        assert!(
+            v["errors"][0]
+                .as_str()
+                .is_some_and(|e| e.starts_with(field)),
+            "{v}"
+        );
+    }
+    // Only a node's own proxy watches it.
+    assert_eq!(at.call("GET", "/v1/watch/edge-1", None, None).0, 403);
+    let (status, _) = at
+        .raw(
+            &admin,
+            &format!(
+                "PUT /v1/config HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nIf-Match: *\r\nContent-Length: 5\r\n\r\n{{nope",
+                at.addr,
+                ringmesh_tests::mesh::ADMIN_TOKEN
+            ),
         )
-        .0,
-        400
-    );
-    assert_eq!(
-        api(
-            cp.addr(),
-            "PUT",
-            "/v1/clusters/web/endpoints/x",
-            Some(&json!({"addr": "127.0.0.1:1", "ttl": "0s"})),
-            None
-        )
-        .0,
-        400
-    );
-    assert_eq!(api(cp.addr(), "GET", "/v1/watch/nobody", None, None).0, 404);
-    let mut c = Client::connect(cp.addr());
-    c.send(b"PUT /v1/config HTTP/1.1\r\nHost: a\r\nIf-Match: *\r\nContent-Length: 5\r\n\r\n{nope");
-    assert_eq!(c.response(false).status, 400);
+        .expect("answered");
+    assert_eq!(status, 400);
 }
 
 #[test]
 fn dns_names_are_resolved_and_a_failing_name_keeps_the_rest() {
     let up = Upstream::fixed("found");
     let mesh = format!(
-        "dns_interval: 200ms\nclusters:\n  - name: web\n    endpoints:\n      - {{ dns: \"localhost:{}\" }}\n      - {{ dns: \"ringmesh-test.invalid:80\" }}\nnodes:\n  edge-1:\n{}",
+        "dns_interval: 200ms\nclusters:\n  - name: web\n    endpoints:\n      - {{ dns: \"localhost:{}\" }}\n      - {{ dns: \"ringmesh-test.invalid:80\" }}\nnodes:\n{}",
         up.addr.port(),
-        listener("edge", "cluster: web")
+        node("edge-1", &listener("edge", "cluster: web")),
     );
     let cp = plane(&mesh);
-    let proxy = control_proxy(&[cp.addr()], "edge-1", None);
+    let at = At::of(&cp);
+    let proxy = control_proxy(std::slice::from_ref(&at), "edge-1", None);
     let edge = ready(&proxy);
     assert!(
         eventually(WAIT, || body_of(edge) == (200, "found".into())),
@@ -289,11 +223,11 @@ fn dns_names_are_resolved_and_a_failing_name_keeps_the_rest() {
     // The failing name may take longer to fail than the other to resolve.
     assert!(
         eventually(WAIT, || {
-            get(cp.addr(), "/v1/clusters")["clusters"]["web"]["dns"][1]["error"].is_string()
+            at.get("/v1/clusters")["clusters"]["web"]["dns"][1]["error"].is_string()
         }),
         "the failing name shows no error"
     );
-    let clusters = get(cp.addr(), "/v1/clusters");
+    let clusters = at.get("/v1/clusters");
     let dns = &clusters["clusters"]["web"]["dns"];
     assert!(
         dns[0]["addrs"]
@@ -301,7 +235,7 @@ fn dns_names_are_resolved_and_a_failing_name_keeps_the_rest() {
             .is_some_and(|a| a.contains(&json!(up.addr.to_string()))),
         "{clusters}"
     );
-    let metrics = get_text(cp.addr(), "/metrics");
+    let metrics = at.text("/metrics");
     assert_eq!(
         metric_value(
             &metrics,
@@ -316,16 +250,16 @@ fn dns_names_are_resolved_and_a_failing_name_keeps_the_rest() {
 fn a_snapshot_the_proxy_refuses_leaves_it_on_the_old_one_and_is_reported() {
     let up = Upstream::fixed("a");
     let cp = plane(&web_mesh(up.addr));
-    let proxy = control_proxy(&[cp.addr()], "edge-1", None);
+    let at = At::of(&cp);
+    let proxy = control_proxy(std::slice::from_ref(&at), "edge-1", None);
     let edge = ready(&proxy);
     assert_eq!(body_of(edge), (200, "a".into()));
     let applied = proxy.version();
     // Valid for the control plane, but the address is taken on the proxy's host.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let v = get(cp.addr(), "/v1/config")["version"].as_u64();
+    let v = at.get("/v1/config")["version"].as_u64();
     let path = "/v1/config/nodes/edge-1/listeners/0/bind";
-    let (status, r) = api(
-        cp.addr(),
+    let (status, r) = at.call(
         "PUT",
         path,
         Some(&json!(taken.local_addr().expect("addr").to_string())),
@@ -335,18 +269,18 @@ fn a_snapshot_the_proxy_refuses_leaves_it_on_the_old_one_and_is_reported() {
     let wanted = r["version"].as_u64();
     assert!(
         eventually(WAIT, || {
-            let n = &get(cp.addr(), "/v1/nodes")["nodes"]["edge-1"];
+            let n = &at.get("/v1/nodes")["nodes"]["edge-1"];
             n["last_rejection"]["version"].as_u64() == wanted
                 && n["last_rejection"]["error"]
                     .as_str()
                     .is_some_and(|e| e.contains("cannot bind"))
         }),
         "{}",
-        get(cp.addr(), "/v1/nodes")
+        at.get("/v1/nodes")
     );
     assert_eq!(proxy.version(), applied, "the proxy stays on its config");
     assert_eq!(body_of(edge), (200, "a".into()));
-    let metrics = get_text(proxy.admin_addr(), "/metrics");
+    let metrics = admin_text(proxy.admin_addr(), "/metrics");
     assert_eq!(
         metric_value(&metrics, "ringmesh_config_reloads_total{result=\"error\"}"),
         Some(1.0)
@@ -355,7 +289,7 @@ fn a_snapshot_the_proxy_refuses_leaves_it_on_the_old_one_and_is_reported() {
         metric_value(&metrics, "ringmesh_control_connected"),
         Some(1.0)
     );
-    let n = &get(cp.addr(), "/v1/nodes")["nodes"]["edge-1"];
+    let n = &at.get("/v1/nodes")["nodes"]["edge-1"];
     assert_eq!(n["in_sync"], false, "{n}");
 }
 
@@ -368,11 +302,15 @@ fn proxies_serve_without_the_control_plane_converge_when_it_returns_and_restart_
         )
     };
     let nodes = format!(
-        "nodes:\n  edge-1:\n{}  edge-2:\n{}",
-        listener("edge", "cluster: web"),
-        listener("edge", "cluster: web")
+        "nodes:\n{}{}",
+        node("edge-1", &listener("edge", "cluster: web")),
+        node("edge-2", &listener("edge", "cluster: web")),
     );
-    let file = temp_config("mesh-converge", &format!("{}{nodes}", cluster(a.addr)));
+    let admins = ringmesh_tests::mesh::admin_section();
+    let file = temp_config(
+        "mesh-converge",
+        &format!("{admins}{}{nodes}", cluster(a.addr)),
+    );
     let cache = file.with_file_name("edge-1.snapshot.json");
     let _ = std::fs::remove_file(&cache);
     let _ = std::fs::remove_file(file.with_file_name("config.yaml.state.json"));
@@ -381,26 +319,28 @@ fn proxies_serve_without_the_control_plane_converge_when_it_returns_and_restart_
         bind: Some("127.0.0.1:0".parse().expect("addr")),
         state_file: None,
         store: None,
+        tls: ApiTls::Mesh,
     };
     let cp = ControlPlane::start(opts.clone()).expect("control plane");
+    let at = At::of(&cp);
     let addr = cp.addr();
     // A second address where nothing listens: proxies try it in turn.
-    let dead = free_port();
-    let p1 = control_proxy(&[dead, addr], "edge-1", Some(cache.clone()));
-    let p2 = control_proxy(&[addr, dead], "edge-2", None);
+    let dead = at.with_addr(free_port());
+    let p1 = control_proxy(&[dead.clone(), at.clone()], "edge-1", Some(cache.clone()));
+    let p2 = control_proxy(&[at.clone(), dead], "edge-2", None);
     let (e1, e2) = (ready(&p1), ready(&p2));
     assert_eq!(body_of(e1), (200, "a".into()));
     assert_eq!(body_of(e2), (200, "a".into()));
-    assert_eq!(register(addr, "spare", "s-1", free_port(), "1h"), 200);
+    assert_eq!(register(&at, "spare", "s-1", free_port(), "1h"), 200);
 
     cp.stop();
     assert!(eventually(WAIT, || {
         metric_value(
-            &get_text(p1.admin_addr(), "/metrics"),
+            &admin_text(p1.admin_addr(), "/metrics"),
             "ringmesh_control_connected",
         ) == Some(0.0)
             && metric_value(
-                &get_text(p2.admin_addr(), "/metrics"),
+                &admin_text(p2.admin_addr(), "/metrics"),
                 "ringmesh_control_connected",
             ) == Some(0.0)
     }));
@@ -409,7 +349,7 @@ fn proxies_serve_without_the_control_plane_converge_when_it_returns_and_restart_
         assert_eq!(body_of(e2), (200, "a".into()));
     }
     // The mesh changes while the control plane is away; it comes back on the same address.
-    write_atomically(&file, &format!("{}{nodes}", cluster(b.addr)));
+    write_atomically(&file, &format!("{admins}{}{nodes}", cluster(b.addr)));
     let cp = ControlPlane::start(ControlOptions {
         bind: Some(addr),
         ..opts.clone()
@@ -419,17 +359,17 @@ fn proxies_serve_without_the_control_plane_converge_when_it_returns_and_restart_
         eventually(WAIT, || body_of(e1) == (200, "b".into())
             && body_of(e2) == (200, "b".into())),
         "{} {:?} {:?}\n{}",
-        get(addr, "/v1/nodes"),
+        at.get("/v1/nodes"),
         body_of(e1),
         body_of(e2),
-        get_text(p1.admin_addr(), "/metrics")
+        admin_text(p1.admin_addr(), "/metrics")
             .lines()
             .filter(|l| l.contains("control") || l.contains("config"))
             .collect::<Vec<_>>()
             .join("\n")
     );
     // The registration survived the restart (state file).
-    let clusters = get(addr, "/v1/clusters");
+    let clusters = at.get("/v1/clusters");
     assert_eq!(
         clusters["clusters"]["spare"]["endpoints"]
             .as_array()
@@ -437,7 +377,7 @@ fn proxies_serve_without_the_control_plane_converge_when_it_returns_and_restart_
         Some(1),
         "{clusters}"
     );
-    let metrics = get_text(p1.admin_addr(), "/metrics");
+    let metrics = admin_text(p1.admin_addr(), "/metrics");
     assert!(metric_value(&metrics, "ringmesh_control_snapshot_version").is_some_and(|v| v > 0.0));
     assert!(metric_value(&metrics, "ringmesh_config_age_seconds").is_some());
 
@@ -446,16 +386,21 @@ fn proxies_serve_without_the_control_plane_converge_when_it_returns_and_restart_
         .is_ok_and(|c| c.contains(&b.addr.to_string()))));
     drop(p1);
     cp.stop();
-    let p1 = control_proxy(&[addr], "edge-1", Some(cache.clone()));
+    let p1 = control_proxy(std::slice::from_ref(&at), "edge-1", Some(cache.clone()));
     let e1 = ready(&p1);
     assert_eq!(body_of(e1).1, "b");
-    let ready_answer = get_text(p1.admin_addr(), "/ready");
+    let ready_answer = admin_text(p1.admin_addr(), "/ready");
     assert!(ready_answer.contains("ready"), "{ready_answer}");
 }
 
 #[test]
 fn a_proxy_is_not_ready_before_its_first_snapshot() {
-    let proxy = control_proxy(&[free_port()], "edge-1", None);
+    let nowhere = At {
+        addr: free_port(),
+        pin: "00".repeat(32),
+        learned: None,
+    };
+    let proxy = control_proxy(&[nowhere], "edge-1", None);
     let r = {
         let mut c = Client::connect(proxy.admin_addr());
         c.send(
@@ -478,38 +423,33 @@ fn a_weight_shift_under_load_moves_traffic_on_every_proxy_and_fails_nothing() {
         format!("split: [ {{ cluster: a, weight: {wa} }}, {{ cluster: b, weight: {wb} }} ]")
     };
     let mesh = format!(
-        "clusters:\n  - {{ name: a, endpoints: [ {{ addr: {} }} ] }}\n  - {{ name: b, endpoints: [ {{ addr: {} }} ] }}\nnodes:\n  edge-1:\n{}  edge-2:\n{}",
+        "clusters:\n  - {{ name: a, endpoints: [ {{ addr: {} }} ] }}\n  - {{ name: b, endpoints: [ {{ addr: {} }} ] }}\nnodes:\n{}{}",
         a.addr,
         b.addr,
-        listener("edge", &split(100, 0)),
-        listener("edge", &split(100, 0)),
+        node("edge-1", &listener("edge", &split(100, 0))),
+        node("edge-2", &listener("edge", &split(100, 0))),
     );
     let cp = plane(&mesh);
+    let at = At::of(&cp);
     let (p1, p2) = (
-        control_proxy(&[cp.addr()], "edge-1", None),
-        control_proxy(&[cp.addr()], "edge-2", None),
+        control_proxy(std::slice::from_ref(&at), "edge-1", None),
+        control_proxy(std::slice::from_ref(&at), "edge-2", None),
     );
     let (e1, e2) = (ready(&p1), ready(&p2));
     let (l1, l2) = (Load::start(e1, 4, "/"), Load::start(e2, 4, "/"));
     std::thread::sleep(Duration::from_millis(300));
     // One change for the whole mesh: both nodes' splits from 100/0 to 0/100.
-    let state = get(cp.addr(), "/v1/config");
+    let state = at.get("/v1/config");
     let mut doc = state["config"].clone();
     for node in ["edge-1", "edge-2"] {
         doc["nodes"][node]["listeners"][0]["routes"][0]["split"] =
             json!([{ "cluster": "a", "weight": 0 }, { "cluster": "b", "weight": 100 }]);
     }
-    let (status, r) = api(
-        cp.addr(),
-        "PUT",
-        "/v1/config",
-        Some(&doc),
-        state["version"].as_u64(),
-    );
+    let (status, r) = at.call("PUT", "/v1/config", Some(&doc), state["version"].as_u64());
     assert_eq!(status, 200, "{r}");
     let version = r["version"].as_u64();
     assert!(eventually(WAIT, || {
-        let n = get(cp.addr(), "/v1/nodes");
+        let n = at.get("/v1/nodes");
         ["edge-1", "edge-2"]
             .iter()
             .all(|node| n["nodes"][node]["applied_version"].as_u64() == version)
@@ -533,14 +473,20 @@ fn a_weight_shift_under_load_moves_traffic_on_every_proxy_and_fails_nothing() {
     }
 }
 
-fn identity_proxy(cp: SocketAddr, node: &str, token: &str) -> Proxy {
-    let mut source = ControlSource::parse(&cp.to_string(), node, None).expect("source");
-    source.token = Some(token.to_string());
-    source.identity_dir = Some(std::env::temp_dir().join(format!(
-        "ringmesh-test-identity-{}-{node}",
-        std::process::id()
-    )));
-    start_fed(source)
+/// A proxy for `node` with bootstrap token `token`; with `on_disk`, its identity is also kept
+/// in a fresh private directory.
+fn identity_proxy(at: &At, node: &str, token: &str, on_disk: bool) -> Proxy {
+    let mut s = source(std::slice::from_ref(at), node, None);
+    s.token = Some(token.to_string());
+    if on_disk {
+        let dir = std::env::temp_dir().join(format!(
+            "ringmesh-test-identity-{}-{node}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        s.identity_dir = Some(dir);
+    }
+    fed(s)
 }
 
 #[test]
@@ -580,16 +526,17 @@ nodes:
         caller("intruder", "intruder-token"),
     );
     let cp = plane(&mesh);
-    let back = identity_proxy(cp.addr(), "back", "back-token");
+    let at = At::of(&cp);
+    let back = identity_proxy(&at, "back", "back-token", true);
     assert!(
         eventually(WAIT, || back.version() > 0),
         "{}",
-        get(cp.addr(), "/v1/nodes")
+        at.get("/v1/nodes")
     );
     let inbound = back.listener_addr("inbound").expect("inbound");
-    assert_eq!(register(cp.addr(), "back", "back-1", inbound, "1h"), 200);
-    let front = identity_proxy(cp.addr(), "front", "front-token");
-    let intruder = identity_proxy(cp.addr(), "intruder", "intruder-token");
+    assert_eq!(register(&at, "back", "back-1", inbound, "1h"), 200);
+    let front = identity_proxy(&at, "front", "front-token", false);
+    let intruder = identity_proxy(&at, "intruder", "intruder-token", false);
     let (fe, ie) = (ready(&front), ready(&intruder));
     // The back proxy verified the caller's issued certificate and passed its identity on.
     assert!(
@@ -607,26 +554,34 @@ nodes:
         plain.try_response(false).is_err(),
         "plain text is not served by an mTLS listener"
     );
-    let mut c = Client::connect(cp.addr());
-    c.send(b"POST /v1/nodes/front/certificate HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer nope\r\nContent-Length: 2\r\n\r\n{}");
-    assert_eq!(c.response(false).status, 401);
+    let (status, _) = at.call_as(
+        &Who::bearer(&at.pin, "nope"),
+        "POST",
+        "/v1/nodes/front/certificate",
+        Some(&json!({})),
+        None,
+    );
+    assert_eq!(status, 401);
 
     // Under load: certificates renew at half their 4 s life, and the CA rotates.
     let load = Load::start(fe, 2, "/");
-    let issued_before = get(cp.addr(), "/v1/ca")["issued"].as_u64().expect("issued");
-    let first_issuer = get(cp.addr(), "/v1/ca")["issuer"].clone();
-    let (status, r) = api(cp.addr(), "POST", "/v1/ca/rotate", None, None);
+    let issued_before = at.get("/v1/ca")["issued"].as_u64().expect("issued");
+    let first_issuer = at.get("/v1/ca")["issuer"].clone();
+    let (status, r) = at.call("POST", "/v1/ca/rotate", None, None);
     assert_eq!(status, 200, "{r}");
-    assert_eq!(get(cp.addr(), "/v1/ca")["rotating"], true);
+    // An admin takes the new bundle while both authorities are in it.
+    let mut at = at;
+    at.learn();
+    assert_eq!(at.get("/v1/ca")["rotating"], true);
     // Every proxy took the new bundle, so the new authority issues; the old one is retired once
     // the certificates it issued have expired.
     assert!(
         eventually(WAIT, || {
-            let ca = get(cp.addr(), "/v1/ca");
+            let ca = at.get("/v1/ca");
             ca["rotating"] == false && ca["issuer"] != first_issuer && ca["previous"].is_null()
         }),
         "{}",
-        get(cp.addr(), "/v1/ca")
+        at.get("/v1/ca")
     );
     // Let every proxy renew under the new authority alone.
     std::thread::sleep(Duration::from_secs(3));
@@ -638,7 +593,7 @@ nodes:
         "every request succeeded through renewals and the rotation: {counts:?}"
     );
     assert!(ok > 0);
-    let issued = get(cp.addr(), "/v1/ca")["issued"].as_u64().expect("issued");
+    let issued = at.get("/v1/ca")["issued"].as_u64().expect("issued");
     assert!(
         issued >= issued_before + 3,
         "certificates were renewed: {issued_before} -> {issued}"
@@ -763,19 +718,17 @@ impl Drop for Etcd {
 
 fn replica(yaml: &str, etcd: &Etcd) -> ControlPlane {
     ControlPlane::start(ControlOptions {
-        source: MeshSource::Text(yaml.to_string()),
-        bind: Some("127.0.0.1:0".parse().expect("addr")),
-        state_file: None,
         store: Some(StoreOptions {
             etcd: Cluster::plain(vec![etcd.client.to_string()]),
             prefix: "/ringmesh-test/".into(),
         }),
+        ..ringmesh_tests::mesh::options(yaml)
     })
     .expect("replica starts")
 }
 
-fn endpoint_ids(cp: SocketAddr, cluster: &str) -> Vec<String> {
-    let v = get(cp, "/v1/clusters");
+fn endpoint_ids(cp: &At, cluster: &str) -> Vec<String> {
+    let v = cp.get("/v1/clusters");
     let mut ids: Vec<String> = v["clusters"][cluster]["endpoints"]
         .as_array()
         .into_iter()
@@ -792,8 +745,8 @@ fn endpoint_ids(cp: SocketAddr, cluster: &str) -> Vec<String> {
     ids
 }
 
-fn leader(cp: SocketAddr) -> bool {
-    metric_value(&get_text(cp, "/metrics"), "ringmesh_control_leader") == Some(1.0)
+fn leader(cp: &At) -> bool {
+    metric_value(&cp.text("/metrics"), "ringmesh_control_leader") == Some(1.0)
 }
 
 #[test]
@@ -807,29 +760,29 @@ fn two_replicas_on_one_etcd_agree_and_losing_one_loses_nothing() {
         Upstream::fixed("blue"),
     );
     let mesh = format!(
-        "clusters:\n  - {{ name: web, endpoints: [] }}\n  - {{ name: blue, endpoints: [ {{ addr: {} }} ] }}\n  - {{ name: named, endpoints: [ {{ dns: \"localhost:{}\" }} ] }}\nnodes:\n  edge-1:\n{}  edge-2:\n{}",
+        "clusters:\n  - {{ name: web, endpoints: [] }}\n  - {{ name: blue, endpoints: [ {{ addr: {} }} ] }}\n  - {{ name: named, endpoints: [ {{ dns: \"localhost:{}\" }} ] }}\nnodes:\n{}{}",
         blue.addr,
         a.addr.port(),
-        listener("edge", "cluster: web"),
-        listener("edge", "cluster: web")
+        node("edge-1", &listener("edge", "cluster: web")),
+        node("edge-2", &listener("edge", "cluster: web")),
     );
     let r1 = replica(&mesh, &etcd);
     // The second replica's file differs: the store, already seeded, wins.
     let r2 = replica(&mesh.replace("name: blue", "name: blue2"), &etcd);
-    let (x, y) = (r1.addr(), r2.addr());
+    let (x, y) = (At::of(&r1), At::of(&r2));
     assert_eq!(
-        get(y, "/v1/config")["config"]["clusters"][1]["name"],
+        y.get("/v1/config")["config"]["clusters"][1]["name"],
         "blue",
         "the second replica serves the store's desired state"
     );
-    let p1 = control_proxy(&[x, y], "edge-1", None);
-    let p2 = control_proxy(&[y, x], "edge-2", None);
+    let p1 = control_proxy(&[x.clone(), y.clone()], "edge-1", None);
+    let p2 = control_proxy(&[y.clone(), x.clone()], "edge-2", None);
     let (e1, e2) = (ready(&p1), ready(&p2));
 
     // Registered on one replica, served by both.
-    assert_eq!(register(x, "web", "a-1", a.addr, "10s"), 200);
+    assert_eq!(register(&x, "web", "a-1", a.addr, "10s"), 200);
     assert!(
-        eventually(WAIT, || endpoint_ids(y, "web") == ["a-1"]),
+        eventually(WAIT, || endpoint_ids(&y, "web") == ["a-1"]),
         "registration not replicated"
     );
     assert!(
@@ -841,7 +794,7 @@ fn two_replicas_on_one_etcd_agree_and_losing_one_loses_nothing() {
     // applied, whichever replica it watches.
     assert!(
         eventually(WAIT, || {
-            let (n1, n2) = (get(x, "/v1/nodes"), get(y, "/v1/nodes"));
+            let (n1, n2) = (x.get("/v1/nodes"), y.get("/v1/nodes"));
             ["edge-1", "edge-2"].iter().all(|n| {
                 n1["nodes"][n]["version"] == n2["nodes"][n]["version"]
                     && n1["nodes"][n]["in_sync"] == true
@@ -852,26 +805,26 @@ fn two_replicas_on_one_etcd_agree_and_losing_one_loses_nothing() {
     );
     // DNS is resolved once (by the leader) for both; one leader.
     assert!(
-        eventually(WAIT, || endpoint_ids(x, "named")
-            == endpoint_ids(y, "named")
-            && !endpoint_ids(y, "named").is_empty()),
+        eventually(WAIT, || endpoint_ids(&x, "named")
+            == endpoint_ids(&y, "named")
+            && !endpoint_ids(&y, "named").is_empty()),
         "DNS results are not shared"
     );
     assert!(
-        eventually(WAIT, || leader(x) != leader(y)),
+        eventually(WAIT, || leader(&x) != leader(&y)),
         "not exactly one leader"
     );
     // The mesh CA is one.
-    assert_eq!(get(x, "/v1/ca")["issuer"], get(y, "/v1/ca")["issuer"]);
+    assert_eq!(x.get("/v1/ca")["issuer"], y.get("/v1/ca")["issuer"]);
 
     // Two changes against the same version on two replicas: one wins, the other is refused.
-    let v = get(x, "/v1/config")["version"].as_u64().expect("version");
+    let v = x.get("/v1/config")["version"].as_u64().expect("version");
     let route = "/v1/config/nodes/edge-1/listeners/0/routes/0/cluster";
-    assert_eq!(api(x, "PUT", route, Some(&json!("blue")), Some(v)).0, 200);
-    let (status, body) = api(y, "PUT", route, Some(&json!("web")), Some(v));
+    assert_eq!(x.call("PUT", route, Some(&json!("blue")), Some(v)).0, 200);
+    let (status, body) = y.call("PUT", route, Some(&json!("web")), Some(v));
     assert_eq!(status, 409, "a racing change was not refused: {body}");
     assert_eq!(
-        get(y, route)["value"],
+        y.get(route)["value"],
         "blue",
         "the refused change was applied"
     );
@@ -883,32 +836,32 @@ fn two_replicas_on_one_etcd_agree_and_losing_one_loses_nothing() {
 
     // A heartbeat on the other replica keeps the registration; a registration without
     // heartbeats expires in the store, for both.
-    assert_eq!(register(y, "web", "a-1", a.addr, "10s"), 200);
-    assert_eq!(register(y, "web", "b-1", b.addr, "2s"), 200);
-    assert_eq!(endpoint_ids(y, "web"), ["a-1", "b-1"]);
+    assert_eq!(register(&y, "web", "a-1", a.addr, "10s"), 200);
+    assert_eq!(register(&y, "web", "b-1", b.addr, "2s"), 200);
+    assert_eq!(endpoint_ids(&y, "web"), ["a-1", "b-1"]);
     assert!(
-        eventually(WAIT, || endpoint_ids(x, "web") == ["a-1"]
-            && endpoint_ids(y, "web") == ["a-1"]),
+        eventually(WAIT, || endpoint_ids(&x, "web") == ["a-1"]
+            && endpoint_ids(&y, "web") == ["a-1"]),
         "an expired registration stayed"
     );
 
     // etcd goes away: the replicas serve what they have, refuse changes, and say so; when it
     // returns they take changes again.
     etcd.kill();
-    let store_up = |cp: SocketAddr| {
+    let store_up = |cp: &At| {
         metric_value(
-            &get_text(cp, "/metrics"),
+            &cp.text("/metrics"),
             "ringmesh_control_source_up{source=\"etcd\",name=\"store\"}",
         )
     };
     assert!(
-        eventually(WAIT, || store_up(x) == Some(0.0)
-            && store_up(y) == Some(0.0)),
+        eventually(WAIT, || store_up(&x) == Some(0.0)
+            && store_up(&y) == Some(0.0)),
         "a lost store does not show"
     );
-    let v = get(y, "/v1/config")["version"].as_u64().expect("version");
+    let v = y.get("/v1/config")["version"].as_u64().expect("version");
     assert_eq!(
-        api(y, "PUT", route, Some(&json!("web")), Some(v)).0,
+        y.call("PUT", route, Some(&json!("web")), Some(v)).0,
         503,
         "a change was taken without the store"
     );
@@ -916,43 +869,43 @@ fn two_replicas_on_one_etcd_agree_and_losing_one_loses_nothing() {
     assert_eq!(body_of(e2), (200, "a".into()));
     etcd.run();
     assert!(
-        eventually(WAIT, || store_up(x) == Some(1.0)
-            && store_up(y) == Some(1.0)),
+        eventually(WAIT, || store_up(&x) == Some(1.0)
+            && store_up(&y) == Some(1.0)),
         "the replicas did not follow the store again"
     );
 
     // One replica goes: its proxy moves to the other, and nothing it held is lost.
-    let was_leader = leader(x);
+    let was_leader = leader(&x);
     r1.stop();
-    let keep_alive = |cp: SocketAddr| assert_eq!(register(cp, "web", "a-1", a.addr, "10s"), 200);
-    keep_alive(y);
+    let keep_alive = |cp: &At| assert_eq!(register(cp, "web", "a-1", a.addr, "10s"), 200);
+    keep_alive(&y);
     assert!(
-        eventually(WAIT, || leader(y)),
+        eventually(WAIT, || leader(&y)),
         "the remaining replica did not take the lead (the lost one led: {was_leader})"
     );
-    let v = get(y, "/v1/config")["version"].as_u64().expect("version");
-    assert_eq!(api(y, "PUT", route, Some(&json!("web")), Some(v)).0, 200);
+    let v = y.get("/v1/config")["version"].as_u64().expect("version");
+    assert_eq!(y.call("PUT", route, Some(&json!("web")), Some(v)).0, 200);
     assert!(
         eventually(WAIT, || body_of(e1) == (200, "a".into())),
         "the proxy of the lost replica did not converge through the other"
     );
     // A new replica starts from the store: the same registrations, desired state and CA.
     let r3 = replica("clusters: []\nnodes: {}\n", &etcd);
-    let z = r3.addr();
-    keep_alive(z);
-    assert_eq!(endpoint_ids(z, "web"), ["a-1"]);
-    assert_eq!(get(z, route)["value"], "web");
-    assert_eq!(get(z, "/v1/ca")["issuer"], get(y, "/v1/ca")["issuer"]);
+    let z = At::of(&r3);
+    keep_alive(&z);
+    assert_eq!(endpoint_ids(&z, "web"), ["a-1"]);
+    assert_eq!(z.get(route)["value"], "web");
+    assert_eq!(z.get("/v1/ca")["issuer"], y.get("/v1/ca")["issuer"]);
     // It knows the proxies run their current config, though it numbers it anew.
     assert!(
         eventually(WAIT, || {
-            let nodes = get(z, "/v1/nodes");
+            let nodes = z.get("/v1/nodes");
             nodes["nodes"]["edge-1"]["in_sync"] == true
                 && nodes["nodes"]["edge-2"]["in_sync"] == true
         }),
         "a new replica does not know the proxies are in sync: {} (the other replica: {})",
-        get(z, "/v1/nodes"),
-        get(y, "/v1/nodes")
+        z.get("/v1/nodes"),
+        y.get("/v1/nodes")
     );
     drop(etcd);
 }
@@ -967,8 +920,8 @@ fn replicas_reach_etcd_over_mutual_tls() {
     };
     let up = Upstream::fixed("a");
     let mesh = format!(
-        "clusters:\n  - {{ name: web, endpoints: [] }}\nnodes:\n  edge-1:\n{}",
-        listener("edge", "cluster: web")
+        "clusters:\n  - {{ name: web, endpoints: [] }}\nnodes:\n{}",
+        node("edge-1", &listener("edge", "cluster: web")),
     );
     let url = format!("https://{}", etcd.client);
     let ca = pki.ca_file().display().to_string();
@@ -980,13 +933,11 @@ fn replicas_reach_etcd_over_mutual_tls() {
         let etcd = Cluster::parse(&url, Some(&ca), with_cert.then_some((&cert[..], &key[..])))
             .expect("etcd options");
         ControlPlane::start(ControlOptions {
-            source: MeshSource::Text(mesh.clone()),
-            bind: Some("127.0.0.1:0".parse().expect("addr")),
-            state_file: None,
             store: Some(StoreOptions {
                 etcd,
                 prefix: "/ringmesh-tls/".into(),
             }),
+            ..ringmesh_tests::mesh::options(&mesh)
         })
     };
     // etcd asks for a client certificate: without one, a replica does not start, and says why.
@@ -996,12 +947,13 @@ fn replicas_reach_etcd_over_mutual_tls() {
         start(true).expect("replica starts"),
         start(true).expect("replica starts"),
     );
-    assert_eq!(register(r1.addr(), "web", "a-1", up.addr, "10s"), 200);
+    let (a1, a2) = (At::of(&r1), At::of(&r2));
+    assert_eq!(register(&a1, "web", "a-1", up.addr, "10s"), 200);
     assert!(
-        eventually(WAIT, || endpoint_ids(r2.addr(), "web") == ["a-1"]),
+        eventually(WAIT, || endpoint_ids(&a2, "web") == ["a-1"]),
         "registration not replicated over TLS"
     );
-    let p = control_proxy(&[r2.addr()], "edge-1", None);
+    let p = control_proxy(std::slice::from_ref(&a2), "edge-1", None);
     let edge = ready(&p);
     assert!(
         eventually(WAIT, || body_of(edge) == (200, "a".into())),

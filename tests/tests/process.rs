@@ -329,26 +329,109 @@ fn the_control_command_serves_its_api_and_refuses_a_bad_mesh_file_by_field() {
         "{err}"
     );
 
-    let good = write_config("mesh-good", "clusters: []\nnodes: {}\nstate_file: off\n");
+    // Reachable from other hosts without TLS, or without an admin: it does not start.
+    for (args, missing) in [
+        (&["--bind", "0.0.0.0:0", "--insecure-plaintext"][..], "TLS"),
+        (&["--bind", "0.0.0.0:0"][..], "an admin"),
+    ] {
+        let open = write_config("mesh-open", "clusters: []\nnodes: {}\nstate_file: off\n");
+        let out = Command::new(binary())
+            .args(["control", "--config"])
+            .arg(&open)
+            .args(args)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("reachable from other hosts") && err.contains(missing),
+            "{err}"
+        );
+    }
+
+    let good = write_config(
+        "mesh-good",
+        &format!(
+            "{}clusters: []\nnodes: {{}}\nstate_file: off\n",
+            ringmesh_tests::mesh::admin_section()
+        ),
+    );
     let bind = free_port();
     let mut child = Command::new(binary())
         .args(["control", "--config"])
         .arg(&good)
         .args(["--bind", &bind.to_string()])
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut answer = String::new();
-    while Instant::now() < deadline {
-        if let Ok(mut c) = TcpStream::connect(bind) {
-            let _ = c.write_all(b"GET /v1/nodes HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-            let _ = c.read_to_string(&mut answer);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // The log says how proxies can pin the CA.
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let pin = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            let at = l.find("pin=sha256:")? + "pin=sha256:".len();
+            Some(l[at..at + 64].to_string())
+        })
+        .expect("the pin is logged");
+    // The rest of the log is read, so that writing it never fails.
+    std::thread::spawn(move || lines.for_each(drop));
+    let at = ringmesh_tests::mesh::At {
+        addr: bind,
+        pin,
+        learned: None,
+    };
+    let nodes = at.get("/v1/nodes");
     let _ = child.kill();
     let _ = child.wait();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.contains("\"nodes\":{}"), "{answer}");
+    assert_eq!(nodes["nodes"], serde_json::json!({}), "{nodes}");
+}
+
+#[test]
+fn a_log_reader_that_goes_away_does_not_stop_the_process() {
+    let mesh = write_config(
+        "mesh-log-pipe",
+        &format!(
+            "{}clusters: []\nnodes: {{}}\nstate_file: off\n",
+            ringmesh_tests::mesh::admin_section()
+        ),
+    );
+    let bind = free_port();
+    let mut child = Command::new(binary())
+        .args(["control", "--config"])
+        .arg(&mesh)
+        .args(["--bind", &bind.to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let stderr = child.stderr.take().expect("stderr");
+    let pin = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .map_while(Result::ok)
+        .find_map(|l| {
+            let at = l.find("pin=sha256:")? + "pin=sha256:".len();
+            Some(l[at..at + 64].to_string())
+        })
+        .expect("the pin is logged");
+    // The reader is gone (dropped with its pipe): every line logged from now fails to write.
+    let at = ringmesh_tests::mesh::At {
+        addr: bind,
+        pin,
+        learned: None,
+    };
+    let anonymous = ringmesh_tests::mesh::Who::anonymous(&at.pin);
+    for _ in 0..20 {
+        // Each refusal logs a line.
+        assert_eq!(
+            at.call_as(&anonymous, "GET", "/v1/config", None, None).0,
+            401
+        );
+    }
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the process ended"
+    );
+    assert_eq!(at.get("/v1/nodes")["nodes"], serde_json::json!({}));
+    let _ = child.kill();
+    let _ = child.wait();
 }

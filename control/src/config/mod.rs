@@ -930,7 +930,11 @@ fn decode_sni_routes(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Vec<Sni
 
 /// A DNS name (letters, digits, hyphens, dots), or `*.` and one.
 fn valid_sni(s: &str) -> bool {
-    let name = s.strip_prefix("*.").unwrap_or(s);
+    valid_dns_name(s.strip_prefix("*.").unwrap_or(s))
+}
+
+/// A DNS name: dot-separated labels of letters, digits and hyphens, 1 to 63 each, 253 in all.
+pub fn valid_dns_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|label| {
@@ -1485,8 +1489,30 @@ fn decode_cluster_tls(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option
 
 fn decode_endpoint(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<EndpointConfig> {
     let f = d.mapping(node, path, &["addr", "zone", "priority", "weight"])?;
-    let addr = required(d, &f, "addr").and_then(|(n, p)| d.socket_addr(n, &p));
-    let zone = f.get("zone").and_then(|(n, p)| d.string(n, &p));
+    let addr = required(d, &f, "addr").and_then(|(n, p)| {
+        let a = d.socket_addr(n, &p)?;
+        // 0.0.0.0 and :: reach this host itself; a port 0 reaches nothing.
+        let ip = a.ip();
+        if a.port() == 0 || ip.is_unspecified() || ip.is_multicast() {
+            d.error(
+                &p,
+                Some(n),
+                format!(
+                    "`{a}` is no endpoint address (an unspecified or multicast address, or port 0)"
+                ),
+            );
+            return None;
+        }
+        Some(a)
+    });
+    let zone = f.get("zone").and_then(|(n, p)| {
+        let z = d.string(n, &p)?;
+        if z.is_empty() || z.len() > 128 || z.contains(char::is_control) {
+            d.error(&p, Some(n), "a zone is 1 to 128 printable characters");
+            return None;
+        }
+        Some(z)
+    });
     let priority = match f.get("priority") {
         Some((n, p)) => d.integer(n, &p, 1000).map(|v| v as u32),
         None => Some(0),
@@ -1506,6 +1532,42 @@ fn decode_endpoint(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<En
         priority: priority.unwrap_or_default(),
         weight: weight.unwrap_or(1) as u32,
     })
+}
+
+/// Checks one endpoint (`{ addr, zone, priority, weight }`) exactly as a cluster's endpoints
+/// are checked; error paths are relative to the endpoint. The control plane checks
+/// registrations with it, so that it takes none a proxy would refuse.
+pub fn check_endpoint(v: &serde_json::Value) -> Result<EndpointConfig, Vec<ConfigError>> {
+    let probe = serde_json::json!({
+        "listeners": [],
+        "clusters": [ { "name": "probe", "endpoints": [ v ] } ],
+    });
+    match Config::parse(&probe.to_string()) {
+        Ok(c) => c
+            .clusters
+            .into_iter()
+            .next()
+            .and_then(|c| c.endpoints.into_iter().next())
+            .ok_or_else(|| {
+                vec![decode::ConfigError {
+                    path: String::new(),
+                    line: None,
+                    message: "expected an endpoint".into(),
+                }]
+            }),
+        Err(errs) => Err(errs
+            .into_iter()
+            .map(|mut e| {
+                e.path = e
+                    .path
+                    .strip_prefix("clusters[0].endpoints[0]")
+                    .map(|p| p.trim_start_matches('.').to_string())
+                    .unwrap_or(e.path);
+                e.line = None;
+                e
+            })
+            .collect()),
+    }
 }
 
 /// Checks that need the whole config.

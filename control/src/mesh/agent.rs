@@ -1,14 +1,19 @@
-//! The proxy's side of the control plane: one thread that long-polls `GET /v1/watch/{node}`,
-//! hands each new snapshot to the control thread (the same parse, compile and two-phase apply as
-//! a file reload), reports the outcome, and writes the snapshot it applied to a cache file.
+//! The proxy's side of the control plane: one thread that gets the node its certificate (with
+//! its bootstrap token the first time, then by renewing over mTLS), long-polls
+//! `GET /v1/watch/{node}`, hands each new snapshot to the control thread (the same parse,
+//! compile and two-phase apply as a file reload), reports the outcome, and writes the snapshot
+//! it applied to a cache file.
+//!
+//! Every call goes over TLS to a control plane whose certificate the proxy verifies
+//! ([`super::client`]); the node proves who it is with the certificate the mesh CA issued it.
+//! Its key is made here and never leaves the process (nor memory, without `--identity-dir`:
+//! [`super::keep`]).
 //!
 //! When the control plane is unreachable the proxy keeps its config, and the watcher tries the
 //! next URL after a backoff (100 ms doubling to 5 s, with jitter so that a fleet does not
 //! reconnect in step). A proxy started with a cache applies it at once, so it can restart and
 //! serve while the control plane is away.
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,7 +21,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use super::client::{Client, Trust};
 use super::http::percent_encode;
+use super::keep::Keep;
 use crate::runtime::{ControlMsg, State};
 
 /// How long a watch waits on the control plane for a change.
@@ -24,41 +31,55 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Largest snapshot accepted.
-const MAX_SNAPSHOT: usize = 64 * 1024 * 1024;
 
 /// Where a proxy gets its config from.
 #[derive(Debug, Clone)]
 pub struct ControlSource {
-    /// Control plane addresses (`host:port`, with or without `http://`), tried in turn.
+    /// Control plane addresses (`host:port`), tried in turn.
     pub urls: Vec<String>,
     /// This proxy's node name in the mesh.
     pub node: String,
     /// Where the last applied snapshot is kept.
     pub cache: Option<PathBuf>,
-    /// The bootstrap token that proves this node's identity to the mesh CA.
+    /// The bootstrap token that gets this node its first certificate.
     pub token: Option<String>,
-    /// Where the issued key, certificate and trust bundle are written (default: a private
-    /// directory under the system's temporary directory).
+    /// Where the issued key, certificate and trust bundle are also written (default: kept in
+    /// memory only).
     pub identity_dir: Option<PathBuf>,
+    /// How the control plane's certificate is verified (or `Plaintext`).
+    pub trust: Trust,
 }
 
 impl ControlSource {
-    /// Parses `--control URL[,URL...]`.
-    pub fn parse(urls: &str, node: &str, cache: Option<PathBuf>) -> Result<ControlSource, String> {
+    /// Parses `--control URL[,URL...]`: `https://HOST:PORT` (or `HOST:PORT`, the same), or
+    /// `http://HOST:PORT` for cleartext, which needs `plaintext` (`--insecure-plaintext`); and
+    /// how the control plane is trusted (`--control-ca FILE` or `--control-ca-sha256 HEX`, one
+    /// of them for TLS).
+    pub fn parse(
+        urls: &str,
+        node: &str,
+        cache: Option<PathBuf>,
+        trust: Option<Trust>,
+        plaintext: bool,
+    ) -> Result<ControlSource, String> {
         let mut out = Vec::new();
+        let mut schemes = std::collections::BTreeSet::new();
         for u in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-            if u.starts_with("https://") {
-                return Err(format!("--control: `{u}`: only http:// is supported"));
+            let (scheme, rest) = match u.split_once("://") {
+                Some((s, rest)) => (s, rest),
+                None => ("https", u),
+            };
+            if !matches!(scheme, "http" | "https") {
+                return Err(format!("--control: `{u}`: expected https://HOST:PORT"));
             }
-            let hostport = u.strip_prefix("http://").unwrap_or(u);
-            let hostport = hostport.split('/').next().unwrap_or_default();
+            schemes.insert(scheme);
+            let hostport = rest.split('/').next().unwrap_or_default();
             if hostport
                 .rsplit_once(':')
                 .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
             {
                 return Err(format!(
-                    "--control: `{u}` is not an address such as 127.0.0.1:9900"
+                    "--control: `{u}` is not an address such as https://127.0.0.1:9900"
                 ));
             }
             out.push(hostport.to_string());
@@ -69,12 +90,43 @@ impl ControlSource {
         if node.is_empty() {
             return Err("--node: a node name is required".into());
         }
+        let trust = match (
+            schemes.contains("http"),
+            schemes.contains("https"),
+            plaintext,
+            trust,
+        ) {
+            (true, true, _, _) => {
+                return Err("--control: every URL must have the same scheme".into());
+            }
+            (true, false, true, None) => Trust::Plaintext,
+            (true, false, false, _) => {
+                return Err(
+                    "--control: http:// is cleartext; it needs --insecure-plaintext (and the control plane's too)"
+                        .into(),
+                );
+            }
+            (true, false, true, Some(_)) => {
+                return Err("--control-ca and --control-ca-sha256 need https:// URLs".into());
+            }
+            (false, _, true, _) => {
+                return Err("--insecure-plaintext needs http:// URLs".into());
+            }
+            (false, _, false, None) => {
+                return Err(
+                    "--control: the control plane's certificate must be verified: give --control-ca FILE or --control-ca-sha256 HEX"
+                        .into(),
+                );
+            }
+            (false, _, false, Some(t)) => t,
+        };
         Ok(ControlSource {
             urls: out,
             node: node.to_string(),
             cache,
             token: None,
             identity_dir: None,
+            trust,
         })
     }
 }
@@ -85,9 +137,11 @@ pub(crate) fn spawn(
     control: flume::Sender<ControlMsg>,
     state: Arc<State>,
 ) -> std::io::Result<()> {
+    let keep = Keep::new(&source.node, source.identity_dir.clone())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     std::thread::Builder::new()
         .name("ringmesh-watch".into())
-        .spawn(move || Agent::new(source, control, state).run())
+        .spawn(move || Agent::new(source, keep, control, state).run())
         .map(|_| ())
 }
 
@@ -100,10 +154,12 @@ struct Agent {
     /// The last version applied, and its config text.
     applied: Option<(u64, String)>,
     rng: ringmesh_core::rng::Rng,
+    client: Client,
     /// The certificate in use: the CA's marks it was issued under, and when to renew it.
     identity: Option<(Marks, SystemTime)>,
-    /// Where it is written.
-    dir: PathBuf,
+    keep: Keep,
+    /// A problem with getting a certificate was logged; not again until it changes.
+    cert_problem: Option<String>,
 }
 
 /// The CA's trust bundle and issuer, as a snapshot names them.
@@ -115,64 +171,54 @@ enum Watched {
     Unchanged,
 }
 
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 impl Agent {
-    fn new(source: ControlSource, control: flume::Sender<ControlMsg>, state: Arc<State>) -> Agent {
-        let dir = source.identity_dir.clone().unwrap_or_else(|| {
-            std::env::temp_dir().join(format!(
-                "ringmesh-identity-{}-{}",
-                percent_encode(&source.node),
-                std::process::id()
-            ))
-        });
+    fn new(
+        source: ControlSource,
+        keep: Keep,
+        control: flume::Sender<ControlMsg>,
+        state: Arc<State>,
+    ) -> Agent {
         Agent {
+            client: Client {
+                trust: source.trust.clone(),
+                learned: None,
+                identity: None,
+            },
             identity: None,
-            dir,
+            keep,
             source,
             control,
             state,
             seen: None,
             applied: None,
             rng: ringmesh_core::rng::Rng::from_entropy(),
+            cert_problem: None,
         }
     }
 
+    fn tls(&self) -> bool {
+        self.source.trust != Trust::Plaintext
+    }
+
     fn run(mut self) {
+        self.load_identity();
         self.load_cache();
         let mut url = 0usize;
         let mut failures = 0u32;
         loop {
             let addr = self.source.urls[url % self.source.urls.len()].clone();
-            if self.renewal_due() {
-                if let Err(e) = self.renew(&addr) {
-                    tracing::warn!(error = %e, "cannot renew the mesh certificate; keeping the one in use");
-                }
-            }
-            match self.watch(&addr) {
-                Ok(w) => {
-                    failures = 0;
-                    self.contact(true);
-                    if let Watched::Snapshot(version, text, marks) = w {
-                        tracing::debug!(version, node = %self.source.node, "control plane snapshot received");
-                        let mut fresh = false;
-                        let stale =
-                            |m: &Marks| self.identity.as_ref().is_none_or(|(have, _)| have != m);
-                        if marks.as_ref().is_some_and(stale) {
-                            match self.fetch_identity(&addr) {
-                                Ok(()) => fresh = true,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "cannot get a certificate from the mesh CA")
-                                }
-                            }
-                        }
-                        match self.apply(version, text, fresh) {
-                            Some(result) => self.report(&addr, version, result.err()),
-                            None => return,
-                        }
-                    }
-                }
+            let outcome = self.step(&addr);
+            match outcome {
+                Ok(()) => failures = 0,
                 Err(e) => {
                     if failures == 0 {
-                        tracing::warn!(control = %addr, error = %e, "control plane unreachable; keeping the config in force");
+                        tracing::warn!(control = %addr, error = %e, "control plane unreachable or refusing; keeping the config in force");
                     }
                     self.contact(false);
                     failures = failures.saturating_add(1);
@@ -191,6 +237,43 @@ impl Agent {
         }
     }
 
+    /// One round: a certificate if one is needed, then one watch and what it brought.
+    fn step(&mut self, addr: &str) -> Result<(), String> {
+        if self.tls() && self.client.identity.is_none() {
+            self.bootstrap(addr)?;
+        }
+        if self.renewal_due() {
+            if let Err(e) = self.renew(addr) {
+                tracing::warn!(error = %e, "cannot renew the mesh certificate; keeping the one in use");
+            }
+        }
+        let w = self.watch(addr)?;
+        self.contact(true);
+        if let Watched::Snapshot(version, text, marks) = w {
+            tracing::debug!(version, node = %self.source.node, "control plane snapshot received");
+            let mut fresh = false;
+            let stale = |m: &Marks| self.identity.as_ref().is_none_or(|(have, _)| have != m);
+            if self.tls() && marks.as_ref().is_some_and(stale) {
+                match self.fetch_identity(addr, false) {
+                    Ok(()) => fresh = true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot get a certificate from the mesh CA")
+                    }
+                }
+            }
+            if !self.tls() && marks.is_some() && self.cert_problem.is_none() {
+                let why = "this node has an identity, but certificates are issued over TLS only: its mesh listeners and clusters cannot load";
+                tracing::error!("{why}");
+                self.cert_problem = Some(why.into());
+            }
+            match self.apply(version, text, fresh) {
+                Some(result) => self.report(addr, version, result.err()),
+                None => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
     fn contact(&self, ok: bool) {
         self.state.control_connected.store(ok, Ordering::Relaxed);
         if ok {
@@ -200,6 +283,34 @@ impl Agent {
             self.state
                 .control_contact_unix_ms
                 .store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the identity a previous run left in `--identity-dir`, if it is this node's: it is
+    /// renewed at once (over mTLS with it), so a restart needs no new token.
+    fn load_identity(&mut self) {
+        let Some((key, cert, bundle)) = self.keep.load() else {
+            return;
+        };
+        let node = rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes())
+            .ok()
+            .and_then(|der| ringmesh_core::tls::mesh_node(&der));
+        if node.as_deref() != Some(self.source.node.as_str()) {
+            tracing::warn!("the identity directory holds another node's certificate; ignored");
+            return;
+        }
+        match ringmesh_core::tls::certified_key_from_pem(cert.as_bytes(), key.as_bytes()) {
+            Ok(ck) => {
+                if let Err(e) = self.keep.store(&key, &cert, &bundle) {
+                    tracing::warn!(error = %e, "cannot keep the identity");
+                    return;
+                }
+                self.client.identity = Some(ck);
+                self.client.learned = Some(bundle.into_bytes());
+                self.identity = Some(((String::new(), String::new()), SystemTime::now()));
+                tracing::info!("using the identity kept from the last run; renewing it");
+            }
+            Err(e) => tracing::warn!(error = %e, "the kept identity is unusable; ignored"),
         }
     }
 
@@ -238,39 +349,62 @@ impl Agent {
     /// Renews the certificate and applies the config in force again, so that listeners and
     /// clusters load it.
     fn renew(&mut self, addr: &str) -> Result<(), String> {
-        self.fetch_identity(addr)?;
+        self.fetch_identity(addr, false)?;
         match &self.applied {
             Some((_, text)) => self.apply_text(text.clone()),
             None => Ok(()),
         }
     }
 
-    /// Asks the mesh CA for a certificate over a new key, and writes key, certificate and
-    /// trust bundle to the identity directory.
-    fn fetch_identity(&mut self, addr: &str) -> Result<(), String> {
-        let token = self
-            .source
-            .token
-            .as_deref()
-            .ok_or("this node has an identity in the mesh but the proxy was given no token (--token-file or RINGMESH_TOKEN)")?;
+    /// The node's first certificate, with its bootstrap token.
+    fn bootstrap(&mut self, addr: &str) -> Result<(), String> {
+        let r = self.fetch_identity(addr, true);
+        if let Err(e) = &r {
+            // Said once while it stays the same: the proxy keeps trying quietly.
+            if self.cert_problem.as_ref() != Some(e) {
+                tracing::error!(error = %e, "this node cannot get its certificate: it cannot watch the control plane");
+                self.cert_problem = Some(e.clone());
+            }
+        } else {
+            self.cert_problem = None;
+        }
+        r
+    }
+
+    /// Asks the mesh CA for a certificate over a new key: with the bootstrap token
+    /// (`bootstrap`), or over mTLS with the certificate in use. Keeps key, certificate and
+    /// trust bundle.
+    fn fetch_identity(&mut self, addr: &str, bootstrap: bool) -> Result<(), String> {
+        let header = if bootstrap {
+            let token = self.source.token.as_deref().ok_or(
+                "the node has no certificate and the proxy was given no bootstrap token (--token-file or RINGMESH_TOKEN)",
+            )?;
+            format!("authorization: Bearer {token}\r\n")
+        } else {
+            String::new()
+        };
         let (key_pem, public) = super::ca::new_key()?;
         let body = serde_json::json!({ "public_key": public }).to_string();
         let path = format!(
             "/v1/nodes/{}/certificate",
             percent_encode(&self.source.node)
         );
-        let (status, resp) = request_with(
+        let mut client = self.client.clone();
+        if bootstrap {
+            client.identity = None;
+        }
+        let (status, resp) = client.request(
             addr,
             "POST",
             &path,
             Some(body.as_bytes()),
             Duration::from_secs(10),
-            &format!("authorization: Bearer {token}\r\n"),
+            &header,
         )?;
         if status != 200 {
             return Err(format!(
                 "the mesh CA answered {status}: {}",
-                String::from_utf8_lossy(&resp[..resp.len().min(200)]).trim()
+                String::from_utf8_lossy(&resp[..resp.len().min(300)]).trim()
             ));
         }
         let v: Value = serde_json::from_slice(&resp).map_err(|e| format!("invalid answer: {e}"))?;
@@ -291,17 +425,18 @@ impl Agent {
                 .unwrap_or_default()
                 .to_string(),
         );
-        write_identity(&self.dir, &key_pem, cert, bundle)?;
+        let ck = ringmesh_core::tls::certified_key_from_pem(cert.as_bytes(), key_pem.as_bytes())?;
+        self.keep.store(&key_pem, cert, bundle)?;
+        self.client.identity = Some(ck);
+        self.client.learned = Some(bundle.as_bytes().to_vec());
         // Renewed at half its life, give or take a tenth, so that a fleet spreads out.
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let life = (expires - now).max(1) as f64;
+        let life = (expires - now_secs()).max(1) as f64;
         let half = life * (0.4 + f64::from(self.rng.below(1000)) / 5000.0);
         let renew_at = SystemTime::now() + Duration::from_secs_f64(half);
         tracing::info!(
             identity = v["identity"].as_str().unwrap_or_default(),
             expires,
+            bootstrap,
             "mesh certificate issued"
         );
         self.identity = Some((marks, renew_at));
@@ -328,7 +463,8 @@ impl Agent {
         if let Some((v, _)) = &self.applied {
             path.push_str(&format!("&applied={v}"));
         }
-        let (status, body) = request(addr, "GET", &path, None, wait + Duration::from_secs(10))?;
+        let timeout = wait + Duration::from_secs(10);
+        let (status, body) = self.client.request(addr, "GET", &path, None, timeout, "")?;
         match status {
             200 => {
                 let v: Value =
@@ -378,12 +514,12 @@ impl Agent {
         Some(result)
     }
 
-    /// Hands the config to the control thread, the identity directory put in place.
+    /// Hands the config to the control thread, with where the identity is put in place.
     fn apply_text(&self, text: String) -> Result<(), String> {
-        let dir = Value::String(self.dir.display().to_string()).to_string();
-        // Inside a JSON string: the directory without its quotes.
-        let dir = &dir[1..dir.len() - 1];
-        let text = text.replace(super::model::IDENTITY_DIR, dir);
+        let at = Value::String(self.keep.location()).to_string();
+        // Inside a JSON string: the location without its quotes.
+        let at = &at[1..at.len() - 1];
+        let text = text.replace(super::model::IDENTITY_DIR, at);
         let (tx, rx) = flume::bounded(1);
         self.control
             .send(ControlMsg::Apply { text, reply: tx })
@@ -415,98 +551,18 @@ impl Agent {
     fn report(&self, addr: &str, version: u64, error: Option<String>) {
         let body = serde_json::json!({ "version": version, "error": error }).to_string();
         let path = format!("/v1/nodes/{}/report", percent_encode(&self.source.node));
-        if let Err(e) = request(
+        let r = self.client.request(
             addr,
             "POST",
             &path,
             Some(body.as_bytes()),
             Duration::from_secs(5),
-        ) {
+            "",
+        );
+        if let Err(e) = r {
             tracing::debug!(error = %e, "cannot report to the control plane");
         }
     }
 }
 
-/// Writes the identity files: the key readable by the proxy's user only; each file replaced in
-/// one step.
-fn write_identity(
-    dir: &std::path::Path,
-    key: &str,
-    cert: &str,
-    bundle: &str,
-) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
-    for (name, data, mode) in [
-        ("key.pem", key, 0o600),
-        ("cert.pem", cert, 0o644),
-        ("bundle.pem", bundle, 0o644),
-    ] {
-        let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let _ = std::fs::remove_file(&tmp);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(data.as_bytes()))
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// One HTTP/1.1 exchange on a new connection; returns the status and the body.
-pub fn request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    body: Option<&[u8]>,
-    timeout: Duration,
-) -> Result<(u16, Vec<u8>), String> {
-    request_with(addr, method, path, body, timeout, "")
-}
-
-/// [`request`] with extra header lines (each ending in CRLF).
-pub fn request_with(
-    addr: &str,
-    method: &str,
-    path: &str,
-    body: Option<&[u8]>,
-    timeout: Duration,
-    headers: &str,
-) -> Result<(u16, Vec<u8>), String> {
-    let target: SocketAddr = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr}: no address"))?;
-    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2))
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let _ = s.set_nodelay(true);
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    let body = body.unwrap_or_default();
-    let mut out = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n{headers}",
-        body.len()
-    )
-    .into_bytes();
-    if !body.is_empty() {
-        out.extend_from_slice(b"content-type: application/json\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    s.write_all(&out).map_err(|e| format!("{addr}: {e}"))?;
-    // The answer is complete before the server's close arrives.
-    let (status, body, _) =
-        super::http::read_answer(&mut s, MAX_SNAPSHOT).map_err(|e| format!("{addr}: {e}"))?;
-    Ok((status, body))
-}
+use rustls_pki_types::pem::PemObject as _;

@@ -1,6 +1,8 @@
-//! The mesh CA: a self-signed ECDSA P-256 authority that issues each proxy a short-lived
-//! certificate for its SPIFFE identity, signed over a public key the proxy generated (its private
-//! key never leaves it).
+//! The mesh CA: an authority that issues each proxy a short-lived certificate for its SPIFFE
+//! identity and its node, signed over a public key the proxy generated (its private key never
+//! leaves it), and the control plane's own API certificate. The authority is either made here
+//! (self-signed ECDSA P-256) or the operator's (`ca: { cert, key }`: a root or an intermediate
+//! of their PKI, whose certificates then chain to it).
 //!
 //! Rotation keeps every connection working: a new authority is first only *trusted* (added to
 //! the bundle every proxy receives); once every proxy applied that bundle (or the grace period
@@ -23,12 +25,21 @@ pub struct Authority {
     key: KeyPair,
     /// The certificate as distributed in the bundle.
     pub cert_pem: String,
-    /// Rebuilt from the same name, key and validity, to sign with.
+    /// An operator's intermediate: the certificates after it in its file (up to the root).
+    pub chain_pem: String,
+    /// What follows a leaf it issues: for an intermediate, itself and its chain, so that
+    /// clients that trust only the operator's root can verify the leaf; for a root, nothing.
+    leaf_chain: String,
+    /// Rebuilt from the certificate (name, key identifier), to sign with.
     issuer: rcgen::Certificate,
-    /// When it was made (seconds), which also names it.
+    /// When it was made or taken in (seconds), which also names it.
     pub created: i64,
     /// SHA-256 of the certificate, hex: what the bundle and the snapshots name it by.
     pub fingerprint: String,
+    /// SHA-256 of its subjectPublicKeyInfo, hex: what a proxy pins with `--control-ca-sha256`.
+    pub spki_sha256: String,
+    /// The operator's, from `ca.cert` and `ca.key`.
+    pub operator: bool,
 }
 
 impl std::fmt::Debug for Authority {
@@ -91,48 +102,138 @@ impl Authority {
         let cert = ca_params(trust_domain, created)?
             .self_signed(&key)
             .map_err(|e| e.to_string())?;
+        Authority::with(key, cert.pem(), String::new(), created, false)
+    }
+
+    /// The operator's authority: `cert` holds its certificate first, then (for an
+    /// intermediate) the rest of its chain; `key` its private key (PKCS#8 PEM). Refused when
+    /// the certificate is no CA, has expired, or does not match the key.
+    pub fn from_operator(cert: &str, key: &str) -> Result<Authority, String> {
+        let blocks: Vec<Vec<u8>> = pem_blocks(cert)?;
+        let Some(first) = blocks.first() else {
+            return Err("ca.cert: no certificate".into());
+        };
+        let params = CertificateParams::from_ca_cert_der(&first.clone().into())
+            .map_err(|e| format!("ca.cert: not a certificate rcgen can sign with: {e}"))?;
+        if !matches!(params.is_ca, IsCa::Ca(_)) {
+            return Err("ca.cert: the certificate is not a CA (basicConstraints cA)".into());
+        }
+        let now = now_secs();
+        if params.not_after.unix_timestamp() <= now {
+            return Err("ca.cert: the certificate has expired".into());
+        }
+        let key = KeyPair::from_pem(key)
+            .map_err(|e| format!("ca.key: not a PKCS#8 private key rcgen can sign with: {e}"))?;
+        let spki = ringmesh_core::tls::subject_public_key_info(first)
+            .ok_or("ca.cert: unreadable subjectPublicKeyInfo")?;
+        if spki != key.public_key_der().as_slice() {
+            return Err("ca.key: the key does not match ca.cert".into());
+        }
+        let chain: String = blocks[1..].iter().map(|b| der_to_pem(b)).collect();
+        Authority::with(key, der_to_pem(first), chain, now, true)
+    }
+
+    fn with(
+        key: KeyPair,
+        cert_pem: String,
+        chain_pem: String,
+        created: i64,
+        operator: bool,
+    ) -> Result<Authority, String> {
+        let der = rustls_pki_der(&cert_pem)?;
+        // Rebuilt from the certificate itself (its name and key identifier), so that what it
+        // signs names it as the issuer exactly.
+        let issuer = CertificateParams::from_ca_cert_der(&der.clone().into())
+            .map_err(|e| format!("the CA certificate cannot sign: {e}"))?
+            .self_signed(&key)
+            .map_err(|e| e.to_string())?;
+        let spki = ringmesh_core::tls::subject_public_key_info(&der)
+            .ok_or("the CA certificate has no readable key")?;
+        let leaf_chain = if ringmesh_core::tls::is_self_issued(&der) {
+            String::new()
+        } else {
+            format!("{cert_pem}{chain_pem}")
+        };
         Ok(Authority {
-            cert_pem: cert.pem(),
-            fingerprint: sha256_hex(cert.der()),
-            issuer: cert,
+            leaf_chain,
+            fingerprint: sha256_hex(&der),
+            spki_sha256: sha256_hex(spki),
+            cert_pem,
+            chain_pem,
+            issuer,
             key,
             created,
+            operator,
         })
     }
 
     /// An authority saved by [`Authority::to_json`].
-    pub fn from_json(v: &Value, trust_domain: &str) -> Result<Authority, String> {
+    pub fn from_json(v: &Value, _trust_domain: &str) -> Result<Authority, String> {
         let key_pem = v["key"].as_str().ok_or("no key")?;
         let cert_pem = v["cert"].as_str().ok_or("no cert")?;
         let created = v["created"].as_i64().ok_or("no created")?;
         let key = KeyPair::from_pem(key_pem).map_err(|e| e.to_string())?;
-        // Same name, key and validity: leaves it signs chain to the saved certificate.
-        let issuer = ca_params(trust_domain, created)?
-            .self_signed(&key)
-            .map_err(|e| e.to_string())?;
-        let der = rustls_pki_der(cert_pem)?;
-        Ok(Authority {
-            fingerprint: sha256_hex(&der),
-            cert_pem: cert_pem.to_string(),
-            issuer,
-            key,
-            created,
-        })
+        let chain = v["chain"].as_str().unwrap_or_default().to_string();
+        let operator = v["operator"].as_bool().unwrap_or(false);
+        Authority::with(key, cert_pem.to_string(), chain, created, operator)
     }
 
     /// The authority with its private key, for the state file.
     pub fn to_json(&self) -> Value {
-        json!({ "key": self.key.serialize_pem(), "cert": self.cert_pem, "created": self.created })
+        json!({
+            "key": self.key.serialize_pem(), "cert": self.cert_pem, "created": self.created,
+            "chain": self.chain_pem, "operator": self.operator,
+        })
     }
 
-    /// Signs a certificate for `spiffe_id` (and `dns_name`, which TLS clients check) over the
-    /// proxy's P-256 public key (uncompressed point, hex), valid for `ttl`. Returns the PEM and
-    /// its expiry (seconds).
+    /// A certificate for the control plane's API, for `names` and `ips`, over a key made here
+    /// and kept in memory. Returns the chain (the leaf, this authority, its chain: a proxy that
+    /// pins this authority's key finds it there) and the key, PEM, and the expiry (seconds).
+    pub fn issue_server(
+        &self,
+        names: &[String],
+        ips: &[std::net::IpAddr],
+        ttl: Duration,
+    ) -> Result<(String, String, i64), String> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+        let now = now_secs();
+        let expires = now + ttl.as_secs() as i64;
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "ringmesh");
+        dn.push(DnType::CommonName, "ringmesh control plane");
+        p.distinguished_name = dn;
+        let mut sans = Vec::new();
+        for n in names {
+            sans.push(SanType::DnsName(
+                n.as_str().try_into().map_err(|e| format!("{n}: {e}"))?,
+            ));
+        }
+        sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        p.subject_alt_names = sans;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.not_before =
+            time::OffsetDateTime::from_unix_timestamp(now - 60).map_err(|e| e.to_string())?;
+        p.not_after =
+            time::OffsetDateTime::from_unix_timestamp(expires).map_err(|e| e.to_string())?;
+        let cert = p
+            .signed_by(&key, &self.issuer, &self.key)
+            .map_err(|e| e.to_string())?;
+        let chain = format!("{}{}{}", cert.pem(), self.cert_pem, self.chain_pem);
+        Ok((chain, key.serialize_pem(), expires))
+    }
+
+    /// Signs a certificate for node `node` with identity `spiffe_id` (and `dns_name`, which TLS
+    /// clients check) over the proxy's P-256 public key (uncompressed point, hex), valid for
+    /// `ttl`. Returns the PEM (with an operator intermediate's chain after it) and its expiry
+    /// (seconds).
     pub fn issue(
         &self,
         public_key_hex: &str,
         spiffe_id: &str,
         dns_name: &str,
+        node: &str,
         ttl: Duration,
     ) -> Result<(String, i64), String> {
         let raw = unhex(public_key_hex)
@@ -143,6 +244,10 @@ impl Authority {
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, dns_name);
+        dn.push(
+            DnType::OrganizationalUnitName,
+            format!("{}{node}", ringmesh_core::tls::NODE_PREFIX),
+        );
         p.distinguished_name = dn;
         p.subject_alt_names = vec![
             SanType::URI(spiffe_id.try_into().map_err(|e| format!("{e}"))?),
@@ -161,7 +266,7 @@ impl Authority {
         let cert = p
             .signed_by(&RawP256(raw), &self.issuer, &self.key)
             .map_err(|e| e.to_string())?;
-        Ok((cert.pem(), expires))
+        Ok((cert.pem() + &self.leaf_chain, expires))
     }
 }
 
@@ -176,6 +281,27 @@ impl PublicKeyData for RawP256 {
     fn algorithm(&self) -> &SignatureAlgorithm {
         &PKCS_ECDSA_P256_SHA256
     }
+}
+
+/// The DER of each certificate in PEM text.
+fn pem_blocks(pem: &str) -> Result<Vec<Vec<u8>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("ca.cert: not valid PEM: {e}"))
+}
+
+fn der_to_pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }
 
 fn rustls_pki_der(pem: &str) -> Result<Vec<u8>, String> {
@@ -207,12 +333,38 @@ pub struct Ca {
 impl Ca {
     /// A CA with a new authority.
     pub fn generate(trust_domain: &str) -> Result<Ca, String> {
-        Ok(Ca {
-            current: Authority::generate(trust_domain)?,
+        Ok(Ca::with(Authority::generate(trust_domain)?))
+    }
+
+    /// A CA whose authority is `current` (the operator's, say).
+    pub fn with(current: Authority) -> Ca {
+        Ca {
+            current,
             next: None,
             previous: None,
             issued: 0,
-        })
+        }
+    }
+
+    /// When the mesh file names an operator's CA that is neither issuing nor about to: starts
+    /// the rotation to it (overlapping as any rotation does). Returns whether it did.
+    pub fn adopt(&mut self, operator: Option<&super::model::OperatorCa>) -> Result<bool, String> {
+        let Some(op) = operator else {
+            return Ok(false);
+        };
+        if self
+            .authorities()
+            .take(2)
+            .any(|a| a.fingerprint == op.fingerprint)
+        {
+            return Ok(false);
+        }
+        if self.next.is_some() {
+            // One rotation at a time: this one starts when the one in progress is done.
+            return Ok(false);
+        }
+        self.rotate_to(Authority::from_operator(&op.cert, &op.key)?)?;
+        Ok(true)
     }
 
     /// Every trusted authority, PEM, current first.
@@ -269,11 +421,23 @@ impl Ca {
 
     /// Starts a rotation: a new authority, trusted from now, issuing later.
     pub fn rotate(&mut self, trust_domain: &str) -> Result<(), String> {
+        self.rotate_to(Authority::generate(trust_domain)?)
+    }
+
+    /// Starts a rotation to `next` (an operator's new CA, say), as [`Ca::rotate`] does.
+    pub fn rotate_to(&mut self, next: Authority) -> Result<(), String> {
         if self.next.is_some() {
             return Err("a rotation is in progress".into());
         }
-        self.next = Some((Authority::generate(trust_domain)?, now_secs()));
+        self.next = Some((next, now_secs()));
         Ok(())
+    }
+
+    /// Every authority it knows (current, next, previous).
+    pub fn authorities(&self) -> impl Iterator<Item = &Authority> {
+        std::iter::once(&self.current)
+            .chain(self.next.iter().map(|(a, _)| a))
+            .chain(self.previous.iter().map(|(a, _)| a))
     }
 
     /// Moves a rotation on: the new authority issues once `all_have_bundle` or the grace period
@@ -321,11 +485,16 @@ mod tests {
                 &public,
                 id,
                 "web.default.mesh.local",
+                "web-1",
                 Duration::from_secs(60),
             )
             .expect("issued");
         let der = rustls_pki_der(&pem).expect("pem");
         assert_eq!(ringmesh_core::tls::spiffe_id(&der).as_deref(), Some(id));
+        assert_eq!(
+            ringmesh_core::tls::mesh_node(&der).as_deref(),
+            Some("web-1")
+        );
         // Saved and loaded: the same fingerprint and a working issuer.
         let again = Ca::from_json(&ca.to_json(), "mesh.local").expect("restored");
         assert_eq!(again.current.fingerprint, ca.current.fingerprint);
@@ -336,13 +505,14 @@ mod tests {
                     &public,
                     id,
                     "web.default.mesh.local",
+                    "web-1",
                     Duration::from_secs(60)
                 )
                 .is_ok()
         );
         assert!(
             ca.current
-                .issue("04ab", id, "x", Duration::from_secs(60))
+                .issue("04ab", id, "x", "web-1", Duration::from_secs(60))
                 .is_err()
         );
     }

@@ -1,14 +1,13 @@
 //! The small HTTP/1.1 server side the control plane's API needs: one request at a time per
-//! connection, bodies by Content-Length, keep-alive. Not on any request path of the proxy.
-//! Also the blocking reader of answers that its clients (the proxy's agent, the etcd client)
-//! share.
+//! connection (plain or TLS), bodies by Content-Length, keep-alive. Not on any request path of
+//! the proxy. Also the blocking reader of answers that its clients (the proxy's agent, the etcd
+//! client) share.
 
 use std::io::Read;
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 /// Largest request head.
 const MAX_HEAD: usize = 64 * 1024;
@@ -26,12 +25,21 @@ pub struct Request {
     pub method: String,
     /// The path, percent-decoded, without the query.
     pub path: String,
+    /// The path's segments, each percent-decoded on its own (so that an encoded `/` stays
+    /// inside its segment).
+    pub segments: Vec<String>,
     /// The query's `k=v` pairs, percent-decoded.
     pub query: Vec<(String, String)>,
     /// `If-Match`, quotes removed.
     pub if_match: Option<String>,
     /// `Authorization`.
     pub authorization: Option<String>,
+    /// `Host`.
+    pub host: Option<String>,
+    /// An `Origin` field came (a browser's request).
+    pub origin: bool,
+    /// `Content-Type`.
+    pub content_type: Option<String>,
     /// The body.
     pub body: Vec<u8>,
     /// Whether the connection ends after the answer.
@@ -39,6 +47,13 @@ pub struct Request {
 }
 
 impl Request {
+    /// The token of `Authorization: Bearer TOKEN`.
+    pub fn bearer(&self) -> Option<&str> {
+        let a = self.authorization.as_deref()?;
+        let (scheme, token) = a.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    }
+
     /// The value of query parameter `k`.
     pub fn param(&self, k: &str) -> Option<&str> {
         self.query
@@ -59,6 +74,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// `ETag` to send (a version).
     pub etag: Option<u64>,
+    /// `ringmesh-error`: why the request was refused, for answers the API refuses with.
+    pub error_kind: Option<&'static str>,
 }
 
 impl Response {
@@ -69,6 +86,7 @@ impl Response {
             ctype: "application/json",
             body: body.into(),
             etag: None,
+            error_kind: None,
         }
     }
 
@@ -84,8 +102,8 @@ impl Response {
 /// Reads the next request into `buf` (which keeps bytes read past it). `Err(status)` is a
 /// request that cannot be served (the connection is answered with it and closed); `Ok(None)` is
 /// a connection that ended or idled out.
-pub async fn read_request(
-    stream: &mut TcpStream,
+pub async fn read_request<S: AsyncReadRent>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
 ) -> Result<Option<Request>, (u16, &'static str)> {
     let (head_len, mut req, length) = loop {
@@ -102,6 +120,11 @@ pub async fn read_request(
                     let target = r.path.unwrap_or_default();
                     let (path, query) = target.split_once('?').unwrap_or((target, ""));
                     req.path = percent_decode(path.as_bytes());
+                    req.segments = path
+                        .trim_start_matches('/')
+                        .split('/')
+                        .map(|s| percent_decode_path(s.as_bytes()))
+                        .collect();
                     req.query = query_pairs(query.as_bytes());
                     let mut length = 0usize;
                     for h in r.headers.iter() {
@@ -116,6 +139,15 @@ pub async fn read_request(
                             req.if_match = Some(v.trim_matches('"').to_string());
                         } else if h.name.eq_ignore_ascii_case("authorization") {
                             req.authorization = Some(v.to_string());
+                        } else if h.name.eq_ignore_ascii_case("host") {
+                            if req.host.is_some() {
+                                return Err((400, "two Host fields"));
+                            }
+                            req.host = Some(v.to_string());
+                        } else if h.name.eq_ignore_ascii_case("origin") {
+                            req.origin = true;
+                        } else if h.name.eq_ignore_ascii_case("content-type") {
+                            req.content_type = Some(v.to_ascii_lowercase());
                         }
                     }
                     if length > MAX_BODY {
@@ -145,7 +177,7 @@ pub async fn read_request(
 }
 
 /// Reads more into `buf`; false when the peer closed, failed or idled out.
-async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+async fn fill<S: AsyncReadRent>(stream: &mut S, buf: &mut Vec<u8>) -> bool {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(buf.capacity().max(4096));
     }
@@ -160,7 +192,7 @@ async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
 }
 
 /// Writes `resp`; false when the connection failed.
-pub async fn respond(stream: &mut TcpStream, resp: Response, close: bool) -> bool {
+pub async fn respond<S: AsyncWriteRent>(stream: &mut S, resp: Response, close: bool) -> bool {
     let reason = ringmesh_core::http1::encode::reason(resp.status);
     let mut out = Vec::with_capacity(160 + resp.body.len());
     out.extend_from_slice(
@@ -174,6 +206,12 @@ pub async fn respond(stream: &mut TcpStream, resp: Response, close: bool) -> boo
     );
     if let Some(v) = resp.etag {
         out.extend_from_slice(format!("etag: \"{v}\"\r\n").as_bytes());
+    }
+    if let Some(kind) = resp.error_kind {
+        out.extend_from_slice(format!("ringmesh-error: {kind}\r\n").as_bytes());
+        if resp.status == 401 {
+            out.extend_from_slice(b"www-authenticate: Bearer realm=\"ringmesh\"\r\n");
+        }
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -219,6 +257,17 @@ pub fn percent_decode(s: &[u8]) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `%XX` decoded (but not `+`: in a path it is a plus); invalid UTF-8 replaced.
+pub fn percent_decode_path(s: &[u8]) -> String {
+    if !s.contains(&b'+') {
+        return percent_decode(s);
+    }
+    s.split(|&b| b == b'+')
+        .map(percent_decode)
+        .collect::<Vec<_>>()
+        .join("+")
 }
 
 /// `s` with everything but unreserved characters percent-encoded (for path segments and query

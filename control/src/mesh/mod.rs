@@ -4,13 +4,17 @@
 //! - [`server`]: the API, discovery (static, DNS, registrations with a TTL) and the watches;
 //! - [`etcd`]: the etcd client through which replicas share the state;
 //! - [`agent`]: the proxy's watcher, which applies snapshots through the same path as a file
-//!   reload, reports back, and keeps a cache on disk.
+//!   reload, reports back, and keeps a cache on disk; [`client`] is how it reaches the control
+//!   plane (TLS, verified), [`keep`] where it keeps its identity;
+//! - [`ca`]: the mesh CA.
 
 pub mod agent;
 pub mod ca;
+pub mod client;
 pub mod etcd;
 pub mod http;
+pub mod keep;
 pub mod model;
 pub mod server;
 
-pub use server::{ControlOptions, ControlPlane, MeshSource, StoreOptions};
+pub use server::{ApiTls, ControlOptions, ControlPlane, MeshSource, StoreOptions};

@@ -26,6 +26,7 @@ const FIELDS: &[&str] = &[
     "default_policy",
     "nodes",
     "ca",
+    "api",
 ];
 
 /// Where a proxy keeps the identity the mesh CA issued it; the proxy puts its own directory in
@@ -55,6 +56,8 @@ pub struct ClusterSpec {
     pub statics: Vec<Value>,
     /// Endpoints listed by DNS name.
     pub dns: Vec<DnsSource>,
+    /// The identities whose nodes may register instances into it (`servers`).
+    pub servers: Vec<String>,
 }
 
 /// What one proxy serves.
@@ -68,6 +71,8 @@ pub struct NodeSpec {
     pub identity: Option<String>,
     /// SHA-256 (hex) of the bootstrap token it proves itself with.
     pub token_sha256: Option<String>,
+    /// When that token stops being good (unix seconds), if it expires.
+    pub token_expires: Option<i64>,
 }
 
 /// The mesh CA's settings.
@@ -78,6 +83,46 @@ pub struct CaSpec {
     /// During a CA rotation, the longest the new CA is only trusted (not yet issuing) while
     /// proxies pick up the new trust bundle.
     pub rotation_grace: Duration,
+    /// The operator's CA (`cert`, `key`), read and checked: its certificate's SHA-256, and
+    /// the files' text. `None`: the control plane makes its own.
+    pub operator: Option<OperatorCa>,
+}
+
+/// An operator's CA as the mesh file names it.
+#[derive(Clone, PartialEq)]
+pub struct OperatorCa {
+    /// SHA-256 (hex) of its certificate: what tells a new operator CA from the one in use.
+    pub fingerprint: String,
+    /// The certificate file's text (the CA first, then its chain).
+    pub cert: String,
+    /// The key file's text.
+    pub key: String,
+}
+
+impl std::fmt::Debug for OperatorCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorCa")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who may call the control plane's API as an administrator, and the names it answers to.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ApiSpec {
+    /// Names the API is reached by: its certificate carries them, and a request whose `Host`
+    /// is not one of them (nor the bound address) is refused.
+    pub names: Vec<String>,
+    /// Administrators.
+    pub admins: Vec<Admin>,
+}
+
+/// One administrator: by bearer token (its SHA-256) or by client certificate identity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    pub name: String,
+    pub token_sha256: Option<String>,
+    pub identity: Option<String>,
 }
 
 /// A checked mesh file.
@@ -103,6 +148,8 @@ pub struct Mesh {
     pub nodes: BTreeMap<String, NodeSpec>,
     /// The mesh CA's settings.
     pub ca: CaSpec,
+    /// The API's administrators and names.
+    pub api: ApiSpec,
 }
 
 fn error(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -190,6 +237,7 @@ impl Mesh {
         let td = trust_domain.clone().unwrap_or_default();
         let clusters = check_clusters(root, &td, &mut errors);
         let ca = check_ca(root, &mut errors);
+        let api = check_api(root, &mut errors);
         let default_policy = match root.get("default_policy") {
             Some(Value::String(s)) => s.clone(),
             _ => "allow".into(),
@@ -213,6 +261,7 @@ impl Mesh {
             default_policy,
             nodes,
             ca,
+            api,
             doc,
         })
     }
@@ -259,6 +308,31 @@ fn check_clusters(
         };
         let mut base = obj.clone();
         let endpoints = base.remove("endpoints");
+        // Who may register into it: the control plane's business, not the proxies'.
+        let servers = match base.remove("servers") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(ids)) => ids
+                .iter()
+                .enumerate()
+                .filter_map(|(j, id)| match id.as_str() {
+                    Some(s) if ringmesh_core::tls::valid_spiffe_id(s) => Some(s.to_string()),
+                    _ => {
+                        errors.push(error(
+                            format!("{path}.servers[{j}]"),
+                            "expected a SPIFFE ID such as spiffe://mesh.local/ns/default/sa/web",
+                        ));
+                        None
+                    }
+                })
+                .collect(),
+            Some(_) => {
+                errors.push(error(
+                    format!("{path}.servers"),
+                    "expected a list of SPIFFE IDs: the identities that may register instances",
+                ));
+                Vec::new()
+            }
+        };
         if let Some(tls) = base.get_mut("tls") {
             expand_cluster_tls(tls, trust_domain, &format!("{path}.tls"), errors);
         }
@@ -298,6 +372,7 @@ fn check_clusters(
             base,
             statics,
             dns,
+            servers,
         });
     }
     let mut probe = Map::new();
@@ -409,7 +484,7 @@ fn check_nodes(
             errors.push(error(path, "expected a mapping"));
             continue;
         };
-        const NODE_FIELDS: &[&str] = &["listeners", "identity", "token_sha256"];
+        const NODE_FIELDS: &[&str] = &["listeners", "identity", "token_sha256", "token_expires"];
         for k in obj.keys().filter(|k| !NODE_FIELDS.contains(&k.as_str())) {
             errors.push(error(
                 format!("{path}.{k}"),
@@ -450,6 +525,35 @@ fn check_nodes(
                 None
             }
         };
+        let token_expires = match obj.get("token_expires") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => {
+                match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                {
+                    Ok(t) => Some(t.unix_timestamp()),
+                    Err(_) => {
+                        errors.push(error(
+                            format!("{path}.token_expires"),
+                            "expected a time such as 2026-12-31T00:00:00Z (RFC 3339)",
+                        ));
+                        None
+                    }
+                }
+            }
+            Some(_) => {
+                errors.push(error(
+                    format!("{path}.token_expires"),
+                    "expected a time such as 2026-12-31T00:00:00Z (RFC 3339)",
+                ));
+                None
+            }
+        };
+        if token_expires.is_some() && token_sha256.is_none() {
+            errors.push(error(
+                format!("{path}.token_expires"),
+                "applies to the node's token_sha256",
+            ));
+        }
         if identity.is_some() != token_sha256.is_some() {
             errors.push(error(
                 path.clone(),
@@ -457,6 +561,17 @@ fn check_nodes(
             ));
         }
         let mut listeners = obj.get("listeners").cloned().unwrap_or(Value::Null);
+        for (i, l) in listeners.as_array().into_iter().flatten().enumerate() {
+            // A proxy (root, often) must not be told to write files the control plane names.
+            let log = l.get("access_log");
+            let target = log.and_then(|a| a.as_str().or_else(|| a.get("path")?.as_str()));
+            if log.is_some() && target != Some("stdout") {
+                errors.push(error(
+                    format!("{path}.listeners[{i}].access_log"),
+                    "a node's access log goes to stdout: the control plane does not name files on proxy hosts",
+                ));
+            }
+        }
         for (i, l) in listeners.as_array_mut().into_iter().flatten().enumerate() {
             if let Some(tls) = l.get_mut("tls") {
                 let p = format!("{path}.listeners[{i}].tls");
@@ -489,6 +604,7 @@ fn check_nodes(
                 clusters: named,
                 identity,
                 token_sha256,
+                token_expires,
             },
         );
     }
@@ -509,6 +625,7 @@ fn check_ca(root: &Map<String, Value>, errors: &mut Vec<ConfigError>) -> CaSpec 
     let mut ca = CaSpec {
         cert_ttl: Duration::from_secs(24 * 3600),
         rotation_grace: Duration::from_secs(300),
+        operator: None,
     };
     let Some(v) = root.get("ca").filter(|v| !v.is_null()) else {
         return ca;
@@ -517,9 +634,12 @@ fn check_ca(root: &Map<String, Value>, errors: &mut Vec<ConfigError>) -> CaSpec 
         errors.push(error("ca", "expected a mapping"));
         return ca;
     };
+    let mut files = (None, None);
     for (k, v) in m {
         let d = v.as_str().and_then(parse_duration);
         match (k.as_str(), d) {
+            ("cert", _) => files.0 = Some(v),
+            ("key", _) => files.1 = Some(v),
             ("cert_ttl", Some(d))
                 if d >= Duration::from_secs(2) && d <= Duration::from_secs(366 * 86400) =>
             {
@@ -535,11 +655,177 @@ fn check_ca(root: &Map<String, Value>, errors: &mut Vec<ConfigError>) -> CaSpec 
             }
             _ => errors.push(error(
                 format!("ca.{k}"),
-                format!("unknown field `{k}`; expected one of: cert_ttl, rotation_grace"),
+                format!(
+                    "unknown field `{k}`; expected one of: cert_ttl, rotation_grace, cert, key"
+                ),
             )),
         }
     }
+    match files {
+        (None, None) => {}
+        (Some(cert), Some(key)) => ca.operator = operator_ca(cert, key, errors),
+        (Some(_), None) => errors.push(error("ca.key", "required with ca.cert")),
+        (None, Some(_)) => errors.push(error("ca.cert", "required with ca.key")),
+    }
     ca
+}
+
+/// `ca: { cert: FILE, key: FILE }`: the operator's CA, read and checked now (an API change
+/// that names unusable files is refused like any other invalid change).
+fn operator_ca(cert: &Value, key: &Value, errors: &mut Vec<ConfigError>) -> Option<OperatorCa> {
+    let read = |v: &Value, field: &str, errors: &mut Vec<ConfigError>| match v.as_str() {
+        Some(p) if !p.is_empty() => match std::fs::read_to_string(p) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errors.push(error(field, format!("cannot read `{p}`: {e}")));
+                None
+            }
+        },
+        _ => {
+            errors.push(error(field, "expected a file path"));
+            None
+        }
+    };
+    let (cert, key) = (read(cert, "ca.cert", errors)?, read(key, "ca.key", errors)?);
+    match super::ca::Authority::from_operator(&cert, &key) {
+        Ok(a) => Some(OperatorCa {
+            fingerprint: a.fingerprint,
+            cert,
+            key,
+        }),
+        Err(e) => {
+            let field = if e.starts_with("ca.key") {
+                "ca.key"
+            } else {
+                "ca.cert"
+            };
+            let message = e
+                .split_once(": ")
+                .map_or(e.as_str(), |(_, m)| m)
+                .to_string();
+            errors.push(error(field, message));
+            None
+        }
+    }
+}
+
+/// `api: { names: [NAME], admins: [{ name, token_sha256 } | { name, identity }] }`.
+fn check_api(root: &Map<String, Value>, errors: &mut Vec<ConfigError>) -> ApiSpec {
+    let mut api = ApiSpec::default();
+    let Some(v) = root.get("api").filter(|v| !v.is_null()) else {
+        return api;
+    };
+    let Some(m) = v.as_object() else {
+        errors.push(error("api", "expected a mapping"));
+        return api;
+    };
+    for k in m
+        .keys()
+        .filter(|k| !["names", "admins"].contains(&k.as_str()))
+    {
+        errors.push(error(
+            format!("api.{k}"),
+            format!("unknown field `{k}`; expected one of: names, admins"),
+        ));
+    }
+    for (i, n) in m
+        .get("names")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        match n.as_str() {
+            Some(s) if crate::config::valid_dns_name(s) => api.names.push(s.to_ascii_lowercase()),
+            _ => errors.push(error(
+                format!("api.names[{i}]"),
+                "expected a DNS name such as cp.mesh.internal",
+            )),
+        }
+    }
+    if m.get("names").is_some_and(|n| !n.is_array()) {
+        errors.push(error("api.names", "expected a list of DNS names"));
+    }
+    let admins = match m.get("admins") {
+        None | Some(Value::Null) => return api,
+        Some(Value::Array(a)) => a,
+        Some(_) => {
+            errors.push(error("api.admins", "expected a list"));
+            return api;
+        }
+    };
+    let mut names = BTreeSet::new();
+    for (i, a) in admins.iter().enumerate() {
+        let path = format!("api.admins[{i}]");
+        let Some(a) = a.as_object() else {
+            errors.push(error(
+                path,
+                "expected { name, token_sha256 } or { name, identity }",
+            ));
+            continue;
+        };
+        for k in a
+            .keys()
+            .filter(|k| !["name", "token_sha256", "identity"].contains(&k.as_str()))
+        {
+            errors.push(error(
+                format!("{path}.{k}"),
+                format!("unknown field `{k}`; expected one of: name, token_sha256, identity"),
+            ));
+        }
+        let name = match a.get("name").and_then(Value::as_str) {
+            Some(n) if !n.is_empty() && n.len() <= 128 && !n.contains(char::is_control) => {
+                if !names.insert(n.to_string()) {
+                    errors.push(error(
+                        format!("{path}.name"),
+                        format!("`{n}` is named twice"),
+                    ));
+                }
+                n.to_string()
+            }
+            _ => {
+                errors.push(error(
+                    format!("{path}.name"),
+                    "required: 1 to 128 characters",
+                ));
+                String::new()
+            }
+        };
+        let token_sha256 = match a.get("token_sha256") {
+            None => None,
+            Some(Value::String(h)) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(h.to_ascii_lowercase())
+            }
+            Some(_) => {
+                errors.push(error(
+                    format!("{path}.token_sha256"),
+                    "expected the SHA-256 of the admin's token, as 64 hex digits",
+                ));
+                None
+            }
+        };
+        let identity = match a.get("identity") {
+            None => None,
+            Some(Value::String(id)) if ringmesh_core::tls::valid_spiffe_id(id) => Some(id.clone()),
+            Some(_) => {
+                errors.push(error(
+                    format!("{path}.identity"),
+                    "expected a SPIFFE ID such as spiffe://mesh.local/ns/ops/sa/admin",
+                ));
+                None
+            }
+        };
+        if a.contains_key("token_sha256") == a.contains_key("identity") {
+            errors.push(error(path, "give exactly one of token_sha256 and identity"));
+            continue;
+        }
+        api.admins.push(Admin {
+            name,
+            token_sha256,
+            identity,
+        });
+    }
+    api
 }
 
 /// A listener's `tls: mesh` (or `tls: { mesh: true, alpn: [...] }`): serve the node's issued

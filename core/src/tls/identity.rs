@@ -80,6 +80,88 @@ fn children(mut input: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
     })
 }
 
+/// What the mesh CA writes in a certificate's subject to say which node it was issued to:
+/// `organizationalUnitName = ringmesh-node:NAME`. The SPIFFE ID (one URI SAN, as X.509-SVIDs
+/// require) names the workload, which several nodes may share; this names the node.
+pub const NODE_PREFIX: &str = "ringmesh-node:";
+
+/// The node a mesh certificate was issued to (see [`NODE_PREFIX`]); `None` when the subject
+/// names none, or more than one.
+pub fn mesh_node(der: &[u8]) -> Option<String> {
+    let mut units = subject_attributes(der)?
+        .filter(|(oid, _)| *oid == ORGANIZATIONAL_UNIT)
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok()?.strip_prefix(NODE_PREFIX));
+    let node = units.next()?;
+    units.next().is_none().then(|| node.to_string())
+}
+
+/// The whole subjectPublicKeyInfo of certificate `der` (tag and length included): what a pin
+/// of a CA's key is the SHA-256 of, as kubeadm's `--discovery-token-ca-cert-hash` is.
+pub fn subject_public_key_info(der: &[u8]) -> Option<&[u8]> {
+    // serial, signature, issuer, validity, subject, then the key.
+    tbs_fields(der)?.nth(5)
+}
+
+/// Whether certificate `der` names itself as its issuer (a root).
+pub fn is_self_issued(der: &[u8]) -> bool {
+    let Some(mut f) = tbs_fields(der) else {
+        return false;
+    };
+    let issuer = f.nth(2);
+    let subject = f.nth(1);
+    issuer.is_some() && issuer == subject
+}
+
+/// The TBSCertificate's fields after the optional version, each whole: serial, signature,
+/// issuer, validity, subject, subjectPublicKeyInfo, then the optional rest.
+fn tbs_fields(der: &[u8]) -> Option<impl Iterator<Item = &[u8]>> {
+    let (tag, cert, _) = element(der)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (tag, mut tbs, _) = element(cert)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    if let Some((0xa0, _, rest)) = element(tbs) {
+        tbs = rest;
+    }
+    Some(std::iter::from_fn(move || {
+        let (_, _, rest) = element(tbs)?;
+        let whole = &tbs[..tbs.len() - rest.len()];
+        tbs = rest;
+        Some(whole)
+    }))
+}
+
+/// The (type, value) pairs of certificate `der`'s subject, values as encoded (string types
+/// only).
+fn subject_attributes(der: &[u8]) -> Option<impl Iterator<Item = (&[u8], &[u8])>> {
+    let subject = tbs_fields(der)?.nth(4)?;
+    let (tag, rdns, _) = element(subject)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    Some(
+        children(rdns)
+            .filter(|(tag, _)| *tag == SET)
+            .flat_map(|(_, set)| children(set))
+            .filter_map(|(tag, atv)| {
+                if tag != SEQUENCE {
+                    return None;
+                }
+                let mut parts = children(atv);
+                let (tag, oid) = parts.next()?;
+                let (vtag, value) = parts.next()?;
+                // UTF8String, PrintableString, IA5String.
+                (tag == OID && matches!(vtag, 0x0c | 0x13 | 0x16)).then_some((oid, value))
+            }),
+    )
+}
+
+/// 2.5.4.11, organizationalUnitName.
+const ORGANIZATIONAL_UNIT: &[u8] = &[0x55, 0x04, 0x0b];
+const SET: u8 = 0x31;
 const SEQUENCE: u8 = 0x30;
 const OID: u8 = 0x06;
 const OCTET_STRING: u8 = 0x04;
@@ -156,6 +238,8 @@ mod tests {
 
     #[test]
     fn truncated_or_odd_der_gives_nothing() {
+        assert_eq!(mesh_node(&[]), None);
+        assert_eq!(subject_public_key_info(&[0x30, 0x02, 0x30, 0x00]), None);
         assert_eq!(spiffe_id(&[]), None);
         assert_eq!(spiffe_id(&[0x30]), None);
         assert_eq!(spiffe_id(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);

@@ -15,7 +15,6 @@ mod identity;
 mod stream;
 
 use std::fmt;
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use rustc_hash::FxHashMap;
@@ -27,7 +26,9 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-pub use identity::{spiffe_id, valid_spiffe_id};
+pub use identity::{
+    NODE_PREFIX, is_self_issued, mesh_node, spiffe_id, subject_public_key_info, valid_spiffe_id,
+};
 pub use stream::{TlsRead, TlsStream, TlsWrite, accept, connect, drive_server};
 
 /// Sessions remembered per worker for resumption by session id (TLS 1.2 clients without
@@ -78,7 +79,7 @@ impl TlsError {
 /// The cryptography: rustls's ring provider, whose suites and groups are those of Mozilla's
 /// "intermediate" profile (TLS 1.3 AES-GCM and ChaCha20; TLS 1.2 ECDHE with AES-GCM or
 /// ChaCha20; X25519, P-256, P-384).
-fn provider() -> Arc<CryptoProvider> {
+pub fn provider() -> Arc<CryptoProvider> {
     static P: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     P.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
         .clone()
@@ -154,7 +155,7 @@ impl ServerTls {
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| TlsError::new("", e.to_string()))?;
         let ca_pem = client_ca
-            .map(|path| std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}")))
+            .map(read_pem)
             .transpose()
             .map_err(|m| TlsError::new("client_ca", m))?;
         let domain = domain(listener, ca_pem.as_deref());
@@ -301,12 +302,57 @@ impl rustls::client::ResolvesClientCert for ClientCert {
 /// A worker's session caches, by resumption domain.
 pub type SessionCaches = FxHashMap<Arc<[u8]>, Arc<ServerSessionMemoryCache>>;
 
+/// PEM held in memory under names, for key material that should never sit on disk (a
+/// proxy's mesh identity): a certificate, key or CA path `mem:NAME` is read from here. Read
+/// when a config is compiled, never on the request path.
+pub mod memory {
+    use std::collections::HashMap;
+    use std::sync::{Arc, OnceLock};
+
+    /// The prefix of a path read from memory.
+    pub const PREFIX: &str = "mem:";
+
+    #[allow(clippy::disallowed_types)]
+    fn store() -> &'static std::sync::RwLock<HashMap<String, Arc<[u8]>>> {
+        static S: OnceLock<std::sync::RwLock<HashMap<String, Arc<[u8]>>>> = OnceLock::new();
+        S.get_or_init(Default::default)
+    }
+
+    /// Holds `pem` under `name` (read as `mem:NAME`), replacing what was there.
+    pub fn put(name: &str, pem: &[u8]) {
+        if let Ok(mut s) = store().write() {
+            s.insert(name.to_string(), pem.into());
+        }
+    }
+
+    /// Forgets `name`.
+    pub fn remove(name: &str) {
+        if let Ok(mut s) = store().write() {
+            s.remove(name);
+        }
+    }
+
+    /// What is held under `name`.
+    pub fn get(name: &str) -> Option<Arc<[u8]>> {
+        store().read().ok()?.get(name).cloned()
+    }
+}
+
+/// The bytes of a PEM file, or of `mem:NAME` ([`memory`]).
+fn read_pem(path: &str) -> Result<Vec<u8>, String> {
+    match path.strip_prefix(memory::PREFIX) {
+        Some(name) => memory::get(name)
+            .map(|b| b.to_vec())
+            .ok_or_else(|| format!("`{path}` holds nothing yet")),
+        None => std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}")),
+    }
+}
+
 /// The CA certificates in a PEM file, as trust anchors.
 pub fn load_roots(path: &str) -> Result<Arc<RootCertStore>, String> {
     let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(Path::new(path))
-        .map_err(|e| format!("cannot read `{path}`: {e}"))?
-    {
+    let pem = read_pem(path)?;
+    for c in CertificateDer::pem_slice_iter(&pem) {
         let c = c.map_err(|e| format!("`{path}` is not valid PEM: {e}"))?;
         roots
             .add(c)
@@ -318,16 +364,51 @@ pub fn load_roots(path: &str) -> Result<Arc<RootCertStore>, String> {
     Ok(Arc::new(roots))
 }
 
+/// A certificate chain and its key, from PEM text (kept in memory: nothing on disk).
+pub fn certified_key_from_pem(chain: &[u8], key: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the certificate is not valid PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err("no certificate".into());
+    }
+    let der = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("no private key: {e}"))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| format!("unsupported private key: {e}"))?;
+    let ck = CertifiedKey::new(chain, signing);
+    ck.keys_match()
+        .map_err(|e| format!("the key does not match the certificate: {e}"))?;
+    Ok(Arc::new(ck))
+}
+
+/// The certificates in PEM text, as trust anchors.
+pub fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pem) {
+        let c = c.map_err(|e| format!("not valid PEM: {e}"))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("a certificate is not a usable CA: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate".into());
+    }
+    Ok(roots)
+}
+
 /// Reads a PEM chain and key; the error names the file at fault (`cert` or `key`).
 fn load_certified_key(cert: &str, key: &str) -> Result<CertifiedKey, (&'static str, String)> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(Path::new(cert))
-        .map_err(|e| ("cert", format!("cannot read `{cert}`: {e}")))?
+    let cert_pem = read_pem(cert).map_err(|e| ("cert", e))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| ("cert", format!("`{cert}` is not valid PEM: {e}")))?;
     if chain.is_empty() {
         return Err(("cert", format!("`{cert}` holds no certificate")));
     }
-    let der = PrivateKeyDer::from_pem_file(Path::new(key)).map_err(|e| {
+    let key_pem = read_pem(key).map_err(|e| ("key", e))?;
+    let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         (
             "key",
             format!("cannot read a private key from `{key}`: {e}"),

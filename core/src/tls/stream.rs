@@ -543,6 +543,16 @@ impl<IO> Tls<IO> {
         self.shared.identity.as_deref()
     }
 
+    /// The peer's certificate (its leaf, DER), if it presented one (copied: for callers
+    /// outside the request path, such as the control plane's API).
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        let conn = self.shared.conn.borrow();
+        conn.common()
+            .peer_certificates()?
+            .first()
+            .map(|c| c.to_vec())
+    }
+
     /// The client and the proxy agreed on HTTP/2 (ALPN `h2`).
     pub fn is_h2(&self) -> bool {
         self.shared.h2

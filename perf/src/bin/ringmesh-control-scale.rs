@@ -1,10 +1,12 @@
 //! `ringmesh-control-scale`: one `ringmesh control` process, many watching proxies (simulated:
 //! one long-poll connection each), many registered endpoints. Measures how long a change takes to
-//! reach every watcher and what each watcher costs the control plane in memory. See
-//! perf/README.md; the last run is in perf/CONTROL.md.
+//! reach every watcher and what each watcher costs the control plane in memory. It runs as
+//! production does: the API over TLS, verified by the CA's pinned key; the admin with a bearer
+//! token; each watcher first gets its node's certificate with its bootstrap token, then watches
+//! over mTLS. See perf/README.md; the last run is in perf/CONTROL.md.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,19 +31,28 @@ fn main() {
     }
 }
 
-/// One keep-alive HTTP/1.1 exchange; returns the status and the body.
-fn exchange(
-    r: &mut BufReader<TcpStream>,
+const ADMIN_TOKEN: &str = "scale-admin-token";
+
+/// One keep-alive HTTP/1.1 exchange as the admin (or with `extra` credentials); returns the
+/// status and the body.
+fn exchange<S: Read + Write>(
+    r: &mut BufReader<S>,
     method: &str,
     path: &str,
     extra: &str,
     body: &str,
 ) -> std::io::Result<(u16, String)> {
+    let json = if matches!(method, "PUT" | "POST") {
+        "content-type: application/json\r\n"
+    } else {
+        ""
+    };
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: control\r\ncontent-length: {}\r\n{extra}\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {}\r\n{json}{extra}\r\n{body}",
         body.len()
     );
     r.get_mut().write_all(req.as_bytes())?;
+    r.get_mut().flush()?;
     let mut line = String::new();
     r.read_line(&mut line)?;
     let status: u16 = line
@@ -65,10 +76,53 @@ fn exchange(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-fn connect(addr: SocketAddr) -> std::io::Result<BufReader<TcpStream>> {
-    let s = TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    Ok(BufReader::new(s))
+type Conn = BufReader<ringmesh_control::mesh::client::Stream>;
+
+/// A TLS connection to the control plane, verified by `pin`, presenting `identity` if any.
+fn connect(
+    addr: SocketAddr,
+    pin: &str,
+    identity: Option<Arc<rustls::sign::CertifiedKey>>,
+) -> std::io::Result<Conn> {
+    let client = ringmesh_control::mesh::client::Client {
+        trust: ringmesh_control::mesh::client::Trust::Pin(pin.to_string()),
+        learned: None,
+        identity,
+    };
+    client
+        .open(&addr.to_string(), Duration::from_secs(600))
+        .map(BufReader::new)
+        .map_err(std::io::Error::other)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    ringmesh_control::mesh::ca::sha256_hex(data)
+}
+
+/// Node `n`'s certificate and key, got with its bootstrap token.
+fn certificate(
+    addr: SocketAddr,
+    pin: &str,
+    n: usize,
+) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    let (key, public) = ringmesh_control::mesh::ca::new_key()?;
+    let mut c = connect(addr, pin, None).map_err(|e| e.to_string())?;
+    let body = format!("{{\"public_key\":\"{public}\"}}");
+    let auth = format!("authorization: Bearer token-n{n}\r\n");
+    let (s, b) = exchange(
+        &mut c,
+        "POST",
+        &format!("/v1/nodes/n{n}/certificate"),
+        &auth,
+        &body,
+    )
+    .map_err(|e| e.to_string())?;
+    if s != 200 {
+        return Err(format!("node n{n}'s certificate: {s} {b}"));
+    }
+    let v: serde_json::Value = serde_json::from_str(&b).map_err(|e| e.to_string())?;
+    let cert = v["cert"].as_str().ok_or("no cert")?;
+    ringmesh_core::tls::certified_key_from_pem(cert.as_bytes(), key.as_bytes())
 }
 
 /// `"version":N` at the start of a snapshot.
@@ -124,14 +178,18 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("ringmesh-control-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     // One node per watcher, each routing to one cluster: what a fleet of sidecars looks like.
-    let mut mesh = String::from("state_file: off\nclusters:\n");
+    let mut mesh = format!(
+        "state_file: off\napi:\n  admins:\n    - {{ name: scale, token_sha256: {} }}\nclusters:\n",
+        sha256_hex(ADMIN_TOKEN.as_bytes())
+    );
     for c in 0..o.clusters {
         mesh.push_str(&format!("  - {{ name: c{c}, endpoints: [] }}\n"));
     }
     mesh.push_str("nodes:\n");
     for n in 0..o.watchers {
         mesh.push_str(&format!(
-            "  n{n}: {{ listeners: [ {{ name: edge, bind: 127.0.0.1:0, routes: [ {{ match: {{ path_prefix: / }}, cluster: c{} }} ] }} ] }}\n",
+            "  n{n}: {{ identity: {{ ns: default, sa: n{n} }}, token_sha256: {}, listeners: [ {{ name: edge, bind: 127.0.0.1:0, routes: [ {{ match: {{ path_prefix: / }}, cluster: c{} }} ] }} ] }}\n",
+            sha256_hex(format!("token-n{n}").as_bytes()),
             n % o.clusters
         ));
     }
@@ -150,12 +208,28 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
         let prefix = format!("/ringmesh-scale-{}/", std::process::id());
         cmd.args(["--etcd", url, "--etcd-prefix", &prefix]);
     }
-    let child = cmd.stdout(Stdio::null()).spawn()?;
+    let mut child = cmd
+        .args(["--log-level", "info"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // The log says how to pin the CA; the rest of it is read (and dropped) on a thread.
+    let mut lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
     let plane = Plane(child);
+    let pin = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            let at = l.find("pin=sha256:")? + "pin=sha256:".len();
+            l.get(at..at + 64).map(str::to_string)
+        })
+        .ok_or("the control plane did not start (no CA pin in its log)")?;
+    std::thread::spawn(move || lines.for_each(drop));
     let pid = plane.0.id();
     let started = Instant::now();
+    let auth = format!("authorization: Bearer {ADMIN_TOKEN}\r\n");
     let mut api = loop {
-        match connect(port) {
+        match connect(port, &pin, None) {
             Ok(c) => break c,
             Err(_) if started.elapsed() < Duration::from_secs(20) => {
                 std::thread::sleep(Duration::from_millis(20))
@@ -176,7 +250,7 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
             &mut api,
             "PUT",
             &format!("/v1/clusters/c{}/endpoints/e{e}", e % o.clusters),
-            "",
+            &auth,
             &body,
         )?;
         if s != 200 {
@@ -186,15 +260,28 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
     let registering = t.elapsed();
     let rss_endpoints = procfs::rss_kib(pid);
 
-    // Watchers: each takes its node's snapshot, then long-polls for the next.
+    // Certificates: one per node, with its bootstrap token.
+    let t = Instant::now();
+    let mut identities = Vec::with_capacity(o.watchers);
+    for n in 0..o.watchers {
+        identities.push(certificate(port, &pin, n)?);
+    }
+    let certifying = t.elapsed();
+    // Watchers: each takes its node's snapshot, then long-polls for the next, over mTLS.
     let seen: Arc<Vec<AtomicU64>> = Arc::new((0..o.watchers).map(|_| AtomicU64::new(0)).collect());
     let bytes = Arc::new(AtomicU64::new(0));
-    for n in 0..o.watchers {
-        let (seen, bytes) = (seen.clone(), bytes.clone());
+    for (n, identity) in identities.into_iter().enumerate() {
+        let (seen, bytes, pin) = (seen.clone(), bytes.clone(), pin.clone());
         std::thread::Builder::new()
-            .stack_size(64 * 1024)
+            .stack_size(256 * 1024)
             .spawn(move || {
-                let Ok(mut c) = connect(port) else { return };
+                let mut c = match connect(port, &pin, Some(identity)) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("watcher n{n}: cannot connect: {e}");
+                        return;
+                    }
+                };
                 let mut version: Option<u64> = None;
                 loop {
                     let path = match version {
@@ -207,7 +294,13 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
                             version = version_of(&body);
                             seen[n].store(version.unwrap_or(0), Ordering::Release);
                         }
-                        Ok(_) => {}
+                        // The long poll ran out with no change.
+                        Ok((304, _)) => {}
+                        Ok((status, body)) => {
+                            eprintln!("watcher n{n}: {status} {body}");
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                        // The run is over (the control plane stopped) or it failed.
                         Err(_) => return,
                     }
                 }
@@ -232,7 +325,7 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
     // Changes that reach every node: a policy added and removed through the API.
     let mut times = Vec::new();
     for i in 0..o.changes {
-        let (_, all) = exchange(&mut api, "GET", "/v1/config", "", "")?;
+        let (_, all) = exchange(&mut api, "GET", "/v1/config", &auth, "")?;
         let version = version_of(&all).ok_or("no version")?;
         let policies = if i % 2 == 0 {
             r#"[{"name":"reads","action":"allow","match":{"method":"GET"}}]"#
@@ -244,7 +337,7 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
             &mut api,
             "PUT",
             "/v1/config/policies",
-            &format!("if-match: \"{version}\"\r\n"),
+            &format!("if-match: \"{version}\"\r\n{auth}"),
             policies,
         )?;
         if s != 200 {
@@ -260,7 +353,7 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
         &mut api,
         "PUT",
         "/v1/clusters/c0/endpoints/late",
-        "",
+        &auth,
         r#"{"addr":"10.255.255.1:8080","ttl":"1h"}"#,
     )?;
     let reg_version = version_of(&b).ok_or("no version")?;
@@ -285,6 +378,7 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
          | watchers (one node each) | {} |\n\
          | endpoints registered (clusters) | {} ({}) |\n\
          | registering them, one API call each | {:.2} s |\n\
+         | a certificate for each node (bootstrap token) | {:.2} s |\n\
          | snapshot bytes sent to all watchers at start | {} KiB |\n\
          | change reaching all watchers: median, max of {} | {:.1} ms, {:.1} ms |\n\
          | registration reaching its {} watchers | {:.1} ms |\n\
@@ -295,6 +389,7 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
         o.endpoints,
         o.clusters,
         registering.as_secs_f64(),
+        certifying.as_secs_f64(),
         initial_bytes / 1024,
         times.len(),
         times.get(times.len() / 2).map_or(0.0, |d| ms(*d)),
@@ -312,9 +407,11 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
         let text = format!(
             "# Control plane at scale{}\n\n\
              Last run: `{}` on {} ({}).\n\n\
-             One `ringmesh control` process; each watcher is a simulated proxy: one keep-alive\n\
-             connection long-polling `GET /v1/watch/{{node}}`. A change is timed from the API call\n\
-             to the moment the last watcher holds the new version.\n\n{table}",
+             One `ringmesh control` process, its API over TLS; each watcher is a simulated proxy:\n\
+             its node's certificate got with its bootstrap token, then one keep-alive mTLS\n\
+             connection long-polling `GET /v1/watch/{{node}}`. The admin calls with a bearer token.\n\
+             A change is timed from the API call to the moment the last watcher holds the new\n\
+             version.\n\n{table}",
             if o.etcd.is_some() {
                 ", state in etcd"
             } else {

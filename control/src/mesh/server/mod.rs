@@ -1,6 +1,9 @@
 //! `ringmesh control`: holds the desired state, discovers endpoints, and serves each proxy its
 //! snapshot over a long-poll watch (SPEC.md section 7; the API is in docs/control.md).
 //!
+//! The API is served over TLS and trusts nobody by default: who may do what is in `auth`,
+//! the API's certificate in `tls`, docs/security.md has the whole trust model.
+//!
 //! Everything runs on one thread with its own monoio runtime: the state lives in a `RefCell`
 //! that no `.await` holds. A change (API, mesh file, DNS, registration, expiry) bumps the
 //! version, renders every node's config again (each cluster once), and wakes the watchers whose
@@ -18,20 +21,30 @@ use monoio::net::TcpListener;
 use super::model::Mesh;
 
 mod api;
+mod auth;
+mod desired;
 mod discovery;
+mod identity;
 mod metrics;
+mod registry;
 mod replicated;
 mod state;
+mod status;
+mod tls;
 mod watch;
 
 use api::*;
+use desired::*;
 use discovery::*;
 use metrics::*;
+use registry::*;
 use state::*;
+use status::*;
 use watch::*;
 
-pub use api::apply_edit;
+pub use desired::apply_edit;
 pub use state::parse_registration;
+pub use tls::ApiTls;
 
 /// Where the mesh file comes from.
 #[derive(Debug, Clone)]
@@ -54,6 +67,8 @@ pub struct ControlOptions {
     pub state_file: Option<PathBuf>,
     /// Share the state with other replicas through etcd.
     pub store: Option<StoreOptions>,
+    /// TLS for the API (the mesh CA's certificate by default).
+    pub tls: ApiTls,
 }
 
 /// Where replicas share their state.
@@ -78,6 +93,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// A running control plane.
 pub struct ControlPlane {
     addr: SocketAddr,
+    /// SHA-256 of the issuing CA's key at start (what `--control-ca-sha256` pins).
+    pin: String,
     stop: Option<flume::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -110,8 +127,8 @@ impl ControlPlane {
             (None, None, MeshSource::Text(_)) => None,
         };
         let bind = opts.bind.unwrap_or(mesh.bind);
-        let listener = std::net::TcpListener::bind(bind)
-            .map_err(|e| vec![format!("bind: cannot bind {bind}: {e}")])?;
+        exposed_safely(bind, &opts.tls, &mesh).map_err(|e| vec![e])?;
+        let listener = listen(bind).map_err(|e| vec![format!("bind: cannot bind {bind}: {e}")])?;
         listener
             .set_nonblocking(true)
             .map_err(|e| vec![e.to_string()])?;
@@ -125,14 +142,31 @@ impl ControlPlane {
             Some(o) => Some(replicated::open(o, &mut st).map_err(|e| vec![e])?),
             None => None,
         };
+        let served = tls::build(&opts.tls, &st, addr).map_err(|e| vec![e])?;
+        if served.is_none() {
+            tracing::warn!(
+                "the control plane's API is in plaintext (--insecure-plaintext): tokens and snapshots cross the network in the clear, and nodes cannot prove who they are"
+            );
+        }
+        tracing::info!(
+            pin = %format!("sha256:{}", st.ca.current.spki_sha256),
+            "mesh CA: proxies can pin it with --control-ca-sha256"
+        );
+        let pin = st.ca.current.spki_sha256.clone();
+        let api = Api {
+            bound: addr,
+            plaintext: opts.tls == ApiTls::Plaintext,
+            tls: opts.tls.clone(),
+        };
         let (stop_tx, stop_rx) = flume::bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name("ringmesh-control-plane".into())
-            .spawn(move || run(listener, st, stop_rx, store))
+            .spawn(move || run(listener, st, stop_rx, store, api, served))
             .map_err(|e| vec![e.to_string()])?;
         tracing::info!(%addr, "control plane started");
         Ok(ControlPlane {
             addr,
+            pin,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -141,6 +175,12 @@ impl ControlPlane {
     /// The API's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The SHA-256 (hex) of the issuing CA's key when the control plane started: what a proxy
+    /// pins with `--control-ca-sha256`.
+    pub fn ca_pin(&self) -> &str {
+        &self.pin
     }
 
     /// Stops serving: the API closes and every watch ends.
@@ -162,6 +202,59 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// A control plane reachable from other hosts must be served over TLS and have someone to
+/// administer it: otherwise it refuses to start, saying what is missing.
+fn exposed_safely(bind: SocketAddr, tls: &ApiTls, mesh: &Mesh) -> Result<(), String> {
+    if bind.ip().is_loopback() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if *tls == ApiTls::Plaintext {
+        missing.push("TLS (drop --insecure-plaintext)");
+    }
+    if mesh.api.admins.is_empty() {
+        missing.push("an admin (api.admins in the mesh file)");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "bind: {bind} is reachable from other hosts, and the API would lack {}",
+        missing.join(" and ")
+    ))
+}
+
+/// Writes `data` to a new file `path` that only this user can read (an old one is replaced).
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(data))
+}
+
+/// The API's socket, with a deep accept queue: a fleet of proxies reconnects at once after a
+/// restart, and each connection costs a TLS handshake before the next is accepted.
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+/// How the API is served, as fixed at start.
+struct Api {
+    bound: SocketAddr,
+    plaintext: bool,
+    tls: ApiTls,
 }
 
 fn read(source: &MeshSource) -> Result<String, String> {
@@ -199,6 +292,15 @@ struct Plane {
     persist: flume::Sender<(PathBuf, Vec<u8>)>,
     /// The shared store, for replicas.
     store: Option<replicated::Store>,
+    /// Where the API is bound (requests must be addressed to it).
+    bound: SocketAddr,
+    /// The API runs without TLS (`--insecure-plaintext`).
+    plaintext: bool,
+    /// How its TLS is made, and the TLS it serves with now (`None` in plaintext).
+    api_tls: ApiTls,
+    tls: RefCell<Option<tls::Served>>,
+    /// Refusals, counted and logged.
+    refusals: auth::Refusals,
 }
 
 impl Plane {
@@ -218,6 +320,8 @@ fn run(
     st: State,
     stop: flume::Receiver<()>,
     store: Option<(replicated::Store, flume::Receiver<replicated::Batch>)>,
+    api: Api,
+    served: Option<tls::Served>,
 ) {
     let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
@@ -259,6 +363,11 @@ fn run(
             dns: dns_tx,
             persist: persist_tx,
             store,
+            bound: api.bound,
+            plaintext: api.plaintext,
+            api_tls: api.tls,
+            tls: RefCell::new(served),
+            refusals: auth::Refusals::default(),
         });
         plane.changed();
         if let Some(rx) = batches {
@@ -269,10 +378,10 @@ fn run(
         loop {
             monoio::select! {
                 r = listener.accept() => match r {
-                    Ok((stream, _)) => {
+                    Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         ringmesh_core::sys::set_cloexec(std::os::fd::AsRawFd::as_raw_fd(&stream));
-                        monoio::spawn(serve(plane.clone(), stream));
+                        monoio::spawn(accepted(plane.clone(), stream, peer));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "control plane: accept failed");
@@ -323,9 +432,15 @@ async fn follow(plane: Rc<Plane>, rx: flume::Receiver<replicated::Batch>) {
 /// Expires registrations, watches the mesh file, and writes the state file.
 async fn tick(plane: Rc<Plane>) {
     let mut since_file_check = Duration::ZERO;
+    let mut since_tls_check = Duration::ZERO;
     loop {
         monoio::time::sleep(TICK).await;
         let mut changed = false;
+        since_tls_check += TICK;
+        if since_tls_check >= Duration::from_millis(500) {
+            since_tls_check = Duration::ZERO;
+            renew_tls(&plane);
+        }
         if let Some(store) = &plane.store {
             // Registrations expire by their leases, in the store.
             replicated::rewrite_reports(&plane, store);
@@ -375,6 +490,7 @@ async fn tick(plane: Rc<Plane>) {
                 since_file_check = Duration::ZERO;
                 changed |= reload_file(&mut st);
             }
+            changed |= adopt_operator_ca(&mut st);
             if st.dirty {
                 st.dirty = false;
                 if let Some(p) = &st.state_file {
@@ -384,6 +500,41 @@ async fn tick(plane: Rc<Plane>) {
         }
         if changed {
             plane.changed();
+        }
+    }
+}
+
+/// Builds the API's TLS again when its certificate is half through its life, another
+/// authority issues, the trust bundle changed, or the operator's files changed. A failure
+/// keeps the TLS in force (and is tried again).
+fn renew_tls(plane: &Plane) {
+    let st = plane.st.borrow();
+    if !plane.tls.borrow().as_ref().is_some_and(|s| s.due(&st)) {
+        return;
+    }
+    match tls::build(&plane.api_tls, &st, plane.bound) {
+        Ok(served) => {
+            *plane.tls.borrow_mut() = served;
+            tracing::info!("the API's TLS was renewed");
+        }
+        Err(e) => tracing::error!(error = %e, "cannot renew the API's TLS; the one in force stays"),
+    }
+}
+
+/// Starts the rotation to an operator's CA that the desired state names and that neither
+/// issues nor is about to (without a store; with one, the leader does it in the store).
+fn adopt_operator_ca(st: &mut State) -> bool {
+    match st.ca.adopt(st.mesh.ca.operator.as_ref()) {
+        Ok(true) => {
+            st.changed();
+            st.rotation_version = st.version;
+            tracing::info!("rotating to the operator's CA named in the desired state");
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot rotate to the operator's CA");
+            false
         }
     }
 }
@@ -451,7 +602,9 @@ fn write_loop(rx: &flume::Receiver<(PathBuf, Vec<u8>)>) {
         let (path, data) = job;
         let mut tmp = path.clone().into_os_string();
         tmp.push(".tmp");
-        let r = std::fs::write(&tmp, &data).and_then(|()| std::fs::rename(&tmp, &path));
+        // It holds the CA's private keys: readable by this user only, from its first byte.
+        let r = write_private(std::path::Path::new(&tmp), &data)
+            .and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = r {
             tracing::error!(path = %path.display(), error = %e, "cannot write the state file");
         }

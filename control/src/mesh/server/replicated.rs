@@ -10,6 +10,7 @@
 //! | `dns/NAME` | what DNS last said about a name (written by the leader) |
 //! | `reg/CLUSTER/ID` | a registration, attached to an etcd lease of its TTL |
 //! | `node/NAME` | what the node's proxy last reported |
+//! | `spent/NAME` | the node's bootstrap token that got it its first certificate |
 //! | `leader` | the replica that resolves DNS and moves CA rotations on (leased) |
 //!
 //! Each replica watches the prefix and applies changes in revision order to its own `State`,
@@ -32,9 +33,10 @@ use super::super::ca::Ca;
 use super::super::etcd::{self, Etcd, Event, Kv};
 use super::super::http::{Request, Response};
 use super::super::model::Mesh;
+use super::auth::Caller;
 use super::{
-    Plane, Resolved, State, StoreOptions, apply_edit, checked_registration, conflict,
-    if_match_required, invalid, registered, registration, unix_ms,
+    Plane, Resolved, Spent, State, StoreOptions, apply_edit, checked_registration, conflict,
+    identity, if_match_required, invalid, may_touch, owner_of, registered, registration, unix_ms,
 };
 
 /// Threads making etcd calls for the API (each with its own connection).
@@ -533,7 +535,7 @@ fn apply_at(st: &mut State, store: &Store, rev: i64, events: Vec<Event>, mut ful
                     continue;
                 };
                 if put {
-                    match registration(&value, Instant::now()) {
+                    match registration(&value, Instant::now(), true) {
                         Ok(mut r) => {
                             r.lease = kv.lease;
                             st.registrations
@@ -542,7 +544,7 @@ fn apply_at(st: &mut State, store: &Store, rev: i64, events: Vec<Event>, mut ful
                                 .insert(id.to_string(), r);
                         }
                         Err(e) => {
-                            tracing::warn!(cluster, id, error = %e, "store: unreadable registration")
+                            tracing::warn!(cluster, id, error = %e.join("; "), "store: unreadable registration")
                         }
                     }
                 } else {
@@ -550,6 +552,15 @@ fn apply_at(st: &mut State, store: &Store, rev: i64, events: Vec<Event>, mut ful
                 }
                 clusters.insert(cluster.to_string());
             }
+            ("spent", node) => match Spent::from_json(&value) {
+                Some(mut s) if put => {
+                    s.rev = kv.mod_revision;
+                    st.spent.insert(node.to_string(), s);
+                }
+                _ => {
+                    st.spent.remove(node);
+                }
+            },
             ("leader", "") => store.led.store(put, Ordering::Relaxed),
             _ => {}
         }
@@ -691,22 +702,27 @@ pub(super) async fn answer(
     store: &Store,
     req: &Request,
     segs: &[&str],
+    caller: &Caller,
 ) -> Option<Response> {
     Some(match (req.method.as_str(), segs) {
         ("PUT" | "DELETE", ["v1", "config", ..]) => {
             edit_config(plane, store, req, super::config_pointer(&req.path)).await
         }
         ("PUT", ["v1", "clusters", cluster, "endpoints", id]) => {
-            register(plane, store, cluster, id, &req.body).await
+            register(plane, store, cluster, id, &req.body, caller).await
+        }
+        ("POST", ["v1", "nodes", node, "certificate"]) => {
+            certificate(plane, store, node, req, caller).await
         }
         ("DELETE", ["v1", "clusters", cluster, "endpoints", id]) => {
-            let lease = plane
-                .st
-                .borrow()
-                .registrations
-                .get(*cluster)
-                .and_then(|m| m.get(*id))
-                .map_or(0, |r| r.lease);
+            let lease = {
+                let st = plane.st.borrow();
+                let existing = st.registrations.get(*cluster).and_then(|m| m.get(*id));
+                if let Err(r) = may_touch(existing, caller) {
+                    return Some(r);
+                }
+                existing.map_or(0, |r| r.lease)
+            };
             let key = store.key(&format!("reg/{cluster}/{id}"));
             match store
                 .exec(move |e| {
@@ -817,16 +833,29 @@ async fn edit_config(plane: &Plane, store: &Store, req: &Request, pointer: &str)
 
 /// `PUT /v1/clusters/{cluster}/endpoints/{id}`: a heartbeat renews the lease; a new or changed
 /// registration is written under a new lease of its TTL.
-async fn register(plane: &Plane, store: &Store, cluster: &str, id: &str, body: &[u8]) -> Response {
+async fn register(
+    plane: &Plane,
+    store: &Store,
+    cluster: &str,
+    id: &str,
+    body: &[u8],
+    caller: &Caller,
+) -> Response {
     let (value, ttl, old_lease, heartbeat) = {
         let st = plane.st.borrow();
-        let reg = match checked_registration(&st, cluster, id, body) {
+        let mut reg = match checked_registration(&st, cluster, id, body) {
             Ok(r) => r,
             Err(r) => return r,
         };
         let old = st.registrations.get(cluster).and_then(|m| m.get(id));
+        if let Err(r) = may_touch(old, caller) {
+            return r;
+        }
+        reg.owner = owner_of(caller).or_else(|| old.and_then(|o| o.owner.clone()));
         let old_lease = old.map_or(0, |o| o.lease);
-        let heartbeat = old.is_some_and(|o| o.ep == reg.ep && o.ttl == reg.ttl && o.lease != 0);
+        let heartbeat = old.is_some_and(|o| {
+            o.ep == reg.ep && o.ttl == reg.ttl && o.owner == reg.owner && o.lease != 0
+        });
         (reg.to_json().to_string(), reg.ttl, old_lease, heartbeat)
     };
     let key = store.key(&format!("reg/{cluster}/{id}"));
@@ -868,10 +897,58 @@ async fn register(plane: &Plane, store: &Store, cluster: &str, id: &str, body: &
     registered(cluster, id, ttl, version)
 }
 
-/// The leader's part of the tick: moves a CA rotation on, through the store.
+/// `POST /v1/nodes/{node}/certificate` with a store: a bootstrap token is spent in the store
+/// first, by a transaction on the node's `spent` record as this replica saw it, so that two
+/// replicas given the same token at once issue one certificate between them.
+async fn certificate(
+    plane: &Plane,
+    store: &Store,
+    node: &str,
+    req: &Request,
+    caller: &Caller,
+) -> Response {
+    // A lost race means another replica wrote the record: decide again on what it wrote.
+    for _ in 0..3 {
+        let decision = identity::decide(&plane.st.borrow(), node, req, caller);
+        let (public_key, spend) = match decision {
+            identity::Decision::Refuse(r) => return r,
+            identity::Decision::Issue { public_key, spend } => (public_key, spend),
+        };
+        let Some(s) = spend else {
+            return identity::issue(&mut plane.st.borrow_mut(), node, &public_key);
+        };
+        let seen_rev = plane.st.borrow().spent.get(node).map_or(0, |s| s.rev);
+        let key = store.key(&format!("spent/{node}"));
+        let value = s.to_json().to_string();
+        match store
+            .exec(move |e| e.put_if(&key, seen_rev, value.as_bytes(), 0))
+            .await
+        {
+            Ok((true, rev)) => {
+                seen(plane, store, rev).await;
+                return identity::issue(&mut plane.st.borrow_mut(), node, &public_key);
+            }
+            Ok((false, rev)) => seen(plane, store, rev).await,
+            Err(e) => return unavailable(&e),
+        }
+    }
+    Response::error(503, "the node's token record keeps changing; try again")
+}
+
+/// The leader's part of the tick: moves a CA rotation on, or starts the one to an operator's
+/// CA the desired state names anew, through the store.
 pub(super) fn advance_ca(st: &State, store: &Store) {
+    let operator = st.mesh.ca.operator.as_ref();
+    let adopt = operator.is_some_and(|op| {
+        st.ca.next.is_none()
+            && !st
+                .ca
+                .authorities()
+                .take(2)
+                .any(|a| a.fingerprint == op.fingerprint)
+    });
     // Nothing to move on without a rotation (and restoring the CA to try costs signatures).
-    let rotating = st.ca.next.is_some() || st.ca.previous.is_some();
+    let rotating = st.ca.next.is_some() || st.ca.previous.is_some() || adopt;
     if !rotating || !store.leader() || store.ca_pending.load(Ordering::Relaxed) {
         return;
     }
@@ -879,7 +956,15 @@ pub(super) fn advance_ca(st: &State, store: &Store) {
         return;
     };
     let all = st.all_have(st.rotation_version);
-    if !ca.advance(all, st.mesh.ca.rotation_grace, st.mesh.ca.cert_ttl) {
+    let moved = match ca.adopt(operator) {
+        Ok(true) => true,
+        Ok(false) => ca.advance(all, st.mesh.ca.rotation_grace, st.mesh.ca.cert_ttl),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot rotate to the operator's CA");
+            false
+        }
+    };
+    if !moved {
         return;
     }
     store.ca_pending.store(true, Ordering::Relaxed);

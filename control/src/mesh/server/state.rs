@@ -21,14 +21,47 @@ pub(super) struct Registration {
     pub(super) deadline: Instant,
     /// Its etcd lease, with a store (0 without).
     pub(super) lease: i64,
+    /// The node that registered it (`None`: an admin did); only it (or an admin) may
+    /// heartbeat or remove it.
+    pub(super) owner: Option<String>,
 }
 
 impl Registration {
-    /// As registered: `{"addr", "zone", "weight", "ttl"}`.
+    /// As kept: `{"addr", "zone", "weight", "ttl", "owner"}`.
     pub(super) fn to_json(&self) -> Value {
         json!({
             "addr": self.ep.addr.to_string(), "zone": self.ep.zone, "weight": self.ep.weight,
-            "ttl": crate::config::format_duration(self.ttl),
+            "ttl": crate::config::format_duration(self.ttl), "owner": self.owner,
+        })
+    }
+}
+
+/// A bootstrap token that got its node a certificate: it is good for nothing more, but the
+/// same request again (the same public key, whose answer was lost) is answered again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Spent {
+    /// SHA-256 (hex) of the token.
+    pub(super) token_sha256: String,
+    /// SHA-256 (hex) of the public key it certified.
+    pub(super) public_key_sha256: String,
+    /// When (unix seconds).
+    pub(super) at: i64,
+    /// Its key's revision in the store (0 without one): a replica spends a token only if the
+    /// record is still the one it saw.
+    pub(super) rev: i64,
+}
+
+impl Spent {
+    pub(super) fn to_json(&self) -> Value {
+        json!({ "token_sha256": self.token_sha256, "public_key_sha256": self.public_key_sha256, "at": self.at })
+    }
+
+    pub(super) fn from_json(v: &Value) -> Option<Spent> {
+        Some(Spent {
+            token_sha256: v["token_sha256"].as_str()?.to_string(),
+            public_key_sha256: v["public_key_sha256"].as_str()?.to_string(),
+            at: v["at"].as_i64().unwrap_or(0),
+            rev: 0,
         })
     }
 }
@@ -94,6 +127,8 @@ pub(super) struct State {
     pub(super) ca: Ca,
     /// The version that started the CA rotation in progress.
     pub(super) rotation_version: u64,
+    /// Bootstrap tokens spent, by node.
+    pub(super) spent: BTreeMap<String, Spent>,
 }
 
 impl State {
@@ -103,7 +138,13 @@ impl State {
         source: MeshSource,
         state_file: Option<PathBuf>,
     ) -> Result<State, String> {
-        let ca = Ca::generate(&mesh.trust_domain)?;
+        // The operator's CA when the mesh file names one, else one made here.
+        let ca = match &mesh.ca.operator {
+            Some(op) => Ca::with(super::super::ca::Authority::from_operator(
+                &op.cert, &op.key,
+            )?),
+            None => Ca::generate(&mesh.trust_domain)?,
+        };
         // Versions start from the clock (milliseconds), so that they keep growing across
         // restarts even without a state file: a proxy never sees an old number for a new config.
         let mut st = State {
@@ -123,6 +164,7 @@ impl State {
             source,
             ca,
             rotation_version: 0,
+            spent: BTreeMap::new(),
         };
         st.file_stamp = st.stamp();
         st.render();
@@ -151,6 +193,11 @@ impl State {
             Ok(ca) => self.ca = ca,
             Err(e) => tracing::warn!(error = %e, "state file has no usable CA; a new one was made"),
         }
+        for (node, s) in saved["spent"].as_object().into_iter().flatten() {
+            if let Some(s) = Spent::from_json(s) {
+                self.spent.insert(node.clone(), s);
+            }
+        }
         let version = saved["version"].as_u64().unwrap_or(0);
         self.version = self.version.max(version + 1);
         if saved["file_hash"].as_u64() == Some(self.file_hash) {
@@ -167,7 +214,7 @@ impl State {
             let (Some(cluster), Some(id)) = (r["cluster"].as_str(), r["id"].as_str()) else {
                 continue;
             };
-            let Ok(reg) = registration(r, now) else {
+            let Ok(reg) = registration(r, now, true) else {
                 continue;
             };
             self.registrations
@@ -208,6 +255,7 @@ impl State {
             "mesh": self.mesh.doc,
             "registrations": regs,
             "ca": self.ca.to_json(),
+            "spent": self.spent.iter().map(|(n, s)| (n.clone(), s.to_json())).collect::<serde_json::Map<_, _>>(),
         })
         .to_string()
         .into_bytes()
@@ -362,51 +410,78 @@ impl State {
 }
 
 /// Parses a registration body (`{"addr", "zone", "weight", "ttl"}`).
-pub fn parse_registration(body: &[u8]) -> Result<(Registered, Duration), String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
-    let reg = registration(&v, Instant::now())?;
+pub fn parse_registration(body: &[u8]) -> Result<(Registered, Duration), Vec<String>> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| vec![format!("invalid JSON: {e}")])?;
+    let reg = registration(&v, Instant::now(), false)?;
     Ok((reg.ep, reg.ttl))
 }
 
-pub(super) fn registration(v: &Value, now: Instant) -> Result<Registration, String> {
-    let obj = v.as_object().ok_or("expected an object")?;
-    for k in obj.keys() {
-        if !["addr", "zone", "weight", "ttl", "cluster", "id"].contains(&k.as_str()) {
-            return Err(format!(
-                "unknown field `{k}`; expected one of: addr, zone, weight, ttl"
-            ));
+/// A registration from its JSON: `{"addr", "zone", "weight", "ttl"}` as the API takes it.
+/// The endpoint is checked by the proxy's own validator
+/// ([`crate::config::check_endpoint`]), so that no registration taken here can make a proxy
+/// refuse its snapshot; the TTL by the control plane's bounds. Every error names its field.
+/// `stored`: from the state file or the store, which also keep `owner`, `cluster` and `id`.
+pub(super) fn registration(
+    v: &Value,
+    now: Instant,
+    stored: bool,
+) -> Result<Registration, Vec<String>> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| vec!["expected an object".to_string()])?;
+    let mut errors = Vec::new();
+    let kept: &[&str] = if stored {
+        &["addr", "zone", "weight", "ttl", "owner", "cluster", "id"]
+    } else {
+        &["addr", "zone", "weight", "ttl"]
+    };
+    for k in obj.keys().filter(|k| !kept.contains(&k.as_str())) {
+        errors.push(format!(
+            "{k}: unknown field; expected one of: addr, zone, weight, ttl"
+        ));
+    }
+    let mut endpoint = serde_json::Map::new();
+    for k in ["addr", "zone", "weight"] {
+        if let Some(v) = obj.get(k).filter(|v| !v.is_null()) {
+            endpoint.insert(k.into(), v.clone());
         }
     }
-    let addr = obj
-        .get("addr")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse::<SocketAddr>().ok())
-        .filter(|a| a.port() != 0)
-        .ok_or("addr: expected an address such as 127.0.0.1:9000")?;
-    let zone = match obj.get("zone") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(z)) if !z.is_empty() && z.len() <= 128 => Some(z.clone()),
-        _ => return Err("zone: expected a name of 1 to 128 characters".into()),
-    };
-    let weight = match obj.get("weight") {
-        None | Some(Value::Null) => None,
-        Some(w) => Some(
-            w.as_u64()
-                .filter(|w| *w <= 1_000_000)
-                .ok_or("weight: expected a number from 0 to 1000000")? as u32,
-        ),
+    if !endpoint.contains_key("addr") {
+        errors.push("addr: required, an address such as 127.0.0.1:9000".into());
+    }
+    let checked = crate::config::check_endpoint(&Value::Object(endpoint.clone()));
+    let ep = match checked {
+        Ok(e) => Some(e),
+        Err(errs) => {
+            if endpoint.contains_key("addr") {
+                errors.extend(errs.iter().map(ToString::to_string));
+            }
+            None
+        }
     };
     let ttl = match obj.get("ttl") {
-        None | Some(Value::Null) => TTL_DEFAULT,
-        Some(Value::String(s)) => crate::config::decode::parse_duration(s)
-            .filter(|d| (TTL_MIN..=TTL_MAX).contains(d))
-            .ok_or("ttl: expected a duration from 1s to 1h, such as 10s")?,
-        _ => return Err("ttl: expected a duration from 1s to 1h, such as 10s".into()),
+        None | Some(Value::Null) => Some(TTL_DEFAULT),
+        Some(Value::String(s)) => {
+            crate::config::decode::parse_duration(s).filter(|d| (TTL_MIN..=TTL_MAX).contains(d))
+        }
+        _ => None,
     };
-    Ok(Registration {
-        ep: Registered { addr, zone, weight },
-        ttl,
-        deadline: now + ttl,
-        lease: 0,
-    })
+    if ttl.is_none() {
+        errors.push("ttl: expected a duration from 1s to 1h, such as 10s".into());
+    }
+    let owner = obj.get("owner").and_then(Value::as_str).map(str::to_string);
+    match (ep, ttl) {
+        (Some(ep), Some(ttl)) if errors.is_empty() => Ok(Registration {
+            ep: Registered {
+                addr: ep.addr,
+                zone: ep.zone,
+                weight: endpoint.contains_key("weight").then_some(ep.weight),
+            },
+            ttl,
+            deadline: now + ttl,
+            lease: 0,
+            owner: if stored { owner } else { None },
+        }),
+        _ => Err(errors),
+    }
 }

@@ -118,6 +118,7 @@ pub(super) async fn watch(plane: &Plane, node: &str, req: &Request) -> Response 
                 ctype: "application/json",
                 body: Vec::new(),
                 etag: seen,
+                error_kind: None,
             },
         }
     }

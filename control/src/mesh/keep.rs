@@ -1,0 +1,209 @@
+//! Where a proxy keeps the identity the mesh CA issued it: its private key, its certificate
+//! and the mesh's trust bundle.
+//!
+//! By default in memory only: the proxy's listeners and clusters read them as `mem:` paths
+//! (`ringmesh_core::tls::memory`), so no other user of the host can read the key or swap the
+//! bundle, and nothing is left behind. With `--identity-dir DIR` they are also written to DIR,
+//! so that a restarted proxy renews with the certificate it still holds (its bootstrap token is
+//! spent). DIR is created with mode 0700; an existing one must be a real directory owned by the
+//! proxy's user and writable by nobody else, and so must be every directory above it, unless
+//! sticky (as `/tmp` is; as OpenSSH checks `authorized_keys`). Each file is written to a new
+//! file, then renamed over the old one.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// The identity's files.
+pub const KEY: &str = "key.pem";
+pub const CERT: &str = "cert.pem";
+pub const BUNDLE: &str = "bundle.pem";
+
+/// Where the identity is kept.
+#[derive(Debug, Clone)]
+pub enum Keep {
+    /// In memory, under this name (`mem:NAME/key.pem`...).
+    Memory(String),
+    /// In memory and in this directory.
+    Dir(String, PathBuf),
+}
+
+impl Keep {
+    /// For `node`: in memory, and in `dir` when given (checked, or created, now).
+    pub fn new(node: &str, dir: Option<PathBuf>) -> Result<Keep, String> {
+        let name = format!("identity/{}", super::http::percent_encode(node));
+        match dir {
+            None => Ok(Keep::Memory(name)),
+            Some(d) => {
+                prepare(&d)?;
+                Ok(Keep::Dir(name, d))
+            }
+        }
+    }
+
+    /// What `${identity}` stands for in the node's config: where its files are read from.
+    pub fn location(&self) -> String {
+        match self {
+            Keep::Memory(name) | Keep::Dir(name, _) => {
+                format!("{}{name}", ringmesh_core::tls::memory::PREFIX)
+            }
+        }
+    }
+
+    /// Holds a new identity (in memory, and in the directory).
+    pub fn store(&self, key: &str, cert: &str, bundle: &str) -> Result<(), String> {
+        let (Keep::Memory(name) | Keep::Dir(name, _)) = self;
+        if let Keep::Dir(_, dir) = self {
+            // Checked again: the directory must not have changed hands since.
+            check(dir)?;
+            for (file, data, mode) in [
+                (KEY, key, 0o600),
+                (CERT, cert, 0o644),
+                (BUNDLE, bundle, 0o644),
+            ] {
+                write_replacing(&dir.join(file), data.as_bytes(), mode)?;
+            }
+        }
+        use ringmesh_core::tls::memory;
+        memory::put(&format!("{name}/{KEY}"), key.as_bytes());
+        memory::put(&format!("{name}/{CERT}"), cert.as_bytes());
+        memory::put(&format!("{name}/{BUNDLE}"), bundle.as_bytes());
+        Ok(())
+    }
+
+    /// The identity a previous run left in the directory, if any: key, certificate, bundle.
+    pub fn load(&self) -> Option<(String, String, String)> {
+        let Keep::Dir(_, dir) = self else {
+            return None;
+        };
+        check(dir).ok()?;
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+        Some((read(KEY)?, read(CERT)?, read(BUNDLE)?))
+    }
+}
+
+/// Creates `dir` (mode 0700) if it is missing, then checks it.
+fn prepare(dir: &Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("--identity-dir {}: cannot create it: {e}", dir.display()))?;
+        }
+        Err(e) => return Err(format!("--identity-dir {}: {e}", dir.display())),
+    }
+    check(dir)
+}
+
+/// Refuses a directory another user could have written to, or could replace.
+pub fn check(dir: &Path) -> Result<(), String> {
+    let me = ringmesh_core::sys::euid();
+    let shown = dir.display();
+    let m = std::fs::symlink_metadata(dir).map_err(|e| format!("--identity-dir {shown}: {e}"))?;
+    if !m.file_type().is_dir() {
+        return Err(format!(
+            "--identity-dir {shown}: not a directory (a symbolic link is refused too)"
+        ));
+    }
+    if m.uid() != me {
+        return Err(format!(
+            "--identity-dir {shown}: owned by user {}, not by this proxy's user ({me}): refused",
+            m.uid()
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "--identity-dir {shown}: writable by its group or others (mode {:o}): refused; use mode 0700",
+            m.mode() & 0o7777
+        ));
+    }
+    // Whoever may write to a directory above it may put another directory in its place.
+    let full = std::fs::canonicalize(dir).map_err(|e| format!("--identity-dir {shown}: {e}"))?;
+    for parent in full.ancestors().skip(1) {
+        let pm = std::fs::metadata(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        let sticky = pm.mode() & 0o1000 != 0;
+        let others_write = pm.mode() & 0o022 != 0;
+        if (pm.uid() != me && pm.uid() != 0) || (others_write && !sticky) {
+            return Err(format!(
+                "--identity-dir {shown}: {} could be changed by another user (owner {}, mode {:o}): refused",
+                parent.display(),
+                pm.uid(),
+                pm.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Writes `data` to `path` with `mode`, by a new file renamed over it.
+fn write_replacing(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(data))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ringmesh-keep-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn a_directory_is_made_private_and_one_others_could_touch_is_refused() {
+        let fresh = scratch("fresh");
+        let keep = Keep::new("edge-1", Some(fresh.clone())).expect("created");
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        keep.store("K", "C", "B").expect("stored");
+        let key_mode = std::fs::metadata(fresh.join(KEY))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(key_mode & 0o777, 0o600);
+        assert_eq!(keep.load(), Some(("K".into(), "C".into(), "B".into())));
+        assert_eq!(
+            ringmesh_core::tls::memory::get("identity/edge-1/key.pem").as_deref(),
+            Some(&b"K"[..])
+        );
+
+        let open = scratch("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = Keep::new("n", Some(open.clone())).expect_err("refused");
+        assert!(e.contains("writable by its group or others"), "{e}");
+
+        // Below a directory others may write to (not sticky): refused.
+        let inner = open.join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = Keep::new("n", Some(inner)).expect_err("refused");
+        assert!(e.contains("could be changed by another user"), "{e}");
+
+        // A symbolic link to a good directory is refused.
+        let link = scratch("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        let e = Keep::new("n", Some(link.clone())).expect_err("refused");
+        assert!(e.contains("not a directory"), "{e}");
+
+        for d in [fresh, open, link] {
+            let _ = std::fs::remove_dir_all(&d);
+            let _ = std::fs::remove_file(&d);
+        }
+    }
+}
