@@ -12,9 +12,9 @@
 //!   or kept, or decoded into separators, by configuration;
 //! - a raw `\`, which Windows servers and some frameworks read as `/`;
 //! - `#`: a fragment is never part of a request target (RFC 9110 section 7.1);
-//! - `;`: Tomcat and Spring drop `;params` from segments, so `/..;/admin` and `/;/admin` reach
-//!   `/admin` there; by default refused (as Spring Security's firewall does). When kept, a
-//!   segment that is empty, `.` or `..` before its `;` is still refused;
+//! - `;` (and `%3B`): Tomcat and Spring drop `;params` from segments, so `/..;/admin` and
+//!   `/;/admin` reach `/admin` there; by default refused (as Spring Security's firewall does).
+//!   When kept, a segment that is empty, `.` or `..` before its `;` is still refused;
 //! - a `%` not followed by two hex digits.
 //!
 //! The steps: percent-encodings of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded,
@@ -147,6 +147,10 @@ pub fn normalize(buf: &mut [u8], rules: &PathRules) -> Result<usize, PathError> 
                     let v = h << 4 | l;
                     r += 3;
                     let slash = v == b'/' || v == b'\\';
+                    // Stacks that decode before they strip `;params` read `%3B` as `;`.
+                    if v == b';' && rules.semicolons == Semicolons::Reject {
+                        return Err(PathError::Semicolon);
+                    }
                     if unreserved(v) {
                         buf[w] = v;
                         w += 1;
@@ -246,6 +250,8 @@ mod tests {
             ("/../../admin", Ok("/admin")),
             ("///admin//x", Ok("/admin/x")),
             ("/;/admin", Err(PathError::Semicolon)),
+            ("/admin%3bx", Err(PathError::Semicolon)),
+            ("/%3B/admin", Err(PathError::Semicolon)),
             ("/..;/admin", Err(PathError::Semicolon)),
             ("/%2fadmin", Err(PathError::EscapedSlash)),
             ("/x%2F..%2Fadmin", Err(PathError::EscapedSlash)),

@@ -212,3 +212,34 @@ fn an_http10_answer_with_transfer_encoding_is_refused() {
     assert_eq!(r.status, 502);
     assert_eq!(r.header("ringmesh-error"), Some("upstream-protocol"));
 }
+
+#[test]
+fn trailers_that_grow_when_rewritten_are_still_filtered() {
+    // `a:1` becomes `a: 1`: the cleaned body is longer than the one received.
+    let (seen_tx, seen) = mpsc::channel();
+    let up = Upstream::raw(move |mut s| {
+        let _ = seen_tx.send(read_chunked_message(&mut s));
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    });
+    let p = TestProxy::simple(up.addr, 1, "");
+    let mut trailers = String::new();
+    for _ in 0..50 {
+        trailers.push_str("a:1\r\n");
+    }
+    let request = format!(
+        "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;e=1\r\nx\r\n0\r\n{trailers}\
+         ringmesh-client-identity:spiffe://mesh.local/ns/ops/sa/admin\r\nauthorization:x\r\n\r\n"
+    );
+    let mut c = TcpStream::connect(p.edge()).unwrap();
+    c.write_all(request.as_bytes()).unwrap();
+    let upstream_saw = seen
+        .recv_timeout(Duration::from_secs(10))
+        .expect("upstream");
+    assert!(
+        !upstream_saw.contains("ringmesh-client-identity"),
+        "{upstream_saw}"
+    );
+    assert!(!upstream_saw.contains("authorization"), "{upstream_saw}");
+    assert!(!upstream_saw.contains("e=1"), "{upstream_saw}");
+    assert_eq!(trailer_names(&upstream_saw).len(), 50, "{upstream_saw}");
+}

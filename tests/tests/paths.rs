@@ -55,6 +55,7 @@ const PATHS: &[(&str, Want)] = &[
     ("/SECRET/key", Want::Denied),
     ("/sEcReT", Want::Denied),
     ("/;/admin", Want::BadPath),
+    ("/admin%3bx", Want::BadPath),
     ("/..;/admin", Want::BadPath),
     ("/admin;x", Want::BadPath),
     ("/%2fadmin", Want::BadPath),
@@ -124,6 +125,8 @@ fn every_path_trick_is_normalized_or_refused_over_http1() {
         ("http://a/x/../admin", Want::Denied),
         ("http://admin.example./x", Want::Denied),
         ("http://a/public/../ok", Want::Served("/ok")),
+        // No path is `/`: matched, and served, as `/`.
+        ("http://a", Want::Served("/")),
     ] {
         let (status, error, body) = check_http1(p.edge(), "b", target);
         expect(
@@ -240,4 +243,28 @@ clusters: [ { name: up, endpoints: [ { addr: 127.0.0.1:1 } ] } ]
         text.contains("listeners[0].routes[0].match.path_prefix") && text.contains("`/b`"),
         "{text}"
     );
+}
+
+#[test]
+fn an_absolute_form_target_without_a_path_is_matched_as_the_slash_it_is_sent_as() {
+    let up = Upstream::http(|req| Resp::new(200, req.path.clone()));
+    let p = TestProxy::start(
+        &format!(
+            "admin: 127.0.0.1:0
+policies:
+  - {{ name: no-root, action: deny, match: {{ path: / }} }}
+listeners:
+  - name: edge
+    bind: 127.0.0.1:0
+    routes: [ {{ match: {{ path: /elsewhere }}, cluster: up }} ]
+clusters:
+  - {{ name: up, endpoints: [ {{ addr: {} }} ] }}
+",
+            up.addr
+        ),
+        1,
+    );
+    let (status, error, _) = check_http1(p.edge(), "b", "http://a");
+    assert_eq!((status, error.as_deref()), (403, Some("denied")));
+    assert_eq!(up.accepted(), 0);
 }

@@ -277,6 +277,12 @@ fn a_node_acts_for_itself_only() {
         None,
     );
     assert_eq!(s, 200, "{v}");
+    // Only at its own address: not at another host's, not at a metadata service.
+    for addr in ["10.1.2.3:80", "169.254.169.254:80"] {
+        let body = json!({ "addr": addr });
+        let (s, v) = at.call_as(&back, "PUT", &path("web", "b-x"), Some(&body), None);
+        assert_eq!((s, kind(&v)), (403, Some("not-own-address")), "{v}");
+    }
     let (s, v) = at.call_as(
         &back,
         "PUT",
@@ -553,6 +559,22 @@ fn the_state_file_and_an_identity_directory_are_private() {
             ringmesh_control::mesh::keep::Keep::new("n", Some(dir.clone())).expect_err("refused");
         assert!(e.contains("owned by user 65534"), "{e}");
     }
+    // A path through a symbolic link another user owns is refused.
+    let link = std::env::temp_dir().join(format!("ringmesh-foreign-link-{}", std::process::id()));
+    let _ = std::fs::remove_file(&link);
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::os::unix::fs::symlink(&dir, &link).expect("link");
+    let linked = std::process::Command::new("chown")
+        .args(["-h", "65534:65534"])
+        .arg(&link)
+        .status()
+        .is_ok_and(|s| s.success());
+    if linked && std::fs::symlink_metadata(&link).expect("link").uid() == 65534 {
+        let e = ringmesh_control::mesh::keep::Keep::new("n", Some(link.join("id")))
+            .expect_err("refused");
+        assert!(e.contains("symbolic link owned by user 65534"), "{e}");
+    }
+    let _ = std::fs::remove_file(&link);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -661,7 +683,17 @@ fn an_operators_ca_issues_and_a_new_one_takes_over_with_overlap() {
             k.display()
         )
     };
-    let cp = plane(&format!("{}{}", ca(&c1, &k1), mesh(up.addr)));
+    let admins = ringmesh_tests::mesh::admin_section();
+    let file = temp_config(
+        "byo-ca",
+        &format!("{admins}{}{}", ca(&c1, &k1), mesh(up.addr)),
+    );
+    let cp = ControlPlane::start(ControlOptions {
+        source: ringmesh_control::mesh::MeshSource::File(file.clone()),
+        state_file: None,
+        ..ringmesh_tests::mesh::options("")
+    })
+    .expect("starts");
     let mut at = At::of(&cp);
     // Issued certificates chain to the operator's root (through the intermediate sent along).
     let (_, public) = ringmesh_control::mesh::ca::new_key().expect("key");
@@ -689,27 +721,37 @@ fn an_operators_ca_issues_and_a_new_one_takes_over_with_overlap() {
     );
     let edge = proxy.listener_addr("edge").expect("edge");
     assert_eq!(body_of(edge), (200, "a".into()));
-    // Bad operator files are refused by field, and change nothing.
+    // The API may not name files on the control plane's host (not even an admin), whatever
+    // they hold: not another CA, not /dev/zero.
     let version = at.get("/v1/config")["version"].as_u64();
-    let bogus = json!({ "cert": c1.display().to_string(), "key": k2.display().to_string() });
-    let (s, r) = at.call("PUT", "/v1/config/ca", Some(&bogus), version);
-    assert_eq!(s, 422, "{r}");
-    assert!(
-        r["errors"][0]
-            .as_str()
-            .is_some_and(|e| e.starts_with("ca.key")),
-        "{r}"
-    );
-    // A new operator CA, named through the API: trusted first, then issuing, and the first
-    // retired once what it issued has expired; the proxy never stops serving.
+    for (cert, key) in [
+        (c2.display().to_string(), k2.display().to_string()),
+        ("/dev/zero".to_string(), k1.display().to_string()),
+    ] {
+        let bogus = json!({ "cert": cert, "key": key });
+        let (s, r) = at.call("PUT", "/v1/config/ca", Some(&bogus), version);
+        assert_eq!(s, 422, "{r}");
+        assert!(
+            r["errors"][0]
+                .as_str()
+                .is_some_and(|e| e.starts_with("ca.cert")),
+            "{r}"
+        );
+    }
+    // The mesh file names a new operator CA with a key that does not match: refused, the
+    // state in force stays.
+    write_atomically(&file, &format!("{admins}{}{}", ca(&c2, &k1), mesh(up.addr)));
+    assert!(eventually(WAIT, || {
+        metric_value(
+            &at.text("/metrics"),
+            "ringmesh_control_source_up{source=\"file\",name=\"mesh\"}",
+        ) == Some(0.0)
+    }));
+    // Then with its key: trusted first, then issuing, and the first retired once what it
+    // issued has expired; the proxy never stops serving.
     let first = at.get("/v1/ca")["issuer"].clone();
     at.learn();
-    let next = json!({
-        "cert": c2.display().to_string(), "key": k2.display().to_string(),
-        "cert_ttl": "3s", "rotation_grace": "1m",
-    });
-    let (s, r) = at.call("PUT", "/v1/config/ca", Some(&next), version);
-    assert_eq!(s, 200, "{r}");
+    write_atomically(&file, &format!("{admins}{}{}", ca(&c2, &k2), mesh(up.addr)));
     assert!(eventually(WAIT, || at.get("/v1/ca")["rotating"] == true
         || at.get("/v1/ca")["issuer"] != first));
     at.learn();
@@ -774,4 +816,82 @@ fn the_api_may_serve_the_operators_certificate_and_takes_a_new_one_without_a_res
         )
         .map_or((0, Value::Null), |r| r);
     assert_eq!(s, 0, "a client pinning another CA was served");
+}
+
+#[test]
+fn guessing_tokens_is_slowed_down_and_an_admin_identity_is_no_nodes() {
+    let up = Upstream::fixed("a");
+    let cp = plane(&mesh(up.addr));
+    let at = At::of(&cp);
+    let mut codes = Vec::new();
+    for i in 0..25 {
+        let who = Who::bearer(&at.pin, &format!("guess-{i}"));
+        codes.push(at.call_as(&who, "GET", "/v1/config", None, None).0);
+    }
+    assert_eq!(&codes[..20], &[401; 20]);
+    assert_eq!(&codes[20..], &[429; 5], "{codes:?}");
+    // Even the right token waits out the window from that address.
+    assert_eq!(at.call("GET", "/v1/config", None, None).0, 429);
+    // A bootstrap token for a node that does not exist, and a wrong one for a node that does,
+    // answer alike (from another address's point of view: a fresh plane).
+    let cp = plane(&mesh(up.addr));
+    let at = At::of(&cp);
+    let (_, public) = ringmesh_control::mesh::ca::new_key().expect("key");
+    let key = json!({ "public_key": public });
+    let ask = |node: &str| {
+        let who = Who::bearer(&at.pin, "wrong");
+        let (s, v) = at.call_as(
+            &who,
+            "POST",
+            &format!("/v1/nodes/{node}/certificate"),
+            Some(&key),
+            None,
+        );
+        (s, v["kind"].clone())
+    };
+    assert_eq!(ask("edge"), ask("no-such-node"));
+    // An admin identity that is a node's is refused.
+    let errors = ringmesh_control::mesh::model::Mesh::parse(&format!(
+        "api:\n  admins:\n    - {{ name: x, identity: \"spiffe://mesh.local/ns/default/sa/edge\" }}\n{}",
+        mesh(up.addr)
+    ))
+    .expect_err("refused");
+    assert!(
+        errors.iter().any(|e| e.path == "api.admins[0].identity"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_proxy_takes_no_file_from_a_control_plane_or_its_cache() {
+    use ringmesh_control::mesh::client::Trust;
+    let dir = std::env::temp_dir().join(format!("ringmesh-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let target = dir.join("pwned.log");
+    let cache = dir.join("edge.json");
+    let config = json!({
+        "listeners": [ { "name": "edge", "bind": "127.0.0.1:0",
+            "access_log": target.display().to_string(),
+            "routes": [ { "match": { "path_prefix": "/" }, "cluster": "c" } ] } ],
+        "clusters": [ { "name": "c", "endpoints": [ { "addr": "127.0.0.1:9" } ] } ],
+    });
+    std::fs::write(
+        &cache,
+        json!({ "node": "edge", "version": 5, "config": config }).to_string(),
+    )
+    .expect("cache");
+    // A control plane that is not there; the cache alone would name a file.
+    let nowhere = At {
+        addr: free_port(),
+        pin: "00".repeat(32),
+        learned: None,
+    };
+    let mut s = source(&[nowhere], "edge", Some(cache.clone()));
+    s.trust = Trust::Pin("00".repeat(32));
+    let p = fed(s);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(p.version(), 0, "the cached config was applied");
+    assert!(!target.exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }

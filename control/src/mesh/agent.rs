@@ -99,7 +99,25 @@ impl ControlSource {
             (true, true, _, _) => {
                 return Err("--control: every URL must have the same scheme".into());
             }
-            (true, false, true, None) => Trust::Plaintext,
+            (true, false, true, None) => {
+                // Cleartext crosses no network: the control plane must be on this host.
+                let on_this_host = |hostport: &String| {
+                    let host = hostport
+                        .rsplit_once(':')
+                        .map_or(hostport.as_str(), |(h, _)| h);
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    host == "localhost"
+                        || host
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback())
+                };
+                if let Some(h) = out.iter().find(|h| !on_this_host(h)) {
+                    return Err(format!(
+                        "--insecure-plaintext: `{h}` is not on this host; cleartext is for a loopback control plane only"
+                    ));
+                }
+                Trust::Plaintext
+            }
             (true, false, false, _) => {
                 return Err(
                     "--control: http:// is cleartext; it needs --insecure-plaintext (and the control plane's too)"
@@ -160,6 +178,11 @@ struct Agent {
     keep: Keep,
     /// A problem with getting a certificate was logged; not again until it changes.
     cert_problem: Option<String>,
+    /// The key pair of a first certificate not yet received: asked for again with the same
+    /// key, so that a lost answer is answered again instead of spending the token in vain.
+    pending_key: Option<(String, String)>,
+    /// When the certificate in use expires (unix seconds).
+    expires: Option<i64>,
 }
 
 /// The CA's trust bundle and issuer, as a snapshot names them.
@@ -199,6 +222,8 @@ impl Agent {
             applied: None,
             rng: ringmesh_core::rng::Rng::from_entropy(),
             cert_problem: None,
+            pending_key: None,
+            expires: None,
         }
     }
 
@@ -239,6 +264,16 @@ impl Agent {
 
     /// One round: a certificate if one is needed, then one watch and what it brought.
     fn step(&mut self, addr: &str) -> Result<(), String> {
+        if self.expires.is_some_and(|t| now_secs() >= t) {
+            // Offline past its certificate's life: the control plane will refuse it; only a
+            // (new) bootstrap token gets the node a certificate again.
+            tracing::error!(
+                "the node's certificate has expired: it needs a bootstrap token again (--token-file or RINGMESH_TOKEN)"
+            );
+            self.client.identity = None;
+            self.identity = None;
+            self.expires = None;
+        }
         if self.tls() && self.client.identity.is_none() {
             self.bootstrap(addr)?;
         }
@@ -299,12 +334,22 @@ impl Agent {
             tracing::warn!("the identity directory holds another node's certificate; ignored");
             return;
         }
+        let expires = rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes())
+            .ok()
+            .and_then(|der| ringmesh_core::tls::not_after(&der));
+        if expires.is_none_or(|t| t <= now_secs()) {
+            tracing::warn!(
+                "the kept certificate has expired; the node needs a bootstrap token again"
+            );
+            return;
+        }
         match ringmesh_core::tls::certified_key_from_pem(cert.as_bytes(), key.as_bytes()) {
             Ok(ck) => {
                 if let Err(e) = self.keep.store(&key, &cert, &bundle) {
                     tracing::warn!(error = %e, "cannot keep the identity");
                     return;
                 }
+                self.expires = expires;
                 self.client.identity = Some(ck);
                 self.client.learned = Some(bundle.into_bytes());
                 self.identity = Some(((String::new(), String::new()), SystemTime::now()));
@@ -314,11 +359,16 @@ impl Agent {
         }
     }
 
-    /// Applies the cached snapshot, if it is this node's.
+    /// Applies the cached snapshot, if it is this node's and no other user could have
+    /// written it.
     fn load_cache(&mut self) {
         let Some(path) = &self.source.cache else {
             return;
         };
+        if let Err(e) = private_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "snapshot cache ignored");
+            return;
+        }
         let Ok(text) = std::fs::read_to_string(path) else {
             return;
         };
@@ -383,7 +433,14 @@ impl Agent {
         } else {
             String::new()
         };
-        let (key_pem, public) = super::ca::new_key()?;
+        // A first certificate is asked for with the same key until it comes.
+        let (key_pem, public) = match (&self.pending_key, bootstrap) {
+            (Some(k), true) => k.clone(),
+            _ => super::ca::new_key()?,
+        };
+        if bootstrap {
+            self.pending_key = Some((key_pem.clone(), public.clone()));
+        }
         let body = serde_json::json!({ "public_key": public }).to_string();
         let path = format!(
             "/v1/nodes/{}/certificate",
@@ -427,6 +484,8 @@ impl Agent {
         );
         let ck = ringmesh_core::tls::certified_key_from_pem(cert.as_bytes(), key_pem.as_bytes())?;
         self.keep.store(&key_pem, cert, bundle)?;
+        self.pending_key = None;
+        self.expires = Some(expires);
         self.client.identity = Some(ck);
         self.client.learned = Some(bundle.as_bytes().to_vec());
         // Renewed at half its life, give or take a tenth, so that a fleet spreads out.
@@ -514,8 +573,11 @@ impl Agent {
         Some(result)
     }
 
-    /// Hands the config to the control thread, with where the identity is put in place.
+    /// Hands the config to the control thread, with where the identity is put in place. A
+    /// config that names a file for an access log is refused here, whatever sent it (the
+    /// cache, a control plane): the control plane never names files on proxy hosts.
     fn apply_text(&self, text: String) -> Result<(), String> {
+        names_no_files(&text)?;
         let at = Value::String(self.keep.location()).to_string();
         // Inside a JSON string: the location without its quotes.
         let at = &at[1..at.len() - 1];
@@ -540,7 +602,20 @@ impl Agent {
         );
         let mut tmp = path.clone().into_os_string();
         tmp.push(".tmp");
-        let r = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+        let tmp = PathBuf::from(tmp);
+        // A new file only this user can read and write (no link followed), then renamed.
+        let r = {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let _ = std::fs::remove_file(&tmp);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .and_then(|()| std::fs::rename(&tmp, path))
+        };
         if let Err(e) = r {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the snapshot cache");
         }
@@ -566,3 +641,38 @@ impl Agent {
 }
 
 use rustls_pki_types::pem::PemObject as _;
+
+/// Refuses a config that names a file for an access log (a control plane's config goes to
+/// stdout only).
+fn names_no_files(text: &str) -> Result<(), String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("invalid snapshot: {e}"))?;
+    for (i, l) in v["listeners"].as_array().into_iter().flatten().enumerate() {
+        let Some(log) = l.get("access_log") else {
+            continue;
+        };
+        let target = log.as_str().or_else(|| log.get("path")?.as_str());
+        if target != Some("stdout") {
+            return Err(format!(
+                "listeners[{i}].access_log: a control plane's config may log to stdout only, not to a file on this host"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A file this user owns and nobody else may write.
+fn private_file(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if !m.is_file() {
+        return Err("not a regular file".into());
+    }
+    if m.uid() != ringmesh_core::sys::euid() || m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "owned by user {} with mode {:o}: another user could have written it",
+            m.uid(),
+            m.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}

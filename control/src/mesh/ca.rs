@@ -236,9 +236,7 @@ impl Authority {
         node: &str,
         ttl: Duration,
     ) -> Result<(String, i64), String> {
-        let raw = unhex(public_key_hex)
-            .filter(|k| k.len() == 65 && k[0] == 4)
-            .ok_or("public_key: expected an uncompressed P-256 point (65 bytes) in hex")?;
+        let raw = public_key_bytes(public_key_hex)?;
         let now = now_secs();
         let expires = now + ttl.as_secs() as i64;
         let mut p = CertificateParams::default();
@@ -268,6 +266,13 @@ impl Authority {
             .map_err(|e| e.to_string())?;
         Ok((cert.pem() + &self.leaf_chain, expires))
     }
+}
+
+/// A proxy's public key, decoded: an uncompressed P-256 point (65 bytes, hex-encoded).
+pub fn public_key_bytes(hex: &str) -> Result<Vec<u8>, String> {
+    unhex(hex)
+        .filter(|k| k.len() == 65 && k[0] == 4)
+        .ok_or_else(|| "public_key: expected an uncompressed P-256 point (65 bytes) in hex".into())
 }
 
 /// A proxy's public key as it sent it.
@@ -495,6 +500,8 @@ mod tests {
             ringmesh_core::tls::mesh_node(&der).as_deref(),
             Some("web-1")
         );
+        let expires = ringmesh_core::tls::not_after(&der).expect("notAfter");
+        assert!((expires - now_secs() - 60).abs() <= 2, "{expires}");
         // Saved and loaded: the same fingerprint and a working issuer.
         let again = Ca::from_json(&ca.to_json(), "mesh.local").expect("restored");
         assert_eq!(again.current.fingerprint, ca.current.fingerprint);

@@ -108,6 +108,13 @@ impl ServerCertVerifier for Verify {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        // A node's certificate (it chains to the same CA) is never the control plane's, even
+        // for a name a proxy might dial.
+        if ringmesh_core::tls::mesh_node(end_entity).is_some() {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
+        }
         let mut last = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
         if let Some(v) = &self.roots {
             match v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
@@ -353,6 +360,55 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nodes_certificate_never_passes_for_the_control_planes() {
+        use rustls::pki_types::pem::PemObject;
+        let ca = super::super::ca::Ca::generate("mesh.local").expect("ca");
+        let der = |pem: &str| {
+            CertificateDer::pem_slice_iter(pem.as_bytes())
+                .map(|c| c.expect("pem"))
+                .collect::<Vec<_>>()
+        };
+        let provider = ringmesh_core::tls::provider();
+        let roots = ringmesh_core::tls::roots_from_pem(ca.bundle().as_bytes()).expect("roots");
+        let verify = Verify {
+            roots: Some(webpki(roots, &provider).expect("verifier")),
+            pin: Some(ca.current.spki_sha256.clone()),
+            provider,
+        };
+        let name = ServerName::try_from("cp.mesh.local").expect("name");
+        let now = UnixTime::now();
+        // The control plane's own certificate for that name verifies...
+        let (api, _, _) = ca
+            .current
+            .issue_server(&["cp.mesh.local".into()], &[], Duration::from_secs(60))
+            .expect("issued");
+        let api = der(&api);
+        assert!(
+            verify
+                .verify_server_cert(&api[0], &api[1..], &name, &[], now)
+                .is_ok()
+        );
+        // ...a node's, for the same name and from the same CA, does not.
+        let (_, public) = super::super::ca::new_key().expect("key");
+        let (node, _) = ca
+            .current
+            .issue(
+                &public,
+                "spiffe://mesh.local/ns/default/sa/cp",
+                "cp.mesh.local",
+                "cp",
+                Duration::from_secs(60),
+            )
+            .expect("issued");
+        let node = der(&node);
+        assert!(
+            verify
+                .verify_server_cert(&node[0], &[], &name, &[], now)
+                .is_err()
+        );
+    }
 
     #[test]
     fn pins_are_sha256_hex_with_or_without_a_prefix() {

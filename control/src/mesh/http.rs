@@ -13,8 +13,11 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 const MAX_HEAD: usize = 64 * 1024;
 /// Largest request body (a whole desired state with many endpoints).
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
-/// How long a connection may sit between requests, and a request take to arrive.
+/// How long a connection may sit between requests.
 const IDLE: Duration = Duration::from_secs(120);
+/// How long a request may take to arrive whole, from its first byte (a client that drips one
+/// keeps nothing for long).
+const REQUEST_TIME: Duration = Duration::from_secs(30);
 /// Largest chunk of a chunked answer.
 const MAX_CHUNK: usize = 256 << 20;
 
@@ -99,13 +102,17 @@ impl Response {
     }
 }
 
-/// Reads the next request into `buf` (which keeps bytes read past it). `Err(status)` is a
-/// request that cannot be served (the connection is answered with it and closed); `Ok(None)` is
-/// a connection that ended or idled out.
+/// Reads the next request into `buf` (which keeps bytes read past it). `body_limit` says, from
+/// the head, how large a body may be read (so that a caller who may not send a large one
+/// never makes the server hold it). `Err(status)` is a request that cannot be served (the
+/// connection is answered with it and closed); `Ok(None)` is a connection that ended, idled
+/// out, or took longer than [`REQUEST_TIME`] over one request.
 pub async fn read_request<S: AsyncReadRent>(
     stream: &mut S,
     buf: &mut Vec<u8>,
+    body_limit: &dyn Fn(&Request) -> usize,
 ) -> Result<Option<Request>, (u16, &'static str)> {
+    let mut until: Option<std::time::Instant> = None;
     let (head_len, mut req, length) = loop {
         if !buf.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; 48];
@@ -150,8 +157,8 @@ pub async fn read_request<S: AsyncReadRent>(
                             req.content_type = Some(v.to_ascii_lowercase());
                         }
                     }
-                    if length > MAX_BODY {
-                        return Err((413, "body too large"));
+                    if length > MAX_BODY.min(body_limit(&req)) {
+                        return Err((413, "body too large for this caller and call"));
                     }
                     break (n, req, length);
                 }
@@ -162,12 +169,14 @@ pub async fn read_request<S: AsyncReadRent>(
                 Err(_) => return Err((400, "malformed request")),
             }
         }
-        if !fill(stream, buf).await {
+        if !fill(stream, buf, until).await {
             return Ok(None);
         }
+        until.get_or_insert_with(|| std::time::Instant::now() + REQUEST_TIME);
     };
     while buf.len() < head_len + length {
-        if !fill(stream, buf).await {
+        let until = *until.get_or_insert_with(|| std::time::Instant::now() + REQUEST_TIME);
+        if !fill(stream, buf, Some(until)).await {
             return Ok(None);
         }
     }
@@ -176,16 +185,24 @@ pub async fn read_request<S: AsyncReadRent>(
     Ok(Some(req))
 }
 
-/// Reads more into `buf`; false when the peer closed, failed or idled out.
-async fn fill<S: AsyncReadRent>(stream: &mut S, buf: &mut Vec<u8>) -> bool {
+/// Reads more into `buf`; false when the peer closed, failed, idled out, or `until` passed.
+async fn fill<S: AsyncReadRent>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    until: Option<std::time::Instant>,
+) -> bool {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(buf.capacity().max(4096));
     }
+    let wait = until.map_or(IDLE, |u| {
+        u.saturating_duration_since(std::time::Instant::now())
+            .min(IDLE)
+    });
     let len = buf.len();
     let read = stream.read(std::mem::take(buf).slice_mut(len..));
     let (res, b) = monoio::select! {
         r = read => r,
-        _ = monoio::time::sleep(IDLE) => return false,
+        _ = monoio::time::sleep(wait) => return false,
     };
     *buf = b.into_inner();
     matches!(res, Ok(n) if n > 0)

@@ -7,8 +7,10 @@
 //! so that a restarted proxy renews with the certificate it still holds (its bootstrap token is
 //! spent). DIR is created with mode 0700; an existing one must be a real directory owned by the
 //! proxy's user and writable by nobody else, and so must be every directory above it, unless
-//! sticky (as `/tmp` is; as OpenSSH checks `authorized_keys`). Each file is written to a new
-//! file, then renamed over the old one.
+//! sticky (as `/tmp` is; as OpenSSH checks `authorized_keys`). A path through a symbolic link
+//! another user owns is refused; the path is resolved once, and everything is done on the
+//! resolved path, every component of which only root or the proxy's user can change. Each file
+//! is written to a new file, then renamed over the old one.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
@@ -34,10 +36,7 @@ impl Keep {
         let name = format!("identity/{}", super::http::percent_encode(node));
         match dir {
             None => Ok(Keep::Memory(name)),
-            Some(d) => {
-                prepare(&d)?;
-                Ok(Keep::Dir(name, d))
-            }
+            Some(d) => Ok(Keep::Dir(name, prepare(&d)?)),
         }
     }
 
@@ -82,8 +81,9 @@ impl Keep {
     }
 }
 
-/// Creates `dir` (mode 0700) if it is missing, then checks it.
-fn prepare(dir: &Path) -> Result<(), String> {
+/// Creates `dir` (mode 0700) if it is missing, checks it, and returns it resolved.
+fn prepare(dir: &Path) -> Result<PathBuf, String> {
+    no_foreign_links(dir)?;
     match std::fs::symlink_metadata(dir) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -95,7 +95,35 @@ fn prepare(dir: &Path) -> Result<(), String> {
         }
         Err(e) => return Err(format!("--identity-dir {}: {e}", dir.display())),
     }
-    check(dir)
+    let resolved =
+        std::fs::canonicalize(dir).map_err(|e| format!("--identity-dir {}: {e}", dir.display()))?;
+    check(&resolved)?;
+    Ok(resolved)
+}
+
+/// Refuses a path that goes through a symbolic link owned by another user than the proxy's
+/// and root's: whoever owns a link can point it elsewhere at any time.
+fn no_foreign_links(dir: &Path) -> Result<(), String> {
+    let me = ringmesh_core::sys::euid();
+    let full =
+        std::path::absolute(dir).map_err(|e| format!("--identity-dir {}: {e}", dir.display()))?;
+    let mut at = PathBuf::new();
+    for part in full.components() {
+        at.push(part);
+        let Ok(m) = std::fs::symlink_metadata(&at) else {
+            // What does not exist yet is created by the proxy.
+            break;
+        };
+        if m.file_type().is_symlink() && m.uid() != me && m.uid() != 0 {
+            return Err(format!(
+                "--identity-dir {}: {} is a symbolic link owned by user {}: refused",
+                dir.display(),
+                at.display(),
+                m.uid()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a directory another user could have written to, or could replace.
@@ -121,8 +149,7 @@ pub fn check(dir: &Path) -> Result<(), String> {
         ));
     }
     // Whoever may write to a directory above it may put another directory in its place.
-    let full = std::fs::canonicalize(dir).map_err(|e| format!("--identity-dir {shown}: {e}"))?;
-    for parent in full.ancestors().skip(1) {
+    for parent in dir.ancestors().skip(1) {
         let pm = std::fs::metadata(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
         let sticky = pm.mode() & 0o1000 != 0;
         let others_write = pm.mode() & 0o022 != 0;
@@ -198,8 +225,9 @@ mod tests {
         // A symbolic link to a good directory is refused.
         let link = scratch("link");
         std::os::unix::fs::symlink(&fresh, &link).unwrap();
-        let e = Keep::new("n", Some(link.clone())).expect_err("refused");
-        assert!(e.contains("not a directory"), "{e}");
+        // A link of the proxy's own user is followed; what is kept is the resolved directory.
+        let keep = Keep::new("n", Some(link.clone())).expect("the user's own link");
+        assert!(matches!(&keep, Keep::Dir(_, d) if *d == std::fs::canonicalize(&fresh).unwrap()));
 
         for d in [fresh, open, link] {
             let _ = std::fs::remove_dir_all(&d);

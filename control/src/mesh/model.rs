@@ -247,6 +247,22 @@ impl Mesh {
             .cloned()
             .unwrap_or(Value::Array(vec![]));
         let nodes = check_nodes(root, &clusters, &td, &mut errors);
+        // The mesh CA issues node certificates only: an admin identity that is also a node's
+        // would make that node, and whoever holds its bootstrap token, an admin.
+        for (i, a) in api.admins.iter().enumerate() {
+            let shared = a.identity.as_deref().and_then(|id| {
+                nodes
+                    .iter()
+                    .find(|(_, n)| n.identity.as_deref() == Some(id))
+                    .map(|(name, _)| name)
+            });
+            if let Some(node) = shared {
+                errors.push(error(
+                    format!("api.admins[{i}].identity"),
+                    format!("node `{node}` has this identity: an admin's must be no node's"),
+                ));
+            }
+        }
         if !errors.is_empty() {
             errors.dedup();
             return Err(errors);
@@ -673,9 +689,23 @@ fn check_ca(root: &Map<String, Value>, errors: &mut Vec<ConfigError>) -> CaSpec 
 /// `ca: { cert: FILE, key: FILE }`: the operator's CA, read and checked now (an API change
 /// that names unusable files is refused like any other invalid change).
 fn operator_ca(cert: &Value, key: &Value, errors: &mut Vec<ConfigError>) -> Option<OperatorCa> {
+    // A regular file, and a small one: not a device, a FIFO, or a file that never ends.
     let read = |v: &Value, field: &str, errors: &mut Vec<ConfigError>| match v.as_str() {
-        Some(p) if !p.is_empty() => match std::fs::read_to_string(p) {
-            Ok(t) => Some(t),
+        Some(p) if !p.is_empty() => match std::fs::metadata(p) {
+            Ok(m) if !m.is_file() || m.len() > 1 << 20 => {
+                errors.push(error(
+                    field,
+                    format!("`{p}` is not a PEM file (a regular file up to 1 MiB)"),
+                ));
+                None
+            }
+            Ok(_) => match std::fs::read_to_string(p) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    errors.push(error(field, format!("cannot read `{p}`: {e}")));
+                    None
+                }
+            },
             Err(e) => {
                 errors.push(error(field, format!("cannot read `{p}`: {e}")));
                 None
@@ -707,6 +737,22 @@ fn operator_ca(cert: &Value, key: &Value, errors: &mut Vec<ConfigError>) -> Opti
             None
         }
     }
+}
+
+/// The fields that name files on the control plane's host (`ca.cert`, `ca.key`): they come from
+/// the mesh file only. A change through the API that sets or alters one is refused, so that
+/// an API credential never makes the control plane read a file of its choosing.
+pub fn api_may_not_name_files(old: &Value, new: &Value) -> Vec<ConfigError> {
+    ["cert", "key"]
+        .iter()
+        .filter(|k| old.pointer(&format!("/ca/{k}")) != new.pointer(&format!("/ca/{k}")))
+        .map(|k| {
+            error(
+                format!("ca.{k}"),
+                "comes from the mesh file only: the API does not make the control plane read files",
+            )
+        })
+        .collect()
 }
 
 /// `api: { names: [NAME], admins: [{ name, token_sha256 } | { name, identity }] }`.

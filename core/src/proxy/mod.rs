@@ -112,8 +112,11 @@ impl Client {
     }
 
     /// Makes the whole chunked body at `data()[head_len..][..len]` what may be forwarded, in
-    /// place: chunk extensions and trailer fields that may not cross are left out (the result
-    /// is never longer), and what follows the body moves up behind it. Returns its new length.
+    /// the buffer: chunk extensions and trailer fields that may not cross are left out, and
+    /// what follows the body moves behind the result (which may be longer than what came: a
+    /// trailer line is rewritten as `name: value`). Returns its new length. Called only on a
+    /// body the decoder has taken whole, so it cannot fail; were it to, nothing of the body
+    /// would be forwarded as it came.
     fn forwardable_chunked(&mut self, head_len: usize, len: usize) -> usize {
         let Some(buf) = self.buf.as_mut() else {
             return len;
@@ -121,13 +124,17 @@ impl Client {
         let at = self.start + head_len;
         let mut out = Vec::new();
         match crate::http1::ChunkedForward::default().feed(&buf[at..at + len], &mut out, false) {
-            Ok(f) if !f.direct && out.len() <= len => {
-                buf[at..at + out.len()].copy_from_slice(&out);
-                buf.copy_within(at + len.., at + out.len());
-                buf.truncate(buf.len() - (len - out.len()));
-                out.len()
+            Ok(f) if f.direct => len,
+            Ok(_) => {
+                let n = out.len();
+                buf.splice(at..at + len, out);
+                n
             }
-            _ => len,
+            // Unreachable (the body was validated): forward an empty final chunk, not it.
+            Err(_) => {
+                buf.splice(at..at + len, b"0\r\n\r\n".iter().copied());
+                5
+            }
         }
     }
 
@@ -593,7 +600,12 @@ impl RequestView for RouteInput<'_> {
         self.host
     }
     fn path(&self) -> &[u8] {
-        self.req.route_path.get(self.buf)
+        // An absolute-form target without a path (`http://a`) goes upstream as `/`, so that is
+        // what is matched too.
+        match self.req.route_path.get(self.buf) {
+            b"" if !self.is_connect() => b"/",
+            p => p,
+        }
     }
     fn method(&self) -> &[u8] {
         self.req.method_span.get(self.buf)

@@ -102,6 +102,38 @@ pub fn subject_public_key_info(der: &[u8]) -> Option<&[u8]> {
     tbs_fields(der)?.nth(5)
 }
 
+/// When certificate `der` expires (its notAfter, unix seconds).
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    let validity = tbs_fields(der)?.nth(3)?;
+    let (tag, v, _) = element(validity)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (tag, t) = children(v).nth(1)?;
+    let digits = std::str::from_utf8(t).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match (tag, digits.len()) {
+        // UTCTime: YYMMDDHHMMSS, years 1950 to 2049 (RFC 5280 section 4.1.2.5.1).
+        (0x17, 12) => {
+            let yy: i64 = digits.get(..2)?.parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &digits[2..])
+        }
+        // GeneralizedTime: YYYYMMDDHHMMSS.
+        (0x18, 14) => (digits.get(..4)?.parse().ok()?, &digits[4..]),
+        _ => return None,
+    };
+    let n = |i: usize| rest.get(i..i + 2)?.parse::<i64>().ok();
+    let (month, day, h, m, s) = (n(0)?, n(2)?, n(4)?, n(6)?, n(8)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + s)
+}
+
 /// Whether certificate `der` names itself as its issuer (a root).
 pub fn is_self_issued(der: &[u8]) -> bool {
     let Some(mut f) = tbs_fields(der) else {

@@ -27,7 +27,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use identity::{
-    NODE_PREFIX, is_self_issued, mesh_node, spiffe_id, subject_public_key_info, valid_spiffe_id,
+    NODE_PREFIX, is_self_issued, mesh_node, not_after, spiffe_id, subject_public_key_info,
+    valid_spiffe_id,
 };
 pub use stream::{TlsRead, TlsStream, TlsWrite, accept, connect, drive_server};
 

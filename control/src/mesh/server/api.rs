@@ -14,10 +14,28 @@ use super::super::http::{self, Request, Response};
 use super::auth::{self, Caller, Refusal, Route};
 use super::*;
 
+/// The largest body a caller that is no admin may send (a registration, a report, a public key).
+const SMALL_BODY: usize = 64 * 1024;
+/// API connections open at once, at most (a fleet's watches and then some); past it a new one
+/// is closed at once.
+const MAX_CONNECTIONS: usize = 16 * 1024;
+
 /// Serves one accepted connection: TLS first (unless the API runs in plaintext), then requests
 /// in turn until it closes.
 pub(super) async fn accepted(plane: Rc<Plane>, stream: TcpStream, peer: SocketAddr) {
     use std::os::fd::AsRawFd;
+    if plane.conns.borrow().len() >= MAX_CONNECTIONS {
+        plane.refusals.record(
+            &Route::Unknown,
+            &Refusal::new(
+                503,
+                "too-many-connections",
+                "the API holds too many connections",
+            ),
+            Some(peer),
+        );
+        return;
+    }
     let fd = stream.as_raw_fd();
     plane.conns.borrow_mut().insert(fd);
     let _open = OpenConn(&plane, fd);
@@ -50,8 +68,18 @@ async fn serve<S: AsyncReadRent + AsyncWriteRent>(
     cert: Option<Vec<u8>>,
 ) {
     let mut buf = Vec::new();
+    // Only an admin may send a large body (a whole desired state); anyone else a small one,
+    // decided from the head before the body is read.
+    let limit = |req: &Request| {
+        let route = Route::of(&req.method, &req.segments);
+        let st = plane.st.borrow();
+        match auth::identify(req, cert.as_deref(), &st.mesh, &route) {
+            Ok(Caller::Admin(_)) => http::MAX_BODY,
+            _ => SMALL_BODY,
+        }
+    };
     loop {
-        let req = match http::read_request(&mut stream, &mut buf).await {
+        let req = match http::read_request(&mut stream, &mut buf, &limit).await {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err((status, msg)) => {
@@ -82,6 +110,12 @@ pub(super) async fn answer(
         return Response::error(400, "the request target must be a path");
     }
     let route = Route::of(&req.method, &req.segments);
+    if req.bearer().is_some() {
+        if let Some(r) = plane.refusals.guessing(peer.ip()) {
+            plane.refusals.record(&route, &r, Some(peer));
+            return r.response();
+        }
+    }
     let checked = {
         let st = plane.st.borrow();
         auth::guard(&req, &st.mesh.api.names, plane.bound)
@@ -97,7 +131,7 @@ pub(super) async fn answer(
             return r.response();
         }
     };
-    let resp = dispatch(plane, &req, &route, &caller).await;
+    let resp = dispatch(plane, &req, &route, &caller, peer).await;
     // Refusals only the handlers could decide (a spent token, another's registration).
     if let (401 | 403, Some(kind)) = (resp.status, resp.error_kind) {
         plane
@@ -107,10 +141,16 @@ pub(super) async fn answer(
     resp
 }
 
-async fn dispatch(plane: &Plane, req: &Request, route: &Route<'_>, caller: &Caller) -> Response {
+async fn dispatch(
+    plane: &Plane,
+    req: &Request,
+    route: &Route<'_>,
+    caller: &Caller,
+    peer: SocketAddr,
+) -> Response {
     let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
     if let Some(store) = &plane.store {
-        if let Some(r) = replicated::answer(plane, store, req, &segs, caller).await {
+        if let Some(r) = replicated::answer(plane, store, req, &segs, (caller, peer.ip())).await {
             return r;
         }
     }
@@ -134,7 +174,8 @@ async fn dispatch(plane: &Plane, req: &Request, route: &Route<'_>, caller: &Call
             r
         }
         (Route::Register { .. }, [_, _, cluster, _, id]) => {
-            let (r, changed) = register(&mut plane.st.borrow_mut(), cluster, id, &req.body, caller);
+            let who = (caller, peer.ip());
+            let (r, changed) = register(&mut plane.st.borrow_mut(), cluster, id, &req.body, who);
             if changed {
                 plane.changed();
             }

@@ -224,7 +224,9 @@ pub(super) fn identify(
         return Ok(Caller::Anonymous);
     };
     let id = ringmesh_core::tls::spiffe_id(der);
-    if let Some(id) = &id {
+    let node = ringmesh_core::tls::mesh_node(der);
+    // A node's certificate is a node's, whatever identity it carries.
+    if let (Some(id), None) = (&id, &node) {
         if let Some(a) = mesh
             .api
             .admins
@@ -234,7 +236,6 @@ pub(super) fn identify(
             return Ok(Caller::Admin(a.name.clone()));
         }
     }
-    let node = ringmesh_core::tls::mesh_node(der);
     match (node, id) {
         (Some(node), Some(id))
             if mesh
@@ -321,10 +322,14 @@ pub(super) fn permit(
     }
 }
 
-/// Refusals: counted by route and reason, and logged, a few lines a second at most.
+/// Refusals: counted by route and reason, and logged, a few lines a second at most. Bad
+/// tokens are also counted by address: one that keeps guessing is refused for a while before
+/// its tokens are even looked at.
 #[derive(Default)]
 pub(super) struct Refusals {
     counts: RefCell<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Bad tokens by address: when the current window started, and how many.
+    guesses: RefCell<std::collections::HashMap<std::net::IpAddr, (Instant, u32)>>,
     /// The second being logged, and the lines logged in it.
     window: Cell<Option<(Instant, u32)>>,
     /// Lines not logged since the last one that was.
@@ -333,10 +338,51 @@ pub(super) struct Refusals {
 
 /// Log lines of refusals per second, at most.
 const LOG_PER_SECOND: u32 = 5;
+/// Bad tokens an address may send per window before its tokens are refused unseen.
+const GUESSES: u32 = 20;
+const GUESS_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Addresses remembered for that, at most (the oldest go first).
+const GUESSERS: usize = 4096;
 
 impl Refusals {
+    /// Whether `peer` has sent too many bad tokens lately: its requests with a token are
+    /// refused (429) without looking at it.
+    pub(super) fn guessing(&self, peer: std::net::IpAddr) -> Option<Refusal> {
+        let g = self.guesses.borrow();
+        let (start, n) = *g.get(&peer)?;
+        (n >= GUESSES && start.elapsed() < GUESS_WINDOW).then(|| {
+            Refusal::new(
+                429,
+                "too-many-failures",
+                "too many bad tokens from this address: wait a minute",
+            )
+        })
+    }
+
+    fn guessed(&self, peer: std::net::IpAddr) {
+        let mut g = self.guesses.borrow_mut();
+        let now = Instant::now();
+        if g.len() >= GUESSERS && !g.contains_key(&peer) {
+            g.retain(|_, (start, _)| now.duration_since(*start) < GUESS_WINDOW);
+            if g.len() >= GUESSERS {
+                let oldest = g.iter().min_by_key(|(_, (s, _))| *s).map(|(ip, _)| *ip);
+                if let Some(ip) = oldest {
+                    g.remove(&ip);
+                }
+            }
+        }
+        let e = g.entry(peer).or_insert((now, 0));
+        if now.duration_since(e.0) >= GUESS_WINDOW {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+    }
+
     /// Counts and (rate permitting) logs a refusal of `route` from `peer`.
     pub(super) fn record(&self, route: &Route<'_>, r: &Refusal, peer: Option<SocketAddr>) {
+        if let (Some(p), "bad-token") = (peer, r.kind) {
+            self.guessed(p.ip());
+        }
         *self
             .counts
             .borrow_mut()

@@ -50,6 +50,10 @@ pub(super) fn edit_config(st: &mut State, req: &Request, pointer: &str) -> Respo
     if let Err(r) = apply_edit(&mut doc, req, pointer) {
         return r;
     }
+    let files = crate::mesh::model::api_may_not_name_files(&st.mesh.doc, &doc);
+    if !files.is_empty() {
+        return invalid(&files);
+    }
     match Mesh::check(doc) {
         Ok(m) => {
             if m.bind != st.mesh.bind {

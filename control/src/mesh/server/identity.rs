@@ -37,26 +37,23 @@ fn refuse(status: u16, kind: &'static str, message: impl Into<String>) -> Decisi
     Decision::Refuse(Refusal::new(status, kind, message).response())
 }
 
-/// Decides on a certificate request for `node` from `caller` (no state changes).
+/// A digest no token has: what a token for a node without one is compared with, so that the
+/// answer (and its time) says nothing of which nodes exist.
+const NO_TOKEN: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Decides on a certificate request for `node` from `caller` (no state changes). The caller's
+/// credential is checked before anything of the request or the node is looked at.
 pub(super) fn decide(st: &State, node: &str, req: &Request, caller: &Caller) -> Decision {
-    let Some(spec) = st.mesh.nodes.get(node) else {
-        return Decision::Refuse(Response::error(
-            404,
-            &format!("no node named `{node}` in the mesh"),
-        ));
-    };
-    let (Some(_), Some(expected)) = (&spec.identity, &spec.token_sha256) else {
-        return Decision::Refuse(Response::error(
-            409,
-            &format!("node `{node}` has no identity in the mesh"),
-        ));
-    };
-    // The credential first: nothing of the request is looked at for a caller without one.
+    let spec = st.mesh.nodes.get(node);
     let token_digest = match caller {
+        // Renewal: the node's own certificate vouched for it (auth checked the node exists).
         Caller::Node(n) if n == node => None,
         Caller::Bootstrap(token) => {
             let digest = sha256_hex(token.as_bytes());
-            if !same_digest(&digest, expected) {
+            let expected = spec
+                .and_then(|s| s.token_sha256.as_deref())
+                .unwrap_or(NO_TOKEN);
+            if !same_digest(&digest, expected) || expected == NO_TOKEN {
                 tracing::warn!(node, "certificate refused: the token is not this node's");
                 return refuse(401, "bad-token", "the bootstrap token is not this node's");
             }
@@ -70,59 +67,64 @@ pub(super) fn decide(st: &State, node: &str, req: &Request, caller: &Caller) -> 
             );
         }
     };
+    let Some(spec) = spec.filter(|s| s.identity.is_some()) else {
+        return Decision::Refuse(Response::error(
+            409,
+            &format!("node `{node}` has no identity in the mesh"),
+        ));
+    };
     let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
         return Decision::Refuse(Response::error(400, "invalid JSON"));
     };
-    let Some(public_key) = body["public_key"].as_str() else {
-        return Decision::Refuse(Response::error(
-            400,
-            "public_key: expected a P-256 public key in hex",
-        ));
+    let key = body["public_key"]
+        .as_str()
+        .ok_or_else(|| "public_key: expected a P-256 public key in hex".to_string())
+        .and_then(|k| super::super::ca::public_key_bytes(k).map(|raw| (k.to_string(), raw)));
+    // Checked before a token is spent on it.
+    let (public_key, raw) = match key {
+        Ok(k) => k,
+        Err(e) => return Decision::Refuse(Response::error(400, &e)),
     };
-    let public_key = public_key.to_string();
-    match token_digest {
-        // Renewal: the node's own certificate vouched for it.
-        None => Decision::Issue {
+    let Some(digest) = token_digest else {
+        return Decision::Issue {
+            public_key,
+            spend: None,
+        };
+    };
+    if spec.token_expires.is_some_and(|t| now_secs() >= t) {
+        return refuse(
+            403,
+            "token-expired",
+            "the bootstrap token has expired: give the node a new one",
+        );
+    }
+    let key_digest = sha256_hex(&raw);
+    match st.spent.get(node) {
+        Some(s) if s.token_sha256 == digest && s.public_key_sha256 != key_digest => {
+            tracing::warn!(
+                node,
+                "certificate refused: a bootstrap token used a second time"
+            );
+            refuse(
+                403,
+                "token-spent",
+                "the bootstrap token was used already: a node renews with its certificate, or is given a new token",
+            )
+        }
+        // The same request again: its answer was lost on the way.
+        Some(s) if s.token_sha256 == digest => Decision::Issue {
             public_key,
             spend: None,
         },
-        Some(digest) => {
-            if spec.token_expires.is_some_and(|t| now_secs() >= t) {
-                return refuse(
-                    403,
-                    "token-expired",
-                    "the bootstrap token has expired: give the node a new one",
-                );
-            }
-            let key_digest = sha256_hex(public_key.as_bytes());
-            match st.spent.get(node) {
-                Some(s) if s.token_sha256 == digest && s.public_key_sha256 != key_digest => {
-                    tracing::warn!(
-                        node,
-                        "certificate refused: a bootstrap token used a second time"
-                    );
-                    refuse(
-                        403,
-                        "token-spent",
-                        "the bootstrap token was used already: a node renews with its certificate, or is given a new token",
-                    )
-                }
-                // The same request again: its answer was lost on the way.
-                Some(s) if s.token_sha256 == digest => Decision::Issue {
-                    public_key,
-                    spend: None,
-                },
-                _ => Decision::Issue {
-                    public_key,
-                    spend: Some(Spent {
-                        token_sha256: digest,
-                        public_key_sha256: key_digest,
-                        at: now_secs(),
-                        rev: 0,
-                    }),
-                },
-            }
-        }
+        _ => Decision::Issue {
+            public_key,
+            spend: Some(Spent {
+                token_sha256: digest,
+                public_key_sha256: key_digest,
+                at: now_secs(),
+                rev: 0,
+            }),
+        },
     }
 }
 
@@ -159,13 +161,28 @@ pub(super) fn issue(st: &mut State, node: &str, public_key: &str) -> Response {
     }
 }
 
-/// The whole call without a store: decide, record a spent token, issue.
+/// The whole call without a store: decide, record a spent token (on disk, synced, before the
+/// certificate leaves, when there is a state file: a restart must not make it good again),
+/// issue.
 pub(super) fn certificate(st: &mut State, node: &str, req: &Request, caller: &Caller) -> Response {
     match decide(st, node, req, caller) {
         Decision::Refuse(r) => r,
         Decision::Issue { public_key, spend } => {
             if let Some(s) = spend {
-                st.spent.insert(node.to_string(), s);
+                let before = st.spent.insert(node.to_string(), s);
+                if let Some(path) = st.state_file.clone() {
+                    if let Err(e) = super::persist_now(&path, &st.saved()) {
+                        match before {
+                            Some(b) => st.spent.insert(node.to_string(), b),
+                            None => st.spent.remove(node),
+                        };
+                        tracing::error!(error = %e, "cannot record a spent token; no certificate issued");
+                        return Response::error(
+                            503,
+                            "the control plane cannot record the token as spent",
+                        );
+                    }
+                }
                 st.dirty = true;
             }
             issue(st, node, &public_key)

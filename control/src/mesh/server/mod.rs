@@ -226,6 +226,22 @@ fn exposed_safely(bind: SocketAddr, tls: &ApiTls, mesh: &Mesh) -> Result<(), Str
     ))
 }
 
+/// Writes the state file now, synced to disk, from the runtime's thread (for what must be
+/// durable before an answer leaves: a spent token). The writer thread's later writes carry the
+/// same and more.
+fn persist_now(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".sync.tmp");
+    let tmp = PathBuf::from(tmp);
+    write_private(&tmp, data)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Writes `data` to a new file `path` that only this user can read (an old one is replaced).
 fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;

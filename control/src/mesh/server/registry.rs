@@ -1,8 +1,10 @@
 //! Registrations: `PUT /v1/clusters/{cluster}/endpoints/{id}` registers an instance or
 //! heartbeats it, `DELETE` removes it. An admin may do either for any instance; a node only
 //! into clusters that list its identity among their `servers` (the API's `auth` checked that),
-//! and only for instances it registered itself. A registration is checked by the proxy's own
-//! endpoint validator, so none that is taken can make a proxy refuse its snapshot.
+//! only for instances it registered itself, only at its own address (the one it calls from:
+//! a node cannot send other proxies' traffic to their own loopback or to a metadata service),
+//! and [`MAX_PER_NODE`] at most. A registration is checked by the proxy's own endpoint
+//! validator, so none that is taken can make a proxy refuse its snapshot.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,58 @@ pub(super) fn owner_of(caller: &Caller) -> Option<String> {
         Caller::Node(n) => Some(n.clone()),
         _ => None,
     }
+}
+
+/// Instances one node may have registered at once.
+pub(super) const MAX_PER_NODE: usize = 1000;
+
+/// What a node may register, beyond the cluster's `servers`: its own address, within its
+/// quota. An admin may register anything.
+pub(super) fn may_register(
+    st: &State,
+    reg: &Registration,
+    cluster: &str,
+    id: &str,
+    caller: &Caller,
+    peer: std::net::IpAddr,
+) -> Result<(), Response> {
+    let Caller::Node(node) = caller else {
+        return Ok(());
+    };
+    let canonical = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    if canonical(reg.ep.addr.ip()) != canonical(peer) {
+        return Err(Refusal::new(
+            403,
+            "not-own-address",
+            format!(
+                "a node registers instances at its own address ({peer}), not at {}",
+                reg.ep.addr.ip()
+            ),
+        )
+        .response());
+    }
+    let exists = st
+        .registrations
+        .get(cluster)
+        .is_some_and(|m| m.contains_key(id));
+    let held = st
+        .registrations
+        .values()
+        .flat_map(|m| m.values())
+        .filter(|r| r.owner.as_deref() == Some(node.as_str()))
+        .count();
+    if !exists && held >= MAX_PER_NODE {
+        return Err(Refusal::new(
+            403,
+            "quota",
+            format!("node `{node}` holds {MAX_PER_NODE} registrations, the most a node may"),
+        )
+        .response());
+    }
+    Ok(())
 }
 
 /// Refused when a node touches an instance it did not register (an admin may touch any).
@@ -40,12 +94,15 @@ pub(super) fn register(
     cluster: &str,
     id: &str,
     body: &[u8],
-    caller: &Caller,
+    (caller, peer): (&Caller, std::net::IpAddr),
 ) -> (Response, bool) {
     let mut reg = match checked_registration(st, cluster, id, body) {
         Ok(r) => r,
         Err(r) => return (r, false),
     };
+    if let Err(r) = may_register(st, &reg, cluster, id, caller, peer) {
+        return (r, false);
+    }
     let existing = st.registrations.get(cluster).and_then(|m| m.get(id));
     if let Err(r) = may_touch(existing, caller) {
         return (r, false);

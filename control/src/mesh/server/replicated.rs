@@ -702,14 +702,14 @@ pub(super) async fn answer(
     store: &Store,
     req: &Request,
     segs: &[&str],
-    caller: &Caller,
+    (caller, peer): (&Caller, std::net::IpAddr),
 ) -> Option<Response> {
     Some(match (req.method.as_str(), segs) {
         ("PUT" | "DELETE", ["v1", "config", ..]) => {
             edit_config(plane, store, req, super::config_pointer(&req.path)).await
         }
         ("PUT", ["v1", "clusters", cluster, "endpoints", id]) => {
-            register(plane, store, cluster, id, &req.body, caller).await
+            register(plane, store, cluster, id, &req.body, (caller, peer)).await
         }
         ("POST", ["v1", "nodes", node, "certificate"]) => {
             certificate(plane, store, node, req, caller).await
@@ -800,6 +800,10 @@ async fn edit_config(plane: &Plane, store: &Store, req: &Request, pointer: &str)
         if let Err(r) = apply_edit(&mut doc, req, pointer) {
             return r;
         }
+        let files = crate::mesh::model::api_may_not_name_files(&st.mesh.doc, &doc);
+        if !files.is_empty() {
+            return invalid(&files);
+        }
         match Mesh::check(doc) {
             Ok(m) => {
                 let text = mesh_value(&m, st.file_hash);
@@ -839,7 +843,7 @@ async fn register(
     cluster: &str,
     id: &str,
     body: &[u8],
-    caller: &Caller,
+    (caller, peer): (&Caller, std::net::IpAddr),
 ) -> Response {
     let (value, ttl, old_lease, heartbeat) = {
         let st = plane.st.borrow();
@@ -847,6 +851,9 @@ async fn register(
             Ok(r) => r,
             Err(r) => return r,
         };
+        if let Err(r) = super::may_register(&st, &reg, cluster, id, caller, peer) {
+            return r;
+        }
         let old = st.registrations.get(cluster).and_then(|m| m.get(id));
         if let Err(r) = may_touch(old, caller) {
             return r;
