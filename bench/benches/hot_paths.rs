@@ -8,8 +8,8 @@ use std::time::Instant;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use ringmesh_bench::{REQUEST, big_config, cluster_view, loads, route_table};
 use ringmesh_core::balance::{BalanceState, Lb, pick};
-use ringmesh_core::http1::encode::{self, Forwarded};
-use ringmesh_core::http1::{RequestHead, ResponseHead};
+use ringmesh_core::head::{Forwarded, RequestHead, ResponseHead};
+use ringmesh_core::http1::encode;
 use ringmesh_core::rng::Rng;
 use ringmesh_core::route::RequestView;
 
@@ -138,7 +138,8 @@ fn balancing(c: &mut Criterion) {
 /// outlier), the policy over real endpoint state.
 fn cluster_pick(c: &mut Criterion) {
     let mut g = c.benchmark_group("pick in a cluster");
-    let w = ringmesh_core::worker::Worker::standalone(0);
+    let runner = ringmesh_core::worker::Runner::standalone(0);
+    let w = runner.worker();
     for n in [8usize, 64, 1024] {
         for (lb, weighted, levels) in [
             (Lb::P2cEwma, false, 1),
@@ -154,7 +155,7 @@ fn cluster_pick(c: &mut Criterion) {
                 if levels > 1 { ", 2 levels" } else { "" }
             );
             g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
-                b.iter(|| view.pick(&w, black_box(&cluster), now, None))
+                b.iter(|| view.pick(w.draw(), black_box(&cluster), now, None))
             });
         }
     }
@@ -183,9 +184,9 @@ fn config(c: &mut Criterion) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let w = ringmesh_core::worker::Worker::standalone(0);
+        let w = ringmesh_core::worker::Runner::standalone(0);
         w.apply(snap.clone()).unwrap();
-        assert_eq!(w.endpoint_count(), 10_000);
+        assert_eq!(w.worker().endpoint_count(), 10_000);
         g.bench_function("apply to a worker (endpoints kept)", |b| {
             b.iter(|| w.apply(black_box(snap.clone())).unwrap())
         });

@@ -132,7 +132,8 @@ pub fn cluster_view(
     use std::rc::Rc;
     use std::time::Duration;
 
-    use ringmesh_core::cluster::{ClusterState, ClusterView};
+    use ringmesh_core::breaker::ClusterState;
+    use ringmesh_core::cluster::ClusterView;
     use ringmesh_core::endpoint::Endpoint;
     use ringmesh_core::snapshot::{Cluster, EndpointSpec};
 

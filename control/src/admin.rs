@@ -16,14 +16,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
-use ringmesh_core::http1::{Framing, Method, RequestHead};
+use ringmesh_core::head::{Framing, Method, RequestHead};
 use ringmesh_core::metrics::{self, WorkerReport};
 use ringmesh_core::tap;
 use ringmesh_core::worker::Command;
 use serde_json::json;
 
 use crate::mesh::http::query_pairs;
-use crate::runtime::{ControlMsg, State};
+use crate::shared::{ControlMsg, State};
 
 struct Admin {
     /// Where the API is bound: requests must be addressed to it (DNS rebinding).
@@ -339,7 +339,7 @@ impl Admin {
         reports
     }
 
-    async fn current(&self) -> Option<crate::runtime::Current> {
+    async fn current(&self) -> Option<crate::shared::Current> {
         let (tx, rx) = flume::bounded(1);
         self.control.send(ControlMsg::Current(tx)).ok()?;
         rx.recv_async().await.ok()

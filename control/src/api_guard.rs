@@ -18,7 +18,7 @@ pub fn host_allowed(host: Option<&[u8]>, names: &[String], bound: SocketAddr) ->
     let Some(host) = host else {
         return true;
     };
-    let Ok(host) = std::str::from_utf8(ringmesh_core::http1::host_of(host)) else {
+    let Ok(host) = std::str::from_utf8(ringmesh_core::head::host_of(host)) else {
         return false;
     };
     let host = host.to_ascii_lowercase();

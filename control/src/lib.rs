@@ -8,5 +8,6 @@ pub mod compile;
 pub mod config;
 pub mod mesh;
 pub mod runtime;
+pub(crate) mod shared;
 
 pub use runtime::{ConfigSource, Proxy, ProxyOptions};

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::digits::push_u64;
 use crate::error::ErrorKind;
-use crate::http1::encode::push_u64;
 
 /// Where lines go.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -13,79 +13,21 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::balance::{self, BalanceState};
+use crate::breaker::ClusterState;
 use crate::endpoint::{Endpoint, Member};
 use crate::failover::{self, Level, Loads};
-use crate::metrics::{ClusterReport, Limit, Outcome};
+use crate::metrics::Outcome;
 use crate::outlier;
-use crate::retry::RetryBudget;
+use crate::rng::Rng;
 use crate::snapshot::Cluster;
-use crate::worker::Worker;
 
-/// Per-worker state of a cluster that outlives config versions.
-#[derive(Debug)]
-pub struct ClusterState {
-    /// Requests in flight (limit `max_requests`).
-    pub active: Cell<u32>,
-    /// Requests waiting for a new connection (limit `max_pending`).
-    pub pending: Cell<u32>,
-    /// Open upstream connections, pooled or busy (limit `max_connections`).
-    pub connections: Cell<u32>,
-    /// Retry budget.
-    pub budget: RefCell<RetryBudget>,
-    /// Requests refused per limit.
-    overflow: [Cell<u64>; 3],
-    /// Retries refused by the budget.
-    pub budget_refused: Cell<u64>,
-}
-
-impl ClusterState {
-    /// Fresh counters.
-    pub fn new(now: Instant) -> ClusterState {
-        ClusterState {
-            active: Cell::new(0),
-            pending: Cell::new(0),
-            connections: Cell::new(0),
-            budget: RefCell::new(RetryBudget::new(now)),
-            overflow: Default::default(),
-            budget_refused: Cell::new(0),
-        }
-    }
-
-    /// Counts a request refused by a limit.
-    pub fn overflowed(&self, limit: Limit) {
-        let c = &self.overflow[limit as usize];
-        c.set(c.get() + 1);
-    }
-
-    /// Counters for the scraper.
-    pub fn report(&self, name: &std::sync::Arc<str>) -> ClusterReport {
-        ClusterReport {
-            name: name.clone(),
-            active: self.active.get(),
-            connections: self.connections.get(),
-            overflow: self.overflow.each_ref().map(Cell::get),
-            budget_refused: self.budget_refused.get(),
-        }
-    }
-}
-
-/// Counts a request in flight in its cluster until dropped.
-#[derive(Debug)]
-pub struct Active(Rc<ClusterState>);
-
-impl Active {
-    /// Counts one request.
-    pub fn new(state: &Rc<ClusterState>) -> Active {
-        state.active.set(state.active.get() + 1);
-        Active(state.clone())
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        let a = &self.0.active;
-        a.set(a.get().saturating_sub(1));
-    }
+/// What a worker's cluster views draw on when they choose: its random numbers, and the
+/// generation of endpoint availability (moved whenever an endpoint's availability may have
+/// changed, so that a view knows when to recompute its split across levels).
+#[derive(Debug, Clone, Copy)]
+pub struct Draw<'a> {
+    pub rng: &'a RefCell<Rng>,
+    pub availability: &'a Cell<u64>,
 }
 
 /// A cluster in one view: see the module docs.
@@ -161,7 +103,7 @@ impl ClusterView {
     /// endpoint can take the request.
     pub fn pick(
         &self,
-        w: &Worker,
+        d: Draw<'_>,
         cluster: &Cluster,
         now: Instant,
         avoid: Option<&Rc<Endpoint>>,
@@ -171,28 +113,28 @@ impl ClusterView {
         }
         let (level, panic) = if self.levels.len() == 1 {
             // One level: the split is trivial, only its panic state matters.
-            let loads = self.loads(w.availability(), now);
+            let loads = self.loads(d.availability.get(), now);
             (0, loads.1.panic.first().copied().unwrap_or(false))
         } else {
-            let loads = self.loads(w.availability(), now);
-            let level = loads.1.level(w.random_below(100));
+            let loads = self.loads(d.availability.get(), now);
+            let level = loads.1.level(d.rng.borrow_mut().below(100));
             (level, loads.1.panic.get(level).copied().unwrap_or(false))
         };
-        if let Some(ep) = self.pick_in(w, cluster, now, level, avoid, panic) {
+        if let Some(ep) = self.pick_in(d, cluster, now, level, avoid, panic) {
             return Some(ep);
         }
         // The split was computed before the last changes: any level with an available
         // endpoint, in priority order; then the retry's avoided endpoint; then panic.
         (0..self.levels.len())
             .filter(|&l| l != level)
-            .find_map(|l| self.pick_in(w, cluster, now, l, avoid, false))
-            .or_else(|| self.pick_in(w, cluster, now, level, None, false))
-            .or_else(|| self.pick_in(w, cluster, now, level, avoid, true))
+            .find_map(|l| self.pick_in(d, cluster, now, l, avoid, false))
+            .or_else(|| self.pick_in(d, cluster, now, level, None, false))
+            .or_else(|| self.pick_in(d, cluster, now, level, avoid, true))
     }
 
     fn pick_in(
         &self,
-        w: &Worker,
+        d: Draw<'_>,
         cluster: &Cluster,
         now: Instant,
         level: usize,
@@ -203,17 +145,15 @@ impl ClusterView {
         let members = &self.members[range];
         let avoid = avoid.and_then(|a| members.iter().position(|m| Rc::ptr_eq(&m.ep, a)));
         let mut balance = self.balance.borrow_mut();
-        let i = w.with_rng(|rng| {
-            balance::pick(
-                cluster.lb,
-                members,
-                &mut balance[level],
-                rng,
-                now,
-                avoid,
-                panic,
-            )
-        })?;
+        let i = balance::pick(
+            cluster.lb,
+            members,
+            &mut balance[level],
+            &mut d.rng.borrow_mut(),
+            now,
+            avoid,
+            panic,
+        )?;
         Some(members[i].ep.clone())
     }
 
@@ -221,7 +161,7 @@ impl ClusterView {
     /// in the endpoint's availability moves the worker's availability generation.
     pub fn book(
         &self,
-        w: &Worker,
+        d: Draw<'_>,
         cluster: &Cluster,
         ep: &Endpoint,
         outcome: Outcome,
@@ -232,14 +172,14 @@ impl ClusterView {
         let failed = !matches!(outcome, Outcome::Success);
         let may_eject = failed && outlier.is_some_and(|o| self.may_eject(o.max_ejected_percent));
         let jitter = if failed {
-            w.with_rng(|r| r.unit())
+            d.rng.borrow_mut().unit()
         } else {
             0.0
         };
         if ep.record(outcome, now, rtt, outlier.map(|o| (o, may_eject, jitter)))
             != outlier::Change::None
         {
-            w.availability_changed();
+            d.availability.set(d.availability.get().wrapping_add(1));
         }
     }
 
@@ -324,8 +264,11 @@ mod tests {
                 })
                 .collect(),
         };
-        let w = Worker::standalone(0);
-        w.seed(7);
+        let (seeded, availability) = (RefCell::new(Rng::new(7)), Cell::new(0));
+        let d = Draw {
+            rng: &seeded,
+            availability: &availability,
+        };
         let view = ClusterView::new(&cluster, Rc::new(ClusterState::new(t0)), |addr| {
             Rc::new(Endpoint::new(cluster.name.clone(), addr, t0))
         });
@@ -353,7 +296,7 @@ mod tests {
                 for cell in &cells[..8] {
                     cell.set(!down);
                 }
-                w.availability_changed();
+                availability.set(availability.get() + 1);
                 tick += 200;
             }
             let now = at(t);
@@ -365,7 +308,7 @@ mod tests {
                     Outcome::Success
                 };
                 view.book(
-                    &w,
+                    d,
                     &cluster,
                     &view.members[i].ep,
                     outcome,
@@ -385,7 +328,7 @@ mod tests {
                     ok += 1;
                 }
             }
-            let ep = view.pick(&w, &cluster, now, None).expect("an endpoint");
+            let ep = view.pick(d, &cluster, now, None).expect("an endpoint");
             let i = index(&ep);
             assert!(
                 ep.outlier_available(now),

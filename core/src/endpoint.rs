@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::io::Io;
 
 use crate::balance::{FAILURE_PENALTY, Load, PeakEwma};
-use crate::cluster::ClusterState;
+use crate::breaker::{ClusterState, ConnCount};
 use crate::health::HealthCell;
 use crate::metrics::{EndpointReport, Outcome};
 use crate::outlier::{Change, Outlier, OutlierConfig};
@@ -58,24 +58,6 @@ impl UpConn {
     }
 }
 
-/// One connection counted against its cluster's limit.
-pub(crate) struct ConnCount(Rc<ClusterState>);
-
-impl ConnCount {
-    /// Counts one more connection until dropped.
-    pub(crate) fn new(cluster: Rc<ClusterState>) -> ConnCount {
-        cluster.connections.set(cluster.connections.get() + 1);
-        ConnCount(cluster)
-    }
-}
-
-impl Drop for ConnCount {
-    fn drop(&mut self) {
-        let c = &self.0.connections;
-        c.set(c.get().saturating_sub(1));
-    }
-}
-
 /// A pooled connection and when it went idle.
 struct Idle {
     conn: UpConn,
@@ -92,7 +74,7 @@ pub struct Endpoint {
     pub host: Box<[u8]>,
     pool: RefCell<Vec<Idle>>,
     /// HTTP/2 connections (clusters speaking HTTP/2).
-    pub(crate) h2: crate::h2::client::Conns,
+    pub(crate) h2: crate::h2::drive::client::Conns,
     in_flight: Cell<u32>,
     ewma: Cell<PeakEwma>,
     outlier: Cell<Outlier>,

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 
-use crate::http1::ResponseHead;
+use crate::h2::drive::client::{Conns, H2Up};
+use crate::head::{Forwarded, RequestHead, ResponseHead};
+use crate::io::Io;
 
 /// Settings of a cluster's health checks.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -93,7 +94,7 @@ pub struct Target {
     /// TLS, when the cluster's endpoints speak it.
     pub tls: Option<crate::tls::ClientTls>,
     /// The protocol the cluster's endpoints speak: checks speak it too.
-    pub protocol: crate::snapshot::UpstreamProtocol,
+    pub protocol: crate::dial::UpstreamProtocol,
 }
 
 /// The checker thread's handle: send it the full set of targets after every config change.
@@ -202,45 +203,48 @@ async fn check_once(t: &Target) -> bool {
 }
 
 async fn probe(t: &Target) -> bool {
-    let Ok(tcp) = TcpStream::connect_addr(t.addr).await else {
+    let Ok(s) = crate::dial::dial(t.addr, t.tls.as_ref(), false).await else {
         return false;
     };
-    let _ = tcp.set_nodelay(true);
-    let mut s = match &t.tls {
-        None => crate::io::Io::Plain(tcp),
-        Some(tls) => match tls.connect(tcp).await {
-            (Some(s), _) => crate::io::Io::Tls(s),
-            (None, _) => return false,
-        },
-    };
-    use crate::snapshot::UpstreamProtocol as P;
-    let h2 = match t.protocol {
-        P::Http2 | P::Mesh => true,
-        P::Auto => matches!(&s, crate::io::Io::Tls(t) if t.is_h2()),
-        P::Http1 => false,
-    };
-    // In HTTP/2 the check is a stream on a connection of its own, written and read as
-    // HTTP/1.1 as the forwarding path does; the connection closes with the check.
-    let _closing;
-    if h2 {
-        let tls = matches!(s, crate::io::Io::Tls(_));
-        let conns = CloseOnDrop(crate::h2::client::Conns::default());
-        let Ok(slot) = conns.0.open(s, None).await else {
-            return false;
-        };
-        s = crate::io::Io::H2Up(Box::new(crate::h2::client::H2Up::new(slot, tls, false)));
-        _closing = conns;
-    }
+    let h2 = t.protocol.speaks_h2(&s);
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringmesh-health-check\r\nConnection: close\r\n\r\n",
         t.config.path, t.addr
     )
     .into_bytes();
+    let mut head = ResponseHead::default();
+    if h2 {
+        // A stream on a connection of its own, which closes with the check.
+        let tls = s.tls().is_some();
+        let conns = CloseOnDrop(Conns::default());
+        let slot = conns.0.open(s, ());
+        let mut up = H2Up::new(slot, tls, false);
+        let mut parsed = RequestHead::default();
+        if !matches!(parsed.parse(&req, req.len()), Ok(Some(_))) {
+            return false;
+        }
+        let fwd = Forwarded {
+            client_ip: b"127.0.0.1",
+            proto: if tls { b"https" } else { b"http" },
+            fallback_host: b"",
+            deadline: None,
+            trace: None,
+            identity: None,
+        };
+        if up.write.send_head(&parsed, &req, &fwd).is_err() {
+            return false;
+        }
+        let mut buf = Vec::new();
+        return match up.read.read_head(&mut head, &mut buf).await {
+            Ok(_) => (200..400).contains(&head.status),
+            Err(_) => false,
+        };
+    }
+    let mut s = Io::Wire(s);
     if s.write_all(req).await.0.is_err() {
         return false;
     }
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut head = ResponseHead::default();
     loop {
         if !buf.is_empty() {
             match head.parse(&buf, 64 * 1024) {
@@ -266,7 +270,7 @@ async fn probe(t: &Target) -> bool {
 }
 
 /// An HTTP/2 connection closed once the check is over (or given up).
-struct CloseOnDrop(crate::h2::client::Conns);
+struct CloseOnDrop(Conns);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {

@@ -7,12 +7,16 @@
 
 pub mod access_log;
 pub mod balance;
+pub mod breaker;
 pub mod buf;
 pub mod cluster;
+mod dial;
+pub mod digits;
 pub mod endpoint;
 pub mod error;
 pub mod failover;
 pub mod h2;
+pub mod head;
 pub mod health;
 pub mod http1;
 pub mod idle;
@@ -32,9 +36,11 @@ pub mod snapshot;
 pub mod sni;
 pub mod sys;
 pub mod tap;
+mod task;
 mod tcp;
 pub mod tls;
 pub mod trace;
+mod transport;
 pub mod worker;
 
 pub use error::{Error, ErrorKind};

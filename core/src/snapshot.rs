@@ -152,19 +152,7 @@ pub struct Cluster {
     pub endpoints: Vec<EndpointSpec>,
 }
 
-/// What a cluster's endpoints are spoken to in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum UpstreamProtocol {
-    /// HTTP/1.1 on pooled connections.
-    #[default]
-    Http1,
-    /// HTTP/2: prior knowledge in cleartext, ALPN `h2` over TLS.
-    Http2,
-    /// Over TLS, what ALPN agrees on (h2 preferred); in cleartext, HTTP/1.1.
-    Auto,
-    /// HTTP/2 to another ringmesh, each request marked as having come in as HTTP/1.1.
-    Mesh,
-}
+pub use crate::dial::UpstreamProtocol;
 
 /// Circuit-breaker limits of a cluster, as each worker enforces them (the configured limit
 /// divided among the workers, rounded up).

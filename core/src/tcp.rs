@@ -18,7 +18,8 @@ use crate::metrics::Outcome;
 use crate::policy::{Caller, Verdict};
 use crate::snapshot::{Protocol, TcpRoute};
 use crate::sni::{Hello, MAX_HELLO, NameMap, server_name};
-use crate::worker::{View, Worker};
+use crate::worker::state::Worker;
+use crate::worker::view::View;
 
 /// Serves one connection on a TCP listener.
 pub(crate) async fn serve(
@@ -77,7 +78,7 @@ pub(crate) async fn serve(
     let mut avoid = None;
     let (ep, up) = loop {
         let now = Instant::now();
-        let Some(ep) = cv.pick(&w, cluster, now, avoid.as_ref()) else {
+        let Some(ep) = cv.pick(w.draw(), cluster, now, avoid.as_ref()) else {
             lview.stats.local_reply(ErrorKind::NoEndpoint);
             return;
         };
@@ -90,7 +91,14 @@ pub(crate) async fn serve(
             }
             _ => {
                 let now = Instant::now();
-                cv.book(&w, cluster, &ep, Outcome::ConnectFailed, now, now - started);
+                cv.book(
+                    w.draw(),
+                    cluster,
+                    &ep,
+                    Outcome::ConnectFailed,
+                    now,
+                    now - started,
+                );
                 drop(in_flight);
                 if avoid.is_some() || cv.members.len() < 2 {
                     lview.stats.local_reply(ErrorKind::ConnectFailed);
@@ -135,7 +143,7 @@ pub(crate) async fn serve(
     let view = w.view();
     if let Some(ci) = view.snapshot.cluster_index(&name) {
         view.clusters[ci].book(
-            &w,
+            w.draw(),
             &view.snapshot.clusters[ci],
             &ep,
             outcome,

@@ -238,22 +238,40 @@ impl Trace {
 
     /// Writes the headers that carry the context upstream, each ending in CRLF.
     pub fn write_headers(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"traceparent: 00-");
+        self.fields(|name, value| {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            value(out);
+            out.extend_from_slice(b"\r\n");
+        });
+    }
+
+    /// Calls `field` with the name of each field that carries the context upstream and a
+    /// writer of its value (`traceparent`, then `b3` when the caller spoke B3).
+    pub fn fields(&self, mut field: impl FnMut(&'static [u8], &dyn Fn(&mut Vec<u8>))) {
+        field(b"traceparent", &|out| self.write_traceparent(out));
+        if !matches!(self.b3, B3Out::None) {
+            field(b"b3", &|out| self.write_b3(out));
+        }
+    }
+
+    /// The `traceparent` value: version 00, trace id, this hop's span id, flags.
+    fn write_traceparent(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"00-");
         push_hex(out, &self.trace_id);
         out.push(b'-');
         push_hex(out, &self.span_id);
         out.push(b'-');
         push_hex(out, &[self.flags]);
-        out.extend_from_slice(b"\r\n");
+    }
+
+    /// The `b3` value, in the form the caller used (sampling only, or a context with the trace
+    /// id as wide as it came).
+    fn write_b3(&self, out: &mut Vec<u8>) {
         match self.b3 {
             B3Out::None => {}
-            B3Out::SamplingOnly(s) => {
-                out.extend_from_slice(b"b3: ");
-                out.push(s);
-                out.extend_from_slice(b"\r\n");
-            }
+            B3Out::SamplingOnly(s) => out.push(s),
             B3Out::Context { wide, sampling } => {
-                out.extend_from_slice(b"b3: ");
                 push_hex(
                     out,
                     if wide {
@@ -272,7 +290,6 @@ impl Trace {
                         push_hex(out, p);
                     }
                 }
-                out.extend_from_slice(b"\r\n");
             }
         }
     }

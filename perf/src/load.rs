@@ -15,7 +15,8 @@ use hdrhistogram::Histogram;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use ringmesh_core::http1::{ChunkedDecoder, Framing, ResponseHead};
+use ringmesh_core::head::{Framing, ResponseHead};
+use ringmesh_core::http1::ChunkedDecoder;
 use ringmesh_core::tls::TlsStream;
 use serde::Serialize;
 

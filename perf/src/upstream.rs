@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
-use ringmesh_core::http1::{ChunkedDecoder, Framing, RequestHead};
+use ringmesh_core::head::{Framing, RequestHead};
+use ringmesh_core::http1::ChunkedDecoder;
 
 /// How the upstream answers.
 #[derive(Debug, Clone)]

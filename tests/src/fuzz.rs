@@ -2,9 +2,11 @@
 //! (`tests/fuzz_corpus.rs`). Each takes arbitrary bytes, runs a parser on them, and checks the
 //! invariants the proxy relies on; any panic is a finding.
 
+use ringmesh_core::head::Forwarded;
+use ringmesh_core::head::{Framing, RequestHead, ResponseHead, Version, host_of};
+use ringmesh_core::http1::MAX_HEADERS;
 use ringmesh_core::http1::chunked::ChunkedDecoder;
-use ringmesh_core::http1::encode::{self, Forwarded};
-use ringmesh_core::http1::{Framing, MAX_HEADERS, RequestHead, ResponseHead, Version, host_of};
+use ringmesh_core::http1::encode;
 
 /// Request heads: parse, then write the upstream head; spans stay in bounds and a head that
 /// parses once parses again the same way from the proxy's own output.
@@ -22,7 +24,7 @@ pub fn request_head(data: &[u8]) {
     if let Some(a) = req.authority {
         let _ = host_of(a.get(data));
     }
-    if req.method == ringmesh_core::http1::Method::Connect {
+    if req.method == ringmesh_core::head::Method::Connect {
         // A CONNECT is answered by the proxy and tunneled, never forwarded as a head.
         assert!(req.path.is_empty() && req.authority.is_some() && req.upgrade.is_none());
         return;
@@ -282,14 +284,14 @@ pub fn client_hello(data: &[u8]) {
 pub fn h2_server(data: &[u8]) {
     let (cuts, input) = data.split_at(data.len().min(4));
     let cuts: Vec<usize> = cuts.iter().map(|&c| usize::from(c) * 4).collect();
-    ringmesh_core::h2::drive_server(input, &cuts);
+    ringmesh_core::h2::fuzzing::server(input, &cuts);
 }
 
 /// HTTP/2 from an upstream, as raw bytes after a first byte that chooses how many requests are
 /// open: the client side's frame handling never panics and keeps its windows bounded.
 pub fn h2_client(data: &[u8]) {
     let (streams, input) = data.split_first().unwrap_or((&0, &[]));
-    ringmesh_core::h2::drive_client(input, *streams % 9);
+    ringmesh_core::h2::fuzzing::client(input, *streams % 9);
 }
 
 /// TLS from a client, as raw bytes cut into reads at the positions the first bytes choose:

@@ -24,7 +24,7 @@ use serde_json::Value;
 use super::client::{Client, Trust};
 use super::http::percent_encode;
 use super::keep::Keep;
-use crate::runtime::{ControlMsg, State};
+use crate::shared::{ControlMsg, State};
 
 /// How long a watch waits on the control plane for a change.
 const WAIT: Duration = Duration::from_secs(30);

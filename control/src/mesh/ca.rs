@@ -17,6 +17,25 @@ use rcgen::{
 };
 use serde_json::{Value, json};
 
+/// An operator's CA as the mesh file names it.
+#[derive(Clone, PartialEq)]
+pub struct OperatorCa {
+    /// SHA-256 (hex) of its certificate: what tells a new operator CA from the one in use.
+    pub fingerprint: String,
+    /// The certificate file's text (the CA first, then its chain).
+    pub cert: String,
+    /// The key file's text.
+    pub key: String,
+}
+
+impl std::fmt::Debug for OperatorCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorCa")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How long an authority is valid.
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86400);
 
@@ -353,7 +372,7 @@ impl Ca {
 
     /// When the mesh file names an operator's CA that is neither issuing nor about to: starts
     /// the rotation to it (overlapping as any rotation does). Returns whether it did.
-    pub fn adopt(&mut self, operator: Option<&super::model::OperatorCa>) -> Result<bool, String> {
+    pub fn adopt(&mut self, operator: Option<&OperatorCa>) -> Result<bool, String> {
         let Some(op) = operator else {
             return Ok(false);
         };

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::ca::{Authority, OperatorCa};
 use crate::config::Config;
 use crate::config::decode::{self, ConfigError, parse_duration};
 
@@ -86,25 +87,6 @@ pub struct CaSpec {
     /// The operator's CA (`cert`, `key`), read and checked: its certificate's SHA-256, and
     /// the files' text. `None`: the control plane makes its own.
     pub operator: Option<OperatorCa>,
-}
-
-/// An operator's CA as the mesh file names it.
-#[derive(Clone, PartialEq)]
-pub struct OperatorCa {
-    /// SHA-256 (hex) of its certificate: what tells a new operator CA from the one in use.
-    pub fingerprint: String,
-    /// The certificate file's text (the CA first, then its chain).
-    pub cert: String,
-    /// The key file's text.
-    pub key: String,
-}
-
-impl std::fmt::Debug for OperatorCa {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OperatorCa")
-            .field("fingerprint", &self.fingerprint)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Who may call the control plane's API as an administrator, and the names it answers to.
@@ -717,7 +699,7 @@ fn operator_ca(cert: &Value, key: &Value, errors: &mut Vec<ConfigError>) -> Opti
         }
     };
     let (cert, key) = (read(cert, "ca.cert", errors)?, read(key, "ca.key", errors)?);
-    match super::ca::Authority::from_operator(&cert, &key) {
+    match Authority::from_operator(&cert, &key) {
         Ok(a) => Some(OperatorCa {
             fingerprint: a.fingerprint,
             cert,

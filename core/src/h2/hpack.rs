@@ -1,10 +1,12 @@
-//! HPACK (RFC 7541) as the upstream HTTP/2 client needs it: a decoder with its dynamic table and
-//! Huffman code, for answers; and the literal forms a request is written in. Requests are never
-//! indexed and never Huffman-coded: that keeps the encoder stateless (the peer's table size does
-//! not matter to it) and its work a copy, at the price of a few bytes on the wire.
+//! HPACK (RFC 7541) for both sides: a decoder with its dynamic table and Huffman code; and the
+//! literal forms heads are written in. What we send is never indexed and never Huffman-coded:
+//! that keeps the encoder stateless (the peer's table size does not matter to it) and its work
+//! a copy, at the price of a few bytes on the wire.
 
 use std::collections::VecDeque;
 use std::ops::Range;
+
+use super::frame::Code;
 
 /// A header block that breaks HPACK's rules: a COMPRESSION_ERROR for the whole connection.
 #[derive(Debug, PartialEq, Eq)]
@@ -91,6 +93,8 @@ pub(crate) const PATH_ROOT: usize = 4;
 pub(crate) const SCHEME_HTTP: usize = 6;
 pub(crate) const SCHEME_HTTPS: usize = 7;
 pub(crate) const CONTENT_LENGTH: usize = 28;
+/// `:status`; the next six are 204, 206, 304, 400, 404 and 500.
+pub(crate) const STATUS: usize = 8;
 
 /// Where a decoded string is: in the block itself, or Huffman-decoded into the scratch buffer.
 #[derive(Clone)]
@@ -148,11 +152,11 @@ impl Decoder {
 
     /// The connection error for the block that failed to decode: too large a list is an
     /// abuse, anything else a compression error.
-    pub(crate) fn error_code(&self) -> u32 {
+    pub(crate) fn error_code(&self) -> Code {
         if self.overflowed {
-            super::frame::code::ENHANCE_YOUR_CALM
+            Code::ENHANCE_YOUR_CALM
         } else {
-            super::frame::code::COMPRESSION_ERROR
+            Code::COMPRESSION_ERROR
         }
     }
 
@@ -391,7 +395,7 @@ pub(crate) fn put_named_u64(out: &mut Vec<u8>, i: usize, value: u64) {
     put_int(out, 0, 4, i);
     let at = out.len();
     out.push(0);
-    crate::http1::encode::push_u64(out, value);
+    crate::digits::push_u64(out, value);
     out[at] = (out.len() - at - 1) as u8;
 }
 
@@ -401,6 +405,29 @@ pub(crate) fn put_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     put_int(out, 0, 7, name.len());
     out.extend(name.iter().map(u8::to_ascii_lowercase));
     put_string(out, value);
+}
+
+/// A field not indexed, its name written out (lowercased), its value written by `value`: the
+/// length prefix goes in front once the value's length is known.
+pub(crate) fn put_literal_with(out: &mut Vec<u8>, name: &[u8], value: &dyn Fn(&mut Vec<u8>)) {
+    out.push(0);
+    put_int(out, 0, 7, name.len());
+    out.extend(name.iter().map(u8::to_ascii_lowercase));
+    let at = out.len();
+    out.push(0);
+    value(out);
+    let len = out.len() - at - 1;
+    if len < 0x7f {
+        out[at] = len as u8;
+        return;
+    }
+    // A long value: its prefix takes more than the byte set aside, and the value moves up.
+    let mut prefix = Vec::with_capacity(5);
+    put_int(&mut prefix, 0, 7, len);
+    let extra = prefix.len() - 1;
+    out.extend_from_slice(&prefix[1..]);
+    out.copy_within(at + 1..at + 1 + len, at + 1 + extra);
+    out[at..at + prefix.len()].copy_from_slice(&prefix);
 }
 
 fn put_string(out: &mut Vec<u8>, s: &[u8]) {

@@ -1,34 +1,37 @@
-//! HTTP/2 from clients (RFC 9113): over TLS when ALPN agrees on `h2`, and in cleartext when a
-//! connection on an `http` listener starts with the HTTP/2 preface (prior knowledge).
+//! HTTP/2 (RFC 9113), both sides, written for the translation the proxy makes: from clients,
+//! over TLS when ALPN agrees on `h2` and in cleartext when a connection on an `http` listener
+//! starts with the preface (prior knowledge); to upstreams of clusters that speak it.
 //!
-//! Both sides of the protocol are written here ([`server`], [`client`]), for the translation
-//! the proxy makes: each stream from a client is served by the same path as an HTTP/1.1
-//! request ([`crate::proxy`]). Its header block is decoded straight into an HTTP/1.1 head, its
-//! body follows (chunk-coded when the client gave no length, trailers included), and the
-//! HTTP/1.1 answer the proxy writes is encoded straight into HEADERS, DATA and trailers.
-//! Routing, policies, rate limits, retries, deadlines, metrics, access logs and tap therefore
-//! hold for HTTP/2 as they do for HTTP/1.1.
+//! ```text
+//! frame.rs, hpack.rs   bytes ⇄ frames, header blocks ⇄ fields
+//! block.rs             a received header block, decoded and checked (RFC 9113 section 8)
+//! conn/                one connection's protocol state, either side: no I/O, clock or waker
+//! server.rs            client's request ⇄ RequestHead; answers → header blocks
+//! client.rs            RequestHead → header block; upstream's answer → ResponseHead
+//! body.rs              DATA and trailers ⇄ the HTTP/1.1-framed bodies the proxy moves
+//! drive/               the async tasks around a connection: reading, writing, timers
+//! ```
 //!
-//! Abuse is bounded per connection: at most [`MAX_STREAMS`] streams at once; the receive
-//! windows bound what a client can make the proxy hold; a client that resets streams before
-//! they are answered faster than [`RESETS_PER_SECOND`] (after a burst of [`RESET_BURST`]:
-//! rapid reset, CVE-2023-44487), or makes the proxy reset more than [`MAX_LOCAL_RESETS`]
-//! streams for its protocol errors ("MadeYouReset"), gets GOAWAY `ENHANCE_YOUR_CALM`; header
-//! blocks (CONTINUATION frames included) are held to the listener's `max_request_head_bytes`
-//! and a few frames, and a client that makes the proxy queue more than it reads loses the
-//! connection.
+//! A stream from a client is served by the same path as an HTTP/1.1 request
+//! ([`crate::proxy`]): its head is decoded straight into the protocol-neutral head the path
+//! reads, and the answer's head is encoded straight from the head the path holds. Routing,
+//! policies, rate limits, retries, deadlines, metrics, access logs and tap therefore hold for
+//! HTTP/2 as they do for HTTP/1.1. The abuse bounds are the connection's ([`conn`]).
 
+pub(crate) mod block;
+pub(crate) mod body;
 pub(crate) mod client;
+pub(crate) mod conn;
+pub(crate) mod drive;
 pub(crate) mod frame;
+pub mod fuzzing;
 pub(crate) mod hpack;
 #[cfg(test)]
-pub(crate) mod io;
+pub(crate) mod poll_io;
 pub(crate) mod server;
-pub(crate) mod stream;
 
-pub use client::drive_client;
-pub(crate) use server::serve;
-pub use server::{MAX_LOCAL_RESETS, MAX_STREAMS, RESET_BURST, RESETS_PER_SECOND, drive_server};
+pub use conn::{MAX_LOCAL_RESETS, RESET_BURST, RESETS_PER_SECOND};
+pub use drive::server::MAX_STREAMS;
 
 /// The client connection preface (RFC 9113 section 3.4).
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -39,7 +42,7 @@ pub(crate) fn may_be_preface(data: &[u8]) -> bool {
     data[..n] == PREFACE[..n]
 }
 
-/// HTTP/2 over loopback for unit tests.
+/// HTTP/2 over loopback for unit tests, with the h2 crate as the peer.
 #[cfg(test)]
 pub(crate) mod testing {
     use std::future::{Future, poll_fn};
@@ -49,7 +52,7 @@ pub(crate) mod testing {
     use h2::RecvStream;
     use h2::server::SendResponse;
 
-    use crate::io::Io;
+    use crate::transport::Transport;
 
     /// Runs `f` on a runtime of the kind a worker runs.
     pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
@@ -71,9 +74,8 @@ pub(crate) mod testing {
         let addr = listener.local_addr().unwrap();
         monoio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
-            let mut conn = h2::server::handshake(super::io::PollIo::new(Io::Plain(s), Vec::new()))
-                .await
-                .unwrap();
+            let io = super::poll_io::PollIo::new(Transport::Plain(s), Vec::new());
+            let mut conn = h2::server::handshake(io).await.unwrap();
             let (req, respond) = conn.accept().await.unwrap().unwrap();
             serve(req, respond).await;
             let _ = poll_fn(|cx| conn.poll_closed(cx)).await;

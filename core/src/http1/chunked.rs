@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-use super::{is_field_vchar, is_tchar};
+use crate::head::{is_field_vchar, is_tchar};
 
 /// Longest chunk-size line (size, extensions, CRLF) accepted.
 const MAX_SIZE_LINE: u32 = 4096;
@@ -400,7 +400,7 @@ fn unreachable_state() -> State {
 
 /// A chunked body forwarded chunked: validated, its chunk extensions left out (they are for
 /// the hop that received them), and its trailer section rewritten with only the fields a
-/// trailer may carry ([`super::allowed_in_trailer`]). A body with neither is forwarded straight
+/// trailer may carry ([`crate::head::allowed_in_trailer`]). A body with neither is forwarded straight
 /// from the read buffer.
 #[derive(Debug, Default)]
 pub struct ChunkedForward {
@@ -413,7 +413,7 @@ pub struct ChunkedForward {
 
 /// What one [`ChunkedForward::feed`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Forwarded {
+pub struct ChunkStep {
     /// Bytes of the input that belong to the message.
     pub consumed: usize,
     /// The message ended.
@@ -436,7 +436,7 @@ impl ChunkedForward {
         input: &[u8],
         out: &mut Vec<u8>,
         copy: bool,
-    ) -> Result<Forwarded, ChunkError> {
+    ) -> Result<ChunkStep, ChunkError> {
         let (skips, trailers) = (&mut self.skips, &mut self.trailers);
         skips.clear();
         let p = self.decoder.feed_forward(
@@ -448,7 +448,7 @@ impl ChunkedForward {
             |b| trailers.push(b),
         )?;
         if skips.is_empty() && !copy {
-            return Ok(Forwarded {
+            return Ok(ChunkStep {
                 consumed: p.consumed,
                 done: p.done,
                 direct: true,
@@ -464,7 +464,7 @@ impl ChunkedForward {
             super::write_trailers(&self.trailers, out);
             self.trailers = Vec::new();
         }
-        Ok(Forwarded {
+        Ok(ChunkStep {
             consumed: p.consumed,
             done: p.done,
             direct: false,

@@ -2,158 +2,47 @@
 //! answers the proxy makes itself. They append to a reused buffer; nothing is allocated once the
 //! buffer has grown to its working size.
 
-use super::{Framing, RequestHead, ResponseHead, Version};
-use crate::error::ErrorKind;
+use crate::digits::push_u64;
+use crate::head::forward::added_fields;
+use crate::head::reply::LocalReply;
+use crate::head::{Forwarded, Framing, Known, RequestHead, ResponseHead, Version, classify};
 
-/// Two decimal digits for each of 0 to 99.
-const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-      2021222324252627282930313233343536373839\
-      4041424344454647484950515253545556575859\
-      6061626364656667686970717273747576777879\
-      8081828384858687888990919293949596979899";
-
-/// Appends the decimal form of `n`. Numbers below 100,000 (statuses, ports, small sizes, most
-/// of what a head or a log line holds) are written by constant-size stores, without a call.
-#[inline]
-pub fn push_u64(out: &mut Vec<u8>, n: u64) {
-    let pair = |v: u64| {
-        let d = v as usize * 2;
-        [DIGIT_PAIRS[d], DIGIT_PAIRS[d + 1]]
-    };
-    match n {
-        0..10 => out.push(b'0' + n as u8),
-        10..100 => out.extend_from_slice(&pair(n)),
-        100..1000 => {
-            let [a, b] = pair(n % 100);
-            out.extend_from_slice(&[b'0' + (n / 100) as u8, a, b]);
-        }
-        1000..10_000 => {
-            let ([a, b], [c, d]) = (pair(n / 100), pair(n % 100));
-            out.extend_from_slice(&[a, b, c, d]);
-        }
-        10_000..100_000 => {
-            let ([b, c], [d, e]) = (pair(n / 100 % 100), pair(n % 100));
-            out.extend_from_slice(&[b'0' + (n / 10_000) as u8, b, c, d, e]);
-        }
-        _ => push_u64_long(out, n),
-    }
-}
-
-/// [`push_u64`] for 100,000 and up: two digits per division, written in place (no scratch
-/// copy of variable length, which would cost a `memmove` call per number).
-fn push_u64_long(out: &mut Vec<u8>, mut n: u64) {
-    let len = n.ilog10() as usize + 1;
-    let start = out.len();
-    // A constant-size extend is a couple of stores; the excess is cut off at once.
-    out.extend_from_slice(&[0u8; 20]);
-    out.truncate(start + len);
-    let digits = &mut out[start..];
-    let mut i = len;
-    while n >= 100 {
-        let d = (n % 100) as usize * 2;
-        n /= 100;
-        i -= 2;
-        digits[i..i + 2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
-    }
-    if n >= 10 {
-        let d = n as usize * 2;
-        digits[..2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
-    } else {
-        digits[0] = b'0' + n as u8;
-    }
-}
-
-/// What the proxy adds to a request it forwards.
-#[derive(Debug, Clone, Copy)]
-pub struct Forwarded<'a> {
-    /// The client's address, appended to X-Forwarded-For.
-    pub client_ip: &'a [u8],
-    /// The scheme the client used, for X-Forwarded-Proto.
-    pub proto: &'a [u8],
-    /// Host to send when the client sent none (HTTP/1.0).
-    pub fallback_host: &'a [u8],
-    /// Time left for the answer, passed on to the next hop.
-    pub deadline: Option<std::time::Duration>,
-    /// The trace context for the next hop.
-    pub trace: Option<&'a crate::trace::Trace>,
-    /// The client's verified identity (mTLS), sent as `ringmesh-client-identity`.
-    pub identity: Option<&'a str>,
-}
-
-/// Writes the head of the request sent upstream: always HTTP/1.1, hop-by-hop fields removed,
-/// framing regenerated, X-Forwarded-For and X-Forwarded-Proto set.
+/// Writes the head of the request sent upstream over HTTP/1.1: hop-by-hop fields removed,
+/// framing regenerated, and what the proxy adds ([`crate::head::forward`]).
 pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &RequestHead, fwd: &Forwarded<'_>) {
     out.extend_from_slice(req.method_span.get(buf));
     out.push(b' ');
-    if req.path.is_empty() {
-        out.push(b'/');
-    } else {
-        out.extend_from_slice(req.path.get(buf));
-    }
+    out.extend_from_slice(req.path_or_root(buf));
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    match req.authority {
-        Some(a) if req.absolute_form => {
-            out.extend_from_slice(b"host: ");
-            out.extend_from_slice(a.get(buf));
-            out.extend_from_slice(b"\r\n");
-        }
-        None => {
-            out.extend_from_slice(b"host: ");
-            out.extend_from_slice(fwd.fallback_host);
-            out.extend_from_slice(b"\r\n");
-        }
-        Some(_) => {}
+    // The authority goes as Host unless it came as a Host field, which is among those kept.
+    if req.absolute_form || req.authority.is_none() {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(req.authority_or(buf, fwd.fallback_host));
+        out.extend_from_slice(b"\r\n");
     }
-    for h in &req.headers {
-        if h.drop || (req.has_xff && is_xff(h.name.get(buf))) {
-            continue;
-        }
-        out.extend_from_slice(h.name.get(buf));
+    for h in req.kept_fields(buf) {
+        field_line(out, h.name.get(buf), h.value.get(buf));
+    }
+    added_fields(req, buf, fwd, |name, value| {
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value.get(buf));
+        value(out);
         out.extend_from_slice(b"\r\n");
-    }
-    // One X-Forwarded-For field: what the client sent, then the client itself.
-    out.extend_from_slice(b"x-forwarded-for: ");
-    if req.has_xff {
-        for h in req
-            .headers
-            .iter()
-            .filter(|h| !h.drop && is_xff(h.name.get(buf)))
-        {
-            out.extend_from_slice(h.value.get(buf));
-            out.extend_from_slice(b", ");
-        }
-    }
-    out.extend_from_slice(fwd.client_ip);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(b"x-forwarded-proto: ");
-    out.extend_from_slice(fwd.proto);
-    out.extend_from_slice(b"\r\n");
-    if let Some(left) = fwd.deadline {
-        out.extend_from_slice(b"ringmesh-deadline-ms: ");
-        push_u64(out, left.as_millis() as u64);
-        out.extend_from_slice(b"\r\n");
-        if req.grpc {
-            out.extend_from_slice(b"grpc-timeout: ");
-            crate::retry::write_grpc_timeout(out, left);
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    if let Some(t) = fwd.trace {
-        t.write_headers(out);
-    }
-    if let Some(id) = fwd.identity {
-        out.extend_from_slice(b"ringmesh-client-identity: ");
-        out.extend_from_slice(id.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    });
     framing_header(out, req.framing);
     if let Some(u) = req.upgrade {
         out.extend_from_slice(b"upgrade: ");
         out.extend_from_slice(u.get(buf));
         out.extend_from_slice(b"\r\nconnection: upgrade\r\n");
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[inline]
+fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -165,24 +54,16 @@ pub fn switching_head(out: &mut Vec<u8>, buf: &[u8], resp: &ResponseHead) {
     out.extend_from_slice(b"\r\n");
     for h in &resp.headers {
         let name = h.name.get(buf);
-        if h.drop && super::classify(name) != super::Known::Upgrade {
+        if h.drop && classify(name) != Known::Upgrade {
             continue;
         }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value.get(buf));
-        out.extend_from_slice(b"\r\n");
+        field_line(out, name, h.value.get(buf));
     }
     out.extend_from_slice(b"connection: upgrade\r\n\r\n");
 }
 
 /// The proxy's answer to a CONNECT whose tunnel is open.
 pub const CONNECT_ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
-
-#[inline]
-fn is_xff(name: &[u8]) -> bool {
-    name.len() == 15 && name.eq_ignore_ascii_case(b"x-forwarded-for")
-}
 
 fn framing_header(out: &mut Vec<u8>, framing: Framing) {
     match framing {
@@ -209,15 +90,9 @@ pub struct ClientFraming {
 
 /// Writes the head of a response sent to the client.
 pub fn response_head(out: &mut Vec<u8>, buf: &[u8], resp: &ResponseHead, cf: ClientFraming) {
-    status_line(out, resp.status, resp.reason.get(buf));
-    for h in &resp.headers {
-        if h.drop {
-            continue;
-        }
-        out.extend_from_slice(h.name.get(buf));
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value.get(buf));
-        out.extend_from_slice(b"\r\n");
+    answer_status_line(out, buf, resp);
+    for h in resp.headers.iter().filter(|h| !h.drop) {
+        field_line(out, h.name.get(buf), h.value.get(buf));
     }
     framing_header(out, cf.framing);
     if cf.close {
@@ -230,14 +105,29 @@ pub fn response_head(out: &mut Vec<u8>, buf: &[u8], resp: &ResponseHead, cf: Cli
 
 /// Writes an interim (1xx) response for an HTTP/1.1 client.
 pub fn interim_head(out: &mut Vec<u8>, buf: &[u8], resp: &ResponseHead) {
-    status_line(out, resp.status, resp.reason.get(buf));
+    answer_status_line(out, buf, resp);
     for h in resp.headers.iter().filter(|h| !h.drop) {
-        out.extend_from_slice(h.name.get(buf));
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value.get(buf));
-        out.extend_from_slice(b"\r\n");
+        field_line(out, h.name.get(buf), h.value.get(buf));
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The status line of an upstream's answer: its reason phrase, or for an HTTP/2 answer (which
+/// has none) the status's own.
+fn answer_status_line(out: &mut Vec<u8>, buf: &[u8], resp: &ResponseHead) {
+    let reason = match resp.version {
+        Version::Http2 => canonical_reason(resp.status).as_bytes(),
+        _ => resp.reason.get(buf),
+    };
+    status_line(out, resp.status, reason);
+}
+
+/// The reason phrase RFC 9110 gives a status, or `Unknown`.
+pub fn canonical_reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown")
 }
 
 fn status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
@@ -274,52 +164,22 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Writes an answer the proxy makes itself: status, `ringmesh-error`, a one-line text body
-/// (none for HEAD requests), and `connection: close` when the connection ends after it.
-pub fn local_reply(
-    out: &mut Vec<u8>,
-    kind: ErrorKind,
-    head_request: bool,
-    close: bool,
-    retry_after: Option<u64>,
-) {
-    let status = kind.status();
+/// Writes an answer the proxy makes itself ([`LocalReply`]), with `connection: close` when the
+/// connection ends after it.
+pub fn local_reply(out: &mut Vec<u8>, reply: &LocalReply, close: bool) {
+    let status = reply.status();
     status_line(out, status, reason(status).as_bytes());
-    out.extend_from_slice(b"ringmesh-error: ");
-    out.extend_from_slice(kind.name().as_bytes());
-    if let Some(secs) = retry_after {
-        out.extend_from_slice(b"\r\nretry-after: ");
-        push_u64(out, secs);
-    }
-    out.extend_from_slice(b"\r\ncontent-type: text/plain\r\ncontent-length: ");
-    let body_len = kind.name().len() + 1;
-    push_u64(out, body_len as u64);
-    out.extend_from_slice(b"\r\n");
+    reply.fields(|name, value| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        value(out);
+        out.extend_from_slice(b"\r\n");
+    });
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if !head_request {
-        out.extend_from_slice(kind.name().as_bytes());
-        out.push(b'\n');
-    }
-}
-
-/// The proxy's own answer to a gRPC request: 200 with the status in `grpc-status` and no body
-/// (gRPC's "trailers-only" form), as gRPC clients read statuses from there, not from HTTP.
-pub fn grpc_local_reply(out: &mut Vec<u8>, kind: ErrorKind, close: bool) {
-    status_line(out, 200, b"OK");
-    out.extend_from_slice(b"ringmesh-error: ");
-    out.extend_from_slice(kind.name().as_bytes());
-    out.extend_from_slice(b"\r\ncontent-type: application/grpc\r\ngrpc-status: ");
-    push_u64(out, u64::from(kind.grpc_status()));
-    out.extend_from_slice(b"\r\ngrpc-message: ");
-    out.extend_from_slice(kind.name().as_bytes());
-    out.extend_from_slice(b"\r\ncontent-length: 0\r\n");
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    reply.write_body(out);
 }
 
 /// The `100 Continue` interim answer.
@@ -340,7 +200,7 @@ pub fn client_framing(
                 Some(n) if !resp.is_interim() && resp.status != 204 => Framing::Length(n),
                 _ if resp.framing == Framing::Chunked
                     && resp.status != 204
-                    && client == Version::Http11 =>
+                    && client != Version::Http10 =>
                 {
                     Framing::Chunked
                 }
@@ -349,7 +209,7 @@ pub fn client_framing(
             (declared, !client_keep_alive)
         }
         (Framing::Length(n), _) => (Framing::Length(n), !client_keep_alive),
-        (Framing::Chunked | Framing::Close, Version::Http11) => {
+        (Framing::Chunked | Framing::Close, Version::Http11 | Version::Http2) => {
             (Framing::Chunked, !client_keep_alive)
         }
         // An HTTP/1.0 client cannot take chunked: the body ends when the proxy closes.
@@ -365,21 +225,7 @@ pub fn client_framing(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numbers_are_written_like_display() {
-        let mut n = 1u64;
-        let mut values: Vec<u64> = (0..200_000).chain([u64::MAX, u64::MAX - 1]).collect();
-        while let Some(m) = n.checked_mul(10) {
-            values.extend([n - 1, n, n + 1, m - 1]);
-            n = m;
-        }
-        for v in values {
-            let mut out = b"x".to_vec();
-            push_u64(&mut out, v);
-            assert_eq!(out, format!("x{v}").into_bytes());
-        }
-    }
+    use crate::error::ErrorKind;
 
     /// The head sent upstream for `raw`, from client 10.0.0.9, with the trace `trace`.
     fn forward_traced(raw: &[u8], trace: Option<&crate::trace::Trace>) -> String {
@@ -400,15 +246,6 @@ mod tests {
 
     fn forward(raw: &[u8]) -> String {
         forward_traced(raw, None)
-    }
-
-    #[test]
-    fn decimal_numbers() {
-        for n in [0, 7, 10, 99, 100, 101, 999, 1000, 65_535, 1 << 40, u64::MAX] {
-            let mut out = Vec::new();
-            push_u64(&mut out, n);
-            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
-        }
     }
 
     #[test]
@@ -491,24 +328,21 @@ mod tests {
     #[test]
     fn local_replies() {
         let mut out = Vec::new();
-        local_reply(&mut out, ErrorKind::NoRoute, false, false, None);
+        let reply = |kind, head_request| LocalReply {
+            kind,
+            grpc: false,
+            head_request,
+            retry_after: None,
+        };
+        local_reply(&mut out, &reply(ErrorKind::NoRoute, false), false);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 404 Not Found\r\nringmesh-error: no-route\r\ncontent-type: text/plain\r\n\
              content-length: 9\r\n\r\nno-route\n"
         );
         let mut out = Vec::new();
-        local_reply(&mut out, ErrorKind::BadRequest, true, true, None);
+        local_reply(&mut out, &reply(ErrorKind::BadRequest, true), true);
         let s = String::from_utf8(out).unwrap();
         assert!(s.ends_with("connection: close\r\n\r\n"), "{s}");
-    }
-
-    #[test]
-    fn numbers() {
-        for n in [0u64, 7, 10, 99, 12345, u64::MAX] {
-            let mut out = Vec::new();
-            push_u64(&mut out, n);
-            assert_eq!(out, n.to_string().as_bytes());
-        }
     }
 }

@@ -1,4 +1,5 @@
-//! Request heads: parse, validate, classify (RFC 9112 sections 3, 6 and 7).
+//! HTTP/1.1 request heads: parse, validate, classify (RFC 9112 sections 3, 6 and 7), into the
+//! protocol-neutral [`RequestHead`].
 //!
 //! [`RequestHead::parse`] either returns a head whose framing is unambiguous or the error kind the
 //! proxy answers with. It never allocates once the header list has grown to its working size.
@@ -6,135 +7,15 @@
 use std::mem::MaybeUninit;
 
 use super::{
-    ConnectionOptions, Framing, Header, Known, MAX_HEADERS, Span, Version, classify,
-    drop_connection_options, for_each_token, line_endings_are_crlf, parse_content_length,
-    valid_authority,
+    ConnectionOptions, MAX_HEADERS, drop_connection_options, line_endings_are_crlf,
+    parse_content_length,
 };
 use crate::error::ErrorKind;
-
-/// Request method; the ones the proxy reasons about, and the rest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    /// GET
-    Get,
-    /// HEAD
-    Head,
-    /// POST
-    Post,
-    /// PUT
-    Put,
-    /// DELETE
-    Delete,
-    /// OPTIONS
-    Options,
-    /// TRACE
-    Trace,
-    /// CONNECT
-    Connect,
-    /// PATCH
-    Patch,
-    /// Any other token.
-    Other,
-}
-
-impl Method {
-    fn from_bytes(m: &[u8]) -> Method {
-        match m {
-            b"GET" => Method::Get,
-            b"HEAD" => Method::Head,
-            b"POST" => Method::Post,
-            b"PUT" => Method::Put,
-            b"DELETE" => Method::Delete,
-            b"OPTIONS" => Method::Options,
-            b"TRACE" => Method::Trace,
-            b"CONNECT" => Method::Connect,
-            b"PATCH" => Method::Patch,
-            _ => Method::Other,
-        }
-    }
-
-    /// Idempotent methods (RFC 9110 section 9.2.2).
-    pub fn is_idempotent(self) -> bool {
-        matches!(
-            self,
-            Method::Get
-                | Method::Head
-                | Method::Put
-                | Method::Delete
-                | Method::Options
-                | Method::Trace
-        )
-    }
-}
-
-/// A parsed request head: offsets into the buffer it was parsed from.
-#[derive(Debug, Clone)]
-pub struct RequestHead {
-    /// The method.
-    pub method: Method,
-    /// The method token.
-    pub method_span: Span,
-    /// The path and query to send upstream (origin-form); empty for an absolute-form target
-    /// with no path, which is sent as `/`.
-    pub path: Span,
-    /// The path without its query, for routing.
-    pub route_path: Span,
-    /// The protocol version.
-    pub version: Version,
-    /// The authority: from an absolute-form target, else from Host.
-    pub authority: Option<Span>,
-    /// The target was in absolute form: Host is replaced by its authority.
-    pub absolute_form: bool,
-    /// How the body is delimited.
-    pub framing: Framing,
-    /// The client allows the connection to stay open after this exchange.
-    pub keep_alive: bool,
-    /// The client sent `Expect: 100-continue`.
-    pub expect_continue: bool,
-    /// The protocols of an upgrade the client asked for and that is passed on (`Upgrade` with
-    /// `Connection: upgrade`, HTTP/1.1, no body, not h2c). Any other `Upgrade` is dropped.
-    pub upgrade: Option<Span>,
-    /// Length of the head, including its final empty line.
-    pub head_len: usize,
-    /// The header fields, in order, with hop-by-hop ones marked `drop`.
-    pub headers: Vec<Header>,
-    /// The client sent X-Forwarded-For: its fields are merged, with the client appended.
-    pub has_xff: bool,
-    /// The time the caller gives this request (`ringmesh-deadline-ms`, or `grpc-timeout` for
-    /// gRPC), if any.
-    pub deadline: Option<std::time::Duration>,
-    /// A gRPC request (`content-type: application/grpc...`).
-    pub grpc: bool,
-    /// The `traceparent` value, if exactly one came (two make the context invalid).
-    pub traceparent: Option<Span>,
-    /// The `b3` value, if exactly one came.
-    pub b3: Option<Span>,
-}
-
-impl Default for RequestHead {
-    fn default() -> Self {
-        RequestHead {
-            method: Method::Get,
-            method_span: Span::default(),
-            path: Span::default(),
-            route_path: Span::default(),
-            version: Version::Http11,
-            authority: None,
-            absolute_form: false,
-            framing: Framing::None,
-            keep_alive: true,
-            expect_continue: false,
-            upgrade: None,
-            head_len: 0,
-            headers: Vec::with_capacity(16),
-            has_xff: false,
-            deadline: None,
-            grpc: false,
-            traceparent: None,
-            b3: None,
-        }
-    }
-}
+use crate::head::request::FieldNotes;
+use crate::head::{
+    Framing, Header, Known, Method, RequestHead, Span, Version, classify, for_each_token,
+    valid_authority,
+};
 
 impl RequestHead {
     /// Parses the head at the start of `buf`, looking at no more than `max_len` bytes.
@@ -175,16 +56,9 @@ impl RequestHead {
         };
         self.absolute_form = false;
         self.authority = None;
-        self.expect_continue = false;
-        self.upgrade = None;
-        self.has_xff = false;
-        self.deadline = None;
-        self.grpc = false;
-        self.traceparent = None;
-        self.b3 = None;
-        self.headers.clear();
-        let (mut traceparents, mut b3s, mut upgrades) = (0u8, 0u8, 0u8);
-        let mut grpc_timeout = None;
+        self.clear_fields();
+        let mut upgrades = 0u8;
+        let mut notes = FieldNotes::default();
 
         if self.method == Method::Connect {
             self.connect_target(buf, target.as_bytes())?;
@@ -228,80 +102,17 @@ impl RequestHead {
                     connection.add(value);
                     header.drop = true;
                 }
-                // The proxy sets the client's identity itself: whatever a client sends as its
-                // identity is never passed on.
-                Known::KeepAlive
-                | Known::ProxyConnection
-                | Known::Te
-                | Known::XForwardedProto
-                | Known::ClientIdentity => {
-                    header.drop = true;
-                }
                 Known::Upgrade => {
                     // Two fields would need merging: rare enough to refuse the upgrade.
                     upgrades = upgrades.saturating_add(1);
                     self.upgrade = Some(header.value);
                     header.drop = true;
                 }
-                Known::Expect => {
-                    if value.eq_ignore_ascii_case(b"100-continue") {
-                        self.expect_continue = true;
-                        header.drop = true;
-                    }
-                }
-                Known::XForwardedFor => {
-                    self.has_xff = true;
-                }
-                Known::Deadline => {
-                    // The proxy writes its own, from what is left of this one.
-                    let ms = std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|v| v.parse::<u64>().ok());
-                    if let Some(ms) = ms {
-                        let d = std::time::Duration::from_millis(ms);
-                        self.deadline = Some(self.deadline.map_or(d, |p| p.min(d)));
-                    }
-                    header.drop = true;
-                }
-                Known::GrpcTimeout => {
-                    grpc_timeout = crate::retry::parse_grpc_timeout(value);
-                }
-                Known::ContentType => {
-                    self.grpc |=
-                        value.len() >= 16 && value[..16].eq_ignore_ascii_case(b"application/grpc");
-                }
-                // The proxy writes its own, with its span (crate::trace).
-                Known::TraceParent => {
-                    traceparents = traceparents.saturating_add(1);
-                    self.traceparent = Some(header.value);
-                    header.drop = true;
-                }
-                Known::B3 => {
-                    b3s = b3s.saturating_add(1);
-                    self.b3 = Some(header.value);
-                    header.drop = true;
-                }
-                Known::Other => {}
+                known => header.drop = self.note_field(known, header, value, &mut notes),
             }
             self.headers.push(header);
         }
-        if traceparents > 1 {
-            self.traceparent = None;
-        }
-        if b3s > 1 {
-            self.b3 = None;
-        }
-        if self.grpc {
-            if let Some(g) = grpc_timeout {
-                self.deadline = Some(self.deadline.map_or(g, |d| d.min(g)));
-            }
-            // Rewritten from what is left of the deadline.
-            for h in self.headers.iter_mut() {
-                if classify(h.name.get(buf)) == Known::GrpcTimeout {
-                    h.drop = true;
-                }
-            }
-        }
+        self.finish_fields(buf, notes);
         if connection.names_fields {
             drop_connection_options(&mut self.headers, buf);
         }
@@ -391,49 +202,6 @@ impl RequestHead {
         self.route_path = Span::within(buf, &path[..route_end]);
         Ok(())
     }
-
-    /// Rewrites the path, in place in `buf` (the buffer the head was parsed from), to the one
-    /// form the upstream will read the same way ([`crate::path`]); the query is kept as it is
-    /// and moves up behind a path that got shorter. A fragment anywhere in the target is
-    /// refused too.
-    pub fn normalize_path(
-        &mut self,
-        buf: &mut [u8],
-        rules: &crate::path::PathRules,
-    ) -> Result<(), ErrorKind> {
-        if self.method == Method::Connect {
-            return Ok(());
-        }
-        let (route, whole) = (self.route_path, self.path);
-        if whole.get(buf).contains(&b'#') {
-            return Err(ErrorKind::BadPath);
-        }
-        let range = route.start as usize..route.end as usize;
-        let n = crate::path::normalize(&mut buf[range], rules).map_err(|_| ErrorKind::BadPath)?;
-        let shrunk = route.len() - n;
-        if shrunk > 0 {
-            buf.copy_within(
-                route.end as usize..whole.end as usize,
-                route.start as usize + n,
-            );
-            self.route_path.end -= shrunk as u32;
-            self.path.end -= shrunk as u32;
-        }
-        Ok(())
-    }
-
-    /// The value of the first header named `name` (case-insensitive), if any.
-    pub fn header<'a>(&self, buf: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-        self.headers
-            .iter()
-            .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
-            .map(|h| h.value.get(buf))
-    }
-
-    /// Whether the body length is known to be zero.
-    pub fn has_body(&self) -> bool {
-        !matches!(self.framing, Framing::None)
-    }
 }
 
 /// The transfer codings of a request, over all its Transfer-Encoding fields in order.
@@ -455,7 +223,7 @@ impl Codings {
             self.last_is_chunked = t.eq_ignore_ascii_case(b"chunked");
             if self.last_is_chunked {
                 self.chunked += 1;
-            } else if t.iter().all(|&b| super::is_tchar(b)) {
+            } else if t.iter().all(|&b| crate::head::is_tchar(b)) {
                 self.unknown = true;
             } else {
                 self.invalid = true;

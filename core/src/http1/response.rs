@@ -1,4 +1,4 @@
-//! Response heads from upstreams: parse, validate, classify (RFC 9112 section 4 and 6.3).
+//! HTTP/1.1 response heads from upstreams: parse, validate, classify (RFC 9112 section 4 and 6.3).
 //!
 //! The proxy holds upstreams to the same strictness as clients: a response whose framing is
 //! ambiguous is a 502 and its connection is never reused.
@@ -6,45 +6,10 @@
 use std::mem::MaybeUninit;
 
 use super::{
-    ConnectionOptions, Framing, Header, Known, MAX_HEADERS, Span, Version, classify,
-    drop_connection_options, line_endings_are_crlf, parse_content_length,
+    ConnectionOptions, MAX_HEADERS, drop_connection_options, line_endings_are_crlf,
+    parse_content_length,
 };
-
-/// A parsed response head: offsets into the buffer it was parsed from.
-#[derive(Debug, Clone)]
-pub struct ResponseHead {
-    /// Status code, 100 to 999.
-    pub status: u16,
-    /// Reason phrase (may be empty).
-    pub reason: Span,
-    /// Protocol version of the upstream.
-    pub version: Version,
-    /// Body framing as the head declares it (before the request method and status apply).
-    pub framing: Framing,
-    /// The declared Content-Length, if any (kept for HEAD and 304 answers).
-    pub content_length: Option<u64>,
-    /// The upstream allows the connection to be reused.
-    pub keep_alive: bool,
-    /// Length of the head including its final empty line.
-    pub head_len: usize,
-    /// Header fields, in order, hop-by-hop ones marked `drop`.
-    pub headers: Vec<Header>,
-}
-
-impl Default for ResponseHead {
-    fn default() -> Self {
-        ResponseHead {
-            status: 0,
-            reason: Span::default(),
-            version: Version::Http11,
-            framing: Framing::Close,
-            content_length: None,
-            keep_alive: false,
-            head_len: 0,
-            headers: Vec::with_capacity(16),
-        }
-    }
-}
+use crate::head::{Framing, Header, Known, ResponseHead, Span, Version, classify};
 
 /// Why a response head was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,24 +117,6 @@ impl ResponseHead {
         };
         self.keep_alive = connection.persistent(self.version) && self.framing != Framing::Close;
         Ok(Some(head_len))
-    }
-
-    /// The framing of the body that actually follows, given the request method and the status
-    /// (RFC 9112 section 6.3): HEAD answers, 1xx, 204 and 304 have none.
-    pub fn body_framing(&self, request_was_head: bool) -> Framing {
-        if request_was_head || self.is_interim() || self.status == 204 || self.status == 304 {
-            Framing::None
-        } else {
-            match self.framing {
-                Framing::Length(0) => Framing::None,
-                f => f,
-            }
-        }
-    }
-
-    /// A 1xx interim response; a final one follows on the same connection.
-    pub fn is_interim(&self) -> bool {
-        (100..200).contains(&self.status)
     }
 }
 

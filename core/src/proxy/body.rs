@@ -18,9 +18,11 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use crate::buf::BULK_BUF_SIZE;
 use crate::error::ErrorKind;
+use crate::head::{Framing, ResponseHead, Version};
 use crate::http1::chunked::write_chunk_size;
-use crate::http1::{ChunkedDecoder, ChunkedForward, Framing, ResponseHead, Version, encode};
-use crate::worker::Worker;
+use crate::http1::{ChunkedDecoder, ChunkedForward, encode};
+use crate::io::{HeadsFrom, HeadsTo};
+use crate::worker::state::Worker;
 
 /// Largest response head accepted from an upstream.
 pub(super) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -142,6 +144,25 @@ async fn write_until<W: AsyncWriteRent, B: monoio::buf::IoBuf>(
     }
 }
 
+/// Runs `f` until `until`. `None`: timed out.
+async fn within<F: Future>(w: &Worker, f: F, until: Until) -> Option<F::Output> {
+    match until {
+        Until::Never => Some(f.await),
+        Until::Precise(d) => {
+            monoio::select! {
+                r = f => Some(r),
+                _ = crate::sleep_until(d) => None,
+            }
+        }
+        Until::Coarse(d) => {
+            monoio::select! {
+                r = f => Some(r),
+                _ = w.deadlines.wait_until(None, d) => None,
+            }
+        }
+    }
+}
+
 /// What a relay has done so far, watched by its caller.
 #[derive(Debug, Default)]
 pub(super) struct Progress {
@@ -161,7 +182,7 @@ impl Progress {
 
 /// Reads the response head (forwarding interim answers), then the body, writing both to the
 /// client. `progress.started` turns true once the final head is handed to the client.
-pub(super) async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
+pub(super) async fn relay<R: HeadsFrom, W: HeadsTo>(
     w: &Worker,
     up: &mut R,
     client: &mut W,
@@ -185,7 +206,7 @@ pub(super) struct HeadIn {
 }
 
 /// Reads the final response head, forwarding interim (1xx) answers to the client.
-pub(super) async fn read_head<R: AsyncReadRent, W: AsyncWriteRent>(
+pub(super) async fn read_head<R: HeadsFrom, W: HeadsTo>(
     w: &Worker,
     up: &mut R,
     client: &mut W,
@@ -198,6 +219,29 @@ pub(super) async fn read_head<R: AsyncReadRent, W: AsyncWriteRent>(
         retryable: false,
     };
     let mut ubuf = w.bufs.get();
+    if let Some(h2) = up.h2() {
+        // An HTTP/2 upstream's head comes decoded (its interim answers are not passed on).
+        let read = h2.read_head(resp, &mut ubuf);
+        let Some(r) = within(w, read, deadline).await else {
+            w.put_buf(ubuf);
+            return Err(before(ErrorKind::Timeout));
+        };
+        return match r {
+            Ok(head_len) => Ok(HeadIn {
+                ubuf,
+                head_len,
+                at: Instant::now(),
+            }),
+            Err(_) => {
+                w.put_buf(ubuf);
+                // Nothing came: on a stream the upstream refused, the request may go again.
+                Err(RelayError::Before {
+                    kind: ErrorKind::UpstreamReset,
+                    retryable: true,
+                })
+            }
+        };
+    }
     let mut received = false;
     let head_len = loop {
         if !ubuf.is_empty() {
@@ -212,15 +256,20 @@ pub(super) async fn read_head<R: AsyncReadRent, W: AsyncWriteRent>(
                         return Err(before(ErrorKind::UpstreamProtocol));
                     }
                     if resp.status != 100 && super::takes_interim(side.version) {
-                        let mut out = w.bufs.get();
-                        encode::interim_head(&mut out, &ubuf, resp);
-                        let until = Until::after(Instant::now(), side.body_idle);
-                        let sent = match write_until(w, client, out, until).await {
-                            Some((r, out)) => {
-                                w.put_buf(out);
-                                r.is_ok()
+                        let sent = match client.h2() {
+                            Some(h2) => h2.send_interim(resp, &ubuf).is_ok(),
+                            None => {
+                                let mut out = w.bufs.get();
+                                encode::interim_head(&mut out, &ubuf, resp);
+                                let until = Until::after(Instant::now(), side.body_idle);
+                                match write_until(w, client, out, until).await {
+                                    Some((r, out)) => {
+                                        w.put_buf(out);
+                                        r.is_ok()
+                                    }
+                                    None => false,
+                                }
                             }
-                            None => false,
                         };
                         if !sent {
                             w.put_buf(ubuf);
@@ -266,7 +315,7 @@ pub(super) async fn read_head<R: AsyncReadRent, W: AsyncWriteRent>(
 
 /// Sends a response head read by [`read_head`] to the client, then its body.
 /// `progress.started` turns true once the head is handed to the client.
-pub(super) async fn relay_body<R: AsyncReadRent, W: AsyncWriteRent>(
+pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
     w: &Worker,
     up: &mut R,
     client: &mut W,
@@ -285,7 +334,32 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: AsyncWriteRent>(
     let keep_alive = side.keep_alive && !w.draining();
     let cf = encode::client_framing(body, resp, side.version, keep_alive);
     let mut out = w.bufs.get();
-    encode::response_head(&mut out, &ubuf, resp, cf);
+    match client.h2() {
+        Some(h2) => {
+            // Heads go to an HTTP/2 client as heads; the body as it would to HTTP/1.1.
+            let length = match cf.framing {
+                Framing::Length(n) => Some(n),
+                _ => None,
+            };
+            let framing = if body == Framing::None {
+                Framing::None
+            } else {
+                cf.framing
+            };
+            match h2.send_answer(resp, &ubuf, length, framing) {
+                Ok(n) => progress.wrote(n),
+                Err(_) => {
+                    w.put_buf(ubuf);
+                    w.put_buf(out);
+                    return Err(RelayError::Before {
+                        kind: ErrorKind::ClientClosed,
+                        retryable: false,
+                    });
+                }
+            }
+        }
+        None => encode::response_head(&mut out, &ubuf, resp, cf),
+    }
     progress.started.set(true);
 
     let mut state = BodyState::new(body, cf.framing);

@@ -17,24 +17,27 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 
 use crate::io::Io;
+use crate::transport::Transport;
 
 use super::body::{self, ClientSide, DuplexEnd, Progress, PumpError, RelayError, Relayed, Until};
 use super::{Client, client_keeps_alive};
+use crate::breaker::{Active, ConnCount};
 use crate::buf::BUF_SIZE;
-use crate::cluster::{Active, ClusterView};
-use crate::endpoint::{ConnCount, Endpoint, UpConn};
+use crate::cluster::ClusterView;
+use crate::endpoint::{Endpoint, UpConn};
 use crate::error::ErrorKind;
-use crate::h2::client::H2Up;
-use crate::http1::encode::{self, Forwarded};
-use crate::http1::{ChunkedDecoder, Framing, Method, RequestHead, ResponseHead, Version};
+use crate::h2::drive::client::{H2Up, Slot};
+use crate::head::{Forwarded, Framing, Method, RequestHead, ResponseHead, Version};
+use crate::http1::ChunkedDecoder;
+use crate::http1::encode;
+use crate::io::HeadsTo;
 use crate::metrics::{Limit, Outcome, RouteStats};
 use crate::retry::{self, Failure, MAX_REPLAY_BODY, RetryPolicy};
 use crate::snapshot::{Cluster, HttpLimits, UpstreamProtocol};
 use crate::tcp::{Moved, tunnel};
-use crate::worker::Worker;
+use crate::worker::state::Worker;
 
 /// A request on its way to a cluster.
 pub(super) struct Exchange<'a> {
@@ -93,6 +96,20 @@ impl Fail {
             body_consumed,
         }
     }
+}
+
+/// One try of a buffered request.
+struct Attempt<'a> {
+    ep: &'a Endpoint,
+    /// The body's length, in the client buffer after the head.
+    body_len: usize,
+    /// On a new connection, whatever the pool holds.
+    fresh: bool,
+    /// How long the answer's head may take.
+    until: Until,
+    deadline: Instant,
+    /// When the try started.
+    now: Instant,
 }
 
 /// How one try ended before its answer was relayed.
@@ -206,10 +223,15 @@ impl Exchange<'_> {
 
     /// A client waiting for `100 Continue` before its body gets one now.
     async fn continue_if_expected(&self, c: &mut Client) -> Result<(), Fail> {
-        if !self.req.expect_continue || self.req.version != Version::Http11 || c.continued {
+        if !self.req.expect_continue || self.req.version == Version::Http10 || c.continued {
             return Ok(());
         }
         c.continued = true;
+        if let Some(h2) = c.stream.as_mut().and_then(HeadsTo::h2) {
+            return h2
+                .send_continue()
+                .map_err(|_| Fail::before(ErrorKind::ClientClosed, false));
+        }
         let mut out = self.worker.bufs.get();
         out.extend_from_slice(encode::CONTINUE);
         let (ok, out) = c.write(out).await;
@@ -331,24 +353,11 @@ impl Exchange<'_> {
         let opening = h2_only.then(|| ep.h2.opening());
         let r = Box::pin(self.connect(ep, deadline, proto == UpstreamProtocol::Http1)).await;
         let r = match r {
-            Ok(io)
-                if h2_only
-                    || (proto == UpstreamProtocol::Auto
-                        && matches!(&io, Io::Tls(t) if t.is_h2())) =>
-            {
-                let started = Instant::now();
-                let count = ConnCount::new(state.clone());
-                match Box::pin(ep.h2.open(io, Some(count))).await {
-                    Ok(slot) => Ok(self.h2_stream(slot)),
-                    Err(_) => Err(TryEnd::Failed {
-                        kind: ErrorKind::ConnectFailed,
-                        failure: Some(Failure::Connect),
-                        stale: false,
-                        sent_at: started,
-                    }),
-                }
+            Ok(io) if proto.speaks_h2(&io) => {
+                let slot = ep.h2.open(io, ConnCount::new(state.clone()));
+                Ok(self.h2_stream(slot))
             }
-            Ok(io) => Ok(UpConn::new(io, state.clone())),
+            Ok(io) => Ok(UpConn::new(Io::Wire(io), state.clone())),
             Err(e) => Err(e),
         };
         drop(opening);
@@ -356,7 +365,7 @@ impl Exchange<'_> {
         r.map(|c| (c, false))
     }
 
-    fn h2_stream(&self, slot: crate::h2::client::Slot) -> UpConn {
+    fn h2_stream(&self, slot: Slot) -> UpConn {
         let tls = self.cluster.tls.is_some();
         let mesh = self.cluster.protocol == UpstreamProtocol::Mesh;
         UpConn::stream(Io::H2Up(Box::new(H2Up::new(slot, tls, mesh))))
@@ -364,7 +373,12 @@ impl Exchange<'_> {
 
     /// A new connection within the connect timeout (and the request's deadline). `http1`: over
     /// TLS, offer only `http/1.1` by ALPN (an upgrade to a cluster that otherwise speaks HTTP/2).
-    async fn connect(&self, ep: &Endpoint, deadline: Instant, http1: bool) -> Result<Io, TryEnd> {
+    async fn connect(
+        &self,
+        ep: &Endpoint,
+        deadline: Instant,
+        http1: bool,
+    ) -> Result<Transport, TryEnd> {
         let now = Instant::now();
         let budget = self
             .cluster
@@ -376,24 +390,7 @@ impl Exchange<'_> {
             stale: false,
             sent_at: now,
         };
-        let open = async {
-            let s = TcpStream::connect_addr(ep.addr).await?;
-            let _ = s.set_nodelay(true);
-            match &self.cluster.tls {
-                None => Ok(Io::Plain(s)),
-                Some(tls) => {
-                    let handshake = if http1 {
-                        tls.connect_http1(s).await
-                    } else {
-                        tls.connect(s).await
-                    };
-                    match handshake {
-                        (Some(s), _) => Ok(Io::Tls(s)),
-                        (None, why) => Err(std::io::Error::other(why.name())),
-                    }
-                }
-            }
-        };
+        let open = crate::dial::dial(ep.addr, self.cluster.tls.as_ref(), http1);
         match monoio::time::timeout(budget, open).await {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(_)) => Err(failed(ErrorKind::ConnectFailed)),
@@ -402,39 +399,58 @@ impl Exchange<'_> {
         }
     }
 
-    /// One try of a buffered request: connect (or reuse), write it all, read the answer's head.
-    #[allow(clippy::too_many_arguments)]
-    async fn try_whole(
+    /// Sends the request's head to `up` as its protocol takes it, what the proxy adds with it
+    /// ([`Forwarded`], with the deadline left after `now`): written into `out` for a byte
+    /// stream, queued as HEADERS on an HTTP/2 stream.
+    fn send_head(
         &self,
-        c: &mut Client,
-        resp: &mut ResponseHead,
+        c: &Client,
+        up: &mut Io,
         ep: &Endpoint,
-        out: Vec<u8>,
-        fresh: bool,
-        until: Until,
-        deadline: Instant,
-    ) -> (TryEnd, Vec<u8>) {
+        deadline: Option<Instant>,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        let fwd = self.forwarded(c, ep, deadline, now);
+        match up.h2_up() {
+            Some(h2) => h2.write.send_head(self.req, c.data(), &fwd),
+            None => {
+                encode::request_head(out, c.data(), self.req, &fwd);
+                Ok(())
+            }
+        }
+    }
+
+    /// One try of a buffered request: connect (or reuse), send it all, read the answer's head.
+    async fn try_whole(&self, c: &mut Client, resp: &mut ResponseHead, t: &Attempt<'_>) -> TryEnd {
         let alive = !self.idempotent();
-        let (mut up, reused) = match self.connection(ep, fresh, deadline, alive).await {
+        let (mut up, reused) = match self.connection(t.ep, t.fresh, t.deadline, alive).await {
             Ok(x) => x,
-            Err(end) => return (end, out),
+            Err(end) => return end,
         };
-        let (sent, out) = up.stream.write_all(out).await;
+        let w = self.worker;
+        let mut out = w.bufs.get();
+        let mut sent = self.send_head(c, &mut up.stream, t.ep, Some(t.deadline), t.now, &mut out);
+        if sent.is_ok() {
+            let head_len = self.req.head_len;
+            out.extend_from_slice(&c.data()[head_len..head_len + t.body_len]);
+            let (r, o) = up.stream.write_all(out).await;
+            out = o;
+            sent = r.map(|_| ());
+        }
+        w.put_buf(out);
         let sent_at = Instant::now();
         if sent.is_err() {
             let failure = if reused { None } else { Some(Failure::Reset) };
-            return (
-                TryEnd::Failed {
-                    kind: ErrorKind::UpstreamReset,
-                    failure,
-                    stale: reused,
-                    sent_at,
-                },
-                out,
-            );
+            return TryEnd::Failed {
+                kind: ErrorKind::UpstreamReset,
+                failure,
+                stale: reused,
+                sent_at,
+            };
         }
         let Some(client) = c.stream.as_mut() else {
-            return (TryEnd::ClientGone, out);
+            return TryEnd::ClientGone;
         };
         let r = body::read_head(
             self.worker,
@@ -442,10 +458,10 @@ impl Exchange<'_> {
             client,
             resp,
             self.client_side(),
-            until,
+            t.until,
         )
         .await;
-        let end = match r {
+        match r {
             Ok(head) => TryEnd::Head { up, head, sent_at },
             Err(RelayError::Before {
                 kind: ErrorKind::ClientClosed,
@@ -457,7 +473,7 @@ impl Exchange<'_> {
                 // or, once, one an HTTP/2 upstream says it did not process (refused, or past
                 // its GOAWAY), whatever its method.
                 let refused = matches!(&up.stream, Io::H2Up(s) if s.refused());
-                let stale = retryable && ((reused && self.idempotent()) || (refused && !fresh));
+                let stale = retryable && ((reused && self.idempotent()) || (refused && !t.fresh));
                 let failure = match kind {
                     ErrorKind::UpstreamReset | ErrorKind::Timeout => Some(Failure::Reset),
                     _ => None,
@@ -475,8 +491,7 @@ impl Exchange<'_> {
                 stale: false,
                 sent_at,
             },
-        };
-        (end, out)
+        }
     }
 
     /// The whole request is in the client buffer: tries until an answer, or until the retry
@@ -488,7 +503,6 @@ impl Exchange<'_> {
         body_len: usize,
     ) -> Result<Done, Fail> {
         let w = self.worker;
-        let body = self.req.head_len..self.req.head_len + body_len;
         let deadline = self.deadline();
         let mut retries = 0u32;
         let mut fresh = false;
@@ -504,7 +518,7 @@ impl Exchange<'_> {
             if now >= deadline {
                 break Err(Fail::before(ErrorKind::Timeout, true));
             }
-            let Some(ep) = self.cv.pick(w, self.cluster, now, avoid.as_ref()) else {
+            let Some(ep) = self.cv.pick(w.draw(), self.cluster, now, avoid.as_ref()) else {
                 break Err(Fail::before(ErrorKind::NoEndpoint, true));
             };
             if retries > 0 && !self.can_finish(&ep, now, deadline) {
@@ -513,22 +527,15 @@ impl Exchange<'_> {
             let _in_flight = ep.begin(now);
             self.note.endpoint.set(Some(ep.addr));
             self.note.retries.set(retries);
-            let mut out = w.bufs.get();
-            {
-                let data = c.data();
-                encode::request_head(
-                    &mut out,
-                    data,
-                    self.req,
-                    &self.forwarded(c, &ep, Some(deadline), now),
-                );
-                out.extend_from_slice(&data[body.clone()]);
-            }
-            let until = self.try_until(now, deadline);
-            let (end, out) = self
-                .try_whole(c, resp, &ep, out, fresh, until, deadline)
-                .await;
-            w.put_buf(out);
+            let attempt = Attempt {
+                ep: &ep,
+                body_len,
+                fresh,
+                until: self.try_until(now, deadline),
+                deadline,
+                now,
+            };
+            let end = self.try_whole(c, resp, &attempt).await;
             fresh = false;
             let failure = match end {
                 TryEnd::Head {
@@ -687,7 +694,7 @@ impl Exchange<'_> {
     /// Books one try on its endpoint.
     fn book(&self, ep: &Endpoint, outcome: Outcome, now: Instant, rtt: Duration) {
         self.cv
-            .book(self.worker, self.cluster, ep, outcome, now, rtt);
+            .book(self.worker.draw(), self.cluster, ep, outcome, now, rtt);
     }
 
     /// The body streams: full duplex on a connection known to be alive. Only a failed connect
@@ -702,13 +709,12 @@ impl Exchange<'_> {
             // The answer's timeout runs from the end of a streamed body: only a deadline the
             // caller set is passed on.
             let caller = self.req.deadline.map(|d| self.started + d);
-            encode::request_head(
-                &mut out,
-                c.data(),
-                self.req,
-                &self.forwarded(c, &ep, caller, Instant::now()),
-            );
-            let (sent, out) = up.stream.write_all(out).await;
+            let mut sent = self.send_head(c, &mut up.stream, &ep, caller, Instant::now(), &mut out);
+            if sent.is_ok() && !out.is_empty() {
+                let (r, o) = up.stream.write_all(out).await;
+                out = o;
+                sent = r.map(|_| ());
+            }
             w.put_buf(out);
             match sent {
                 Ok(_) => break (ep, up),
@@ -809,7 +815,7 @@ impl Exchange<'_> {
         let mut guard = RetryGuard(None);
         loop {
             let now = Instant::now();
-            let Some(ep) = self.cv.pick(w, self.cluster, now, avoid.as_ref()) else {
+            let Some(ep) = self.cv.pick(w.draw(), self.cluster, now, avoid.as_ref()) else {
                 return Err(Fail::before(ErrorKind::NoEndpoint, body_consumed));
             };
             self.note.endpoint.set(Some(ep.addr));

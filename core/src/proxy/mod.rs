@@ -12,6 +12,7 @@
 
 mod body;
 mod forward;
+mod h2;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -25,12 +26,15 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 
-use crate::io::Io;
+use crate::head::reply::LocalReply;
+use crate::io::{HeadsTo, Io};
+use crate::transport::Transport;
 
 use crate::access_log::{self, Sink};
 use crate::buf::{BUF_SIZE, SMALL_BUF_SIZE};
 use crate::error::ErrorKind;
-use crate::http1::{Framing, RequestHead, ResponseHead, Version, encode, host_of};
+use crate::head::{Framing, RequestHead, ResponseHead, Version, host_of};
+use crate::http1::encode;
 use crate::idle::Fired;
 use crate::metrics::Handshake;
 use crate::policy::{Caller, Verdict};
@@ -38,7 +42,8 @@ use crate::route::{Action, RequestView};
 use crate::sleep_until;
 use crate::snapshot::{HttpLimits, Protocol, defaults};
 use crate::trace::Trace;
-use crate::worker::{View, Worker};
+use crate::worker::state::Worker;
+use crate::worker::view::View;
 
 /// A client connection and its read buffer.
 pub(crate) struct Client {
@@ -74,7 +79,7 @@ impl Client {
         let _ = write!(cursor, "{}", peer.ip());
         let ip_len = 48 - cursor.len();
         Client {
-            tls: matches!(stream, Io::Tls(_)),
+            tls: stream.tls().is_some(),
             stream: Some(stream),
             buf: None,
             start: 0,
@@ -90,11 +95,12 @@ impl Client {
         }
     }
 
-    /// An HTTP/2 stream, as one request whose head (written as HTTP/1.1) is in `head`.
-    pub(crate) fn for_stream(stream: Io, peer: SocketAddr, tls: bool, head: Vec<u8>) -> Client {
+    /// An HTTP/2 stream, as one request whose head's bytes are in `buf` (its body is read
+    /// after them).
+    fn for_stream(stream: Io, peer: SocketAddr, tls: bool, buf: Vec<u8>) -> Client {
         let mut c = Client::new(stream, peer);
         c.tls = tls;
-        c.buf = Some(head);
+        c.buf = Some(buf);
         c
     }
 
@@ -141,9 +147,9 @@ impl Client {
     /// The client's verified identity (mTLS). Not known while the stream is split.
     fn identity(&self) -> Option<&str> {
         match &self.stream {
-            Some(Io::Tls(s)) => s.identity(),
             Some(Io::H2(s)) => s.recv.identity.as_deref(),
-            _ => None,
+            Some(io) => io.tls().and_then(|s| s.identity()),
+            None => None,
         }
     }
 
@@ -232,8 +238,19 @@ pub(crate) async fn serve(
             stats,
             guard,
         } = *h;
-        Box::pin(crate::h2::serve(
-            w, listener, stream, read, peer, limits, stats,
+        let service = h2::StreamService {
+            w: w.clone(),
+            listener,
+            peer,
+            tls: stream.tls().is_some(),
+        };
+        let limits = crate::h2::drive::server::Limits {
+            max_head: limits.max_request_head,
+            idle_timeout: limits.idle_timeout,
+            handshake_timeout: limits.request_head_timeout,
+        };
+        Box::pin(crate::h2::drive::server::serve(
+            service, stream, read, limits, stats,
         ))
         .await;
         drop(guard);
@@ -242,12 +259,12 @@ pub(crate) async fn serve(
 
 /// A connection that turned out to speak HTTP/2, handed over with what was read of it.
 struct Handoff {
-    stream: Io,
+    stream: Transport,
     read: Vec<u8>,
     peer: SocketAddr,
     limits: HttpLimits,
     stats: Rc<crate::metrics::ListenerStats>,
-    guard: crate::worker::ConnGuard,
+    guard: crate::worker::state::ConnGuard,
 }
 
 /// Serves the connection as HTTP/1.1 until it closes, or returns it when it speaks HTTP/2 (ALPN
@@ -273,10 +290,10 @@ async fn serve_http1(
     };
     let mut c = {
         let stream = upgrade(stream, tls, stats, timeout).await?;
-        if matches!(&stream, Io::Tls(s) if s.is_h2()) {
+        if stream.is_h2() {
             return handoff(w, listener, stream, Vec::new(), peer, guard);
         }
-        Client::new(stream, peer)
+        Client::new(Io::Wire(stream), peer)
     };
     loop {
         let waited = Instant::now();
@@ -290,13 +307,15 @@ async fn serve_http1(
         }
     }
     if c.h2_preface {
-        let stream = c.stream.take()?;
+        let Some(Io::Wire(stream)) = c.stream.take() else {
+            return None;
+        };
         let read = c.data().to_vec();
         c.release(w);
         return handoff(w, listener, stream, read, c.peer, guard);
     }
     c.release(w);
-    if let Some(Io::Tls(s)) = c.stream.as_mut() {
+    if let Some(Io::Wire(Transport::Tls(s))) = c.stream.as_mut() {
         // close_notify, so that the client can tell the end from a truncation. Boxed: rare
         // and short-lived.
         let _ = Box::pin(monoio::time::timeout(CLOSE_NOTIFY_WAIT, s.shutdown())).await;
@@ -308,10 +327,10 @@ async fn serve_http1(
 fn handoff(
     w: &Worker,
     listener: &Arc<str>,
-    stream: Io,
+    stream: Transport,
     read: Vec<u8>,
     peer: SocketAddr,
-    guard: crate::worker::ConnGuard,
+    guard: crate::worker::state::ConnGuard,
 ) -> Option<Box<Handoff>> {
     let view = w.view();
     let (li, limits) = listener_of(&view, listener)?;
@@ -335,9 +354,9 @@ async fn upgrade(
     tls: Option<Arc<rustls::ServerConfig>>,
     stats: Rc<crate::metrics::ListenerStats>,
     timeout: Duration,
-) -> Option<Io> {
+) -> Option<Transport> {
     let Some(config) = tls else {
-        return Some(Io::Plain(stream));
+        return Some(Transport::Plain(stream));
     };
     // Boxed: the handshake's state is large and short-lived.
     let (tls, result) = Box::pin(async move {
@@ -348,7 +367,7 @@ async fn upgrade(
     })
     .await;
     stats.handshake(result);
-    tls.map(Io::Tls)
+    tls.map(Transport::Tls)
 }
 
 /// A keep-alive connection whose requests come closer than this waits for the next one with a
@@ -376,7 +395,7 @@ async fn wait_cold(w: &Worker, c: &mut Client, listener: &Arc<str>) -> bool {
 /// Handles requests while they come back to back; true when the connection turns cold.
 async fn active(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client, mut gap: Duration) -> bool {
     loop {
-        if !handle(w, listener, c, false).await {
+        if !handle(w, listener, c).await {
             return false;
         }
         // Hot only once two requests came close together: a client that sends one request
@@ -448,14 +467,8 @@ async fn read_small(w: &Worker, c: &mut Client, idle_timeout: Duration, now: Ins
     }
 }
 
-/// Serves the one request of an HTTP/2 stream.
-pub(crate) async fn serve_stream(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client) {
-    handle(w, listener, c, true).await;
-}
-
-/// Handles the requests that have arrived (`once`: only the first); true when the connection
-/// waits for more.
-async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client, once: bool) -> bool {
+/// Handles the requests that have arrived; true when the connection waits for more.
+async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client) -> bool {
     let mut heads = w.take_heads();
     let keep = loop {
         let Some((_, limits)) = listener_of(&w.view(), listener) else {
@@ -471,31 +484,7 @@ async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client, once: bool)
                 break false;
             }
             Head::Error(kind) => {
-                let started = Instant::now();
-                let view = w.view();
-                let lv = view.listener_index(listener).map(|li| &view.listeners[li]);
-                if let Some(lv) = lv {
-                    lv.stats.local_reply(kind);
-                    lv.unrouted.record(kind.status(), Duration::ZERO);
-                }
-                // Nothing of the head is trusted: the line says only what went wrong.
-                let blank = RequestHead::default();
-                let log = lv.and_then(|lv| lv.log.as_ref());
-                let fallback;
-                let names: &[u8] = match lv {
-                    Some(lv) => &lv.unrouted_names,
-                    None => {
-                        fallback = access_log::names(listener, None, None);
-                        &fallback
-                    }
-                };
-                let seen = Seen::new(w, &[], &blank, (listener, names), log, None, None, started);
-                let note = forward::Note::default();
-                if kind != ErrorKind::ClientClosed {
-                    let (_, n) = local_reply(w, c, kind, false, true).await;
-                    note.progress.bytes_out.set(n);
-                }
-                seen.report(w, c, kind.status(), Some(kind), started, Some(&note), None);
+                refuse_head(w, listener, c, kind).await;
                 break false;
             }
         }
@@ -506,7 +495,7 @@ async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client, once: bool)
         c.served = c.served.saturating_add(1);
         c.continued = false;
         c.grpc = req.grpc;
-        if !exchange(w, &view, li, c, req, resp).await || w.draining() || once {
+        if !exchange(w, &view, li, c, req, resp).await || w.draining() {
             break false;
         }
         if c.data().is_empty() {
@@ -515,6 +504,36 @@ async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client, once: bool)
     };
     w.put_heads(heads);
     keep
+}
+
+/// Answers a request whose head is refused (malformed, too large, too slow); the connection
+/// ends with it.
+async fn refuse_head(w: &Worker, listener: &Arc<str>, c: &mut Client, kind: ErrorKind) {
+    let started = Instant::now();
+    let view = w.view();
+    let lv = view.listener_index(listener).map(|li| &view.listeners[li]);
+    if let Some(lv) = lv {
+        lv.stats.local_reply(kind);
+        lv.unrouted.record(kind.status(), Duration::ZERO);
+    }
+    // Nothing of the head is trusted: the line says only what went wrong.
+    let blank = RequestHead::default();
+    let log = lv.and_then(|lv| lv.log.as_ref());
+    let fallback;
+    let names: &[u8] = match lv {
+        Some(lv) => &lv.unrouted_names,
+        None => {
+            fallback = access_log::names(listener, None, None);
+            &fallback
+        }
+    };
+    let seen = Seen::new(w, &[], &blank, (listener, names), log, None, None, started);
+    let note = forward::Note::default();
+    if kind != ErrorKind::ClientClosed {
+        let (_, n) = local_reply(w, c, kind, false, true).await;
+        note.progress.bytes_out.set(n);
+    }
+    seen.report(w, c, kind.status(), Some(kind), started, Some(&note), None);
 }
 
 fn listener_of(view: &View, name: &Arc<str>) -> Option<(usize, HttpLimits)> {
@@ -616,7 +635,7 @@ impl RequestView for RouteInput<'_> {
         })
     }
     fn is_connect(&self) -> bool {
-        self.req.method == crate::http1::Method::Connect
+        self.req.method == crate::head::Method::Connect
     }
 }
 
@@ -635,7 +654,7 @@ async fn exchange(
     let Protocol::Http(http) = &lspec.protocol else {
         return false;
     };
-    let head_request = req.method == crate::http1::Method::Head;
+    let head_request = req.method == crate::head::Method::Head;
 
     if let (Some(max), Framing::Length(n)) = (http.limits.max_request_body, req.framing) {
         if n > max {
@@ -929,7 +948,7 @@ async fn refuse(
     c: &mut Client,
     req: &RequestHead,
     listener: &str,
-    lview: &crate::worker::ListenerView,
+    lview: &crate::worker::view::ListenerView,
     kind: ErrorKind,
     started: Instant,
 ) -> bool {
@@ -945,7 +964,7 @@ async fn refuse_as(
     c: &mut Client,
     req: &RequestHead,
     listener: &str,
-    lview: &crate::worker::ListenerView,
+    lview: &crate::worker::view::ListenerView,
     (stats, log_names): (&crate::metrics::RouteStats, &[u8]),
     kind: ErrorKind,
     started: Instant,
@@ -969,13 +988,13 @@ async fn refuse_counted(
     w: &Worker,
     c: &mut Client,
     req: &RequestHead,
-    lview: &crate::worker::ListenerView,
+    lview: &crate::worker::view::ListenerView,
     kind: ErrorKind,
     retry_after: Option<Duration>,
 ) -> (bool, u64) {
     lview.stats.local_reply(kind);
     let close = !c.skip_request(req) || kind.closes_connection() || !req.keep_alive;
-    let head_request = req.method == crate::http1::Method::Head;
+    let head_request = req.method == crate::head::Method::Head;
     let (ok, sent) = local_reply_after(w, c, kind, head_request, close, retry_after).await;
     (ok && !close, sent)
 }
@@ -1000,19 +1019,20 @@ async fn local_reply_after(
     close: bool,
     retry_after: Option<Duration>,
 ) -> (bool, u64) {
-    let mut out = w.bufs.get();
-    let retry_after = retry_after.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
-    if c.grpc {
-        encode::grpc_local_reply(&mut out, kind, close || w.draining());
-    } else {
-        encode::local_reply(
-            &mut out,
-            kind,
-            head_request,
-            close || w.draining(),
-            retry_after,
-        );
+    let reply = LocalReply {
+        kind,
+        grpc: c.grpc,
+        head_request,
+        retry_after: retry_after.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+    };
+    if let Some(h2) = c.stream.as_mut().and_then(HeadsTo::h2) {
+        return match h2.send_local_reply(&reply).await {
+            Ok(n) => (true, n),
+            Err(_) => (false, 0),
+        };
     }
+    let mut out = w.bufs.get();
+    encode::local_reply(&mut out, &reply, close || w.draining());
     let len = out.len() as u64;
     let (ok, out) = c.write(out).await;
     w.put_buf(out);
@@ -1026,5 +1046,5 @@ fn client_keeps_alive(w: &Worker, req: &RequestHead) -> bool {
 
 /// Whether a client of this version can take interim (1xx) answers.
 fn takes_interim(v: Version) -> bool {
-    v == Version::Http11
+    v != Version::Http10
 }

@@ -11,20 +11,20 @@ use std::task::{Context, Poll, ready};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use tokio::io::ReadBuf;
 
-use crate::io::{Io, IoRead, IoWrite};
+use crate::transport::{Transport, TransportRead, TransportWrite};
 
 /// What a read gathers at most.
 const READ_BUF: usize = 16 * 1024;
 /// Writes gathered past this go out before h2 flushes.
 const WRITE_BATCH: usize = 64 * 1024;
 
-type ReadOp = Pin<Box<dyn Future<Output = (IoRead, io::Result<usize>, Vec<u8>)>>>;
-type WriteOp = Pin<Box<dyn Future<Output = (IoWrite, io::Result<()>, Vec<u8>)>>>;
+type ReadOp = Pin<Box<dyn Future<Output = (TransportRead, io::Result<usize>, Vec<u8>)>>>;
+type WriteOp = Pin<Box<dyn Future<Output = (TransportWrite, io::Result<()>, Vec<u8>)>>>;
 
 enum Reader {
     /// Bytes `buf[at..]` are read and not yet handed to h2.
     Idle {
-        half: IoRead,
+        half: TransportRead,
         buf: Vec<u8>,
         at: usize,
     },
@@ -35,7 +35,7 @@ enum Reader {
 enum Writer {
     /// `buf` holds bytes written by h2 and not yet sent.
     Idle {
-        half: IoWrite,
+        half: TransportWrite,
         buf: Vec<u8>,
     },
     Busy(WriteOp),
@@ -50,7 +50,7 @@ pub(crate) struct PollIo {
 
 impl PollIo {
     /// `read`: bytes already read from the connection (the preface), handed to h2 first.
-    pub(crate) fn new(io: Io, read: Vec<u8>) -> PollIo {
+    pub(crate) fn new(io: Transport, read: Vec<u8>) -> PollIo {
         let (r, w) = io.into_split();
         PollIo {
             reader: Reader::Idle {
