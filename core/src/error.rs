@@ -1,5 +1,5 @@
 //! One error shape for the data plane, and the one table that turns an error into the answer the
-//! proxy makes itself (SPEC.md section 5).
+//! proxy makes itself (the `ringmesh-error` names of the contract).
 //!
 //! An [`Error`] says what went wrong ([`ErrorKind`]), on which side of the proxy
 //! ([`Side`]), and whether the request may go again ([`Retry`]). `proxy` is the only caller
@@ -66,7 +66,7 @@ impl ErrorKind {
         ErrorKind::BadPath,
     ];
 
-    /// The status of the answer the proxy makes for this kind (SPEC.md section 5).
+    /// The status of the answer the proxy makes for this kind.
     /// `ClientClosed` has no answer; 499 is what it counts as in metrics.
     pub const fn status(self) -> u16 {
         match self {
@@ -166,27 +166,37 @@ pub enum Side {
     Internal,
 }
 
-/// Whether a failed try may go again.
+/// What a failure says about sending the request again: facts, which the retry rule
+/// ([`crate::retry::after_failure`]) turns into a decision with the route's policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
-    /// Never: the request may have had effects, or the cause is on the client side.
+    /// Nothing: the cause is the client's or the proxy's, or the answer had begun.
     Never,
-    /// Only because the connection was a reused keep-alive one that the upstream had closed
-    /// and nothing of the answer came back: safe for any method.
-    IfReused,
-    /// The request never reached the upstream (connect failure).
-    Safe,
+    /// The upstream could not be connected to: the request never left.
+    NotConnected,
+    /// The upstream said it did not process the request (HTTP/2 REFUSED_STREAM, or a stream
+    /// past its GOAWAY).
+    Refused,
+    /// The request could not be written: the connection was already broken.
+    NotWritten,
+    /// The request went out and the connection closed or reset before a byte of an answer: on
+    /// a pooled connection, most likely closed by the upstream before the request came.
+    NothingBack,
+    /// The request went out and the try failed after that (timed out, or cut or malformed
+    /// part way through the answer's head): the upstream may have acted on it.
+    Sent,
 }
 
-/// A data-plane error: kind, side, retry decision.
+/// A data-plane error: what went wrong, on which side, and what it says about a retry. Every
+/// failure of a request's stages reaches the pipeline as one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{kind} ({side:?})")]
+#[error("{kind} ({side:?}, retry: {retry:?})")]
 pub struct Error {
     /// What went wrong.
     pub kind: ErrorKind,
     /// Where it came from.
     pub side: Side,
-    /// Whether a new try is safe.
+    /// What it says about sending the request again.
     pub retry: Retry,
 }
 
@@ -215,6 +225,14 @@ impl Error {
             kind,
             side: Side::Internal,
             retry: Retry::Never,
+        }
+    }
+
+    /// The same error, for an answer that had begun: nothing goes again.
+    pub const fn final_(self) -> Self {
+        Error {
+            retry: Retry::Never,
+            ..self
         }
     }
 }

@@ -75,6 +75,52 @@ impl RetryPolicy {
     }
 }
 
+/// What the forwarding path does after a try failed before its answer went to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// The same request again at once, on a fresh connection, not counted as a retry: the
+    /// upstream never saw it (a pooled connection it had closed, or a stream it refused).
+    Resend,
+    /// A retry, if the route's policy covers this failure and its budget allows.
+    AskPolicy(Failure),
+    /// The failure goes to the client.
+    GiveUp,
+}
+
+/// What a try was, for the retry rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tried {
+    /// It went on a pooled (or, for HTTP/2, shared) connection.
+    pub reused: bool,
+    /// It was already a resend on a fresh connection.
+    pub fresh: bool,
+    /// The request is safe to repeat (RFC 9110 section 9.2.2).
+    pub idempotent: bool,
+}
+
+/// The retry rule: what comes after a try that failed with `error` before its answer was
+/// relayed.
+///
+/// A request the upstream cannot have seen goes again at once: one it refused unprocessed
+/// (unless that was already the resend), one that could not be written to a pooled
+/// connection, and one safe to repeat that got nothing back on a pooled connection (which the
+/// upstream had most likely closed before it came). Otherwise the route's policy decides on a
+/// connect failure, or on a reset or timeout (which it retries only for idempotent requests).
+pub fn after_failure(error: &crate::error::Error, t: Tried) -> Next {
+    use crate::error::{ErrorKind, Retry};
+    match error.retry {
+        Retry::Never => Next::GiveUp,
+        Retry::NotConnected => Next::AskPolicy(Failure::Connect),
+        Retry::Refused if !t.fresh => Next::Resend,
+        Retry::NotWritten if t.reused => Next::Resend,
+        Retry::NothingBack if t.reused && t.idempotent => Next::Resend,
+        Retry::Refused | Retry::NotWritten | Retry::NothingBack | Retry::Sent => match error.kind {
+            ErrorKind::UpstreamReset | ErrorKind::Timeout => Next::AskPolicy(Failure::Reset),
+            _ => Next::GiveUp,
+        },
+    }
+}
+
 /// Full jitter: uniform in `[0, min(cap, base * 2^retry))`; `unit` is uniform in `[0, 1)`.
 pub fn backoff(retry: u32, unit: f64) -> Duration {
     let ceiling = BACKOFF_BASE
@@ -180,6 +226,109 @@ mod tests {
             },
             budget_ratio: 0.2,
             min_per_second: 10,
+        }
+    }
+
+    #[test]
+    fn the_retry_rule_resends_only_what_the_upstream_cannot_have_seen() {
+        use crate::error::{Error, ErrorKind as K, Retry as R};
+        let up = |kind, retry| Error::upstream(kind, retry);
+        let t = |reused, fresh, idempotent| Tried {
+            reused,
+            fresh,
+            idempotent,
+        };
+        let (pooled, new, resend) = ((true, false), (false, false), (false, true));
+        let cases = [
+            // (error, (reused, fresh), idempotent, next)
+            (
+                up(K::ConnectFailed, R::NotConnected),
+                new,
+                false,
+                Next::AskPolicy(Failure::Connect),
+            ),
+            (
+                up(K::Timeout, R::NotConnected),
+                new,
+                true,
+                Next::AskPolicy(Failure::Connect),
+            ),
+            (
+                up(K::UpstreamReset, R::Refused),
+                pooled,
+                false,
+                Next::Resend,
+            ),
+            (
+                up(K::UpstreamReset, R::Refused),
+                resend,
+                false,
+                Next::AskPolicy(Failure::Reset),
+            ),
+            (
+                up(K::UpstreamReset, R::NotWritten),
+                pooled,
+                false,
+                Next::Resend,
+            ),
+            (
+                up(K::UpstreamReset, R::NotWritten),
+                new,
+                true,
+                Next::AskPolicy(Failure::Reset),
+            ),
+            (
+                up(K::UpstreamReset, R::NothingBack),
+                pooled,
+                true,
+                Next::Resend,
+            ),
+            (
+                up(K::UpstreamReset, R::NothingBack),
+                pooled,
+                false,
+                Next::AskPolicy(Failure::Reset),
+            ),
+            (
+                up(K::UpstreamReset, R::NothingBack),
+                new,
+                true,
+                Next::AskPolicy(Failure::Reset),
+            ),
+            (
+                up(K::UpstreamReset, R::NothingBack),
+                resend,
+                true,
+                Next::AskPolicy(Failure::Reset),
+            ),
+            (
+                up(K::Timeout, R::Sent),
+                pooled,
+                true,
+                Next::AskPolicy(Failure::Reset),
+            ),
+            (up(K::UpstreamProtocol, R::Sent), pooled, true, Next::GiveUp),
+            (
+                up(K::UpstreamProtocol, R::NothingBack),
+                new,
+                true,
+                Next::GiveUp,
+            ),
+            (up(K::UpstreamReset, R::Never), pooled, true, Next::GiveUp),
+            (
+                Error::downstream(K::ClientClosed),
+                pooled,
+                true,
+                Next::GiveUp,
+            ),
+            (Error::internal(K::Overflow), new, true, Next::GiveUp),
+        ];
+        for (error, (reused, fresh), idempotent, want) in cases {
+            let got = after_failure(&error, t(reused, fresh, idempotent));
+            assert_eq!(
+                got, want,
+                "{error} reused={reused} fresh={fresh} idem={idempotent}"
+            );
         }
     }
 

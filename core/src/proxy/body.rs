@@ -17,7 +17,7 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use crate::buf::BULK_BUF_SIZE;
-use crate::error::ErrorKind;
+use crate::error::{Error, ErrorKind, Retry, Side};
 use crate::head::{Framing, ResponseHead, Version};
 use crate::http1::chunked::write_chunk_size;
 use crate::http1::{ChunkedDecoder, ChunkedForward, encode};
@@ -49,14 +49,13 @@ pub(super) struct Relayed {
     pub head_at: Instant,
 }
 
-/// Why a relay failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum RelayError {
-    /// Nothing was sent to the client. `retryable`: the upstream closed or reset the connection
-    /// before any byte of an answer, which on a reused connection means it was stale.
-    Before { kind: ErrorKind, retryable: bool },
-    /// The head was sent; the answer is cut short.
-    After { kind: ErrorKind },
+/// A failure once the answer's head went to the client: it goes to the client as a cut answer,
+/// and nothing goes again.
+fn after(kind: ErrorKind) -> Error {
+    match kind {
+        ErrorKind::ClientClosed => Error::downstream(kind),
+        _ => Error::upstream(kind, Retry::Never),
+    }
 }
 
 /// When a wait gives up.
@@ -190,7 +189,7 @@ pub(super) async fn relay<R: HeadsFrom, W: HeadsTo>(
     side: ClientSide,
     deadline: Until,
     progress: &Progress,
-) -> Result<Relayed, RelayError> {
+) -> Result<Relayed, Error> {
     let head = read_head(w, up, client, resp, side, deadline).await?;
     relay_body(w, up, client, resp, side, head, progress).await
 }
@@ -213,11 +212,9 @@ pub(super) async fn read_head<R: HeadsFrom, W: HeadsTo>(
     resp: &mut ResponseHead,
     side: ClientSide,
     deadline: Until,
-) -> Result<HeadIn, RelayError> {
-    let before = |kind| RelayError::Before {
-        kind,
-        retryable: false,
-    };
+) -> Result<HeadIn, Error> {
+    // Before the head is relayed: a failure may be one to try again.
+    let before = |kind| Error::upstream(kind, Retry::Sent);
     let mut ubuf = w.bufs.get();
     if let Some(h2) = up.h2() {
         // An HTTP/2 upstream's head comes decoded (its interim answers are not passed on).
@@ -235,10 +232,12 @@ pub(super) async fn read_head<R: HeadsFrom, W: HeadsTo>(
             Err(_) => {
                 w.put_buf(ubuf);
                 // Nothing came: on a stream the upstream refused, the request may go again.
-                Err(RelayError::Before {
-                    kind: ErrorKind::UpstreamReset,
-                    retryable: true,
-                })
+                let retry = if h2.refused() {
+                    Retry::Refused
+                } else {
+                    Retry::NothingBack
+                };
+                Err(Error::upstream(ErrorKind::UpstreamReset, retry))
             }
         };
     }
@@ -273,7 +272,7 @@ pub(super) async fn read_head<R: HeadsFrom, W: HeadsTo>(
                         };
                         if !sent {
                             w.put_buf(ubuf);
-                            return Err(before(ErrorKind::ClientClosed));
+                            return Err(Error::downstream(ErrorKind::ClientClosed));
                         }
                     }
                     ubuf.drain(..n);
@@ -299,10 +298,12 @@ pub(super) async fn read_head<R: HeadsFrom, W: HeadsTo>(
             _ => {
                 w.put_buf(ubuf);
                 let kind = ErrorKind::UpstreamReset;
-                return Err(RelayError::Before {
-                    kind,
-                    retryable: !received,
-                });
+                let retry = if received {
+                    Retry::Sent
+                } else {
+                    Retry::NothingBack
+                };
+                return Err(Error::upstream(kind, retry));
             }
         }
     };
@@ -323,7 +324,7 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
     side: ClientSide,
     head: HeadIn,
     progress: &Progress,
-) -> Result<Relayed, RelayError> {
+) -> Result<Relayed, Error> {
     let HeadIn {
         mut ubuf,
         head_len,
@@ -351,10 +352,7 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
                 Err(_) => {
                     w.put_buf(ubuf);
                     w.put_buf(out);
-                    return Err(RelayError::Before {
-                        kind: ErrorKind::ClientClosed,
-                        retryable: false,
-                    });
+                    return Err(Error::downstream(ErrorKind::ClientClosed));
                 }
             }
         }
@@ -374,7 +372,7 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
             Err(kind) => {
                 w.put_buf(ubuf);
                 w.put_buf(out);
-                return Err(RelayError::After { kind });
+                return Err(after(kind));
             }
         };
         if step.done && step.consumed < data.len() {
@@ -394,9 +392,7 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
                 }
                 None => {
                     w.put_buf(out);
-                    return Err(RelayError::After {
-                        kind: ErrorKind::ClientClosed,
-                    });
+                    return Err(after(ErrorKind::ClientClosed));
                 }
             }
         } else if !out.is_empty() {
@@ -409,9 +405,7 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
                 }
                 None => {
                     w.put_buf(ubuf);
-                    return Err(RelayError::After {
-                        kind: ErrorKind::ClientClosed,
-                    });
+                    return Err(after(ErrorKind::ClientClosed));
                 }
             }
         } else {
@@ -422,9 +416,7 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
             Err(_) => {
                 w.put_buf(ubuf);
                 w.put_buf(out);
-                return Err(RelayError::After {
-                    kind: ErrorKind::ClientClosed,
-                });
+                return Err(after(ErrorKind::ClientClosed));
             }
         }
         if step.done {
@@ -438,9 +430,7 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
         }
         let until = Until::after(Instant::now(), side.body_idle);
         let Some((res, buf)) = read_until(w, up, ubuf, until).await else {
-            return Err(RelayError::After {
-                kind: ErrorKind::Timeout,
-            });
+            return Err(after(ErrorKind::Timeout));
         };
         ubuf = buf;
         match res {
@@ -460,9 +450,7 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
                                 w.put_buf(o);
                             }
                             w.put_buf(ubuf);
-                            return Err(RelayError::After {
-                                kind: ErrorKind::ClientClosed,
-                            });
+                            return Err(after(ErrorKind::ClientClosed));
                         }
                     }
                 }
@@ -471,9 +459,7 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
             _ => {
                 w.put_buf(ubuf);
                 w.put_buf(out);
-                return Err(RelayError::After {
-                    kind: ErrorKind::UpstreamReset,
-                });
+                return Err(after(ErrorKind::UpstreamReset));
             }
         }
     }
@@ -611,19 +597,9 @@ impl BodyState {
     }
 }
 
-/// Why the request body stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum PumpError {
-    /// The client closed or reset before the body ended.
-    ClientClosed,
-    /// Malformed chunked body.
-    BadChunk,
-    /// Over the listener's body limit.
-    TooLarge,
-    /// The client sent nothing for too long.
-    Stalled,
-    /// The upstream stopped taking the body (it may still answer).
-    UpstreamGone,
+/// The upstream stopped taking the request body (it may still answer).
+fn upstream_gone() -> Error {
+    Error::upstream(ErrorKind::UpstreamReset, Retry::Never)
 }
 
 /// Streams the request body from the client (starting with the bytes in `cbuf[*cstart..]`) to
@@ -640,7 +616,7 @@ pub(super) async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
     max_body: Option<u64>,
     idle: Duration,
     sent: &Cell<u64>,
-) -> Result<(), PumpError> {
+) -> Result<(), Error> {
     let mut left = match framing {
         Framing::Length(n) => n,
         _ => 0,
@@ -662,12 +638,12 @@ pub(super) async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
                 Ok(p) => p,
                 Err(_) => {
                     *cbuf = Some(buf);
-                    return Err(PumpError::BadChunk);
+                    return Err(Error::downstream(ErrorKind::BadRequest));
                 }
             };
             if max_body.is_some_and(|m| forward.data_len() > m) {
                 *cbuf = Some(buf);
-                return Err(PumpError::TooLarge);
+                return Err(Error::downstream(ErrorKind::BodyTooLarge));
             }
             (p.consumed, p.done, p.direct)
         } else {
@@ -680,12 +656,12 @@ pub(super) async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
             let write = up.write_all(buf.slice(*cstart..*cstart + take));
             let (r, b) = monoio::select! {
                 r = write => r,
-                _ = monoio::time::sleep(idle) => return Err(PumpError::UpstreamGone),
+                _ = monoio::time::sleep(idle) => return Err(upstream_gone()),
             };
             buf = b.into_inner();
             if r.is_err() {
                 *cbuf = Some(buf);
-                return Err(PumpError::UpstreamGone);
+                return Err(upstream_gone());
             }
             sent.set(sent.get() + take as u64);
         } else if let Some(out) = edited.take().filter(|o| !o.is_empty()) {
@@ -693,12 +669,12 @@ pub(super) async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
             let write = up.write_all(out);
             let (r, o) = monoio::select! {
                 r = write => r,
-                _ = monoio::time::sleep(idle) => return Err(PumpError::UpstreamGone),
+                _ = monoio::time::sleep(idle) => return Err(upstream_gone()),
             };
             edited = Some(o);
             if r.is_err() {
                 *cbuf = Some(buf);
-                return Err(PumpError::UpstreamGone);
+                return Err(upstream_gone());
             }
             sent.set(sent.get() + n);
         }
@@ -715,14 +691,14 @@ pub(super) async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
         }
         let until = Until::after(Instant::now(), idle);
         let Some((res, b)) = read_until(w, client, buf, until).await else {
-            return Err(PumpError::Stalled);
+            return Err(Error::downstream(ErrorKind::HeadTimeout));
         };
         buf = b;
         match res {
             Ok(n) if n > 0 => {}
             _ => {
                 *cbuf = Some(buf);
-                return Err(PumpError::ClientClosed);
+                return Err(Error::downstream(ErrorKind::ClientClosed));
             }
         }
     }
@@ -733,7 +709,7 @@ pub(super) enum DuplexEnd<T> {
     /// The relay ended; `pumped` tells whether the whole request body went up.
     Relayed { relay: T, pumped: bool },
     /// The request body failed on the client's side; the relay was abandoned.
-    PumpFailed(PumpError),
+    PumpFailed(Error),
     /// No response head within `timeout` after the request body ended.
     TimedOut,
 }
@@ -744,15 +720,15 @@ pub(super) enum DuplexEnd<T> {
 /// as the upstream may still read it: then both connections stay usable. The route timeout runs
 /// from the end of the request body until the response head.
 pub(super) async fn duplex(
-    pump: impl Future<Output = Result<(), PumpError>>,
-    relay: impl Future<Output = Result<Relayed, RelayError>>,
+    pump: impl Future<Output = Result<(), Error>>,
+    relay: impl Future<Output = Result<Relayed, Error>>,
     started: &Cell<bool>,
     timeout: Duration,
-) -> DuplexEnd<Result<Relayed, RelayError>> {
+) -> DuplexEnd<Result<Relayed, Error>> {
     let mut pump = pin!(pump);
     let mut relay = pin!(relay);
     let mut pumped: Option<bool> = None;
-    let mut relayed: Option<Result<Relayed, RelayError>> = None;
+    let mut relayed: Option<Result<Relayed, Error>> = None;
     let mut timer: Option<std::pin::Pin<Box<monoio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
         if relayed.is_none() {
@@ -772,7 +748,7 @@ pub(super) async fn duplex(
             if let Poll::Ready(r) = pump.as_mut().poll(cx) {
                 match r {
                     Ok(()) => pumped = Some(true),
-                    Err(PumpError::UpstreamGone) => pumped = Some(false),
+                    Err(e) if e.side == Side::Upstream => pumped = Some(false),
                     // The client got its whole answer already: just end the connection.
                     Err(_) if relayed.is_some() => pumped = Some(false),
                     Err(e) => return Poll::Ready(DuplexEnd::PumpFailed(e)),

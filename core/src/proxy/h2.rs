@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::{Client, exchange, listener_of, refuse_head};
+use super::client::Client;
+use super::pipeline::exchange;
+use super::pipeline::listener_of;
+use super::reply::refuse_head;
 use crate::buf::BufPool;
 use crate::h2::drive::server::{H2Stream, Heads, Request, Service};
 use crate::io::Io;

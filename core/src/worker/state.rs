@@ -207,7 +207,7 @@ impl Worker {
         }
     }
 
-    pub(super) fn build_view(&self, snapshot: Arc<Snapshot>) -> View {
+    pub(crate) fn build_view(&self, snapshot: Arc<Snapshot>) -> View {
         let now = Instant::now();
         let endpoints = self.endpoints.borrow();
         let states = self.clusters.borrow();

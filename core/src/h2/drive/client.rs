@@ -441,11 +441,6 @@ impl H2Up {
             read: UpRead { h },
         }
     }
-
-    /// The peer refused the stream unprocessed: the request may go again, whatever its method.
-    pub(crate) fn refused(&self) -> bool {
-        self.write.h.refused.get()
-    }
 }
 
 impl UpWrite {
@@ -539,6 +534,11 @@ impl Drop for UpWrite {
 }
 
 impl UpRead {
+    /// The peer refused the stream unprocessed: the request may go again, whatever its method.
+    pub(crate) fn refused(&self) -> bool {
+        self.h.refused.get()
+    }
+
     /// Waits for the answer's final head and puts it in `resp`, its bytes at the start of
     /// `ubuf` (empty when given) and what came of the body behind them; the head's length.
     pub(crate) async fn read_head(

@@ -1,0 +1,310 @@
+//! One request's stages, over the request and the view in force:
+//!
+//! ```text
+//! admit   limits (body size), access policies          → refused: 413, 403
+//! route   route table, split, the route's rate limit   → refused: 404, 429
+//! forward tries against the route's cluster, retries    → forward::Exchange
+//! report  route stats, access log, tap
+//! ```
+//!
+//! `admit` and `route` decide without I/O and are tested here without sockets; [`exchange`]
+//! runs the stages and answers the refusals.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::client::Client;
+use super::forward;
+use super::reply::{local_reply, refuse, refuse_as};
+use super::report::Seen;
+use crate::error::ErrorKind;
+use crate::head::{Framing, Method, RequestHead, ResponseHead, host_of};
+use crate::policy::{Caller, Verdict};
+use crate::route::{Action, RequestView, Route};
+use crate::snapshot::{self, HttpLimits, HttpListener, Protocol, defaults};
+use crate::trace::Trace;
+use crate::worker::state::Worker;
+use crate::worker::view::{ListenerView, RouteTarget, View};
+
+/// The listener a request came to, in the view in force.
+pub(super) struct Listener<'a> {
+    pub spec: &'a snapshot::Listener,
+    pub http: &'a HttpListener,
+    pub view: &'a ListenerView,
+}
+
+impl<'a> Listener<'a> {
+    /// Listener `li` of `view`, if it serves HTTP.
+    pub fn of(view: &'a View, li: usize) -> Option<Listener<'a>> {
+        let spec = &view.snapshot.listeners[li];
+        let Protocol::Http(http) = &spec.protocol else {
+            return None;
+        };
+        Some(Listener {
+            spec,
+            http,
+            view: &view.listeners[li],
+        })
+    }
+}
+
+/// The parts of a request that policies and routing look at.
+pub(super) struct RouteInput<'a> {
+    buf: &'a [u8],
+    req: &'a RequestHead,
+    host: &'a [u8],
+}
+
+impl<'a> RouteInput<'a> {
+    pub fn new(buf: &'a [u8], req: &'a RequestHead) -> RouteInput<'a> {
+        let host = req.authority.map_or(&b""[..], |a| host_of(a.get(buf)));
+        RouteInput { buf, req, host }
+    }
+}
+
+impl RequestView for RouteInput<'_> {
+    fn host(&self) -> &[u8] {
+        self.host
+    }
+    fn path(&self) -> &[u8] {
+        // An absolute-form target without a path (`http://a`) goes upstream as `/`, so that is
+        // what is matched too.
+        match self.req.route_path.get(self.buf) {
+            b"" if !self.is_connect() => b"/",
+            p => p,
+        }
+    }
+    fn method(&self) -> &[u8] {
+        self.req.method_span.get(self.buf)
+    }
+    fn has_header(&self, name: &[u8], value: &[u8]) -> bool {
+        self.req.headers.iter().any(|h| {
+            h.name.get(self.buf).eq_ignore_ascii_case(name) && h.value.get(self.buf) == value
+        })
+    }
+    fn is_connect(&self) -> bool {
+        self.req.method == Method::Connect
+    }
+}
+
+/// Admission: a body past the listener's limit, or a request the access policies deny.
+/// Policies in audit mode count (and log, a few a second) what they would deny.
+pub(super) fn admit(
+    w: &Worker,
+    l: &Listener<'_>,
+    policies: &crate::policy::Policies,
+    input: &RouteInput<'_>,
+    who: &Caller<'_>,
+    now: Instant,
+) -> Result<(), ErrorKind> {
+    if let (Some(max), Framing::Length(n)) = (l.http.limits.max_request_body, input.req.framing) {
+        if n > max {
+            return Err(ErrorKind::BodyTooLarge);
+        }
+    }
+    if policies.is_empty() {
+        return Ok(());
+    }
+    let name = &l.spec.name;
+    let verdict = policies.check(who, Some(input), |i| {
+        let policy = policies.name_of(Verdict::Deny(i));
+        w.metrics.denied(name, policy, true);
+        if w.audit_log_allowed(now) {
+            let path = String::from_utf8_lossy(input.req.path.get(input.buf));
+            tracing::info!(
+                listener = &**name,
+                policy,
+                client = %who.source,
+                identity = who.identity.unwrap_or("-"),
+                path = %path,
+                "audit: a policy would deny this request"
+            );
+        }
+    });
+    if verdict == Verdict::Allow {
+        return Ok(());
+    }
+    w.metrics.denied(name, policies.name_of(verdict), false);
+    Err(ErrorKind::Denied)
+}
+
+/// Where a routed request goes.
+pub(super) struct Routed<'a> {
+    pub route: &'a Route,
+    /// The target's stats and log names.
+    pub target: &'a RouteTarget,
+    /// The cluster, by index into the snapshot's.
+    pub cluster: usize,
+}
+
+/// Why routing refused a request.
+pub(super) enum Unrouted<'a> {
+    /// No route matches.
+    NoRoute,
+    /// The route's rate limit is reached: the client may try again after `wait`.
+    Limited {
+        target: &'a RouteTarget,
+        wait: Duration,
+    },
+}
+
+/// Routing: the first route that matches, its cluster (a split's next pick), and the route's
+/// rate limit.
+pub(super) fn route<'a>(
+    l: &Listener<'a>,
+    input: &RouteInput<'_>,
+    now: Instant,
+) -> Result<Routed<'a>, Unrouted<'a>> {
+    let ri = l.http.routes.resolve(input).ok_or(Unrouted::NoRoute)?;
+    let route = &l.http.routes.routes()[ri];
+    let (position, cluster) = match &route.action {
+        Action::Cluster(ci) => (0, *ci),
+        Action::Split(s) => {
+            let t = s.pick(&mut l.view.splits[ri].borrow_mut());
+            (t, s.cluster(t))
+        }
+    };
+    let target = &l.view.routes[ri][position];
+    if let Some(bucket) = l.view.buckets.get(ri).and_then(Option::as_ref) {
+        if let Err(wait) = bucket.borrow_mut().take(now) {
+            return Err(Unrouted::Limited { target, wait });
+        }
+    }
+    Ok(Routed {
+        route,
+        target,
+        cluster,
+    })
+}
+
+pub(super) fn listener_of(view: &View, name: &Arc<str>) -> Option<(usize, HttpLimits)> {
+    let li = view.listener_index(name)?;
+    match &view.snapshot.listeners[li].protocol {
+        Protocol::Http(h) => Some((li, h.limits)),
+        Protocol::Tcp { .. } => None,
+    }
+}
+
+/// Handles one request whose head is at `c.data()`. Returns whether the connection stays open.
+pub(super) async fn exchange(
+    w: &Rc<Worker>,
+    view: &Rc<View>,
+    li: usize,
+    c: &mut Client,
+    req: &RequestHead,
+    resp: &mut ResponseHead,
+) -> bool {
+    let started = Instant::now();
+    let Some(l) = Listener::of(view, li) else {
+        return false;
+    };
+    let name = &l.spec.name;
+    let admitted = {
+        let input = RouteInput::new(c.data(), req);
+        let who = Caller {
+            identity: c.identity(),
+            source: c.peer.ip(),
+        };
+        admit(w, &l, &view.snapshot.policies, &input, &who, started)
+    };
+    if let Err(kind) = admitted {
+        return refuse(w, c, req, name, l.view, kind, started).await;
+    }
+    let routed = route(&l, &RouteInput::new(c.data(), req), started);
+    let Routed {
+        route,
+        target,
+        cluster: ci,
+    } = match routed {
+        Ok(r) => r,
+        Err(Unrouted::NoRoute) => {
+            return refuse(w, c, req, name, l.view, ErrorKind::NoRoute, started).await;
+        }
+        Err(Unrouted::Limited { target, wait }) => {
+            let series = (&*target.stats, &*target.log_names);
+            let kind = ErrorKind::RateLimited;
+            let retry_after = Some(wait);
+            return refuse_as(w, c, req, name, l.view, series, kind, started, retry_after).await;
+        }
+    };
+    let trace = {
+        let buf = c.data();
+        let tp = req.traceparent.map(|s| s.get(buf));
+        let b3 = req.b3.map(|s| s.get(buf));
+        w.with_rng(|r| Trace::continue_or_start(tp, b3, r))
+    };
+    let note = forward::Note::default();
+    let cluster = &view.snapshot.clusters[ci];
+    let stats = &target.stats;
+    let exchange = forward::Exchange {
+        worker: w,
+        req,
+        cluster,
+        cv: &view.clusters[ci],
+        retry: route.retry.as_ref(),
+        stats,
+        limits: &l.http.limits,
+        timeout: route.timeout.unwrap_or(defaults::ROUTE_TIMEOUT),
+        started,
+        trace: &trace,
+        note: &note,
+    };
+    let names = (&**name, &*target.log_names);
+    let names_seen = (Some(&*route.name), Some(&*cluster.name));
+    let log = l.view.log.as_ref();
+    let seen = Seen::new(
+        w,
+        c.data(),
+        req,
+        names,
+        log,
+        names_seen.0,
+        names_seen.1,
+        started,
+    );
+    let result = exchange.run(c, resp).await;
+    let end = Instant::now();
+    c.ended = end;
+    match result {
+        Ok(done) => {
+            stats.record(done.status, end - started);
+            seen.report(w, c, done.status, None, end, Some(&note), Some(&trace));
+            done.client_keep_alive
+        }
+        Err(fail) => {
+            // The answer had begun: its status is the upstream's.
+            let answered = note.progress.started.get();
+            let status = if answered {
+                resp.status
+            } else {
+                fail.kind.status()
+            };
+            stats.record(status, end - started);
+            if !answered {
+                l.view.stats.local_reply(fail.kind);
+            }
+            // The answer had begun (the connection is cut so the client sees it incomplete), or
+            // the client is gone: nothing more to send.
+            if answered || fail.kind == ErrorKind::ClientClosed {
+                let (note, trace) = (Some(&note), Some(&trace));
+                seen.report(w, c, status, Some(fail.kind), end, note, trace);
+                return false;
+            }
+            let consumed = note.body_consumed.get();
+            let close = !consumed || fail.kind.closes_connection() || !req.keep_alive;
+            let head_request = req.method == Method::Head;
+            let sent = local_reply(w, c, fail.kind, head_request, close).await;
+            note.progress
+                .bytes_out
+                .set(note.progress.bytes_out.get() + sent.1);
+            let (note, trace) = (Some(&note), Some(&trace));
+            seen.report(w, c, status, Some(fail.kind), end, note, trace);
+            sent.0 && !close
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;
