@@ -1,4 +1,4 @@
-//! The admin API (SPEC.md section 4): `/ready`, `/metrics`, `/config`, `/clusters`.
+//! The admin API: `/` (the dashboard), `/ready`, `/metrics`, `/config`, `/clusters`, `/tap`.
 //!
 //! It runs on its own thread with its own runtime, away from the workers. It binds 127.0.0.1 by
 //! default: it exposes the config and can be asked for reloads, so it should not be reachable
@@ -13,16 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::{TcpListener, TcpStream};
-use ringmesh_core::head::{Framing, Method, RequestHead};
 use ringmesh_core::metrics::{self, WorkerReport};
 use ringmesh_core::tap;
 use ringmesh_core::worker::Command;
 use serde_json::json;
 
-use crate::mesh::http::query_pairs;
+use crate::http::{self, Response};
 use crate::shared::{ControlMsg, State};
 
 struct Admin {
@@ -90,68 +88,35 @@ pub(crate) fn start(
 
 async fn serve(admin: Rc<Admin>, mut stream: TcpStream) {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut req = RequestHead::default();
     loop {
-        let head_len = loop {
-            if !buf.is_empty() {
-                match req.parse(&buf, 64 * 1024) {
-                    Ok(Some(n)) => break n,
-                    Ok(None) => {}
-                    Err(_) => {
-                        let _ = respond(
-                            &mut stream,
-                            400,
-                            "text/plain",
-                            b"bad request\n".to_vec(),
-                            true,
-                        )
-                        .await;
-                        return;
-                    }
-                }
-            }
-            if buf.len() == buf.capacity() {
-                buf.reserve(buf.capacity());
-            }
-            let len = buf.len();
-            let read = stream.read(buf.slice_mut(len..));
-            let (res, b) = monoio::select! {
-                r = read => r,
-                _ = monoio::time::sleep(Duration::from_secs(60)) => return,
-            };
-            buf = b.into_inner();
-            match res {
-                Ok(n) if n > 0 => {}
-                _ => return,
+        // The admin API takes no body: a small one is read and refused with its method.
+        let req = match http::read_request(&mut stream, &mut buf, &|_| 64 * 1024).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err((status, why)) => {
+                let _ = http::respond(&mut stream, Response::text(status, why), true, false).await;
+                return;
             }
         };
-        if !crate::api_guard::host_allowed(req.authority.map(|a| a.get(&buf)), &[], admin.bound) {
+        if !crate::api_guard::host_allowed(req.host.as_deref().map(str::as_bytes), &[], admin.bound)
+        {
             // A page that rebound its own name to this address: no answer it could read.
-            let msg =
-                b"the Host is not this admin API's address: use its IP address or localhost\n";
-            let _ = respond(&mut stream, 403, "text/plain", msg.to_vec(), true).await;
+            let msg = "the Host is not this admin API's address: use its IP address or localhost";
+            let _ = http::respond(&mut stream, Response::text(403, msg), true, false).await;
             return;
         }
-        let path = req.route_path.get(&buf).to_vec();
-        let query = req.path.get(&buf)[path.len()..].to_vec();
-        let has_body = !matches!(req.framing, Framing::None);
-        let close = !req.keep_alive || has_body;
-        let head_only = req.method == Method::Head;
-        buf.drain(..head_len);
-        if path == b"/tap" && req.method == Method::Get {
+        if req.path == "/tap" && req.method == "GET" {
             // The connection is the tap's until it ends.
-            tap(&mut stream, &query).await;
+            tap(&mut stream, &req.query).await;
             return;
         }
-        let (status, ctype, mut body) = if matches!(req.method, Method::Get | Method::Head) {
-            admin.answer(&path, &query).await
+        let resp = if req.is_read() {
+            admin.answer(&req.path).await
         } else {
-            (405, "text/plain", b"method not allowed\n".to_vec())
+            Response::text(405, "method not allowed")
         };
-        if head_only {
-            body.clear();
-        }
-        if !respond(&mut stream, status, ctype, body, close).await || close {
+        let head_only = req.method == "HEAD";
+        if !http::respond(&mut stream, resp, req.close, head_only).await || req.close {
             return;
         }
     }
@@ -166,25 +131,25 @@ const TAP_DEFAULT: u64 = 100;
 /// `GET /tap?listener=..&route=..&cluster=..&n=..`: streams one JSON line per matching request
 /// as it ends (the access log's fields), until `n` lines were sent or the client leaves. The
 /// answer is chunked; each chunk carries whatever lines are ready.
-async fn tap(stream: &mut TcpStream, query: &[u8]) {
+async fn tap(stream: &mut TcpStream, query: &[(String, String)]) {
     let mut filter = tap::Filter::default();
     let mut n = TAP_DEFAULT;
-    for (k, v) in query_pairs(query) {
+    for (k, v) in query {
         match k.as_str() {
-            "listener" => filter.listener = Some(v),
-            "route" => filter.route = Some(v),
-            "cluster" => filter.cluster = Some(v),
+            "listener" => filter.listener = Some(v.clone()),
+            "route" => filter.route = Some(v.clone()),
+            "cluster" => filter.cluster = Some(v.clone()),
             "n" => match v.parse::<u64>() {
                 Ok(v) if (1..=TAP_MAX).contains(&v) => n = v,
                 _ => {
-                    let msg = format!("n: expected a number from 1 to {TAP_MAX}\n");
-                    let _ = respond(stream, 400, "text/plain", msg.into_bytes(), true).await;
+                    let msg = format!("n: expected a number from 1 to {TAP_MAX}");
+                    let _ = http::respond(stream, Response::text(400, &msg), true, false).await;
                     return;
                 }
             },
             _ => {
-                let msg = format!("unknown parameter `{k}`: listener, route, cluster, n\n");
-                let _ = respond(stream, 400, "text/plain", msg.into_bytes(), true).await;
+                let msg = format!("unknown parameter `{k}`: listener, route, cluster, n");
+                let _ = http::respond(stream, Response::text(400, &msg), true, false).await;
                 return;
             }
         }
@@ -236,30 +201,9 @@ async fn tap(stream: &mut TcpStream, query: &[u8]) {
     }
 }
 
-async fn respond(
-    stream: &mut TcpStream,
-    status: u16,
-    ctype: &str,
-    body: Vec<u8>,
-    close: bool,
-) -> bool {
-    let reason = ringmesh_core::http1::encode::reason(status);
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\ncache-control: no-store\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
-    stream.write_all(out).await.0.is_ok()
-}
-
 impl Admin {
-    async fn answer(&self, path: &[u8], _query: &[u8]) -> (u16, &'static str, Vec<u8>) {
-        match path {
+    async fn answer(&self, path: &str) -> Response {
+        let (status, ctype, body) = match path.as_bytes() {
             b"/ready" => {
                 if self.state.ready.load(Ordering::Relaxed) {
                     (200, "text/plain", b"ready\n".to_vec())
@@ -311,7 +255,8 @@ impl Admin {
             // polls /metrics and /clusters.
             b"/" => (200, "text/html; charset=utf-8", DASHBOARD.to_vec()),
             _ => (404, "text/plain", b"not found\n".to_vec()),
-        }
+        };
+        Response::new(status, ctype, body)
     }
 
     /// Every worker's report; a worker that does not answer within a second is left out.

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod api_guard;
 pub mod compile;
 pub mod config;
+pub mod http;
 pub mod mesh;
 pub mod runtime;
 pub(crate) mod shared;

@@ -349,7 +349,7 @@ pub fn control_api(data: &[u8]) {
             let Ok(pointer) = std::str::from_utf8(&rest[..split]) else {
                 return;
             };
-            let req = ringmesh_control::mesh::http::Request {
+            let req = ringmesh_control::http::Request {
                 method: "PUT".into(),
                 body: rest.get(split + 1..).unwrap_or_default().to_vec(),
                 ..Default::default()

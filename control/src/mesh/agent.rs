@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use super::client::{Client, Trust};
-use super::http::percent_encode;
 use super::keep::Keep;
+use crate::http::percent_encode;
 use crate::shared::{ControlMsg, State};
 
 /// How long a watch waits on the control plane for a change.

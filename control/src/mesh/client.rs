@@ -326,7 +326,7 @@ impl Client {
         s.write_all(raw).map_err(|e| format!("{addr}: {e}"))?;
         s.flush().map_err(|e| format!("{addr}: {e}"))?;
         let (status, body, _) =
-            super::http::read_answer(&mut s, MAX_ANSWER).map_err(|e| format!("{addr}: {e}"))?;
+            crate::http::read_answer(&mut s, MAX_ANSWER).map_err(|e| format!("{addr}: {e}"))?;
         Ok((status, body))
     }
 

@@ -14,7 +14,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
-use super::http::{Chunk, Unanswered, dechunk, read_answer};
+use crate::http::{Unanswered, read_answer};
+use ringmesh_core::http1::ChunkedDecoder;
 
 /// Largest answer read (a range of the whole prefix included).
 const MAX_ANSWER: usize = 256 << 20;
@@ -472,27 +473,32 @@ pub fn watch(
 
 /// The body of a watch answer, decoded as it arrives: HTTP/1.1 chunks holding one JSON message
 /// per line, each a batch of changes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WatchStream {
-    raw: Vec<u8>,
+    chunks: ChunkedDecoder,
     decoded: Vec<u8>,
+}
+
+impl Default for WatchStream {
+    fn default() -> Self {
+        WatchStream {
+            chunks: ChunkedDecoder::new(),
+            decoded: Vec::new(),
+        }
+    }
 }
 
 impl WatchStream {
     /// Takes the next bytes of the body; returns the batches of changes they complete. An error
     /// ends the watch: a malformed stream, an error or cancellation from etcd, or the end.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Vec<Event>>, String> {
-        self.raw.extend_from_slice(bytes);
-        loop {
-            match dechunk(&self.raw) {
-                Chunk::Data(range, used) => {
-                    self.decoded.extend_from_slice(&self.raw[range]);
-                    self.raw.drain(..used);
-                }
-                Chunk::End(_) => return Err("etcd ended the watch".into()),
-                Chunk::Partial => break,
-                Chunk::Bad => return Err("etcd: malformed chunk".into()),
-            }
+        let decoded = &mut self.decoded;
+        let p = self
+            .chunks
+            .feed(bytes, |r| decoded.extend_from_slice(&bytes[r]))
+            .map_err(|_| "etcd: malformed chunk".to_string())?;
+        if p.done {
+            return Err("etcd ended the watch".into());
         }
         if self.decoded.len() > MAX_ANSWER {
             return Err("etcd: watch message too large".into());

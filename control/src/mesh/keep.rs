@@ -33,7 +33,7 @@ pub enum Keep {
 impl Keep {
     /// For `node`: in memory, and in `dir` when given (checked, or created, now).
     pub fn new(node: &str, dir: Option<PathBuf>) -> Result<Keep, String> {
-        let name = format!("identity/{}", super::http::percent_encode(node));
+        let name = format!("identity/{}", crate::http::percent_encode(node));
         match dir {
             None => Ok(Keep::Memory(name)),
             Some(d) => Ok(Keep::Dir(name, prepare(&d)?)),

@@ -12,7 +12,6 @@ pub mod agent;
 pub mod ca;
 pub mod client;
 pub mod etcd;
-pub mod http;
 pub mod keep;
 pub mod model;
 pub mod server;

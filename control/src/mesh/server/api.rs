@@ -10,9 +10,9 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 use serde_json::json;
 
-use super::super::http::{self, Request, Response};
 use super::auth::{self, Caller, Refusal, Route};
 use super::*;
+use crate::http::{self, Request, Response};
 
 /// The largest body a caller that is no admin may send (a registration, a report, a public key).
 const SMALL_BODY: usize = 64 * 1024;
@@ -83,7 +83,7 @@ async fn serve<S: AsyncReadRent + AsyncWriteRent>(
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err((status, msg)) => {
-                let _ = http::respond(&mut stream, Response::error(status, msg), true).await;
+                let _ = http::respond(&mut stream, Response::error(status, msg), true, false).await;
                 return;
             }
         };
@@ -91,9 +91,9 @@ async fn serve<S: AsyncReadRent + AsyncWriteRent>(
         if buf.is_empty() {
             buf = Vec::new();
         }
-        let close = req.close;
+        let (close, head_only) = (req.close, req.method == "HEAD");
         let resp = answer(plane, req, peer, cert.as_deref()).await;
-        if !http::respond(&mut stream, resp, close).await || close {
+        if !http::respond(&mut stream, resp, close, head_only).await || close {
             return;
         }
     }

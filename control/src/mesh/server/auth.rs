@@ -25,8 +25,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::super::ca::sha256_hex;
-use super::super::http::{Request, Response};
 use super::super::model::Mesh;
+use crate::http::{Request, Response};
 
 /// What a request asks for, as the permission table sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,9 +3,9 @@
 
 use serde_json::{Value, json};
 
-use super::super::http::{Request, Response};
 use super::super::model::Mesh;
 use super::*;
+use crate::http::{Request, Response};
 
 /// The JSON pointer after `/v1/config` in a path.
 pub(super) fn config_pointer(path: &str) -> &str {

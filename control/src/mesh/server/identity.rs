@@ -12,9 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use super::super::ca::sha256_hex;
-use super::super::http::{Request, Response};
 use super::auth::{Caller, Refusal, same_digest};
 use super::*;
+use crate::http::{Request, Response};
 
 /// What a certificate request comes to.
 #[derive(Debug)]

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::super::http::Response;
 use super::auth::{Caller, Refusal};
 use super::*;
+use crate::http::Response;
 
 /// The node a caller registers as (`None`: an admin).
 pub(super) fn owner_of(caller: &Caller) -> Option<String> {

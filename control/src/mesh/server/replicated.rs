@@ -31,13 +31,13 @@ use serde_json::{Value, json};
 
 use super::super::ca::Ca;
 use super::super::etcd::{self, Etcd, Event, Kv};
-use super::super::http::{Request, Response};
 use super::super::model::Mesh;
 use super::auth::Caller;
 use super::{
     Plane, Resolved, Spent, State, StoreOptions, apply_edit, checked_registration, conflict,
     identity, if_match_required, invalid, may_touch, owner_of, registered, registration, unix_ms,
 };
+use crate::http::{Request, Response};
 
 /// Threads making etcd calls for the API (each with its own connection).
 const WORKERS: usize = 4;

@@ -5,8 +5,8 @@ use std::time::{Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use super::super::http::Response;
 use super::*;
+use crate::http::Response;
 
 /// `GET /v1/ca`: the trust bundle and the rotation's state.
 pub(super) fn ca_json(st: &State) -> Response {

@@ -9,8 +9,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
-use super::super::http::{Request, Response};
 use super::*;
+use crate::http::{Request, Response};
 
 /// Wakes the watchers when the state changes. Each waiting watch holds a slot, removed when it
 /// ends however it ends, so the set stays as large as the watches in progress.

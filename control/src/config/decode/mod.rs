@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
+pub mod cluster;
+pub mod file;
+pub mod listener;
+pub mod route;
+
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -524,6 +529,18 @@ pub fn to_json(node: Node<'_, '_>, path: &str) -> Result<serde_json::Value, Conf
         }
         _ => return Err(err(format!("expected plain data, got {}", node.kind()))),
     })
+}
+
+pub(crate) fn required<'a, 'y>(
+    d: &mut Decoder,
+    f: &Fields<'a, 'y>,
+    name: &str,
+) -> Option<(Node<'a, 'y>, String)> {
+    let r = f.get(name);
+    if r.is_none() {
+        d.error(&f.path_of(name), None, "required");
+    }
+    r
 }
 
 #[cfg(test)]

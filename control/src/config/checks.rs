@@ -1,0 +1,101 @@
+//! Checks that need the whole config: names unique, what fields refer to exists.
+
+use std::collections::BTreeMap;
+
+use super::decode::Decoder;
+use super::model::*;
+
+/// Checks that need the whole config.
+pub(super) fn check(d: &mut Decoder, c: &Config) {
+    let mut names = BTreeMap::new();
+    for (i, cl) in c.clusters.iter().enumerate() {
+        if !cl.name.is_empty() && names.insert(cl.name.as_str(), i).is_some() {
+            d.error(
+                &format!("clusters[{i}].name"),
+                None,
+                format!("duplicate cluster name `{}`", cl.name),
+            );
+        }
+        let mut seen = BTreeMap::new();
+        for (j, e) in cl.endpoints.iter().enumerate() {
+            if seen.insert(e.addr, j).is_some() {
+                d.error(
+                    &format!("clusters[{i}].endpoints[{j}].addr"),
+                    None,
+                    format!("duplicate endpoint {}", e.addr),
+                );
+            }
+        }
+    }
+    let mut listener_names = BTreeMap::new();
+    let mut binds = BTreeMap::new();
+    for (i, l) in c.listeners.iter().enumerate() {
+        if !l.name.is_empty() && listener_names.insert(l.name.as_str(), i).is_some() {
+            d.error(
+                &format!("listeners[{i}].name"),
+                None,
+                format!("duplicate listener name `{}`", l.name),
+            );
+        }
+        if l.bind.port() != 0 && binds.insert(l.bind, i).is_some() {
+            d.error(
+                &format!("listeners[{i}].bind"),
+                None,
+                format!("{} is used by another listener", l.bind),
+            );
+        }
+        if let Some(cl) = &l.cluster {
+            if !names.contains_key(cl.as_str()) {
+                d.error(
+                    &format!("listeners[{i}].cluster"),
+                    None,
+                    format!("no cluster named `{cl}`"),
+                );
+            }
+        }
+        for (j, r) in l.sni.iter().enumerate() {
+            if !names.contains_key(r.cluster.as_str()) {
+                d.error(
+                    &format!("listeners[{i}].sni[{j}].cluster"),
+                    None,
+                    format!("no cluster named `{}`", r.cluster),
+                );
+            }
+        }
+        let mut route_names = BTreeMap::new();
+        for (j, r) in l.routes.iter().enumerate() {
+            if route_names.insert(r.name.as_str(), j).is_some() {
+                d.error(
+                    &format!("listeners[{i}].routes[{j}].name"),
+                    None,
+                    format!("duplicate route name `{}`", r.name),
+                );
+            }
+            if let Some(cl) = &r.cluster {
+                if !names.contains_key(cl.as_str()) {
+                    d.error(
+                        &format!("listeners[{i}].routes[{j}].cluster"),
+                        None,
+                        format!("no cluster named `{cl}`"),
+                    );
+                }
+            }
+            for (k, t) in r.split.iter().enumerate() {
+                if !names.contains_key(t.cluster.as_str()) {
+                    d.error(
+                        &format!("listeners[{i}].routes[{j}].split[{k}].cluster"),
+                        None,
+                        format!("no cluster named `{}`", t.cluster),
+                    );
+                }
+            }
+        }
+    }
+    if c.admin.port() != 0 && c.listeners.iter().any(|l| l.bind == c.admin) {
+        d.error(
+            "admin",
+            None,
+            format!("{} is also a listener's address", c.admin),
+        );
+    }
+}

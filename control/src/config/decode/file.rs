@@ -1,0 +1,148 @@
+//! Decoding the whole file: its top-level fields and access policies.
+
+use super::cluster::decode_cluster;
+use super::listener::decode_listener;
+use super::route::decode_match_fields;
+use super::{Decoder, Node, required};
+
+use crate::config::model::*;
+
+pub(crate) fn decode_config(d: &mut Decoder, root: Node<'_, '_>) -> Option<Config> {
+    let f = d.mapping(
+        root,
+        "",
+        &[
+            "admin",
+            "workers",
+            "listeners",
+            "clusters",
+            "default_policy",
+            "policies",
+        ],
+    )?;
+    let admin = match f.get("admin") {
+        Some((n, p)) => d.socket_addr(n, &p),
+        None => DEFAULT_ADMIN.parse().ok(),
+    };
+    let workers = f.get("workers").and_then(|(n, p)| {
+        let w = d.integer(n, &p, 1024)?;
+        if w == 0 {
+            d.error(&p, Some(n), "must be at least 1");
+            return None;
+        }
+        Some(w as usize)
+    });
+    let default_deny = f
+        .get("default_policy")
+        .is_some_and(|(n, p)| d.choice(n, &p, &["allow", "deny"]) == Some("deny"));
+    let policies = match f.get("policies") {
+        Some((n, p)) => d
+            .list(n, &p)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, (n, p))| decode_policy(d, n, &p, i))
+            .collect(),
+        None => Vec::new(),
+    };
+    let listeners = match f.get("listeners") {
+        Some((n, p)) => d
+            .list(n, &p)
+            .into_iter()
+            .filter_map(|(n, p)| decode_listener(d, n, &p))
+            .collect(),
+        None => {
+            d.error("listeners", None, "required: at least one listener");
+            Vec::new()
+        }
+    };
+    let clusters = match f.get("clusters") {
+        Some((n, p)) => d
+            .list(n, &p)
+            .into_iter()
+            .filter_map(|(n, p)| decode_cluster(d, n, &p))
+            .collect(),
+        None => Vec::new(),
+    };
+    Some(Config {
+        admin: admin.unwrap_or(PLACEHOLDER_ADDR),
+        workers,
+        listeners,
+        clusters,
+        default_deny,
+        policies,
+    })
+}
+
+/// `{ name, action: allow|deny, audit, match: { identity, source, host, path, path_prefix,
+/// method, headers } }`.
+pub(super) fn decode_policy(
+    d: &mut Decoder,
+    node: Node<'_, '_>,
+    path: &str,
+    index: usize,
+) -> Option<PolicyConfig> {
+    let f = d.mapping(node, path, &["name", "action", "audit", "match"])?;
+    let name = f.get("name").and_then(|(n, p)| d.string(n, &p));
+    let deny = required(d, &f, "action").and_then(|(n, p)| d.choice(n, &p, &["allow", "deny"]))
+        == Some("deny");
+    let audit = f
+        .get("audit")
+        .and_then(|(n, p)| d.boolean(n, &p))
+        .unwrap_or(false);
+    if audit && !deny {
+        if let Some((n, p)) = f.get("audit") {
+            d.error(&p, Some(n), "audit applies to deny policies");
+        }
+    }
+    let (mut identity, mut source) = (None, None);
+    let request = match required(d, &f, "match") {
+        Some((n, p)) => {
+            let m = d.mapping(
+                n,
+                &p,
+                &[
+                    "identity",
+                    "source",
+                    "host",
+                    "path",
+                    "path_prefix",
+                    "ignore_case",
+                    "method",
+                    "headers",
+                ],
+            )?;
+            if let Some((n, p)) = m.get("identity") {
+                identity = d.string(n, &p);
+                if identity
+                    .as_deref()
+                    .is_some_and(|id| !ringmesh_core::tls::valid_spiffe_id(id))
+                {
+                    d.error(
+                        &p,
+                        Some(n),
+                        "expected a SPIFFE ID such as spiffe://mesh.local/ns/default/sa/web",
+                    );
+                }
+            }
+            if let Some((n, p)) = m.get("source") {
+                source = d.string(n, &p);
+                if source
+                    .as_deref()
+                    .is_some_and(|s| ringmesh_core::policy::Cidr::parse(s).is_none())
+                {
+                    d.error(&p, Some(n), "expected an address range such as 10.0.0.0/8");
+                }
+            }
+            decode_match_fields(d, &m)
+        }
+        None => return None,
+    };
+    Some(PolicyConfig {
+        name: name.unwrap_or_else(|| format!("policies[{index}]")),
+        deny,
+        audit,
+        identity,
+        source,
+        request,
+    })
+}
