@@ -18,7 +18,7 @@ use ringmesh_core::snapshot::{
     Cluster, ClusterLimits, EndpointSpec, HttpLimits, HttpListener, Listener, Protocol, Snapshot,
     TcpRoute, defaults,
 };
-use ringmesh_core::tls::{CertSpec, ClientTls, ServerTls};
+use ringmesh_core::tls::{CertSpec, ClientTls, ServerTls, TlsError};
 
 use ringmesh_core::sni::NameMap;
 
@@ -29,9 +29,52 @@ use crate::config::{
     UpstreamProtocol,
 };
 
+/// Why a checked config does not compile. Messages name the field where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// A cluster's TLS (CA, client certificate) cannot be built.
+    #[error("clusters[{cluster}].tls.{}: {}", .tls.field, .tls.message)]
+    ClusterTls { cluster: usize, tls: TlsError },
+    /// A listener's TLS (certificates, client CA) cannot be built.
+    #[error("{}: {}", listener_tls_field(*.listener, &.tls.field), .tls.message)]
+    ListenerTls { listener: usize, tls: TlsError },
+    /// A listener's access log file cannot be opened for writing.
+    #[error("listeners[{listener}].access_log.path: cannot open `{path}`: {source}")]
+    AccessLog {
+        listener: usize,
+        path: String,
+        source: std::io::Error,
+    },
+    /// A route or listener names a cluster that does not exist.
+    #[error("no cluster named `{0}`")]
+    NoCluster(String),
+    /// A TCP listener has neither `cluster` nor `sni`.
+    #[error("a tcp listener needs `cluster` or `sni`")]
+    TcpWithoutCluster,
+    /// A TCP listener routes one server name to two clusters.
+    #[error("`{0}` is routed twice")]
+    RoutedTwice(String),
+    /// A split's weights add up to nothing.
+    #[error("a split needs a positive weight")]
+    SplitWeight,
+}
+
+/// The field of a listener's TLS problem: `listeners[i].tls`, then the field within, if any.
+fn listener_tls_field(listener: usize, field: &str) -> String {
+    if field.is_empty() {
+        format!("listeners[{listener}].tls")
+    } else {
+        format!("listeners[{listener}].tls.{field}")
+    }
+}
+
 /// Compiles `config` as version `version` for one worker, with fresh health state. See
 /// [`Compiler::compile`].
-pub fn compile(config: &Config, version: u64, binds: &[SocketAddr]) -> Result<Snapshot, String> {
+pub fn compile(
+    config: &Config,
+    version: u64,
+    binds: &[SocketAddr],
+) -> Result<Snapshot, CompileError> {
     Compiler::new(1).compile(config, version, binds)
 }
 
@@ -61,7 +104,7 @@ impl Compiler {
         config: &Config,
         version: u64,
         binds: &[SocketAddr],
-    ) -> Result<Snapshot, String> {
+    ) -> Result<Snapshot, CompileError> {
         let clusters = config
             .clusters
             .iter()
@@ -82,7 +125,7 @@ impl Compiler {
         targets
     }
 
-    fn cluster(&mut self, c: &ClusterConfig, i: usize) -> Result<Cluster, String> {
+    fn cluster(&mut self, c: &ClusterConfig, i: usize) -> Result<Cluster, CompileError> {
         let tls = c
             .tls
             .as_ref()
@@ -94,7 +137,7 @@ impl Compiler {
                     UpstreamProtocol::Auto => &[b"h2", b"http/1.1"],
                 };
                 ClientTls::build(&t.sni, &t.ca, pair, alpn)
-                    .map_err(|e| format!("clusters[{i}].tls.{}: {}", e.field, e.message))
+                    .map_err(|tls| CompileError::ClusterTls { cluster: i, tls })
             })
             .transpose()?;
         let name: Arc<str> = Arc::from(c.name.as_str());
@@ -182,12 +225,12 @@ fn build(
     binds: &[SocketAddr],
     clusters: Vec<Cluster>,
     workers: usize,
-) -> Result<Snapshot, String> {
+) -> Result<Snapshot, CompileError> {
     let index = |name: &str| {
         clusters
             .iter()
             .position(|c| &*c.name == name)
-            .ok_or_else(|| format!("no cluster named `{name}`"))
+            .ok_or_else(|| CompileError::NoCluster(name.to_string()))
     };
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for (i, l) in config.listeners.iter().enumerate() {
@@ -213,12 +256,7 @@ fn build(
                         idle_timeout: l.idle_timeout,
                         paths: l.paths.rules(),
                     },
-                    access_log: l
-                        .access_log
-                        .as_ref()
-                        .map(log_spec)
-                        .transpose()
-                        .map_err(|e| format!("listeners[{i}].access_log.path: {e}"))?,
+                    access_log: l.access_log.as_ref().map(|a| log_spec(a, i)).transpose()?,
                     tls: l
                         .tls
                         .as_ref()
@@ -246,7 +284,7 @@ fn server_tls(
     t: &crate::config::ListenerTlsConfig,
     name: &str,
     i: usize,
-) -> Result<ServerTls, String> {
+) -> Result<ServerTls, CompileError> {
     let certs: Vec<CertSpec> = t
         .certs
         .iter()
@@ -256,18 +294,13 @@ fn server_tls(
             sni: c.sni.clone(),
         })
         .collect();
-    ServerTls::build(name, &certs, &t.alpn, t.client_ca.as_deref()).map_err(|e| {
-        let field = if e.field.is_empty() {
-            format!("listeners[{i}].tls")
-        } else {
-            format!("listeners[{i}].tls.{}", e.field)
-        };
-        format!("{field}: {}", e.message)
-    })
+    ServerTls::build(name, &certs, &t.alpn, t.client_ca.as_deref())
+        .map_err(|tls| CompileError::ListenerTls { listener: i, tls })
 }
 
-/// The access log's destination, checked writable now so that a bad path is a config error.
-fn log_spec(a: &crate::config::AccessLogConfig) -> Result<AccessLogSpec, String> {
+/// Listener `i`'s access log destination, checked writable now so that a bad path is a
+/// config error.
+fn log_spec(a: &crate::config::AccessLogConfig, i: usize) -> Result<AccessLogSpec, CompileError> {
     let target = if a.path == "stdout" {
         access_log::Target::Stdout
     } else {
@@ -276,7 +309,11 @@ fn log_spec(a: &crate::config::AccessLogConfig) -> Result<AccessLogSpec, String>
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| format!("cannot open `{}`: {e}", a.path))?;
+            .map_err(|source| CompileError::AccessLog {
+                listener: i,
+                path: a.path.clone(),
+                source,
+            })?;
         access_log::Target::File(path)
     };
     Ok(AccessLogSpec {
@@ -288,13 +325,13 @@ fn log_spec(a: &crate::config::AccessLogConfig) -> Result<AccessLogSpec, String>
 /// A TCP listener's destination: its cluster, or clusters by server name.
 fn tcp_route(
     l: &ListenerConfig,
-    index: &impl Fn(&str) -> Result<usize, String>,
-) -> Result<TcpRoute, String> {
+    index: &impl Fn(&str) -> Result<usize, CompileError>,
+) -> Result<TcpRoute, CompileError> {
     let fallback = l.cluster.as_deref().map(index).transpose()?;
     if l.sni.is_empty() {
         return fallback
             .map(TcpRoute::Cluster)
-            .ok_or_else(|| "a tcp listener needs `cluster` or `sni`".to_string());
+            .ok_or(CompileError::TcpWithoutCluster);
     }
     let mut names = NameMap::default();
     names.default = fallback;
@@ -302,7 +339,7 @@ fn tcp_route(
         let ci = index(&r.cluster)?;
         for n in &r.names {
             if names.insert(n, ci).is_err() {
-                return Err(format!("`{n}` is routed twice"));
+                return Err(CompileError::RoutedTwice(n.clone()));
             }
         }
     }
@@ -311,9 +348,9 @@ fn tcp_route(
 
 fn route(
     r: &RouteConfig,
-    index: &impl Fn(&str) -> Result<usize, String>,
+    index: &impl Fn(&str) -> Result<usize, CompileError>,
     workers: usize,
-) -> Result<Route, String> {
+) -> Result<Route, CompileError> {
     Ok(Route {
         name: Arc::from(r.name.as_str()),
         matcher: request_match(&r.matcher),
@@ -324,8 +361,8 @@ fn route(
                     .split
                     .iter()
                     .map(|t| Ok((index(&t.cluster)?, t.weight)))
-                    .collect::<Result<Vec<_>, String>>()?;
-                Action::Split(Split::new(&targets).ok_or("a split needs a positive weight")?)
+                    .collect::<Result<Vec<_>, CompileError>>()?;
+                Action::Split(Split::new(&targets).ok_or(CompileError::SplitWeight)?)
             }
         },
         timeout: r.timeout,

@@ -105,7 +105,8 @@ impl Proxy {
         let config = match &opts.source {
             ConfigSource::Control(_) => None,
             source => {
-                let text = read_source(source).map_err(|e| StartError::Config(vec![e]))?;
+                let text =
+                    read_source(source).map_err(|e| StartError::Config(vec![e.to_string()]))?;
                 Some(Config::parse(&text).map_err(|errs| {
                     StartError::Config(errs.iter().map(ToString::to_string).collect())
                 })?)
@@ -273,14 +274,29 @@ impl Drop for Proxy {
     }
 }
 
-fn read_source(source: &ConfigSource) -> Result<String, String> {
+/// Why the config's text could not be read.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    /// The config file cannot be read.
+    #[error("{}: cannot read: {source}", .path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The config comes in snapshots from a control plane: there is no text to read.
+    #[error("the config comes from the control plane")]
+    Control,
+}
+
+fn read_source(source: &ConfigSource) -> Result<String, ReadError> {
     match source {
         ConfigSource::Embedded => Ok(EMBEDDED_DEFAULT.to_string()),
         ConfigSource::Text(t) => Ok(t.clone()),
-        ConfigSource::File(p) => {
-            std::fs::read_to_string(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))
-        }
-        ConfigSource::Control(_) => Err("the config comes from the control plane".into()),
+        ConfigSource::File(p) => std::fs::read_to_string(p).map_err(|source| ReadError::File {
+            path: p.clone(),
+            source,
+        }),
+        ConfigSource::Control(_) => Err(ReadError::Control),
     }
 }
 
@@ -378,7 +394,7 @@ impl Controller {
         }
         self.stamp = self.file_stamp();
         let result = read_source(&self.source)
-            .map_err(|e| vec![e])
+            .map_err(|e| vec![e.to_string()])
             .and_then(|text| {
                 Config::parse(&text).map_err(|errs| errs.iter().map(ToString::to_string).collect())
             });
@@ -409,7 +425,7 @@ impl Controller {
         let snapshot = Arc::new(
             self.compiler
                 .compile(&config, version, &binds)
-                .map_err(|e| vec![e])?,
+                .map_err(|e| vec![e.to_string()])?,
         );
         let (tx, rx) = flume::unbounded();
         for w in &self.workers {
@@ -422,7 +438,7 @@ impl Controller {
         for _ in &self.workers {
             match rx.recv_timeout(Duration::from_secs(10)) {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => errors.push(e),
+                Ok(Err(e)) => errors.push(e.to_string()),
                 Err(_) => errors.push("a worker did not answer".into()),
             }
         }

@@ -60,7 +60,8 @@ pub fn make_certs(dir: &Path) -> Result<CertFiles, String> {
 
 /// Client settings trusting the CA in `ca`; `resume`: offer session resumption.
 pub fn client_config(ca: &Path, resume: bool) -> Result<Arc<ClientConfig>, String> {
-    let roots = ringmesh_core::tls::load_roots(&ca.display().to_string())?;
+    let roots =
+        ringmesh_core::tls::load_roots(&ca.display().to_string()).map_err(|e| e.to_string())?;
     let mut c =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()

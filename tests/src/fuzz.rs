@@ -367,11 +367,11 @@ pub fn control_api(data: &[u8]) {
 /// The etcd watch stream's decoder: the same answer whether the bytes come at once or in two
 /// pieces.
 fn etcd_watch_stream(data: &[u8]) {
-    use ringmesh_control::mesh::etcd::{Event, WatchStream};
+    use ringmesh_control::mesh::etcd::{EtcdError, Event, WatchStream};
     let Some((&cut, body)) = data.split_first() else {
         return;
     };
-    let summary = |r: Result<Vec<Vec<Event>>, String>| match r {
+    let summary = |r: Result<Vec<Vec<Event>>, EtcdError>| match r {
         Ok(batches) => Ok(batches
             .iter()
             .map(|b| {

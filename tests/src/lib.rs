@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 pub mod fuzz;
 pub mod h2;
 pub mod mesh;
+pub mod proto;
 pub mod rawh2;
 pub mod tls;
 
@@ -658,8 +659,9 @@ pub fn free_port() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
-/// The path of the first of `names` found in PATH; `None` (after saying so) when missing and
-/// not required (`RINGMESH_REQUIRE_TOOLS=1`, set by `.ci/run`, makes it required).
+/// The path of the first of `names` found in PATH. A missing tool fails the test (`bash
+/// tests/run` installs them all); only `RINGMESH_SKIP_MISSING_TOOLS=1` lets the test skip,
+/// saying so.
 pub fn tool(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
@@ -670,14 +672,21 @@ pub fn tool(names: &[&str]) -> Option<PathBuf> {
             }
         }
     }
-    if std::env::var("RINGMESH_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
-        panic!(
-            "{} is required (RINGMESH_REQUIRE_TOOLS=1) but not installed",
-            names[0]
-        );
-    }
-    eprintln!("SKIPPED: {} is not installed", names[0]);
+    missing_tool(names[0]);
     None
+}
+
+/// A tool a test needs is missing: a failure, unless `RINGMESH_SKIP_MISSING_TOOLS=1` asks to
+/// skip (then it says so, and returns false).
+pub fn missing_tool(name: &str) -> bool {
+    if std::env::var("RINGMESH_SKIP_MISSING_TOOLS").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: {name} is not installed (RINGMESH_SKIP_MISSING_TOOLS=1)");
+        return false;
+    }
+    panic!(
+        "{name} is needed by this test and not installed: `bash tests/run` installs what the \
+         tests need, or set RINGMESH_SKIP_MISSING_TOOLS=1 to skip such tests"
+    );
 }
 
 /// Waits until `f` is true or `wait` passes; returns whether it became true.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ringmesh_control::mesh::agent::ControlSource;
 use ringmesh_control::mesh::ca::sha256_hex;
-use ringmesh_control::mesh::client::{Client, Trust};
+use ringmesh_control::mesh::client::{Client, ClientError, Trust};
 use ringmesh_control::mesh::{ApiTls, ControlOptions, ControlPlane, MeshSource};
 use ringmesh_control::{ConfigSource, Proxy, ProxyOptions};
 use serde_json::Value;
@@ -201,7 +201,7 @@ impl At {
     }
 
     /// A request written whole (head and body) by the test, sent over TLS as `who`.
-    pub fn raw(&self, who: &Who, request: &str) -> Result<(u16, Value), String> {
+    pub fn raw(&self, who: &Who, request: &str) -> Result<(u16, Value), ClientError> {
         who.client
             .exchange(&self.addr.to_string(), request.as_bytes(), CALL_WAIT)
             .map(|(s, b)| (s, serde_json::from_slice(&b).unwrap_or(Value::Null)))

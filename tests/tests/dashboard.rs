@@ -1,8 +1,7 @@
 //! The admin dashboard in a real browser, and `/metrics` read by real Prometheus tools.
 //!
-//! These need Debian's `chromium`, `prometheus` and `promtool`. Without them a test says so and
-//! passes, unless `RINGMESH_REQUIRE_TOOLS=1` (set by `.ci/run`, which installs them) makes a
-//! missing tool a failure.
+//! These need Debian's `chromium`, `prometheus` and `promtool` (`bash tests/run` installs
+//! them). A missing one fails the test, unless `RINGMESH_SKIP_MISSING_TOOLS=1` asks to skip.
 
 use std::io::Read;
 use std::net::SocketAddr;

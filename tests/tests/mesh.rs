@@ -605,8 +605,8 @@ nodes:
     assert_eq!(body_of(ie).0, 403);
 }
 
-/// An etcd server of the test's own, on free loopback ports, removed when dropped. `None`
-/// (the test skipped) when etcd is not installed, unless `RINGMESH_REQUIRE_TOOLS=1`.
+/// An etcd server of the test's own, on free loopback ports, removed when dropped. A missing
+/// etcd fails the test; `None` (the test skipped) only with `RINGMESH_SKIP_MISSING_TOOLS=1`.
 struct Etcd {
     child: Option<std::process::Child>,
     client: SocketAddr,

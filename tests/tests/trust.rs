@@ -557,7 +557,7 @@ fn the_state_file_and_an_identity_directory_are_private() {
     if chowned && std::fs::metadata(&dir).expect("dir").uid() == 65534 {
         let e =
             ringmesh_control::mesh::keep::Keep::new("n", Some(dir.clone())).expect_err("refused");
-        assert!(e.contains("owned by user 65534"), "{e}");
+        assert!(e.to_string().contains("owned by user 65534"), "{e}");
     }
     // A path through a symbolic link another user owns is refused.
     let link = std::env::temp_dir().join(format!("ringmesh-foreign-link-{}", std::process::id()));
@@ -572,7 +572,10 @@ fn the_state_file_and_an_identity_directory_are_private() {
     if linked && std::fs::symlink_metadata(&link).expect("link").uid() == 65534 {
         let e = ringmesh_control::mesh::keep::Keep::new("n", Some(link.join("id")))
             .expect_err("refused");
-        assert!(e.contains("symbolic link owned by user 65534"), "{e}");
+        assert!(
+            e.to_string().contains("symbolic link owned by user 65534"),
+            "{e}"
+        );
     }
     let _ = std::fs::remove_file(&link);
     let _ = std::fs::remove_dir_all(&dir);

@@ -21,10 +21,113 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use super::client::{Client, Trust};
-use super::keep::Keep;
+use super::ca::CaError;
+use super::client::{Client, ClientError, Trust};
+use super::keep::{Keep, KeepError};
 use crate::http::percent_encode;
 use crate::shared::{ControlMsg, State};
+use ringmesh_core::tls::PemError;
+
+/// Why `--control` and the options that go with it were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A URL's scheme is neither `https` nor `http`.
+    #[error("--control: `{url}`: expected https://HOST:PORT")]
+    Scheme { url: String },
+    /// A URL holds no `HOST:PORT`.
+    #[error("--control: `{url}` is not an address such as https://127.0.0.1:9900")]
+    Address { url: String },
+    /// No URL was given.
+    #[error("--control: at least one address is required")]
+    NoUrl,
+    /// The node's name is empty.
+    #[error("--node: a node name is required")]
+    NoNode,
+    /// The URLs mix `http://` and `https://`.
+    #[error("--control: every URL must have the same scheme")]
+    MixedSchemes,
+    /// `--insecure-plaintext` with a control plane that is not on this host.
+    #[error(
+        "--insecure-plaintext: `{host}` is not on this host; cleartext is for a loopback control plane only"
+    )]
+    NotLoopback { host: String },
+    /// `http://` URLs without `--insecure-plaintext`.
+    #[error(
+        "--control: http:// is cleartext; it needs --insecure-plaintext (and the control plane's too)"
+    )]
+    Cleartext,
+    /// `--control-ca` or `--control-ca-sha256` with `http://` URLs.
+    #[error("--control-ca and --control-ca-sha256 need https:// URLs")]
+    TrustWithoutTls,
+    /// `--insecure-plaintext` with `https://` URLs.
+    #[error("--insecure-plaintext needs http:// URLs")]
+    PlaintextWithTls,
+    /// TLS without a way to verify the control plane's certificate.
+    #[error(
+        "--control: the control plane's certificate must be verified: give --control-ca FILE or --control-ca-sha256 HEX"
+    )]
+    Unverified,
+}
+
+/// Why a round with the control plane failed, or a snapshot was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The control plane could not be reached, or did not answer.
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    /// The identity could not be kept (`--identity-dir`).
+    #[error("{0}")]
+    Keep(#[from] KeepError),
+    /// No key pair could be made.
+    #[error("{0}")]
+    Ca(#[from] CaError),
+    /// The issued certificate does not go with the node's key.
+    #[error("{0}")]
+    Pem(#[from] PemError),
+    /// The node has no certificate and no bootstrap token to get one.
+    #[error(
+        "the node has no certificate and the proxy was given no bootstrap token (--token-file or RINGMESH_TOKEN)"
+    )]
+    NoToken,
+    /// The mesh CA refused a certificate, with this status and message.
+    #[error("the mesh CA answered {status}: {message}")]
+    CaRefused { status: u16, message: String },
+    /// The mesh CA's answer is not JSON.
+    #[error("invalid answer: {0}")]
+    InvalidAnswer(serde_json::Error),
+    /// The mesh CA's answer lacks a field.
+    #[error("the mesh CA's answer lacks cert, bundle or expires_unix")]
+    IncompleteAnswer,
+    /// A watch was answered with this status and message.
+    #[error("answered {status}: {message}")]
+    WatchRefused { status: u16, message: String },
+    /// A snapshot is not JSON.
+    #[error("invalid snapshot: {0}")]
+    InvalidSnapshot(serde_json::Error),
+    /// A snapshot lacks this field.
+    #[error("snapshot without a {0}")]
+    SnapshotLacks(&'static str),
+    /// A snapshot's listener logs to a file on this host.
+    #[error(
+        "listeners[{listener}].access_log: a control plane's config may log to stdout only, not to a file on this host"
+    )]
+    LogsToFile { listener: usize },
+    /// The proxy is stopping: the snapshot was not applied.
+    #[error("the proxy is stopping")]
+    Stopping,
+    /// The proxy refused the snapshot's config; one message per problem.
+    #[error("{}", .0.join("; "))]
+    Refused(Vec<String>),
+    /// The snapshot cache cannot be examined.
+    #[error("{0}")]
+    Cache(std::io::Error),
+    /// The snapshot cache is not a regular file.
+    #[error("not a regular file")]
+    CacheNotAFile,
+    /// Another user owns the snapshot cache, or may write to it.
+    #[error("owned by user {owner} with mode {mode:o}: another user could have written it")]
+    CacheForeign { owner: u32, mode: u32 },
+}
 
 /// How long a watch waits on the control plane for a change.
 const WAIT: Duration = Duration::from_secs(30);
@@ -61,7 +164,7 @@ impl ControlSource {
         cache: Option<PathBuf>,
         trust: Option<Trust>,
         plaintext: bool,
-    ) -> Result<ControlSource, String> {
+    ) -> Result<ControlSource, SourceError> {
         let mut out = Vec::new();
         let mut schemes = std::collections::BTreeSet::new();
         for u in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
@@ -70,7 +173,7 @@ impl ControlSource {
                 None => ("https", u),
             };
             if !matches!(scheme, "http" | "https") {
-                return Err(format!("--control: `{u}`: expected https://HOST:PORT"));
+                return Err(SourceError::Scheme { url: u.to_string() });
             }
             schemes.insert(scheme);
             let hostport = rest.split('/').next().unwrap_or_default();
@@ -78,17 +181,15 @@ impl ControlSource {
                 .rsplit_once(':')
                 .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
             {
-                return Err(format!(
-                    "--control: `{u}` is not an address such as https://127.0.0.1:9900"
-                ));
+                return Err(SourceError::Address { url: u.to_string() });
             }
             out.push(hostport.to_string());
         }
         if out.is_empty() {
-            return Err("--control: at least one address is required".into());
+            return Err(SourceError::NoUrl);
         }
         if node.is_empty() {
-            return Err("--node: a node name is required".into());
+            return Err(SourceError::NoNode);
         }
         let trust = match (
             schemes.contains("http"),
@@ -97,7 +198,7 @@ impl ControlSource {
             trust,
         ) {
             (true, true, _, _) => {
-                return Err("--control: every URL must have the same scheme".into());
+                return Err(SourceError::MixedSchemes);
             }
             (true, false, true, None) => {
                 // Cleartext crosses no network: the control plane must be on this host.
@@ -112,29 +213,21 @@ impl ControlSource {
                             .is_ok_and(|ip| ip.is_loopback())
                 };
                 if let Some(h) = out.iter().find(|h| !on_this_host(h)) {
-                    return Err(format!(
-                        "--insecure-plaintext: `{h}` is not on this host; cleartext is for a loopback control plane only"
-                    ));
+                    return Err(SourceError::NotLoopback { host: h.clone() });
                 }
                 Trust::Plaintext
             }
             (true, false, false, _) => {
-                return Err(
-                    "--control: http:// is cleartext; it needs --insecure-plaintext (and the control plane's too)"
-                        .into(),
-                );
+                return Err(SourceError::Cleartext);
             }
             (true, false, true, Some(_)) => {
-                return Err("--control-ca and --control-ca-sha256 need https:// URLs".into());
+                return Err(SourceError::TrustWithoutTls);
             }
             (false, _, true, _) => {
-                return Err("--insecure-plaintext needs http:// URLs".into());
+                return Err(SourceError::PlaintextWithTls);
             }
             (false, _, false, None) => {
-                return Err(
-                    "--control: the control plane's certificate must be verified: give --control-ca FILE or --control-ca-sha256 HEX"
-                        .into(),
-                );
+                return Err(SourceError::Unverified);
             }
             (false, _, false, Some(t)) => t,
         };
@@ -263,7 +356,7 @@ impl Agent {
     }
 
     /// One round: a certificate if one is needed, then one watch and what it brought.
-    fn step(&mut self, addr: &str) -> Result<(), String> {
+    fn step(&mut self, addr: &str) -> Result<(), AgentError> {
         if self.expires.is_some_and(|t| now_secs() >= t) {
             // Offline past its certificate's life: the control plane will refuse it; only a
             // (new) bootstrap token gets the node a certificate again.
@@ -302,7 +395,7 @@ impl Agent {
                 self.cert_problem = Some(why.into());
             }
             match self.apply(version, text, fresh) {
-                Some(result) => self.report(addr, version, result.err()),
+                Some(result) => self.report(addr, version, result.err().map(|e| e.to_string())),
                 None => return Ok(()),
             }
         }
@@ -398,7 +491,7 @@ impl Agent {
 
     /// Renews the certificate and applies the config in force again, so that listeners and
     /// clusters load it.
-    fn renew(&mut self, addr: &str) -> Result<(), String> {
+    fn renew(&mut self, addr: &str) -> Result<(), AgentError> {
         self.fetch_identity(addr, false)?;
         match &self.applied {
             Some((_, text)) => self.apply_text(text.clone()),
@@ -407,13 +500,14 @@ impl Agent {
     }
 
     /// The node's first certificate, with its bootstrap token.
-    fn bootstrap(&mut self, addr: &str) -> Result<(), String> {
+    fn bootstrap(&mut self, addr: &str) -> Result<(), AgentError> {
         let r = self.fetch_identity(addr, true);
         if let Err(e) = &r {
             // Said once while it stays the same: the proxy keeps trying quietly.
-            if self.cert_problem.as_ref() != Some(e) {
-                tracing::error!(error = %e, "this node cannot get its certificate: it cannot watch the control plane");
-                self.cert_problem = Some(e.clone());
+            let said = e.to_string();
+            if self.cert_problem.as_ref() != Some(&said) {
+                tracing::error!(error = %said, "this node cannot get its certificate: it cannot watch the control plane");
+                self.cert_problem = Some(said);
             }
         } else {
             self.cert_problem = None;
@@ -424,11 +518,9 @@ impl Agent {
     /// Asks the mesh CA for a certificate over a new key: with the bootstrap token
     /// (`bootstrap`), or over mTLS with the certificate in use. Keeps key, certificate and
     /// trust bundle.
-    fn fetch_identity(&mut self, addr: &str, bootstrap: bool) -> Result<(), String> {
+    fn fetch_identity(&mut self, addr: &str, bootstrap: bool) -> Result<(), AgentError> {
         let header = if bootstrap {
-            let token = self.source.token.as_deref().ok_or(
-                "the node has no certificate and the proxy was given no bootstrap token (--token-file or RINGMESH_TOKEN)",
-            )?;
+            let token = self.source.token.as_deref().ok_or(AgentError::NoToken)?;
             format!("authorization: Bearer {token}\r\n")
         } else {
             String::new()
@@ -459,18 +551,20 @@ impl Agent {
             &header,
         )?;
         if status != 200 {
-            return Err(format!(
-                "the mesh CA answered {status}: {}",
-                String::from_utf8_lossy(&resp[..resp.len().min(300)]).trim()
-            ));
+            return Err(AgentError::CaRefused {
+                status,
+                message: String::from_utf8_lossy(&resp[..resp.len().min(300)])
+                    .trim()
+                    .to_string(),
+            });
         }
-        let v: Value = serde_json::from_slice(&resp).map_err(|e| format!("invalid answer: {e}"))?;
+        let v: Value = serde_json::from_slice(&resp).map_err(AgentError::InvalidAnswer)?;
         let (Some(cert), Some(bundle), Some(expires)) = (
             v["cert"].as_str(),
             v["bundle"].as_str(),
             v["expires_unix"].as_i64(),
         ) else {
-            return Err("the mesh CA's answer lacks cert, bundle or expires_unix".into());
+            return Err(AgentError::IncompleteAnswer);
         };
         let marks = (
             v["marks"]["bundle"]
@@ -503,7 +597,7 @@ impl Agent {
     }
 
     /// One long-poll; it ends in time for the next certificate renewal.
-    fn watch(&mut self, addr: &str) -> Result<Watched, String> {
+    fn watch(&mut self, addr: &str) -> Result<Watched, AgentError> {
         let wait = match &self.identity {
             Some((_, at)) => at
                 .duration_since(SystemTime::now())
@@ -527,9 +621,11 @@ impl Agent {
         match status {
             200 => {
                 let v: Value =
-                    serde_json::from_slice(&body).map_err(|e| format!("invalid snapshot: {e}"))?;
-                let version = v["version"].as_u64().ok_or("snapshot without a version")?;
-                let config = v.get("config").ok_or("snapshot without a config")?;
+                    serde_json::from_slice(&body).map_err(AgentError::InvalidSnapshot)?;
+                let version = v["version"]
+                    .as_u64()
+                    .ok_or(AgentError::SnapshotLacks("version"))?;
+                let config = v.get("config").ok_or(AgentError::SnapshotLacks("config"))?;
                 let marks = v.get("identity").map(|i| {
                     (
                         i["bundle"].as_str().unwrap_or_default().to_string(),
@@ -539,16 +635,18 @@ impl Agent {
                 Ok(Watched::Snapshot(version, config.to_string(), marks))
             }
             304 => Ok(Watched::Unchanged),
-            _ => Err(format!(
-                "answered {status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
-            )),
+            _ => Err(AgentError::WatchRefused {
+                status,
+                message: String::from_utf8_lossy(&body[..body.len().min(200)])
+                    .trim()
+                    .to_string(),
+            }),
         }
     }
 
     /// Applies a snapshot through the control thread (again even if unchanged when `fresh`: a
     /// new certificate is loaded that way); `None` when the proxy is stopping.
-    fn apply(&mut self, version: u64, text: String, fresh: bool) -> Option<Result<(), String>> {
+    fn apply(&mut self, version: u64, text: String, fresh: bool) -> Option<Result<(), AgentError>> {
         self.seen = Some(version);
         let result = if !fresh && self.applied.as_ref().is_some_and(|(_, t)| *t == text) {
             // Same config under a new version (a change elsewhere in the mesh).
@@ -576,7 +674,7 @@ impl Agent {
     /// Hands the config to the control thread, with where the identity is put in place. A
     /// config that names a file for an access log is refused here, whatever sent it (the
     /// cache, a control plane): the control plane never names files on proxy hosts.
-    fn apply_text(&self, text: String) -> Result<(), String> {
+    fn apply_text(&self, text: String) -> Result<(), AgentError> {
         names_no_files(&text)?;
         let at = Value::String(self.keep.location()).to_string();
         // Inside a JSON string: the location without its quotes.
@@ -585,11 +683,11 @@ impl Agent {
         let (tx, rx) = flume::bounded(1);
         self.control
             .send(ControlMsg::Apply { text, reply: tx })
-            .map_err(|_| "the proxy is stopping".to_string())?;
+            .map_err(|_| AgentError::Stopping)?;
         rx.recv()
-            .map_err(|_| "the proxy is stopping".to_string())?
+            .map_err(|_| AgentError::Stopping)?
             .map(|_| ())
-            .map_err(|errs| errs.join("; "))
+            .map_err(AgentError::Refused)
     }
 
     fn write_cache(&self, version: u64, config: &str) {
@@ -644,35 +742,32 @@ use rustls_pki_types::pem::PemObject as _;
 
 /// Refuses a config that names a file for an access log (a control plane's config goes to
 /// stdout only).
-fn names_no_files(text: &str) -> Result<(), String> {
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("invalid snapshot: {e}"))?;
+fn names_no_files(text: &str) -> Result<(), AgentError> {
+    let v: Value = serde_json::from_str(text).map_err(AgentError::InvalidSnapshot)?;
     for (i, l) in v["listeners"].as_array().into_iter().flatten().enumerate() {
         let Some(log) = l.get("access_log") else {
             continue;
         };
         let target = log.as_str().or_else(|| log.get("path")?.as_str());
         if target != Some("stdout") {
-            return Err(format!(
-                "listeners[{i}].access_log: a control plane's config may log to stdout only, not to a file on this host"
-            ));
+            return Err(AgentError::LogsToFile { listener: i });
         }
     }
     Ok(())
 }
 
 /// A file this user owns and nobody else may write.
-fn private_file(path: &std::path::Path) -> Result<(), String> {
+fn private_file(path: &std::path::Path) -> Result<(), AgentError> {
     use std::os::unix::fs::MetadataExt as _;
-    let m = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    let m = std::fs::symlink_metadata(path).map_err(AgentError::Cache)?;
     if !m.is_file() {
-        return Err("not a regular file".into());
+        return Err(AgentError::CacheNotAFile);
     }
     if m.uid() != ringmesh_core::sys::euid() || m.mode() & 0o022 != 0 {
-        return Err(format!(
-            "owned by user {} with mode {:o}: another user could have written it",
-            m.uid(),
-            m.mode() & 0o7777
-        ));
+        return Err(AgentError::CacheForeign {
+            owner: m.uid(),
+            mode: m.mode() & 0o7777,
+        });
     }
     Ok(())
 }

@@ -17,6 +17,59 @@ use rcgen::{
 };
 use serde_json::{Value, json};
 
+/// Why the CA could not make, take in, restore or use an authority.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// rcgen could not make a key, read one, or sign a certificate.
+    #[error("{0}")]
+    Crypto(#[from] rcgen::Error),
+    /// A validity bound is out of the range of dates a certificate can carry.
+    #[error("{0}")]
+    Time(#[from] time::error::ComponentRange),
+    /// The operator's CA is unusable; `field` (`ca.cert` or `ca.key`) names the file at fault.
+    #[error("{field}: {why}")]
+    Operator { field: &'static str, why: String },
+    /// A name to certify is not a valid DNS name or URI.
+    #[error("{name}: {source}")]
+    Name { name: String, source: rcgen::Error },
+    /// A proxy's public key is not an uncompressed P-256 point in hex.
+    #[error("public_key: expected an uncompressed P-256 point (65 bytes) in hex")]
+    PublicKey,
+    /// A rotation was asked for while one is in progress.
+    #[error("a rotation is in progress")]
+    RotationInProgress,
+    /// The authority's certificate (as saved, or as made here) is not PEM.
+    #[error("the CA certificate is not valid PEM: {0}")]
+    Pem(rustls_pki_types::pem::Error),
+    /// The authority's certificate cannot be rebuilt into an issuer.
+    #[error("the CA certificate cannot sign: {0}")]
+    CannotSign(rcgen::Error),
+    /// The authority's certificate has no subjectPublicKeyInfo that can be read.
+    #[error("the CA certificate has no readable key")]
+    NoPublicKey,
+    /// A saved authority (state file, store) lacks this field.
+    #[error("no {0}")]
+    Stored(&'static str),
+}
+
+impl CaError {
+    /// A problem with the operator's `field` (`ca.cert` or `ca.key`).
+    fn operator(field: &'static str, why: impl ToString) -> CaError {
+        CaError::Operator {
+            field,
+            why: why.to_string(),
+        }
+    }
+
+    /// `name` cannot be certified (for `map_err`).
+    fn name(name: &str) -> impl FnOnce(rcgen::Error) -> CaError + '_ {
+        move |source| CaError::Name {
+            name: name.to_string(),
+            source,
+        }
+    }
+}
+
 /// An operator's CA as the mesh file names it.
 #[derive(Clone, PartialEq)]
 pub struct OperatorCa {
@@ -95,7 +148,7 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
-fn ca_params(trust_domain: &str, created: i64) -> Result<CertificateParams, String> {
+fn ca_params(trust_domain: &str, created: i64) -> Result<CertificateParams, CaError> {
     let mut p = CertificateParams::default();
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     let mut dn = DistinguishedName::new();
@@ -106,47 +159,58 @@ fn ca_params(trust_domain: &str, created: i64) -> Result<CertificateParams, Stri
     );
     p.distinguished_name = dn;
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    p.not_before =
-        time::OffsetDateTime::from_unix_timestamp(created - 3600).map_err(|e| e.to_string())?;
-    p.not_after = time::OffsetDateTime::from_unix_timestamp(created + CA_LIFETIME.as_secs() as i64)
-        .map_err(|e| e.to_string())?;
+    p.not_before = time::OffsetDateTime::from_unix_timestamp(created - 3600)?;
+    p.not_after =
+        time::OffsetDateTime::from_unix_timestamp(created + CA_LIFETIME.as_secs() as i64)?;
     Ok(p)
 }
 
 impl Authority {
     /// A new authority for `trust_domain`.
-    pub fn generate(trust_domain: &str) -> Result<Authority, String> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    pub fn generate(trust_domain: &str) -> Result<Authority, CaError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let created = now_secs();
-        let cert = ca_params(trust_domain, created)?
-            .self_signed(&key)
-            .map_err(|e| e.to_string())?;
+        let cert = ca_params(trust_domain, created)?.self_signed(&key)?;
         Authority::with(key, cert.pem(), String::new(), created, false)
     }
 
     /// The operator's authority: `cert` holds its certificate first, then (for an
     /// intermediate) the rest of its chain; `key` its private key (PKCS#8 PEM). Refused when
     /// the certificate is no CA, has expired, or does not match the key.
-    pub fn from_operator(cert: &str, key: &str) -> Result<Authority, String> {
+    pub fn from_operator(cert: &str, key: &str) -> Result<Authority, CaError> {
         let blocks: Vec<Vec<u8>> = pem_blocks(cert)?;
         let Some(first) = blocks.first() else {
-            return Err("ca.cert: no certificate".into());
+            return Err(CaError::operator("ca.cert", "no certificate"));
         };
-        let params = CertificateParams::from_ca_cert_der(&first.clone().into())
-            .map_err(|e| format!("ca.cert: not a certificate rcgen can sign with: {e}"))?;
+        let params = CertificateParams::from_ca_cert_der(&first.clone().into()).map_err(|e| {
+            CaError::operator(
+                "ca.cert",
+                format!("not a certificate rcgen can sign with: {e}"),
+            )
+        })?;
         if !matches!(params.is_ca, IsCa::Ca(_)) {
-            return Err("ca.cert: the certificate is not a CA (basicConstraints cA)".into());
+            return Err(CaError::operator(
+                "ca.cert",
+                "the certificate is not a CA (basicConstraints cA)",
+            ));
         }
         let now = now_secs();
         if params.not_after.unix_timestamp() <= now {
-            return Err("ca.cert: the certificate has expired".into());
+            return Err(CaError::operator("ca.cert", "the certificate has expired"));
         }
-        let key = KeyPair::from_pem(key)
-            .map_err(|e| format!("ca.key: not a PKCS#8 private key rcgen can sign with: {e}"))?;
+        let key = KeyPair::from_pem(key).map_err(|e| {
+            CaError::operator(
+                "ca.key",
+                format!("not a PKCS#8 private key rcgen can sign with: {e}"),
+            )
+        })?;
         let spki = ringmesh_core::tls::subject_public_key_info(first)
-            .ok_or("ca.cert: unreadable subjectPublicKeyInfo")?;
+            .ok_or_else(|| CaError::operator("ca.cert", "unreadable subjectPublicKeyInfo"))?;
         if spki != key.public_key_der().as_slice() {
-            return Err("ca.key: the key does not match ca.cert".into());
+            return Err(CaError::operator(
+                "ca.key",
+                "the key does not match ca.cert",
+            ));
         }
         let chain: String = blocks[1..].iter().map(|b| der_to_pem(b)).collect();
         Authority::with(key, der_to_pem(first), chain, now, true)
@@ -158,16 +222,14 @@ impl Authority {
         chain_pem: String,
         created: i64,
         operator: bool,
-    ) -> Result<Authority, String> {
+    ) -> Result<Authority, CaError> {
         let der = rustls_pki_der(&cert_pem)?;
         // Rebuilt from the certificate itself (its name and key identifier), so that what it
         // signs names it as the issuer exactly.
         let issuer = CertificateParams::from_ca_cert_der(&der.clone().into())
-            .map_err(|e| format!("the CA certificate cannot sign: {e}"))?
-            .self_signed(&key)
-            .map_err(|e| e.to_string())?;
-        let spki = ringmesh_core::tls::subject_public_key_info(&der)
-            .ok_or("the CA certificate has no readable key")?;
+            .map_err(CaError::CannotSign)?
+            .self_signed(&key)?;
+        let spki = ringmesh_core::tls::subject_public_key_info(&der).ok_or(CaError::NoPublicKey)?;
         let leaf_chain = if ringmesh_core::tls::is_self_issued(&der) {
             String::new()
         } else {
@@ -187,11 +249,11 @@ impl Authority {
     }
 
     /// An authority saved by [`Authority::to_json`].
-    pub fn from_json(v: &Value, _trust_domain: &str) -> Result<Authority, String> {
-        let key_pem = v["key"].as_str().ok_or("no key")?;
-        let cert_pem = v["cert"].as_str().ok_or("no cert")?;
-        let created = v["created"].as_i64().ok_or("no created")?;
-        let key = KeyPair::from_pem(key_pem).map_err(|e| e.to_string())?;
+    pub fn from_json(v: &Value, _trust_domain: &str) -> Result<Authority, CaError> {
+        let key_pem = v["key"].as_str().ok_or(CaError::Stored("key"))?;
+        let cert_pem = v["cert"].as_str().ok_or(CaError::Stored("cert"))?;
+        let created = v["created"].as_i64().ok_or(CaError::Stored("created"))?;
+        let key = KeyPair::from_pem(key_pem)?;
         let chain = v["chain"].as_str().unwrap_or_default().to_string();
         let operator = v["operator"].as_bool().unwrap_or(false);
         Authority::with(key, cert_pem.to_string(), chain, created, operator)
@@ -213,8 +275,8 @@ impl Authority {
         names: &[String],
         ips: &[std::net::IpAddr],
         ttl: Duration,
-    ) -> Result<(String, String, i64), String> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    ) -> Result<(String, String, i64), CaError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let now = now_secs();
         let expires = now + ttl.as_secs() as i64;
         let mut p = CertificateParams::default();
@@ -225,20 +287,16 @@ impl Authority {
         let mut sans = Vec::new();
         for n in names {
             sans.push(SanType::DnsName(
-                n.as_str().try_into().map_err(|e| format!("{n}: {e}"))?,
+                n.as_str().try_into().map_err(CaError::name(n))?,
             ));
         }
         sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         p.subject_alt_names = sans;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        p.not_before =
-            time::OffsetDateTime::from_unix_timestamp(now - 60).map_err(|e| e.to_string())?;
-        p.not_after =
-            time::OffsetDateTime::from_unix_timestamp(expires).map_err(|e| e.to_string())?;
-        let cert = p
-            .signed_by(&key, &self.issuer, &self.key)
-            .map_err(|e| e.to_string())?;
+        p.not_before = time::OffsetDateTime::from_unix_timestamp(now - 60)?;
+        p.not_after = time::OffsetDateTime::from_unix_timestamp(expires)?;
+        let cert = p.signed_by(&key, &self.issuer, &self.key)?;
         let chain = format!("{}{}{}", cert.pem(), self.cert_pem, self.chain_pem);
         Ok((chain, key.serialize_pem(), expires))
     }
@@ -254,7 +312,7 @@ impl Authority {
         dns_name: &str,
         node: &str,
         ttl: Duration,
-    ) -> Result<(String, i64), String> {
+    ) -> Result<(String, i64), CaError> {
         let raw = public_key_bytes(public_key_hex)?;
         let now = now_secs();
         let expires = now + ttl.as_secs() as i64;
@@ -267,8 +325,8 @@ impl Authority {
         );
         p.distinguished_name = dn;
         p.subject_alt_names = vec![
-            SanType::URI(spiffe_id.try_into().map_err(|e| format!("{e}"))?),
-            SanType::DnsName(dns_name.try_into().map_err(|e| format!("{e}"))?),
+            SanType::URI(spiffe_id.try_into().map_err(CaError::name(spiffe_id))?),
+            SanType::DnsName(dns_name.try_into().map_err(CaError::name(dns_name))?),
         ];
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![
@@ -276,22 +334,18 @@ impl Authority {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         // A minute of allowance for clocks that run behind.
-        p.not_before =
-            time::OffsetDateTime::from_unix_timestamp(now - 60).map_err(|e| e.to_string())?;
-        p.not_after =
-            time::OffsetDateTime::from_unix_timestamp(expires).map_err(|e| e.to_string())?;
-        let cert = p
-            .signed_by(&RawP256(raw), &self.issuer, &self.key)
-            .map_err(|e| e.to_string())?;
+        p.not_before = time::OffsetDateTime::from_unix_timestamp(now - 60)?;
+        p.not_after = time::OffsetDateTime::from_unix_timestamp(expires)?;
+        let cert = p.signed_by(&RawP256(raw), &self.issuer, &self.key)?;
         Ok((cert.pem() + &self.leaf_chain, expires))
     }
 }
 
 /// A proxy's public key, decoded: an uncompressed P-256 point (65 bytes, hex-encoded).
-pub fn public_key_bytes(hex: &str) -> Result<Vec<u8>, String> {
+pub fn public_key_bytes(hex: &str) -> Result<Vec<u8>, CaError> {
     unhex(hex)
         .filter(|k| k.len() == 65 && k[0] == 4)
-        .ok_or_else(|| "public_key: expected an uncompressed P-256 point (65 bytes) in hex".into())
+        .ok_or(CaError::PublicKey)
 }
 
 /// A proxy's public key as it sent it.
@@ -308,12 +362,12 @@ impl PublicKeyData for RawP256 {
 }
 
 /// The DER of each certificate in PEM text.
-fn pem_blocks(pem: &str) -> Result<Vec<Vec<u8>>, String> {
+fn pem_blocks(pem: &str) -> Result<Vec<Vec<u8>>, CaError> {
     use rustls_pki_types::pem::PemObject;
     rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
         .map(|c| c.map(|c| c.to_vec()))
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("ca.cert: not valid PEM: {e}"))
+        .map_err(|e| CaError::operator("ca.cert", format!("not valid PEM: {e}")))
 }
 
 fn der_to_pem(der: &[u8]) -> String {
@@ -328,16 +382,16 @@ fn der_to_pem(der: &[u8]) -> String {
     out
 }
 
-fn rustls_pki_der(pem: &str) -> Result<Vec<u8>, String> {
+fn rustls_pki_der(pem: &str) -> Result<Vec<u8>, CaError> {
     use rustls_pki_types::pem::PemObject;
     rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
         .map(|c| c.to_vec())
-        .map_err(|e| format!("the CA certificate is not valid PEM: {e}"))
+        .map_err(CaError::Pem)
 }
 
 /// A new key pair for a proxy: the PKCS#8 PEM it keeps and the public key (hex) it sends.
-pub fn new_key() -> Result<(String, String), String> {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+pub fn new_key() -> Result<(String, String), CaError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     Ok((key.serialize_pem(), hex(key.public_key_raw())))
 }
 
@@ -356,7 +410,7 @@ pub struct Ca {
 
 impl Ca {
     /// A CA with a new authority.
-    pub fn generate(trust_domain: &str) -> Result<Ca, String> {
+    pub fn generate(trust_domain: &str) -> Result<Ca, CaError> {
         Ok(Ca::with(Authority::generate(trust_domain)?))
     }
 
@@ -372,7 +426,7 @@ impl Ca {
 
     /// When the mesh file names an operator's CA that is neither issuing nor about to: starts
     /// the rotation to it (overlapping as any rotation does). Returns whether it did.
-    pub fn adopt(&mut self, operator: Option<&OperatorCa>) -> Result<bool, String> {
+    pub fn adopt(&mut self, operator: Option<&OperatorCa>) -> Result<bool, CaError> {
         let Some(op) = operator else {
             return Ok(false);
         };
@@ -419,7 +473,7 @@ impl Ca {
     }
 
     /// From the state file.
-    pub fn from_json(v: &Value, trust_domain: &str) -> Result<Ca, String> {
+    pub fn from_json(v: &Value, trust_domain: &str) -> Result<Ca, CaError> {
         let current = Authority::from_json(&v["current"], trust_domain)?;
         let next = match v.get("next").filter(|n| !n.is_null()) {
             Some(n) => Some((
@@ -444,14 +498,14 @@ impl Ca {
     }
 
     /// Starts a rotation: a new authority, trusted from now, issuing later.
-    pub fn rotate(&mut self, trust_domain: &str) -> Result<(), String> {
+    pub fn rotate(&mut self, trust_domain: &str) -> Result<(), CaError> {
         self.rotate_to(Authority::generate(trust_domain)?)
     }
 
     /// Starts a rotation to `next` (an operator's new CA, say), as [`Ca::rotate`] does.
-    pub fn rotate_to(&mut self, next: Authority) -> Result<(), String> {
+    pub fn rotate_to(&mut self, next: Authority) -> Result<(), CaError> {
         if self.next.is_some() {
-            return Err("a rotation is in progress".into());
+            return Err(CaError::RotationInProgress);
         }
         self.next = Some((next, now_secs()));
         Ok(())

@@ -17,13 +17,81 @@ use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{VerifierBuilderError, WebPkiServerVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::ca::sha256_hex;
+use crate::http::Unanswered;
+use ringmesh_core::tls::PemError;
+
+/// Why the control plane's trust could not be set up, or an exchange with it failed. Messages
+/// about an exchange start with the address dialled.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// `--control-ca-sha256` is not 64 hex digits.
+    #[error(
+        "--control-ca-sha256: `{given}` is not a SHA-256 (64 hex digits, optionally after sha256:)"
+    )]
+    Pin { given: String },
+    /// The `--control-ca` file cannot be read.
+    #[error("--control-ca: cannot read {}: {source}", .path.display())]
+    CaFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The `--control-ca` file holds no usable CA certificate.
+    #[error("--control-ca: {}: {source}", .path.display())]
+    CaPem {
+        path: std::path::PathBuf,
+        source: PemError,
+    },
+    /// The configured CA certificates are no longer usable as trust anchors.
+    #[error("--control-ca: {0}")]
+    Roots(PemError),
+    /// No verifier can be built over the trust anchors.
+    #[error("{0}")]
+    Verifier(#[from] VerifierBuilderError),
+    /// rustls refused the client's TLS settings.
+    #[error("{0}")]
+    Config(rustls::Error),
+    /// The address does not resolve.
+    #[error("{addr}: {source}")]
+    Resolve {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// The address resolves to nothing.
+    #[error("{addr}: no address")]
+    NoAddress { addr: String },
+    /// The connection cannot be made or set up.
+    #[error("{addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// The host of the address is neither an IP address nor a DNS name.
+    #[error("{addr}: `{host}` is not a server name: {source}")]
+    ServerName {
+        addr: String,
+        host: String,
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// The TLS session cannot be started.
+    #[error("{addr}: {source}")]
+    Tls { addr: String, source: rustls::Error },
+    /// The request cannot be sent.
+    #[error("{addr}: {source}")]
+    Send {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// No (whole, well-formed) answer came.
+    #[error("{addr}: {source}")]
+    Unanswered { addr: String, source: Unanswered },
+}
 
 /// How the control plane's certificate is trusted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,22 +106,26 @@ pub enum Trust {
 
 impl Trust {
     /// `--control-ca-sha256`: 64 hex digits, optionally after `sha256:`.
-    pub fn pin(hex: &str) -> Result<Trust, String> {
+    pub fn pin(hex: &str) -> Result<Trust, ClientError> {
         let h = hex.trim().strip_prefix("sha256:").unwrap_or(hex.trim());
         if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!(
-                "--control-ca-sha256: `{hex}` is not a SHA-256 (64 hex digits, optionally after sha256:)"
-            ));
+            return Err(ClientError::Pin {
+                given: hex.to_string(),
+            });
         }
         Ok(Trust::Pin(h.to_ascii_lowercase()))
     }
 
     /// `--control-ca FILE`, checked now.
-    pub fn ca_file(path: &std::path::Path) -> Result<Trust, String> {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("--control-ca: cannot read {}: {e}", path.display()))?;
-        ringmesh_core::tls::roots_from_pem(&pem)
-            .map_err(|e| format!("--control-ca: {}: {e}", path.display()))?;
+    pub fn ca_file(path: &std::path::Path) -> Result<Trust, ClientError> {
+        let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        ringmesh_core::tls::roots_from_pem(&pem).map_err(|source| ClientError::CaPem {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(Trust::Ca(pem))
     }
 }
@@ -93,10 +165,8 @@ struct Verify {
 fn webpki(
     roots: RootCertStore,
     provider: &Arc<rustls::crypto::CryptoProvider>,
-) -> Result<Arc<WebPkiServerVerifier>, String> {
-    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| e.to_string())
+) -> Result<Arc<WebPkiServerVerifier>, VerifierBuilderError> {
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()
 }
 
 impl ServerCertVerifier for Verify {
@@ -135,7 +205,7 @@ impl ServerCertVerifier for Verify {
         };
         let mut roots = RootCertStore::empty();
         roots.add(anchor.clone())?;
-        let v = webpki(roots, &self.provider).map_err(rustls::Error::General)?;
+        let v = webpki(roots, &self.provider).map_err(|e| rustls::Error::General(e.to_string()))?;
         v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
     }
 
@@ -243,7 +313,7 @@ impl Write for Conn {
 const MAX_ANSWER: usize = 64 * 1024 * 1024;
 
 impl Client {
-    fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+    fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, ClientError> {
         let provider = ringmesh_core::tls::provider();
         let mut roots = RootCertStore::empty();
         if let Some(Ok(r)) = self
@@ -255,7 +325,7 @@ impl Client {
         }
         let pin = match &self.trust {
             Trust::Ca(pem) => {
-                let r = ringmesh_core::tls::roots_from_pem(pem)?;
+                let r = ringmesh_core::tls::roots_from_pem(pem).map_err(ClientError::Roots)?;
                 roots.roots.extend(r.roots);
                 None
             }
@@ -271,7 +341,7 @@ impl Client {
         };
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| e.to_string())?
+            .map_err(ClientError::Config)?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verify));
         let mut config = match &self.identity {
@@ -282,19 +352,26 @@ impl Client {
         Ok(Arc::new(config))
     }
 
-    fn connect(&self, addr: &str, timeout: Duration) -> Result<Conn, String> {
+    fn connect(&self, addr: &str, timeout: Duration) -> Result<Conn, ClientError> {
         let target: SocketAddr = addr
             .to_socket_addrs()
-            .map_err(|e| format!("{addr}: {e}"))?
+            .map_err(|source| ClientError::Resolve {
+                addr: addr.to_string(),
+                source,
+            })?
             .next()
-            .ok_or_else(|| format!("{addr}: no address"))?;
-        let s = TcpStream::connect_timeout(&target, Duration::from_secs(2))
-            .map_err(|e| format!("{addr}: {e}"))?;
+            .ok_or_else(|| ClientError::NoAddress {
+                addr: addr.to_string(),
+            })?;
+        let connect = |source| ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        };
+        let s = TcpStream::connect_timeout(&target, Duration::from_secs(2)).map_err(connect)?;
         let _ = s.set_nodelay(true);
-        s.set_read_timeout(Some(timeout))
-            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(timeout)).map_err(connect)?;
         s.set_write_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
+            .map_err(connect)?;
         if self.trust == Trust::Plaintext {
             return Ok(Conn::Plain(s));
         }
@@ -302,16 +379,25 @@ impl Client {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let name = match host.parse::<IpAddr>() {
             Ok(ip) => ServerName::IpAddress(ip.into()),
-            Err(_) => ServerName::try_from(host.to_string())
-                .map_err(|e| format!("{addr}: `{host}` is not a server name: {e}"))?,
+            Err(_) => ServerName::try_from(host.to_string()).map_err(|source| {
+                ClientError::ServerName {
+                    addr: addr.to_string(),
+                    host: host.to_string(),
+                    source,
+                }
+            })?,
         };
-        let conn = rustls::ClientConnection::new(self.tls_config()?, name)
-            .map_err(|e| format!("{addr}: {e}"))?;
+        let conn = rustls::ClientConnection::new(self.tls_config()?, name).map_err(|source| {
+            ClientError::Tls {
+                addr: addr.to_string(),
+                source,
+            }
+        })?;
         Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(conn, s))))
     }
 
     /// A new connection, for several requests; reads wait up to `timeout`.
-    pub fn open(&self, addr: &str, timeout: Duration) -> Result<Stream, String> {
+    pub fn open(&self, addr: &str, timeout: Duration) -> Result<Stream, ClientError> {
         self.connect(addr, timeout).map(Stream)
     }
 
@@ -321,12 +407,20 @@ impl Client {
         addr: &str,
         raw: &[u8],
         timeout: Duration,
-    ) -> Result<(u16, Vec<u8>), String> {
+    ) -> Result<(u16, Vec<u8>), ClientError> {
         let mut s = self.connect(addr, timeout)?;
-        s.write_all(raw).map_err(|e| format!("{addr}: {e}"))?;
-        s.flush().map_err(|e| format!("{addr}: {e}"))?;
-        let (status, body, _) =
-            crate::http::read_answer(&mut s, MAX_ANSWER).map_err(|e| format!("{addr}: {e}"))?;
+        let send = |source| ClientError::Send {
+            addr: addr.to_string(),
+            source,
+        };
+        s.write_all(raw).map_err(send)?;
+        s.flush().map_err(send)?;
+        let (status, body, _) = crate::http::read_answer(&mut s, MAX_ANSWER).map_err(|source| {
+            ClientError::Unanswered {
+                addr: addr.to_string(),
+                source,
+            }
+        })?;
         Ok((status, body))
     }
 
@@ -340,7 +434,7 @@ impl Client {
         body: Option<&[u8]>,
         timeout: Duration,
         headers: &str,
-    ) -> Result<(u16, Vec<u8>), String> {
+    ) -> Result<(u16, Vec<u8>), ClientError> {
         let body = body.unwrap_or_default();
         let mut out = format!(
             "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n{headers}",
@@ -413,12 +507,12 @@ mod tests {
     #[test]
     fn pins_are_sha256_hex_with_or_without_a_prefix() {
         let h = "ab".repeat(32);
-        assert_eq!(Trust::pin(&h), Ok(Trust::Pin(h.clone())));
+        assert_eq!(Trust::pin(&h).ok(), Some(Trust::Pin(h.clone())));
         assert_eq!(
-            Trust::pin(&format!("sha256:{}", h.to_uppercase())),
-            Ok(Trust::Pin(h))
+            Trust::pin(&format!("sha256:{}", h.to_uppercase())).ok(),
+            Some(Trust::Pin(h))
         );
-        assert!(Trust::pin("abcd").is_err());
+        assert!(matches!(Trust::pin("abcd"), Err(ClientError::Pin { given }) if given == "abcd"));
         assert!(Trust::pin(&"zz".repeat(32)).is_err());
     }
 }

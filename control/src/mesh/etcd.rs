@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::http::{Unanswered, read_answer};
 use ringmesh_core::http1::ChunkedDecoder;
+use ringmesh_core::tls::TlsError;
 
 /// Largest answer read (a range of the whole prefix included).
 const MAX_ANSWER: usize = 256 << 20;
@@ -38,23 +39,129 @@ pub enum Event {
     Delete(Kv),
 }
 
-/// An etcd error: `unavailable` when no endpoint answered (worth retrying), else what etcd said.
-#[derive(Debug, Clone)]
-pub struct Error {
-    pub unavailable: bool,
-    pub message: String,
+/// Why etcd's options were refused, a call failed, or a watch ended. [`EtcdError::unavailable`]
+/// tells what is worth retrying.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// An etcd URL is not `http(s)://HOST:PORT`.
+    #[error("`{url}`: expected an etcd client URL such as http://127.0.0.1:2379")]
+    Url { url: String },
+    /// The URLs mix `http://` and `https://`.
+    #[error("every etcd URL must have the same scheme")]
+    MixedSchemes,
+    /// `https://` URLs without `--etcd-ca`.
+    #[error("https:// needs the CA of etcd's certificate (--etcd-ca)")]
+    NoCa,
+    /// The CA or client certificate files are unusable.
+    #[error("{}", client_tls(.0))]
+    ClientTls(TlsError),
+    /// A CA or client certificate with `http://` URLs.
+    #[error("a CA or client certificate needs https:// URLs")]
+    TlsWithoutHttps,
+    /// An endpoint's address does not resolve.
+    #[error("{endpoint}: {source}")]
+    Resolve {
+        endpoint: String,
+        source: std::io::Error,
+    },
+    /// An endpoint's address resolves to nothing.
+    #[error("{endpoint}: no address")]
+    NoAddress { endpoint: String },
+    /// A connection to an endpoint cannot be made.
+    #[error("{endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: std::io::Error,
+    },
+    /// An endpoint's host is not a name its certificate can be checked against.
+    #[error("{endpoint}: {source}")]
+    ServerName {
+        endpoint: String,
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// A TLS session with an endpoint cannot be started.
+    #[error("{endpoint}: {source}")]
+    Session {
+        endpoint: String,
+        source: rustls::Error,
+    },
+    /// A connection cannot be set up (its timeouts), or it failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// No endpoint to call.
+    #[error("no etcd endpoint")]
+    NoEndpoint,
+    /// An endpoint gave no (whole, well-formed) answer.
+    #[error("{0}")]
+    Unanswered(#[from] Unanswered),
+    /// No endpoint answered; the last one's failure (worth retrying).
+    #[error("etcd: {0}")]
+    Unreachable(Box<EtcdError>),
+    /// TLS with etcd failed (a certificate refused either way): it will not pass by itself.
+    #[error("etcd: TLS: {0}")]
+    Tls(std::io::Error),
+    /// etcd's answer is not JSON.
+    #[error("etcd: malformed answer: {0}")]
+    Malformed(serde_json::Error),
+    /// etcd answered with an error status and this message (503: worth retrying).
+    #[error("etcd: {message}")]
+    Refused { status: u16, message: String },
+    /// A call did not end in time (worth retrying).
+    #[error("etcd did not answer in time")]
+    TimedOut,
+    /// The control plane is stopping: the call was not made.
+    #[error("the control plane is stopping")]
+    Stopping,
+    /// etcd closed a watch's connection.
+    #[error("etcd closed the watch")]
+    WatchClosed,
+    /// A quorum read made while a watch was quiet failed.
+    #[error("etcd stopped answering: {0}")]
+    Silent(Box<EtcdError>),
+    /// etcd answered a watch with this status instead of 200.
+    #[error("etcd refused the watch ({0:?})")]
+    WatchRefused(Option<u16>),
+    /// A watch answer's head is malformed or too large.
+    #[error("etcd: malformed answer")]
+    MalformedHead,
+    /// A watch answer's chunked body is malformed.
+    #[error("etcd: malformed chunk")]
+    MalformedChunk,
+    /// etcd ended a watch's body.
+    #[error("etcd ended the watch")]
+    WatchEnded,
+    /// A watch message is larger than any answer read.
+    #[error("etcd: watch message too large")]
+    WatchTooLarge,
+    /// A watch message is not JSON.
+    #[error("etcd: malformed watch message")]
+    MalformedWatch,
+    /// etcd sent an error on a watch, with this message.
+    #[error("etcd: {0}")]
+    WatchError(String),
+    /// etcd cancelled a watch, for this reason.
+    #[error("etcd cancelled the watch: {0}")]
+    Cancelled(String),
 }
 
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+impl EtcdError {
+    /// No endpoint answered, or etcd is between leaders or without a quorum: worth retrying.
+    pub fn unavailable(&self) -> bool {
+        matches!(
+            self,
+            EtcdError::Unreachable(_)
+                | EtcdError::TimedOut
+                | EtcdError::Stopping
+                | EtcdError::Refused { status: 503, .. }
+        )
     }
 }
 
-fn unavailable(message: String) -> Error {
-    Error {
-        unavailable: true,
-        message,
+/// A client TLS problem, with the flag at fault (`--etcd-ca`, `--etcd-cert`, `--etcd-key`).
+fn client_tls(e: &TlsError) -> String {
+    match e.field.as_str() {
+        "" => e.message.clone(),
+        f => format!("--etcd-{f}: {}", e.message),
     }
 }
 
@@ -89,7 +196,7 @@ impl Cluster {
         urls: &str,
         ca: Option<&str>,
         cert_key: Option<(&str, &str)>,
-    ) -> Result<Cluster, String> {
+    ) -> Result<Cluster, EtcdError> {
         let mut endpoints = Vec::new();
         let mut schemes = std::collections::BTreeSet::new();
         for url in urls.split(',').map(str::trim) {
@@ -99,29 +206,26 @@ impl Cluster {
                 || hostport.contains('/')
                 || !hostport.contains(':')
             {
-                return Err(format!(
-                    "`{url}`: expected an etcd client URL such as http://127.0.0.1:2379"
-                ));
+                return Err(EtcdError::Url {
+                    url: url.to_string(),
+                });
             }
             schemes.insert(scheme);
             endpoints.push(hostport.to_string());
         }
         if schemes.len() > 1 {
-            return Err("every etcd URL must have the same scheme".into());
+            return Err(EtcdError::MixedSchemes);
         }
         let tls = if schemes.contains("https") {
-            let ca = ca.ok_or("https:// needs the CA of etcd's certificate (--etcd-ca)")?;
+            let ca = ca.ok_or(EtcdError::NoCa)?;
             // The name checked is each endpoint's host; this one only builds the config.
             let client =
                 ringmesh_core::tls::ClientTls::build("localhost", ca, cert_key, &[b"http/1.1"])
-                    .map_err(|e| match e.field.as_str() {
-                        "" => e.message,
-                        f => format!("--etcd-{f}: {}", e.message),
-                    })?;
+                    .map_err(EtcdError::ClientTls)?;
             Some(client.rustls_config())
         } else {
             if ca.is_some() || cert_key.is_some() {
-                return Err("a CA or client certificate needs https:// URLs".into());
+                return Err(EtcdError::TlsWithoutHttps);
             }
             None
         };
@@ -208,9 +312,9 @@ impl Etcd {
     /// connection cannot be made (the next endpoint is tried), or when a kept-alive connection
     /// turns out closed before answering anything. A call that timed out is not sent again:
     /// a transaction that did commit would then fail against its own write.
-    pub fn call(&mut self, path: &str, body: &Value) -> Result<Value, Error> {
+    pub fn call(&mut self, path: &str, body: &Value) -> Result<Value, EtcdError> {
         let body = body.to_string();
-        let mut last = String::from("no etcd endpoint");
+        let mut last = EtcdError::NoEndpoint;
         for _ in 0..=self.cluster.endpoints.len() {
             let (mut stream, reused) = match self.conn.take() {
                 Some(s) => (s, true),
@@ -224,12 +328,9 @@ impl Etcd {
             };
             if let Err(e) = stream.post(path, &body) {
                 if e.kind() == std::io::ErrorKind::InvalidData {
-                    return Err(Error {
-                        unavailable: false,
-                        message: format!("etcd: TLS: {e}"),
-                    });
+                    return Err(EtcdError::Tls(e));
                 }
-                last = e.to_string();
+                last = EtcdError::Io(e);
                 if reused {
                     continue;
                 }
@@ -240,38 +341,29 @@ impl Etcd {
                     if reusable {
                         self.conn = Some(stream);
                     }
-                    let v: Value = serde_json::from_slice(&data).map_err(|e| Error {
-                        unavailable: false,
-                        message: format!("etcd: malformed answer: {e}"),
-                    })?;
+                    let v: Value = serde_json::from_slice(&data).map_err(EtcdError::Malformed)?;
                     if status != 200 {
-                        let msg = v["message"].as_str().unwrap_or("error").to_string();
-                        return Err(Error {
-                            // 503s are elections and lost quorum: worth retrying.
-                            unavailable: status == 503,
-                            message: format!("etcd: {msg}"),
+                        // 503s are elections and lost quorum: worth retrying.
+                        return Err(EtcdError::Refused {
+                            status,
+                            message: v["message"].as_str().unwrap_or("error").to_string(),
                         });
                     }
                     return Ok(v.get("result").cloned().unwrap_or(v));
                 }
-                Err(Unanswered::Closed) if reused => last = "connection closed".into(),
+                Err(Unanswered::Closed) if reused => last = Unanswered::Closed.into(),
                 // A TLS failure (a certificate refused either way) will not pass by itself.
-                Err(Unanswered::Tls(e)) => {
-                    return Err(Error {
-                        unavailable: false,
-                        message: format!("etcd: TLS: {e}"),
-                    });
-                }
+                Err(Unanswered::Tls(e)) => return Err(EtcdError::Tls(e)),
                 Err(e) => {
-                    last = e.to_string();
+                    last = e.into();
                     break;
                 }
             }
         }
-        Err(unavailable(format!("etcd: {last}")))
+        Err(EtcdError::Unreachable(Box::new(last)))
     }
 
-    fn connect(&mut self) -> Result<Conn, String> {
+    fn connect(&mut self) -> Result<Conn, EtcdError> {
         let n = self.cluster.endpoints.len().max(1);
         let ep = self
             .cluster
@@ -287,7 +379,7 @@ impl Etcd {
     }
 
     /// Every key under `prefix`, and the store's revision.
-    pub fn range_prefix(&mut self, prefix: &str) -> Result<(i64, Vec<Kv>), Error> {
+    pub fn range_prefix(&mut self, prefix: &str) -> Result<(i64, Vec<Kv>), EtcdError> {
         let v = self.call(
             "/v3/kv/range",
             &json!({ "key": b64(prefix), "range_end": b64(&prefix_end(prefix)) }),
@@ -302,13 +394,13 @@ impl Etcd {
     }
 
     /// Writes `key` (with a lease, or none for 0); returns the revision.
-    pub fn put(&mut self, key: &str, value: &[u8], lease: i64) -> Result<i64, Error> {
+    pub fn put(&mut self, key: &str, value: &[u8], lease: i64) -> Result<i64, EtcdError> {
         let v = self.call("/v3/kv/put", &put(key, value, lease))?;
         Ok(revision(&v))
     }
 
     /// Deletes `key`; returns the revision and whether it existed.
-    pub fn delete(&mut self, key: &str) -> Result<(i64, bool), Error> {
+    pub fn delete(&mut self, key: &str) -> Result<(i64, bool), EtcdError> {
         let v = self.call("/v3/kv/deleterange", &json!({ "key": b64(key) }))?;
         Ok((revision(&v), num(&v["deleted"]) > 0))
     }
@@ -322,7 +414,7 @@ impl Etcd {
         mod_revision: i64,
         value: &[u8],
         lease: i64,
-    ) -> Result<(bool, i64), Error> {
+    ) -> Result<(bool, i64), EtcdError> {
         let compare = if mod_revision == 0 {
             json!({ "key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0" })
         } else {
@@ -344,23 +436,23 @@ impl Etcd {
     }
 
     /// A lease of `ttl` seconds.
-    pub fn grant(&mut self, ttl: i64) -> Result<i64, Error> {
+    pub fn grant(&mut self, ttl: i64) -> Result<i64, EtcdError> {
         let v = self.call("/v3/lease/grant", &json!({ "TTL": ttl.to_string() }))?;
         Ok(num(&v["ID"]))
     }
 
     /// Renews a lease; returns its TTL, 0 when it is gone.
-    pub fn keepalive(&mut self, lease: i64) -> Result<i64, Error> {
+    pub fn keepalive(&mut self, lease: i64) -> Result<i64, EtcdError> {
         let v = self.call("/v3/lease/keepalive", &json!({ "ID": lease.to_string() }))?;
         Ok(num(&v["TTL"]))
     }
 
     /// Ends a lease and deletes its keys.
-    pub fn revoke(&mut self, lease: i64) -> Result<(), Error> {
+    pub fn revoke(&mut self, lease: i64) -> Result<(), EtcdError> {
         match self.call("/v3/lease/revoke", &json!({ "ID": lease.to_string() })) {
             Ok(_) => Ok(()),
             // Already gone.
-            Err(e) if !e.unavailable => Ok(()),
+            Err(e) if !e.unavailable() => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -381,8 +473,8 @@ pub fn watch(
     stop: &Arc<AtomicBool>,
     check: &mut Etcd,
     mut on: impl FnMut(i64, Vec<Event>) -> bool,
-) -> Result<(), String> {
-    let mut last = String::from("no etcd endpoint");
+) -> Result<(), EtcdError> {
+    let mut last = EtcdError::NoEndpoint;
     let mut stream = None;
     for ep in &cluster.endpoints {
         match open(ep, cluster.tls.as_ref()) {
@@ -399,11 +491,9 @@ pub fn watch(
         "start_revision": from.to_string(),
     }})
     .to_string();
-    s.post("/v3/watch", &body).map_err(|e| e.to_string())?;
+    s.post("/v3/watch", &body)?;
     // Short reads, so that a stop is noticed while the stream is quiet.
-    s.tcp()
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .map_err(|e| e.to_string())?;
+    s.tcp().set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut raw = Vec::new();
     let mut head_done = false;
     let mut body = WatchStream::default();
@@ -414,7 +504,7 @@ pub fn watch(
             return Ok(());
         }
         let n = match s.read(&mut chunk) {
-            Ok(0) => return Err("etcd closed the watch".into()),
+            Ok(0) => return Err(EtcdError::WatchClosed),
             Ok(n) => n,
             Err(e)
                 if matches!(
@@ -429,12 +519,12 @@ pub fn watch(
                             "/v3/kv/range",
                             &json!({ "key": b64(&format!("{prefix}epoch")) }),
                         )
-                        .map_err(|e| format!("etcd stopped answering: {e}"))?;
+                        .map_err(|e| EtcdError::Silent(Box::new(e)))?;
                     heard = std::time::Instant::now();
                 }
                 continue;
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         heard = std::time::Instant::now();
         let batches = if head_done {
@@ -446,13 +536,13 @@ pub fn watch(
             match r.parse(&raw) {
                 Ok(httparse::Status::Complete(n)) => {
                     if r.code != Some(200) {
-                        return Err(format!("etcd refused the watch ({:?})", r.code));
+                        return Err(EtcdError::WatchRefused(r.code));
                     }
                     head_done = true;
                     body.feed(&raw[n..])?
                 }
                 Ok(httparse::Status::Partial) if raw.len() < 64 * 1024 => continue,
-                _ => return Err("etcd: malformed answer".into()),
+                _ => return Err(EtcdError::MalformedHead),
             }
         };
         for events in batches {
@@ -491,36 +581,32 @@ impl Default for WatchStream {
 impl WatchStream {
     /// Takes the next bytes of the body; returns the batches of changes they complete. An error
     /// ends the watch: a malformed stream, an error or cancellation from etcd, or the end.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Vec<Event>>, String> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Vec<Event>>, EtcdError> {
         let decoded = &mut self.decoded;
         let p = self
             .chunks
             .feed(bytes, |r| decoded.extend_from_slice(&bytes[r]))
-            .map_err(|_| "etcd: malformed chunk".to_string())?;
+            .map_err(|_| EtcdError::MalformedChunk)?;
         if p.done {
-            return Err("etcd ended the watch".into());
+            return Err(EtcdError::WatchEnded);
         }
         if self.decoded.len() > MAX_ANSWER {
-            return Err("etcd: watch message too large".into());
+            return Err(EtcdError::WatchTooLarge);
         }
         let mut batches = Vec::new();
         while let Some(end) = self.decoded.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.decoded.drain(..=end).collect();
             let Ok(v) = serde_json::from_slice::<Value>(&line) else {
-                return Err("etcd: malformed watch message".into());
+                return Err(EtcdError::MalformedWatch);
             };
             if let Some(e) = v.get("error") {
-                return Err(format!(
-                    "etcd: {}",
-                    e["message"].as_str().unwrap_or("watch error")
-                ));
+                let message = e["message"].as_str().unwrap_or("watch error");
+                return Err(EtcdError::WatchError(message.to_string()));
             }
             let r = &v["result"];
             if r["canceled"].as_bool() == Some(true) || num(&r["compact_revision"]) > 0 {
-                return Err(format!(
-                    "etcd cancelled the watch: {}",
-                    r["cancel_reason"].as_str().unwrap_or("compacted")
-                ));
+                let reason = r["cancel_reason"].as_str().unwrap_or("compacted");
+                return Err(EtcdError::Cancelled(reason.to_string()));
             }
             let events: Vec<Event> = r["events"]
                 .as_array()
@@ -543,18 +629,27 @@ impl WatchStream {
     }
 }
 
-fn open(ep: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Conn, String> {
+fn open(ep: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Conn, EtcdError> {
+    let endpoint = || ep.to_string();
     let addr: SocketAddr = ep
         .to_socket_addrs()
-        .map_err(|e| format!("{ep}: {e}"))?
+        .map_err(|source| EtcdError::Resolve {
+            endpoint: endpoint(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("{ep}: no address"))?;
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| format!("{ep}: {e}"))?;
+        .ok_or_else(|| EtcdError::NoAddress {
+            endpoint: endpoint(),
+        })?;
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|source| {
+        EtcdError::Connect {
+            endpoint: endpoint(),
+            source,
+        }
+    })?;
     let _ = s.set_nodelay(true);
     s.set_read_timeout(Some(TIMEOUT))
-        .and_then(|()| s.set_write_timeout(Some(TIMEOUT)))
-        .map_err(|e| e.to_string())?;
+        .and_then(|()| s.set_write_timeout(Some(TIMEOUT)))?;
     let Some(config) = tls else {
         return Ok(Conn::Plain(s));
     };
@@ -564,10 +659,18 @@ fn open(ep: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Conn, Strin
         .map_or(ep, |(h, _)| h)
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let name = rustls::pki_types::ServerName::try_from(host.to_string())
-        .map_err(|e| format!("{ep}: {e}"))?;
-    let conn =
-        rustls::ClientConnection::new(config.clone(), name).map_err(|e| format!("{ep}: {e}"))?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|source| {
+        EtcdError::ServerName {
+            endpoint: endpoint(),
+            source,
+        }
+    })?;
+    let conn = rustls::ClientConnection::new(config.clone(), name).map_err(|source| {
+        EtcdError::Session {
+            endpoint: endpoint(),
+            source,
+        }
+    })?;
     Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(conn, s))))
 }
 
@@ -669,12 +772,27 @@ mod tests {
         assert_eq!(c.endpoints, ["127.0.0.1:2379", "10.0.0.2:2379"]);
         assert!(c.tls.is_none());
         assert!(
-            Cluster::parse("https://127.0.0.1:2379", None, None).is_err(),
+            matches!(
+                Cluster::parse("https://127.0.0.1:2379", None, None),
+                Err(EtcdError::NoCa)
+            ),
             "no CA"
         );
-        assert!(Cluster::parse("http://a:1,https://b:1", None, None).is_err());
-        assert!(Cluster::parse("127.0.0.1", None, None).is_err());
-        assert!(Cluster::parse("ftp://a:1", None, None).is_err());
-        assert!(Cluster::parse("http://a:1", Some("/ca.pem"), None).is_err());
+        assert!(matches!(
+            Cluster::parse("http://a:1,https://b:1", None, None),
+            Err(EtcdError::MixedSchemes)
+        ));
+        assert!(matches!(
+            Cluster::parse("127.0.0.1", None, None),
+            Err(EtcdError::Url { .. })
+        ));
+        assert!(matches!(
+            Cluster::parse("ftp://a:1", None, None),
+            Err(EtcdError::Url { .. })
+        ));
+        assert!(matches!(
+            Cluster::parse("http://a:1", Some("/ca.pem"), None),
+            Err(EtcdError::TlsWithoutHttps)
+        ));
     }
 }

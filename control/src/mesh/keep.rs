@@ -21,6 +21,71 @@ pub const KEY: &str = "key.pem";
 pub const CERT: &str = "cert.pem";
 pub const BUNDLE: &str = "bundle.pem";
 
+/// Why the identity directory was refused, or its files could not be written. Each message
+/// names the path (and, for the directory, the flag `--identity-dir`).
+#[derive(Debug, thiserror::Error)]
+pub enum KeepError {
+    /// The directory is missing and cannot be created.
+    #[error("--identity-dir {}: cannot create it: {source}", .dir.display())]
+    Create {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// The directory (or its path) cannot be examined or resolved.
+    #[error("--identity-dir {}: {source}", .dir.display())]
+    Inspect {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// The path goes through a symbolic link that another user owns.
+    #[error(
+        "--identity-dir {}: {} is a symbolic link owned by user {owner}: refused",
+        .dir.display(),
+        .link.display()
+    )]
+    ForeignLink {
+        dir: PathBuf,
+        link: PathBuf,
+        owner: u32,
+    },
+    /// The path is not a directory (a symbolic link to one included).
+    #[error(
+        "--identity-dir {}: not a directory (a symbolic link is refused too)",
+        .dir.display()
+    )]
+    NotADirectory { dir: PathBuf },
+    /// Another user owns the directory.
+    #[error(
+        "--identity-dir {}: owned by user {owner}, not by this proxy's user ({me}): refused",
+        .dir.display()
+    )]
+    Owner { dir: PathBuf, owner: u32, me: u32 },
+    /// Its group or others may write to the directory.
+    #[error(
+        "--identity-dir {}: writable by its group or others (mode {mode:o}): refused; use mode 0700",
+        .dir.display()
+    )]
+    Writable { dir: PathBuf, mode: u32 },
+    /// A directory above it is another user's, or writable by others and not sticky.
+    #[error(
+        "--identity-dir {}: {} could be changed by another user (owner {owner}, mode {mode:o}): refused",
+        .dir.display(),
+        .parent.display()
+    )]
+    Replaceable {
+        dir: PathBuf,
+        parent: PathBuf,
+        owner: u32,
+        mode: u32,
+    },
+    /// A directory above it, or a file in it, cannot be examined or written.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Where the identity is kept.
 #[derive(Debug, Clone)]
 pub enum Keep {
@@ -32,7 +97,7 @@ pub enum Keep {
 
 impl Keep {
     /// For `node`: in memory, and in `dir` when given (checked, or created, now).
-    pub fn new(node: &str, dir: Option<PathBuf>) -> Result<Keep, String> {
+    pub fn new(node: &str, dir: Option<PathBuf>) -> Result<Keep, KeepError> {
         let name = format!("identity/{}", crate::http::percent_encode(node));
         match dir {
             None => Ok(Keep::Memory(name)),
@@ -50,7 +115,7 @@ impl Keep {
     }
 
     /// Holds a new identity (in memory, and in the directory).
-    pub fn store(&self, key: &str, cert: &str, bundle: &str) -> Result<(), String> {
+    pub fn store(&self, key: &str, cert: &str, bundle: &str) -> Result<(), KeepError> {
         let (Keep::Memory(name) | Keep::Dir(name, _)) = self;
         if let Keep::Dir(_, dir) = self {
             // Checked again: the directory must not have changed hands since.
@@ -82,7 +147,7 @@ impl Keep {
 }
 
 /// Creates `dir` (mode 0700) if it is missing, checks it, and returns it resolved.
-fn prepare(dir: &Path) -> Result<PathBuf, String> {
+fn prepare(dir: &Path) -> Result<PathBuf, KeepError> {
     no_foreign_links(dir)?;
     match std::fs::symlink_metadata(dir) {
         Ok(_) => {}
@@ -91,22 +156,23 @@ fn prepare(dir: &Path) -> Result<PathBuf, String> {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|e| format!("--identity-dir {}: cannot create it: {e}", dir.display()))?;
+                .map_err(|source| KeepError::Create {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
         }
-        Err(e) => return Err(format!("--identity-dir {}: {e}", dir.display())),
+        Err(source) => return Err(inspect(dir, source)),
     }
-    let resolved =
-        std::fs::canonicalize(dir).map_err(|e| format!("--identity-dir {}: {e}", dir.display()))?;
+    let resolved = std::fs::canonicalize(dir).map_err(|e| inspect(dir, e))?;
     check(&resolved)?;
     Ok(resolved)
 }
 
 /// Refuses a path that goes through a symbolic link owned by another user than the proxy's
 /// and root's: whoever owns a link can point it elsewhere at any time.
-fn no_foreign_links(dir: &Path) -> Result<(), String> {
+fn no_foreign_links(dir: &Path) -> Result<(), KeepError> {
     let me = ringmesh_core::sys::euid();
-    let full =
-        std::path::absolute(dir).map_err(|e| format!("--identity-dir {}: {e}", dir.display()))?;
+    let full = std::path::absolute(dir).map_err(|e| inspect(dir, e))?;
     let mut at = PathBuf::new();
     for part in full.components() {
         at.push(part);
@@ -115,58 +181,68 @@ fn no_foreign_links(dir: &Path) -> Result<(), String> {
             break;
         };
         if m.file_type().is_symlink() && m.uid() != me && m.uid() != 0 {
-            return Err(format!(
-                "--identity-dir {}: {} is a symbolic link owned by user {}: refused",
-                dir.display(),
-                at.display(),
-                m.uid()
-            ));
+            return Err(KeepError::ForeignLink {
+                dir: dir.to_path_buf(),
+                link: at,
+                owner: m.uid(),
+            });
         }
     }
     Ok(())
 }
 
 /// Refuses a directory another user could have written to, or could replace.
-pub fn check(dir: &Path) -> Result<(), String> {
+pub fn check(dir: &Path) -> Result<(), KeepError> {
     let me = ringmesh_core::sys::euid();
-    let shown = dir.display();
-    let m = std::fs::symlink_metadata(dir).map_err(|e| format!("--identity-dir {shown}: {e}"))?;
+    let m = std::fs::symlink_metadata(dir).map_err(|e| inspect(dir, e))?;
     if !m.file_type().is_dir() {
-        return Err(format!(
-            "--identity-dir {shown}: not a directory (a symbolic link is refused too)"
-        ));
+        return Err(KeepError::NotADirectory {
+            dir: dir.to_path_buf(),
+        });
     }
     if m.uid() != me {
-        return Err(format!(
-            "--identity-dir {shown}: owned by user {}, not by this proxy's user ({me}): refused",
-            m.uid()
-        ));
+        return Err(KeepError::Owner {
+            dir: dir.to_path_buf(),
+            owner: m.uid(),
+            me,
+        });
     }
     if m.mode() & 0o022 != 0 {
-        return Err(format!(
-            "--identity-dir {shown}: writable by its group or others (mode {:o}): refused; use mode 0700",
-            m.mode() & 0o7777
-        ));
+        return Err(KeepError::Writable {
+            dir: dir.to_path_buf(),
+            mode: m.mode() & 0o7777,
+        });
     }
     // Whoever may write to a directory above it may put another directory in its place.
     for parent in dir.ancestors().skip(1) {
-        let pm = std::fs::metadata(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        let pm = std::fs::metadata(parent).map_err(|source| KeepError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
         let sticky = pm.mode() & 0o1000 != 0;
         let others_write = pm.mode() & 0o022 != 0;
         if (pm.uid() != me && pm.uid() != 0) || (others_write && !sticky) {
-            return Err(format!(
-                "--identity-dir {shown}: {} could be changed by another user (owner {}, mode {:o}): refused",
-                parent.display(),
-                pm.uid(),
-                pm.mode() & 0o7777
-            ));
+            return Err(KeepError::Replaceable {
+                dir: dir.to_path_buf(),
+                parent: parent.to_path_buf(),
+                owner: pm.uid(),
+                mode: pm.mode() & 0o7777,
+            });
         }
     }
     Ok(())
 }
 
+/// `dir` cannot be examined or resolved.
+fn inspect(dir: &Path, source: std::io::Error) -> KeepError {
+    KeepError::Inspect {
+        dir: dir.to_path_buf(),
+        source,
+    }
+}
+
 /// Writes `data` to `path` with `mode`, by a new file renamed over it.
-fn write_replacing(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
+fn write_replacing(path: &Path, data: &[u8], mode: u32) -> Result<(), KeepError> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     let _ = std::fs::remove_file(&tmp);
@@ -177,7 +253,10 @@ fn write_replacing(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
         .open(&tmp)
         .and_then(|mut f| f.write_all(data))
         .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|source| KeepError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -212,15 +291,21 @@ mod tests {
         let open = scratch("open");
         std::fs::create_dir(&open).unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = prepare(&open).expect_err("refused");
+        assert!(matches!(e, KeepError::Writable { mode: 0o777, .. }), "{e}");
         let e = Keep::new("n", Some(open.clone())).expect_err("refused");
-        assert!(e.contains("writable by its group or others"), "{e}");
+        assert!(matches!(e, KeepError::Writable { .. }), "{e}");
 
         // Below a directory others may write to (not sticky): refused.
         let inner = open.join("inner");
         std::fs::create_dir(&inner).unwrap();
         std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let e = Keep::new("n", Some(inner)).expect_err("refused");
-        assert!(e.contains("could be changed by another user"), "{e}");
+        let e = Keep::new("n", Some(inner.clone())).expect_err("refused");
+        assert!(matches!(e, KeepError::Replaceable { .. }), "{e}");
+        assert!(matches!(
+            prepare(&inner),
+            Err(KeepError::Replaceable { .. })
+        ));
 
         // A symbolic link to a good directory is refused.
         let link = scratch("link");

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::ca::{Authority, OperatorCa};
+use super::ca::{Authority, CaError, OperatorCa};
 use crate::config::Config;
 use crate::config::decode::{self, ConfigError, parse_duration};
 
@@ -705,17 +705,12 @@ fn operator_ca(cert: &Value, key: &Value, errors: &mut Vec<ConfigError>) -> Opti
             cert,
             key,
         }),
+        Err(CaError::Operator { field, why }) => {
+            errors.push(error(field, why));
+            None
+        }
         Err(e) => {
-            let field = if e.starts_with("ca.key") {
-                "ca.key"
-            } else {
-                "ca.cert"
-            };
-            let message = e
-                .split_once(": ")
-                .map_or(e.as_str(), |(_, m)| m)
-                .to_string();
-            errors.push(error(field, message));
+            errors.push(error("ca.cert", e.to_string()));
             None
         }
     }

@@ -69,12 +69,47 @@ pub struct TlsError {
 }
 
 impl TlsError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> TlsError {
+    fn new(field: impl Into<String>, message: impl ToString) -> TlsError {
         TlsError {
             field: field.into(),
-            message: message.into(),
+            message: message.to_string(),
         }
     }
+}
+
+/// Why certificates or a key could not be read from PEM. `what` names the file (or says
+/// what the text was) in each message.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    /// A `mem:` name nothing was stored under.
+    #[error("`{0}` holds nothing yet")]
+    Unset(String),
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{what} is not valid PEM: {why}")]
+    NotPem { what: String, why: String },
+    #[error("{what} holds no certificate")]
+    NoCertificate { what: String },
+    #[error("a certificate in {what} is not a usable CA: {why}")]
+    NotCa { what: String, why: String },
+    #[error("cannot read a private key from {what}: {why}")]
+    NoKey { what: String, why: String },
+    #[error("unsupported private key in {what}: {why}")]
+    UnsupportedKey { what: String, why: String },
+    #[error("{key} does not match {cert}: {why}")]
+    Mismatch {
+        key: String,
+        cert: String,
+        why: String,
+    },
+}
+
+/// How a PEM file is named in a message.
+fn quoted(path: &str) -> String {
+    format!("`{path}`")
 }
 
 /// The cryptography: rustls's ring provider, whose suites and groups are those of Mozilla's
@@ -340,89 +375,104 @@ pub mod memory {
 }
 
 /// The bytes of a PEM file, or of `mem:NAME` ([`memory`]).
-fn read_pem(path: &str) -> Result<Vec<u8>, String> {
+fn read_pem(path: &str) -> Result<Vec<u8>, PemError> {
     match path.strip_prefix(memory::PREFIX) {
         Some(name) => memory::get(name)
             .map(|b| b.to_vec())
-            .ok_or_else(|| format!("`{path}` holds nothing yet")),
-        None => std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}")),
+            .ok_or_else(|| PemError::Unset(path.to_string())),
+        None => std::fs::read(path).map_err(|source| PemError::Read {
+            path: path.to_string(),
+            source,
+        }),
     }
 }
 
 /// The CA certificates in a PEM file, as trust anchors.
-pub fn load_roots(path: &str) -> Result<Arc<RootCertStore>, String> {
-    let mut roots = RootCertStore::empty();
-    let pem = read_pem(path)?;
-    for c in CertificateDer::pem_slice_iter(&pem) {
-        let c = c.map_err(|e| format!("`{path}` is not valid PEM: {e}"))?;
-        roots
-            .add(c)
-            .map_err(|e| format!("a certificate in `{path}` is not a usable CA: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("`{path}` holds no certificate"));
-    }
-    Ok(Arc::new(roots))
-}
-
-/// A certificate chain and its key, from PEM text (kept in memory: nothing on disk).
-pub fn certified_key_from_pem(chain: &[u8], key: &[u8]) -> Result<Arc<CertifiedKey>, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("the certificate is not valid PEM: {e}"))?;
-    if chain.is_empty() {
-        return Err("no certificate".into());
-    }
-    let der = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("no private key: {e}"))?;
-    let signing = provider()
-        .key_provider
-        .load_private_key(der)
-        .map_err(|e| format!("unsupported private key: {e}"))?;
-    let ck = CertifiedKey::new(chain, signing);
-    ck.keys_match()
-        .map_err(|e| format!("the key does not match the certificate: {e}"))?;
-    Ok(Arc::new(ck))
+pub fn load_roots(path: &str) -> Result<Arc<RootCertStore>, PemError> {
+    Ok(Arc::new(roots_in(&read_pem(path)?, &quoted(path))?))
 }
 
 /// The certificates in PEM text, as trust anchors.
-pub fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore, String> {
+pub fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore, PemError> {
+    roots_in(pem, "the text")
+}
+
+/// The certificates in `pem` (`what`, for messages), as trust anchors.
+fn roots_in(pem: &[u8], what: &str) -> Result<RootCertStore, PemError> {
     let mut roots = RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(pem) {
-        let c = c.map_err(|e| format!("not valid PEM: {e}"))?;
-        roots
-            .add(c)
-            .map_err(|e| format!("a certificate is not a usable CA: {e}"))?;
+        let c = c.map_err(|e| PemError::NotPem {
+            what: what.to_string(),
+            why: e.to_string(),
+        })?;
+        roots.add(c).map_err(|e| PemError::NotCa {
+            what: what.to_string(),
+            why: e.to_string(),
+        })?;
     }
     if roots.is_empty() {
-        return Err("no certificate".into());
+        return Err(PemError::NoCertificate {
+            what: what.to_string(),
+        });
     }
     Ok(roots)
 }
 
-/// Reads a PEM chain and key; the error names the file at fault (`cert` or `key`).
-fn load_certified_key(cert: &str, key: &str) -> Result<CertifiedKey, (&'static str, String)> {
-    let cert_pem = read_pem(cert).map_err(|e| ("cert", e))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+/// A certificate chain and its key, from PEM text (kept in memory: nothing on disk).
+pub fn certified_key_from_pem(chain: &[u8], key: &[u8]) -> Result<Arc<CertifiedKey>, PemError> {
+    let names = ("the certificate", "the key");
+    certified_key(chain, key, names).map(Arc::new)
+}
+
+/// A chain and its key from PEM text; `names` say what each was, for messages.
+fn certified_key(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    (cert, key): (&str, &str),
+) -> Result<CertifiedKey, PemError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| ("cert", format!("`{cert}` is not valid PEM: {e}")))?;
+        .map_err(|e| PemError::NotPem {
+            what: cert.to_string(),
+            why: e.to_string(),
+        })?;
     if chain.is_empty() {
-        return Err(("cert", format!("`{cert}` holds no certificate")));
+        return Err(PemError::NoCertificate {
+            what: cert.to_string(),
+        });
     }
-    let key_pem = read_pem(key).map_err(|e| ("key", e))?;
-    let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        (
-            "key",
-            format!("cannot read a private key from `{key}`: {e}"),
-        )
+    let der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| PemError::NoKey {
+        what: key.to_string(),
+        why: e.to_string(),
     })?;
-    let signing = provider()
-        .key_provider
-        .load_private_key(der)
-        .map_err(|e| ("key", format!("unsupported private key in `{key}`: {e}")))?;
+    let signing =
+        provider()
+            .key_provider
+            .load_private_key(der)
+            .map_err(|e| PemError::UnsupportedKey {
+                what: key.to_string(),
+                why: e.to_string(),
+            })?;
     let ck = CertifiedKey::new(chain, signing);
-    ck.keys_match()
-        .map_err(|e| ("key", format!("`{key}` does not match `{cert}`: {e}")))?;
+    ck.keys_match().map_err(|e| PemError::Mismatch {
+        key: key.to_string(),
+        cert: cert.to_string(),
+        why: e.to_string(),
+    })?;
     Ok(ck)
+}
+
+/// Reads a PEM chain and key; the error names the field at fault (`cert` or `key`).
+fn load_certified_key(cert: &str, key: &str) -> Result<CertifiedKey, (&'static str, PemError)> {
+    let cert_pem = read_pem(cert).map_err(|e| ("cert", e))?;
+    let key_pem = read_pem(key).map_err(|e| ("key", e))?;
+    certified_key(&cert_pem, &key_pem, (&quoted(cert), &quoted(key))).map_err(|e| {
+        let field = match e {
+            PemError::NotPem { .. } | PemError::NoCertificate { .. } => "cert",
+            _ => "key",
+        };
+        (field, e)
+    })
 }
 
 /// Certificates by SNI: exact names first, then the longest matching `*.suffix` (a wildcard

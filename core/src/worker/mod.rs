@@ -35,7 +35,7 @@ pub enum Command {
         /// The snapshot.
         snapshot: Arc<Snapshot>,
         /// Ok, or why this worker cannot serve it.
-        reply: flume::Sender<Result<(), String>>,
+        reply: flume::Sender<Result<(), PrepareError>>,
     },
     /// Serve from the prepared view.
     Commit {
@@ -56,6 +56,21 @@ pub enum Command {
     },
     /// End the thread (after a drain); open connections are closed.
     Stop,
+}
+
+/// Why a worker cannot serve a snapshot ([`Command::Prepare`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The worker is draining: it takes no new config.
+    #[error("worker is draining")]
+    Draining,
+    /// A listener new to this worker (or moved) cannot be bound.
+    #[error("listener {listener}: cannot bind {addr}: {source}")]
+    Bind {
+        listener: Arc<str>,
+        addr: SocketAddr,
+        source: io::Error,
+    },
 }
 
 /// The control side's handle on a worker thread.
@@ -207,16 +222,16 @@ impl Runner {
     }
 
     /// Prepares and commits `snapshot`, as a reload does on every worker.
-    pub fn apply(&self, snapshot: Arc<Snapshot>) -> Result<(), String> {
+    pub fn apply(&self, snapshot: Arc<Snapshot>) -> Result<(), PrepareError> {
         self.prepare(snapshot)?;
         self.commit();
         Ok(())
     }
 
     /// Builds the view of `snapshot` and binds its new listeners, without serving from it.
-    fn prepare(&self, snapshot: Arc<Snapshot>) -> Result<(), String> {
+    fn prepare(&self, snapshot: Arc<Snapshot>) -> Result<(), PrepareError> {
         if self.w.draining() {
-            return Err("worker is draining".into());
+            return Err(PrepareError::Draining);
         }
         let view = Rc::new(self.w.build_view(snapshot.clone()));
         let mut sockets = Vec::new();
@@ -226,8 +241,11 @@ impl Runner {
                 if running.get(&l.name).is_some_and(|t| t.bind == l.bind) {
                     continue;
                 }
-                let sock = listener::bind(l.bind)
-                    .map_err(|e| format!("listener {}: cannot bind {}: {e}", l.name, l.bind))?;
+                let sock = listener::bind(l.bind).map_err(|source| PrepareError::Bind {
+                    listener: l.name.clone(),
+                    addr: l.bind,
+                    source,
+                })?;
                 sockets.push((l.name.clone(), l.bind, sock));
             }
         }

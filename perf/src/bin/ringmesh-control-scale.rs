@@ -105,7 +105,7 @@ fn certificate(
     pin: &str,
     n: usize,
 ) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
-    let (key, public) = ringmesh_control::mesh::ca::new_key()?;
+    let (key, public) = ringmesh_control::mesh::ca::new_key().map_err(|e| e.to_string())?;
     let mut c = connect(addr, pin, None).map_err(|e| e.to_string())?;
     let body = format!("{{\"public_key\":\"{public}\"}}");
     let auth = format!("authorization: Bearer token-n{n}\r\n");
@@ -123,6 +123,7 @@ fn certificate(
     let v: serde_json::Value = serde_json::from_str(&b).map_err(|e| e.to_string())?;
     let cert = v["cert"].as_str().ok_or("no cert")?;
     ringmesh_core::tls::certified_key_from_pem(cert.as_bytes(), key.as_bytes())
+        .map_err(|e| e.to_string())
 }
 
 /// `"version":N` at the start of a snapshot.

@@ -206,7 +206,7 @@ async fn dispatch(
                         tracing::info!("mesh CA rotation started");
                         Response::json(200, json!({ "version": st.version }).to_string() + "\n")
                     }
-                    Err(e) => Response::error(409, &e),
+                    Err(e) => Response::error(409, &e.to_string()),
                 }
             };
             if r.status == 200 {

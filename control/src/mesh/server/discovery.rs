@@ -3,14 +3,26 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::*;
 
+/// Why a name did not resolve. Cloned: each replica keeps its last answer per name.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(super) enum DnsError {
+    /// The lookup failed (`getaddrinfo`'s error).
+    #[error("{0}")]
+    Lookup(Arc<std::io::Error>),
+    /// The lookup succeeded with no address.
+    #[error("no addresses")]
+    NoAddresses,
+}
+
 /// Applies what the DNS thread found.
 pub(super) async fn discovered(
     plane: Rc<Plane>,
-    found: flume::Receiver<(String, Result<Vec<SocketAddr>, String>)>,
+    found: flume::Receiver<(String, Result<Vec<SocketAddr>, DnsError>)>,
 ) {
     while let Ok((name, result)) = found.recv_async().await {
         if let Some(store) = &plane.store {
@@ -30,6 +42,7 @@ pub(super) async fn discovered(
                     changed
                 }
                 Err(e) => {
+                    let e = e.to_string();
                     if entry.error.as_deref() != Some(&e) {
                         tracing::warn!(%name, error = %e, "DNS: cannot resolve; keeping the last addresses");
                     }
@@ -52,7 +65,7 @@ pub(super) async fn discovered(
 /// The DNS thread: resolves every name now and then each interval.
 pub(super) fn resolve_loop(
     names: &flume::Receiver<(Vec<String>, Duration)>,
-    found: &flume::Sender<(String, Result<Vec<SocketAddr>, String>)>,
+    found: &flume::Sender<(String, Result<Vec<SocketAddr>, DnsError>)>,
 ) {
     use std::net::ToSocketAddrs;
     let Ok((mut list, mut interval)) = names.recv() else {
@@ -66,12 +79,12 @@ pub(super) fn resolve_loop(
                     v.sort();
                     v.dedup();
                     if v.is_empty() {
-                        Err("no addresses".to_string())
+                        Err(DnsError::NoAddresses)
                     } else {
                         Ok(v)
                     }
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(DnsError::Lookup(Arc::new(e))),
             };
             if found.send((name.clone(), r)).is_err() {
                 return;

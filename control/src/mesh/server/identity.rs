@@ -79,7 +79,11 @@ pub(super) fn decide(st: &State, node: &str, req: &Request, caller: &Caller) -> 
     let key = body["public_key"]
         .as_str()
         .ok_or_else(|| "public_key: expected a P-256 public key in hex".to_string())
-        .and_then(|k| super::super::ca::public_key_bytes(k).map(|raw| (k.to_string(), raw)));
+        .and_then(|k| {
+            super::super::ca::public_key_bytes(k)
+                .map(|raw| (k.to_string(), raw))
+                .map_err(|e| e.to_string())
+        });
     // Checked before a token is spent on it.
     let (public_key, raw) = match key {
         Ok(k) => k,
@@ -157,7 +161,7 @@ pub(super) fn issue(st: &mut State, node: &str, public_key: &str) -> Response {
                     + "\n",
             )
         }
-        Err(e) => Response::error(400, &e),
+        Err(e) => Response::error(400, &e.to_string()),
     }
 }
 

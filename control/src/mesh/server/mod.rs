@@ -90,6 +90,50 @@ const WAIT_DEFAULT: Duration = Duration::from_secs(30);
 /// How often registrations expire, the mesh file is checked and the state file written.
 const TICK: Duration = Duration::from_millis(100);
 
+/// Why the control plane could not start (besides an invalid mesh file, whose problems are
+/// listed one by one).
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    /// The mesh file cannot be read (at start, or when it changed).
+    #[error("{}: cannot read: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The API would be reachable from other hosts without TLS or without an admin.
+    #[error(
+        "bind: {bind} is reachable from other hosts, and the API would lack {}",
+        .missing.join(" and ")
+    )]
+    Exposed {
+        bind: SocketAddr,
+        missing: Vec<&'static str>,
+    },
+    /// The API's address cannot be bound.
+    #[error("bind: cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The API's socket cannot be set up, or the control plane's thread started.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The mesh CA cannot be made or taken in.
+    #[error("mesh CA: {0}")]
+    Ca(#[from] super::ca::CaError),
+    /// The shared store cannot be opened.
+    #[error("{0}")]
+    Store(#[from] replicated::StoreError),
+    /// The API's TLS cannot be built.
+    #[error("{0}")]
+    Tls(#[from] tls::ApiTlsError),
+}
+
+/// One problem, as [`ControlPlane::start`] lists them.
+fn one(e: impl Into<StartError>) -> Vec<String> {
+    vec![e.into().to_string()]
+}
+
 /// A running control plane.
 pub struct ControlPlane {
     addr: SocketAddr,
@@ -111,7 +155,7 @@ impl ControlPlane {
     /// Loads the mesh file (and the state file, if it belongs to the same mesh file), binds the
     /// API and starts serving. Errors name the field.
     pub fn start(opts: ControlOptions) -> Result<ControlPlane, Vec<String>> {
-        let text = read(&opts.source).map_err(|e| vec![e])?;
+        let text = read(&opts.source).map_err(one)?;
         let mesh = Mesh::parse(&text)
             .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         let state_file = match (&opts.state_file, &mesh.state_file, &opts.source) {
@@ -127,22 +171,21 @@ impl ControlPlane {
             (None, None, MeshSource::Text(_)) => None,
         };
         let bind = opts.bind.unwrap_or(mesh.bind);
-        exposed_safely(bind, &opts.tls, &mesh).map_err(|e| vec![e])?;
-        let listener = listen(bind).map_err(|e| vec![format!("bind: cannot bind {bind}: {e}")])?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| vec![e.to_string()])?;
-        let addr = listener.local_addr().map_err(|e| vec![e.to_string()])?;
-        let mut st = State::new(mesh, &text, opts.source.clone(), state_file.clone())
-            .map_err(|e| vec![format!("mesh CA: {e}")])?;
+        exposed_safely(bind, &opts.tls, &mesh).map_err(one)?;
+        let listener =
+            listen(bind).map_err(|source| one(StartError::Bind { addr: bind, source }))?;
+        listener.set_nonblocking(true).map_err(one)?;
+        let addr = listener.local_addr().map_err(one)?;
+        let mut st =
+            State::new(mesh, &text, opts.source.clone(), state_file.clone()).map_err(one)?;
         if let Some(p) = &state_file {
             st.restore(p);
         }
         let store = match &opts.store {
-            Some(o) => Some(replicated::open(o, &mut st).map_err(|e| vec![e])?),
+            Some(o) => Some(replicated::open(o, &mut st).map_err(one)?),
             None => None,
         };
-        let served = tls::build(&opts.tls, &st, addr).map_err(|e| vec![e])?;
+        let served = tls::build(&opts.tls, &st, addr).map_err(one)?;
         if served.is_none() {
             tracing::warn!(
                 "the control plane's API is in plaintext (--insecure-plaintext): tokens and snapshots cross the network in the clear, and nodes cannot prove who they are"
@@ -162,7 +205,7 @@ impl ControlPlane {
         let thread = std::thread::Builder::new()
             .name("ringmesh-control-plane".into())
             .spawn(move || run(listener, st, stop_rx, store, api, served))
-            .map_err(|e| vec![e.to_string()])?;
+            .map_err(one)?;
         tracing::info!(%addr, "control plane started");
         Ok(ControlPlane {
             addr,
@@ -206,7 +249,7 @@ impl Drop for ControlPlane {
 
 /// A control plane reachable from other hosts must be served over TLS and have someone to
 /// administer it: otherwise it refuses to start, saying what is missing.
-fn exposed_safely(bind: SocketAddr, tls: &ApiTls, mesh: &Mesh) -> Result<(), String> {
+fn exposed_safely(bind: SocketAddr, tls: &ApiTls, mesh: &Mesh) -> Result<(), StartError> {
     if bind.ip().is_loopback() {
         return Ok(());
     }
@@ -220,10 +263,7 @@ fn exposed_safely(bind: SocketAddr, tls: &ApiTls, mesh: &Mesh) -> Result<(), Str
     if missing.is_empty() {
         return Ok(());
     }
-    Err(format!(
-        "bind: {bind} is reachable from other hosts, and the API would lack {}",
-        missing.join(" and ")
-    ))
+    Err(StartError::Exposed { bind, missing })
 }
 
 /// Writes the state file now, synced to disk, from the runtime's thread (for what must be
@@ -273,11 +313,12 @@ struct Api {
     tls: ApiTls,
 }
 
-fn read(source: &MeshSource) -> Result<String, String> {
+fn read(source: &MeshSource) -> Result<String, StartError> {
     match source {
-        MeshSource::File(p) => {
-            std::fs::read_to_string(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))
-        }
+        MeshSource::File(p) => std::fs::read_to_string(p).map_err(|source| StartError::Read {
+            path: p.clone(),
+            source,
+        }),
         MeshSource::Text(t) => Ok(t.clone()),
     }
 }
@@ -578,7 +619,7 @@ fn changed_file(st: &mut State) -> Option<(Mesh, u64)> {
     let text = match read(&st.source) {
         Ok(t) => t,
         Err(e) => {
-            st.file_error = Some(e);
+            st.file_error = Some(e.to_string());
             return None;
         }
     };

@@ -30,12 +30,13 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{Value, json};
 
 use super::super::ca::Ca;
-use super::super::etcd::{self, Etcd, Event, Kv};
+use super::super::etcd::{self, Etcd, EtcdError, Event, Kv};
 use super::super::model::Mesh;
 use super::auth::Caller;
 use super::{
-    Plane, Resolved, Spent, State, StoreOptions, apply_edit, checked_registration, conflict,
-    identity, if_match_required, invalid, may_touch, owner_of, registered, registration, unix_ms,
+    DnsError, Plane, Resolved, Spent, State, StoreOptions, apply_edit, checked_registration,
+    conflict, identity, if_match_required, invalid, may_touch, owner_of, registered, registration,
+    unix_ms,
 };
 use crate::http::{Request, Response};
 
@@ -86,7 +87,7 @@ pub(super) struct Store {
     /// The mesh file is being written.
     mesh_writing: Cell<bool>,
     /// What DNS last said here about each name.
-    resolved: RefCell<BTreeMap<String, Result<Vec<std::net::SocketAddr>, String>>>,
+    resolved: RefCell<BTreeMap<String, Result<Vec<std::net::SocketAddr>, DnsError>>>,
     /// This replica led at the last tick.
     led_here: Cell<bool>,
     /// etcd went back in time: nothing more is followed until a restart.
@@ -105,12 +106,26 @@ pub(super) struct Store {
     threads: RefCell<Vec<std::thread::JoinHandle<()>>>,
 }
 
+/// Why a replica could not open the store.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum StoreError {
+    /// etcd refused or failed a call made to seed or read the prefix.
+    #[error("store: {0}")]
+    Etcd(#[from] EtcdError),
+    /// The prefix's `epoch` key does not hold a number.
+    #[error("store: the epoch key is unreadable")]
+    Epoch,
+    /// A store thread cannot be started.
+    #[error("store: cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
 /// Connects to etcd, seeds an empty prefix from this replica's mesh file and CA, reads the
 /// state into `st`, and starts the store's threads. Returns the store and its changes.
 pub(super) fn open(
     opts: &StoreOptions,
     st: &mut State,
-) -> Result<(Store, flume::Receiver<Batch>), String> {
+) -> Result<(Store, flume::Receiver<Batch>), StoreError> {
     let prefix = opts.prefix.clone();
     let mut etcd = Etcd::new(opts.etcd.clone());
     // Wait a little for etcd (it may be starting beside us).
@@ -119,10 +134,10 @@ pub(super) fn open(
     loop {
         match etcd.put_if(&format!("{prefix}epoch"), 0, now_ms.as_bytes(), 0) {
             Ok(_) => break,
-            Err(e) if e.unavailable && started.elapsed() < Duration::from_secs(10) => {
+            Err(e) if e.unavailable() && started.elapsed() < Duration::from_secs(10) => {
                 std::thread::sleep(Duration::from_millis(200));
             }
-            Err(e) => return Err(format!("store: {e}")),
+            Err(e) => return Err(e.into()),
         }
     }
     let mesh = mesh_value(&st.mesh, st.file_hash);
@@ -130,20 +145,17 @@ pub(super) fn open(
     let seeded = |e: &mut Etcd, key: &str, value: &str| {
         e.put_if(&format!("{prefix}{key}"), 0, value.as_bytes(), 0)
             .map(|(written, _)| written)
-            .map_err(|e| format!("store: {e}"))
     };
     if seeded(&mut etcd, "mesh", &mesh)? {
         tracing::info!(%prefix, "store was empty: seeded with this mesh file");
     }
     seeded(&mut etcd, "ca", &ca)?;
-    let (rev, kvs) = etcd
-        .range_prefix(&prefix)
-        .map_err(|e| format!("store: {e}"))?;
+    let (rev, kvs) = etcd.range_prefix(&prefix)?;
     let epoch = kvs
         .iter()
         .find(|kv| kv.key == format!("{prefix}epoch"))
         .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse::<u64>().ok())
-        .ok_or("store: the epoch key is unreadable")?;
+        .ok_or(StoreError::Epoch)?;
     let (jobs_tx, jobs_rx) = flume::unbounded::<Job>();
     let (reports_tx, reports_rx) = flume::bounded::<Job>(REPORTS_QUEUED);
     let (batch_tx, batch_rx) = flume::unbounded();
@@ -218,11 +230,11 @@ pub(super) fn open(
 fn spawn(
     name: &str,
     f: impl FnOnce() + Send + 'static,
-) -> Result<std::thread::JoinHandle<()>, String> {
+) -> Result<std::thread::JoinHandle<()>, StoreError> {
     std::thread::Builder::new()
         .name(name.into())
         .spawn(f)
-        .map_err(|e| format!("store: cannot start a thread: {e}"))
+        .map_err(StoreError::Thread)
 }
 
 /// The watch thread: follows the prefix; after losing the watch, reads it whole again.
@@ -359,22 +371,19 @@ impl Store {
     /// Runs `f` on a store thread and waits for its answer.
     async fn exec<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Etcd) -> Result<T, etcd::Error> + Send + 'static,
-    ) -> Result<T, etcd::Error> {
+        f: impl FnOnce(&mut Etcd) -> Result<T, EtcdError> + Send + 'static,
+    ) -> Result<T, EtcdError> {
         let (tx, rx) = flume::bounded(1);
         let job: Job = Box::new(move |e| {
             let _ = tx.send(f(e));
         });
         if self.jobs.send(job).is_err() {
-            return Err(stopped());
+            return Err(EtcdError::Stopping);
         }
         let deadline = monoio::time::sleep(EXEC_WAIT);
         monoio::select! {
-            r = rx.recv_async() => r.unwrap_or_else(|_| Err(stopped())),
-            _ = deadline => Err(etcd::Error {
-                unavailable: true,
-                message: "etcd did not answer in time".into(),
-            }),
+            r = rx.recv_async() => r.unwrap_or(Err(EtcdError::Stopping)),
+            _ = deadline => Err(EtcdError::TimedOut),
         }
     }
 
@@ -391,13 +400,6 @@ impl Store {
 /// The `mesh` key's value: the desired state, and the fingerprint of the file it came from.
 fn mesh_value(mesh: &Mesh, file_hash: u64) -> String {
     json!({ "mesh": mesh.doc, "file_hash": file_hash }).to_string()
-}
-
-fn stopped() -> etcd::Error {
-    etcd::Error {
-        unavailable: true,
-        message: "the control plane is stopping".into(),
-    }
 }
 
 /// Applies the store's changes to the state: the version becomes `epoch + revision`, and what
@@ -683,7 +685,7 @@ async fn seen(plane: &Plane, store: &Store, rev: i64) {
     }
 }
 
-fn unavailable(e: &etcd::Error) -> Response {
+fn unavailable(e: &EtcdError) -> Response {
     Response::error(503, &format!("the store is unavailable: {e}"))
 }
 
@@ -747,10 +749,10 @@ pub(super) async fn answer(
                 let st = plane.st.borrow();
                 let mut ca = match Ca::from_json(&st.ca.to_json(), &st.mesh.trust_domain) {
                     Ok(ca) => ca,
-                    Err(e) => return Some(Response::error(500, &e)),
+                    Err(e) => return Some(Response::error(500, &e.to_string())),
                 };
                 if let Err(e) = ca.rotate(&st.mesh.trust_domain) {
-                    return Some(Response::error(409, &e));
+                    return Some(Response::error(409, &e.to_string()));
                 }
                 (
                     json!({ "ca": ca.to_json() }).to_string(),
@@ -1015,7 +1017,7 @@ pub(super) fn resolved(
     st: &State,
     store: &Store,
     name: &str,
-    result: &Result<Vec<std::net::SocketAddr>, String>,
+    result: &Result<Vec<std::net::SocketAddr>, DnsError>,
 ) {
     // Every replica resolves and keeps its last answers, for when it comes to lead.
     store
@@ -1037,7 +1039,7 @@ pub(super) fn resolved(
     }
     let value = json!({
         "addrs": addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "error": result.as_ref().err(),
+        "error": result.as_ref().err().map(ToString::to_string),
         "at_ms": unix_ms(SystemTime::now()),
     })
     .to_string();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use super::super::ca::Ca;
+use super::super::ca::{Ca, CaError};
 use super::super::model::{Mesh, Registered, render_cluster, render_node};
 use super::*;
 
@@ -137,7 +137,7 @@ impl State {
         text: &str,
         source: MeshSource,
         state_file: Option<PathBuf>,
-    ) -> Result<State, String> {
+    ) -> Result<State, CaError> {
         // The operator's CA when the mesh file names one, else one made here.
         let ca = match &mesh.ca.operator {
             Some(op) => Ca::with(super::super::ca::Authority::from_operator(

@@ -20,6 +20,35 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
 use super::State;
+use crate::mesh::ca::CaError;
+use ringmesh_core::tls::PemError;
+
+/// Why the API's TLS could not be built.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ApiTlsError {
+    /// The operator's certificate or key file (`flag` names which) cannot be read.
+    #[error("{flag}: cannot read {}: {source}", .path.display())]
+    Read {
+        flag: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The mesh CA cannot issue the API's certificate.
+    #[error("{0}")]
+    Issue(#[from] CaError),
+    /// The certificate and key do not make a usable pair.
+    #[error("the API's certificate: {0}")]
+    Certificate(PemError),
+    /// The mesh trust bundle holds no usable CA.
+    #[error("the mesh trust bundle: {0}")]
+    Bundle(PemError),
+    /// No verifier of client certificates can be built over the bundle.
+    #[error("client verification: {0}")]
+    Verifier(rustls::server::VerifierBuilderError),
+    /// rustls refused the server's TLS settings.
+    #[error("{0}")]
+    Config(rustls::Error),
+}
 
 /// How the API is served.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -92,14 +121,19 @@ pub(super) fn build(
     opts: &ApiTls,
     st: &State,
     bound: SocketAddr,
-) -> Result<Option<Served>, String> {
+) -> Result<Option<Served>, ApiTlsError> {
     let (chain, key, renew_at, files) = match opts {
         ApiTls::Plaintext => return Ok(None),
         ApiTls::Files { cert, key } => {
-            let c = std::fs::read(cert)
-                .map_err(|e| format!("--tls-cert: cannot read {}: {e}", cert.display()))?;
-            let k = std::fs::read(key)
-                .map_err(|e| format!("--tls-key: cannot read {}: {e}", key.display()))?;
+            let read = |flag, path: &PathBuf| {
+                std::fs::read(path).map_err(|source| ApiTlsError::Read {
+                    flag,
+                    path: path.clone(),
+                    source,
+                })
+            };
+            let c = read("--tls-cert", cert)?;
+            let k = read("--tls-key", key)?;
             let stamp = modified(cert).max(modified(key));
             (c, k, i64::MAX, Some((cert.clone(), key.clone(), stamp)))
         }
@@ -121,17 +155,17 @@ pub(super) fn build(
         }
     };
     let ck = ringmesh_core::tls::certified_key_from_pem(&chain, &key)
-        .map_err(|e| format!("the API's certificate: {e}"))?;
+        .map_err(ApiTlsError::Certificate)?;
     let roots = ringmesh_core::tls::roots_from_pem(st.ca.bundle().as_bytes())
-        .map_err(|e| format!("the mesh trust bundle: {e}"))?;
+        .map_err(ApiTlsError::Bundle)?;
     let provider = ringmesh_core::tls::provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
         .build()
-        .map_err(|e| format!("client verification: {e}"))?;
+        .map_err(ApiTlsError::Verifier)?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
+        .map_err(ApiTlsError::Config)?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(Single(ck)));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
