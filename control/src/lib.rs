@@ -6,6 +6,8 @@ pub mod admin;
 pub mod api_guard;
 pub mod compile;
 pub mod config;
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing;
 pub mod http;
 pub mod mesh;
 pub mod runtime;

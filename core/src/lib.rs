@@ -15,6 +15,8 @@ pub mod digits;
 pub mod endpoint;
 pub mod error;
 pub mod failover;
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing;
 pub mod h2;
 pub mod head;
 pub mod health;

@@ -1,4 +1,4 @@
 #![no_main]
-//! Fuzz target: see `ringmesh_tests::fuzz::certificate`.
+//! Fuzz target: see `ringmesh_core::fuzzing::certificate`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmesh_tests::fuzz::certificate(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmesh_core::fuzzing::certificate(data));

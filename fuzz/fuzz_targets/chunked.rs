@@ -1,4 +1,4 @@
 #![no_main]
-//! Fuzz target: see `ringmesh_tests::fuzz::chunked`.
+//! Fuzz target: see `ringmesh_core::fuzzing::chunked`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmesh_tests::fuzz::chunked(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmesh_core::fuzzing::chunked(data));

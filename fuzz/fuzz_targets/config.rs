@@ -1,4 +1,4 @@
 #![no_main]
-//! Fuzz target: see `ringmesh_tests::fuzz::config`.
+//! Fuzz target: see `ringmesh_control::fuzzing::config`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmesh_tests::fuzz::config(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmesh_control::fuzzing::config(data));

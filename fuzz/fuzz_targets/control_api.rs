@@ -1,4 +1,4 @@
 #![no_main]
-//! Fuzz target: see `ringmesh_tests::fuzz::control_api`.
+//! Fuzz target: see `ringmesh_control::fuzzing::control_api`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmesh_tests::fuzz::control_api(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmesh_control::fuzzing::control_api(data));

@@ -1,4 +1,4 @@
 #![no_main]
-//! Fuzz target: see `ringmesh_tests::fuzz::h2_client`.
+//! Fuzz target: see `ringmesh_core::fuzzing::h2_client`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmesh_tests::fuzz::h2_client(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmesh_core::fuzzing::h2_client(data));

@@ -1,4 +1,4 @@
 #![no_main]
-//! Fuzz target: see `ringmesh_tests::fuzz::h2_server`.
+//! Fuzz target: see `ringmesh_core::fuzzing::h2_server`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmesh_tests::fuzz::h2_server(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmesh_core::fuzzing::h2_server(data));

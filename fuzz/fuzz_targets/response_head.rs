@@ -1,4 +1,4 @@
 #![no_main]
-//! Fuzz target: see `ringmesh_tests::fuzz::response_head`.
+//! Fuzz target: see `ringmesh_core::fuzzing::response_head`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmesh_tests::fuzz::response_head(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ringmesh_core::fuzzing::response_head(data));

@@ -24,6 +24,7 @@ pub(crate) mod client;
 pub(crate) mod conn;
 pub(crate) mod drive;
 pub(crate) mod frame;
+#[cfg(any(fuzzing, test))]
 pub mod fuzzing;
 pub(crate) mod hpack;
 #[cfg(test)]

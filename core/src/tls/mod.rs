@@ -30,7 +30,9 @@ pub use identity::{
     NODE_PREFIX, is_self_issued, mesh_node, not_after, spiffe_id, subject_public_key_info,
     valid_spiffe_id,
 };
-pub use stream::{TlsRead, TlsStream, TlsWrite, accept, connect, drive_server};
+#[cfg(any(fuzzing, test))]
+pub use stream::drive_server;
+pub use stream::{TlsRead, TlsStream, TlsWrite, accept, connect};
 
 /// Sessions remembered per worker for resumption by session id (TLS 1.2 clients without
 /// ticket support); tickets need no server memory.

@@ -349,29 +349,3 @@ fn valid_log_path(d: &mut Decoder, node: Node<'_, '_>, path: &str, p: &str) -> O
     }
     Some(p.to_string())
 }
-
-/// `{ rps: N, burst: M }`; the burst defaults to one second's worth.
-pub(super) fn decode_rate_limit(
-    d: &mut Decoder,
-    node: Node<'_, '_>,
-    path: &str,
-) -> Option<RateLimitConfig> {
-    let f = d.mapping(node, path, &["rps", "burst"])?;
-    let rps = required(d, &f, "rps").and_then(|(n, p)| {
-        let v = d.integer(n, &p, 100_000_000)?;
-        if v == 0 {
-            d.error(&p, Some(n), "must be at least 1");
-            return None;
-        }
-        Some(v as f64)
-    });
-    let burst = match f.get("burst") {
-        Some((n, p)) => d.integer(n, &p, 100_000_000).map(|v| Some(v as f64)),
-        None => Some(None),
-    };
-    let rps = rps?;
-    Some(RateLimitConfig {
-        rps,
-        burst: burst?.unwrap_or(rps).max(1.0),
-    })
-}

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use super::listener::decode_rate_limit;
 use super::{Decoder, Fields, Node, required};
 
 use crate::config::model::*;
@@ -278,4 +277,30 @@ pub(super) fn decode_headers(
         }
     }
     out
+}
+
+/// `{ rps: N, burst: M }` (a route's or a listener's); the burst defaults to one second's worth.
+fn decode_rate_limit(
+    d: &mut Decoder,
+    node: Node<'_, '_>,
+    path: &str,
+) -> Option<RateLimitConfig> {
+    let f = d.mapping(node, path, &["rps", "burst"])?;
+    let rps = required(d, &f, "rps").and_then(|(n, p)| {
+        let v = d.integer(n, &p, 100_000_000)?;
+        if v == 0 {
+            d.error(&p, Some(n), "must be at least 1");
+            return None;
+        }
+        Some(v as f64)
+    });
+    let burst = match f.get("burst") {
+        Some((n, p)) => d.integer(n, &p, 100_000_000).map(|v| Some(v as f64)),
+        None => Some(None),
+    };
+    let rps = rps?;
+    Some(RateLimitConfig {
+        rps,
+        burst: burst?.unwrap_or(rps).max(1.0),
+    })
 }

@@ -347,11 +347,13 @@ impl Connection {
     }
 
     /// The streams kept.
+    #[cfg(any(fuzzing, test))]
     pub fn streams(&self) -> impl Iterator<Item = &Stream> {
         self.streams.iter()
     }
 
     /// What the peer may still send on the connection.
+    #[cfg(any(fuzzing, test))]
     pub fn receive_window(&self) -> i64 {
         self.recv_window
     }

@@ -38,6 +38,11 @@ use rustls::{ClientConfig, HandshakeKind, ServerConfig};
 use crate::metrics::Handshake;
 use crate::rawbuf as raw;
 
+#[cfg(any(fuzzing, test))]
+mod fuzzing;
+#[cfg(any(fuzzing, test))]
+pub use fuzzing::drive_server;
+
 /// Ciphertext read per operation.
 const READ_CHUNK: usize = 16 * 1024;
 /// Room for a record's header, tag and content type, per record.
@@ -360,43 +365,6 @@ impl Shared {
     fn has_plain(&self) -> bool {
         self.plain_at.get() < self.plain.borrow().len()
     }
-}
-
-/// Feeds `input` to a server connection in pieces split at `cuts`, as if it came off the
-/// network, then tries to send `reply` and to close: the adapter's processing without sockets,
-/// for fuzzing. Returns whether the handshake completed.
-pub fn drive_server(config: Arc<ServerConfig>, input: &[u8], cuts: &[usize], reply: &[u8]) -> bool {
-    let Ok(conn) = UnbufferedServerConnection::new(config) else {
-        return false;
-    };
-    let shared = Shared::new(Conn::Server(conn));
-    let mut out = Vec::new();
-    let mut at = 0;
-    let mut ends: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
-    ends.sort_unstable();
-    ends.push(input.len());
-    let mut ready = false;
-    for end in ends {
-        if end <= at {
-            continue;
-        }
-        let chunk = input[at..end].to_vec();
-        at = end;
-        match shared.take_in(chunk, &mut out) {
-            Ok(Next::Ready) => ready = true,
-            Ok(_) => {}
-            Err(_) => {
-                shared.alert(&mut out);
-                break;
-            }
-        }
-        let mut sink = [0u8; 512];
-        while shared.take_plain(sink.as_mut_ptr(), sink.len()).is_some() {}
-    }
-    if ready && !shared.failed.get() {
-        let _ = shared.process_pending(&mut out, Some(reply));
-    }
-    ready
 }
 
 /// One side (or both) of a TLS connection: `IO` is the socket or one of its halves.

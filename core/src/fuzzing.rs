@@ -1,12 +1,11 @@
-//! The bodies of the fuzz targets in `fuzz/`, shared with the test that replays their corpora
-//! (`tests/fuzz_corpus.rs`). Each takes arbitrary bytes, runs a parser on them, and checks the
-//! invariants the proxy relies on; any panic is a finding.
+//! The bodies of the fuzz targets in `fuzz/` (built by cargo-fuzz with `--cfg fuzzing`), also
+//! replayed over the kept corpus by this crate's tests. Each takes arbitrary bytes, runs a
+//! parser on them, and checks the invariants the proxy relies on; any panic is a finding.
 
-use ringmesh_core::head::Forwarded;
-use ringmesh_core::head::{Framing, RequestHead, ResponseHead, Version, host_of};
-use ringmesh_core::http1::MAX_HEADERS;
-use ringmesh_core::http1::chunked::ChunkedDecoder;
-use ringmesh_core::http1::encode;
+use crate::head::{Forwarded, Framing, RequestHead, ResponseHead, Version, host_of};
+use crate::http1::MAX_HEADERS;
+use crate::http1::chunked::ChunkedDecoder;
+use crate::http1::encode;
 
 /// Request heads: parse, then write the upstream head; spans stay in bounds and a head that
 /// parses once parses again the same way from the proxy's own output.
@@ -24,16 +23,16 @@ pub fn request_head(data: &[u8]) {
     if let Some(a) = req.authority {
         let _ = host_of(a.get(data));
     }
-    if req.method == ringmesh_core::head::Method::Connect {
+    if req.method == crate::head::Method::Connect {
         // A CONNECT is answered by the proxy and tunneled, never forwarded as a head.
         assert!(req.path.is_empty() && req.authority.is_some() && req.upgrade.is_none());
         return;
     }
     let mut out = Vec::new();
-    let trace = ringmesh_core::trace::Trace::continue_or_start(
+    let trace = crate::trace::Trace::continue_or_start(
         req.traceparent.map(|s| s.get(data)),
         req.b3.map(|s| s.get(data)),
-        &mut ringmesh_core::rng::Rng::new(n as u64),
+        &mut crate::rng::Rng::new(n as u64),
     );
     let fwd = Forwarded {
         client_ip: b"10.0.0.1",
@@ -57,10 +56,10 @@ pub fn request_head(data: &[u8]) {
             assert_eq!(again.method, req.method);
             // The context written is one the next hop accepts, with the same trace.
             let tp = again.traceparent.map(|s| s.get(&out));
-            let next = tp.and_then(ringmesh_core::trace::parse_traceparent);
+            let next = tp.and_then(crate::trace::parse_traceparent);
             assert_eq!(next.map(|t| t.trace_id), Some(trace.trace_id));
             if let Some(b3) = again.b3 {
-                assert!(ringmesh_core::trace::parse_b3(b3.get(&out)).is_some());
+                assert!(crate::trace::parse_b3(b3.get(&out)).is_some());
             }
         }
         other => panic!(
@@ -75,7 +74,7 @@ pub fn request_head(data: &[u8]) {
 /// upstream is exactly the one its policies and routes matched: normalizing it again (as the
 /// next hop would) finds nothing to change.
 pub fn path(data: &[u8]) {
-    use ringmesh_core::path::{EscapedSlashes, PathRules, Semicolons, normalize};
+    use crate::path::{EscapedSlashes, PathRules, Semicolons, normalize};
     let Some((&pick, target)) = data.split_first() else {
         return;
     };
@@ -231,25 +230,10 @@ fn out_prefix(_: Vec<u8>) -> Vec<u8> {
     Vec::new()
 }
 
-/// Config files: decoding never panics; a config that parses also compiles.
-pub fn config(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    match ringmesh_control::config::Config::parse(text) {
-        Ok(c) => {
-            let binds: Vec<_> = c.listeners.iter().map(|l| l.bind).collect();
-            ringmesh_control::compile::compile(&c, 1, &binds).expect("a checked config compiles");
-            let _ = c.to_json();
-        }
-        Err(errors) => assert!(!errors.is_empty()),
-    }
-}
-
 /// Certificates: finding the SPIFFE ID never panics, and what it finds is a valid ID.
 pub fn certificate(data: &[u8]) {
-    if let Some(id) = ringmesh_core::tls::spiffe_id(data) {
-        assert!(ringmesh_core::tls::valid_spiffe_id(&id), "{id}");
+    if let Some(id) = crate::tls::spiffe_id(data) {
+        assert!(crate::tls::valid_spiffe_id(&id), "{id}");
     }
 }
 
@@ -257,7 +241,7 @@ pub fn certificate(data: &[u8]) {
 /// name found is a plain DNS name, and no prefix of a hello that parses is refused (the
 /// parser may ask for more, never give up early).
 pub fn client_hello(data: &[u8]) {
-    use ringmesh_core::sni::{Hello, server_name};
+    use crate::sni::{Hello, server_name};
     let mut scratch = Vec::new();
     let whole = server_name(data, &mut scratch);
     if let Hello::Tls(Some(name)) = whole {
@@ -284,14 +268,14 @@ pub fn client_hello(data: &[u8]) {
 pub fn h2_server(data: &[u8]) {
     let (cuts, input) = data.split_at(data.len().min(4));
     let cuts: Vec<usize> = cuts.iter().map(|&c| usize::from(c) * 4).collect();
-    ringmesh_core::h2::fuzzing::server(input, &cuts);
+    crate::h2::fuzzing::server(input, &cuts);
 }
 
 /// HTTP/2 from an upstream, as raw bytes after a first byte that chooses how many requests are
 /// open: the client side's frame handling never panics and keeps its windows bounded.
 pub fn h2_client(data: &[u8]) {
     let (streams, input) = data.split_first().unwrap_or((&0, &[]));
-    ringmesh_core::h2::fuzzing::client(input, *streams % 9);
+    crate::h2::fuzzing::client(input, *streams % 9);
 }
 
 /// TLS from a client, as raw bytes cut into reads at the positions the first bytes choose:
@@ -299,128 +283,96 @@ pub fn h2_client(data: &[u8]) {
 pub fn tls_server(data: &[u8]) {
     let (cuts, input) = data.split_at(data.len().min(4));
     let cuts: Vec<usize> = cuts.iter().map(|&c| usize::from(c) * 8).collect();
-    ringmesh_core::tls::drive_server(fuzz_tls_config(), input, &cuts, b"HTTP/1.1 200 OK\r\n\r\n");
+    crate::tls::drive_server(fuzz_tls_config(), input, &cuts, b"HTTP/1.1 200 OK\r\n\r\n");
 }
 
-/// A server config with a certificate made once per process.
+/// A server config with a self-signed certificate made once per process, held in memory.
 fn fuzz_tls_config() -> std::sync::Arc<rustls::ServerConfig> {
     static CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ServerConfig>> =
         std::sync::OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let pki = crate::tls::Pki::new("fuzz");
-            let leaf = pki.leaf("server", &["fuzz.example"], false);
-            let spec = ringmesh_core::tls::CertSpec {
-                cert: leaf.cert.display().to_string(),
-                key: leaf.key.display().to_string(),
+            let made = rcgen::generate_simple_self_signed(vec!["fuzz.example".to_string()])
+                .expect("a self-signed certificate");
+            crate::tls::memory::put("fuzz-server-cert", made.cert.pem().as_bytes());
+            crate::tls::memory::put("fuzz-server-key", made.key_pair.serialize_pem().as_bytes());
+            let spec = crate::tls::CertSpec {
+                cert: "mem:fuzz-server-cert".to_string(),
+                key: "mem:fuzz-server-key".to_string(),
                 sni: Vec::new(),
             };
-            ringmesh_core::tls::ServerTls::build("fuzz", &[spec], &["http/1.1".to_string()], None)
+            crate::tls::ServerTls::build("fuzz", &[spec], &["http/1.1".to_string()], None)
                 .expect("fuzz TLS config")
                 .config()
         })
         .clone()
 }
 
-/// The control plane's API bodies and mesh files. The first byte picks: a registration body, a
-/// mesh file, or an edit (`pointer\nJSON`) of a valid mesh. Nothing panics, and whatever the
-/// control plane accepts renders into node configs that the proxy accepts too.
-pub fn control_api(data: &[u8]) {
-    use ringmesh_control::mesh::model::Mesh;
-    let Some((&pick, rest)) = data.split_first() else {
-        return;
-    };
-    match pick % 4 {
-        0 => {
-            let _ = ringmesh_control::mesh::server::parse_registration(rest);
-        }
-        3 => etcd_watch_stream(rest),
-        1 => {
-            if let Ok(Ok(m)) = std::str::from_utf8(rest).map(Mesh::parse) {
-                nodes_render(&m);
-            }
-        }
-        _ => {
-            const BASE: &str = "clusters:\n  - { name: web, endpoints: [ { addr: 127.0.0.1:8081 }, { dns: \"localhost:8082\" } ] }\n  - { name: api, endpoints: [] }\npolicies: [ { name: p, action: allow, match: { method: GET } } ]\nnodes:\n  edge-1:\n    listeners:\n      - { name: edge, bind: 127.0.0.1:0, routes: [ { match: { path_prefix: / }, split: [ { cluster: web, weight: 1 }, { cluster: api, weight: 1 } ] } ] }\n";
-            let Ok(base) = Mesh::parse(BASE) else {
-                panic!("the base mesh is valid");
-            };
-            let split = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
-            let Ok(pointer) = std::str::from_utf8(&rest[..split]) else {
-                return;
-            };
-            let req = ringmesh_control::http::Request {
-                method: "PUT".into(),
-                body: rest.get(split + 1..).unwrap_or_default().to_vec(),
-                ..Default::default()
-            };
-            let mut doc = base.doc.clone();
-            if ringmesh_control::mesh::server::apply_edit(&mut doc, &req, pointer).is_ok() {
-                if let Ok(m) = Mesh::check(doc) {
-                    nodes_render(&m);
-                }
-            }
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    //! Every input kept in `fuzz/corpus/` (seeds and past findings) replayed through the
+    //! targets, so that a normal test run catches a regression the fuzzer once found.
 
-/// The etcd watch stream's decoder: the same answer whether the bytes come at once or in two
-/// pieces.
-fn etcd_watch_stream(data: &[u8]) {
-    use ringmesh_control::mesh::etcd::{EtcdError, Event, WatchStream};
-    let Some((&cut, body)) = data.split_first() else {
-        return;
-    };
-    let summary = |r: Result<Vec<Vec<Event>>, EtcdError>| match r {
-        Ok(batches) => Ok(batches
-            .iter()
-            .map(|b| {
-                b.iter()
-                    .map(|e| match e {
-                        Event::Put(kv) => (true, kv.key.clone(), kv.mod_revision),
-                        Event::Delete(kv) => (false, kv.key.clone(), kv.mod_revision),
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect::<Vec<_>>()),
-        Err(_) => Err(()),
-    };
-    let whole = summary(WatchStream::default().feed(body));
-    let at = usize::from(cut).min(body.len());
-    let mut split = WatchStream::default();
-    let pieces = match split.feed(&body[..at]) {
-        Ok(mut first) => split.feed(&body[at..]).map(|rest| {
-            first.extend(rest);
-            first
-        }),
-        Err(e) => Err(e),
-    };
-    let pieces = summary(pieces);
-    // An error ends the stream where it is found; before that, both saw the same batches.
-    if whole.is_ok() && pieces.is_ok() {
-        assert_eq!(
-            whole, pieces,
-            "the decoding depends on how the bytes arrive"
-        );
-    }
-}
+    use std::path::Path;
 
-fn nodes_render(m: &ringmesh_control::mesh::model::Mesh) {
-    use ringmesh_control::mesh::model::{render_cluster, render_node};
-    let clusters: std::collections::BTreeMap<String, String> = m
-        .clusters
-        .iter()
-        .map(|c| {
-            (
-                c.name.clone(),
-                render_cluster(c, |_| None, std::iter::empty()),
-            )
-        })
-        .collect();
-    for (name, n) in &m.nodes {
-        let text = render_node(m, n, &clusters);
-        if let Err(errs) = ringmesh_control::config::Config::parse(&text) {
-            panic!("node {name}: accepted by the control plane, refused by the proxy: {errs:?}");
+    /// Runs `f` on every file of the target's corpus; a panic names the file.
+    pub(crate) fn replay(target: &str, f: fn(&[u8])) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus")
+            .join(target);
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            let result = std::panic::catch_unwind(|| f(&data));
+            assert!(result.is_ok(), "{} fails on {}", target, path.display());
+            n += 1;
         }
+        assert!(n > 0, "no corpus for {target}");
+    }
+
+    #[test]
+    fn request_head_corpus() {
+        replay("request_head", super::request_head);
+    }
+
+    #[test]
+    fn path_corpus() {
+        replay("path", super::path);
+    }
+
+    #[test]
+    fn response_head_corpus() {
+        replay("response_head", super::response_head);
+    }
+
+    #[test]
+    fn chunked_corpus() {
+        replay("chunked", super::chunked);
+    }
+
+    #[test]
+    fn certificate_corpus() {
+        replay("certificate", super::certificate);
+    }
+
+    #[test]
+    fn client_hello_corpus() {
+        replay("client_hello", super::client_hello);
+    }
+
+    #[test]
+    fn h2_server_corpus() {
+        replay("h2_server", super::h2_server);
+    }
+
+    #[test]
+    fn h2_client_corpus() {
+        replay("h2_client", super::h2_client);
+    }
+
+    #[test]
+    fn tls_server_corpus() {
+        replay("tls_server", super::tls_server);
     }
 }
