@@ -280,11 +280,7 @@ pub(super) fn decode_headers(
 }
 
 /// `{ rps: N, burst: M }` (a route's or a listener's); the burst defaults to one second's worth.
-fn decode_rate_limit(
-    d: &mut Decoder,
-    node: Node<'_, '_>,
-    path: &str,
-) -> Option<RateLimitConfig> {
+fn decode_rate_limit(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<RateLimitConfig> {
     let f = d.mapping(node, path, &["rps", "burst"])?;
     let rps = required(d, &f, "rps").and_then(|(n, p)| {
         let v = d.integer(n, &p, 100_000_000)?;

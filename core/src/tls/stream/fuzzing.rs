@@ -35,8 +35,11 @@ pub fn drive_server(config: Arc<ServerConfig>, input: &[u8], cuts: &[usize], rep
                 break;
             }
         }
-        let mut sink = [0u8; 512];
-        while shared.take_plain(sink.as_mut_ptr(), sink.len()).is_some() {}
+        let mut sink = Vec::with_capacity(512);
+        while shared
+            .take_plain(&mut crate::rawbuf::room(&mut sink))
+            .is_some()
+        {}
     }
     if ready && !shared.failed.get() {
         let _ = shared.process_pending(&mut out, Some(reply));

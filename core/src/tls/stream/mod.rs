@@ -40,6 +40,8 @@ use crate::rawbuf as raw;
 
 #[cfg(any(fuzzing, test))]
 mod fuzzing;
+#[cfg(test)]
+mod tests;
 #[cfg(any(fuzzing, test))]
 pub use fuzzing::drive_server;
 
@@ -341,15 +343,14 @@ impl Shared {
         }
     }
 
-    /// Copies plaintext to `dst` (room for `len` bytes); `None` when there is none.
-    fn take_plain(&self, dst: *mut u8, len: usize) -> Option<usize> {
+    /// Copies plaintext into `dst`; how much, or `None` when there is none.
+    fn take_plain(&self, dst: &mut raw::Room<'_>) -> Option<usize> {
         let mut plain = self.plain.borrow_mut();
         let at = self.plain_at.get();
         if at >= plain.len() {
             return None;
         }
-        let n = (plain.len() - at).min(len);
-        raw::copy_to(&plain[at..at + n], dst, n);
+        let n = dst.put(&plain[at..]);
         if at + n == plain.len() {
             plain.clear();
             if plain.capacity() > 4 * MAX_FRAGMENT {
@@ -526,12 +527,11 @@ impl<IO> Tls<IO> {
         self.shared.h2
     }
 
-    /// Reads plaintext into `len` bytes of room at `dst`, which the caller's buffer owns and
-    /// keeps in place for the whole call.
+    /// Reads plaintext into `dst` (the room of the caller's buffer, borrowed for the whole
+    /// call); how many bytes.
     async fn read_into(
         &mut self,
-        dst: *mut u8,
-        len: usize,
+        dst: &mut raw::Room<'_>,
         cancel: Option<CancelHandle>,
     ) -> io::Result<usize>
     where
@@ -539,7 +539,7 @@ impl<IO> Tls<IO> {
     {
         usable(&self.shared.reading)?;
         loop {
-            if let Some(n) = self.shared.take_plain(dst, len) {
+            if let Some(n) = self.shared.take_plain(dst) {
                 return Ok(n);
             }
             if self.shared.peer_closed.get() {
@@ -595,11 +595,11 @@ impl<IO> Tls<IO> {
     where
         IO: CancelableAsyncReadRent,
     {
-        let r = self
-            .read_into(buf.write_ptr(), buf.bytes_total(), cancel)
-            .await;
-        if let Ok(n) = r {
-            raw::set_init(&mut buf, n);
+        let mut room = raw::room(&mut buf);
+        let r = self.read_into(&mut room, cancel).await;
+        let filled = room.filled();
+        if r.is_ok() {
+            raw::commit(&mut buf, filled);
         }
         (r, buf)
     }
@@ -703,12 +703,13 @@ impl<IO: CancelableAsyncReadRent> AsyncReadRent for Tls<IO> {
 
     async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
         // Into the first buffer only: a short read, which callers of readv handle.
-        let Some((ptr, len)) = raw::first_room(&mut buf) else {
+        let Some(mut room) = raw::first_room(&mut buf) else {
             return (Ok(0), buf);
         };
-        let r = self.read_into(ptr, len, None).await;
-        if let Ok(n) = r {
-            raw::set_init_vec(&mut buf, n);
+        let r = self.read_into(&mut room, None).await;
+        let filled = room.filled();
+        if r.is_ok() {
+            raw::commit_vec(&mut buf, filled);
         }
         (r, buf)
     }
