@@ -1,4 +1,4 @@
-//! The `ringmesh` binary (SPEC.md section 1).
+//! The `ringmesh` binary (its commands are listed in README.md).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

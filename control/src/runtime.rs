@@ -29,7 +29,7 @@ use crate::shared::{ControlMsg, Current, State};
 /// Where the config comes from.
 #[derive(Debug, Clone)]
 pub enum ConfigSource {
-    /// The embedded default (SPEC.md section 3).
+    /// The embedded default config (its fields are in docs/config.md).
     Embedded,
     /// A YAML file, watched for changes.
     File(PathBuf),

@@ -1,7 +1,7 @@
 //! Retries: which failures may go again, how long to wait, and the budget that keeps retries
 //! from multiplying load when an upstream is already struggling.
 //!
-//! The budget has both forms from REFERENCE.md: a rate (retries within a 10 s window at most
+//! The budget has both usual forms: a rate (retries within a 10 s window at most
 //! `ratio` of first tries plus a floor per second, as Linkerd and Finagle do) and a concurrency
 //! cap (retries in flight at most max(3, `ratio` of requests in flight), as Envoy does). Each
 //! worker keeps its own budget per cluster, so the floor applies per worker. Pure code: time

@@ -1,4 +1,4 @@
-//! The control plane (`ringmesh control`, SPEC.md section 7) and the proxy's side of it.
+//! The control plane (`ringmesh control`, docs/control.md) and the proxy's side of it.
 //!
 //! - [`model`]: the mesh file as desired state, its checks, and each node's rendered config;
 //! - [`server`]: the API, discovery (static, DNS, registrations with a TTL) and the watches;

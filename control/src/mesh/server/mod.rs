@@ -1,5 +1,5 @@
 //! `ringmesh control`: holds the desired state, discovers endpoints, and serves each proxy its
-//! snapshot over a long-poll watch (SPEC.md section 7; the API is in docs/control.md).
+//! snapshot over a long-poll watch (the API is in docs/control.md).
 //!
 //! The API is served over TLS and trusts nobody by default: who may do what is in `auth`,
 //! the API's certificate in `tls`, docs/security.md has the whole trust model.

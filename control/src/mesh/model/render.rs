@@ -1,0 +1,90 @@
+//! Rendering desired state into the config each node is served.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use serde_json::{Map, Value};
+
+use super::*;
+
+/// An endpoint the registration API added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its zone.
+    pub zone: Option<String>,
+    /// Its weight.
+    pub weight: Option<u32>,
+}
+
+/// A cluster's JSON with its endpoints: the listed ones, then those DNS found, then the
+/// registered ones; an address already present is not repeated.
+pub fn render_cluster<'a>(
+    spec: &ClusterSpec,
+    dns: impl Fn(&str) -> Option<&'a [SocketAddr]>,
+    registered: impl Iterator<Item = &'a Registered>,
+) -> String {
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut eps: Vec<Value> = Vec::with_capacity(spec.statics.len());
+    for e in &spec.statics {
+        if let Some(a) = e.get("addr").and_then(Value::as_str) {
+            seen.insert(normalize(a));
+        }
+        eps.push(e.clone());
+    }
+    for d in &spec.dns {
+        for a in dns(&d.name).unwrap_or_default() {
+            if seen.insert(a.to_string()) {
+                let mut e = d.template.clone();
+                e.insert("addr".into(), Value::String(a.to_string()));
+                eps.push(Value::Object(e));
+            }
+        }
+    }
+    for r in registered {
+        if seen.insert(r.addr.to_string()) {
+            let mut e = Map::new();
+            e.insert("addr".into(), Value::String(r.addr.to_string()));
+            if let Some(z) = &r.zone {
+                e.insert("zone".into(), Value::String(z.clone()));
+            }
+            if let Some(w) = r.weight {
+                e.insert("weight".into(), Value::from(w));
+            }
+            eps.push(Value::Object(e));
+        }
+    }
+    let mut c = spec.base.clone();
+    c.insert("endpoints".into(), Value::Array(eps));
+    Value::Object(c).to_string()
+}
+
+pub(super) fn normalize(addr: &str) -> String {
+    addr.parse::<SocketAddr>()
+        .map_or_else(|_| addr.to_string(), |a| a.to_string())
+}
+
+/// A node's config: its listeners, the clusters they name (pre-rendered), and the policies.
+pub fn render_node(mesh: &Mesh, node: &NodeSpec, clusters: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(256 + node.listeners.len());
+    out.push_str("{\"listeners\":");
+    out.push_str(&node.listeners);
+    out.push_str(",\"clusters\":[");
+    let mut first = true;
+    for name in &node.clusters {
+        if let Some(c) = clusters.get(name) {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(c);
+        }
+    }
+    out.push_str("],\"policies\":");
+    out.push_str(&mesh.policies);
+    out.push_str(",\"default_policy\":");
+    out.push_str(&Value::String(mesh.default_policy.clone()).to_string());
+    out.push('}');
+    out
+}
