@@ -30,6 +30,8 @@ mod registry;
 mod replicated;
 mod state;
 mod status;
+#[cfg(test)]
+mod tests;
 mod tls;
 mod watch;
 
