@@ -2,6 +2,7 @@
 //! and the driver that compares ringmesh with peer proxies side by side ([`compare`]). See
 //! perf/README.md for the commands.
 
+pub mod cgroup;
 pub mod compare;
 pub mod load;
 pub mod procfs;

@@ -55,6 +55,16 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (t(11) + t(12)) / ticks_per_sec()
 }
 
+/// CPU seconds of this process's children that have exited and been waited for (and, through
+/// them, of their own waited-for descendants): `cutime` + `cstime` of /proc/self/stat.
+pub fn reaped_children_cpu_seconds() -> f64 {
+    let Some(f) = stat_fields(std::process::id()) else {
+        return 0.0;
+    };
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(13) + t(14)) / ticks_per_sec()
+}
+
 /// CPU seconds of a whole tree.
 pub fn tree_cpu_seconds(root: u32) -> f64 {
     tree(root).into_iter().map(cpu_seconds).sum()

@@ -25,6 +25,8 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
         load_cpu: 0,
         proxy_cpu: 1,
         idle_connections: 10_000,
+        baseline: None,
+        wrk: true,
     };
     let mut p = lexopt::Parser::from_env();
     while let Some(arg) = p.next()? {
@@ -61,6 +63,8 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
                 o.duration = Duration::from_secs(3);
                 o.idle_connections = 2000;
             }
+            Long("baseline") => o.baseline = Some(p.value()?.into()),
+            Long("no-wrk") => o.wrk = false,
             Long("load-cpu") => o.load_cpu = p.value()?.parse()?,
             Long("proxy-cpu") => o.proxy_cpu = p.value()?.parse()?,
             _ => return Err(arg.unexpected().into()),
