@@ -171,6 +171,18 @@ impl Compiler {
                 max_connections: share(c.limits.max_connections),
                 max_pending: share(c.limits.max_pending),
                 max_requests: share(c.limits.max_requests),
+                endpoint: ringmesh_core::pacing::PaceLimits {
+                    max_open: share(
+                        c.limits
+                            .max_endpoint_connections
+                            .or(Some(defaults::ENDPOINT_CONNECTIONS)),
+                    ),
+                    max_connecting: share(
+                        c.limits
+                            .max_endpoint_connecting
+                            .or(Some(defaults::ENDPOINT_CONNECTING)),
+                    ),
+                },
             },
             outlier: c.outlier.as_ref().map(|o| OutlierConfig {
                 consecutive_failures: o.consecutive_failures,

@@ -18,21 +18,37 @@ use crate::breaker::{ClusterState, ConnCount};
 use crate::health::HealthCell;
 use crate::metrics::{EndpointReport, Outcome};
 use crate::outlier::{Change, Outlier, OutlierConfig};
+use crate::pacing::{OpenSlot, Pacing};
 
-/// An upstream connection, counted against its cluster's connection limit while it lives.
+/// An upstream connection, counted against its cluster's connection limit, and against its
+/// endpoint's ([`Pacing`]), while it lives.
 pub struct UpConn {
     /// The connection.
     pub(crate) stream: Io,
     /// `None` for a stream on an HTTP/2 connection (the connection itself is counted).
-    _count: Option<ConnCount>,
+    counted: Option<Counted>,
+}
+
+/// Where a connection is counted, held apart from it while its stream is split.
+pub(crate) struct Counted {
+    _cluster: ConnCount,
+    _endpoint: Option<OpenSlot<UpConn>>,
 }
 
 impl UpConn {
-    /// Counts `stream` as one of `cluster`'s connections until dropped.
-    pub(crate) fn new(stream: Io, cluster: Rc<ClusterState>) -> UpConn {
+    /// Counts `stream` as one of `cluster`'s connections, and as `endpoint`'s (its slot taken
+    /// when the connect began), until dropped.
+    pub(crate) fn new(
+        stream: Io,
+        cluster: Rc<ClusterState>,
+        endpoint: Option<OpenSlot<UpConn>>,
+    ) -> UpConn {
         UpConn {
             stream,
-            _count: Some(ConnCount::new(cluster)),
+            counted: Some(Counted {
+                _cluster: ConnCount::new(cluster),
+                _endpoint: endpoint,
+            }),
         }
     }
 
@@ -40,21 +56,18 @@ impl UpConn {
     pub(crate) fn stream(stream: Io) -> UpConn {
         UpConn {
             stream,
-            _count: None,
+            counted: None,
         }
     }
 
-    /// The stream and its place in the count, apart (to split the stream for full duplex).
-    pub(crate) fn into_parts(self) -> (Io, Option<ConnCount>) {
-        (self.stream, self._count)
+    /// The stream and its place in the counts, apart (to split the stream for full duplex).
+    pub(crate) fn into_parts(self) -> (Io, Option<Counted>) {
+        (self.stream, self.counted)
     }
 
     /// Puts back what [`UpConn::into_parts`] took apart.
-    pub(crate) fn from_parts(stream: Io, count: Option<ConnCount>) -> UpConn {
-        UpConn {
-            stream,
-            _count: count,
-        }
+    pub(crate) fn from_parts(stream: Io, counted: Option<Counted>) -> UpConn {
+        UpConn { stream, counted }
     }
 }
 
@@ -73,6 +86,8 @@ pub struct Endpoint {
     /// `ip:port`, sent as Host when a client sent none.
     pub host: Box<[u8]>,
     pool: RefCell<Vec<Idle>>,
+    /// New HTTP/1.1 connections, paced; and the line of requests waiting for one.
+    pub(crate) pacing: Rc<Pacing<UpConn>>,
     /// HTTP/2 connections (clusters speaking HTTP/2).
     pub(crate) h2: crate::h2::drive::client::Conns,
     in_flight: Cell<u32>,
@@ -100,6 +115,7 @@ impl Endpoint {
             addr,
             host: addr.to_string().into_bytes().into(),
             pool: RefCell::new(Vec::new()),
+            pacing: Rc::default(),
             h2: Default::default(),
             in_flight: Cell::new(0),
             ewma: Cell::new(PeakEwma::new(now)),
@@ -121,12 +137,16 @@ impl Endpoint {
         None
     }
 
-    /// Pools a connection that can carry another request.
+    /// Hands a connection that can carry another request to the first request waiting for
+    /// one, or pools it.
     pub fn checkin(&self, conn: UpConn, now: Instant, max_idle: usize) {
         if matches!(conn.stream, Io::H2Up(_)) {
             // An HTTP/2 stream ends with its exchange; its connection stays with `h2`.
             return;
         }
+        let Some(conn) = self.pacing.hand_over(conn) else {
+            return;
+        };
         let mut pool = self.pool.borrow_mut();
         if pool.len() < max_idle {
             pool.push(Idle { conn, since: now });

@@ -26,6 +26,7 @@ pub(crate) mod io;
 mod listener;
 pub mod metrics;
 pub mod outlier;
+pub mod pacing;
 pub mod path;
 pub mod policy;
 mod proxy;
@@ -43,6 +44,7 @@ mod tcp;
 pub mod tls;
 pub mod trace;
 mod transport;
+pub mod trim;
 pub mod worker;
 
 pub use error::{Error, ErrorKind};

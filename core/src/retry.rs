@@ -6,6 +6,15 @@
 //! cap (retries in flight at most max(3, `ratio` of requests in flight), as Envoy does). Each
 //! worker keeps its own budget per cluster, so the floor applies per worker. Pure code: time
 //! and randomness are passed in.
+//!
+//! The concurrency cap applies to retries that add load: those after an endpoint answered (a
+//! status the policy retries, gRPC UNAVAILABLE), which go to endpoints that may be struggling
+//! as well. A try that could not connect, was reset or timed out before an answer *moves* its
+//! request off that endpoint instead: when an endpoint dies or hangs, every request it held
+//! fails at the same instant, and all of them must be able to go elsewhere at once (at most
+//! one retry per request is in flight, and the endpoint left behind gets nothing more). Those
+//! retries are bounded by the rate alone, which in a total outage still keeps retries within
+//! `ratio` of first tries (plus the floor).
 
 use std::time::{Duration, Instant};
 
@@ -57,6 +66,14 @@ pub enum Failure {
     Status(u16),
     /// A gRPC answer with status UNAVAILABLE, before any message.
     GrpcUnavailable,
+}
+
+impl Failure {
+    /// Whether a retry after this failure moves the request off an endpoint that did not
+    /// answer (rather than adding load to endpoints that did): see the module docs.
+    pub fn moves_request(self) -> bool {
+        matches!(self, Failure::Connect | Failure::Reset)
+    }
 }
 
 impl RetryPolicy {
@@ -173,11 +190,13 @@ impl RetryBudget {
         self.slots[i].0 = self.slots[i].0.saturating_add(1);
     }
 
-    /// Whether a retry may go now, given the requests in flight; counts it if so (call
-    /// [`RetryBudget::retry_done`] when it ends).
+    /// Whether a retry after `failure` may go now, given the requests in flight; counts it if
+    /// so (call [`RetryBudget::retry_done`] when it ends). Only retries that add load are held
+    /// to the concurrency cap (see the module docs).
     pub fn withdraw(
         &mut self,
         now: Instant,
+        failure: Failure,
         in_flight: u32,
         ratio: f64,
         min_per_second: u32,
@@ -188,7 +207,8 @@ impl RetryBudget {
         });
         let rate_ok =
             (retries as f64) < ratio * tries as f64 + f64::from(min_per_second) * WINDOW as f64;
-        let concurrency_ok = self.active < 3u32.max((ratio * f64::from(in_flight)) as u32);
+        let concurrency_ok = failure.moves_request()
+            || self.active < 3u32.max((ratio * f64::from(in_flight)) as u32);
         if rate_ok && concurrency_ok {
             self.slots[i].1 = self.slots[i].1.saturating_add(1);
             self.active += 1;
@@ -364,6 +384,9 @@ mod tests {
         assert_eq!(backoff(30, 0.999).as_millis(), 249);
     }
 
+    /// A retry after an answer the policy retries: held to both limits.
+    const ANSWERED: Failure = Failure::Status(503);
+
     #[test]
     fn budget_holds_the_rate_with_a_floor() {
         let t0 = Instant::now();
@@ -371,7 +394,7 @@ mod tests {
         // No traffic: the floor (10/s over a 10 s window) allows 100 retries.
         let allowed = (0..200)
             .filter(|_| {
-                let ok = b.withdraw(t0, 1000, 0.2, 10);
+                let ok = b.withdraw(t0, ANSWERED, 1000, 0.2, 10);
                 b.retry_done();
                 ok
             })
@@ -384,7 +407,7 @@ mod tests {
             let now = t0 + Duration::from_secs(s);
             for _ in 0..10_000 {
                 b.deposit(now);
-                if b.withdraw(now, 1000, 0.2, 10) {
+                if b.withdraw(now, ANSWERED, 1000, 0.2, 10) {
                     retries += 1;
                 }
                 b.retry_done();
@@ -393,7 +416,9 @@ mod tests {
         assert!((20_000..=20_100).contains(&retries), "{retries}");
         // The window slides: old first tries stop counting.
         let later = t0 + Duration::from_secs(30);
-        let allowed = (0..500).filter(|_| b.withdraw(later, 1000, 0.2, 0)).count();
+        let allowed = (0..500)
+            .filter(|_| b.withdraw(later, ANSWERED, 1000, 0.2, 0))
+            .count();
         assert_eq!(
             allowed, 0,
             "no first tries in the last 10 s, no floor: nothing"
@@ -408,18 +433,68 @@ mod tests {
             b.deposit(t);
         }
         // 10 in flight: max(3, 2) = 3 retries at once.
-        assert!(b.withdraw(t, 10, 0.2, 10));
-        assert!(b.withdraw(t, 10, 0.2, 10));
-        assert!(b.withdraw(t, 10, 0.2, 10));
-        assert!(!b.withdraw(t, 10, 0.2, 10));
+        assert!(b.withdraw(t, ANSWERED, 10, 0.2, 10));
+        assert!(b.withdraw(t, ANSWERED, 10, 0.2, 10));
+        assert!(b.withdraw(t, ANSWERED, 10, 0.2, 10));
+        assert!(!b.withdraw(t, ANSWERED, 10, 0.2, 10));
         b.retry_done();
-        assert!(b.withdraw(t, 10, 0.2, 10));
+        assert!(b.withdraw(t, ANSWERED, 10, 0.2, 10));
         // 100 in flight: 20 at once.
         let mut b = RetryBudget::new(t);
         for _ in 0..1000 {
             b.deposit(t);
         }
-        assert_eq!((0..50).filter(|_| b.withdraw(t, 100, 0.2, 10)).count(), 20);
+        assert_eq!(
+            (0..50)
+                .filter(|_| b.withdraw(t, ANSWERED, 100, 0.2, 10))
+                .count(),
+            20
+        );
         assert_eq!(b.active(), 20);
+    }
+
+    #[test]
+    fn a_burst_of_requests_leaving_a_dead_endpoint_all_go_but_the_rate_still_holds() {
+        let t0 = Instant::now();
+        let mut b = RetryBudget::new(t0);
+        for _ in 0..10_000 {
+            b.deposit(t0);
+        }
+        // 300 requests in flight; the endpoint holding 100 of them dies at once: every one of
+        // them leaves, where the cap would have let max(3, 60) go.
+        for f in [Failure::Connect, Failure::Reset] {
+            let mut b = b.clone();
+            let moved = (0..100).filter(|_| b.withdraw(t0, f, 300, 0.2, 10)).count();
+            assert_eq!(moved, 100, "{f:?}");
+            let mut b2 = b.clone();
+            assert!(
+                !b2.withdraw(t0, ANSWERED, 300, 0.2, 10),
+                "answered failures stay capped"
+            );
+        }
+        // A total outage: every try fails. Retries stay within 20% of first tries (plus the
+        // floor of 10/s) whatever the kind of failure.
+        let mut b = RetryBudget::new(t0);
+        let (mut tries, mut retries) = (0u64, 0u64);
+        for ms in 0..30_000u64 {
+            let now = t0 + Duration::from_millis(ms);
+            for _ in 0..10 {
+                b.deposit(now);
+                tries += 1;
+                if b.withdraw(now, Failure::Connect, 500, 0.2, 10) {
+                    retries += 1;
+                    b.retry_done();
+                }
+            }
+        }
+        let bound = 0.2 * tries as f64 + 10.0 * 30.0 + 100.0;
+        assert!(
+            (retries as f64) <= bound,
+            "{retries} retries for {tries} first tries"
+        );
+        assert!(
+            retries as f64 >= 0.19 * tries as f64,
+            "the budget is spent, not hoarded"
+        );
     }
 }

@@ -164,6 +164,9 @@ pub struct ClusterLimits {
     pub max_pending: u32,
     /// Requests in flight.
     pub max_requests: u32,
+    /// HTTP/1.1 connections open to one endpoint, and connects in flight to it
+    /// ([`crate::pacing`]).
+    pub endpoint: crate::pacing::PaceLimits,
 }
 
 impl Default for ClusterLimits {
@@ -172,6 +175,10 @@ impl Default for ClusterLimits {
             max_connections: u32::MAX,
             max_pending: u32::MAX,
             max_requests: u32::MAX,
+            endpoint: crate::pacing::PaceLimits {
+                max_open: defaults::ENDPOINT_CONNECTIONS,
+                max_connecting: defaults::ENDPOINT_CONNECTING,
+            },
         }
     }
 }
@@ -197,6 +204,10 @@ pub mod defaults {
 
     /// Connect timeout.
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Connections open to one endpoint (all workers together).
+    pub const ENDPOINT_CONNECTIONS: u32 = 1024;
+    /// Connects in flight to one endpoint (all workers together).
+    pub const ENDPOINT_CONNECTING: u32 = 64;
     /// Idle time after which a pooled upstream connection is closed.
     pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
     /// Idle pooled connections kept per endpoint per worker.

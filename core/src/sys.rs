@@ -281,6 +281,20 @@ impl AlignedBuf {
     }
 }
 
+/// Gives the allocator's free memory back to the system: glibc keeps what a burst freed in its
+/// arenas (`malloc_trim` returns the free pages in the middle of them too, not only at the
+/// top). Called by the trimming thread ([`crate::trim`]) after a burst has passed, never on
+/// the request path; a no-op with other C libraries.
+#[allow(unsafe_code)]
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer and only rearranges the allocator's own free lists
+    // under its locks; it is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ pub mod compare;
 pub mod load;
 pub mod procfs;
 pub mod relay;
+pub mod soak;
 pub mod tls;
 pub mod upstream;
 

@@ -674,3 +674,97 @@ fn a_handshake_message_trickled_in_tiny_records_is_cut_off() {
         "ok"
     );
 }
+
+#[test]
+fn a_client_offering_no_protocol_the_listener_speaks_gets_the_alert() {
+    let pki = Pki::new("alpn-alert");
+    let a = pki.leaf("a", &["a.example"], false);
+    let up = Upstream::fixed("ok");
+    let p = TestProxy::simple(up.addr, 1, &tls_block(&[(&a.cert, &a.key, &[])]));
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let cfg = pki.client_config_for(&[version], &["spdy/3.1"]);
+        let err = TlsClient::connect(p.edge(), "a.example", &cfg)
+            .err()
+            .unwrap_or_else(|| panic!("{version:?}: a handshake without a common protocol"));
+        let said = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+            .cloned();
+        assert_eq!(
+            said,
+            Some(rustls::Error::AlertReceived(
+                rustls::AlertDescription::NoApplicationProtocol
+            )),
+            "{version:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn tls12_session_ids_resume_on_any_worker() {
+    // A TLS 1.2 client that takes no ticket resumes by session id: the cache is the listener's,
+    // not one worker's.
+    let pki = Pki::new("session-ids");
+    let a = pki.leaf("a", &["a.example"], false);
+    let up = Upstream::fixed("ok");
+    let p = TestProxy::simple(up.addr, 2, &tls_block(&[(&a.cert, &a.key, &[])]));
+    let mut cfg = (*pki.client_config_for(&[&rustls::version::TLS12], &["http/1.1"])).clone();
+    cfg.resumption = rustls::client::Resumption::in_memory_sessions(64)
+        .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
+    let cfg = std::sync::Arc::new(cfg);
+    let mut first = TlsClient::connect(p.edge(), "a.example", &cfg).unwrap();
+    assert_eq!(first.get("/").unwrap().status, 200);
+    // Eight connections spread over both workers by SO_REUSEPORT: every one resumes.
+    for i in 0..8 {
+        let mut c = TlsClient::connect(p.edge(), "a.example", &cfg).unwrap();
+        assert_eq!(
+            c.conn().handshake_kind(),
+            Some(HandshakeKind::Resumed),
+            "connection {i}"
+        );
+        assert_eq!(c.get("/").unwrap().status, 200);
+    }
+}
+
+#[test]
+fn a_tls12_renegotiation_is_refused_at_once() {
+    let Some(openssl) = tool(&["openssl"]) else {
+        return;
+    };
+    let pki = Pki::new("renegotiation");
+    let a = pki.leaf("a", &["a.example"], false);
+    let up = Upstream::fixed("ok");
+    let p = TestProxy::simple(up.addr, 1, &tls_block(&[(&a.cert, &a.key, &[])]));
+    // `R` on s_client's input asks for a renegotiation once the handshake is done.
+    let mut child = std::process::Command::new(openssl)
+        .args(["s_client", "-tls1_2", "-connect"])
+        .arg(p.edge().to_string())
+        .args(["-servername", "a.example", "-CAfile"])
+        .arg(pki.ca_file())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    stdin.write_all(b"R\n").unwrap();
+    stdin.flush().unwrap();
+    // s_client ends when the proxy closes the connection; the input stays open meanwhile.
+    let done = eventually(Duration::from_secs(8), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    let took = t.elapsed();
+    drop(stdin);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("RENEGOTIATING"), "{text}");
+    assert!(
+        done,
+        "the connection was still open 8 s after the renegotiation request"
+    );
+    assert!(took < Duration::from_secs(3), "refused after {took:?}");
+}

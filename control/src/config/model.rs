@@ -284,6 +284,12 @@ pub struct LimitsConfig {
     /// Requests in flight.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_requests: Option<u32>,
+    /// HTTP/1.1 connections open to one endpoint (default 1024).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_endpoint_connections: Option<u32>,
+    /// Connects in flight to one endpoint (default 64).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_endpoint_connecting: Option<u32>,
 }
 
 /// Outlier ejection settings.

@@ -205,7 +205,7 @@ listeners:
         retry: {}
 clusters:
   - name: web
-    limits: { max_connections: 1024, max_pending: 10, max_requests: 4096 }
+    limits: { max_connections: 1024, max_pending: 10, max_requests: 4096, max_endpoint_connections: 100, max_endpoint_connecting: 8 }
     outlier: { consecutive_failures: 3, base_ejection: 5s, max_ejected: 30% }
     health_check: { path: /healthz, interval: 2s, timeout: 1s }
   - name: plain
@@ -222,6 +222,13 @@ clusters:
     assert_eq!((d.attempts, d.on.len()), (1, DEFAULT_RETRY_ON.len()));
     let web = &c.clusters[0];
     assert_eq!(web.limits.max_pending, Some(10));
+    assert_eq!(
+        (
+            web.limits.max_endpoint_connections,
+            web.limits.max_endpoint_connecting
+        ),
+        (Some(100), Some(8))
+    );
     let o = web.outlier.as_ref().unwrap();
     assert_eq!((o.consecutive_failures, o.max_ejected_percent), (3, 30));
     assert_eq!(o.max_ejection, Duration::from_secs(300));

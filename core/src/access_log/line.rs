@@ -10,82 +10,78 @@ use super::*;
 
 /// Writes one JSON line for `e`.
 pub fn write_entry(out: &mut Vec<u8>, e: &Entry<'_>, stamp: &mut Stamp) {
-    {
-        out.extend_from_slice(b"{\"time\":\"");
-        push_time(out, e.time, stamp);
-        out.extend_from_slice(b"\",");
-        out.extend_from_slice(e.names);
-        out.extend_from_slice(b",\"endpoint\":");
-        match e.endpoint {
-            Some(a) => {
-                out.push(b'"');
-                push_addr(out, a);
-                out.push(b'"');
-            }
-            None => out.extend_from_slice(b"null"),
+    out.extend_from_slice(b"{\"time\":\"");
+    push_time(out, e.time, stamp);
+    out.extend_from_slice(b"\",");
+    out.extend_from_slice(e.names);
+    out.extend_from_slice(b",\"endpoint\":");
+    match e.endpoint {
+        Some(a) => {
+            out.push(b'"');
+            push_addr(out, a);
+            out.push(b'"');
         }
-        // A method is a token (checked by the parser): nothing to escape.
-        out.extend_from_slice(b",\"method\":\"");
-        out.extend_from_slice(e.method);
-        out.push(b'"');
-        out.extend_from_slice(b",\"authority\":");
-        push_opt(out, e.authority);
-        out.extend_from_slice(b",\"path\":");
-        push_str(out, e.path);
-        out.extend_from_slice(b",\"status\":");
-        push_u64(out, u64::from(e.status));
-        out.extend_from_slice(b",\"bytes_in\":");
-        push_u64(out, e.bytes_in);
-        out.extend_from_slice(b",\"bytes_out\":");
-        push_u64(out, e.bytes_out);
-        out.extend_from_slice(b",\"duration_ms\":");
-        push_ms(out, e.duration);
-        out.extend_from_slice(b",\"upstream_ms\":");
-        match e.upstream {
-            Some(d) => push_ms(out, d),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"retries\":");
-        push_u64(out, u64::from(e.retries));
-        out.extend_from_slice(b",\"error\":");
-        push_opt(out, e.error.map(|k| k.name().as_bytes()));
-        out.extend_from_slice(b",\"trace_id\":");
-        match e.trace_id {
-            // Hex digits: nothing to escape.
-            Some(t) => {
-                out.push(b'"');
-                out.extend_from_slice(t);
-                out.push(b'"');
-            }
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"client_identity\":");
-        push_opt(out, e.client_identity);
-        out.extend_from_slice(b",\"client\":\"");
-        push_addr(out, e.client);
-        out.extend_from_slice(b"\"}\n");
+        None => out.extend_from_slice(b"null"),
     }
+    // A method is a token (checked by the parser): nothing to escape.
+    out.extend_from_slice(b",\"method\":\"");
+    out.extend_from_slice(e.method);
+    out.push(b'"');
+    out.extend_from_slice(b",\"authority\":");
+    push_opt(out, e.authority);
+    out.extend_from_slice(b",\"path\":");
+    push_str(out, e.path);
+    out.extend_from_slice(b",\"status\":");
+    push_u64(out, u64::from(e.status));
+    out.extend_from_slice(b",\"bytes_in\":");
+    push_u64(out, e.bytes_in);
+    out.extend_from_slice(b",\"bytes_out\":");
+    push_u64(out, e.bytes_out);
+    out.extend_from_slice(b",\"duration_ms\":");
+    push_ms(out, e.duration);
+    out.extend_from_slice(b",\"upstream_ms\":");
+    match e.upstream {
+        Some(d) => push_ms(out, d),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"retries\":");
+    push_u64(out, u64::from(e.retries));
+    out.extend_from_slice(b",\"error\":");
+    push_opt(out, e.error.map(|k| k.name().as_bytes()));
+    out.extend_from_slice(b",\"trace_id\":");
+    match e.trace_id {
+        // Hex digits: nothing to escape.
+        Some(t) => {
+            out.push(b'"');
+            out.extend_from_slice(t);
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"client_identity\":");
+    push_opt(out, e.client_identity);
+    out.extend_from_slice(b",\"client\":\"");
+    push_addr(out, e.client);
+    out.extend_from_slice(b"\"}\n");
 }
 
 /// RFC 3339 UTC with milliseconds.
 pub(super) fn push_time(out: &mut Vec<u8>, t: SystemTime, stamp: &mut Stamp) {
-    {
-        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = since.as_secs();
-        if stamp.second != secs {
-            stamp.text = civil(secs);
-            stamp.second = secs;
-        }
-        out.extend_from_slice(&stamp.text);
-        out.push(b'.');
-        let ms = since.subsec_millis();
-        out.extend_from_slice(&[
-            b'0' + (ms / 100) as u8,
-            b'0' + (ms / 10 % 10) as u8,
-            b'0' + (ms % 10) as u8,
-            b'Z',
-        ]);
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    if stamp.second != secs {
+        stamp.text = civil(secs);
+        stamp.second = secs;
     }
+    out.extend_from_slice(&stamp.text);
+    out.push(b'.');
+    let ms = since.subsec_millis();
+    out.extend_from_slice(&[
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` for seconds since the epoch (Howard Hinnant's civil_from_days).

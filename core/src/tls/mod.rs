@@ -1,15 +1,16 @@
 //! TLS with clients: certificates chosen by SNI, sessions resumed, handshakes counted.
 //!
 //! A listener's [`ServerTls`] is compiled with the config (certificates and keys loaded and
-//! checked then, so that a bad file is a config error) and shared by the workers; each worker
-//! gives it its own session cache ([`ServerTls::for_worker`]).
+//! checked then, so that a bad file is a config error) and shared by the workers.
 //!
 //! A resumed session skips client authentication and brings back the client certificate it
 //! was made with, so sessions are kept apart by *resumption domain*: one listener with one set
-//! of client CAs (or none). Within a domain, ticket keys are shared by every worker and kept
-//! across reloads (a ticket issued by one worker resumes on any other, and after a config
-//! change that keeps the CAs); a session never resumes on another listener, nor after the
-//! listener's client CAs changed.
+//! of client CAs (or none). Within a domain, ticket keys and the session-id cache (TLS 1.2
+//! clients that take no ticket) are shared by every worker and kept across reloads: a session
+//! made on one worker resumes on any other, and after a config change that keeps the CAs. The
+//! session-id cache takes a lock per handshake that uses it (handshakes only, never a
+//! request); a session never resumes on another listener, nor after the listener's client CAs
+//! changed.
 
 mod identity;
 mod stream;
@@ -17,7 +18,6 @@ mod stream;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use rustc_hash::FxHashMap;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache};
@@ -34,9 +34,9 @@ pub use identity::{
 pub use stream::drive_server;
 pub use stream::{TlsRead, TlsStream, TlsWrite, accept, connect};
 
-/// Sessions remembered per worker for resumption by session id (TLS 1.2 clients without
-/// ticket support); tickets need no server memory.
-const SESSIONS_PER_WORKER: usize = 4096;
+/// Sessions remembered per resumption domain for resumption by session id (TLS 1.2 clients
+/// without ticket support); tickets need no server memory.
+const SESSIONS: usize = 16 * 1024;
 
 /// One certificate of a listener: the chain and key files, and the names it serves.
 #[derive(Debug, Clone)]
@@ -51,8 +51,6 @@ pub struct CertSpec {
 #[derive(Clone)]
 pub struct ServerTls {
     config: Arc<ServerConfig>,
-    /// Sessions resume only within this domain (see the module's documentation).
-    domain: Arc<[u8]>,
 }
 
 impl fmt::Debug for ServerTls {
@@ -138,6 +136,21 @@ fn ticketer(domain: &[u8]) -> Option<Arc<dyn ProducesTickets>> {
     Some(t)
 }
 
+/// The session-id cache of a resumption domain, shared by all workers. Looked up when a config
+/// is compiled.
+#[allow(clippy::disallowed_types)]
+fn session_cache(domain: &[u8]) -> Option<Arc<ServerSessionMemoryCache>> {
+    type Caches = std::collections::HashMap<Vec<u8>, Arc<ServerSessionMemoryCache>>;
+    static C: OnceLock<std::sync::Mutex<Caches>> = OnceLock::new();
+    let mut caches = C.get_or_init(Default::default).lock().ok()?;
+    Some(
+        caches
+            .entry(domain.to_vec())
+            .or_insert_with(|| ServerSessionMemoryCache::new(SESSIONS))
+            .clone(),
+    )
+}
+
 /// A resumption domain: the listener, and the client CAs it trusts (their PEM bytes).
 fn domain(listener: &str, client_ca: Option<&[u8]>) -> Arc<[u8]> {
     let mut d = listener.as_bytes().to_vec();
@@ -212,27 +225,17 @@ impl ServerTls {
         if let Some(t) = ticketer(&domain) {
             config.ticketer = t;
         }
+        if let Some(c) = session_cache(&domain) {
+            config.session_storage = c;
+        }
         Ok(ServerTls {
             config: Arc::new(config),
-            domain,
         })
     }
 
-    /// The shared settings (for tests and fuzzing; workers use [`ServerTls::for_worker`]).
+    /// The settings every worker uses.
     pub fn config(&self) -> Arc<ServerConfig> {
         self.config.clone()
-    }
-
-    /// The settings a worker uses: shared certificates, and the worker's session cache for
-    /// this resumption domain, taken from (or added to) `caches`, which the worker keeps
-    /// across reloads.
-    pub fn for_worker(&self, caches: &mut SessionCaches) -> Arc<ServerConfig> {
-        let sessions = caches
-            .entry(self.domain.clone())
-            .or_insert_with(|| ServerSessionMemoryCache::new(SESSIONS_PER_WORKER));
-        let mut c = (*self.config).clone();
-        c.session_storage = sessions.clone();
-        Arc::new(c)
     }
 }
 
@@ -336,9 +339,6 @@ impl rustls::client::ResolvesClientCert for ClientCert {
         true
     }
 }
-
-/// A worker's session caches, by resumption domain.
-pub type SessionCaches = FxHashMap<Arc<[u8]>, Arc<ServerSessionMemoryCache>>;
 
 /// PEM held in memory under names, for key material that should never sit on disk (a
 /// proxy's mesh identity): a certificate, key or CA path `mem:NAME` is read from here. Read

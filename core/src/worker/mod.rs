@@ -131,6 +131,7 @@ pub fn io_uring_available() -> bool {
 /// Starts a worker thread.
 pub fn spawn(id: usize, opts: WorkerOptions) -> io::Result<WorkerHandle> {
     let (tx, rx) = flume::unbounded();
+    crate::trim::start();
     let thread = std::thread::Builder::new()
         .name(format!("ringmesh-w{id}"))
         .spawn(move || {
@@ -340,6 +341,7 @@ async fn run(r: Runner, rx: flume::Receiver<Command>) {
 /// connections that have been idle too long about once a second.
 async fn sweep(w: Rc<Worker>) {
     let mut ticks = 0u32;
+    let mut memory = MemoryWatch::default();
     loop {
         monoio::time::sleep(idle::TICK).await;
         let now = Instant::now();
@@ -358,6 +360,52 @@ async fn sweep(w: Rc<Worker>) {
             for m in &cv.members {
                 m.ep.sweep(now, c.pool_idle_timeout);
             }
+        }
+        drop(view);
+        memory.after_a_period(&w);
+    }
+}
+
+/// Gives memory back once a burst has passed: every period (about a second) the buffer pools
+/// free what nobody needed, and when that amounts to enough, or the work in hand (connections
+/// open and requests in flight) has fallen to half of its peak or less, by a burst's worth, the
+/// allocator returns its free pages to the system. An HTTP/2 burst frees its streams' memory to
+/// the allocator, not to a pool, over a handful of connections: requests in flight see it.
+#[derive(Debug, Default)]
+struct MemoryWatch {
+    /// The most work in hand at once since memory was last given back.
+    peak_work: usize,
+    /// Bytes of pooled buffers freed since then.
+    freed: usize,
+    /// Periods since then: the allocator is asked at most every [`Self::EVERY`] periods
+    /// (trimming walks its arenas: see [`crate::trim`]).
+    periods: u32,
+}
+
+impl MemoryWatch {
+    /// Freed bytes worth a `malloc_trim`.
+    const FREED_ENOUGH: usize = 1 << 20;
+    /// Connections closed or requests ended (each held a few KiB) worth one.
+    const BURST: usize = 64;
+    const EVERY: u32 = 10;
+
+    fn after_a_period(&mut self, w: &Worker) {
+        self.freed += w.bufs.trim() + w.small.trim() + w.bulk.trim();
+        self.periods = self.periods.saturating_add(1);
+        let in_flight: usize = w
+            .clusters
+            .borrow()
+            .values()
+            .map(|c| c.active.get() as usize)
+            .sum();
+        let work = w.connections.get() + in_flight;
+        self.peak_work = self.peak_work.max(work);
+        let fallen = work * 2 <= self.peak_work && work + Self::BURST <= self.peak_work;
+        if (self.freed >= Self::FREED_ENOUGH || fallen) && self.periods >= Self::EVERY {
+            crate::trim::request();
+            self.freed = 0;
+            self.peak_work = work;
+            self.periods = 0;
         }
     }
 }

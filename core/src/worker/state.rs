@@ -63,8 +63,6 @@ pub struct Worker {
     pub(super) connections: Cell<usize>,
     /// Access log buffers, by destination, kept across reloads.
     pub(super) sinks: RefCell<FxHashMap<Target, Rc<Sink>>>,
-    /// TLS sessions for resumption, kept across reloads.
-    tls_sessions: RefCell<crate::tls::SessionCaches>,
     /// This worker's copy of the live taps, and the generation it was taken at.
     taps: RefCell<(u64, Vec<Arc<Tap>>)>,
     /// A monotonic instant and the wall-clock time then, renewed every sweeper tick: log lines
@@ -100,7 +98,6 @@ impl Worker {
             deadlines: IdleSet::default(),
             connections: Cell::new(0),
             sinks: RefCell::new(FxHashMap::default()),
-            tls_sessions: RefCell::default(),
             taps: RefCell::new((tap::generation(), Vec::new())),
             wall: Cell::new((Instant::now(), SystemTime::now())),
         }
@@ -282,10 +279,7 @@ impl Worker {
                     Protocol::Tcp { .. } => None,
                 };
                 let tls = match &l.protocol {
-                    Protocol::Http(h) => h
-                        .tls
-                        .as_ref()
-                        .map(|t| t.for_worker(&mut self.tls_sessions.borrow_mut())),
+                    Protocol::Http(h) => h.tls.as_ref().map(crate::tls::ServerTls::config),
                     Protocol::Tcp { .. } => None,
                 };
                 let buckets = match &l.protocol {

@@ -204,7 +204,13 @@ pub(super) fn decode_limits(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> 
     let Some(f) = d.mapping(
         node,
         path,
-        &["max_connections", "max_pending", "max_requests"],
+        &[
+            "max_connections",
+            "max_pending",
+            "max_requests",
+            "max_endpoint_connections",
+            "max_endpoint_connecting",
+        ],
     ) else {
         return LimitsConfig::default();
     };
@@ -221,6 +227,8 @@ pub(super) fn decode_limits(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> 
         max_connections: limit("max_connections"),
         max_pending: limit("max_pending"),
         max_requests: limit("max_requests"),
+        max_endpoint_connections: limit("max_endpoint_connections"),
+        max_endpoint_connecting: limit("max_endpoint_connecting"),
     }
 }
 

@@ -263,6 +263,7 @@ impl Exchange<'_> {
         guard.release();
         let allowed = state.budget.borrow_mut().withdraw(
             Instant::now(),
+            f,
             state.active.get(),
             policy.budget_ratio,
             policy.min_per_second,

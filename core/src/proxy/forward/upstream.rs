@@ -14,6 +14,7 @@ use crate::head::Method;
 use crate::http1::encode;
 use crate::io::Io;
 use crate::metrics::Limit;
+use crate::pacing::{ConnectingSlot, OpenSlot, Waited};
 use crate::snapshot::UpstreamProtocol;
 use crate::transport::Transport;
 
@@ -50,16 +51,121 @@ impl Exchange<'_> {
                 return Ok((self.h2_stream(slot), true));
             }
         }
-        if !fresh && !h2_only {
-            while let Some(s) = ep.checkout(self.started, self.cluster.pool_idle_timeout) {
-                // A request that cannot be sent twice goes only on a connection seen alive: one
-                // non-blocking peek, spent only on such requests.
-                if must_be_alive && crate::sys::idle_connection_is_dead(s.stream.as_raw_fd()) {
-                    continue;
+        if h2_only {
+            return self.open_h2(ep, deadline).await;
+        }
+        // HTTP/1.1 (or a first connection that may turn out HTTP/2): a pooled connection, else
+        // a new one when the endpoint's pacing allows, else a place in its line.
+        let pace = self.cluster.limits.endpoint;
+        let waited_since = Instant::now();
+        let wait_until = deadline.min(waited_since + self.cluster.connect_timeout);
+        let mut woken = false;
+        loop {
+            if !fresh {
+                while let Some(s) = ep.checkout(self.started, self.cluster.pool_idle_timeout) {
+                    if must_be_alive && crate::sys::idle_connection_is_dead(s.stream.as_raw_fd()) {
+                        continue;
+                    }
+                    return Ok((s, true));
                 }
-                return Ok((s, true));
+            }
+            if let Some(slots) = ep.pacing.try_start(pace, woken) {
+                return self.open_http1(ep, deadline, proto, slots).await;
+            }
+            if fresh {
+                // A resend cannot take a pooled connection, but one may hold the slot it
+                // needs: closing it frees the slot (for the first in line, if any).
+                if let Some(idle) = ep.checkout(self.started, self.cluster.pool_idle_timeout) {
+                    drop(idle);
+                    if let Some(slots) = ep.pacing.try_start(pace, woken) {
+                        return self.open_http1(ep, deadline, proto, slots).await;
+                    }
+                }
+            }
+            let state = &self.cv.state;
+            if state.pending.get() >= self.cluster.limits.max_pending {
+                state.overflowed(Limit::Pending);
+                return Err((Error::internal(ErrorKind::Overflow), Instant::now()));
+            }
+            state.pending.set(state.pending.get() + 1);
+            let waited = monoio::time::timeout(
+                wait_until.saturating_duration_since(Instant::now()),
+                ep.pacing.wait(),
+            )
+            .await;
+            state.pending.set(state.pending.get().saturating_sub(1));
+            match waited {
+                Ok(Waited::Handed(c)) if fresh => {
+                    // A resend must go on a new connection: this one serves the next in line.
+                    ep.checkin(c, Instant::now(), self.cluster.pool_max_idle);
+                    woken = false;
+                }
+                Ok(Waited::Handed(c)) => {
+                    // A request that cannot be sent twice goes only on a connection seen alive.
+                    if must_be_alive && crate::sys::idle_connection_is_dead(c.stream.as_raw_fd()) {
+                        drop(c);
+                        woken = false;
+                        continue;
+                    }
+                    return Ok((c, true));
+                }
+                Ok(Waited::Slot) => woken = true,
+                Err(_) => {
+                    // No connection within the connect timeout: as a connect that failed, the
+                    // request never left (another endpoint may take it).
+                    let kind = if deadline <= Instant::now() {
+                        ErrorKind::Timeout
+                    } else {
+                        ErrorKind::ConnectFailed
+                    };
+                    return Err((Error::upstream(kind, Retry::NotConnected), waited_since));
+                }
             }
         }
+    }
+
+    /// A new connection for a cluster that speaks only HTTP/2 (its streams are multiplexed:
+    /// no pacing line), within the circuit breakers.
+    async fn open_h2(&self, ep: &Endpoint, deadline: Instant) -> Result<(UpConn, bool), Failed> {
+        let state = &self.cv.state;
+        self.within_breakers()?;
+        state.pending.set(state.pending.get() + 1);
+        let opening = ep.h2.opening();
+        let r = Box::pin(self.connect(ep, deadline, false)).await;
+        drop(opening);
+        state.pending.set(state.pending.get().saturating_sub(1));
+        let io = r?;
+        let slot = ep.h2.open(io, ConnCount::new(state.clone()));
+        Ok((self.h2_stream(slot), false))
+    }
+
+    /// A new connection in the slots the endpoint's pacing gave, within the circuit breakers;
+    /// an `auto` cluster's may turn out to speak HTTP/2.
+    async fn open_http1(
+        &self,
+        ep: &Endpoint,
+        deadline: Instant,
+        proto: UpstreamProtocol,
+        (open, connecting): (OpenSlot<UpConn>, ConnectingSlot<UpConn>),
+    ) -> Result<(UpConn, bool), Failed> {
+        let state = &self.cv.state;
+        self.within_breakers()?;
+        state.pending.set(state.pending.get() + 1);
+        let r = Box::pin(self.connect(ep, deadline, proto == UpstreamProtocol::Http1)).await;
+        drop(connecting);
+        state.pending.set(state.pending.get().saturating_sub(1));
+        let io = r?;
+        if proto.speaks_h2(&io) {
+            // Counted as the endpoint's HTTP/2 connection from here on.
+            drop(open);
+            let slot = ep.h2.open(io, ConnCount::new(state.clone()));
+            return Ok((self.h2_stream(slot), false));
+        }
+        Ok((UpConn::new(Io::Wire(io), state.clone(), Some(open)), false))
+    }
+
+    /// Refused (and counted) when the cluster's connection or pending limit is reached.
+    fn within_breakers(&self) -> Result<(), Failed> {
         let state = &self.cv.state;
         let limits = &self.cluster.limits;
         let full = if state.connections.get() >= limits.max_connections {
@@ -69,24 +175,13 @@ impl Exchange<'_> {
         } else {
             None
         };
-        if let Some(limit) = full {
-            state.overflowed(limit);
-            return Err((Error::internal(ErrorKind::Overflow), Instant::now()));
-        }
-        state.pending.set(state.pending.get() + 1);
-        let opening = h2_only.then(|| ep.h2.opening());
-        let r = Box::pin(self.connect(ep, deadline, proto == UpstreamProtocol::Http1)).await;
-        let r = match r {
-            Ok(io) if proto.speaks_h2(&io) => {
-                let slot = ep.h2.open(io, ConnCount::new(state.clone()));
-                Ok(self.h2_stream(slot))
+        match full {
+            Some(limit) => {
+                state.overflowed(limit);
+                Err((Error::internal(ErrorKind::Overflow), Instant::now()))
             }
-            Ok(io) => Ok(UpConn::new(Io::Wire(io), state.clone())),
-            Err(e) => Err(e),
-        };
-        drop(opening);
-        state.pending.set(state.pending.get().saturating_sub(1));
-        r.map(|c| (c, false))
+            None => Ok(()),
+        }
     }
 
     fn h2_stream(&self, slot: Slot) -> UpConn {

@@ -30,9 +30,6 @@ use monoio::net::TcpStream;
 use rustls::client::UnbufferedClientConnection;
 use rustls::pki_types::ServerName;
 use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
-};
 use rustls::{ClientConfig, HandshakeKind, ServerConfig};
 
 use crate::metrics::Handshake;
@@ -40,6 +37,8 @@ use crate::rawbuf as raw;
 
 #[cfg(any(fuzzing, test))]
 mod fuzzing;
+mod records;
+use records::{close_notify, encode_queued, handle, has_handshake_record};
 #[cfg(test)]
 mod tests;
 #[cfg(any(fuzzing, test))]
@@ -134,92 +133,6 @@ enum Next {
     Closed,
 }
 
-/// Handles one state. `data`: plaintext to encrypt once the connection may send it.
-fn handle<Data>(
-    status: UnbufferedStatus<'_, '_, Data>,
-    plain: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-    data: Option<&[u8]>,
-    peer_closed: &Cell<bool>,
-) -> (usize, Result<Next, rustls::Error>) {
-    let UnbufferedStatus { discard, state } = status;
-    let next = match state {
-        Err(e) => Err(e),
-        Ok(ConnectionState::ReadTraffic(mut r)) => loop {
-            match r.next_record() {
-                Some(Ok(rec)) => plain.extend_from_slice(rec.payload),
-                Some(Err(e)) => break Err(e),
-                None => break Ok(Next::Again),
-            }
-        },
-        Ok(ConnectionState::EncodeTlsData(mut e)) => {
-            let at = out.len();
-            out.resize(at + 4096, 0);
-            let r = match e.encode(&mut out[at..]) {
-                Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                    out.resize(at + required_size, 0);
-                    e.encode(&mut out[at..])
-                }
-                r => r,
-            };
-            match r {
-                Ok(n) => {
-                    out.truncate(at + n);
-                    Ok(Next::Again)
-                }
-                Err(e) => {
-                    out.truncate(at);
-                    Err(rustls::Error::General(format!("encoding TLS data: {e}")))
-                }
-            }
-        }
-        // The encoded bytes are in `out`, which the caller sends before anything else.
-        Ok(ConnectionState::TransmitTlsData(t)) => {
-            t.done();
-            Ok(Next::Again)
-        }
-        Ok(ConnectionState::BlockedHandshake) => Ok(Next::NeedData),
-        Ok(ConnectionState::WriteTraffic(mut w)) => match data {
-            Some(d) if !d.is_empty() => {
-                let at = out.len();
-                let records = d.len().div_ceil(MAX_FRAGMENT);
-                out.resize(at + d.len() + records * RECORD_OVERHEAD, 0);
-                let r = match w.encrypt(d, &mut out[at..]) {
-                    Err(EncryptError::InsufficientSize(InsufficientSizeError {
-                        required_size,
-                    })) => {
-                        out.resize(at + required_size, 0);
-                        w.encrypt(d, &mut out[at..])
-                    }
-                    r => r,
-                };
-                match r {
-                    Ok(n) => {
-                        out.truncate(at + n);
-                        Ok(Next::Ready)
-                    }
-                    Err(e) => {
-                        out.truncate(at);
-                        Err(rustls::Error::General(format!("encrypting: {e}")))
-                    }
-                }
-            }
-            _ => Ok(Next::Ready),
-        },
-        Ok(ConnectionState::PeerClosed) => {
-            peer_closed.set(true);
-            Ok(Next::Again)
-        }
-        Ok(ConnectionState::Closed) => {
-            peer_closed.set(true);
-            Ok(Next::Closed)
-        }
-        // Early data is never accepted (max_early_data_size is 0).
-        Ok(_) => Err(rustls::Error::General("unexpected TLS state".into())),
-    };
-    (discard, next)
-}
-
 impl Shared {
     fn new(conn: Conn) -> Rc<Shared> {
         Rc::new(Shared {
@@ -289,16 +202,31 @@ impl Shared {
     /// keeps what is left of a partial record.
     fn take_in(&self, mut buf: Vec<u8>, out: &mut Vec<u8>) -> Result<Next, rustls::Error> {
         let mut pending = std::mem::take(&mut *self.incoming.borrow_mut());
-        let (left, result) = if pending.is_empty() {
+        // A handshake record after the handshake is a TLS 1.2 renegotiation (TLS 1.3 sends
+        // everything after the handshake as application data records). rustls answers it
+        // with a warning and carries on, and the client would wait for a handshake that never
+        // comes: the connection is refused at once instead, as nginx does.
+        let after_handshake = self.is_server_after_handshake();
+        let (left, result, renegotiating) = if pending.is_empty() {
+            let renegotiating = after_handshake && has_handshake_record(&buf);
             let (used, r) = self.process(&mut buf, out, None);
-            (buf.get(used..).unwrap_or_default().to_vec(), r)
+            (
+                buf.get(used..).unwrap_or_default().to_vec(),
+                r,
+                renegotiating,
+            )
         } else {
             pending.extend_from_slice(&buf);
+            let renegotiating = after_handshake && has_handshake_record(&pending);
             let (used, r) = self.process(&mut pending, out, None);
             pending.drain(..used.min(pending.len()));
-            (pending, r)
+            (pending, r, renegotiating)
         };
         give_back(buf);
+        if renegotiating && result.is_ok() {
+            self.failed.set(true);
+            return Err(rustls::Error::General("TLS renegotiation refused".into()));
+        }
         if left.len() > MAX_PENDING {
             self.failed.set(true);
             self.cut_off.set(true);
@@ -329,17 +257,38 @@ impl Shared {
         next
     }
 
-    /// The alert rustls queued when it failed, to tell the peer why. Only the queued output is
-    /// taken: processing input again after a failure is not allowed.
+    /// A server connection whose handshake is over.
+    fn is_server_after_handshake(&self) -> bool {
+        match &*self.conn.borrow() {
+            Conn::Server(c) => !c.is_handshaking(),
+            Conn::Client(_) => false,
+        }
+    }
+
+    /// The alert rustls queued when it failed, to tell the peer why (after the ServerHello
+    /// it queued first, when a TLS 1.3 server fails on what the hello asked: the alert is
+    /// then encrypted under the handshake keys). Only the queued output is taken: rustls hands
+    /// queued output out before it looks at any input, and is asked only while it has some,
+    /// because processing input again after a failure is not allowed (it would fail again).
+    /// The input kept from before goes in as it is: its handshake reassembly may point into it.
     fn alert(&self, out: &mut Vec<u8>) {
         if self.cut_off.get() {
             return;
         }
         let mut pending = std::mem::take(&mut *self.incoming.borrow_mut());
         let mut conn = self.conn.borrow_mut();
-        match &mut *conn {
-            Conn::Server(c) => encode_queued(c.process_tls_records(&mut pending), out),
-            Conn::Client(c) => encode_queued(c.process_tls_records(&mut pending), out),
+        // Bounded: rustls queues a handful of chunks at most.
+        for _ in 0..8 {
+            if !conn.common().wants_write() {
+                break;
+            }
+            let encoded = match &mut *conn {
+                Conn::Server(c) => encode_queued(c.process_tls_records(&mut pending), out),
+                Conn::Client(c) => encode_queued(c.process_tls_records(&mut pending), out),
+            };
+            if !encoded {
+                break;
+            }
         }
     }
 
@@ -780,23 +729,5 @@ impl<IO: AsyncWriteRent> AsyncWriteRent for Tls<IO> {
         }
         give_back(out);
         self.io.shutdown().await
-    }
-}
-
-/// Appends the TLS output rustls has queued, if that is what `status` offers.
-fn encode_queued<Data>(status: UnbufferedStatus<'_, '_, Data>, out: &mut Vec<u8>) {
-    if let Ok(ConnectionState::EncodeTlsData(mut e)) = status.state {
-        let at = out.len();
-        out.resize(at + 512, 0);
-        let n = e.encode(&mut out[at..]).unwrap_or(0);
-        out.truncate(at + n);
-    }
-}
-
-/// Writes a close_notify alert to `out` when the connection may still send; its length.
-fn close_notify<Data>(status: UnbufferedStatus<'_, '_, Data>, out: &mut [u8]) -> usize {
-    match status.state {
-        Ok(ConnectionState::WriteTraffic(mut w)) => w.queue_close_notify(out).unwrap_or(0),
-        _ => 0,
     }
 }
