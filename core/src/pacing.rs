@@ -88,7 +88,7 @@ pub struct ConnectingSlot<C>(Rc<Pacing<C>>);
 impl<C> Drop for OpenSlot<C> {
     fn drop(&mut self) {
         self.0.open.set(self.0.open.get().saturating_sub(1));
-        self.0.wake_for_slot();
+        self.0.wake();
     }
 }
 
@@ -97,7 +97,7 @@ impl<C> Drop for ConnectingSlot<C> {
         self.0
             .connecting
             .set(self.0.connecting.get().saturating_sub(1));
-        self.0.wake_for_slot();
+        self.0.wake();
     }
 }
 
@@ -126,7 +126,10 @@ impl<C> Pacing<C> {
         limits: PaceLimits,
         woken: bool,
     ) -> Option<(OpenSlot<C>, ConnectingSlot<C>)> {
-        self.limits.set(Some(limits));
+        if self.limits.replace(Some(limits)) != Some(limits) {
+            // A reload raised the limits: the room it made goes to those in line first.
+            self.wake();
+        }
         let ahead = self.woken.get() > 0 || self.line.borrow().iter().any(|w| !w.left.get());
         if (ahead && !woken)
             || self.open.get() >= limits.max_open
@@ -182,17 +185,23 @@ impl<C> Pacing<C> {
         self.connecting.get()
     }
 
-    fn wake_for_slot(&self) {
-        if let Some(l) = self.limits.get() {
-            let woken = self.woken.get();
-            if self.open.get() + woken >= l.max_open
-                || self.connecting.get() + woken >= l.max_connecting
-            {
-                return;
-            }
-        }
+    /// Wakes as many of those in line as there is room for (each woken one counts as taking
+    /// a slot until it runs). Called when a slot is freed, when the limits change, and by a
+    /// woken request that did not use its slot after all.
+    pub fn wake(&self) {
         let mut line = self.line.borrow_mut();
-        while let Some(w) = line.pop_front() {
+        loop {
+            if let Some(l) = self.limits.get() {
+                let woken = self.woken.get();
+                if self.open.get() + woken >= l.max_open
+                    || self.connecting.get() + woken >= l.max_connecting
+                {
+                    return;
+                }
+            }
+            let Some(w) = line.pop_front() else {
+                return;
+            };
             if w.left.get() {
                 continue;
             }
@@ -201,8 +210,20 @@ impl<C> Pacing<C> {
             if let Some(waker) = w.waker.borrow_mut().take() {
                 waker.wake();
             }
-            return;
+            if self.limits.get().is_none() {
+                // No limits known yet: one at a time.
+                return;
+            }
         }
+    }
+
+    /// Whether a resend (which cannot take a pooled connection) would get a slot if one idle
+    /// connection were closed: the open limit is all that stands in its way.
+    pub fn only_open_limit_reached(&self, limits: PaceLimits) -> bool {
+        self.open.get() >= limits.max_open
+            && self.connecting.get() < limits.max_connecting
+            && self.woken.get() == 0
+            && self.waiting() == 0
     }
 }
 
@@ -259,7 +280,7 @@ impl<C> Drop for Wait<C> {
             self.pacing
                 .woken
                 .set(self.pacing.woken.get().saturating_sub(1));
-            self.pacing.wake_for_slot();
+            self.pacing.wake();
         }
     }
 }
@@ -339,5 +360,32 @@ mod tests {
         let _waiting = p.wait();
         assert!(p.try_start(LIMITS, false).is_none());
         assert!(p.try_start(LIMITS, true).is_some(), "one woken goes first");
+    }
+
+    #[test]
+    fn raised_limits_let_as_many_go_as_they_make_room_for() {
+        let p: Rc<Pacing<u32>> = Rc::new(Pacing::default());
+        let one = PaceLimits {
+            max_open: 1,
+            max_connecting: 1,
+        };
+        let _slots = p.try_start(one, false).unwrap();
+        let mut line: Vec<Wait<u32>> = (0..3).map(|_| p.wait()).collect();
+        for w in &mut line {
+            assert!(poll(w).is_pending());
+        }
+        // A reload makes room for two more: the first two in line go, the newcomer that
+        // brought the news waits behind them.
+        let three = PaceLimits {
+            max_open: 3,
+            max_connecting: 3,
+        };
+        assert!(p.try_start(three, false).is_none());
+        assert!(matches!(poll(&mut line[0]), Poll::Ready(Waited::Slot)));
+        assert!(matches!(poll(&mut line[1]), Poll::Ready(Waited::Slot)));
+        assert!(poll(&mut line[2]).is_pending());
+        let _a = p.try_start(three, true).unwrap();
+        let _b = p.try_start(three, true).unwrap();
+        assert!(poll(&mut line[2]).is_pending(), "no room left");
     }
 }

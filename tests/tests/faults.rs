@@ -79,8 +79,8 @@ fn an_endpoint_that_dies_under_load_costs_no_request() {
     let (counts, retries) = one_endpoint_fails_under_load(Mode::Down);
     println!("{} requests, {retries} retries", total(&counts));
     assert!(total(&counts) > 1000, "{counts:?}");
-    // It held requests when it died (16-101 retries seen): the test exercised the rule.
-    assert!(retries > 8.0, "the dead endpoint held requests: {retries}");
+    // It held requests when it died (10-101 retries seen): the test exercised the rule.
+    assert!(retries > 4.0, "the dead endpoint held requests: {retries}");
     assert_eq!(
         failed(&counts),
         vec![],
@@ -92,7 +92,7 @@ fn an_endpoint_that_dies_under_load_costs_no_request() {
 fn an_endpoint_that_resets_every_request_costs_no_request() {
     let (counts, retries) = one_endpoint_fails_under_load(Mode::Reset);
     println!("{} requests, {retries} retries", total(&counts));
-    assert!(retries > 8.0, "the endpoint held requests: {retries}");
+    assert!(retries > 4.0, "the endpoint held requests: {retries}");
     assert_eq!(failed(&counts), vec![]);
 }
 

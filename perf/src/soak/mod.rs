@@ -121,15 +121,15 @@ pub fn run(o: &Options) -> Result<Report, String> {
     let mut faults: Vec<Fault> = Vec::new();
     let mut h2 = (0u64, 0u64);
     let mut h2_errors = Vec::new();
-    let mut baseline_rss = 0;
+    let mut baseline = None;
     let mut crashed = None;
     let mut done = vec![false; plan.events.len()];
     let mut bursts: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut h2_runs: Vec<std::thread::JoinHandle<Result<(u64, u64), String>>> = Vec::new();
     while t(&tally) < load {
         let now = t(&tally);
-        if baseline_rss == 0 && now >= 10.0 {
-            baseline_rss = watch::sample(proxy.pid(), now).map_or(0, |s| s.rss_kib);
+        if baseline.is_none() && now >= 10.0 {
+            baseline = watch::sample(proxy.pid(), now);
         }
         if !proxy.alive() && crashed.is_none() {
             crashed = Some(now);
@@ -280,7 +280,7 @@ pub fn run(o: &Options) -> Result<Report, String> {
         failures,
         faults,
         idle,
-        baseline_rss,
+        baseline: baseline.unwrap_or(idle),
         after,
         samples,
         log: &log,

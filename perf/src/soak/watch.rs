@@ -10,6 +10,8 @@ pub struct Sample {
     /// Seconds since the soak began.
     pub at: f64,
     pub rss_kib: u64,
+    /// The anonymous part of it: heap and buffers, without the binary's pages.
+    pub anon_kib: u64,
     pub fds: u64,
     pub threads: u64,
 }
@@ -29,6 +31,7 @@ pub fn sample(pid: u32, at: f64) -> Option<Sample> {
     Some(Sample {
         at,
         rss_kib: field("VmRSS:"),
+        anon_kib: field("RssAnon:"),
         fds,
         threads: field("Threads:"),
     })
@@ -89,6 +92,9 @@ mod tests {
     #[test]
     fn this_process_can_be_sampled() {
         let s = sample(std::process::id(), 0.0).expect("a sample of ourselves");
-        assert!(s.rss_kib > 0 && s.fds > 0 && s.threads > 0, "{s:?}");
+        assert!(
+            s.rss_kib > 0 && s.anon_kib > 0 && s.fds > 0 && s.threads > 0,
+            "{s:?}"
+        );
     }
 }

@@ -146,8 +146,11 @@ impl Exchange<'_> {
             if error.retry != Retry::NotConnected {
                 return Err(error);
             }
-            let outcome = outcome_of_kind(error.kind);
-            self.book(&ep, outcome, Instant::now(), started.elapsed());
+            if error.side == Side::Upstream {
+                // Not a wait in the endpoint's line, which says nothing against it.
+                let outcome = outcome_of_kind(error.kind);
+                self.book(&ep, outcome, Instant::now(), started.elapsed());
+            }
             let facts = Tried {
                 reused: false,
                 fresh,

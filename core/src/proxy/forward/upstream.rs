@@ -8,7 +8,7 @@ use super::super::client::Client;
 use super::Exchange;
 use crate::breaker::ConnCount;
 use crate::endpoint::{Endpoint, UpConn};
-use crate::error::{Error, ErrorKind, Retry};
+use crate::error::{Error, ErrorKind, Retry, Side};
 use crate::h2::drive::client::{H2Up, Slot};
 use crate::head::Method;
 use crate::http1::encode;
@@ -66,15 +66,19 @@ impl Exchange<'_> {
                     if must_be_alive && crate::sys::idle_connection_is_dead(s.stream.as_raw_fd()) {
                         continue;
                     }
+                    if woken {
+                        // Woken for a slot it does not need: the slot goes to the next in line.
+                        ep.pacing.wake();
+                    }
                     return Ok((s, true));
                 }
             }
             if let Some(slots) = ep.pacing.try_start(pace, woken) {
                 return self.open_http1(ep, deadline, proto, slots).await;
             }
-            if fresh {
-                // A resend cannot take a pooled connection, but one may hold the slot it
-                // needs: closing it frees the slot (for the first in line, if any).
+            if fresh && ep.pacing.only_open_limit_reached(pace) {
+                // A resend cannot take a pooled connection, but an idle one may hold the slot
+                // it needs: closing it frees the slot.
                 if let Some(idle) = ep.checkout(self.started, self.cluster.pool_idle_timeout) {
                     drop(idle);
                     if let Some(slots) = ep.pacing.try_start(pace, woken) {
@@ -87,13 +91,13 @@ impl Exchange<'_> {
                 state.overflowed(Limit::Pending);
                 return Err((Error::internal(ErrorKind::Overflow), Instant::now()));
             }
-            state.pending.set(state.pending.get() + 1);
+            let pending = Pending::count(&state.pending);
             let waited = monoio::time::timeout(
                 wait_until.saturating_duration_since(Instant::now()),
                 ep.pacing.wait(),
             )
             .await;
-            state.pending.set(state.pending.get().saturating_sub(1));
+            drop(pending);
             match waited {
                 Ok(Waited::Handed(c)) if fresh => {
                     // A resend must go on a new connection: this one serves the next in line.
@@ -112,13 +116,20 @@ impl Exchange<'_> {
                 Ok(Waited::Slot) => woken = true,
                 Err(_) => {
                     // No connection within the connect timeout: as a connect that failed, the
-                    // request never left (another endpoint may take it).
+                    // request never left (another endpoint may take it). The proxy's own line
+                    // held it, not the endpoint: nothing is booked against the endpoint (its
+                    // latency estimate, outlier detection).
                     let kind = if deadline <= Instant::now() {
                         ErrorKind::Timeout
                     } else {
                         ErrorKind::ConnectFailed
                     };
-                    return Err((Error::upstream(kind, Retry::NotConnected), waited_since));
+                    let error = Error {
+                        kind,
+                        side: Side::Internal,
+                        retry: Retry::NotConnected,
+                    };
+                    return Err((error, waited_since));
                 }
             }
         }
@@ -129,11 +140,11 @@ impl Exchange<'_> {
     async fn open_h2(&self, ep: &Endpoint, deadline: Instant) -> Result<(UpConn, bool), Failed> {
         let state = &self.cv.state;
         self.within_breakers()?;
-        state.pending.set(state.pending.get() + 1);
+        let pending = Pending::count(&state.pending);
         let opening = ep.h2.opening();
         let r = Box::pin(self.connect(ep, deadline, false)).await;
         drop(opening);
-        state.pending.set(state.pending.get().saturating_sub(1));
+        drop(pending);
         let io = r?;
         let slot = ep.h2.open(io, ConnCount::new(state.clone()));
         Ok((self.h2_stream(slot), false))
@@ -150,10 +161,10 @@ impl Exchange<'_> {
     ) -> Result<(UpConn, bool), Failed> {
         let state = &self.cv.state;
         self.within_breakers()?;
-        state.pending.set(state.pending.get() + 1);
+        let pending = Pending::count(&state.pending);
         let r = Box::pin(self.connect(ep, deadline, proto == UpstreamProtocol::Http1)).await;
         drop(connecting);
-        state.pending.set(state.pending.get().saturating_sub(1));
+        drop(pending);
         let io = r?;
         if proto.speaks_h2(&io) {
             // Counted as the endpoint's HTTP/2 connection from here on.
@@ -237,5 +248,23 @@ impl Exchange<'_> {
                 Ok(())
             }
         }
+    }
+}
+
+/// One request counted in a cluster's `pending` while it waits or connects; uncounted when
+/// dropped, also when the request is cancelled mid-wait (an HTTP/2 client's RST_STREAM), so
+/// that the count cannot creep up to `max_pending` over time.
+struct Pending<'a>(&'a std::cell::Cell<u32>);
+
+impl<'a> Pending<'a> {
+    fn count(pending: &'a std::cell::Cell<u32>) -> Self {
+        pending.set(pending.get() + 1);
+        Pending(pending)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }

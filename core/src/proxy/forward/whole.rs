@@ -187,10 +187,15 @@ impl Exchange<'_> {
                 Next::AskPolicy(f) => Some(f),
                 Next::GiveUp => None,
             };
-            if error.side == crate::error::Side::Upstream {
+            // The endpoint failed, or the request could not get a connection to it in time
+            // (its line, which says nothing against the endpoint: not booked).
+            let upstream = error.side == crate::error::Side::Upstream;
+            if upstream || error.retry == Retry::NotConnected {
                 let now = Instant::now();
                 let took = now.saturating_duration_since(sent_at);
-                self.book(&ep, outcome_of_kind(error.kind), now, took);
+                if upstream {
+                    self.book(&ep, outcome_of_kind(error.kind), now, took);
+                }
                 // A try cut by its timeout says the endpoint was slow, not how long the next
                 // one will take: only the next endpoint's usual latency counts then.
                 let judge = if error.kind == ErrorKind::Timeout {
