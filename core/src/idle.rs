@@ -32,6 +32,9 @@ struct Slot {
     fired: Option<Fired>,
 }
 
+/// Entries kept, when nobody waits, rather than given back.
+const RELEASE_ABOVE: usize = 1024;
+
 /// The waiting connections of one worker.
 #[derive(Debug, Default)]
 pub struct IdleSet {
@@ -90,6 +93,12 @@ impl IdleSet {
         let mut wake = Vec::new();
         {
             let mut s = self.slots.borrow_mut();
+            if s.len == 0 && s.entries.capacity() > RELEASE_ABOVE {
+                // Nobody waits: the table a crowd of connections grew is given back (a key is
+                // held only by a wait, and there is none).
+                s.entries = Vec::new();
+                s.free = Vec::new();
+            }
             for slot in s.entries.iter_mut().flatten() {
                 if slot.fired.is_some() {
                     continue;
@@ -228,5 +237,29 @@ mod tests {
         assert_eq!(a.as_mut().poll(&mut cx), Poll::Ready(Fired::Expired));
         let mut b = Box::pin(set.wait(now, None, Duration::from_secs(60)));
         assert_eq!(b.as_mut().poll(&mut cx), Poll::Ready(Fired::Expired));
+    }
+
+    #[test]
+    fn the_table_a_crowd_grew_is_given_back_once_nobody_waits() {
+        let set = IdleSet::default();
+        let now = Instant::now();
+        let crowd: Vec<IdleWait<'_>> = (0..3000)
+            .map(|_| set.wait(now, None, Duration::from_secs(60)))
+            .collect();
+        let one = set.wait(now, None, Duration::from_secs(60));
+        drop(crowd);
+        set.sweep(now);
+        assert!(
+            set.slots.borrow().entries.len() > RELEASE_ABOVE,
+            "one still waits"
+        );
+        drop(one);
+        set.sweep(now);
+        assert_eq!(set.slots.borrow().entries.capacity(), 0);
+        // And it works on.
+        let w = set.wait(now, None, Duration::from_secs(60));
+        assert_eq!(set.len(), 1);
+        drop(w);
+        assert!(set.is_empty());
     }
 }

@@ -383,10 +383,11 @@ struct MemoryWatch {
 }
 
 impl MemoryWatch {
-    /// Freed bytes worth a `malloc_trim`.
-    const FREED_ENOUGH: usize = 1 << 20;
+    /// Freed bytes worth a `malloc_trim` (it runs on its own thread, so the bar is low: eight
+    /// large-body buffers, whose pages glibc would otherwise keep).
+    const FREED_ENOUGH: usize = 256 << 10;
     /// Connections closed or requests ended (each held a few KiB) worth one.
-    const BURST: usize = 64;
+    const BURST: usize = 16;
     const EVERY: u32 = 10;
 
     fn after_a_period(&mut self, w: &Worker) {
