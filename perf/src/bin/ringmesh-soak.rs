@@ -1,9 +1,12 @@
 //! `ringmesh-soak`: the soak and fault harness (see perf/README.md).
 //!
-//! ringmesh-soak [--minutes N | --seconds N] [--cooldown 60s] [--out FILE] [--check]
+//! ringmesh-soak [--minutes N | --seconds N] [--cooldown 60s] [--out FILE] [--check] [--ringmesh BIN]
+//!
+//! Run from the workspace (`cargo run --release -p ringmesh-perf --bin ringmesh-soak -- --minutes 10`)
+//! it builds the proxy and the test upstream first.
 //!
 //! With `--check` the exit status is 1 when a check failed (a crash, a failed request, a lost
-//! access-log line, descriptors or threads not given back).
+//! access-log line, descriptors, threads or memory not given back).
 
 use std::time::Duration;
 
@@ -34,6 +37,7 @@ fn real_main() -> Result<i32, Box<dyn std::error::Error>> {
     };
     let mut out = None;
     let mut check = false;
+    let mut given_ringmesh = false;
     let mut p = lexopt::Parser::from_env();
     while let Some(arg) = p.next()? {
         match arg {
@@ -45,12 +49,20 @@ fn real_main() -> Result<i32, Box<dyn std::error::Error>> {
             }
             Long("out") => out = Some(std::path::PathBuf::from(p.value()?)),
             Long("check") => check = true,
-            Long("ringmesh") => o.ringmesh = p.value()?.into(),
+            Long("ringmesh") => {
+                o.ringmesh = p.value()?.into();
+                given_ringmesh = true;
+            }
             _ => return Err(arg.unexpected().into()),
         }
     }
     if o.load < Duration::from_secs(30) {
         return Err("a soak needs at least 30 s of load".into());
+    }
+    if !given_ringmesh {
+        // As the comparison driver does: the proxy under test is the workspace's code as it is
+        // now, never a stale binary (a no-op when it is up to date).
+        build_release(&bin_dir);
     }
     for bin in [&o.ringmesh, &o.upstream] {
         if !bin.exists() {
@@ -78,4 +90,34 @@ fn real_main() -> Result<i32, Box<dyn std::error::Error>> {
     } else {
         0
     })
+}
+
+/// Builds `ringmesh` and `ringmesh-upstream` (release) in the workspace this harness was built
+/// from, when it is still there and the harness runs from its release directory.
+fn build_release(bin_dir: &std::path::Path) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    if bin_dir != root.join("target/release") {
+        return;
+    }
+    let built = std::process::Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "ringmesh-control",
+            "--bin",
+            "ringmesh",
+            "-p",
+            "ringmesh-perf",
+            "--bin",
+            "ringmesh-upstream",
+        ])
+        .current_dir(&root)
+        .status();
+    if !built.is_ok_and(|s| s.success()) {
+        eprintln!("ringmesh-soak: building ringmesh and ringmesh-upstream failed");
+    }
 }
