@@ -42,3 +42,23 @@ pub fn duration(s: &str) -> Option<std::time::Duration> {
 pub fn cpus(s: &str) -> Vec<usize> {
     ringmesh_core::sys::parse_cpu_list(s)
 }
+
+/// Builds release binaries of the workspace this crate was built from: `bins` as
+/// (package, binary) pairs. Whether cargo succeeded.
+pub fn build_release(bins: &[(&str, &str)]) -> bool {
+    let root = workspace();
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.args(["build", "--release"]).current_dir(&root);
+    for (package, bin) in bins {
+        cmd.args(["-p", package, "--bin", bin]);
+    }
+    cmd.status().is_ok_and(|s| s.success())
+}
+
+/// The workspace root (this crate sits one level below it).
+pub fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default()
+}

@@ -93,31 +93,16 @@ fn real_main() -> Result<i32, Box<dyn std::error::Error>> {
 }
 
 /// Builds `ringmesh` and `ringmesh-upstream` (release) in the workspace this harness was built
-/// from, when it is still there and the harness runs from its release directory.
+/// from, when the harness runs from its release directory.
 fn build_release(bin_dir: &std::path::Path) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
-    if bin_dir != root.join("target/release") {
+    if bin_dir != ringmesh_perf::workspace().join("target/release") {
         return;
     }
-    let built = std::process::Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "ringmesh-control",
-            "--bin",
-            "ringmesh",
-            "-p",
-            "ringmesh-perf",
-            "--bin",
-            "ringmesh-upstream",
-        ])
-        .current_dir(&root)
-        .status();
-    if !built.is_ok_and(|s| s.success()) {
+    let built = ringmesh_perf::build_release(&[
+        ("ringmesh-control", "ringmesh"),
+        ("ringmesh-perf", "ringmesh-upstream"),
+    ]);
+    if !built {
         eprintln!("ringmesh-soak: building ringmesh and ringmesh-upstream failed");
     }
 }

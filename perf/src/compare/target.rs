@@ -240,35 +240,14 @@ pub fn install_peers() -> Result<(), String> {
     }
 }
 
-/// Finds the workspace root (the driver is built inside it).
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
 /// Builds `target/release/ringmesh` and `ringmesh-relay` beside it (release profile) and returns
 /// the proxy's path.
 pub fn build_ringmesh() -> Result<PathBuf, String> {
-    let root = workspace();
-    let ok = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "ringmesh-control",
-            "--bin",
-            "ringmesh",
-            "-p",
-            "ringmesh-perf",
-            "--bin",
-            "ringmesh-relay",
-        ])
-        .current_dir(&root)
-        .status()
-        .is_ok_and(|s| s.success());
-    let bin = root.join("target/release/ringmesh");
+    let ok = crate::build_release(&[
+        ("ringmesh-control", "ringmesh"),
+        ("ringmesh-perf", "ringmesh-relay"),
+    ]);
+    let bin = crate::workspace().join("target/release/ringmesh");
     if ok && bin.exists() {
         Ok(bin)
     } else {

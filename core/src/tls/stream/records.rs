@@ -27,27 +27,10 @@ pub(super) fn handle<Data>(
                 None => break Ok(Next::Again),
             }
         },
-        Ok(ConnectionState::EncodeTlsData(mut e)) => {
-            let at = out.len();
-            out.resize(at + 4096, 0);
-            let r = match e.encode(&mut out[at..]) {
-                Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                    out.resize(at + required_size, 0);
-                    e.encode(&mut out[at..])
-                }
-                r => r,
-            };
-            match r {
-                Ok(n) => {
-                    out.truncate(at + n);
-                    Ok(Next::Again)
-                }
-                Err(e) => {
-                    out.truncate(at);
-                    Err(rustls::Error::General(format!("encoding TLS data: {e}")))
-                }
-            }
-        }
+        Ok(ConnectionState::EncodeTlsData(mut e)) => match encode(&mut e, out, 4096) {
+            Ok(()) => Ok(Next::Again),
+            Err(e) => Err(rustls::Error::General(format!("encoding TLS data: {e}"))),
+        },
         // The encoded bytes are in `out`, which the caller sends before anything else.
         Ok(ConnectionState::TransmitTlsData(t)) => {
             t.done();
@@ -116,11 +99,21 @@ pub(super) fn encode_queued<Data>(
     status: UnbufferedStatus<'_, '_, Data>,
     out: &mut Vec<u8>,
 ) -> bool {
-    let Ok(ConnectionState::EncodeTlsData(mut e)) = status.state else {
-        return false;
-    };
+    match status.state {
+        Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, out, 512).is_ok(),
+        _ => false,
+    }
+}
+
+/// Appends what `e` encodes to `out`, starting with `guess` bytes of room and growing to what
+/// rustls says it needs; `out` is left as it was on failure.
+fn encode<Data>(
+    e: &mut rustls::unbuffered::EncodeTlsData<'_, Data>,
+    out: &mut Vec<u8>,
+    guess: usize,
+) -> Result<(), EncodeError> {
     let at = out.len();
-    out.resize(at + 512, 0);
+    out.resize(at + guess, 0);
     let r = match e.encode(&mut out[at..]) {
         Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
             out.resize(at + required_size, 0);
@@ -131,11 +124,11 @@ pub(super) fn encode_queued<Data>(
     match r {
         Ok(n) => {
             out.truncate(at + n);
-            true
+            Ok(())
         }
-        Err(_) => {
+        Err(err) => {
             out.truncate(at);
-            false
+            Err(err)
         }
     }
 }
