@@ -254,11 +254,15 @@ fn build(
                 hello_timeout: l.request_head_timeout,
             },
             ListenerProtocol::Http => {
-                let routes = l
+                let mut routes = l
                     .routes
                     .iter()
                     .map(|r| route(r, &index, workers))
                     .collect::<Result<Vec<_>, _>>()?;
+                let outbound = l.outbound.as_ref().map(|o| {
+                    let retry = retry_policy(&crate::compile_outbound::service_retry());
+                    crate::compile_outbound::outbound(o, config, &clusters, &mut routes, retry)
+                });
                 Protocol::Http(Box::new(HttpListener {
                     routes: RouteTable::new(routes),
                     limits: HttpLimits {
@@ -274,6 +278,7 @@ fn build(
                         .as_ref()
                         .map(|t| server_tls(t, &l.name, i))
                         .transpose()?,
+                    outbound,
                 }))
             }
         };
@@ -363,9 +368,11 @@ fn route(
     index: &impl Fn(&str) -> Result<usize, CompileError>,
     workers: usize,
 ) -> Result<Route, CompileError> {
+    let mut matcher = request_match(&r.matcher);
+    matcher.service = r.matcher.service.as_deref().map(index).transpose()?;
     Ok(Route {
         name: Arc::from(r.name.as_str()),
-        matcher: request_match(&r.matcher),
+        matcher,
         action: match &r.cluster {
             Some(c) => Action::Cluster(index(c)?),
             None => {
@@ -433,6 +440,7 @@ fn request_match(m: &crate::config::MatchConfig) -> Match {
             .iter()
             .map(|(k, v)| (k.as_bytes().into(), v.as_bytes().into()))
             .collect(),
+        service: None,
     }
 }
 

@@ -5,10 +5,12 @@
 pub mod admin;
 pub mod api_guard;
 pub mod compile;
+mod compile_outbound;
 pub mod config;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
 pub mod http;
+pub mod init;
 pub mod mesh;
 pub mod runtime;
 pub(crate) mod shared;

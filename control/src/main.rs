@@ -41,6 +41,13 @@ USAGE:
                                           empty store); https:// URLs need --etcd-ca, and a
                                           client certificate where etcd asks for one
     ringmesh check FILE                   validate a config; print every error
+    ringmesh init --proxy-uid UID [--outbound-port 15001] [--inbound-port 15006 | --no-inbound]
+                  [--skip-inbound-ports P,..] [--skip-outbound-ports P,..]
+                  [--skip-outbound-cidrs CIDR,..] [--dry-run] [--remove]
+                                          in a workload's network namespace, as root: redirect
+                                          its TCP to the sidecar (nftables table `ringmesh`);
+                                          the proxy's user is left alone; --dry-run prints
+                                          the rules, --remove deletes them (docs/sidecar.md)
 
 OPTIONS:
     --workers N            worker threads (default: one per core)
@@ -360,6 +367,16 @@ fn control(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // `init` has flags of its own and runs before anything else is set up.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "init") {
+        return match ringmesh_control::init::command(std::env::args_os().skip(2)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringmesh init: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -25,6 +25,7 @@ pub mod idle;
 pub(crate) mod io;
 mod listener;
 pub mod metrics;
+mod outbound;
 pub mod outlier;
 pub mod pacing;
 pub mod path;

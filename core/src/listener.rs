@@ -75,13 +75,28 @@ pub(crate) fn start(
                     let Some(li) = view.listener_index(&name) else {
                         continue;
                     };
-                    match view.snapshot.listeners[li].protocol {
+                    match &view.snapshot.listeners[li].protocol {
+                        Protocol::Http(h) if h.outbound.is_some() => {
+                            drop(view);
+                            monoio::spawn(crate::task::contained(crate::outbound::serve(
+                                worker.clone(),
+                                name.clone(),
+                                bind,
+                                stream,
+                                peer,
+                            )));
+                        }
                         Protocol::Http(_) => {
                             drop(view);
+                            let accepted = crate::proxy::Accepted {
+                                stream,
+                                peer,
+                                destination: None,
+                            };
                             let conn = crate::proxy::serve(
                                 worker.clone(),
                                 name.clone(),
-                                Box::new((stream, peer)),
+                                Box::new(accepted),
                             );
                             monoio::spawn(crate::task::contained(conn));
                         }

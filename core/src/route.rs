@@ -48,6 +48,9 @@ pub struct Match {
     pub method: Option<Box<[u8]>>,
     /// Headers that must be present with exactly these values (names lowercase).
     pub headers: Vec<HeaderMatch>,
+    /// On an outbound listener: the mesh service (cluster index) the application's connection
+    /// was going to ([`crate::snapshot::Outbound`]).
+    pub service: Option<usize>,
 }
 
 /// Where a route sends its requests.
@@ -181,6 +184,10 @@ pub trait RequestView {
     /// route opens tunnels by accident.
     fn is_connect(&self) -> bool {
         false
+    }
+    /// The mesh service the connection was redirected from, on an outbound listener.
+    fn service(&self) -> Option<usize> {
+        None
     }
 }
 
@@ -378,6 +385,9 @@ pub fn matches_rest(m: &Match, req: &impl RequestView) -> bool {
         if req.method() != &**method {
             return false;
         }
+    }
+    if m.service.is_some() && req.service() != m.service {
+        return false;
     }
     m.headers.iter().all(|(n, v)| req.has_header(n, v))
 }

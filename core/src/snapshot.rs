@@ -96,6 +96,36 @@ pub struct HttpListener {
     pub access_log: Option<crate::access_log::AccessLogSpec>,
     /// TLS termination, if any.
     pub tls: Option<crate::tls::ServerTls>,
+    /// Set on a sidecar's outbound listener: it takes the connections `ringmesh init`
+    /// redirects, each to the destination the application asked for.
+    pub outbound: Option<Arc<Outbound>>,
+}
+
+/// What an outbound listener does with a redirected connection ([`crate::outbound`]).
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// Mesh services by the addresses applications call them at (a cluster's `addresses`, and
+    /// its endpoints' own): the cluster, by index. Requests to them are routed by the
+    /// listener's routes, whose generated ones match on this service.
+    pub services: rustc_hash::FxHashMap<SocketAddr, usize>,
+    /// Destination ports whose traffic is opaque TCP: no detection, no wait.
+    pub opaque_ports: Box<[u16]>,
+    /// How long to wait for an application's first bytes before taking the connection as
+    /// opaque TCP (a protocol whose server speaks first).
+    pub detect_timeout: Duration,
+    /// Connections to destinations outside the mesh are passed through (true) or refused.
+    pub passthrough: bool,
+    /// Time to connect to a passed-through destination.
+    pub connect_timeout: Duration,
+    /// Close an opaque or passed-through connection with no traffic either way for this long.
+    pub tcp_idle_timeout: Duration,
+}
+
+impl Outbound {
+    /// Whether traffic to `port` is declared opaque.
+    pub fn is_opaque(&self, port: u16) -> bool {
+        self.opaque_ports.contains(&port)
+    }
 }
 
 /// Limits applied to clients of an HTTP listener.

@@ -295,6 +295,74 @@ pub fn release_free_memory() {
     }
 }
 
+/// `SO_ORIGINAL_DST` and its IPv6 form `IP6T_SO_ORIGINAL_DST` (both 80 in `<linux/netfilter_ipv4.h>`
+/// and `<linux/netfilter_ipv6/ip6_tables.h>`).
+const SO_ORIGINAL_DST: libc::c_int = 80;
+
+/// Where a connection accepted by a netfilter `redirect` (or `dnat`) was going before it was
+/// redirected, read from conntrack. `ENOENT`: the connection was not redirected (it was made to
+/// the listener's own address).
+#[allow(unsafe_code)]
+pub fn original_dst(fd: RawFd, ipv6: bool) -> std::io::Result<std::net::SocketAddr> {
+    // SAFETY: `storage` is a zeroed sockaddr_storage, large enough for either family; `len`
+    // tells the kernel its size and comes back with the length written; each form is read as
+    // the family the kernel reports.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let level = if ipv6 { libc::SOL_IPV6 } else { libc::SOL_IP };
+        let rc = libc::getsockopt(
+            fd,
+            level,
+            SO_ORIGINAL_DST,
+            (&raw mut storage).cast(),
+            &mut len,
+        );
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        match i32::from(storage.ss_family) {
+            libc::AF_INET => {
+                let v4 = &*((&raw const storage) as *const libc::sockaddr_in);
+                Ok(std::net::SocketAddr::from((
+                    std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)),
+                    u16::from_be(v4.sin_port),
+                )))
+            }
+            libc::AF_INET6 => {
+                let v6 = &*((&raw const storage) as *const libc::sockaddr_in6);
+                Ok(std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+                    std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr),
+                    u16::from_be(v6.sin6_port),
+                    v6.sin6_flowinfo,
+                    v6.sin6_scope_id,
+                )))
+            }
+            _ => Err(std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
+        }
+    }
+}
+
+/// Copies the bytes waiting on a socket into `buf` without taking them (`MSG_PEEK`), without
+/// waiting. `Ok(0)`: the peer closed; `WouldBlock`: nothing yet.
+#[allow(unsafe_code)]
+pub fn peek(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: `fd` is a socket owned by the caller for the duration of the call; `buf` is valid
+    // and writable for its length; MSG_PEEK leaves the socket's data in place.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

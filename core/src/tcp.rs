@@ -14,7 +14,7 @@ use monoio::net::TcpStream;
 
 use crate::buf::{BUF_SIZE, SMALL_BUF_SIZE};
 use crate::error::ErrorKind;
-use crate::metrics::Outcome;
+use crate::metrics::{ListenerStats, Outcome};
 use crate::policy::{Caller, Verdict};
 use crate::snapshot::{Protocol, TcpRoute};
 use crate::sni::{Hello, MAX_HELLO, NameMap, server_name};
@@ -59,7 +59,6 @@ pub(crate) async fn serve(
             return;
         }
     }
-    let started = Instant::now();
     let mut client = client;
     // Routing by server name reads the ClientHello first; its bytes go upstream before the rest.
     let (ci, first) = match route {
@@ -72,6 +71,23 @@ pub(crate) async fn serve(
             (ci, Some(first))
         }
     };
+    let stats = lview.stats.clone();
+    to_cluster(&w, view, ci, client, first, idle_timeout, &stats).await;
+}
+
+/// Balances a connection over cluster `ci`'s endpoints (a connect that fails is tried on
+/// another endpoint, once: nothing was sent yet), sends `first` (bytes already read from the
+/// client), then copies bytes both ways until both sides have closed.
+pub(crate) async fn to_cluster(
+    w: &Rc<Worker>,
+    view: Rc<View>,
+    ci: usize,
+    client: TcpStream,
+    first: Option<Vec<u8>>,
+    idle_timeout: Duration,
+    stats: &ListenerStats,
+) {
+    let started = Instant::now();
     let cluster = &view.snapshot.clusters[ci];
     let cv = &view.clusters[ci];
     // A connection that cannot be made is tried on another endpoint, once: nothing was sent.
@@ -79,16 +95,14 @@ pub(crate) async fn serve(
     let (ep, up) = loop {
         let now = Instant::now();
         let Some(ep) = cv.pick(w.draw(), cluster, now, avoid.as_ref()) else {
-            lview.stats.local_reply(ErrorKind::NoEndpoint);
+            stats.local_reply(ErrorKind::NoEndpoint);
             return;
         };
         let in_flight = ep.begin(now);
-        let connect = TcpStream::connect_addr(ep.addr);
+        // Over TLS when the cluster has it: opaque traffic between sidecars is encrypted too.
+        let connect = crate::dial::dial(ep.addr, cluster.tls.as_ref(), false);
         match monoio::time::timeout(cluster.connect_timeout, connect).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                break ((ep, in_flight), s);
-            }
+            Ok(Ok(s)) => break ((ep, in_flight), s),
             _ => {
                 let now = Instant::now();
                 cv.book(
@@ -101,7 +115,7 @@ pub(crate) async fn serve(
                 );
                 drop(in_flight);
                 if avoid.is_some() || cv.members.len() < 2 {
-                    lview.stats.local_reply(ErrorKind::ConnectFailed);
+                    stats.local_reply(ErrorKind::ConnectFailed);
                     return;
                 }
                 avoid = Some(ep);
@@ -127,7 +141,7 @@ pub(crate) async fn serve(
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = up.into_split();
     let (ra, rb) = tunnel(
-        &w,
+        w,
         (&mut cr, &mut cw),
         (&mut ur, &mut uw),
         idle_timeout,
@@ -151,6 +165,33 @@ pub(crate) async fn serve(
             rtt,
         );
     }
+}
+
+/// Passes a connection through to `dst` (where an application was going, outside the mesh) and
+/// copies bytes both ways until both sides have closed. False: `dst` could not be reached.
+pub(crate) async fn passthrough(
+    w: &Worker,
+    client: TcpStream,
+    dst: std::net::SocketAddr,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> bool {
+    let up = match monoio::time::timeout(connect_timeout, TcpStream::connect_addr(dst)).await {
+        Ok(Ok(s)) => s,
+        _ => return false,
+    };
+    let _ = up.set_nodelay(true);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = up.into_split();
+    let _ = tunnel(
+        w,
+        (&mut cr, &mut cw),
+        (&mut ur, &mut uw),
+        idle_timeout,
+        None,
+    )
+    .await;
+    true
 }
 
 /// Reads the connection's ClientHello and picks the cluster its server name routes to. `None`:

@@ -27,6 +27,29 @@ pub(super) fn check(d: &mut Decoder, c: &Config) {
             }
         }
     }
+    // An address names one service: two clusters claiming it would make a sidecar's choice
+    // depend on their order.
+    let mut claimed = BTreeMap::new();
+    for (i, cl) in c.clusters.iter().enumerate() {
+        for (j, a) in cl.addresses.iter().enumerate() {
+            match claimed.insert(*a, i) {
+                Some(other) if other != i => d.error(
+                    &format!("clusters[{i}].addresses[{j}]"),
+                    None,
+                    format!(
+                        "{a} is already the address of cluster `{}`",
+                        c.clusters[other].name
+                    ),
+                ),
+                Some(_) => d.error(
+                    &format!("clusters[{i}].addresses[{j}]"),
+                    None,
+                    format!("duplicate address {a}"),
+                ),
+                None => {}
+            }
+        }
+    }
     let mut listener_names = BTreeMap::new();
     let mut binds = BTreeMap::new();
     for (i, l) in c.listeners.iter().enumerate() {
@@ -78,6 +101,18 @@ pub(super) fn check(d: &mut Decoder, c: &Config) {
                         None,
                         format!("no cluster named `{cl}`"),
                     );
+                }
+            }
+            if let Some(svc) = &r.matcher.service {
+                let path = format!("listeners[{i}].routes[{j}].match.service");
+                if l.outbound.is_none() {
+                    d.error(
+                        &path,
+                        None,
+                        "only an outbound listener knows which service a connection was going to",
+                    );
+                } else if !names.contains_key(svc.as_str()) {
+                    d.error(&path, None, format!("no cluster named `{svc}`"));
                 }
             }
             for (k, t) in r.split.iter().enumerate() {

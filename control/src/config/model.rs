@@ -141,6 +141,29 @@ pub struct ListenerConfig {
     pub tls: Option<ListenerTlsConfig>,
     /// HTTP: how request paths are normalized before policies and routing.
     pub paths: PathsConfig,
+    /// A sidecar's outbound listener, taking what `ringmesh init` redirects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<OutboundConfig>,
+}
+
+/// `outbound: { detect_timeout, opaque_ports, unknown_destinations, connect_timeout,
+/// tcp_idle_timeout }` on an http listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboundConfig {
+    /// Time to wait for an application's first bytes before taking its connection as opaque.
+    #[serde(serialize_with = "ser_duration")]
+    pub detect_timeout: Duration,
+    /// Destination ports whose traffic is opaque TCP (no detection).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub opaque_ports: Vec<u16>,
+    /// Destinations outside the mesh: passed through (true) or refused.
+    pub passthrough: bool,
+    /// Time to connect to a passed-through destination.
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    /// Opaque and passed-through connections close after this long without traffic.
+    #[serde(serialize_with = "ser_duration")]
+    pub tcp_idle_timeout: Duration,
 }
 
 /// `paths: { merge_slashes, escaped_slashes, semicolons }` of an HTTP listener.
@@ -357,6 +380,9 @@ pub struct MatchConfig {
     /// `path` and `path_prefix` compare without regard to ASCII case.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub ignore_case: bool,
+    /// On an outbound listener: the mesh service (cluster name) the application called.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// One target of a weighted split.
@@ -405,6 +431,10 @@ pub struct ClusterConfig {
     pub tls: Option<ClusterTlsConfig>,
     /// The protocol spoken to the endpoints.
     pub protocol: UpstreamProtocol,
+    /// The addresses applications call this service at (a virtual IP and port), which a
+    /// sidecar's outbound listener balances over the endpoints.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<SocketAddr>,
     /// Endpoints.
     pub endpoints: Vec<EndpointConfig>,
 }

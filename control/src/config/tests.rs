@@ -287,3 +287,59 @@ fn syntax_errors_have_a_line() {
     let dup = errors("admin: 127.0.0.1:1\nadmin: 127.0.0.1:2\nlisteners: []\n");
     assert!(dup[0].contains("invalid YAML"), "{dup:?}");
 }
+
+#[test]
+fn outbound_listeners_parse_with_defaults() {
+    let c = Config::parse(
+        r#"
+listeners:
+  - name: out
+    bind: 127.0.0.1:15001
+    outbound: { opaque_ports: [5432], unknown_destinations: refuse }
+    routes: [ { name: slow-back, match: { service: back, path_prefix: /slow }, cluster: back, timeout: 30s } ]
+clusters:
+  - { name: back, addresses: [ "10.96.0.10:80", "[fd00::10]:80" ], endpoints: [ { addr: "10.0.0.1:8080" } ] }
+"#,
+    )
+    .unwrap();
+    let o = c.listeners[0].outbound.as_ref().unwrap();
+    assert_eq!(o.detect_timeout, Duration::from_millis(100));
+    assert_eq!(o.opaque_ports, [5432]);
+    assert!(!o.passthrough);
+    assert_eq!(
+        c.listeners[0].routes[0].matcher.service.as_deref(),
+        Some("back")
+    );
+    assert_eq!(c.clusters[0].addresses.len(), 2);
+}
+
+#[test]
+fn outbound_errors_name_their_field() {
+    let e = errors(
+        r#"
+listeners:
+  - { name: t, bind: 127.0.0.1:1, protocol: tcp, cluster: a, outbound: {} }
+  - name: o
+    bind: 127.0.0.1:2
+    outbound: { detect_timeout: 1m, opaque_ports: [0], unknown_destinations: drop }
+    routes: [ { match: { service: nope }, cluster: a } ]
+  - { name: h, bind: 127.0.0.1:3, routes: [ { match: { service: a }, cluster: a } ] }
+clusters:
+  - { name: a, addresses: [ "10.96.0.1:80", "0.0.0.0:80" ] }
+  - { name: b, addresses: [ "10.96.0.1:80" ] }
+"#,
+    )
+    .join("\n");
+    for want in [
+        "listeners[0].outbound: an outbound listener is an http listener",
+        "listeners[1].outbound.detect_timeout: at most 10s",
+        "listeners[1].outbound.opaque_ports[0]: a port is 1 to 65535",
+        "listeners[1].outbound.unknown_destinations:",
+        "listeners[1].routes[0].match.service: no cluster named `nope`",
+        "listeners[2].routes[0].match.service: only an outbound listener knows",
+        "clusters[0].addresses[1]: 0.0.0.0:80 is not an address an application can connect to",
+        "clusters[1].addresses[0]: 10.96.0.1:80 is already the address of cluster `a`",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+}

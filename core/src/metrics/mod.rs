@@ -91,9 +91,17 @@ pub struct ListenerStats {
     local: [Cell<u64>; ErrorKind::ALL.len()],
     tls: [Cell<u64>; Handshake::ALL.len()],
     h2: [Cell<u64>; H2Event::ALL.len()],
+    redirected: [Cell<u64>; Redirected::ALL.len()],
 }
 
 impl ListenerStats {
+    /// Counts a connection an outbound listener took, by where it went.
+    #[inline]
+    pub fn redirected(&self, r: Redirected) {
+        let c = &self.redirected[r as usize];
+        c.set(c.get() + 1);
+    }
+
     /// Counts an HTTP/2 event.
     #[inline]
     pub fn h2(&self, e: H2Event) {
@@ -241,6 +249,7 @@ impl WorkerMetrics {
                 local: ErrorKind::ALL.map(|k| s.local[k.index()].get()),
                 tls: Handshake::ALL.map(|h| s.tls[h as usize].get()),
                 h2: H2Event::ALL.map(|e| s.h2[e as usize].get()),
+                redirected: Redirected::ALL.map(|r| s.redirected[r as usize].get()),
             })
             .collect();
         let denials = self
@@ -365,6 +374,46 @@ pub struct ListenerReport {
     pub tls: [u64; Handshake::ALL.len()],
     /// HTTP/2 events, by [`H2Event`].
     pub h2: [u64; H2Event::ALL.len()],
+    /// Connections of an outbound listener, by [`Redirected`].
+    pub redirected: [u64; Redirected::ALL.len()],
+}
+
+/// Where an outbound listener sent a connection an application made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redirected {
+    /// To a mesh service, served request by request (HTTP/1.1 or HTTP/2 detected).
+    MeshHttp,
+    /// To a mesh service, as opaque TCP balanced over its endpoints.
+    MeshOpaque,
+    /// Outside the mesh, passed through to where it was going.
+    Passthrough,
+    /// Outside the mesh, refused (`unknown_destinations: refuse`).
+    Refused,
+    /// Not redirected (made straight to the listener), or going back to the proxy itself:
+    /// closed.
+    NotRedirected,
+}
+
+impl Redirected {
+    /// Every value, in index order.
+    pub const ALL: [Redirected; 5] = [
+        Redirected::MeshHttp,
+        Redirected::MeshOpaque,
+        Redirected::Passthrough,
+        Redirected::Refused,
+        Redirected::NotRedirected,
+    ];
+
+    /// Label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Redirected::MeshHttp => "mesh-http",
+            Redirected::MeshOpaque => "mesh-opaque",
+            Redirected::Passthrough => "passthrough",
+            Redirected::Refused => "refused",
+            Redirected::NotRedirected => "not-redirected",
+        }
+    }
 }
 
 /// What happens on HTTP/2 connections, counted per listener.
@@ -571,6 +620,9 @@ pub fn merge(reports: &[WorkerReport]) -> Merged {
                         *a += b;
                     }
                     for (a, b) in m.h2.iter_mut().zip(l.h2) {
+                        *a += b;
+                    }
+                    for (a, b) in m.redirected.iter_mut().zip(l.redirected) {
                         *a += b;
                     }
                     for (a, b) in m.local.iter_mut().zip(l.local) {

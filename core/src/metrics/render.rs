@@ -153,6 +153,27 @@ pub fn render(out: &mut String, m: &Merged) {
     );
     header(
         out,
+        "ringmesh_outbound_connections_total",
+        "counter",
+        "Connections an outbound listener took from applications, by where they went.",
+    );
+    // Only outbound listeners have these: the others would print five zeros each.
+    for l in m
+        .listeners
+        .iter()
+        .filter(|l| l.redirected.iter().any(|n| *n > 0))
+    {
+        let counts = Redirected::ALL.map(|r| (r.name(), l.redirected[r as usize]));
+        by_kind(
+            out,
+            "ringmesh_outbound_connections_total",
+            &l.name,
+            "destination",
+            &counts,
+        );
+    }
+    header(
+        out,
         "ringmesh_upstream_rq_total",
         "counter",
         "Upstream requests by endpoint and outcome.",

@@ -37,6 +37,8 @@ pub(crate) struct Client {
     pub(super) h2_preface: bool,
     /// The current request is a gRPC call: the proxy's own answers take gRPC's form.
     pub(super) grpc: bool,
+    /// On an outbound listener: where the application's connection was going.
+    pub(super) destination: Option<SocketAddr>,
 }
 
 impl Client {
@@ -59,6 +61,7 @@ impl Client {
             continued: false,
             h2_preface: false,
             grpc: false,
+            destination: None,
         }
     }
 

@@ -43,11 +43,7 @@ const SHED_AFTER: Duration = Duration::from_millis(250);
 ///
 /// The accepted socket comes boxed: arguments of an async fn keep their place in its state for
 /// its whole life, and this one lives as long as the connection.
-pub(crate) async fn serve(
-    w: Rc<Worker>,
-    listener: Arc<str>,
-    accepted: Box<(TcpStream, SocketAddr)>,
-) {
+pub(crate) async fn serve(w: Rc<Worker>, listener: Arc<str>, accepted: Box<Accepted>) {
     // An HTTP/2 connection's state is boxed apart: it must not weigh on every HTTP/1.1
     // connection's future.
     if let Some(h) = serve_http1(&w, &listener, accepted).await {
@@ -55,6 +51,7 @@ pub(crate) async fn serve(
             stream,
             read,
             peer,
+            destination,
             limits,
             stats,
             guard,
@@ -64,6 +61,7 @@ pub(crate) async fn serve(
             listener,
             peer,
             tls: stream.tls().is_some(),
+            destination,
         };
         let limits = crate::h2::drive::server::Limits {
             max_head: limits.max_request_head,
@@ -78,11 +76,20 @@ pub(crate) async fn serve(
     }
 }
 
+/// A connection as a listener accepted it.
+pub(crate) struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// On an outbound listener: where the application's connection was going.
+    pub destination: Option<SocketAddr>,
+}
+
 /// A connection that turned out to speak HTTP/2, handed over with what was read of it.
 struct Handoff {
     stream: Transport,
     read: Vec<u8>,
     peer: SocketAddr,
+    destination: Option<SocketAddr>,
     limits: HttpLimits,
     stats: Rc<crate::metrics::ListenerStats>,
     guard: crate::worker::state::ConnGuard,
@@ -93,9 +100,13 @@ struct Handoff {
 async fn serve_http1(
     w: &Rc<Worker>,
     listener: &Arc<str>,
-    accepted: Box<(TcpStream, SocketAddr)>,
+    accepted: Box<Accepted>,
 ) -> Option<Box<Handoff>> {
-    let (stream, peer) = *accepted;
+    let Accepted {
+        stream,
+        peer,
+        destination,
+    } = *accepted;
     // Only the client lives across the waits below: what else this needs is looked up again.
     let (guard, tls, stats, timeout) = {
         let view = w.view();
@@ -112,9 +123,11 @@ async fn serve_http1(
     let mut c = {
         let stream = upgrade(stream, tls, stats, timeout).await?;
         if stream.is_h2() {
-            return handoff(w, listener, stream, Vec::new(), peer, guard);
+            return handoff(w, listener, stream, Vec::new(), (peer, destination), guard);
         }
-        Client::new(Io::Wire(stream), peer)
+        let mut c = Client::new(Io::Wire(stream), peer);
+        c.destination = destination;
+        c
     };
     loop {
         let waited = Instant::now();
@@ -133,7 +146,7 @@ async fn serve_http1(
         };
         let read = c.data().to_vec();
         c.release(w);
-        return handoff(w, listener, stream, read, c.peer, guard);
+        return handoff(w, listener, stream, read, (c.peer, c.destination), guard);
     }
     c.release(w);
     if let Some(Io::Wire(Transport::Tls(s))) = c.stream.as_mut() {
@@ -150,7 +163,7 @@ fn handoff(
     listener: &Arc<str>,
     stream: Transport,
     read: Vec<u8>,
-    peer: SocketAddr,
+    (peer, destination): (SocketAddr, Option<SocketAddr>),
     guard: crate::worker::state::ConnGuard,
 ) -> Option<Box<Handoff>> {
     let view = w.view();
@@ -159,6 +172,7 @@ fn handoff(
         stream,
         read,
         peer,
+        destination,
         limits,
         stats: view.listeners[li].stats.clone(),
         guard,

@@ -22,6 +22,8 @@ pub(super) struct StreamService {
     pub peer: SocketAddr,
     /// The connection is TLS (X-Forwarded-Proto: https).
     pub tls: bool,
+    /// On an outbound listener: where the application's connection was going.
+    pub destination: Option<SocketAddr>,
 }
 
 impl Service for StreamService {
@@ -33,6 +35,7 @@ impl Service for StreamService {
             refused,
         } = req;
         let mut c = Client::for_stream(Io::H2(Box::new(stream)), self.peer, self.tls, buf);
+        c.destination = self.destination;
         let view = w.view();
         if let Some((li, limits)) = listener_of(&view, &self.listener) {
             let (req, resp) = &mut heads;

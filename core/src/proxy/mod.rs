@@ -21,7 +21,7 @@ mod pipeline;
 mod reply;
 mod report;
 
-pub(crate) use conn::serve;
+pub(crate) use conn::{Accepted, serve};
 
 use crate::head::{RequestHead, Version};
 use crate::worker::state::Worker;

@@ -54,12 +54,24 @@ pub(super) struct RouteInput<'a> {
     buf: &'a [u8],
     req: &'a RequestHead,
     host: &'a [u8],
+    service: Option<usize>,
 }
 
 impl<'a> RouteInput<'a> {
     pub fn new(buf: &'a [u8], req: &'a RequestHead) -> RouteInput<'a> {
         let host = req.authority.map_or(&b""[..], |a| host_of(a.get(buf)));
-        RouteInput { buf, req, host }
+        RouteInput {
+            buf,
+            req,
+            host,
+            service: None,
+        }
+    }
+
+    /// The same, for a request on a connection an outbound listener took for `service`.
+    pub fn for_service(mut self, service: Option<usize>) -> RouteInput<'a> {
+        self.service = service;
+        self
     }
 }
 
@@ -85,6 +97,9 @@ impl RequestView for RouteInput<'_> {
     }
     fn is_connect(&self) -> bool {
         self.req.method == Method::Connect
+    }
+    fn service(&self) -> Option<usize> {
+        self.service
     }
 }
 
@@ -178,6 +193,13 @@ pub(super) fn route<'a>(
     })
 }
 
+/// The mesh service a request on an outbound listener goes to: looked up in the view the
+/// request runs under, so that a reload that renumbers clusters cannot misdirect it.
+fn service_of(l: &Listener<'_>, destination: Option<std::net::SocketAddr>) -> Option<usize> {
+    let (outbound, dst) = (l.http.outbound.as_ref()?, destination?);
+    outbound.services.get(&dst).copied()
+}
+
 pub(super) fn listener_of(view: &View, name: &Arc<str>) -> Option<(usize, HttpLimits)> {
     let li = view.listener_index(name)?;
     match &view.snapshot.listeners[li].protocol {
@@ -200,8 +222,9 @@ pub(super) async fn exchange(
         return false;
     };
     let name = &l.spec.name;
+    let service = service_of(&l, c.destination);
     let admitted = {
-        let input = RouteInput::new(c.data(), req);
+        let input = RouteInput::new(c.data(), req).for_service(service);
         let who = Caller {
             identity: c.identity(),
             source: c.peer.ip(),
@@ -211,7 +234,8 @@ pub(super) async fn exchange(
     if let Err(kind) = admitted {
         return refuse(w, c, req, name, l.view, kind, started).await;
     }
-    let routed = route(&l, &RouteInput::new(c.data(), req), started);
+    let input = RouteInput::new(c.data(), req).for_service(service);
+    let routed = route(&l, &input, started);
     let Routed {
         route,
         target,

@@ -82,6 +82,7 @@ fn snapshot() -> Snapshot {
         },
         access_log: None,
         tls: None,
+        outbound: None,
     };
     Snapshot {
         version: 1,

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use super::{ConfigError, Decoder, Node, required};
 
 use crate::config::model::*;
@@ -25,6 +27,7 @@ pub(super) fn decode_cluster(
             "limits",
             "outlier",
             "health_check",
+            "addresses",
             "endpoints",
         ],
     )?;
@@ -65,6 +68,14 @@ pub(super) fn decode_cluster(
             .collect(),
         None => Vec::new(),
     };
+    let addresses = match f.get("addresses") {
+        Some((n, p)) => d
+            .list(n, &p)
+            .into_iter()
+            .filter_map(|(n, p)| service_address(d, n, &p))
+            .collect(),
+        None => Vec::new(),
+    };
     let limits = f
         .get("limits")
         .map_or_else(LimitsConfig::default, |(n, p)| decode_limits(d, n, &p));
@@ -83,10 +94,25 @@ pub(super) fn decode_cluster(
         limits,
         outlier,
         health_check,
+        addresses,
         endpoints,
         tls,
         protocol,
     })
+}
+
+/// One of a cluster's `addresses`: an IP and a port an application can connect to.
+fn service_address(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<SocketAddr> {
+    let a = d.socket_addr(node, path)?;
+    if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
+        d.error(
+            path,
+            Some(node),
+            format!("{a} is not an address an application can connect to"),
+        );
+        return None;
+    }
+    Some(a)
 }
 
 /// `tls: { sni, ca, cert, key }` on a cluster; `cert` and `key` go together.

@@ -31,6 +31,7 @@ pub(super) fn decode_listener(
             "idle_timeout",
             "access_log",
             "paths",
+            "outbound",
         ],
     )?;
     let name = required(d, &f, "name").and_then(|(n, p)| d.string(n, &p));
@@ -146,6 +147,27 @@ pub(super) fn decode_listener(
         }
         (ListenerProtocol::Http, Some((n, p))) => decode_paths(d, n, &p),
     };
+    let outbound = match (protocol, f.get("outbound")) {
+        (_, None) => None,
+        (ListenerProtocol::Tcp, Some((n, p))) => {
+            d.error(
+                &p,
+                Some(n),
+                "an outbound listener is an http listener (it detects what each connection speaks)",
+            );
+            None
+        }
+        (ListenerProtocol::Http, Some((n, p))) => {
+            if let Some((tn, tp)) = f.get("tls") {
+                d.error(
+                    &tp,
+                    Some(tn),
+                    "an outbound listener takes the application's own connections: no TLS to terminate",
+                );
+            }
+            decode_outbound(d, n, &p)
+        }
+    };
     // Fields in error keep placeholders so that checks across fields still run; the config
     // as a whole is refused anyway.
     Some(ListenerConfig {
@@ -162,7 +184,63 @@ pub(super) fn decode_listener(
         max_request_body_bytes: max_body,
         request_head_timeout: head_timeout.unwrap_or_default(),
         idle_timeout: idle.unwrap_or_default(),
+        outbound,
     })
+}
+
+/// `outbound: { detect_timeout: 100ms, opaque_ports: [], unknown_destinations: passthrough,
+/// connect_timeout: 1s, tcp_idle_timeout: 1h }`.
+fn decode_outbound(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<OutboundConfig> {
+    let f = d.mapping(
+        node,
+        path,
+        &[
+            "detect_timeout",
+            "opaque_ports",
+            "unknown_destinations",
+            "connect_timeout",
+            "tcp_idle_timeout",
+        ],
+    )?;
+    let mut out = OutboundConfig {
+        detect_timeout: Duration::from_millis(100),
+        opaque_ports: Vec::new(),
+        passthrough: true,
+        connect_timeout: ringmesh_core::snapshot::defaults::CONNECT_TIMEOUT,
+        tcp_idle_timeout: ringmesh_core::snapshot::defaults::TCP_IDLE_TIMEOUT,
+    };
+    if let Some((n, p)) = f.get("detect_timeout") {
+        match d.positive_duration(n, &p) {
+            Some(t) if t > Duration::from_secs(10) => d.error(
+                &p,
+                Some(n),
+                "at most 10s: a server-speaks-first protocol waits this long for its first byte",
+            ),
+            Some(t) => out.detect_timeout = t,
+            None => {}
+        }
+    }
+    if let Some((n, p)) = f.get("opaque_ports") {
+        for (n, p) in d.list(n, &p) {
+            match d.integer(n, &p, u64::from(u16::MAX)) {
+                Some(0) => d.error(&p, Some(n), "a port is 1 to 65535"),
+                Some(port) => out.opaque_ports.push(port as u16),
+                None => {}
+            }
+        }
+    }
+    if let Some((n, p)) = f.get("unknown_destinations") {
+        out.passthrough = d.choice(n, &p, &["passthrough", "refuse"]) != Some("refuse");
+    }
+    for (field, slot) in [
+        ("connect_timeout", &mut out.connect_timeout),
+        ("tcp_idle_timeout", &mut out.tcp_idle_timeout),
+    ] {
+        if let Some(t) = f.get(field).and_then(|(n, p)| d.positive_duration(n, &p)) {
+            *slot = t;
+        }
+    }
+    Some(out)
 }
 
 /// `paths: { merge_slashes: true, escaped_slashes: reject, semicolons: reject }`.

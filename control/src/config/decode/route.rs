@@ -170,6 +170,7 @@ pub(super) fn decode_match(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> O
             "ignore_case",
             "method",
             "headers",
+            "service",
         ],
     )?;
     Some(decode_match_fields(d, &f))
@@ -236,6 +237,9 @@ pub(super) fn decode_match_fields(d: &mut Decoder, f: &Fields<'_, '_>) -> MatchC
     }
     if let Some((n, p)) = f.get("headers") {
         m.headers = decode_headers(d, n, &p);
+    }
+    if let Some((n, p)) = f.get("service") {
+        m.service = d.string(n, &p);
     }
     m
 }

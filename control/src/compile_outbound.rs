@@ -1,0 +1,83 @@
+//! Compiling a sidecar's outbound listener: the addresses of the mesh's services, and a route
+//! for each service that the listener's own routes leave to it.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use ringmesh_core::retry::RetryPolicy;
+use ringmesh_core::route::{Action, Match, Route};
+use ringmesh_core::snapshot::{Cluster, Outbound};
+
+use crate::config::{Config, OutboundConfig, RetryConfig};
+
+/// The retries of a service's own route: a connect that fails is tried on another endpoint
+/// (nothing was sent, so any request may go again).
+pub(crate) fn service_retry() -> RetryConfig {
+    RetryConfig {
+        attempts: 2,
+        per_try_timeout: None,
+        on: vec!["connect-failure".into()],
+        budget_percent: 20,
+        min_retries_per_second: 10,
+    }
+}
+
+/// The listener's [`Outbound`]; appends to `routes` one route per service, after the
+/// configured ones (first match wins, so a configured route for a service takes precedence).
+///
+/// A service is reached at its cluster's `addresses`, and at its endpoints' own addresses
+/// when no other cluster lists the same endpoint (an application that calls an endpoint it
+/// already knows still gets balancing, retries and mTLS). An address claimed twice by
+/// endpoints alone is not a service: the connection is passed through.
+pub(crate) fn outbound(
+    o: &OutboundConfig,
+    config: &Config,
+    clusters: &[Cluster],
+    routes: &mut Vec<Route>,
+    retry: RetryPolicy,
+) -> Arc<Outbound> {
+    let mut services = FxHashMap::default();
+    let mut by_endpoint: FxHashMap<_, Option<usize>> = FxHashMap::default();
+    for (ci, c) in clusters.iter().enumerate() {
+        for e in &c.endpoints {
+            by_endpoint
+                .entry(e.addr)
+                .and_modify(|owner| {
+                    if *owner != Some(ci) {
+                        *owner = None;
+                    }
+                })
+                .or_insert(Some(ci));
+        }
+    }
+    services.extend(by_endpoint.into_iter().filter_map(|(a, ci)| Some((a, ci?))));
+    // Declared addresses win over endpoints' (checks keep them unique among clusters).
+    for (ci, c) in config.clusters.iter().enumerate() {
+        services.extend(c.addresses.iter().map(|a| (*a, ci)));
+    }
+    let mut served: Vec<usize> = services.values().copied().collect();
+    served.sort_unstable();
+    served.dedup();
+    for ci in served {
+        routes.push(Route {
+            name: Arc::from(format!("service:{}", clusters[ci].name)),
+            matcher: Match {
+                service: Some(ci),
+                ..Match::default()
+            },
+            action: Action::Cluster(ci),
+            timeout: None,
+            retry: Some(retry.clone()),
+            rate_limit: None,
+        });
+    }
+    Arc::new(Outbound {
+        services,
+        opaque_ports: o.opaque_ports.clone().into(),
+        detect_timeout: o.detect_timeout,
+        passthrough: o.passthrough,
+        connect_timeout: o.connect_timeout,
+        tcp_idle_timeout: o.tcp_idle_timeout,
+    })
+}

@@ -1,0 +1,228 @@
+//! A sidecar's outbound listener: the connections an unmodified application makes, redirected
+//! here by `ringmesh init`'s netfilter rules, each sent where the application asked.
+//!
+//! ```text
+//! accept ─ original destination (SO_ORIGINAL_DST) ─┬─ a mesh service ─ detect ─┬─ HTTP: the proxy's path, routed by service
+//!                                                  │                           └─ opaque: TCP balanced over the service
+//!                                                  └─ elsewhere ─ passthrough (or refused)
+//! ```
+//!
+//! Detection reads nothing: it peeks at the first bytes (`MSG_PEEK`), so that what it saw is
+//! still in the socket for whichever path takes the connection. A client that sends nothing
+//! for `detect_timeout` is taken as opaque TCP (its server speaks first); ports declared opaque
+//! skip the wait.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use crate::error::ErrorKind;
+use crate::metrics::Redirected;
+use crate::snapshot::Protocol;
+use crate::worker::state::Worker;
+
+/// What an application's first bytes say it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    /// An HTTP/1.x request line, or the HTTP/2 preface (which starts like one: `PRI * HTTP/2.0`).
+    Http,
+    /// Anything else: TLS, a database protocol, or nothing yet (the server speaks first).
+    Opaque,
+}
+
+/// Longest method token taken as the start of an HTTP/1.x request line (`OPTIONS`, `PROPFIND`,
+/// `VERSION-CONTROL` and friends fit).
+const MAX_METHOD: usize = 20;
+
+/// Classifies the first bytes a client sent. `None`: not enough to tell yet.
+pub fn classify(first: &[u8]) -> Option<Detected> {
+    // A request line starts with a method token (RFC 9110 `tchar`s) and a space.
+    for (i, &b) in first.iter().enumerate() {
+        if b == b' ' {
+            return Some(if i > 0 {
+                Detected::Http
+            } else {
+                Detected::Opaque
+            });
+        }
+        if i >= MAX_METHOD || !crate::head::is_tchar(b) {
+            return Some(Detected::Opaque);
+        }
+    }
+    None
+}
+
+/// Serves one connection taken by the outbound listener `name`, bound at `bind`.
+pub(crate) async fn serve(
+    w: Rc<Worker>,
+    name: Arc<str>,
+    bind: SocketAddr,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let view = w.view();
+    let Some(li) = view.listener_index(&name) else {
+        return;
+    };
+    let Protocol::Http(http) = &view.snapshot.listeners[li].protocol else {
+        return;
+    };
+    let Some(out) = http.outbound.clone() else {
+        return;
+    };
+    let stats = view.listeners[li].stats.clone();
+    let dst = match crate::sys::original_dst(stream.as_raw_fd(), bind.is_ipv6()) {
+        Ok(dst) if !loops_back(dst, bind) => dst,
+        _ => {
+            // Made straight to this listener (no redirect), or redirected back to it: there
+            // is nowhere to send it that would not come back here.
+            stats.redirected(Redirected::NotRedirected);
+            return;
+        }
+    };
+    let in_mesh = out.services.contains_key(&dst);
+    drop(view);
+    if !in_mesh {
+        if !out.passthrough {
+            stats.redirected(Redirected::Refused);
+            tracing::debug!(listener = &*name, client = %peer, destination = %dst, "outside the mesh: refused");
+            return;
+        }
+        stats.redirected(Redirected::Passthrough);
+        tracing::debug!(listener = &*name, client = %peer, destination = %dst, "outside the mesh: passed through");
+        let _guard = w.connection(stats.clone());
+        let reached =
+            crate::tcp::passthrough(&w, stream, dst, out.connect_timeout, out.tcp_idle_timeout)
+                .await;
+        if !reached {
+            stats.local_reply(ErrorKind::ConnectFailed);
+        }
+        return;
+    }
+    let detected = if out.is_opaque(dst.port()) {
+        Some(Detected::Opaque)
+    } else {
+        detect(&stream, out.detect_timeout).await
+    };
+    match detected {
+        // Closed before a byte: nothing to forward.
+        None => {}
+        Some(Detected::Http) => {
+            stats.redirected(Redirected::MeshHttp);
+            let accepted = crate::proxy::Accepted {
+                stream,
+                peer,
+                destination: Some(dst),
+            };
+            crate::proxy::serve(w, name, Box::new(accepted)).await;
+        }
+        Some(Detected::Opaque) => {
+            stats.redirected(Redirected::MeshOpaque);
+            let _guard = w.connection(stats.clone());
+            // The detection may have waited: the service is looked up again in the view now in
+            // force (a reload may have renumbered or removed it).
+            let view = w.view();
+            let Some(ci) = view_service(&view, &name, dst) else {
+                stats.local_reply(ErrorKind::NoRoute);
+                return;
+            };
+            crate::tcp::to_cluster(&w, view, ci, stream, None, out.tcp_idle_timeout, &stats).await;
+        }
+    }
+}
+
+/// The mesh service `dst` is, in `view`'s outbound listener `name`.
+fn view_service(
+    view: &crate::worker::view::View,
+    name: &Arc<str>,
+    dst: SocketAddr,
+) -> Option<usize> {
+    let li = view.listener_index(name)?;
+    let Protocol::Http(http) = &view.snapshot.listeners[li].protocol else {
+        return None;
+    };
+    http.outbound.as_ref()?.services.get(&dst).copied()
+}
+
+/// Whether sending to `dst` would reach this listener again.
+fn loops_back(dst: SocketAddr, bind: SocketAddr) -> bool {
+    dst.port() == bind.port()
+        && (bind.ip().is_unspecified() || dst.ip() == bind.ip() || dst.ip().is_loopback())
+}
+
+/// Waits for the client's first bytes, for at most `timeout`, and classifies them without
+/// taking them from the socket. `None`: the client closed (or failed) before sending any.
+async fn detect(stream: &TcpStream, timeout: Duration) -> Option<Detected> {
+    let deadline = Instant::now() + timeout;
+    let mut first = [0u8; MAX_METHOD + 1];
+    loop {
+        let readable = monoio::select! {
+            r = stream.readable(false) => r.is_ok(),
+            _ = crate::sleep_until(deadline) => return Some(Detected::Opaque),
+        };
+        if !readable {
+            return None;
+        }
+        match crate::sys::peek(stream.as_raw_fd(), &mut first) {
+            Ok(0) => return None,
+            Ok(n) => {
+                if let Some(d) = classify(&first[..n]) {
+                    return Some(d);
+                }
+                // A few bytes of what may be a method: wait for the rest (readiness would
+                // answer at once, the bytes being there).
+                monoio::select! {
+                    _ = monoio::time::sleep(Duration::from_millis(1)) => {},
+                    _ = crate::sleep_until(deadline) => return Some(Detected::Opaque),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_lines_and_the_preface_are_http_anything_else_is_opaque() {
+        let cases: &[(&[u8], Option<Detected>)] = &[
+            (b"GET / HTTP/1.1\r\n", Some(Detected::Http)),
+            (b"POST ", Some(Detected::Http)),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(Detected::Http)),
+            (b"VERSION-CONTROL /x", Some(Detected::Http)),
+            (b"GE", None),
+            (b"", None),
+            (b"\x16\x03\x01\x02\x00", Some(Detected::Opaque)),
+            (b" GET", Some(Detected::Opaque)),
+            (b"\x00\x00\x00\x08\x04\xd2\x16\x2f", Some(Detected::Opaque)),
+            (b"SSH-2.0-OpenSSH_9.2p1 Debian", Some(Detected::Opaque)),
+            (b"AAAAAAAAAAAAAAAAAAAAAAAA", Some(Detected::Opaque)),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(
+                classify(bytes),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn a_destination_on_the_listeners_own_port_is_refused() {
+        let bind: SocketAddr = "127.0.0.1:15001".parse().unwrap();
+        assert!(loops_back("127.0.0.1:15001".parse().unwrap(), bind));
+        assert!(loops_back("127.0.0.2:15001".parse().unwrap(), bind));
+        assert!(!loops_back("10.0.0.1:15001".parse().unwrap(), bind));
+        assert!(!loops_back("127.0.0.1:80".parse().unwrap(), bind));
+        let any: SocketAddr = "0.0.0.0:15001".parse().unwrap();
+        assert!(loops_back("10.0.0.1:15001".parse().unwrap(), any));
+    }
+}
