@@ -57,7 +57,7 @@ ip netns exec "$A" taskset -c 1 setpriv --reuid 1337 --regid 1337 --clear-groups
   target/release/ringmesh proxy --config "$dir/sidecar.yaml" --workers 1 --log-level warn & pids+=($!)
 SC_PID=${pids[1]}
 sleep 1
-ip netns exec "$A" target/release/ringmesh init --proxy-uid 1337 --no-inbound
+ip netns exec "$A" target/release/ringmesh init --proxy-uid 1337
 
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 

@@ -33,7 +33,8 @@ pub struct InitOptions {
     pub proxy_uid: u32,
     /// Where outbound connections are redirected.
     pub outbound_port: u16,
-    /// Where inbound connections are redirected; `None`: inbound is not intercepted.
+    /// Where inbound connections are redirected; `None` (the default while ringmesh has no
+    /// inbound listener to take them): inbound is not intercepted.
     pub inbound_port: Option<u16>,
     /// Inbound destination ports left alone.
     pub skip_inbound_ports: Vec<u16>,
@@ -48,7 +49,7 @@ impl Default for InitOptions {
         InitOptions {
             proxy_uid: 0,
             outbound_port: 15001,
-            inbound_port: Some(15006),
+            inbound_port: None,
             skip_inbound_ports: Vec::new(),
             skip_outbound_ports: Vec::new(),
             skip_outbound_cidrs: Vec::new(),
@@ -271,7 +272,6 @@ pub fn command(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(),
         match flag.as_str() {
             "--dry-run" => dry_run = true,
             "--remove" => remove = true,
-            "--no-inbound" => o.inbound_port = None,
             _ => {
                 let v = p
                     .value()
@@ -353,6 +353,7 @@ mod tests {
                 "169.254.0.0/16".parse().unwrap(),
                 "fd00::/8".parse().unwrap(),
             ],
+            inbound_port: Some(15006),
             ..InitOptions::default()
         };
         o.check().unwrap();
@@ -394,7 +395,6 @@ mod tests {
         assert!(same.check().is_err());
         let outbound_only = InitOptions {
             proxy_uid: 1,
-            inbound_port: None,
             ..InitOptions::default()
         };
         assert!(!outbound_only.script().contains("prerouting"));

@@ -41,7 +41,7 @@ USAGE:
                                           empty store); https:// URLs need --etcd-ca, and a
                                           client certificate where etcd asks for one
     ringmesh check FILE                   validate a config; print every error
-    ringmesh init --proxy-uid UID [--outbound-port 15001] [--inbound-port 15006 | --no-inbound]
+    ringmesh init --proxy-uid UID [--outbound-port 15001] [--inbound-port P]
                   [--skip-inbound-ports P,..] [--skip-outbound-ports P,..]
                   [--skip-outbound-cidrs CIDR,..] [--dry-run] [--remove]
                                           in a workload's network namespace, as root: redirect

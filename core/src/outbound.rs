@@ -38,22 +38,39 @@ pub enum Detected {
 /// `VERSION-CONTROL` and friends fit).
 const MAX_METHOD: usize = 20;
 
+/// Bytes peeked at: a method, its space, and enough of the target to know its form.
+const PEEK: usize = MAX_METHOD + 1 + 8;
+
 /// Classifies the first bytes a client sent. `None`: not enough to tell yet.
+///
+/// A request line is a method token (RFC 9110 `tchar`s), a space, and a target in one of its
+/// forms: origin (`/`), asterisk (`*`, which the HTTP/2 preface's `PRI *` is), absolute
+/// (`http://`, `https://`), or authority for CONNECT. Text protocols whose commands also start
+/// with a word and a space (memcached's `get k`, Redis's inline `SET k v`) fail the target and
+/// stay opaque.
 pub fn classify(first: &[u8]) -> Option<Detected> {
-    // A request line starts with a method token (RFC 9110 `tchar`s) and a space.
-    for (i, &b) in first.iter().enumerate() {
-        if b == b' ' {
-            return Some(if i > 0 {
-                Detected::Http
-            } else {
-                Detected::Opaque
-            });
-        }
-        if i >= MAX_METHOD || !crate::head::is_tchar(b) {
-            return Some(Detected::Opaque);
+    let Some(space) = first.iter().position(|b| *b == b' ') else {
+        let token = first.iter().all(|b| crate::head::is_tchar(*b));
+        return (first.len() > MAX_METHOD || !token).then_some(Detected::Opaque);
+    };
+    let (method, target) = (&first[..space], &first[space + 1..]);
+    if method.is_empty()
+        || method.len() > MAX_METHOD
+        || !method.iter().all(|b| crate::head::is_tchar(*b))
+    {
+        return Some(Detected::Opaque);
+    }
+    let &start = target.first()?;
+    if start == b'/' || start == b'*' || method == b"CONNECT" {
+        return Some(Detected::Http);
+    }
+    for scheme in [&b"http://"[..], b"https://"] {
+        let n = target.len().min(scheme.len());
+        if target[..n].eq_ignore_ascii_case(&scheme[..n]) {
+            return (n == scheme.len()).then_some(Detected::Http);
         }
     }
-    None
+    Some(Detected::Opaque)
 }
 
 /// Serves one connection taken by the outbound listener `name`, bound at `bind`.
@@ -75,7 +92,12 @@ pub(crate) async fn serve(
         return;
     };
     let stats = view.listeners[li].stats.clone();
-    let dst = match crate::sys::original_dst(stream.as_raw_fd(), bind.is_ipv6()) {
+    // The connection's own family, not the listener's: an IPv6 socket also takes IPv4
+    // connections (as mapped addresses), whose conntrack entry is IPv4.
+    let ipv6 = stream
+        .local_addr()
+        .is_ok_and(|a| matches!(a, SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_none()));
+    let dst = match crate::sys::original_dst(stream.as_raw_fd(), ipv6) {
         Ok(dst) if !loops_back(dst, bind) => dst,
         _ => {
             // Made straight to this listener (no redirect), or redirected back to it: there
@@ -85,6 +107,13 @@ pub(crate) async fn serve(
         }
     };
     let in_mesh = out.services.contains_key(&dst);
+    // What is not served as HTTP (passed through, or opaque) is held to the connection
+    // policies here; HTTP requests meet the request policies in the pipeline.
+    let admitted =
+        |view: &crate::worker::view::View| crate::tcp::admit_connection(&w, view, li, peer);
+    if !in_mesh && !admitted(&view) {
+        return;
+    }
     drop(view);
     if !in_mesh {
         if !out.passthrough {
@@ -130,6 +159,12 @@ pub(crate) async fn serve(
                 stats.local_reply(ErrorKind::NoRoute);
                 return;
             };
+            let Some(li) = view.listener_index(&name) else {
+                return;
+            };
+            if !crate::tcp::admit_connection(&w, &view, li, peer) {
+                return;
+            }
             crate::tcp::to_cluster(&w, view, ci, stream, None, out.tcp_idle_timeout, &stats).await;
         }
     }
@@ -158,7 +193,10 @@ fn loops_back(dst: SocketAddr, bind: SocketAddr) -> bool {
 /// taking them from the socket. `None`: the client closed (or failed) before sending any.
 async fn detect(stream: &TcpStream, timeout: Duration) -> Option<Detected> {
     let deadline = Instant::now() + timeout;
-    let mut first = [0u8; MAX_METHOD + 1];
+    let mut first = [0u8; PEEK];
+    // Waits between peeks at a partial request line, growing: readiness would answer at once,
+    // the bytes being there.
+    let mut pause = Duration::from_millis(1);
     loop {
         let readable = monoio::select! {
             r = stream.readable(false) => r.is_ok(),
@@ -173,12 +211,14 @@ async fn detect(stream: &TcpStream, timeout: Duration) -> Option<Detected> {
                 if let Some(d) = classify(&first[..n]) {
                     return Some(d);
                 }
-                // A few bytes of what may be a method: wait for the rest (readiness would
-                // answer at once, the bytes being there).
+                if n == first.len() {
+                    return Some(Detected::Opaque);
+                }
                 monoio::select! {
-                    _ = monoio::time::sleep(Duration::from_millis(1)) => {},
+                    _ = monoio::time::sleep(pause) => {},
                     _ = crate::sleep_until(deadline) => return Some(Detected::Opaque),
                 }
+                pause = (pause * 2).min(Duration::from_millis(50));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => return None,
@@ -194,9 +234,18 @@ mod tests {
     fn request_lines_and_the_preface_are_http_anything_else_is_opaque() {
         let cases: &[(&[u8], Option<Detected>)] = &[
             (b"GET / HTTP/1.1\r\n", Some(Detected::Http)),
-            (b"POST ", Some(Detected::Http)),
+            (b"POST ", None),
+            (b"POST /", Some(Detected::Http)),
+            (b"GET http://a/ HTTP/1.1", Some(Detected::Http)),
+            (b"GET HTT", None),
+            (b"CONNECT a:443 HTTP/1.1", Some(Detected::Http)),
+            (b"get k\r\n", Some(Detected::Opaque)),
+            (b"SET k v\r\n", Some(Detected::Opaque)),
+            (b"NICK x\r\n", Some(Detected::Opaque)),
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(Detected::Http)),
             (b"VERSION-CONTROL /x", Some(Detected::Http)),
+            (b"AAAAAAAAAAAAAAAAAAAA /", Some(Detected::Http)),
+            (b"AAAAAAAAAAAAAAAAAAAAA /", Some(Detected::Opaque)),
             (b"GE", None),
             (b"", None),
             (b"\x16\x03\x01\x02\x00", Some(Detected::Opaque)),

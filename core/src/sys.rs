@@ -300,8 +300,9 @@ pub fn release_free_memory() {
 const SO_ORIGINAL_DST: libc::c_int = 80;
 
 /// Where a connection accepted by a netfilter `redirect` (or `dnat`) was going before it was
-/// redirected, read from conntrack. `ENOENT`: the connection was not redirected (it was made to
-/// the listener's own address).
+/// redirected, read from conntrack. `ipv6`: the connection is IPv6 (not IPv4, and not IPv4
+/// mapped onto an IPv6 socket, whose conntrack entry is IPv4). `ENOENT`: the connection was
+/// not redirected.
 #[allow(unsafe_code)]
 pub fn original_dst(fd: RawFd, ipv6: bool) -> std::io::Result<std::net::SocketAddr> {
     // SAFETY: `storage` is a zeroed sockaddr_storage, large enough for either family; `len`
@@ -334,8 +335,10 @@ pub fn original_dst(fd: RawFd, ipv6: bool) -> std::io::Result<std::net::SocketAd
                 Ok(std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
                     std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr),
                     u16::from_be(v6.sin6_port),
-                    v6.sin6_flowinfo,
-                    v6.sin6_scope_id,
+                    // Left out: the flow label and scope are no part of where it was going,
+                    // and the address is compared with configured ones.
+                    0,
+                    0,
                 )))
             }
             _ => Err(std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),

@@ -40,24 +40,8 @@ pub(crate) async fn serve(
     let idle_timeout = *idle_timeout;
     let lview = &view.listeners[li];
     let _guard = w.connection(lview.stats.clone());
-    // Access policies: only identity and source apply to a TCP connection; a denied one is
-    // closed before anything is read from it.
-    let policies = &view.snapshot.policies;
-    if !policies.is_empty() {
-        let name = &view.snapshot.listeners[li].name;
-        let who = Caller {
-            identity: None,
-            source: peer.ip(),
-        };
-        let verdict = policies.check_connection(&who, |i| {
-            w.metrics
-                .denied(name, policies.name_of(Verdict::Deny(i)), true);
-        });
-        if verdict != Verdict::Allow {
-            w.metrics.denied(name, policies.name_of(verdict), false);
-            lview.stats.local_reply(ErrorKind::Denied);
-            return;
-        }
+    if !admit_connection(&w, &view, li, peer) {
+        return;
     }
     let mut client = client;
     // Routing by server name reads the ClientHello first; its bytes go upstream before the rest.
@@ -73,6 +57,35 @@ pub(crate) async fn serve(
     };
     let stats = lview.stats.clone();
     to_cluster(&w, view, ci, client, first, idle_timeout, &stats).await;
+}
+
+/// Access policies for a connection taken as TCP: only identity and source apply, and a denied
+/// one is closed before anything is read from it. False: denied (counted).
+pub(crate) fn admit_connection(
+    w: &Worker,
+    view: &View,
+    li: usize,
+    peer: std::net::SocketAddr,
+) -> bool {
+    let policies = &view.snapshot.policies;
+    if policies.is_empty() {
+        return true;
+    }
+    let name = &view.snapshot.listeners[li].name;
+    let who = Caller {
+        identity: None,
+        source: peer.ip(),
+    };
+    let verdict = policies.check_connection(&who, |i| {
+        w.metrics
+            .denied(name, policies.name_of(Verdict::Deny(i)), true);
+    });
+    if verdict != Verdict::Allow {
+        w.metrics.denied(name, policies.name_of(verdict), false);
+        view.listeners[li].stats.local_reply(ErrorKind::Denied);
+        return false;
+    }
+    true
 }
 
 /// Balances a connection over cluster `ci`'s endpoints (a connect that fails is tried on
@@ -99,10 +112,14 @@ pub(crate) async fn to_cluster(
             return;
         };
         let in_flight = ep.begin(now);
-        // Over TLS when the cluster has it: opaque traffic between sidecars is encrypted too.
-        let connect = crate::dial::dial(ep.addr, cluster.tls.as_ref(), false);
+        // Plain TCP even to a cluster with TLS: the bytes are the client's own (TLS passes
+        // through a `tcp` listener untouched).
+        let connect = TcpStream::connect_addr(ep.addr);
         match monoio::time::timeout(cluster.connect_timeout, connect).await {
-            Ok(Ok(s)) => break ((ep, in_flight), s),
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                break ((ep, in_flight), s);
+            }
             _ => {
                 let now = Instant::now();
                 cv.book(

@@ -232,7 +232,6 @@ fn an_unmodified_application_goes_through_its_sidecar() {
         "init",
         "--proxy-uid",
         PROXY_UID,
-        "--no-inbound",
     ]);
     assert!(
         init.status.success(),
@@ -324,7 +323,6 @@ fn an_unmodified_application_goes_through_its_sidecar() {
         "init",
         "--proxy-uid",
         PROXY_UID,
-        "--no-inbound",
     ]);
     assert!(again.status.success());
     let rules = pods.in_a(&["nft", "list", "table", "inet", "ringmesh"]);
