@@ -260,9 +260,14 @@ fn build(
                     .map(|r| route(r, &index, workers))
                     .collect::<Result<Vec<_>, _>>()?;
                 let outbound = l.outbound.as_ref().map(|o| {
-                    let retry = retry_policy(&crate::compile_outbound::service_retry());
-                    crate::compile_outbound::outbound(o, config, &clusters, &mut routes, retry)
+                    let retry = retry_policy(&crate::compile_sidecar::service_retry());
+                    crate::compile_sidecar::outbound(o, config, &clusters, &mut routes, retry)
                 });
+                let inbound = l
+                    .inbound
+                    .as_ref()
+                    .map(|b| crate::compile_sidecar::inbound(b, &index, &clusters, &mut routes))
+                    .transpose()?;
                 Protocol::Http(Box::new(HttpListener {
                     routes: RouteTable::new(routes),
                     limits: HttpLimits {
@@ -279,6 +284,7 @@ fn build(
                         .map(|t| server_tls(t, &l.name, i))
                         .transpose()?,
                     outbound,
+                    inbound,
                 }))
             }
         };

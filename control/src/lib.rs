@@ -5,7 +5,7 @@
 pub mod admin;
 pub mod api_guard;
 pub mod compile;
-mod compile_outbound;
+mod compile_sidecar;
 pub mod config;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;

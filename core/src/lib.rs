@@ -22,6 +22,7 @@ pub mod head;
 pub mod health;
 pub mod http1;
 pub mod idle;
+mod inbound;
 pub(crate) mod io;
 mod listener;
 pub mod metrics;

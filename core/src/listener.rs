@@ -76,6 +76,16 @@ pub(crate) fn start(
                         continue;
                     };
                     match &view.snapshot.listeners[li].protocol {
+                        Protocol::Http(h) if h.inbound.is_some() => {
+                            drop(view);
+                            monoio::spawn(crate::task::contained(crate::inbound::serve(
+                                worker.clone(),
+                                name.clone(),
+                                bind,
+                                stream,
+                                peer,
+                            )));
+                        }
                         Protocol::Http(h) if h.outbound.is_some() => {
                             drop(view);
                             monoio::spawn(crate::task::contained(crate::outbound::serve(
@@ -92,6 +102,7 @@ pub(crate) fn start(
                                 stream,
                                 peer,
                                 destination: None,
+                                plaintext: false,
                             };
                             let conn = crate::proxy::serve(
                                 worker.clone(),

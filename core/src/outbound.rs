@@ -92,12 +92,7 @@ pub(crate) async fn serve(
         return;
     };
     let stats = view.listeners[li].stats.clone();
-    // The connection's own family, not the listener's: an IPv6 socket also takes IPv4
-    // connections (as mapped addresses), whose conntrack entry is IPv4.
-    let ipv6 = stream
-        .local_addr()
-        .is_ok_and(|a| matches!(a, SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_none()));
-    let dst = match crate::sys::original_dst(stream.as_raw_fd(), ipv6) {
+    let dst = match original_dst(&stream) {
         Ok(dst) if !loops_back(dst, bind) => dst,
         _ => {
             // Made straight to this listener (no redirect), or redirected back to it: there
@@ -110,7 +105,7 @@ pub(crate) async fn serve(
     // What is not served as HTTP (passed through, or opaque) is held to the connection
     // policies here; HTTP requests meet the request policies in the pipeline.
     let admitted =
-        |view: &crate::worker::view::View| crate::tcp::admit_connection(&w, view, li, peer);
+        |view: &crate::worker::view::View| crate::tcp::admit_connection(&w, view, li, peer, None);
     if !in_mesh && !admitted(&view) {
         return;
     }
@@ -146,6 +141,7 @@ pub(crate) async fn serve(
                 stream,
                 peer,
                 destination: Some(dst),
+                plaintext: false,
             };
             crate::proxy::serve(w, name, Box::new(accepted)).await;
         }
@@ -162,12 +158,35 @@ pub(crate) async fn serve(
             let Some(li) = view.listener_index(&name) else {
                 return;
             };
-            if !crate::tcp::admit_connection(&w, &view, li, peer) {
+            if !crate::tcp::admit_connection(&w, &view, li, peer, None) {
                 return;
             }
-            crate::tcp::to_cluster(&w, view, ci, stream, None, out.tcp_idle_timeout, &stats).await;
+            // Over the cluster's TLS: the sidecar on the other side takes it off (its port is
+            // declared opaque there).
+            let via = crate::tcp::Via {
+                idle_timeout: out.tcp_idle_timeout,
+                tls: true,
+            };
+            let client = crate::transport::Transport::Plain(stream);
+            crate::tcp::to_cluster(&w, view, ci, client, None, via, &stats).await;
         }
     }
+}
+
+/// Where a redirected connection was going. The connection's own family decides, not the
+/// listener's: an IPv6 socket also takes IPv4 connections (as mapped addresses), whose
+/// conntrack entry is IPv4.
+pub(crate) fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
+    let ipv6 = stream
+        .local_addr()
+        .is_ok_and(|a| matches!(a, SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_none()));
+    crate::sys::original_dst(stream.as_raw_fd(), ipv6).map(|a| match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => a,
+        },
+        a => a,
+    })
 }
 
 /// The mesh service `dst` is, in `view`'s outbound listener `name`.
@@ -184,14 +203,14 @@ fn view_service(
 }
 
 /// Whether sending to `dst` would reach this listener again.
-fn loops_back(dst: SocketAddr, bind: SocketAddr) -> bool {
+pub(crate) fn loops_back(dst: SocketAddr, bind: SocketAddr) -> bool {
     dst.port() == bind.port()
         && (bind.ip().is_unspecified() || dst.ip() == bind.ip() || dst.ip().is_loopback())
 }
 
 /// Waits for the client's first bytes, for at most `timeout`, and classifies them without
 /// taking them from the socket. `None`: the client closed (or failed) before sending any.
-async fn detect(stream: &TcpStream, timeout: Duration) -> Option<Detected> {
+pub(crate) async fn detect(stream: &TcpStream, timeout: Duration) -> Option<Detected> {
     let deadline = Instant::now() + timeout;
     let mut first = [0u8; PEEK];
     // Waits between peeks at a partial request line, growing: readiness would answer at once,

@@ -99,6 +99,29 @@ pub struct HttpListener {
     /// Set on a sidecar's outbound listener: it takes the connections `ringmesh init`
     /// redirects, each to the destination the application asked for.
     pub outbound: Option<Arc<Outbound>>,
+    /// Set on a sidecar's inbound listener: it takes the connections `ringmesh init`
+    /// redirects from other pods, each to the workload's port it was going to.
+    pub inbound: Option<Arc<Inbound>>,
+}
+
+/// What an inbound listener does with a redirected connection ([`crate::inbound`]).
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// The workload's ports; a connection to another port is refused.
+    pub ports: rustc_hash::FxHashMap<u16, InboundPort>,
+    /// Close an opaque connection with no traffic either way for this long.
+    pub tcp_idle_timeout: Duration,
+}
+
+/// One port of the workload, as its inbound listener serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundPort {
+    /// The cluster that reaches the application on this port (by index).
+    pub cluster: usize,
+    /// Whether clients outside the mesh (no TLS) are served.
+    pub permissive: bool,
+    /// Opaque TCP (after TLS is taken off): no HTTP, nothing awaited from the client.
+    pub opaque: bool,
 }
 
 /// What an outbound listener does with a redirected connection ([`crate::outbound`]).

@@ -18,6 +18,7 @@ use crate::metrics::{ListenerStats, Outcome};
 use crate::policy::{Caller, Verdict};
 use crate::snapshot::{Protocol, TcpRoute};
 use crate::sni::{Hello, MAX_HELLO, NameMap, server_name};
+use crate::transport::Transport;
 use crate::worker::state::Worker;
 use crate::worker::view::View;
 
@@ -40,7 +41,7 @@ pub(crate) async fn serve(
     let idle_timeout = *idle_timeout;
     let lview = &view.listeners[li];
     let _guard = w.connection(lview.stats.clone());
-    if !admit_connection(&w, &view, li, peer) {
+    if !admit_connection(&w, &view, li, peer, None) {
         return;
     }
     let mut client = client;
@@ -56,7 +57,21 @@ pub(crate) async fn serve(
         }
     };
     let stats = lview.stats.clone();
-    to_cluster(&w, view, ci, client, first, idle_timeout, &stats).await;
+    let client = Transport::Plain(client);
+    let via = Via {
+        idle_timeout,
+        tls: false,
+    };
+    to_cluster(&w, view, ci, client, first, via, &stats).await;
+}
+
+/// How [`to_cluster`] reaches the endpoints.
+pub(crate) struct Via {
+    /// Close after this long with no byte either way.
+    pub idle_timeout: Duration,
+    /// Over the cluster's TLS, when it has one (opaque traffic between sidecars). A `tcp`
+    /// listener sends plain TCP: the bytes are the client's own (TLS passes through it).
+    pub tls: bool,
 }
 
 /// Access policies for a connection taken as TCP: only identity and source apply, and a denied
@@ -66,6 +81,7 @@ pub(crate) fn admit_connection(
     view: &View,
     li: usize,
     peer: std::net::SocketAddr,
+    identity: Option<&str>,
 ) -> bool {
     let policies = &view.snapshot.policies;
     if policies.is_empty() {
@@ -73,7 +89,7 @@ pub(crate) fn admit_connection(
     }
     let name = &view.snapshot.listeners[li].name;
     let who = Caller {
-        identity: None,
+        identity,
         source: peer.ip(),
     };
     let verdict = policies.check_connection(&who, |i| {
@@ -95,11 +111,17 @@ pub(crate) async fn to_cluster(
     w: &Rc<Worker>,
     view: Rc<View>,
     ci: usize,
-    client: TcpStream,
+    client: Transport,
     first: Option<Vec<u8>>,
-    idle_timeout: Duration,
+    via: Via,
     stats: &ListenerStats,
 ) {
+    let idle_timeout = via.idle_timeout;
+    let tls = if via.tls {
+        view.snapshot.clusters[ci].tls.clone()
+    } else {
+        None
+    };
     let started = Instant::now();
     let cluster = &view.snapshot.clusters[ci];
     let cv = &view.clusters[ci];
@@ -112,14 +134,9 @@ pub(crate) async fn to_cluster(
             return;
         };
         let in_flight = ep.begin(now);
-        // Plain TCP even to a cluster with TLS: the bytes are the client's own (TLS passes
-        // through a `tcp` listener untouched).
-        let connect = TcpStream::connect_addr(ep.addr);
+        let connect = connect_via(ep.addr, tls.as_ref());
         match monoio::time::timeout(cluster.connect_timeout, connect).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                break ((ep, in_flight), s);
-            }
+            Ok(Some(s)) => break ((ep, in_flight), s),
             _ => {
                 let now = Instant::now();
                 cv.book(
@@ -181,6 +198,19 @@ pub(crate) async fn to_cluster(
             connected,
             rtt,
         );
+    }
+}
+
+/// A connection to `addr`, over `tls` (offering no application protocol) when given.
+async fn connect_via(
+    addr: std::net::SocketAddr,
+    tls: Option<&crate::tls::ClientTls>,
+) -> Option<Transport> {
+    let s = TcpStream::connect_addr(addr).await.ok()?;
+    let _ = s.set_nodelay(true);
+    match tls {
+        None => Some(Transport::Plain(s)),
+        Some(tls) => tls.connect_opaque(s).await.0.map(Transport::Tls),
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 pub mod h2;
 pub mod mesh;
+pub mod netns;
 pub mod proto;
 pub mod rawh2;
 pub mod tls;

@@ -76,6 +76,15 @@ pub(super) fn check(d: &mut Decoder, c: &Config) {
                 );
             }
         }
+        for (j, p) in l.inbound.iter().flat_map(|b| b.ports.iter()).enumerate() {
+            if !names.contains_key(p.cluster.as_str()) {
+                d.error(
+                    &format!("listeners[{i}].inbound.ports[{j}].cluster"),
+                    None,
+                    format!("no cluster named `{}`", p.cluster),
+                );
+            }
+        }
         for (j, r) in l.sni.iter().enumerate() {
             if !names.contains_key(r.cluster.as_str()) {
                 d.error(
@@ -105,11 +114,11 @@ pub(super) fn check(d: &mut Decoder, c: &Config) {
             }
             if let Some(svc) = &r.matcher.service {
                 let path = format!("listeners[{i}].routes[{j}].match.service");
-                if l.outbound.is_none() {
+                if l.outbound.is_none() && l.inbound.is_none() {
                     d.error(
                         &path,
                         None,
-                        "only an outbound listener knows which service a connection was going to",
+                        "only a sidecar's outbound or inbound listener knows which service a connection was going to",
                     );
                 } else if !names.contains_key(svc.as_str()) {
                     d.error(&path, None, format!("no cluster named `{svc}`"));

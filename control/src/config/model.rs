@@ -144,6 +144,33 @@ pub struct ListenerConfig {
     /// A sidecar's outbound listener, taking what `ringmesh init` redirects.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outbound: Option<OutboundConfig>,
+    /// A sidecar's inbound listener, taking what `ringmesh init --inbound-port` redirects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<InboundConfig>,
+}
+
+/// `inbound: { mtls: strict, ports: [ { port, cluster, mtls, opaque } ], tcp_idle_timeout }`
+/// on an http listener with `tls.client_ca`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InboundConfig {
+    /// The workload's ports.
+    pub ports: Vec<InboundPortConfig>,
+    /// Opaque connections close after this long without traffic.
+    #[serde(serialize_with = "ser_duration")]
+    pub tcp_idle_timeout: Duration,
+}
+
+/// One port of the workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InboundPortConfig {
+    /// The port applications of other pods call.
+    pub port: u16,
+    /// The cluster that reaches the application on it (usually `127.0.0.1:PORT`).
+    pub cluster: String,
+    /// Clients outside the mesh (no TLS) are served too (`mtls: permissive`).
+    pub permissive: bool,
+    /// Opaque TCP after TLS: no HTTP (a protocol whose server speaks first).
+    pub opaque: bool,
 }
 
 /// `outbound: { detect_timeout, opaque_ports, unknown_destinations, connect_timeout,

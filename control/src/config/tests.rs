@@ -336,10 +336,81 @@ clusters:
         "listeners[1].outbound.opaque_ports[0]: a port is 1 to 65535",
         "listeners[1].outbound.unknown_destinations:",
         "listeners[1].routes[0].match.service: no cluster named `nope`",
-        "listeners[2].routes[0].match.service: only an outbound listener knows",
+        "listeners[2].routes[0].match.service: only a sidecar's outbound or inbound listener knows",
         "clusters[0].addresses[1]: 0.0.0.0:80 is not an address an application can connect to",
         "clusters[1].addresses[0]: 10.96.0.1:80 is already the address of cluster `a`",
     ] {
         assert!(e.contains(want), "missing {want:?} in:\n{e}");
     }
+}
+
+#[test]
+fn inbound_listeners_parse_and_their_errors_name_the_field() {
+    let c = Config::parse(
+        r#"
+listeners:
+  - name: in
+    bind: 0.0.0.0:15006
+    tls: { certs: [ { cert: c.pem, key: c.key } ], client_ca: ca.pem }
+    inbound:
+      mtls: permissive
+      ports: [ { port: 8080, cluster: app, mtls: strict }, { port: 9090, cluster: app }, { port: 25, cluster: app, opaque: true } ]
+    routes: []
+clusters:
+  - { name: app, endpoints: [ { addr: "127.0.0.1:8080" } ] }
+"#,
+    )
+    .unwrap();
+    let b = c.listeners[0].inbound.as_ref().unwrap();
+    let modes: Vec<(u16, bool, bool)> = b
+        .ports
+        .iter()
+        .map(|p| (p.port, p.permissive, p.opaque))
+        .collect();
+    assert_eq!(
+        modes,
+        [(8080, false, false), (9090, true, false), (25, true, true)]
+    );
+
+    let e = errors(
+        r#"
+listeners:
+  - { name: a, bind: 127.0.0.1:1, inbound: { ports: [ { port: 80, cluster: app } ] }, routes: [] }
+  - name: b
+    bind: 127.0.0.1:2
+    tls: { certs: [ { cert: c.pem, key: c.key } ], client_ca: ca.pem }
+    outbound: {}
+    inbound: { mtls: loose, ports: [ { port: 0, cluster: app }, { port: 81, cluster: nope }, { port: 81, cluster: app } ] }
+    routes: []
+clusters:
+  - { name: app }
+"#,
+    )
+    .join("\n");
+    for want in [
+        "listeners[0].inbound: an inbound listener takes the mesh's mTLS off: it needs `tls` with `client_ca`",
+        "listeners[1].inbound: a listener is inbound or outbound, not both",
+        "listeners[1].inbound.mtls:",
+        "listeners[1].inbound.ports[0].port: a port is 1 to 65535",
+        "listeners[1].inbound.ports[2].port: port 81 is listed twice",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+    let e = errors(
+        r#"
+listeners:
+  - name: in
+    bind: 127.0.0.1:2
+    tls: { certs: [ { cert: c.pem, key: c.key } ], client_ca: ca.pem }
+    inbound: { ports: [ { port: 80, cluster: app }, { port: 81, cluster: nope } ] }
+    routes: []
+clusters:
+  - { name: app }
+"#,
+    )
+    .join("\n");
+    assert!(
+        e.contains("listeners[0].inbound.ports[1].cluster: no cluster named `nope`"),
+        "{e}"
+    );
 }

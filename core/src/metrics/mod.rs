@@ -92,9 +92,17 @@ pub struct ListenerStats {
     tls: [Cell<u64>; Handshake::ALL.len()],
     h2: [Cell<u64>; H2Event::ALL.len()],
     redirected: [Cell<u64>; Redirected::ALL.len()],
+    inbound: [Cell<u64>; InboundConn::ALL.len()],
 }
 
 impl ListenerStats {
+    /// Counts a connection an inbound listener took, by how it was served.
+    #[inline]
+    pub fn inbound(&self, r: InboundConn) {
+        let c = &self.inbound[r as usize];
+        c.set(c.get() + 1);
+    }
+
     /// Counts a connection an outbound listener took, by where it went.
     #[inline]
     pub fn redirected(&self, r: Redirected) {
@@ -250,6 +258,7 @@ impl WorkerMetrics {
                 tls: Handshake::ALL.map(|h| s.tls[h as usize].get()),
                 h2: H2Event::ALL.map(|e| s.h2[e as usize].get()),
                 redirected: Redirected::ALL.map(|r| s.redirected[r as usize].get()),
+                inbound: InboundConn::ALL.map(|r| s.inbound[r as usize].get()),
             })
             .collect();
         let denials = self
@@ -376,6 +385,45 @@ pub struct ListenerReport {
     pub h2: [u64; H2Event::ALL.len()],
     /// Connections of an outbound listener, by [`Redirected`].
     pub redirected: [u64; Redirected::ALL.len()],
+    /// Connections of an inbound listener, by [`InboundConn`].
+    pub inbound: [u64; InboundConn::ALL.len()],
+}
+
+/// How an inbound listener served a connection from another pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundConn {
+    /// Over the mesh's mTLS.
+    Mesh,
+    /// In cleartext, on a permissive port.
+    Plaintext,
+    /// In cleartext on a strict port: closed.
+    RefusedPlaintext,
+    /// To a port the workload does not declare: closed.
+    UndeclaredPort,
+    /// Not redirected, or going back to the listener itself: closed.
+    NotRedirected,
+}
+
+impl InboundConn {
+    /// Every value, in index order.
+    pub const ALL: [InboundConn; 5] = [
+        InboundConn::Mesh,
+        InboundConn::Plaintext,
+        InboundConn::RefusedPlaintext,
+        InboundConn::UndeclaredPort,
+        InboundConn::NotRedirected,
+    ];
+
+    /// Label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            InboundConn::Mesh => "mesh",
+            InboundConn::Plaintext => "plaintext",
+            InboundConn::RefusedPlaintext => "refused-plaintext",
+            InboundConn::UndeclaredPort => "undeclared-port",
+            InboundConn::NotRedirected => "not-redirected",
+        }
+    }
 }
 
 /// Where an outbound listener sent a connection an application made.
@@ -623,6 +671,9 @@ pub fn merge(reports: &[WorkerReport]) -> Merged {
                         *a += b;
                     }
                     for (a, b) in m.redirected.iter_mut().zip(l.redirected) {
+                        *a += b;
+                    }
+                    for (a, b) in m.inbound.iter_mut().zip(l.inbound) {
                         *a += b;
                     }
                     for (a, b) in m.local.iter_mut().zip(l.local) {

@@ -153,6 +153,26 @@ pub fn render(out: &mut String, m: &Merged) {
     );
     header(
         out,
+        "ringmesh_inbound_connections_total",
+        "counter",
+        "Connections an inbound listener took from other pods, by how they were served.",
+    );
+    for l in m
+        .listeners
+        .iter()
+        .filter(|l| l.inbound.iter().any(|n| *n > 0))
+    {
+        let counts = InboundConn::ALL.map(|r| (r.name(), l.inbound[r as usize]));
+        by_kind(
+            out,
+            "ringmesh_inbound_connections_total",
+            &l.name,
+            "client",
+            &counts,
+        );
+    }
+    header(
+        out,
         "ringmesh_outbound_connections_total",
         "counter",
         "Connections an outbound listener took from applications, by where they went.",

@@ -82,6 +82,9 @@ pub(crate) struct Accepted {
     pub peer: SocketAddr,
     /// On an outbound listener: where the application's connection was going.
     pub destination: Option<SocketAddr>,
+    /// Served in cleartext although the listener has TLS (a client outside the mesh, on an
+    /// inbound listener's permissive port).
+    pub plaintext: bool,
 }
 
 /// A connection that turned out to speak HTTP/2, handed over with what was read of it.
@@ -106,6 +109,7 @@ async fn serve_http1(
         stream,
         peer,
         destination,
+        plaintext,
     } = *accepted;
     // Only the client lives across the waits below: what else this needs is looked up again.
     let (guard, tls, stats, timeout) = {
@@ -115,7 +119,7 @@ async fn serve_http1(
         let guard = w.connection(l.stats.clone());
         (
             guard,
-            l.tls.clone(),
+            l.tls.clone().filter(|_| !plaintext),
             l.stats.clone(),
             limits.request_head_timeout,
         )

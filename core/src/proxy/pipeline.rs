@@ -193,11 +193,15 @@ pub(super) fn route<'a>(
     })
 }
 
-/// The mesh service a request on an outbound listener goes to: looked up in the view the
+/// The service a request on a sidecar's listener goes to (outbound: the mesh service the
+/// application called; inbound: the cluster of the workload's port): looked up in the view the
 /// request runs under, so that a reload that renumbers clusters cannot misdirect it.
 fn service_of(l: &Listener<'_>, destination: Option<std::net::SocketAddr>) -> Option<usize> {
-    let (outbound, dst) = (l.http.outbound.as_ref()?, destination?);
-    outbound.services.get(&dst).copied()
+    let dst = destination?;
+    if let Some(outbound) = &l.http.outbound {
+        return outbound.services.get(&dst).copied();
+    }
+    Some(l.http.inbound.as_ref()?.ports.get(&dst.port())?.cluster)
 }
 
 pub(super) fn listener_of(view: &View, name: &Arc<str>) -> Option<(usize, HttpLimits)> {

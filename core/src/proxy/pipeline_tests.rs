@@ -83,6 +83,7 @@ fn snapshot() -> Snapshot {
         access_log: None,
         tls: None,
         outbound: None,
+        inbound: None,
     };
     Snapshot {
         version: 1,

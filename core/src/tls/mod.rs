@@ -247,6 +247,9 @@ pub struct ClientTls {
     /// The same, offering only `http/1.1`: for upgrades and CONNECT, which are HTTP/1.1 whatever
     /// the cluster speaks.
     http1: Arc<rustls::ClientConfig>,
+    /// The same, offering no protocol: for opaque TCP carried over the mesh's mTLS (the
+    /// receiving sidecar knows the port is opaque).
+    opaque: Arc<rustls::ClientConfig>,
     name: rustls::pki_types::ServerName<'static>,
 }
 
@@ -292,9 +295,12 @@ impl ClientTls {
             c.alpn_protocols = vec![b"http/1.1".to_vec()];
             Arc::new(c)
         };
+        let mut opaque = (*config).clone();
+        opaque.alpn_protocols = Vec::new();
         Ok(ClientTls {
             config,
             http1,
+            opaque: Arc::new(opaque),
             name,
         })
     }
@@ -319,6 +325,14 @@ impl ClientTls {
         tcp: monoio::net::TcpStream,
     ) -> (Option<TlsStream>, crate::metrics::Handshake) {
         connect(tcp, self.http1.clone(), self.name.clone()).await
+    }
+
+    /// Runs the handshake offering no application protocol, for opaque TCP.
+    pub async fn connect_opaque(
+        &self,
+        tcp: monoio::net::TcpStream,
+    ) -> (Option<TlsStream>, crate::metrics::Handshake) {
+        connect(tcp, self.opaque.clone(), self.name.clone()).await
     }
 }
 

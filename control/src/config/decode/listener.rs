@@ -32,6 +32,7 @@ pub(super) fn decode_listener(
             "access_log",
             "paths",
             "outbound",
+            "inbound",
         ],
     )?;
     let name = required(d, &f, "name").and_then(|(n, p)| d.string(n, &p));
@@ -168,6 +169,26 @@ pub(super) fn decode_listener(
             decode_outbound(d, n, &p)
         }
     };
+    let inbound = match (protocol, f.get("inbound")) {
+        (_, None) => None,
+        (ListenerProtocol::Tcp, Some((n, p))) => {
+            d.error(&p, Some(n), "an inbound listener is an http listener");
+            None
+        }
+        (ListenerProtocol::Http, Some((n, p))) => {
+            if tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+                d.error(
+                    &p,
+                    Some(n),
+                    "an inbound listener takes the mesh's mTLS off: it needs `tls` with `client_ca`",
+                );
+            }
+            if f.get("outbound").is_some() {
+                d.error(&p, Some(n), "a listener is inbound or outbound, not both");
+            }
+            decode_inbound(d, n, &p)
+        }
+    };
     // Fields in error keep placeholders so that checks across fields still run; the config
     // as a whole is refused anyway.
     Some(ListenerConfig {
@@ -185,6 +206,63 @@ pub(super) fn decode_listener(
         request_head_timeout: head_timeout.unwrap_or_default(),
         idle_timeout: idle.unwrap_or_default(),
         outbound,
+        inbound,
+    })
+}
+
+/// `inbound: { mtls: strict, tcp_idle_timeout: 1h, ports: [ { port, cluster, mtls, opaque } ] }`.
+fn decode_inbound(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<InboundConfig> {
+    let f = d.mapping(node, path, &["mtls", "ports", "tcp_idle_timeout"])?;
+    let mtls = |d: &mut Decoder, (n, p): (Node<'_, '_>, String)| {
+        d.choice(n, &p, &["strict", "permissive"]) == Some("permissive")
+    };
+    let default_permissive = f.get("mtls").is_some_and(|np| mtls(d, np));
+    let tcp_idle_timeout = f
+        .get("tcp_idle_timeout")
+        .and_then(|(n, p)| d.positive_duration(n, &p))
+        .unwrap_or(ringmesh_core::snapshot::defaults::TCP_IDLE_TIMEOUT);
+    let mut ports = Vec::new();
+    let mut seen = BTreeMap::new();
+    let listed = required(d, &f, "ports")
+        .map(|(n, p)| d.list(n, &p))
+        .unwrap_or_default();
+    for (i, (n, p)) in listed.into_iter().enumerate() {
+        let Some(pf) = d.mapping(n, &p, &["port", "cluster", "mtls", "opaque"]) else {
+            continue;
+        };
+        let port = required(d, &pf, "port").and_then(|(n, p)| {
+            match d.integer(n, &p, u64::from(u16::MAX)) {
+                Some(0) => {
+                    d.error(&p, Some(n), "a port is 1 to 65535");
+                    None
+                }
+                Some(v) => {
+                    if seen.insert(v, i).is_some() {
+                        d.error(&p, Some(n), format!("port {v} is listed twice"));
+                    }
+                    Some(v as u16)
+                }
+                None => None,
+            }
+        });
+        let cluster = required(d, &pf, "cluster").and_then(|(n, p)| d.string(n, &p));
+        let permissive = pf.get("mtls").map_or(default_permissive, |np| mtls(d, np));
+        let opaque = pf
+            .get("opaque")
+            .and_then(|(n, p)| d.boolean(n, &p))
+            .unwrap_or(false);
+        if let (Some(port), Some(cluster)) = (port, cluster) {
+            ports.push(InboundPortConfig {
+                port,
+                cluster,
+                permissive,
+                opaque,
+            });
+        }
+    }
+    Some(InboundConfig {
+        ports,
+        tcp_idle_timeout,
     })
 }
 

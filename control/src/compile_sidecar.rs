@@ -1,5 +1,6 @@
-//! Compiling a sidecar's outbound listener: the addresses of the mesh's services, and a route
-//! for each service that the listener's own routes leave to it.
+//! Compiling a sidecar's listeners: outbound, the addresses of the mesh's services; inbound,
+//! the workload's ports; and for each service (or port's cluster) a route that the listener's
+//! own routes leave to it.
 
 use std::sync::Arc;
 
@@ -7,9 +8,9 @@ use rustc_hash::FxHashMap;
 
 use ringmesh_core::retry::RetryPolicy;
 use ringmesh_core::route::{Action, Match, Route};
-use ringmesh_core::snapshot::{Cluster, Outbound};
+use ringmesh_core::snapshot::{Cluster, Inbound, InboundPort, Outbound};
 
-use crate::config::{Config, OutboundConfig, RetryConfig};
+use crate::config::{Config, InboundConfig, OutboundConfig, RetryConfig};
 
 /// The retries of a service's own route: a connect that fails is tried on another endpoint
 /// (nothing was sent, so any request may go again).
@@ -60,17 +61,7 @@ pub(crate) fn outbound(
     served.sort_unstable();
     served.dedup();
     for ci in served {
-        routes.push(Route {
-            name: Arc::from(format!("service:{}", clusters[ci].name)),
-            matcher: Match {
-                service: Some(ci),
-                ..Match::default()
-            },
-            action: Action::Cluster(ci),
-            timeout: None,
-            retry: Some(retry.clone()),
-            rate_limit: None,
-        });
+        routes.push(service_route(clusters, ci, Some(retry.clone())));
     }
     Arc::new(Outbound {
         services,
@@ -80,4 +71,51 @@ pub(crate) fn outbound(
         connect_timeout: o.connect_timeout,
         tcp_idle_timeout: o.tcp_idle_timeout,
     })
+}
+
+/// The listener's [`Inbound`]; appends to `routes` one route per port's cluster, after the
+/// configured ones. No retries: a request that reached the application is not sent twice.
+pub(crate) fn inbound<E>(
+    b: &InboundConfig,
+    index: &impl Fn(&str) -> Result<usize, E>,
+    clusters: &[Cluster],
+    routes: &mut Vec<Route>,
+) -> Result<Arc<Inbound>, E> {
+    let mut ports = FxHashMap::default();
+    for p in &b.ports {
+        let cluster = index(&p.cluster)?;
+        ports.insert(
+            p.port,
+            InboundPort {
+                cluster,
+                permissive: p.permissive,
+                opaque: p.opaque,
+            },
+        );
+    }
+    let mut served: Vec<usize> = ports.values().map(|p| p.cluster).collect();
+    served.sort_unstable();
+    served.dedup();
+    for ci in served {
+        routes.push(service_route(clusters, ci, None));
+    }
+    Ok(Arc::new(Inbound {
+        ports,
+        tcp_idle_timeout: b.tcp_idle_timeout,
+    }))
+}
+
+/// The route that takes a service's requests when no configured route does.
+fn service_route(clusters: &[Cluster], ci: usize, retry: Option<RetryPolicy>) -> Route {
+    Route {
+        name: Arc::from(format!("service:{}", clusters[ci].name)),
+        matcher: Match {
+            service: Some(ci),
+            ..Match::default()
+        },
+        action: Action::Cluster(ci),
+        timeout: None,
+        retry,
+        rate_limit: None,
+    }
 }

@@ -1,0 +1,283 @@
+//! Pods for the sidecar tests: network namespaces the test creates, joined by veth pairs with
+//! private addresses that exist only inside them, each running unmodified applications
+//! (tests/netns/apps.py, curl) and, where asked, a ringmesh sidecar as its own user. Needs
+//! root, `ip`, `nft`, `setpriv`, `python3` and `curl` (`bash tests/run` installs them).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::{binary, eventually, metric_value, missing_tool, temp_config, tool};
+
+/// The user sidecars run as; its own connections are not redirected.
+pub const PROXY_UID: &str = "1337";
+
+/// Namespaces `<id>a`, `<id>b`, ... and what runs in them; all removed on drop.
+pub struct Pods {
+    /// Namespace names, by position.
+    pub ns: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.ns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Runs `cmd`, failing the test when it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Pods {
+    /// `count` namespaces: namespace 0 (the hub) is joined to each namespace `i ≥ 1` by a veth
+    /// pair on `10.77.{i-1}.0/24` and `fd77:{i-1}::/64`, the hub being host `.2` (`::2`) and
+    /// namespace `i` host `.1` (`::1`) of that link. `None`: the test cannot run here and
+    /// `RINGMESH_SKIP_MISSING_TOOLS=1` lets it skip.
+    pub fn new(tag: &str, count: usize) -> Option<Pods> {
+        for t in ["ip", "nft", "setpriv", "python3", "curl"] {
+            tool(&[t])?;
+        }
+        if !Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+            && !missing_tool("root (network namespaces and nftables)")
+        {
+            return None;
+        }
+        let id = std::process::id();
+        let pods = Pods {
+            ns: (0..count)
+                .map(|i| format!("rm{id}{tag}{}", (b'a' + i as u8) as char))
+                .collect(),
+            children: Vec::new(),
+        };
+        for ns in &pods.ns {
+            run(Command::new("ip").args(["netns", "add", ns]));
+            run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]));
+        }
+        for link in 1..count {
+            let dev = format!("veth{link}");
+            run(Command::new("ip").args([
+                "-n",
+                &pods.ns[0],
+                "link",
+                "add",
+                &dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "veth0",
+                "netns",
+                &pods.ns[link],
+            ]));
+            for (ns, dev, v4, v6) in [
+                (&pods.ns[0], dev.as_str(), pods.hub(link), pods.hub6(link)),
+                (&pods.ns[link], "veth0", pods.spoke(link), pods.spoke6(link)),
+            ] {
+                run(Command::new("ip").args([
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{v4}/24"),
+                    "dev",
+                    dev,
+                ]));
+                run(Command::new("ip").args([
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{v6}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ]));
+                run(Command::new("ip").args(["-n", ns, "link", "set", dev, "up"]));
+            }
+        }
+        Some(pods)
+    }
+
+    /// Namespace 0's IPv4 address on its link to namespace `link`.
+    pub fn hub(&self, link: usize) -> String {
+        format!("10.77.{}.2", link - 1)
+    }
+
+    /// Namespace `link`'s IPv4 address.
+    pub fn spoke(&self, link: usize) -> String {
+        format!("10.77.{}.1", link - 1)
+    }
+
+    /// Namespace 0's IPv6 address on its link to namespace `link`.
+    pub fn hub6(&self, link: usize) -> String {
+        format!("fd77:{}::2", link - 1)
+    }
+
+    /// Namespace `link`'s IPv6 address.
+    pub fn spoke6(&self, link: usize) -> String {
+        format!("fd77:{}::1", link - 1)
+    }
+
+    /// Runs `args` in namespace `i`, as root.
+    pub fn exec(&self, i: usize, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns[i]])
+            .args(args)
+            .output()
+            .expect("spawn")
+    }
+
+    /// Starts a long-running process in namespace `i`, killed with the pods.
+    pub fn spawn(&mut self, i: usize, args: &[&str], stdout: Stdio) -> &mut Child {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns[i]])
+            .args(args)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        self.children.push(child);
+        self.children.last_mut().expect("child")
+    }
+
+    /// Starts applications (tests/netns/apps.py) in namespace `i`; returns once they listen.
+    pub fn start_apps(&mut self, i: usize, specs: &[&str]) {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("netns/apps.py");
+        let script = script.to_str().expect("path").to_string();
+        let mut args = vec!["python3", script.as_str()];
+        args.extend(specs);
+        let child = self.spawn(i, &args, Stdio::piped());
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("apps ready");
+        assert_eq!(line.trim(), "ready");
+    }
+
+    /// Starts a sidecar in namespace `i` as [`PROXY_UID`], its admin API on
+    /// `127.0.0.1:admin`; returns once it is ready.
+    pub fn start_sidecar(&mut self, i: usize, config: &str, admin: u16) {
+        let path = temp_config(&self.ns[i], config);
+        let bin = binary();
+        let args = [
+            "setpriv",
+            "--reuid",
+            PROXY_UID,
+            "--regid",
+            PROXY_UID,
+            "--clear-groups",
+            bin.to_str().expect("path"),
+            "proxy",
+            "--workers",
+            "1",
+            "--log-level",
+            "warn",
+            "--config",
+            path.to_str().expect("path"),
+        ];
+        self.spawn(i, &args, Stdio::null());
+        let ready = format!("http://127.0.0.1:{admin}/ready");
+        assert!(
+            eventually(Duration::from_secs(10), || self
+                .curl(i, &[&ready])
+                .status
+                .success()),
+            "the sidecar of {} did not become ready",
+            self.ns[i]
+        );
+    }
+
+    /// `ringmesh init` in namespace `i` with `args`.
+    pub fn init(&self, i: usize, args: &[&str]) {
+        let bin = binary();
+        let mut all = vec![bin.to_str().expect("path"), "init"];
+        all.extend(args);
+        let out = self.exec(i, &all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `curl` in namespace `i`, each URL in turn on one connection where it can.
+    pub fn curl(&self, i: usize, urls: &[&str]) -> Output {
+        let mut args = vec!["curl", "-sS", "--fail", "--max-time", "5"];
+        args.extend(urls);
+        self.exec(i, &args)
+    }
+
+    /// The answer bodies of `urls`, fetched in namespace `i`.
+    pub fn get(&self, i: usize, urls: &[&str]) -> String {
+        let out = self.curl(i, urls);
+        assert!(
+            out.status.success(),
+            "curl {urls:?} in {}: {}",
+            self.ns[i],
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A series of the sidecar of namespace `i` (admin on `127.0.0.1:admin`); 0 when absent.
+    pub fn metric(&self, i: usize, admin: u16, series: &str) -> f64 {
+        let text = self.get(i, &[&format!("http://127.0.0.1:{admin}/metrics")]);
+        metric_value(&text, series).unwrap_or(0.0)
+    }
+
+    /// From namespace `i`: connects to `host:port`, reads the server's first line, sends
+    /// `hello` and reads it back; returns `first | hello`.
+    pub fn banner_exchange(&self, i: usize, host: &str, port: u16) -> String {
+        let script = format!(
+            "import socket\n\
+             s = socket.create_connection(('{host}', {port}), timeout=5)\n\
+             f = s.makefile('rb')\n\
+             first = f.readline().decode().strip()\n\
+             s.sendall(b'hello\\n')\n\
+             print(first, '|', f.readline().decode().strip())\n"
+        );
+        let out = self.exec(i, &["python3", "-c", &script]);
+        assert!(
+            out.status.success(),
+            "banner {host}:{port}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Starts `tcpdump` on every interface of namespace `i` but loopback (what crosses between
+    /// pods), writing TCP packets (whole) to `file` as they come; returns once it captures.
+    pub fn capture(&mut self, i: usize, file: &Path) {
+        let file = file.to_str().expect("path").to_string();
+        let filter = "tcp and not net 127.0.0.0/8";
+        let child = self.spawn(
+            i,
+            &["tcpdump", "-i", "any", "-U", "-s", "0", "-w", &file, filter],
+            Stdio::null(),
+        );
+        let mut line = String::new();
+        let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+        while err.read_line(&mut line).expect("tcpdump") > 0 && !line.contains("listening on") {
+            line.clear();
+        }
+        assert!(line.contains("listening on"), "tcpdump did not start");
+    }
+}

@@ -1,0 +1,144 @@
+//! Two pods, each an unmodified application with `ringmesh init` and a sidecar, in network
+//! namespaces the test creates: pod A calls pod B's address and port directly; A's outbound
+//! sidecar takes it over mTLS (HTTP/2 between the sidecars) to B, whose inbound sidecar takes
+//! the TLS off and hands the request to B's application with A's SPIFFE identity. A third
+//! namespace without a sidecar is refused on B's strict ports and served on its permissive
+//! one. Needs root, `ip`, `nft`, `setpriv`, `python3`, `curl` and `tcpdump`.
+
+use std::time::Duration;
+
+use ringmesh_tests::netns::{PROXY_UID, Pods};
+use ringmesh_tests::tls::Pki;
+use ringmesh_tests::{eventually, tool};
+
+/// Pod B (the server, 10.77.0.2 towards A, 10.77.1.2 towards C), pod A (the client,
+/// 10.77.0.1), and C (10.77.1.1), a host with no sidecar.
+const B: usize = 0;
+const A: usize = 1;
+const C: usize = 2;
+const A_ADMIN: u16 = 9901;
+const B_ADMIN: u16 = 9902;
+const A_ID: &str = "spiffe://test.mesh/ns/default/sa/a";
+
+fn inbound_count(pods: &Pods, client: &str) -> f64 {
+    pods.metric(
+        B,
+        B_ADMIN,
+        &format!("ringmesh_inbound_connections_total{{listener=\"inbound\",client=\"{client}\"}}"),
+    )
+}
+
+#[test]
+fn two_pods_talk_over_mtls_through_their_sidecars() {
+    if tool(&["tcpdump"]).is_none() {
+        return;
+    }
+    let Some(mut pods) = Pods::new("m", 3) else {
+        return;
+    };
+    let pki = Pki::new("sidecar-mtls");
+    let b_cert = pki.leaf("b", &["b.mesh"], false);
+    let a_cert = pki.client_leaf("a", A_ID);
+    let ca = pki.ca_file();
+    pods.start_apps(B, &["http:8080", "http:8081", "http:9000", "banner:2525"]);
+    let b_config = format!(
+        r#"
+admin: 127.0.0.1:{B_ADMIN}
+listeners:
+  - name: inbound
+    bind: 0.0.0.0:15006
+    tls: {{ certs: [ {{ cert: {}, key: {} }} ], client_ca: {} }}
+    inbound:
+      ports:
+        - {{ port: 8080, cluster: app }}
+        - {{ port: 8081, cluster: app-metrics, mtls: permissive }}
+        - {{ port: 2525, cluster: smtp, opaque: true }}
+    routes: []
+clusters:
+  - {{ name: app, endpoints: [ {{ addr: "127.0.0.1:8080" }} ] }}
+  - {{ name: app-metrics, endpoints: [ {{ addr: "127.0.0.1:8081" }} ] }}
+  - {{ name: smtp, endpoints: [ {{ addr: "127.0.0.1:2525" }} ] }}
+"#,
+        b_cert.cert.display(),
+        b_cert.key.display(),
+        ca.display()
+    );
+    let mesh_tls = format!(
+        "{{ sni: b.mesh, ca: {}, cert: {}, key: {} }}",
+        ca.display(),
+        a_cert.cert.display(),
+        a_cert.key.display()
+    );
+    let a_config = format!(
+        r#"
+admin: 127.0.0.1:{A_ADMIN}
+listeners:
+  - name: outbound
+    bind: 127.0.0.1:15001
+    outbound: {{ detect_timeout: 200ms }}
+    routes: []
+clusters:
+  - {{ name: b, protocol: mesh, tls: {mesh_tls}, endpoints: [ {{ addr: "10.77.0.2:8080" }} ] }}
+  - {{ name: b-smtp, tls: {mesh_tls}, endpoints: [ {{ addr: "10.77.0.2:2525" }} ] }}
+"#
+    );
+    pods.start_sidecar(B, &b_config, B_ADMIN);
+    pods.init(B, &["--proxy-uid", PROXY_UID, "--inbound-port", "15006"]);
+    pods.start_sidecar(A, &a_config, A_ADMIN);
+    pods.init(A, &["--proxy-uid", PROXY_UID]);
+    let pcap = pki.dir.join("link.pcap");
+    pods.capture(B, &pcap);
+
+    // A calls B's address and port, as it would without a mesh; B's application sees A's
+    // identity, which only a verified client certificate can carry. Each sidecar appended
+    // the address it took the request from: the application, then A's sidecar.
+    let answer = pods.get(A, &["http://10.77.0.2:8080/secret-marker-7f3a"]);
+    assert_eq!(
+        answer.trim(),
+        format!("port=8080 xff=10.77.0.1, 10.77.0.1 id={A_ID}")
+    );
+    assert_eq!(inbound_count(&pods, "mesh"), 1.0);
+
+    // A server that speaks first, through both sidecars: opaque TCP over the mesh's mTLS.
+    assert_eq!(
+        pods.banner_exchange(A, "10.77.0.2", 2525),
+        "220 banner 2525 | hello"
+    );
+    assert_eq!(inbound_count(&pods, "mesh"), 2.0);
+
+    // C has no sidecar: refused on a strict port, served (with no identity) on a permissive
+    // one, refused on a port B does not declare.
+    assert!(!pods.curl(C, &["http://10.77.1.2:8080/"]).status.success());
+    assert_eq!(inbound_count(&pods, "refused-plaintext"), 1.0);
+    assert_eq!(
+        pods.get(C, &["http://10.77.1.2:8081/clear-marker-91c2"])
+            .trim(),
+        "port=8081 xff=10.77.1.1 id=-"
+    );
+    assert_eq!(inbound_count(&pods, "plaintext"), 1.0);
+    assert!(!pods.curl(C, &["http://10.77.1.2:9000/"]).status.success());
+    assert_eq!(inbound_count(&pods, "undeclared-port"), 1.0);
+    // A client that forges the identity field gets nothing for it.
+    let forged = pods.get(
+        C,
+        &[
+            "-H",
+            &format!("ringmesh-client-identity: {A_ID}"),
+            "http://10.77.1.2:8081/",
+        ],
+    );
+    assert!(forged.contains("id=-"), "{forged}");
+
+    // The capture on B's links saw the cleartext request from C (so it captures what crosses)
+    // and none of A's: A's request crossed encrypted.
+    let seen = |marker: &[u8]| {
+        let bytes = std::fs::read(&pcap).unwrap_or_default();
+        bytes.windows(marker.len()).any(|w| w == marker)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || seen(b"clear-marker-91c2")),
+        "the capture saw nothing"
+    );
+    assert!(!seen(b"secret-marker-7f3a"), "A's request crossed in clear");
+    assert!(!seen(b"220 banner"), "the opaque stream crossed in clear");
+}
