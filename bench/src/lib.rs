@@ -149,6 +149,7 @@ pub fn cluster_view(
         limits: Default::default(),
         outlier: Some(Default::default()),
         health_check: None,
+        zones: None,
         endpoints: (0..n)
             .map(|i| EndpointSpec {
                 addr: std::net::SocketAddr::from((

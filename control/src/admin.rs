@@ -421,6 +421,18 @@ fn clusters_json(m: &metrics::Merged) -> String {
                     .collect::<serde_json::Map<_, _>>()
                     .into();
                 c["retry_budget_exhausted"] = json!(r.budget_refused);
+                if r.zone_reports > 0 {
+                    // Zone-aware routing: each zone's share of requests, averaged over workers.
+                    c["zone_shares_percent"] = r
+                        .zones
+                        .iter()
+                        .map(|(zone, bp)| {
+                            let percent = *bp as f64 / f64::from(r.zone_reports) / 100.0;
+                            (zone.to_string(), json!((percent * 100.0).round() / 100.0))
+                        })
+                        .collect::<serde_json::Map<_, _>>()
+                        .into();
+                }
             }
             c
         })

@@ -105,12 +105,17 @@ impl Compiler {
         version: u64,
         binds: &[SocketAddr],
     ) -> Result<Snapshot, CompileError> {
+        let zones = crate::compile_sidecar::zone_aware(config);
         let clusters = config
             .clusters
             .iter()
             .enumerate()
-            .map(|(i, c)| self.cluster(c, i))
-            .collect::<Result<_, _>>()?;
+            .map(|(i, c)| {
+                let mut cluster = self.cluster(c, i)?;
+                cluster.zones = zones.clone();
+                Ok(cluster)
+            })
+            .collect::<Result<_, CompileError>>()?;
         build(config, version, binds, clusters, self.workers as usize)
     }
 
@@ -207,6 +212,7 @@ impl Compiler {
                 })
                 .collect(),
             health_check,
+            zones: None,
         })
     }
 }

@@ -8,7 +8,7 @@ use rustc_hash::FxHashMap;
 
 use ringmesh_core::retry::RetryPolicy;
 use ringmesh_core::route::{Action, Match, Route};
-use ringmesh_core::snapshot::{Cluster, Inbound, InboundPort, Outbound};
+use ringmesh_core::snapshot::{Cluster, Inbound, InboundPort, Outbound, ZoneAware};
 
 use crate::config::{Config, InboundConfig, OutboundConfig, RetryConfig};
 
@@ -118,4 +118,25 @@ fn service_route(clusters: &[Cluster], ci: usize, retry: Option<RetryPolicy>) ->
         retry,
         rate_limit: None,
     }
+}
+
+/// Zone-aware routing for every cluster, when the node has a zone and names the cluster of its
+/// own service: its endpoints' zones say how many callers each zone has.
+pub(crate) fn zone_aware(config: &Config) -> Option<Arc<ZoneAware>> {
+    let z = config.zone.as_ref()?;
+    let callers_cluster = z.callers.as_deref()?;
+    let own = config.clusters.iter().find(|c| c.name == callers_cluster)?;
+    let mut callers: Vec<(Arc<str>, u64)> = Vec::new();
+    for e in &own.endpoints {
+        let Some(zone) = &e.zone else { continue };
+        match callers.iter_mut().find(|(n, _)| **n == **zone) {
+            Some((_, count)) => *count += 1,
+            None => callers.push((Arc::from(zone.as_str()), 1)),
+        }
+    }
+    Some(Arc::new(ZoneAware {
+        local: Arc::from(z.name.as_str()),
+        callers,
+        min_cluster_size: z.min_cluster_size,
+    }))
 }

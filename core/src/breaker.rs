@@ -52,6 +52,8 @@ impl ClusterState {
             connections: self.connections.get(),
             overflow: self.overflow.each_ref().map(Cell::get),
             budget_refused: self.budget_refused.get(),
+            zones: Vec::new(),
+            zone_reports: 0,
         }
     }
 }

@@ -20,6 +20,8 @@ use crate::metrics::Outcome;
 use crate::outlier;
 use crate::rng::Rng;
 use crate::snapshot::Cluster;
+use crate::zone::{self, ZoneCount, ZoneSplit};
+use std::sync::Arc;
 
 /// What a worker's cluster views draw on when they choose: its random numbers, and the
 /// generation of endpoint availability (moved whenever an endpoint's availability may have
@@ -38,10 +40,24 @@ pub struct ClusterView {
     pub members: Vec<Member>,
     /// The members of each level, in priority order.
     levels: Vec<Range<usize>>,
-    /// Balancer state per level.
+    /// Balancer state per level, then per zone of the first level.
     balance: RefCell<Vec<BalanceState>>,
     /// The split across levels, and the availability generation it was computed at.
     loads: RefCell<(u64, Loads)>,
+    /// Zone-aware routing in the first level, when the cluster has it.
+    zones: Option<Zones>,
+}
+
+/// The first level's members by zone (sorted so that each zone's are contiguous), the callers
+/// in each, and the split last computed.
+struct Zones {
+    /// (zone, its members in the first level, callers in it); zones with callers and no
+    /// endpoints have an empty range.
+    zones: Vec<(Arc<str>, Range<usize>, u64)>,
+    /// This node's zone, by index into `zones`.
+    local: usize,
+    min_cluster_size: usize,
+    split: RefCell<(u64, ZoneSplit)>,
 }
 
 impl ClusterView {
@@ -62,7 +78,13 @@ impl ClusterView {
                 zone: spec.zone.clone(),
             })
             .collect();
-        members.sort_by_key(|m| m.priority);
+        // By level; with zone-aware routing, by zone inside a level too, so that a zone's
+        // members are contiguous (stable: otherwise in configured order).
+        if c.zones.is_some() {
+            members.sort_by(|a, b| (a.priority, &a.zone).cmp(&(b.priority, &b.zone)));
+        } else {
+            members.sort_by_key(|m| m.priority);
+        }
         let mut levels: Vec<Range<usize>> = Vec::new();
         for (i, m) in members.iter().enumerate() {
             match levels.last_mut() {
@@ -70,12 +92,18 @@ impl ClusterView {
                 _ => levels.push(i..i + 1),
             }
         }
+        let zones = c
+            .zones
+            .as_deref()
+            .and_then(|z| Zones::new(z, &members, levels.first()?.clone()));
+        let slots = levels.len() + zones.as_ref().map_or(0, |z| z.zones.len());
         ClusterView {
             state,
-            balance: RefCell::new(vec![BalanceState::default(); levels.len()]),
+            balance: RefCell::new(vec![BalanceState::default(); slots]),
             members,
             levels,
             loads: RefCell::new((u64::MAX, Loads::default())),
+            zones,
         }
     }
 
@@ -120,6 +148,11 @@ impl ClusterView {
             let level = loads.1.level(d.rng.borrow_mut().below(100));
             (level, loads.1.panic.get(level).copied().unwrap_or(false))
         };
+        if level == 0 && !panic {
+            if let Some(ep) = self.pick_in_zone(d, cluster, now, avoid) {
+                return Some(ep);
+            }
+        }
         if let Some(ep) = self.pick_in(d, cluster, now, level, avoid, panic) {
             return Some(ep);
         }
@@ -142,19 +175,107 @@ impl ClusterView {
         panic: bool,
     ) -> Option<Rc<Endpoint>> {
         let range = self.levels.get(level)?.clone();
+        self.pick_among(d, cluster, now, range, level, avoid, panic)
+    }
+
+    /// Zone-aware routing in the first level: a zone by the split (recomputed when
+    /// availability changed), then an endpoint of that zone. `None`: off, or nothing available
+    /// in the zone chosen (the caller balances over the whole level).
+    fn pick_in_zone(
+        &self,
+        d: Draw<'_>,
+        cluster: &Cluster,
+        now: Instant,
+        avoid: Option<&Rc<Endpoint>>,
+    ) -> Option<Rc<Endpoint>> {
+        let z = self.zones.as_ref()?;
+        let zi = {
+            let split = self.zone_split(z, d, now);
+            let mut rng = d.rng.borrow_mut();
+            let (r1, r2) = (rng.below(zone::BASIS as u32), rng.next_u64());
+            split.1.zone(z.local, u64::from(r1), r2)?
+        };
+        let range = z.zones[zi].1.clone();
+        let slot = self.levels.len() + zi;
+        self.pick_among(d, cluster, now, range, slot, avoid, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pick_among(
+        &self,
+        d: Draw<'_>,
+        cluster: &Cluster,
+        now: Instant,
+        range: Range<usize>,
+        slot: usize,
+        avoid: Option<&Rc<Endpoint>>,
+        panic: bool,
+    ) -> Option<Rc<Endpoint>> {
         let members = &self.members[range];
+        if members.is_empty() {
+            return None;
+        }
         let avoid = avoid.and_then(|a| members.iter().position(|m| Rc::ptr_eq(&m.ep, a)));
         let mut balance = self.balance.borrow_mut();
         let i = balance::pick(
             cluster.lb,
             members,
-            &mut balance[level],
+            &mut balance[slot],
             &mut d.rng.borrow_mut(),
             now,
             avoid,
             panic,
         )?;
         Some(members[i].ep.clone())
+    }
+
+    /// The zone split, recomputed when availability changed.
+    fn zone_split<'z>(
+        &self,
+        z: &'z Zones,
+        d: Draw<'_>,
+        now: Instant,
+    ) -> std::cell::Ref<'z, (u64, ZoneSplit)> {
+        let generation = d.availability.get();
+        if z.split.borrow().0 != generation {
+            let split = z.compute(&self.members, now);
+            *z.split.borrow_mut() = (generation, split);
+        }
+        z.split.borrow()
+    }
+
+    /// The share of requests each zone gets (in basis points), by zone name: the split this
+    /// view routes by. Empty when the cluster has no zone-aware routing, or it is off.
+    pub fn zone_shares(&self, d: Draw<'_>, now: Instant) -> Vec<(Arc<str>, u64)> {
+        let Some(z) = &self.zones else {
+            return Vec::new();
+        };
+        let shares = match &self.zone_split(z, d, now).1 {
+            ZoneSplit::Off => return Vec::new(),
+            ZoneSplit::Local => z
+                .zones
+                .iter()
+                .enumerate()
+                .map(|(i, _)| if i == z.local { zone::BASIS } else { 0 })
+                .collect::<Vec<_>>(),
+            ZoneSplit::Residual { local, residual } => {
+                let total: u64 = residual.iter().sum();
+                residual
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| match (i == z.local, total) {
+                        (true, _) => *local,
+                        (false, 0) => 0,
+                        (false, t) => (zone::BASIS - local) * r / t,
+                    })
+                    .collect()
+            }
+        };
+        z.zones
+            .iter()
+            .zip(shares)
+            .map(|((name, _, _), share)| (name.clone(), share))
+            .collect()
     }
 
     /// Books one request's outcome on its endpoint: counters, latency, outlier state. A change
@@ -187,6 +308,56 @@ impl ClusterView {
     pub fn may_eject(&self, max_percent: u32) -> bool {
         let ejected = self.members.iter().filter(|m| m.ep.is_ejected()).count();
         outlier::may_eject(ejected, self.members.len(), max_percent)
+    }
+}
+
+impl Zones {
+    /// The first level's zones (`first` is its range in `members`); `None` when the node's
+    /// zone is unknown to both sides.
+    fn new(
+        z: &crate::snapshot::ZoneAware,
+        members: &[Member],
+        first: Range<usize>,
+    ) -> Option<Zones> {
+        let mut zones: Vec<(Arc<str>, Range<usize>, u64)> = Vec::new();
+        for i in first {
+            let Some(name) = &members[i].zone else {
+                continue;
+            };
+            match zones.last_mut() {
+                Some((n, r, _)) if n == name => r.end = i + 1,
+                _ => zones.push((name.clone(), i..i + 1, 0)),
+            }
+        }
+        for (name, n) in &z.callers {
+            match zones.iter_mut().find(|(zn, _, _)| zn == name) {
+                Some(entry) => entry.2 += n,
+                None => zones.push((name.clone(), 0..0, *n)),
+            }
+        }
+        let local = zones.iter().position(|(n, _, _)| *n == z.local)?;
+        Some(Zones {
+            zones,
+            local,
+            min_cluster_size: z.min_cluster_size,
+            split: RefCell::new((u64::MAX, ZoneSplit::Off)),
+        })
+    }
+
+    /// The split from the members available now.
+    fn compute(&self, members: &[Member], now: Instant) -> ZoneSplit {
+        let counts: Vec<ZoneCount> = self
+            .zones
+            .iter()
+            .map(|(_, r, callers)| ZoneCount {
+                healthy: members[r.clone()]
+                    .iter()
+                    .filter(|m| balance::Load::available(*m, now))
+                    .count() as u64,
+                callers: *callers,
+            })
+            .collect();
+        zone::split(&counts, self.local, self.min_cluster_size)
     }
 }
 
@@ -254,6 +425,7 @@ mod tests {
                 ..OutlierConfig::default()
             }),
             health_check: None,
+            zones: None,
             endpoints: (0..10)
                 .map(|i| EndpointSpec {
                     addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)),

@@ -48,6 +48,7 @@ pub mod trace;
 mod transport;
 pub mod trim;
 pub mod worker;
+pub mod zone;
 
 pub use error::{Error, ErrorKind};
 

@@ -201,8 +201,22 @@ pub struct Cluster {
     pub tls: Option<crate::tls::ClientTls>,
     /// The protocol spoken to the endpoints.
     pub protocol: UpstreamProtocol,
+    /// Zone-aware routing, when this node has a zone and knows its callers.
+    pub zones: Option<Arc<ZoneAware>>,
     /// Endpoints.
     pub endpoints: Vec<EndpointSpec>,
+}
+
+/// What zone-aware routing ([`crate::zone`]) needs to know of the calling side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneAware {
+    /// This node's zone.
+    pub local: Arc<str>,
+    /// How many instances of the calling service run in each zone.
+    pub callers: Vec<(Arc<str>, u64)>,
+    /// Under this many healthy endpoints (in the preferred priority level), zone routing is
+    /// off.
+    pub min_cluster_size: usize,
 }
 
 pub use crate::dial::UpstreamProtocol;

@@ -50,6 +50,11 @@ pub(super) fn check(d: &mut Decoder, c: &Config) {
             }
         }
     }
+    if let Some(cl) = c.zone.as_ref().and_then(|z| z.callers.as_ref()) {
+        if !names.contains_key(cl.as_str()) {
+            d.error("zone.callers", None, format!("no cluster named `{cl}`"));
+        }
+    }
     let mut listener_names = BTreeMap::new();
     let mut binds = BTreeMap::new();
     for (i, l) in c.listeners.iter().enumerate() {

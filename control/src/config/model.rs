@@ -49,6 +49,22 @@ pub struct Config {
     /// Access policies.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicyConfig>,
+    /// This node's zone, and zone-aware routing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<ZoneConfig>,
+}
+
+/// `zone: { name, callers, min_cluster_size }`: this node's zone, and the cluster listing the
+/// instances of its own service (whose zones say where requests come from).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ZoneConfig {
+    /// This node's zone.
+    pub name: String,
+    /// The cluster of this node's own service; without it, zone-aware routing is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callers: Option<String>,
+    /// Under this many healthy endpoints in a cluster's preferred level, no zone routing.
+    pub min_cluster_size: usize,
 }
 
 /// TLS from the proxy to a cluster's endpoints.

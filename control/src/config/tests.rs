@@ -414,3 +414,27 @@ clusters:
         "{e}"
     );
 }
+
+#[test]
+fn zone_settings_are_checked() {
+    let c = Config::parse(
+        "zone: { name: eu-west-1a, callers: me }\nlisteners: [ { name: e, bind: 127.0.0.1:1, routes: [] } ]\nclusters: [ { name: me } ]\n",
+    )
+    .unwrap();
+    let z = c.zone.unwrap();
+    assert_eq!((z.name.as_str(), z.min_cluster_size), ("eu-west-1a", 6));
+    let e = errors(
+        "zone: { name: \"\", callers: nobody, min_cluster_size: -1 }\nlisteners: [ { name: e, bind: 127.0.0.1:1, routes: [] } ]\n",
+    )
+    .join("\n");
+    assert!(
+        e.contains("zone.name: a zone is 1 to 128 printable characters"),
+        "{e}"
+    );
+    assert!(e.contains("zone.min_cluster_size:"), "{e}");
+    let e = errors(
+        "zone: { name: a, callers: nobody }\nlisteners: [ { name: e, bind: 127.0.0.1:1, routes: [] } ]\n",
+    )
+    .join("\n");
+    assert!(e.contains("zone.callers: no cluster named `nobody`"), "{e}");
+}

@@ -333,6 +333,11 @@ pub struct ClusterReport {
     pub overflow: [u64; 3],
     /// Retries refused by the budget.
     pub budget_refused: u64,
+    /// Zone-aware routing: each zone's share of requests, in basis points (summed over the
+    /// workers that report one; divide by `zone_reports`). Empty when off.
+    pub zones: Vec<(Arc<str>, u64)>,
+    /// How many workers' shares `zones` adds up.
+    pub zone_reports: u32,
 }
 
 /// A route series at scrape time.
@@ -621,6 +626,15 @@ pub fn merge(reports: &[WorkerReport]) -> Merged {
                 m.budget_refused += c.budget_refused;
                 for (a, b) in m.overflow.iter_mut().zip(c.overflow) {
                     *a += b;
+                }
+                if !c.zones.is_empty() {
+                    m.zone_reports += c.zone_reports;
+                    for (name, share) in &c.zones {
+                        match m.zones.iter_mut().find(|(n, _)| n == name) {
+                            Some((_, s)) => *s += share,
+                            None => m.zones.push((name.clone(), *share)),
+                        }
+                    }
                 }
             }
         }

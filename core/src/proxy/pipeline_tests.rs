@@ -36,6 +36,7 @@ fn cluster(name: &str) -> Cluster {
         limits: Default::default(),
         outlier: None,
         health_check: None,
+        zones: None,
         tls: None,
         protocol: Default::default(),
         endpoints: Vec::new(),

@@ -374,7 +374,10 @@ impl Worker {
             for m in &cv.members {
                 endpoints.push(m.ep.report(m, now));
             }
-            clusters.push(cv.state.report(&c.name));
+            let mut report = cv.state.report(&c.name);
+            report.zones = cv.zone_shares(self.draw(), now);
+            report.zone_reports = u32::from(!report.zones.is_empty());
+            clusters.push(report);
         }
         self.metrics.report(self.id, endpoints, clusters)
     }

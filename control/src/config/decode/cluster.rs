@@ -139,6 +139,11 @@ pub(super) fn decode_cluster_tls(
     })
 }
 
+/// A zone name: 1 to 128 printable characters (the one rule for endpoints and nodes).
+pub(super) fn valid_zone(z: &str) -> bool {
+    !z.is_empty() && z.len() <= 128 && !z.contains(char::is_control)
+}
+
 pub(super) fn decode_endpoint(
     d: &mut Decoder,
     node: Node<'_, '_>,
@@ -163,7 +168,7 @@ pub(super) fn decode_endpoint(
     });
     let zone = f.get("zone").and_then(|(n, p)| {
         let z = d.string(n, &p)?;
-        if z.is_empty() || z.len() > 128 || z.contains(char::is_control) {
+        if !valid_zone(&z) {
             d.error(&p, Some(n), "a zone is 1 to 128 printable characters");
             return None;
         }

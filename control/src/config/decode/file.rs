@@ -18,6 +18,7 @@ pub(crate) fn decode_config(d: &mut Decoder, root: Node<'_, '_>) -> Option<Confi
             "clusters",
             "default_policy",
             "policies",
+            "zone",
         ],
     )?;
     let admin = match f.get("admin") {
@@ -63,7 +64,9 @@ pub(crate) fn decode_config(d: &mut Decoder, root: Node<'_, '_>) -> Option<Confi
             .collect(),
         None => Vec::new(),
     };
+    let zone = f.get("zone").and_then(|(n, p)| decode_zone(d, n, &p));
     Some(Config {
+        zone,
         admin: admin.unwrap_or(PLACEHOLDER_ADDR),
         workers,
         listeners,
@@ -144,5 +147,28 @@ pub(super) fn decode_policy(
         identity,
         source,
         request,
+    })
+}
+
+/// `zone: { name, callers, min_cluster_size: 6 }`.
+fn decode_zone(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<ZoneConfig> {
+    let f = d.mapping(node, path, &["name", "callers", "min_cluster_size"])?;
+    let name = required(d, &f, "name").and_then(|(n, p)| {
+        let z = d.string(n, &p)?;
+        if !super::cluster::valid_zone(&z) {
+            d.error(&p, Some(n), "a zone is 1 to 128 printable characters");
+            return None;
+        }
+        Some(z)
+    });
+    let callers = f.get("callers").and_then(|(n, p)| d.string(n, &p));
+    let min_cluster_size = match f.get("min_cluster_size") {
+        Some((n, p)) => d.integer(n, &p, 1_000_000)? as usize,
+        None => ringmesh_core::zone::MIN_CLUSTER_SIZE,
+    };
+    Some(ZoneConfig {
+        name: name?,
+        callers,
+        min_cluster_size,
     })
 }
