@@ -427,6 +427,12 @@ fn policies(config: &Config) -> Policies {
                 source: p.source.as_deref().and_then(Cidr::parse),
                 request: request_match(&p.request),
                 http: p.request != crate::config::MatchConfig::default(),
+                scoped: p.applies_to.is_some(),
+                ports: p
+                    .applies_to
+                    .as_ref()
+                    .filter(|ports| !ports.is_empty())
+                    .map(|ports| ports.as_slice().into()),
             })
             .collect(),
     }

@@ -112,7 +112,7 @@ fn nodes_render(m: &crate::mesh::model::Mesh) {
         })
         .collect();
     for (name, n) in &m.nodes {
-        let text = render_node(m, n, &clusters);
+        let text = render_node(m, name, n, &clusters);
         if let Err(errs) = crate::config::Config::parse(&text) {
             panic!("node {name}: accepted by the control plane, refused by the proxy: {errs:?}");
         }

@@ -108,7 +108,13 @@ pub(crate) async fn serve(
         return;
     };
     let identity = client.tls().and_then(|t| t.identity()).map(str::to_owned);
-    if !crate::tcp::admit_connection(&w, &view, li, peer, identity.as_deref()) {
+    let who = crate::policy::Caller {
+        identity: identity.as_deref(),
+        source: peer.ip(),
+        port: dst.port(),
+        egress: false,
+    };
+    if !crate::tcp::admit_connection(&w, &view, li, &who) {
         return;
     }
     // The port's cluster in the view now in force (the handshake may have spanned a reload).

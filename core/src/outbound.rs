@@ -22,6 +22,7 @@ use monoio::net::TcpStream;
 
 use crate::error::ErrorKind;
 use crate::metrics::Redirected;
+use crate::policy::Caller;
 use crate::snapshot::Protocol;
 use crate::worker::state::Worker;
 
@@ -104,9 +105,13 @@ pub(crate) async fn serve(
     let in_mesh = out.services.contains_key(&dst);
     // What is not served as HTTP (passed through, or opaque) is held to the connection
     // policies here; HTTP requests meet the request policies in the pipeline.
-    let admitted =
-        |view: &crate::worker::view::View| crate::tcp::admit_connection(&w, view, li, peer, None);
-    if !in_mesh && !admitted(&view) {
+    let who = Caller {
+        identity: None,
+        source: peer.ip(),
+        port: dst.port(),
+        egress: true,
+    };
+    if !in_mesh && !crate::tcp::admit_connection(&w, &view, li, &who) {
         return;
     }
     drop(view);
@@ -158,7 +163,7 @@ pub(crate) async fn serve(
             let Some(li) = view.listener_index(&name) else {
                 return;
             };
-            if !crate::tcp::admit_connection(&w, &view, li, peer, None) {
+            if !crate::tcp::admit_connection(&w, &view, li, &who) {
                 return;
             }
             // Over the cluster's TLS: the sidecar on the other side takes it off (its port is

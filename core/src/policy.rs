@@ -6,6 +6,12 @@
 //! matches gets the default (allow unless `default_policy: deny`). A deny in audit mode only
 //! counts and logs what it would deny. On a TCP listener only identity and source apply: a
 //! policy with an HTTP condition never matches a TCP connection.
+//!
+//! A policy may be *scoped* to this workload (`applies_to`, which the control plane sets for
+//! the nodes a policy names), and to some of its ports. It is then checked only for requests to
+//! those ports, and a scoped allow makes them allow-listed: a request there that no allow
+//! matches is denied, whatever the default (as Istio's ALLOW policies on a workload work). So
+//! "only edge may call back" is one scoped allow on back, and constrains nothing else.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -78,11 +84,24 @@ pub struct Policy {
     /// The policy has request conditions (even ones that match every request, such as
     /// `path_prefix: /`): it never matches a TCP connection.
     pub http: bool,
+    /// Scoped to this workload: an allow makes the requests it applies to allow-listed.
+    pub scoped: bool,
+    /// Checked only for requests to these ports (the destination a sidecar's listener took,
+    /// else the listener's own port); `None`: every port.
+    pub ports: Option<Box<[u16]>>,
 }
 
 impl Policy {
     fn has_http_conditions(&self) -> bool {
         self.http || self.request != Match::default()
+    }
+
+    fn applies(&self, who: &Caller<'_>) -> bool {
+        // A scoped policy guards the workload's own ports: its calls out are not its business.
+        if self.scoped && who.egress {
+            return false;
+        }
+        self.ports.as_ref().is_none_or(|p| p.contains(&who.port))
     }
 
     fn matches(&self, who: &Caller<'_>, req: Option<&impl RequestView>) -> bool {
@@ -125,6 +144,11 @@ fn request_matches(m: &Match, req: &impl RequestView) -> bool {
 pub struct Caller<'a> {
     pub identity: Option<&'a str>,
     pub source: IpAddr,
+    /// The port the request was made to (a sidecar listener's original destination port, else
+    /// the listener's).
+    pub port: u16,
+    /// A call the workload makes (on a sidecar's outbound listener), not one made to it.
+    pub egress: bool,
 }
 
 /// The policies in force and the default.
@@ -162,8 +186,13 @@ impl Policies {
         // Every policy is looked at, so that audit policies count every request they match,
         // enforced denials included.
         let mut allowed = false;
+        let mut allow_listed = false;
         let mut denied = None;
         for (i, p) in self.list.iter().enumerate() {
+            if !p.applies(who) {
+                continue;
+            }
+            allow_listed |= p.scoped && p.action == Action::Allow;
             if !p.matches(who, req) {
                 continue;
             }
@@ -177,7 +206,7 @@ impl Policies {
         }
         if let Some(i) = denied {
             Verdict::Deny(i)
-        } else if allowed || !self.default_deny {
+        } else if allowed || !(self.default_deny || allow_listed) {
             Verdict::Allow
         } else {
             Verdict::DenyByDefault
@@ -247,6 +276,8 @@ mod tests {
             source: None,
             request: Match::default(),
             http: false,
+            scoped: false,
+            ports: None,
         };
         f(&mut p);
         p
@@ -298,6 +329,8 @@ mod tests {
         let from = |identity, source: &str| Caller {
             identity,
             source: source.parse().unwrap(),
+            port: 80,
+            egress: false,
         };
         let get = |path| Some(Req("a", path, "GET"));
         let mut audits = Vec::new();
@@ -329,6 +362,54 @@ mod tests {
         // TCP: the path policy cannot match.
         assert_eq!(
             ps.check_connection(&from(Some(web), "127.0.0.1"), |_| {}),
+            Verdict::Allow
+        );
+    }
+
+    #[test]
+    fn a_scoped_allow_allow_lists_its_ports_and_nothing_else() {
+        let edge = "spiffe://mesh.local/ns/default/sa/edge";
+        let ps = Policies {
+            list: vec![
+                // Only edge may call port 8080 of this workload.
+                policy(Action::Allow, false, |p| {
+                    p.identity = Some(edge.into());
+                    p.scoped = true;
+                    p.ports = Some([8080].into());
+                }),
+                // A deny scoped to port 9090.
+                policy(Action::Deny, false, |p| {
+                    p.source = Cidr::parse("10.0.0.0/8");
+                    p.scoped = true;
+                    p.ports = Some([9090].into());
+                }),
+            ],
+            default_deny: false,
+        };
+        let to = |identity, port| Caller {
+            identity,
+            source: "10.1.1.1".parse().unwrap(),
+            port,
+            egress: false,
+        };
+        let get = Some(Req("a", "/", "GET"));
+        let check = |who: &Caller<'_>| ps.check(who, get.as_ref(), |_| {});
+        assert_eq!(check(&to(Some(edge), 8080)), Verdict::Allow);
+        assert_eq!(
+            check(&to(Some("spiffe://mesh.local/x"), 8080)),
+            Verdict::DenyByDefault
+        );
+        assert_eq!(check(&to(None, 8080)), Verdict::DenyByDefault);
+        // Other ports keep the default (allow), but for the scoped deny.
+        assert_eq!(check(&to(None, 8081)), Verdict::Allow);
+        assert_eq!(check(&to(None, 9090)), Verdict::Deny(1));
+        // A TCP connection to the allow-listed port is held to it as well.
+        assert_eq!(
+            ps.check_connection(&to(None, 8080), |_| {}),
+            Verdict::DenyByDefault
+        );
+        assert_eq!(
+            ps.check_connection(&to(Some(edge), 8080), |_| {}),
             Verdict::Allow
         );
     }

@@ -41,7 +41,13 @@ pub(crate) async fn serve(
     let idle_timeout = *idle_timeout;
     let lview = &view.listeners[li];
     let _guard = w.connection(lview.stats.clone());
-    if !admit_connection(&w, &view, li, peer, None) {
+    let who = Caller {
+        identity: None,
+        source: peer.ip(),
+        port: view.snapshot.listeners[li].bind.port(),
+        egress: false,
+    };
+    if !admit_connection(&w, &view, li, &who) {
         return;
     }
     let mut client = client;
@@ -76,23 +82,13 @@ pub(crate) struct Via {
 
 /// Access policies for a connection taken as TCP: only identity and source apply, and a denied
 /// one is closed before anything is read from it. False: denied (counted).
-pub(crate) fn admit_connection(
-    w: &Worker,
-    view: &View,
-    li: usize,
-    peer: std::net::SocketAddr,
-    identity: Option<&str>,
-) -> bool {
+pub(crate) fn admit_connection(w: &Worker, view: &View, li: usize, who: &Caller<'_>) -> bool {
     let policies = &view.snapshot.policies;
     if policies.is_empty() {
         return true;
     }
     let name = &view.snapshot.listeners[li].name;
-    let who = Caller {
-        identity,
-        source: peer.ip(),
-    };
-    let verdict = policies.check_connection(&who, |i| {
+    let verdict = policies.check_connection(who, |i| {
         w.metrics
             .denied(name, policies.name_of(Verdict::Deny(i)), true);
     });

@@ -261,3 +261,36 @@ fn policy_and_rate_limit_errors_name_their_field() {
         .unwrap_or_default();
     assert!(e.contains("listeners[0].routes[0].rate_limit.rps"), "{e}");
 }
+
+/// A policy scoped to one port of the workload (`applies_to`) allow-lists that port only:
+/// "only callers from 10.0.0.0/8 may call the admin port" leaves the public port, and the
+/// mesh-wide default, alone.
+#[test]
+fn a_scoped_allow_constrains_its_port_and_nothing_else() {
+    let up = Upstream::fixed("ok");
+    let (public, private) = (free_port(), free_port());
+    let config = format!(
+        "admin: 127.0.0.1:0
+policies:
+  - {{ name: internal-only, action: allow, applies_to: {{ ports: [ {} ] }}, match: {{ source: 10.0.0.0/8 }} }}
+listeners:
+  - {{ name: public, bind: \"{public}\", routes: [ {{ match: {{ path_prefix: / }}, cluster: up }} ] }}
+  - {{ name: private, bind: \"{private}\", routes: [ {{ match: {{ path_prefix: / }}, cluster: up }} ] }}
+  - {{ name: private-tcp, bind: \"127.0.0.1:0\", protocol: tcp, cluster: up }}
+clusters:
+  - {{ name: up, endpoints: [ {{ addr: \"{}\" }} ] }}
+",
+        private.port(),
+        up.addr
+    );
+    let p = TestProxy::start(&config, 1);
+    // The client is 127.0.0.1, outside 10.0.0.0/8: refused on the scoped port only.
+    assert_eq!(Client::connect(public).get("/").status, 200);
+    assert_eq!(Client::connect(private).get("/").status, 403);
+    assert_eq!(
+        p.metric("ringmesh_policy_denials_total{listener=\"private\",policy=\"default\",mode=\"enforced\"}"),
+        Some(1.0)
+    );
+    // Another port, TCP this time, keeps the default too.
+    assert_eq!(Client::connect(p.addr("private-tcp")).get("/").status, 200);
+}

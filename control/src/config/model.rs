@@ -99,6 +99,10 @@ pub struct PolicyConfig {
     pub source: Option<String>,
     /// Request conditions, as for routes.
     pub request: MatchConfig,
+    /// Scoped to this workload (`applies_to`), and to these of its ports (empty: all);
+    /// `None`: a mesh-wide policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applies_to: Option<Vec<u16>>,
 }
 
 /// A route's rate limit, for the whole proxy.

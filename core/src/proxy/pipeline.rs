@@ -232,6 +232,8 @@ pub(super) async fn exchange(
         let who = Caller {
             identity: c.identity(),
             source: c.peer.ip(),
+            port: c.destination.map_or(l.spec.bind.port(), |d| d.port()),
+            egress: l.http.outbound.is_some(),
         };
         admit(w, &l, &view.snapshot.policies, &input, &who, started)
     };

@@ -55,6 +55,8 @@ fn policy(name: &str, path: &str, audit: bool) -> Policy {
             ..Match::default()
         },
         http: true,
+        scoped: false,
+        ports: None,
     }
 }
 
@@ -120,6 +122,8 @@ fn req(raw: &str) -> Req {
 const CLIENT: Caller<'static> = Caller {
     identity: None,
     source: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    port: 80,
+    egress: false,
 };
 
 #[test]

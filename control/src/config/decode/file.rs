@@ -84,7 +84,14 @@ pub(super) fn decode_policy(
     path: &str,
     index: usize,
 ) -> Option<PolicyConfig> {
-    let f = d.mapping(node, path, &["name", "action", "audit", "match"])?;
+    let f = d.mapping(
+        node,
+        path,
+        &["name", "action", "audit", "match", "applies_to"],
+    )?;
+    let applies_to = f
+        .get("applies_to")
+        .map(|(n, p)| decode_applies_to(d, n, &p));
     let name = f.get("name").and_then(|(n, p)| d.string(n, &p));
     let deny = required(d, &f, "action").and_then(|(n, p)| d.choice(n, &p, &["allow", "deny"]))
         == Some("deny");
@@ -147,7 +154,27 @@ pub(super) fn decode_policy(
         identity,
         source,
         request,
+        applies_to,
     })
+}
+
+/// `applies_to: { ports: [8080] }`: the workload's ports a policy is scoped to (none listed:
+/// all of them).
+fn decode_applies_to(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Vec<u16> {
+    let Some(f) = d.mapping(node, path, &["ports"]) else {
+        return Vec::new();
+    };
+    let mut ports = Vec::new();
+    if let Some((n, p)) = f.get("ports") {
+        for (n, p) in d.list(n, &p) {
+            match d.integer(n, &p, u64::from(u16::MAX)) {
+                Some(0) => d.error(&p, Some(n), "a port is 1 to 65535"),
+                Some(v) => ports.push(v as u16),
+                None => {}
+            }
+        }
+    }
+    ports
 }
 
 /// `zone: { name, callers, min_cluster_size: 6 }`.

@@ -133,8 +133,9 @@ pub struct Mesh {
     pub dns_interval: Duration,
     /// Clusters by name, in file order.
     pub clusters: Vec<ClusterSpec>,
-    /// `policies` and `default_policy` as JSON text, sent to every node.
-    pub policies: String,
+    /// `policies`, each with the nodes it is scoped to (`applies_to.nodes`; `None`: every
+    /// node) and its JSON text as nodes get it (without `nodes`).
+    pub policies: Vec<(Option<Vec<String>>, String)>,
     /// `allow` or `deny`.
     pub default_policy: String,
     /// Nodes by name.
@@ -143,6 +144,56 @@ pub struct Mesh {
     pub ca: CaSpec,
     /// The API's administrators and names.
     pub api: ApiSpec,
+}
+
+/// The policies, each split into the nodes `applies_to.nodes` names (checked: each must be a
+/// node of the mesh) and the policy as those nodes get it. The rest of each policy is the
+/// proxy's, checked by its decoder with the clusters.
+fn scoped_policies(
+    root: &Map<String, Value>,
+    nodes: &BTreeMap<String, NodeSpec>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<(Option<Vec<String>>, String)> {
+    let Some(Value::Array(list)) = root.get("policies") else {
+        return Vec::new();
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (p, names) = without_nodes(p);
+            let names = names.map(|v| {
+                let path = format!("policies[{i}].applies_to.nodes");
+                let Value::Array(names) = v else {
+                    errors.push(error(path, "expected a list of node names"));
+                    return Vec::new();
+                };
+                names
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, n)| match n.as_str() {
+                        Some(n) if nodes.contains_key(n) => Some(n.to_string()),
+                        _ => {
+                            errors
+                                .push(error(format!("{path}[{j}]"), format!("no node named {n}")));
+                            None
+                        }
+                    })
+                    .collect()
+            });
+            (names, p.to_string())
+        })
+        .collect()
+}
+
+/// A policy without `applies_to.nodes` (which is the control plane's: a node gets the policy,
+/// scoped to itself, or does not), and the nodes it named.
+pub(super) fn without_nodes(p: &Value) -> (Value, Option<Value>) {
+    let mut p = p.clone();
+    let nodes = p
+        .get_mut("applies_to")
+        .and_then(Value::as_object_mut)
+        .and_then(|a| a.remove("nodes"));
+    (p, nodes)
 }
 
 pub(super) fn error(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -235,11 +286,8 @@ impl Mesh {
             Some(Value::String(s)) => s.clone(),
             _ => "allow".into(),
         };
-        let policies = root
-            .get("policies")
-            .cloned()
-            .unwrap_or(Value::Array(vec![]));
         let nodes = check_nodes(root, &clusters, &td, &mut errors);
+        let policies = scoped_policies(root, &nodes, &mut errors);
         // The mesh CA issues node certificates only: an admin identity that is also a node's
         // would make that node, and whoever holds its bootstrap token, an admin.
         for (i, a) in api.admins.iter().enumerate() {
@@ -266,7 +314,7 @@ impl Mesh {
             state_file,
             dns_interval: dns_interval.unwrap_or(Duration::from_secs(5)),
             clusters,
-            policies: policies.to_string(),
+            policies,
             default_policy,
             nodes,
             ca,

@@ -105,10 +105,19 @@ pub(super) fn check_clusters(
     let mut probe = Map::new();
     probe.insert("listeners".into(), Value::Array(vec![]));
     probe.insert("clusters".into(), Value::Array(checked));
-    for k in ["policies", "default_policy"] {
-        if let Some(v) = root.get(k) {
-            probe.insert(k.into(), v.clone());
+    if let Some(v) = root.get("default_policy") {
+        probe.insert("default_policy".into(), v.clone());
+    }
+    // The proxy's decoder checks each policy as a node gets it: without `applies_to.nodes`.
+    match root.get("policies") {
+        Some(Value::Array(list)) => {
+            let list = list.iter().map(|p| without_nodes(p).0).collect();
+            probe.insert("policies".into(), Value::Array(list));
         }
+        Some(v) => {
+            probe.insert("policies".into(), v.clone());
+        }
+        None => {}
     }
     if let Err(errs) = Config::parse(&Value::Object(probe).to_string()) {
         for mut e in errs {

@@ -65,8 +65,14 @@ pub(super) fn normalize(addr: &str) -> String {
         .map_or_else(|_| addr.to_string(), |a| a.to_string())
 }
 
-/// A node's config: its listeners, the clusters they name (pre-rendered), and the policies.
-pub fn render_node(mesh: &Mesh, node: &NodeSpec, clusters: &BTreeMap<String, String>) -> String {
+/// Node `name`'s config: its listeners, the clusters they name (pre-rendered), and the
+/// policies (mesh-wide ones, and those scoped to it).
+pub fn render_node(
+    mesh: &Mesh,
+    name: &str,
+    node: &NodeSpec,
+    clusters: &BTreeMap<String, String>,
+) -> String {
     let mut out = String::with_capacity(256 + node.listeners.len());
     out.push_str("{\"listeners\":");
     out.push_str(&node.listeners);
@@ -81,8 +87,20 @@ pub fn render_node(mesh: &Mesh, node: &NodeSpec, clusters: &BTreeMap<String, Str
             out.push_str(c);
         }
     }
-    out.push_str("],\"policies\":");
-    out.push_str(&mesh.policies);
+    // Mesh-wide policies, and those scoped to this node.
+    out.push_str("],\"policies\":[");
+    let mut first = true;
+    for (nodes, p) in &mesh.policies {
+        if nodes.as_ref().is_some_and(|n| !n.iter().any(|n| n == name)) {
+            continue;
+        }
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(p);
+    }
+    out.push(']');
     out.push_str(",\"default_policy\":");
     out.push_str(&Value::String(mesh.default_policy.clone()).to_string());
     out.push('}');

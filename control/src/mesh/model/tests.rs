@@ -41,7 +41,7 @@ fn a_mesh_file_is_checked_and_rendered_per_node() {
         [&reg].into_iter(),
     );
     let clusters = BTreeMap::from([("web".to_string(), web)]);
-    let text = render_node(&m, node, &clusters);
+    let text = render_node(&m, "edge-1", node, &clusters);
     let c = Config::parse(&text).expect("the proxy accepts what a node is sent");
     assert_eq!(c.clusters.len(), 1);
     assert_eq!(c.clusters[0].endpoints.len(), 3);
@@ -60,6 +60,50 @@ fn errors_name_the_field_in_the_mesh_file() {
     assert!(paths.contains(&"clusters[0].endpoints[1].dns"), "{errs:?}");
     assert!(
         paths.contains(&"nodes.edge-1.listeners[0].routes[0].cluster"),
+        "{errs:?}"
+    );
+}
+
+/// "Only edge may call back": one allow scoped to back reaches back's config (scoped, without
+/// the node list) and no other node's; mesh-wide policies reach every node.
+#[test]
+fn a_policy_scoped_to_nodes_reaches_those_nodes_only() {
+    let mesh = "
+trust_domain: example.org
+clusters:
+  - { name: web, endpoints: [ { addr: 127.0.0.1:8081 } ] }
+nodes:
+  edge:
+    listeners: [ { name: e, bind: 127.0.0.1:0, routes: [ { match: { path_prefix: / }, cluster: web } ] } ]
+  back:
+    listeners: [ { name: b, bind: 127.0.0.1:0, routes: [ { match: { path_prefix: / }, cluster: web } ] } ]
+policies:
+  - { name: no-admin, action: deny, match: { path_prefix: /admin } }
+  - name: only-edge
+    action: allow
+    applies_to: { nodes: [ back ], ports: [ 8080 ] }
+    match: { identity: spiffe://example.org/node/edge }
+";
+    let m = Mesh::parse(mesh).expect("valid");
+    let web = render_cluster(m.cluster("web").expect("web"), |_| None, std::iter::empty());
+    let clusters = BTreeMap::from([("web".to_string(), web)]);
+    let config = |name: &str| {
+        let text = render_node(&m, name, &m.nodes[name], &clusters);
+        Config::parse(&text).expect("the proxy accepts what a node is sent")
+    };
+    let back = config("back");
+    assert_eq!(back.policies.len(), 2);
+    assert_eq!(back.policies[1].name, "only-edge");
+    assert_eq!(back.policies[1].applies_to, Some(vec![8080]));
+    let edge = config("edge");
+    assert_eq!(edge.policies.len(), 1);
+    assert_eq!(edge.policies[0].name, "no-admin");
+
+    let errs = Mesh::parse(&mesh.replace("nodes: [ back ]", "nodes: [ back, nobody ]"))
+        .expect_err("unknown node");
+    assert!(
+        errs.iter()
+            .any(|e| e.path == "policies[1].applies_to.nodes[1]" && e.message.contains("nobody")),
         "{errs:?}"
     );
 }

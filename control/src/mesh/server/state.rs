@@ -329,7 +329,7 @@ impl State {
             let Some(spec) = self.mesh.nodes.get(name) else {
                 continue;
             };
-            let config = render_node(&self.mesh, spec, &self.cluster_text);
+            let config = render_node(&self.mesh, name, spec, &self.cluster_text);
             // A node with an identity is told the CA's marks: a change makes it fetch a new
             // certificate and trust bundle.
             let marks = match &spec.identity {
