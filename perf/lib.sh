@@ -35,3 +35,25 @@ kill_all() {
     [ -z "$kids" ] || kill -9 $kids 2>/dev/null || true
   done
 }
+
+# Two pods for the sidecar scripts: namespaces $1 and $2 joined by a veth pair on $3.0/24 ($1 is
+# $3.1, $2 is $3.2), and a directory every user can read, in $dir. `pids` collects what to kill;
+# everything is removed on exit. Needs root, iproute2 and nftables (installed when missing).
+pods_setup() {
+  command -v nft >/dev/null || apt-get install -y -q nftables >/dev/null
+  POD_A=$1; POD_B=$2
+  dir=$(mktemp -d); chmod 755 "$dir"
+  pids=()
+  trap pods_cleanup EXIT
+  for ns in "$POD_A" "$POD_B"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+  ip -n "$POD_A" link add veth0 type veth peer name veth0 netns "$POD_B"
+  ip -n "$POD_A" addr add "$3.1/24" dev veth0; ip -n "$POD_A" link set veth0 up
+  ip -n "$POD_B" addr add "$3.2/24" dev veth0; ip -n "$POD_B" link set veth0 up
+}
+
+pods_cleanup() {
+  kill_all "${pids[@]}"
+  ip netns del "$POD_A" 2>/dev/null || true
+  ip netns del "$POD_B" 2>/dev/null || true
+  rm -rf "$dir"
+}

@@ -15,22 +15,8 @@ SECS="${2:-10}"
 
 source perf/lib.sh
 perf_setup
-command -v nft >/dev/null || apt-get install -y -q nftables >/dev/null
-
 A=rmperf-a; B=rmperf-b
-dir=$(mktemp -d); chmod 755 "$dir"
-pids=()
-cleanup() {
-  kill_all "${pids[@]}"
-  ip netns del "$A" 2>/dev/null || true
-  ip netns del "$B" 2>/dev/null || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-for ns in "$A" "$B"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
-ip -n "$A" link add veth0 type veth peer name veth0 netns "$B"
-ip -n "$A" addr add 10.78.0.1/24 dev veth0; ip -n "$A" link set veth0 up
-ip -n "$B" addr add 10.78.0.2/24 dev veth0; ip -n "$B" link set veth0 up
+pods_setup "$A" "$B" 10.78.0
 
 cat > "$dir/backend.conf" <<EOC
 worker_processes 1; daemon off; pid $dir/backend.pid; error_log $dir/backend.err warn;

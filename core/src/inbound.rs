@@ -22,7 +22,7 @@ use monoio::net::TcpStream;
 
 use crate::error::ErrorKind;
 use crate::metrics::{Handshake, InboundConn};
-use crate::snapshot::Protocol;
+use crate::redirect;
 use crate::transport::Transport;
 use crate::worker::state::Worker;
 
@@ -38,10 +38,7 @@ pub(crate) async fn serve(
     peer: SocketAddr,
 ) {
     let view = w.view();
-    let Some(li) = view.listener_index(&name) else {
-        return;
-    };
-    let Protocol::Http(http) = &view.snapshot.listeners[li].protocol else {
+    let Some((li, http)) = redirect::http_listener(&view, &name) else {
         return;
     };
     let (Some(inbound), Some(tls)) = (http.inbound.clone(), view.listeners[li].tls.clone()) else {
@@ -49,8 +46,8 @@ pub(crate) async fn serve(
     };
     let handshake_timeout = http.limits.request_head_timeout;
     let stats = view.listeners[li].stats.clone();
-    let dst = match crate::outbound::original_dst(&stream) {
-        Ok(dst) if !crate::outbound::loops_back(dst, bind) => dst,
+    let dst = match redirect::original_dst(&stream) {
+        Ok(dst) if !redirect::loops_back(dst, bind) => dst,
         _ => {
             stats.inbound(InboundConn::NotRedirected);
             return;
@@ -118,7 +115,7 @@ pub(crate) async fn serve(
         return;
     }
     // The port's cluster in the view now in force (the handshake may have spanned a reload).
-    let Some(ci) = port_cluster(&view, li, dst.port()) else {
+    let Some(ci) = port_cluster(&view, &name, dst.port()) else {
         stats.local_reply(ErrorKind::NoRoute);
         return;
     };
@@ -129,11 +126,9 @@ pub(crate) async fn serve(
     crate::tcp::to_cluster(&w, view, ci, client, None, via, &stats).await;
 }
 
-/// The cluster of the workload's `port` on listener `li` of `view`.
-fn port_cluster(view: &crate::worker::view::View, li: usize, port: u16) -> Option<usize> {
-    let Protocol::Http(http) = &view.snapshot.listeners[li].protocol else {
-        return None;
-    };
+/// The cluster of the workload's `port` on listener `name` of `view`.
+fn port_cluster(view: &crate::worker::view::View, name: &Arc<str>, port: u16) -> Option<usize> {
+    let (_, http) = redirect::http_listener(view, name)?;
     Some(http.inbound.as_ref()?.ports.get(&port)?.cluster)
 }
 

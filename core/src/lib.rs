@@ -34,6 +34,7 @@ pub mod policy;
 mod proxy;
 pub mod ratelimit;
 mod rawbuf;
+mod redirect;
 pub mod retry;
 pub mod rng;
 pub mod route;

@@ -23,7 +23,7 @@ use monoio::net::TcpStream;
 use crate::error::ErrorKind;
 use crate::metrics::Redirected;
 use crate::policy::Caller;
-use crate::snapshot::Protocol;
+use crate::redirect;
 use crate::worker::state::Worker;
 
 /// What an application's first bytes say it speaks.
@@ -83,18 +83,15 @@ pub(crate) async fn serve(
     peer: SocketAddr,
 ) {
     let view = w.view();
-    let Some(li) = view.listener_index(&name) else {
-        return;
-    };
-    let Protocol::Http(http) = &view.snapshot.listeners[li].protocol else {
+    let Some((li, http)) = redirect::http_listener(&view, &name) else {
         return;
     };
     let Some(out) = http.outbound.clone() else {
         return;
     };
     let stats = view.listeners[li].stats.clone();
-    let dst = match original_dst(&stream) {
-        Ok(dst) if !loops_back(dst, bind) => dst,
+    let dst = match redirect::original_dst(&stream) {
+        Ok(dst) if !redirect::loops_back(dst, bind) => dst,
         _ => {
             // Made straight to this listener (no redirect), or redirected back to it: there
             // is nowhere to send it that would not come back here.
@@ -178,44 +175,19 @@ pub(crate) async fn serve(
     }
 }
 
-/// Where a redirected connection was going. The connection's own family decides, not the
-/// listener's: an IPv6 socket also takes IPv4 connections (as mapped addresses), whose
-/// conntrack entry is IPv4.
-pub(crate) fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
-    let ipv6 = stream
-        .local_addr()
-        .is_ok_and(|a| matches!(a, SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_none()));
-    crate::sys::original_dst(stream.as_raw_fd(), ipv6).map(|a| match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::from((v4, v6.port())),
-            None => a,
-        },
-        a => a,
-    })
-}
-
 /// The mesh service `dst` is, in `view`'s outbound listener `name`.
 fn view_service(
     view: &crate::worker::view::View,
     name: &Arc<str>,
     dst: SocketAddr,
 ) -> Option<usize> {
-    let li = view.listener_index(name)?;
-    let Protocol::Http(http) = &view.snapshot.listeners[li].protocol else {
-        return None;
-    };
+    let (_, http) = redirect::http_listener(view, name)?;
     http.outbound.as_ref()?.services.get(&dst).copied()
-}
-
-/// Whether sending to `dst` would reach this listener again.
-pub(crate) fn loops_back(dst: SocketAddr, bind: SocketAddr) -> bool {
-    dst.port() == bind.port()
-        && (bind.ip().is_unspecified() || dst.ip() == bind.ip() || dst.ip().is_loopback())
 }
 
 /// Waits for the client's first bytes, for at most `timeout`, and classifies them without
 /// taking them from the socket. `None`: the client closed (or failed) before sending any.
-pub(crate) async fn detect(stream: &TcpStream, timeout: Duration) -> Option<Detected> {
+async fn detect(stream: &TcpStream, timeout: Duration) -> Option<Detected> {
     let deadline = Instant::now() + timeout;
     let mut first = [0u8; PEEK];
     // Waits between peeks at a partial request line, growing: readiness would answer at once,
@@ -286,16 +258,5 @@ mod tests {
                 String::from_utf8_lossy(bytes)
             );
         }
-    }
-
-    #[test]
-    fn a_destination_on_the_listeners_own_port_is_refused() {
-        let bind: SocketAddr = "127.0.0.1:15001".parse().unwrap();
-        assert!(loops_back("127.0.0.1:15001".parse().unwrap(), bind));
-        assert!(loops_back("127.0.0.2:15001".parse().unwrap(), bind));
-        assert!(!loops_back("10.0.0.1:15001".parse().unwrap(), bind));
-        assert!(!loops_back("127.0.0.1:80".parse().unwrap(), bind));
-        let any: SocketAddr = "0.0.0.0:15001".parse().unwrap();
-        assert!(loops_back("10.0.0.1:15001".parse().unwrap(), any));
     }
 }

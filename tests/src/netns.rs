@@ -46,7 +46,7 @@ pub fn run(cmd: &mut Command) -> Output {
 impl Pods {
     /// `count` namespaces: namespace 0 (the hub) is joined to each namespace `i ≥ 1` by a veth
     /// pair on `10.77.{i-1}.0/24` and `fd77:{i-1}::/64`, the hub being host `.2` (`::2`) and
-    /// namespace `i` host `.1` (`::1`) of that link. `None`: the test cannot run here and
+    /// namespace `i` host `.1` (`::1`) of that link, and its IPv4 default route. `None`: the test cannot run here and
     /// `RINGMESH_SKIP_MISSING_TOOLS=1` lets it skip.
     pub fn new(tag: &str, count: usize) -> Option<Pods> {
         for t in ["ip", "nft", "setpriv", "python3", "curl"] {
@@ -112,6 +112,18 @@ impl Pods {
                 ]));
                 run(Command::new("ip").args(["-n", ns, "link", "set", dev, "up"]));
             }
+            // As a pod's default route: addresses outside the link (a service's virtual
+            // address) are reachable, to be redirected before they leave.
+            let hub = pods.hub(link);
+            run(Command::new("ip").args([
+                "-n",
+                &pods.ns[link],
+                "route",
+                "add",
+                "default",
+                "via",
+                &hub,
+            ]));
         }
         Some(pods)
     }
@@ -172,12 +184,22 @@ impl Pods {
         assert_eq!(line.trim(), "ready");
     }
 
-    /// Starts a sidecar in namespace `i` as [`PROXY_UID`], its admin API on
+    /// Starts a sidecar in namespace `i` as [`PROXY_UID`] on `config`, its admin API on
     /// `127.0.0.1:admin`; returns once it is ready.
     pub fn start_sidecar(&mut self, i: usize, config: &str, admin: u16) {
         let path = temp_config(&self.ns[i], config);
+        let path = path.to_str().expect("path").to_string();
+        self.start_proxy(i, &[], &["--config", &path], admin);
+    }
+
+    /// Starts `ringmesh proxy ARGS` (one worker) in namespace `i` as [`PROXY_UID`], with the
+    /// environment variables `env` (`NAME=value`), its admin API on `127.0.0.1:admin`;
+    /// returns once it is ready.
+    pub fn start_proxy(&mut self, i: usize, env: &[&str], args: &[&str], admin: u16) {
         let bin = binary();
-        let args = [
+        let mut all = vec!["env"];
+        all.extend(env);
+        all.extend([
             "setpriv",
             "--reuid",
             PROXY_UID,
@@ -190,13 +212,12 @@ impl Pods {
             "1",
             "--log-level",
             "warn",
-            "--config",
-            path.to_str().expect("path"),
-        ];
-        self.spawn(i, &args, Stdio::null());
+        ]);
+        all.extend(args);
+        self.spawn(i, &all, Stdio::null());
         let ready = format!("http://127.0.0.1:{admin}/ready");
         assert!(
-            eventually(Duration::from_secs(10), || self
+            eventually(Duration::from_secs(15), || self
                 .curl(i, &[&ready])
                 .status
                 .success()),

@@ -19,6 +19,7 @@ use crate::config::decode::{self, ConfigError, parse_duration};
 mod nodes;
 mod render;
 mod settings;
+mod sidecar;
 #[cfg(test)]
 mod tests;
 
@@ -85,6 +86,10 @@ pub struct NodeSpec {
     pub token_sha256: Option<String>,
     /// When that token stops being good (unix seconds), if it expires.
     pub token_expires: Option<i64>,
+    /// Clusters of this node only (its sidecar's `inbound-PORT`), as JSON text each.
+    pub local_clusters: Vec<String>,
+    /// The proxy's top-level `zone`, as JSON text (from its sidecar section).
+    pub zone: Option<String>,
 }
 
 /// The mesh CA's settings.

@@ -220,7 +220,13 @@ pub(super) fn check_nodes(
             errors.push(error(path, "expected a mapping"));
             continue;
         };
-        const NODE_FIELDS: &[&str] = &["listeners", "identity", "token_sha256", "token_expires"];
+        const NODE_FIELDS: &[&str] = &[
+            "listeners",
+            "identity",
+            "token_sha256",
+            "token_expires",
+            "sidecar",
+        ];
         for k in obj.keys().filter(|k| !NODE_FIELDS.contains(&k.as_str())) {
             errors.push(error(
                 format!("{path}.{k}"),
@@ -297,6 +303,23 @@ pub(super) fn check_nodes(
             ));
         }
         let mut listeners = obj.get("listeners").cloned().unwrap_or(Value::Null);
+        // A sidecar's listeners come after the node's own, its clusters are the node's alone.
+        let sidecar = obj.get("sidecar").map(|v| {
+            super::sidecar::expand(
+                v,
+                &format!("{path}.sidecar"),
+                identity.is_some(),
+                clusters,
+                errors,
+            )
+        });
+        if let Some(sc) = &sidecar {
+            match &mut listeners {
+                Value::Array(l) => l.extend(sc.listeners.iter().cloned()),
+                Value::Null => listeners = Value::Array(sc.listeners.clone()),
+                _ => {}
+            }
+        }
         for (i, l) in listeners.as_array().into_iter().flatten().enumerate() {
             // A proxy (root, often) must not be told to write files the control plane names.
             let log = l.get("access_log");
@@ -317,7 +340,20 @@ pub(super) fn check_nodes(
             }
         }
         let listeners_text = listeners.to_string();
-        let probe = format!("{{\"listeners\":{listeners_text},\"clusters\":{bare}}}");
+        let local: Vec<String> = sidecar
+            .iter()
+            .flat_map(|sc| sc.clusters.iter().map(Value::to_string))
+            .collect();
+        let mut probe_clusters = bare.clone();
+        if !local.is_empty() {
+            probe_clusters.pop();
+            if probe_clusters.len() > 1 {
+                probe_clusters.push(',');
+            }
+            probe_clusters.push_str(&local.join(","));
+            probe_clusters.push(']');
+        }
+        let probe = format!("{{\"listeners\":{listeners_text},\"clusters\":{probe_clusters}}}");
         if let Err(errs) = Config::parse(&probe) {
             for e in errs {
                 // Errors in the clusters are the clusters' own, reported once above.
@@ -333,6 +369,14 @@ pub(super) fn check_nodes(
         }
         let mut named = BTreeSet::new();
         referenced(&listeners, &mut named);
+        if sidecar.is_some() {
+            // Its application may call any service of the mesh.
+            named.extend(clusters.iter().map(|c| c.name.clone()));
+        }
+        let zone = sidecar
+            .as_ref()
+            .and_then(|sc| sc.zone.as_ref())
+            .map(Value::to_string);
         out.insert(
             name.clone(),
             NodeSpec {
@@ -341,6 +385,8 @@ pub(super) fn check_nodes(
                 identity,
                 token_sha256,
                 token_expires,
+                local_clusters: local,
+                zone,
             },
         );
     }

@@ -78,14 +78,13 @@ pub fn render_node(
     out.push_str(&node.listeners);
     out.push_str(",\"clusters\":[");
     let mut first = true;
-    for name in &node.clusters {
-        if let Some(c) = clusters.get(name) {
-            if !first {
-                out.push(',');
-            }
-            first = false;
-            out.push_str(c);
+    let named = node.clusters.iter().filter_map(|name| clusters.get(name));
+    for c in named.chain(&node.local_clusters) {
+        if !first {
+            out.push(',');
         }
+        first = false;
+        out.push_str(c);
     }
     // Mesh-wide policies, and those scoped to this node.
     out.push_str("],\"policies\":[");
@@ -103,6 +102,10 @@ pub fn render_node(
     out.push(']');
     out.push_str(",\"default_policy\":");
     out.push_str(&Value::String(mesh.default_policy.clone()).to_string());
+    if let Some(zone) = &node.zone {
+        out.push_str(",\"zone\":");
+        out.push_str(zone);
+    }
     out.push('}');
     out
 }

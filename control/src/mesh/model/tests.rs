@@ -107,3 +107,105 @@ policies:
         "{errs:?}"
     );
 }
+
+/// A node's `sidecar` section renders the listeners and clusters a sidecar needs, which the
+/// proxy's own decoder accepts; its errors name the field in the mesh file.
+#[test]
+fn a_sidecar_section_renders_a_sidecar() {
+    let mesh = "
+trust_domain: example.org
+clusters:
+  - { name: back, protocol: mesh, tls: { mesh: spiffe://example.org/ns/default/sa/back }, addresses: [ 10.96.0.10:80 ], endpoints: [ { addr: 10.0.0.2:8080, zone: dc1 } ] }
+  - { name: db, endpoints: [ { addr: 10.0.0.9:5432 } ] }
+nodes:
+  back-1:
+    identity: { ns: default, sa: back }
+    token_sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    sidecar:
+      zone: dc1
+      service: back
+      inbound: [ { port: 8080 }, { port: 2525, opaque: true }, { port: 9090, mtls: permissive } ]
+      opaque_ports: [ 5432 ]
+      unknown_destinations: refuse
+";
+    let m = Mesh::parse(mesh).expect("valid");
+    let clusters: BTreeMap<String, String> = m
+        .clusters
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                render_cluster(c, |_| None, std::iter::empty()),
+            )
+        })
+        .collect();
+    let text = render_node(&m, "back-1", &m.nodes["back-1"], &clusters);
+    let c = Config::parse(&text).expect("the proxy accepts a rendered sidecar");
+    let names: Vec<&str> = c.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["outbound", "inbound"]);
+    let out = c.listeners[0].outbound.as_ref().expect("outbound");
+    assert_eq!(
+        (out.opaque_ports.as_slice(), out.passthrough),
+        (&[5432][..], false)
+    );
+    let inbound = c.listeners[1].inbound.as_ref().expect("inbound");
+    let ports: Vec<(u16, &str, bool, bool)> = inbound
+        .ports
+        .iter()
+        .map(|p| (p.port, p.cluster.as_str(), p.permissive, p.opaque))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            (8080, "inbound-8080", false, false),
+            (2525, "inbound-2525", false, true),
+            (9090, "inbound-9090", true, false)
+        ]
+    );
+    assert!(
+        c.listeners[1]
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some())
+    );
+    let cluster_names: Vec<&str> = c.clusters.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        cluster_names,
+        ["back", "db", "inbound-8080", "inbound-2525", "inbound-9090"]
+    );
+    let zone = c.zone.expect("zone");
+    assert_eq!(
+        (zone.name.as_str(), zone.callers.as_deref()),
+        ("dc1", Some("back"))
+    );
+
+    let bad = mesh
+        .replace("service: back", "service: nope")
+        .replace("{ port: 2525, opaque: true }", "{ port: 0, opaque: yes }")
+        .replace(
+            "unknown_destinations: refuse",
+            "unknown_destinations: drop\n      extra: 1",
+        );
+    let errs = Mesh::parse(&bad).expect_err("invalid");
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "nodes.back-1.sidecar.service",
+        "nodes.back-1.sidecar.inbound[1].port",
+        "nodes.back-1.sidecar.unknown_destinations",
+        "nodes.back-1.sidecar.extra",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {errs:?}");
+    }
+    let anonymous = mesh
+        .replace("    identity: { ns: default, sa: back }\n", "")
+        .replace(
+            "    token_sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n",
+            "",
+        );
+    let errs = Mesh::parse(&anonymous).expect_err("inbound needs an identity");
+    assert!(
+        errs.iter()
+            .any(|e| e.path == "nodes.back-1.sidecar.inbound"),
+        "{errs:?}"
+    );
+}
