@@ -575,15 +575,15 @@ impl Controller {
     }
 }
 
-/// Binds `addr` (port 0) with SO_REUSEPORT to learn a free port; workers then bind the same.
+/// Learns a free port for `addr` (port 0) and holds it with SO_REUSEPORT until the workers
+/// bind the same. The port is asked for without SO_REUSEPORT: with it, the kernel may hand out
+/// a port that another reuse-port socket of this user already listens on (another ringmesh,
+/// say), and the two would then share its connections.
 fn reserve_port(addr: SocketAddr) -> std::io::Result<(Socket, SocketAddr)> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    let actual = std::net::TcpListener::bind(addr)?.local_addr()?;
+    let s = Socket::new(Domain::for_address(actual), Type::STREAM, None)?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
-    s.bind(&addr.into())?;
-    let actual = s
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| std::io::Error::other("not an inet socket"))?;
+    s.bind(&actual.into())?;
     Ok((s, actual))
 }

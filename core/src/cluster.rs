@@ -320,10 +320,11 @@ impl Zones {
         first: Range<usize>,
     ) -> Option<Zones> {
         let mut zones: Vec<(Arc<str>, Range<usize>, u64)> = Vec::new();
+        // Endpoints without a zone make a zone of their own (named ""), as Envoy puts them in
+        // an empty locality: they are counted and can be picked.
+        let unzoned: Arc<str> = Arc::from("");
         for i in first {
-            let Some(name) = &members[i].zone else {
-                continue;
-            };
+            let name = members[i].zone.as_ref().unwrap_or(&unzoned);
             match zones.last_mut() {
                 Some((n, r, _)) if n == name => r.end = i + 1,
                 _ => zones.push((name.clone(), i..i + 1, 0)),

@@ -141,4 +141,36 @@ clusters:
     );
     assert!(!seen(b"secret-marker-7f3a"), "A's request crossed in clear");
     assert!(!seen(b"220 banner"), "the opaque stream crossed in clear");
+
+    // A reload that makes the permissive port strict: C's connection, let in as cleartext,
+    // gets its next request refused.
+    let script = "import http.client, sys\n\
+                  c = http.client.HTTPConnection('10.77.1.2', 8081, timeout=5)\n\
+                  c.request('GET', '/'); r = c.getresponse(); r.read(); print(r.status, flush=True)\n\
+                  sys.stdin.readline()\n\
+                  c.request('GET', '/'); r = c.getresponse(); r.read(); print(r.status, flush=True)\n";
+    let mut client = std::process::Command::new("ip")
+        .args(["netns", "exec", &pods.ns[C], "python3", "-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("client");
+    let mut out = std::io::BufReader::new(client.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("first answer");
+    assert_eq!(line.trim(), "200");
+    let version = pods.metric(B, B_ADMIN, "ringmesh_config_version");
+    let strict = b_config.replace("mtls: permissive", "mtls: strict");
+    // The sidecar watches the file it was started on.
+    ringmesh_tests::temp_config(&pods.ns[B], &strict);
+    assert!(eventually(Duration::from_secs(5), || pods.metric(
+        B,
+        B_ADMIN,
+        "ringmesh_config_version"
+    ) > version));
+    std::io::Write::write_all(client.stdin.as_mut().expect("stdin"), b"go\n").expect("go");
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("second answer");
+    assert_eq!(line.trim(), "403");
+    let _ = client.wait();
 }

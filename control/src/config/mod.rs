@@ -10,7 +10,7 @@ pub mod decode;
 pub mod model;
 
 pub use decode::ConfigError;
-pub use decode::cluster::check_endpoint;
+pub use decode::cluster::{check_endpoint, valid_zone};
 pub use decode::listener::valid_dns_name;
 pub use decode::route::DEFAULT_RETRY_ON;
 pub use model::*;

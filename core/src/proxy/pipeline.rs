@@ -193,6 +193,17 @@ pub(super) fn route<'a>(
     })
 }
 
+/// A cleartext connection on an inbound listener was let in because its port was permissive;
+/// a reload may have made the port strict since, and then its next request is refused.
+fn still_admitted_in_clear(l: &Listener<'_>, c: &Client) -> bool {
+    match (&l.http.inbound, c.destination, c.tls) {
+        (Some(inbound), Some(dst), false) => {
+            inbound.ports.get(&dst.port()).is_some_and(|p| p.permissive)
+        }
+        _ => true,
+    }
+}
+
 /// The service a request on a sidecar's listener goes to (outbound: the mesh service the
 /// application called; inbound: the cluster of the workload's port): looked up in the view the
 /// request runs under, so that a reload that renumbers clusters cannot misdirect it.
@@ -226,6 +237,9 @@ pub(super) async fn exchange(
         return false;
     };
     let name = &l.spec.name;
+    if !still_admitted_in_clear(&l, c) {
+        return refuse(w, c, req, name, l.view, ErrorKind::Denied, started).await;
+    }
     let service = service_of(&l, c.destination);
     let admitted = {
         let input = RouteInput::new(c.data(), req).for_service(service);

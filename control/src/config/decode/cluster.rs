@@ -140,7 +140,7 @@ pub(super) fn decode_cluster_tls(
 }
 
 /// A zone name: 1 to 128 printable characters (the one rule for endpoints and nodes).
-pub(super) fn valid_zone(z: &str) -> bool {
+pub fn valid_zone(z: &str) -> bool {
     !z.is_empty() && z.len() <= 128 && !z.contains(char::is_control)
 }
 

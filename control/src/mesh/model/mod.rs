@@ -168,18 +168,29 @@ fn scoped_policies(
             let (p, names) = without_nodes(p);
             let names = names.map(|v| {
                 let path = format!("policies[{i}].applies_to.nodes");
-                let Value::Array(names) = v else {
-                    errors.push(error(path, "expected a list of node names"));
-                    return Vec::new();
+                let names = match v {
+                    Value::Array(names) if !names.is_empty() => names,
+                    Value::Array(_) => {
+                        errors.push(error(path, "an empty list sends the policy to no node"));
+                        return Vec::new();
+                    }
+                    _ => {
+                        errors.push(error(path, "expected a list of node names"));
+                        return Vec::new();
+                    }
                 };
                 names
                     .iter()
                     .enumerate()
                     .filter_map(|(j, n)| match n.as_str() {
                         Some(n) if nodes.contains_key(n) => Some(n.to_string()),
-                        _ => {
-                            errors
-                                .push(error(format!("{path}[{j}]"), format!("no node named {n}")));
+                        Some(n) => {
+                            let msg = format!("no node named `{n}`");
+                            errors.push(error(format!("{path}[{j}]"), msg));
+                            None
+                        }
+                        None => {
+                            errors.push(error(format!("{path}[{j}]"), "expected a node name"));
                             None
                         }
                     })

@@ -314,6 +314,30 @@ pub(super) fn check_nodes(
             )
         });
         if let Some(sc) = &sidecar {
+            // The sidecar's names and ports are its own: a node listener on them would clash
+            // on the proxy, where the error could not name this file's field.
+            for (i, l) in listeners.as_array().into_iter().flatten().enumerate() {
+                let name = l.get("name").and_then(Value::as_str).unwrap_or_default();
+                if super::sidecar::LISTENERS.contains(&name) {
+                    errors.push(error(
+                        format!("{path}.listeners[{i}].name"),
+                        format!("`{name}` is the sidecar's listener"),
+                    ));
+                }
+                let port = l
+                    .get("bind")
+                    .and_then(Value::as_str)
+                    .and_then(|b| b.parse::<std::net::SocketAddr>().ok())
+                    .map(|a| a.port());
+                if let Some(p) =
+                    port.filter(|p| [super::sidecar::OUTBOUND, super::sidecar::INBOUND].contains(p))
+                {
+                    errors.push(error(
+                        format!("{path}.listeners[{i}].bind"),
+                        format!("port {p} is the sidecar's"),
+                    ));
+                }
+            }
             match &mut listeners {
                 Value::Array(l) => l.extend(sc.listeners.iter().cloned()),
                 Value::Null => listeners = Value::Array(sc.listeners.clone()),
@@ -334,7 +358,8 @@ pub(super) fn check_nodes(
         for (i, l) in listeners.as_array_mut().into_iter().flatten().enumerate() {
             if let Some(tls) = l.get_mut("tls") {
                 let p = format!("{path}.listeners[{i}].tls");
-                if expand_listener_tls(tls, &p, errors) && identity.is_none() {
+                // (A sidecar without an identity is reported once, on its section.)
+                if expand_listener_tls(tls, &p, errors) && identity.is_none() && sidecar.is_none() {
                     errors.push(error(p, "`mesh` TLS needs the node's `identity`"));
                 }
             }

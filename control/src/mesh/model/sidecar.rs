@@ -11,21 +11,26 @@
 //!     - { port: 2525, opaque: true }
 //!   opaque_ports: [ 5432 ]       # outbound: no protocol detection
 //!   unknown_destinations: passthrough
-//!   ipv6: false                  # also an outbound listener on [::1]
+//!   ipv6: true                   # dual-stack listeners (false: IPv4 only)
 //! ```
 //!
-//! Rendered: an outbound listener on `127.0.0.1:15001` (and `[::1]:15001`), an inbound listener
-//! on `0.0.0.0:15006` with the mesh's mTLS (`tls: mesh`), a cluster `inbound-PORT` reaching
-//! the application on `127.0.0.1:PORT` for each port, every mesh cluster (the application may
-//! call any service), and the node's `zone`.
+//! Rendered: an outbound listener on `[::]:15001` and an inbound listener on `[::]:15006` with
+//! the mesh's mTLS (`tls: mesh`), both dual-stack (IPv4 arrives on them as mapped addresses:
+//! `ringmesh init` redirects both families), or on `127.0.0.1` and `0.0.0.0` with `ipv6: false`
+//! (for hosts where IPv6 sockets cannot be made); a cluster `inbound-PORT` reaching the
+//! application on `127.0.0.1:PORT` for each port; every mesh cluster (the application may call
+//! any service); and the node's `zone`. The names `outbound` and `inbound`, the ports 15001 and
+//! 15006, and clusters named `inbound-*` are the sidecar's.
 
 use serde_json::{Map, Value, json};
 
 use super::*;
 
 /// Where `ringmesh init` redirects by default (its `--outbound-port` and `--inbound-port`).
-const OUTBOUND: &str = "15001";
-const INBOUND: &str = "15006";
+pub(super) const OUTBOUND: u16 = 15001;
+pub(super) const INBOUND: u16 = 15006;
+/// The listeners a sidecar section adds, by name.
+pub(super) const LISTENERS: &[&str] = &["outbound", "inbound"];
 
 /// What a node's `sidecar` section renders to.
 #[derive(Debug, Default)]
@@ -47,7 +52,8 @@ const FIELDS: &[&str] = &[
     "ipv6",
 ];
 
-/// Checks and renders `v`, the section at `path`. `clusters`: the mesh's cluster names.
+/// Checks and renders `v`, the section at `path`. `clusters`: the mesh's clusters (all are
+/// sent to a sidecar, and those with mesh TLS need the node's identity).
 pub(super) fn expand(
     v: &Value,
     path: &str,
@@ -60,6 +66,23 @@ pub(super) fn expand(
         errors.push(error(path, "expected a mapping"));
         return out;
     };
+    if !has_identity {
+        // Its inbound listener serves the node's issued certificate, and the mesh's clusters
+        // it is sent present it: without an identity the proxy could load neither.
+        errors.push(error(
+            path,
+            "a sidecar needs the node's `identity` (and `token_sha256`): the mesh's mTLS is its own",
+        ));
+    }
+    if let Some(c) = clusters.iter().find(|c| c.name.starts_with("inbound-")) {
+        errors.push(error(
+            path,
+            format!(
+                "cluster `{}`: names `inbound-*` are the sidecar's own",
+                c.name
+            ),
+        ));
+    }
     for k in m.keys().filter(|k| !FIELDS.contains(&k.as_str())) {
         errors.push(error(
             format!("{path}.{k}"),
@@ -87,30 +110,25 @@ pub(super) fn expand(
         )),
     }
     let ipv6 = match m.get("ipv6") {
-        None => false,
+        None => true,
         Some(Value::Bool(b)) => *b,
         Some(_) => {
             errors.push(error(format!("{path}.ipv6"), "expected true or false"));
             false
         }
     };
-    let mut binds = vec![("outbound", format!("127.0.0.1:{OUTBOUND}"))];
-    if ipv6 {
-        binds.push(("outbound6", format!("[::1]:{OUTBOUND}")));
-    }
-    for (name, bind) in binds {
-        out.listeners.push(json!({
-            "name": name, "bind": bind, "outbound": outbound.clone(), "routes": [],
-        }));
-    }
+    // Dual-stack sockets take both families; a connection made straight to them from outside
+    // has no original destination and is closed.
+    let (out_ip, in_ip) = if ipv6 {
+        ("[::]", "[::]")
+    } else {
+        ("127.0.0.1", "0.0.0.0")
+    };
+    out.listeners.push(json!({
+        "name": "outbound", "bind": format!("{out_ip}:{OUTBOUND}"), "outbound": outbound, "routes": [],
+    }));
     let ports = inbound_ports(m.get("inbound"), &format!("{path}.inbound"), errors);
     if !ports.is_empty() {
-        if !has_identity {
-            errors.push(error(
-                format!("{path}.inbound"),
-                "an inbound listener takes the mesh's mTLS off: the node needs its `identity`",
-            ));
-        }
         let mut list = Vec::new();
         for (port, mtls, opaque) in ports {
             let cluster = format!("inbound-{port}");
@@ -122,7 +140,7 @@ pub(super) fn expand(
         }
         out.listeners.push(json!({
             "name": "inbound",
-            "bind": format!("0.0.0.0:{INBOUND}"),
+            "bind": format!("{in_ip}:{INBOUND}"),
             "tls": "mesh",
             "inbound": { "ports": list },
             "routes": [],
@@ -134,6 +152,10 @@ pub(super) fn expand(
                 errors.push(error(format!("{path}.service"), "applies with `zone`"));
             }
         }
+        Some(Value::String(zone)) if !crate::config::valid_zone(zone) => errors.push(error(
+            format!("{path}.zone"),
+            "a zone is 1 to 128 printable characters",
+        )),
         Some(Value::String(zone)) => {
             let mut z = json!({ "name": zone });
             match m.get("service") {
@@ -205,6 +227,13 @@ fn inbound_ports(
                 errors.push(error(
                     format!("{at}.port"),
                     format!("port {n} is listed twice"),
+                ));
+                continue;
+            }
+            Some(n) if n == u64::from(OUTBOUND) || n == u64::from(INBOUND) => {
+                errors.push(error(
+                    format!("{at}.port"),
+                    format!("port {n} is the sidecar's own (ringmesh init never redirects it)"),
                 ));
                 continue;
             }

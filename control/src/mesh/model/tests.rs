@@ -205,7 +205,19 @@ nodes:
     let errs = Mesh::parse(&anonymous).expect_err("inbound needs an identity");
     assert!(
         errs.iter()
-            .any(|e| e.path == "nodes.back-1.sidecar.inbound"),
+            .any(|e| e.path == "nodes.back-1.sidecar" && e.message.contains("identity")),
         "{errs:?}"
     );
+    // The sidecar's ports and names are its own.
+    let clash = mesh.replace("{ port: 9090, mtls: permissive }", "{ port: 15001 }")
+        + "    listeners: [ { name: inbound, bind: 0.0.0.0:15006, routes: [] } ]\n";
+    let errs = Mesh::parse(&clash).expect_err("clashes");
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "nodes.back-1.sidecar.inbound[2].port",
+        "nodes.back-1.listeners[0].name",
+        "nodes.back-1.listeners[0].bind",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {errs:?}");
+    }
 }
