@@ -246,11 +246,72 @@ fn the_dashboard_draws_in_chromium_and_its_numbers_match_metrics() {
         let ink: u32 = attr(&dom, chart, "data-ink").parse().unwrap();
         assert!(points >= 2, "{chart}: {points} points");
         assert!(ink > 1000, "{chart}: {ink} pixels drawn");
+        // Axes in human units: no exponents, percentages end at 100, latency in ms or µs.
+        let ticks = attr(&dom, chart, "data-ticks");
+        let ticks: Vec<&str> = ticks.split('|').collect();
+        assert_eq!(ticks.len(), 5, "{chart}: {ticks:?}");
+        assert!(!ticks.iter().any(|t| t.contains('e')), "{chart}: {ticks:?}");
+        match &chart[..2] {
+            "sr" => assert_eq!(ticks[4], "100%", "{chart}: {ticks:?}"),
+            "p9" => assert!(
+                ticks[1..]
+                    .iter()
+                    .all(|t| t.ends_with(" ms") || t.ends_with(" µs")),
+                "{chart}: {ticks:?}"
+            ),
+            _ => {}
+        }
     }
     assert_eq!(attr(&dom, "rps-routes", "data-series"), "2");
     // Self-contained: nothing loaded from elsewhere.
     let page = p.admin("/").text();
     assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("src="));
+}
+
+/// Before the first samples, a chart says it is waiting for data instead of drawing axes around
+/// nothing (which labelled them 1.10e-9, 8.25e-10, ... and ran the success rate to 110%).
+#[test]
+fn an_empty_dashboard_says_it_is_waiting_for_data() {
+    let Some(chromium) = tool(&["chromium", "chromium-browser", "google-chrome"]) else {
+        return;
+    };
+    let up = upstream();
+    let p = TestProxy::start(&two_routes(up.addr, ""), 1);
+    let profile = temp_dir("chromium-empty");
+    let child = Command::new(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("http://{}/", p.proxy.admin_addr()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chromium");
+    let (ok, dom, err) = wait_output(child, Duration::from_secs(120));
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(ok, "chromium failed: {err}");
+    assert!(
+        dom.contains("data-refreshes="),
+        "the page never refreshed: {dom}"
+    );
+    for chart in [
+        "rps-routes",
+        "sr-routes",
+        "p99-routes",
+        "rps-clusters",
+        "sr-clusters",
+        "p99-clusters",
+    ] {
+        assert_eq!(attr(&dom, chart, "data-empty"), "true", "{chart}");
+        assert_eq!(attr(&dom, chart, "data-ticks"), "", "{chart}");
+    }
 }
 
 #[test]
