@@ -13,7 +13,6 @@
 //! connection from its start.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -135,21 +134,9 @@ fn port_cluster(view: &crate::worker::view::View, name: &Arc<str>, port: u16) ->
 /// The connection's first byte, peeked at (left in the socket). `None`: closed, failed, or
 /// nothing within `timeout`.
 async fn first_byte(stream: &TcpStream, timeout: std::time::Duration) -> Option<u8> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let readable = monoio::select! {
-            r = stream.readable(false) => r.is_ok(),
-            _ = crate::sleep_until(deadline) => return None,
-        };
-        if !readable {
-            return None;
-        }
-        let mut byte = [0u8; 1];
-        match crate::sys::peek(stream.as_raw_fd(), &mut byte) {
-            Ok(1) => return Some(byte[0]),
-            Ok(_) => return None,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return None,
-        }
+    let mut byte = [0u8; 1];
+    match redirect::peek(stream, &mut byte, Instant::now() + timeout).await {
+        redirect::Peeked::Bytes(_) => Some(byte[0]),
+        redirect::Peeked::Closed | redirect::Peeked::TimedOut => None,
     }
 }

@@ -71,7 +71,9 @@ pub(crate) fn start(
             // (monoio 0.2.4).
             match sock.cancelable_accept(handle.clone()).await {
                 Ok((stream, peer)) => {
-                    let peer = unmapped(peer);
+                    // An IPv4 client of a dual-stack (`[::]`) listener as the IPv4 address it
+                    // is: X-Forwarded-For, the access log and policies see what the client is.
+                    let peer = crate::sys::unmapped(peer);
                     let view = worker.view();
                     let Some(li) = view.listener_index(&name) else {
                         continue;
@@ -136,29 +138,5 @@ pub(crate) fn start(
     ListenerTask {
         bind,
         canceller: Some(canceller),
-    }
-}
-
-/// An IPv4 client of a dual-stack (`[::]`) listener as the IPv4 address it is, not as the
-/// mapped IPv6 form the socket reports (`::ffff:10.0.0.1`): X-Forwarded-For, the access log
-/// and policies see what the client is.
-fn unmapped(peer: SocketAddr) -> SocketAddr {
-    match peer {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::from((v4, v6.port())),
-            None => peer,
-        },
-        v4 => v4,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_mapped_client_address_is_its_ipv4_address() {
-        let mapped = "[::ffff:10.1.2.3]:4000".parse().unwrap();
-        assert_eq!(super::unmapped(mapped), "10.1.2.3:4000".parse().unwrap());
-        let v6 = "[fd00::1]:4000".parse().unwrap();
-        assert_eq!(super::unmapped(v6), v6);
     }
 }

@@ -13,7 +13,6 @@
 //! skip the wait.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -194,31 +193,22 @@ async fn detect(stream: &TcpStream, timeout: Duration) -> Option<Detected> {
     // the bytes being there.
     let mut pause = Duration::from_millis(1);
     loop {
-        let readable = monoio::select! {
-            r = stream.readable(false) => r.is_ok(),
-            _ = crate::sleep_until(deadline) => return Some(Detected::Opaque),
+        let n = match redirect::peek(stream, &mut first, deadline).await {
+            redirect::Peeked::Bytes(n) => n,
+            redirect::Peeked::Closed => return None,
+            redirect::Peeked::TimedOut => return Some(Detected::Opaque),
         };
-        if !readable {
-            return None;
+        if let Some(d) = classify(&first[..n]) {
+            return Some(d);
         }
-        match crate::sys::peek(stream.as_raw_fd(), &mut first) {
-            Ok(0) => return None,
-            Ok(n) => {
-                if let Some(d) = classify(&first[..n]) {
-                    return Some(d);
-                }
-                if n == first.len() {
-                    return Some(Detected::Opaque);
-                }
-                monoio::select! {
-                    _ = monoio::time::sleep(pause) => {},
-                    _ = crate::sleep_until(deadline) => return Some(Detected::Opaque),
-                }
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return None,
+        if n == first.len() {
+            return Some(Detected::Opaque);
         }
+        monoio::select! {
+            _ = monoio::time::sleep(pause) => {},
+            _ = crate::sleep_until(deadline) => return Some(Detected::Opaque),
+        }
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use monoio::net::TcpStream;
 
@@ -18,19 +19,44 @@ pub(crate) fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
     let ipv6 = stream
         .local_addr()
         .is_ok_and(|a| matches!(a, SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_none()));
-    crate::sys::original_dst(stream.as_raw_fd(), ipv6).map(|a| match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::from((v4, v6.port())),
-            None => a,
-        },
-        a => a,
-    })
+    crate::sys::original_dst(stream.as_raw_fd(), ipv6).map(crate::sys::unmapped)
 }
 
 /// Whether sending to `dst` would reach this listener again.
 pub(crate) fn loops_back(dst: SocketAddr, bind: SocketAddr) -> bool {
     dst.port() == bind.port()
         && (bind.ip().is_unspecified() || dst.ip() == bind.ip() || dst.ip().is_loopback())
+}
+
+/// What waiting for a connection's first bytes found.
+pub(crate) enum Peeked {
+    /// This many bytes, copied into the buffer and left in the socket.
+    Bytes(usize),
+    /// The client closed or failed before sending any.
+    Closed,
+    /// Nothing by the deadline.
+    TimedOut,
+}
+
+/// Waits until the connection has bytes (or `deadline`), then copies what is there into `buf`
+/// without taking it from the socket, so that whichever path takes the connection reads it
+/// from its start.
+pub(crate) async fn peek(stream: &TcpStream, buf: &mut [u8], deadline: Instant) -> Peeked {
+    loop {
+        let readable = monoio::select! {
+            r = stream.readable(false) => r.is_ok(),
+            _ = crate::sleep_until(deadline) => return Peeked::TimedOut,
+        };
+        if !readable {
+            return Peeked::Closed;
+        }
+        match crate::sys::peek(stream.as_raw_fd(), buf) {
+            Ok(0) => return Peeked::Closed,
+            Ok(n) => return Peeked::Bytes(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Peeked::Closed,
+        }
+    }
 }
 
 /// Listener `name` of `view`, when it serves HTTP: its index and settings.

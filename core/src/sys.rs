@@ -346,6 +346,18 @@ pub fn original_dst(fd: RawFd, ipv6: bool) -> std::io::Result<std::net::SocketAd
     }
 }
 
+/// An address as the IPv4 address it is when the kernel reports it in the mapped IPv6 form
+/// (`::ffff:10.0.0.1`, as a dual-stack socket does for IPv4 peers and destinations).
+pub fn unmapped(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    match addr {
+        std::net::SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => std::net::SocketAddr::from((v4, v6.port())),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
 /// Copies the bytes waiting on a socket into `buf` without taking them (`MSG_PEEK`), without
 /// waiting. `Ok(0)`: the peer closed; `WouldBlock`: nothing yet.
 #[allow(unsafe_code)]
@@ -369,6 +381,14 @@ pub fn peek(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mapped_address_is_its_ipv4_address() {
+        let mapped = "[::ffff:10.1.2.3]:4000".parse().unwrap();
+        assert_eq!(unmapped(mapped), "10.1.2.3:4000".parse().unwrap());
+        let v6 = "[fd00::1]:4000".parse().unwrap();
+        assert_eq!(unmapped(v6), v6);
+    }
 
     #[test]
     fn the_loopback_address_is_among_the_local_ones() {

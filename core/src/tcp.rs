@@ -219,11 +219,10 @@ pub(crate) async fn passthrough(
     connect_timeout: Duration,
     idle_timeout: Duration,
 ) -> bool {
-    let up = match monoio::time::timeout(connect_timeout, TcpStream::connect_addr(dst)).await {
-        Ok(Ok(s)) => s,
+    let up = match monoio::time::timeout(connect_timeout, connect_via(dst, None)).await {
+        Ok(Some(s)) => s,
         _ => return false,
     };
-    let _ = up.set_nodelay(true);
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = up.into_split();
     let _ = tunnel(

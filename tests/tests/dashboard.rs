@@ -125,6 +125,36 @@ fn cell(dom: &str, row: &str, field: &str) -> String {
 }
 
 /// An attribute of the element with id `id`.
+/// The DOM of the proxy's page after `budget_ms` of its virtual time in headless Chromium
+/// (a profile of its own under `profile`): (exited well, DOM, stderr).
+fn dump_dom(
+    chromium: &PathBuf,
+    p: &TestProxy,
+    profile: &str,
+    budget_ms: u32,
+) -> (bool, String, String) {
+    let profile = temp_dir(profile);
+    let child = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+        ])
+        .arg(format!("--virtual-time-budget={budget_ms}"))
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("http://{}/", p.proxy.admin_addr()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chromium");
+    let out = wait_output(child, Duration::from_secs(120));
+    let _ = std::fs::remove_dir_all(&profile);
+    out
+}
+
 fn attr(dom: &str, id: &str, name: &str) -> String {
     let start = dom
         .find(&format!("id=\"{id}\""))
@@ -159,30 +189,11 @@ fn the_dashboard_draws_in_chromium_and_its_numbers_match_metrics() {
             }
         })
     };
-    let profile = temp_dir("chromium");
-    let url = format!("http://{}/", p.proxy.admin_addr());
-    let child = Command::new(&chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("--dump-dom")
-        .arg(&url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start chromium");
-    let (ok, dom, err) = wait_output(child, Duration::from_secs(120));
+    let (ok, dom, err) = dump_dom(&chromium, &p, "chromium", 5000);
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
     assert!(ok, "chromium failed: {err}");
     let metrics = p.admin("/metrics").text();
-    let _ = std::fs::remove_dir_all(&profile);
 
     // The page ran its refresh loop and filled its tables from the admin API.
     let body_refreshes = dom
@@ -277,25 +288,7 @@ fn an_empty_dashboard_says_it_is_waiting_for_data() {
     };
     let up = upstream();
     let p = TestProxy::start(&two_routes(up.addr, ""), 1);
-    let profile = temp_dir("chromium-empty");
-    let child = Command::new(&chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--virtual-time-budget=3000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("--dump-dom")
-        .arg(format!("http://{}/", p.proxy.admin_addr()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start chromium");
-    let (ok, dom, err) = wait_output(child, Duration::from_secs(120));
-    let _ = std::fs::remove_dir_all(&profile);
+    let (ok, dom, err) = dump_dom(&chromium, &p, "chromium-empty", 3000);
     assert!(ok, "chromium failed: {err}");
     assert!(
         dom.contains("data-refreshes="),
