@@ -118,6 +118,17 @@ clusters:
     assert_eq!(inbound_count(&pods, "plaintext"), 1.0);
     assert!(!pods.curl(C, &["http://10.77.1.2:9000/"]).status.success());
     assert_eq!(inbound_count(&pods, "undeclared-port"), 1.0);
+    // Attacks from C, a host of the network without a mesh certificate: TLS without a client
+    // certificate on a strict port fails the handshake; the inbound port itself, called
+    // straight (not redirected), is closed before anything is read.
+    assert!(
+        !pods
+            .curl(C, &["-k", "https://10.77.1.2:8080/"])
+            .status
+            .success()
+    );
+    assert!(!pods.curl(C, &["http://10.77.1.2:15006/"]).status.success());
+    assert_eq!(inbound_count(&pods, "not-redirected"), 1.0);
     // A client that forges the identity field gets nothing for it.
     let forged = pods.get(
         C,
