@@ -15,13 +15,32 @@ perf_setup() {
 # A port that was free a moment ago.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# The nginx backend's config: one worker, a 2-byte answer on 127.0.0.1:$2, files under $1.
+# The nginx backend's config: one worker, a 2-byte answer on $2 (a port on 127.0.0.1, or
+# ADDRESS:PORT), files under $1.
 backend_conf() {
+  local listen=$2
+  case $listen in *:*) ;; *) listen=127.0.0.1:$listen ;; esac
   cat <<EOC
 worker_processes 1; daemon off; pid $1/backend.pid; error_log $1/backend.err warn;
 events { worker_connections 20000; }
 http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$2 reuseport backlog=4096; location / { return 200 "ok"; } } }
+  server { listen $listen reuseport backlog=4096; location / { return 200 "ok"; } } }
+EOC
+}
+
+# A sidecar's outbound listener on 127.0.0.1:15001 (admin 127.0.0.1:9901) and the cluster
+# `back`: the service address $1 balanced over the endpoint $2; extra listener lines from stdin.
+outbound_sidecar_yaml() {
+  cat <<EOC
+admin: 127.0.0.1:9901
+listeners:
+  - name: outbound
+    bind: 127.0.0.1:15001
+    outbound: {}
+    routes: []
+$(cat)
+clusters:
+  - { name: back, addresses: [ "$1" ], endpoints: [ { addr: "$2" } ] }
 EOC
 }
 

@@ -18,24 +18,11 @@ perf_setup
 A=rmperf-a; B=rmperf-b
 pods_setup "$A" "$B" 10.78.0
 
-cat > "$dir/backend.conf" <<EOC
-worker_processes 1; daemon off; pid $dir/backend.pid; error_log $dir/backend.err warn;
-events { worker_connections 20000; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 10.78.0.2:8080 reuseport backlog=4096; location / { return 200 "ok"; } } }
-EOC
-cat > "$dir/sidecar.yaml" <<EOC
-admin: 127.0.0.1:9901
-listeners:
-  - name: outbound
-    bind: 127.0.0.1:15001
-    outbound: {}
-    routes: []
+backend_conf "$dir" 10.78.0.2:8080 > "$dir/backend.conf"
+outbound_sidecar_yaml 10.78.0.100:80 10.78.0.2:8080 > "$dir/sidecar.yaml" <<'EOC'
   - name: explicit
     bind: 127.0.0.1:15080
     routes: [ { match: { path_prefix: / }, cluster: back } ]
-clusters:
-  - { name: back, addresses: [ "10.78.0.100:80" ], endpoints: [ { addr: "10.78.0.2:8080" } ] }
 EOC
 chmod 644 "$dir"/*
 ip netns exec "$B" taskset -c 1 nginx -c "$dir/backend.conf" & pids+=($!)

@@ -344,6 +344,14 @@ impl Admin {
             "ringmesh_io_uring {}",
             u8::from(ringmesh_core::worker::io_uring_available())
         );
+        if let Some(accelerated) = s.shortcut.accelerated() {
+            let _ = writeln!(
+                out,
+                "# HELP ringmesh_accelerated 1 when this sidecar's local hops skip TCP/IP (ringmesh init --accelerate), 0 when they do not."
+            );
+            let _ = writeln!(out, "# TYPE ringmesh_accelerated gauge");
+            let _ = writeln!(out, "ringmesh_accelerated {}", u8::from(accelerated));
+        }
         let _ = writeln!(out, "# HELP ringmesh_workers Worker threads.");
         let _ = writeln!(out, "# TYPE ringmesh_workers gauge");
         let _ = writeln!(

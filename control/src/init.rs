@@ -262,6 +262,7 @@ pub fn command(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(),
     use lexopt::prelude::*;
     let mut o = InitOptions::default();
     let (mut dry_run, mut remove, mut uid) = (false, false, None);
+    let (mut accelerate, mut cgroup) = (false, None::<std::path::PathBuf>);
     let mut p = lexopt::Parser::from_args(args);
     let err = |e: lexopt::Error| e.to_string();
     while let Some(arg) = p.next().map_err(err)? {
@@ -272,6 +273,7 @@ pub fn command(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(),
         match flag.as_str() {
             "--dry-run" => dry_run = true,
             "--remove" => remove = true,
+            "--accelerate" => accelerate = true,
             _ => {
                 let v = p
                     .value()
@@ -289,6 +291,7 @@ pub fn command(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(),
                                 .map_err(|_| format!("--proxy-uid: `{v}` is not a user id"))?,
                         )
                     }
+                    "--cgroup" => cgroup = Some(v.into()),
                     "--outbound-port" => o.outbound_port = port(&v)?,
                     "--inbound-port" => o.inbound_port = Some(port(&v)?),
                     "--skip-inbound-ports" => o.skip_inbound_ports = parse_list(&flag, &v)?,
@@ -308,9 +311,70 @@ pub fn command(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(),
     };
     if dry_run {
         print!("{script}");
+        if accelerate {
+            println!("# and the kernel shortcut (eBPF) attached to the workload's cgroup");
+        }
         return Ok(());
     }
-    apply(&script)
+    apply(&script)?;
+    if remove {
+        return remove_shortcut(cgroup.as_deref(), accelerate);
+    }
+    if accelerate {
+        accelerate_workload(cgroup.as_deref(), o.proxy_uid);
+    }
+    Ok(())
+}
+
+/// `--accelerate`: attaches the kernel shortcut. Where it cannot be (no privilege, an older
+/// kernel, cgroup v1, a build without clang), the sidecar works as before: `init` says why and
+/// succeeds, and the proxy reports it in `ringmesh_accelerated`.
+fn accelerate_workload(cgroup: Option<&std::path::Path>, proxy_uid: u32) {
+    use crate::accelerate::load::{Installed, Workload, install};
+    say_swept();
+    let outcome = Workload::find(cgroup).and_then(|w| install(&w, proxy_uid).map(|i| (w, i)));
+    match outcome {
+        Ok((w, Installed::Attached)) => eprintln!(
+            "ringmesh init: kernel shortcut attached to {} (pinned in {})",
+            w.cgroup.display(),
+            w.pins().display()
+        ),
+        Ok((w, Installed::AlreadyAttached)) => eprintln!(
+            "ringmesh init: kernel shortcut already attached to {}",
+            w.cgroup.display()
+        ),
+        Err(why) => {
+            eprintln!("ringmesh init: no kernel shortcut ({why}); the sidecar works without it")
+        }
+    }
+}
+
+/// Removes (and mentions) the pins left by cgroups deleted without `--remove`.
+fn say_swept() {
+    let swept = crate::accelerate::load::sweep_stale();
+    if swept > 0 {
+        eprintln!("ringmesh init: removed the kernel shortcut pins of {swept} deleted cgroup(s)");
+    }
+}
+
+/// `--remove`: detaches the workload's shortcut as well. A workload whose cgroup cannot be
+/// found has nothing to remove unless `--accelerate` or `--cgroup` asked for it explicitly.
+fn remove_shortcut(cgroup: Option<&std::path::Path>, asked: bool) -> Result<(), String> {
+    use crate::accelerate::load::{Workload, remove};
+    say_swept();
+    match Workload::find(cgroup) {
+        Ok(w) => {
+            if remove(&w)? {
+                eprintln!(
+                    "ringmesh init: kernel shortcut removed from {}",
+                    w.cgroup.display()
+                );
+            }
+            Ok(())
+        }
+        Err(why) if asked || cgroup.is_some() => Err(why),
+        Err(_) => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! snapshots, and the admin API. The `ringmesh` binary (src/main.rs) is a thin layer over
 //! [`runtime::Proxy`].
 
+pub mod accelerate;
 pub mod admin;
 pub mod api_guard;
 pub mod compile;

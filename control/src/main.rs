@@ -43,10 +43,13 @@ USAGE:
     ringmesh check FILE                   validate a config; print every error
     ringmesh init --proxy-uid UID [--outbound-port 15001] [--inbound-port P]
                   [--skip-inbound-ports P,..] [--skip-outbound-ports P,..]
-                  [--skip-outbound-cidrs CIDR,..] [--dry-run] [--remove]
+                  [--skip-outbound-cidrs CIDR,..] [--accelerate [--cgroup DIR]]
+                  [--dry-run] [--remove]
                                           in a workload's network namespace, as root: redirect
                                           its TCP to the sidecar (nftables table `ringmesh`);
-                                          the proxy's user is left alone; --dry-run prints
+                                          the proxy's user is left alone; --accelerate also
+                                          attaches the kernel shortcut (eBPF) to the workload's
+                                          cgroup v2 (default: init's own); --dry-run prints
                                           the rules, --remove deletes them (docs/sidecar.md)
 
 OPTIONS:

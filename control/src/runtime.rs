@@ -488,7 +488,18 @@ impl Controller {
             tracing::debug!(listener = %name, addr = %b.actual, "listening");
         }
         tracing::info!(version, "config applied");
+        self.probe_shortcut();
         Ok(version)
+    }
+
+    /// Tells the shortcut tracker whether a sidecar listener is configured (it probes then).
+    fn probe_shortcut(&self) {
+        let sidecar = self.config.as_ref().is_some_and(|c| {
+            c.listeners
+                .iter()
+                .any(|l| l.outbound.is_some() || l.inbound.is_some())
+        });
+        self.state.shortcut.set_sidecar(sidecar);
     }
 
     /// Points the health checker at the endpoints `snapshot` checks.

@@ -22,6 +22,8 @@ pub(crate) struct State {
     pub control_connected: AtomicBool,
     /// When the control plane last answered.
     pub control_contact_unix_ms: AtomicU64,
+    /// Whether the kernel shortcut is in force, for sidecars.
+    pub shortcut: crate::accelerate::probe::Tracker,
 }
 
 /// What the control thread is asked.

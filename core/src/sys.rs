@@ -378,9 +378,55 @@ pub fn peek(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n as usize)
 }
 
+/// Bytes this TCP socket has handed to IP (`tcpi_bytes_sent`). Bytes the kernel shortcut
+/// (`ringmesh init --accelerate`) moved straight to the peer's receive queue are not counted,
+/// which is how the proxy tells that the shortcut is in force.
+#[allow(unsafe_code)]
+pub fn tcp_bytes_sent(fd: RawFd) -> std::io::Result<u64> {
+    // SAFETY: `info` is a zeroed tcp_info and `len` its size; the kernel writes at most `len`
+    // bytes and the field read is inside them (checked against `len` below).
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        );
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let end = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_sent) + 8;
+        if (len as usize) < end {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "the kernel's tcp_info has no tcpi_bytes_sent (Linux 4.19 or newer has)",
+            ));
+        }
+        Ok(info.tcpi_bytes_sent)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcp_counts_the_bytes_it_sends() {
+        use std::io::{Read as _, Write as _};
+        use std::os::fd::AsRawFd as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        assert_eq!(tcp_bytes_sent(client.as_raw_fd()).unwrap(), 0);
+        client.write_all(b"hello").unwrap();
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(tcp_bytes_sent(client.as_raw_fd()).unwrap(), 5);
+        assert!(tcp_bytes_sent(-1).is_err());
+    }
 
     #[test]
     fn a_mapped_address_is_its_ipv4_address() {

@@ -55,6 +55,30 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (t(11) + t(12)) / ticks_per_sec()
 }
 
+/// User and kernel CPU time of this process (all its threads).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTimes {
+    /// In user space.
+    pub user: std::time::Duration,
+    /// In the kernel, on its behalf.
+    pub system: std::time::Duration,
+}
+
+/// [`CpuTimes`] of this process, at clock-tick resolution (10 ms): for runs of seconds.
+pub fn own_cpu() -> CpuTimes {
+    let Some(f) = stat_fields(std::process::id()) else {
+        return CpuTimes::default();
+    };
+    let field = |i: usize| {
+        let ticks: f64 = f.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        std::time::Duration::from_secs_f64(ticks / ticks_per_sec())
+    };
+    CpuTimes {
+        user: field(11),
+        system: field(12),
+    }
+}
+
 /// CPU seconds of this process's children that have exited and been waited for (and, through
 /// them, of their own waited-for descendants): `cutime` + `cstime` of /proc/self/stat.
 pub fn reaped_children_cpu_seconds() -> f64 {

@@ -17,19 +17,99 @@ pub const PROXY_UID: &str = "1337";
 pub struct Pods {
     /// Namespace names, by position.
     pub ns: Vec<String>,
+    /// The cgroup (v2) each pod's processes run in, for pods made with [`Pods::accelerate`].
+    pub cgroups: Vec<Option<PathBuf>>,
     children: Vec<Child>,
 }
 
 impl Drop for Pods {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
+        self.stop_all();
+        for (i, cgroup) in self.cgroups.iter().enumerate() {
+            if let Some(cgroup) = cgroup {
+                let _ = self
+                    .nsenter(i)
+                    .args(["init", "--remove", "--cgroup"])
+                    .arg(cgroup)
+                    .output();
+                let _ = std::fs::remove_dir(cgroup);
+            }
         }
         for ns in &self.ns {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
+}
+
+/// The sidecar configs of two pods joined as [`Pods::new`] joins namespaces 0 (B, the server)
+/// and 1 (A, the client), mTLS between them with certificates of `pki` (A's with the identity
+/// `a_id`): B's inbound listener on 15006 takes its ports 8080 (strict, cluster `app`), 8081
+/// (permissive) and 2525 (opaque, a server that speaks first) to its applications on loopback;
+/// A's outbound listener on 127.0.0.1:15001 knows B's 8080 (HTTP/2 between the sidecars) and
+/// 2525. Returns (B's, A's), their admin APIs on `127.0.0.1:b_admin` and `:a_admin`.
+pub fn two_pod_configs(
+    pki: &crate::tls::Pki,
+    a_id: &str,
+    b_admin: u16,
+    a_admin: u16,
+) -> (String, String) {
+    let b_cert = pki.leaf("b", &["b.mesh"], false);
+    let a_cert = pki.client_leaf("a", a_id);
+    let ca = pki.ca_file();
+    let b_config = format!(
+        r#"
+admin: 127.0.0.1:{b_admin}
+listeners:
+  - name: inbound
+    bind: 0.0.0.0:15006
+    tls: {{ certs: [ {{ cert: {}, key: {} }} ], client_ca: {} }}
+    inbound:
+      ports:
+        - {{ port: 8080, cluster: app }}
+        - {{ port: 8081, cluster: app-metrics, mtls: permissive }}
+        - {{ port: 2525, cluster: smtp, opaque: true }}
+    routes: []
+clusters:
+  - {{ name: app, endpoints: [ {{ addr: "127.0.0.1:8080" }} ] }}
+  - {{ name: app-metrics, endpoints: [ {{ addr: "127.0.0.1:8081" }} ] }}
+  - {{ name: smtp, endpoints: [ {{ addr: "127.0.0.1:2525" }} ] }}
+"#,
+        b_cert.cert.display(),
+        b_cert.key.display(),
+        ca.display()
+    );
+    let mesh_tls = format!(
+        "{{ sni: b.mesh, ca: {}, cert: {}, key: {} }}",
+        ca.display(),
+        a_cert.cert.display(),
+        a_cert.key.display()
+    );
+    let a_config = format!(
+        r#"
+admin: 127.0.0.1:{a_admin}
+listeners:
+  - name: outbound
+    bind: 127.0.0.1:15001
+    outbound: {{ detect_timeout: 200ms }}
+    routes: []
+clusters:
+  - {{ name: b, protocol: mesh, tls: {mesh_tls}, endpoints: [ {{ addr: "10.77.0.2:8080" }} ] }}
+  - {{ name: b-smtp, tls: {mesh_tls}, endpoints: [ {{ addr: "10.77.0.2:2525" }} ] }}
+"#
+    );
+    (b_config, a_config)
+}
+
+/// Where the cgroup v2 hierarchy is mounted, if it is.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if !right.starts_with("cgroup2 ") {
+            return None;
+        }
+        left.split(' ').nth(4).map(PathBuf::from)
+    })
 }
 
 /// Runs `cmd`, failing the test when it fails.
@@ -65,6 +145,7 @@ impl Pods {
             ns: (0..count)
                 .map(|i| format!("rm{id}{tag}{}", (b'a' + i as u8) as char))
                 .collect(),
+            cgroups: vec![None; count],
             children: Vec::new(),
         };
         for ns in &pods.ns {
@@ -148,20 +229,75 @@ impl Pods {
         format!("fd77:{}::1", link - 1)
     }
 
+    /// Stops every process started in the pods (applications, sidecars, captures).
+    pub fn stop_all(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+    }
+
+    /// Puts pod `i` in a cgroup of its own (every process started in it from now on joins
+    /// it) and runs `ringmesh init ARGS --accelerate` for it. `None`: no cgroup v2 here.
+    pub fn accelerate(&mut self, i: usize, args: &[&str]) -> Option<()> {
+        let Some(root) = cgroup2_root() else {
+            missing_tool("a cgroup v2 hierarchy");
+            return None;
+        };
+        let cgroup = root.join("ringmesh-tests").join(&self.ns[i]);
+        std::fs::create_dir_all(&cgroup).expect("create the pod's cgroup");
+        self.cgroups[i] = Some(cgroup.clone());
+        let out = self
+            .nsenter(i)
+            .arg("init")
+            .args(args)
+            .args(["--accelerate", "--cgroup"])
+            .arg(&cgroup)
+            .output()
+            .expect("spawn");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{said}");
+        assert!(said.contains("kernel shortcut attached"), "{said}");
+        Some(())
+    }
+
+    /// `ringmesh ...` in namespace `i`'s network namespace only: `ip netns exec` would mount
+    /// a /sys of its own, without the cgroup and BPF filesystems.
+    pub fn nsenter(&self, i: usize) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.ns[i]))
+            .arg("--")
+            .arg(binary());
+        cmd
+    }
+
+    /// `ip netns exec NS ARGS`, in the pod's cgroup when it has one.
+    fn command(&self, i: usize, args: &[&str]) -> Command {
+        let mut cmd = match &self.cgroups[i] {
+            Some(cgroup) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg("echo $$ > \"$0\" && exec \"$@\"")
+                    .arg(cgroup.join("cgroup.procs"))
+                    .arg("ip");
+                c
+            }
+            None => Command::new("ip"),
+        };
+        cmd.args(["netns", "exec", &self.ns[i]]).args(args);
+        cmd
+    }
+
     /// Runs `args` in namespace `i`, as root.
     pub fn exec(&self, i: usize, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns[i]])
-            .args(args)
-            .output()
-            .expect("spawn")
+        self.command(i, args).output().expect("spawn")
     }
 
     /// Starts a long-running process in namespace `i`, killed with the pods.
     pub fn spawn(&mut self, i: usize, args: &[&str], stdout: Stdio) -> &mut Child {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns[i]])
-            .args(args)
+        let child = self
+            .command(i, args)
             .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
@@ -287,11 +423,16 @@ impl Pods {
     /// Starts `tcpdump` on every interface of namespace `i` but loopback (what crosses between
     /// pods), writing TCP packets (whole) to `file` as they come; returns once it captures.
     pub fn capture(&mut self, i: usize, file: &Path) {
+        self.capture_on(i, "any", "tcp and not net 127.0.0.0/8", file);
+    }
+
+    /// Starts `tcpdump -i IFACE FILTER` in namespace `i`, writing whole packets to `file` as
+    /// they come; returns once it captures.
+    pub fn capture_on(&mut self, i: usize, iface: &str, filter: &str, file: &Path) {
         let file = file.to_str().expect("path").to_string();
-        let filter = "tcp and not net 127.0.0.0/8";
         let child = self.spawn(
             i,
-            &["tcpdump", "-i", "any", "-U", "-s", "0", "-w", &file, filter],
+            &["tcpdump", "-i", iface, "-U", "-s", "0", "-w", &file, filter],
             Stdio::null(),
         );
         let mut line = String::new();

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use ringmesh_tests::netns::{PROXY_UID, Pods};
+use ringmesh_tests::netns::{PROXY_UID, Pods, two_pod_configs};
 use ringmesh_tests::tls::Pki;
 use ringmesh_tests::{eventually, tool};
 
@@ -37,51 +37,8 @@ fn two_pods_talk_over_mtls_through_their_sidecars() {
         return;
     };
     let pki = Pki::new("sidecar-mtls");
-    let b_cert = pki.leaf("b", &["b.mesh"], false);
-    let a_cert = pki.client_leaf("a", A_ID);
-    let ca = pki.ca_file();
     pods.start_apps(B, &["http:8080", "http:8081", "http:9000", "banner:2525"]);
-    let b_config = format!(
-        r#"
-admin: 127.0.0.1:{B_ADMIN}
-listeners:
-  - name: inbound
-    bind: 0.0.0.0:15006
-    tls: {{ certs: [ {{ cert: {}, key: {} }} ], client_ca: {} }}
-    inbound:
-      ports:
-        - {{ port: 8080, cluster: app }}
-        - {{ port: 8081, cluster: app-metrics, mtls: permissive }}
-        - {{ port: 2525, cluster: smtp, opaque: true }}
-    routes: []
-clusters:
-  - {{ name: app, endpoints: [ {{ addr: "127.0.0.1:8080" }} ] }}
-  - {{ name: app-metrics, endpoints: [ {{ addr: "127.0.0.1:8081" }} ] }}
-  - {{ name: smtp, endpoints: [ {{ addr: "127.0.0.1:2525" }} ] }}
-"#,
-        b_cert.cert.display(),
-        b_cert.key.display(),
-        ca.display()
-    );
-    let mesh_tls = format!(
-        "{{ sni: b.mesh, ca: {}, cert: {}, key: {} }}",
-        ca.display(),
-        a_cert.cert.display(),
-        a_cert.key.display()
-    );
-    let a_config = format!(
-        r#"
-admin: 127.0.0.1:{A_ADMIN}
-listeners:
-  - name: outbound
-    bind: 127.0.0.1:15001
-    outbound: {{ detect_timeout: 200ms }}
-    routes: []
-clusters:
-  - {{ name: b, protocol: mesh, tls: {mesh_tls}, endpoints: [ {{ addr: "10.77.0.2:8080" }} ] }}
-  - {{ name: b-smtp, tls: {mesh_tls}, endpoints: [ {{ addr: "10.77.0.2:2525" }} ] }}
-"#
-    );
+    let (b_config, a_config) = two_pod_configs(&pki, A_ID, B_ADMIN, A_ADMIN);
     pods.start_sidecar(B, &b_config, B_ADMIN);
     pods.init(B, &["--proxy-uid", PROXY_UID, "--inbound-port", "15006"]);
     pods.start_sidecar(A, &a_config, A_ADMIN);

@@ -1,0 +1,96 @@
+//! One local TCP hop alone: a client thread and an echo thread of this process exchange
+//! `--size`-byte messages over one loopback connection, `--count` round trips, and the
+//! process reports round trips per second, latency percentiles and its CPU per round trip
+//! (user and kernel, from getrusage, so both ends of the hop are counted). Run inside a cgroup
+//! with `ringmesh init --accelerate`, as the proxy's user, its connection is shortcut (the
+//! sidecar-to-application hop's shape); elsewhere it goes through TCP. `--unix` uses a Unix
+//! socket pair instead: the floor of any local exchange (two system calls and a wake-up each
+//! way, no protocol). perf/sidecar-accelerate.sh runs all three.
+//!
+//!   ringmesh-pingpong [--count 200000] [--size 100] [--unix]
+
+use lexopt::prelude::*;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd as _;
+use std::time::{Duration, Instant};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (mut count, mut size, mut unix) = (200_000u64, 100usize, false);
+    let mut args = lexopt::Parser::from_env();
+    while let Some(arg) = args.next()? {
+        match arg {
+            Long("count") => count = args.value()?.parse()?,
+            Long("size") => size = args.value()?.parse()?,
+            Long("unix") => unix = true,
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    if unix {
+        let (client, server) = std::os::unix::net::UnixStream::pair()?;
+        return exchange(client, server, count, size, None);
+    }
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let client = TcpStream::connect(listener.local_addr()?)?;
+    let (server, _) = listener.accept()?;
+    client.set_nodelay(true)?;
+    server.set_nodelay(true)?;
+    let fd = client.as_raw_fd();
+    exchange(client, server, count, size, Some(fd))
+}
+
+/// The round trips, then the report; `tcp`: the client's socket, whose TCP byte count says
+/// whether the exchange was shortcut.
+fn exchange<S: std::io::Read + std::io::Write + Send + 'static>(
+    mut client: S,
+    mut server: S,
+    count: u64,
+    size: usize,
+    tcp: Option<std::os::fd::RawFd>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = server.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            server.write_all(&buf[..n])?;
+        }
+    });
+    let message = vec![7u8; size];
+    let mut back = vec![0u8; size];
+    let mut latency = hdrhistogram::Histogram::<u64>::new(3)?;
+    // Warm up, then measure.
+    for _ in 0..1000 {
+        client.write_all(&message)?;
+        client.read_exact(&mut back)?;
+    }
+    let cpu0 = ringmesh_perf::procfs::own_cpu();
+    let start = Instant::now();
+    for _ in 0..count {
+        let t = Instant::now();
+        client.write_all(&message)?;
+        client.read_exact(&mut back)?;
+        latency.record(t.elapsed().as_nanos() as u64)?;
+    }
+    let wall = start.elapsed();
+    let cpu1 = ringmesh_perf::procfs::own_cpu();
+    let how = match tcp.map(ringmesh_core::sys::tcp_bytes_sent) {
+        None => "Unix socket pair".to_string(),
+        Some(Ok(sent)) if sent < size as u64 => format!("TCP sent {sent} B: shortcut"),
+        Some(Ok(sent)) => format!("TCP sent {sent} B: through TCP"),
+        Some(Err(e)) => format!("TCP_INFO: {e}"),
+    };
+    drop(client);
+    let _ = echo.join();
+    let per = |d: Duration| d.as_nanos() as f64 / count as f64 / 1000.0;
+    println!(
+        "{count} round trips of {size} B: {:.0}/s  p50 {:.2} us  p99 {:.2} us  CPU/round trip: user {:.2} us  kernel {:.2} us  ({how})",
+        count as f64 / wall.as_secs_f64(),
+        latency.value_at_quantile(0.5) as f64 / 1000.0,
+        latency.value_at_quantile(0.99) as f64 / 1000.0,
+        per(cpu1.user.saturating_sub(cpu0.user)),
+        per(cpu1.system.saturating_sub(cpu0.system)),
+    );
+    Ok(())
+}
