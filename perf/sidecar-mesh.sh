@@ -8,9 +8,11 @@
 #   one hop     wrk -> A's plain listener 127.0.0.1:15080 -> B:8090 (HTTP/1.1, pooled)
 #   sidecars    wrk -> B:8080, redirected: A's outbound -> mTLS, HTTP/2 -> B's inbound -> nginx
 # wrk on CPU 0; sidecars and nginx on CPU 1; one worker each. Prints wrk's p50/p99 and
-# requests/s, and the latency each path adds over direct at p50.
+# requests/s, and the latency each path adds over direct at p50. With ACCELERATE=1 each pod
+# runs in a cgroup of its own with `ringmesh init --accelerate`: the sidecars' local hops
+# (wrk to A's sidecar, B's sidecar to nginx) skip TCP/IP; the one-hop path does not change.
 #
-#   bash perf/sidecar-mesh.sh [ROUNDS] [SECONDS]      (as root)
+#   [ACCELERATE=1] bash perf/sidecar-mesh.sh [ROUNDS] [SECONDS]      (as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-3}"
@@ -20,6 +22,30 @@ source perf/lib.sh
 perf_setup
 A=rmmesh-a; B=rmmesh-b
 pods_setup "$A" "$B" 10.79.0
+ACCELERATE="${ACCELERATE:-0}"
+CG_ROOT=$(awk '$9 == "cgroup2" {print $5; exit}' /proc/self/mountinfo)
+# Runs a command in a pod's network namespace (and, accelerated, its cgroup).
+in_pod() {
+  local ns=$1; shift
+  if [ "$ACCELERATE" = 1 ]; then
+    mkdir -p "$CG_ROOT/$ns"
+    sh -c 'echo $$ > "$0" && exec "$@"' "$CG_ROOT/$ns/cgroup.procs" ip netns exec "$ns" "$@"
+  else
+    ip netns exec "$ns" "$@"
+  fi
+}
+# `ringmesh init ARGS` for a pod, with the kernel shortcut when accelerated.
+init_pod() {
+  local ns=$1; shift
+  if [ "$ACCELERATE" = 1 ]; then
+    nsenter --net="/run/netns/$ns" target/release/ringmesh init "$@" --accelerate --cgroup "$CG_ROOT/$ns"
+  else
+    ip netns exec "$ns" target/release/ringmesh init "$@"
+  fi
+}
+if [ "$ACCELERATE" = 1 ]; then
+  trap 'for ns in "$A" "$B"; do nsenter --net="/run/netns/$ns" target/release/ringmesh init --remove --cgroup "$CG_ROOT/$ns" 2>/dev/null; done; pods_cleanup; rmdir "$CG_ROOT/$A" "$CG_ROOT/$B" 2>/dev/null || true' EXIT
+fi
 
 # The mesh's CA, B's server certificate (b.mesh) and A's client certificate (a SPIFFE ID).
 (
@@ -75,21 +101,20 @@ clusters:
   - { name: b-plain, endpoints: [ { addr: "10.79.0.2:8090" } ] }
 EOC
 chmod 644 "$dir"/*.yaml "$dir"/*.conf
-ip netns exec "$B" taskset -c 1 nginx -c "$dir/nginx.conf" & pids+=($!)
+in_pod "$B" taskset -c 1 nginx -c "$dir/nginx.conf" & pids+=($!)
 for ns in "$B" "$A"; do
   conf="$dir/b.yaml"; [ "$ns" = "$A" ] && conf="$dir/a.yaml"
-  ip netns exec "$ns" taskset -c 1 setpriv --reuid 1337 --regid 1337 --clear-groups \
+  in_pod "$ns" taskset -c 1 setpriv --reuid 1337 --regid 1337 --clear-groups \
     target/release/ringmesh proxy --config "$conf" --workers 1 --log-level warn & pids+=($!)
 done
 sleep 1
-ip netns exec "$B" target/release/ringmesh init --proxy-uid 1337 --inbound-port 15006 \
-  --skip-inbound-ports 8090
-ip netns exec "$A" target/release/ringmesh init --proxy-uid 1337 --skip-outbound-ports 8090
+init_pod "$B" --proxy-uid 1337 --inbound-port 15006 --skip-inbound-ports 8090
+init_pod "$A" --proxy-uid 1337 --skip-outbound-ports 8090
 
 declare -A P50
 run() {
   local name=$1 conns=$2 url=$3 out
-  out=$(ip netns exec "$A" taskset -c 0 wrk -t1 -c"$conns" -d"${SECS}s" --latency "$url")
+  out=$(in_pod "$A" taskset -c 0 wrk -t1 -c"$conns" -d"${SECS}s" --latency "$url")
   local rps p50 p99
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
@@ -115,4 +140,5 @@ for r in $(seq 1 "$ROUNDS"); do
         c, h - d, s - d, ((h - d) > 0 ? (s - d) / (h - d) : 0) }'
   done
 done
-ip netns exec "$B" curl -s http://127.0.0.1:9901/metrics | grep '^ringmesh_inbound_connections_total' | grep -v ' 0$'
+ip netns exec "$B" curl -s http://127.0.0.1:9901/metrics |
+  grep -E '^ringmesh_inbound_connections_total|^ringmesh_accelerated' | grep -v 'total.* 0$'

@@ -42,8 +42,7 @@ SEC("cgroup/connect4")
 int ringmesh_connect4(struct bpf_sock_addr *ctx)
 {
 	/* 127.0.0.0/8; user_ip4 is in network byte order. */
-	__u32 first = ctx->user_ip4 & 0xff;
-	mark(ctx, first == 127);
+	mark(ctx, bpf_ntohl(ctx->user_ip4) >> 24 == 127);
 	return 1;
 }
 
@@ -54,7 +53,7 @@ int ringmesh_connect6(struct bpf_sock_addr *ctx)
 	__u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2];
 	__u32 w3 = ctx->user_ip6[3];
 	int v6_loopback = w0 == 0 && w1 == 0 && w2 == 0 && w3 == bpf_htonl(1);
-	int v4_loopback = w0 == 0 && w1 == 0 && w2 == bpf_htonl(0xffff) && (w3 & 0xff) == 127;
+	int v4_loopback = w0 == 0 && w1 == 0 && w2 == bpf_htonl(0xffff) && bpf_ntohl(w3) >> 24 == 127;
 	mark(ctx, v6_loopback || v4_loopback);
 	return 1;
 }

@@ -6,12 +6,14 @@
  * sockets of the workload (the application and its sidecar), what one end sends can be put
  * straight on the other end's receive queue, skipping TCP/IP altogether.
  *
- * Pairing the two ends cannot go by addresses: the outbound hop is redirected by nftables, so
- * the application's socket names the service it called while the sidecar's names its own
- * port, and conntrack may even rewrite a source port. It goes by the two initial sequence
- * numbers instead, which NAT leaves alone and which both ends know once the handshake is done:
- * the client end sees (snd_nxt, rcv_nxt) = (its ISN + 1, the server's ISN + 1), the server end
- * sees the same two numbers the other way round. 64 random bits, plus the network namespace.
+ * Pairing the two ends cannot go by the four addresses: the outbound hop is redirected by
+ * nftables, so the application's socket names the service it called while the sidecar's names
+ * its own port. What both ends agree on is the client's own address and port (the server sees
+ * it as its peer; a remote host cannot pose as one of the pod's own addresses, which the
+ * kernel drops as martian) and the two initial sequence numbers, which NAT leaves alone: the
+ * client end sees (snd_nxt, rcv_nxt) = (its ISN + 1, the server's ISN + 1), the server end
+ * the same two numbers the other way round. A peer choosing one ISN (a remote server answering
+ * the application) still cannot choose the client's address.
  */
 #ifndef RINGMESH_SHORTCUT_H
 #define RINGMESH_SHORTCUT_H
@@ -21,11 +23,12 @@
 
 /* One end of a local connection. */
 struct end_key {
+	__u32 client_ip[4];	/* the client's own address, IPv4 as ::ffff:a.b.c.d */
+	__u32 client_port;	/* and port, host byte order */
 	__u32 client_isn;	/* the client's initial sequence number + 1 */
 	__u32 server_isn;	/* the server's, + 1 */
-	__u64 netns;		/* network namespace cookie: no pairing across namespaces */
 	__u32 end;		/* END_CLIENT or END_SERVER */
-	__u32 pad;
+	__u64 netns;		/* network namespace cookie: no pairing across namespaces */
 };
 
 #define END_CLIENT 0
@@ -59,13 +62,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ringmesh_ends SEC(".maps");
 
-/* Client ends waiting for their server end's handshake to finish (a few microseconds). An LRU
- * bounds it: connections whose server is not a workload socket are forgotten. */
+/* Client ends waiting for their server end's handshake to finish (microseconds), with the
+ * time they started waiting: a server end pairs only within WAIT_NS. An LRU bounds it:
+ * connections whose server is not a workload socket are forgotten. */
+#define WAIT_NS 1000000000ULL
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct end_key);
-	__type(value, __u8);
+	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ringmesh_waiting SEC(".maps");
 

@@ -302,6 +302,11 @@ pub fn command(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(),
             }
         }
     }
+    if accelerate && cgroup.is_none() {
+        // Named, never guessed: a default (init's own cgroup) run from a host shell would be
+        // the administrator's session, not the workload.
+        return Err("--accelerate needs --cgroup DIR: the workload's cgroup v2 directory".into());
+    }
     let script = if remove {
         remove_script()
     } else {
@@ -317,11 +322,10 @@ pub fn command(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(),
         return Ok(());
     }
     apply(&script)?;
-    if remove {
-        return remove_shortcut(cgroup.as_deref(), accelerate);
-    }
-    if accelerate {
-        accelerate_workload(cgroup.as_deref(), o.proxy_uid);
+    match (remove, &cgroup) {
+        (true, Some(cgroup)) => remove_shortcut(cgroup)?,
+        (false, Some(cgroup)) if accelerate => accelerate_workload(cgroup, o.proxy_uid),
+        _ => {}
     }
     Ok(())
 }
@@ -329,9 +333,8 @@ pub fn command(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(),
 /// `--accelerate`: attaches the kernel shortcut. Where it cannot be (no privilege, an older
 /// kernel, cgroup v1, a build without clang), the sidecar works as before: `init` says why and
 /// succeeds, and the proxy reports it in `ringmesh_accelerated`.
-fn accelerate_workload(cgroup: Option<&std::path::Path>, proxy_uid: u32) {
+fn accelerate_workload(cgroup: &std::path::Path, proxy_uid: u32) {
     use crate::accelerate::load::{Installed, Workload, install};
-    say_swept();
     let outcome = Workload::find(cgroup).and_then(|w| install(&w, proxy_uid).map(|i| (w, i)));
     match outcome {
         Ok((w, Installed::Attached)) => eprintln!(
@@ -349,32 +352,17 @@ fn accelerate_workload(cgroup: Option<&std::path::Path>, proxy_uid: u32) {
     }
 }
 
-/// Removes (and mentions) the pins left by cgroups deleted without `--remove`.
-fn say_swept() {
-    let swept = crate::accelerate::load::sweep_stale();
-    if swept > 0 {
-        eprintln!("ringmesh init: removed the kernel shortcut pins of {swept} deleted cgroup(s)");
-    }
-}
-
-/// `--remove`: detaches the workload's shortcut as well. A workload whose cgroup cannot be
-/// found has nothing to remove unless `--accelerate` or `--cgroup` asked for it explicitly.
-fn remove_shortcut(cgroup: Option<&std::path::Path>, asked: bool) -> Result<(), String> {
+/// `--remove --cgroup DIR`: detaches the workload's shortcut as well.
+fn remove_shortcut(cgroup: &std::path::Path) -> Result<(), String> {
     use crate::accelerate::load::{Workload, remove};
-    say_swept();
-    match Workload::find(cgroup) {
-        Ok(w) => {
-            if remove(&w)? {
-                eprintln!(
-                    "ringmesh init: kernel shortcut removed from {}",
-                    w.cgroup.display()
-                );
-            }
-            Ok(())
-        }
-        Err(why) if asked || cgroup.is_some() => Err(why),
-        Err(_) => Ok(()),
+    let w = Workload::find(cgroup)?;
+    if remove(&w)? {
+        eprintln!(
+            "ringmesh init: kernel shortcut removed from {}",
+            w.cgroup.display()
+        );
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -45,8 +45,8 @@ impl Drop for Pods {
 /// and 1 (A, the client), mTLS between them with certificates of `pki` (A's with the identity
 /// `a_id`): B's inbound listener on 15006 takes its ports 8080 (strict, cluster `app`), 8081
 /// (permissive) and 2525 (opaque, a server that speaks first) to its applications on loopback;
-/// A's outbound listener on 127.0.0.1:15001 knows B's 8080 (HTTP/2 between the sidecars) and
-/// 2525. Returns (B's, A's), their admin APIs on `127.0.0.1:b_admin` and `:a_admin`.
+/// A's outbound listener on port 15001 knows B's 8080 (HTTP/2 between the sidecars) and 2525.
+/// Both listen on `[::]`, dual-stack, as the control plane's sidecars do. Returns (B's, A's), their admin APIs on `127.0.0.1:b_admin` and `:a_admin`.
 pub fn two_pod_configs(
     pki: &crate::tls::Pki,
     a_id: &str,
@@ -61,7 +61,7 @@ pub fn two_pod_configs(
 admin: 127.0.0.1:{b_admin}
 listeners:
   - name: inbound
-    bind: 0.0.0.0:15006
+    bind: "[::]:15006"
     tls: {{ certs: [ {{ cert: {}, key: {} }} ], client_ca: {} }}
     inbound:
       ports:
@@ -89,7 +89,7 @@ clusters:
 admin: 127.0.0.1:{a_admin}
 listeners:
   - name: outbound
-    bind: 127.0.0.1:15001
+    bind: "[::]:15001"
     outbound: {{ detect_timeout: 200ms }}
     routes: []
 clusters:

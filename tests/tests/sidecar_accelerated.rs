@@ -7,6 +7,7 @@
 //! `init` says why and the sidecar works and says it runs without. Needs root, `ip`, `nft`,
 //! `nsenter`, `setpriv`, `python3`, `curl`, `tcpdump`, `bpftool` and a cgroup v2 hierarchy.
 
+use std::os::unix::fs::DirBuilderExt as _;
 use std::time::Duration;
 
 use ringmesh_tests::netns::{PROXY_UID, Pods, cgroup2_root, two_pod_configs};
@@ -69,6 +70,7 @@ fn accelerated_pods_carry_every_kind_of_traffic_as_before() {
         return;
     };
     let before_programs = ours("prog");
+    let before_maps = ours("map");
     if pods
         .accelerate(B, &["--proxy-uid", PROXY_UID, "--inbound-port", "15006"])
         .is_none()
@@ -77,7 +79,7 @@ fn accelerated_pods_carry_every_kind_of_traffic_as_before() {
         return;
     }
     let pki = Pki::new("sidecar-accelerated");
-    pods.start_apps(B, &["http:8080", "banner:2525"]);
+    pods.start_apps(B, &["http:8080", "http:8081", "banner:2525"]);
     let (b_config, a_config) = two_pod_configs(&pki, A_ID, B_ADMIN, A_ADMIN);
     pods.start_sidecar(B, &b_config, B_ADMIN);
     pods.start_sidecar(A, &a_config, A_ADMIN);
@@ -92,6 +94,7 @@ fn accelerated_pods_carry_every_kind_of_traffic_as_before() {
         assert!(text.contains("\nringmesh_io_uring 1\n"), "{text}");
     }
     // The pins are root's alone: the directories 0700, the pins 0600.
+    let mut pin_dirs = Vec::new();
     for i in [A, B] {
         use std::os::unix::fs::MetadataExt as _;
         let id = std::fs::metadata(pods.cgroups[i].as_ref().expect("cgroup"))
@@ -107,6 +110,7 @@ fn accelerated_pods_carry_every_kind_of_traffic_as_before() {
             let mode = pin.metadata().expect("pin").mode() & 0o777;
             assert_eq!(mode & 0o077, 0, "{}", pin.path().display());
         }
+        pin_dirs.push(dir);
     }
     let lo_a = pki.dir.join("lo-a.pcap");
     let lo_b = pki.dir.join("lo-b.pcap");
@@ -118,6 +122,13 @@ fn accelerated_pods_carry_every_kind_of_traffic_as_before() {
         pods.get(A, &["http://10.77.0.2:8080/hop-marker-5e1d"])
             .trim(),
         format!("port=8080 xff=10.77.0.1, 10.77.0.1 id={A_ID}")
+    );
+    // Over IPv6 (the application's socket and the sidecar's are IPv6; the pairing goes
+    // through connect6): B's address that A's sidecar does not know as a mesh service is
+    // passed through, to B's permissive port.
+    assert!(
+        pods.get(A, &["-g", "http://[fd77::2]:8081/v6-hop-marker-3c9a"])
+            .starts_with("port=8081"),
     );
     // 32 MiB down and 32 MiB up: far beyond every socket buffer, so the shortcut's
     // backpressure is crossed many times; the bytes arrive whole and in order.
@@ -228,6 +239,10 @@ fn accelerated_pods_carry_every_kind_of_traffic_as_before() {
             "the request crossed pod {pod}'s loopback through TCP"
         );
         assert!(
+            !seen(file, b"v6-hop-marker-3c9a"),
+            "the IPv6 request crossed pod {pod}'s loopback through TCP"
+        );
+        assert!(
             !seen(file, b"220 banner"),
             "the opaque stream crossed pod {pod}'s loopback through TCP"
         );
@@ -284,18 +299,18 @@ fn accelerated_pods_carry_every_kind_of_traffic_as_before() {
                 .iter()
                 .filter(|p| !before_programs.contains(p))
                 .all(|p| !now_p.contains(p))
-                && maps.iter().all(|m| !now_m.contains(m))
+                && maps
+                    .iter()
+                    .filter(|m| !before_maps.contains(m))
+                    .all(|m| !now_m.contains(m))
         }),
         "programs or maps left after --remove: {:?} {:?}",
         ours("prog"),
         ours("map")
     );
-    assert!(
-        std::fs::read_dir("/sys/fs/bpf/ringmesh")
-            .map(|d| d.count() == 0)
-            .unwrap_or(true),
-        "pins left in /sys/fs/bpf/ringmesh"
-    );
+    for dir in &pin_dirs {
+        assert!(!dir.exists(), "{} left after --remove", dir.display());
+    }
 }
 
 #[test]
@@ -304,6 +319,7 @@ fn where_the_shortcut_cannot_be_attached_the_sidecar_works_and_says_so() {
         return;
     }
     let Some(root) = cgroup2_root() else {
+        ringmesh_tests::missing_tool("a cgroup v2 hierarchy");
         return;
     };
     let Some(mut pods) = Pods::new("y", 2) else {
@@ -334,11 +350,67 @@ fn where_the_shortcut_cannot_be_attached_the_sidecar_works_and_says_so() {
             "--proxy-uid",
             PROXY_UID,
             "--accelerate",
+            "--cgroup",
+            root.to_str().expect("path"),
         ],
     );
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("nsenter --net="), "{said}");
+    // The cgroup is named, never guessed: without it `init` refuses and changes nothing.
+    pods.exec(1, &["nft", "delete", "table", "inet", "ringmesh"]);
+    let out = pods
+        .nsenter(1)
+        .args(["init", "--proxy-uid", PROXY_UID, "--accelerate"])
+        .output()
+        .expect("init");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cgroup"));
+    assert!(
+        !pods
+            .exec(1, &["nft", "list", "table", "inet", "ringmesh"])
+            .status
+            .success()
+    );
+    // An attack: a local user who could write to the BPF filesystem plants the workload's pin
+    // directory as a link to files of their choice. `init` refuses to attach through it or to
+    // remove what it points to.
+    let victim = root
+        .join("ringmesh-tests")
+        .join(format!("{}-planted", pods.ns[1]));
+    std::fs::create_dir_all(&victim).expect("cgroup");
+    let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&victim).expect("cgroup"));
+    let target = std::env::temp_dir().join(format!("ringmesh-planted-{id}"));
+    std::fs::create_dir_all(&target).expect("target");
+    std::fs::write(target.join("sockops"), b"precious").expect("file");
+    let pin_root = std::path::Path::new("/sys/fs/bpf/ringmesh");
+    if !pin_root.exists() {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(pin_root)
+            .expect("pin root");
+    }
+    let planted = pin_root.join(format!("cgroup-{id}"));
+    std::os::unix::fs::symlink(&target, &planted).expect("plant");
+    for args in [&["--accelerate"][..], &["--remove"][..]] {
+        let out = pods
+            .nsenter(1)
+            .args(["init", "--proxy-uid", PROXY_UID])
+            .args(args)
+            .arg("--cgroup")
+            .arg(&victim)
+            .output()
+            .expect("init");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("refusing"), "{args:?}: {said}");
+    }
+    assert_eq!(
+        std::fs::read(target.join("sockops")).expect("file"),
+        b"precious"
+    );
+    let _ = std::fs::remove_file(&planted);
+    let _ = std::fs::remove_dir_all(&target);
+    let _ = std::fs::remove_dir(&victim);
     // The sidecar serves without the shortcut and says so in `ringmesh_accelerated`.
     pods.start_apps(0, &["http:8080"]);
     pods.start_sidecar(

@@ -5,7 +5,8 @@
 //! maps, and the links that hold the cgroup programs attached. The `sk_msg` program is attached
 //! to the pinned sockhash and lives as long as it does. Removing the directory's pins detaches
 //! everything: the links go, the maps lose their last user reference and release the program
-//! attached to them.
+//! attached to them. Every directory is checked to be root's alone before it is used, and only
+//! the known pins are ever removed.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
@@ -54,23 +55,12 @@ pub enum Installed {
 }
 
 impl Workload {
-    /// The workload whose cgroup is `path` (a cgroup v2 directory), or, without one, the
-    /// cgroup `ringmesh init` itself runs in. The root cgroup is refused: it holds every
-    /// process of the host, and the shortcut is for one workload's connections only.
-    pub fn find(path: Option<&Path>) -> Result<Workload, String> {
+    /// The workload whose cgroup is `path` (a cgroup v2 directory). The root cgroup is
+    /// refused: it holds every process of the host, and the shortcut is for one workload's
+    /// connections only.
+    pub fn find(path: &Path) -> Result<Workload, String> {
         let root = cgroup2_root()?;
-        let cgroup = match path {
-            Some(p) => p.to_path_buf(),
-            None => {
-                let own = fs::read_to_string("/proc/self/cgroup")
-                    .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
-                let rel = own
-                    .lines()
-                    .find_map(|l| l.strip_prefix("0::"))
-                    .ok_or("this process has no cgroup v2 membership; pass --cgroup")?;
-                root.join(rel.trim_start_matches('/'))
-            }
-        };
+        let cgroup = path.to_path_buf();
         let cgroup = cgroup
             .canonicalize()
             .map_err(|e| format!("--cgroup {}: {e}", cgroup.display()))?;
@@ -111,45 +101,6 @@ fn cgroup2_root() -> Result<PathBuf, String> {
     })
 }
 
-/// Removes the pins of workloads whose cgroup was deleted without `--remove` (a pod torn
-/// down): the kernel detached their programs, but the pinned links and maps would stay
-/// forever. Cgroup ids are never reused, so a pin directory whose id no cgroup has is stale.
-/// Returns how many were removed.
-pub fn sweep_stale() -> usize {
-    let Ok(pinned) = fs::read_dir(PIN_ROOT) else {
-        return 0;
-    };
-    let Ok(root) = cgroup2_root() else {
-        return 0;
-    };
-    let mut live = std::collections::HashSet::new();
-    let mut dirs = vec![root];
-    while let Some(dir) = dirs.pop() {
-        if let Ok(meta) = fs::metadata(&dir) {
-            live.insert(meta.ino());
-        }
-        if let Ok(entries) = fs::read_dir(&dir) {
-            dirs.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    pinned
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix("cgroup-"))
-                .and_then(|id| id.parse::<u64>().ok())
-                .is_some_and(|id| !live.contains(&id))
-        })
-        .filter(|e| unpin(&e.path()).is_ok())
-        .count()
-}
-
 /// Where the cgroup v2 hierarchy is mounted, from `/proc/self/mountinfo`.
 fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mounts(mountinfo)
@@ -172,8 +123,12 @@ pub fn built() -> bool {
     !CONNECT.is_empty() && !SOCKOPS.is_empty() && !MSG.is_empty()
 }
 
+/// The pins of a workload, all in its directory: the maps, and the links of the cgroup
+/// programs. Nothing else is ever created or removed there.
+const LINKS: [&str; 3] = ["connect4", "connect6", "sockops"];
+
 /// Attaches the shortcut to `workload`'s sockets; `proxy_uid` is the user the sidecar runs
-/// as. On any error nothing of it is left behind.
+/// as. On any error nothing of this run is left behind.
 pub fn install(workload: &Workload, proxy_uid: u32) -> Result<Installed, String> {
     if !built() {
         return Err(
@@ -182,15 +137,25 @@ pub fn install(workload: &Workload, proxy_uid: u32) -> Result<Installed, String>
         );
     }
     ensure_bpf_fs()?;
+    private_dir(Path::new(PIN_ROOT))?;
     let dir = workload.pins();
-    if dir.join("sockops").exists() {
-        return Ok(Installed::AlreadyAttached);
+    // Created exclusively: of two `init` runs for one workload, one attaches, and the other
+    // finds the directory and never touches what the first is building.
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            check_private(&dir)?;
+            return if pins(&dir).all(|p| p.exists()) {
+                Ok(Installed::AlreadyAttached)
+            } else {
+                Err(format!(
+                    "{} holds part of a shortcut: another `init` is attaching it, or one was interrupted (`init --remove --cgroup` clears it)",
+                    dir.display()
+                ))
+            };
+        }
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
     }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     match attach(workload, &dir, proxy_uid) {
         Ok(()) => Ok(Installed::Attached),
         Err(e) => {
@@ -203,22 +168,61 @@ pub fn install(workload: &Workload, proxy_uid: u32) -> Result<Installed, String>
 /// Detaches and unpins everything of `workload`'s; whether there was anything.
 pub fn remove(workload: &Workload) -> Result<bool, String> {
     let dir = workload.pins();
-    if !dir.exists() {
+    if fs::symlink_metadata(&dir).is_err() {
         return Ok(false);
     }
     unpin(&dir)?;
     Ok(true)
 }
 
+/// Every pin a workload directory may hold.
+fn pins(dir: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    MAPS.iter().chain(LINKS.iter()).map(|name| dir.join(name))
+}
+
+/// Removes the known pins of `dir`, then `dir`. Only regular pins are removed, never what a
+/// symbolic link points to, and `dir` must be root's alone.
 fn unpin(dir: &Path) -> Result<(), String> {
-    for entry in fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
-        let path = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
-        fs::remove_file(&path).map_err(|e| format!("cannot unpin {}: {e}", path.display()))?;
+    check_private(dir)?;
+    for pin in pins(dir) {
+        match fs::symlink_metadata(&pin) {
+            Ok(meta) if meta.file_type().is_file() => {
+                fs::remove_file(&pin).map_err(|e| format!("cannot unpin {}: {e}", pin.display()))?
+            }
+            Ok(_) => return Err(format!("{} is not a pin: left alone", pin.display())),
+            Err(_) => {}
+        }
     }
     fs::remove_dir(dir).map_err(|e| format!("cannot remove {}: {e}", dir.display()))
 }
 
-/// Mounts the BPF filesystem at /sys/fs/bpf when nothing is mounted there (as Cilium does).
+/// Creates `dir` (mode 0700) if it is missing, then [`check_private`]s it.
+fn private_dir(dir: &Path) -> Result<(), String> {
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+    }
+    check_private(dir)
+}
+
+/// Refuses a directory another user could have placed or could write to: a symbolic link,
+/// not root's, or open to group or others. (A BPF filesystem someone else mounted is often
+/// world-writable: without this, a local user could plant the directory, or a link in it,
+/// and have root attach to, or delete, what they chose.)
+fn check_private(dir: &Path) -> Result<(), String> {
+    let meta = fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.file_type().is_dir() || meta.uid() != 0 || meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is not a directory of root's alone (a link, another owner, or open to others): refusing to use it",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Mounts the BPF filesystem at /sys/fs/bpf, root's alone, when nothing is mounted there (as
+/// Cilium does).
 fn ensure_bpf_fs() -> Result<(), String> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
@@ -226,7 +230,7 @@ fn ensure_bpf_fs() -> Result<(), String> {
         return Ok(());
     }
     let out = std::process::Command::new("mount")
-        .args(["-t", "bpf", "bpf", BPF_FS])
+        .args(["-t", "bpf", "-o", "mode=0700", "bpf", BPF_FS])
         .output()
         .map_err(|e| format!("no BPF filesystem at {BPF_FS}, and `mount` cannot run: {e}"))?;
     if !out.status.success() {
@@ -290,7 +294,7 @@ fn attach(workload: &Workload, dir: &Path, proxy_uid: u32) -> Result<(), String>
     let ends = msg
         .take_map("ringmesh_ends")
         .ok_or("msg.c has no map ringmesh_ends")?;
-    let ends: SockHash<MapData, [u8; 24]> =
+    let ends: SockHash<MapData, [u8; 40]> =
         SockHash::try_from(ends).map_err(|e| why("ringmesh_ends", e))?;
     let ends_fd = ends.fd().try_clone().map_err(|e| why("ringmesh_ends", e))?;
     let p: &mut SkMsg = program_mut(&mut msg, "ringmesh_msg")?;
