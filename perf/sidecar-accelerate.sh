@@ -3,7 +3,8 @@
 #
 # 1. One local hop alone (ringmesh-pingpong, 100-byte round trips between two threads of one
 #    process, as the proxy's user, on CPU 1): through TCP, shortcut, and over a Unix socket pair
-#    for reference. CPU per round trip, user and kernel.
+#    for reference. CPU per round trip, user and kernel. Then flow control: how much a sender
+#    gets accepted when the other end never reads (the shortcut has none: see docs/sidecar.md).
 # 2. A request from an application through its outbound sidecar to an upstream and back: wrk (the
 #    application, in pod A's cgroup, on CPU 0) calls a service address that nftables redirects to
 #    the sidecar (one worker, io_uring, as user 1337, CPU 1), which calls nginx in pod B (CPU 1)
@@ -72,6 +73,12 @@ for r in $(seq 1 "$ROUNDS"); do
   printf 'shortcut  '; in_a taskset -c 1 "${AS_PROXY[@]}" target/release/ringmesh-pingpong
   printf 'unix      '; in_a taskset -c 1 "${AS_PROXY[@]}" target/release/ringmesh-pingpong --unix
 done
+
+echo "== flow control: the sender writes, the other end never reads"
+tcp_mode
+printf 'tcp       '; in_a taskset -c 1 "${AS_PROXY[@]}" target/release/ringmesh-pingpong --no-reader
+shortcut_mode
+printf 'shortcut  '; in_a taskset -c 1 "${AS_PROXY[@]}" target/release/ringmesh-pingpong --no-reader
 
 busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }  # user nice system irq softirq
 

@@ -7,7 +7,11 @@
 //! socket pair instead: the floor of any local exchange (two system calls and a wake-up each
 //! way, no protocol). perf/sidecar-accelerate.sh runs all three.
 //!
-//!   ringmesh-pingpong [--count 200000] [--size 100] [--unix]
+//! `--no-reader` measures flow control instead: the client writes without the other end ever
+//! reading, until a write would block (TCP stops it at its buffers) or 256 MiB are queued or
+//! two seconds pass, and reports how much was accepted.
+//!
+//!   ringmesh-pingpong [--count 200000] [--size 100] [--unix] [--no-reader]
 
 use lexopt::prelude::*;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -15,13 +19,14 @@ use std::os::fd::AsRawFd as _;
 use std::time::{Duration, Instant};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (mut count, mut size, mut unix) = (200_000u64, 100usize, false);
+    let (mut count, mut size, mut unix, mut no_reader) = (200_000u64, 100usize, false, false);
     let mut args = lexopt::Parser::from_env();
     while let Some(arg) = args.next()? {
         match arg {
             Long("count") => count = args.value()?.parse()?,
             Long("size") => size = args.value()?.parse()?,
             Long("unix") => unix = true,
+            Long("no-reader") => no_reader = true,
             other => return Err(other.unexpected().into()),
         }
     }
@@ -35,7 +40,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
     let fd = client.as_raw_fd();
+    if no_reader {
+        return queue_without_reader(client, server);
+    }
     exchange(client, server, count, size, Some(fd))
+}
+
+/// Writes until the kernel pushes back; the other end never reads.
+fn queue_without_reader(
+    mut client: TcpStream,
+    mut server: TcpStream,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::{Read as _, Write as _};
+    // One byte each way first, so that both ends have chosen the shortcut (or TCP).
+    server.write_all(b"?")?;
+    client.read_exact(&mut [0u8; 1])?;
+    client.write_all(b"!")?;
+    server.read_exact(&mut [0u8; 1])?;
+    client.set_nonblocking(true)?;
+    let chunk = vec![0u8; 65536];
+    let (start, mut queued) = (Instant::now(), 0u64);
+    let stopped = loop {
+        if queued >= 256 << 20 {
+            break "256 MiB cap";
+        }
+        if start.elapsed() > Duration::from_secs(2) {
+            break "two seconds";
+        }
+        match client.write(&chunk) {
+            Ok(n) => queued += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break "the kernel pushed back",
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let sent = ringmesh_core::sys::tcp_bytes_sent(client.as_raw_fd()).unwrap_or(u64::MAX);
+    println!(
+        "without a reader: {:.1} MiB accepted before {stopped} (TCP sent {sent} B: {})",
+        queued as f64 / (1u64 << 20) as f64,
+        if sent < 2 { "shortcut" } else { "through TCP" }
+    );
+    Ok(())
 }
 
 /// The round trips, then the report; `tcp`: the client's socket, whose TCP byte count says
