@@ -456,10 +456,42 @@ fn prometheus_scrapes_the_metrics_and_answers_queries() {
             "count(ringmesh_endpoint_ewma_seconds{cluster=\"up\"})",
         ),
     );
+    // Every query of the Grafana dashboards, as Grafana sends it: Prometheus accepts each (a
+    // syntax error is an error answer), and the request-rate panel has data.
+    let mut refused = Vec::new();
+    for dashboard in ["ringmesh-proxy.json", "ringmesh-control.json"] {
+        for q in ringmesh_tests::grafana::queries(dashboard) {
+            let Some(q) = ringmesh_tests::grafana::as_sent(&q) else {
+                continue;
+            };
+            let answer = prom_query(listen, &q);
+            if answer.as_ref().and_then(|a| a["status"].as_str()) != Some("success") {
+                refused.push(format!("{q}: {answer:?}"));
+            }
+        }
+    }
+    let rate_query = ringmesh_tests::grafana::queries("ringmesh-proxy.json")
+        .into_iter()
+        .find(|q| q.starts_with("sum by (route) (rate(ringmesh_requests_total"))
+        .and_then(|q| ringmesh_tests::grafana::as_sent(&q))
+        .expect("the request-rate panel");
+    // A rate needs two scrapes.
+    let rate_has_data = eventually(Duration::from_secs(15), || {
+        prom_query(listen, &rate_query).is_some_and(|r| {
+            r["data"]["result"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        })
+    });
     let _ = server.kill();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(scraped, "Prometheus never scraped the admin API");
+    assert!(
+        refused.is_empty(),
+        "Prometheus refused dashboard queries: {refused:#?}"
+    );
+    assert!(rate_has_data, "the request-rate panel has no data");
     let (total, failed, median, workers, endpoints) = results;
     assert_eq!(total.as_deref(), Some("10"));
     assert_eq!(failed.as_deref(), Some("3"));

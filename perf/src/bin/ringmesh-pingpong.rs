@@ -7,9 +7,10 @@
 //! socket pair instead: the floor of any local exchange (two system calls and a wake-up each
 //! way, no protocol). perf/sidecar-accelerate.sh runs all three.
 //!
-//! `--no-reader` measures flow control instead: the client writes without the other end ever
+//! `--no-reader` measures flow control instead: the client writes without the other end
 //! reading, until a write would block (TCP stops it at its buffers) or 256 MiB are queued or
-//! two seconds pass, and reports how much was accepted.
+//! two seconds pass, and reports how much was accepted; then the other end reads it all and
+//! checks that every byte arrived once and in order.
 //!
 //!   ringmesh-pingpong [--count 200000] [--size 100] [--unix] [--no-reader]
 
@@ -58,7 +59,8 @@ fn queue_without_reader(
     client.write_all(b"!")?;
     server.read_exact(&mut [0u8; 1])?;
     client.set_nonblocking(true)?;
-    let chunk = vec![0u8; 65536];
+    // Byte i of the stream is i mod 251: a lost, repeated or reordered block shows.
+    let pattern: Vec<u8> = (0..65536u32 * 251).map(|i| (i % 251) as u8).collect();
     let (start, mut queued) = (Instant::now(), 0u64);
     let stopped = loop {
         if queued >= 256 << 20 {
@@ -67,18 +69,32 @@ fn queue_without_reader(
         if start.elapsed() > Duration::from_secs(2) {
             break "two seconds";
         }
-        match client.write(&chunk) {
+        let at = (queued % 251) as usize;
+        match client.write(&pattern[at..at + 65536]) {
             Ok(n) => queued += n as u64,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break "the kernel pushed back",
             Err(e) => return Err(e.into()),
         }
     };
     let sent = ringmesh_core::sys::tcp_bytes_sent(client.as_raw_fd()).unwrap_or(u64::MAX);
+    drop(client);
+    let mut got = Vec::with_capacity(queued as usize);
+    server.read_to_end(&mut got)?;
+    let in_order =
+        got.len() as u64 == queued && got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8);
     println!(
-        "without a reader: {:.1} MiB accepted before {stopped} (TCP sent {sent} B: {})",
+        "without a reader: {:.1} MiB accepted before {stopped}, {:.1} MiB of it transmitted by TCP; read back {}",
         queued as f64 / (1u64 << 20) as f64,
-        if sent < 2 { "shortcut" } else { "through TCP" }
+        sent.saturating_sub(1) as f64 / (1u64 << 20) as f64,
+        if in_order {
+            "whole and in order"
+        } else {
+            "CHANGED"
+        }
     );
+    if !in_order {
+        return Err("the stream arrived changed".into());
+    }
     Ok(())
 }
 
