@@ -8,6 +8,7 @@ pub mod api_guard;
 pub mod compile;
 mod compile_sidecar;
 pub mod config;
+pub mod ctl;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
 pub mod http;

@@ -41,6 +41,10 @@ USAGE:
                                           empty store); https:// URLs need --etcd-ca, and a
                                           client certificate where etcd asks for one
     ringmesh check FILE                   validate a config; print every error
+    ringmesh ctl [--server HOST:PORT] [--token-file FILE] [--ca FILE | --ca-sha256 HEX]
+                 [--output text|json] status|check|clusters|endpoints C|split NODE ROUTE C=W..
+                                          the operator's client of the control plane
+                                          (`ringmesh ctl --help`; docs/control.md)
     ringmesh init --proxy-uid UID [--outbound-port 15001] [--inbound-port P]
                   [--skip-inbound-ports P,..] [--skip-outbound-ports P,..]
                   [--skip-outbound-cidrs CIDR,..] [--accelerate [--cgroup DIR]]
@@ -370,6 +374,10 @@ fn control(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // `ctl` has flags of its own too, and sets up nothing of the proxy's.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "ctl") {
+        return ringmesh_control::ctl::command(std::env::args_os().skip(2));
+    }
     // `init` has flags of its own and runs before anything else is set up.
     if std::env::args_os().nth(1).is_some_and(|a| a == "init") {
         return match ringmesh_control::init::command(std::env::args_os().skip(2)) {

@@ -146,6 +146,9 @@ pub(super) fn issue(st: &mut State, node: &str, public_key: &str) -> Response {
     match st.ca.current.issue(public_key, &id, &dns, node, ttl) {
         Ok((cert, expires)) => {
             st.ca.issued += 1;
+            if let Some(n) = st.nodes.get_mut(node) {
+                n.cert_expires_unix = Some(expires);
+            }
             let (bundle_mark, issuer_mark) = st.ca.marks();
             Response::json(
                 200,

@@ -89,6 +89,9 @@ pub(super) struct NodeState {
     pub(super) applied_hash: Option<u64>,
     pub(super) rejected: Option<(u64, String, SystemTime)>,
     pub(super) last_seen: Option<SystemTime>,
+    /// When the last certificate this control plane issued to the node expires (Unix
+    /// seconds); `None` before it issued one (or when another replica did).
+    pub(super) cert_expires_unix: Option<i64>,
 }
 
 impl NodeState {
@@ -365,6 +368,7 @@ impl State {
                             applied_hash: None,
                             rejected: None,
                             last_seen: None,
+                            cert_expires_unix: None,
                         },
                     );
                 }

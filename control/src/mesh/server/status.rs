@@ -83,11 +83,16 @@ pub(super) fn nodes_json(st: &State) -> Vec<u8> {
                     "version": v, "error": e, "at_unix_ms": unix_ms(*t),
                 })),
                 "last_seen_seconds_ago": n.last_seen.map(ago),
+                "cert_expires_unix": n.cert_expires_unix,
             });
             (name.clone(), v)
         })
         .collect();
-    (json!({ "version": st.version, "nodes": nodes }).to_string() + "\n").into_bytes()
+    // The control plane's clock, for `ringmesh ctl check`'s skew test.
+    let now_unix_ms = unix_ms(now);
+    (json!({ "version": st.version, "now_unix_ms": now_unix_ms, "nodes": nodes }).to_string()
+        + "\n")
+        .into_bytes()
 }
 
 pub(super) fn clusters_json(st: &State) -> Vec<u8> {
