@@ -442,3 +442,68 @@ fn where_the_shortcut_cannot_be_attached_the_sidecar_works_and_says_so() {
         "something was pinned for the root cgroup"
     );
 }
+
+#[test]
+fn init_run_again_or_twice_at_once_attaches_once() {
+    if tool(&["nsenter"]).is_none() || tool(&["bpftool"]).is_none() {
+        return;
+    }
+    let Some(root) = cgroup2_root() else {
+        ringmesh_tests::missing_tool("a cgroup v2 hierarchy");
+        return;
+    };
+    let Some(pods) = Pods::new("z", 1) else {
+        return;
+    };
+    let cgroup = root
+        .join("ringmesh-tests")
+        .join(format!("{}-twice", pods.ns[0]));
+    std::fs::create_dir_all(&cgroup).expect("cgroup");
+    let attached = || {
+        let out = std::process::Command::new("bpftool")
+            .args(["cgroup", "show"])
+            .arg(&cgroup)
+            .output()
+            .expect("bpftool");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("ringmesh_"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let init = || {
+        pods.nsenter(0)
+            .args(["init", "--proxy-uid", PROXY_UID, "--accelerate", "--cgroup"])
+            .arg(&cgroup)
+            .spawn()
+            .expect("init")
+    };
+    // Two at once: one attaches; the other finds it attached, or being attached, and stops
+    // without undoing it.
+    let (a, b) = (init(), init());
+    let (a, b) = (
+        a.wait_with_output().expect("init"),
+        b.wait_with_output().expect("init"),
+    );
+    assert!(a.status.success() && b.status.success());
+    let programs = attached();
+    assert_eq!(programs.len(), 3, "{programs:?}");
+    // Again, later: left as it is (the same programs, so open connections keep their pairing).
+    let again = pods
+        .nsenter(0)
+        .args(["init", "--proxy-uid", PROXY_UID, "--accelerate", "--cgroup"])
+        .arg(&cgroup)
+        .output()
+        .expect("init");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already attached"));
+    assert_eq!(attached(), programs);
+    let removed = pods
+        .nsenter(0)
+        .args(["init", "--remove", "--cgroup"])
+        .arg(&cgroup)
+        .output()
+        .expect("init --remove");
+    assert!(removed.status.success());
+    assert!(attached().is_empty());
+    let _ = std::fs::remove_dir(&cgroup);
+}
