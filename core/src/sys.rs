@@ -409,6 +409,26 @@ pub fn tcp_bytes_sent(fd: RawFd) -> std::io::Result<u64> {
     }
 }
 
+/// `O_NOFOLLOW` for `OpenOptionsExt::custom_flags`: the last component, if a symbolic link,
+/// is refused rather than followed.
+pub const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
+
+/// Waits for an exclusive `flock` on `fd` (released when the file is closed): what makes two
+/// processes take turns (`ringmesh init` mounting the BPF filesystem and attaching).
+#[allow(unsafe_code)]
+pub fn lock_exclusive(fd: RawFd) -> std::io::Result<()> {
+    loop {
+        // SAFETY: flock takes a descriptor and a flag; an invalid one is an error, not UB.
+        if unsafe { libc::flock(fd, libc::LOCK_EX) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

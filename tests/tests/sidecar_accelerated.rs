@@ -383,6 +383,21 @@ fn where_the_shortcut_cannot_be_attached_the_sidecar_works_and_says_so() {
     let target = std::env::temp_dir().join(format!("ringmesh-planted-{id}"));
     std::fs::create_dir_all(&target).expect("target");
     std::fs::write(target.join("sockops"), b"precious").expect("file");
+    // As `init` would, taking its turn: the BPF filesystem, root's alone, if none is mounted.
+    let out = std::process::Command::new("flock")
+        .args([
+            "/run/ringmesh-accelerate.lock",
+            "sh",
+            "-c",
+            "grep -q ' /sys/fs/bpf .* - bpf ' /proc/self/mountinfo || mount -t bpf -o mode=0700 bpf /sys/fs/bpf",
+        ])
+        .output()
+        .expect("flock");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pin_root = std::path::Path::new("/sys/fs/bpf/ringmesh");
     if !pin_root.exists() {
         std::fs::DirBuilder::new()

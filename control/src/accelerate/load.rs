@@ -136,6 +136,9 @@ pub fn install(workload: &Workload, proxy_uid: u32) -> Result<Installed, String>
                 .into(),
         );
     }
+    // One `init` at a time on this host from here: two mounting the BPF filesystem at once
+    // would stack two, each pinning in its own.
+    let _turn = take_turn()?;
     ensure_bpf_fs()?;
     private_dir(Path::new(PIN_ROOT))?;
     let dir = workload.pins();
@@ -167,12 +170,32 @@ pub fn install(workload: &Workload, proxy_uid: u32) -> Result<Installed, String>
 
 /// Detaches and unpins everything of `workload`'s; whether there was anything.
 pub fn remove(workload: &Workload) -> Result<bool, String> {
+    let _turn = take_turn()?;
     let dir = workload.pins();
     if fs::symlink_metadata(&dir).is_err() {
         return Ok(false);
     }
     unpin(&dir)?;
     Ok(true)
+}
+
+/// Where `init` runs take turns (a root-owned file; the lock goes with the descriptor).
+const LOCK: &str = "/run/ringmesh-accelerate.lock";
+
+fn take_turn() -> Result<fs::File, String> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(ringmesh_core::sys::O_NOFOLLOW)
+        .open(LOCK)
+        .map_err(|e| format!("cannot open {LOCK}: {e}"))?;
+    ringmesh_core::sys::lock_exclusive(file.as_raw_fd())
+        .map_err(|e| format!("cannot lock {LOCK}: {e}"))?;
+    Ok(file)
 }
 
 /// Every pin a workload directory may hold.
