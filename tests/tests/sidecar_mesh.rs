@@ -22,12 +22,43 @@ const CONTROL: &str = "10.77.0.2:17000";
 
 #[test]
 fn sidecars_fed_by_a_control_plane_talk_over_mtls() {
+    two_sidecars_fed_by_a_control_plane(false);
+}
+
+/// The same with `ringmesh init --accelerate` in both pods: everything holds, and both
+/// sidecars find their local hops shortcut.
+#[test]
+fn sidecars_fed_by_a_control_plane_talk_over_mtls_with_the_kernel_shortcut() {
+    if tool(&["nsenter"]).is_none() || tool(&["bpftool"]).is_none() {
+        return;
+    }
+    two_sidecars_fed_by_a_control_plane(true);
+}
+
+fn two_sidecars_fed_by_a_control_plane(accelerate: bool) {
     if tool(&["tcpdump"]).is_none() {
         return;
     }
-    let Some(mut pods) = Pods::new("cp", 3) else {
+    let tag = if accelerate { "cx" } else { "cp" };
+    let Some(mut pods) = Pods::new(tag, 3) else {
         return;
     };
+    // B's rules leave the control plane's port alone: A's sidecar reaches it.
+    let b_init = [
+        "--proxy-uid",
+        PROXY_UID,
+        "--inbound-port",
+        "15006",
+        "--skip-inbound-ports",
+        "17000",
+    ];
+    let a_init = ["--proxy-uid", PROXY_UID];
+    // Accelerated, each pod gets its cgroup (and its rules) before anything starts in it.
+    if accelerate
+        && (pods.accelerate(B, &b_init).is_none() || pods.accelerate(A, &a_init).is_none())
+    {
+        return;
+    }
     let mesh = format!(
         "{}clusters:
   - name: b
@@ -88,19 +119,10 @@ nodes:
         ];
         pods.start_proxy(i, &[&token], &args, 9901);
     }
-    // B's rules leave the control plane's port alone: A's sidecar reaches it.
-    pods.init(
-        B,
-        &[
-            "--proxy-uid",
-            PROXY_UID,
-            "--inbound-port",
-            "15006",
-            "--skip-inbound-ports",
-            "17000",
-        ],
-    );
-    pods.init(A, &["--proxy-uid", PROXY_UID]);
+    if !accelerate {
+        pods.init(B, &b_init);
+        pods.init(A, &a_init);
+    }
 
     let pcap = dir.join("link.pcap");
     pods.capture(B, &pcap);
@@ -152,4 +174,9 @@ nodes:
     assert_eq!(inbound("mesh"), 2.0);
     assert_eq!(inbound("refused-plaintext"), 1.0);
     assert_eq!(inbound("plaintext"), 1.0);
+    let shortcut = format!("\nringmesh_accelerated {}\n", u8::from(accelerate));
+    for i in [A, B] {
+        let text = pods.get(i, &["http://127.0.0.1:9901/metrics"]);
+        assert!(text.contains(&shortcut), "{}: {shortcut}", pods.ns[i]);
+    }
 }
