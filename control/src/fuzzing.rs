@@ -100,17 +100,8 @@ fn etcd_watch_stream(data: &[u8]) {
 }
 
 fn nodes_render(m: &crate::mesh::model::Mesh) {
-    use crate::mesh::model::{render_cluster, render_node};
-    let clusters: std::collections::BTreeMap<String, String> = m
-        .clusters
-        .iter()
-        .map(|c| {
-            (
-                c.name.clone(),
-                render_cluster(c, |_| None, std::iter::empty()),
-            )
-        })
-        .collect();
+    use crate::mesh::model::{render_node, render_static_clusters};
+    let clusters = render_static_clusters(m);
     for (name, n) in &m.nodes {
         let text = render_node(m, name, n, &clusters);
         if let Err(errs) = crate::config::Config::parse(&text) {

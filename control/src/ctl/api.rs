@@ -46,7 +46,7 @@ pub(super) struct Answer {
 
 impl Api {
     /// Checks the settings (nothing is sent): a server, a way to verify it, a token.
-    pub(super) fn connect(s: &Settings) -> Result<Api, String> {
+    pub(super) fn new(s: &Settings) -> Result<Api, String> {
         let server = s
             .server
             .as_deref()

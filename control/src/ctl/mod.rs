@@ -114,7 +114,7 @@ fn run(args: impl IntoIterator<Item = OsString>) -> Result<bool, String> {
     if let Some((f, _)) = options.iter().find(|(f, _)| !known.contains(&f.as_str())) {
         return Err(format!("{command}: unknown option --{f}"));
     }
-    let api = Api::connect(&settings)?;
+    let api = Api::new(&settings)?;
     let out = output::Out::new(format);
     match (command.as_str(), rest) {
         ("status", []) => status::run(

@@ -24,7 +24,7 @@ mod sidecar;
 mod tests;
 
 use nodes::{check_clusters, check_nodes};
-pub use render::{Registered, render_cluster, render_node};
+pub use render::{Registered, render_cluster, render_node, render_static_clusters};
 pub use settings::api_may_not_name_files;
 use settings::{check_api, check_ca};
 

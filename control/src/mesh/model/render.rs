@@ -60,6 +60,20 @@ pub fn render_cluster<'a>(
     Value::Object(c).to_string()
 }
 
+/// Every cluster of `mesh` rendered with only its listed endpoints (nothing discovered or
+/// registered yet): what a node's config is checked against before any discovery runs.
+pub fn render_static_clusters(mesh: &Mesh) -> BTreeMap<String, String> {
+    mesh.clusters
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                render_cluster(c, |_| None, std::iter::empty()),
+            )
+        })
+        .collect()
+}
+
 pub(super) fn normalize(addr: &str) -> String {
     addr.parse::<SocketAddr>()
         .map_or_else(|_| addr.to_string(), |a| a.to_string())

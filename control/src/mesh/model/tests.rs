@@ -129,16 +129,7 @@ nodes:
       unknown_destinations: refuse
 ";
     let m = Mesh::parse(mesh).expect("valid");
-    let clusters: BTreeMap<String, String> = m
-        .clusters
-        .iter()
-        .map(|c| {
-            (
-                c.name.clone(),
-                render_cluster(c, |_| None, std::iter::empty()),
-            )
-        })
-        .collect();
+    let clusters = render_static_clusters(&m);
     let text = render_node(&m, "back-1", &m.nodes["back-1"], &clusters);
     let c = Config::parse(&text).expect("the proxy accepts a rendered sidecar");
     let names: Vec<&str> = c.listeners.iter().map(|l| l.name.as_str()).collect();
