@@ -10,6 +10,10 @@
 #
 # LOG_DIR=/dev/shm puts the log on tmpfs, which takes the disk out of the measurement (on a
 # virtual machine, its I/O also costs the host CPU time that the guest does not see).
+#
+# WHAT=spans measures span export instead: "on" exports a span per request (`tracing`, 100%
+# sampled: each request is sent with a sampled `traceparent`) to a collector stand-in, an nginx on
+# CPU 0 that answers every post 200; the second thread measured is the span exporter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-4}"
@@ -35,15 +39,29 @@ EOC
 }
 config "$OFF" "" > "$dir/off.yaml"
 logdir=$(mktemp -d -p "${LOG_DIR:-$dir}")
-config "$ON" "    access_log: $logdir/access.log" > "$dir/on.yaml"
+WHAT="${WHAT:-log}"
+if [ "$WHAT" = spans ]; then
+  SINK=$(free_port); mkdir -p "$dir/sink"
+  backend_conf "$dir/sink" "$SINK" | sed 's/access_log off;/access_log off; client_max_body_size 16m;/' > "$dir/sink.conf"
+  { echo "tracing: { otlp: \"http://127.0.0.1:$SINK/v1/traces\", sample: 100% }"; config "$ON" ""; } > "$dir/on.yaml"
+  THREAD=ringmesh-spans
+  # Every request carries a sampled context: each one is exported.
+  WRK_ARGS=(-H "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+else
+  config "$ON" "    access_log: $logdir/access.log" > "$dir/on.yaml"
+  THREAD=ringmesh-log
+  WRK_ARGS=()
+fi
 
 pids=()
 cleanup() { kill_all "${pids[@]}"; rm -rf "$dir"; }
 trap 'cleanup; rm -rf "$logdir"' EXIT
 taskset -c 1 nginx -c "$dir/backend.conf" & pids+=($!)
+[ "$WHAT" = spans ] && { taskset -c 0 nginx -c "$dir/sink.conf" & pids+=($!); }
 taskset -c 1 target/release/ringmesh proxy --config "$dir/off.yaml" --workers 1 --log-level warn & pids+=($!)
 OFF_PID=$!
-taskset -c 1 target/release/ringmesh proxy --config "$dir/on.yaml" --workers 1 --log-level warn & pids+=($!)
+ON_ADMIN=$(free_port)
+taskset -c 1 target/release/ringmesh proxy --config "$dir/on.yaml" --workers 1 --log-level warn --admin "127.0.0.1:$ON_ADMIN" & pids+=($!)
 ON_PID=$!
 sleep 1
 
@@ -60,20 +78,20 @@ declare -A RPS CPU LAST
 RATIOS=""
 run() {
   local name=$1 port=$2 pid=$3 c0 c1 w0 w1 l0 l1 out rps reqs
-  c0=$(cpu "$pid"); w0=$(thread_cpu "$pid" ringmesh-w0); l0=$(thread_cpu "$pid" ringmesh-log)
-  out=$(taskset -c 0 wrk -t1 -c50 -d"${SECS}s" "http://127.0.0.1:$port/")
-  c1=$(cpu "$pid"); w1=$(thread_cpu "$pid" ringmesh-w0); l1=$(thread_cpu "$pid" ringmesh-log)
+  c0=$(cpu "$pid"); w0=$(thread_cpu "$pid" ringmesh-w0); l0=$(thread_cpu "$pid" "$THREAD")
+  out=$(taskset -c 0 wrk -t1 -c50 -d"${SECS}s" "${WRK_ARGS[@]}" "http://127.0.0.1:$port/")
+  c1=$(cpu "$pid"); w1=$(thread_cpu "$pid" ringmesh-w0); l1=$(thread_cpu "$pid" "$THREAD")
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
   local us split
   us=$(awk -v c="$((c1 - c0))" -v q="$reqs" 'BEGIN { printf "%.2f", c * 10000 / q }')
   split=$(awk -v w="$((w1 - w0))" -v l="$((l1 - l0))" -v q="$reqs" \
-    'BEGIN { printf "(worker %.2f, log writer %.2f)", w * 10000 / q, l * 10000 / q }')
+    'BEGIN { printf "(worker %.2f, log writer or exporter %.2f)", w * 10000 / q, l * 10000 / q }')
   printf "%-8s %10.0f req/s   %5s us CPU/request %s\n" "$name" "$rps" "$us" "$split"
   RPS[$name]="${RPS[$name]:-} $rps"; CPU[$name]="${CPU[$name]:-} $us"
   LAST[$name]=$rps
 }
-echo "wrk -t1 -c50 -d${SECS}s on CPU 0; proxy and nginx backend on CPU 1; log file: $logdir/access.log"
+echo "wrk -t1 -c50 -d${SECS}s on CPU 0; proxy and nginx backend on CPU 1; measuring: $WHAT"
 for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) -eq 1 ]; then run off "$OFF" "$OFF_PID"; run on "$ON" "$ON_PID"
   else run on "$ON" "$ON_PID"; run off "$OFF" "$OFF_PID"; fi
@@ -84,6 +102,11 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR
 off_rps=$(echo "${RPS[off]}" | median); on_rps=$(echo "${RPS[on]}" | median)
 off_cpu=$(echo "${CPU[off]}" | median); on_cpu=$(echo "${CPU[on]}" | median)
 round_ratio=$(echo "$RATIOS" | median)
-lines=$(wc -l < "$logdir/access.log")
+if [ "$WHAT" = spans ]; then
+  lines=$(curl -s "http://127.0.0.1:$ON_ADMIN/metrics" | awk '/^ringmesh_spans_total\{result="exported"\}/ {print $2}')
+  echo "spans: $(curl -s "http://127.0.0.1:$ON_ADMIN/metrics" | grep '^ringmesh_spans_total' | tr '\n' ' ')"
+else
+  lines=$(wc -l < "$logdir/access.log")
+fi
 awk -v a="$off_rps" -v b="$on_rps" -v c="$off_cpu" -v d="$on_cpu" -v n="$lines" -v r="$round_ratio" 'BEGIN {
-  printf "medians: off %.0f req/s %.2f us; on %.0f req/s %.2f us; on/off req/s %.3f, CPU %.3f; median of per-round on/off req/s %.3f; %d lines logged\n", a, c, b, d, b / a, d / c, r, n }'
+  printf "medians: off %.0f req/s %.2f us; on %.0f req/s %.2f us; on/off req/s %.3f, CPU %.3f; median of per-round on/off req/s %.3f; %d lines logged (spans exported)\n", a, c, b, d, b / a, d / c, r, n }'

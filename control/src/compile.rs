@@ -57,6 +57,10 @@ pub enum CompileError {
     /// A split's weights add up to nothing.
     #[error("a split needs a positive weight")]
     SplitWeight,
+    /// The span collector's URL is not one (checked when decoded; here for configs built in
+    /// code).
+    #[error("tracing.otlp: {0}")]
+    Tracing(&'static str),
 }
 
 /// The field of a listener's TLS problem: `listeners[i].tls`, then the field within, if any.
@@ -305,7 +309,24 @@ fn build(
         listeners,
         clusters,
         policies: policies(config),
+        spans: config.tracing.as_ref().map(span_export).transpose()?,
     })
+}
+
+/// The span export of `tracing`; the node's host name is each span's `service.instance.id`.
+fn span_export(
+    t: &crate::config::TracingConfig,
+) -> Result<Arc<ringmesh_core::spans::ExportSpec>, CompileError> {
+    let endpoint = ringmesh_core::spans::Endpoint::parse(&t.otlp).map_err(CompileError::Tracing)?;
+    let instance = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    Ok(Arc::new(ringmesh_core::spans::ExportSpec {
+        endpoint,
+        sample: t.sample,
+        service: t.service_name.clone(),
+        instance,
+    }))
 }
 
 /// Loads a listener's certificates; an error names the field (`listeners[0].tls.certs[1].key`).

@@ -40,6 +40,7 @@ pub mod rng;
 pub mod route;
 pub mod snapshot;
 pub mod sni;
+pub mod spans;
 pub mod sys;
 pub mod tap;
 mod task;

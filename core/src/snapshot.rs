@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub clusters: Vec<Cluster>,
     /// Access policies, checked before routing.
     pub policies: crate::policy::Policies,
+    /// Span export (`tracing`), when on.
+    pub spans: Option<std::sync::Arc<crate::spans::ExportSpec>>,
 }
 
 impl Snapshot {

@@ -52,6 +52,21 @@ pub struct Config {
     /// This node's zone, and zone-aware routing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zone: Option<ZoneConfig>,
+    /// Span export.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
+}
+
+/// `tracing: { otlp: http://HOST:PORT/v1/traces, sample: 10%, service_name: edge }`: spans
+/// exported to an OpenTelemetry collector.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP traces endpoint.
+    pub otlp: String,
+    /// Share of new traces sampled, 0 to 1.
+    pub sample: f64,
+    /// `service.name` of the spans.
+    pub service_name: String,
 }
 
 /// `zone: { name, callers, min_cluster_size }`: this node's zone, and the cluster listing the

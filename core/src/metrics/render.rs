@@ -362,6 +362,17 @@ pub fn render(out: &mut String, m: &Merged) {
         },
         |(_, n)| *n,
     );
+    family(
+        out,
+        "ringmesh_spans_total",
+        "counter",
+        "Spans accepted by the collector (exported), dropped by a worker with the export queue full, or lost to a failed post.",
+        &crate::spans::counts(),
+        |out, (r, _)| {
+            let _ = write!(out, "result=\"{r}\"");
+        },
+        |(_, n)| *n,
+    );
 }
 
 pub(super) fn route_labels(out: &mut String, r: &RouteReport) {

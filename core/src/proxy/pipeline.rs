@@ -272,11 +272,15 @@ pub(super) async fn exchange(
             return refuse_as(w, c, req, name, l.view, series, kind, started, retry_after).await;
         }
     };
-    let trace = {
+    let (trace, export) = {
         let buf = c.data();
         let tp = req.traceparent.map(|s| s.get(buf));
         let b3 = req.b3.map(|s| s.get(buf));
-        w.with_rng(|r| Trace::continue_or_start(tp, b3, r))
+        w.with_rng(|r| {
+            let mut t = Trace::continue_or_start(tp, b3, r);
+            let export = w.spans.sample(&mut t, r);
+            (t, export)
+        })
     };
     let note = forward::Note::default();
     let cluster = &view.snapshot.clusters[ci];
@@ -297,7 +301,7 @@ pub(super) async fn exchange(
     let names = (&**name, &*target.log_names);
     let names_seen = (Some(&*route.name), Some(&*cluster.name));
     let log = l.view.log.as_ref();
-    let seen = Seen::new(
+    let mut seen = Seen::new(
         w,
         c.data(),
         req,
@@ -307,6 +311,9 @@ pub(super) async fn exchange(
         names_seen.1,
         started,
     );
+    if export {
+        seen.export_span(w, c.data(), req);
+    }
     let result = exchange.run(c, resp).await;
     let end = Instant::now();
     c.ended = end;

@@ -96,6 +96,7 @@ fn snapshot() -> Snapshot {
             protocol: Protocol::Http(Box::new(http)),
         }],
         clusters: vec![cluster("one"), cluster("two")],
+        spans: None,
         policies: Policies {
             list: vec![
                 policy("no-admin", "/admin", false),

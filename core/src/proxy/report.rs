@@ -9,6 +9,7 @@ use super::forward;
 use crate::access_log::{self, Sink};
 use crate::error::ErrorKind;
 use crate::head::RequestHead;
+use crate::spans;
 use crate::trace::Trace;
 use crate::worker::state::Worker;
 
@@ -29,6 +30,8 @@ pub(super) struct Seen<'a> {
 struct Watch<'a> {
     sink: Option<&'a Sink>,
     tapped: bool,
+    /// A span goes to the exporter.
+    span: bool,
     head: Vec<u8>,
     method: usize,
     authority: Option<usize>,
@@ -57,23 +60,7 @@ impl<'a> Seen<'a> {
             .map(|(s, _)| &**s);
         let mut tapped = false;
         w.with_taps(|_| tapped = true);
-        let watch = (sink.is_some() || tapped).then(|| {
-            let mut head = w.bufs.get();
-            head.extend_from_slice(req.method_span.get(buf));
-            let method = head.len();
-            let authority = req.authority.map(|a| {
-                head.extend_from_slice(a.get(buf));
-                head.len()
-            });
-            head.extend_from_slice(req.path.get(buf));
-            Watch {
-                sink,
-                tapped,
-                head,
-                method,
-                authority,
-            }
-        });
+        let watch = (sink.is_some() || tapped).then(|| Watch::new(w, buf, req, sink, tapped));
         Seen {
             listener,
             names,
@@ -84,7 +71,14 @@ impl<'a> Seen<'a> {
         }
     }
 
-    /// Logs and taps a request that ended at `end`, if it is watched.
+    /// Sends a span for this request to the exporter when it ends.
+    pub(super) fn export_span(&mut self, w: &Worker, buf: &[u8], req: &RequestHead) {
+        self.watch
+            .get_or_insert_with(|| Watch::new(w, buf, req, None, false))
+            .span = true;
+    }
+
+    /// Logs, taps and exports a request that ended at `end`, if it is watched.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn report(
         self,
@@ -126,6 +120,34 @@ impl<'a> Seen<'a> {
         if let Some(sink) = watch.sink {
             sink.log(&entry);
         }
+        if let (true, Some(trace)) = (watch.span, trace) {
+            let path = entry.path;
+            let path = &path[..memchr::memchr(b'?', path).unwrap_or(path.len())];
+            w.spans.record(&spans::SpanData {
+                trace,
+                kind: if c.destination.is_some() {
+                    spans::Kind::Client
+                } else {
+                    spans::Kind::Server
+                },
+                end: entry.time,
+                duration: entry.duration,
+                method: entry.method,
+                path,
+                authority: entry.authority,
+                scheme: if c.tls { "https" } else { "http" },
+                listener: self.listener,
+                route: self.route,
+                cluster: self.cluster,
+                status,
+                error: error.map(ErrorKind::name),
+                peer: c.peer,
+                peer_ip: &c.ip[..c.ip_len],
+                upstream: entry.endpoint,
+                identity: entry.client_identity,
+                retries: entry.retries,
+            });
+        }
         if watch.tapped {
             w.with_taps(|taps| {
                 let mut line = Vec::new();
@@ -140,5 +162,33 @@ impl<'a> Seen<'a> {
             });
         }
         w.put_buf(watch.head);
+    }
+}
+
+impl<'a> Watch<'a> {
+    /// Copies the parts of the head a line or span quotes.
+    fn new(
+        w: &Worker,
+        buf: &[u8],
+        req: &RequestHead,
+        sink: Option<&'a Sink>,
+        tapped: bool,
+    ) -> Watch<'a> {
+        let mut head = w.bufs.get();
+        head.extend_from_slice(req.method_span.get(buf));
+        let method = head.len();
+        let authority = req.authority.map(|a| {
+            head.extend_from_slice(a.get(buf));
+            head.len()
+        });
+        head.extend_from_slice(req.path.get(buf));
+        Watch {
+            sink,
+            tapped,
+            span: false,
+            head,
+            method,
+            authority,
+        }
     }
 }

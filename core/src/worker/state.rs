@@ -63,6 +63,8 @@ pub struct Worker {
     pub(super) connections: Cell<usize>,
     /// Access log buffers, by destination, kept across reloads.
     pub(super) sinks: RefCell<FxHashMap<Target, Rc<Sink>>>,
+    /// Span export buffer (`tracing`), kept across reloads.
+    pub(crate) spans: crate::spans::SpanSink,
     /// This worker's copy of the live taps, and the generation it was taken at.
     taps: RefCell<(u64, Vec<Arc<Tap>>)>,
     /// A monotonic instant and the wall-clock time then, renewed every sweeper tick: log lines
@@ -98,6 +100,7 @@ impl Worker {
             deadlines: IdleSet::default(),
             connections: Cell::new(0),
             sinks: RefCell::new(FxHashMap::default()),
+            spans: Default::default(),
             taps: RefCell::new((tap::generation(), Vec::new())),
             wall: Cell::new((Instant::now(), SystemTime::now())),
         }
@@ -127,11 +130,12 @@ impl Worker {
         }
     }
 
-    /// Writes every buffered access log line.
+    /// Hands every buffered access log line and span to its writer.
     pub(crate) fn flush_logs(&self) {
         for sink in self.sinks.borrow().values() {
             sink.flush();
         }
+        self.spans.flush();
     }
 
     /// Returns a buffer of either size to its pool.
@@ -333,6 +337,7 @@ impl Worker {
             .map(|(c, cv)| (c.name.clone(), cv.state.clone()))
             .collect();
         self.availability_changed();
+        self.spans.set(view.snapshot.spans.clone());
         *self.view.borrow_mut() = view;
         self.metrics.forget_unused();
         // Destinations no listener logs to any more: written out, then closed.

@@ -55,6 +55,7 @@ impl View {
                 listeners: vec![],
                 clusters: vec![],
                 policies: Default::default(),
+                spans: None,
             }),
             clusters: vec![],
             listeners: vec![],

@@ -19,6 +19,7 @@ pub(crate) fn decode_config(d: &mut Decoder, root: Node<'_, '_>) -> Option<Confi
             "default_policy",
             "policies",
             "zone",
+            "tracing",
         ],
     )?;
     let admin = match f.get("admin") {
@@ -65,8 +66,10 @@ pub(crate) fn decode_config(d: &mut Decoder, root: Node<'_, '_>) -> Option<Confi
         None => Vec::new(),
     };
     let zone = f.get("zone").and_then(|(n, p)| decode_zone(d, n, &p));
+    let tracing = f.get("tracing").and_then(|(n, p)| decode_tracing(d, n, &p));
     Some(Config {
         zone,
+        tracing,
         admin: admin.unwrap_or(PLACEHOLDER_ADDR),
         workers,
         listeners,
@@ -197,5 +200,37 @@ fn decode_zone(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<ZoneCo
         name: name?,
         callers,
         min_cluster_size,
+    })
+}
+
+/// `tracing: { otlp: URL, sample: 100%, service_name: ringmesh }`.
+fn decode_tracing(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<TracingConfig> {
+    let f = d.mapping(node, path, &["otlp", "sample", "service_name"])?;
+    let otlp = required(d, &f, "otlp").and_then(|(n, p)| {
+        let url = d.string(n, &p)?;
+        if let Err(why) = ringmesh_core::spans::Endpoint::parse(&url) {
+            d.error(&p, Some(n), why);
+            return None;
+        }
+        Some(url)
+    });
+    let sample = match f.get("sample") {
+        Some((n, p)) => d.fraction(n, &p),
+        None => Some(1.0),
+    };
+    let service_name = match f.get("service_name") {
+        Some((n, p)) => d.string(n, &p).and_then(|s| {
+            if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) {
+                d.error(&p, Some(n), "1 to 256 printable characters");
+                return None;
+            }
+            Some(s)
+        }),
+        None => Some("ringmesh".to_string()),
+    };
+    Some(TracingConfig {
+        otlp: otlp?,
+        sample: sample?,
+        service_name: service_name?,
     })
 }

@@ -40,6 +40,7 @@ const FIELDS: &[&str] = &[
     "nodes",
     "ca",
     "api",
+    "tracing",
 ];
 
 /// Where a proxy keeps the identity the mesh CA issued it; the proxy puts its own directory in
@@ -149,6 +150,9 @@ pub struct Mesh {
     pub ca: CaSpec,
     /// The API's administrators and names.
     pub api: ApiSpec,
+    /// Span export, as every node gets it (checked by the proxy's decoder with the clusters);
+    /// each node's `service_name` defaults to its name.
+    pub tracing: Option<Map<String, Value>>,
 }
 
 /// The policies, each split into the nodes `applies_to.nodes` names (checked: each must be a
@@ -335,6 +339,7 @@ impl Mesh {
             nodes,
             ca,
             api,
+            tracing: root.get("tracing").and_then(Value::as_object).cloned(),
             doc,
         })
     }

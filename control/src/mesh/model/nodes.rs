@@ -108,6 +108,9 @@ pub(super) fn check_clusters(
     if let Some(v) = root.get("default_policy") {
         probe.insert("default_policy".into(), v.clone());
     }
+    if let Some(v) = root.get("tracing") {
+        probe.insert("tracing".into(), v.clone());
+    }
     // The proxy's decoder checks each policy as a node gets it: without `applies_to.nodes`.
     match root.get("policies") {
         Some(Value::Array(list)) => {

@@ -120,6 +120,13 @@ pub fn render_node(
         out.push_str(",\"zone\":");
         out.push_str(zone);
     }
+    if let Some(t) = &mesh.tracing {
+        let mut t = t.clone();
+        t.entry("service_name")
+            .or_insert_with(|| Value::String(name.to_string()));
+        out.push_str(",\"tracing\":");
+        out.push_str(&Value::Object(t).to_string());
+    }
     out.push('}');
     out
 }

@@ -212,3 +212,21 @@ nodes:
         assert!(paths.contains(&want), "missing {want} in {errs:?}");
     }
 }
+
+#[test]
+fn tracing_reaches_every_node_named_after_it_and_is_checked_once() {
+    let m = Mesh::parse(&format!(
+        "{MESH}tracing: {{ otlp: \"http://127.0.0.1:4318\", sample: 5% }}\n"
+    ))
+    .expect("valid");
+    let clusters = render_static_clusters(&m);
+    let text = render_node(&m, "edge-1", &m.nodes["edge-1"], &clusters);
+    let c = Config::parse(&text).expect("the proxy accepts it");
+    let t = c.tracing.expect("tracing sent");
+    assert_eq!(t.service_name, "edge-1");
+    assert!((t.sample - 0.05).abs() < 1e-9);
+    let errs = Mesh::parse(&format!("{MESH}tracing: {{ otlp: \"https://c\" }}\n"))
+        .expect_err("an https collector is refused");
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["tracing.otlp"], "{errs:?}");
+}
