@@ -124,9 +124,7 @@ async fn serve(admin: Rc<Admin>, mut stream: TcpStream) {
 
 const DASHBOARD: &[u8] = include_bytes!("dashboard.html");
 
-/// Events a tap may ask for (`n`), and its default.
-const TAP_MAX: u64 = 1_000_000;
-const TAP_DEFAULT: u64 = 100;
+use tap::{DEFAULT_EVENTS as TAP_DEFAULT, MAX_EVENTS as TAP_MAX};
 
 /// `GET /tap?listener=..&route=..&cluster=..&n=..`: streams one JSON line per matching request
 /// as it ends (the access log's fields), until `n` lines were sent or the client leaves. The

@@ -17,28 +17,34 @@ pub fn config(data: &[u8]) {
 }
 
 /// The control plane's API bodies and mesh files. The first byte picks: a registration body, a
-/// mesh file, or an edit (`pointer\nJSON`) of a valid mesh. Nothing panics, and whatever the
-/// control plane accepts renders into node configs that the proxy accepts too.
+/// mesh file, an edit (`pointer\nJSON`) of a valid mesh, the etcd watch stream, or what a node
+/// sends (a stats report, tap events). Nothing panics, and whatever the control plane accepts
+/// renders into node configs that the proxy accepts too.
 pub fn control_api(data: &[u8]) {
     use crate::mesh::model::Mesh;
     let Some((&pick, rest)) = data.split_first() else {
         return;
     };
-    match pick % 4 {
+    const BASE: &str = "clusters:\n  - { name: web, endpoints: [ { addr: 127.0.0.1:8081 }, { dns: \"localhost:8082\" } ] }\n  - { name: api, endpoints: [] }\npolicies: [ { name: p, action: allow, match: { method: GET } } ]\nnodes:\n  edge-1:\n    listeners:\n      - { name: edge, bind: 127.0.0.1:0, routes: [ { match: { path_prefix: / }, split: [ { cluster: web, weight: 1 }, { cluster: api, weight: 1 } ] } ] }\n";
+    let base = || {
+        let Ok(base) = Mesh::parse(BASE) else {
+            panic!("the base mesh is valid");
+        };
+        base
+    };
+    match pick % 5 {
         0 => {
             let _ = crate::mesh::server::parse_registration(rest);
         }
         3 => etcd_watch_stream(rest),
+        4 => crate::mesh::server::node_input(&base(), rest),
         1 => {
             if let Ok(Ok(m)) = std::str::from_utf8(rest).map(Mesh::parse) {
                 nodes_render(&m);
             }
         }
         _ => {
-            const BASE: &str = "clusters:\n  - { name: web, endpoints: [ { addr: 127.0.0.1:8081 }, { dns: \"localhost:8082\" } ] }\n  - { name: api, endpoints: [] }\npolicies: [ { name: p, action: allow, match: { method: GET } } ]\nnodes:\n  edge-1:\n    listeners:\n      - { name: edge, bind: 127.0.0.1:0, routes: [ { match: { path_prefix: / }, split: [ { cluster: web, weight: 1 }, { cluster: api, weight: 1 } ] } ] }\n";
-            let Ok(base) = Mesh::parse(BASE) else {
-                panic!("the base mesh is valid");
-            };
+            let base = base();
             let split = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
             let Ok(pointer) = std::str::from_utf8(&rest[..split]) else {
                 return;

@@ -119,6 +119,8 @@ pub struct Response {
     pub etag: Option<u64>,
     /// `ringmesh-error`: why the request was refused, for answers the API refuses with.
     pub error_kind: Option<&'static str>,
+    /// More fields (a page's security policy).
+    pub headers: &'static [(&'static str, &'static str)],
 }
 
 impl Response {
@@ -130,6 +132,7 @@ impl Response {
             body: body.into(),
             etag: None,
             error_kind: None,
+            headers: &[],
         }
     }
 
@@ -237,7 +240,7 @@ pub async fn respond<S: AsyncWriteRent>(
     let mut out = Vec::with_capacity(160 + resp.body.len());
     out.extend_from_slice(
         format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-store\r\n",
+            "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\n",
             resp.status,
             reason(resp.status),
             resp.ctype,
@@ -253,6 +256,9 @@ pub async fn respond<S: AsyncWriteRent>(
         if resp.status == 401 {
             out.extend_from_slice(b"www-authenticate: Bearer realm=\"ringmesh\"\r\n");
         }
+    }
+    for (name, value) in resp.headers {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");

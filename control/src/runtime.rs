@@ -160,12 +160,12 @@ impl Proxy {
             return Err(StartError::Io("no admin address".into()));
         };
         let (tx, rx) = flume::unbounded();
-        let senders = controller
+        let senders: Vec<_> = controller
             .workers
             .iter()
             .map(WorkerHandle::sender)
             .collect();
-        let admin_addr = admin::start(admin_addr, senders, tx.clone(), state.clone())
+        let admin_addr = admin::start(admin_addr, senders.clone(), tx.clone(), state.clone())
             .map_err(|e| StartError::Io(format!("admin: cannot bind {admin_addr}: {e}")))?;
         let interval = opts.watch_interval;
         let control_thread = std::thread::Builder::new()
@@ -174,7 +174,7 @@ impl Proxy {
             .map_err(|e| StartError::Io(e.to_string()))?;
         if let ConfigSource::Control(source) = &opts.source {
             state.control_mode.store(true, Ordering::Relaxed);
-            crate::mesh::agent::spawn(source.clone(), tx.clone(), state.clone())
+            crate::mesh::agent::spawn(source.clone(), tx.clone(), state.clone(), senders)
                 .map_err(|e| StartError::Io(format!("cannot start the control watcher: {e}")))?;
         }
         tracing::info!(admin = %admin_addr, workers = n, "ringmesh started");

@@ -15,6 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[allow(clippy::disallowed_types)]
 use std::sync::Mutex;
 
+/// Events a tap may ask for, and how many it gets when it does not say.
+pub const MAX_EVENTS: u64 = 1_000_000;
+pub const DEFAULT_EVENTS: u64 = 100;
+
 /// What a tap wants to see; an empty field matches anything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {

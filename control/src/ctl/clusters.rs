@@ -1,5 +1,7 @@
-//! `ringmesh ctl clusters` and `endpoints CLUSTER`: the endpoints the control plane serves,
-//! by source (static, DNS, registered), and each DNS name's state.
+//! `ringmesh ctl clusters` and `endpoints CLUSTER`: each cluster's golden signals as the
+//! proxies report them, the endpoints the control plane serves, by source (static, DNS,
+//! registered), each DNS name's state, and each endpoint's health and ejection as the proxies
+//! see them.
 
 use serde_json::{Value, json};
 
@@ -7,9 +9,11 @@ use super::Api;
 use super::output::{Format, Out, age};
 
 pub(super) fn list(api: &Api, out: &Out) -> Result<bool, String> {
-    let v = api.get("/v1/clusters")?;
+    let mut v = api.get("/v1/clusters")?;
+    let stats = api.get("/v1/stats")?;
     let clusters = v["clusters"].as_object().cloned().unwrap_or_default();
     if out.format == Format::Json {
+        v["stats"] = stats;
         out.json(&v);
     } else {
         let mut rows = Vec::new();
@@ -22,8 +26,22 @@ pub(super) fn list(api: &Api, out: &Out) -> Result<bool, String> {
                 .flatten()
                 .filter_map(|d| Some(format!("{}: {}", d["name"].as_str()?, d["error"].as_str()?)))
                 .collect();
+            let w = &stats["clusters"][name]["window"];
+            let percent = |x: &Value| {
+                x.as_f64()
+                    .map_or("-".into(), |r| format!("{:.2}%", r * 100.0))
+            };
+            let ms = |x: &Value| {
+                x.as_f64()
+                    .map_or("-".into(), |s| format!("{:.1}ms", s * 1000.0))
+            };
+            let rps = w["requests_per_second"].as_f64().unwrap_or(0.0);
             rows.push(vec![
                 name.clone(),
+                format!("{rps:.1}"),
+                percent(&w["success_rate"]),
+                ms(&w["p50_seconds"]),
+                ms(&w["p99_seconds"]),
                 eps.len().to_string(),
                 count("static").to_string(),
                 count("dns").to_string(),
@@ -38,6 +56,10 @@ pub(super) fn list(api: &Api, out: &Out) -> Result<bool, String> {
         out.table(
             &[
                 "CLUSTER",
+                "RPS",
+                "SUCCESS",
+                "P50",
+                "P99",
                 "ENDPOINTS",
                 "STATIC",
                 "DNS",
@@ -84,7 +106,32 @@ pub(super) fn endpoints(api: &Api, out: &Out, cluster: &str) -> Result<bool, Str
                             Some("registered") => text("id"),
                             _ => "-".into(),
                         },
-                        text("zone"),
+                        e["zone"]
+                            .as_str()
+                            .or(e["reported_zone"].as_str())
+                            .unwrap_or("-")
+                            .to_string(),
+                        e["weight"]
+                            .as_u64()
+                            .or(e["reported_weight"].as_u64())
+                            .map_or("-".into(), |w| w.to_string()),
+                        {
+                            let h = text("health");
+                            out.mark(h == "healthy" || h == "unknown", &h)
+                        },
+                        {
+                            let by: Vec<&str> = e["ejected_by"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(Value::as_str)
+                                .collect();
+                            if by.is_empty() {
+                                "-".into()
+                            } else {
+                                out.mark(false, &by.join(","))
+                            }
+                        },
                         e["expires_in_ms"]
                             .as_f64()
                             .map_or("-".into(), |ms| format!("in {}", age(ms / 1000.0))),
@@ -92,7 +139,16 @@ pub(super) fn endpoints(api: &Api, out: &Out, cluster: &str) -> Result<bool, Str
                 })
                 .collect();
             out.table(
-                &["ADDRESS", "SOURCE", "NAME / ID", "ZONE", "EXPIRES"],
+                &[
+                    "ADDRESS",
+                    "SOURCE",
+                    "NAME / ID",
+                    "ZONE",
+                    "WEIGHT",
+                    "HEALTH",
+                    "EJECTED BY",
+                    "EXPIRES",
+                ],
                 &rows,
             );
         }

@@ -1,5 +1,5 @@
 //! `ringmesh ctl`: the operator's client of the control plane, as `kubectl`, `linkerd` and
-//! `istioctl` are: `status`, `check`, `clusters`, `endpoints CLUSTER` and `split`.
+//! `istioctl` are: `status`, `check`, `clusters`, `endpoints CLUSTER`, `tap NODE` and `split`.
 //!
 //! It talks to the control API with the operator's credentials, the same way a proxy's agent
 //! does (mesh/client.rs): over TLS verified by a CA file or a pinned CA key, with an admin
@@ -16,6 +16,7 @@ mod clusters;
 mod output;
 mod split;
 mod status;
+mod tap;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -45,8 +46,13 @@ ringmesh ctl [--server HOST:PORT] [--token-file FILE] [--ca FILE | --ca-sha256 H
   check                        preflight: reachable, credentials, CA validity, every node
                                in sync and recent, clock skew (exit 1 if a check fails)
                                [--max-age 5m] [--max-skew 5s] [--ca-warn 168h]
-  clusters                     every cluster's endpoints by source, DNS errors
-  endpoints CLUSTER            one cluster's endpoints: address, source, zone, expiry
+  clusters                     every cluster: requests/s, success rate, p50 and p99 over the
+                               last 30 s as the proxies report them; endpoints by source
+  endpoints CLUSTER            one cluster's endpoints: address, source, zone, weight,
+                               health and ejection as the proxies see them, expiry
+  tap NODE                     the live requests of one proxy, through the control plane
+                               [--listener L] [--route R] [--cluster C] [--n 100]
+                               [--pickup-timeout 10s]
   split NODE ROUTE CLUSTER=WEIGHT... [--expect-version V]
                                set a route's weighted split, against the version read (or
                                V): a change since is refused and nothing is changed
@@ -109,6 +115,7 @@ fn run(args: impl IntoIterator<Item = OsString>) -> Result<bool, String> {
         "status" => &["stale-after", "cert-warn"],
         "check" => &["max-age", "max-skew", "ca-warn"],
         "split" => &["expect-version"],
+        "tap" => &["listener", "route", "cluster", "n", "pickup-timeout"],
         _ => &[],
     };
     if let Some((f, _)) = options.iter().find(|(f, _)| !known.contains(&f.as_str())) {
@@ -134,6 +141,23 @@ fn run(args: impl IntoIterator<Item = OsString>) -> Result<bool, String> {
         ),
         ("clusters", []) => clusters::list(&api, &out),
         ("endpoints", [cluster]) => clusters::endpoints(&api, &out, cluster),
+        ("tap", [node]) => {
+            let mut filter = serde_json::Map::new();
+            for k in ["listener", "route", "cluster"] {
+                if let Some((_, v)) = options.iter().find(|(f, _)| f == k) {
+                    filter.insert(k.into(), v.clone().into());
+                }
+            }
+            let n = match options.iter().find(|(f, _)| f == "n") {
+                Some((_, v)) => Some(
+                    v.parse::<u64>()
+                        .map_err(|_| format!("--n: `{v}` is not a count"))?,
+                ),
+                None => None,
+            };
+            let pickup = option("pickup-timeout", "10s")?;
+            tap::run(&api, &out, node, tap::Ask { filter, n, pickup })
+        }
         ("split", [node, route, weights @ ..]) if !weights.is_empty() => {
             let expect = match options.iter().find(|(f, _)| f == "expect-version") {
                 Some((_, v)) => Some(

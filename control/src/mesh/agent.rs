@@ -242,17 +242,27 @@ impl ControlSource {
     }
 }
 
-/// Starts the watcher thread.
+/// Starts the watcher thread, and the threads that report the node's traffic and relay its
+/// taps ([`super::link`]), which ask `workers` for their reports.
 pub(crate) fn spawn(
     source: ControlSource,
     control: flume::Sender<ControlMsg>,
     state: Arc<State>,
+    workers: Vec<flume::Sender<ringmesh_core::worker::Command>>,
 ) -> std::io::Result<()> {
     let keep = Keep::new(&source.node, source.identity_dir.clone())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let shared = super::link::Shared {
+        urls: Arc::new(source.urls.clone()),
+        url: Arc::default(),
+        node: source.node.clone(),
+        control: control.clone(),
+    };
+    let mut agent = Agent::new(source, keep, control, state);
+    agent.links = Some(super::link::spawn(shared, workers)?);
     std::thread::Builder::new()
         .name("ringmesh-watch".into())
-        .spawn(move || Agent::new(source, keep, control, state).run())
+        .spawn(move || agent.run())
         .map(|_| ())
 }
 
@@ -276,6 +286,8 @@ struct Agent {
     pending_key: Option<(String, String)>,
     /// When the certificate in use expires (unix seconds).
     expires: Option<i64>,
+    /// The link threads: told the address in use, and handed the client when it changes.
+    links: Option<super::link::Handoff>,
 }
 
 /// The CA's trust bundle and issuer, as a snapshot names them.
@@ -317,6 +329,7 @@ impl Agent {
             cert_problem: None,
             pending_key: None,
             expires: None,
+            links: None,
         }
     }
 
@@ -331,7 +344,13 @@ impl Agent {
         let mut failures = 0u32;
         loop {
             let addr = self.source.urls[url % self.source.urls.len()].clone();
+            if let Some(l) = &self.links {
+                l.using(url);
+            }
             let outcome = self.step(&addr);
+            if let Some(l) = &mut self.links {
+                l.hand_over(&self.client);
+            }
             match outcome {
                 Ok(()) => failures = 0,
                 Err(e) => {

@@ -5,7 +5,8 @@
 //! - [`etcd`]: the etcd client through which replicas share the state;
 //! - [`agent`]: the proxy's watcher, which applies snapshots through the same path as a file
 //!   reload, reports back, and keeps a cache on disk; [`client`] is how it reaches the control
-//!   plane (TLS, verified), [`keep`] where it keeps its identity;
+//!   plane (TLS, verified), [`keep`] where it keeps its identity; [`link`] reports the node's
+//!   traffic and endpoints and relays taps asked through the control plane;
 //! - [`ca`]: the mesh CA.
 
 pub mod agent;
@@ -13,6 +14,7 @@ pub mod ca;
 pub mod client;
 pub mod etcd;
 pub mod keep;
+pub mod link;
 pub mod model;
 pub mod server;
 

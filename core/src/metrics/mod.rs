@@ -26,6 +26,20 @@ pub const DURATION_BUCKETS: [f64; 17] = [
     5.0, 10.0, 30.0,
 ];
 
+/// Requests per bucket of [`DURATION_BUCKETS`] (not cumulative), and past the last bound.
+pub fn bucket_counts(h: &Histogram<u64>) -> [u64; DURATION_BUCKETS.len() + 1] {
+    let mut counts = [0u64; DURATION_BUCKETS.len() + 1];
+    for v in h.iter_recorded() {
+        let s = v.value_iterated_to() as f64 / 1e6;
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|&le| s <= le)
+            .unwrap_or(DURATION_BUCKETS.len());
+        counts[i] += v.count_at_value();
+    }
+    counts
+}
+
 /// Highest duration tracked exactly (one hour, in microseconds); longer ones saturate.
 const HIST_MAX_US: u64 = 3_600_000_000;
 

@@ -61,13 +61,7 @@ pub fn render(out: &mut String, m: &Merged) {
     );
     for r in &m.routes {
         let Some(h) = &r.hist else { continue };
-        let mut counts = [0u64; DURATION_BUCKETS.len()];
-        for v in h.iter_recorded() {
-            let us = v.value_iterated_to() as f64 / 1e6;
-            if let Some(i) = DURATION_BUCKETS.iter().position(|&le| us <= le) {
-                counts[i] += v.count_at_value();
-            }
-        }
+        let counts = super::bucket_counts(h);
         let mut cumulative = 0;
         for (le, n) in DURATION_BUCKETS.iter().zip(counts) {
             cumulative += n;

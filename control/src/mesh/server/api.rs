@@ -16,6 +16,9 @@ use crate::http::{self, Request, Response};
 
 /// The largest body a caller that is no admin may send (a registration, a report, a public key).
 const SMALL_BODY: usize = 64 * 1024;
+
+/// The largest stats report a node may send.
+const NODE_STATS_BODY: usize = 2 << 20;
 /// API connections open at once, at most (a fleet's watches and then some); past it a new one
 /// is closed at once.
 const MAX_CONNECTIONS: usize = 16 * 1024;
@@ -75,6 +78,8 @@ async fn serve<S: AsyncReadRent + AsyncWriteRent>(
         let st = plane.st.borrow();
         match auth::identify(req, cert.as_deref(), &st.mesh, &route) {
             Ok(Caller::Admin(_)) => http::MAX_BODY,
+            // A node's report of a large mesh's endpoints.
+            Ok(Caller::Node(_)) if matches!(route, Route::NodeStats { .. }) => NODE_STATS_BODY,
             _ => SMALL_BODY,
         }
     };
@@ -154,6 +159,9 @@ async fn dispatch(
             return r;
         }
     }
+    if let Some(r) = super::ops::answer(plane, req, route, &segs).await {
+        return r;
+    }
     match (route, &segs[..]) {
         (Route::Ready, _) => Response::json(200, "{\"ready\":true}\n"),
         (Route::Metrics, _) => {
@@ -188,7 +196,10 @@ async fn dispatch(
             }
             r
         }
-        (Route::Clusters, _) => Response::json(200, clusters_json(&plane.st.borrow())),
+        (Route::Clusters, _) => Response::json(
+            200,
+            clusters_json(&plane.st.borrow(), &plane.observed.borrow()),
+        ),
         (Route::Nodes, _) => Response::json(200, nodes_json(&plane.st.borrow())),
         (Route::Watch { node }, _) => watch(plane, node, req).await,
         (Route::Certificate { node }, _) => {

@@ -52,6 +52,27 @@ pub(super) enum Route<'a> {
     },
     Ca,
     CaRotate,
+    /// The mesh page's files: static, no data (that comes from the API, with a token).
+    Page,
+    /// The mesh-wide view: golden signals per cluster.
+    Stats,
+    /// A node's report of its traffic and endpoints.
+    NodeStats {
+        node: &'a str,
+    },
+    /// An admin starts, reads or stops a tap through the control plane.
+    TapStart {
+        node: &'a str,
+    },
+    TapRead,
+    TapStop,
+    /// A node waits for taps asked of it, and posts their events.
+    TapPoll {
+        node: &'a str,
+    },
+    TapEvents {
+        node: &'a str,
+    },
     /// A known path with another method.
     WrongMethod,
     Unknown,
@@ -79,9 +100,20 @@ impl<'a> Route<'a> {
             }
             ("GET", ["v1", "ca"]) => Route::Ca,
             ("POST", ["v1", "ca", "rotate"]) => Route::CaRotate,
+            ("GET" | "HEAD", [""] | ["mesh.js"] | ["mesh.css"]) => Route::Page,
+            ("GET", ["v1", "stats"]) => Route::Stats,
+            ("POST", ["v1", "nodes", _, "stats"]) => Route::NodeStats { node: &segments[2] },
+            ("POST", ["v1", "nodes", _, "taps"]) => Route::TapStart { node: &segments[2] },
+            ("GET", ["v1", "nodes", _, "taps"]) => Route::TapPoll { node: &segments[2] },
+            ("POST", ["v1", "nodes", _, "taps", _]) => Route::TapEvents { node: &segments[2] },
+            ("GET", ["v1", "taps", _]) => Route::TapRead,
+            ("DELETE", ["v1", "taps", _]) => Route::TapStop,
             (
                 _,
-                ["ready" | "metrics"]
+                [""]
+                | ["mesh.js" | "mesh.css"]
+                | ["v1", "stats" | "taps", ..]
+                | ["ready" | "metrics"]
                 | ["v1", "config", ..]
                 | ["v1", "clusters", ..]
                 | ["v1", "nodes", ..]
@@ -108,6 +140,14 @@ impl<'a> Route<'a> {
             Route::Certificate { .. } => "POST /v1/nodes/{node}/certificate",
             Route::Ca => "GET /v1/ca",
             Route::CaRotate => "POST /v1/ca/rotate",
+            Route::Page => "GET /",
+            Route::Stats => "GET /v1/stats",
+            Route::NodeStats { .. } => "POST /v1/nodes/{node}/stats",
+            Route::TapStart { .. } => "POST /v1/nodes/{node}/taps",
+            Route::TapRead => "GET /v1/taps/{id}",
+            Route::TapStop => "DELETE /v1/taps/{id}",
+            Route::TapPoll { .. } => "GET /v1/nodes/{node}/taps",
+            Route::TapEvents { .. } => "POST /v1/nodes/{node}/taps/{id}",
             Route::WrongMethod | Route::Unknown => "other",
         }
     }
@@ -281,18 +321,37 @@ pub(super) fn permit(
         }
     };
     match (route, caller) {
-        (Route::Ready | Route::WrongMethod | Route::Unknown, _) => Ok(()),
+        (Route::Ready | Route::Page | Route::WrongMethod | Route::Unknown, _) => Ok(()),
         (Route::Certificate { .. }, _) if plaintext => Err(Refusal::new(
             403,
             "tls-required",
             "certificates are issued over TLS only (the control plane runs --insecure-plaintext)",
         )),
-        (Route::Watch { .. } | Route::Report { .. }, Caller::Anonymous) if plaintext => Ok(()),
-        (Route::Watch { node } | Route::Report { node }, Caller::Node(n)) => own_node(node, n),
+        (
+            Route::Watch { .. }
+            | Route::Report { .. }
+            | Route::NodeStats { .. }
+            | Route::TapPoll { .. }
+            | Route::TapEvents { .. },
+            Caller::Anonymous,
+        ) if plaintext => Ok(()),
+        (
+            Route::Watch { node }
+            | Route::Report { node }
+            | Route::NodeStats { node }
+            | Route::TapPoll { node }
+            | Route::TapEvents { node },
+            Caller::Node(n),
+        ) => own_node(node, n),
         (Route::Certificate { node }, Caller::Node(n)) => own_node(node, n),
         (Route::Certificate { .. }, Caller::Bootstrap(_)) => Ok(()),
         (
-            Route::Watch { .. } | Route::Report { .. } | Route::Certificate { .. },
+            Route::Watch { .. }
+            | Route::Report { .. }
+            | Route::Certificate { .. }
+            | Route::NodeStats { .. }
+            | Route::TapPoll { .. }
+            | Route::TapEvents { .. },
             Caller::Admin(_),
         ) => Err(Refusal::new(
             403,

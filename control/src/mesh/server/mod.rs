@@ -26,10 +26,13 @@ mod desired;
 mod discovery;
 mod identity;
 mod metrics;
+mod observed;
+mod ops;
 mod registry;
 mod replicated;
 mod state;
 mod status;
+mod taps;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -45,6 +48,26 @@ use status::*;
 use watch::*;
 
 pub use desired::apply_edit;
+
+/// For the fuzz harness: a node's stats report and tap events, as the API takes them from a
+/// node. Nothing panics; what is kept renders into the views.
+#[doc(hidden)]
+pub fn node_input(mesh: &Mesh, body: &[u8]) {
+    let mut o = observed::Observed::default();
+    let _ = o.ingest(mesh, "edge-1", body);
+    let _ = o.ingest(mesh, "edge-1", body);
+    let _ = o.stats_json(mesh);
+    let _ = o.endpoint("web", "127.0.0.1:8081");
+    let mut t = taps::Taps::default();
+    let _ = t.start("edge-1", body, "t".into());
+    let _ = t.pick_up("edge-1");
+    let req = crate::http::Request {
+        method: "POST".into(),
+        body: body.to_vec(),
+        ..Default::default()
+    };
+    let _ = t.events("edge-1", "t", &req);
+}
 pub use state::parse_registration;
 pub use tls::ApiTls;
 
@@ -360,6 +383,13 @@ struct Plane {
     tls: RefCell<Option<tls::Served>>,
     /// Refusals, counted and logged.
     refusals: auth::Refusals,
+    /// The proxies' reports of their traffic and endpoints.
+    observed: RefCell<observed::Observed>,
+    /// Taps through the control plane, and what wakes their readers and their nodes.
+    taps: RefCell<taps::Taps>,
+    tap_signal: Signal,
+    /// Tap ids.
+    rng: RefCell<ringmesh_core::rng::Rng>,
 }
 
 impl Plane {
@@ -427,6 +457,10 @@ fn run(
             api_tls: api.tls,
             tls: RefCell::new(served),
             refusals: auth::Refusals::default(),
+            observed: RefCell::default(),
+            taps: RefCell::default(),
+            tap_signal: Signal::default(),
+            rng: RefCell::new(ringmesh_core::rng::Rng::from_entropy()),
         });
         plane.changed();
         if let Some(rx) = batches {
@@ -466,6 +500,7 @@ fn run(
         }
         plane.signal.notify();
         plane.progress.notify();
+        plane.tap_signal.notify();
         monoio::time::sleep(Duration::from_millis(50)).await;
         if let Some(store) = &plane.store {
             store.stop();

@@ -95,19 +95,25 @@ pub(super) fn nodes_json(st: &State) -> Vec<u8> {
         .into_bytes()
 }
 
-pub(super) fn clusters_json(st: &State) -> Vec<u8> {
+pub(super) fn clusters_json(st: &State, observed: &super::observed::Observed) -> Vec<u8> {
     let now = Instant::now();
     let mut out = serde_json::Map::new();
     for c in &st.mesh.clusters {
         let mut eps = Vec::new();
         for e in &c.statics {
-            eps.push(json!({ "addr": e.get("addr"), "source": "static" }));
+            eps.push(json!({
+                "addr": e.get("addr"), "source": "static",
+                "zone": e.get("zone"), "weight": e.get("weight"),
+            }));
         }
         let mut dns = Vec::new();
         for d in &c.dns {
             let r = st.dns.get(&d.name);
             for a in r.map(|r| &r.addrs[..]).unwrap_or_default() {
-                eps.push(json!({ "addr": a.to_string(), "source": "dns", "name": d.name }));
+                eps.push(json!({
+                    "addr": a.to_string(), "source": "dns", "name": d.name,
+                    "zone": d.template.get("zone"), "weight": d.template.get("weight"),
+                }));
             }
             dns.push(json!({
                 "name": d.name,
@@ -119,9 +125,21 @@ pub(super) fn clusters_json(st: &State) -> Vec<u8> {
         for (id, r) in st.registrations.get(&c.name).into_iter().flatten() {
             eps.push(json!({
                 "addr": r.ep.addr.to_string(), "source": "registered", "id": id,
-                "zone": r.ep.zone,
+                "zone": r.ep.zone, "weight": r.ep.weight,
                 "expires_in_ms": r.deadline.saturating_duration_since(now).as_millis() as u64,
             }));
+        }
+        // Health and ejection as the nodes that use the cluster report them.
+        for e in &mut eps {
+            let addr = e["addr"].as_str().unwrap_or_default();
+            let addr = addr
+                .parse::<std::net::SocketAddr>()
+                .map_or_else(|_| addr.to_string(), |a| a.to_string());
+            if let (Some(m), Value::Object(seen)) =
+                (e.as_object_mut(), observed.endpoint(&c.name, &addr))
+            {
+                m.extend(seen);
+            }
         }
         out.insert(c.name.clone(), json!({ "endpoints": eps, "dns": dns }));
     }

@@ -119,6 +119,7 @@ pub(super) async fn watch(plane: &Plane, node: &str, req: &Request) -> Response 
                 body: Vec::new(),
                 etag: seen,
                 error_kind: None,
+                headers: &[],
             },
         }
     }
