@@ -10,7 +10,8 @@ use super::output::{Format, Out, age};
 
 pub(super) fn list(api: &Api, out: &Out) -> Result<bool, String> {
     let mut v = api.get("/v1/clusters")?;
-    let stats = api.get("/v1/stats")?;
+    // A control plane from before `/v1/stats` still lists its clusters.
+    let stats = api.get("/v1/stats").unwrap_or(Value::Null);
     let clusters = v["clusters"].as_object().cloned().unwrap_or_default();
     if out.format == Format::Json {
         v["stats"] = stats;

@@ -71,9 +71,16 @@ pub(super) fn run(api: &Api, out: &Out, node: &str, ask: Ask) -> Result<bool, St
 }
 
 /// One event as a line for people: when, status, method, authority and path, duration, where
-/// it went.
+/// it went. Control characters a client put in its path (or a node in anything) are shown as
+/// `?`: they must not drive the operator's terminal.
 fn text_line(e: &Value) -> String {
-    let s = |k: &str| e[k].as_str().unwrap_or("-");
+    let s = |k: &str| -> String {
+        e[k].as_str()
+            .unwrap_or("-")
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    };
     let ms = e["duration_ms"]
         .as_f64()
         .map_or("-".into(), |d| format!("{d:.1}ms"));

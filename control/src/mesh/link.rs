@@ -32,6 +32,13 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// Taps relayed at once (the control plane allows as many per node).
 const MAX_TAPS: usize = 8;
 
+/// Endpoints reported per cluster (the control plane keeps as many).
+const MAX_ENDPOINTS: usize = 4096;
+
+/// A tap event longer than this (a huge request target) is not sent, but counted as dropped:
+/// a post must stay within the control plane's 64 KiB.
+const MAX_LINE: usize = 16 * 1024;
+
 /// Events per post, at most, and how long a relay gathers them.
 const POST_BYTES: usize = 32 * 1024;
 const GATHER: Duration = Duration::from_millis(250);
@@ -156,6 +163,11 @@ fn report_loop(s: &Shared, mut latest: Latest, workers: &[flume::Sender<Command>
         let Some(reports) = collect(workers) else {
             return;
         };
+        // A worker that did not answer in time: no report this round, rather than totals
+        // that go down and come back (which would read as a restart and a burst).
+        if reports.len() < workers.len() {
+            continue;
+        }
         let mut body = stats(&metrics::merge(&reports));
         body["uptime_seconds"] = json!(started.elapsed().as_secs_f64());
         let body = body.to_string();
@@ -177,7 +189,8 @@ fn report_loop(s: &Shared, mut latest: Latest, workers: &[flume::Sender<Command>
                         }
                         Err(e) => e.to_string(),
                     };
-                    tracing::debug!(error = %why, "cannot report traffic to the control plane");
+                    // Once per failing spell (the watcher says when it cannot reach at all).
+                    tracing::warn!(error = %why, "cannot report traffic and endpoints to the control plane");
                 }
                 failing = true;
             }
@@ -241,7 +254,8 @@ pub(crate) fn stats(m: &Merged) -> Value {
         let list = endpoints
             .entry(e.cluster.to_string())
             .or_insert_with(|| Value::Array(Vec::new()));
-        if let Some(l) = list.as_array_mut() {
+        // As many as the control plane keeps.
+        if let Some(l) = list.as_array_mut().filter(|l| l.len() < MAX_ENDPOINTS) {
             l.push(json!({
                 "address": e.addr.to_string(),
                 "zone": e.zone.as_deref(),
@@ -312,7 +326,8 @@ fn tap_loop(s: &Shared, mut latest: Latest) {
 }
 
 /// Taps this proxy for the control plane's tap `id` until `n` events went, its reader is gone,
-/// or the control plane cannot be reached three times in a row.
+/// or the control plane cannot be reached three times in a row. Events that could not be
+/// delivered (the reader behind, a post that failed, a line too long) are told as dropped.
 fn relay(s: &Shared, client: &Client, id: &str, filter: tap::Filter, n: u64) {
     let session = tap::Session::start(filter, n, 4096);
     let base = format!(
@@ -320,11 +335,14 @@ fn relay(s: &Shared, client: &Client, id: &str, filter: tap::Filter, n: u64) {
         percent_encode(&s.node),
         percent_encode(id)
     );
-    let (mut sent, mut dropped_told, mut failures) = (0u64, 0u64, 0);
-    // Events taken from the session whose post failed: told as dropped with the next one.
-    let mut lost = 0u64;
-    let mut posted = Instant::now();
-    let mut body = Vec::with_capacity(POST_BYTES + 4096);
+    let (mut taken, mut failures) = (0u64, 0);
+    // Dropped events not told yet, and the session's count already added to them.
+    let (mut untold, mut seen_dropped) = (0u64, 0u64);
+    // The first post goes at once, empty: the control plane learns the tap was picked up.
+    let mut posted = Instant::now()
+        .checked_sub(HEARTBEAT)
+        .unwrap_or_else(Instant::now);
+    let mut body = Vec::with_capacity(POST_BYTES + MAX_LINE);
     loop {
         if s.stopped() {
             return;
@@ -332,24 +350,29 @@ fn relay(s: &Shared, client: &Client, id: &str, filter: tap::Filter, n: u64) {
         body.clear();
         let mut lines = 0u64;
         let until = Instant::now() + GATHER;
-        while body.len() < POST_BYTES && sent + lines < n {
-            match session.rx.recv_deadline(until) {
-                Ok(line) => {
-                    body.extend_from_slice(&line);
-                    if !line.ends_with(b"\n") {
-                        body.push(b'\n');
-                    }
-                    lines += 1;
-                }
-                Err(_) => break,
+        while body.len() < POST_BYTES && taken < n {
+            let Ok(line) = session.rx.recv_deadline(until) else {
+                break;
+            };
+            taken += 1;
+            if line.len() > MAX_LINE {
+                untold += 1;
+                continue;
             }
+            body.extend_from_slice(&line);
+            if !line.ends_with(b"\n") {
+                body.push(b'\n');
+            }
+            lines += 1;
         }
-        let done = sent + lines >= n;
-        let dropped = session.dropped() - dropped_told + lost;
-        if lines == 0 && dropped == 0 && !done && posted.elapsed() < HEARTBEAT {
+        let dropped = session.dropped();
+        untold += dropped - seen_dropped;
+        seen_dropped = dropped;
+        let done = taken >= n;
+        if lines == 0 && untold == 0 && !done && posted.elapsed() < HEARTBEAT {
             continue;
         }
-        let mut path = format!("{base}?dropped={dropped}");
+        let mut path = format!("{base}?dropped={untold}");
         if done {
             path.push_str("&done=1");
         }
@@ -362,12 +385,10 @@ fn relay(s: &Shared, client: &Client, id: &str, filter: tap::Filter, n: u64) {
             "",
         );
         posted = Instant::now();
-        sent += lines;
         match r {
             Ok((200, _)) => {
                 failures = 0;
-                dropped_told = session.dropped();
-                lost = 0;
+                untold = 0;
                 if done {
                     return;
                 }
@@ -375,7 +396,8 @@ fn relay(s: &Shared, client: &Client, id: &str, filter: tap::Filter, n: u64) {
             // The reader is gone, or the tap was never this node's.
             Ok((404 | 410 | 403, _)) => return,
             _ => {
-                lost += lines;
+                // These lines are lost: told with the next post.
+                untold += lines;
                 failures += 1;
                 if failures >= 3 {
                     tracing::info!(

@@ -152,8 +152,29 @@ fn nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64)
 }
 
-fn clip(b: &[u8]) -> &[u8] {
-    &b[..b.len().min(MAX_FIELD)]
+/// `b` as protobuf `string` content: valid UTF-8 (bytes that are not become U+FFFD, a copy
+/// made only then), cut at [`MAX_FIELD`] on a character's boundary. A client's raw bytes in a
+/// path must not make a strict decoder refuse the whole batch.
+fn text(b: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let fixed = match std::str::from_utf8(b) {
+        Ok(_) => std::borrow::Cow::Borrowed(b),
+        Err(_) => std::borrow::Cow::Owned(String::from_utf8_lossy(b).into_owned().into_bytes()),
+    };
+    if fixed.len() <= MAX_FIELD {
+        return fixed;
+    }
+    // UTF-8 continuation bytes are 0b10xxxxxx: back up to a character's first byte.
+    let mut end = MAX_FIELD;
+    while end > 0 && fixed[end] & 0xc0 == 0x80 {
+        end -= 1;
+    }
+    match fixed {
+        std::borrow::Cow::Borrowed(b) => std::borrow::Cow::Borrowed(&b[..end]),
+        std::borrow::Cow::Owned(mut v) => {
+            v.truncate(end);
+            std::borrow::Cow::Owned(v)
+        }
+    }
 }
 
 /// The host of an authority (`[v6]:port`, `host:port`, `host`) and its port, if one is given.
@@ -186,7 +207,8 @@ pub fn span(out: &mut Vec<u8>, s: &SpanData<'_>) {
         // Name: `{method} {http.route}`, or the method alone.
         tag(out, 5, LEN);
         let route = s.route.map(str::as_bytes).unwrap_or_default();
-        let method = clip(s.method);
+        let method = text(s.method);
+        let method = &method[..];
         let name_len = method.len() + if route.is_empty() { 0 } else { 1 + route.len() };
         varint(out, name_len as u64);
         out.extend_from_slice(method);
@@ -203,10 +225,11 @@ pub fn span(out: &mut Vec<u8>, s: &SpanData<'_>) {
         tag(out, 8, FIXED64);
         out.extend_from_slice(&end.to_le_bytes());
         string_attr(out, 9, "http.request.method", method);
-        string_attr(out, 9, "url.path", clip(s.path));
+        string_attr(out, 9, "url.path", &text(s.path));
         string_attr(out, 9, "url.scheme", s.scheme.as_bytes());
         if let Some(a) = s.authority {
-            let (host, port) = split_authority(clip(a));
+            let a = text(a);
+            let (host, port) = split_authority(&a);
             string_attr(out, 9, "server.address", host);
             if let Some(p) = port {
                 int_attr(out, 9, "server.port", i64::from(p));
@@ -224,16 +247,11 @@ pub fn span(out: &mut Vec<u8>, s: &SpanData<'_>) {
             string_attr(out, 9, "ringmesh.cluster", c.as_bytes());
         }
         if let Some(u) = s.upstream {
-            let mut text = [0u8; 48];
-            string_attr(
-                out,
-                9,
-                "ringmesh.upstream.address",
-                write_addr(&mut text, u),
-            );
+            let mut buf = [0u8; 64];
+            string_attr(out, 9, "ringmesh.upstream.address", write_addr(&mut buf, u));
         }
         if let Some(id) = s.identity {
-            string_attr(out, 9, "ringmesh.client.identity", clip(id));
+            string_attr(out, 9, "ringmesh.client.identity", &text(id));
         }
         if s.retries > 0 {
             int_attr(out, 9, "ringmesh.retries", i64::from(s.retries));
@@ -261,7 +279,7 @@ pub fn span(out: &mut Vec<u8>, s: &SpanData<'_>) {
 }
 
 /// Writes `v` in decimal at `buf[*n..]`.
-fn push_dec(buf: &mut [u8; 48], n: &mut usize, mut v: u32) {
+fn push_dec(buf: &mut [u8; 64], n: &mut usize, mut v: u32) {
     let mut d = [0u8; 10];
     let mut i = d.len();
     loop {
@@ -279,7 +297,7 @@ fn push_dec(buf: &mut [u8; 48], n: &mut usize, mut v: u32) {
 
 /// An address as text, without an allocation; IPv4 without the formatting machinery (the
 /// common case, on every span).
-fn write_addr(buf: &mut [u8; 48], a: SocketAddr) -> &[u8] {
+fn write_addr(buf: &mut [u8; 64], a: SocketAddr) -> &[u8] {
     let len = match a {
         SocketAddr::V4(v4) => {
             let mut n = 0;
@@ -295,7 +313,7 @@ fn write_addr(buf: &mut [u8; 48], a: SocketAddr) -> &[u8] {
             use std::io::Write as _;
             let mut w = &mut buf[..];
             let _ = write!(w, "{a}");
-            48 - w.len()
+            64 - w.len()
         }
     };
     &buf[..len]
@@ -454,7 +472,7 @@ mod tests {
             "[::1]:80",
         ] {
             let a: SocketAddr = a.parse().unwrap();
-            let mut buf = [0u8; 48];
+            let mut buf = [0u8; 64];
             assert_eq!(write_addr(&mut buf, a), a.to_string().as_bytes());
         }
     }
@@ -466,6 +484,19 @@ mod tests {
             varint(&mut out, v);
             assert_eq!(varint_len(v), out.len(), "{v}");
         }
+    }
+
+    #[test]
+    fn text_fields_are_utf8_whatever_the_client_sent() {
+        assert_eq!(&*text(b"/ok"), b"/ok");
+        assert_eq!(&*text(b"/a\xffb"), "/a\u{fffd}b".as_bytes());
+        let long = "\u{e9}".repeat(MAX_FIELD);
+        let cut = text(long.as_bytes());
+        assert!(cut.len() <= MAX_FIELD && std::str::from_utf8(&cut).is_ok());
+        let mut bad = vec![b'x'; MAX_FIELD + 10];
+        bad[3] = 0xc3;
+        let cut = text(&bad);
+        assert!(cut.len() <= MAX_FIELD && std::str::from_utf8(&cut).is_ok());
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub struct ExportSpec {
     pub sample: f64,
     /// `service.name` of the spans' resource.
     pub service: String,
-    /// `service.instance.id`: the node's name, or empty.
+    /// `service.instance.id`: the host's name, or empty.
     pub instance: String,
 }
 

@@ -89,7 +89,18 @@ fn post(
     }
     let reused = conn.is_some();
     match exchange(conn, export, body) {
-        Err((e, false)) if reused => {
+        // A kept connection the collector closed meanwhile: the post never reached it. (A
+        // timeout is not that: the collector may have it, and would get it twice.)
+        Err((e, false))
+            if reused
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                ) =>
+        {
             tracing::debug!(error = %e, "span export: kept connection closed; posting again");
             *conn = None;
             exchange(conn, export, body).map_err(|(e, _)| e)

@@ -213,7 +213,7 @@ pub(super) fn check_nodes(
     let bare = Value::Array(bare).to_string();
     for (name, node) in nodes {
         let path = format!("nodes.{name}");
-        if name.is_empty() || name.len() > 253 || name.bytes().any(|b| b.is_ascii_control()) {
+        if name.is_empty() || name.len() > 253 || name.chars().any(char::is_control) {
             errors.push(error(
                 path.clone(),
                 "node names must be 1 to 253 printable characters",

@@ -57,7 +57,7 @@ pub fn node_input(mesh: &Mesh, body: &[u8]) {
     let _ = o.ingest(mesh, "edge-1", body);
     let _ = o.ingest(mesh, "edge-1", body);
     let _ = o.stats_json(mesh);
-    let _ = o.endpoint("web", "127.0.0.1:8081");
+    let _ = o.health();
     let mut t = taps::Taps::default();
     let _ = t.start("edge-1", body, "t".into());
     let _ = t.pick_up("edge-1");
@@ -385,9 +385,12 @@ struct Plane {
     refusals: auth::Refusals,
     /// The proxies' reports of their traffic and endpoints.
     observed: RefCell<observed::Observed>,
-    /// Taps through the control plane, and what wakes their readers and their nodes.
+    /// Taps through the control plane; what wakes their readers (events came), and what
+    /// wakes the nodes waiting for taps (one was asked): apart, so that events do not wake
+    /// every node.
     taps: RefCell<taps::Taps>,
     tap_signal: Signal,
+    tap_asked: Signal,
     /// Tap ids.
     rng: RefCell<ringmesh_core::rng::Rng>,
 }
@@ -460,6 +463,7 @@ fn run(
             observed: RefCell::default(),
             taps: RefCell::default(),
             tap_signal: Signal::default(),
+            tap_asked: Signal::default(),
             rng: RefCell::new(ringmesh_core::rng::Rng::from_entropy()),
         });
         plane.changed();
@@ -501,6 +505,7 @@ fn run(
         plane.signal.notify();
         plane.progress.notify();
         plane.tap_signal.notify();
+        plane.tap_asked.notify();
         monoio::time::sleep(Duration::from_millis(50)).await;
         if let Some(store) = &plane.store {
             store.stop();

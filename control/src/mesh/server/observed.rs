@@ -76,14 +76,15 @@ impl Counts {
     /// The `q` quantile in seconds, interpolated inside its bucket as Prometheus's
     /// `histogram_quantile` does; `None` without samples.
     fn quantile(&self, q: f64) -> Option<f64> {
-        let total: u64 = self.buckets.iter().sum();
+        // Counts come from nodes: added without overflow, whatever they say.
+        let total = self.buckets.iter().fold(0u64, |a, &b| a.saturating_add(b));
         if total == 0 {
             return None;
         }
         let rank = q * total as f64;
         let mut below = 0u64;
         for (i, &n) in self.buckets.iter().enumerate() {
-            if (below + n) as f64 >= rank && n > 0 {
+            if below.saturating_add(n) as f64 >= rank && n > 0 {
                 let Some(&upper) = DURATION_BUCKETS.get(i) else {
                     // Past the last bound: the last bound is all that is known.
                     return DURATION_BUCKETS.last().copied();
@@ -91,7 +92,7 @@ impl Counts {
                 let lower = if i == 0 { 0.0 } else { DURATION_BUCKETS[i - 1] };
                 return Some(lower + (upper - lower) * (rank - below as f64) / n as f64);
             }
-            below += n;
+            below = below.saturating_add(n);
         }
         DURATION_BUCKETS.last().copied()
     }
@@ -129,7 +130,10 @@ struct Seen {
 struct Report {
     at: Instant,
     at_unix_ms: u64,
+    /// How long the proxy had been up.
+    uptime: Option<Duration>,
     clusters: BTreeMap<String, Counts>,
+    /// Kept in the newest report only (older ones serve the rates).
     endpoints: BTreeMap<String, BTreeMap<String, Seen>>,
 }
 
@@ -222,27 +226,29 @@ impl Observed {
             }
         }
         let now = Instant::now();
+        let uptime = v["uptime_seconds"]
+            .as_f64()
+            .filter(|u| u.is_finite() && *u >= 0.0 && *u < 10.0 * 365.0 * 86_400.0)
+            .map(Duration::from_secs_f64);
         let reports = self.nodes.entry(node.to_string()).or_default();
-        // Counters that went down: the proxy restarted, and a new series begins.
-        let restarted = reports.back().is_some_and(|last| {
-            last.clusters.iter().any(|(c, old)| {
-                clusters
-                    .get(c)
-                    .is_some_and(|new: &Counts| new.requests < old.requests)
-            })
-        });
+        // A proxy that is younger than at its last report restarted: a new series begins.
+        // (A counter that went down without that, a route forgotten by a reload, counts
+        // again from zero: `Counts::since`.)
+        let restarted = reports
+            .back()
+            .is_some_and(|last| matches!((last.uptime, uptime), (Some(a), Some(b)) if b < a));
         if reports.is_empty() || restarted {
-            // The counters started at zero when the proxy did: that is the series' first point,
-            // so the traffic before the first report counts in the window too.
             reports.clear();
-            let uptime = v["uptime_seconds"]
-                .as_f64()
-                .filter(|u| u.is_finite() && *u > 0.0 && *u < 86_400.0)
-                .map(Duration::from_secs_f64);
-            if let Some(start) = uptime.and_then(|u| now.checked_sub(u)) {
+            // The counters started at zero when the proxy did: that is the series' first
+            // point, so the traffic before the first report counts in the window too.
+            let start = uptime
+                .filter(|u| *u <= WINDOW + STALE)
+                .and_then(|u| now.checked_sub(u));
+            if let Some(start) = start {
                 reports.push_back(Report {
                     at: start,
                     at_unix_ms: 0,
+                    uptime: Some(Duration::ZERO),
                     clusters: BTreeMap::new(),
                     endpoints: BTreeMap::new(),
                 });
@@ -251,7 +257,11 @@ impl Observed {
         if reports.len() == HISTORY {
             reports.pop_front();
         }
+        if let Some(last) = reports.back_mut() {
+            last.endpoints.clear();
+        }
         reports.push_back(Report {
+            uptime,
             at: now,
             at_unix_ms: super::unix_ms(SystemTime::now()),
             clusters,
@@ -340,24 +350,46 @@ impl Observed {
         })
     }
 
-    /// An endpoint of `cluster` as the live nodes see it: `health` (`healthy`, `unhealthy`,
-    /// `mixed`, or `unknown` when no node reports it), the nodes that ejected it, zone and
-    /// weight as reported.
-    pub(super) fn endpoint(&self, cluster: &str, address: &str) -> Value {
+    /// Every endpoint as the live nodes see it, by cluster and address, built in one pass over
+    /// the nodes' newest reports: see [`Health::json`].
+    pub(super) fn health(&self) -> BTreeMap<(&str, &str), Health<'_>> {
         let now = Instant::now();
-        let (mut up, mut down, mut ejected_by) = (Vec::new(), Vec::new(), Vec::new());
-        let mut last: Option<&Seen> = None;
-        for (name, newest, _) in self.live(now) {
-            let Some(s) = newest.endpoints.get(cluster).and_then(|m| m.get(address)) else {
-                continue;
-            };
-            if s.healthy { &mut up } else { &mut down }.push(name.as_str());
-            if s.ejected {
-                ejected_by.push(name.as_str());
+        let mut out: BTreeMap<(&str, &str), Health<'_>> = BTreeMap::new();
+        for (name, newest) in self.nodes.iter().filter_map(|(name, reports)| {
+            let newest = reports.back()?;
+            (now.saturating_duration_since(newest.at) <= STALE).then_some((name, newest))
+        }) {
+            for (cluster, eps) in &newest.endpoints {
+                for (addr, s) in eps {
+                    let h = out.entry((cluster.as_str(), addr.as_str())).or_default();
+                    if s.healthy { &mut h.up } else { &mut h.down }.push(name.as_str());
+                    if s.ejected {
+                        h.ejected_by.push(name.as_str());
+                    }
+                    h.last = Some(s);
+                }
             }
-            last = Some(s);
         }
-        let health = match (up.is_empty(), down.is_empty()) {
+        out
+    }
+}
+
+/// One endpoint as the nodes that report it see it.
+#[derive(Debug, Default)]
+pub(super) struct Health<'a> {
+    up: Vec<&'a str>,
+    down: Vec<&'a str>,
+    ejected_by: Vec<&'a str>,
+    last: Option<&'a Seen>,
+}
+
+impl Health<'_> {
+    /// `health` (`healthy`, `unhealthy`, `mixed`, or `unknown` when no node reports it), the
+    /// nodes that see it unhealthy and that ejected it, and zone and weight as reported.
+    pub(super) fn json(h: Option<&Health<'_>>) -> Value {
+        let empty = Health::default();
+        let h = h.unwrap_or(&empty);
+        let health = match (h.up.is_empty(), h.down.is_empty()) {
             (true, true) => "unknown",
             (false, true) => "healthy",
             (true, false) => "unhealthy",
@@ -365,11 +397,11 @@ impl Observed {
         };
         json!({
             "health": health,
-            "unhealthy_in": down,
-            "ejected_by": ejected_by,
-            "reported_by": up.len() + down.len(),
-            "reported_zone": last.and_then(|s| s.zone.clone()),
-            "reported_weight": last.map(|s| s.weight),
+            "unhealthy_in": h.down,
+            "ejected_by": h.ejected_by,
+            "reported_by": h.up.len() + h.down.len(),
+            "reported_zone": h.last.and_then(|s| s.zone.clone()),
+            "reported_weight": h.last.map(|s| s.weight),
         })
     }
 }
@@ -400,6 +432,12 @@ mod tests {
         assert_eq!(Counts::ZERO.quantile(0.5), None);
         // Past the last bound: the last bound.
         assert_eq!(c(1, 0, &[(BUCKETS - 1, 1)]).quantile(0.5), Some(30.0));
+    }
+
+    #[test]
+    fn quantiles_of_absurd_counts_do_not_overflow() {
+        let x = c(u64::MAX, 0, &[(0, u64::MAX), (1, u64::MAX)]);
+        assert!(x.quantile(0.99).is_some());
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub(super) async fn answer(
                 format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64())
             };
             let r = plane.taps.borrow_mut().start(node, &req.body, id);
-            plane.tap_signal.notify();
+            plane.tap_asked.notify();
             r
         }
         (Route::TapRead, [_, _, id]) => {
@@ -78,7 +78,7 @@ pub(super) async fn answer(
         }
         (Route::TapStop, [_, _, id]) => plane.taps.borrow_mut().stop(id),
         (Route::TapPoll { node }, _) => {
-            taps::poll(&plane.taps, &plane.tap_signal, &plane.stopping, node, req).await
+            taps::poll(&plane.taps, &plane.tap_asked, &plane.stopping, node, req).await
         }
         (Route::TapEvents { node }, [_, _, _, _, id]) => {
             let r = plane.taps.borrow_mut().events(node, id, req);

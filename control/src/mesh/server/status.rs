@@ -96,7 +96,9 @@ pub(super) fn nodes_json(st: &State) -> Vec<u8> {
 }
 
 pub(super) fn clusters_json(st: &State, observed: &super::observed::Observed) -> Vec<u8> {
+    use super::observed::Health;
     let now = Instant::now();
+    let health = observed.health();
     let mut out = serde_json::Map::new();
     for c in &st.mesh.clusters {
         let mut eps = Vec::new();
@@ -135,9 +137,8 @@ pub(super) fn clusters_json(st: &State, observed: &super::observed::Observed) ->
             let addr = addr
                 .parse::<std::net::SocketAddr>()
                 .map_or_else(|_| addr.to_string(), |a| a.to_string());
-            if let (Some(m), Value::Object(seen)) =
-                (e.as_object_mut(), observed.endpoint(&c.name, &addr))
-            {
+            let seen = Health::json(health.get(&(c.name.as_str(), addr.as_str())));
+            if let (Some(m), Value::Object(seen)) = (e.as_object_mut(), seen) {
                 m.extend(seen);
             }
         }

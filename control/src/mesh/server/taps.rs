@@ -27,8 +27,15 @@ use crate::http::{Request, Response};
 const MAX_TAPS: usize = 64;
 const MAX_PER_NODE: usize = 8;
 
-/// Events held for a reader that has not taken them, per tap.
+/// Events held for a reader that has not taken them, per tap, and their bytes per tap and
+/// over all taps.
 const HELD: usize = 10_000;
+const HELD_BYTES: usize = 4 << 20;
+const ALL_HELD_BYTES: usize = 64 << 20;
+
+/// A tap handed to its node and not fed within this long is offered again (the answer was
+/// lost, or the proxy could not take it then).
+const REOFFER: Duration = Duration::from_secs(5);
 
 /// A tap whose admin has not read it for this long is removed.
 pub(super) const ABANDONED: Duration = Duration::from_secs(15);
@@ -44,9 +51,13 @@ struct Tap {
     node: String,
     filter: [Option<String>; 3],
     n: u64,
+    /// When the node was handed the tap, and whether it has posted for it since.
+    offered: Option<Instant>,
     picked_up: bool,
     done: bool,
-    events: VecDeque<Value>,
+    /// Events as the node sent them (each checked to be a JSON object), and their bytes.
+    events: VecDeque<Vec<u8>>,
+    held: usize,
     dropped: u64,
     read_at: Instant,
 }
@@ -112,9 +123,11 @@ impl Taps {
                 node: node.to_string(),
                 filter,
                 n,
+                offered: None,
                 picked_up: false,
                 done: false,
                 events: VecDeque::new(),
+                held: 0,
                 dropped: 0,
                 read_at: Instant::now(),
             },
@@ -122,14 +135,21 @@ impl Taps {
         Response::json(201, json!({ "id": id }).to_string() + "\n")
     }
 
-    /// The taps `node` has not picked up yet, now picked up.
+    /// The taps asked of `node` that it has not taken up (not offered yet, or offered and not
+    /// fed for [`REOFFER`]), now offered.
     pub(super) fn pick_up(&mut self, node: &str) -> Vec<Value> {
-        self.sweep(Instant::now());
+        let now = Instant::now();
+        self.sweep(now);
         self.taps
             .iter_mut()
-            .filter(|(_, t)| t.node == node && !t.picked_up)
+            .filter(|(_, t)| {
+                t.node == node
+                    && !t.picked_up
+                    && t.offered
+                        .is_none_or(|at| now.saturating_duration_since(at) >= REOFFER)
+            })
             .map(|(id, t)| {
-                t.picked_up = true;
+                t.offered = Some(now);
                 json!({
                     "id": id, "listener": t.filter[0], "route": t.filter[1],
                     "cluster": t.filter[2], "n": t.n,
@@ -140,18 +160,32 @@ impl Taps {
 
     /// `POST /v1/nodes/{node}/taps/{id}`: events from the node, one JSON object per line.
     pub(super) fn events(&mut self, node: &str, id: &str, req: &Request) -> Response {
+        let all_held: usize = self.taps.values().map(|t| t.held).sum();
         let Some(t) = self.taps.get_mut(id).filter(|t| t.node == node) else {
             return Response::error(410, "no such tap: its reader is gone");
         };
-        for line in req.body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(v) = serde_json::from_slice::<Value>(line) else {
-                return Response::error(400, "expected one JSON object per line");
-            };
-            if t.events.len() >= HELD {
+        let lines: Vec<&[u8]> = req
+            .body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        // The whole post is checked before any of it is kept.
+        if !lines
+            .iter()
+            .all(|l| serde_json::from_slice::<Value>(l).is_ok_and(|v| v.is_object()))
+        {
+            return Response::error(400, "expected one JSON object per line");
+        }
+        t.picked_up = true;
+        let mut room = ALL_HELD_BYTES.saturating_sub(all_held);
+        for line in lines {
+            if t.events.len() >= HELD || t.held + line.len() > HELD_BYTES || line.len() > room {
                 t.dropped += 1;
-            } else {
-                t.events.push_back(v);
+                continue;
             }
+            t.held += line.len();
+            room -= line.len();
+            t.events.push_back(line.to_vec());
         }
         if let Some(d) = req.param("dropped").and_then(|d| d.parse::<u64>().ok()) {
             t.dropped = t.dropped.saturating_add(d);
@@ -171,14 +205,27 @@ impl Taps {
         if t.events.is_empty() && !t.done && !waited {
             return None;
         }
-        let events: Vec<Value> = t.events.drain(..).collect();
-        let body = json!({
-            "events": events, "picked_up": t.picked_up, "done": t.done, "dropped": t.dropped,
-        });
+        // Each event is a JSON object already checked: the answer is written around them.
+        let mut body = Vec::with_capacity(t.held + t.events.len() + 128);
+        body.extend_from_slice(b"{\"events\":[");
+        for (i, e) in t.events.drain(..).enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&e);
+        }
+        t.held = 0;
+        body.extend_from_slice(
+            format!(
+                "],\"picked_up\":{},\"done\":{},\"dropped\":{}}}\n",
+                t.picked_up, t.done, t.dropped
+            )
+            .as_bytes(),
+        );
         if t.done {
             self.taps.remove(id);
         }
-        Some(Response::json(200, body.to_string() + "\n"))
+        Some(Response::json(200, body))
     }
 
     /// `DELETE /v1/taps/{id}`.
@@ -219,7 +266,8 @@ pub(super) async fn read(
     id: &str,
     req: &Request,
 ) -> Response {
-    let wait = match wait_param(req, Duration::from_secs(10), Duration::from_secs(60)) {
+    // Shorter than a tap's abandonment: a reader waiting keeps its tap.
+    let wait = match wait_param(req, Duration::from_secs(10), Duration::from_secs(10)) {
         Ok(w) => w,
         Err(r) => return r,
     };
@@ -260,8 +308,10 @@ pub(super) async fn poll(
         if !found.is_empty() || stopping.get() {
             return Response::json(200, json!({ "taps": found }).to_string() + "\n");
         }
+        // Also looked at again every REOFFER: a tap offered and never fed is offered again.
         monoio::select! {
             _ = changed => {}
+            _ = monoio::time::sleep(REOFFER) => {}
             _ = &mut deadline => {
                 return Response::json(200, "{\"taps\":[]}\n");
             }
@@ -311,9 +361,12 @@ mod tests {
                 .status,
             200
         );
+        // Fed: picked up.
+        assert!(t.pick_up("a").is_empty());
         let r = t.take("x", false).unwrap();
         let v: Value = serde_json::from_slice(&r.body).unwrap();
-        assert_eq!(v["events"].as_array().unwrap().len(), 2);
+        assert_eq!(v["events"], serde_json::json!([{"s": 1}, {"s": 2}]));
+        assert_eq!(v["picked_up"], true);
         assert_eq!(v["done"], true);
         assert_eq!(t.take("x", false).unwrap().status, 404, "removed once read");
     }
@@ -330,6 +383,19 @@ mod tests {
         assert_eq!(t.start("a", b"", "more".into()).status, 429);
         assert_eq!(t.start("b", b"", "other".into()).status, 201);
         assert_eq!(t.events("a", "t0", &post("not json\n", &[])).status, 400);
+        assert_eq!(t.events("a", "t0", &post("[1]\n", &[])).status, 400);
+    }
+
+    #[test]
+    fn a_tap_offered_and_never_fed_is_offered_again() {
+        let mut t = Taps::default();
+        t.start("a", b"", "x".into());
+        assert_eq!(t.pick_up("a").len(), 1);
+        assert!(t.pick_up("a").is_empty());
+        if let Some(tap) = t.taps.get_mut("x") {
+            tap.offered = Instant::now().checked_sub(REOFFER);
+        }
+        assert_eq!(t.pick_up("a").len(), 1, "offered again");
     }
 
     #[test]
