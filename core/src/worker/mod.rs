@@ -344,10 +344,12 @@ async fn sweep(w: Rc<Worker>) {
     let mut memory = MemoryWatch::default();
     loop {
         monoio::time::sleep(idle::TICK).await;
+        // The two clocks read back to back: log lines and spans get their wall time from this
+        // pair, and a gap between the reads would shift them all.
         let now = Instant::now();
+        w.wall.set((now, SystemTime::now()));
         w.idle.sweep(now);
         w.deadlines.sweep(now);
-        w.wall.set((now, SystemTime::now()));
         w.flush_logs();
         // Health-check results and ended ejections change availability without an event here.
         w.availability_changed();
