@@ -54,6 +54,7 @@ fn parse(c: &mut Criterion) {
         deadline: None,
         trace: Some(&trace),
         identity: None,
+        edits: None,
     };
     c.bench_function("write upstream request head", |b| {
         b.iter(|| {
@@ -213,6 +214,7 @@ fn access_log(c: &mut Criterion) {
         retries: 0,
         error: None,
         trace_id: Some(b"4bf92f3577b34da6a3ce929d0e0e4736"),
+        request_id: None,
         client_identity: None,
         client: "10.1.2.3:50000".parse().expect("address"),
     };

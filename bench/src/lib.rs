@@ -40,6 +40,9 @@ pub fn route_table(hosts: usize, paths: usize) -> RouteTable {
                 timeout: None,
                 retry: None,
                 rate_limit: None,
+                request_headers: None,
+                response_headers: None,
+                request_id: None,
             });
         }
     }
@@ -50,6 +53,9 @@ pub fn route_table(hosts: usize, paths: usize) -> RouteTable {
         timeout: None,
         retry: None,
         rate_limit: None,
+        request_headers: None,
+        response_headers: None,
+        request_id: None,
     });
     RouteTable::new(routes)
 }
@@ -150,6 +156,8 @@ pub fn cluster_view(
         outlier: Some(Default::default()),
         health_check: None,
         zones: None,
+        request_headers: None,
+        response_headers: None,
         endpoints: (0..n)
             .map(|i| EndpointSpec {
                 addr: std::net::SocketAddr::from((

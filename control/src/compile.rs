@@ -25,9 +25,11 @@ use ringmesh_core::sni::NameMap;
 use ringmesh_core::snapshot::UpstreamProtocol as Protocol1;
 
 use crate::config::{
-    ClusterConfig, Config, LbPolicy, ListenerConfig, ListenerProtocol, RetryConfig, RouteConfig,
-    UpstreamProtocol,
+    ClusterConfig, Config, HeadersConfig, LbPolicy, ListenerConfig, ListenerProtocol,
+    RequestIdConfig, RetryConfig, RouteConfig, UpstreamProtocol,
 };
+use ringmesh_core::head::edit::{HeaderEdits, RequestIdSpec, Template};
+use ringmesh_core::route::{DirectResponse, Redirect};
 
 /// Why a checked config does not compile. Messages name the field where there is one.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,10 @@ pub enum CompileError {
     /// A split's weights add up to nothing.
     #[error("a split needs a positive weight")]
     SplitWeight,
+    /// A header edit's value does not read (checked when decoded; here for configs built in
+    /// code).
+    #[error("{0}")]
+    HeaderValue(String),
     /// The span collector's URL is not one (checked when decoded; here for configs built in
     /// code).
     #[error("tracing.otlp: {0}")]
@@ -160,6 +166,8 @@ impl Compiler {
             unhealthy_threshold: h.unhealthy_threshold,
         });
         Ok(Cluster {
+            request_headers: header_edits(c.request_headers.as_ref())?,
+            response_headers: header_edits(c.response_headers.as_ref())?,
             tls,
             protocol: match c.protocol {
                 UpstreamProtocol::Http1 => Protocol1::Http1,
@@ -288,6 +296,7 @@ fn build(
                         paths: l.paths.rules(),
                     },
                     access_log: l.access_log.as_ref().map(|a| log_spec(a, i)).transpose()?,
+                    request_id: l.request_id.as_ref().map(request_id_spec),
                     tls: l
                         .tls
                         .as_ref()
@@ -406,9 +415,21 @@ fn route(
     Ok(Route {
         name: Arc::from(r.name.as_str()),
         matcher,
-        action: match &r.cluster {
-            Some(c) => Action::Cluster(index(c)?),
-            None => {
+        action: match (&r.cluster, &r.redirect, &r.direct_response) {
+            (_, Some(rd), _) => Action::Redirect(Arc::new(Redirect {
+                scheme: rd.scheme.as_deref().map(Box::from),
+                host: rd.host.as_deref().map(|h| Box::from(h.as_bytes())),
+                path: rd.path.as_deref().map(|p| Box::from(p.as_bytes())),
+                prefix: rd.prefix.as_deref().map(|p| Box::from(p.as_bytes())),
+                code: rd.code,
+                strip_query: rd.strip_query,
+            })),
+            (_, _, Some(dr)) => Action::Direct(Arc::new(DirectResponse {
+                status: dr.status,
+                body: Box::from(dr.body.as_bytes()),
+            })),
+            (Some(c), _, _) => Action::Cluster(index(c)?),
+            (None, _, _) => {
                 let targets = r
                     .split
                     .iter()
@@ -419,6 +440,9 @@ fn route(
         },
         timeout: r.timeout,
         retry: r.retry.as_ref().map(retry_policy),
+        request_headers: header_edits(r.request_headers.as_ref())?,
+        response_headers: header_edits(r.response_headers.as_ref())?,
+        request_id: r.request_id.as_ref().map(request_id_spec),
         rate_limit: r.rate_limit.map(|l| {
             RateLimit {
                 rps: l.rps,
@@ -427,6 +451,32 @@ fn route(
             .share(workers)
         }),
     })
+}
+
+/// A route's or cluster's header edits, compiled.
+fn header_edits(h: Option<&HeadersConfig>) -> Result<Option<Arc<HeaderEdits>>, CompileError> {
+    let Some(h) = h else {
+        return Ok(None);
+    };
+    let template = |v: &String| Template::parse(v).map_err(CompileError::HeaderValue);
+    let pairs = |m: &std::collections::BTreeMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| Ok((Box::from(k.as_bytes()), template(v)?)))
+            .collect::<Result<Vec<_>, CompileError>>()
+    };
+    Ok(Some(Arc::new(HeaderEdits {
+        add: pairs(&h.add)?,
+        set: pairs(&h.set)?,
+        remove: h.remove.iter().map(|n| Box::from(n.as_bytes())).collect(),
+    })))
+}
+
+fn request_id_spec(r: &RequestIdConfig) -> RequestIdSpec {
+    RequestIdSpec {
+        header: Box::from(r.header.as_bytes()),
+        trust_client: r.trust_client,
+        echo: r.echo,
+    }
 }
 
 /// Access policies, in order.

@@ -117,6 +117,9 @@ fn service_route(clusters: &[Cluster], ci: usize, retry: Option<RetryPolicy>) ->
         timeout: None,
         retry,
         rate_limit: None,
+        request_headers: None,
+        response_headers: None,
+        request_id: None,
     }
 }
 

@@ -427,6 +427,8 @@ mod tests {
             }),
             health_check: None,
             zones: None,
+            request_headers: None,
+            response_headers: None,
             endpoints: (0..10)
                 .map(|i| EndpointSpec {
                     addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)),

@@ -41,6 +41,7 @@ pub fn request_head(data: &[u8]) {
         deadline: None,
         trace: Some(&trace),
         identity: None,
+        edits: None,
     };
     encode::request_head(&mut out, data, &req, &fwd);
     // What the proxy sends must itself be a valid, unambiguous head with the same framing (the
@@ -118,6 +119,7 @@ pub fn path(data: &[u8]) {
         deadline: None,
         trace: None,
         identity: None,
+        edits: None,
     };
     encode::request_head(&mut out, &head, &req, &fwd);
     let mut sent = RequestHead::default();
@@ -168,7 +170,7 @@ pub fn response_head(data: &[u8]) {
                 );
             }
             let mut out = Vec::new();
-            encode::response_head(&mut out, data, &resp, cf);
+            encode::response_head(&mut out, data, &resp, cf, None);
             if resp.headers.len() + 2 > MAX_HEADERS {
                 continue;
             }

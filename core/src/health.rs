@@ -230,6 +230,7 @@ async fn probe(t: &Target) -> bool {
             deadline: None,
             trace: None,
             identity: None,
+            edits: None,
         };
         if up.write.send_head(&parsed, &req, &fwd).is_err() {
             return false;

@@ -60,6 +60,69 @@ pub enum Action {
     Cluster(usize),
     /// A weighted split over clusters.
     Split(Split),
+    /// The route answers itself (`direct_response`).
+    Direct(Arc<DirectResponse>),
+    /// The route answers with a redirect (`redirect`).
+    Redirect(Arc<Redirect>),
+}
+
+/// A fixed answer: a health endpoint, a maintenance page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectResponse {
+    pub status: u16,
+    pub body: Box<[u8]>,
+}
+
+/// A redirect: the request's URL with the parts given replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// `http` or `https`; else the request's.
+    pub scheme: Option<Box<str>>,
+    /// The host (and port); else the request's authority.
+    pub host: Option<Box<[u8]>>,
+    /// The whole path; else the request's, with `prefix` in place of the route's prefix.
+    pub path: Option<Box<[u8]>>,
+    /// Replaces the part of the path the route's `path_prefix` matched.
+    pub prefix: Option<Box<[u8]>>,
+    /// 301, 302, 303, 307 or 308.
+    pub code: u16,
+    /// Leave the query out.
+    pub strip_query: bool,
+}
+
+impl Redirect {
+    /// Writes the `Location`: scheme, authority, path and query. `matched`: the length of the
+    /// path prefix the route matched (for `prefix`).
+    pub fn location(
+        &self,
+        out: &mut Vec<u8>,
+        (scheme, authority, target): (&str, &[u8], &[u8]),
+        matched: usize,
+    ) {
+        let (path, query) = match target.iter().position(|&b| b == b'?') {
+            Some(i) => (&target[..i], &target[i..]),
+            None => (target, &b""[..]),
+        };
+        out.extend_from_slice(self.scheme.as_deref().unwrap_or(scheme).as_bytes());
+        out.extend_from_slice(b"://");
+        out.extend_from_slice(self.host.as_deref().unwrap_or(authority));
+        match (&self.path, &self.prefix) {
+            (Some(p), _) => out.extend_from_slice(p),
+            (None, Some(p)) => {
+                out.extend_from_slice(p);
+                let rest = path.get(matched.min(path.len())..).unwrap_or_default();
+                // `/old/` to `/new`: `/old/x` becomes `/new/x`, not `/newx`.
+                if !rest.is_empty() && !rest.starts_with(b"/") && !p.ends_with(b"/") {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(rest);
+            }
+            (None, None) => out.extend_from_slice(if path.is_empty() { b"/" } else { path }),
+        }
+        if !self.strip_query {
+            out.extend_from_slice(query);
+        }
+    }
 }
 
 /// A weighted split over clusters, picked by smooth weighted round robin (as nginx balances
@@ -153,6 +216,11 @@ pub struct Route {
     pub retry: Option<RetryPolicy>,
     /// Each worker's share of the route's rate limit, if any.
     pub rate_limit: Option<crate::ratelimit::RateLimit>,
+    /// Edits of the request's fields, and of the answer's.
+    pub request_headers: Option<Arc<crate::head::edit::HeaderEdits>>,
+    pub response_headers: Option<Arc<crate::head::edit::HeaderEdits>>,
+    /// The route's request id setting, in place of the listener's.
+    pub request_id: Option<crate::head::edit::RequestIdSpec>,
 }
 
 impl Route {
@@ -161,6 +229,7 @@ impl Route {
         let (single, split) = match &self.action {
             Action::Cluster(c) => (Some(*c), None),
             Action::Split(s) => (None, Some(s)),
+            Action::Direct(_) | Action::Redirect(_) => (None, None),
         };
         single.into_iter().chain(
             split
@@ -435,6 +504,9 @@ mod tests {
             timeout: None,
             retry: None,
             rate_limit: None,
+            request_headers: None,
+            response_headers: None,
+            request_id: None,
         }
     }
 

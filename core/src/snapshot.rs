@@ -104,6 +104,8 @@ pub struct HttpListener {
     /// Set on a sidecar's inbound listener: it takes the connections `ringmesh init`
     /// redirects from other pods, each to the workload's port it was going to.
     pub inbound: Option<Arc<Inbound>>,
+    /// Request ids (`request_id`), unless a route says otherwise.
+    pub request_id: Option<crate::head::edit::RequestIdSpec>,
 }
 
 /// What an inbound listener does with a redirected connection ([`crate::inbound`]).
@@ -205,6 +207,9 @@ pub struct Cluster {
     pub protocol: UpstreamProtocol,
     /// Zone-aware routing, when this node has a zone and knows its callers.
     pub zones: Option<Arc<ZoneAware>>,
+    /// Edits of the fields of requests to this cluster, and of its answers.
+    pub request_headers: Option<Arc<crate::head::edit::HeaderEdits>>,
+    pub response_headers: Option<Arc<crate::head::edit::HeaderEdits>>,
     /// Endpoints.
     pub endpoints: Vec<EndpointSpec>,
 }

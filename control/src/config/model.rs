@@ -171,6 +171,9 @@ pub struct ListenerConfig {
     /// HTTP: the access log, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogConfig>,
+    /// Request ids for the listener's routes (a route may say otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestIdConfig>,
     /// TLS termination, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTlsConfig>,
@@ -336,6 +339,62 @@ pub struct RouteConfig {
     /// Rate limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Edits of the request's fields, and of the answer's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeadersConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeadersConfig>,
+    /// Request ids, in place of the listener's setting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestIdConfig>,
+    /// The route answers with a redirect...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<RedirectConfig>,
+    /// ...or with a fixed answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponseConfig>,
+}
+
+/// `request_headers` / `response_headers`: `{ add: {NAME: VALUE}, set: {NAME: VALUE},
+/// remove: [NAME] }`; names lowercase, values may name `${variables}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HeadersConfig {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// `request_id: { header: x-request-id, trust_client: false, echo: false }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestIdConfig {
+    pub header: String,
+    pub trust_client: bool,
+    pub echo: bool,
+}
+
+/// `redirect: { scheme, host, path, prefix, code: 301, strip_query: false }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RedirectConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    pub code: u16,
+    pub strip_query: bool,
+}
+
+/// `direct_response: { status: 200, body: "ok" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DirectResponseConfig {
+    pub status: u16,
+    pub body: String,
 }
 
 /// A route's retry policy.
@@ -499,6 +558,11 @@ pub struct ClusterConfig {
     pub addresses: Vec<SocketAddr>,
     /// Endpoints.
     pub endpoints: Vec<EndpointConfig>,
+    /// Edits of the fields of requests to this cluster, and of its answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeadersConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeadersConfig>,
 }
 
 /// What a cluster's endpoints are spoken to in.

@@ -58,6 +58,8 @@ pub fn write_entry(out: &mut Vec<u8>, e: &Entry<'_>, stamp: &mut Stamp) {
         }
         None => out.extend_from_slice(b"null"),
     }
+    out.extend_from_slice(b",\"request_id\":");
+    push_opt(out, e.request_id);
     out.extend_from_slice(b",\"client_identity\":");
     push_opt(out, e.client_identity);
     out.extend_from_slice(b",\"client\":\"");
@@ -136,6 +138,8 @@ pub struct Entry<'a> {
     pub retries: u32,
     pub error: Option<ErrorKind>,
     pub trace_id: Option<&'a [u8; 32]>,
+    /// The request id (`request_id`), when the route has one.
+    pub request_id: Option<&'a [u8]>,
     pub client_identity: Option<&'a [u8]>,
     pub client: SocketAddr,
 }

@@ -23,6 +23,7 @@ fn entry() -> Entry<'static> {
         retries: 1,
         error: None,
         trace_id: Some(b"4bf92f3577b34da6a3ce929d0e0e4736"),
+        request_id: Some(b"r-1"),
         client_identity: None,
         client: "127.0.0.1:50000".parse().unwrap(),
     }
@@ -48,6 +49,7 @@ fn a_line_is_json_with_every_field() {
         "\"retries\":1",
         "\"error\":null",
         "\"client_identity\":null",
+        "\"request_id\":\"r-1\"",
         "\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\"",
         "\"client\":\"127.0.0.1:50000\"}",
         "\"authority\":\"a.example\"",

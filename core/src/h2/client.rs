@@ -42,7 +42,7 @@ pub(crate) fn request_block(
         b"/" => hpack::put_indexed(out, hpack::PATH_ROOT),
         path => hpack::put_named(out, hpack::PATH, path),
     }
-    for h in req.kept_fields(buf) {
+    for h in req.kept_fields(buf, fwd.edits) {
         let name = h.name.get(buf);
         let elsewhere = matches!(
             classify(name),
@@ -173,6 +173,7 @@ mod tests {
             deadline: Some(std::time::Duration::from_millis(1500)),
             trace: None,
             identity: Some("spiffe://mesh/a"),
+            edits: None,
         };
         let mut out = Vec::new();
         request_block(&req, raw, &fwd, false, true, &mut out);
@@ -212,6 +213,7 @@ mod tests {
             deadline: None,
             trace: None,
             identity: None,
+            edits: None,
         };
         let mut out = Vec::new();
         request_block(&req, &raw, &fwd, true, false, &mut out);
@@ -245,7 +247,7 @@ mod tests {
         let body = resp.body_framing(head_request);
         let cf = encode::client_framing(body, resp, Version::Http11, true);
         let mut out = Vec::new();
-        encode::response_head(&mut out, buf, resp, cf);
+        encode::response_head(&mut out, buf, resp, cf, None);
         String::from_utf8(out).unwrap()
     }
 

@@ -76,7 +76,7 @@ pub fn server(input: &[u8], cuts: &[usize]) {
         let ok = b"HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 0\r\n\r\n";
         let mut resp = ResponseHead::default();
         if resp.parse(ok, 1024).is_ok() {
-            server::answer_block(&resp, ok, Some(0), &mut answer);
+            server::answer_block(&resp, ok, Some(0), &mut answer, None);
         }
         for id in std::mem::take(&mut ev.accepted) {
             let _ = conn.send_head(id, &answer, true);
@@ -148,6 +148,7 @@ pub fn client(input: &[u8], streams: u8) {
             deadline: None,
             trace: None,
             identity: None,
+            edits: None,
         };
         let mut block = Vec::new();
         client::request_block(&req, raw, &fwd, false, false, &mut block);

@@ -7,7 +7,7 @@ use super::block::Block;
 use super::conn::Verdict;
 use super::hpack;
 use crate::error::ErrorKind;
-use crate::head::reply::LocalReply;
+use crate::head::reply::OwnReply;
 use crate::head::request::FieldNotes;
 use crate::head::{
     Framing, Header, Known, Method, RequestHead, ResponseHead, Span, Version, classify,
@@ -163,6 +163,7 @@ pub(crate) fn answer_block(
     buf: &[u8],
     length: Option<u64>,
     out: &mut Vec<u8>,
+    edits: Option<&crate::head::edit::ResponseEdits<'_>>,
 ) {
     put_status(out, resp.status);
     for h in &resp.headers {
@@ -170,20 +171,24 @@ pub(crate) fn answer_block(
         if h.drop
             || super::block::is_connection_specific(name)
             || name.eq_ignore_ascii_case(b"content-length")
+            || edits.is_some_and(|e| e.drops(name))
         {
             continue;
         }
         hpack::put_literal(out, name, h.value.get(buf));
+    }
+    if let Some(e) = edits {
+        e.fields(&mut |name, value| hpack::put_literal_with(out, name, value));
     }
     if let Some(n) = length {
         hpack::put_named_u64(out, hpack::CONTENT_LENGTH, n);
     }
 }
 
-/// An answer the proxy makes itself ([`LocalReply`]); its body goes as DATA.
-pub(crate) fn local_reply_block(reply: &LocalReply, out: &mut Vec<u8>) {
+/// An answer the proxy makes itself ([`OwnReply`]); its body goes as DATA.
+pub(crate) fn local_reply_block(reply: &impl OwnReply, out: &mut Vec<u8>) {
     put_status(out, reply.status());
-    reply.fields(|name, value| hpack::put_literal_with(out, name, value));
+    reply.fields(&mut |name, value| hpack::put_literal_with(out, name, value));
 }
 
 /// `100 Continue`.
@@ -260,6 +265,7 @@ mod tests {
             deadline: None,
             trace: None,
             identity: None,
+            edits: None,
         };
         encode::request_head(&mut out, buf, head, &fwd);
         String::from_utf8(out).unwrap()
@@ -360,7 +366,7 @@ mod tests {
         let mut resp = ResponseHead::default();
         resp.parse(head, 1024).unwrap().unwrap();
         let mut out = Vec::new();
-        answer_block(&resp, head, Some(9), &mut out);
+        answer_block(&resp, head, Some(9), &mut out, None);
         let mut fields = Vec::new();
         Decoder::new(4096)
             .decode(&out, |n, v| {
@@ -382,7 +388,7 @@ mod tests {
         let mut out = Vec::new();
         let ok = b"HTTP/1.1 200 OK\r\n\r\n";
         resp.parse(ok, 1024).unwrap().unwrap();
-        answer_block(&resp, ok, None, &mut out);
+        answer_block(&resp, ok, None, &mut out, None);
         assert_eq!(
             out,
             [0x80 | hpack::STATUS as u8],

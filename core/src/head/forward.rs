@@ -22,16 +22,24 @@ pub struct Forwarded<'a> {
     pub trace: Option<&'a crate::trace::Trace>,
     /// The client's verified identity (mTLS), sent as `ringmesh-client-identity`.
     pub identity: Option<&'a str>,
+    /// The route's and cluster's field edits and the request id, if any.
+    pub edits: Option<&'a super::edit::RequestEdits<'a>>,
 }
 
 impl RequestHead {
-    /// The client's fields that go on as they came: not hop-by-hop, not regenerated, and not
-    /// X-Forwarded-For, which goes as one field of the proxy's ([`added_fields`]).
+    /// The client's fields that go on as they came: not hop-by-hop, not regenerated, not
+    /// X-Forwarded-For, which goes as one field of the proxy's ([`added_fields`]), and not
+    /// one that an edit sets or removes.
     #[inline]
-    pub fn kept_fields<'h>(&'h self, buf: &'h [u8]) -> impl Iterator<Item = &'h Header> + 'h {
-        self.headers
-            .iter()
-            .filter(move |h| !(h.drop || self.has_xff && is_xff(h.name.get(buf))))
+    pub fn kept_fields<'h>(
+        &'h self,
+        buf: &'h [u8],
+        edits: Option<&'h super::edit::RequestEdits<'h>>,
+    ) -> impl Iterator<Item = &'h Header> + 'h {
+        self.headers.iter().filter(move |h| {
+            let name = h.name.get(buf);
+            !(h.drop || self.has_xff && is_xff(name) || edits.is_some_and(|e| e.drops(name)))
+        })
     }
 
     /// The authority the next hop is told: the request's own, else `fallback` (an HTTP/1.0
@@ -54,12 +62,13 @@ impl RequestHead {
 /// Calls `field` with the name of each field the proxy adds to a forwarded request, in order,
 /// and a writer of its value: one X-Forwarded-For (what the client sent, then the client),
 /// X-Forwarded-Proto, the deadline left (and gRPC's form of it for a gRPC call), the trace
-/// context, and the client's verified identity.
+/// context, the client's verified identity, then what the route's and cluster's edits set and
+/// add, and the request id.
 pub fn added_fields(
     req: &RequestHead,
     buf: &[u8],
     fwd: &Forwarded<'_>,
-    mut field: impl FnMut(&'static [u8], &dyn Fn(&mut Vec<u8>)),
+    mut field: impl FnMut(&[u8], &dyn Fn(&mut Vec<u8>)),
 ) {
     field(b"x-forwarded-for", &|out| {
         if req.has_xff {
@@ -94,6 +103,9 @@ pub fn added_fields(
         field(b"ringmesh-client-identity", &|out| {
             out.extend_from_slice(id.as_bytes())
         });
+    }
+    if let Some(e) = fwd.edits {
+        e.fields(&mut field);
     }
 }
 

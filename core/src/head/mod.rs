@@ -7,6 +7,7 @@
 //! to next ([`forward`] says what the proxy adds on the way). No head is parsed twice.
 
 pub mod deadline;
+pub mod edit;
 pub mod forward;
 pub mod reply;
 pub mod request;

@@ -17,14 +17,23 @@ pub struct LocalReply {
     pub retry_after: Option<u64>,
 }
 
-impl LocalReply {
+/// An answer the proxy writes itself, whichever protocol carries it: its status, its fields,
+/// its body.
+pub trait OwnReply {
     /// The HTTP status.
-    pub fn status(&self) -> u16 {
+    fn status(&self) -> u16;
+    /// Calls `field` with each field's name and a writer of its value, in order.
+    fn fields(&self, field: &mut super::edit::FieldSink<'_>);
+    /// Writes the body (nothing for HEAD).
+    fn write_body(&self, out: &mut Vec<u8>);
+}
+
+impl OwnReply for LocalReply {
+    fn status(&self) -> u16 {
         if self.grpc { 200 } else { self.kind.status() }
     }
 
-    /// Calls `field` with each field's name and a writer of its value, in order.
-    pub fn fields(&self, mut field: impl FnMut(&'static [u8], &dyn Fn(&mut Vec<u8>))) {
+    fn fields(&self, field: &mut super::edit::FieldSink<'_>) {
         let name = self.kind.name().as_bytes();
         field(b"ringmesh-error", &|out| out.extend_from_slice(name));
         if self.grpc {
@@ -47,6 +56,16 @@ impl LocalReply {
         });
     }
 
+    /// The body: the error's name on a line; nothing for HEAD or gRPC.
+    fn write_body(&self, out: &mut Vec<u8>) {
+        if !self.grpc && !self.head_request {
+            out.extend_from_slice(self.kind.name().as_bytes());
+            out.push(b'\n');
+        }
+    }
+}
+
+impl LocalReply {
     /// The body's length as the head declares it: the error's name on a line (none for gRPC).
     fn body_len(&self) -> usize {
         if self.grpc {
@@ -55,12 +74,47 @@ impl LocalReply {
             self.kind.name().len() + 1
         }
     }
+}
 
-    /// Writes the body: the error's name on a line; nothing for HEAD or gRPC.
-    pub fn write_body(&self, out: &mut Vec<u8>) {
-        if !self.grpc && !self.head_request {
-            out.extend_from_slice(self.kind.name().as_bytes());
-            out.push(b'\n');
+/// A route's own answer: a `direct_response`, or a redirect's (its `Location`, and a short
+/// body naming it), with the route's and cluster's answer edits.
+#[derive(Debug, Clone, Copy)]
+pub struct DirectReply<'a> {
+    pub status: u16,
+    pub body: &'a [u8],
+    pub location: Option<&'a [u8]>,
+    pub head_request: bool,
+    pub edits: Option<&'a super::edit::ResponseEdits<'a>>,
+}
+
+impl OwnReply for DirectReply<'_> {
+    fn status(&self) -> u16 {
+        self.status
+    }
+
+    fn fields(&self, field: &mut super::edit::FieldSink<'_>) {
+        if let Some(l) = self.location {
+            field(b"location", &|out| out.extend_from_slice(l));
+        }
+        if !self.body.is_empty() {
+            field(b"content-type", &|out| {
+                out.extend_from_slice(b"text/plain; charset=utf-8")
+            });
+        }
+        // 1xx, 204 and 304 answers have no body, nor a length.
+        if !matches!(self.status, 100..=199 | 204 | 304) {
+            field(b"content-length", &|out| {
+                crate::digits::push_u64(out, self.body.len() as u64)
+            });
+        }
+        if let Some(e) = self.edits {
+            e.fields(field);
+        }
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
+        if !self.head_request && !matches!(self.status, 100..=199 | 204 | 304) {
+            out.extend_from_slice(self.body);
         }
     }
 }

@@ -3,8 +3,9 @@
 //! buffer has grown to its working size.
 
 use crate::digits::push_u64;
+use crate::head::edit::ResponseEdits;
 use crate::head::forward::added_fields;
-use crate::head::reply::LocalReply;
+use crate::head::reply::OwnReply;
 use crate::head::{Forwarded, Framing, Known, RequestHead, ResponseHead, Version, classify};
 
 /// Writes the head of the request sent upstream over HTTP/1.1: hop-by-hop fields removed,
@@ -20,7 +21,7 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &RequestHead, fwd: &Forw
         out.extend_from_slice(req.authority_or(buf, fwd.fallback_host));
         out.extend_from_slice(b"\r\n");
     }
-    for h in req.kept_fields(buf) {
+    for h in req.kept_fields(buf, fwd.edits) {
         field_line(out, h.name.get(buf), h.value.get(buf));
     }
     added_fields(req, buf, fwd, |name, value| {
@@ -89,10 +90,28 @@ pub struct ClientFraming {
 }
 
 /// Writes the head of a response sent to the client.
-pub fn response_head(out: &mut Vec<u8>, buf: &[u8], resp: &ResponseHead, cf: ClientFraming) {
+pub fn response_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    resp: &ResponseHead,
+    cf: ClientFraming,
+    edits: Option<&ResponseEdits<'_>>,
+) {
     answer_status_line(out, buf, resp);
     for h in resp.headers.iter().filter(|h| !h.drop) {
-        field_line(out, h.name.get(buf), h.value.get(buf));
+        let name = h.name.get(buf);
+        if edits.is_some_and(|e| e.drops(name)) {
+            continue;
+        }
+        field_line(out, name, h.value.get(buf));
+    }
+    if let Some(e) = edits {
+        e.fields(&mut |name, value| {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            value(out);
+            out.extend_from_slice(b"\r\n");
+        });
     }
     framing_header(out, cf.framing);
     if cf.close {
@@ -164,12 +183,12 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Writes an answer the proxy makes itself ([`LocalReply`]), with `connection: close` when the
+/// Writes an answer the proxy makes itself ([`OwnReply`]), with `connection: close` when the
 /// connection ends after it.
-pub fn local_reply(out: &mut Vec<u8>, reply: &LocalReply, close: bool) {
+pub fn local_reply(out: &mut Vec<u8>, reply: &impl OwnReply, close: bool) {
     let status = reply.status();
     status_line(out, status, reason(status).as_bytes());
-    reply.fields(|name, value| {
+    reply.fields(&mut |name, value| {
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         value(out);
@@ -226,6 +245,7 @@ pub fn client_framing(
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+    use crate::head::reply::LocalReply;
 
     /// The head sent upstream for `raw`, from client 10.0.0.9, with the trace `trace`.
     fn forward_traced(raw: &[u8], trace: Option<&crate::trace::Trace>) -> String {
@@ -239,6 +259,7 @@ mod tests {
             deadline: None,
             trace,
             identity: None,
+            edits: None,
         };
         request_head(&mut out, raw, &req, &fwd);
         String::from_utf8(out).unwrap()

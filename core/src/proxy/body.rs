@@ -29,7 +29,9 @@ pub(super) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// What the relay needs to know of the client.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct ClientSide {
+pub(super) struct ClientSide<'a> {
+    /// The route's and cluster's edits of the answer's fields (`${upstream}` filled in).
+    pub edits: Option<crate::head::edit::ResponseEdits<'a>>,
     pub version: Version,
     pub keep_alive: bool,
     pub head_request: bool,
@@ -186,7 +188,7 @@ pub(super) async fn relay<R: HeadsFrom, W: HeadsTo>(
     up: &mut R,
     client: &mut W,
     resp: &mut ResponseHead,
-    side: ClientSide,
+    side: ClientSide<'_>,
     deadline: Until,
     progress: &Progress,
 ) -> Result<Relayed, Error> {
@@ -210,7 +212,7 @@ pub(super) async fn read_head<R: HeadsFrom, W: HeadsTo>(
     up: &mut R,
     client: &mut W,
     resp: &mut ResponseHead,
-    side: ClientSide,
+    side: ClientSide<'_>,
     deadline: Until,
 ) -> Result<HeadIn, Error> {
     // Before the head is relayed: a failure may be one to try again.
@@ -321,7 +323,7 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
     up: &mut R,
     client: &mut W,
     resp: &mut ResponseHead,
-    side: ClientSide,
+    side: ClientSide<'_>,
     head: HeadIn,
     progress: &Progress,
 ) -> Result<Relayed, Error> {
@@ -347,7 +349,7 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
             } else {
                 cf.framing
             };
-            match h2.send_answer(resp, &ubuf, length, framing) {
+            match h2.send_answer(resp, &ubuf, length, framing, side.edits.as_ref()) {
                 Ok(n) => progress.wrote(n),
                 Err(_) => {
                     w.put_buf(ubuf);
@@ -356,7 +358,7 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
                 }
             }
         }
-        None => encode::response_head(&mut out, &ubuf, resp, cf),
+        None => encode::response_head(&mut out, &ubuf, resp, cf, side.edits.as_ref()),
     }
     progress.started.set(true);
 

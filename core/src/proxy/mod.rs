@@ -8,6 +8,7 @@
 //! forward.rs     Exchange::run: pick an endpoint, tries and retries (retry.rs), relay
 //! body.rs        the answer to the client, the request body to the upstream
 //! reply.rs     refusals and the proxy's own answers (error::ErrorKind → status, name)
+//! direct.rs    a route's request id, and the answers a route makes itself (direct, redirect)
 //! report.rs    route stats, access log, tap
 //! client.rs    the client connection as the stages see it
 //! ```
@@ -15,6 +16,7 @@
 mod body;
 mod client;
 mod conn;
+mod direct;
 mod forward;
 mod h2;
 mod pipeline;

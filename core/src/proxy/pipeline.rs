@@ -19,6 +19,7 @@ use super::forward;
 use super::reply::{local_reply, refuse, refuse_as};
 use super::report::Seen;
 use crate::error::ErrorKind;
+use crate::head::edit::{RequestEdits, ResponseEdits, Vars};
 use crate::head::{Framing, Method, RequestHead, ResponseHead, host_of};
 use crate::policy::{Caller, Verdict};
 use crate::route::{Action, RequestView, Route};
@@ -149,8 +150,8 @@ pub(super) struct Routed<'a> {
     pub route: &'a Route,
     /// The target's stats and log names.
     pub target: &'a RouteTarget,
-    /// The cluster, by index into the snapshot's.
-    pub cluster: usize,
+    /// The cluster, by index into the snapshot's; none for a route that answers itself.
+    pub cluster: Option<usize>,
 }
 
 /// Why routing refused a request.
@@ -174,11 +175,12 @@ pub(super) fn route<'a>(
     let ri = l.http.routes.resolve(input).ok_or(Unrouted::NoRoute)?;
     let route = &l.http.routes.routes()[ri];
     let (position, cluster) = match &route.action {
-        Action::Cluster(ci) => (0, *ci),
+        Action::Cluster(ci) => (0, Some(*ci)),
         Action::Split(s) => {
             let t = s.pick(&mut l.view.splits[ri].borrow_mut());
-            (t, s.cluster(t))
+            (t, Some(s.cluster(t)))
         }
+        Action::Direct(_) | Action::Redirect(_) => (0, None),
     };
     let target = &l.view.routes[ri][position];
     if let Some(bucket) = l.view.buckets.get(ri).and_then(Option::as_ref) {
@@ -272,6 +274,20 @@ pub(super) async fn exchange(
             return refuse_as(w, c, req, name, l.view, series, kind, started, retry_after).await;
         }
     };
+    let request_id = {
+        let spec = route.request_id.as_ref().or(l.http.request_id.as_ref());
+        super::direct::request_id(w, spec, c.data(), req)
+    };
+    // What the edits' variables say of the client, copied: the connection is lent on.
+    let who = super::direct::Who::of(c, route, &request_id);
+    let Some(ci) = ci else {
+        let cluster = None;
+        let edits = answer_edits(route, cluster, &who, &request_id);
+        let lv = (&**name, l.view);
+        let id = request_id.as_ref().map(super::direct::RequestId::value);
+        let edits = edits.as_ref();
+        return super::direct::answer(w, c, req, lv, route, target, edits, id, started).await;
+    };
     let (trace, export) = {
         let buf = c.data();
         let tp = req.traceparent.map(|s| s.get(buf));
@@ -285,6 +301,8 @@ pub(super) async fn exchange(
     let note = forward::Note::default();
     let cluster = &view.snapshot.clusters[ci];
     let stats = &target.stats;
+    let edits = request_edits(route, cluster, &who, &request_id);
+    let answer_edits = answer_edits(route, Some(cluster), &who, &request_id);
     let exchange = forward::Exchange {
         worker: w,
         req,
@@ -297,6 +315,8 @@ pub(super) async fn exchange(
         started,
         trace: &trace,
         note: &note,
+        edits: edits.as_ref(),
+        answer_edits: answer_edits.as_ref(),
     };
     let names = (&**name, &*target.log_names);
     let names_seen = (Some(&*route.name), Some(&*cluster.name));
@@ -313,6 +333,9 @@ pub(super) async fn exchange(
     );
     if export {
         seen.export_span(w, c.data(), req);
+    }
+    if let Some(id) = &request_id {
+        seen.request_id(id.value());
     }
     let result = exchange.run(c, resp).await;
     let end = Instant::now();
@@ -353,6 +376,69 @@ pub(super) async fn exchange(
             seen.report(w, c, status, Some(fail.kind), end, note, trace);
             sent.0 && !close
         }
+    }
+}
+
+/// What a forwarded request's fields are edited with, if anything: the route's edits, the
+/// cluster's, and the request id.
+fn request_edits<'a>(
+    route: &'a Route,
+    cluster: &'a snapshot::Cluster,
+    who: &'a super::direct::Who,
+    id: &'a Option<super::direct::RequestId<'a>>,
+) -> Option<RequestEdits<'a>> {
+    let (r, k) = (
+        route.request_headers.as_deref(),
+        cluster.request_headers.as_deref(),
+    );
+    if r.is_none() && k.is_none() && id.is_none() {
+        return None;
+    }
+    Some(RequestEdits {
+        route: r,
+        cluster: k,
+        vars: vars(route, Some(cluster), who, id),
+        request_id: id.as_ref().map(super::direct::RequestId::field),
+    })
+}
+
+/// What the answer's fields are edited with, if anything: the cluster's edits, the route's, and
+/// the request id echoed.
+fn answer_edits<'a>(
+    route: &'a Route,
+    cluster: Option<&'a snapshot::Cluster>,
+    who: &'a super::direct::Who,
+    id: &'a Option<super::direct::RequestId<'a>>,
+) -> Option<ResponseEdits<'a>> {
+    let (r, k) = (
+        route.response_headers.as_deref(),
+        cluster.and_then(|k| k.response_headers.as_deref()),
+    );
+    let echoed = id.as_ref().and_then(super::direct::RequestId::echoed);
+    if r.is_none() && k.is_none() && echoed.is_none() {
+        return None;
+    }
+    Some(ResponseEdits {
+        cluster: k,
+        route: r,
+        vars: vars(route, cluster, who, id),
+        request_id: echoed,
+    })
+}
+
+fn vars<'a>(
+    route: &'a Route,
+    cluster: Option<&'a snapshot::Cluster>,
+    who: &'a super::direct::Who,
+    id: &'a Option<super::direct::RequestId<'a>>,
+) -> Vars<'a> {
+    Vars {
+        client_ip: who.ip(),
+        identity: who.identity.as_deref(),
+        request_id: id.as_ref().map(super::direct::RequestId::value),
+        route: &route.name,
+        cluster: cluster.map_or("", |k| &k.name),
+        upstream: None,
     }
 }
 

@@ -23,6 +23,9 @@ fn a_route(name: &str, path: &str, action: Action) -> Route {
         timeout: None,
         retry: None,
         rate_limit: None,
+        request_headers: None,
+        response_headers: None,
+        request_id: None,
     }
 }
 
@@ -37,6 +40,8 @@ fn cluster(name: &str) -> Cluster {
         outlier: None,
         health_check: None,
         zones: None,
+        request_headers: None,
+        response_headers: None,
         tls: None,
         protocol: Default::default(),
         endpoints: Vec::new(),
@@ -87,6 +92,7 @@ fn snapshot() -> Snapshot {
         tls: None,
         outbound: None,
         inbound: None,
+        request_id: None,
     };
     Snapshot {
         version: 1,
@@ -164,7 +170,7 @@ fn routing_picks_the_route_its_split_and_holds_its_rate_limit() {
     let now = Instant::now();
     let route_of = |r: &Req| -> Result<(String, usize), &'static str> {
         match route(&l, &RouteInput::new(&r.raw, &r.head), now) {
-            Ok(r) => Ok((r.route.name.to_string(), r.cluster)),
+            Ok(r) => Ok((r.route.name.to_string(), r.cluster.unwrap_or(usize::MAX))),
             Err(Unrouted::NoRoute) => Err("no route"),
             Err(Unrouted::Limited { .. }) => Err("limited"),
         }

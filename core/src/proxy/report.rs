@@ -33,6 +33,8 @@ struct Watch<'a> {
     /// A span goes to the exporter.
     span: bool,
     head: Vec<u8>,
+    /// Where the request id starts in `head`, after method, authority and path.
+    request_id: Option<usize>,
     method: usize,
     authority: Option<usize>,
 }
@@ -71,6 +73,14 @@ impl<'a> Seen<'a> {
         }
     }
 
+    /// The request's id, for its line (copied when the request is watched).
+    pub(super) fn request_id(&mut self, id: &[u8]) {
+        if let Some(w) = &mut self.watch {
+            w.request_id = Some(w.head.len());
+            w.head.extend_from_slice(id);
+        }
+    }
+
     /// Sends a span for this request to the exporter when it ends.
     pub(super) fn export_span(&mut self, w: &Worker, buf: &[u8], req: &RequestHead) {
         self.watch
@@ -98,6 +108,8 @@ impl<'a> Seen<'a> {
             Some(a) => (Some(&h[watch.method..a]), a),
             None => (None, watch.method),
         };
+        let path_to = watch.request_id.unwrap_or(h.len());
+        let request_id = watch.request_id.map(|at| &h[at..]);
         let trace_id = trace.map(Trace::trace_id_hex);
         let entry = access_log::Entry {
             time: w.wall_time(end),
@@ -105,7 +117,7 @@ impl<'a> Seen<'a> {
             endpoint: note.and_then(|n| n.endpoint.get()),
             method: &h[..watch.method],
             authority,
-            path: &h[path_from..],
+            path: &h[path_from..path_to],
             status,
             bytes_in: note.map_or(0, |n| n.bytes_in.get()),
             bytes_out: note.map_or(0, |n| n.progress.bytes_out.get()),
@@ -114,6 +126,7 @@ impl<'a> Seen<'a> {
             retries: note.map_or(0, |n| n.retries.get()),
             error,
             trace_id: trace_id.as_ref(),
+            request_id,
             client_identity: c.identity().map(str::as_bytes),
             client: c.peer,
         };
@@ -186,6 +199,7 @@ impl<'a> Watch<'a> {
             sink,
             tapped,
             span: false,
+            request_id: None,
             head,
             method,
             authority,

@@ -246,7 +246,19 @@ impl Worker {
                         .routes
                         .routes()
                         .iter()
-                        .map(|r| r.clusters().map(|ci| target(&r.name, ci)).collect())
+                        .map(|r| {
+                            let mut t: Vec<RouteTarget> =
+                                r.clusters().map(|ci| target(&r.name, ci)).collect();
+                            if t.is_empty() {
+                                // A route that answers itself: its series has no cluster.
+                                let named = (!r.name.is_empty()).then_some(&*r.name);
+                                t.push(RouteTarget {
+                                    stats: self.metrics.route(&l.name, &r.name, &unrouted),
+                                    log_names: access_log::names(&l.name, named, None),
+                                });
+                            }
+                            t
+                        })
                         .collect(),
                     Protocol::Tcp { route, .. } => vec![
                         route
@@ -264,7 +276,7 @@ impl Worker {
                         .map(|r| {
                             RefCell::new(match &r.action {
                                 Action::Split(s) => s.state(),
-                                Action::Cluster(_) => SplitState::default(),
+                                _ => SplitState::default(),
                             })
                         })
                         .collect(),

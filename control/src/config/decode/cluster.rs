@@ -29,8 +29,16 @@ pub(super) fn decode_cluster(
             "health_check",
             "addresses",
             "endpoints",
+            "request_headers",
+            "response_headers",
         ],
     )?;
+    let request_headers = f
+        .get("request_headers")
+        .and_then(|(n, p)| super::edits::decode_header_edits(d, n, &p));
+    let response_headers = f
+        .get("response_headers")
+        .and_then(|(n, p)| super::edits::decode_header_edits(d, n, &p));
     let tls = f.get("tls").and_then(|(n, p)| decode_cluster_tls(d, n, &p));
     let protocol = match f
         .get("protocol")
@@ -98,6 +106,8 @@ pub(super) fn decode_cluster(
         endpoints,
         tls,
         protocol,
+        request_headers,
+        response_headers,
     })
 }
 

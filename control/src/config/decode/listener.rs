@@ -33,6 +33,7 @@ pub(super) fn decode_listener(
             "paths",
             "outbound",
             "inbound",
+            "request_id",
         ],
     )?;
     let name = required(d, &f, "name").and_then(|(n, p)| d.string(n, &p));
@@ -140,6 +141,14 @@ pub(super) fn decode_listener(
         }
         (ListenerProtocol::Http, Some((n, p))) => decode_access_log(d, n, &p),
     };
+    let request_id = match (protocol, f.get("request_id")) {
+        (_, None) => None,
+        (ListenerProtocol::Tcp, Some((n, p))) => {
+            d.error(&p, Some(n), "request ids are for http listeners only");
+            None
+        }
+        (ListenerProtocol::Http, Some((n, p))) => super::edits::decode_request_id(d, n, &p),
+    };
     let paths = match (protocol, f.get("paths")) {
         (_, None) => PathsConfig::default(),
         (ListenerProtocol::Tcp, Some((n, p))) => {
@@ -195,6 +204,7 @@ pub(super) fn decode_listener(
         paths,
         tls,
         access_log,
+        request_id,
         name: name.unwrap_or_default(),
         bind: bind.unwrap_or(PLACEHOLDER_ADDR),
         protocol,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
 pub mod cluster;
+mod edits;
 pub mod file;
 pub mod listener;
 pub mod route;
@@ -55,6 +56,14 @@ impl Node<'_, '_> {
             YamlData::Value(Scalar::Boolean(false)) => true,
             YamlData::Value(Scalar::String(s)) => s == "off",
             _ => false,
+        }
+    }
+
+    /// The node's value, if it is a boolean.
+    pub fn as_bool(&self) -> Option<bool> {
+        match &self.yaml.data {
+            YamlData::Value(Scalar::Boolean(b)) => Some(*b),
+            _ => None,
         }
     }
 

@@ -24,8 +24,29 @@ pub(super) fn decode_route(
             "timeout",
             "retry",
             "rate_limit",
+            "request_headers",
+            "response_headers",
+            "request_id",
+            "redirect",
+            "direct_response",
         ],
     )?;
+    use super::edits::*;
+    let request_headers = f
+        .get("request_headers")
+        .and_then(|(n, p)| decode_header_edits(d, n, &p));
+    let response_headers = f
+        .get("response_headers")
+        .and_then(|(n, p)| decode_header_edits(d, n, &p));
+    let request_id = f
+        .get("request_id")
+        .and_then(|(n, p)| decode_request_id(d, n, &p));
+    let redirect = f
+        .get("redirect")
+        .and_then(|(n, p)| decode_redirect(d, n, &p));
+    let direct_response = f
+        .get("direct_response")
+        .and_then(|(n, p)| decode_direct_response(d, n, &p));
     let rate_limit = f
         .get("rate_limit")
         .and_then(|(n, p)| decode_rate_limit(d, n, &p));
@@ -62,18 +83,34 @@ pub(super) fn decode_route(
             .collect(),
         None => Vec::new(),
     };
-    match (&cluster, f.get("split")) {
-        (Some(_), Some((n, p))) => d.error(
+    let answers: Vec<String> = ["redirect", "direct_response"]
+        .into_iter()
+        .filter(|k| f.get(k).is_some())
+        .map(|k| f.path_of(k))
+        .collect();
+    match (&cluster, f.get("split"), &answers[..]) {
+        (_, _, [first, second, ..]) => d.error(
+            second,
+            None,
+            format!("a route has one of `cluster`, `split`, `redirect`, `direct_response` (`{first}` is set)"),
+        ),
+        (Some(_), _, [answer]) | (None, Some(_), [answer]) => d.error(
+            answer,
+            None,
+            "a route that answers itself has no `cluster` or `split`",
+        ),
+        (None, None, [_]) => {}
+        (Some(_), Some((n, p)), []) => d.error(
             &p,
             Some(n),
             "a route has either `cluster` or `split`, not both",
         ),
-        (None, None) => d.error(
+        (None, None, []) => d.error(
             &f.path_of("cluster"),
             None,
-            "required: a route needs `cluster` or `split`",
+            "required: a route needs `cluster` or `split` (or answers itself: `redirect`, `direct_response`)",
         ),
-        (None, Some((n, p))) if split.iter().map(|t| u64::from(t.weight)).sum::<u64>() == 0 => d
+        (None, Some((n, p)), []) if split.iter().map(|t| u64::from(t.weight)).sum::<u64>() == 0 => d
             .error(
                 &p,
                 Some(n),
@@ -93,6 +130,11 @@ pub(super) fn decode_route(
         split,
         timeout,
         retry,
+        request_headers,
+        response_headers,
+        request_id,
+        redirect,
+        direct_response,
     })
 }
 

@@ -23,6 +23,7 @@ async fn send_request(up: &mut H2Up, bytes: &[u8]) {
         deadline: None,
         trace: None,
         identity: None,
+        edits: None,
     };
     up.write.send_head(&req, bytes, &fwd).unwrap();
     send(up, &bytes[n..]).await;
@@ -43,7 +44,7 @@ async fn head_bytes(up: &mut H2Up) -> Vec<u8> {
     let version = crate::head::Version::Http11;
     let cf = crate::http1::encode::client_framing(body, &resp, version, true);
     let mut out = Vec::new();
-    crate::http1::encode::response_head(&mut out, &buf, &resp, cf);
+    crate::http1::encode::response_head(&mut out, &buf, &resp, cf, None);
     out.extend_from_slice(&buf[n..]);
     out
 }

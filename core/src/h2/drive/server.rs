@@ -26,7 +26,7 @@ use crate::h2::block::Block;
 use crate::h2::conn::{Config, Connection, Events, Failure, Role, Verdict};
 use crate::h2::frame::Code;
 use crate::h2::server;
-use crate::head::reply::LocalReply;
+use crate::head::reply::OwnReply;
 use crate::head::{Framing, RequestHead, ResponseHead};
 use crate::metrics::{H2Event, ListenerStats};
 use crate::transport::{Transport, TransportRead};
@@ -579,9 +579,10 @@ impl H2Send {
         buf: &[u8],
         length: Option<u64>,
         body: Framing,
+        edits: Option<&crate::head::edit::ResponseEdits<'_>>,
     ) -> io::Result<usize> {
         let mut block = Vec::with_capacity(64 + resp.headers.len() * 32);
-        server::answer_block(resp, buf, length, &mut block);
+        server::answer_block(resp, buf, length, &mut block, edits);
         self.body.start(body);
         self.head(&block, self.body.done())?;
         Ok(block.len())
@@ -593,7 +594,7 @@ impl H2Send {
             return Ok(());
         }
         let mut block = Vec::with_capacity(64);
-        server::answer_block(resp, buf, None, &mut block);
+        server::answer_block(resp, buf, None, &mut block, None);
         self.head(&block, false)
     }
 
@@ -605,7 +606,7 @@ impl H2Send {
     }
 
     /// Sends an answer the proxy makes itself; the bytes it took.
-    pub(crate) async fn send_local_reply(&mut self, reply: &LocalReply) -> io::Result<u64> {
+    pub(crate) async fn send_local_reply(&mut self, reply: &impl OwnReply) -> io::Result<u64> {
         let mut block = Vec::with_capacity(128);
         server::local_reply_block(reply, &mut block);
         let mut body = Vec::new();

@@ -61,6 +61,9 @@ pub(super) struct Exchange<'a> {
     pub trace: &'a crate::trace::Trace,
     /// What happened, for the access log and tap.
     pub note: &'a Note,
+    /// Edits of the request's fields (route, cluster, request id), and of the answer's.
+    pub edits: Option<&'a crate::head::edit::RequestEdits<'a>>,
+    pub answer_edits: Option<&'a crate::head::edit::ResponseEdits<'a>>,
 }
 
 /// What an exchange did, beyond its status: for the access log and tap, and for what the
@@ -233,11 +236,17 @@ impl Exchange<'_> {
             deadline: deadline.map(|d| d.saturating_duration_since(now)),
             trace: Some(self.trace),
             identity: c.identity(),
+            edits: self.edits,
         }
     }
 
-    fn client_side(&self) -> ClientSide {
+    fn client_side(&self) -> ClientSide<'_> {
         ClientSide {
+            edits: self.answer_edits.map(|e| {
+                let mut e = *e;
+                e.vars.upstream = self.note.endpoint.get();
+                e
+            }),
             version: self.req.version,
             keep_alive: client_keeps_alive(self.worker, self.req),
             head_request: self.req.method == Method::Head,

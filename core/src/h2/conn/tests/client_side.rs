@@ -37,7 +37,7 @@ fn answer_text(st: &Peer, id: u32) -> String {
     let body = resp.body_framing(false);
     let cf = crate::http1::encode::client_framing(body, resp, crate::head::Version::Http11, true);
     let mut out = Vec::new();
-    crate::http1::encode::response_head(&mut out, &inbox.bytes, resp, cf);
+    crate::http1::encode::response_head(&mut out, &inbox.bytes, resp, cf, None);
     out.extend_from_slice(&inbox.bytes[resp.head_len..]);
     String::from_utf8_lossy(&out).into_owned()
 }

@@ -29,6 +29,7 @@ impl Accepted {
             deadline: None,
             trace: None,
             identity: None,
+            edits: None,
         };
         let mut out = Vec::new();
         crate::http1::encode::request_head(&mut out, &self.buf, &self.head, &fwd);

@@ -1,0 +1,236 @@
+//! Decoding what a route does besides choosing a cluster: header edits (routes and clusters),
+//! request ids (listeners and routes), redirects and direct answers. Each rule is checked here
+//! once, with the core's own validators, for the proxy's file and the control plane's mesh
+//! file alike.
+
+use ringmesh_core::head::edit::{Template, reserved, valid_name, valid_value};
+
+use super::{Decoder, Node};
+
+use crate::config::model::*;
+
+/// `{ add: {NAME: VALUE}, set: {NAME: VALUE}, remove: [NAME] }`.
+pub(super) fn decode_header_edits(
+    d: &mut Decoder,
+    node: Node<'_, '_>,
+    path: &str,
+) -> Option<HeadersConfig> {
+    let f = d.mapping(node, path, &["add", "set", "remove"])?;
+    let mut out = HeadersConfig::default();
+    for (key, slot) in [("add", &mut out.add), ("set", &mut out.set)] {
+        let Some((n, p)) = f.get(key) else {
+            continue;
+        };
+        for (name, value, p) in super::free_mapping(d, n, &p) {
+            if !field_name(d, &p, &name) {
+                continue;
+            }
+            let Some(v) = d.text(value, &p) else {
+                continue;
+            };
+            if !valid_value(&v) {
+                d.error(
+                    &p,
+                    Some(value),
+                    "a value is visible ASCII, spaces and tabs, up to 4 KiB, without surrounding spaces",
+                );
+                continue;
+            }
+            if let Err(why) = Template::parse(&v) {
+                d.error(&p, Some(value), why);
+                continue;
+            }
+            slot.insert(name.to_ascii_lowercase(), v);
+        }
+    }
+    if let Some((n, p)) = f.get("remove") {
+        for (n, p) in d.list(n, &p) {
+            if let Some(name) = d.string(n, &p) {
+                if field_name(d, &p, &name) {
+                    out.remove.push(name.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// A field name an edit may use; an error naming the field otherwise.
+fn field_name(d: &mut Decoder, path: &str, name: &str) -> bool {
+    if !valid_name(name) {
+        d.error(path, None, format!("`{name}` is not a field name"));
+        return false;
+    }
+    if reserved(name) {
+        d.error(
+            path,
+            None,
+            format!(
+                "`{name}` cannot be edited: hop-by-hop and framing fields, the authority, and the fields the proxy writes itself are the proxy's"
+            ),
+        );
+        return false;
+    }
+    true
+}
+
+/// `request_id: { header: x-request-id, trust_client: false, echo: false }`, or `true` for
+/// those defaults.
+pub(super) fn decode_request_id(
+    d: &mut Decoder,
+    node: Node<'_, '_>,
+    path: &str,
+) -> Option<RequestIdConfig> {
+    let default = RequestIdConfig {
+        header: "x-request-id".into(),
+        trust_client: false,
+        echo: false,
+    };
+    if let Some(on) = node.as_bool() {
+        return on.then_some(default);
+    }
+    let f = d.mapping(node, path, &["header", "trust_client", "echo"])?;
+    let mut out = default;
+    if let Some((n, p)) = f.get("header") {
+        let name = d.string(n, &p)?;
+        if !field_name(d, &p, &name) {
+            return None;
+        }
+        out.header = name.to_ascii_lowercase();
+    }
+    if let Some((n, p)) = f.get("trust_client") {
+        out.trust_client = d.boolean(n, &p)?;
+    }
+    if let Some((n, p)) = f.get("echo") {
+        out.echo = d.boolean(n, &p)?;
+    }
+    Some(out)
+}
+
+/// `redirect: { scheme, host, path, prefix, code: 301, strip_query: false }`.
+pub(super) fn decode_redirect(
+    d: &mut Decoder,
+    node: Node<'_, '_>,
+    path: &str,
+) -> Option<RedirectConfig> {
+    let f = d.mapping(
+        node,
+        path,
+        &["scheme", "host", "path", "prefix", "code", "strip_query"],
+    )?;
+    let mut ok = true;
+    let scheme = match f.get("scheme") {
+        Some((n, p)) => d.choice(n, &p, &["http", "https"]).map(str::to_string),
+        None => None,
+    };
+    let host = f.get("host").and_then(|(n, p)| {
+        let h = d.string(n, &p)?;
+        let fine = !h.is_empty()
+            && h.len() <= 255
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b));
+        if !fine {
+            d.error(
+                &p,
+                Some(n),
+                "expected a host name, with a port if one is needed",
+            );
+            ok = false;
+        }
+        Some(h)
+    });
+    let mut target = |key: &str| {
+        f.get(key).and_then(|(n, p)| {
+            let v = d.string(n, &p)?;
+            if !valid_target_path(&v) {
+                d.error(
+                    &p,
+                    Some(n),
+                    "expected a path starting with `/`, of visible ASCII without `?` or `#`",
+                );
+                return None;
+            }
+            Some(v)
+        })
+    };
+    let target_path = target("path");
+    let prefix = target("prefix");
+    if target_path.is_some() && prefix.is_some() {
+        d.error(
+            &f.path_of("prefix"),
+            None,
+            "a redirect has `path` or `prefix`, not both",
+        );
+        ok = false;
+    }
+    let code = match f.get("code") {
+        Some((n, p)) => {
+            let c = d.integer(n, &p, 999)?;
+            if ![301, 302, 303, 307, 308].contains(&c) {
+                d.error(&p, Some(n), "expected 301, 302, 303, 307 or 308");
+                return None;
+            }
+            c as u16
+        }
+        None => 301,
+    };
+    let strip_query = match f.get("strip_query") {
+        Some((n, p)) => d.boolean(n, &p)?,
+        None => false,
+    };
+    ok.then_some(RedirectConfig {
+        scheme,
+        host,
+        path: target_path,
+        prefix,
+        code,
+        strip_query,
+    })
+}
+
+/// A path a redirect may send clients to: the same rules as a request's path.
+fn valid_target_path(v: &str) -> bool {
+    v.starts_with('/')
+        && v.len() <= 4096
+        && v.bytes()
+            .all(|b| (b'!'..=b'~').contains(&b) && b != b'?' && b != b'#')
+}
+
+/// Largest body of a `direct_response`.
+const MAX_DIRECT_BODY: usize = 64 * 1024;
+
+/// `direct_response: { status: 200, body: "ok" }`.
+pub(super) fn decode_direct_response(
+    d: &mut Decoder,
+    node: Node<'_, '_>,
+    path: &str,
+) -> Option<DirectResponseConfig> {
+    let f = d.mapping(node, path, &["status", "body"])?;
+    let status = super::required(d, &f, "status").and_then(|(n, p)| {
+        let s = d.integer(n, &p, 999)?;
+        if !(200..=599).contains(&s) {
+            d.error(&p, Some(n), "expected a status from 200 to 599");
+            return None;
+        }
+        Some(s as u16)
+    });
+    let body = match f.get("body") {
+        Some((n, p)) => {
+            let b = d.text(n, &p)?;
+            if b.len() > MAX_DIRECT_BODY {
+                d.error(&p, Some(n), "at most 64 KiB");
+                return None;
+            }
+            if !b.is_empty() && matches!(status, Some(204 | 304)) {
+                d.error(&p, Some(n), "a 204 or 304 answer has no body");
+                return None;
+            }
+            b
+        }
+        None => String::new(),
+    };
+    Some(DirectResponseConfig {
+        status: status?,
+        body,
+    })
+}
