@@ -55,6 +55,8 @@ fn parse(c: &mut Criterion) {
         trace: Some(&trace),
         identity: None,
         edits: None,
+        target: None,
+        authority: None,
     };
     c.bench_function("write upstream request head", |b| {
         b.iter(|| {
@@ -215,6 +217,7 @@ fn access_log(c: &mut Criterion) {
         error: None,
         trace_id: Some(b"4bf92f3577b34da6a3ce929d0e0e4736"),
         request_id: None,
+        upstream_path: None,
         client_identity: None,
         client: "10.1.2.3:50000".parse().expect("address"),
     };

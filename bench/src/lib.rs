@@ -43,6 +43,7 @@ pub fn route_table(hosts: usize, paths: usize) -> RouteTable {
                 request_headers: None,
                 response_headers: None,
                 request_id: None,
+                rewrite: None,
             });
         }
     }
@@ -56,6 +57,7 @@ pub fn route_table(hosts: usize, paths: usize) -> RouteTable {
         request_headers: None,
         response_headers: None,
         request_id: None,
+        rewrite: None,
     });
     RouteTable::new(routes)
 }

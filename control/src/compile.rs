@@ -26,9 +26,10 @@ use ringmesh_core::snapshot::UpstreamProtocol as Protocol1;
 
 use crate::config::{
     ClusterConfig, Config, HeadersConfig, LbPolicy, ListenerConfig, ListenerProtocol,
-    RequestIdConfig, RetryConfig, RouteConfig, UpstreamProtocol,
+    RequestIdConfig, RetryConfig, RewriteConfig, RouteConfig, UpstreamProtocol,
 };
 use ringmesh_core::head::edit::{HeaderEdits, RequestIdSpec, Template};
+use ringmesh_core::rewrite::{HostRewrite, PathRewrite, Rewrite};
 use ringmesh_core::route::{DirectResponse, Redirect};
 
 /// Why a checked config does not compile. Messages name the field where there is one.
@@ -443,6 +444,7 @@ fn route(
         request_headers: header_edits(r.request_headers.as_ref())?,
         response_headers: header_edits(r.response_headers.as_ref())?,
         request_id: r.request_id.as_ref().map(request_id_spec),
+        rewrite: r.rewrite.as_ref().map(rewrite).transpose()?,
         rate_limit: r.rate_limit.map(|l| {
             RateLimit {
                 rps: l.rps,
@@ -469,6 +471,24 @@ fn header_edits(h: Option<&HeadersConfig>) -> Result<Option<Arc<HeaderEdits>>, C
         set: pairs(&h.set)?,
         remove: h.remove.iter().map(|n| Box::from(n.as_bytes())).collect(),
     })))
+}
+
+/// A route's rewrite, compiled (its expression once, for every request).
+fn rewrite(r: &RewriteConfig) -> Result<Arc<Rewrite>, CompileError> {
+    let path = match (&r.prefix, &r.regex) {
+        (Some(p), _) => Some(PathRewrite::Prefix(Box::from(p.as_bytes()))),
+        (None, Some(re)) => Some(PathRewrite::Regex {
+            re: ringmesh_core::rewrite::compile(re).map_err(CompileError::HeaderValue)?,
+            substitution: Box::from(r.substitution.as_deref().unwrap_or_default().as_bytes()),
+        }),
+        (None, None) => None,
+    };
+    let host = match (&r.host, r.host_from_endpoint) {
+        (Some(h), _) => Some(HostRewrite::Literal(Box::from(h.as_bytes()))),
+        (None, true) => Some(HostRewrite::Endpoint),
+        (None, false) => None,
+    };
+    Ok(Arc::new(Rewrite { path, host }))
 }
 
 fn request_id_spec(r: &RequestIdConfig) -> RequestIdSpec {

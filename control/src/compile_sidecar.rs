@@ -120,6 +120,7 @@ fn service_route(clusters: &[Cluster], ci: usize, retry: Option<RetryPolicy>) ->
         request_headers: None,
         response_headers: None,
         request_id: None,
+        rewrite: None,
     }
 }
 

@@ -42,6 +42,8 @@ pub fn request_head(data: &[u8]) {
         trace: Some(&trace),
         identity: None,
         edits: None,
+        target: None,
+        authority: None,
     };
     encode::request_head(&mut out, data, &req, &fwd);
     // What the proxy sends must itself be a valid, unambiguous head with the same framing (the
@@ -70,11 +72,71 @@ pub fn request_head(data: &[u8]) {
     }
 }
 
+/// The rewrite engine: whatever the path, a prefix rewrite and regex substitutions (groups,
+/// empty matches, and substitutions that write `?`, `#`, spaces and line breaks) always give a
+/// valid origin-form target, which the proxy's own parser takes.
+fn rewrites(data: &[u8]) {
+    use crate::rewrite::{PathRewrite, Rewrite, compile, valid_target};
+    use std::sync::OnceLock;
+    static RULES: OnceLock<Vec<Rewrite>> = OnceLock::new();
+    let rules = RULES.get_or_init(|| {
+        let re = |re: &str, sub: &str| Rewrite {
+            path: Some(PathRewrite::Regex {
+                re: compile(re).unwrap_or_else(|e| panic!("{re}: {e}")),
+                substitution: sub.as_bytes().into(),
+            }),
+            host: None,
+        };
+        vec![
+            Rewrite {
+                path: Some(PathRewrite::Prefix(b"/new/".as_slice().into())),
+                host: None,
+            },
+            re("^/([a-z]+)/(.*)$", "/$2/$1"),
+            re("", "x"),
+            re("/", "? #\r\n"),
+            re("(?-u:.)", "$0$0"),
+        ]
+    });
+    let Some((&matched, target)) = data.split_first() else {
+        return;
+    };
+    // What a parser would hand the rewrite: a target of visible ASCII.
+    if target.is_empty()
+        || !target
+            .iter()
+            .all(|b| (b'!'..=b'~').contains(b) && *b != b'#')
+    {
+        return;
+    }
+    let mut out = Vec::new();
+    for r in rules {
+        if !r.target(target, usize::from(matched), &mut out) {
+            continue;
+        }
+        assert!(
+            valid_target(&out),
+            "a rewrite wrote {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        let mut head = b"GET ".to_vec();
+        head.extend_from_slice(&out);
+        head.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut req = RequestHead::default();
+        assert!(
+            matches!(req.parse(&head, 1 << 20), Ok(Some(_))),
+            "the proxy refuses what a rewrite wrote: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+}
+
 /// Request paths: the first byte picks the listener's rules, the rest is a request target.
 /// Normalizing twice changes nothing more than normalizing once, and the path the proxy sends
 /// upstream is exactly the one its policies and routes matched: normalizing it again (as the
 /// next hop would) finds nothing to change.
 pub fn path(data: &[u8]) {
+    rewrites(data);
     use crate::path::{EscapedSlashes, PathRules, Semicolons, normalize};
     let Some((&pick, target)) = data.split_first() else {
         return;
@@ -120,6 +182,8 @@ pub fn path(data: &[u8]) {
         trace: None,
         identity: None,
         edits: None,
+        target: None,
+        authority: None,
     };
     encode::request_head(&mut out, &head, &req, &fwd);
     let mut sent = RequestHead::default();

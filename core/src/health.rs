@@ -231,6 +231,8 @@ async fn probe(t: &Target) -> bool {
             trace: None,
             identity: None,
             edits: None,
+            target: None,
+            authority: None,
         };
         if up.write.send_head(&parsed, &req, &fwd).is_err() {
             return false;

@@ -36,6 +36,7 @@ pub mod ratelimit;
 mod rawbuf;
 mod redirect;
 pub mod retry;
+pub mod rewrite;
 pub mod rng;
 pub mod route;
 pub mod snapshot;

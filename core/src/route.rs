@@ -108,15 +108,7 @@ impl Redirect {
         out.extend_from_slice(self.host.as_deref().unwrap_or(authority));
         match (&self.path, &self.prefix) {
             (Some(p), _) => out.extend_from_slice(p),
-            (None, Some(p)) => {
-                out.extend_from_slice(p);
-                let rest = path.get(matched.min(path.len())..).unwrap_or_default();
-                // `/old/` to `/new`: `/old/x` becomes `/new/x`, not `/newx`.
-                if !rest.is_empty() && !rest.starts_with(b"/") && !p.ends_with(b"/") {
-                    out.push(b'/');
-                }
-                out.extend_from_slice(rest);
-            }
+            (None, Some(p)) => crate::rewrite::replace_prefix(out, p, path, matched),
             (None, None) => out.extend_from_slice(if path.is_empty() { b"/" } else { path }),
         }
         if !self.strip_query {
@@ -221,6 +213,8 @@ pub struct Route {
     pub response_headers: Option<Arc<crate::head::edit::HeaderEdits>>,
     /// The route's request id setting, in place of the listener's.
     pub request_id: Option<crate::head::edit::RequestIdSpec>,
+    /// What it rewrites in the request it sends upstream.
+    pub rewrite: Option<Arc<crate::rewrite::Rewrite>>,
 }
 
 impl Route {
@@ -507,6 +501,7 @@ mod tests {
             request_headers: None,
             response_headers: None,
             request_id: None,
+            rewrite: None,
         }
     }
 

@@ -365,3 +365,95 @@ fn edits_of_the_proxys_own_fields_and_ambiguous_routes_are_refused_naming_the_fi
         );
     }
 }
+
+#[test]
+fn rewrites_change_the_path_and_authority_sent_and_the_log_shows_both() {
+    let up = upstream();
+    let h2up = ringmesh_tests::h2::H2Upstream::start(None, |_, _| {
+        ringmesh_tests::h2::H2Action::Answer(ringmesh_tests::h2::H2Answer::ok("h2"))
+    });
+    let dir = std::env::temp_dir().join(format!("ringmesh-rewrite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log");
+    let cfg = format!(
+        "admin: 127.0.0.1:0
+listeners:
+  - name: edge
+    bind: 127.0.0.1:0
+    access_log: {log}
+    routes:
+      - {{ name: v1, match: {{ path_prefix: /v1/ }}, cluster: up, rewrite: {{ prefix: /v2/, host: internal.test }} }}
+      - {{ name: users, match: {{ path_prefix: /users/ }}, cluster: up,
+          rewrite: {{ regex: \"^/users/([0-9]+)/(.*)$\", substitution: \"/u/$1?$2\", host_from_endpoint: true }} }}
+      - {{ name: grpcish, match: {{ path_prefix: /h2/ }}, cluster: h2up,
+          rewrite: {{ prefix: /svc/ }}, request_headers: {{ add: {{ x-via: \"${{route}}\" }} }} }}
+clusters:
+  - {{ name: up, endpoints: [ {{ addr: {up} }} ] }}
+  - {{ name: h2up, protocol: http2, endpoints: [ {{ addr: {h2} }} ] }}
+",
+        log = log.display(),
+        up = up.addr,
+        h2 = h2up.addr
+    );
+    let p = TestProxy::start(&cfg, 1);
+    // HTTP/1.1 upstream, from an HTTP/1.1 client and an HTTP/2 one.
+    let mut c = Client::connect(p.edge());
+    assert_eq!(c.get("/v1/items?x=1").status, 200);
+    let mut h2 = H2Client::connect(p.edge());
+    assert_eq!(h2.get("/users/42/profile?full=1").expect("h2").status, 200);
+    let seen = up.requests();
+    assert_eq!(seen[0].path, "/v2/items?x=1");
+    assert_eq!(seen[0].header("host"), Some("internal.test"));
+    assert_eq!(
+        seen[0]
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
+            .count(),
+        1,
+        "one Host"
+    );
+    assert_eq!(
+        seen[1].path, "/u/42%3Fprofile?full=1",
+        "a `?` made by the substitution is encoded"
+    );
+    assert_eq!(seen[1].header("host"), Some(up.addr.to_string().as_str()));
+    // HTTP/2 upstream: :path and the edits.
+    assert_eq!(c.get("/h2/Echo?q").status, 200);
+    let s = h2up.seen.lock().unwrap()[0].clone();
+    assert_eq!(s.path, "/svc/Echo?q");
+    assert_eq!(
+        s.headers.get("x-via").and_then(|v| v.to_str().ok()),
+        Some("grpcish")
+    );
+    // The access log has what the client asked and what went upstream.
+    assert!(eventually(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("\"path\":\"/v1/items?x=1\"")
+            && text.contains("\"upstream_path\":\"/v2/items?x=1\"")
+    }));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn rewrites_that_cannot_work_are_refused_naming_the_field() {
+    let base = "admin: 127.0.0.1:0\nlisteners:\n  - name: edge\n    bind: 127.0.0.1:0\n    routes:\n      - ";
+    let tail = "\nclusters:\n  - { name: up, endpoints: [ { addr: 127.0.0.1:9 } ] }\n";
+    let big = format!("({}){{100}}", "[a-z]{1,100}");
+    for (route, path, why) in [
+        ("{ match: { path: /a }, cluster: up, rewrite: { prefix: /b } }".to_string(), "routes[0].rewrite.prefix", "path_prefix"),
+        ("{ match: { path_prefix: /a }, cluster: up, rewrite: { regex: \"(\", substitution: x } }".to_string(), "routes[0].rewrite.regex", "regex"),
+        (format!("{{ match: {{ path_prefix: /a }}, cluster: up, rewrite: {{ regex: \"{big}\", substitution: x }} }}"), "routes[0].rewrite.regex", "KiB"),
+        ("{ match: { path_prefix: /a }, cluster: up, rewrite: { regex: a } }".to_string(), "routes[0].rewrite.substitution", "required"),
+        ("{ match: { path_prefix: /a }, cluster: up, rewrite: { prefix: /b, regex: a, substitution: b } }".to_string(), "routes[0].rewrite.regex", "not both"),
+        ("{ match: { path_prefix: /a }, direct_response: { status: 200 }, rewrite: { prefix: /b } }".to_string(), "routes[0].rewrite", "answers itself"),
+        ("{ match: { path_prefix: /a }, cluster: up, rewrite: { host: \"a b\" } }".to_string(), "routes[0].rewrite.host", "host name"),
+    ] {
+        let cfg = format!("{base}{route}{tail}");
+        let errs = ringmesh_control::config::Config::parse(&cfg)
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {route}"));
+        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert!(text.iter().any(|e| e.contains(path) && e.contains(why)), "{route}: {text:?}");
+    }
+}

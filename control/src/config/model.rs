@@ -353,6 +353,24 @@ pub struct RouteConfig {
     /// ...or with a fixed answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<DirectResponseConfig>,
+    /// What is rewritten in the request sent upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<RewriteConfig>,
+}
+
+/// `rewrite: { prefix: /new }` or `{ regex: RE, substitution: S }`, and `host: NAME` or
+/// `host_from_endpoint: true`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RewriteConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub substitution: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub host_from_endpoint: bool,
 }
 
 /// `request_headers` / `response_headers`: `{ add: {NAME: VALUE}, set: {NAME: VALUE},

@@ -60,6 +60,8 @@ pub fn write_entry(out: &mut Vec<u8>, e: &Entry<'_>, stamp: &mut Stamp) {
     }
     out.extend_from_slice(b",\"request_id\":");
     push_opt(out, e.request_id);
+    out.extend_from_slice(b",\"upstream_path\":");
+    push_opt(out, e.upstream_path);
     out.extend_from_slice(b",\"client_identity\":");
     push_opt(out, e.client_identity);
     out.extend_from_slice(b",\"client\":\"");
@@ -140,6 +142,8 @@ pub struct Entry<'a> {
     pub trace_id: Option<&'a [u8; 32]>,
     /// The request id (`request_id`), when the route has one.
     pub request_id: Option<&'a [u8]>,
+    /// The target sent upstream, when a route rewrote it.
+    pub upstream_path: Option<&'a [u8]>,
     pub client_identity: Option<&'a [u8]>,
     pub client: SocketAddr,
 }

@@ -24,6 +24,7 @@ fn entry() -> Entry<'static> {
         error: None,
         trace_id: Some(b"4bf92f3577b34da6a3ce929d0e0e4736"),
         request_id: Some(b"r-1"),
+        upstream_path: None,
         client_identity: None,
         client: "127.0.0.1:50000".parse().unwrap(),
     }

@@ -34,15 +34,15 @@ pub(crate) fn request_block(
         hpack::SCHEME_HTTP
     };
     hpack::put_indexed(out, scheme);
-    let authority = req.authority_or(buf, fwd.fallback_host);
+    let authority = req.sent_authority(buf, fwd);
     if !authority.is_empty() {
         hpack::put_named(out, hpack::AUTHORITY, authority);
     }
-    match req.path_or_root(buf) {
+    match req.sent_target(buf, fwd) {
         b"/" => hpack::put_indexed(out, hpack::PATH_ROOT),
         path => hpack::put_named(out, hpack::PATH, path),
     }
-    for h in req.kept_fields(buf, fwd.edits) {
+    for h in req.kept_fields(buf, fwd) {
         let name = h.name.get(buf);
         let elsewhere = matches!(
             classify(name),
@@ -174,6 +174,8 @@ mod tests {
             trace: None,
             identity: Some("spiffe://mesh/a"),
             edits: None,
+            target: None,
+            authority: None,
         };
         let mut out = Vec::new();
         request_block(&req, raw, &fwd, false, true, &mut out);
@@ -214,6 +216,8 @@ mod tests {
             trace: None,
             identity: None,
             edits: None,
+            target: None,
+            authority: None,
         };
         let mut out = Vec::new();
         request_block(&req, &raw, &fwd, true, false, &mut out);

@@ -149,6 +149,8 @@ pub fn client(input: &[u8], streams: u8) {
             trace: None,
             identity: None,
             edits: None,
+            target: None,
+            authority: None,
         };
         let mut block = Vec::new();
         client::request_block(&req, raw, &fwd, false, false, &mut block);

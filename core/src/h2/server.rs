@@ -266,6 +266,8 @@ mod tests {
             trace: None,
             identity: None,
             edits: None,
+            target: None,
+            authority: None,
         };
         encode::request_head(&mut out, buf, head, &fwd);
         String::from_utf8(out).unwrap()

@@ -24,6 +24,10 @@ pub struct Forwarded<'a> {
     pub identity: Option<&'a str>,
     /// The route's and cluster's field edits and the request id, if any.
     pub edits: Option<&'a super::edit::RequestEdits<'a>>,
+    /// The target (path and query) and authority to send instead of the request's, when the
+    /// route rewrites them.
+    pub target: Option<&'a [u8]>,
+    pub authority: Option<&'a [u8]>,
 }
 
 impl RequestHead {
@@ -34,11 +38,14 @@ impl RequestHead {
     pub fn kept_fields<'h>(
         &'h self,
         buf: &'h [u8],
-        edits: Option<&'h super::edit::RequestEdits<'h>>,
+        fwd: &'h Forwarded<'h>,
     ) -> impl Iterator<Item = &'h Header> + 'h {
         self.headers.iter().filter(move |h| {
             let name = h.name.get(buf);
-            !(h.drop || self.has_xff && is_xff(name) || edits.is_some_and(|e| e.drops(name)))
+            !(h.drop
+                || self.has_xff && is_xff(name)
+                || fwd.edits.is_some_and(|e| e.drops(name))
+                || fwd.authority.is_some() && name.eq_ignore_ascii_case(b"host"))
         })
     }
 
@@ -47,6 +54,18 @@ impl RequestHead {
     #[inline]
     pub fn authority_or<'a>(&self, buf: &'a [u8], fallback: &'a [u8]) -> &'a [u8] {
         self.authority.map_or(fallback, |a| a.get(buf))
+    }
+
+    /// The authority and target the next hop is told: a route's rewrites, else the request's.
+    #[inline]
+    pub fn sent_authority<'a>(&self, buf: &'a [u8], fwd: &Forwarded<'a>) -> &'a [u8] {
+        fwd.authority
+            .unwrap_or_else(|| self.authority_or(buf, fwd.fallback_host))
+    }
+
+    #[inline]
+    pub fn sent_target<'a>(&self, buf: &'a [u8], fwd: &Forwarded<'a>) -> &'a [u8] {
+        fwd.target.unwrap_or_else(|| self.path_or_root(buf))
     }
 
     /// The path the next hop is told: a request without one (`http://a`) asks for `/`.

@@ -13,15 +13,16 @@ use crate::head::{Forwarded, Framing, Known, RequestHead, ResponseHead, Version,
 pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &RequestHead, fwd: &Forwarded<'_>) {
     out.extend_from_slice(req.method_span.get(buf));
     out.push(b' ');
-    out.extend_from_slice(req.path_or_root(buf));
+    out.extend_from_slice(req.sent_target(buf, fwd));
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    // The authority goes as Host unless it came as a Host field, which is among those kept.
-    if req.absolute_form || req.authority.is_none() {
+    // The authority goes as Host unless it came as a Host field, which is among those kept
+    // (but for a rewritten one).
+    if req.absolute_form || req.authority.is_none() || fwd.authority.is_some() {
         out.extend_from_slice(b"host: ");
-        out.extend_from_slice(req.authority_or(buf, fwd.fallback_host));
+        out.extend_from_slice(req.sent_authority(buf, fwd));
         out.extend_from_slice(b"\r\n");
     }
-    for h in req.kept_fields(buf, fwd.edits) {
+    for h in req.kept_fields(buf, fwd) {
         field_line(out, h.name.get(buf), h.value.get(buf));
     }
     added_fields(req, buf, fwd, |name, value| {
@@ -260,6 +261,8 @@ mod tests {
             trace,
             identity: None,
             edits: None,
+            target: None,
+            authority: None,
         };
         request_head(&mut out, raw, &req, &fwd);
         String::from_utf8(out).unwrap()

@@ -303,6 +303,15 @@ pub(super) async fn exchange(
     let stats = &target.stats;
     let edits = request_edits(route, cluster, &who, &request_id);
     let answer_edits = answer_edits(route, Some(cluster), &who, &request_id);
+    // The target the route rewrites the request's to, if it does.
+    let mut sent_target = Vec::new();
+    let rewritten = route.rewrite.as_deref().is_some_and(|rw| {
+        let matched = match &route.matcher.path {
+            Some(crate::route::PathMatch::Prefix(p)) => p.len(),
+            _ => 0,
+        };
+        rw.target(req.path_or_root(c.data()), matched, &mut sent_target)
+    });
     let exchange = forward::Exchange {
         worker: w,
         req,
@@ -317,6 +326,8 @@ pub(super) async fn exchange(
         note: &note,
         edits: edits.as_ref(),
         answer_edits: answer_edits.as_ref(),
+        target: rewritten.then_some(&sent_target[..]),
+        host: route.rewrite.as_deref().and_then(|rw| rw.host.as_ref()),
     };
     let names = (&**name, &*target.log_names);
     let names_seen = (Some(&*route.name), Some(&*cluster.name));
@@ -336,6 +347,9 @@ pub(super) async fn exchange(
     }
     if let Some(id) = &request_id {
         seen.request_id(id.value());
+    }
+    if rewritten {
+        seen.upstream_path(&sent_target);
     }
     let result = exchange.run(c, resp).await;
     let end = Instant::now();

@@ -26,6 +26,7 @@ fn a_route(name: &str, path: &str, action: Action) -> Route {
         request_headers: None,
         response_headers: None,
         request_id: None,
+        rewrite: None,
     }
 }
 

@@ -33,8 +33,10 @@ struct Watch<'a> {
     /// A span goes to the exporter.
     span: bool,
     head: Vec<u8>,
-    /// Where the request id starts in `head`, after method, authority and path.
-    request_id: Option<usize>,
+    /// Where the request id and the rewritten target are in `head`, after method, authority
+    /// and path.
+    request_id: Option<(usize, usize)>,
+    upstream_path: Option<(usize, usize)>,
     method: usize,
     authority: Option<usize>,
 }
@@ -76,8 +78,14 @@ impl<'a> Seen<'a> {
     /// The request's id, for its line (copied when the request is watched).
     pub(super) fn request_id(&mut self, id: &[u8]) {
         if let Some(w) = &mut self.watch {
-            w.request_id = Some(w.head.len());
-            w.head.extend_from_slice(id);
+            w.request_id = Some(w.push(id));
+        }
+    }
+
+    /// The target sent upstream, when a route rewrote it (copied when the request is watched).
+    pub(super) fn upstream_path(&mut self, target: &[u8]) {
+        if let Some(w) = &mut self.watch {
+            w.upstream_path = Some(w.push(target));
         }
     }
 
@@ -108,8 +116,14 @@ impl<'a> Seen<'a> {
             Some(a) => (Some(&h[watch.method..a]), a),
             None => (None, watch.method),
         };
-        let path_to = watch.request_id.unwrap_or(h.len());
-        let request_id = watch.request_id.map(|at| &h[at..]);
+        let path_to = [watch.request_id, watch.upstream_path]
+            .into_iter()
+            .flatten()
+            .map(|(from, _)| from)
+            .min()
+            .unwrap_or(h.len());
+        let request_id = watch.request_id.map(|(a, b)| &h[a..b]);
+        let upstream_path = watch.upstream_path.map(|(a, b)| &h[a..b]);
         let trace_id = trace.map(Trace::trace_id_hex);
         let entry = access_log::Entry {
             time: w.wall_time(end),
@@ -127,6 +141,7 @@ impl<'a> Seen<'a> {
             error,
             trace_id: trace_id.as_ref(),
             request_id,
+            upstream_path,
             client_identity: c.identity().map(str::as_bytes),
             client: c.peer,
         };
@@ -179,6 +194,13 @@ impl<'a> Seen<'a> {
 }
 
 impl<'a> Watch<'a> {
+    /// Appends `bytes` to the copied head; their range.
+    fn push(&mut self, bytes: &[u8]) -> (usize, usize) {
+        let from = self.head.len();
+        self.head.extend_from_slice(bytes);
+        (from, self.head.len())
+    }
+
     /// Copies the parts of the head a line or span quotes.
     fn new(
         w: &Worker,
@@ -200,6 +222,7 @@ impl<'a> Watch<'a> {
             tapped,
             span: false,
             request_id: None,
+            upstream_path: None,
             head,
             method,
             authority,

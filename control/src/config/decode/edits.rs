@@ -234,3 +234,104 @@ pub(super) fn decode_direct_response(
         body,
     })
 }
+
+/// `rewrite: { prefix | regex + substitution, host | host_from_endpoint }`. `path_prefix`: the
+/// route's, which a prefix rewrite replaces.
+pub(super) fn decode_rewrite(
+    d: &mut Decoder,
+    node: Node<'_, '_>,
+    path: &str,
+    path_prefix: Option<&str>,
+) -> Option<RewriteConfig> {
+    let f = d.mapping(
+        node,
+        path,
+        &[
+            "prefix",
+            "regex",
+            "substitution",
+            "host",
+            "host_from_endpoint",
+        ],
+    )?;
+    let mut out = RewriteConfig::default();
+    let mut ok = true;
+    if let Some((n, p)) = f.get("prefix") {
+        let v = d.string(n, &p)?;
+        if !valid_target_path(&v) {
+            d.error(
+                &p,
+                Some(n),
+                "expected a path starting with `/`, of visible ASCII without `?` or `#`",
+            );
+            ok = false;
+        } else if path_prefix.is_none() {
+            d.error(&p, Some(n), "a prefix rewrite replaces the route's `match.path_prefix`, which this route has not");
+            ok = false;
+        }
+        out.prefix = Some(v);
+    }
+    if let Some((n, p)) = f.get("regex") {
+        let v = d.string(n, &p)?;
+        if let Err(why) = ringmesh_core::rewrite::compile(&v) {
+            d.error(&p, Some(n), why);
+            ok = false;
+        }
+        out.regex = Some(v);
+    }
+    if let Some((n, p)) = f.get("substitution") {
+        let v = d.string(n, &p)?;
+        if v.len() > 4096 || v.chars().any(char::is_control) {
+            d.error(&p, Some(n), "up to 4 KiB, without control characters");
+            ok = false;
+        }
+        out.substitution = Some(v);
+    }
+    match (&out.prefix, &out.regex, &out.substitution) {
+        (Some(_), Some(_), _) => {
+            d.error(
+                &f.path_of("regex"),
+                None,
+                "a rewrite has `prefix` or `regex`, not both",
+            );
+            ok = false;
+        }
+        (_, Some(_), None) => {
+            d.error(&f.path_of("substitution"), None, "required with `regex`");
+            ok = false;
+        }
+        (_, None, Some(_)) => {
+            d.error(&f.path_of("substitution"), None, "goes with `regex`");
+            ok = false;
+        }
+        _ => {}
+    }
+    if let Some((n, p)) = f.get("host") {
+        let h = d.string(n, &p)?;
+        let fine = !h.is_empty()
+            && h.len() <= 255
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b));
+        if !fine {
+            d.error(
+                &p,
+                Some(n),
+                "expected a host name, with a port if one is needed",
+            );
+            ok = false;
+        }
+        out.host = Some(h);
+    }
+    if let Some((n, p)) = f.get("host_from_endpoint") {
+        out.host_from_endpoint = d.boolean(n, &p)?;
+        if out.host_from_endpoint && out.host.is_some() {
+            d.error(
+                &p,
+                Some(n),
+                "a rewrite has `host` or `host_from_endpoint`, not both",
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(out)
+}

@@ -29,6 +29,7 @@ pub(super) fn decode_route(
             "request_id",
             "redirect",
             "direct_response",
+            "rewrite",
         ],
     )?;
     use super::edits::*;
@@ -122,7 +123,20 @@ pub(super) fn decode_route(
         .get("timeout")
         .and_then(|(n, p)| d.positive_duration(n, &p));
     let retry = f.get("retry").and_then(|(n, p)| decode_retry(d, n, &p));
+    let rewrite = f.get("rewrite").and_then(|(n, p)| {
+        if !answers.is_empty() {
+            d.error(
+                &p,
+                Some(n),
+                "a route that answers itself sends nothing to rewrite",
+            );
+            return None;
+        }
+        let prefix = matcher.as_ref().and_then(|m| m.path_prefix.as_deref());
+        decode_rewrite(d, n, &p, prefix)
+    });
     Some(RouteConfig {
+        rewrite,
         rate_limit,
         name: name.unwrap_or_else(|| index.to_string()),
         matcher: matcher.unwrap_or_default(),

@@ -24,6 +24,8 @@ async fn send_request(up: &mut H2Up, bytes: &[u8]) {
         trace: None,
         identity: None,
         edits: None,
+        target: None,
+        authority: None,
     };
     up.write.send_head(&req, bytes, &fwd).unwrap();
     send(up, &bytes[n..]).await;

@@ -64,6 +64,9 @@ pub(super) struct Exchange<'a> {
     /// Edits of the request's fields (route, cluster, request id), and of the answer's.
     pub edits: Option<&'a crate::head::edit::RequestEdits<'a>>,
     pub answer_edits: Option<&'a crate::head::edit::ResponseEdits<'a>>,
+    /// The route's rewrites: the target to send, and how the authority is rewritten.
+    pub target: Option<&'a [u8]>,
+    pub host: Option<&'a crate::rewrite::HostRewrite>,
 }
 
 /// What an exchange did, beyond its status: for the access log and tap, and for what the
@@ -237,6 +240,11 @@ impl Exchange<'_> {
             trace: Some(self.trace),
             identity: c.identity(),
             edits: self.edits,
+            target: self.target,
+            authority: self.host.map(|h| match h {
+                crate::rewrite::HostRewrite::Literal(name) => &name[..],
+                crate::rewrite::HostRewrite::Endpoint => &ep.host[..],
+            }),
         }
     }
 

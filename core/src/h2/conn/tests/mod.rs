@@ -30,6 +30,8 @@ impl Accepted {
             trace: None,
             identity: None,
             edits: None,
+            target: None,
+            authority: None,
         };
         let mut out = Vec::new();
         crate::http1::encode::request_head(&mut out, &self.buf, &self.head, &fwd);
