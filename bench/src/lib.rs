@@ -44,6 +44,7 @@ pub fn route_table(hosts: usize, paths: usize) -> RouteTable {
                 response_headers: None,
                 request_id: None,
                 rewrite: None,
+                fault: None,
             });
         }
     }
@@ -58,6 +59,7 @@ pub fn route_table(hosts: usize, paths: usize) -> RouteTable {
         response_headers: None,
         request_id: None,
         rewrite: None,
+        fault: None,
     });
     RouteTable::new(routes)
 }

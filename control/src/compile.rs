@@ -30,7 +30,7 @@ use crate::config::{
 };
 use ringmesh_core::head::edit::{HeaderEdits, RequestIdSpec, Template};
 use ringmesh_core::rewrite::{HostRewrite, PathRewrite, Rewrite};
-use ringmesh_core::route::{DirectResponse, Redirect};
+use ringmesh_core::route::{DirectResponse, Redirect, share_threshold};
 
 /// Why a checked config does not compile. Messages name the field where there is one.
 #[derive(Debug, thiserror::Error)]
@@ -445,6 +445,18 @@ fn route(
         response_headers: header_edits(r.response_headers.as_ref())?,
         request_id: r.request_id.as_ref().map(request_id_spec),
         rewrite: r.rewrite.as_ref().map(rewrite).transpose()?,
+        fault: r.fault.as_ref().map(|f| {
+            Arc::new(ringmesh_core::route::Fault {
+                delay: f
+                    .delay
+                    .as_ref()
+                    .map(|(_, share)| (f.delay_for, share_threshold(*share))),
+                abort: f
+                    .abort
+                    .map(|(status, grpc, share)| (status, grpc, share_threshold(share))),
+                header: f.header.as_deref().map(|h| Box::from(h.as_bytes())),
+            })
+        }),
         rate_limit: r.rate_limit.map(|l| {
             RateLimit {
                 rps: l.rps,

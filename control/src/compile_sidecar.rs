@@ -121,6 +121,7 @@ fn service_route(clusters: &[Cluster], ci: usize, retry: Option<RetryPolicy>) ->
         response_headers: None,
         request_id: None,
         rewrite: None,
+        fault: None,
     }
 }
 

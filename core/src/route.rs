@@ -215,6 +215,29 @@ pub struct Route {
     pub request_id: Option<crate::head::edit::RequestIdSpec>,
     /// What it rewrites in the request it sends upstream.
     pub rewrite: Option<Arc<crate::rewrite::Rewrite>>,
+    /// Faults it injects, for chaos testing.
+    pub fault: Option<Arc<Fault>>,
+}
+
+/// `fault`: a delay and/or an abort for a share of a route's requests (or only of those that
+/// carry `header`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// The delay, and the share of requests delayed (a threshold on 32 random bits).
+    pub delay: Option<(Duration, u32)>,
+    /// The abort's HTTP status, the gRPC status a gRPC call gets instead, and the share.
+    pub abort: Option<(u16, Option<u8>, u32)>,
+    /// Only requests with this field (lowercase) are eligible.
+    pub header: Option<Box<[u8]>>,
+}
+
+/// A share from 0 to 1 as a threshold on 32 random bits (`u32::MAX`: every request).
+pub fn share_threshold(share: f64) -> u32 {
+    if share >= 1.0 {
+        u32::MAX
+    } else {
+        (share.max(0.0) * f64::from(u32::MAX)) as u32
+    }
 }
 
 impl Route {
@@ -502,6 +525,7 @@ mod tests {
             response_headers: None,
             request_id: None,
             rewrite: None,
+            fault: None,
         }
     }
 

@@ -353,6 +353,26 @@ fn edits_of_the_proxys_own_fields_and_ambiguous_routes_are_refused_naming_the_fi
             "routes[0].request_id.header",
             "cannot be edited",
         ),
+        (
+            "{ match: { path_prefix: / }, cluster: up, fault: { header: x-f } }",
+            "routes[0].fault",
+            "needs `delay`, `abort`",
+        ),
+        (
+            "{ match: { path_prefix: / }, cluster: up, fault: { abort: { grpc_status: 0 } } }",
+            "routes[0].fault.abort.grpc_status",
+            "1 to 16",
+        ),
+        (
+            "{ match: { path_prefix: / }, cluster: up, fault: { delay: { fixed: 2h } } }",
+            "routes[0].fault.delay.fixed",
+            "at most 1h",
+        ),
+        (
+            "{ match: { path_prefix: / }, cluster: up, fault: { abort: { percent: 150% } } }",
+            "routes[0].fault.abort.percent",
+            "",
+        ),
     ] {
         let cfg = format!("{base}{route}{tail}");
         let errs = ringmesh_control::config::Config::parse(&cfg)
@@ -456,4 +476,73 @@ fn rewrites_that_cannot_work_are_refused_naming_the_field() {
         let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
         assert!(text.iter().any(|e| e.contains(path) && e.contains(why)), "{route}: {text:?}");
     }
+}
+
+#[test]
+fn faults_delay_and_abort_a_share_of_requests_and_are_counted() {
+    let up = upstream();
+    let cfg = format!(
+        "admin: 127.0.0.1:0
+listeners:
+  - name: edge
+    bind: 127.0.0.1:0
+    routes:
+      - {{ name: chaos, match: {{ path_prefix: /chaos }}, cluster: up,
+          fault: {{ abort: {{ status: 503, grpc_status: 14 }}, header: x-chaos }} }}
+      - {{ name: half, match: {{ path_prefix: /half }}, cluster: up, fault: {{ abort: {{ status: 500, percent: 50% }} }} }}
+      - {{ name: slow, match: {{ path_prefix: /slow }}, cluster: up, fault: {{ delay: {{ fixed: 300ms }} }} }}
+clusters:
+  - {{ name: up, endpoints: [ {{ addr: {} }} ] }}
+",
+        up.addr
+    );
+    let p = TestProxy::start(&cfg, 1);
+    let mut c = Client::connect(p.edge());
+    // Only requests with the header.
+    assert_eq!(c.get("/chaos").status, 200);
+    c.send(b"GET /chaos HTTP/1.1\r\nHost: a\r\nx-chaos: 1\r\n\r\n");
+    let r = c.response(false);
+    assert_eq!(
+        (r.status, r.header("ringmesh-error")),
+        (503, Some("fault-abort"))
+    );
+    assert_eq!(c.get("/chaos").status, 200, "the connection goes on");
+    // A gRPC call gets its gRPC status.
+    let mut h2 = H2Client::connect(p.edge());
+    let req = http::Request::post("http://a.test/chaos/Svc/Call")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-chaos", "1")
+        .body(())
+        .unwrap();
+    let r = h2.request(req, b"\0\0\0\0\0", None).expect("h2");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("grpc-status"), Some("14"));
+    // Half of them, about.
+    let aborted = (0..400).filter(|_| c.get("/half").status == 500).count();
+    assert!((120..=280).contains(&aborted), "{aborted} of 400 at 50%");
+    // A delay, then the request goes through.
+    let t = std::time::Instant::now();
+    assert_eq!(c.get("/slow").status, 200);
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    let m = p.admin("/metrics").text();
+    let count = |route: &str, kind: &str| {
+        metric_value(
+            &m,
+            &format!(
+                "ringmesh_faults_total{{listener=\"edge\",route=\"{route}\",kind=\"{kind}\"}}"
+            ),
+        )
+    };
+    assert_eq!(count("chaos", "abort"), Some(2.0), "{m}");
+    assert_eq!(count("half", "abort"), Some(aborted as f64));
+    assert_eq!(count("slow", "delay"), Some(1.0));
+    assert_eq!(
+        up.requests().iter().filter(|r| r.path == "/half").count(),
+        400 - aborted
+    );
 }

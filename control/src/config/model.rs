@@ -356,6 +356,24 @@ pub struct RouteConfig {
     /// What is rewritten in the request sent upstream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<RewriteConfig>,
+    /// Faults injected, for chaos testing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultConfig>,
+}
+
+/// `fault: { delay: { fixed: 100ms, percent: 10 }, abort: { status: 503, grpc_status: 14,
+/// percent: 5 }, header: x-fault }`; shares from 0 to 1.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaultConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<(String, f64)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort: Option<(u16, Option<u8>, f64)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// The delay, decoded.
+    #[serde(skip)]
+    pub delay_for: Duration,
 }
 
 /// `rewrite: { prefix: /new }` or `{ regex: RE, substitution: S }`, and `host: NAME` or

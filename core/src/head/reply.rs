@@ -118,3 +118,64 @@ impl OwnReply for DirectReply<'_> {
         }
     }
 }
+
+/// A route's injected abort (`fault.abort`): its status, or for a gRPC call a gRPC status (the
+/// one configured, else the HTTP status mapped as gRPC's HTTP mapping says).
+#[derive(Debug, Clone, Copy)]
+pub struct FaultReply<'a> {
+    pub status: u16,
+    pub grpc_status: Option<u8>,
+    pub grpc: bool,
+    pub head_request: bool,
+    pub edits: Option<&'a super::edit::ResponseEdits<'a>>,
+}
+
+impl FaultReply<'_> {
+    fn grpc_code(&self) -> u8 {
+        self.grpc_status.unwrap_or(match self.status {
+            400 => 13,
+            401 => 16,
+            403 => 7,
+            404 => 12,
+            429 | 502..=504 => 14,
+            _ => 2,
+        })
+    }
+}
+
+const FAULT: &[u8] = b"fault-abort";
+
+impl OwnReply for FaultReply<'_> {
+    fn status(&self) -> u16 {
+        if self.grpc { 200 } else { self.status }
+    }
+
+    fn fields(&self, field: &mut super::edit::FieldSink<'_>) {
+        field(b"ringmesh-error", &|out| out.extend_from_slice(FAULT));
+        if self.grpc {
+            field(b"content-type", &|out| {
+                out.extend_from_slice(b"application/grpc")
+            });
+            field(b"grpc-status", &|out| {
+                crate::digits::push_u64(out, u64::from(self.grpc_code()))
+            });
+            field(b"grpc-message", &|out| out.extend_from_slice(FAULT));
+            field(b"content-length", &|out| out.push(b'0'));
+        } else {
+            field(b"content-type", &|out| out.extend_from_slice(b"text/plain"));
+            field(b"content-length", &|out| {
+                crate::digits::push_u64(out, FAULT.len() as u64 + 1)
+            });
+        }
+        if let Some(e) = self.edits {
+            e.fields(field);
+        }
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
+        if !self.grpc && !self.head_request {
+            out.extend_from_slice(FAULT);
+            out.push(b'\n');
+        }
+    }
+}

@@ -56,6 +56,8 @@ pub struct RouteStats {
     hist: RefCell<Option<Box<Histogram<u64>>>>,
     sum_us: Cell<u64>,
     retries: Cell<u64>,
+    /// Faults injected: delays, aborts.
+    faults: [Cell<u64>; 2],
 }
 
 impl RouteStats {
@@ -82,6 +84,12 @@ impl RouteStats {
         self.retries.set(self.retries.get() + 1);
     }
 
+    /// Counts an injected fault: a delay (`false`) or an abort (`true`).
+    pub fn faulted(&self, abort: bool) {
+        let c = &self.faults[usize::from(abort)];
+        c.set(c.get() + 1);
+    }
+
     fn report(&self, listener: &Arc<str>, route: &Arc<str>, cluster: &Arc<str>) -> RouteReport {
         RouteReport {
             listener: listener.clone(),
@@ -91,6 +99,7 @@ impl RouteStats {
             hist: self.hist.borrow().as_deref().cloned(),
             sum_us: self.sum_us.get(),
             retries: self.retries.get(),
+            faults: [self.faults[0].get(), self.faults[1].get()],
         }
     }
 }
@@ -371,6 +380,8 @@ pub struct RouteReport {
     pub sum_us: u64,
     /// Retries.
     pub retries: u64,
+    /// Faults injected: delays, aborts.
+    pub faults: [u64; 2],
 }
 
 /// A counter family with one series per listener and `label` value.
@@ -674,6 +685,8 @@ pub fn merge(reports: &[WorkerReport]) -> Merged {
                     }
                     m.sum_us += r.sum_us;
                     m.retries += r.retries;
+                    m.faults[0] += r.faults[0];
+                    m.faults[1] += r.faults[1];
                     match (&mut m.hist, &r.hist) {
                         (Some(a), Some(b)) => {
                             let _ = a.add(b);

@@ -279,6 +279,34 @@ pub fn render(out: &mut String, m: &Merged) {
         escape_label(out, cluster);
         let _ = writeln!(out, "\"}} {n}");
     }
+    header(
+        out,
+        "ringmesh_faults_total",
+        "counter",
+        "Faults injected by routes (`fault`), by listener, route and kind (delay, abort).",
+    );
+    let mut faults: Vec<(&Arc<str>, &Arc<str>, [u64; 2])> = Vec::new();
+    for r in m.routes.iter().filter(|r| r.faults != [0, 0]) {
+        match faults
+            .iter_mut()
+            .find(|(l, rt, _)| *l == &r.listener && *rt == &r.route)
+        {
+            Some(e) => {
+                e.2[0] += r.faults[0];
+                e.2[1] += r.faults[1];
+            }
+            None => faults.push((&r.listener, &r.route, r.faults)),
+        }
+    }
+    for (listener, route, n) in faults {
+        for (kind, n) in [("delay", n[0]), ("abort", n[1])] {
+            out.push_str("ringmesh_faults_total{listener=\"");
+            escape_label(out, listener);
+            out.push_str("\",route=\"");
+            escape_label(out, route);
+            let _ = writeln!(out, "\",kind=\"{kind}\"}} {n}");
+        }
+    }
     family(
         out,
         "ringmesh_retry_budget_exhausted_total",

@@ -10,7 +10,7 @@ use crate::head::RequestHead;
 use crate::head::edit::{
     MAX_REQUEST_ID, RequestIdSpec, ResponseEdits, new_request_id, sane_request_id,
 };
-use crate::head::reply::DirectReply;
+use crate::head::reply::{DirectReply, FaultReply, OwnReply};
 use crate::http1::encode;
 use crate::io::HeadsTo;
 use crate::route::{Action, PathMatch, Route};
@@ -120,7 +120,7 @@ pub(super) async fn answer(
     w: &Worker,
     c: &mut Client,
     req: &RequestHead,
-    (listener, lview): (&str, &crate::worker::view::ListenerView),
+    lv: (&str, &crate::worker::view::ListenerView),
     route: &Route,
     target: &RouteTarget,
     edits: Option<&ResponseEdits<'_>>,
@@ -155,20 +155,79 @@ pub(super) async fn answer(
         head_request,
         edits,
     };
+    let own = Own {
+        lv,
+        route,
+        target,
+        request_id,
+        started,
+    };
+    send(w, c, req, &reply, &own).await
+}
+
+/// A route's injected abort (`fault.abort`), answered and counted.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn abort(
+    w: &Worker,
+    c: &mut Client,
+    req: &RequestHead,
+    lv: (&str, &crate::worker::view::ListenerView),
+    route: &Route,
+    target: &RouteTarget,
+    (status, grpc_status): (u16, Option<u8>),
+    edits: Option<&ResponseEdits<'_>>,
+    request_id: Option<&[u8]>,
+    started: Instant,
+) -> bool {
+    let reply = FaultReply {
+        status,
+        grpc_status,
+        grpc: c.grpc,
+        head_request: req.method == crate::head::Method::Head,
+        edits,
+    };
+    let own = Own {
+        lv,
+        route,
+        target,
+        request_id,
+        started,
+    };
+    target.stats.faulted(true);
+    send(w, c, req, &reply, &own).await
+}
+
+/// Where a route's own answer is counted and logged.
+struct Own<'a> {
+    lv: (&'a str, &'a crate::worker::view::ListenerView),
+    route: &'a Route,
+    target: &'a RouteTarget,
+    request_id: Option<&'a [u8]>,
+    started: Instant,
+}
+
+/// Writes an answer of the route's own, over either protocol, and reports it.
+async fn send(
+    w: &Worker,
+    c: &mut Client,
+    req: &RequestHead,
+    reply: &impl OwnReply,
+    own: &Own<'_>,
+) -> bool {
+    let (listener, lview) = own.lv;
     let log = lview.log.as_ref();
-    let names = (listener, &*target.log_names);
-    let seen = Seen::new(
+    let names = (listener, &*own.target.log_names);
+    let mut seen = Seen::new(
         w,
         c.data(),
         req,
         names,
         log,
-        Some(&route.name),
+        Some(&own.route.name),
         None,
-        started,
+        own.started,
     );
-    let mut seen = seen;
-    if let Some(id) = request_id {
+    if let Some(id) = own.request_id {
         seen.request_id(id);
     }
     let note = forward::Note::default();
@@ -176,13 +235,13 @@ pub(super) async fn answer(
     // The body, if any, is not wanted: consumed when it is all here, else the connection ends.
     let close = !c.skip_request(req) || !req.keep_alive || w.draining();
     let (ok, sent) = match c.stream.as_mut().and_then(HeadsTo::h2) {
-        Some(h2) => match h2.send_local_reply(&reply).await {
+        Some(h2) => match h2.send_local_reply(reply).await {
             Ok(n) => (true, n),
             Err(_) => (false, 0),
         },
         None => {
             let mut out = w.bufs.get();
-            encode::local_reply(&mut out, &reply, close);
+            encode::local_reply(&mut out, reply, close);
             let len = out.len() as u64;
             let (ok, out) = c.write(out).await;
             w.put_buf(out);
@@ -191,7 +250,8 @@ pub(super) async fn answer(
     };
     let end = Instant::now();
     c.ended = end;
-    target.stats.record(status, end - started);
+    let status = reply.status();
+    own.target.stats.record(status, end - own.started);
     note.progress.bytes_out.set(sent);
     seen.report(w, c, status, None, end, Some(&note), None);
     ok && !close

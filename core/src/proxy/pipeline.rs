@@ -288,6 +288,36 @@ pub(super) async fn exchange(
         let edits = edits.as_ref();
         return super::direct::answer(w, c, req, lv, route, target, edits, id, started).await;
     };
+    // Faults the route injects: a delay, then perhaps an abort instead of forwarding.
+    if let Some(f) = route.fault.as_deref() {
+        let eligible = f.header.as_deref().is_none_or(|name| {
+            let buf = c.data();
+            req.headers
+                .iter()
+                .any(|h| h.name.get(buf).eq_ignore_ascii_case(name))
+        });
+        let hit = |share: u32| w.with_rng(|r| (r.next_u64() as u32) < share);
+        if eligible {
+            if let Some((delay, share)) = f.delay {
+                if hit(share) {
+                    target.stats.faulted(false);
+                    monoio::time::sleep(delay).await;
+                }
+            }
+            if let Some((status, grpc_status, share)) = f.abort {
+                if hit(share) {
+                    let answer_edits = answer_edits(route, None, &who, &request_id);
+                    let lv = (&**name, l.view);
+                    let id = request_id.as_ref().map(super::direct::RequestId::value);
+                    let (e, codes) = (answer_edits.as_ref(), (status, grpc_status));
+                    return super::direct::abort(
+                        w, c, req, lv, route, target, codes, e, id, started,
+                    )
+                    .await;
+                }
+            }
+        }
+    }
     let (trace, export) = {
         let buf = c.data();
         let tp = req.traceparent.map(|s| s.get(buf));

@@ -27,6 +27,7 @@ fn a_route(name: &str, path: &str, action: Action) -> Route {
         response_headers: None,
         request_id: None,
         rewrite: None,
+        fault: None,
     }
 }
 

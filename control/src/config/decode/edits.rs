@@ -335,3 +335,77 @@ pub(super) fn decode_rewrite(
     }
     ok.then_some(out)
 }
+
+/// `fault: { delay: { fixed, percent }, abort: { status, grpc_status, percent }, header }`.
+pub(super) fn decode_fault(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<FaultConfig> {
+    let f = d.mapping(node, path, &["delay", "abort", "header"])?;
+    let share = |d: &mut Decoder, m: &super::Fields<'_, '_>| match m.get("percent") {
+        Some((n, p)) => d.fraction(n, &p),
+        None => Some(1.0),
+    };
+    let mut delay_for = std::time::Duration::ZERO;
+    let delay = match f.get("delay") {
+        Some((n, p)) => {
+            let m = d.mapping(n, &p, &["fixed", "percent"])?;
+            let (fixed_node, fixed_path) = super::required(d, &m, "fixed")?;
+            let fixed = d.positive_duration(fixed_node, &fixed_path)?;
+            if fixed > std::time::Duration::from_secs(3600) {
+                d.error(&fixed_path, Some(fixed_node), "at most 1h");
+                return None;
+            }
+            delay_for = fixed;
+            Some((crate::config::format_duration(fixed), share(d, &m)?))
+        }
+        None => None,
+    };
+    let abort = match f.get("abort") {
+        Some((n, p)) => {
+            let m = d.mapping(n, &p, &["status", "grpc_status", "percent"])?;
+            let status = match m.get("status") {
+                Some((n, p)) => {
+                    let s = d.integer(n, &p, 999)?;
+                    if !(200..=599).contains(&s) {
+                        d.error(&p, Some(n), "expected a status from 200 to 599");
+                        return None;
+                    }
+                    s as u16
+                }
+                None => 503,
+            };
+            let grpc_status = match m.get("grpc_status") {
+                Some((n, p)) => {
+                    let g = d.integer(n, &p, 16)?;
+                    if g == 0 {
+                        d.error(&p, Some(n), "an abort's gRPC status is 1 to 16 (0 is OK)");
+                        return None;
+                    }
+                    Some(g as u8)
+                }
+                None => None,
+            };
+            Some((status, grpc_status, share(d, &m)?))
+        }
+        None => None,
+    };
+    if delay.is_none() && abort.is_none() {
+        d.error(path, Some(node), "a fault needs `delay`, `abort` or both");
+        return None;
+    }
+    let header = match f.get("header") {
+        Some((n, p)) => {
+            let h = d.string(n, &p)?;
+            if !valid_name(&h) {
+                d.error(&p, Some(n), format!("`{h}` is not a field name"));
+                return None;
+            }
+            Some(h.to_ascii_lowercase())
+        }
+        None => None,
+    };
+    Some(FaultConfig {
+        delay,
+        abort,
+        header,
+        delay_for,
+    })
+}

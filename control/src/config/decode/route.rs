@@ -30,6 +30,7 @@ pub(super) fn decode_route(
             "redirect",
             "direct_response",
             "rewrite",
+            "fault",
         ],
     )?;
     use super::edits::*;
@@ -135,7 +136,19 @@ pub(super) fn decode_route(
         let prefix = matcher.as_ref().and_then(|m| m.path_prefix.as_deref());
         decode_rewrite(d, n, &p, prefix)
     });
+    let fault = f.get("fault").and_then(|(n, p)| {
+        if !answers.is_empty() {
+            d.error(
+                &p,
+                Some(n),
+                "a route that answers itself has no upstream to fault",
+            );
+            return None;
+        }
+        decode_fault(d, n, &p)
+    });
     Some(RouteConfig {
+        fault,
         rewrite,
         rate_limit,
         name: name.unwrap_or_else(|| index.to_string()),
