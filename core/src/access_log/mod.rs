@@ -122,7 +122,7 @@ const ALIGN: usize = crate::sys::DIRECT_ALIGN;
 ///
 /// Lines are staged and written a MiB at a time with `O_DIRECT`: on a disk, a buffered write
 /// costs the kernel a page-cache page, its dirtying, writeback and reclaim per 4 KiB (twice the
-/// writer's CPU time per line in `perf/access-log-cost.sh`), and fills the CPU's caches with
+/// writer's CPU time per line in `perf/feature-cost.sh`), and fills the CPU's caches with
 /// pages that nobody reads again. Direct writes must start and end on block
 /// boundaries, so the part of a block that the file ends in goes through the page cache: the
 /// last partial block after [`LINGER`] (or on [`sync`], or before a reopen), and the rest of that

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# What access logging costs: two ringmesh proxies, one without an access log and one logging
-# every request to a file, measured with wrk in interleaved rounds. wrk on CPU 0; the proxy
+# What a feature costs per request: two ringmesh proxies, "off" without it and "on" with it,
+# measured with wrk in interleaved rounds. By default the feature is access logging (every
+# request to a file); WHAT says which other (below). wrk on CPU 0; the proxy
 # under test and a 1-worker nginx backend (2-byte answer) on CPU 1; one worker each; 50
 # keep-alive connections. Prints requests/s, CPU per request (the whole proxy, then its worker
 # thread and its log writer thread) and the ratio of the two: of the medians, and the median
 # of each round's own ratio (rounds run off-on, then on-off, so drift cancels out).
 #
-#   bash perf/access-log-cost.sh [ROUNDS] [SECONDS]
+#   bash perf/feature-cost.sh [ROUNDS] [SECONDS]
 #
 # LOG_DIR=/dev/shm puts the log on tmpfs, which takes the disk out of the measurement (on a
 # virtual machine, its I/O also costs the host CPU time that the guest does not see).
@@ -14,6 +15,13 @@
 # WHAT=spans measures span export instead: "on" exports a span per request (`tracing`, 100%
 # sampled: each request is sent with a sampled `traceparent`) to a collector stand-in, an nginx on
 # CPU 0 that answers every post 200; the second thread measured is the span exporter.
+#
+# WHAT=edits: "on" is a route that adds two request fields (one a variable) and rewrites its
+# path prefix; "off" the same route without them.
+#
+# WHAT=binary OLD_BIN=path: "off" is OLD_BIN (a release binary built from an earlier commit),
+# "on" this tree's, with the same plain route: what a change costs a route that uses none of
+# what it adds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-4}"
@@ -25,14 +33,14 @@ perf_setup
 dir=$(mktemp -d)
 BE=$(free_port); OFF=$(free_port); ON=$(free_port)
 backend_conf "$dir" "$BE" > "$dir/backend.conf"
-config() { # port, extra listener line
+config() { # port, extra listener line, extra route fields
   cat <<EOC
 admin: 127.0.0.1:0
 listeners:
   - name: edge
     bind: 127.0.0.1:$1
 $2
-    routes: [ { match: { path_prefix: / }, cluster: be } ]
+    routes: [ { match: { path_prefix: / }, cluster: be ${3:-} } ]
 clusters:
   - { name: be, endpoints: [ { addr: 127.0.0.1:$BE } ] }
 EOC
@@ -40,7 +48,18 @@ EOC
 config "$OFF" "" > "$dir/off.yaml"
 logdir=$(mktemp -d -p "${LOG_DIR:-$dir}")
 WHAT="${WHAT:-log}"
-if [ "$WHAT" = spans ]; then
+OFF_BIN=target/release/ringmesh
+ON_BIN=target/release/ringmesh
+if [ "$WHAT" = edits ]; then
+  config "$ON" "" ', request_headers: { add: { x-a: "1", x-b: "${client_ip}" } }, rewrite: { prefix: /v2/ }' > "$dir/on.yaml"
+  THREAD=none
+  WRK_ARGS=()
+elif [ "$WHAT" = binary ]; then
+  OFF_BIN="${OLD_BIN:?WHAT=binary needs OLD_BIN=path-to-an-earlier-release-binary}"
+  config "$ON" "" > "$dir/on.yaml"
+  THREAD=none
+  WRK_ARGS=()
+elif [ "$WHAT" = spans ]; then
   SINK=$(free_port); mkdir -p "$dir/sink"
   backend_conf "$dir/sink" "$SINK" | sed 's/access_log off;/access_log off; client_max_body_size 16m;/' > "$dir/sink.conf"
   { echo "tracing: { otlp: \"http://127.0.0.1:$SINK/v1/traces\", sample: 100% }"; config "$ON" ""; } > "$dir/on.yaml"
@@ -58,10 +77,10 @@ cleanup() { kill_all "${pids[@]}"; rm -rf "$dir"; }
 trap 'cleanup; rm -rf "$logdir"' EXIT
 taskset -c 1 nginx -c "$dir/backend.conf" & pids+=($!)
 [ "$WHAT" = spans ] && { taskset -c 0 nginx -c "$dir/sink.conf" & pids+=($!); }
-taskset -c 1 target/release/ringmesh proxy --config "$dir/off.yaml" --workers 1 --log-level warn & pids+=($!)
+taskset -c 1 "$OFF_BIN" proxy --config "$dir/off.yaml" --workers 1 --log-level warn & pids+=($!)
 OFF_PID=$!
 ON_ADMIN=$(free_port)
-taskset -c 1 target/release/ringmesh proxy --config "$dir/on.yaml" --workers 1 --log-level warn --admin "127.0.0.1:$ON_ADMIN" & pids+=($!)
+taskset -c 1 "$ON_BIN" proxy --config "$dir/on.yaml" --workers 1 --log-level warn --admin "127.0.0.1:$ON_ADMIN" & pids+=($!)
 ON_PID=$!
 sleep 1
 
@@ -105,8 +124,10 @@ round_ratio=$(echo "$RATIOS" | median)
 if [ "$WHAT" = spans ]; then
   lines=$(curl -s "http://127.0.0.1:$ON_ADMIN/metrics" | awk '/^ringmesh_spans_total\{result="exported"\}/ {print $2}')
   echo "spans: $(curl -s "http://127.0.0.1:$ON_ADMIN/metrics" | grep '^ringmesh_spans_total' | tr '\n' ' ')"
-else
+elif [ "$WHAT" = log ]; then
   lines=$(wc -l < "$logdir/access.log")
+else
+  lines=0
 fi
 awk -v a="$off_rps" -v b="$on_rps" -v c="$off_cpu" -v d="$on_cpu" -v n="$lines" -v r="$round_ratio" 'BEGIN {
-  printf "medians: off %.0f req/s %.2f us; on %.0f req/s %.2f us; on/off req/s %.3f, CPU %.3f; median of per-round on/off req/s %.3f; %d lines logged (spans exported)\n", a, c, b, d, b / a, d / c, r, n }'
+  printf "medians: off %.0f req/s %.2f us; on %.0f req/s %.2f us; on/off req/s %.3f, CPU %.3f; median of per-round on/off req/s %.3f; %d lines logged or spans exported\n", a, c, b, d, b / a, d / c, r, n }'
