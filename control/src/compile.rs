@@ -30,7 +30,7 @@ use crate::config::{
 };
 use ringmesh_core::head::edit::{HeaderEdits, RequestIdSpec, Template};
 use ringmesh_core::rewrite::{HostRewrite, PathRewrite, Rewrite};
-use ringmesh_core::route::{DirectResponse, Redirect, share_threshold};
+use ringmesh_core::route::{Cond, DirectResponse, MoreMatch, PathRegex, Redirect, share_threshold};
 
 /// Why a checked config does not compile. Messages name the field where there is one.
 #[derive(Debug, thiserror::Error)]
@@ -562,7 +562,36 @@ fn request_match(m: &crate::config::MatchConfig) -> Match {
             .map(|(k, v)| (k.as_bytes().into(), v.as_bytes().into()))
             .collect(),
         service: None,
+        more: more_match(m),
     }
+}
+
+/// The rarer conditions, compiled (each expression once); `None` when there are none.
+fn more_match(m: &crate::config::MatchConfig) -> Option<Arc<MoreMatch>> {
+    if m.path_regex.is_none() && m.header_rules.is_empty() && m.query.is_empty() {
+        return None;
+    }
+    // Checked when decoded; one that does not compile here is never taken to match.
+    let whole = |re: &str| {
+        ringmesh_core::pattern::compile_whole(re)
+            .unwrap_or_else(|_| ringmesh_core::pattern::never())
+    };
+    let cond = |c: &crate::config::CondConfig| match c {
+        crate::config::CondConfig::Exact(v) => Cond::Exact(v.as_bytes().into()),
+        crate::config::CondConfig::Regex(re) => Cond::Regex(whole(re)),
+        crate::config::CondConfig::Present(_) => Cond::Present,
+        crate::config::CondConfig::Absent(_) => Cond::Absent,
+    };
+    let conds = |map: &std::collections::BTreeMap<String, crate::config::CondConfig>| {
+        map.iter()
+            .map(|(k, c)| (Box::from(k.as_bytes()), cond(c)))
+            .collect()
+    };
+    Some(Arc::new(MoreMatch {
+        path_regex: m.path_regex.as_deref().map(whole).map(PathRegex),
+        headers: conds(&m.header_rules),
+        query: conds(&m.query),
+    }))
 }
 
 fn retry_policy(r: &RetryConfig) -> RetryPolicy {

@@ -30,6 +30,7 @@ mod outbound;
 pub mod outlier;
 pub mod pacing;
 pub mod path;
+pub mod pattern;
 pub mod policy;
 mod proxy;
 pub mod ratelimit;

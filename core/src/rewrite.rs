@@ -6,28 +6,9 @@
 //! every byte that may not appear in one (controls, spaces, non-ASCII, `#`, and `?` inside the
 //! path) is percent-encoded, so a rewrite can never split a request line or smuggle a field.
 
-use regex::bytes::{Regex, RegexBuilder};
+use regex::bytes::Regex;
 
-/// Most a compiled expression may take (its NFA, and each lazy DFA's cache): a config cannot
-/// make matching slow or large.
-pub const REGEX_SIZE_LIMIT: usize = 64 * 1024;
-
-/// Compiles `re` within [`REGEX_SIZE_LIMIT`]; `Err` says why not, for the config's message.
-pub fn compile(re: &str) -> Result<Regex, String> {
-    RegexBuilder::new(re)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .dfa_size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| match e {
-            regex::Error::CompiledTooBig(_) => {
-                format!(
-                    "compiles to more than {} KiB: simplify it",
-                    REGEX_SIZE_LIMIT / 1024
-                )
-            }
-            other => other.to_string(),
-        })
-}
+pub use crate::pattern::compile;
 
 /// How the path is rewritten.
 #[derive(Debug, Clone)]

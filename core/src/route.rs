@@ -51,6 +51,102 @@ pub struct Match {
     /// On an outbound listener: the mesh service (cluster index) the application's connection
     /// was going to ([`crate::snapshot::Outbound`]).
     pub service: Option<usize>,
+    /// The rarer conditions (path regex, header regex or absence, query): apart, so that a
+    /// route without them pays one branch.
+    pub more: Option<Arc<MoreMatch>>,
+}
+
+/// A condition on a field's or query parameter's values.
+#[derive(Debug, Clone)]
+pub enum Cond {
+    /// Some value is exactly this.
+    Exact(Box<[u8]>),
+    /// Some value matches the whole expression.
+    Regex(regex::bytes::Regex),
+    /// Present, with any value.
+    Present,
+    /// Not present.
+    Absent,
+}
+
+impl PartialEq for Cond {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Cond::Exact(a), Cond::Exact(b)) => a == b,
+            (Cond::Regex(a), Cond::Regex(b)) => a.as_str() == b.as_str(),
+            (Cond::Present, Cond::Present) | (Cond::Absent, Cond::Absent) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Cond {}
+
+impl Cond {
+    /// Whether values that `any` walks (it says whether its predicate held for one) fit.
+    fn holds(&self, any: impl Fn(&mut dyn FnMut(&[u8]) -> bool) -> bool) -> bool {
+        match self {
+            Cond::Exact(v) => any(&mut |x| x == &**v),
+            Cond::Regex(re) => any(&mut |x| re.is_match(x)),
+            Cond::Present => any(&mut |_| true),
+            Cond::Absent => !any(&mut |_| true),
+        }
+    }
+}
+
+/// Conditions beyond host, path, method and exact headers; all must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MoreMatch {
+    /// The (normalized) path, without the query, matches the whole expression.
+    pub path_regex: Option<PathRegex>,
+    /// Fields (names lowercase).
+    pub headers: Vec<(Box<[u8]>, Cond)>,
+    /// Query parameters, by name as sent; values compared as sent (not percent-decoded).
+    pub query: Vec<(Box<[u8]>, Cond)>,
+}
+
+/// A compiled path expression, compared by its text.
+#[derive(Debug, Clone)]
+pub struct PathRegex(pub regex::bytes::Regex);
+
+impl PartialEq for PathRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for PathRegex {}
+
+impl MoreMatch {
+    fn matches(&self, req: &impl RequestView) -> bool {
+        if let Some(re) = &self.path_regex {
+            if !re.0.is_match(req.path()) {
+                return false;
+            }
+        }
+        let headers = self
+            .headers
+            .iter()
+            .all(|(name, c)| c.holds(|f| req.any_header(name, f)));
+        headers
+            && self.query.iter().all(|(name, c)| {
+                c.holds(|f| {
+                    query_pairs(req.query())
+                        .filter(|(n, _)| n == &&**name)
+                        .any(|(_, v)| f(v))
+                })
+            })
+    }
+}
+
+/// `name=value` pairs of a raw query (without its `?`); a pair without `=` has an empty value.
+pub fn query_pairs(q: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    q.split(|&b| b == b'&').filter(|p| !p.is_empty()).map(|p| {
+        match p.iter().position(|&b| b == b'=') {
+            Some(i) => (&p[..i], &p[i + 1..]),
+            None => (p, &b""[..]),
+        }
+    })
 }
 
 /// Where a route sends its requests.
@@ -266,6 +362,14 @@ pub trait RequestView {
     fn method(&self) -> &[u8];
     /// Whether a header `name` (lowercase) has exactly `value`.
     fn has_header(&self, name: &[u8], value: &[u8]) -> bool;
+    /// Whether `f` holds for some value of the field `name` (lowercase); none: false.
+    fn any_header(&self, _name: &[u8], _f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        false
+    }
+    /// The raw query, without its `?` (empty when none).
+    fn query(&self) -> &[u8] {
+        b""
+    }
     /// A CONNECT request: only a route that names the method takes it, so that no catch-all
     /// route opens tunnels by accident.
     fn is_connect(&self) -> bool {
@@ -475,7 +579,10 @@ pub fn matches_rest(m: &Match, req: &impl RequestView) -> bool {
     if m.service.is_some() && req.service() != m.service {
         return false;
     }
-    m.headers.iter().all(|(n, v)| req.has_header(n, v))
+    if !m.headers.iter().all(|(n, v)| req.has_header(n, v)) {
+        return false;
+    }
+    m.more.as_ref().is_none_or(|more| more.matches(req))
 }
 
 #[cfg(test)]

@@ -546,3 +546,81 @@ clusters:
         400 - aborted
     );
 }
+
+#[test]
+fn routes_match_query_parameters_header_patterns_and_path_patterns() {
+    let up = Upstream::http(|r| Resp::new(200, "up").header("x-path", &r.path));
+    let cfg = format!(
+        "admin: 127.0.0.1:0
+listeners:
+  - name: edge
+    bind: 127.0.0.1:0
+    routes:
+      - {{ name: beta, match: {{ path_prefix: /, query: {{ beta: {{ exact: \"1\" }} }} }}, direct_response: {{ status: 200, body: beta }} }}
+      - {{ name: debug, match: {{ path_prefix: /, query: {{ debug: {{ present: true }} }} }}, direct_response: {{ status: 200, body: debug }} }}
+      - {{ name: ids, match: {{ path_prefix: /, query: {{ id: {{ regex: \"[0-9]{{3}}\" }} }} }}, direct_response: {{ status: 200, body: ids }} }}
+      - {{ name: mobile, match: {{ path_prefix: /, headers: {{ user-agent: {{ regex: \".*(Android|iPhone).*\" }} }} }}, direct_response: {{ status: 200, body: mobile }} }}
+      - {{ name: anon, match: {{ path_prefix: /private/, headers: {{ authorization: {{ absent: true }} }} }}, direct_response: {{ status: 401, body: anon }} }}
+      - {{ name: users, match: {{ path_regex: \"/users/[0-9]+\", method: GET }}, direct_response: {{ status: 200, body: users }} }}
+      - {{ name: rest, match: {{ path_prefix: / }}, cluster: up }}
+clusters:
+  - {{ name: up, endpoints: [ {{ addr: {} }} ] }}
+",
+        up.addr
+    );
+    let p = TestProxy::start(&cfg, 1);
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
+        ("/a?beta=1", &[], "beta"),
+        ("/a?beta=2", &[], "up"),
+        ("/a?x=1&debug", &[], "debug"),
+        ("/a?id=123", &[], "ids"),
+        ("/a?id=1234", &[], "up"),
+        ("/a", &[("user-agent", "Mozilla (iPhone; x)")], "mobile"),
+        ("/a", &[("user-agent", "curl")], "up"),
+        ("/private/x", &[], "anon"),
+        ("/private/x", &[("authorization", "Bearer t")], "up"),
+        ("/users/42", &[], "users"),
+        ("/users/42/x", &[], "up"),
+    ];
+    let mut h1 = Client::connect(p.edge());
+    let mut h2 = H2Client::connect(p.edge());
+    for (path, fields, want) in cases {
+        let mut raw = format!("GET {path} HTTP/1.1\r\nHost: a\r\n");
+        for (n, v) in *fields {
+            raw.push_str(&format!("{n}: {v}\r\n"));
+        }
+        raw.push_str("\r\n");
+        h1.send(raw.as_bytes());
+        assert_eq!(
+            h1.response(false).text(),
+            *want,
+            "HTTP/1.1 {path} {fields:?}"
+        );
+        let mut req = http::Request::get(format!("http://a.test{path}"));
+        for (n, v) in *fields {
+            req = req.header(*n, *v);
+        }
+        let r = h2.request(req.body(()).unwrap(), b"", None).expect("h2");
+        assert_eq!(
+            String::from_utf8_lossy(&r.body),
+            *want,
+            "HTTP/2 {path} {fields:?}"
+        );
+    }
+    // Conditions that cannot be right are refused, naming the field.
+    let bad = cfg.replace("\"/users/[0-9]+\"", "\"/users/(\"");
+    let errs = ringmesh_control::config::Config::parse(&bad).expect_err("refused");
+    assert!(
+        errs.iter()
+            .any(|e| e.to_string().contains("routes[5].match.path_regex")),
+        "{errs:?}"
+    );
+    let bad = cfg.replace("{ present: true }", "{ present: true, regex: x }");
+    let errs = ringmesh_control::config::Config::parse(&bad).expect_err("refused");
+    assert!(
+        errs.iter()
+            .any(|e| e.to_string().contains("routes[1].match.query.debug")),
+        "{errs:?}"
+    );
+}

@@ -534,12 +534,31 @@ pub struct MatchConfig {
     /// Headers with exact values.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Headers by other conditions: `{ regex }`, `{ present: true }`, `{ absent: true }`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub header_rules: BTreeMap<String, CondConfig>,
+    /// Query parameters: `{ exact }`, `{ regex }`, `{ present: true }`, `{ absent: true }`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, CondConfig>,
+    /// The path, without the query, matches this expression whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
     /// `path` and `path_prefix` compare without regard to ASCII case.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub ignore_case: bool,
     /// On an outbound listener: the mesh service (cluster name) the application called.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+}
+
+/// A condition on a field's or query parameter's values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CondConfig {
+    Exact(String),
+    Regex(String),
+    Present(bool),
+    Absent(bool),
 }
 
 /// One target of a weighted split.

@@ -96,6 +96,19 @@ impl RequestView for RouteInput<'_> {
             h.name.get(self.buf).eq_ignore_ascii_case(name) && h.value.get(self.buf) == value
         })
     }
+    fn any_header(&self, name: &[u8], f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.req
+            .headers
+            .iter()
+            .any(|h| h.name.get(self.buf).eq_ignore_ascii_case(name) && f(h.value.get(self.buf)))
+    }
+    fn query(&self) -> &[u8] {
+        let target = self.req.path.get(self.buf);
+        match memchr::memchr(b'?', target) {
+            Some(i) => &target[i + 1..],
+            None => b"",
+        }
+    }
     fn is_connect(&self) -> bool {
         self.req.method == Method::Connect
     }

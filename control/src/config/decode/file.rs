@@ -122,6 +122,8 @@ pub(super) fn decode_policy(
                     "ignore_case",
                     "method",
                     "headers",
+                    "query",
+                    "path_regex",
                 ],
             )?;
             if let Some((n, p)) = m.get("identity") {

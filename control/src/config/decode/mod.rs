@@ -59,6 +59,11 @@ impl Node<'_, '_> {
         }
     }
 
+    /// Whether the node is a plain value (a string, number or boolean), not a list or mapping.
+    pub fn is_scalar(&self) -> bool {
+        matches!(self.yaml.data, YamlData::Value(_))
+    }
+
     /// The node's value, if it is a boolean.
     pub fn as_bool(&self) -> Option<bool> {
         match &self.yaml.data {

@@ -239,6 +239,8 @@ pub(super) fn decode_match(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> O
             "ignore_case",
             "method",
             "headers",
+            "query",
+            "path_regex",
             "service",
         ],
     )?;
@@ -305,7 +307,34 @@ pub(super) fn decode_match_fields(d: &mut Decoder, f: &Fields<'_, '_>) -> MatchC
         }
     }
     if let Some((n, p)) = f.get("headers") {
-        m.headers = decode_headers(d, n, &p);
+        (m.headers, m.header_rules) = decode_header_conditions(d, n, &p);
+    }
+    if let Some((n, p)) = f.get("query") {
+        for (name, value, p) in super::free_mapping(d, n, &p) {
+            if name.is_empty()
+                || name.len() > 256
+                || !name
+                    .bytes()
+                    .all(|b| (b'!'..=b'~').contains(&b) && b != b'&' && b != b'=')
+            {
+                d.error(&p, None, format!("`{name}` is not a query parameter name"));
+                continue;
+            }
+            if let Some(c) = decode_condition(d, value, &p, true) {
+                m.query.insert(name, c);
+            }
+        }
+    }
+    if let Some((n, p)) = f.get("path_regex") {
+        if let Some(re) = d.string(n, &p) {
+            match ringmesh_core::pattern::compile_whole(&re) {
+                Ok(_) => m.path_regex = Some(re),
+                Err(why) => d.error(&p, Some(n), why),
+            }
+            if m.path.is_some() {
+                d.error(&p, Some(n), "use either `path` or `path_regex`, not both");
+            }
+        }
     }
     if let Some((n, p)) = f.get("service") {
         m.service = d.string(n, &p);
@@ -330,12 +359,14 @@ fn normalized_condition(s: &str) -> Option<String> {
     String::from_utf8(b).ok()
 }
 
-pub(super) fn decode_headers(
+/// `headers: { NAME: VALUE }` (exact), or `{ NAME: { exact | regex | present | absent } }`:
+/// the exact values, and the other conditions.
+pub(super) fn decode_header_conditions(
     d: &mut Decoder,
     node: Node<'_, '_>,
     path: &str,
-) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
+) -> (BTreeMap<String, String>, BTreeMap<String, CondConfig>) {
+    let (mut exact, mut rules) = (BTreeMap::new(), BTreeMap::new());
     for (name, value, p) in super::free_mapping(d, node, path) {
         if name.is_empty()
             || !name
@@ -345,11 +376,72 @@ pub(super) fn decode_headers(
             d.error(&p, None, format!("`{name}` is not a header name"));
             continue;
         }
-        if let Some(v) = d.text(value, &p) {
-            out.insert(name.to_ascii_lowercase(), v);
+        let name = name.to_ascii_lowercase();
+        match decode_condition(d, value, &p, false) {
+            Some(CondConfig::Exact(v)) => {
+                exact.insert(name, v);
+            }
+            Some(c) => {
+                rules.insert(name, c);
+            }
+            None => {}
         }
     }
-    out
+    (exact, rules)
+}
+
+/// A value (exact), or `{ exact: V }`, `{ regex: RE }` (matching the whole value),
+/// `{ present: true }`, `{ absent: true }`.
+fn decode_condition(
+    d: &mut Decoder,
+    node: Node<'_, '_>,
+    path: &str,
+    _query: bool,
+) -> Option<CondConfig> {
+    if node.is_scalar() {
+        return d.text(node, path).map(CondConfig::Exact);
+    }
+    let f = d.mapping(node, path, &["exact", "regex", "present", "absent"])?;
+    let given: Vec<&str> = ["exact", "regex", "present", "absent"]
+        .into_iter()
+        .filter(|k| f.get(k).is_some())
+        .collect();
+    if given.len() != 1 {
+        d.error(
+            path,
+            Some(node),
+            "expected one of `exact`, `regex`, `present: true`, `absent: true`",
+        );
+        return None;
+    }
+    let (n, p) = f.get(given[0])?;
+    match given[0] {
+        "exact" => d.text(n, &p).map(CondConfig::Exact),
+        "regex" => {
+            let re = d.string(n, &p)?;
+            if let Err(why) = ringmesh_core::pattern::compile_whole(&re) {
+                d.error(&p, Some(n), why);
+                return None;
+            }
+            Some(CondConfig::Regex(re))
+        }
+        key => {
+            if d.boolean(n, &p)? {
+                Some(if key == "present" {
+                    CondConfig::Present(true)
+                } else {
+                    CondConfig::Absent(true)
+                })
+            } else {
+                d.error(
+                    &p,
+                    Some(n),
+                    format!("write `{key}: true`, or leave the condition out"),
+                );
+                None
+            }
+        }
+    }
 }
 
 /// `{ rps: N, burst: M }` (a route's or a listener's); the burst defaults to one second's worth.
