@@ -45,6 +45,7 @@ pub fn route_table(hosts: usize, paths: usize) -> RouteTable {
                 request_id: None,
                 rewrite: None,
                 fault: None,
+                cors: None,
             });
         }
     }
@@ -60,6 +61,7 @@ pub fn route_table(hosts: usize, paths: usize) -> RouteTable {
         request_id: None,
         rewrite: None,
         fault: None,
+        cors: None,
     });
     RouteTable::new(routes)
 }

@@ -445,6 +445,7 @@ fn route(
         response_headers: header_edits(r.response_headers.as_ref())?,
         request_id: r.request_id.as_ref().map(request_id_spec),
         rewrite: r.rewrite.as_ref().map(rewrite).transpose()?,
+        cors: r.cors.as_ref().map(cors),
         fault: r.fault.as_ref().map(|f| {
             Arc::new(ringmesh_core::route::Fault {
                 delay: f
@@ -483,6 +484,33 @@ fn header_edits(h: Option<&HeadersConfig>) -> Result<Option<Arc<HeaderEdits>>, C
         set: pairs(&h.set)?,
         remove: h.remove.iter().map(|n| Box::from(n.as_bytes())).collect(),
     })))
+}
+
+/// A route's CORS policy.
+fn cors(c: &crate::config::CorsConfig) -> Arc<ringmesh_core::cors::Cors> {
+    use ringmesh_core::cors::OriginRule;
+    let lower = |s: &str| Box::from(s.to_ascii_lowercase().as_bytes());
+    let origins = c
+        .allow_origins
+        .iter()
+        .map(|o| match o.split_once("://*") {
+            _ if o == "*" => OriginRule::Any,
+            Some((scheme, suffix)) => OriginRule::Subdomains {
+                scheme: lower(&format!("{scheme}://")),
+                suffix: lower(suffix),
+            },
+            None => OriginRule::Exact(lower(o)),
+        })
+        .collect();
+    let joined = |v: &[String]| Box::from(v.join(", ").as_bytes());
+    Arc::new(ringmesh_core::cors::Cors {
+        origins,
+        methods: joined(&c.allow_methods),
+        headers: joined(&c.allow_headers),
+        expose: joined(&c.expose_headers),
+        max_age: c.max_age,
+        credentials: c.allow_credentials,
+    })
 }
 
 /// A route's rewrite, compiled (its expression once, for every request).

@@ -122,6 +122,7 @@ fn service_route(clusters: &[Cluster], ci: usize, retry: Option<RetryPolicy>) ->
         request_id: None,
         rewrite: None,
         fault: None,
+        cors: None,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod balance;
 pub mod breaker;
 pub mod buf;
 pub mod cluster;
+pub mod cors;
 mod dial;
 pub mod digits;
 pub mod endpoint;

@@ -313,6 +313,8 @@ pub struct Route {
     pub rewrite: Option<Arc<crate::rewrite::Rewrite>>,
     /// Faults it injects, for chaos testing.
     pub fault: Option<Arc<Fault>>,
+    /// Its CORS policy.
+    pub cors: Option<Arc<crate::cors::Cors>>,
 }
 
 /// `fault`: a delay and/or an abort for a share of a route's requests (or only of those that
@@ -633,6 +635,7 @@ mod tests {
             request_id: None,
             rewrite: None,
             fault: None,
+            cors: None,
         }
     }
 

@@ -359,6 +359,24 @@ pub struct RouteConfig {
     /// Faults injected, for chaos testing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultConfig>,
+    /// CORS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsConfig>,
+}
+
+/// `cors: { allow_origins, allow_methods, allow_headers, expose_headers, max_age,
+/// allow_credentials }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CorsConfig {
+    pub allow_origins: Vec<String>,
+    pub allow_methods: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u32>,
+    pub allow_credentials: bool,
 }
 
 /// `fault: { delay: { fixed: 100ms, percent: 10 }, abort: { status: 503, grpc_status: 14,

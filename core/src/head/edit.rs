@@ -236,6 +236,8 @@ pub struct ResponseEdits<'a> {
     pub vars: Vars<'a>,
     /// The request id's field name and value, when it is echoed.
     pub request_id: Option<(&'a [u8], &'a [u8])>,
+    /// The route's CORS policy, and the request's origin when the policy allows it.
+    pub cors: Option<(&'a crate::cors::Cors, Option<&'a [u8]>)>,
 }
 
 /// Both directions' edits share this: a field that came is dropped when an edit sets or
@@ -278,10 +280,12 @@ impl RequestEdits<'_> {
 }
 
 impl ResponseEdits<'_> {
-    /// Whether a field the upstream sent is left out.
+    /// Whether a field the upstream sent is left out (a route with CORS writes the
+    /// `Access-Control-*` fields itself).
     #[inline]
     pub fn drops(&self, name: &[u8]) -> bool {
         drops_any([self.cluster, self.route], self.request_id, name)
+            || self.cors.is_some() && crate::cors::is_cors_field(name)
     }
 
     /// The fields the edits write, in order.
@@ -292,6 +296,12 @@ impl ResponseEdits<'_> {
             self.request_id,
             field,
         );
+        match self.cors {
+            Some((cors, Some(origin))) => cors.actual_fields(origin, field),
+            // The answer differs by origin either way: caches must know.
+            Some((_, None)) => field(b"vary", &|out| out.extend_from_slice(b"Origin")),
+            None => {}
+        }
     }
 }
 

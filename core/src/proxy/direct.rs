@@ -23,16 +23,24 @@ pub(super) struct Who {
     ip: [u8; 48],
     ip_len: usize,
     pub identity: Option<Box<str>>,
+    /// The request's `Origin`, on a route with CORS.
+    pub origin: Option<Box<[u8]>>,
 }
 
 impl Who {
-    pub fn of(c: &Client, route: &Route, id: &Option<RequestId<'_>>) -> Who {
+    pub fn of(c: &Client, req: &RequestHead, route: &Route, id: &Option<RequestId<'_>>) -> Who {
         let edits = route.request_headers.is_some() || route.response_headers.is_some();
+        let origin = route
+            .cors
+            .as_ref()
+            .and_then(|_| field(c.data(), req, b"origin"))
+            .map(Box::from);
         if !edits && id.is_none() {
             return Who {
                 ip: [0; 48],
                 ip_len: 0,
                 identity: None,
+                origin,
             };
         }
         let ip = c.ip();
@@ -40,6 +48,7 @@ impl Who {
             ip: [0; 48],
             ip_len: ip.len().min(48),
             identity: None,
+            origin,
         };
         who.ip[..who.ip_len].copy_from_slice(&ip[..who.ip_len]);
         who.identity = c.identity().map(Box::from);
@@ -49,6 +58,53 @@ impl Who {
     pub fn ip(&self) -> &[u8] {
         &self.ip[..self.ip_len]
     }
+}
+
+/// The first value of the field `name`.
+fn field<'b>(buf: &'b [u8], req: &RequestHead, name: &[u8]) -> Option<&'b [u8]> {
+    req.headers
+        .iter()
+        .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
+        .map(|h| h.value.get(buf))
+}
+
+/// A route's answer to a CORS preflight (`OPTIONS` with `Access-Control-Request-Method`), when
+/// this request is one: the policy's fields if the origin and method are allowed, none
+/// otherwise. `None`: not a preflight, or the route has no CORS policy.
+pub(super) async fn preflight(
+    w: &Worker,
+    c: &mut Client,
+    req: &RequestHead,
+    lv: (&str, &crate::worker::view::ListenerView),
+    (route, target): (&Route, &RouteTarget),
+    request_id: Option<&[u8]>,
+    started: Instant,
+) -> Option<bool> {
+    let cors = route.cors.as_deref()?;
+    if req.method != crate::head::Method::Options {
+        return None;
+    }
+    let buf = c.data();
+    let method = field(buf, req, b"access-control-request-method")?.to_vec();
+    let origin = field(buf, req, b"origin").unwrap_or_default().to_vec();
+    let asked = field(buf, req, b"access-control-request-headers")
+        .unwrap_or_default()
+        .to_vec();
+    let allowed = !origin.is_empty() && cors.allows(&origin) && cors.allows_method(&method);
+    let reply = crate::cors::Preflight {
+        cors,
+        origin: &origin,
+        request_headers: &asked,
+        allowed,
+    };
+    let own = Own {
+        lv,
+        route,
+        target,
+        request_id,
+        started,
+    };
+    Some(send(w, c, req, &reply, &own).await)
 }
 
 /// A request's id, copied out of the client's buffer (which moves on while the request is

@@ -292,7 +292,13 @@ pub(super) async fn exchange(
         super::direct::request_id(w, spec, c.data(), req)
     };
     // What the edits' variables say of the client, copied: the connection is lent on.
-    let who = super::direct::Who::of(c, route, &request_id);
+    let who = super::direct::Who::of(c, req, route, &request_id);
+    let id = request_id.as_ref().map(super::direct::RequestId::value);
+    let lv = (&**name, l.view);
+    if let Some(keep) = super::direct::preflight(w, c, req, lv, (route, target), id, started).await
+    {
+        return keep;
+    }
     let Some(ci) = ci else {
         let cluster = None;
         let edits = answer_edits(route, cluster, &who, &request_id);
@@ -472,7 +478,11 @@ fn answer_edits<'a>(
         cluster.and_then(|k| k.response_headers.as_deref()),
     );
     let echoed = id.as_ref().and_then(super::direct::RequestId::echoed);
-    if r.is_none() && k.is_none() && echoed.is_none() {
+    let cors = route.cors.as_deref().map(|cors| {
+        let allowed = who.origin.as_deref().filter(|o| cors.allows(o));
+        (cors, allowed)
+    });
+    if r.is_none() && k.is_none() && echoed.is_none() && cors.is_none() {
         return None;
     }
     Some(ResponseEdits {
@@ -480,6 +490,7 @@ fn answer_edits<'a>(
         route: r,
         vars: vars(route, cluster, who, id),
         request_id: echoed,
+        cors,
     })
 }
 

@@ -28,6 +28,7 @@ fn a_route(name: &str, path: &str, action: Action) -> Route {
         request_id: None,
         rewrite: None,
         fault: None,
+        cors: None,
     }
 }
 

@@ -409,3 +409,112 @@ pub(super) fn decode_fault(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> O
         delay_for,
     })
 }
+
+/// `cors: { allow_origins: [https://app.example, "https://*.example.com"], allow_methods: [GET],
+/// allow_headers: [x-a], expose_headers: [x-b], max_age: 10m, allow_credentials: false }`.
+pub(super) fn decode_cors(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Option<CorsConfig> {
+    let f = d.mapping(
+        node,
+        path,
+        &[
+            "allow_origins",
+            "allow_methods",
+            "allow_headers",
+            "expose_headers",
+            "max_age",
+            "allow_credentials",
+        ],
+    )?;
+    let mut ok = true;
+    let mut list = |d: &mut Decoder, key: &str, check: &dyn Fn(&str) -> Option<&'static str>| {
+        let mut out = Vec::new();
+        if let Some((n, p)) = f.get(key) {
+            for (n, p) in d.list(n, &p) {
+                let Some(v) = d.string(n, &p) else {
+                    ok = false;
+                    continue;
+                };
+                if let Some(why) = check(&v) {
+                    d.error(&p, Some(n), why);
+                    ok = false;
+                }
+                out.push(v);
+            }
+        }
+        out
+    };
+    let allow_origins = list(d, "allow_origins", &|o| {
+        (!valid_origin(o)).then_some(
+            "expected `*`, an origin such as https://app.example, or https://*.example.com",
+        )
+    });
+    let allow_methods = list(d, "allow_methods", &|m| {
+        (m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) && m != "*")
+            .then_some("expected an upper-case method such as PUT")
+    });
+    let name = |h: &str| (!valid_name(h)).then_some("expected a field name");
+    let allow_headers = list(d, "allow_headers", &name);
+    let expose_headers = list(d, "expose_headers", &name);
+    if allow_origins.is_empty() && ok {
+        d.error(
+            &f.path_of("allow_origins"),
+            None,
+            "required: the origins allowed",
+        );
+        return None;
+    }
+    let max_age = match f.get("max_age") {
+        Some((n, p)) => {
+            let age = d.duration(n, &p)?;
+            if age > std::time::Duration::from_secs(86_400) {
+                d.error(&p, Some(n), "at most 24h (browsers cap it lower)");
+                return None;
+            }
+            Some(age.as_secs() as u32)
+        }
+        None => None,
+    };
+    let allow_credentials = match f.get("allow_credentials") {
+        Some((n, p)) => d.boolean(n, &p)?,
+        None => false,
+    };
+    if allow_credentials && allow_origins.iter().any(|o| o == "*") {
+        d.error(
+            &f.path_of("allow_credentials"),
+            None,
+            "not with `*` in allow_origins: any site could read answers made with the user's cookies",
+        );
+        return None;
+    }
+    ok.then_some(CorsConfig {
+        allow_origins,
+        allow_methods: if allow_methods.is_empty() {
+            vec!["GET".into(), "HEAD".into(), "POST".into()]
+        } else {
+            allow_methods
+        },
+        allow_headers,
+        expose_headers,
+        max_age,
+        allow_credentials,
+    })
+}
+
+/// `*`, `scheme://host[:port]`, or `scheme://*.domain[:port]`.
+fn valid_origin(o: &str) -> bool {
+    if o == "*" {
+        return true;
+    }
+    let Some((scheme, host)) = o.split_once("://") else {
+        return false;
+    };
+    let host = host.strip_prefix("*.").unwrap_or(host);
+    !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+}

@@ -31,6 +31,7 @@ pub(super) fn decode_route(
             "direct_response",
             "rewrite",
             "fault",
+            "cors",
         ],
     )?;
     use super::edits::*;
@@ -147,7 +148,9 @@ pub(super) fn decode_route(
         }
         decode_fault(d, n, &p)
     });
+    let cors = f.get("cors").and_then(|(n, p)| decode_cors(d, n, &p));
     Some(RouteConfig {
+        cors,
         fault,
         rewrite,
         rate_limit,
