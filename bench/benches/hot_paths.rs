@@ -85,6 +85,9 @@ impl RequestView for Req<'_> {
     fn has_header(&self, _: &[u8], _: &[u8]) -> bool {
         false
     }
+    fn any_header(&self, _: &[u8], _: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        false
+    }
 }
 
 fn routing(c: &mut Criterion) {

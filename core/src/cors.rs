@@ -27,7 +27,7 @@ pub struct Cors {
     pub origins: Vec<OriginRule>,
     /// `GET, POST` as written in `Access-Control-Allow-Methods`.
     pub methods: Box<[u8]>,
-    /// `x-a, x-b`; empty: the headers the preflight asks for are allowed.
+    /// `x-a, x-b`; empty: none beyond the CORS-safelisted ones.
     pub headers: Box<[u8]>,
     pub expose: Box<[u8]>,
     pub max_age: Option<u32>,
@@ -108,7 +108,7 @@ pub fn is_cors_field(name: &[u8]) -> bool {
 pub struct Preflight<'a> {
     pub cors: &'a Cors,
     pub origin: &'a [u8],
-    /// `Access-Control-Request-Headers`, echoed when the policy names no headers.
+    /// `Access-Control-Request-Headers` (not echoed: the policy's list is what is allowed).
     pub request_headers: &'a [u8],
     pub allowed: bool,
 }
@@ -130,14 +130,9 @@ impl OwnReply for Preflight<'_> {
         field(b"access-control-allow-methods", &|out| {
             out.extend_from_slice(&c.methods)
         });
-        let headers: &[u8] = if c.headers.is_empty() {
-            self.request_headers
-        } else {
-            &c.headers
-        };
-        if !headers.is_empty() {
+        if !c.headers.is_empty() {
             field(b"access-control-allow-headers", &|out| {
-                out.extend_from_slice(headers)
+                out.extend_from_slice(&c.headers)
             });
         }
         if let Some(age) = c.max_age {

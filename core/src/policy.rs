@@ -243,6 +243,9 @@ impl RequestView for NoRequest {
     fn has_header(&self, _: &[u8], _: &[u8]) -> bool {
         false
     }
+    fn any_header(&self, _: &[u8], _: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -263,6 +266,9 @@ mod tests {
             self.2.as_bytes()
         }
         fn has_header(&self, _: &[u8], _: &[u8]) -> bool {
+            false
+        }
+        fn any_header(&self, _: &[u8], _: &mut dyn FnMut(&[u8]) -> bool) -> bool {
             false
         }
     }

@@ -114,6 +114,12 @@ pub fn push_path(out: &mut Vec<u8>, path: &[u8]) {
     }
 }
 
+/// Whether the path of `target` (before its query) has a `.` or `..` segment.
+pub fn has_dot_segment(target: &[u8]) -> bool {
+    let path = &target[..memchr::memchr(b'?', target).unwrap_or(target.len())];
+    path.split(|&b| b == b'/').any(|s| s == b"." || s == b"..")
+}
+
 /// Whether `target` is a valid origin-form target as the rewrite writes them: `/` first,
 /// visible ASCII, no `#` (the first `?` starts the query, which goes on as it came).
 pub fn valid_target(target: &[u8]) -> bool {
@@ -168,6 +174,15 @@ mod tests {
             host: None,
         };
         assert_eq!(run(&r, "/x", 0), "/x", "a leading slash is always there");
+    }
+
+    #[test]
+    fn dot_segments_made_by_a_rewrite_are_seen() {
+        let out = run(&prefix("/public/static"), "/static../../secret", 7);
+        assert_eq!(out, "/public/static/../../secret");
+        assert!(has_dot_segment(out.as_bytes()));
+        assert!(!has_dot_segment(b"/a/static../b?x=/../"));
+        assert!(has_dot_segment(b"/a/."));
     }
 
     #[test]

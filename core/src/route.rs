@@ -365,9 +365,7 @@ pub trait RequestView {
     /// Whether a header `name` (lowercase) has exactly `value`.
     fn has_header(&self, name: &[u8], value: &[u8]) -> bool;
     /// Whether `f` holds for some value of the field `name` (lowercase); none: false.
-    fn any_header(&self, _name: &[u8], _f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
-        false
-    }
+    fn any_header(&self, name: &[u8], f: &mut dyn FnMut(&[u8]) -> bool) -> bool;
     /// The raw query, without its `?` (empty when none).
     fn query(&self) -> &[u8] {
         b""
@@ -612,6 +610,11 @@ mod tests {
             self.headers
                 .iter()
                 .any(|(n, v)| n.as_bytes().eq_ignore_ascii_case(name) && v.as_bytes() == value)
+        }
+        fn any_header(&self, name: &[u8], f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+            self.headers
+                .iter()
+                .any(|(n, v)| n.as_bytes().eq_ignore_ascii_case(name) && f(v.as_bytes()))
         }
     }
 

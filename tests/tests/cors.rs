@@ -201,9 +201,18 @@ fn preflights_are_answered_and_answers_carry_the_policys_fields_only() {
         assert!(!has_cors_field(&refused), "no CORS field: {refused}");
     }
     assert_eq!(api.requests().len(), 0, "preflights stay at the proxy");
+    // An OPTIONS without an origin is no preflight: it goes upstream.
+    let plain = curl(
+        &["-X", "OPTIONS", "-H", "access-control-request-method: PUT"],
+        &url,
+    );
+    assert!(plain.starts_with("http/1.1 200"), "{plain}");
+    assert_eq!(api.requests().len(), 1);
+    let before = api.requests().len();
     // Actual requests: the policy's fields for an allowed origin; none (not even the
     // upstream's `*`) for another; `Vary: Origin` on both.
     let allowed = curl(&["-H", "origin: https://app.example"], &url);
+    assert_eq!(api.requests().len(), before + 1);
     assert!(
         allowed.contains("access-control-allow-origin: https://app.example"),
         "{allowed}"
@@ -245,6 +254,14 @@ fn credentials_with_any_origin_are_refused() {
     assert!(
         errs.iter()
             .any(|e| e.to_string().contains("routes[0].cors.allow_credentials")),
+        "{errs:?}"
+    );
+    // A pattern of a whole top-level domain is refused too.
+    let cfg = config("127.0.0.1:9".parse().unwrap(), "https://*.com");
+    let errs = ringmesh_control::config::Config::parse(&cfg).expect_err("refused");
+    assert!(
+        errs.iter()
+            .any(|e| e.to_string().contains("routes[0].cors.allow_origins[0]")),
         "{errs:?}"
     );
 }

@@ -35,6 +35,8 @@ listeners:
         request_id: {{ header: x-trace-me, trust_client: true, echo: true }}
       - {{ name: healthz, match: {{ path: /healthz }}, direct_response: {{ status: 200, body: \"ok\\n\" }},
           response_headers: {{ add: {{ x-health: \"${{route}}\" }} }} }}
+      - {{ name: json, match: {{ path: /status.json }}, direct_response: {{ status: 200, body: \"{{}}\" }},
+          response_headers: {{ set: {{ content-type: application/json }} }} }}
       - {{ name: maintenance, match: {{ path_prefix: /down/ }}, direct_response: {{ status: 503, body: \"back soon\" }} }}
       - {{ name: moved, match: {{ path_prefix: /old/ }}, redirect: {{ prefix: /new/, code: 308 }} }}
       - {{ name: gone, match: {{ path_prefix: /gone }}, redirect: {{ path: /healthz, code: 302, strip_query: true }} }}
@@ -43,7 +45,7 @@ listeners:
 clusters:
   - name: up
     endpoints: [ {{ addr: {up} }} ]
-    request_headers: {{ add: {{ x-cluster: \"${{cluster}}\" }} }}
+    request_headers: {{ add: {{ x-cluster: \"${{cluster}}\", x-cluster-client: \"${{client_ip}} ${{client_identity}}\" }} }}
     response_headers: {{ add: {{ x-cluster-answer: yes }} }}
 ",
         log = log.display()
@@ -131,6 +133,11 @@ fn headers_are_edited_both_ways_on_both_protocols() {
             seen.header("x-cluster"),
             Some("up"),
             "{proto}: the cluster's edits too"
+        );
+        assert_eq!(
+            seen.header("x-cluster-client"),
+            Some("127.0.0.1"),
+            "{proto}: a cluster's variables, an empty one trimmed"
         );
         assert_eq!(seen.header("cookie"), None, "{proto}: removed");
         // An untrusted id is replaced by a new one, sent up and echoed.
@@ -251,6 +258,17 @@ fn routes_answer_themselves_with_redirects_and_fixed_answers() {
         String::from_utf8_lossy(&out.stdout),
         format!("200 http://{}/healthz", p.edge())
     );
+    // `set` replaces the route's own fields too.
+    let (_, head, body) = curl(&[], &format!("{base}/status.json"));
+    assert_eq!(body, "{}");
+    assert_eq!(head.matches("content-type:").count(), 1, "{head}");
+    assert_eq!(field(&head, "content-type"), Some("application/json"));
+    // A redirect with no host to go to is refused, not sent as `https:///...`.
+    let mut c = Client::connect(p.edge());
+    c.send(b"GET /gone HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n");
+    let r = c.response(false);
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.header("location").is_none(), "{r:?}");
     // HEAD: the length of the body, and no body.
     let mut c = Client::connect(p.edge());
     c.send(b"HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -317,6 +335,16 @@ fn edits_of_the_proxys_own_fields_and_ambiguous_routes_are_refused_naming_the_fi
             "{ match: { path_prefix: / }, cluster: up, request_headers: { add: { x-a: \"${nope}\" } } }",
             "routes[0].request_headers.add.x-a",
             "unknown variable",
+        ),
+        (
+            "{ match: { path_prefix: / }, cluster: up, request_headers: { add: { x-a: \"${upstream}\" } } }",
+            "routes[0].request_headers.add.x-a",
+            "answers only",
+        ),
+        (
+            "{ match: { path: /a }, redirect: { prefix: /b } }",
+            "routes[0].redirect.prefix",
+            "path_prefix",
         ),
         (
             "{ match: { path_prefix: / }, cluster: up, request_headers: { add: { x-a: \"a\\r\\nb: c\" } } }",
@@ -403,6 +431,7 @@ listeners:
     access_log: {log}
     routes:
       - {{ name: v1, match: {{ path_prefix: /v1/ }}, cluster: up, rewrite: {{ prefix: /v2/, host: internal.test }} }}
+      - {{ name: v1-bare, match: {{ path_prefix: /v1 }}, cluster: up, rewrite: {{ prefix: /public/v1 }} }}
       - {{ name: users, match: {{ path_prefix: /users/ }}, cluster: up,
           rewrite: {{ regex: \"^/users/([0-9]+)/(.*)$\", substitution: \"/u/$1?$2\", host_from_endpoint: true }} }}
       - {{ name: grpcish, match: {{ path_prefix: /h2/ }}, cluster: h2up,
@@ -419,6 +448,15 @@ clusters:
     // HTTP/1.1 upstream, from an HTTP/1.1 client and an HTTP/2 one.
     let mut c = Client::connect(p.edge());
     assert_eq!(c.get("/v1/items?x=1").status, 200);
+    // A rewrite that would make a dot segment (`/public/v1` joined to `../`) is refused.
+    let before = up.requests().len();
+    for path in ["/v1..", "/v1../x"] {
+        let r = Client::connect(p.edge()).get(path);
+        let got = (r.status, r.header("ringmesh-error"));
+        assert_eq!(got, (400, Some("bad-path")), "{path}");
+    }
+    assert_eq!(up.requests().len(), before, "nothing went upstream");
+    let mut c = Client::connect(p.edge());
     let mut h2 = H2Client::connect(p.edge());
     assert_eq!(h2.get("/users/42/profile?full=1").expect("h2").status, 200);
     let seen = up.requests();

@@ -100,11 +100,24 @@ impl Template {
     /// Writes the value for this request. Bytes a variable brings that could end a field
     /// (CR, LF, NUL) are left out, whatever their source.
     pub fn write(&self, vars: &Vars<'_>, out: &mut Vec<u8>) {
+        let start = out.len();
         for p in &self.0 {
             match p {
                 Part::Text(t) => out.extend_from_slice(t),
                 Part::Var(v) => vars.write(*v, out),
             }
+        }
+        // A variable that is empty here may leave spaces at either end, which a field value
+        // may not have (HTTP/2 peers refuse them): trimmed.
+        while out.len() > start && matches!(out.last(), Some(b' ' | b'\t')) {
+            out.pop();
+        }
+        let lead = out[start..]
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
+        if lead > 0 {
+            out.drain(start..start + lead);
         }
     }
 }
@@ -327,6 +340,7 @@ pub fn reserved(name: &str) -> bool {
         "grpc-timeout",
         "ringmesh-client-identity",
         "ringmesh-error",
+        "ringmesh-original-protocol",
     ];
     name.starts_with(':') || RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name))
 }
@@ -368,6 +382,13 @@ mod tests {
         );
         assert!(Template::parse("${route").is_err());
         assert!(Template::parse("5$").is_err());
+        let t = Template::parse("${client_identity} ${client_ip} ").unwrap();
+        let mut out = b"x".to_vec();
+        t.write(&vars, &mut out);
+        assert_eq!(
+            out, b"x10.0.0.1",
+            "no surrounding spaces when a variable is empty"
+        );
     }
 
     #[test]

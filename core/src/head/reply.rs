@@ -93,6 +93,14 @@ impl OwnReply for DirectReply<'_> {
     }
 
     fn fields(&self, field: &mut super::edit::FieldSink<'_>) {
+        // A field the edits set or remove is theirs.
+        let edits = self.edits;
+        let outer = field;
+        let field = &mut |name: &[u8], value: &dyn Fn(&mut Vec<u8>)| {
+            if !edits.is_some_and(|e| e.drops(name)) {
+                outer(name, value);
+            }
+        };
         if let Some(l) = self.location {
             field(b"location", &|out| out.extend_from_slice(l));
         }
@@ -107,8 +115,8 @@ impl OwnReply for DirectReply<'_> {
                 crate::digits::push_u64(out, self.body.len() as u64)
             });
         }
-        if let Some(e) = self.edits {
-            e.fields(field);
+        if let Some(e) = edits {
+            e.fields(outer);
         }
     }
 
@@ -151,6 +159,13 @@ impl OwnReply for FaultReply<'_> {
     }
 
     fn fields(&self, field: &mut super::edit::FieldSink<'_>) {
+        let edits = self.edits;
+        let outer = field;
+        let field = &mut |name: &[u8], value: &dyn Fn(&mut Vec<u8>)| {
+            if !edits.is_some_and(|e| e.drops(name)) {
+                outer(name, value);
+            }
+        };
         field(b"ringmesh-error", &|out| out.extend_from_slice(FAULT));
         if self.grpc {
             field(b"content-type", &|out| {
@@ -167,8 +182,8 @@ impl OwnReply for FaultReply<'_> {
                 crate::digits::push_u64(out, FAULT.len() as u64 + 1)
             });
         }
-        if let Some(e) = self.edits {
-            e.fields(field);
+        if let Some(e) = edits {
+            e.fields(outer);
         }
     }
 

@@ -28,21 +28,16 @@ pub(super) struct Who {
 }
 
 impl Who {
-    pub fn of(c: &Client, req: &RequestHead, route: &Route, id: &Option<RequestId<'_>>) -> Who {
-        let edits = route.request_headers.is_some() || route.response_headers.is_some();
+    /// `cluster_edits`: the chosen cluster edits fields (its templates may name variables).
+    pub fn of(c: &Client, req: &RequestHead, route: &Route, cluster_edits: bool) -> Who {
+        let edits =
+            route.request_headers.is_some() || route.response_headers.is_some() || cluster_edits;
         let origin = route
             .cors
             .as_ref()
             .and_then(|_| field(c.data(), req, b"origin"))
             .map(Box::from);
-        if !edits && id.is_none() {
-            return Who {
-                ip: [0; 48],
-                ip_len: 0,
-                identity: None,
-                origin,
-            };
-        }
+        // The address is copied always (48 bytes); the identity only for edits that may name it.
         let ip = c.ip();
         let mut who = Who {
             ip: [0; 48],
@@ -51,7 +46,9 @@ impl Who {
             origin,
         };
         who.ip[..who.ip_len].copy_from_slice(&ip[..who.ip_len]);
-        who.identity = c.identity().map(Box::from);
+        if edits {
+            who.identity = c.identity().map(Box::from);
+        }
         who
     }
 
@@ -86,7 +83,8 @@ pub(super) async fn preflight(
     }
     let buf = c.data();
     let method = field(buf, req, b"access-control-request-method")?.to_vec();
-    let origin = field(buf, req, b"origin").unwrap_or_default().to_vec();
+    // A preflight always carries its page's origin; without one it is an ordinary OPTIONS.
+    let origin = field(buf, req, b"origin")?.to_vec();
     let asked = field(buf, req, b"access-control-request-headers")
         .unwrap_or_default()
         .to_vec();
@@ -194,6 +192,24 @@ pub(super) async fn answer(
                 Some(PathMatch::Prefix(p)) => p.len(),
                 _ => 0,
             };
+            if authority.is_empty() && r.host.is_none() {
+                // `https:///evil.com/x` would send browsers to evil.com: no host, no redirect.
+                let reply = DirectReply {
+                    status: 400,
+                    body: b"bad request: no host to redirect to\n",
+                    location: None,
+                    head_request,
+                    edits,
+                };
+                let own = Own {
+                    lv,
+                    route,
+                    target,
+                    request_id,
+                    started,
+                };
+                return send(w, c, req, &reply, &own).await;
+            }
             let scheme = if c.tls { "https" } else { "http" };
             r.location(
                 &mut location,

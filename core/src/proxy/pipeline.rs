@@ -292,7 +292,11 @@ pub(super) async fn exchange(
         super::direct::request_id(w, spec, c.data(), req)
     };
     // What the edits' variables say of the client, copied: the connection is lent on.
-    let who = super::direct::Who::of(c, req, route, &request_id);
+    let cluster_edits = ci.is_some_and(|ci| {
+        let k = &view.snapshot.clusters[ci];
+        k.request_headers.is_some() || k.response_headers.is_some()
+    });
+    let who = super::direct::Who::of(c, req, route, cluster_edits);
     let id = request_id.as_ref().map(super::direct::RequestId::value);
     let lv = (&**name, l.view);
     if let Some(keep) = super::direct::preflight(w, c, req, lv, (route, target), id, started).await
@@ -307,7 +311,9 @@ pub(super) async fn exchange(
         let edits = edits.as_ref();
         return super::direct::answer(w, c, req, lv, route, target, edits, id, started).await;
     };
-    // Faults the route injects: a delay, then perhaps an abort instead of forwarding.
+    // Faults the route injects: a delay, then perhaps an abort instead of forwarding. The
+    // route's timeout counts from after a delay, as if the request had arrived then.
+    let mut forward_from = started;
     if let Some(f) = route.fault.as_deref() {
         let eligible = f.header.as_deref().is_none_or(|name| {
             let buf = c.data();
@@ -315,12 +321,13 @@ pub(super) async fn exchange(
                 .iter()
                 .any(|h| h.name.get(buf).eq_ignore_ascii_case(name))
         });
-        let hit = |share: u32| w.with_rng(|r| (r.next_u64() as u32) < share);
+        let hit = |share: u32| share == u32::MAX || w.with_rng(|r| (r.next_u64() as u32) < share);
         if eligible {
             if let Some((delay, share)) = f.delay {
                 if hit(share) {
                     target.stats.faulted(false);
                     monoio::time::sleep(delay).await;
+                    forward_from = Instant::now();
                 }
             }
             if let Some((status, grpc_status, share)) = f.abort {
@@ -361,6 +368,12 @@ pub(super) async fn exchange(
         };
         rw.target(req.path_or_root(c.data()), matched, &mut sent_target)
     });
+    // The request's path was normalized: a dot segment in the rewritten one came from the
+    // rewrite (a prefix joined to `../`, a substitution), and would take the upstream out of
+    // the directory the rewrite confines it to. Refused.
+    if rewritten && crate::rewrite::has_dot_segment(&sent_target) {
+        return refuse(w, c, req, name, l.view, ErrorKind::BadPath, started).await;
+    }
     let exchange = forward::Exchange {
         worker: w,
         req,
@@ -370,7 +383,7 @@ pub(super) async fn exchange(
         stats,
         limits: &l.http.limits,
         timeout: route.timeout.unwrap_or(defaults::ROUTE_TIMEOUT),
-        started,
+        started: forward_from,
         trace: &trace,
         note: &note,
         edits: edits.as_ref(),

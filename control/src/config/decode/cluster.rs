@@ -35,10 +35,10 @@ pub(super) fn decode_cluster(
     )?;
     let request_headers = f
         .get("request_headers")
-        .and_then(|(n, p)| super::edits::decode_header_edits(d, n, &p));
+        .and_then(|(n, p)| super::edits::decode_header_edits(d, n, &p, true));
     let response_headers = f
         .get("response_headers")
-        .and_then(|(n, p)| super::edits::decode_header_edits(d, n, &p));
+        .and_then(|(n, p)| super::edits::decode_header_edits(d, n, &p, false));
     let tls = f.get("tls").and_then(|(n, p)| decode_cluster_tls(d, n, &p));
     let protocol = match f
         .get("protocol")

@@ -14,6 +14,7 @@ pub(super) fn decode_header_edits(
     d: &mut Decoder,
     node: Node<'_, '_>,
     path: &str,
+    request: bool,
 ) -> Option<HeadersConfig> {
     let f = d.mapping(node, path, &["add", "set", "remove"])?;
     let mut out = HeadersConfig::default();
@@ -36,9 +37,20 @@ pub(super) fn decode_header_edits(
                 );
                 continue;
             }
-            if let Err(why) = Template::parse(&v) {
-                d.error(&p, Some(value), why);
-                continue;
+            match Template::parse(&v) {
+                Err(why) => {
+                    d.error(&p, Some(value), why);
+                    continue;
+                }
+                Ok(t) if request && t.uses(ringmesh_core::head::edit::Var::Upstream) => {
+                    d.error(
+                        &p,
+                        Some(value),
+                        "`${upstream}` is known on answers only (the endpoint that answered)",
+                    );
+                    continue;
+                }
+                Ok(_) => {}
             }
             slot.insert(name.to_ascii_lowercase(), v);
         }
@@ -112,6 +124,7 @@ pub(super) fn decode_redirect(
     d: &mut Decoder,
     node: Node<'_, '_>,
     path: &str,
+    path_prefix: Option<&str>,
 ) -> Option<RedirectConfig> {
     let f = d.mapping(
         node,
@@ -155,6 +168,14 @@ pub(super) fn decode_redirect(
     };
     let target_path = target("path");
     let prefix = target("prefix");
+    if prefix.is_some() && path_prefix.is_none() {
+        d.error(
+            &f.path_of("prefix"),
+            None,
+            "a prefix redirect replaces the route's `match.path_prefix`, which this route has not",
+        );
+        ok = false;
+    }
     if target_path.is_some() && prefix.is_some() {
         d.error(
             &f.path_of("prefix"),
@@ -478,6 +499,16 @@ pub(super) fn decode_cors(d: &mut Decoder, node: Node<'_, '_>, path: &str) -> Op
         Some((n, p)) => d.boolean(n, &p)?,
         None => false,
     };
+    let star = |v: &[String]| v.iter().any(|x| x == "*");
+    if allow_credentials && (star(&allow_methods) || star(&allow_headers) || star(&expose_headers))
+    {
+        d.error(
+            &f.path_of("allow_credentials"),
+            None,
+            "with credentials, browsers take `*` in methods and headers literally: list them",
+        );
+        return None;
+    }
     if allow_credentials && allow_origins.iter().any(|o| o == "*") {
         d.error(
             &f.path_of("allow_credentials"),
@@ -508,7 +539,14 @@ fn valid_origin(o: &str) -> bool {
     let Some((scheme, host)) = o.split_once("://") else {
         return false;
     };
-    let host = host.strip_prefix("*.").unwrap_or(host);
+    let (host, pattern) = match host.strip_prefix("*.") {
+        Some(h) => (h, true),
+        None => (host, false),
+    };
+    // A pattern names a domain's subdomains, not a whole top-level domain's (`*.com`).
+    if pattern && !host.split(':').next().unwrap_or_default().contains('.') {
+        return false;
+    }
     !scheme.is_empty()
         && scheme
             .bytes()

@@ -37,16 +37,25 @@ pub(super) fn decode_route(
     use super::edits::*;
     let request_headers = f
         .get("request_headers")
-        .and_then(|(n, p)| decode_header_edits(d, n, &p));
+        .and_then(|(n, p)| decode_header_edits(d, n, &p, true));
     let response_headers = f
         .get("response_headers")
-        .and_then(|(n, p)| decode_header_edits(d, n, &p));
+        .and_then(|(n, p)| decode_header_edits(d, n, &p, false));
     let request_id = f
         .get("request_id")
         .and_then(|(n, p)| decode_request_id(d, n, &p));
-    let redirect = f
-        .get("redirect")
-        .and_then(|(n, p)| decode_redirect(d, n, &p));
+    let prefix_of = |m: &Option<MatchConfig>| m.as_ref().and_then(|m| m.path_prefix.clone());
+    let redirect = match f.get("redirect") {
+        Some((n, p)) => {
+            // Decoded after the match (its prefix is what a prefix redirect replaces).
+            let m = f.get("match").and_then(|(mn, mp)| {
+                let mut quiet = Decoder::default();
+                decode_match(&mut quiet, mn, &mp)
+            });
+            decode_redirect(d, n, &p, prefix_of(&m).as_deref())
+        }
+        None => None,
+    };
     let direct_response = f
         .get("direct_response")
         .and_then(|(n, p)| decode_direct_response(d, n, &p));
