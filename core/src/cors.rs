@@ -3,8 +3,7 @@
 //! disallowed origin gets no CORS field at all (the browser then blocks the page's access), and
 //! the upstream's own `Access-Control-*` fields are removed: the route's policy is the only one.
 
-use crate::head::edit::FieldSink;
-use crate::head::reply::OwnReply;
+use crate::head::FieldSink;
 
 /// Which origins a route allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +35,7 @@ pub struct Cors {
 
 /// Fields that say which request fields an answer varies by, on every CORS answer.
 const VARY_ACTUAL: &[u8] = b"Origin";
-const VARY_PREFLIGHT: &[u8] =
+pub const VARY_PREFLIGHT: &[u8] =
     b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers";
 
 impl Cors {
@@ -69,7 +68,7 @@ impl Cors {
 
     /// What `Access-Control-Allow-Origin` says: `*` for any origin without credentials, else
     /// the origin itself (credentials may not go with `*`).
-    fn allow_origin<'a>(&self, origin: &'a [u8]) -> &'a [u8] {
+    pub fn allow_origin<'a>(&self, origin: &'a [u8]) -> &'a [u8] {
         let any = self.origins.contains(&OriginRule::Any);
         if any && !self.credentials {
             b"*"
@@ -111,43 +110,6 @@ pub struct Preflight<'a> {
     /// `Access-Control-Request-Headers` (not echoed: the policy's list is what is allowed).
     pub request_headers: &'a [u8],
     pub allowed: bool,
-}
-
-impl OwnReply for Preflight<'_> {
-    fn status(&self) -> u16 {
-        204
-    }
-
-    fn fields(&self, field: &mut FieldSink<'_>) {
-        field(b"vary", &|out| out.extend_from_slice(VARY_PREFLIGHT));
-        if !self.allowed {
-            return;
-        }
-        let c = self.cors;
-        field(b"access-control-allow-origin", &|out| {
-            out.extend_from_slice(c.allow_origin(self.origin))
-        });
-        field(b"access-control-allow-methods", &|out| {
-            out.extend_from_slice(&c.methods)
-        });
-        if !c.headers.is_empty() {
-            field(b"access-control-allow-headers", &|out| {
-                out.extend_from_slice(&c.headers)
-            });
-        }
-        if let Some(age) = c.max_age {
-            field(b"access-control-max-age", &|out| {
-                crate::digits::push_u64(out, u64::from(age))
-            });
-        }
-        if c.credentials {
-            field(b"access-control-allow-credentials", &|out| {
-                out.extend_from_slice(b"true")
-            });
-        }
-    }
-
-    fn write_body(&self, _: &mut Vec<u8>) {}
 }
 
 #[cfg(test)]

@@ -5,8 +5,7 @@
 
 use std::net::SocketAddr;
 
-/// Where a head's writer takes fields: each one's name and a writer of its value.
-pub type FieldSink<'f> = dyn FnMut(&[u8], &dyn Fn(&mut Vec<u8>)) + 'f;
+pub use super::FieldSink;
 
 /// A variable a value may name: `${client_ip}` and so on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,9 @@ pub mod request;
 pub mod response;
 
 pub use forward::Forwarded;
+
+/// Where a head's writer takes fields: each one's name and a writer of its value.
+pub type FieldSink<'f> = dyn FnMut(&[u8], &dyn Fn(&mut Vec<u8>)) + 'f;
 pub use request::{Method, RequestHead};
 pub use response::ResponseHead;
 

@@ -194,3 +194,43 @@ impl OwnReply for FaultReply<'_> {
         }
     }
 }
+
+/// The proxy's answer to a CORS preflight ([`crate::cors::Preflight`]).
+impl OwnReply for crate::cors::Preflight<'_> {
+    fn status(&self) -> u16 {
+        204
+    }
+
+    fn fields(&self, field: &mut super::FieldSink<'_>) {
+        field(b"vary", &|out| {
+            out.extend_from_slice(crate::cors::VARY_PREFLIGHT)
+        });
+        if !self.allowed {
+            return;
+        }
+        let c = self.cors;
+        field(b"access-control-allow-origin", &|out| {
+            out.extend_from_slice(c.allow_origin(self.origin))
+        });
+        field(b"access-control-allow-methods", &|out| {
+            out.extend_from_slice(&c.methods)
+        });
+        if !c.headers.is_empty() {
+            field(b"access-control-allow-headers", &|out| {
+                out.extend_from_slice(&c.headers)
+            });
+        }
+        if let Some(age) = c.max_age {
+            field(b"access-control-max-age", &|out| {
+                crate::digits::push_u64(out, u64::from(age))
+            });
+        }
+        if c.credentials {
+            field(b"access-control-allow-credentials", &|out| {
+                out.extend_from_slice(b"true")
+            });
+        }
+    }
+
+    fn write_body(&self, _: &mut Vec<u8>) {}
+}
