@@ -275,3 +275,23 @@ pub fn bootstrap(at: &At, node: &str) -> Result<Arc<rustls::sign::CertifiedKey>,
             .expect("key pair"),
     )
 }
+
+/// `ringmesh ctl ARGS` with `env` (`NAME`, `value`) and nothing of the caller's environment.
+pub fn ctl(env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::binary())
+        .arg("ctl")
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("ringmesh ctl")
+}
+
+/// A command's stdout and stderr, as text.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

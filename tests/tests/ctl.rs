@@ -2,31 +2,12 @@
 //! `clusters`, `endpoints` and `split`, as text and as JSON, with the exit codes scripts rely
 //! on; and what a caller without the right credentials gets.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
-use ringmesh_tests::mesh::{ADMIN_TOKEN, At, fed, node, plane, source};
+use ringmesh_tests::mesh::{ADMIN_TOKEN, At, ctl, fed, node, plane, source, text};
 use ringmesh_tests::*;
 use serde_json::Value;
-
-/// `ringmesh ctl ARGS` with `env` (`NAME`, `value`) and nothing of the caller's environment.
-fn ctl(env: &[(&str, &str)], args: &[&str]) -> Output {
-    Command::new(binary())
-        .arg("ctl")
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .output()
-        .expect("ringmesh ctl")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn json(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))

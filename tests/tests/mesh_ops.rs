@@ -12,27 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ringmesh_control::Proxy;
-use ringmesh_tests::mesh::{ADMIN_TOKEN, At, Who, bootstrap, fed, node, plane, source};
+use ringmesh_tests::mesh::{ADMIN_TOKEN, At, Who, bootstrap, ctl, fed, node, plane, source, text};
 use ringmesh_tests::*;
 use serde_json::{Value, json};
-
-fn ctl(env: &[(&str, &str)], args: &[&str]) -> Output {
-    Command::new(binary())
-        .arg("ctl")
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .output()
-        .expect("ringmesh ctl")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Two nodes, each with a listener `edge` routing `/fail` to cluster `flaky` (503s) and the
 /// rest to `web`.

@@ -138,11 +138,7 @@ pub(super) fn decode_redirect(
     };
     let host = f.get("host").and_then(|(n, p)| {
         let h = d.string(n, &p)?;
-        let fine = !h.is_empty()
-            && h.len() <= 255
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b));
-        if !fine {
+        if !valid_host(&h) {
             d.error(
                 &p,
                 Some(n),
@@ -207,6 +203,15 @@ pub(super) fn decode_redirect(
         code,
         strip_query,
     })
+}
+
+/// A host (and port) a redirect or rewrite may name: what an authority may hold, nothing that
+/// could end a field or a URL's authority.
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b))
 }
 
 /// A path a redirect may send clients to: the same rules as a request's path.
@@ -329,11 +334,7 @@ pub(super) fn decode_rewrite(
     }
     if let Some((n, p)) = f.get("host") {
         let h = d.string(n, &p)?;
-        let fine = !h.is_empty()
-            && h.len() <= 255
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b));
-        if !fine {
+        if !valid_host(&h) {
             d.error(
                 &p,
                 Some(n),
