@@ -446,9 +446,13 @@ fn ctl_endpoints_show_health_and_ctl_clusters_the_golden_signals() {
     );
     let cp = plane(&m);
     let at = At::of(&cp);
+    // Two proxies: the control plane gathers what both report.
     let p1 = fed(source(std::slice::from_ref(&at), "edge-1", None));
-    assert!(eventually(Duration::from_secs(15), || p1.version() > 0));
+    let p2 = fed(source(std::slice::from_ref(&at), "edge-2", None));
+    assert!(eventually(Duration::from_secs(15), || p1.version() > 0
+        && p2.version() > 0));
     send(p1.listener_addr("edge").unwrap(), "/x", 20);
+    send(p2.listener_addr("edge").unwrap(), "/x", 20);
     let server = at.addr.to_string();
     let env = [
         ("RINGMESH_SERVER", server.as_str()),
@@ -465,10 +469,28 @@ fn ctl_endpoints_show_health_and_ctl_clusters_the_golden_signals() {
                 .and_then(|l| l.iter().find(|e| e["addr"] == addr.as_str()))
                 .map(|e| e["health"].clone())
         };
+        let by = |addr: String| {
+            eps["endpoints"]
+                .as_array()
+                .and_then(|l| l.iter().find(|e| e["addr"] == addr.as_str()))
+                .map(|e| e["reported_by"].clone())
+        };
         health(web.addr.to_string()) == Some(json!("healthy"))
             && health(dead.to_string()) == Some(json!("unhealthy"))
+            && by(dead.to_string()) == Some(json!(2))
     });
     assert!(seen, "{eps}");
+    let dead_ep = eps["endpoints"]
+        .as_array()
+        .and_then(|l| l.iter().find(|e| e["addr"] == dead.to_string().as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        dead_ep["unhealthy_in"],
+        json!(["edge-1", "edge-2"]),
+        "{dead_ep}"
+    );
+    assert_eq!(dead_ep["zone"], "z2");
     let table = text(&ctl(&env, &["endpoints", "web"]));
     assert!(
         table.contains("HEALTH") && table.contains("unhealthy"),
