@@ -7,6 +7,7 @@
 
 pub mod access_log;
 pub mod balance;
+pub mod batch;
 pub mod breaker;
 pub mod buf;
 pub mod cluster;

@@ -252,6 +252,29 @@ fn the_page_is_static_and_every_view_needs_a_credential() {
     );
     let (code, _) = at.raw(&anyone, &raw).expect("page");
     assert_eq!(code, 200);
+    // A page elsewhere cannot read the views with a token it got hold of: a rebound name
+    // (foreign Host) and a cross-origin fetch (Origin) are refused before the token is looked at.
+    let admin = Who::admin(&at.pin);
+    let rebound = format!(
+        "GET / HTTP/1.1\r\nhost: evil.example:{}\r\nconnection: close\r\n\r\n",
+        at.addr.port()
+    );
+    let (code, v) = at.raw(&anyone, &rebound).expect("answer");
+    assert_eq!(
+        (code, v["kind"].as_str()),
+        (403, Some("host-not-allowed")),
+        "{v}"
+    );
+    let cross = format!(
+        "GET /v1/stats HTTP/1.1\r\nhost: {}\r\norigin: https://evil.example\r\nauthorization: Bearer {ADMIN_TOKEN}\r\nconnection: close\r\n\r\n",
+        at.addr
+    );
+    let (code, v) = at.raw(&admin, &cross).expect("answer");
+    assert_eq!(
+        (code, v["kind"].as_str()),
+        (403, Some("origin-refused")),
+        "{v}"
+    );
     for path in ["/v1/stats", "/v1/clusters", "/v1/nodes"] {
         let (code, v) = at.call_as(&anyone, "GET", path, None, None);
         assert_eq!(code, 401, "{path}: {v}");

@@ -8,7 +8,7 @@
 //! written a MiB at a time around the page cache (see [`Open`]). [`reopen_all`] (SIGUSR1) makes
 //! the writer reopen its files before its next write, for log rotation.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -392,9 +392,8 @@ pub fn sync(limit: Duration) -> bool {
 #[derive(Debug)]
 pub struct Sink {
     target: Arc<Target>,
-    buf: RefCell<Vec<u8>>,
-    /// Lines in `buf`.
-    lines: Cell<u64>,
+    /// Lines not handed over yet.
+    batch: crate::batch::Batch,
     stamp: RefCell<Stamp>,
 }
 
@@ -419,23 +418,16 @@ impl Sink {
     pub fn new(target: Target) -> Sink {
         Sink {
             target: Arc::new(target),
-            buf: RefCell::new(Vec::new()),
-            lines: Cell::new(0),
+            batch: Default::default(),
             stamp: RefCell::new(Stamp::default()),
         }
     }
 
     /// Appends one line; writes the batch when it is big enough.
     pub fn log(&self, e: &Entry<'_>) {
-        let full = {
-            let mut buf = self.buf.borrow_mut();
-            if buf.capacity() == 0 {
-                buf.reserve(FLUSH_AT + 4096);
-            }
-            write_entry(&mut buf, e, &mut self.stamp.borrow_mut());
-            self.lines.set(self.lines.get() + 1);
-            buf.len() >= FLUSH_AT
-        };
+        let full = self.batch.push(FLUSH_AT, |buf| {
+            write_entry(buf, e, &mut self.stamp.borrow_mut())
+        });
         if full {
             self.flush();
         }
@@ -443,12 +435,9 @@ impl Sink {
 
     /// Hands what is buffered to the writer thread.
     pub fn flush(&self) {
-        let mut buf = self.buf.borrow_mut();
-        if buf.is_empty() {
+        let Some((data, lines)) = self.batch.take() else {
             return;
-        }
-        let lines = self.lines.replace(0);
-        let data = std::mem::take(&mut *buf);
+        };
         let job = Job::Batch {
             target: self.target.clone(),
             data,

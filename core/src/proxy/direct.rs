@@ -28,8 +28,16 @@ pub(super) struct Who {
 }
 
 impl Who {
-    /// `cluster_edits`: the chosen cluster edits fields (its templates may name variables).
-    pub fn of(c: &Client, req: &RequestHead, route: &Route, cluster_edits: bool) -> Who {
+    /// `cluster_edits`: the chosen cluster edits fields (its templates may name variables);
+    /// `has_id`: the request has an id (edits may name it, or it is echoed). A route that
+    /// does none of this copies nothing.
+    pub fn of(
+        c: &Client,
+        req: &RequestHead,
+        route: &Route,
+        cluster_edits: bool,
+        has_id: bool,
+    ) -> Who {
         let edits =
             route.request_headers.is_some() || route.response_headers.is_some() || cluster_edits;
         let origin = route
@@ -37,15 +45,19 @@ impl Who {
             .as_ref()
             .and_then(|_| field(c.data(), req, b"origin"))
             .map(Box::from);
-        // The address is copied always (48 bytes); the identity only for edits that may name it.
-        let ip = c.ip();
         let mut who = Who {
             ip: [0; 48],
-            ip_len: ip.len().min(48),
+            ip_len: 0,
             identity: None,
             origin,
         };
+        if !edits && !has_id {
+            return who;
+        }
+        let ip = c.ip();
+        who.ip_len = ip.len().min(48);
         who.ip[..who.ip_len].copy_from_slice(&ip[..who.ip_len]);
+        // The identity (an allocation) only for edits that may name it.
         if edits {
             who.identity = c.identity().map(Box::from);
         }
@@ -194,29 +206,16 @@ pub(super) async fn answer(
             };
             if authority.is_empty() && r.host.is_none() {
                 // `https:///evil.com/x` would send browsers to evil.com: no host, no redirect.
-                let reply = DirectReply {
-                    status: 400,
-                    body: b"bad request: no host to redirect to\n",
-                    location: None,
-                    head_request,
-                    edits,
-                };
-                let own = Own {
-                    lv,
-                    route,
-                    target,
-                    request_id,
-                    started,
-                };
-                return send(w, c, req, &reply, &own).await;
+                (400, &b"bad request: no host to redirect to\n"[..])
+            } else {
+                let scheme = if c.tls { "https" } else { "http" };
+                r.location(
+                    &mut location,
+                    (scheme, authority, req.path_or_root(buf)),
+                    matched,
+                );
+                (r.code, &b""[..])
             }
-            let scheme = if c.tls { "https" } else { "http" };
-            r.location(
-                &mut location,
-                (scheme, authority, req.path_or_root(buf)),
-                matched,
-            );
-            (r.code, b"")
         }
         Action::Cluster(_) | Action::Split(_) => return false,
     };

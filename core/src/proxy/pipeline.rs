@@ -296,7 +296,7 @@ pub(super) async fn exchange(
         let k = &view.snapshot.clusters[ci];
         k.request_headers.is_some() || k.response_headers.is_some()
     });
-    let who = super::direct::Who::of(c, req, route, cluster_edits);
+    let who = super::direct::Who::of(c, req, route, cluster_edits, request_id.is_some());
     let id = request_id.as_ref().map(super::direct::RequestId::value);
     let lv = (&**name, l.view);
     if let Some(keep) = super::direct::preflight(w, c, req, lv, (route, target), id, started).await

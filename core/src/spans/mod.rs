@@ -147,8 +147,8 @@ fn exporter() -> &'static flume::Sender<Batch> {
 pub struct SpanSink {
     export: RefCell<Option<Arc<ExportSpec>>>,
     threshold: Cell<Option<u32>>,
-    buf: RefCell<Vec<u8>>,
-    spans: Cell<u64>,
+    /// Spans not handed over yet.
+    batch: crate::batch::Batch,
 }
 
 impl SpanSink {
@@ -193,28 +193,16 @@ impl SpanSink {
 
     /// Appends one span; hands the batch over when it is big enough.
     pub fn record(&self, s: &SpanData<'_>) {
-        let full = {
-            let mut buf = self.buf.borrow_mut();
-            if buf.capacity() == 0 {
-                buf.reserve(FLUSH_AT + 4096);
-            }
-            encode::span(&mut buf, s);
-            self.spans.set(self.spans.get() + 1);
-            buf.len() >= FLUSH_AT
-        };
-        if full {
+        if self.batch.push(FLUSH_AT, |buf| encode::span(buf, s)) {
             self.flush();
         }
     }
 
     /// Hands what is buffered to the exporter thread.
     pub fn flush(&self) {
-        let mut buf = self.buf.borrow_mut();
-        if buf.is_empty() {
+        let Some((data, spans)) = self.batch.take() else {
             return;
-        }
-        let spans = self.spans.replace(0);
-        let data = std::mem::take(&mut *buf);
+        };
         let Some(export) = self.export.borrow().clone() else {
             return;
         };

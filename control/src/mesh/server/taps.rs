@@ -258,6 +258,30 @@ pub(super) fn wait_param(
     }
 }
 
+/// Waits until `ready` has an answer: asked at once, whenever `signal` moves, every `tick`, and
+/// a last time (`true`: it must answer then) when `wait` is over.
+async fn until(
+    signal: &Signal,
+    wait: Duration,
+    tick: Duration,
+    mut ready: impl FnMut(bool) -> Option<Response>,
+) -> Response {
+    let deadline = monoio::time::sleep(wait);
+    let mut deadline = std::pin::pin!(deadline);
+    loop {
+        let changed = signal.wait();
+        if let Some(r) = ready(false) {
+            return r;
+        }
+        monoio::select! {
+            _ = changed => {}
+            _ = monoio::time::sleep(tick) => {}
+            _ = &mut deadline => break,
+        }
+    }
+    ready(true).unwrap_or_else(|| Response::error(404, "gone"))
+}
+
 /// `GET /v1/taps/{id}?wait=10s`: the events so far, waiting up to `wait` for the first.
 pub(super) async fn read(
     taps: &std::cell::RefCell<Taps>,
@@ -271,24 +295,14 @@ pub(super) async fn read(
         Ok(w) => w,
         Err(r) => return r,
     };
-    let deadline = monoio::time::sleep(wait);
-    let mut deadline = std::pin::pin!(deadline);
-    loop {
-        let changed = signal.wait();
-        if let Some(r) = taps.borrow_mut().take(id, stopping.get()) {
-            return r;
-        }
-        monoio::select! {
-            _ = changed => {}
-            _ = &mut deadline => break,
-        }
-    }
-    taps.borrow_mut()
-        .take(id, true)
-        .unwrap_or_else(|| Response::error(404, "no such tap"))
+    until(signal, wait, wait, |last| {
+        taps.borrow_mut().take(id, last || stopping.get())
+    })
+    .await
 }
 
-/// `GET /v1/nodes/{node}/taps?wait=25s`: the taps asked of `node`, as soon as there is one.
+/// `GET /v1/nodes/{node}/taps?wait=25s`: the taps asked of `node`, as soon as there is one;
+/// looked at again every [`REOFFER`], for a tap offered and never fed is offered again.
 pub(super) async fn poll(
     taps: &std::cell::RefCell<Taps>,
     signal: &Signal,
@@ -300,23 +314,12 @@ pub(super) async fn poll(
         Ok(w) => w,
         Err(r) => return r,
     };
-    let deadline = monoio::time::sleep(wait);
-    let mut deadline = std::pin::pin!(deadline);
-    loop {
-        let changed = signal.wait();
+    until(signal, wait, REOFFER, |last| {
         let found = taps.borrow_mut().pick_up(node);
-        if !found.is_empty() || stopping.get() {
-            return Response::json(200, json!({ "taps": found }).to_string() + "\n");
-        }
-        // Also looked at again every REOFFER: a tap offered and never fed is offered again.
-        monoio::select! {
-            _ = changed => {}
-            _ = monoio::time::sleep(REOFFER) => {}
-            _ = &mut deadline => {
-                return Response::json(200, "{\"taps\":[]}\n");
-            }
-        }
-    }
+        (!found.is_empty() || stopping.get() || last)
+            .then(|| Response::json(200, json!({ "taps": found }).to_string() + "\n"))
+    })
+    .await
 }
 
 #[cfg(test)]
