@@ -28,6 +28,31 @@ http { access_log off; keepalive_requests 1000000;
 EOC
 }
 
+# A 1 MiB page of HTML table rows (compressible as pages are) at $1.
+page_html() {
+  python3 - "$1" <<'PY'
+import sys
+rows, i, size = [], 0, 0
+while size < 1 << 20:
+    line = f'<tr><td>row {i}</td><td class="v">{(i * 2654435761) % 10007}</td></tr>\n'
+    rows.append(line); size += len(line); i += 1
+open(sys.argv[1], "w").write("".join(rows)[: 1 << 20])
+PY
+}
+
+# A backend nginx serving $1/page.html uncompressed at every path but /small (a 2-byte answer),
+# on 127.0.0.1:$2.
+page_backend_conf() {
+  cat <<EOC
+worker_processes 1; daemon off; pid $1/backend.pid; error_log $1/backend.err warn;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000; default_type text/html; gzip off;
+  server { listen 127.0.0.1:$2 reuseport; root $1;
+    location = /small { return 200 "ok"; }
+    location / { try_files /page.html =404; } } }
+EOC
+}
+
 # A sidecar's outbound listener on 127.0.0.1:15001 (admin 127.0.0.1:9901) and the cluster
 # `back`: the service address $1 balanced over the endpoint $2; extra listener lines from stdin.
 outbound_sidecar_yaml() {

@@ -46,6 +46,8 @@ pub fn route_table(hosts: usize, paths: usize) -> RouteTable {
                 rewrite: None,
                 fault: None,
                 cors: None,
+                compression: None,
+                mirror: None,
             });
         }
     }
@@ -62,6 +64,8 @@ pub fn route_table(hosts: usize, paths: usize) -> RouteTable {
         rewrite: None,
         fault: None,
         cors: None,
+        compression: None,
+        mirror: None,
     });
     RouteTable::new(routes)
 }

@@ -446,6 +446,15 @@ fn route(
         request_id: r.request_id.as_ref().map(request_id_spec),
         rewrite: r.rewrite.as_ref().map(rewrite).transpose()?,
         cors: r.cors.as_ref().map(cors),
+        compression: r.compression.as_ref().map(compression),
+        mirror: match &r.mirror {
+            Some(m) => Some(Arc::new(ringmesh_core::route::Mirror {
+                cluster: index(&m.cluster)?,
+                share: share_threshold(m.share),
+                max_body: m.max_body,
+            })),
+            None => None,
+        },
         fault: r.fault.as_ref().map(|f| {
             Arc::new(ringmesh_core::route::Fault {
                 delay: f
@@ -487,6 +496,25 @@ fn header_edits(h: Option<&HeadersConfig>) -> Result<Option<Arc<HeaderEdits>>, C
 }
 
 /// A route's CORS policy.
+fn compression(c: &crate::config::CompressionConfig) -> Arc<ringmesh_core::compress::Compression> {
+    use ringmesh_core::compress::{Algorithm, Compression, Levels};
+    Arc::new(Compression {
+        // Decoding accepted only these names.
+        algorithms: c
+            .algorithms
+            .iter()
+            .filter_map(|a| Algorithm::from_token(a.as_bytes()))
+            .collect(),
+        levels: Levels {
+            gzip: c.levels.gzip,
+            brotli: c.levels.br,
+            zstd: c.levels.zstd,
+        },
+        min_size: c.min_size,
+        types: c.types.iter().map(|t| Box::from(t.as_bytes())).collect(),
+    })
+}
+
 fn cors(c: &crate::config::CorsConfig) -> Arc<ringmesh_core::cors::Cors> {
     use ringmesh_core::cors::OriginRule;
     let lower = |s: &str| Box::from(s.to_ascii_lowercase().as_bytes());

@@ -123,6 +123,8 @@ fn service_route(clusters: &[Cluster], ci: usize, retry: Option<RetryPolicy>) ->
         rewrite: None,
         fault: None,
         cors: None,
+        compression: None,
+        mirror: None,
     }
 }
 

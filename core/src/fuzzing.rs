@@ -23,6 +23,17 @@ pub fn request_head(data: &[u8]) {
     if let Some(a) = req.authority {
         let _ = host_of(a.get(data));
     }
+    // Accept-Encoding: whatever the fields say, the coding chosen is one they weigh above 0.
+    let mut weights = crate::compress::accept::Weights::default();
+    for h in &req.headers {
+        if h.name.get(data).eq_ignore_ascii_case(b"accept-encoding") {
+            weights.read(h.value.get(data));
+        }
+    }
+    let all = crate::compress::Algorithm::ALL.map(|(_, a)| a);
+    if let Some(a) = weights.choose(&all) {
+        assert!(weights.of(a) > 0);
+    }
     if req.method == crate::head::Method::Connect {
         // A CONNECT is answered by the proxy and tunneled, never forwarded as a head.
         assert!(req.path.is_empty() && req.authority.is_some() && req.upgrade.is_none());
@@ -244,8 +255,51 @@ pub fn response_head(data: &[u8]) {
                 "the proxy wrote a head it refuses: {:?}",
                 String::from_utf8_lossy(&out)
             );
+            coded_head(data, &resp, body, version, keep_alive);
         }
     }
+}
+
+/// A response head as sent when the route compresses: it parses again, and a coded one says
+/// its coding once and declares no length.
+fn coded_head(data: &[u8], resp: &ResponseHead, body: Framing, version: Version, keep: bool) {
+    use crate::compress::{Algorithm, Coding, Compression, Levels};
+    let spec = Compression {
+        algorithms: vec![Algorithm::Gzip],
+        levels: Levels::default(),
+        min_size: 0,
+        types: vec![Box::from(&b"text/*"[..])],
+    };
+    let Some(j) = spec.judge(resp, data, Some(Algorithm::Gzip)) else {
+        return;
+    };
+    let edits = crate::head::edit::ResponseEdits {
+        coding: Some(Coding::of(&j, data)),
+        ..Default::default()
+    };
+    let cf = encode::coded_framing(body, version, keep);
+    let mut out = Vec::new();
+    encode::response_head(&mut out, data, resp, cf, Some(&edits));
+    if resp.headers.len() + 5 > MAX_HEADERS {
+        return;
+    }
+    let mut again = ResponseHead::default();
+    let Ok(Some(_)) = again.parse(&out, usize::MAX) else {
+        panic!(
+            "the proxy wrote a coded head it refuses: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+    };
+    let count = |name: &[u8]| {
+        again
+            .headers
+            .iter()
+            .filter(|h| h.name.get(&out).eq_ignore_ascii_case(name))
+            .count()
+    };
+    assert_eq!(count(b"content-encoding"), 1);
+    assert_eq!(count(b"content-length"), 0);
+    assert_eq!(count(b"accept-ranges"), 0);
 }
 
 /// Chunked bodies: the result does not depend on how the bytes are split across reads.

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod breaker;
 pub mod buf;
 pub mod cluster;
+pub mod compress;
 pub mod cors;
 mod dial;
 pub mod digits;

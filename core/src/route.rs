@@ -315,6 +315,22 @@ pub struct Route {
     pub fault: Option<Arc<Fault>>,
     /// Its CORS policy.
     pub cors: Option<Arc<crate::cors::Cors>>,
+    /// How it compresses answers.
+    pub compression: Option<Arc<crate::compress::Compression>>,
+    /// Where it copies a share of its requests.
+    pub mirror: Option<Arc<Mirror>>,
+}
+
+/// `mirror`: a share of a route's requests copied to a shadow cluster, whose answers are
+/// discarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    /// The shadow cluster's index in the snapshot.
+    pub cluster: usize,
+    /// The share copied (a threshold on 32 random bits).
+    pub share: u32,
+    /// Requests with a larger body, or a body of unknown length, are not copied.
+    pub max_body: u64,
 }
 
 /// `fault`: a delay and/or an abort for a share of a route's requests (or only of those that
@@ -639,6 +655,8 @@ mod tests {
             rewrite: None,
             fault: None,
             cors: None,
+            compression: None,
+            mirror: None,
         }
     }
 

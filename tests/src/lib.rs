@@ -653,6 +653,16 @@ impl Drop for ProxyProcess {
     }
 }
 
+/// Every error a config gets from the proxy's decoder, one a line (it must be refused).
+pub fn config_errors(yaml: &str) -> String {
+    ringmesh_control::config::Config::parse(yaml)
+        .expect_err("the config is refused")
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A port that was free a moment ago (for the admin address of a child process, which must be
 /// given before it starts).
 pub fn free_port() -> SocketAddr {

@@ -129,6 +129,26 @@ pub(super) fn check(d: &mut Decoder, c: &Config) {
                     d.error(&path, None, format!("no cluster named `{svc}`"));
                 }
             }
+            if let Some(m) = &r.mirror {
+                let path = format!("listeners[{i}].routes[{j}].mirror.cluster");
+                match names.get(m.cluster.as_str()).map(|&k| &c.clusters[k]) {
+                    None => d.error(&path, None, format!("no cluster named `{}`", m.cluster)),
+                    Some(k)
+                        if k.protocol == UpstreamProtocol::Http2
+                            || k.protocol == UpstreamProtocol::Mesh && k.tls.is_none() =>
+                    {
+                        d.error(
+                            &path,
+                            None,
+                            format!(
+                                "copies go over HTTP/1.1, which cluster `{}` does not speak in cleartext",
+                                m.cluster
+                            ),
+                        )
+                    }
+                    Some(_) => {}
+                }
+            }
             for (k, t) in r.split.iter().enumerate() {
                 if !names.contains_key(t.cluster.as_str()) {
                     d.error(

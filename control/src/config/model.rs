@@ -362,6 +362,41 @@ pub struct RouteConfig {
     /// CORS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsConfig>,
+    /// Compression of answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression: Option<CompressionConfig>,
+    /// Copies of requests to a shadow cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorConfig>,
+}
+
+/// `compression: { algorithms, min_size, types, levels }`, defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CompressionConfig {
+    /// `zstd`, `br`, `gzip`, the route's preference first.
+    pub algorithms: Vec<String>,
+    pub min_size: u64,
+    /// Media types, lowercase: `type/subtype` or `type/*`.
+    pub types: Vec<String>,
+    pub levels: LevelsConfig,
+}
+
+/// `levels: { gzip, br, zstd }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LevelsConfig {
+    pub gzip: u32,
+    pub br: u32,
+    pub zstd: i32,
+}
+
+/// `mirror: { cluster, percent, max_body }`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MirrorConfig {
+    pub cluster: String,
+    /// The share of requests copied, 0 to 1 (`percent` / 100).
+    pub share: f64,
+    /// Requests with a larger body are not copied.
+    pub max_body: u64,
 }
 
 /// `cors: { allow_origins, allow_methods, allow_headers, expose_headers, max_age,

@@ -250,6 +250,8 @@ pub struct ResponseEdits<'a> {
     pub request_id: Option<(&'a [u8], &'a [u8])>,
     /// The route's CORS policy, and the request's origin when the policy allows it.
     pub cors: Option<(&'a crate::cors::Cors, Option<&'a [u8]>)>,
+    /// What the answer's coding changes (set once its head is judged).
+    pub coding: Option<crate::compress::Coding<'a>>,
 }
 
 /// Both directions' edits share this: a field that came is dropped when an edit sets or
@@ -298,6 +300,7 @@ impl ResponseEdits<'_> {
     pub fn drops(&self, name: &[u8]) -> bool {
         drops_any([self.cluster, self.route], self.request_id, name)
             || self.cors.is_some() && crate::cors::is_cors_field(name)
+            || self.coding.is_some_and(|c| c.drops(name))
     }
 
     /// The fields the edits write, in order.
@@ -313,6 +316,9 @@ impl ResponseEdits<'_> {
             // The answer differs by origin either way: caches must know.
             Some((_, None)) => field(b"vary", &|out| out.extend_from_slice(b"Origin")),
             None => {}
+        }
+        if let Some(c) = &self.coding {
+            c.fields(field);
         }
     }
 }

@@ -242,6 +242,22 @@ pub fn client_framing(
     }
 }
 
+/// How a coded answer goes to the client: its length is not known beforehand, so chunked, or
+/// to the close for HTTP/1.0; with no body (HEAD), no length at all, as a coded GET would have
+/// none to declare.
+pub fn coded_framing(body: Framing, client: Version, client_keep_alive: bool) -> ClientFraming {
+    let (framing, close) = match (body, client) {
+        (Framing::None, _) => (Framing::None, !client_keep_alive),
+        (_, Version::Http10) => (Framing::Close, true),
+        _ => (Framing::Chunked, !client_keep_alive),
+    };
+    ClientFraming {
+        framing,
+        close,
+        keep_alive_10: client == Version::Http10 && !close,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,8 +56,36 @@ pub struct RouteStats {
     hist: RefCell<Option<Box<Histogram<u64>>>>,
     sum_us: Cell<u64>,
     retries: Cell<u64>,
-    /// Faults injected: delays, aborts.
-    faults: [Cell<u64>; 2],
+    /// The route actions' own counters, by [`Count`].
+    counts: [Cell<u64>; Count::N],
+}
+
+/// What a route's actions count beside its requests (faults, compression, mirroring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// A fault delayed the request.
+    FaultDelay,
+    /// A fault aborted it.
+    FaultAbort,
+    /// An answer coded with zstd, brotli, gzip.
+    Zstd,
+    Brotli,
+    Gzip,
+    /// An answer that qualified went uncoded: the worker had its most coded streams.
+    CodingBusy,
+    /// Bytes into the encoders, and out of them.
+    CodedIn,
+    CodedOut,
+    /// Copies to the shadow cluster: answered (any status), failed (no answer), not sent
+    /// (the shadow's limit of copies in flight was reached).
+    MirrorAnswered,
+    MirrorFailed,
+    MirrorSkipped,
+}
+
+impl Count {
+    /// Number of counts.
+    pub const N: usize = 11;
 }
 
 impl RouteStats {
@@ -84,10 +112,11 @@ impl RouteStats {
         self.retries.set(self.retries.get() + 1);
     }
 
-    /// Counts an injected fault: a delay (`false`) or an abort (`true`).
-    pub fn faulted(&self, abort: bool) {
-        let c = &self.faults[usize::from(abort)];
-        c.set(c.get() + 1);
+    /// Adds `n` to one of the route's action counters.
+    #[inline]
+    pub fn count(&self, what: Count, n: u64) {
+        let c = &self.counts[what as usize];
+        c.set(c.get() + n);
     }
 
     fn report(&self, listener: &Arc<str>, route: &Arc<str>, cluster: &Arc<str>) -> RouteReport {
@@ -99,7 +128,7 @@ impl RouteStats {
             hist: self.hist.borrow().as_deref().cloned(),
             sum_us: self.sum_us.get(),
             retries: self.retries.get(),
-            faults: [self.faults[0].get(), self.faults[1].get()],
+            counts: std::array::from_fn(|i| self.counts[i].get()),
         }
     }
 }
@@ -380,8 +409,8 @@ pub struct RouteReport {
     pub sum_us: u64,
     /// Retries.
     pub retries: u64,
-    /// Faults injected: delays, aborts.
-    pub faults: [u64; 2],
+    /// The route actions' counters, by [`Count`].
+    pub counts: [u64; Count::N],
 }
 
 /// A counter family with one series per listener and `label` value.
@@ -685,8 +714,9 @@ pub fn merge(reports: &[WorkerReport]) -> Merged {
                     }
                     m.sum_us += r.sum_us;
                     m.retries += r.retries;
-                    m.faults[0] += r.faults[0];
-                    m.faults[1] += r.faults[1];
+                    for (t, n) in m.counts.iter_mut().zip(r.counts) {
+                        *t += n;
+                    }
                     match (&mut m.hist, &r.hist) {
                         (Some(a), Some(b)) => {
                             let _ = a.add(b);

@@ -279,33 +279,8 @@ pub fn render(out: &mut String, m: &Merged) {
         escape_label(out, cluster);
         let _ = writeln!(out, "\"}} {n}");
     }
-    header(
-        out,
-        "ringmesh_faults_total",
-        "counter",
-        "Faults injected by routes (`fault`), by listener, route and kind (delay, abort).",
-    );
-    let mut faults: Vec<(&Arc<str>, &Arc<str>, [u64; 2])> = Vec::new();
-    for r in m.routes.iter().filter(|r| r.faults != [0, 0]) {
-        match faults
-            .iter_mut()
-            .find(|(l, rt, _)| *l == &r.listener && *rt == &r.route)
-        {
-            Some(e) => {
-                e.2[0] += r.faults[0];
-                e.2[1] += r.faults[1];
-            }
-            None => faults.push((&r.listener, &r.route, r.faults)),
-        }
-    }
-    for (listener, route, n) in faults {
-        for (kind, n) in [("delay", n[0]), ("abort", n[1])] {
-            out.push_str("ringmesh_faults_total{listener=\"");
-            escape_label(out, listener);
-            out.push_str("\",route=\"");
-            escape_label(out, route);
-            let _ = writeln!(out, "\",kind=\"{kind}\"}} {n}");
-        }
+    for (name, help, label, values) in ROUTE_COUNTS {
+        route_counts(out, m, (name, label), help, values);
     }
     family(
         out,
@@ -442,4 +417,91 @@ pub(super) fn endpoint_labels(out: &mut String, e: &EndpointReport) {
     out.push_str("cluster=\"");
     escape_label(out, &e.cluster);
     let _ = write!(out, "\",endpoint=\"{}\"", e.addr);
+}
+
+/// The route actions' counter families: name, help, the label that tells the series of one
+/// route apart, and each label value's counter.
+type RouteCountFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, crate::metrics::Count)],
+);
+
+const ROUTE_COUNTS: &[RouteCountFamily] = {
+    use crate::metrics::Count::*;
+    &[
+        (
+            "ringmesh_faults_total",
+            "Faults injected by routes (`fault`), by listener, route and kind (delay, abort).",
+            "kind",
+            &[("delay", FaultDelay), ("abort", FaultAbort)],
+        ),
+        (
+            "ringmesh_compressed_total",
+            "Answers compressed by routes (`compression`), by listener, route and algorithm; \
+             `busy`: answers that qualified and went uncoded, the worker having its most coded \
+             streams.",
+            "algorithm",
+            &[
+                ("zstd", Zstd),
+                ("br", Brotli),
+                ("gzip", Gzip),
+                ("busy", CodingBusy),
+            ],
+        ),
+        (
+            "ringmesh_compression_bytes_total",
+            "Bytes of answers into the encoders (`in`) and out of them (`out`), by listener and route.",
+            "direction",
+            &[("in", CodedIn), ("out", CodedOut)],
+        ),
+        (
+            "ringmesh_mirrored_total",
+            "Requests copied to a route's shadow cluster (`mirror`), by listener, route and \
+             outcome: answered (any status), failed (no answer), skipped (too many copies in \
+             flight).",
+            "outcome",
+            &[
+                ("answered", MirrorAnswered),
+                ("failed", MirrorFailed),
+                ("skipped", MirrorSkipped),
+            ],
+        ),
+    ]
+};
+
+/// One family of route action counters; routes that never counted any have no series.
+fn route_counts(
+    out: &mut String,
+    m: &Merged,
+    (name, label): (&str, &str),
+    help: &str,
+    values: &[(&str, crate::metrics::Count)],
+) {
+    header(out, name, "counter", help);
+    let mut rows: Vec<(&Arc<str>, &Arc<str>, Vec<u64>)> = Vec::new();
+    for r in &m.routes {
+        let n: Vec<u64> = values.iter().map(|(_, c)| r.counts[*c as usize]).collect();
+        if n.iter().all(|&n| n == 0) {
+            continue;
+        }
+        match rows
+            .iter_mut()
+            .find(|(l, rt, _)| *l == &r.listener && *rt == &r.route)
+        {
+            Some(e) => e.2.iter_mut().zip(&n).for_each(|(t, n)| *t += n),
+            None => rows.push((&r.listener, &r.route, n)),
+        }
+    }
+    for (listener, route, n) in rows {
+        for ((value, _), n) in values.iter().zip(n) {
+            out.push_str(name);
+            out.push_str("{listener=\"");
+            escape_label(out, listener);
+            out.push_str("\",route=\"");
+            escape_label(out, route);
+            let _ = writeln!(out, "\",{label}=\"{value}\"}} {n}");
+        }
+    }
 }

@@ -39,6 +39,8 @@ pub(super) struct ClientSide<'a> {
     pub body_idle: Duration,
     /// The request asked for an upgrade that is passed on: a 101 ends the head.
     pub upgrade: bool,
+    /// The route compresses answers: what this request accepts.
+    pub compress: Option<super::coded::Offer<'a>>,
 }
 
 /// A response relayed in full.
@@ -335,7 +337,31 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
     let body = resp.body_framing(side.head_request);
     // Drain may have begun while the upstream was answering: say the connection ends.
     let keep_alive = side.keep_alive && !w.draining();
-    let cf = encode::client_framing(body, resp, side.version, keep_alive);
+    let mut cf = encode::client_framing(body, resp, side.version, keep_alive);
+    let judged = side
+        .compress
+        .as_ref()
+        .and_then(|o| super::coded::judge(w, o, resp, &ubuf));
+    let mut edits = side.edits;
+    let mut coded = None;
+    if let Some(mut j) = judged {
+        if let (Some(a), Some(offer)) = (j.coding, &side.compress) {
+            if body != Framing::None {
+                let chunked = side.version != Version::Http10;
+                match super::coded::CodedBody::new(w, offer, a, body, chunked) {
+                    Ok(c) => coded = Some(Box::new(c)),
+                    // No encoder (no memory for one): the answer goes as it came.
+                    Err(_) => j.coding = None,
+                }
+            }
+        }
+        if j.coding.is_some() {
+            // The coded length is not known beforehand: chunked, or to the close.
+            cf = encode::coded_framing(body, side.version, keep_alive);
+        }
+        edits.get_or_insert_with(Default::default).coding =
+            Some(crate::compress::Coding::of(&j, &ubuf));
+    }
     let mut out = w.bufs.get();
     match client.h2() {
         Some(h2) => {
@@ -349,7 +375,7 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
             } else {
                 cf.framing
             };
-            match h2.send_answer(resp, &ubuf, length, framing, side.edits.as_ref()) {
+            match h2.send_answer(resp, &ubuf, length, framing, edits.as_ref()) {
                 Ok(n) => progress.wrote(n),
                 Err(_) => {
                     w.put_buf(ubuf);
@@ -358,11 +384,14 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
                 }
             }
         }
-        None => encode::response_head(&mut out, &ubuf, resp, cf, side.edits.as_ref()),
+        None => encode::response_head(&mut out, &ubuf, resp, cf, edits.as_ref()),
     }
     progress.started.set(true);
 
-    let mut state = BodyState::new(body, cf.framing);
+    let mut state = match coded {
+        Some(c) => BodyState::Coded(c),
+        None => BodyState::new(body, cf.framing),
+    };
     let mut from = head_len;
     let mut reusable = resp.keep_alive;
     loop {
@@ -424,6 +453,11 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
         if step.done {
             break;
         }
+        if from + step.consumed < ubuf.len() {
+            // A coded body takes its input a step at a time: the rest before reading more.
+            from += step.consumed;
+            continue;
+        }
         ubuf.clear();
         from = 0;
         if ubuf.capacity() < BULK_BUF_SIZE {
@@ -438,7 +472,11 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
         match res {
             Ok(n) if n > 0 => {}
             _ if state.ends_at_close() => {
-                state.finish(&mut out);
+                if let Err(kind) = state.finish(&mut out) {
+                    w.put_buf(ubuf);
+                    w.put_buf(out);
+                    return Err(after(kind));
+                }
                 reusable = false;
                 if !out.is_empty() {
                     let until = Until::after(Instant::now(), side.body_idle);
@@ -476,7 +514,7 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
 }
 
 /// How a response body moves from upstream framing to client framing.
-enum BodyState {
+enum BodyState<'a> {
     Empty,
     /// Same bytes both sides: this many left.
     Length(u64),
@@ -489,6 +527,8 @@ enum BodyState {
     CloseToChunked,
     /// Close-delimited both sides.
     CloseRaw,
+    /// Compressed on the way.
+    Coded(Box<super::coded::CodedBody<'a>>),
 }
 
 /// What one step did.
@@ -501,8 +541,8 @@ struct Step {
     done: bool,
 }
 
-impl BodyState {
-    fn new(body: Framing, to_client: Framing) -> BodyState {
+impl BodyState<'_> {
+    fn new(body: Framing, to_client: Framing) -> Self {
         match (body, to_client) {
             (Framing::None, _) => BodyState::Empty,
             (Framing::Length(n), _) => BodyState::Length(n),
@@ -516,14 +556,21 @@ impl BodyState {
     }
 
     fn ends_at_close(&self) -> bool {
-        matches!(self, BodyState::CloseToChunked | BodyState::CloseRaw)
+        match self {
+            BodyState::CloseToChunked | BodyState::CloseRaw => true,
+            BodyState::Coded(c) => c.ends_at_close(),
+            _ => false,
+        }
     }
 
     /// Writes the end of a close-delimited body.
-    fn finish(&mut self, out: &mut Vec<u8>) {
-        if let BodyState::CloseToChunked = self {
-            out.extend_from_slice(b"0\r\n\r\n");
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), ErrorKind> {
+        match self {
+            BodyState::CloseToChunked => out.extend_from_slice(b"0\r\n\r\n"),
+            BodyState::Coded(c) => c.end(out)?,
+            _ => {}
         }
+        Ok(())
     }
 
     /// Takes the message bytes at the start of `data`. When `out` already holds bytes (the
@@ -594,6 +641,14 @@ impl BodyState {
                 let mut s = pass(data.len(), false, out);
                 s.done = false;
                 s
+            }
+            BodyState::Coded(c) => {
+                let p = c.step(data, out)?;
+                Step {
+                    consumed: p.consumed,
+                    direct: 0,
+                    done: p.done,
+                }
             }
         })
     }

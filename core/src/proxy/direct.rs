@@ -264,7 +264,7 @@ pub(super) async fn abort(
         request_id,
         started,
     };
-    target.stats.faulted(true);
+    target.stats.count(crate::metrics::Count::FaultAbort, 1);
     send(w, c, req, &reply, &own).await
 }
 

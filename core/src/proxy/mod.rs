@@ -7,6 +7,7 @@
 //! pipeline.rs  exchange: admit ─ route ─ forward ─ report
 //! forward.rs     Exchange::run: pick an endpoint, tries and retries (retry.rs), relay
 //! body.rs        the answer to the client, the request body to the upstream
+//! coded.rs         an answer compressed on the way (route `compression`)
 //! reply.rs     refusals and the proxy's own answers (error::ErrorKind → status, name)
 //! direct.rs    a route's request id, and the answers a route makes itself (direct, redirect)
 //! report.rs    route stats, access log, tap
@@ -15,6 +16,7 @@
 
 mod body;
 mod client;
+mod coded;
 mod conn;
 mod direct;
 mod forward;

@@ -325,7 +325,7 @@ pub(super) async fn exchange(
         if eligible {
             if let Some((delay, share)) = f.delay {
                 if hit(share) {
-                    target.stats.faulted(false);
+                    target.stats.count(crate::metrics::Count::FaultDelay, 1);
                     monoio::time::sleep(delay).await;
                     forward_from = Instant::now();
                 }
@@ -390,6 +390,11 @@ pub(super) async fn exchange(
         answer_edits: answer_edits.as_ref(),
         target: rewritten.then_some(&sent_target[..]),
         host: route.rewrite.as_deref().and_then(|rw| rw.host.as_ref()),
+        compress: route
+            .compression
+            .as_deref()
+            .map(|spec| super::coded::Offer::of(spec, req, c.data(), stats)),
+        mirror: forward::mirror::Shadow::draw(w, route.mirror.as_deref(), view, &target.stats),
     };
     let names = (&**name, &*target.log_names);
     let names_seen = (Some(&*route.name), Some(&*cluster.name));
@@ -504,6 +509,7 @@ fn answer_edits<'a>(
         vars: vars(route, cluster, who, id),
         request_id: echoed,
         cors,
+        coding: None,
     })
 }
 

@@ -29,6 +29,8 @@ fn a_route(name: &str, path: &str, action: Action) -> Route {
         rewrite: None,
         fault: None,
         cors: None,
+        compression: None,
+        mirror: None,
     }
 }
 

@@ -61,6 +61,10 @@ pub struct Worker {
     /// instead of a timer each; drain does not fire them.
     pub(crate) deadlines: IdleSet,
     pub(super) connections: Cell<usize>,
+    /// Answers being compressed (each holds an encoder; see `proxy::coded`).
+    pub(crate) coded_streams: Cell<usize>,
+    /// Copies of requests in flight to shadow clusters (`proxy::forward::mirror`).
+    pub(crate) mirrors: Cell<usize>,
     /// Access log buffers, by destination, kept across reloads.
     pub(super) sinks: RefCell<FxHashMap<Target, Rc<Sink>>>,
     /// Span export buffer (`tracing`), kept across reloads.
@@ -88,6 +92,8 @@ impl Worker {
             endpoints: RefCell::new(FxHashMap::default()),
             clusters: RefCell::new(FxHashMap::default()),
             availability: Cell::new(0),
+            coded_streams: Cell::new(0),
+            mirrors: Cell::new(0),
             metrics: WorkerMetrics::default(),
             bufs: BufPool::new(BUF_SIZE, 256),
             small: BufPool::new(SMALL_BUF_SIZE, 1024),

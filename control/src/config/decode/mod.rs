@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
+mod answers;
 pub mod cluster;
 mod edits;
 pub mod file;

@@ -32,6 +32,8 @@ pub(super) fn decode_route(
             "rewrite",
             "fault",
             "cors",
+            "compression",
+            "mirror",
         ],
     )?;
     use super::edits::*;
@@ -158,8 +160,31 @@ pub(super) fn decode_route(
         decode_fault(d, n, &p)
     });
     let cors = f.get("cors").and_then(|(n, p)| decode_cors(d, n, &p));
+    // Answers the route makes itself are neither compressed nor mirrored.
+    let forwarded = |d: &mut Decoder, key: &str, why: &str| {
+        let (n, p) = f.get(key)?;
+        if !answers.is_empty() {
+            d.error(&p, Some(n), why);
+            return None;
+        }
+        Some((n, p))
+    };
+    let compression = forwarded(
+        d,
+        "compression",
+        "a route that answers itself compresses nothing",
+    )
+    .and_then(|(n, p)| super::answers::decode_compression(d, n, &p));
+    let mirror = forwarded(
+        d,
+        "mirror",
+        "a route that answers itself has no request to copy",
+    )
+    .and_then(|(n, p)| super::answers::decode_mirror(d, n, &p));
     Some(RouteConfig {
         cors,
+        compression,
+        mirror,
         fault,
         rewrite,
         rate_limit,

@@ -230,3 +230,22 @@ fn tracing_reaches_every_node_named_after_it_and_is_checked_once() {
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, ["tracing.otlp"], "{errs:?}");
 }
+
+#[test]
+fn a_mirror_and_compression_in_the_mesh_file_reach_the_node() {
+    let text = MESH.replace(
+        "routes: [ { match: { path_prefix: / }, cluster: web } ]",
+        "routes: [ { match: { path_prefix: / }, cluster: web, mirror: { cluster: api, percent: 5 },\n                   compression: { algorithms: [br, gzip] } } ]",
+    );
+    let m = Mesh::parse(&text).expect("valid");
+    let node = &m.nodes["edge-1"];
+    // The shadow cluster goes to the node with the primary.
+    assert_eq!(node.clusters.iter().collect::<Vec<_>>(), ["api", "web"]);
+    let bad = text.replace("cluster: api, percent: 5", "cluster: api, percent: 500");
+    let errs = Mesh::parse(&bad).expect_err("refused");
+    assert!(
+        errs.iter()
+            .any(|e| e.to_string().contains("routes[0].mirror.percent")),
+        "{errs:?}"
+    );
+}

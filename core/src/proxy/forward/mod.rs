@@ -20,6 +20,7 @@
 //! Every try is booked on its endpoint: outcome counters, latency (a failure counts as a slow
 //! answer), outlier ejection. Circuit breakers refuse at once with 503 `overflow`.
 
+pub(super) mod mirror;
 mod streaming;
 mod tunnel;
 mod upstream;
@@ -67,6 +68,10 @@ pub(super) struct Exchange<'a> {
     /// The route's rewrites: the target to send, and how the authority is rewritten.
     pub target: Option<&'a [u8]>,
     pub host: Option<&'a crate::rewrite::HostRewrite>,
+    /// The route compresses answers: what this request accepts.
+    pub compress: Option<super::coded::Offer<'a>>,
+    /// The route mirrors, and this request was drawn for a copy.
+    pub mirror: Option<mirror::Shadow<'a>>,
 }
 
 /// What an exchange did, beyond its status: for the access log and tap, and for what the
@@ -108,7 +113,11 @@ impl Exchange<'_> {
             // Boxed: rare, and it lives as long as its tunnel.
             return Box::pin(self.connect_tunnel(c)).await;
         }
-        match self.buffered_body(c).await {
+        let body = self.buffered_body(c).await;
+        if self.mirror.is_some() {
+            self.mirror(c, body.as_ref().ok().copied().flatten());
+        }
+        match body {
             Ok(Some(len)) => self.send_whole(c, resp, len).await,
             // Boxed: the streaming path's state is large and rare; the common path stays small,
             // and so does the future moved into place for every request.
@@ -127,14 +136,19 @@ impl Exchange<'_> {
     }
 
     /// The length of the body when all of it is in the client buffer, reading more when it
-    /// fits (up to 64 KiB when the route retries, so it can be sent again). `None`: it streams.
+    /// fits (up to 64 KiB when the route retries, so it can be sent again; up to the mirror's
+    /// `max_body` when it is copied). `None`: it streams.
     async fn buffered_body(&self, c: &mut Client) -> Result<Option<usize>, Error> {
         let head_len = self.req.head_len;
         let replay = self.retry.is_some();
+        // A request drawn for a copy keeps its body, up to the mirror's limit, for the copy.
+        let copied = self
+            .mirror
+            .map_or(0, |m| m.spec.max_body.min(usize::MAX as u64 >> 1) as usize);
         match self.req.framing {
             Framing::None | Framing::Close => Ok(Some(0)),
             Framing::Chunked => {
-                let max = if replay { MAX_REPLAY_BODY } else { 0 };
+                let max = if replay { MAX_REPLAY_BODY } else { 0 }.max(copied);
                 loop {
                     let mut d = ChunkedDecoder::new();
                     match d.feed(&c.data()[head_len..], |_| {}) {
@@ -166,8 +180,9 @@ impl Exchange<'_> {
                     (head_len + MAX_REPLAY_BODY) as u64
                 } else {
                     BUF_SIZE as u64
-                };
-                if need > max || (self.req.expect_continue && !replay) {
+                }
+                .max((head_len + copied) as u64);
+                if need > max || (self.req.expect_continue && !replay && copied == 0) {
                     return Ok(None);
                 }
                 self.continue_if_expected(c).await?;
@@ -260,6 +275,7 @@ impl Exchange<'_> {
             head_request: self.req.method == Method::Head,
             body_idle: self.limits.idle_timeout,
             upgrade: self.req.upgrade.is_some(),
+            compress: self.compress,
         }
     }
 
