@@ -69,6 +69,7 @@ fn upstream() -> Upstream {
                 }
                 "/len" => fixed(&mut conn, "content-type: application/json\r\n", &page(LEN)),
                 "/small" => fixed(&mut conn, "content-type: text/html\r\n", &page(100)),
+                "/empty/" => fixed(&mut conn, "content-type: text/html\r\n", b""),
                 "/png" => fixed(&mut conn, "content-type: image/png\r\n", &page(5000)),
                 "/encoded" => fixed(
                     &mut conn,
@@ -122,6 +123,7 @@ listeners:
   - name: edge
     bind: 127.0.0.1:0
     routes:
+      - {{ name: any-size, match: {{ path_prefix: /empty/ }}, cluster: up, compression: {{ min_size: 0 }} }}
       - name: pages
         match: {{ path_prefix: / }}
         cluster: up
@@ -354,6 +356,15 @@ fn answers_that_must_not_be_coded_go_as_they_came() {
         .collect();
     assert_eq!(varies.len(), 1, "{r:?}");
     assert_eq!(r.header("etag"), Some("W/\"w\""));
+    // An empty answer has nothing to code, even where any size qualifies: it keeps its
+    // length, and the connection goes on.
+    let mut c = Client::connect(p.edge());
+    c.send(b"GET /empty/ HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n");
+    let r = c.response(false);
+    assert_eq!(r.header("content-encoding"), None, "{r:?}");
+    assert_eq!(r.header("content-length"), Some("0"), "{r:?}");
+    c.send(b"GET /small HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(c.response(false).body, page(100));
     // HEAD: the fields a GET would get, no length, no body; the connection goes on.
     let mut c = Client::connect(p.edge());
     c.send(b"HEAD /len HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n");
@@ -474,7 +485,7 @@ clusters:
             "out of range",
         ),
         (
-            "cluster: up, compression: { levels: { zstd: 22 } }",
+            "cluster: up, compression: { levels: { zstd: 10 } }",
             "compression.levels.zstd",
             "out of range",
         ),
@@ -489,6 +500,21 @@ clusters:
             "",
         ),
         (
+            "cluster: up, compression: { levels: { br: 10 } }",
+            "compression.levels.br",
+            "out of range",
+        ),
+        (
+            "cluster: up, compression: {}, response_headers: { remove: [vary] }",
+            "response_headers",
+            "`vary` is the compression's",
+        ),
+        (
+            "cluster: up, compression: {}, response_headers: { set: { ETag: x } }",
+            "response_headers",
+            "is the compression's",
+        ),
+        (
             "direct_response: { status: 200, body: ok }, compression: {}",
             "compression",
             "answers itself",
@@ -500,6 +526,16 @@ clusters:
             "{extra}: {e}"
         );
     }
+    // A cluster the route sends to may not edit them either.
+    let e = config_errors(&route("cluster: up, compression: {}").replace(
+        "endpoints: [ { addr: 127.0.0.1:9 } ] }",
+        "endpoints: [ { addr: 127.0.0.1:9 } ], response_headers: { add: { content-encoding: gzip } } }",
+    ));
+    assert!(
+        e.contains("listeners[0].routes[0].compression")
+            && e.contains("cluster `up` edits `content-encoding`"),
+        "{e}"
+    );
     // And the defaults are what the documentation says.
     let c =
         ringmesh_control::config::Config::parse(&route("cluster: up, compression: {}")).unwrap();

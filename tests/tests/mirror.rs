@@ -5,8 +5,8 @@
 //! load stays that of the same load without mirroring, in the same run.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ringmesh_tests::*;
@@ -19,15 +19,15 @@ listeners:
   - name: edge
     bind: 127.0.0.1:0
     routes:
-      - {{ name: all, match: {{ path_prefix: /all/ }}, cluster: primary, mirror: {{ cluster: shadow, max_body: 1KiB }} }}
+      - {{ name: all, match: {{ path_prefix: /all/ }}, cluster: primary, mirror: {{ cluster: shadow, max_body: 32KiB }} }}
       - {{ name: half, match: {{ path_prefix: /half/ }}, cluster: primary, mirror: {{ cluster: shadow, percent: 50 }} }}
       - {{ name: slow, match: {{ path_prefix: /slow/ }}, cluster: primary, timeout: 5s, mirror: {{ cluster: slow }} }}
       - {{ name: dead, match: {{ path_prefix: /dead/ }}, cluster: primary, timeout: 5s, mirror: {{ cluster: dead }} }}
       - {{ name: refused, match: {{ path_prefix: /refused/ }}, cluster: primary, mirror: {{ cluster: refused }} }}
       - {{ name: off, match: {{ path_prefix: / }}, cluster: primary }}
 clusters:
-  - {{ name: primary, endpoints: [ {{ addr: {primary} }} ] }}
-  - {{ name: shadow, endpoints: [ {{ addr: {shadow} }} ] }}
+  - {{ name: primary, endpoints: [ {{ addr: {primary} }} ], request_headers: {{ add: {{ x-api-key: production-secret }} }} }}
+  - {{ name: shadow, endpoints: [ {{ addr: {shadow} }} ], request_headers: {{ add: {{ x-copy-of: \"${{cluster}}\" }} }} }}
   - {{ name: slow, endpoints: [ {{ addr: {slow} }} ] }}
   - {{ name: dead, endpoints: [ {{ addr: {dead} }} ] }}
   - {{ name: refused, endpoints: [ {{ addr: {refused} }} ] }}
@@ -98,8 +98,8 @@ fn copies_reach_the_shadow_and_its_answers_are_discarded() {
     assert_eq!((r.status, r.text().as_str()), (200, "primary 0"));
     c.send(b"POST /all/b HTTP/1.1\r\nHost: api.test\r\nContent-Length: 11\r\n\r\nhello world");
     assert_eq!(c.response(false).text(), "primary 11");
-    // A body over `max_body` (1 KiB): the primary gets it, the shadow no copy.
-    let big = vec![b'x'; 4000];
+    // A body over `max_body` (32 KiB): the primary gets it, the shadow no copy.
+    let big = vec![b'x'; 40_000];
     let mut req = format!(
         "POST /all/c HTTP/1.1\r\nHost: api.test\r\nContent-Length: {}\r\n\r\n",
         big.len()
@@ -107,7 +107,7 @@ fn copies_reach_the_shadow_and_its_answers_are_discarded() {
     .into_bytes();
     req.extend_from_slice(&big);
     c.send(&req);
-    assert_eq!(c.response(false).text(), "primary 4000");
+    assert_eq!(c.response(false).text(), "primary 40000");
     assert!(eventually(Duration::from_secs(5), || s
         .shadow
         .requests()
@@ -122,6 +122,9 @@ fn copies_reach_the_shadow_and_its_answers_are_discarded() {
     );
     assert_eq!(seen[0].header("host"), Some("api.test-shadow:8080"));
     assert_eq!(seen[0].header("x-tag"), Some("one"));
+    // The shadow cluster's own edits, never the primary's (its secrets stay with it).
+    assert_eq!(seen[0].header("x-copy-of"), Some("shadow"));
+    assert_eq!(seen[0].header("x-api-key"), None);
     assert!(seen[0].header("x-forwarded-for").is_some());
     assert_eq!(
         (seen[1].method.as_str(), &seen[1].body[..]),
@@ -132,6 +135,18 @@ fn copies_reach_the_shadow_and_its_answers_are_discarded() {
         p, "all", "answered"
     ) == 2.0));
     assert_eq!(mirrored(p, "all", "skipped"), 1.0, "the large body");
+
+    // A body that arrives slowly is waited for no longer than it would be without the copy
+    // (plus a second): it streams to the primary, whole, and is not copied.
+    let skipped = mirrored(p, "all", "skipped");
+    // (Bodies of up to 16 KiB are waited for anyway.)
+    c.send(b"POST /all/slow HTTP/1.1\r\nHost: api.test\r\nContent-Length: 20000\r\n\r\n");
+    c.send(&[b'a'; 100]);
+    std::thread::sleep(Duration::from_millis(1500));
+    c.send(&[b'b'; 19_900]);
+    assert_eq!(c.response(false).text(), "primary 20000");
+    assert_eq!(mirrored(p, "all", "skipped"), skipped + 1.0);
+    assert_eq!(s.shadow.requests().len(), 2, "no copy of the slow body");
 
     // Half the requests of `/half/`, about.
     for i in 0..400 {

@@ -129,6 +129,10 @@ pub(super) fn check(d: &mut Decoder, c: &Config) {
                     d.error(&path, None, format!("no cluster named `{svc}`"));
                 }
             }
+            if r.compression.is_some() {
+                let route_path = format!("listeners[{i}].routes[{j}]");
+                coding_fields_left_alone(d, c, r, &names, &route_path);
+            }
             if let Some(m) = &r.mirror {
                 let path = format!("listeners[{i}].routes[{j}].mirror.cluster");
                 match names.get(m.cluster.as_str()).map(|&k| &c.clusters[k]) {
@@ -141,7 +145,7 @@ pub(super) fn check(d: &mut Decoder, c: &Config) {
                             &path,
                             None,
                             format!(
-                                "copies go over HTTP/1.1, which cluster `{}` does not speak in cleartext",
+                                "copies go over HTTP/1.1, which cluster `{}` does not take (`http2`, or `mesh` without TLS)",
                                 m.cluster
                             ),
                         )
@@ -166,5 +170,47 @@ pub(super) fn check(d: &mut Decoder, c: &Config) {
             None,
             format!("{} is also a listener's address", c.admin),
         );
+    }
+}
+
+/// Fields a compressing route's answers get from the coding alone: an edit of them (the
+/// route's, or a cluster's it sends to) would contradict the coding (two codings, a strong ETag
+/// on coded bytes, ranges over the wrong bytes, a `Vary` without `Accept-Encoding`).
+const CODING_FIELDS: &[&str] = &["content-encoding", "vary", "etag", "accept-ranges"];
+
+fn coding_fields_left_alone(
+    d: &mut Decoder,
+    c: &Config,
+    r: &RouteConfig,
+    names: &BTreeMap<&str, usize>,
+    route_path: &str,
+) {
+    let touched = |h: &HeadersConfig| {
+        h.add
+            .keys()
+            .chain(h.set.keys())
+            .chain(&h.remove)
+            .find(|n| CODING_FIELDS.contains(&n.to_ascii_lowercase().as_str()))
+            .cloned()
+    };
+    if let Some(name) = r.response_headers.as_ref().and_then(touched) {
+        d.error(
+            &format!("{route_path}.response_headers"),
+            None,
+            format!("`{name}` is the compression's to write on this route"),
+        );
+    }
+    let clusters = r.cluster.iter().chain(r.split.iter().map(|t| &t.cluster));
+    for k in clusters.filter_map(|n| names.get(n.as_str()).map(|&k| &c.clusters[k])) {
+        if let Some(name) = k.response_headers.as_ref().and_then(touched) {
+            d.error(
+                &format!("{route_path}.compression"),
+                None,
+                format!(
+                    "cluster `{}` edits `{name}` in its answers, which the compression writes",
+                    k.name
+                ),
+            );
+        }
     }
 }

@@ -458,9 +458,9 @@ const ROUTE_COUNTS: &[RouteCountFamily] = {
         ),
         (
             "ringmesh_mirrored_total",
-            "Requests copied to a route's shadow cluster (`mirror`), by listener, route and \
-             outcome: answered (any status), failed (no answer), skipped (too many copies in \
-             flight).",
+            "Requests drawn for a copy to a route's shadow cluster (`mirror`), by listener, \
+             route and outcome: answered (any status), failed (no answer), skipped (not sent: a \
+             body too long, slow or streaming, an upgrade, or the worker's bound on copies).",
             "outcome",
             &[
                 ("answered", MirrorAnswered),

@@ -345,6 +345,10 @@ pub(super) async fn relay_body<R: AsyncReadRent, W: HeadsTo>(
     let mut edits = side.edits;
     let mut coded = None;
     if let Some(mut j) = judged {
+        if body == Framing::None && !side.head_request {
+            // No body to code (an empty answer): it goes as it is, with its own framing.
+            j.coding = None;
+        }
         if let (Some(a), Some(offer)) = (j.coding, &side.compress) {
             if body != Framing::None {
                 let chunked = side.version != Version::Http10;

@@ -3,8 +3,8 @@
 //!
 //! Work per step is bounded: at most [`STEP_INPUT`] bytes are coded before the output goes to
 //! the client, and writing it yields to the worker's other connections, so a large answer
-//! cannot hold the worker for longer than one step's coding (tens of microseconds at the
-//! default levels).
+//! cannot hold the worker for longer than one step's coding (tens to hundreds of microseconds
+//! at the default levels; see perf/compression-stall.sh).
 
 use crate::compress::encoder::Encoder;
 use crate::compress::{Algorithm, Compression};
@@ -18,9 +18,10 @@ use crate::worker::state::Worker;
 /// Most bytes of the answer coded in one step.
 pub(super) const STEP_INPUT: usize = 16 * 1024;
 
-/// Most answers a worker codes at once: each holds an encoder (up to about 1.3 MiB with brotli
-/// or zstd), so slow readers cannot make a worker hold more than this many; past it, answers go
-/// uncoded (counted as `busy`).
+/// Most answers a worker codes at once: each holds an encoder (about 0.3 MiB for gzip, around
+/// 1 MiB for brotli or zstd at their default levels, a few MiB at the highest allowed), so slow
+/// readers cannot make a worker hold more than this many; past it, answers go uncoded (counted
+/// as `busy`).
 pub(crate) const MAX_CODED_STREAMS: usize = 256;
 
 /// A request's side of compression on a route that has it: the algorithm its

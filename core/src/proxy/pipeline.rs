@@ -292,10 +292,14 @@ pub(super) async fn exchange(
         super::direct::request_id(w, spec, c.data(), req)
     };
     // What the edits' variables say of the client, copied: the connection is lent on.
-    let cluster_edits = ci.is_some_and(|ci| {
-        let k = &view.snapshot.clusters[ci];
-        k.request_headers.is_some() || k.response_headers.is_some()
-    });
+    let edits_of =
+        |k: &snapshot::Cluster| k.request_headers.is_some() || k.response_headers.is_some();
+    let shadow_cluster = route
+        .mirror
+        .as_deref()
+        .and_then(|m| view.snapshot.clusters.get(m.cluster));
+    let cluster_edits = ci.is_some_and(|ci| edits_of(&view.snapshot.clusters[ci]))
+        || shadow_cluster.is_some_and(edits_of);
     let who = super::direct::Who::of(c, req, route, cluster_edits, request_id.is_some());
     let id = request_id.as_ref().map(super::direct::RequestId::value);
     let lv = (&**name, l.view);
@@ -359,6 +363,22 @@ pub(super) async fn exchange(
     let stats = &target.stats;
     let edits = request_edits(route, cluster, &who, &request_id);
     let answer_edits = answer_edits(route, Some(cluster), &who, &request_id);
+    // A copy for the shadow: room taken before the body is buffered; the route's edits and
+    // the shadow cluster's.
+    let drawn = forward::mirror::Drawn::draw(w, route.mirror.as_deref(), req, &target.stats);
+    let shadow_edits = shadow_cluster
+        .filter(|_| drawn.is_some())
+        .and_then(|k| request_edits(route, k, &who, &request_id));
+    let shadow = match (&drawn, route.mirror.as_deref()) {
+        (Some(d), Some(spec)) => Some(forward::mirror::Shadow::new(
+            d,
+            spec,
+            view,
+            &target.stats,
+            shadow_edits.as_ref(),
+        )),
+        _ => None,
+    };
     // The target the route rewrites the request's to, if it does.
     let mut sent_target = Vec::new();
     let rewritten = route.rewrite.as_deref().is_some_and(|rw| {
@@ -394,7 +414,7 @@ pub(super) async fn exchange(
             .compression
             .as_deref()
             .map(|spec| super::coded::Offer::of(spec, req, c.data(), stats)),
-        mirror: forward::mirror::Shadow::draw(w, route.mirror.as_deref(), view, &target.stats),
+        mirror: shadow,
     };
     let names = (&**name, &*target.log_names);
     let names_seen = (Some(&*route.name), Some(&*cluster.name));

@@ -65,6 +65,8 @@ pub struct Worker {
     pub(crate) coded_streams: Cell<usize>,
     /// Copies of requests in flight to shadow clusters (`proxy::forward::mirror`).
     pub(crate) mirrors: Cell<usize>,
+    /// Bytes held for copies: bodies being buffered for one, and copies in flight.
+    pub(crate) mirror_bytes: Cell<usize>,
     /// Access log buffers, by destination, kept across reloads.
     pub(super) sinks: RefCell<FxHashMap<Target, Rc<Sink>>>,
     /// Span export buffer (`tracing`), kept across reloads.
@@ -94,6 +96,7 @@ impl Worker {
             availability: Cell::new(0),
             coded_streams: Cell::new(0),
             mirrors: Cell::new(0),
+            mirror_bytes: Cell::new(0),
             metrics: WorkerMetrics::default(),
             bufs: BufPool::new(BUF_SIZE, 256),
             small: BufPool::new(SMALL_BUF_SIZE, 1024),

@@ -82,10 +82,12 @@ pub(super) fn decode_compression(
                 },
                 None => Some(default),
             };
+            // Capped where one 16 KiB step stays near a millisecond and an encoder's tables a few
+            // MiB: brotli's 10 and 11 code at well under 1 MB/s, zstd's upper levels take tens
+            // of MiB.
             let gzip = level("gzip", 1, 9, u64::from(defaults.gzip));
-            let br = level("br", 0, 11, u64::from(defaults.brotli));
-            // Above 19, zstd's windows reach tens of MiB per answer.
-            let zstd = level("zstd", 1, 19, defaults.zstd as u64);
+            let br = level("br", 0, 9, u64::from(defaults.brotli));
+            let zstd = level("zstd", 1, 9, defaults.zstd as u64);
             LevelsConfig {
                 gzip: gzip? as u32,
                 br: br? as u32,

@@ -5,8 +5,10 @@
 //!
 //! Nothing the shadow does reaches the primary request: the copy never waits for anything the
 //! primary needs, its slowness is bounded by the route timeout (then it is dropped), its death
-//! is counted, and a worker holds at most [`MAX_IN_FLIGHT`] copies (past that, copies are
-//! skipped and counted) so that a dead or slow shadow cannot pile up memory or connections.
+//! is counted, and a worker holds at most [`MAX_IN_FLIGHT`] copies and [`MAX_HELD`] bytes for
+//! them (bodies waiting to be copied included; past either, copies are skipped and counted) so
+//! that a dead or slow shadow cannot pile up memory or connections. A body is waited for only
+//! as long as it would be without the copy, or one second more (then it streams, uncopied).
 //! Copies go over HTTP/1.1 (over the cluster's TLS, if any), on the shadow endpoints' pooled
 //! connections when there are some.
 
@@ -30,25 +32,116 @@ use crate::worker::view::View;
 /// Most copies a worker has in flight.
 pub(crate) const MAX_IN_FLIGHT: usize = 256;
 
-/// A request drawn for copying, and what the copy needs.
+/// Most bytes a worker holds for copies: bodies being buffered for one, and copies in flight.
+pub(crate) const MAX_HELD: usize = 32 << 20;
+
+/// Bytes a worker holds for copies, given back when dropped.
+pub(in crate::proxy) struct Held {
+    worker: Rc<Worker>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Takes `bytes` from the worker's budget, if they fit.
+    fn take(w: &Rc<Worker>, bytes: usize) -> Option<Held> {
+        let held = w.mirror_bytes.get();
+        if held + bytes > MAX_HELD {
+            return None;
+        }
+        w.mirror_bytes.set(held + bytes);
+        Some(Held {
+            worker: w.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let w = &self.worker;
+        w.mirror_bytes
+            .set(w.mirror_bytes.get().saturating_sub(self.bytes));
+    }
+}
+
+/// A request drawn for a copy: its room in the worker's budget, taken before its body is
+/// buffered.
+pub(in crate::proxy) struct Drawn {
+    /// Room for the copy's body (0: none to keep).
+    body_room: usize,
+    _held: Held,
+}
+
+impl Drawn {
+    /// Draws the request for a copy at the route's share, and takes room for it: its head and
+    /// as much of its body as the mirror copies. `None`: not copied (not drawn, or counted as
+    /// skipped: too many copies in flight, no room, a body too long to copy, an upgrade).
+    pub fn draw(
+        w: &Rc<Worker>,
+        spec: Option<&Mirror>,
+        req: &crate::head::RequestHead,
+        stats: &RouteStats,
+    ) -> Option<Drawn> {
+        let spec = spec?;
+        let hit = spec.share == u32::MAX || w.with_rng(|r| (r.next_u64() as u32) < spec.share);
+        if !hit {
+            return None;
+        }
+        let body_room = match req.framing {
+            Framing::Length(n) if n <= spec.max_body => n as usize,
+            Framing::Chunked => spec.max_body as usize,
+            Framing::None | Framing::Close => 0,
+            Framing::Length(_) => usize::MAX,
+        };
+        let held = (body_room != usize::MAX
+            && req.upgrade.is_none()
+            && req.method != Method::Connect
+            && w.mirrors.get() < MAX_IN_FLIGHT)
+            .then(|| Held::take(w, req.head_len + HEAD_ROOM + body_room))
+            .flatten();
+        match held {
+            Some(h) => Some(Drawn {
+                body_room,
+                _held: h,
+            }),
+            None => {
+                stats.count(Count::MirrorSkipped, 1);
+                None
+            }
+        }
+    }
+}
+
+/// What the proxy adds to a head it forwards, at most (its own fields, edits aside).
+const HEAD_ROOM: usize = 1024;
+
+/// A request drawn for a copy, and what the copy needs.
 #[derive(Clone, Copy)]
 pub(in crate::proxy) struct Shadow<'a> {
     pub spec: &'a Mirror,
     pub view: &'a Rc<View>,
     pub stats: &'a Rc<RouteStats>,
+    /// The copy's edits: the route's, and the shadow cluster's (not the primary's).
+    pub edits: Option<&'a crate::head::edit::RequestEdits<'a>>,
+    /// Room for the body: buffered up to this for the copy.
+    pub body_room: usize,
 }
 
 impl<'a> Shadow<'a> {
-    /// The shadow for this request, if the route mirrors and the draw says this one goes.
-    pub fn draw(
-        w: &Worker,
-        spec: Option<&'a Mirror>,
+    pub fn new(
+        drawn: &'a Drawn,
+        spec: &'a Mirror,
         view: &'a Rc<View>,
         stats: &'a Rc<RouteStats>,
-    ) -> Option<Shadow<'a>> {
-        let spec = spec?;
-        let hit = spec.share == u32::MAX || w.with_rng(|r| (r.next_u64() as u32) < spec.share);
-        hit.then_some(Shadow { spec, view, stats })
+        edits: Option<&'a crate::head::edit::RequestEdits<'a>>,
+    ) -> Shadow<'a> {
+        Shadow {
+            spec,
+            view,
+            stats,
+            edits,
+            body_room: drawn.body_room,
+        }
     }
 }
 
@@ -63,12 +156,6 @@ impl Exchange<'_> {
         let Some(body_len) = body_len.filter(|&n| n as u64 <= shadow.spec.max_body) else {
             return skipped();
         };
-        if w.mirrors.get() >= MAX_IN_FLIGHT
-            || self.req.upgrade.is_some()
-            || self.req.method == Method::Connect
-        {
-            return skipped();
-        }
         let ci = shadow.spec.cluster;
         let (Some(cv), Some(cluster)) = (
             shadow.view.clusters.get(ci),
@@ -82,6 +169,7 @@ impl Exchange<'_> {
             return;
         };
         let mut fwd = self.forwarded(c, &ep, Some(now + self.timeout), now);
+        fwd.edits = shadow.edits;
         let buf = c.data();
         let authority = fwd
             .authority
@@ -90,9 +178,13 @@ impl Exchange<'_> {
         let marked = shadow_authority(authority);
         fwd.authority = Some(&marked);
         let head_len = self.req.head_len;
-        let mut copy = Vec::with_capacity(head_len + body_len + 256);
+        let mut copy = Vec::with_capacity(head_len + HEAD_ROOM + body_len);
         encode::request_head(&mut copy, buf, self.req, &fwd);
         copy.extend_from_slice(&buf[head_len..head_len + body_len]);
+        // The copy holds its own bytes while in flight (the request's room goes with it).
+        let Some(held) = Held::take(w, copy.len()) else {
+            return skipped();
+        };
         let job = Copy {
             worker: w.clone(),
             view: shadow.view.clone(),
@@ -113,6 +205,7 @@ impl Exchange<'_> {
             job.worker
                 .mirrors
                 .set(job.worker.mirrors.get().saturating_sub(1));
+            drop(held);
         });
     }
 }
@@ -165,8 +258,9 @@ impl Copy {
         Ok(())
     }
 
-    /// A pooled HTTP/1.1 connection seen alive, or a new one within the cluster's connection
-    /// limit and connect timeout.
+    /// A pooled HTTP/1.1 connection seen alive, or a new one within the cluster's circuit
+    /// breakers and the endpoint's pacing (counted as the primaries' are), and the connect
+    /// timeout.
     async fn connection(&self) -> std::io::Result<UpConn> {
         let cv = &self.view.clusters[self.cluster];
         let cluster = &self.view.snapshot.clusters[self.cluster];
@@ -175,14 +269,23 @@ impl Copy {
                 return Ok(c);
             }
         }
-        if cv.state.connections.get() >= cluster.limits.max_connections {
+        let state = &cv.state;
+        let limits = &cluster.limits;
+        if state.connections.get() >= limits.max_connections
+            || state.pending.get() >= limits.max_pending
+        {
             return Err(failed());
         }
+        let Some((open, connecting)) = self.ep.pacing.try_start(limits.endpoint, false) else {
+            return Err(failed());
+        };
+        let pending = super::upstream::Pending::count(&state.pending);
         let dial = crate::dial::dial(self.ep.addr, cluster.tls.as_ref(), true);
-        let t = monoio::time::timeout(cluster.connect_timeout, dial)
-            .await
-            .map_err(|_| failed())??;
-        Ok(UpConn::new(Io::Wire(t), cv.state.clone(), None))
+        let t = monoio::time::timeout(cluster.connect_timeout, dial).await;
+        drop(connecting);
+        drop(pending);
+        let t = t.map_err(|_| failed())??;
+        Ok(UpConn::new(Io::Wire(t), state.clone(), Some(open)))
     }
 
     /// Reads the answer's head and body, keeping nothing. `Ok(true)`: the connection can be
@@ -208,7 +311,8 @@ impl Copy {
         };
         buf.drain(..head_len);
         match resp.body_framing(self.head_request) {
-            Framing::None => {}
+            // Bytes after a bodiless answer: not a connection to reuse.
+            Framing::None => Ok(resp.keep_alive && buf.is_empty()),
             Framing::Length(mut left) => loop {
                 let n = (buf.len() as u64).min(left);
                 left -= n;
@@ -224,7 +328,7 @@ impl Copy {
                 loop {
                     let p = d.feed(buf, |_| {}).map_err(|_| failed())?;
                     if p.done {
-                        break;
+                        return Ok(resp.keep_alive && p.consumed == buf.len());
                     }
                     buf.clear();
                     read_more(up, buf).await?;
@@ -234,10 +338,9 @@ impl Copy {
                 while read_more(up, buf).await.is_ok() {
                     buf.clear();
                 }
-                return Ok(false);
+                Ok(false)
             }
         }
-        Ok(resp.keep_alive)
     }
 }
 

@@ -46,6 +46,10 @@ use crate::retry::{self, Failure, MAX_REPLAY_BODY, RetryPolicy};
 use crate::snapshot::{Cluster, HttpLimits};
 use crate::worker::state::Worker;
 
+/// How long a request drawn for a copy waits for a body it would not otherwise wait for; a
+/// slower one goes to the primary as it streams, and is not copied.
+const MIRROR_BODY_WAIT: Duration = Duration::from_secs(1);
+
 /// A request on its way to a cluster.
 pub(super) struct Exchange<'a> {
     pub worker: &'a Rc<Worker>,
@@ -141,32 +145,42 @@ impl Exchange<'_> {
     async fn buffered_body(&self, c: &mut Client) -> Result<Option<usize>, Error> {
         let head_len = self.req.head_len;
         let replay = self.retry.is_some();
-        // A request drawn for a copy keeps its body, up to the mirror's limit, for the copy.
-        let copied = self
-            .mirror
-            .map_or(0, |m| m.spec.max_body.min(usize::MAX as u64 >> 1) as usize);
+        // A request drawn for a copy keeps its body, up to the mirror's limit, for the copy;
+        // but not one waiting for `100 Continue` (the primary upstream answers that), and not
+        // for longer than MIRROR_BODY_WAIT: a slow body then streams to the primary, uncopied.
+        let copied = match self.mirror {
+            Some(m) if !self.req.expect_continue => m.body_room,
+            _ => 0,
+        };
         match self.req.framing {
             Framing::None | Framing::Close => Ok(Some(0)),
             Framing::Chunked => {
-                let max = if replay { MAX_REPLAY_BODY } else { 0 }.max(copied);
+                let kept = if replay { MAX_REPLAY_BODY } else { 0 };
+                let max = kept.max(copied);
+                let give_up = (copied > kept).then(|| Instant::now() + MIRROR_BODY_WAIT);
+                // One decoder across reads: each read's bytes are decoded once.
+                let mut d = ChunkedDecoder::new();
+                let mut fed = 0;
                 loop {
-                    let mut d = ChunkedDecoder::new();
-                    match d.feed(&c.data()[head_len..], |_| {}) {
-                        Ok(p) if p.done => {
-                            let limit = self.limits.max_request_body;
-                            if limit.is_some_and(|m| d.data_len() > m) {
-                                return Err(Error::downstream(ErrorKind::BodyTooLarge));
-                            }
-                            return Ok(Some(c.forwardable_chunked(head_len, p.consumed)));
+                    let p = d
+                        .feed(&c.data()[head_len + fed..], |_| {})
+                        .map_err(|_| Error::downstream(ErrorKind::BadRequest))?;
+                    fed += p.consumed;
+                    if p.done {
+                        let limit = self.limits.max_request_body;
+                        if limit.is_some_and(|m| d.data_len() > m) {
+                            return Err(Error::downstream(ErrorKind::BodyTooLarge));
                         }
-                        Ok(_) if c.data().len() - head_len < max => {
-                            self.continue_if_expected(c).await?;
-                            let have = c.data().len();
-                            c.make_room(self.worker, (have + 4096).min(head_len + max + 1));
-                            Box::pin(self.fill(c, have + 1)).await?;
-                        }
-                        Ok(_) => return Ok(None),
-                        Err(_) => return Err(Error::downstream(ErrorKind::BadRequest)),
+                        return Ok(Some(c.forwardable_chunked(head_len, fed)));
+                    }
+                    if c.data().len() - head_len >= max {
+                        return Ok(None);
+                    }
+                    self.continue_if_expected(c).await?;
+                    let have = c.data().len();
+                    c.make_room(self.worker, (have + 4096).min(head_len + max + 1));
+                    if !Box::pin(self.fill(c, have + 1, give_up)).await? {
+                        return Ok(None);
                     }
                 }
             }
@@ -176,18 +190,21 @@ impl Exchange<'_> {
                     return Ok(Some(n as usize));
                 }
                 // A small body still on its way: wait for it so the request can be replayed.
-                let max = if replay {
+                let kept = if replay {
                     (head_len + MAX_REPLAY_BODY) as u64
                 } else {
                     BUF_SIZE as u64
-                }
-                .max((head_len + copied) as u64);
-                if need > max || (self.req.expect_continue && !replay && copied == 0) {
+                };
+                let max = kept.max((head_len + copied) as u64);
+                if need > max || (self.req.expect_continue && !replay) {
                     return Ok(None);
                 }
+                let give_up = (need > kept).then(|| Instant::now() + MIRROR_BODY_WAIT);
                 self.continue_if_expected(c).await?;
                 c.make_room(self.worker, need as usize);
-                Box::pin(self.fill(c, need as usize)).await?;
+                if !Box::pin(self.fill(c, need as usize, give_up)).await? {
+                    return Ok(None);
+                }
                 Ok(Some(n as usize))
             }
         }
@@ -211,31 +228,46 @@ impl Exchange<'_> {
     }
 
     /// Reads until `c.data()` holds `need` bytes (which fit the buffer).
-    async fn fill(&self, c: &mut Client, need: usize) -> Result<(), Error> {
+    async fn fill(
+        &self,
+        c: &mut Client,
+        need: usize,
+        give_up: Option<Instant>,
+    ) -> Result<bool, Error> {
+        use monoio::io::{CancelableAsyncReadRent, Canceller};
         let deadline = Instant::now() + self.limits.request_head_timeout;
+        let until = give_up.map_or(deadline, |g| g.min(deadline));
         let gone = || Error::downstream(ErrorKind::ClientClosed);
         while c.data().len() < need {
             let (Some(stream), Some(buf)) = (c.stream.as_mut(), c.buf.take()) else {
                 return Err(gone());
             };
             let len = buf.len();
-            let read = monoio::io::AsyncReadRent::read(
-                stream,
-                monoio::buf::IoBufMut::slice_mut(buf, len..),
-            );
+            let cancel = c.canceller.get_or_insert_with(Canceller::new);
+            let slice = monoio::buf::IoBufMut::slice_mut(buf, len..);
+            let mut read = std::pin::pin!(stream.cancelable_read(slice, cancel.handle()));
+            let mut timed_out = false;
             let (res, slice) = monoio::select! {
-                r = read => r,
-                _ = crate::sleep_until(deadline) => {
-                    return Err(Error::downstream(ErrorKind::HeadTimeout));
+                r = &mut read => r,
+                _ = crate::sleep_until(until) => {
+                    // Cancelled, then awaited: the buffer comes back with any bytes that won
+                    // the race (the request goes on, streaming, after a copy's wait).
+                    timed_out = true;
+                    if let Some(old) = c.canceller.take() {
+                        c.canceller = Some(old.cancel());
+                    }
+                    read.await
                 }
             };
             c.buf = Some(slice.into_inner());
             match res {
                 Ok(n) if n > 0 => {}
+                _ if timed_out && give_up.is_some_and(|g| g < deadline) => return Ok(false),
+                _ if timed_out => return Err(Error::downstream(ErrorKind::HeadTimeout)),
                 _ => return Err(gone()),
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// What the upstream is told beside the client's fields: `deadline` is passed on as the

@@ -254,10 +254,10 @@ impl Exchange<'_> {
 /// One request counted in a cluster's `pending` while it waits or connects; uncounted when
 /// dropped, also when the request is cancelled mid-wait (an HTTP/2 client's RST_STREAM), so
 /// that the count cannot creep up to `max_pending` over time.
-struct Pending<'a>(&'a std::cell::Cell<u32>);
+pub(super) struct Pending<'a>(&'a std::cell::Cell<u32>);
 
 impl<'a> Pending<'a> {
-    fn count(pending: &'a std::cell::Cell<u32>) -> Self {
+    pub(super) fn count(pending: &'a std::cell::Cell<u32>) -> Self {
         pending.set(pending.get() + 1);
         Pending(pending)
     }
