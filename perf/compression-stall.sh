@@ -15,7 +15,7 @@ SECS="${1:-10}"
 source perf/lib.sh
 perf_setup
 
-dir=$(mktemp -d)
+dir=$(mktemp -d); chmod 755 "$dir"  # nginx workers read the page as another user
 BE=$(free_port); RM=$(free_port)
 page_html "$dir/page.html"
 page_backend_conf "$dir" "$BE" > "$dir/backend.conf"

@@ -8,7 +8,7 @@
 #
 #   bash perf/gzip-vs-nginx.sh [ROUNDS] [SECONDS]
 #
-# LEVEL=n sets both proxies' level (default 1, nginx's default). RM_LEVEL=n sets ringmesh's
+# LEVEL=n sets both proxies' level (default 2, ringmesh's default). RM_LEVEL=n sets ringmesh's
 # alone: zlib-rs (ringmesh's gzip) codes level 1 with its quick strategy, which nginx's zlib
 # does not have; level 2 is the algorithm zlib's level 1 uses (deflate_fast), for a comparison
 # of like with like.
@@ -16,13 +16,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-4}"
 SECS="${2:-10}"
-LEVEL="${LEVEL:-1}"
+LEVEL="${LEVEL:-2}"
 RM_LEVEL="${RM_LEVEL:-$LEVEL}"
 
 source perf/lib.sh
 perf_setup
 
-dir=$(mktemp -d)
+dir=$(mktemp -d); chmod 755 "$dir"  # nginx workers read the page as another user
 BE=$(free_port); NG=$(free_port); RM=$(free_port)
 page_html "$dir/page.html"
 page_backend_conf "$dir" "$BE" > "$dir/backend.conf"
@@ -30,7 +30,7 @@ cat > "$dir/nginx.conf" <<EOC
 worker_processes 1; daemon off; pid $dir/nginx.pid; error_log $dir/nginx.err warn;
 events { worker_connections 1024; }
 http { access_log off; keepalive_requests 1000000;
-  gzip on; gzip_comp_level $LEVEL; gzip_types text/html; gzip_min_length 1024; gzip_proxied any;
+  gzip on; gzip_comp_level $LEVEL; gzip_min_length 1024; gzip_proxied any;
   upstream be { server 127.0.0.1:$BE; keepalive 16; }
   server { listen 127.0.0.1:$NG reuseport;
     location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
@@ -54,7 +54,9 @@ taskset -c 0 nginx -c "$dir/backend.conf" & pids+=($!)
 taskset -c 1 nginx -c "$dir/nginx.conf" & pids+=($!)
 taskset -c 1 target/release/ringmesh proxy --config "$dir/ringmesh.yaml" --workers 1 --log-level warn & pids+=($!)
 RM_PID=$!
-sleep 1
+for port in "$NG" "$RM"; do
+  for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
+done
 NG_WORKER=$(pgrep -P "$(cat "$dir/nginx.pid")")
 
 size() { curl -s -H 'accept-encoding: gzip' "http://127.0.0.1:$1/" | wc -c; }

@@ -543,6 +543,6 @@ clusters:
     assert_eq!(cc.algorithms, ["zstd", "br", "gzip"]);
     assert_eq!(
         (cc.min_size, cc.levels.gzip, cc.levels.br, cc.levels.zstd),
-        (1024, 1, 4, 3)
+        (1024, 2, 4, 3)
     );
 }

@@ -142,7 +142,7 @@ fn copies_reach_the_shadow_and_its_answers_are_discarded() {
     // (Bodies of up to 16 KiB are waited for anyway.)
     c.send(b"POST /all/slow HTTP/1.1\r\nHost: api.test\r\nContent-Length: 20000\r\n\r\n");
     c.send(&[b'a'; 100]);
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(2500));
     c.send(&[b'b'; 19_900]);
     assert_eq!(c.response(false).text(), "primary 20000");
     assert_eq!(mirrored(p, "all", "skipped"), skipped + 1.0);
@@ -237,7 +237,7 @@ fn a_slow_or_dead_shadow_adds_nothing_to_the_primary() {
         // A copy that held the primary up would show as the shadow's two seconds (or the
         // route's five) in the p99.
         assert!(
-            *p99 < off * 3 + 20_000,
+            *p99 < off * 3 + 100_000,
             "{path}: p99 {p99} us against {off} us without mirroring"
         );
     }

@@ -7,7 +7,7 @@ use crate::config::model::*;
 use ringmesh_core::compress::{Algorithm, DEFAULT_MIN_SIZE, DEFAULT_TYPES, Levels};
 
 /// `compression: { algorithms: [zstd, br, gzip], min_size: 1KiB, types: [text/html, text/*],
-/// levels: { gzip: 1, br: 4, zstd: 3 } }`; every key optional.
+/// levels: { gzip: 2, br: 4, zstd: 3 } }`; every key optional.
 pub(super) fn decode_compression(
     d: &mut Decoder,
     node: Node<'_, '_>,
