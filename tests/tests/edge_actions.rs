@@ -41,14 +41,18 @@ listeners:
       - {{ name: moved, match: {{ path_prefix: /old/ }}, redirect: {{ prefix: /new/, code: 308 }} }}
       - {{ name: gone, match: {{ path_prefix: /gone }}, redirect: {{ path: /healthz, code: 302, strip_query: true }} }}
       - {{ name: secure, match: {{ host: plain.test }}, redirect: {{ scheme: https, host: \"secure.test:8443\" }} }}
+      - {{ name: broken, match: {{ path_prefix: /broken/ }}, cluster: gone,
+          response_headers: {{ add: {{ x-route-edit: \"${{route}}\" }} }} }}
       - {{ name: rest, match: {{ path_prefix: / }}, cluster: up }}
 clusters:
+  - {{ name: gone, endpoints: [ {{ addr: {gone} }} ] }}
   - name: up
     endpoints: [ {{ addr: {up} }} ]
     request_headers: {{ add: {{ x-cluster: \"${{cluster}}\", x-cluster-client: \"${{client_ip}} ${{client_identity}}\" }} }}
     response_headers: {{ add: {{ x-cluster-answer: yes }} }}
 ",
-        log = log.display()
+        log = log.display(),
+        gone = free_port(),
     )
 }
 
@@ -212,6 +216,20 @@ fn routes_answer_themselves_with_redirects_and_fixed_answers() {
         );
         let (status, _, body) = curl(&[flag], &format!("{base}/down/x"));
         assert_eq!((status, body.as_str()), (503, "back soon"), "{flag}");
+        // The proxy's own error answer on a route carries the route's edits and request id.
+        let (status, head, _) = curl(&[flag], &format!("{base}/broken/x"));
+        assert_eq!(status, 502, "{flag}: {head}");
+        assert_eq!(
+            field(&head, "ringmesh-error"),
+            Some("connect-failed"),
+            "{head}"
+        );
+        assert_eq!(
+            field(&head, "x-route-edit"),
+            Some("broken"),
+            "{flag}: {head}"
+        );
+        assert!(field(&head, "x-request-id").is_some(), "{flag}: {head}");
         // A prefix redirect keeps the rest of the path and the query.
         let (status, head, _) = curl(&[flag], &format!("{base}/old/a/b?x=1"));
         assert_eq!(status, 308, "{flag}");

@@ -148,6 +148,27 @@ fn copies_reach_the_shadow_and_its_answers_are_discarded() {
     assert_eq!(mirrored(p, "all", "skipped"), skipped + 1.0);
     assert_eq!(s.shadow.requests().len(), 2, "no copy of the slow body");
 
+    // From an HTTP/2 client: the copy is the same HTTP/1.1 request, its body included.
+    let mut h2 = ringmesh_tests::h2::H2Client::connect(p.edge());
+    let req = http::Request::post("http://api.test/all/h2")
+        .header("x-tag", "two")
+        .body(())
+        .unwrap();
+    let r = h2.request(req, b"from h2", None).expect("h2");
+    assert_eq!((r.status, &r.body[..]), (200, &b"primary 7"[..]));
+    assert!(eventually(Duration::from_secs(5), || s
+        .shadow
+        .requests()
+        .len()
+        == 3));
+    let copy = &s.shadow.requests()[2];
+    assert_eq!(
+        (copy.path.as_str(), &copy.body[..]),
+        ("/all/h2", &b"from h2"[..])
+    );
+    assert_eq!(copy.header("host"), Some("api.test-shadow"));
+    assert_eq!(copy.header("x-tag"), Some("two"));
+
     // Half the requests of `/half/`, about.
     for i in 0..400 {
         c.send(format!("GET /half/{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());

@@ -691,6 +691,9 @@ fn an_operators_ca_issues_and_a_new_one_takes_over_with_overlap() {
         "byo-ca",
         &format!("{admins}{}{}", ca(&c1, &k1), mesh(up.addr)),
     );
+    // The state file beside it may be an earlier run's (its process had the same id): the
+    // tokens it spent would be refused.
+    let _ = std::fs::remove_file(format!("{}.state.json", file.display()));
     let cp = ControlPlane::start(ControlOptions {
         source: ringmesh_control::mesh::MeshSource::File(file.clone()),
         state_file: None,

@@ -5,7 +5,7 @@ use crate::error::ErrorKind;
 
 /// An answer of the proxy's own.
 #[derive(Debug, Clone, Copy)]
-pub struct LocalReply {
+pub struct LocalReply<'a> {
     /// Why.
     pub kind: ErrorKind,
     /// The request is a gRPC call: the status goes in gRPC's form (trailers-only, 200 with
@@ -15,6 +15,26 @@ pub struct LocalReply {
     pub head_request: bool,
     /// When the client may try again, in whole seconds (`retry-after`).
     pub retry_after: Option<u64>,
+    /// The route's and cluster's answer edits (request id echoed, CORS), when the request had
+    /// a route before it failed.
+    pub edits: Option<&'a super::edit::ResponseEdits<'a>>,
+}
+
+/// Writes a reply's own fields (but those the edits set or remove: they are the edits'), then
+/// the edits' fields.
+fn edited(
+    edits: Option<&super::edit::ResponseEdits<'_>>,
+    field: &mut super::edit::FieldSink<'_>,
+    own: impl FnOnce(&mut super::edit::FieldSink<'_>),
+) {
+    own(&mut |name: &[u8], value: &dyn Fn(&mut Vec<u8>)| {
+        if !edits.is_some_and(|e| e.drops(name)) {
+            field(name, value);
+        }
+    });
+    if let Some(e) = edits {
+        e.fields(field);
+    }
 }
 
 /// An answer the proxy writes itself, whichever protocol carries it: its status, its fields,
@@ -28,12 +48,23 @@ pub trait OwnReply {
     fn write_body(&self, out: &mut Vec<u8>);
 }
 
-impl OwnReply for LocalReply {
+impl OwnReply for LocalReply<'_> {
     fn status(&self) -> u16 {
         if self.grpc { 200 } else { self.kind.status() }
     }
 
     fn fields(&self, field: &mut super::edit::FieldSink<'_>) {
+        edited(self.edits, field, |f| self.own_fields(f));
+    }
+
+    /// The body: the error's name on a line; nothing for HEAD or gRPC.
+    fn write_body(&self, out: &mut Vec<u8>) {
+        self.write_own_body(out);
+    }
+}
+
+impl LocalReply<'_> {
+    fn own_fields(&self, field: &mut super::edit::FieldSink<'_>) {
         let name = self.kind.name().as_bytes();
         field(b"ringmesh-error", &|out| out.extend_from_slice(name));
         if self.grpc {
@@ -56,8 +87,7 @@ impl OwnReply for LocalReply {
         });
     }
 
-    /// The body: the error's name on a line; nothing for HEAD or gRPC.
-    fn write_body(&self, out: &mut Vec<u8>) {
+    fn write_own_body(&self, out: &mut Vec<u8>) {
         if !self.grpc && !self.head_request {
             out.extend_from_slice(self.kind.name().as_bytes());
             out.push(b'\n');
@@ -65,7 +95,7 @@ impl OwnReply for LocalReply {
     }
 }
 
-impl LocalReply {
+impl LocalReply<'_> {
     /// The body's length as the head declares it: the error's name on a line (none for gRPC).
     fn body_len(&self) -> usize {
         if self.grpc {
@@ -93,14 +123,18 @@ impl OwnReply for DirectReply<'_> {
     }
 
     fn fields(&self, field: &mut super::edit::FieldSink<'_>) {
-        // A field the edits set or remove is theirs.
-        let edits = self.edits;
-        let outer = field;
-        let field = &mut |name: &[u8], value: &dyn Fn(&mut Vec<u8>)| {
-            if !edits.is_some_and(|e| e.drops(name)) {
-                outer(name, value);
-            }
-        };
+        edited(self.edits, field, |f| self.own_fields(f));
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
+        if !self.head_request && !matches!(self.status, 100..=199 | 204 | 304) {
+            out.extend_from_slice(self.body);
+        }
+    }
+}
+
+impl DirectReply<'_> {
+    fn own_fields(&self, field: &mut super::edit::FieldSink<'_>) {
         if let Some(l) = self.location {
             field(b"location", &|out| out.extend_from_slice(l));
         }
@@ -114,15 +148,6 @@ impl OwnReply for DirectReply<'_> {
             field(b"content-length", &|out| {
                 crate::digits::push_u64(out, self.body.len() as u64)
             });
-        }
-        if let Some(e) = edits {
-            e.fields(outer);
-        }
-    }
-
-    fn write_body(&self, out: &mut Vec<u8>) {
-        if !self.head_request && !matches!(self.status, 100..=199 | 204 | 304) {
-            out.extend_from_slice(self.body);
         }
     }
 }
@@ -159,13 +184,19 @@ impl OwnReply for FaultReply<'_> {
     }
 
     fn fields(&self, field: &mut super::edit::FieldSink<'_>) {
-        let edits = self.edits;
-        let outer = field;
-        let field = &mut |name: &[u8], value: &dyn Fn(&mut Vec<u8>)| {
-            if !edits.is_some_and(|e| e.drops(name)) {
-                outer(name, value);
-            }
-        };
+        edited(self.edits, field, |f| self.own_fields(f));
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
+        if !self.grpc && !self.head_request {
+            out.extend_from_slice(FAULT);
+            out.push(b'\n');
+        }
+    }
+}
+
+impl FaultReply<'_> {
+    fn own_fields(&self, field: &mut super::edit::FieldSink<'_>) {
         field(b"ringmesh-error", &|out| out.extend_from_slice(FAULT));
         if self.grpc {
             field(b"content-type", &|out| {
@@ -181,16 +212,6 @@ impl OwnReply for FaultReply<'_> {
             field(b"content-length", &|out| {
                 crate::digits::push_u64(out, FAULT.len() as u64 + 1)
             });
-        }
-        if let Some(e) = edits {
-            e.fields(outer);
-        }
-    }
-
-    fn write_body(&self, out: &mut Vec<u8>) {
-        if !self.grpc && !self.head_request {
-            out.extend_from_slice(FAULT);
-            out.push(b'\n');
         }
     }
 }

@@ -373,6 +373,7 @@ mod tests {
             grpc: false,
             head_request,
             retry_after: None,
+            edits: None,
         };
         local_reply(&mut out, &reply(ErrorKind::NoRoute, false), false);
         assert_eq!(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::client::Client;
 use super::forward;
-use super::reply::{local_reply, refuse, refuse_as};
+use super::reply::{local_reply_after, refuse, refuse_as};
 use super::report::Seen;
 use crate::error::ErrorKind;
 use crate::head::edit::{RequestEdits, ResponseEdits, Vars};
@@ -469,7 +469,10 @@ pub(super) async fn exchange(
             let consumed = note.body_consumed.get();
             let close = !consumed || fail.kind.closes_connection() || !req.keep_alive;
             let head_request = req.method == Method::Head;
-            let sent = local_reply(w, c, fail.kind, head_request, close).await;
+            // The route's answer edits go on its failures too (the request id, CORS fields: a
+            // browser can read a 502 from an allowed origin).
+            let edits = answer_edits.as_ref();
+            let sent = local_reply_after(w, c, fail.kind, head_request, close, None, edits).await;
             note.progress
                 .bytes_out
                 .set(note.progress.bytes_out.get() + sent.1);

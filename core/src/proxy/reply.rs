@@ -11,6 +11,7 @@ use super::report::Seen;
 use crate::access_log;
 use crate::error::ErrorKind;
 use crate::head::RequestHead;
+use crate::head::edit::ResponseEdits;
 use crate::head::reply::LocalReply;
 use crate::http1::encode;
 use crate::io::HeadsTo;
@@ -70,7 +71,7 @@ async fn refuse_counted(
     lview.stats.local_reply(kind);
     let close = !c.skip_request(req) || kind.closes_connection() || !req.keep_alive;
     let head_request = req.method == crate::head::Method::Head;
-    let (ok, sent) = local_reply_after(w, c, kind, head_request, close, retry_after).await;
+    let (ok, sent) = local_reply_after(w, c, kind, head_request, close, retry_after, None).await;
     (ok && !close, sent)
 }
 
@@ -82,10 +83,12 @@ pub(crate) async fn local_reply(
     head_request: bool,
     close: bool,
 ) -> (bool, u64) {
-    local_reply_after(w, c, kind, head_request, close, None).await
+    local_reply_after(w, c, kind, head_request, close, None, None).await
 }
 
-/// [`local_reply`], saying when to retry (`Retry-After`, in whole seconds rounded up).
+/// [`local_reply`], saying when to retry (`Retry-After`, in whole seconds rounded up), with the
+/// route's answer edits when the request had a route.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn local_reply_after(
     w: &Worker,
     c: &mut Client,
@@ -93,12 +96,14 @@ pub(super) async fn local_reply_after(
     head_request: bool,
     close: bool,
     retry_after: Option<Duration>,
+    edits: Option<&ResponseEdits<'_>>,
 ) -> (bool, u64) {
     let reply = LocalReply {
         kind,
         grpc: c.grpc,
         head_request,
         retry_after: retry_after.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+        edits,
     };
     if let Some(h2) = c.stream.as_mut().and_then(HeadsTo::h2) {
         return match h2.send_local_reply(&reply).await {
