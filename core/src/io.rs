@@ -106,6 +106,14 @@ impl Io {
             _ => None,
         }
     }
+
+    /// The request side of an HTTP/2 client's stream.
+    pub(crate) fn h2_recv(&self) -> Option<&H2Recv> {
+        match self {
+            Io::H2(s) => Some(&s.recv),
+            _ => None,
+        }
+    }
 }
 
 impl IoRead {

@@ -278,6 +278,64 @@ fn a_slow_or_dead_shadow_adds_nothing_to_the_primary() {
 }
 
 #[test]
+fn an_http2_body_that_stalls_is_timed_out_mirrored_or_not() {
+    use ringmesh_tests::rawh2::{self, Conn, Outcome};
+    let primary = Upstream::http(|r| Resp::new(200, format!("primary {}", r.body.len())));
+    let shadow = Upstream::fixed("shadow");
+    let cfg = format!(
+        "admin: 127.0.0.1:0
+listeners:
+  - name: edge
+    bind: 127.0.0.1:0
+    request_head_timeout: 1s
+    idle_timeout: 2s
+    routes:
+      - {{ name: all, match: {{ path_prefix: /all/ }}, cluster: primary, mirror: {{ cluster: shadow, max_body: 1MiB }} }}
+      - {{ name: off, match: {{ path_prefix: / }}, cluster: primary, retry: {{ attempts: 1 }} }}
+clusters:
+  - {{ name: primary, endpoints: [ {{ addr: {} }} ] }}
+  - {{ name: shadow, endpoints: [ {{ addr: {} }} ] }}
+",
+        primary.addr, shadow.addr
+    );
+    let p = TestProxy::start(&cfg, 1);
+    for (path, length) in [
+        ("/all/x", Some("100")),
+        ("/all/y", None),
+        ("/off/z", Some("100")),
+    ] {
+        // Half a body (or, without a length, a part of one), then nothing: the proxy gives up
+        // at its head timeout (a body it waits for) or its idle timeout (a body it streams);
+        // the stream does not hang.
+        let mut c = Conn::open(p.edge());
+        let mut fields: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":authority", b"a.test"),
+            (b":path", path.as_bytes()),
+        ];
+        if let Some(n) = length {
+            fields.push((b"content-length", n.as_bytes()));
+        }
+        let block = rawh2::block(&fields);
+        c.send(&rawh2::frame(rawh2::HEADERS, rawh2::END_HEADERS, 1, &block));
+        c.send(&rawh2::frame(rawh2::DATA, 0, 1, &[b'x'; 50]));
+        let started = Instant::now();
+        let outcome = c.outcome(1);
+        let waited = started.elapsed();
+        eprintln!("{path}: {outcome:?} after {waited:?}");
+        assert!(
+            matches!(outcome, Outcome::Status(_) | Outcome::Reset(_)),
+            "{path}: {outcome:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(8),
+            "{path}: answered after {waited:?}"
+        );
+    }
+}
+
+#[test]
 fn bad_mirror_configs_are_refused_naming_the_field() {
     let cfg = |mirror: &str, shadow: &str| {
         format!(

@@ -21,21 +21,31 @@ pub struct LocalReply<'a> {
 }
 
 /// Writes a reply's own fields (but those the edits set or remove: they are the edits'), then
-/// the edits' fields.
+/// the edits' fields. The `kept` fields are the reply's alone: never dropped nor written by an
+/// edit (a gRPC answer's `content-type` and status, which its client reads it by).
 fn edited(
     edits: Option<&super::edit::ResponseEdits<'_>>,
+    kept: &[&[u8]],
     field: &mut super::edit::FieldSink<'_>,
     own: impl FnOnce(&mut super::edit::FieldSink<'_>),
 ) {
+    let is_kept = |name: &[u8]| kept.iter().any(|k| k.eq_ignore_ascii_case(name));
     own(&mut |name: &[u8], value: &dyn Fn(&mut Vec<u8>)| {
-        if !edits.is_some_and(|e| e.drops(name)) {
+        if is_kept(name) || !edits.is_some_and(|e| e.drops(name)) {
             field(name, value);
         }
     });
     if let Some(e) = edits {
-        e.fields(field);
+        e.fields(&mut |name: &[u8], value: &dyn Fn(&mut Vec<u8>)| {
+            if !is_kept(name) {
+                field(name, value);
+            }
+        });
     }
 }
+
+/// The fields a gRPC answer the proxy makes keeps whatever a route's edits say.
+const GRPC_KEPT: &[&[u8]] = &[b"content-type", b"grpc-status", b"grpc-message"];
 
 /// An answer the proxy writes itself, whichever protocol carries it: its status, its fields,
 /// its body.
@@ -54,7 +64,8 @@ impl OwnReply for LocalReply<'_> {
     }
 
     fn fields(&self, field: &mut super::edit::FieldSink<'_>) {
-        edited(self.edits, field, |f| self.own_fields(f));
+        let kept = if self.grpc { GRPC_KEPT } else { &[] };
+        edited(self.edits, kept, field, |f| self.own_fields(f));
     }
 
     /// The body: the error's name on a line; nothing for HEAD or gRPC.
@@ -123,7 +134,7 @@ impl OwnReply for DirectReply<'_> {
     }
 
     fn fields(&self, field: &mut super::edit::FieldSink<'_>) {
-        edited(self.edits, field, |f| self.own_fields(f));
+        edited(self.edits, &[], field, |f| self.own_fields(f));
     }
 
     fn write_body(&self, out: &mut Vec<u8>) {
@@ -184,7 +195,8 @@ impl OwnReply for FaultReply<'_> {
     }
 
     fn fields(&self, field: &mut super::edit::FieldSink<'_>) {
-        edited(self.edits, field, |f| self.own_fields(f));
+        let kept = if self.grpc { GRPC_KEPT } else { &[] };
+        edited(self.edits, kept, field, |f| self.own_fields(f));
     }
 
     fn write_body(&self, out: &mut Vec<u8>) {
@@ -254,4 +266,66 @@ impl OwnReply for crate::cors::Preflight<'_> {
     }
 
     fn write_body(&self, _: &mut Vec<u8>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::head::edit::{HeaderEdits, ResponseEdits, Template};
+
+    fn fields_of(r: &impl OwnReply) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        r.fields(&mut |name, value| {
+            let mut v = Vec::new();
+            value(&mut v);
+            out.push((
+                String::from_utf8_lossy(name).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            ));
+        });
+        out
+    }
+
+    #[test]
+    fn a_routes_edits_go_on_the_proxys_error_answers_but_never_break_grpc_ones() {
+        let edits = HeaderEdits {
+            set: vec![(
+                Box::from(&b"content-type"[..]),
+                Template::parse("text/html").unwrap(),
+            )],
+            add: vec![(Box::from(&b"x-a"[..]), Template::parse("1").unwrap())],
+            remove: vec![Box::from(&b"grpc-status"[..])],
+        };
+        let e = ResponseEdits {
+            route: Some(&edits),
+            ..Default::default()
+        };
+        let reply = |grpc| LocalReply {
+            kind: ErrorKind::ConnectFailed,
+            grpc,
+            head_request: false,
+            retry_after: None,
+            edits: Some(&e),
+        };
+        let plain = fields_of(&reply(false));
+        let types: Vec<_> = plain.iter().filter(|(n, _)| n == "content-type").collect();
+        assert_eq!(types.len(), 1);
+        assert_eq!(
+            types[0].1, "text/html",
+            "a plain answer's fields are the route's"
+        );
+        assert!(plain.iter().any(|(n, v)| n == "x-a" && v == "1"));
+
+        let grpc = fields_of(&reply(true));
+        let of = |n: &str| {
+            grpc.iter()
+                .filter(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of("content-type"), ["application/grpc"]);
+        assert_eq!(of("grpc-status"), ["14"]);
+        assert_eq!(of("x-a"), ["1"], "the route's other edits still go");
+    }
 }

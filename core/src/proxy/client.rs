@@ -159,6 +159,20 @@ impl Client {
 
     /// Makes room for `total` unconsumed bytes, moving them to the front of a large enough
     /// buffer (a pooled one up to [`BUF_SIZE`], grown past it).
+    /// A buffer grown for a large body (kept for a retry or a copy) goes back to a pooled
+    /// size once the body is gone, so that a kept-alive connection does not hold it.
+    pub(super) fn shrink(&mut self, w: &Worker) {
+        const GROWN: usize = 4 * BUF_SIZE;
+        let Some(buf) = self.buf.as_ref() else { return };
+        if buf.capacity() <= GROWN || buf.len() - self.start > BUF_SIZE {
+            return;
+        }
+        let mut small = w.bufs.get();
+        small.extend_from_slice(self.data());
+        self.start = 0;
+        self.buf = Some(small);
+    }
+
     pub(super) fn make_room(&mut self, w: &Worker, total: usize) {
         let mut buf = self.buf.take().unwrap_or_else(|| w.small.get());
         if self.start > 0 {

@@ -525,6 +525,29 @@ pub(crate) struct H2Send {
 }
 
 impl H2Recv {
+    /// Waits until a read would not wait (data, the end, or a failure), holding no buffer: a
+    /// wait that can be given up without losing anything, where a read cannot be cancelled.
+    pub(crate) async fn readable(&self) {
+        let h = &self.h;
+        poll_fn(|cx| {
+            let st = &mut *h.conn.st.borrow_mut();
+            let Some(e) = st.table.get(h.id) else {
+                return Poll::Ready(());
+            };
+            if e.inbox.pending() {
+                return Poll::Ready(());
+            }
+            match st.conn.stream(h.id) {
+                Some(s) if s.failure.is_none() && !s.recv_end => {
+                    e.reader = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                _ => Poll::Ready(()),
+            }
+        })
+        .await
+    }
+
     pub(crate) async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
         let h = &self.h;
         let r = poll_fn(|cx| {

@@ -35,24 +35,34 @@ pub(crate) const MAX_IN_FLIGHT: usize = 256;
 /// Most bytes a worker holds for copies: bodies being buffered for one, and copies in flight.
 pub(crate) const MAX_HELD: usize = 32 << 20;
 
-/// Bytes a worker holds for copies, given back when dropped.
+/// A copy's place in the worker's bounds: one of the copies in flight, and bytes held for it.
+/// Both are given back when it is dropped (the copy ended, or was never sent).
 pub(in crate::proxy) struct Held {
     worker: Rc<Worker>,
     bytes: usize,
 }
 
 impl Held {
-    /// Takes `bytes` from the worker's budget, if they fit.
+    /// Takes a place and `bytes`, if both bounds allow.
     fn take(w: &Rc<Worker>, bytes: usize) -> Option<Held> {
         let held = w.mirror_bytes.get();
-        if held + bytes > MAX_HELD {
+        if held + bytes > MAX_HELD || w.mirrors.get() >= MAX_IN_FLIGHT {
             return None;
         }
         w.mirror_bytes.set(held + bytes);
+        w.mirrors.set(w.mirrors.get() + 1);
         Some(Held {
             worker: w.clone(),
             bytes,
         })
+    }
+
+    /// Holds `bytes` instead (the copy's actual size, once made).
+    fn resize(&mut self, bytes: usize) {
+        let w = &self.worker;
+        w.mirror_bytes
+            .set(w.mirror_bytes.get().saturating_sub(self.bytes) + bytes);
+        self.bytes = bytes;
     }
 }
 
@@ -61,26 +71,37 @@ impl Drop for Held {
         let w = &self.worker;
         w.mirror_bytes
             .set(w.mirror_bytes.get().saturating_sub(self.bytes));
+        w.mirrors.set(w.mirrors.get().saturating_sub(1));
     }
 }
 
-/// A request drawn for a copy: its room in the worker's budget, taken before its body is
-/// buffered.
+/// A request drawn for a copy: its place in the worker's bounds, taken before its body is
+/// buffered, and handed to the copy (or given back, counted as skipped, if none is sent).
 pub(in crate::proxy) struct Drawn {
     /// Room for the copy's body (0: none to keep).
     body_room: usize,
-    _held: Held,
+    held: std::cell::Cell<Option<Held>>,
+    stats: Rc<RouteStats>,
+}
+
+impl Drop for Drawn {
+    fn drop(&mut self) {
+        // Drawn, and neither sent nor counted (the request failed before its copy was made).
+        if self.held.take().is_some() {
+            self.stats.count(Count::MirrorSkipped, 1);
+        }
+    }
 }
 
 impl Drawn {
-    /// Draws the request for a copy at the route's share, and takes room for it: its head and
-    /// as much of its body as the mirror copies. `None`: not copied (not drawn, or counted as
-    /// skipped: too many copies in flight, no room, a body too long to copy, an upgrade).
+    /// Draws the request for a copy at the route's share, and takes its place: its head and as
+    /// much of its body as the mirror copies. `None`: not copied (not drawn, or counted as
+    /// skipped: a body too long to copy, an upgrade, or the worker's bounds reached).
     pub fn draw(
         w: &Rc<Worker>,
         spec: Option<&Mirror>,
         req: &crate::head::RequestHead,
-        stats: &RouteStats,
+        stats: &Rc<RouteStats>,
     ) -> Option<Drawn> {
         let spec = spec?;
         let hit = spec.share == u32::MAX || w.with_rng(|r| (r.next_u64() as u32) < spec.share);
@@ -93,16 +114,15 @@ impl Drawn {
             Framing::None | Framing::Close => 0,
             Framing::Length(_) => usize::MAX,
         };
-        let held = (body_room != usize::MAX
-            && req.upgrade.is_none()
-            && req.method != Method::Connect
-            && w.mirrors.get() < MAX_IN_FLIGHT)
-            .then(|| Held::take(w, req.head_len + HEAD_ROOM + body_room))
-            .flatten();
+        let held =
+            (body_room != usize::MAX && req.upgrade.is_none() && req.method != Method::Connect)
+                .then(|| Held::take(w, req.head_len + HEAD_ROOM + body_room))
+                .flatten();
         match held {
             Some(h) => Some(Drawn {
                 body_room,
-                _held: h,
+                held: std::cell::Cell::new(Some(h)),
+                stats: stats.clone(),
             }),
             None => {
                 stats.count(Count::MirrorSkipped, 1);
@@ -123,8 +143,7 @@ pub(in crate::proxy) struct Shadow<'a> {
     pub stats: &'a Rc<RouteStats>,
     /// The copy's edits: the route's, and the shadow cluster's (not the primary's).
     pub edits: Option<&'a crate::head::edit::RequestEdits<'a>>,
-    /// Room for the body: buffered up to this for the copy.
-    pub body_room: usize,
+    drawn: &'a Drawn,
 }
 
 impl<'a> Shadow<'a> {
@@ -140,8 +159,13 @@ impl<'a> Shadow<'a> {
             view,
             stats,
             edits,
-            body_room: drawn.body_room,
+            drawn,
         }
+    }
+
+    /// Room for the body: it is buffered up to this for the copy.
+    pub fn body_room(&self) -> usize {
+        self.drawn.body_room
     }
 }
 
@@ -152,6 +176,10 @@ impl Exchange<'_> {
     pub(super) fn mirror(&self, c: &Client, body_len: Option<usize>) {
         let Some(shadow) = self.mirror else { return };
         let w = self.worker;
+        // The place taken at the draw: the copy's, or given back now.
+        let Some(mut held) = shadow.drawn.held.take() else {
+            return;
+        };
         let skipped = || shadow.stats.count(Count::MirrorSkipped, 1);
         let Some(body_len) = body_len.filter(|&n| n as u64 <= shadow.spec.max_body) else {
             return skipped();
@@ -181,10 +209,8 @@ impl Exchange<'_> {
         let mut copy = Vec::with_capacity(head_len + HEAD_ROOM + body_len);
         encode::request_head(&mut copy, buf, self.req, &fwd);
         copy.extend_from_slice(&buf[head_len..head_len + body_len]);
-        // The copy holds its own bytes while in flight (the request's room goes with it).
-        let Some(held) = Held::take(w, copy.len()) else {
-            return skipped();
-        };
+        // The copy holds its place while in flight, for its actual size.
+        held.resize(copy.len());
         let job = Copy {
             worker: w.clone(),
             view: shadow.view.clone(),
@@ -194,7 +220,6 @@ impl Exchange<'_> {
             timeout: self.timeout,
         };
         let stats = shadow.stats.clone();
-        w.mirrors.set(w.mirrors.get() + 1);
         monoio::spawn(async move {
             let answered = monoio::time::timeout(job.timeout, job.send(copy)).await;
             let outcome = match answered {
@@ -202,9 +227,6 @@ impl Exchange<'_> {
                 _ => Count::MirrorFailed,
             };
             stats.count(outcome, 1);
-            job.worker
-                .mirrors
-                .set(job.worker.mirrors.get().saturating_sub(1));
             drop(held);
         });
     }

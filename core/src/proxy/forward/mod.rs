@@ -50,6 +50,9 @@ use crate::worker::state::Worker;
 /// slower one goes to the primary as it streams, and is not copied.
 const MIRROR_BODY_WAIT: Duration = Duration::from_secs(1);
 
+/// How long a body of unknown length may pause while it is waited for a copy's sake.
+const MIRROR_BODY_PAUSE: Duration = Duration::from_millis(50);
+
 /// A request on its way to a cluster.
 pub(super) struct Exchange<'a> {
     pub worker: &'a Rc<Worker>,
@@ -149,7 +152,7 @@ impl Exchange<'_> {
         // but not one waiting for `100 Continue` (the primary upstream answers that), and not
         // for longer than MIRROR_BODY_WAIT: a slow body then streams to the primary, uncopied.
         let copied = match self.mirror {
-            Some(m) if !self.req.expect_continue => m.body_room,
+            Some(m) if !self.req.expect_continue => m.body_room(),
             _ => 0,
         };
         match self.req.framing {
@@ -157,7 +160,7 @@ impl Exchange<'_> {
             Framing::Chunked => {
                 let kept = if replay { MAX_REPLAY_BODY } else { 0 };
                 let max = kept.max(copied);
-                let give_up = (copied > kept).then(|| Instant::now() + MIRROR_BODY_WAIT);
+                let waiting_since = Instant::now();
                 // One decoder across reads: each read's bytes are decoded once.
                 let mut d = ChunkedDecoder::new();
                 let mut fed = 0;
@@ -179,6 +182,11 @@ impl Exchange<'_> {
                     self.continue_if_expected(c).await?;
                     let have = c.data().len();
                     c.make_room(self.worker, (have + 4096).min(head_len + max + 1));
+                    // For a copy only: a body of unknown length is waited for while it keeps
+                    // coming; a pause (a streaming call waiting for its answer) ends the wait.
+                    let give_up = (copied > kept && c.data().len() - head_len >= kept).then(|| {
+                        (Instant::now() + MIRROR_BODY_PAUSE).min(waiting_since + MIRROR_BODY_WAIT)
+                    });
                     if !Box::pin(self.fill(c, have + 1, give_up)).await? {
                         return Ok(None);
                     }
@@ -234,36 +242,66 @@ impl Exchange<'_> {
         need: usize,
         give_up: Option<Instant>,
     ) -> Result<bool, Error> {
-        use monoio::io::{CancelableAsyncReadRent, Canceller};
         let deadline = Instant::now() + self.limits.request_head_timeout;
-        let until = give_up.map_or(deadline, |g| g.min(deadline));
         let gone = || Error::downstream(ErrorKind::ClientClosed);
         while c.data().len() < need {
             let (Some(stream), Some(buf)) = (c.stream.as_mut(), c.buf.take()) else {
                 return Err(gone());
             };
+            // An HTTP/2 stream's read cannot be cancelled with its buffer given back: for a
+            // copy's wait, wait until it is readable (which holds nothing), then read.
+            if let (Some(g), Some(h2)) = (give_up, stream.h2_recv()) {
+                let ready = monoio::select! {
+                    _ = h2.readable() => true,
+                    _ = crate::sleep_until(g.min(deadline)) => false,
+                };
+                if !ready {
+                    c.buf = Some(buf);
+                    return Ok(false);
+                }
+            }
             let len = buf.len();
-            let cancel = c.canceller.get_or_insert_with(Canceller::new);
             let slice = monoio::buf::IoBufMut::slice_mut(buf, len..);
-            let mut read = std::pin::pin!(stream.cancelable_read(slice, cancel.handle()));
-            let mut timed_out = false;
-            let (res, slice) = monoio::select! {
-                r = &mut read => r,
-                _ = crate::sleep_until(until) => {
-                    // Cancelled, then awaited: the buffer comes back with any bytes that won
-                    // the race (the request goes on, streaming, after a copy's wait).
-                    timed_out = true;
-                    if let Some(old) = c.canceller.take() {
-                        c.canceller = Some(old.cancel());
+            let (res, slice) = match give_up {
+                // Out of time, the request fails: the read (and its buffer) can go.
+                None => monoio::select! {
+                    r = monoio::io::AsyncReadRent::read(stream, slice) => r,
+                    _ = crate::sleep_until(deadline) => {
+                        return Err(Error::downstream(ErrorKind::HeadTimeout));
                     }
-                    read.await
+                },
+                // An HTTP/2 stream is readable now: its read completes at once.
+                Some(_) if stream.h2_recv().is_some() => {
+                    monoio::io::AsyncReadRent::read(stream, slice).await
+                }
+                // Waiting for a copy's sake only: cancelled, then awaited, the buffer comes back
+                // with any bytes that won the race, and the request goes on streaming.
+                Some(g) => {
+                    use monoio::io::{CancelableAsyncReadRent, Canceller};
+                    let cancel = c.canceller.get_or_insert_with(Canceller::new);
+                    let mut read = std::pin::pin!(stream.cancelable_read(slice, cancel.handle()));
+                    let mut timed_out = false;
+                    let r = monoio::select! {
+                        r = &mut read => r,
+                        _ = crate::sleep_until(g.min(deadline)) => {
+                            timed_out = true;
+                            if let Some(old) = c.canceller.take() {
+                                c.canceller = Some(old.cancel());
+                            }
+                            read.await
+                        }
+                    };
+                    if timed_out && !matches!(r.0, Ok(n) if n > 0) {
+                        // The request would have streamed without the copy: it does.
+                        c.buf = Some(r.1.into_inner());
+                        return Ok(false);
+                    }
+                    r
                 }
             };
             c.buf = Some(slice.into_inner());
             match res {
                 Ok(n) if n > 0 => {}
-                _ if timed_out && give_up.is_some_and(|g| g < deadline) => return Ok(false),
-                _ if timed_out => return Err(Error::downstream(ErrorKind::HeadTimeout)),
                 _ => return Err(gone()),
             }
         }

@@ -88,6 +88,7 @@ impl Exchange<'_> {
     ) -> Result<Done, Error> {
         let result = self.tries(c, resp, body_len).await;
         c.start += self.req.head_len + body_len;
+        c.shrink(self.worker);
         self.note.body_consumed.set(true);
         // Added to: a tunnel counts what went up it.
         let n = self.note.bytes_in.get() + (self.req.head_len + body_len) as u64;
