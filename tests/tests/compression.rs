@@ -94,6 +94,18 @@ fn upstream() -> Upstream {
                     let _ = conn.write_all(&page(200_000));
                     return;
                 }
+                "/hold" => {
+                    // A stream that sends its first event, holds the connection for 5 s, then
+                    // ends.
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                                transfer-encoding: chunked\r\n\r\n";
+                    let _ = conn
+                        .write_all(head.as_bytes())
+                        .and_then(|_| conn.write_all(b"d\r\ndata: first\n\n\r\n"));
+                    std::thread::sleep(Duration::from_secs(5));
+                    let _ = conn.write_all(b"0\r\n\r\n");
+                    return;
+                }
                 "/events" => {
                     // A stream of events: the first now, the last three seconds later.
                     let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
@@ -545,4 +557,44 @@ clusters:
         (cc.min_size, cc.levels.gzip, cc.levels.br, cc.levels.zstd),
         (1024, 2, 4, 3)
     );
+}
+
+#[test]
+fn slow_readers_cannot_make_a_worker_hold_more_than_its_bound_of_encoders() {
+    // As many coded streams as a worker codes at once, each held open by its upstream for 5 s
+    // (a client that reads slowly holds one the same way): the next qualifying answer goes
+    // uncoded, with `Vary`, counted as busy; once they end, answers are coded again.
+    const BOUND: usize = 256;
+    let up = upstream();
+    let p = TestProxy::start(&config(up.addr), 1);
+    let mut held = Vec::new();
+    for _ in 0..BOUND {
+        let mut c = Client::connect(p.edge());
+        c.send(b"GET /hold HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n");
+        let mut reader = BufReader::new(c.stream().try_clone().unwrap());
+        let (head, _) = first_chunk(&mut reader);
+        assert!(head.contains("content-encoding: gzip"), "{head}");
+        held.push(c);
+    }
+    let get = || {
+        let mut c = Client::connect(p.edge());
+        c.send(b"GET /len HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n");
+        c.response(false)
+    };
+    let r = get();
+    assert_eq!(
+        r.header("content-encoding"),
+        None,
+        "past the bound: uncoded"
+    );
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+    assert_eq!(r.body.len(), LEN);
+    let busy = "ringmesh_compressed_total{listener=\"edge\",route=\"pages\",algorithm=\"busy\"}";
+    assert_eq!(p.metric(busy), Some(1.0));
+    assert!(
+        eventually(Duration::from_secs(15), || get().header("content-encoding")
+            == Some("gzip")),
+        "the encoders are given back when their streams end"
+    );
+    drop(held);
 }
