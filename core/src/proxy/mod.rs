@@ -7,6 +7,7 @@
 //! pipeline.rs  exchange: admit ─ route ─ forward ─ report
 //! forward.rs     Exchange::run: pick an endpoint, tries and retries (retry.rs), relay
 //! body.rs        the answer to the client, the request body to the upstream
+//! reframe.rs       a body from the upstream's framing to the client's
 //! coded.rs         an answer compressed on the way (route `compression`)
 //! reply.rs     refusals and the proxy's own answers (error::ErrorKind → status, name)
 //! direct.rs    a route's request id, and the answers a route makes itself (direct, redirect)
@@ -22,6 +23,7 @@ mod direct;
 mod forward;
 mod h2;
 mod pipeline;
+mod reframe;
 mod reply;
 mod report;
 
