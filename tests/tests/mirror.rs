@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use ringmesh_tests::*;
 
 fn config(primary: SocketAddr, shadow: SocketAddr, slow: SocketAddr, dead: SocketAddr) -> String {
-    let refused = free_port();
+    // Port 9 (discard): privileged, so no test listens there; a connect is refused. A port
+    // that was free a moment ago could be taken by a parallel test's listener.
+    let refused = "127.0.0.1:9";
     format!(
         "admin: 127.0.0.1:0
 listeners:
