@@ -28,6 +28,30 @@ http { access_log off; keepalive_requests 1000000;
 EOC
 }
 
+# An nginx reverse proxy's config (one worker, upstream keep-alive pool): files under $1,
+# listening on 127.0.0.1:$2, in front of the backend on 127.0.0.1:$3.
+nginx_proxy_conf() {
+  cat <<EOC
+worker_processes 1; daemon off; pid $1/proxy.pid; error_log $1/proxy.err warn;
+events { worker_connections 20000; }
+http { access_log off; keepalive_requests 1000000;
+  upstream be { server 127.0.0.1:$3; keepalive 256; }
+  server { listen 127.0.0.1:$2 reuseport backlog=4096;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+EOC
+}
+
+# ringmesh's config for the same: a listener on 127.0.0.1:$1, every path to 127.0.0.1:$2.
+ringmesh_proxy_yaml() {
+  cat <<EOC
+admin: 127.0.0.1:0
+listeners:
+  - { name: edge, bind: 127.0.0.1:$1, routes: [ { match: { path_prefix: / }, cluster: be } ] }
+clusters:
+  - { name: be, endpoints: [ { addr: 127.0.0.1:$2 } ] }
+EOC
+}
+
 # A 1 MiB page of HTML table rows (compressible as pages are) at $1.
 page_html() {
   python3 - "$1" <<'PY'
@@ -69,14 +93,16 @@ clusters:
 EOC
 }
 
-# Kills the given processes and their children (nginx workers outlive their master otherwise).
-# The parent goes first: an nginx master that sees its worker die starts another one.
+# Kills the given processes and all their descendants (nginx workers outlive their master
+# otherwise, and a backgrounded shell function puts one more process between them). Parents go
+# first: an nginx master that sees its worker die starts another one. A worker left behind keeps
+# the script's stdout open, and a pipe reading it never ends.
 kill_all() {
   local p kids
   for p in "$@"; do
     kids=$(pgrep -P "$p" 2>/dev/null || true)
     kill -9 "$p" 2>/dev/null || true
-    [ -z "$kids" ] || kill -9 $kids 2>/dev/null || true
+    [ -z "$kids" ] || kill_all $kids
   done
 }
 

@@ -11,8 +11,12 @@
 # requests/s, and the latency each path adds over direct at p50. With ACCELERATE=1 each pod
 # runs in a cgroup of its own with `ringmesh init --accelerate`: the sidecars' local hops
 # (wrk to A's sidecar, B's sidecar to nginx) skip TCP/IP; the one-hop path does not change.
+# With FLOOR=1 every proxy is replaced by `ringmesh-relay` (a bare TCP relay that parses nothing:
+# no TLS, no HTTP/2), under the same rules and layout: the ratio it prints is the least any
+# proxy can reach in this topology, since the sidecar path crosses two proxies and two more TCP
+# connections where the one-hop path crosses one of each.
 #
-#   [ACCELERATE=1] bash perf/sidecar-mesh.sh [ROUNDS] [SECONDS]      (as root)
+#   [ACCELERATE=1] [FLOOR=1] bash perf/sidecar-mesh.sh [ROUNDS] [SECONDS]      (as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-3}"
@@ -102,11 +106,25 @@ clusters:
 EOC
 chmod 644 "$dir"/*.yaml "$dir"/*.conf
 in_pod "$B" taskset -c 1 nginx -c "$dir/nginx.conf" & pids+=($!)
-for ns in "$B" "$A"; do
-  conf="$dir/b.yaml"; [ "$ns" = "$A" ] && conf="$dir/a.yaml"
-  in_pod "$ns" taskset -c 1 setpriv --reuid 1337 --regid 1337 --clear-groups \
-    target/release/ringmesh proxy --config "$conf" --workers 1 --log-level warn & pids+=($!)
-done
+# Runs a command in a pod as the proxies' user (whose traffic the rules do not redirect).
+as_proxy() {
+  local ns=$1; shift
+  in_pod "$ns" taskset -c 1 setpriv --reuid 1337 --regid 1337 --clear-groups "$@"
+}
+if [ "${FLOOR:-0}" = 1 ]; then
+  cargo build --release -q -p ringmesh-perf --bin ringmesh-relay
+  relay=target/release/ringmesh-relay
+  as_proxy "$B" "$relay" --listen 0.0.0.0:15006 --upstream 127.0.0.1:8080 >/dev/null & pids+=($!)
+  as_proxy "$A" "$relay" --listen 127.0.0.1:15001 --upstream 10.79.0.2:8080 >/dev/null & pids+=($!)
+  as_proxy "$A" "$relay" --listen 127.0.0.1:15080 --upstream 10.79.0.2:8090 >/dev/null & pids+=($!)
+  echo "FLOOR=1: bare TCP relays in place of both sidecars and of the plain hop"
+else
+  for ns in "$B" "$A"; do
+    conf="$dir/b.yaml"; [ "$ns" = "$A" ] && conf="$dir/a.yaml"
+    as_proxy "$ns" target/release/ringmesh proxy --config "$conf" --workers 1 --log-level warn &
+    pids+=($!)
+  done
+fi
 sleep 1
 init_pod "$B" --proxy-uid 1337 --inbound-port 15006 --skip-inbound-ports 8090
 init_pod "$A" --proxy-uid 1337 --skip-outbound-ports 8090
@@ -140,5 +158,6 @@ for r in $(seq 1 "$ROUNDS"); do
         c, h - d, s - d, ((h - d) > 0 ? (s - d) / (h - d) : 0) }'
   done
 done
+[ "${FLOOR:-0}" = 1 ] && exit 0
 ip netns exec "$B" curl -s http://127.0.0.1:9901/metrics |
   grep -E '^ringmesh_inbound_connections_total|^ringmesh_accelerated' | grep -v 'total.* 0$'

@@ -19,21 +19,8 @@ perf_setup
 dir=$(mktemp -d)
 BE=$(free_port); NG=$(free_port); RM=$(free_port); RL=$(free_port)
 backend_conf "$dir" "$BE" > "$dir/backend.conf"
-cat > "$dir/proxy.conf" <<EOF
-worker_processes 1; daemon off; pid $dir/proxy.pid; error_log $dir/proxy.err warn;
-events { worker_connections 20000; }
-http { access_log off; keepalive_requests 1000000;
-  upstream be { server 127.0.0.1:$BE; keepalive 256; }
-  server { listen 127.0.0.1:$NG reuseport backlog=4096;
-    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-EOF
-cat > "$dir/ringmesh.yaml" <<EOF
-admin: 127.0.0.1:0
-listeners:
-  - { name: edge, bind: 127.0.0.1:$RM, routes: [ { match: { path_prefix: / }, cluster: be } ] }
-clusters:
-  - { name: be, endpoints: [ { addr: 127.0.0.1:$BE } ] }
-EOF
+nginx_proxy_conf "$dir" "$NG" "$BE" > "$dir/proxy.conf"
+ringmesh_proxy_yaml "$RM" "$BE" > "$dir/ringmesh.yaml"
 
 pids=()
 cleanup() { kill_all "${pids[@]}"; rm -rf "$dir"; }

@@ -113,9 +113,12 @@ fn open_loop_holds_its_rate_and_sees_a_stall_the_closed_loop_hides() {
     let t = stall(&up);
     let closed = load::run(&base);
     t.join().unwrap();
+    // The stall itself gives one slow answer per connection (10); a machine busy with other
+    // tests adds a few of its own. Either way far fewer than the open loop saw: had the closed
+    // loop not hidden the stall, it would count as many.
     assert!(
-        closed.over_100ms <= 10,
-        "closed loop: one slow answer per connection: {closed:?}"
+        closed.over_100ms <= 50 && closed.over_100ms * 4 <= open.over_100ms,
+        "closed loop: about one slow answer per connection: {closed:?}, open loop: {open:?}"
     );
     assert!(closed.max_us >= 300_000.0, "{closed:?}");
 }
