@@ -157,8 +157,6 @@ impl Client {
         self.start = 0;
     }
 
-    /// Makes room for `total` unconsumed bytes, moving them to the front of a large enough
-    /// buffer (a pooled one up to [`BUF_SIZE`], grown past it).
     /// A buffer grown for a large body (kept for a retry or a copy) goes back to a pooled
     /// size once the body is gone, so that a kept-alive connection does not hold it.
     pub(super) fn shrink(&mut self, w: &Worker) {
@@ -173,6 +171,8 @@ impl Client {
         self.buf = Some(small);
     }
 
+    /// Makes room for `total` unconsumed bytes, moving them to the front of a large enough
+    /// buffer (a pooled one up to [`BUF_SIZE`], grown past it).
     pub(super) fn make_room(&mut self, w: &Worker, total: usize) {
         let mut buf = self.buf.take().unwrap_or_else(|| w.small.get());
         if self.start > 0 {
