@@ -50,6 +50,8 @@ pub mod sys;
 pub mod tap;
 mod task;
 mod tcp;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod trace;
 mod transport;

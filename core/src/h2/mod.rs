@@ -55,14 +55,7 @@ pub(crate) mod testing {
 
     use crate::transport::Transport;
 
-    /// Runs `f` on a runtime of the kind a worker runs.
-    pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
-        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
+    pub(crate) use crate::testing::block_on;
 
     /// Listens on loopback, hands the first stream of the first HTTP/2 connection to
     /// `serve`, then drives that connection until it closes; where it listens.

@@ -11,16 +11,8 @@ use monoio::io::{AsyncReadRent, AsyncReadRentExt, AsyncWriteRent, AsyncWriteRent
 use monoio::net::{TcpListener, TcpStream};
 
 use super::{TlsStream, accept};
+use crate::testing::block_on;
 use crate::tls::{CertSpec, ClientTls, ServerTls, memory};
-
-/// Runs `f` on a runtime of the kind a worker runs.
-fn block_on<F: Future>(f: F) -> F::Output {
-    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
 
 /// A CA and a leaf for `localhost` held in memory under `tag`; the server's and the client's
 /// settings built from them, as a listener and a cluster would be.
