@@ -12,6 +12,30 @@ perf_setup() {
   cargo build --release -q -p ringmesh-control --bin ringmesh
 }
 
+# A wrk script (`wrk -s`) that prints requests/s and the percentiles p10 to p99.9 (µs) on stderr.
+wrk_percentiles_lua() {
+  cat <<'EOF'
+done = function(summary, latency, requests)
+  local s = string.format("%7.0f req/s ", summary.requests / (summary.duration / 1e6))
+  for _, p in ipairs({10, 50, 75, 90, 95, 99, 99.9}) do
+    s = s .. string.format(" p%s %5d", p, latency:percentile(p))
+  end
+  io.stderr:write(s .. "\n")
+end
+EOF
+}
+
+# Starts an nginx reverse proxy on 127.0.0.1:$2 and ringmesh on 127.0.0.1:$3, both in front of
+# 127.0.0.1:$4, on CPU 1 with one worker each; their configs go under $1, their pids onto `pids`.
+start_nginx_and_ringmesh() {
+  nginx_proxy_conf "$1" "$2" "$4" > "$1/proxy.conf"
+  ringmesh_proxy_yaml "$3" "$4" > "$1/ringmesh.yaml"
+  chmod 644 "$1/proxy.conf" "$1/ringmesh.yaml"
+  taskset -c 1 nginx -c "$1/proxy.conf" & pids+=($!)
+  taskset -c 1 target/release/ringmesh proxy --config "$1/ringmesh.yaml" --workers 1 \
+    --log-level warn & pids+=($!)
+}
+
 # A port that was free a moment ago.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

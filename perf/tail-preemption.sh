@@ -23,25 +23,13 @@ perf_setup
 
 dir=$(mktemp -d); chmod 755 "$dir"
 BE=$(free_port); NG=$(free_port); RM=$(free_port)
-cat > "$dir/pct.lua" <<'EOF'
-done = function(summary, latency, requests)
-  local s = string.format("%7.0f req/s ", summary.requests / (summary.duration / 1e6))
-  for _, p in ipairs({10, 50, 75, 90, 95, 99, 99.9}) do
-    s = s .. string.format(" p%s %5d", p, latency:percentile(p))
-  end
-  io.stderr:write(s .. "\n")
-end
-EOF
-nginx_proxy_conf "$dir" "$NG" "$BE" > "$dir/proxy.conf"
-ringmesh_proxy_yaml "$RM" "$BE" > "$dir/ringmesh.yaml"
+wrk_percentiles_lua > "$dir/pct.lua"
 chmod 644 "$dir"/*
 
 pids=()
 cleanup() { kill_all "${pids[@]}"; rm -rf "$dir"; }
 trap cleanup EXIT
-taskset -c 1 nginx -c "$dir/proxy.conf" & pids+=($!)
-taskset -c 1 target/release/ringmesh proxy --config "$dir/ringmesh.yaml" --workers 1 \
-  --log-level warn & pids+=($!)
+start_nginx_and_ringmesh "$dir" "$NG" "$RM" "$BE"
 
 # Starts the backend with the given scheduling policy (`other` or `batch`); its pid in $BE_PID.
 backend() {

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ringmesh_perf::load::{self, LoadConfig};
+use ringmesh_perf::relay::Options;
 use ringmesh_perf::upstream::{self, UpstreamConfig};
 
 fn upstream() -> upstream::Running {
@@ -125,13 +126,48 @@ fn open_loop_holds_its_rate_and_sees_a_stall_the_closed_loop_hides() {
 
 /// Starts a bare relay in front of `to` and returns where it listens.
 fn relay(to: std::net::SocketAddr) -> std::net::SocketAddr {
+    relay_with(to, Default::default())
+}
+
+fn relay_with(to: std::net::SocketAddr, options: Options) -> std::net::SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        ringmesh_perf::relay::run("127.0.0.1:0".parse().unwrap(), to, None, move |a| {
+        ringmesh_perf::relay::run("127.0.0.1:0".parse().unwrap(), to, options, move |a| {
             let _ = tx.send(a.map_err(|e| e.to_string()));
         })
     });
     rx.recv().unwrap().unwrap()
+}
+
+#[test]
+fn the_relay_as_a_proxy_model_serves_in_turn_and_burns_its_work() {
+    let up = upstream();
+    let work = Duration::from_micros(500);
+    for sequential in [false, true] {
+        let addr = relay_with(
+            up.addr,
+            Options {
+                work,
+                sequential,
+                cpu: None,
+            },
+        );
+        let before = up.served.load(Ordering::Relaxed);
+        let r = load::run(&LoadConfig {
+            addr,
+            connections: 1,
+            ..cfg(&up)
+        });
+        let served = up.served.load(Ordering::Relaxed) - before;
+        assert_eq!(r.errors, 0, "sequential {sequential}: {r:?}");
+        assert!(r.requests > 20, "sequential {sequential}: {r:?}");
+        assert!(
+            served >= r.requests && served - r.requests <= 1,
+            "{served} {r:?}"
+        );
+        // One request at a time: each waits for the work on its request and on its answer.
+        assert!(r.p50_us >= 1_000.0, "sequential {sequential}: {r:?}");
+    }
 }
 
 #[test]
