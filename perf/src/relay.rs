@@ -95,7 +95,8 @@ async fn copy<R: AsyncReadRent, W: AsyncWriteRent>(mut from: R, mut to: W, work:
 }
 
 /// Serves a connection in turn: a request from the client, sent upstream, then the answer from
-/// the upstream, sent back; the next request is read only once the answer is written.
+/// the upstream, sent back; the next request is read only once the answer is written. A read is
+/// taken for a whole message, which holds for the small requests and answers it models.
 async fn in_turn(mut client: TcpStream, mut up: TcpStream, work: Duration) {
     let mut buf = Some(Vec::with_capacity(16 * 1024));
     while let Some(b) = buf {
