@@ -25,6 +25,19 @@ pub fn idle_connection_is_dead(fd: RawFd) -> bool {
     true
 }
 
+/// A second descriptor for the socket `fd` (close-on-exec), closed when the result is dropped.
+#[allow(unsafe_code)]
+pub fn duplicate(fd: RawFd) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) touches no memory of ours; it fails on a bad descriptor.
+    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `n` is a descriptor fcntl just opened for us: nothing else owns or closes it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(n) })
+}
+
 /// Raises the soft limit on open files to the hard limit (a proxy holds two descriptors per
 /// proxied connection). Returns the new soft limit.
 #[allow(unsafe_code)]

@@ -719,3 +719,43 @@ fn a_client_that_reads_nothing_of_a_large_answer_is_given_up_after_the_idle_time
     );
     assert!(got < SIZE, "the answer was cut short ({got} bytes)");
 }
+
+/// A hot connection keeps a read posted for its next request while an exchange goes on (see
+/// perf/README.md). That read's idle clock starts with the request: an exchange longer than the
+/// idle timeout must not cost the connection, and the idle timeout still closes it afterwards.
+#[test]
+fn a_hot_connection_outlives_an_exchange_longer_than_its_idle_timeout() {
+    let up = Upstream::http(|r| {
+        if r.path == "/slow" {
+            std::thread::sleep(Duration::from_millis(1200));
+        }
+        Resp::new(200, "ok")
+    });
+    let p = TestProxy::simple(up.addr, 1, "    idle_timeout: 500ms\n");
+    let mut c = Client::connect(p.edge());
+    for i in 0..5 {
+        assert_eq!(c.get(&format!("/{i}")).status, 200);
+    }
+    assert_eq!(c.get("/slow").status, 200);
+    assert_eq!(c.get("/after").status, 200);
+    assert!(c.is_closed(Duration::from_secs(5)));
+    assert_eq!(up.requests().len(), 7);
+}
+
+/// A client that half-closes right after a request on a hot connection still gets the answer,
+/// then the proxy closes: the read posted ahead sees the end of the stream before the answer
+/// is written, and the answer goes out all the same.
+#[test]
+fn a_half_close_after_a_request_on_a_hot_connection_is_answered_then_closed() {
+    let up = Upstream::fixed("ok");
+    let p = TestProxy::simple(up.addr, 1, "");
+    let mut c = Client::connect(p.edge());
+    for i in 0..5 {
+        assert_eq!(c.get(&format!("/{i}")).status, 200);
+    }
+    c.send(b"GET /last HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    c.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    let r = c.response(false);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+    assert!(c.is_closed(Duration::from_secs(5)));
+}

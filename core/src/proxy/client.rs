@@ -39,6 +39,8 @@ pub(crate) struct Client {
     pub(super) grpc: bool,
     /// On an outbound listener: where the application's connection was going.
     pub(super) destination: Option<SocketAddr>,
+    /// The reader that keeps the next request's read posted on a hot connection.
+    pub(super) ahead: Option<super::ahead::Ahead>,
 }
 
 impl Client {
@@ -62,6 +64,7 @@ impl Client {
             h2_preface: false,
             grpc: false,
             destination: None,
+            ahead: None,
         }
     }
 

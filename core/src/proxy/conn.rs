@@ -216,6 +216,21 @@ const HOT_GAP: Duration = Duration::from_millis(50);
 /// Waits for the client's next bytes holding no buffer. False: closed, idle timeout, drain.
 async fn wait_cold(w: &Worker, c: &mut Client, listener: &Arc<str>) -> bool {
     c.release(w);
+    if let Some(r) = collect_ahead(c).await {
+        match r.res {
+            Ok(n) if n > 0 => {
+                c.buf = Some(r.buf);
+                return true;
+            }
+            // The idle set ended the read ahead (its clock ran from the request's start): the
+            // wait below starts from the exchange's end.
+            _ if r.fired.is_some() => w.small.put(r.buf),
+            _ => {
+                w.small.put(r.buf);
+                return false;
+            }
+        }
+    }
     let Some((_, limits)) = listener_of(&w.view(), listener) else {
         return false;
     };
@@ -247,7 +262,10 @@ async fn active(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client, mut gap: Du
         };
         // Data before the shed deadline: still hot.
         match read_small(w, c, limits.idle_timeout, c.ended).await {
-            Wait::Data => gap = Duration::ZERO,
+            Wait::Data => {
+                gap = Duration::ZERO;
+                start_ahead(w, c, limits.idle_timeout);
+            }
             Wait::Shed => return true,
             Wait::Closed => return false,
         }
@@ -262,6 +280,24 @@ enum Wait {
 
 /// A cancelable read into a small buffer, ended by data or by the idle set.
 async fn read_small(w: &Worker, c: &mut Client, idle_timeout: Duration, now: Instant) -> Wait {
+    if c.ahead.as_ref().is_some_and(super::ahead::Ahead::armed) {
+        c.release(w);
+        if let Some(r) = collect_ahead(c).await {
+            match r.res {
+                Ok(n) if n > 0 => {
+                    c.buf = Some(r.buf);
+                    return Wait::Data;
+                }
+                // Ended by the idle set, whose clock ran from the request's start: the read
+                // below waits as long as it would have after the exchange.
+                _ if r.fired.is_some() => w.small.put(r.buf),
+                _ => {
+                    w.small.put(r.buf);
+                    return Wait::Closed;
+                }
+            }
+        }
+    }
     let mut buf = match c.buf.take() {
         Some(b) if b.capacity() == SMALL_BUF_SIZE => b,
         Some(b) => {
@@ -334,6 +370,19 @@ async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client) -> bool {
         c.served = c.served.saturating_add(1);
         c.continued = false;
         c.grpc = req.grpc;
+        if let Some(a) = &c.ahead {
+            // Nothing else reads the client while this exchange goes on: no body, no upgrade,
+            // no bytes of a next request already here.
+            let alone = req.framing == crate::head::Framing::None
+                && req.upgrade.is_none()
+                && req.method != crate::head::Method::Connect
+                && req.keep_alive
+                && c.data().len() == req.head_len
+                && !w.draining();
+            if alone {
+                a.arm();
+            }
+        }
         if !exchange(w, &view, li, c, req, resp).await || w.draining() {
             break false;
         }
@@ -406,4 +455,21 @@ async fn read_head(w: &Worker, c: &mut Client, req: &mut RequestHead, limits: &H
             Ok(_) => {}
         }
     }
+}
+
+/// Starts the reader of a hot plain-TCP connection, once.
+fn start_ahead(w: &Rc<Worker>, c: &mut Client, idle_timeout: Duration) {
+    if c.ahead.is_some() {
+        return;
+    }
+    if let Some(Io::Wire(Transport::Plain(s))) = c.stream.as_ref() {
+        c.ahead = super::ahead::Ahead::start(w, s, SHED_AFTER, idle_timeout).ok();
+    }
+}
+
+/// The next request's bytes the reader read ahead, if it was armed.
+async fn collect_ahead(c: &mut Client) -> Option<super::ahead::Read> {
+    let r = c.ahead.as_ref()?.collect().await?;
+    c.start = 0;
+    Some(r)
 }

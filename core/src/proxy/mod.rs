@@ -15,6 +15,7 @@
 //! client.rs    the client connection as the stages see it
 //! ```
 
+mod ahead;
 mod body;
 mod client;
 mod coded;
