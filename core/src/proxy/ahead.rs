@@ -4,8 +4,8 @@
 //! perf/README.md, "What sets the p99 under wrk").
 //!
 //! monoio's read future borrows its stream, so the posted read cannot live in the connection's
-//! own task across the exchange: a reader task, started once when the connection turns hot,
-//! reads through a second descriptor of the same socket and hands what it read to the
+//! own task across the exchange: a reader task, started when the connection turns hot and
+//! dropped when it turns cold, reads through a second descriptor of the same socket and hands what it read to the
 //! connection's task. The exchange's bookkeeping is not held back by it: the connection's task
 //! collects the read only when it wants the next request.
 
@@ -69,13 +69,14 @@ impl Ahead {
             conn: RefCell::new(None),
             canceller: RefCell::new(Some(Canceller::new())),
         });
-        monoio::spawn(reader(
+        // Contained as connections are: a panic in it ends this connection's reader only.
+        monoio::spawn(crate::task::contained(reader(
             w.clone(),
             second,
             shared.clone(),
             shed,
             idle_timeout,
-        ));
+        )));
         Ok(Ahead { shared })
     }
 
@@ -124,9 +125,12 @@ impl Drop for Ahead {
     /// The connection ends: the reader's read is cancelled and the reader ends, closing its
     /// descriptor (the socket closes with the last one).
     fn drop(&mut self) {
-        *self.shared.state.borrow_mut() = State::Stopped;
-        if let Some(c) = self.shared.canceller.borrow_mut().take() {
-            c.cancel();
+        let was = self.shared.state.replace(State::Stopped);
+        // Only a posted read has anything to cancel.
+        if matches!(was, State::Armed) {
+            if let Some(c) = self.shared.canceller.borrow_mut().take() {
+                c.cancel();
+            }
         }
         if let Some(w) = self.shared.reader.borrow_mut().take() {
             w.wake();

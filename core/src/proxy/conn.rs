@@ -231,6 +231,8 @@ async fn wait_cold(w: &Worker, c: &mut Client, listener: &Arc<str>) -> bool {
             }
         }
     }
+    // Cold: the reader and its descriptor go until the connection is hot again.
+    c.ahead = None;
     let Some((_, limits)) = listener_of(&w.view(), listener) else {
         return false;
     };
@@ -249,7 +251,9 @@ async fn wait_cold(w: &Worker, c: &mut Client, listener: &Arc<str>) -> bool {
 /// Handles requests while they come back to back; true when the connection turns cold.
 async fn active(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client, mut gap: Duration) -> bool {
     loop {
-        if !handle(w, listener, c).await {
+        // Hot after this request: the next one's read may be posted while it is served.
+        let hot = gap < HOT_GAP && c.served >= 1;
+        if !handle(w, listener, c, hot).await {
             return false;
         }
         // Hot only once two requests came close together: a client that sends one request
@@ -343,7 +347,7 @@ async fn read_small(w: &Worker, c: &mut Client, idle_timeout: Duration, now: Ins
 }
 
 /// Handles the requests that have arrived; true when the connection waits for more.
-async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client) -> bool {
+async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client, hot: bool) -> bool {
     let mut heads = w.take_heads();
     let keep = loop {
         let Some((_, limits)) = listener_of(&w.view(), listener) else {
@@ -370,7 +374,7 @@ async fn handle(w: &Rc<Worker>, listener: &Arc<str>, c: &mut Client) -> bool {
         c.served = c.served.saturating_add(1);
         c.continued = false;
         c.grpc = req.grpc;
-        if let Some(a) = &c.ahead {
+        if let Some(a) = c.ahead.as_ref().filter(|_| hot) {
             // Nothing else reads the client while this exchange goes on: no body, no upgrade,
             // no bytes of a next request already here.
             let alone = req.framing == crate::head::Framing::None
